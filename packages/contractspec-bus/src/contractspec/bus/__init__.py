@@ -1,0 +1,12 @@
+"""Event bus, transactional outbox relay, hash-chained audit trail and notifications for ContractSpec."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("contractspec-bus")
+except PackageNotFoundError:  # pragma: no cover - source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

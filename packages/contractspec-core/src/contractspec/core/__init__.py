@@ -1,0 +1,187 @@
+"""ContractSpec core: specs, registry, the policy-safe executor, ports, errors and stores.
+
+```python
+from contractspec.core import (
+    CallContext, Executor, SpecRegistry, define_command, define_event, requires,
+)
+```
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from contractspec.core.context import ANONYMOUS, Actor, ActorKind, CallContext, Resource
+from contractspec.core.errors import (
+    HTTP_STATUS,
+    ApprovalRequiredError,
+    ConfigurationError,
+    ConflictError,
+    ContractSpecError,
+    HandlerContractError,
+    IdempotencyConflictError,
+    InternalError,
+    NotFoundError,
+    PolicyDeniedError,
+    SpecDefinitionError,
+    SpecValidationError,
+    TenantScopeError,
+    UnknownOperationError,
+)
+from contractspec.core.executor import Backend, Batch, Executor, HandlerCtx, Invocation, Middleware
+from contractspec.core.memory import (
+    AuditEntry,
+    MemoryAuditLog,
+    MemoryBackend,
+    MemoryEntityStore,
+    MemoryIdempotencyStore,
+    MemoryOutbox,
+    MemoryTelemetrySink,
+    MemoryTrafficSink,
+)
+from contractspec.core.policy import AllowAll, DenyAll, RolePermissions
+from contractspec.core.ports import (
+    AuditSink,
+    Clock,
+    EntityStore,
+    EventPublisher,
+    IdempotencyRecord,
+    IdempotencyStore,
+    IdGenerator,
+    JobEnqueuer,
+    PolicyDecider,
+    SystemClock,
+    TelemetrySink,
+    TrafficSink,
+    UnitOfWork,
+    UuidGenerator,
+    VariantResolver,
+)
+from contractspec.core.records import (
+    REDACTED,
+    AuditRecord,
+    CallRecord,
+    Decision,
+    EntityChange,
+    EventEnvelope,
+    TelemetrySample,
+    audit_hash,
+    canonical_json,
+    redact,
+)
+from contractspec.core.registry import Handler, SpecLike, SpecRegistry
+from contractspec.core.repository import Repository
+from contractspec.core.specs import (
+    PII,
+    AuthRequirement,
+    EntitySpec,
+    EventRef,
+    EventSeverity,
+    EventSpec,
+    Index,
+    OperationKind,
+    OperationSpec,
+    Stability,
+    authenticated,
+    define_command,
+    define_entity,
+    define_event,
+    define_query,
+    public,
+    requires,
+)
+from contractspec.core.transactions import MemoryUnitOfWork, Savepoint, Transaction
+
+try:
+    __version__ = version("contractspec-core")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ANONYMOUS",
+    "HTTP_STATUS",
+    "PII",
+    "REDACTED",
+    "Actor",
+    "ActorKind",
+    "AllowAll",
+    "ApprovalRequiredError",
+    "AuditEntry",
+    "AuditRecord",
+    "AuditSink",
+    "AuthRequirement",
+    "Backend",
+    "Batch",
+    "CallContext",
+    "CallRecord",
+    "Clock",
+    "ConfigurationError",
+    "ConflictError",
+    "ContractSpecError",
+    "Decision",
+    "DenyAll",
+    "EntityChange",
+    "EntitySpec",
+    "EntityStore",
+    "EventEnvelope",
+    "EventPublisher",
+    "EventRef",
+    "EventSeverity",
+    "EventSpec",
+    "Executor",
+    "Handler",
+    "HandlerContractError",
+    "HandlerCtx",
+    "IdGenerator",
+    "IdempotencyConflictError",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "Index",
+    "InternalError",
+    "Invocation",
+    "JobEnqueuer",
+    "MemoryAuditLog",
+    "MemoryBackend",
+    "MemoryEntityStore",
+    "MemoryIdempotencyStore",
+    "MemoryOutbox",
+    "MemoryTelemetrySink",
+    "MemoryTrafficSink",
+    "MemoryUnitOfWork",
+    "Middleware",
+    "NotFoundError",
+    "OperationKind",
+    "OperationSpec",
+    "PolicyDecider",
+    "PolicyDeniedError",
+    "Repository",
+    "Resource",
+    "RolePermissions",
+    "Savepoint",
+    "SpecDefinitionError",
+    "SpecLike",
+    "SpecRegistry",
+    "SpecValidationError",
+    "Stability",
+    "SystemClock",
+    "TelemetrySample",
+    "TelemetrySink",
+    "TenantScopeError",
+    "TrafficSink",
+    "Transaction",
+    "UnitOfWork",
+    "UnknownOperationError",
+    "UuidGenerator",
+    "VariantResolver",
+    "__version__",
+    "audit_hash",
+    "authenticated",
+    "canonical_json",
+    "define_command",
+    "define_entity",
+    "define_event",
+    "define_query",
+    "public",
+    "redact",
+    "requires",
+]

@@ -1,0 +1,490 @@
+"""In-memory adapters for every store and port: for users' tests, notebooks and small tools.
+
+They honour the same contracts as the SQL adapters (one conformance suite runs over both):
+writes made inside a transaction are undone when it rolls back, published events and audit
+entries appear only once it commits, tenant data is scoped by `org_id`.
+
+Reads see other transactions' uncommitted writes (read-uncommitted): fine for tests, which is
+what these adapters are for.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+
+from attrs import define, field
+from pydantic import BaseModel
+
+from contractspec.core.errors import ConflictError
+from contractspec.core.ports import IdempotencyRecord
+from contractspec.core.records import (
+    AuditRecord,
+    CallRecord,
+    EventEnvelope,
+    TelemetrySample,
+    audit_hash,
+)
+from contractspec.core.repository import (
+    BaseRepository,
+    Condition,
+    check_aggregate,
+    parse_order_by,
+    parse_where,
+)
+from contractspec.core.specs import EntitySpec
+from contractspec.core.transactions import MemoryUnitOfWork, Transaction
+
+__all__ = [
+    "AuditEntry",
+    "MemoryAuditLog",
+    "MemoryBackend",
+    "MemoryEntityStore",
+    "MemoryIdempotencyStore",
+    "MemoryOutbox",
+    "MemoryRepository",
+    "MemoryTelemetrySink",
+    "MemoryTrafficSink",
+]
+
+M = TypeVar("M", bound=BaseModel)
+_Key = tuple[str | None, Any]
+
+
+def _norm(value: Any) -> Any:
+    """Comparable form of a stored value (enums compare by value, like in SQL)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _matches(row: Mapping[str, Any], cond: Condition) -> bool:
+    value = _norm(row.get(cond.field))
+    op = cond.op
+    if op == "is_null":
+        return (value is None) is cond.value
+    if op == "icontains":
+        return value is not None and cond.value.lower() in str(value).lower()
+    if value is None:
+        return False  # SQL three-valued logic: NULL matches no comparison
+    if op == "in":
+        return value in [_norm(v) for v in cond.value]
+    if op == "not_in":
+        return value not in [_norm(v) for v in cond.value]
+    target = _norm(cond.value)
+    if op == "eq":
+        return bool(value == target)
+    if op == "ne":
+        return bool(value != target)
+    if op == "lt":
+        return bool(value < target)
+    if op == "le":
+        return bool(value <= target)
+    if op == "gt":
+        return bool(value > target)
+    return bool(value >= target)
+
+
+class _Table:
+    """Rows of one entity: `(org_id, pk) -> python-mode dict`, plus unique index maps."""
+
+    __slots__ = ("rows", "unique")
+
+    def __init__(self, entity: EntitySpec[Any]) -> None:
+        self.rows: dict[_Key, dict[str, Any]] = {}
+        self.unique: dict[tuple[str, ...], dict[tuple[Any, ...], Any]] = {
+            idx.fields: {} for idx in entity.indexes if idx.unique
+        }
+
+
+class MemoryEntityStore:
+    """Entity records in dictionaries, with transactional undo, tenancy and unique indexes."""
+
+    __slots__ = ("_tables",)
+
+    def __init__(self) -> None:
+        self._tables: dict[str, _Table] = {}
+
+    def repository(
+        self, entity: EntitySpec[M], tx: Transaction, org_id: str | None
+    ) -> MemoryRepository[M]:
+        """A `MemoryRepository` for `entity` inside `tx`, scoped to `org_id`."""
+        table = self._tables.get(entity.name)
+        if table is None:
+            table = self._tables[entity.name] = _Table(entity)
+        return MemoryRepository(entity, tx, org_id, table)
+
+    def clear(self) -> None:
+        """Forget every record."""
+        self._tables.clear()
+
+
+class MemoryRepository(BaseRepository[M]):
+    """`Repository` over a `MemoryEntityStore` table."""
+
+    __slots__ = ("_table",)
+
+    def __init__(
+        self, entity: EntitySpec[M], tx: Transaction, org_id: str | None, table: _Table
+    ) -> None:
+        super().__init__(entity, tx, org_id)
+        self._table = table
+
+    def _load(self, row: Mapping[str, Any]) -> M:
+        return self._entity.model.model_validate(row)
+
+    def _visible(self) -> list[dict[str, Any]]:
+        org = self._org_id
+        return [row for (row_org, _), row in self._table.rows.items() if row_org == org]
+
+    def _unique_keys(self, row: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
+        keys = []
+        for fields in self._table.unique:
+            values = tuple(_norm(row.get(f)) for f in fields)
+            if any(v is None for v in values):
+                continue  # NULLs never collide, as in SQL
+            keys.append((fields, (self._org_id, *values)))
+        return keys
+
+    def _claim_unique(
+        self, row: Mapping[str, Any], pk: Any, previous: Mapping[str, Any] | None
+    ) -> None:
+        old = dict(self._unique_keys(previous)) if previous is not None else {}
+        new = self._unique_keys(row)
+        for fields, key in new:
+            owner = self._table.unique[fields].get(key)
+            if owner is not None and owner != pk:
+                raise ConflictError(
+                    f"{self._entity.name}: another record already has this "
+                    f"{', '.join(fields)} (unique index)",
+                    details={"entity": self._entity.name, "fields": list(fields)},
+                )
+        for fields, key in old.items():
+            if self._table.unique[fields].get(key) == pk:
+                del self._table.unique[fields][key]
+        for fields, key in new:
+            self._table.unique[fields][key] = pk
+
+    def _store(
+        self, key: _Key, row: dict[str, Any] | None, previous: dict[str, Any] | None
+    ) -> None:
+        """Write (or delete, with `row=None`) and register the undo."""
+        pk = key[1]
+        if row is None:
+            self._claim_unique({}, pk, previous)
+            del self._table.rows[key]
+        else:
+            self._claim_unique(row, pk, previous)
+            self._table.rows[key] = row
+
+        def undo() -> None:
+            current = self._table.rows.get(key)
+            if previous is None:
+                self._table.rows.pop(key, None)
+            else:
+                self._table.rows[key] = previous
+            self._claim_unique(previous or {}, pk, current)
+
+        self._tx.add_undo(undo)
+
+    async def get(self, id: Any) -> M | None:
+        """The record with primary key `id` in this tenant, or `None`."""
+        row = self._table.rows.get((self._org_id, self._coerce_pk(id)))
+        return None if row is None else self._load(row)
+
+    async def add(self, obj: M | Mapping[str, Any]) -> M:
+        """Insert; `ConflictError` on a taken primary key or unique index."""
+        self._tx.check_writable(f"adding {self._entity.name}")
+        model = self._coerce_new(obj)
+        pk = self._pk_of(model)
+        key = (self._org_id, pk)
+        if key in self._table.rows:
+            raise ConflictError(
+                f"{self._entity.name} {pk!r} already exists",
+                details={"entity": self._entity.name, "id": str(pk)},
+            )
+        row = model.model_dump()
+        if self._entity.tenant_scoped:
+            row.setdefault("org_id", self._org_id)
+        self._store(key, row, None)
+        self._record("create", pk, None, model)
+        return model
+
+    async def update(self, obj: M) -> M:
+        """Replace the record with `obj`'s primary key; `NotFoundError` if absent."""
+        self._tx.check_writable(f"updating {self._entity.name}")
+        model = self._coerce_new(obj)
+        pk = self._pk_of(model)
+        key = (self._org_id, pk)
+        previous = self._table.rows.get(key)
+        if previous is None:
+            raise self._not_found(pk)
+        row = model.model_dump()
+        if self._entity.tenant_scoped:
+            row.setdefault("org_id", self._org_id)
+        self._store(key, row, previous)
+        self._record("update", pk, self._load(previous), model)
+        return model
+
+    async def delete(self, id: Any) -> bool:
+        """Delete; return whether the record existed."""
+        self._tx.check_writable(f"deleting {self._entity.name}")
+        pk = self._coerce_pk(id)
+        key = (self._org_id, pk)
+        previous = self._table.rows.get(key)
+        if previous is None:
+            return False
+        self._store(key, None, previous)
+        self._record("delete", pk, self._load(previous), None)
+        return True
+
+    def _select(self, where: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        conditions = parse_where(self._entity, where)
+        rows = self._visible()
+        return [r for r in rows if all(_matches(r, c) for c in conditions)]
+
+    async def find(
+        self,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[M]:
+        """Matching records, ordered (NULLs last ascending) and paginated."""
+        self._check_page(limit, offset)
+        terms = parse_order_by(self._entity, order_by)
+        rows = self._select(where)
+        for term in reversed(terms):
+            name = term.field
+            rows.sort(
+                key=lambda r, f=name: (
+                    r.get(f) is None,
+                    _norm(r.get(f)) if r.get(f) is not None else 0,
+                ),  # type: ignore[misc]
+                reverse=term.descending,
+            )
+        end = None if limit is None else offset + limit
+        return [self._load(r) for r in rows[offset:end]]
+
+    async def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """Number of matching records."""
+        return len(self._select(where))
+
+    async def aggregate(
+        self,
+        *,
+        group_by: Sequence[str] = (),
+        sum: Sequence[str] = (),
+        where: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Grouped counts and sums, ordered by the group fields (NULL groups last)."""
+        check_aggregate(self._entity, group_by, sum)
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for row in self._select(where):
+            groups[tuple(_norm(row.get(f)) for f in group_by)].append(row)
+        if not group_by and not groups:
+            groups[()] = []
+        out: list[dict[str, Any]] = []
+        for key in sorted(
+            groups, key=lambda k: tuple((v is None, v if v is not None else 0) for v in k)
+        ):
+            rows = groups[key]
+            item: dict[str, Any] = dict(zip(group_by, key, strict=True))
+            item["count"] = len(rows)
+            for f in sum:
+                values = [r[f] for r in rows if r.get(f) is not None]
+                item[f"sum_{f}"] = _total(values)
+            out.append(item)
+        return out
+
+
+def _total(values: list[Any]) -> Any:
+    if not values:
+        return None
+    total: Any = Decimal(0) if isinstance(values[0], Decimal) else 0
+    for v in values:
+        total += v
+    return total
+
+
+class MemoryIdempotencyStore:
+    """Idempotency records in a dictionary; written on commit."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str | None, str, str], IdempotencyRecord] = {}
+
+    async def get(
+        self, tx: Transaction, org_id: str | None, operation: str, key: str
+    ) -> IdempotencyRecord | None:
+        """The stored record, including ones staged in `tx` and not yet committed."""
+        return self._records.get((org_id, operation, key))
+
+    async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
+        """Store the record; it disappears again if `tx` rolls back."""
+        k = (record.org_id, record.operation, record.key)
+        if k in self._records:
+            raise ConflictError(
+                f"idempotency key {record.key!r} of {record.operation} was used concurrently; retry",
+                details={"operation": record.operation},
+            )
+        self._records[k] = record
+
+        def undo() -> None:
+            self._records.pop(k, None)
+
+        tx.add_undo(undo)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class MemoryOutbox:
+    """An `EventPublisher` that keeps committed events in order, in memory.
+
+    Attributes:
+        events: Every committed `EventEnvelope`, oldest first.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[EventEnvelope] = []
+
+    async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
+        """Append `events` when `tx` commits."""
+        batch = list(events)
+        tx.on_commit(lambda: self.events.extend(batch))
+
+    def names(self) -> list[str]:
+        """Names of the committed events, oldest first."""
+        return [e.name for e in self.events]
+
+    def clear(self) -> None:
+        """Forget every event."""
+        self.events.clear()
+
+
+@define(frozen=True)
+class AuditEntry:
+    """One stored audit-chain entry: the record, its position and its hashes.
+
+    Attributes:
+        seq: Position in the org's chain, from 1.
+        record: The `AuditRecord`.
+        prev_hash: Hash of the previous entry of the same org (`None` for the first).
+        hash: `audit_hash(prev_hash, record.to_dict())`.
+    """
+
+    seq: int
+    record: AuditRecord
+    prev_hash: str | None
+    hash: str
+
+
+class MemoryAuditLog:
+    """An `AuditSink` keeping a hash-chained log per org in memory.
+
+    Appending is O(1); the chain hashes (`audit_hash`) are computed when entries are read, so the
+    log costs nothing on the hot path of tests and benchmarks.
+    """
+
+    __slots__ = ("_chained", "_records")
+
+    def __init__(self) -> None:
+        self._records: list[AuditRecord] = []
+        self._chained: list[AuditEntry] = []
+
+    async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
+        """Append `entry` now (`tx=None`) or when `tx` commits."""
+        if tx is None:
+            self._records.append(entry)
+        else:
+            tx.on_commit(partial(self._records.append, entry))
+
+    @property
+    def records(self) -> list[AuditRecord]:
+        """Every committed `AuditRecord`, oldest first (all orgs)."""
+        return self._records
+
+    @property
+    def entries(self) -> list[AuditEntry]:
+        """Every committed `AuditEntry` with its chain position and hashes, oldest first."""
+        chained = self._chained
+        if len(chained) < len(self._records):
+            heads: dict[str | None, tuple[int, str | None]] = {}
+            for entry in chained:
+                heads[entry.record.org_id] = (entry.seq, entry.hash)
+            for record in self._records[len(chained) :]:
+                seq, prev = heads.get(record.org_id, (0, None))
+                digest = audit_hash(prev, record.to_dict())
+                chained.append(AuditEntry(seq + 1, record, prev, digest))
+                heads[record.org_id] = (seq + 1, digest)
+        return chained
+
+    def for_org(self, org_id: str | None) -> list[AuditEntry]:
+        """The chain of one org, oldest first."""
+        return [e for e in self.entries if e.record.org_id == org_id]
+
+    def verify(self, org_id: str | None) -> bool:
+        """Recompute the org's chain; `False` if any entry was edited, removed or reordered."""
+        prev: str | None = None
+        for expected_seq, entry in enumerate(self.for_org(org_id), start=1):
+            if entry.seq != expected_seq or entry.prev_hash != prev:
+                return False
+            if audit_hash(prev, entry.record.to_dict()) != entry.hash:
+                return False
+            prev = entry.hash
+        return True
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class MemoryTelemetrySink:
+    """A `TelemetrySink` that keeps every sample in a list (bounded by `max_samples`)."""
+
+    __slots__ = ("max_samples", "samples")
+
+    def __init__(self, max_samples: int = 100_000) -> None:
+        self.max_samples = max_samples
+        self.samples: list[TelemetrySample] = []
+
+    def record(self, sample: TelemetrySample) -> None:
+        """Keep the sample; the oldest half is dropped when the bound is reached."""
+        if len(self.samples) >= self.max_samples:
+            del self.samples[: self.max_samples // 2]
+        self.samples.append(sample)
+
+
+class MemoryTrafficSink:
+    """A `TrafficSink` that keeps every `CallRecord` (no sampling, no redaction): for tests."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: list[CallRecord] = []
+
+    def record(self, call: CallRecord) -> None:
+        """Keep the call record."""
+        self.calls.append(call)
+
+
+@define
+class MemoryBackend:
+    """Everything the executor persists, in memory: the default backend.
+
+    Attributes:
+        unit_of_work, entities, idempotency, events, audit: The memory adapters, reachable for
+            assertions in tests (`backend.events.names()`, `backend.audit.verify(org)`).
+    """
+
+    unit_of_work: MemoryUnitOfWork = field(factory=MemoryUnitOfWork)
+    entities: MemoryEntityStore = field(factory=MemoryEntityStore)
+    idempotency: MemoryIdempotencyStore = field(factory=MemoryIdempotencyStore)
+    events: MemoryOutbox = field(factory=MemoryOutbox)
+    audit: MemoryAuditLog = field(factory=MemoryAuditLog)

@@ -1,0 +1,97 @@
+"""SQLAlchemy 2.x persistence for the runtime: SQLite (aiosqlite) and PostgreSQL (psycopg).
+
+Install with `pip install 'contractspec-core[sql]'` (SQLite) or `'contractspec-core[postgres]'`.
+
+```python
+from contractspec.core import Executor
+from contractspec.core.sql import SqlBackend, sqlite_engine
+
+engine = sqlite_engine("app.db")
+backend = SqlBackend(engine, registry)
+await backend.create_all()
+executor = Executor(registry, backend=backend)
+```
+
+Library tables (`cs_outbox`, `cs_audit_log`, `cs_audit_head`, `cs_idempotency`) live on
+`contractspec.core.sql.metadata`; entity tables on `backend.tables.metadata`. Both use
+`NAMING_CONVENTION`, so Alembic autogenerate works: add both to your `target_metadata`.
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by the isolation session
+    raise ImportError(
+        "contractspec.core.sql needs SQLAlchemy: pip install 'contractspec-core[sql]' "
+        "(SQLite) or 'contractspec-core[postgres]' (PostgreSQL)"
+    ) from exc
+
+from contractspec.core.sql._schema import (
+    NAMING_CONVENTION,
+    EntityTable,
+    EntityTables,
+    audit_head_table,
+    audit_table,
+    idempotency_table,
+    metadata,
+    new_metadata,
+    outbox_table,
+)
+from contractspec.core.sql._stores import (
+    SqlAuditLog,
+    SqlBackend,
+    SqlEntityStore,
+    SqlIdempotencyStore,
+    SqlOutbox,
+    SqlRepository,
+    outbox_row,
+)
+from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
+from contractspec.core.sql._uow import (
+    FlushHook,
+    SqlTransaction,
+    SqlUnitOfWork,
+    WriteBuffer,
+    conflict_from,
+    update_statement,
+)
+from contractspec.core.sql.engines import (
+    configure_sqlite_engine,
+    create_all,
+    drop_all,
+    sqlite_engine,
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "DecimalType",
+    "EntityTable",
+    "EntityTables",
+    "EnumValue",
+    "FlushHook",
+    "JsonType",
+    "SqlAuditLog",
+    "SqlBackend",
+    "SqlEntityStore",
+    "SqlIdempotencyStore",
+    "SqlOutbox",
+    "SqlRepository",
+    "SqlTransaction",
+    "SqlUnitOfWork",
+    "UtcDateTime",
+    "WriteBuffer",
+    "audit_head_table",
+    "audit_table",
+    "configure_sqlite_engine",
+    "conflict_from",
+    "create_all",
+    "drop_all",
+    "idempotency_table",
+    "metadata",
+    "new_metadata",
+    "outbox_row",
+    "outbox_table",
+    "sqlite_engine",
+    "update_statement",
+]

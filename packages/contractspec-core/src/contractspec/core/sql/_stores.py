@@ -1,0 +1,555 @@
+"""SQL adapters: entity repositories, idempotency store, outbox and hash-chained audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, and_, delete, func, select
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contractspec.core.errors import ConfigurationError, ConflictError
+from contractspec.core.memory import AuditEntry
+from contractspec.core.ports import IdempotencyRecord
+from contractspec.core.records import AuditRecord, EventEnvelope, audit_hash
+from contractspec.core.registry import SpecRegistry
+from contractspec.core.repository import (
+    BaseRepository,
+    Condition,
+    check_aggregate,
+    parse_order_by,
+    parse_where,
+)
+from contractspec.core.specs import EntitySpec
+from contractspec.core.sql._schema import (
+    EntityTable,
+    EntityTables,
+    audit_head_table,
+    audit_table,
+    idempotency_table,
+    metadata,
+    outbox_table,
+)
+from contractspec.core.sql._uow import SqlTransaction, SqlUnitOfWork, WriteBuffer, update_statement
+from contractspec.core.sql.engines import create_all
+from contractspec.core.transactions import Transaction
+
+__all__ = [
+    "SqlAuditLog",
+    "SqlBackend",
+    "SqlEntityStore",
+    "SqlIdempotencyStore",
+    "SqlOutbox",
+    "SqlRepository",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _sql_tx(tx: Transaction, who: str) -> SqlTransaction:
+    if not isinstance(tx, SqlTransaction):
+        raise ConfigurationError(
+            f"{who} needs a SQL transaction but got {type(tx).__name__}; configure the executor "
+            "with the same SqlBackend (or SqlUnitOfWork) for every SQL store"
+        )
+    return tx
+
+
+class SqlEntityStore:
+    """Repositories over entity tables built by `EntityTables`."""
+
+    __slots__ = ("tables",)
+
+    def __init__(self, tables: EntityTables) -> None:
+        self.tables = tables
+
+    def repository(
+        self, entity: EntitySpec[M], tx: Transaction, org_id: str | None
+    ) -> SqlRepository[M]:
+        """A `SqlRepository` for `entity` inside `tx` (a `SqlTransaction`), scoped to `org_id`."""
+        return SqlRepository(
+            entity, _sql_tx(tx, f"the {entity.name} repository"), org_id, self.tables[entity]
+        )
+
+
+class SqlRepository(BaseRepository[M]):
+    """`Repository` on a SQL table: buffered writes, identity map, one query per read."""
+
+    __slots__ = ("_sql", "_t")
+
+    def __init__(
+        self, entity: EntitySpec[M], tx: SqlTransaction, org_id: str | None, table: EntityTable
+    ) -> None:
+        super().__init__(entity, tx, org_id)
+        self._sql = tx
+        self._t = table
+
+    # -- conversions ------------------------------------------------------------------------------
+
+    def _to_row(self, model: BaseModel) -> dict[str, Any]:
+        row = model.model_dump()
+        json_fields = self._t.json_fields
+        if json_fields:
+            row.update(model.model_dump(mode="json", include=set(json_fields)))
+        if self._entity.tenant_scoped:
+            row["org_id"] = self._org_id
+        return row
+
+    def _load_row(self, row: Mapping[str, Any]) -> M:
+        if self._entity.tenant_scoped and not self._t.model_has_org:
+            row = {k: v for k, v in row.items() if k != "org_id"}
+        return self._entity.model.model_validate(row)
+
+    def _key(self, pk: Any) -> tuple[str, str | None, Any]:
+        return (self._entity.name, self._org_id, pk)
+
+    def _where_pk(self, pk: Any) -> dict[str, Any]:
+        if self._entity.tenant_scoped:
+            return {"org_id": self._org_id, self._entity.primary_key: pk}
+        return {self._entity.primary_key: pk}
+
+    def _scope(self) -> list[ColumnElement[bool]]:
+        if self._entity.tenant_scoped:
+            return [self._t.table.c.org_id == self._org_id]
+        return []
+
+    def _conditions(self, conditions: list[Condition]) -> list[ColumnElement[bool]]:
+        out = self._scope()
+        c = self._t.table.c
+        for cond in conditions:
+            col = c[cond.field]
+            v = cond.value
+            match cond.op:
+                case "eq":
+                    out.append(col == v)
+                case "ne":
+                    out.append(col != v)
+                case "lt":
+                    out.append(col < v)
+                case "le":
+                    out.append(col <= v)
+                case "gt":
+                    out.append(col > v)
+                case "ge":
+                    out.append(col >= v)
+                case "in":
+                    out.append(col.in_(v))
+                case "not_in":
+                    out.append(col.not_in(v))
+                case "is_null":
+                    out.append(col.is_(None) if v else col.is_not(None))
+                case "icontains":
+                    out.append(func.lower(col).contains(v.lower(), autoescape=True))
+        return out
+
+    def _order_col(self, name: str) -> Any:
+        col: Any = self._t.table.c[name]
+        if (
+            self._sql.dialect == "postgresql"
+            and name in self._t.kinds
+            and self._t.kinds[name].kind == "str"
+        ):
+            col = col.collate("C")  # code-point order, as in SQLite and Python
+        return col
+
+    async def _row(self, pk: Any) -> dict[str, Any] | None:
+        key = self._key(pk)
+        known = self._sql.identity_get(key)
+        if known is not SqlTransaction.MISSING:
+            return cast(dict[str, Any] | None, known)
+        where = self._where_pk(pk)
+        stmt = select(self._t.table).where(
+            and_(*(self._t.table.c[k] == v for k, v in where.items()))
+        )
+        result = await self._sql.execute(stmt)
+        found = result.mappings().first()
+        row = dict(found) if found is not None else None
+        self._sql.identity_set(key, row)
+        return row
+
+    # -- protocol ---------------------------------------------------------------------------------
+
+    async def get(self, id: Any) -> M | None:
+        """The record with primary key `id` in this tenant, or `None` (one query, then cached)."""
+        row = await self._row(self._coerce_pk(id))
+        return None if row is None else self._load_row(row)
+
+    async def add(self, obj: M | Mapping[str, Any]) -> M:
+        """Buffer an insert; `ConflictError` now if the key is known, else at flush/commit."""
+        self._tx.check_writable(f"adding {self._entity.name}")
+        model = self._coerce_new(obj)
+        pk = self._pk_of(model)
+        key = self._key(pk)
+        known = self._sql.identity_get(key)
+        if known is not SqlTransaction.MISSING and known is not None:
+            raise ConflictError(
+                f"{self._entity.name} {pk!r} already exists",
+                details={"entity": self._entity.name, "id": str(pk)},
+            )
+        row = self._to_row(model)
+        self._sql.stage_insert(self._t.table, row, key)
+        self._sql.identity_set(key, dict(row))
+        self._record("create", pk, None, model)
+        return model
+
+    async def update(self, obj: M) -> M:
+        """Buffer an update of the changed columns; `NotFoundError` if the record is absent."""
+        self._tx.check_writable(f"updating {self._entity.name}")
+        model = self._coerce_new(obj)
+        pk = self._pk_of(model)
+        before = await self._row(pk)
+        if before is None:
+            raise self._not_found(pk)
+        row = self._to_row(model)
+        changed = {k: v for k, v in row.items() if before.get(k, SqlTransaction.MISSING) != v}
+        key = self._key(pk)
+        if changed:
+            self._sql.stage_update(self._t.table, key, self._where_pk(pk), changed)
+        self._sql.identity_set(key, dict(row))
+        self._record("update", pk, self._load_row(before), model)
+        return model
+
+    async def delete(self, id: Any) -> bool:
+        """Delete now (after flushing); return whether the record existed."""
+        self._tx.check_writable(f"deleting {self._entity.name}")
+        pk = self._coerce_pk(id)
+        before = await self._row(pk)
+        if before is None:
+            return False
+        where = self._where_pk(pk)
+        table = self._t.table
+        await self._sql.execute(
+            delete(table).where(and_(*(table.c[k] == v for k, v in where.items()))), write=True
+        )
+        self._sql.identity_set(self._key(pk), None)
+        self._record("delete", pk, self._load_row(before), None)
+        return True
+
+    async def find(
+        self,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[M]:
+        """Matching records in one query (after flushing buffered writes)."""
+        self._check_page(limit, offset)
+        conditions = self._conditions(parse_where(self._entity, where))
+        terms = parse_order_by(self._entity, order_by)
+        stmt = select(self._t.table).where(*conditions)
+        for term in terms:
+            col = self._order_col(term.field)
+            stmt = stmt.order_by(
+                col.desc().nulls_first() if term.descending else col.asc().nulls_last()
+            )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        result = await self._sql.execute(stmt)
+        return [self._load_row(dict(row)) for row in result.mappings()]
+
+    async def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """Number of matching records (`SELECT count(*)`)."""
+        conditions = self._conditions(parse_where(self._entity, where))
+        stmt = select(func.count()).select_from(self._t.table).where(*conditions)
+        result = await self._sql.execute(stmt)
+        return int(result.scalar_one())
+
+    async def aggregate(
+        self,
+        *,
+        group_by: Sequence[str] = (),
+        sum: Sequence[str] = (),
+        where: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Grouped counts and sums in one `GROUP BY` query."""
+        check_aggregate(self._entity, group_by, sum)
+        conditions = self._conditions(parse_where(self._entity, where))
+        c = self._t.table.c
+        columns: list[Any] = [c[g] for g in group_by]
+        columns.append(func.count().label("count"))
+        for f in sum:
+            total: Any = func.sum(c[f])
+            if self._t.kinds[f].kind == "int":
+                total = sql_cast(total, BigInteger)
+            columns.append(total.label(f"sum_{f}"))
+        stmt = select(*columns).where(*conditions)
+        if group_by:
+            stmt = stmt.group_by(*(c[g] for g in group_by))
+            stmt = stmt.order_by(*(self._order_col(g).asc().nulls_last() for g in group_by))
+        result = await self._sql.execute(stmt)
+        return [dict(row) for row in result.mappings()]
+
+
+def _org_key(org_id: str | None) -> str:
+    return "" if org_id is None else org_id
+
+
+class SqlIdempotencyStore:
+    """Idempotency records in `cs_idempotency`, written in the call's transaction."""
+
+    __slots__ = ()
+
+    async def get(
+        self, tx: Transaction, org_id: str | None, operation: str, key: str
+    ) -> IdempotencyRecord | None:
+        """The record (including one staged earlier in `tx`), or `None`."""
+        sql = _sql_tx(tx, "the idempotency store")
+        ident = ("cs_idempotency", org_id, (operation, key))
+        known = sql.identity_get(ident)
+        if known is SqlTransaction.MISSING:
+            t = idempotency_table
+            result = await sql.execute(
+                select(t).where(
+                    t.c.org_key == _org_key(org_id), t.c.operation == operation, t.c.key == key
+                )
+            )
+            found = result.mappings().first()
+            known = dict(found) if found is not None else None
+        if known is None:
+            return None
+        return IdempotencyRecord(
+            org_id=org_id,
+            operation=operation,
+            key=key,
+            fingerprint=known["fingerprint"],
+            output=known["output"],
+            created_at=known["created_at"],
+        )
+
+    async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
+        """Buffer the record; a concurrent duplicate fails the commit with `ConflictError`."""
+        sql = _sql_tx(tx, "the idempotency store")
+        row = {
+            "org_key": _org_key(record.org_id),
+            "operation": record.operation,
+            "key": record.key,
+            "fingerprint": record.fingerprint,
+            "output": record.output,
+            "created_at": record.created_at,
+        }
+        sql.stage_insert(idempotency_table, row)
+        sql.identity_set(
+            ("cs_idempotency", record.org_id, (record.operation, record.key)), dict(row)
+        )
+
+
+class SqlOutbox:
+    """`EventPublisher` writing events to `cs_outbox` in the call's transaction.
+
+    A relay (contractspec-bus) delivers `pending` rows in `position` order and marks them.
+    """
+
+    __slots__ = ()
+
+    async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
+        """Buffer one outbox row per event, in emission order."""
+        sql = _sql_tx(tx, "the SQL outbox")
+        for env in events:
+            sql.stage_insert(outbox_table, outbox_row(env))
+
+
+def outbox_row(env: EventEnvelope) -> dict[str, Any]:
+    """The `cs_outbox` row of an envelope (every column given, for `executemany`)."""
+    return {
+        "id": env.id,
+        "name": env.name,
+        "version": env.version,
+        "org_id": env.org_id,
+        "aggregate_key": env.key,
+        "payload": env.payload_json(),
+        "headers": {
+            "actor_id": env.actor_id,
+            "actor_kind": env.actor_kind,
+            "trace_id": env.trace_id,
+            "correlation_id": env.correlation_id,
+            "causation_id": env.causation_id,
+            "request_id": env.request_id,
+            "operation": env.operation,
+        },
+        "occurred_at": env.occurred_at,
+        "status": "pending",
+        "attempts": 0,
+        "available_at": env.occurred_at,
+        "delivered_at": None,
+        "last_error": None,
+    }
+
+
+def _upsert(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+async def _chain_hook(conn: AsyncConnection, buf: WriteBuffer) -> None:
+    """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each org's chain."""
+    rows = buf.inserts.get(audit_table)
+    if not rows:
+        return
+    by_org: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["hash"] is None:
+            by_org.setdefault(row["org_key"], []).append(row)
+    if not by_org:
+        return
+    insert = _upsert(conn.dialect.name)
+    heads: list[dict[str, Any]] = []
+    for org_key, org_rows in by_org.items():
+        # Creates the head row if missing and locks it (PostgreSQL) in one statement.
+        stmt = insert(audit_head_table).values(org_key=org_key, seq=0, hash=None)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[audit_head_table.c.org_key],
+            set_={"seq": audit_head_table.c.seq},
+        ).returning(audit_head_table.c.seq, audit_head_table.c.hash)
+        seq, prev = (await conn.execute(stmt)).one()
+        for row in org_rows:
+            seq += 1
+            row["seq"] = seq
+            row["prev_hash"] = prev
+            row["hash"] = prev = audit_hash(prev, row["body"])
+        heads.append({"w_org_key": org_key, "v_seq": seq, "v_hash": prev})
+    await conn.execute(update_statement(audit_head_table, ("org_key",), ("hash", "seq")), heads)
+
+
+def _audit_row(entry: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "org_key": _org_key(entry.org_id),
+        "seq": None,
+        "occurred_at": entry.occurred_at,
+        "action": entry.action,
+        "outcome": entry.outcome,
+        "actor_id": entry.actor_id,
+        "actor_kind": entry.actor_kind,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "request_id": entry.request_id,
+        "trace_id": entry.trace_id,
+        "body": entry.to_dict(),
+        "prev_hash": None,
+        "hash": None,
+    }
+
+
+class SqlAuditLog:
+    """`AuditSink` writing a hash chain per org to `cs_audit_log` (see `audit_hash`).
+
+    Entries of a call are written in its transaction; chain positions and hashes are assigned when
+    the transaction flushes, under a lock on the org's head row, so concurrent writers on
+    PostgreSQL never fork a chain.
+
+    Args:
+        unit_of_work: Used for entries recorded without a transaction (policy denials).
+    """
+
+    __slots__ = ("unit_of_work",)
+
+    def __init__(self, unit_of_work: SqlUnitOfWork) -> None:
+        self.unit_of_work = unit_of_work
+
+    async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
+        """Append `entry` in `tx`, or in a transaction of its own when `tx` is `None`."""
+        if tx is None:
+            own = await self.unit_of_work.begin()
+            try:
+                self._stage(own, entry)
+                await own.commit()
+            except BaseException:
+                await own.rollback()
+                raise
+            return
+        self._stage(_sql_tx(tx, "the SQL audit log"), entry)
+
+    @staticmethod
+    def _stage(tx: SqlTransaction, entry: AuditRecord) -> None:
+        tx.add_flush_hook("cs_audit_chain", _chain_hook)
+        tx.stage_insert(audit_table, _audit_row(entry))
+
+    async def entries(
+        self, org_id: str | None, *, limit: int | None = None, after_seq: int = 0
+    ) -> list[AuditEntry]:
+        """The org's chain, oldest first, from position `after_seq + 1`."""
+        t = audit_table
+        stmt = (
+            select(t).where(t.c.org_key == _org_key(org_id), t.c.seq > after_seq).order_by(t.c.seq)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.unit_of_work.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            AuditEntry(
+                row["seq"], AuditRecord.from_dict(row["body"]), row["prev_hash"], row["hash"]
+            )
+            for row in rows
+        ]
+
+    async def verify(self, org_id: str | None) -> bool:
+        """Recompute the org's chain; `False` if an entry was edited, removed or reordered."""
+        t, h = audit_table, audit_head_table
+        async with self.unit_of_work.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash)
+                    .where(t.c.org_key == _org_key(org_id))
+                    .order_by(t.c.seq)
+                )
+            ).all()
+            head = (
+                await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == _org_key(org_id)))
+            ).first()
+        prev: str | None = None
+        for expected, (seq, body, prev_hash, digest) in enumerate(rows, start=1):
+            if seq != expected or prev_hash != prev or audit_hash(prev, body) != digest:
+                return False
+            prev = digest
+        if head is None:
+            return not rows
+        return bool(head.seq == len(rows) and head.hash == prev)
+
+
+class SqlBackend:
+    """Everything the executor persists, in SQL: entities, idempotency, outbox, audit.
+
+    Args:
+        engine: Your `AsyncEngine` (SQLite configured by `configure_sqlite_engine`, or
+            PostgreSQL via psycopg). The backend never disposes it.
+        specs: A `SpecRegistry` (its entities get tables) or prebuilt `EntityTables`.
+        prefix: Table prefix for entity tables when `specs` is a registry.
+
+    Attributes:
+        unit_of_work, entities, idempotency, events, audit: The adapters.
+        tables: The entity tables.
+        metadatas: Library tables and entity tables, for `create_all` or Alembic.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, specs: SpecRegistry | EntityTables, *, prefix: str = ""
+    ) -> None:
+        self.engine = engine
+        self.unit_of_work = SqlUnitOfWork(engine)
+        self.tables = (
+            specs if isinstance(specs, EntityTables) else EntityTables(specs, prefix=prefix)
+        )
+        self.entities = SqlEntityStore(self.tables)
+        self.idempotency = SqlIdempotencyStore()
+        self.events = SqlOutbox()
+        self.audit = SqlAuditLog(self.unit_of_work)
+
+    @property
+    def metadatas(self) -> tuple[MetaData, ...]:
+        """`(library metadata, entity metadata)`."""
+        return (metadata, self.tables.metadata)
+
+    async def create_all(self) -> None:
+        """Create library and entity tables that do not exist yet (tests, examples, prototypes)."""
+        await create_all(self.engine, *self.metadatas)
+
+    def table(self, entity: EntitySpec[Any]) -> Table:
+        """The SQLAlchemy table of an entity (for your own reporting queries)."""
+        return self.tables[entity].table

@@ -1,0 +1,96 @@
+"""Engine helpers: SQLite configured for real transactions, and schema creation.
+
+Stores never create or dispose engines; these helpers are for *you* to call when you create one.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["configure_sqlite_engine", "create_all", "drop_all", "is_configured", "sqlite_engine"]
+
+_configured: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def is_configured(engine: AsyncEngine) -> bool:
+    """Whether `configure_sqlite_engine` was applied to this engine."""
+    return engine.sync_engine in _configured
+
+
+def configure_sqlite_engine(engine: AsyncEngine, *, busy_timeout_ms: int = 10_000) -> AsyncEngine:
+    """Make an aiosqlite engine safe for ContractSpec transactions (call once per engine).
+
+    It applies SQLAlchemy's documented recipe for SQLite transactions: the driver's implicit
+    transaction handling is turned off and `BEGIN` is emitted explicitly (`BEGIN IMMEDIATE` for write
+    transactions, so writers queue instead of dead-locking on upgrade), which also makes SAVEPOINT
+    work. Each connection gets `journal_mode=WAL` (files only), `synchronous=NORMAL`,
+    `foreign_keys=ON` and a `busy_timeout`.
+
+    Args:
+        engine: An engine made with `create_async_engine("sqlite+aiosqlite:///...")`.
+        busy_timeout_ms: How long a writer waits for the lock, in milliseconds.
+
+    Returns:
+        The same engine.
+    """
+    sync = engine.sync_engine
+    if sync in _configured:
+        return engine
+    memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(sync, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(sync, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("contractspec_begin", "BEGIN"))
+
+    _configured.add(sync)
+    return engine
+
+
+def sqlite_engine(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> AsyncEngine:
+    """Create an aiosqlite `AsyncEngine` configured by `configure_sqlite_engine`.
+
+    Args:
+        path: Database file, or `":memory:"` (one shared in-memory database, via `StaticPool`).
+        **kwargs: Passed to `create_async_engine`.
+
+    Returns:
+        The engine. You own it: `await engine.dispose()` when done.
+    """
+    target = os.fspath(path)
+    if target == ":memory:":
+        kwargs.setdefault("poolclass", StaticPool)
+        url = "sqlite+aiosqlite://"
+    else:
+        url = f"sqlite+aiosqlite:///{target}"
+    return configure_sqlite_engine(create_async_engine(url, **kwargs))
+
+
+async def create_all(engine: AsyncEngine, *metadatas: MetaData) -> None:
+    """Create the tables of every `MetaData` (skipping existing ones). Use Alembic in production."""
+    async with engine.begin() as conn:
+        for md in metadatas:
+            await conn.run_sync(md.create_all)
+
+
+async def drop_all(engine: AsyncEngine, *metadatas: MetaData) -> None:
+    """Drop the tables of every `MetaData` (tests and tear-down)."""
+    async with engine.begin() as conn:
+        for md in reversed(metadatas):
+            await conn.run_sync(md.drop_all)

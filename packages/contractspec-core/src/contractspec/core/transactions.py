@@ -1,0 +1,222 @@
+"""Transactions: what makes a call's writes, events and audit record commit together or not at all.
+
+A [`Transaction`][contractspec.core.transactions.Transaction] collects three things while a call
+runs: *undo* actions (memory stores register compensations), *on-commit* callbacks (memory
+publishers deliver only once committed) and the *entity changes* that feed the audit record. A
+[`Savepoint`][contractspec.core.transactions.Savepoint] marks a point inside it so one call of a
+batch can be undone without touching the calls before it. The SQL unit of work subclasses it and
+adds a write buffer and database savepoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from contractspec.core.errors import ConfigurationError, HandlerContractError
+
+if TYPE_CHECKING:
+    from contractspec.core.records import EntityChange
+
+__all__ = ["MemoryTransaction", "MemoryUnitOfWork", "Savepoint", "Transaction"]
+
+_log = structlog.get_logger(__name__)
+
+
+class Transaction:
+    """Base transaction shared by the memory and SQL units of work.
+
+    Attributes:
+        readonly: True for query transactions; repositories refuse writes in them.
+        info: Free-form per-transaction storage for adapters (keyed by adapter name).
+    """
+
+    __slots__ = ("_changes", "_on_commit", "_savepoint", "_state", "_undo", "info", "readonly")
+
+    def __init__(self, *, readonly: bool = False) -> None:
+        self.readonly = readonly
+        self.info: dict[str, Any] = {}
+        self._on_commit: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
+        self._changes: list[EntityChange] = []
+        self._savepoint: Savepoint | None = None
+        self._state = "active"
+
+    # -- collected during a call ---------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """True until `commit()` or `rollback()`."""
+        return self._state == "active"
+
+    @property
+    def changes(self) -> list[EntityChange]:
+        """Entity changes recorded so far, oldest first (read it, do not mutate it)."""
+        return self._changes
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback()` after a successful commit (never after a rollback).
+
+        Callbacks run in registration order; one that raises is logged and skipped, because the
+        data is already committed.
+        """
+        self._check_active()
+        self._on_commit.append(callback)
+
+    def add_undo(self, callback: Callable[[], None]) -> None:
+        """Register a compensation run (newest first) if the transaction or savepoint rolls back."""
+        self._check_active()
+        self._undo.append(callback)
+
+    def record_change(self, change: EntityChange) -> None:
+        """Record an entity write for the audit trail."""
+        self._changes.append(change)
+
+    def check_writable(self, what: str) -> None:
+        """Raise `HandlerContractError` when writing in a read-only (query) transaction."""
+        if self.readonly:
+            raise HandlerContractError(
+                f"{what}: queries run in read-only transactions; declare the operation with "
+                "define_command() if it must write"
+            )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def savepoint(self) -> Savepoint:
+        """Mark the current point; `Savepoint.rollback()` undoes everything after it.
+
+        One savepoint may be open at a time (the executor opens one per call of a batch).
+
+        Raises:
+            ConfigurationError: A savepoint is already open, or the transaction is closed.
+        """
+        self._check_active()
+        if self._savepoint is not None:
+            raise ConfigurationError(
+                "a savepoint is already open in this transaction: calls inside one batch must run "
+                "one after the other, not concurrently"
+            )
+        sp = Savepoint(self, len(self._on_commit), len(self._undo), len(self._changes))
+        self._savepoint = sp
+        await self._begin_savepoint()
+        return sp
+
+    async def commit(self) -> None:
+        """Commit the backend, then run the on-commit callbacks.
+
+        Raises:
+            ConfigurationError: The transaction is already closed or a savepoint is still open.
+        """
+        self._check_active()
+        if self._savepoint is not None:
+            raise ConfigurationError("release or roll back the open savepoint before committing")
+        try:
+            await self._commit_backend()
+        except BaseException:
+            await self.rollback()
+            raise
+        self._state = "committed"
+        callbacks, self._on_commit = self._on_commit, []
+        self._undo.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # committed already: report, never fail the caller
+                _log.exception("contractspec.on_commit_callback_failed", callback=repr(callback))
+
+    async def rollback(self) -> None:
+        """Undo everything: run compensations newest first and roll the backend back. Idempotent."""
+        if self._state != "active":
+            return
+        self._state = "rolled_back"
+        self._savepoint = None
+        self._run_undo(0)
+        self._on_commit.clear()
+        self._changes.clear()
+        await self._rollback_backend()
+
+    def _run_undo(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            undo = self._undo.pop()
+            undo()
+
+    def _check_active(self) -> None:
+        if self._state != "active":
+            raise ConfigurationError(f"the transaction is already {self._state.replace('_', ' ')}")
+
+    # -- backend hooks (SQL overrides these) -------------------------------------------------------
+
+    async def _commit_backend(self) -> None:
+        return None
+
+    async def _rollback_backend(self) -> None:
+        return None
+
+    async def _begin_savepoint(self) -> None:
+        return None
+
+    async def _release_savepoint(self) -> None:
+        return None
+
+    async def _rollback_savepoint(self) -> None:
+        return None
+
+
+class Savepoint:
+    """A point inside a transaction that one call of a batch can roll back to.
+
+    Attributes:
+        changes: Entity changes recorded since the savepoint was opened.
+    """
+
+    __slots__ = ("_changes_mark", "_commit_mark", "_tx", "_undo_mark")
+
+    def __init__(
+        self, tx: Transaction, commit_mark: int, undo_mark: int, changes_mark: int
+    ) -> None:
+        self._tx = tx
+        self._commit_mark = commit_mark
+        self._undo_mark = undo_mark
+        self._changes_mark = changes_mark
+
+    @property
+    def changes(self) -> list[EntityChange]:
+        """Entity changes recorded since this savepoint."""
+        return self._tx._changes[self._changes_mark :]
+
+    async def release(self) -> None:
+        """Keep everything done since the savepoint as part of the transaction."""
+        tx = self._tx
+        if tx._savepoint is not self:
+            return
+        tx._savepoint = None
+        await tx._release_savepoint()
+
+    async def rollback(self) -> None:
+        """Undo everything done since the savepoint; the transaction stays usable."""
+        tx = self._tx
+        if tx._savepoint is not self:
+            return
+        tx._savepoint = None
+        tx._run_undo(self._undo_mark)
+        del tx._on_commit[self._commit_mark :]
+        del tx._changes[self._changes_mark :]
+        await tx._rollback_savepoint()
+
+
+class MemoryTransaction(Transaction):
+    """A transaction with no backend: atomicity comes from undo callbacks and on-commit hooks."""
+
+    __slots__ = ()
+
+
+class MemoryUnitOfWork:
+    """The default unit of work: in-process transactions for memory stores and tests."""
+
+    __slots__ = ()
+
+    async def begin(self, *, readonly: bool = False) -> Transaction:
+        """Begin a `MemoryTransaction`."""
+        return MemoryTransaction(readonly=readonly)

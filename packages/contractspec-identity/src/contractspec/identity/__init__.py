@@ -1,0 +1,12 @@
+"""Users, organizations, memberships, RBAC policy engine and tenant isolation for ContractSpec apps."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("contractspec-identity")
+except PackageNotFoundError:  # pragma: no cover - source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]
