@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from core_app import build_registry
 
 from contractspec.core import Backend, MemoryBackend, SpecRegistry
 from contractspec.core.testing import temporary_sql_engine
 from contractspec.core.testing.fixtures import backend_kind, sql_engine, sql_kind
-
-from .app import build_registry
 
 __all__ = ["backend_kind", "sql_engine", "sql_kind"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from core_app import Deal, Stage
 
 from contractspec.core import (
     Actor,
@@ -19,8 +20,6 @@ from contractspec.core import (
     SpecValidationError,
 )
 from contractspec.core.testing import FakeClock, SequentialIds
-
-from .app import Deal, Stage
 
 SALES = CallContext(actor=Actor.user("u-sales", roles="sales"), org_id="org-1", request_id="r-1")
 POLICY = RolePermissions({"sales": ["deal.*", "contact.*"]})
