@@ -1,0 +1,77 @@
+"""GrowthBook's cross-SDK conformance suite: the sections our bucketing and targeting implement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from growth_a_cases import params
+
+from contractspec.core import SpecValidationError
+from contractspec.growth.bucketing import (
+    choose_variation,
+    equal_weights,
+    get_bucket_ranges,
+    in_namespace,
+)
+from contractspec.growth.conditions import eval_condition
+from contractspec.growth.hashing import bucket_hash, bucket_hash_many
+
+
+@pytest.mark.parametrize("case", params("hash", name_index=None))
+def test_hash(case: list[Any]) -> None:
+    """`bucket_hash(seed, value, version)` gives GrowthBook's value; unknown versions are refused."""
+    seed, value, version, expected = case
+    if expected is None:
+        with pytest.raises(SpecValidationError, match="hash_version must be 1 or 2"):
+            bucket_hash(seed, value, version)
+    else:
+        assert bucket_hash(seed, value, version) == expected
+
+
+@pytest.mark.parametrize("case", params("hash", name_index=None))
+def test_hash_vectorised(case: list[Any]) -> None:
+    """The NumPy path gives the same value as the conformance case."""
+    seed, value, version, expected = case
+    if expected is None:
+        with pytest.raises(SpecValidationError, match="hash_version"):
+            bucket_hash_many(seed, [value], version)
+    else:
+        assert bucket_hash_many(seed, [value, value], version).tolist() == [expected, expected]
+
+
+@pytest.mark.parametrize("case", params("getBucketRange"))
+def test_get_bucket_range(case: list[Any]) -> None:
+    """Bucket ranges match GrowthBook's, with clamped coverage and the equal-weight fallback."""
+    _, (num_variations, coverage, weights), expected = case
+    ranges = get_bucket_ranges(num_variations, coverage, weights)
+    assert [[round(a, 6), round(b, 6)] for a, b in ranges] == expected
+
+
+@pytest.mark.parametrize("case", params("chooseVariation"))
+def test_choose_variation(case: list[Any]) -> None:
+    """The first range holding the bucket wins; outside every range gives -1."""
+    _, n, ranges, expected = case
+    assert choose_variation(n, [tuple(r) for r in ranges]) == expected
+
+
+@pytest.mark.parametrize("case", params("getEqualWeights", name_index=None))
+def test_get_equal_weights(case: list[Any]) -> None:
+    """Equal weights are 1/n each, and empty for n < 1."""
+    n, expected = case
+    assert [round(w, 8) for w in equal_weights(n)] == expected
+
+
+@pytest.mark.parametrize("case", params("inNamespace"))
+def test_in_namespace(case: list[Any]) -> None:
+    """Namespace membership matches GrowthBook's (hash v1 of the id under `__<name>`)."""
+    _, hash_value, (name, start, end), expected = case
+    assert in_namespace(hash_value, (name, start, end)) is expected
+
+
+@pytest.mark.parametrize("case", params("evalCondition"))
+def test_eval_condition(case: list[Any]) -> None:
+    """Targeting conditions evaluate like GrowthBook's reference SDK (saved groups included)."""
+    _, condition, attributes, expected = case[:4]
+    saved_groups = case[4] if len(case) > 4 else None
+    assert eval_condition(attributes, condition, saved_groups) is expected
