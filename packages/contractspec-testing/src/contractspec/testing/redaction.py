@@ -142,7 +142,7 @@ email_detector: Final = Detector(
 )
 
 #: Bearer/Basic credentials (RFC 6750 b64token), JWTs, `key=value` secrets and API keys with
-#: well-known prefixes (OpenAI `sk-`, Stripe `sk_live_`, GitHub `ghp_`, Slack `xox?-`, AWS
+#: well-known prefixes (OpenAI `sk-`, Stripe `sk_live_`, GitHub `ghp_`, Slack `xox?-`, Stripe webhooks `whsec_`, AWS
 #: `AKIA`, Google `AIza`, GitLab `glpat-`).
 token_detector: Final = Detector(
     "token",
@@ -153,7 +153,7 @@ token_detector: Final = Detector(
         r"[\"']?\s*[:=]\s*[\"']?)(?P<kv>[^\s\"',;&]{6,})"
         r"|(?P<key>\b(?:sk-(?:proj-)?[A-Za-z0-9_-]{16,}|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"
         r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}"
-        r"|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|glpat-[A-Za-z0-9_-]{20,}))"
+        r"|whsec_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|glpat-[A-Za-z0-9_-]{20,}))"
     ),
     group=("cred", "jwt", "kv", "key"),
 )
