@@ -217,7 +217,7 @@ def test_buffer_is_bounded() -> None:
                 channel="script",
                 started_at=datetime(2024, 1, 1, tzinfo=UTC),
                 duration_ms=1.0,
-            )  # fmt: skip
+            )
         )
     assert recorder.pending == 2
     assert recorder.stats.dropped == 3
