@@ -360,6 +360,12 @@ class SpecRegistry:
             EventSpec, versions[max(versions) if ref.version is None else ref.version]
         )
 
+    def to_ir(self) -> dict[str, Any]:
+        """The canonical IR of every spec (see `contractspec.core.ir.to_ir`)."""
+        from contractspec.core.ir import to_ir
+
+        return to_ir(self)
+
     def validate(self, *, require_handlers: bool = False) -> None:
         """Check cross-references: every `emits` entry names a registered event and, with
         `require_handlers=True`, every operation has a handler.

@@ -29,6 +29,7 @@ try:
         ColumnElement,
         ForeignKeyConstraint,
         Index,
+        MetaData,
         Table,
         delete,
         select,
@@ -74,28 +75,35 @@ __all__ = [
 
 M = TypeVar("M", bound=BaseModel)
 
-#: The identity tables. Add it to your Alembic `target_metadata`.
+_ENTITIES = (user_entity, org_entity, membership_entity, binding_entity)
+
+
+def _identity_constraints(tables: EntityTables) -> None:
+    """Add foreign keys and the `user_id` index to the identity tables (once)."""
+    users = tables[user_entity].table
+    orgs = tables[org_entity].table
+    members = tables[membership_entity].table
+    bindings = tables[binding_entity].table
+    if not members.foreign_keys:
+        members.append_constraint(ForeignKeyConstraint(["org_id"], [orgs.c.id], ondelete="CASCADE"))
+        members.append_constraint(
+            ForeignKeyConstraint(["user_id"], [users.c.id], ondelete="CASCADE")
+        )
+        Index(f"ix_{members.name}_user_id", members.c.user_id)
+    if not bindings.foreign_keys:
+        bindings.append_constraint(
+            ForeignKeyConstraint(["org_id"], [orgs.c.id], ondelete="CASCADE")
+        )
+
+
+#: The default identity tables (`cs_identity_*`). Add it to your Alembic `target_metadata`.
 metadata = new_metadata()
-_tables = EntityTables(
-    [user_entity, org_entity, membership_entity, binding_entity], prefix="cs_", metadata=metadata
-)
-users_table: Table = _tables[user_entity].table
-orgs_table: Table = _tables[org_entity].table
-memberships_table: Table = _tables[membership_entity].table
-bindings_table: Table = _tables[binding_entity].table
-
-memberships_table.append_constraint(
-    ForeignKeyConstraint(["org_id"], [orgs_table.c.id], ondelete="CASCADE")
-)
-memberships_table.append_constraint(
-    ForeignKeyConstraint(["user_id"], [users_table.c.id], ondelete="CASCADE")
-)
-bindings_table.append_constraint(
-    ForeignKeyConstraint(["org_id"], [orgs_table.c.id], ondelete="CASCADE")
-)
-Index("ix_cs_identity_membership_user_id", memberships_table.c.user_id)
-
-_JSON_FIELDS: dict[str, frozenset[str]] = {t.table.name: t.json_fields for t in _tables}
+_default_tables = EntityTables(_ENTITIES, prefix="cs_", metadata=metadata)
+_identity_constraints(_default_tables)
+users_table: Table = _default_tables[user_entity].table
+orgs_table: Table = _default_tables[org_entity].table
+memberships_table: Table = _default_tables[membership_entity].table
+bindings_table: Table = _default_tables[binding_entity].table
 
 
 def _sql(tx: Transaction) -> SqlTransaction:
@@ -107,11 +115,10 @@ def _sql(tx: Transaction) -> SqlTransaction:
     return tx
 
 
-def _row(table: Table, model: BaseModel) -> dict[str, Any]:
+def _row(model: BaseModel) -> dict[str, Any]:
     row = model.model_dump()
-    json_fields = _JSON_FIELDS[table.name]
-    if json_fields:
-        row.update(model.model_dump(mode="json", include=set(json_fields)))
+    if isinstance(model, PolicyBinding):  # the one structured field: conditions (JSON)
+        row["conditions"] = model.model_dump(mode="json", include={"conditions"})["conditions"]
     return row
 
 
@@ -122,8 +129,15 @@ def _load(model: type[M], row: Mapping[str, Any]) -> M:
 class SqlIdentityStore:
     """`IdentityStore` on the identity tables (see the module docs).
 
-    Create the tables with `await create_all(engine, metadata)` in tests and prototypes, or with
-    Alembic in production.
+    Args:
+        tables: Where the identity tables are. By default the `cs_identity_*` tables of this
+            module's `metadata`. When the identity entities are registered in your registry (as
+            `register_identity` does), pass your `SqlBackend`'s `tables` so the store uses the
+            tables the backend creates (named after the entities with the backend's prefix); the
+            foreign keys and the `user_id` index are added to them.
+
+    Create the tables with `await create_all(engine, store.metadata)` (or `backend.create_all()`)
+    in tests and prototypes, or with Alembic in production.
 
     Example:
         ```python
@@ -136,7 +150,18 @@ class SqlIdentityStore:
         ```
     """
 
-    __slots__ = ()
+    __slots__ = ("bindings", "memberships", "metadata", "orgs", "users")
+
+    def __init__(self, tables: EntityTables | None = None) -> None:
+        if tables is None:
+            tables = _default_tables
+        else:
+            _identity_constraints(tables)
+        self.metadata: MetaData = tables.metadata
+        self.users: Table = tables[user_entity].table
+        self.orgs: Table = tables[org_entity].table
+        self.memberships: Table = tables[membership_entity].table
+        self.bindings: Table = tables[binding_entity].table
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -163,7 +188,7 @@ class SqlIdentityStore:
     async def add_user(self, tx: Transaction, user: User) -> User:
         """Insert a user; `ConflictError` on a taken id or email."""
         sql = _sql(tx)
-        if not await self._insert(sql, users_table, _row(users_table, user)):
+        if not await self._insert(sql, self.users, _row(user)):
             if await self.get_user_by_email(tx, user.email) is not None:
                 raise ConflictError(
                     "a user with this email already exists", details={"field": "email"}
@@ -173,12 +198,12 @@ class SqlIdentityStore:
 
     async def get_user(self, tx: Transaction, user_id: str) -> User | None:
         """The user, or `None`."""
-        row = await self._one(tx, select(users_table).where(users_table.c.id == user_id))
+        row = await self._one(tx, select(self.users).where(self.users.c.id == user_id))
         return None if row is None else _load(User, row)
 
     async def get_user_by_email(self, tx: Transaction, email: str) -> User | None:
         """The user with this email, or `None`."""
-        stmt = select(users_table).where(users_table.c.email == email.strip().lower())
+        stmt = select(self.users).where(self.users.c.email == email.strip().lower())
         row = await self._one(tx, stmt)
         return None if row is None else _load(User, row)
 
@@ -187,8 +212,8 @@ class SqlIdentityStore:
     async def add_org(self, tx: Transaction, org: Org) -> Org:
         """Insert an org; `ConflictError` on a taken id or slug."""
         sql = _sql(tx)
-        if not await self._insert(sql, orgs_table, _row(orgs_table, org)):
-            if await self._one(tx, select(orgs_table.c.id).where(orgs_table.c.slug == org.slug)):
+        if not await self._insert(sql, self.orgs, _row(org)):
+            if await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.slug == org.slug)):
                 raise ConflictError(
                     f"the slug {org.slug!r} is taken; choose another", details={"field": "slug"}
                 )
@@ -197,20 +222,20 @@ class SqlIdentityStore:
 
     async def get_org(self, tx: Transaction, org_id: str) -> Org | None:
         """The org, or `None`."""
-        row = await self._one(tx, select(orgs_table).where(orgs_table.c.id == org_id))
+        row = await self._one(tx, select(self.orgs).where(self.orgs.c.id == org_id))
         return None if row is None else _load(Org, row)
 
     async def update_org(self, tx: Transaction, org: Org) -> Org:
         """Replace the org; `NotFoundError` if absent, `ConflictError` on a taken slug."""
         sql = _sql(tx)
         sql.check_writable("updating an org")
-        t = orgs_table
+        t = self.orgs
         taken = await self._one(tx, select(t.c.id).where(t.c.slug == org.slug, t.c.id != org.id))
         if taken is not None:
             raise ConflictError(
                 f"the slug {org.slug!r} is taken; choose another", details={"field": "slug"}
             )
-        values = _row(t, org)
+        values = _row(org)
         values.pop("id")
         result = await sql.execute(update(t).where(t.c.id == org.id).values(values), write=True)
         if result.rowcount == 0:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
@@ -220,7 +245,7 @@ class SqlIdentityStore:
     async def lock_org(self, tx: Transaction, org_id: str) -> Org:
         """The org, locked with `SELECT ... FOR UPDATE` on PostgreSQL until `tx` ends."""
         sql = _sql(tx)
-        stmt = select(orgs_table).where(orgs_table.c.id == org_id)
+        stmt = select(self.orgs).where(self.orgs.c.id == org_id)
         if sql.dialect == "postgresql" and not sql.readonly:
             stmt = stmt.with_for_update()
         row = await self._one(tx, stmt)
@@ -231,7 +256,7 @@ class SqlIdentityStore:
     async def orgs_of_user(self, tx: Transaction, user_id: str) -> list[tuple[Org, OrgMembership]]:
         """The user's orgs with the memberships, ordered by org name then id (one query)."""
         sql = _sql(tx)
-        o, m = orgs_table, memberships_table
+        o, m = self.orgs, self.memberships
         stmt = (
             select(o, *(c.label(f"m_{c.name}") for c in m.c))
             .join(m, m.c.org_id == o.c.id)
@@ -257,13 +282,13 @@ class SqlIdentityStore:
         sql.check_writable("adding a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
-        if await self._one(tx, select(orgs_table.c.id).where(orgs_table.c.id == org_id)) is None:
+        if await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.id == org_id)) is None:
             raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
         if await self.get_user(tx, membership.user_id) is None:
             raise NotFoundError(
                 f"user {membership.user_id!r} not found", details={"user_id": membership.user_id}
             )
-        if not await self._insert(sql, memberships_table, _row(memberships_table, membership)):
+        if not await self._insert(sql, self.memberships, _row(membership)):
             if await self.get_membership(tx, org_id, membership.user_id) is not None:
                 raise ConflictError(
                     f"user {membership.user_id!r} already has a membership of this org",
@@ -273,13 +298,13 @@ class SqlIdentityStore:
         return membership
 
     def _scope(self, org_id: str) -> list[ColumnElement[bool]]:
-        return [memberships_table.c.org_id == check_scope(org_id, "identity.membership")]
+        return [self.memberships.c.org_id == check_scope(org_id, "identity.membership")]
 
     async def get_membership(
         self, tx: Transaction, org_id: str, user_id: str
     ) -> OrgMembership | None:
         """The membership in this org, or `None`."""
-        m = memberships_table
+        m = self.memberships
         row = await self._one(tx, select(m).where(*self._scope(org_id), m.c.user_id == user_id))
         return None if row is None else _load(OrgMembership, row)
 
@@ -293,7 +318,7 @@ class SqlIdentityStore:
     ) -> list[OrgMembership]:
         """The org's memberships, filtered, ordered by `created_at` then `user_id`."""
         sql = _sql(tx)
-        m = memberships_table
+        m = self.memberships
         where = self._scope(org_id)
         if role is not None:
             where.append(m.c.role == role)
@@ -318,8 +343,8 @@ class SqlIdentityStore:
                 f"user {membership.user_id!r} has no membership of this org",
                 details={"user_id": membership.user_id},
             )
-        m = memberships_table
-        values = _row(m, membership)
+        m = self.memberships
+        values = _row(membership)
         for key in ("id", "org_id", "user_id"):
             values.pop(key)
         await sql.execute(
@@ -341,7 +366,7 @@ class SqlIdentityStore:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return 0
-        m = memberships_table
+        m = self.memberships
         stmt = update(m).where(*scope, m.c.user_id.in_(ids)).values(status=MembershipStatus(status))
         result = await sql.execute(stmt, write=True)
         return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
@@ -356,15 +381,14 @@ class SqlIdentityStore:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return 0
-        m = memberships_table
+        m = self.memberships
         result = await sql.execute(delete(m).where(*scope, m.c.user_id.in_(ids)), write=True)
         return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
 
     # -- bindings ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _binding_scope(org_id: str | None) -> ColumnElement[bool]:
-        b = bindings_table
+    def _binding_scope(self, org_id: str | None) -> ColumnElement[bool]:
+        b = self.bindings
         return b.c.org_id.is_(None) if org_id is None else b.c.org_id == org_id
 
     async def add_binding(
@@ -377,11 +401,10 @@ class SqlIdentityStore:
             raise wrong_org("the policy binding", str(org_id), binding.org_id)
         if (
             org_id is not None
-            and await self._one(tx, select(orgs_table.c.id).where(orgs_table.c.id == org_id))
-            is None
+            and await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.id == org_id)) is None
         ):
             raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
-        if not await self._insert(sql, bindings_table, _row(bindings_table, binding)):
+        if not await self._insert(sql, self.bindings, _row(binding)):
             raise ConflictError(f"policy binding {binding.id!r} already exists")
         return binding
 
@@ -389,7 +412,7 @@ class SqlIdentityStore:
         self, tx: Transaction, org_id: str | None, binding_id: str
     ) -> PolicyBinding | None:
         """The binding of this scope, or `None`."""
-        b = bindings_table
+        b = self.bindings
         row = await self._one(
             tx, select(b).where(self._binding_scope(org_id), b.c.id == binding_id)
         )
@@ -400,7 +423,7 @@ class SqlIdentityStore:
     ) -> list[PolicyBinding]:
         """The scope's bindings, ordered by `created_at` then `id`."""
         sql = _sql(tx)
-        b = bindings_table
+        b = self.bindings
         where = [self._binding_scope(org_id)]
         if subject is not None:
             where.append(b.c.subject == subject)
@@ -412,7 +435,7 @@ class SqlIdentityStore:
         """Delete a binding of this scope; return whether it existed."""
         sql = _sql(tx)
         sql.check_writable("deleting a policy binding")
-        b = bindings_table
+        b = self.bindings
         stmt = delete(b).where(self._binding_scope(org_id), b.c.id == binding_id)
         result = await sql.execute(stmt, write=True)
         return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
@@ -422,7 +445,7 @@ class SqlIdentityStore:
         check_scope(org_id, "identity.policy_binding")
         sql = _sql(tx)
         sql.check_writable("deleting policy bindings")
-        b = bindings_table
+        b = self.bindings
         stmt = delete(b).where(b.c.org_id == org_id, b.c.subject == subject)
         result = await sql.execute(stmt, write=True)
         return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
@@ -432,7 +455,7 @@ class SqlIdentityStore:
     async def snapshot(self, tx: Transaction) -> tuple[list[OrgMembership], list[PolicyBinding]]:
         """Every membership and binding (two queries)."""
         sql = _sql(tx)
-        m, b = memberships_table, bindings_table
+        m, b = self.memberships, self.bindings
         members = await sql.execute(
             select(m).order_by(self._text_col(sql, m.c.org_id), self._text_col(sql, m.c.user_id))
         )
