@@ -1,0 +1,368 @@
+"""The breaking-change rule table: one case per rule, in both directions, in every role."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import pytest
+from core_regen_specs import Color, ColorPlus, Inner, InnerSmall, JobSpec, crm_like, registry_with
+from pydantic import Field
+
+from contractspec.core import (
+    SpecRegistry,
+    authenticated,
+    define_command,
+    define_entity,
+    define_event,
+    define_query,
+    public,
+    requires,
+)
+from contractspec.core.diff import RULES, Change, Severity, diff_ir
+
+# --------------------------------------------------------------------------------------------
+# Schema rules: (id, old fields, new fields, forward findings, reverse findings, model config)
+# Findings are (suffix, path below the role). The same case runs in every role; the rule id is
+# `<role prefix>-<suffix>` and the severity comes from the rule table.
+# --------------------------------------------------------------------------------------------
+
+Finding = tuple[str, str]
+SchemaCase = tuple[str, dict[str, Any], dict[str, Any], list[Finding], list[Finding]]
+
+SCHEMA_CASES: list[SchemaCase] = [
+    ("field-removed", {"x": (int, ...)}, {}, [("property-removed", "x")],
+     [("required-property-added", "x")]),
+    ("optional-field-added", {}, {"x": (int, 0)}, [("optional-property-added", "x")],
+     [("property-removed", "x")]),
+    ("became-required", {"x": (int, 0)}, {"x": (int, ...)}, [("property-became-required", "x")],
+     [("property-became-optional", "x")]),
+    ("became-nullable", {"x": (int, ...)}, {"x": (int | None, ...)}, [("became-nullable", "x")],
+     [("became-non-nullable", "x")]),
+    ("type-changed", {"x": (str, ...)}, {"x": (int, ...)}, [("type-changed", "x")],
+     [("type-changed", "x")]),
+    ("int-to-number", {"x": (int, ...)}, {"x": (float, ...)}, [("type-widened", "x")],
+     [("type-narrowed", "x")]),
+    ("union-widened", {"x": (int, ...)}, {"x": (int | str, ...)}, [("type-widened", "x")],
+     [("type-narrowed", "x")]),
+    ("any-narrowed", {"x": (Any, ...)}, {"x": (int, ...)}, [("type-narrowed", "x")],
+     [("type-widened", "x")]),
+    ("literal-value-removed", {"x": (Literal["a", "b"], ...)}, {"x": (Literal["a"], ...)},
+     [("enum-value-removed", "x")], [("enum-value-added", "x")]),
+    ("enum-value-added", {"x": (Color, ...)}, {"x": (ColorPlus, ...)},
+     [("enum-value-added", "x")], [("enum-value-removed", "x")]),
+    ("enum-introduced", {"x": (str, ...)}, {"x": (Literal["a", "b"], ...)},
+     [("enum-introduced", "x")], [("enum-dropped", "x")]),
+    ("max-length-decreased", {"x": (Annotated[str, Field(max_length=10)], ...)},
+     {"x": (Annotated[str, Field(max_length=5)], ...)}, [("constraint-tightened", "x")],
+     [("constraint-loosened", "x")]),
+    ("minimum-increased", {"x": (Annotated[int, Field(ge=0)], ...)},
+     {"x": (Annotated[int, Field(ge=1)], ...)}, [("constraint-tightened", "x")],
+     [("constraint-loosened", "x")]),
+    ("maximum-added", {"x": (int, ...)}, {"x": (Annotated[int, Field(le=9)], ...)},
+     [("constraint-tightened", "x")], [("constraint-loosened", "x")]),
+    ("pattern-added", {"x": (str, ...)}, {"x": (Annotated[str, Field(pattern="^a")], ...)},
+     [("constraint-tightened", "x")], [("constraint-loosened", "x")]),
+    ("pattern-changed", {"x": (Annotated[str, Field(pattern="^a")], ...)},
+     {"x": (Annotated[str, Field(pattern="^b")], ...)}, [("constraint-changed", "x")],
+     [("constraint-changed", "x")]),
+    ("max-items-added", {"x": (list[int], ...)},
+     {"x": (Annotated[list[int], Field(max_length=3)], ...)}, [("constraint-tightened", "x")],
+     [("constraint-loosened", "x")]),
+    ("multiple-of-changed", {"x": (Annotated[int, Field(multiple_of=2)], ...)},
+     {"x": (Annotated[int, Field(multiple_of=3)], ...)}, [("constraint-changed", "x")],
+     [("constraint-changed", "x")]),
+    ("multiple-of-finer", {"x": (Annotated[int, Field(multiple_of=2)], ...)},
+     {"x": (Annotated[int, Field(multiple_of=4)], ...)}, [("constraint-tightened", "x")],
+     [("constraint-loosened", "x")]),
+    ("format-added", {"x": (str, ...)}, {"x": (dt.datetime, ...)}, [("format-added", "x")],
+     [("format-removed", "x")]),
+    ("format-changed", {"x": (dt.date, ...)}, {"x": (dt.datetime, ...)},
+     [("format-changed", "x")], [("format-changed", "x")]),
+    ("decimal-scale", {"x": (Annotated[Decimal, Field(max_digits=12, decimal_places=2)], ...)},
+     {"x": (Annotated[Decimal, Field(max_digits=12, decimal_places=4)], ...)},
+     [("decimal-scale-changed", "x")], [("decimal-scale-changed", "x")]),
+    ("decimal-precision", {"x": (Annotated[Decimal, Field(max_digits=12, decimal_places=2)], ...)},
+     {"x": (Annotated[Decimal, Field(max_digits=10, decimal_places=2)], ...)},
+     [("constraint-tightened", "x")], [("constraint-loosened", "x")]),
+    ("decimal-minimum", {"x": (Annotated[Decimal, Field(decimal_places=2)], ...)},
+     {"x": (Annotated[Decimal, Field(decimal_places=2, ge=0)], ...)},
+     [("constraint-tightened", "x")], [("constraint-loosened", "x")]),
+    ("float-to-decimal", {"x": (float, ...)}, {"x": (Decimal, ...)},
+     [("decimal-type-changed", "x")], [("decimal-type-changed", "x")]),
+    ("default-changed", {"x": (int, 1)}, {"x": (int, 2)}, [("default-changed", "x")],
+     [("default-changed", "x")]),
+    ("nested-field-removed", {"x": (Inner, ...)}, {"x": (InnerSmall, ...)},
+     [("property-removed", "x.b")], [("required-property-added", "x.b")]),
+    ("list-item-type", {"x": (list[int], ...)}, {"x": (list[str], ...)},
+     [("type-changed", "x[]")], [("type-changed", "x[]")]),
+    ("dict-value-type", {"x": (dict[str, int], ...)}, {"x": (dict[str, str], ...)},
+     [("type-changed", "x{}")], [("type-changed", "x{}")]),
+    ("unknown-keyword", {"x": (int, ...)},
+     {"x": (Annotated[int, Field(json_schema_extra={"x-unit": "ms"})], ...)},
+     [("schema-changed", "x")], [("schema-changed", "x")]),
+    ("renamed", {"a": (int, ...)}, {"b": (int, ...)},
+     [("property-removed", "a"), ("required-property-added", "b")],
+     [("property-removed", "b"), ("required-property-added", "a")]),
+]  # fmt: skip
+
+#: Role → (rule-id prefix, path prefix of findings).
+ROLES = {
+    "input": ("input", "input"),
+    "output": ("output", "output"),
+    "payload": ("payload", "payload"),
+    "model": ("entity", "model"),
+    "job": ("schema", "payload"),
+}
+
+
+def schema_findings(old: SpecRegistry, new: SpecRegistry) -> set[tuple[str, Severity, str]]:
+    """(rule, severity, path) of the schema-level changes between two registries."""
+    spec_level = {"breaking-change-without-version-bump", "metadata-changed"}
+    return {
+        (c.rule, c.severity, c.path)
+        for c in diff_ir(old.to_ir(), new.to_ir()).changes
+        if c.rule not in spec_level
+    }
+
+
+def expected(role: str, findings: list[Finding]) -> set[tuple[str, Severity, str]]:
+    prefix, path = ROLES[role]
+    out = set()
+    for suffix, sub in findings:
+        rule = f"{prefix}-{suffix}"
+        out.add((rule, RULES[rule].severity, f"{path}.{sub}"))
+    return out
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+@pytest.mark.parametrize(
+    ("case", "old", "new", "forward", "reverse"), SCHEMA_CASES, ids=[c[0] for c in SCHEMA_CASES]
+)
+def test_schema_rule_both_directions(
+    role: str,
+    case: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    forward: list[Finding],
+    reverse: list[Finding],
+) -> None:
+    """Each schema case yields exactly its rules, with the role's severity, old→new and new→old."""
+    before, after = registry_with(role, old), registry_with(role, new)
+    assert schema_findings(before, after) == expected(role, forward)
+    assert schema_findings(after, before) == expected(role, reverse)
+
+
+def test_extra_fields_forbidden_is_a_root_constraint() -> None:
+    """`extra='forbid'` tightens the input root and loosens it back in reverse."""
+    before = registry_with("input", {"x": (int, ...)})
+    after = registry_with("input", {"x": (int, ...)}, extra="forbid")
+    assert schema_findings(before, after) == {
+        ("input-constraint-tightened", Severity.BREAKING, "input")
+    }
+    assert schema_findings(after, before) == {("input-constraint-loosened", Severity.INFO, "input")}
+
+
+@pytest.mark.parametrize(
+    ("role", "rule", "severity"),
+    [
+        ("input", "input-property-removed", Severity.BREAKING),
+        ("output", "output-type-widened", Severity.BREAKING),
+        ("payload", "payload-became-nullable", Severity.BREAKING),
+        ("model", "entity-enum-value-added", Severity.WARNING),
+    ],
+)
+def test_direction_decides_the_severity(role: str, rule: str, severity: Severity) -> None:
+    """The rule table gives direction-aware severities (spot checks of the derived table)."""
+    assert RULES[rule].severity is severity
+
+
+# --------------------------------------------------------------------------------------------
+# Spec-level rules: (id, old registry, new registry, forward rules, reverse rules)
+# --------------------------------------------------------------------------------------------
+
+
+def _job(**changes: Any) -> SpecRegistry:
+    from core_regen_specs import model
+
+    return SpecRegistry(JobSpec("t.sync", 1, model("SyncIn", {}), **changes))
+
+
+def _cmd_query(kind: str) -> SpecRegistry:
+    from core_regen_specs import model
+
+    define = define_command if kind == "command" else define_query
+    return SpecRegistry(define("t.thing.get", input=model("In", {}), output=model("Out", {})))
+
+
+def _entity_pk(pk: str) -> SpecRegistry:
+    from core_regen_specs import model
+
+    return SpecRegistry(define_entity("t.thing", model("T", {"code": (str, ...)}), primary_key=pk))
+
+
+SPEC_CASES: list[tuple[str, Any, Any, set[str], set[str]]] = [
+    ("operation-removed", lambda: crm_like(), lambda: crm_like(extra_ops=False),
+     {"operation-removed-without-deprecation"}, {"operation-added"}),
+    ("deprecated-removed", lambda: crm_like(deprecated=True),
+     lambda: SpecRegistry(*[s for s in crm_like(deprecated=True) if s.name != "crm.deal.create"]),
+     {"operation-removed-after-deprecation"}, {"operation-added"}),
+    ("deprecated", lambda: crm_like(), lambda: crm_like(deprecated=True),
+     {"operation-deprecated"}, {"operation-stability-changed"}),
+    ("stability", lambda: crm_like(stability="beta"), lambda: crm_like(),
+     {"operation-stability-changed"}, {"operation-stability-changed"}),
+    ("kind", lambda: _cmd_query("command"), lambda: _cmd_query("query"),
+     {"operation-kind-changed", "audit-disabled", "idempotency-added",
+      "breaking-change-without-version-bump"},
+     {"operation-kind-changed", "audit-enabled", "idempotency-removed",
+      "breaking-change-without-version-bump"}),
+    ("version-bump-in-place", lambda: crm_like(), lambda: crm_like(create_version=2),
+     {"operation-removed-without-deprecation", "operation-added"},
+     {"operation-removed-without-deprecation", "operation-added"}),
+    ("event-removed", lambda: crm_like(), lambda: crm_like(emits=[], with_event=False),
+     {"event-no-longer-emitted", "event-removed"}, {"event-newly-emitted", "event-added"}),
+    ("entity-removed", lambda: crm_like(),
+     lambda: SpecRegistry(*[s for s in crm_like() if s.kind != "entity"]),
+     {"entity-removed"}, {"entity-added"}),
+    ("job-removed", lambda: _job(), lambda: SpecRegistry(), {"spec-removed"}, {"spec-added"}),
+    ("job-field", lambda: _job(), lambda: _job(max_attempts=5),
+     {"spec-changed"}, {"spec-changed"}),
+    ("auth-to-authenticated", lambda: crm_like(), lambda: crm_like(auth=authenticated()),
+     {"auth-loosened", "breaking-change-without-version-bump"},
+     {"auth-tightened", "breaking-change-without-version-bump"}),
+    ("auth-to-public", lambda: crm_like(auth=authenticated()), lambda: crm_like(auth=public()),
+     {"auth-loosened", "breaking-change-without-version-bump"},
+     {"auth-tightened", "breaking-change-without-version-bump"}),
+    ("permission-dropped", lambda: crm_like(auth=requires("deal.write", "deal.admin")),
+     lambda: crm_like(auth=requires("deal.write")),
+     {"auth-loosened", "breaking-change-without-version-bump"},
+     {"auth-tightened", "breaking-change-without-version-bump"}),
+    ("auth-resource", lambda: crm_like(), lambda: crm_like(auth=requires("deal.write", resource="deal")),
+     {"auth-resource-changed"}, {"auth-resource-changed"}),
+    ("pii", lambda: crm_like(pii=["input.title"]), lambda: crm_like(),
+     {"pii-removed", "breaking-change-without-version-bump"}, {"pii-added"}),
+    ("entity-pii", lambda: crm_like(entity_pii=["email"]), lambda: crm_like(),
+     {"pii-removed", "breaking-change-without-version-bump"}, {"pii-added"}),
+    ("idempotency", lambda: crm_like(), lambda: crm_like(idempotent=False),
+     {"idempotency-removed", "breaking-change-without-version-bump"}, {"idempotency-added"}),
+    ("errors", lambda: crm_like(), lambda: crm_like(errors=["conflict", "not_found"]),
+     {"error-code-added"}, {"error-code-removed"}),
+    ("audit", lambda: crm_like(), lambda: crm_like(audit=False),
+     {"audit-disabled"}, {"audit-enabled"}),
+    ("event-key", lambda: crm_like(), lambda: crm_like(event_key=None),
+     {"event-key-changed"}, {"event-key-changed"}),
+    ("retention", lambda: crm_like(), lambda: crm_like(retention=dt.timedelta(days=30)),
+     {"event-retention-shortened"}, {"event-retention-extended"}),
+    ("severity", lambda: crm_like(), lambda: crm_like(severity="warning"),
+     {"event-severity-changed"}, {"event-severity-changed"}),
+    ("primary-key", lambda: _entity_pk("id"), lambda: _entity_pk("code"),
+     {"entity-primary-key-changed", "breaking-change-without-version-bump"},
+     {"entity-primary-key-changed", "breaking-change-without-version-bump"}),
+    ("tenancy", lambda: crm_like(), lambda: crm_like(tenant_scoped=False),
+     {"entity-tenancy-changed", "breaking-change-without-version-bump"},
+     {"entity-tenancy-changed", "breaking-change-without-version-bump"}),
+    ("unique-index", lambda: crm_like(), lambda: crm_like(indexes=[("title",)]),
+     {"entity-index-changed"}, {"entity-index-changed"}),
+    ("unique-index-added", lambda: crm_like(indexes=["title"]),
+     lambda: crm_like(indexes=[__import__("contractspec.core").core.Index(("title",), unique=True)]),
+     {"entity-unique-index-added"}, {"entity-index-changed"}),
+    ("description", lambda: crm_like(), lambda: crm_like(description="Open a new deal."),
+     {"metadata-changed"}, {"metadata-changed"}),
+    ("event-description", lambda: crm_like(), lambda: crm_like(event_description="New deal."),
+     {"metadata-changed"}, {"metadata-changed"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "forward", "reverse"), SPEC_CASES, ids=[c[0] for c in SPEC_CASES]
+)
+def test_spec_rule_both_directions(
+    case: str, old: Any, new: Any, forward: set[str], reverse: set[str]
+) -> None:
+    """Each spec-level case yields exactly its rules, old→new and new→old."""
+    before, after = old().to_ir(), new().to_ir()
+    assert {c.rule for c in diff_ir(before, after).changes} == forward
+    assert {c.rule for c in diff_ir(after, before).changes} == reverse
+
+
+def test_version_bump_keeps_the_old_contract() -> None:
+    """Adding @2 next to a deprecated @1 is info only; changing @1 in place is breaking."""
+    from core_regen_specs import model
+
+    v1 = define_command("t.thing.save", input=model("In", {"a": (int, ...)}), output=model("O", {}))
+    v1_deprecated = define_command(
+        "t.thing.save",
+        input=model("In", {"a": (int, ...)}),
+        output=model("O", {}),
+        stability="deprecated",
+    )
+    v2 = define_command(
+        "t.thing.save", version=2, input=model("In", {"b": (int, ...)}), output=model("O", {})
+    )
+    result = diff_ir(SpecRegistry(v1).to_ir(), SpecRegistry(v1_deprecated, v2).to_ir())
+    assert [(c.rule, c.severity, c.spec) for c in result.changes] == [
+        ("operation-deprecated", Severity.INFO, "t.thing.save@1"),
+        ("operation-added", Severity.INFO, "t.thing.save@2"),
+    ]
+    in_place = define_command(
+        "t.thing.save", input=model("In", {"b": (int, ...)}), output=model("O", {})
+    )
+    result = diff_ir(SpecRegistry(v1).to_ir(), SpecRegistry(in_place).to_ir())
+    assert [(c.rule, c.path) for c in result.changes] == [
+        ("input-property-removed", "input.a"),
+        ("input-required-property-added", "input.b"),
+        ("breaking-change-without-version-bump", ""),
+    ]
+    assert result.changes[-1].message == (
+        "2 breaking change(s) at the same version; keep t.thing.save@1 (deprecated) and register "
+        "the new shape as t.thing.save@2"
+    )
+
+
+def test_renamed_operation_is_removal_plus_addition() -> None:
+    """Renaming an operation reports the old name removed and the new one added."""
+    from core_regen_specs import model
+
+    def reg(name: str) -> SpecRegistry:
+        return SpecRegistry(define_query(name, input=model("I", {}), output=model("O", {})))
+
+    result = diff_ir(reg("t.thing.get").to_ir(), reg("t.thing.fetch").to_ir())
+    assert [(c.rule, c.spec) for c in result.changes] == [
+        ("operation-added", "t.thing.fetch@1"),
+        ("operation-removed-without-deprecation", "t.thing.get@1"),
+    ]
+
+
+def test_event_payload_seen_from_the_consumer() -> None:
+    """A payload field becoming optional breaks consumers (output rules apply to payloads)."""
+    from core_regen_specs import model
+
+    def reg(fields: dict[str, Any]) -> SpecRegistry:
+        return SpecRegistry(define_event("t.thing.saved", payload=model("P", fields)))
+
+    result = diff_ir(reg({"x": (int, ...)}).to_ir(), reg({"x": (int | None, None)}).to_ir())
+    assert [(c.rule, c.severity, c.path) for c in result.changes] == [
+        ("payload-became-nullable", Severity.BREAKING, "payload.x"),
+        ("payload-property-became-optional", Severity.BREAKING, "payload.x"),
+        ("breaking-change-without-version-bump", Severity.BREAKING, ""),
+    ]
+
+
+def test_every_rule_has_a_case() -> None:
+    """The tables above exercise every rule id of `RULES` (no rule is untested)."""
+    covered: set[str] = {"input-constraint-tightened", "input-constraint-loosened"}
+    for _case, _old, _new, forward, reverse in SCHEMA_CASES:
+        for role in ROLES:
+            covered |= {r for r, _s, _p in expected(role, forward + reverse)}
+    for _case, _old, _new, fwd, rev in SPEC_CASES:
+        covered |= fwd | rev
+    assert sorted(set(RULES) - covered) == []
+
+
+def test_change_renders_its_location() -> None:
+    """`Change.location` joins kind, spec and path."""
+    change = Change(
+        "input-property-removed", Severity.BREAKING, "operation", "a.b@1", "input.x", "m"
+    )
+    assert change.location == "operation a.b@1 input.x"
