@@ -415,7 +415,10 @@ def _welch_df(c: _Arm, v: _Arm) -> float:
     """Welch-Satterthwaite degrees of freedom."""
     qc = c.variance / c.n
     qv = v.variance / v.n
-    return (qc + qv) ** 2 / (qc * qc / (c.n - 1) + qv * qv / (v.n - 1))
+    # (qc + qv)² / (qc²/(n_c-1) + qv²/(n_v-1)), written with shares so tiny variances cannot
+    # underflow to 0/0.
+    share = qc / (qc + qv)
+    return 1.0 / (share * share / (c.n - 1) + (1.0 - share) ** 2 / (v.n - 1))
 
 
 def _lift(
@@ -574,18 +577,32 @@ def _compare(
         tuning=tuning,
     )
     m_c = c.unadjusted_mean
-    if m_c == 0.0:
+    m_v = v.unadjusted_mean
+    # Delta method for (m_v - m_c) / m_c with independent arms:
+    # s_v²/(m_c² n_v) + s_c² m_v²/(m_c⁴ n_c).
+    m_c2 = m_c * m_c
+    var_rel = math.inf
+    if m_c2 > 0.0:
+        ratio = m_v / m_c
+        var_rel = (v.variance / v.n + c.variance / c.n * ratio * ratio) / m_c2
+    if var_rel == 0.0:
         return result(
-            "zero_baseline",
-            f"the control {control_name!r} has mean 0, so a relative lift is undefined; "
-            "read the absolute lift (difference='absolute').",
+            "zero_variance",
+            f"the variation {variation_name!r} is constant at 0, so the relative lift has no "
+            "sampling error (delta method); read the absolute lift (difference='absolute').",
             df=df,
             theta_used=theta_used,
             absolute=absolute,
         )
-    m_v = v.unadjusted_mean
-    # Delta method for (m_v - m_c) / m_c with independent arms.
-    var_rel = v.variance / (m_c * m_c * v.n) + c.variance * m_v * m_v / (m_c**4 * c.n)
+    if not math.isfinite(var_rel):
+        return result(
+            "zero_baseline",
+            f"the control {control_name!r} has mean {m_c!r} (0 or too close to 0), so a relative "
+            "lift is undefined; read the absolute lift (difference='absolute').",
+            df=df,
+            theta_used=theta_used,
+            absolute=absolute,
+        )
     relative = _lift(
         (v.mean - c.mean) / m_c,
         var_rel,
