@@ -1,0 +1,1029 @@
+"""SQLAlchemy adapters of every bus store (SQLite via aiosqlite, PostgreSQL via psycopg).
+
+Install with `pip install 'contractspec-bus[sql]'` or `'contractspec-bus[postgres]'`.
+
+```python
+from contractspec.bus.sql import SqlOutboxStore, SqlDeadLetterStore, metadata
+from contractspec.core.sql import create_all, metadata as core_metadata
+
+await create_all(engine, core_metadata, metadata)
+```
+
+The bus's own tables (`cs_dead_letters`, `cs_processed_events`, `cs_audit_checkpoint`,
+`cs_notifications`, `cs_notification_preferences`, `cs_notification_deliveries`) live on
+`contractspec.bus.sql.metadata` with `NAMING_CONVENTION`: add it to your Alembic `target_metadata`
+next to core's. The outbox and audit log use core's `cs_outbox`, `cs_audit_log`, `cs_audit_head`.
+Adapters take your `AsyncEngine` and never dispose it.
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by the isolation session
+    raise ImportError(
+        "contractspec.bus.sql needs SQLAlchemy: pip install 'contractspec-bus[sql]' (SQLite) "
+        "or 'contractspec-bus[postgres]' (PostgreSQL)"
+    ) from exc
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from attrs import evolve
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contractspec.bus.audit import (
+    AuditFilter,
+    Checkpoint,
+    PurgeResult,
+    VerifyResult,
+    _check_cutoff,
+    _purge_record,
+    _seq_cursor,
+    verify_chain,
+)
+from contractspec.bus.stores import (
+    DeadLetter,
+    DeliveryRecord,
+    DeliveryStatus,
+    InAppNotification,
+    OutboxMessage,
+    OutboxStatus,
+    Page,
+    Preference,
+    _cursor,
+    accept_in_key_order,
+    check_page,
+)
+from contractspec.core import (
+    AuditEntry,
+    AuditRecord,
+    Clock,
+    ConfigurationError,
+    EventEnvelope,
+    IdGenerator,
+    NotFoundError,
+    SystemClock,
+    Transaction,
+    UuidGenerator,
+)
+from contractspec.core.sql import (
+    NAMING_CONVENTION,
+    JsonType,
+    SqlAuditLog,
+    SqlOutbox,
+    SqlTransaction,
+    SqlUnitOfWork,
+    UtcDateTime,
+    audit_head_table,
+    audit_table,
+    new_metadata,
+    outbox_table,
+)
+from contractspec.core.sql import metadata as core_metadata
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SqlAuditTrail",
+    "SqlDeadLetterStore",
+    "SqlDeliveryLog",
+    "SqlInAppStore",
+    "SqlOutboxStore",
+    "SqlPreferenceStore",
+    "SqlProcessedEventStore",
+    "audit_checkpoint_table",
+    "core_metadata",
+    "create_bus_tables",
+    "dead_letter_table",
+    "delivery_table",
+    "metadata",
+    "notification_table",
+    "preference_table",
+    "processed_table",
+]
+
+#: The bus's own tables. Add it (and core's `metadata`) to your Alembic `target_metadata`.
+metadata = new_metadata()
+_AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+dead_letter_table = Table(
+    "cs_dead_letters",
+    metadata,
+    Column("position", _AutoBigInt, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("event_id", String(64), nullable=False),
+    Column("event_name", String(200), nullable=False),
+    Column("org_id", String(200), nullable=True),
+    Column("subscriber", String(300), nullable=False),
+    Column("event", JsonType, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("failed_at", UtcDateTime, nullable=False),
+    Column("replayed_at", UtcDateTime, nullable=True),
+    Index(None, "subscriber", "position"),
+    Index(None, "org_id", "position"),
+    comment="Deliveries that failed past their retry limit (replayable).",
+)
+
+processed_table = Table(
+    "cs_processed_events",
+    metadata,
+    Column("consumer", String(300), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("processed_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("consumer", "event_id"),
+    comment="Events each idempotent consumer has processed.",
+)
+
+audit_checkpoint_table = Table(
+    "cs_audit_checkpoint",
+    metadata,
+    Column("org_key", String(200), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("purged", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    comment="Where each org's audit chain starts after retention purges.",
+)
+
+notification_table = Table(
+    "cs_notifications",
+    metadata,
+    Column("position", _AutoBigInt, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_key", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("notification", String(200), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("event_id", String(64), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("read_at", UtcDateTime, nullable=True),
+    Column("data", JsonType, nullable=False),
+    Index(None, "org_key", "user_id", "position"),
+    comment="In-app notifications with read/unread state.",
+)
+
+preference_table = Table(
+    "cs_notification_preferences",
+    metadata,
+    Column("org_key", String(200), nullable=False),
+    Column("user_key", String(200), nullable=False),
+    Column("notification", String(200), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    PrimaryKeyConstraint("org_key", "user_key", "notification", "channel"),
+    comment="Notification opt-ins/outs per org ('' user = org-wide) and user.",
+)
+
+delivery_table = Table(
+    "cs_notification_deliveries",
+    metadata,
+    Column("position", _AutoBigInt, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(200), nullable=True),
+    Column("notification", String(200), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("message", JsonType, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("notification", "event_id", "recipient_id", "channel"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "org_id", "position"),
+    comment="Notification delivery log: one row per (notification, event, recipient, channel).",
+)
+
+
+async def create_bus_tables(engine: AsyncEngine) -> None:
+    """Create core's library tables and the bus's tables (tests, examples; use Alembic in prod)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(core_metadata.create_all)
+        await conn.run_sync(metadata.create_all)
+
+
+def _org_key(org_id: str | None) -> str:
+    return "" if org_id is None else org_id
+
+
+def _org_of(org_key: str) -> str | None:
+    return None if org_key == "" else org_key
+
+
+def _insert(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+class _SqlStore:
+    """Base: the user's engine, a unit of work for writes, short read connections."""
+
+    __slots__ = ("_uow", "engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._uow = SqlUnitOfWork(engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def _write(self, *statements: Any) -> list[Any]:
+        tx = await self._uow.begin()
+        try:
+            results = [await tx.execute(s, write=True) for s in statements]
+            rowcounts = [getattr(r, "rowcount", None) for r in results]
+            await tx.commit()
+            return rowcounts
+        except BaseException:
+            await tx.rollback()
+            raise
+
+    async def _read(self, stmt: Any) -> list[Mapping[Any, Any]]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).mappings().all())
+
+
+# --------------------------------------------------------------------------------------------
+# Outbox
+# --------------------------------------------------------------------------------------------
+
+
+def _message(row: Mapping[Any, Any]) -> OutboxMessage:
+    return OutboxMessage(
+        position=int(row["position"]),
+        id=row["id"],
+        name=row["name"],
+        version=int(row["version"]),
+        org_id=row["org_id"],
+        key=row["aggregate_key"],
+        payload=row["payload"],
+        headers=row["headers"],
+        occurred_at=row["occurred_at"],
+        status=row["status"],
+        attempts=int(row["attempts"]),
+        available_at=row["available_at"],
+        delivered_at=row["delivered_at"],
+        last_error=row["last_error"],
+    )
+
+
+class SqlOutboxStore(_SqlStore):
+    """`OutboxStore` over core's `cs_outbox` table.
+
+    `publish` is core's `SqlOutbox` (rows written in the call's transaction). `claim` runs one
+    short transaction: it selects pending, available rows in position order (PostgreSQL:
+    `FOR UPDATE SKIP LOCKED`, so concurrent relays never claim the same row), keeps those that
+    respect per-key order (`accept_in_key_order`), and leases them by moving `available_at` to
+    `now + lease` and counting the attempt.
+
+    Args:
+        engine: Your `AsyncEngine` (never disposed here).
+    """
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._writer = SqlOutbox()
+
+    async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
+        """Stage one `cs_outbox` row per event in `tx` (a `SqlTransaction`)."""
+        await self._writer.publish(events, tx)
+
+    async def claim(self, limit: int, now: datetime, lease: timedelta) -> list[OutboxMessage]:
+        """Lease up to `limit` deliverable rows (see the class docs)."""
+        check_page(limit, maximum=10_000)
+        t = outbox_table
+        tx = await self._uow.begin()
+        try:
+            stmt = (
+                select(t)
+                .where(t.c.status == "pending", t.c.available_at <= now)
+                .order_by(t.c.position)
+                .limit(limit)
+            )
+            if self.dialect == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = (await tx.execute(stmt)).mappings().all()
+            if not rows:
+                await tx.rollback()
+                return []
+            candidates = [_message(r) for r in rows]
+            keys = sorted({m.key for m in candidates if m.key is not None})
+            queues: dict[str, list[int]] = {k: [] for k in keys}
+            if keys:
+                last = candidates[-1].position
+                pending = await tx.execute(
+                    select(t.c.position, t.c.aggregate_key)
+                    .where(
+                        t.c.status == "pending",
+                        t.c.aggregate_key.in_(keys),
+                        t.c.position <= last,
+                    )
+                    .order_by(t.c.position)
+                )
+                for row in pending.mappings():
+                    queues[row["aggregate_key"]].append(int(row["position"]))
+            accepted = accept_in_key_order(candidates, queues)
+            until = now + lease
+            if accepted:
+                await tx.execute(
+                    update(t)
+                    .where(t.c.position.in_([m.position for m in accepted]))
+                    .values(attempts=t.c.attempts + 1, available_at=until),
+                    write=True,
+                )
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        return [evolve(m, attempts=m.attempts + 1, available_at=until) for m in accepted]
+
+    async def mark_delivered(self, positions: Sequence[int], at: datetime) -> None:
+        """Mark rows delivered (one statement)."""
+        if not positions:
+            return
+        t = outbox_table
+        await self._write(
+            update(t)
+            .where(t.c.position.in_(list(positions)))
+            .values(status="delivered", delivered_at=at, last_error=None)
+        )
+
+    async def mark_failed(self, position: int, error: str, retry_at: datetime | None) -> None:
+        """Record the error; back off until `retry_at`, or mark `failed`."""
+        t = outbox_table
+        values: dict[str, Any] = {"last_error": error[:4000]}
+        if retry_at is None:
+            values["status"] = "failed"
+        else:
+            values["available_at"] = retry_at
+        await self._write(update(t).where(t.c.position == position).values(**values))
+
+    async def requeue(self, positions: Sequence[int] | None, now: datetime) -> int:
+        """Failed rows back to pending."""
+        t = outbox_table
+        stmt = update(t).where(t.c.status == "failed")
+        if positions is not None:
+            stmt = stmt.where(t.c.position.in_(list(positions)))
+        (count,) = await self._write(stmt.values(status="pending", available_at=now, attempts=0))
+        return int(count or 0)
+
+    async def messages(
+        self, *, status: OutboxStatus | None = None, limit: int = 100, after: int = 0
+    ) -> list[OutboxMessage]:
+        """Rows in position order."""
+        check_page(limit, maximum=10_000)
+        t = outbox_table
+        stmt = select(t).where(t.c.position > after).order_by(t.c.position).limit(limit)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        return [_message(r) for r in await self._read(stmt)]
+
+    async def purge_delivered(self, before: datetime) -> int:
+        """Delete rows delivered before `before`."""
+        t = outbox_table
+        (count,) = await self._write(
+            delete(t).where(t.c.status == "delivered", t.c.delivered_at < before)
+        )
+        return int(count or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Dead letters, processed events
+# --------------------------------------------------------------------------------------------
+
+
+def _letter(row: Mapping[Any, Any]) -> DeadLetter:
+    return DeadLetter(
+        id=row["id"],
+        event=row["event"],
+        subscriber=row["subscriber"],
+        error=row["error"],
+        attempts=int(row["attempts"]),
+        failed_at=row["failed_at"],
+        replayed_at=row["replayed_at"],
+    )
+
+
+class SqlDeadLetterStore(_SqlStore):
+    """`DeadLetterStore` in `cs_dead_letters`."""
+
+    __slots__ = ()
+
+    async def add(self, letter: DeadLetter) -> None:
+        """Insert; `ConflictError` if the id exists."""
+        await self._write(
+            dead_letter_table.insert().values(
+                id=letter.id,
+                event_id=letter.event_id,
+                event_name=letter.event_name,
+                org_id=letter.org_id,
+                subscriber=letter.subscriber,
+                event=dict(letter.event),
+                error=letter.error,
+                attempts=letter.attempts,
+                failed_at=letter.failed_at,
+                replayed_at=letter.replayed_at,
+            )
+        )
+
+    async def get(self, id: str) -> DeadLetter | None:
+        """One dead letter."""
+        rows = await self._read(select(dead_letter_table).where(dead_letter_table.c.id == id))
+        return _letter(rows[0]) if rows else None
+
+    async def list(
+        self,
+        *,
+        subscriber: str | None = None,
+        org_id: str | None = None,
+        event_name: str | None = None,
+        include_replayed: bool = False,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Oldest first; keyset pagination on position."""
+        check_page(limit)
+        t = dead_letter_table
+        stmt = select(t).where(t.c.position > _cursor(cursor)).order_by(t.c.position)
+        if subscriber is not None:
+            stmt = stmt.where(t.c.subscriber == subscriber)
+        if org_id is not None:
+            stmt = stmt.where(t.c.org_id == org_id)
+        if event_name is not None:
+            stmt = stmt.where(t.c.event_name == event_name)
+        if not include_replayed:
+            stmt = stmt.where(t.c.replayed_at.is_(None))
+        rows = await self._read(stmt.limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(
+            tuple(_letter(r) for r in rows), str(rows[-1]["position"]) if more and rows else None
+        )
+
+    async def mark_replayed(self, id: str, at: datetime) -> None:
+        """Record a successful replay; `NotFoundError` if unknown."""
+        t = dead_letter_table
+        (count,) = await self._write(update(t).where(t.c.id == id).values(replayed_at=at))
+        if not count:
+            raise NotFoundError(f"dead letter {id!r} does not exist")
+
+    async def count(self, *, include_replayed: bool = False) -> int:
+        """How many."""
+        t = dead_letter_table
+        stmt = select(func.count()).select_from(t)
+        if not include_replayed:
+            stmt = stmt.where(t.c.replayed_at.is_(None))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+
+class SqlProcessedEventStore:
+    """`ProcessedEventStore` in `cs_processed_events`, written in the consumer's transaction.
+
+    `mark` inserts with `ON CONFLICT DO NOTHING`: on PostgreSQL a concurrent duplicate waits for
+    the first transaction and then sees the row, so exactly one of them runs the effect.
+
+    Args:
+        engine: Your `AsyncEngine` (for `seen`).
+    """
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def mark(self, tx: Transaction, consumer: str, event_id: str, at: datetime) -> bool:
+        """`True` the first time, `False` for a repeat."""
+        if not isinstance(tx, SqlTransaction):
+            raise ConfigurationError(
+                "SqlProcessedEventStore needs a SQL transaction: build the IdempotentConsumer "
+                "with unit_of_work=SqlUnitOfWork(engine)",
+                details={"field": "unit_of_work"},
+            )
+        stmt = (
+            _insert(tx.dialect)(processed_table)
+            .values(consumer=consumer, event_id=event_id, processed_at=at)
+            .on_conflict_do_nothing()
+        )
+        result = await tx.execute(stmt, write=True)
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def seen(self, consumer: str, event_id: str) -> bool:
+        """Whether the pair is committed."""
+        t = processed_table
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(t.c.event_id).where(t.c.consumer == consumer, t.c.event_id == event_id)
+                )
+            ).first()
+        return row is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Notifications: in-app, preferences, delivery log
+# --------------------------------------------------------------------------------------------
+
+
+def _inapp(row: Mapping[Any, Any]) -> InAppNotification:
+    return InAppNotification(
+        id=row["id"],
+        org_id=_org_of(row["org_key"]),
+        user_id=row["user_id"],
+        notification=row["notification"],
+        title=row["title"],
+        body=row["body"],
+        event_id=row["event_id"],
+        created_at=row["created_at"],
+        read_at=row["read_at"],
+        data=row["data"] or {},
+    )
+
+
+class SqlInAppStore(_SqlStore):
+    """`InAppStore` in `cs_notifications`, every query scoped by org and user."""
+
+    __slots__ = ()
+
+    async def add(self, item: InAppNotification) -> None:
+        """Insert; `ConflictError` on a duplicate id."""
+        await self._write(
+            notification_table.insert().values(
+                id=item.id,
+                org_key=_org_key(item.org_id),
+                user_id=item.user_id,
+                notification=item.notification,
+                title=item.title,
+                body=item.body,
+                event_id=item.event_id,
+                created_at=item.created_at,
+                read_at=item.read_at,
+                data=dict(item.data),
+            )
+        )
+
+    def _mine(self, org_id: str | None, user_id: str) -> Any:
+        t = notification_table
+        return and_(t.c.org_key == _org_key(org_id), t.c.user_id == user_id)
+
+    async def list(
+        self,
+        org_id: str | None,
+        user_id: str,
+        *,
+        unread_only: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first; keyset pagination on position."""
+        check_page(limit)
+        t = notification_table
+        stmt = select(t).where(self._mine(org_id, user_id)).order_by(t.c.position.desc())
+        if cursor is not None:
+            stmt = stmt.where(t.c.position < _cursor(cursor))
+        if unread_only:
+            stmt = stmt.where(t.c.read_at.is_(None))
+        rows = await self._read(stmt.limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(
+            tuple(_inapp(r) for r in rows), str(rows[-1]["position"]) if more and rows else None
+        )
+
+    async def mark_read(self, org_id: str | None, user_id: str, id: str, at: datetime) -> bool:
+        """Mark one read."""
+        t = notification_table
+        (count,) = await self._write(
+            update(t)
+            .where(self._mine(org_id, user_id), t.c.id == id, t.c.read_at.is_(None))
+            .values(read_at=at)
+        )
+        return bool(count)
+
+    async def mark_all_read(self, org_id: str | None, user_id: str, at: datetime) -> int:
+        """Mark all read."""
+        t = notification_table
+        (count,) = await self._write(
+            update(t).where(self._mine(org_id, user_id), t.c.read_at.is_(None)).values(read_at=at)
+        )
+        return int(count or 0)
+
+    async def unread_count(self, org_id: str | None, user_id: str) -> int:
+        """How many unread."""
+        t = notification_table
+        stmt = (
+            select(func.count())
+            .select_from(t)
+            .where(self._mine(org_id, user_id), t.c.read_at.is_(None))
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+
+class SqlPreferenceStore(_SqlStore):
+    """`PreferenceStore` in `cs_notification_preferences`."""
+
+    __slots__ = ()
+
+    async def set(self, pref: Preference) -> None:
+        """Upsert on (org, user, notification, channel)."""
+        stmt = _insert(self.dialect)(preference_table).values(
+            org_key=_org_key(pref.org_id),
+            user_key=pref.user_id or "",
+            notification=pref.notification,
+            channel=pref.channel,
+            enabled=pref.enabled,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["org_key", "user_key", "notification", "channel"],
+            set_={"enabled": pref.enabled},
+        )
+        await self._write(stmt)
+
+    async def remove(
+        self, org_id: str | None, user_id: str | None, notification: str, channel: str
+    ) -> bool:
+        """Delete one."""
+        t = preference_table
+        (count,) = await self._write(
+            delete(t).where(
+                t.c.org_key == _org_key(org_id),
+                t.c.user_key == (user_id or ""),
+                t.c.notification == notification,
+                t.c.channel == channel,
+            )
+        )
+        return bool(count)
+
+    async def for_user(self, org_id: str | None, user_id: str) -> list[Preference]:
+        """The user's and the org-wide preferences."""
+        t = preference_table
+        rows = await self._read(
+            select(t)
+            .where(
+                t.c.org_key == _org_key(org_id), or_(t.c.user_key == "", t.c.user_key == user_id)
+            )
+            .order_by(t.c.user_key, t.c.notification, t.c.channel)
+        )
+        return [
+            Preference(
+                org_id=_org_of(r["org_key"]),
+                user_id=r["user_key"] or None,
+                notification=r["notification"],
+                channel=r["channel"],
+                enabled=bool(r["enabled"]),
+            )
+            for r in rows
+        ]
+
+
+def _delivery(row: Mapping[Any, Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        org_id=row["org_id"],
+        notification=row["notification"],
+        event_id=row["event_id"],
+        recipient_id=row["recipient_id"],
+        channel=row["channel"],
+        status=row["status"],
+        attempts=int(row["attempts"]),
+        message=row["message"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        sent_at=row["sent_at"],
+        last_error=row["last_error"],
+    )
+
+
+class SqlDeliveryLog(_SqlStore):
+    """`DeliveryLogStore` in `cs_notification_deliveries` (unique idempotency key)."""
+
+    __slots__ = ()
+
+    async def create(self, record: DeliveryRecord) -> DeliveryRecord | None:
+        """Insert unless the key exists (`ON CONFLICT DO NOTHING`)."""
+        stmt = (
+            _insert(self.dialect)(delivery_table)
+            .values(
+                id=record.id,
+                org_id=record.org_id,
+                notification=record.notification,
+                event_id=record.event_id,
+                recipient_id=record.recipient_id,
+                channel=record.channel,
+                status=record.status,
+                attempts=record.attempts,
+                message=dict(record.message),
+                created_at=record.created_at,
+                next_attempt_at=record.next_attempt_at,
+                sent_at=record.sent_at,
+                last_error=record.last_error,
+            )
+            .on_conflict_do_nothing(
+                index_elements=["notification", "event_id", "recipient_id", "channel"]
+            )
+        )
+        (count,) = await self._write(stmt)
+        return record if count == 1 else None
+
+    async def get(self, id: str) -> DeliveryRecord | None:
+        """One record."""
+        rows = await self._read(select(delivery_table).where(delivery_table.c.id == id))
+        return _delivery(rows[0]) if rows else None
+
+    async def find(
+        self, notification: str, event_id: str, recipient_id: str, channel: str
+    ) -> DeliveryRecord | None:
+        """By idempotency key."""
+        t = delivery_table
+        rows = await self._read(
+            select(t).where(
+                t.c.notification == notification,
+                t.c.event_id == event_id,
+                t.c.recipient_id == recipient_id,
+                t.c.channel == channel,
+            )
+        )
+        return _delivery(rows[0]) if rows else None
+
+    async def _update(self, id: str, **values: Any) -> None:
+        t = delivery_table
+        (count,) = await self._write(update(t).where(t.c.id == id).values(**values))
+        if not count:
+            raise NotFoundError(f"delivery {id!r} does not exist")
+
+    async def mark_sent(self, id: str, at: datetime, attempts: int) -> None:
+        """Record success."""
+        await self._update(
+            id, status="sent", sent_at=at, attempts=attempts, next_attempt_at=None, last_error=None
+        )
+
+    async def mark_failed(
+        self, id: str, error: str, attempts: int, next_attempt_at: datetime | None
+    ) -> None:
+        """Record a failure."""
+        await self._update(
+            id,
+            status="queued" if next_attempt_at is not None else "failed",
+            attempts=attempts,
+            last_error=error[:4000],
+            next_attempt_at=next_attempt_at,
+        )
+
+    async def due(self, now: datetime, limit: int = 100) -> list[DeliveryRecord]:
+        """Queued and due, oldest first."""
+        check_page(limit)
+        t = delivery_table
+        rows = await self._read(
+            select(t)
+            .where(t.c.status == "queued", t.c.next_attempt_at <= now)
+            .order_by(t.c.next_attempt_at, t.c.created_at, t.c.position)
+            .limit(limit)
+        )
+        return [_delivery(r) for r in rows]
+
+    async def list(
+        self,
+        *,
+        org_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Filtered, in insertion order."""
+        check_page(limit)
+        t = delivery_table
+        stmt = select(t).order_by(t.c.position).limit(limit)
+        if org_id is not None:
+            stmt = stmt.where(t.c.org_id == org_id)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        if event_id is not None:
+            stmt = stmt.where(t.c.event_id == event_id)
+        return [_delivery(r) for r in await self._read(stmt)]
+
+
+# --------------------------------------------------------------------------------------------
+# Audit trail
+# --------------------------------------------------------------------------------------------
+
+
+class SqlAuditTrail(_SqlStore):
+    """`AuditTrail` over core's `cs_audit_log`/`cs_audit_head` plus `cs_audit_checkpoint`.
+
+    Appending is core's `SqlAuditLog` (chain positions and hashes assigned at flush under a lock
+    on the org's head row). Queries use the indexed columns and keyset pagination on `seq`.
+
+    Args:
+        engine: Your `AsyncEngine`.
+        clock, ids: Time and id sources for purge entries.
+    """
+
+    __slots__ = ("_log", "clock", "ids")
+
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Clock | None = None, ids: IdGenerator | None = None
+    ) -> None:
+        super().__init__(engine)
+        self._log = SqlAuditLog(self._uow)
+        self.clock: Clock = clock or SystemClock()
+        self.ids: IdGenerator = ids or UuidGenerator()
+
+    async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
+        """Append `entry` in `tx` (or in its own transaction)."""
+        await self._log.record(entry, tx)
+
+    async def query(
+        self,
+        org_id: str | None,
+        filter: AuditFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        newest_first: bool = True,
+    ) -> Page:
+        """Matching entries of one org, a page at a time."""
+        check_page(limit)
+        t = audit_table
+        f = filter or AuditFilter()
+        stmt = select(t).where(t.c.org_key == _org_key(org_id))
+        for name in (
+            "actor_id",
+            "actor_kind",
+            "outcome",
+            "target_type",
+            "target_id",
+            "request_id",
+            "trace_id",
+        ):
+            value = getattr(f, name)
+            if value is not None:
+                stmt = stmt.where(t.c[name] == value)
+        if f.action is not None:
+            if f.action.endswith("*"):
+                prefix = f.action[:-1]
+                stmt = stmt.where(func.substr(t.c.action, 1, len(prefix)) == prefix)
+            else:
+                stmt = stmt.where(t.c.action == f.action)
+        if f.since is not None:
+            stmt = stmt.where(t.c.occurred_at >= f.since)
+        if f.until is not None:
+            stmt = stmt.where(t.c.occurred_at < f.until)
+        bound = _seq_cursor(cursor)
+        if bound is not None:
+            stmt = stmt.where(t.c.seq < bound if newest_first else t.c.seq > bound)
+        stmt = stmt.order_by(t.c.seq.desc() if newest_first else t.c.seq).limit(limit + 1)
+        rows = await self._read(stmt)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = tuple(
+            AuditEntry(int(r["seq"]), AuditRecord.from_dict(r["body"]), r["prev_hash"], r["hash"])
+            for r in rows
+        )
+        return Page(entries, str(entries[-1].seq) if more and entries else None)
+
+    async def checkpoint(self, org_id: str | None) -> Checkpoint | None:
+        """The org's checkpoint."""
+        c = audit_checkpoint_table
+        rows = await self._read(select(c).where(c.c.org_key == _org_key(org_id)))
+        if not rows:
+            return None
+        r = rows[0]
+        return Checkpoint(org_id, int(r["seq"]), r["hash"], int(r["purged"]), r["created_at"])
+
+    async def verify(self, org_id: str | None) -> VerifyResult:
+        """Recompute the org's chain from its checkpoint; also check the indexed columns."""
+        t, h = audit_table, audit_head_table
+        key = _org_key(org_id)
+        async with self.engine.connect() as conn:
+            rows = (
+                (await conn.execute(select(t).where(t.c.org_key == key).order_by(t.c.seq)))
+                .mappings()
+                .all()
+            )
+            head = (await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == key))).first()
+        checkpoint = await self.checkpoint(org_id)
+        for r in rows:
+            body = r["body"]
+            for column in (
+                "id",
+                "action",
+                "outcome",
+                "actor_id",
+                "actor_kind",
+                "target_type",
+                "target_id",
+                "request_id",
+                "trace_id",
+            ):
+                if r[column] != body.get(column):
+                    return VerifyResult(
+                        False,
+                        org_id,
+                        0,
+                        int(r["seq"]),
+                        f"column {column} disagrees with the hashed body: the entry was edited",
+                    )
+            if r["occurred_at"] != datetime.fromisoformat(body["occurred_at"]):
+                return VerifyResult(
+                    False,
+                    org_id,
+                    0,
+                    int(r["seq"]),
+                    "column occurred_at disagrees with the hashed body: the entry was edited",
+                )
+        chain = [(int(r["seq"]), r["body"], r["prev_hash"], r["hash"]) for r in rows]
+        return verify_chain(
+            org_id, chain, (int(head.seq), head.hash) if head is not None else None, checkpoint
+        )
+
+    async def purge_older_than(
+        self, org_id: str | None, cutoff: datetime, *, actor_id: str = "system"
+    ) -> PurgeResult:
+        """Delete the longest prefix older than `cutoff`, checkpoint it and chain a purge entry.
+
+        Runs in one transaction that locks the org's head row first (PostgreSQL), so it never
+        races with appends.
+        """
+        _check_cutoff(cutoff)
+        t, h, c = audit_table, audit_head_table, audit_checkpoint_table
+        key = _org_key(org_id)
+        tx = await self._uow.begin()
+        try:
+            lock = select(h.c.seq).where(h.c.org_key == key)
+            if self.dialect == "postgresql":
+                lock = lock.with_for_update()
+            if (await tx.execute(lock)).first() is None:
+                await tx.rollback()
+                return PurgeResult(0, None)
+            first_young = (
+                await tx.execute(
+                    select(func.min(t.c.seq)).where(t.c.org_key == key, t.c.occurred_at >= cutoff)
+                )
+            ).scalar_one()
+            upto_stmt = select(t.c.seq, t.c.hash).where(t.c.org_key == key)
+            if first_young is not None:
+                upto_stmt = upto_stmt.where(t.c.seq < first_young)
+            last = (await tx.execute(upto_stmt.order_by(t.c.seq.desc()).limit(1))).first()
+            current_rows = (await tx.execute(select(c).where(c.c.org_key == key))).mappings().all()
+            current = current_rows[0] if current_rows else None
+            if last is None:
+                await tx.rollback()
+                return PurgeResult(0, await self.checkpoint(org_id))
+            through_seq, through_hash = int(last.seq), str(last.hash)
+            deleted = await tx.execute(
+                delete(t).where(t.c.org_key == key, t.c.seq <= through_seq), write=True
+            )
+            n = int(getattr(deleted, "rowcount", 0) or 0)
+            now = self.clock.now()
+            cp = Checkpoint(
+                org_id,
+                through_seq,
+                through_hash,
+                (int(current["purged"]) if current else 0) + n,
+                now,
+            )
+            upsert = _insert(self.dialect)(c).values(
+                org_key=key, seq=cp.seq, hash=cp.hash, purged=cp.purged, created_at=now
+            )
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["org_key"],
+                set_={"seq": cp.seq, "hash": cp.hash, "purged": cp.purged, "created_at": now},
+            )
+            await tx.execute(upsert, write=True)
+            await self._log.record(
+                _purge_record(self.ids, now, org_id, cp, n, cutoff, actor_id), tx
+            )
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        return PurgeResult(n, cp)
