@@ -52,7 +52,7 @@ ComparisonStatus = Literal[
 def _require_pandas() -> Any:
     try:
         import pandas as pd
-    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching sys.modules
+    except ImportError as exc:
         raise ImportError(
             "to_frame() needs pandas: pip install 'contractspec-growth[pandas]'"
         ) from exc
