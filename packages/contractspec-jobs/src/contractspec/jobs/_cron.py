@@ -104,9 +104,14 @@ def cron_trigger(expression: str, timezone: tzinfo) -> BaseTrigger:
         try:
             return CronTrigger(**kwargs, **extra)
         except ValueError as exc:
-            text = str(exc)
-            field = next((n for n in names if n in text), "expression")
-            raise ValueError(f"invalid cron {field} in {expression!r}: {text}") from None
+            field = "expression"
+            for name, value in zip(names, (minute, hour, day, month, day_of_week), strict=True):
+                try:
+                    CronTrigger(**{name: value}, timezone=timezone)
+                except ValueError:
+                    field = name
+                    break
+            raise ValueError(f"invalid cron {field} in {expression!r}: {exc}") from None
 
     if day not in ("*", "?") and day_of_week != "*":
         return OrTrigger([make(day=day), make(day_of_week=day_of_week)])

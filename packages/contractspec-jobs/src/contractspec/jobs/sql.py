@@ -806,10 +806,11 @@ class SqlScheduleStore:
                 result = await tx.execute(
                     dialect_insert(t)
                     .values(name=name, next_fire_at=next_fire_at, revision=1, updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["name"]),
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(t.c.name),
                     write=True,
                 )
-                moved = result.rowcount == 1
+                moved = result.scalar_one_or_none() is not None
             if not moved:
                 await tx.rollback()
                 return False
