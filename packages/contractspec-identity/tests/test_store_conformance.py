@@ -305,7 +305,8 @@ async def test_rollback_undoes_every_write(app: IdentityApp) -> None:
         "o1", "u2", "admin", minute=1
     )
     o2 = await app.read(lambda tx: s.get_membership(tx, "o2", "u4"))
-    assert o2 is not None and o2.status is MembershipStatus.ACTIVE
+    assert o2 is not None
+    assert o2.status is MembershipStatus.ACTIVE
     assert [b.id for b in await app.read(lambda tx: s.list_bindings(tx, "o1"))] == ["b1", "b2"]
 
 

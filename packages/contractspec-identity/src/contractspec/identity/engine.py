@@ -146,6 +146,15 @@ def _evaluate(
     return None if indeterminate else True
 
 
+def _closed(held: bool | None) -> str:
+    if held is None:
+        return (
+            " (its conditions could not be evaluated: an attribute is missing or incomparable, "
+            "and denies fail closed)"
+        )
+    return ""
+
+
 class _Binding:
     """A compiled `PolicyBinding`."""
 
@@ -331,7 +340,7 @@ class PolicyEngine:
             A `Decision` whose `reason` explains it and whose `matched_rule` is
             `role:<role>:<pattern>`, `binding:<id>` or `rule:<name>` (`None` for default denies).
         """
-        if subject.kind is ActorKind.ANONYMOUS:
+        if subject.kind == ActorKind.ANONYMOUS:
             return _ANONYMOUS
         uid = subject.id
         org = resource.org_id
@@ -348,7 +357,9 @@ class PolicyEngine:
                 cached = self._role_decision(role, action)
             if cached is not None:
                 return cached  # type: ignore[no-any-return]
-            return Decision.deny(f"role {role!r} does not grant {action!r} in org {org!r}")
+            return Decision.deny(
+                f"role {role!r} does not grant {action!r} in org {org!r} (deny by default)"
+            )
         return self._decide_full(subject, action, resource, ctx, role, bindings, platform, rules)
 
     def check(
@@ -455,17 +466,21 @@ class PolicyEngine:
             if b.allow:
                 continue
             conditions = b.binding.conditions
-            if not conditions or _evaluate(conditions, subject, resource, ctx, role) is not False:
+            held = _evaluate(conditions, subject, resource, ctx, role) if conditions else True
+            if held is not False:
                 return Decision.deny(
-                    f"{b.describe()} denies {action!r}; an explicit deny beats any allow",
+                    f"{b.describe()} denies {action!r}{_closed(held)}; an explicit deny beats any "
+                    "allow",
                     f"binding:{b.id}",
                 )
         for rule in rules.denies:
             if not self._rule_applies(rule, subject, resource, role):
                 continue
-            if not rule.when or _evaluate(rule.when, subject, resource, ctx, role) is not False:
+            held = _evaluate(rule.when, subject, resource, ctx, role) if rule.when else True
+            if held is not False:
                 return Decision.deny(
-                    f"access rule {rule.name!r} denies {action!r}; an explicit deny beats any allow",
+                    f"access rule {rule.name!r} denies {action!r}{_closed(held)}; an explicit deny "
+                    "beats any allow",
                     f"rule:{rule.name}",
                 )
         # 2. allows
