@@ -480,7 +480,7 @@ def load_ir(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any
     if isinstance(source, Mapping):
         return validate_ir(dict(source))
     text = str(source)
-    if isinstance(source, str) and text.lstrip().startswith("{"):
+    if isinstance(source, str) and text.lstrip().startswith(("{", "[")):
         label = "IR"
     else:
         path = Path(source)
