@@ -24,7 +24,11 @@ from contractspec.identity import (
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 DEAL_MODEL = AccessModel(
-    permissions=[Permission(name="deal.read"), Permission(name="deal.write"), Permission(name="deal.delete")],
+    permissions=[
+        Permission(name="deal.read"),
+        Permission(name="deal.write"),
+        Permission(name="deal.delete"),
+    ],
     roles=[Role(name="sales", permissions=("deal.read", "deal.write"), rank=20)],
     rules=[
         AccessRule(
@@ -51,9 +55,17 @@ DEAL_MODEL = AccessModel(
 )
 
 
-def member(org: str, user: str, role: str, status: MembershipStatus = MembershipStatus.ACTIVE) -> OrgMembership:
+def member(
+    org: str, user: str, role: str, status: MembershipStatus = MembershipStatus.ACTIVE
+) -> OrgMembership:
     return OrgMembership(
-        id=f"m-{org}-{user}", org_id=org, user_id=user, role=role, status=status, created_at=T0, updated_at=T0
+        id=f"m-{org}-{user}",
+        org_id=org,
+        user_id=user,
+        role=role,
+        status=status,
+        created_at=T0,
+        updated_at=T0,
     )
 
 
@@ -72,7 +84,9 @@ def decide(
     **attrs: Any,
 ) -> Decision:
     subject = actor or Actor.user(user)
-    return engine.decide(subject, action, Resource(type, id, org, attrs), CallContext(actor=subject, org_id=org))
+    return engine.decide(
+        subject, action, Resource(type, id, org, attrs), CallContext(actor=subject, org_id=org)
+    )
 
 
 @pytest.fixture
@@ -165,7 +179,9 @@ def test_deny_of_a_role_denies_every_permission_of_the_role(engine: PolicyEngine
 
 def test_resource_level_binding_grants_one_resource(engine: PolicyEngine) -> None:
     """A binding on one resource id allows that resource only; a type-wide one allows all of the type."""
-    engine.put_binding(bind("b1", "o1", "u3", permission="deal.write", resource_type="deal", resource_id="d1"))
+    engine.put_binding(
+        bind("b1", "o1", "u3", permission="deal.write", resource_type="deal", resource_id="d1")
+    )
     engine.put_binding(bind("b2", "o1", "u3", permission="deal.read", resource_type="deal"))
     open_deal = {"type": "deal", "stage": "open"}
     assert decide(engine, "u3", "deal.write", id="d1", **open_deal).matched_rule == "binding:b1"
@@ -178,7 +194,9 @@ def test_expired_bindings_grant_and_deny_nothing(engine: PolicyEngine, clock: Fa
     """Bindings stop applying at `expires_at`; the deny reason names the expired binding."""
     until = T0 + timedelta(hours=1)
     engine.put_binding(bind("b1", "o1", "u9", permission="deal.read", expires_at=until))
-    engine.put_binding(bind("b2", "o1", "u1", permission="deal.read", effect=Effect.DENY, expires_at=until))
+    engine.put_binding(
+        bind("b2", "o1", "u1", permission="deal.read", effect=Effect.DENY, expires_at=until)
+    )
     assert decide(engine, "u9", "deal.read").allowed is True
     assert decide(engine, "u1", "deal.read").allowed is False
     clock.advance(timedelta(hours=1))
@@ -250,7 +268,10 @@ def test_access_rules_owner_condition_and_frozen_deals(engine: PolicyEngine) -> 
     """Spec rules: members write their own deals; closed deals are denied to everyone."""
     own = decide(engine, "u3", "deal.write", type="deal", owner_id="u3", stage="open")
     assert own.matched_rule == "rule:members-write-own-deals"
-    assert decide(engine, "u3", "deal.write", type="deal", owner_id="u2", stage="open").allowed is False
+    assert (
+        decide(engine, "u3", "deal.write", type="deal", owner_id="u2", stage="open").allowed
+        is False
+    )
     assert decide(engine, "u3", "deal.write", type="invoice", owner_id="u3").allowed is False
     closed = decide(engine, "u1", "deal.read", type="deal", stage="closed")
     assert closed == Decision(
@@ -289,7 +310,11 @@ def test_authenticated_rules_cover_org_less_permissions(engine: PolicyEngine) ->
         (Condition(attribute="resource.tier", op="exists"), {"tier": "x"}, True),
         (Condition(attribute="resource.tier", op="exists"), {}, False),
         (Condition(attribute="resource.tier", op="not_exists"), {}, True),
-        (Condition(attribute="subject.id", value_from="resource.owner_id"), {"owner_id": "u9"}, True),
+        (
+            Condition(attribute="subject.id", value_from="resource.owner_id"),
+            {"owner_id": "u9"},
+            True,
+        ),
         (Condition(attribute="subject.role", value="owner"), {}, False),
         (Condition(attribute="ctx.channel", value="api"), {}, True),
         (Condition(attribute="resource.type", value="crm.deals"), {}, True),
