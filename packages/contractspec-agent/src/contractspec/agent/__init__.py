@@ -1,12 +1,169 @@
-"""AI agents, tools, approvals and a policy-safe tool gateway for ContractSpec."""
+"""AI agents, tools, approvals and a policy-safe tool gateway for ContractSpec.
+
+```python
+from contractspec.agent import (
+    AgentRunner, ApprovalWorkflow, RiskLevel, define_agent, operation_tool, tool,
+)
+```
+
+Tools are core operations or typed functions; every call goes through the `ToolGateway`
+(validate → invariants → risk → approval → idempotency → execute/shadow → audit); runs are
+durable and resume after approvals, in any process. Offline testing lives in
+`contractspec.agent.testing`, SQL stores in `contractspec.agent.sql`, the litellm model client in
+`contractspec.agent.litellm` (extra `contractspec-agent[litellm]`).
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+
+from contractspec.agent._switch import allow_model_requests, model_requests_allowed
+from contractspec.agent.approvals import ApprovalWorkflow, arguments_hash
+from contractspec.agent.errors import (
+    AgentRunError,
+    ApprovalDecisionError,
+    ApprovalExpiredError,
+    ApprovalMismatchError,
+    ApprovalRequiredError,
+    ApprovalUnavailableError,
+    InvariantFailedError,
+    ModelRequestsForbiddenError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+)
+from contractspec.agent.events import AGENT_EVENTS, APPROVAL_EVENTS
+from contractspec.agent.gateway import (
+    ActionPacket,
+    RunScope,
+    ShadowReport,
+    ToolExecutor,
+    ToolGateway,
+    ToolOutcome,
+    action_id_for,
+    shadow_report,
+)
+from contractspec.agent.invariants import (
+    Invariant,
+    InvariantResult,
+    RiskRule,
+    budget_cap,
+    margin_floor,
+    parse_expression,
+    refund_limit,
+)
+from contractspec.agent.memory import AgentMemory, InMemoryAgentMemory
+from contractspec.agent.messages import (
+    AssistantMessage,
+    Message,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    SystemMessage,
+    ToolCall,
+    ToolDefinition,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
+from contractspec.agent.runner import AgentRunner, RunResult
+from contractspec.agent.specs import (
+    AgentPolicy,
+    AgentRegistry,
+    AgentSpec,
+    UsageLimits,
+    define_agent,
+)
+from contractspec.agent.stores import (
+    ActionRecord,
+    ActionStatus,
+    ApprovalDecision,
+    ApprovalRequest,
+    ApprovalStatus,
+    ApprovalStore,
+    MemoryApprovalStore,
+    MemoryRunStore,
+    Run,
+    RunLog,
+    RunStatus,
+    RunStep,
+    RunStore,
+)
+from contractspec.agent.tools import RiskLevel, Tool, ToolContext, operation_tool, tool
 
 try:
     __version__ = version("contractspec-agent")
 except PackageNotFoundError:  # pragma: no cover - source tree without metadata
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AGENT_EVENTS",
+    "APPROVAL_EVENTS",
+    "ActionPacket",
+    "ActionRecord",
+    "ActionStatus",
+    "AgentMemory",
+    "AgentPolicy",
+    "AgentRegistry",
+    "AgentRunError",
+    "AgentRunner",
+    "AgentSpec",
+    "ApprovalDecision",
+    "ApprovalDecisionError",
+    "ApprovalExpiredError",
+    "ApprovalMismatchError",
+    "ApprovalRequest",
+    "ApprovalRequiredError",
+    "ApprovalStatus",
+    "ApprovalStore",
+    "ApprovalUnavailableError",
+    "ApprovalWorkflow",
+    "AssistantMessage",
+    "InMemoryAgentMemory",
+    "Invariant",
+    "InvariantFailedError",
+    "InvariantResult",
+    "MemoryApprovalStore",
+    "MemoryRunStore",
+    "Message",
+    "ModelClient",
+    "ModelRequest",
+    "ModelRequestsForbiddenError",
+    "ModelResponse",
+    "RiskLevel",
+    "RiskRule",
+    "Run",
+    "RunLog",
+    "RunResult",
+    "RunScope",
+    "RunStatus",
+    "RunStep",
+    "RunStore",
+    "ShadowReport",
+    "SystemMessage",
+    "Tool",
+    "ToolCall",
+    "ToolContext",
+    "ToolDefinition",
+    "ToolExecutor",
+    "ToolGateway",
+    "ToolMessage",
+    "ToolOutcome",
+    "UnexpectedModelBehavior",
+    "Usage",
+    "UsageLimitExceeded",
+    "UsageLimits",
+    "UserMessage",
+    "__version__",
+    "action_id_for",
+    "allow_model_requests",
+    "arguments_hash",
+    "budget_cap",
+    "define_agent",
+    "margin_floor",
+    "model_requests_allowed",
+    "operation_tool",
+    "parse_expression",
+    "refund_limit",
+    "shadow_report",
+    "tool",
+]

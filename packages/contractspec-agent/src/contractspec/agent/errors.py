@@ -1,0 +1,96 @@
+"""Errors of contractspec-agent, all rooted at `contractspec.core.ContractSpecError`.
+
+Split by blame, like the rest of ContractSpec (and pydantic-ai's `UserError` / `AgentRunError`):
+
+* the developer declared something wrong: `SpecDefinitionError` (from core) for agents and tools;
+* a run failed at run time: `AgentRunError` and its subclasses (`UsageLimitExceeded`,
+  `UnexpectedModelBehavior`, `ModelRequestsForbiddenError`);
+* an approval rule said no: `ApprovalDecisionError`, `ApprovalExpiredError`,
+  `ApprovalMismatchError`, `ApprovalUnavailableError`;
+* a proof-carrying action failed an invariant: `InvariantFailedError`.
+"""
+
+from __future__ import annotations
+
+from contractspec.core import (
+    ApprovalRequiredError,
+    ConflictError,
+    ContractSpecError,
+    PolicyDeniedError,
+)
+
+__all__ = [
+    "AgentRunError",
+    "ApprovalDecisionError",
+    "ApprovalExpiredError",
+    "ApprovalMismatchError",
+    "ApprovalRequiredError",
+    "ApprovalUnavailableError",
+    "InvariantFailedError",
+    "ModelRequestsForbiddenError",
+    "UnexpectedModelBehavior",
+    "UsageLimitExceeded",
+]
+
+
+class AgentRunError(ContractSpecError, RuntimeError):
+    """An agent run failed at run time (the model, a limit, or the loop itself)."""
+
+    code = "agent_run_error"
+
+
+class UsageLimitExceeded(AgentRunError):
+    """A run hit one of its usage limits (steps, requests, tokens, tool calls or cost).
+
+    `details["limit"]` names the limit and `details["value"]` the value that crossed it.
+    """
+
+    code = "usage_limit_exceeded"
+
+
+class UnexpectedModelBehavior(AgentRunError):
+    """The model answered something the runner cannot use (unknown tool, invalid final output
+    after every retry, an empty reply)."""
+
+    code = "unexpected_model_behavior"
+
+
+class ModelRequestsForbiddenError(AgentRunError):
+    """A real model was called while real model requests are switched off (tests).
+
+    Switch them off with `contractspec.agent.testing.block_model_requests()`; use
+    `ScriptedModel` or `FunctionModel` instead.
+    """
+
+    code = "model_requests_forbidden"
+
+
+class ApprovalDecisionError(ConflictError):
+    """A decision broke an approval rule: the request is already final, the approver is the
+    requester, or the approver already decided."""
+
+    code = "approval_decision_invalid"
+
+
+class ApprovalExpiredError(ApprovalDecisionError):
+    """The approval request expired before it was decided; request a new approval."""
+
+    code = "approval_expired"
+
+
+class ApprovalMismatchError(PolicyDeniedError):
+    """The approval was granted for other arguments: a changed action needs a new approval."""
+
+    code = "approval_mismatch"
+
+
+class ApprovalUnavailableError(ContractSpecError, RuntimeError):
+    """The approval store could not be reached; nothing that needs approval may run (fail closed)."""
+
+    code = "approval_unavailable"
+
+
+class InvariantFailedError(PolicyDeniedError):
+    """An action's invariants did not all pass; `details["packet"]` holds the action packet."""
+
+    code = "invariant_failed"

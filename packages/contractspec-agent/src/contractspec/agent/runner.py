@@ -1,0 +1,1112 @@
+"""`AgentRunner`: the agent loop, durable after every step, resumable after approvals.
+
+```text
+run(agent, input, ctx)
+  -> policy check (agent's run_permission) -> run created (agent.run.started)
+  -> loop: model request (limits checked) -> tool calls through the ToolExecutor / gateway
+           -> step persisted (run, step, logs, events in one transaction)
+           -> a call needs approval: run suspended as waiting_approval (agent.run.waiting)
+  -> final answer validated (structured output, retried on errors) -> confidence -> escalation
+  -> agent.run.completed | agent.escalated | agent.run.failed
+resume(run_id)  # after the approvals are decided, in any process: claims the run exactly once
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from time import perf_counter
+from typing import Any
+
+import structlog
+from attrs import define, field
+from pydantic import BaseModel, ValidationError
+
+from contractspec.agent.approvals import ApprovalWorkflow
+from contractspec.agent.errors import (
+    AgentRunError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+)
+from contractspec.agent.events import (
+    agent_escalated,
+    envelope,
+    run_completed,
+    run_failed,
+    run_started,
+    run_waiting,
+)
+from contractspec.agent.gateway import (
+    ActionPacket,
+    RunScope,
+    ToolExecutor,
+    ToolGateway,
+    ToolOutcome,
+)
+from contractspec.agent.messages import (
+    AssistantMessage,
+    Message,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    SystemMessage,
+    ToolCall,
+    Usage,
+    UserMessage,
+    message_from_dict,
+)
+from contractspec.agent.specs import AgentRegistry, AgentSpec
+from contractspec.agent.stores import (
+    ApprovalStatus,
+    MemoryApprovalStore,
+    MemoryRunStore,
+    Run,
+    RunLog,
+    RunStatus,
+    RunStep,
+    RunStore,
+)
+from contractspec.core import (
+    Actor,
+    ActorKind,
+    AuditSink,
+    Backend,
+    CallContext,
+    Clock,
+    ConfigurationError,
+    ConflictError,
+    ContractSpecError,
+    EventEnvelope,
+    EventPublisher,
+    Executor,
+    IdGenerator,
+    MemoryBackend,
+    NotFoundError,
+    PolicyDecider,
+    PolicyDeniedError,
+    Resource,
+    SystemClock,
+    TelemetrySample,
+    TelemetrySink,
+    UnitOfWork,
+    UuidGenerator,
+)
+from contractspec.core.records import Decision
+
+__all__ = ["AgentRunner", "RunResult"]
+
+_log = structlog.get_logger(__name__)
+_OVERRIDE: contextvars.ContextVar[ModelClient | None] = contextvars.ContextVar(
+    "contractspec_agent_model_override", default=None
+)
+
+
+@define(frozen=True)
+class RunResult:
+    """What a run produced (so far).
+
+    Attributes:
+        run_id: The run.
+        status: `RunStatus` (`waiting_approval` when suspended).
+        output: The final answer: text, or an instance of the agent's `output_type`.
+        confidence: Reported confidence (0-1), or `None`.
+        escalated: Whether the run was handed to a person (confidence below the threshold).
+        usage: Requests, tokens, tool calls and cost.
+        steps: Model steps taken.
+        pending_approvals: Approval ids the run waits for.
+        packets: Action packets of this invocation's tool calls (oldest first).
+        messages: The conversation.
+    """
+
+    run_id: str
+    status: RunStatus
+    output: Any = None
+    confidence: float | None = None
+    escalated: bool = False
+    usage: Usage = field(factory=Usage)
+    steps: int = 0
+    pending_approvals: tuple[str, ...] = ()
+    packets: tuple[ActionPacket, ...] = ()
+    messages: tuple[Message, ...] = ()
+
+    @property
+    def waiting(self) -> bool:
+        """True while the run waits for approvals."""
+        return self.status is RunStatus.WAITING_APPROVAL
+
+
+@define
+class _State:
+    run: Run
+    spec: AgentSpec
+    call: CallContext
+    messages: list[Message]
+    usage: Usage
+    deps: Any
+    packets: list[ActionPacket] = field(factory=list)
+    output_retries: int = 0
+    started: float = 0.0
+    unsaved_steps: list[RunStep] = field(factory=list)
+
+
+def _actor_dict(actor: Actor) -> dict[str, Any]:
+    return {"id": actor.id, "kind": actor.kind.value, "roles": sorted(actor.roles)}
+
+
+def _actor(data: Mapping[str, Any]) -> Actor:
+    return Actor(str(data["id"]), ActorKind(data.get("kind", "user")), data.get("roles") or ())
+
+
+class AgentRunner:
+    """Runs agents: the model loop, tools through the gateway, durable runs, approvals.
+
+    Args:
+        agents: An `AgentRegistry` (or agents) the runner knows; agents passed to `run` are
+            registered automatically (needed to `resume` by run id).
+        model: The `ModelClient` for every agent (`ScriptedModel`, `FunctionModel`,
+            `LiteLLMModel`). Default: `LiteLLMModel()` (needs `contractspec-agent[litellm]`).
+        backend: Core backend: unit of work, event publisher (outbox) and audit sink
+            (`MemoryBackend()` by default; a `SqlBackend` with SQL stores on the same engine).
+        runs: `RunStore` (default `MemoryRunStore()`).
+        approvals: `ApprovalWorkflow` (default: memory store on the same backend and policy).
+        executor: Core `Executor` for operation tools.
+        policy: `PolicyDecider` for the agents' `run_permission` (and the default workflow).
+        telemetry: Receives one `TelemetrySample` per run (`operation="agent.<name>"`).
+        clock, ids: Time and id sources.
+        unit_of_work, events, audit: Override single parts of `backend`.
+
+    Example:
+        ```python
+        runner = AgentRunner(model=ScriptedModel([...]))
+        result = await runner.run(agent, "Where is my order 42?", CallContext(actor=Actor.user("u1")))
+        ```
+    """
+
+    def __init__(
+        self,
+        agents: AgentRegistry | Iterable[AgentSpec] | None = None,
+        *,
+        model: ModelClient | None = None,
+        backend: Backend | None = None,
+        runs: RunStore | None = None,
+        approvals: ApprovalWorkflow | None = None,
+        executor: Executor | None = None,
+        policy: PolicyDecider | None = None,
+        telemetry: TelemetrySink | None = None,
+        clock: Clock | None = None,
+        ids: IdGenerator | None = None,
+        unit_of_work: UnitOfWork | None = None,
+        events: EventPublisher | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        base: Backend = backend if backend is not None else MemoryBackend()
+        self.registry = agents if isinstance(agents, AgentRegistry) else AgentRegistry()
+        if agents is not None and not isinstance(agents, AgentRegistry):
+            self.registry.register(*agents)
+        self.model = model
+        self.unit_of_work: UnitOfWork = unit_of_work or base.unit_of_work
+        self.events: EventPublisher = events or base.events
+        self.audit: AuditSink | None = audit or base.audit
+        self.runs: RunStore = runs if runs is not None else MemoryRunStore()
+        self.clock: Clock = clock or SystemClock()
+        self.ids: IdGenerator = ids or UuidGenerator()
+        self.policy = policy
+        self.telemetry = telemetry
+        self.executor = executor
+        self.approvals = (
+            approvals
+            if approvals is not None
+            else ApprovalWorkflow(
+                MemoryApprovalStore(),
+                unit_of_work=self.unit_of_work,
+                events=self.events,
+                audit=self.audit,
+                policy=policy,
+                clock=self.clock,
+                ids=self.ids,
+            )
+        )
+        self.gateway = ToolGateway(
+            runs=self.runs,
+            unit_of_work=self.unit_of_work,
+            events=self.events,
+            audit=self.audit,
+            clock=self.clock,
+            ids=self.ids,
+            executor=executor,
+            approvals=self.approvals,
+        )
+        self.tools = ToolExecutor(self.gateway)
+        self._sync_runner: asyncio.Runner | None = None
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    @contextmanager
+    def override(self, *, model: ModelClient) -> Iterator[None]:
+        """Use `model` for every run inside the block (tests), like pydantic-ai's
+        `Agent.override`."""
+        token = _OVERRIDE.set(model)
+        try:
+            yield
+        finally:
+            _OVERRIDE.reset(token)
+
+    def _client(self) -> ModelClient:
+        override = _OVERRIDE.get()
+        if override is not None:
+            return override
+        if self.model is None:
+            from contractspec.agent.litellm import LiteLLMModel
+
+            self.model = LiteLLMModel()
+        return self.model
+
+    def _spec(self, agent: AgentSpec | str) -> AgentSpec:
+        if isinstance(agent, AgentSpec):
+            if agent.name not in self.registry or agent.version not in self.registry.versions(
+                agent.name
+            ):
+                self.registry.register(agent)
+            return agent
+        return self.registry.get(agent)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        agent: AgentSpec | str,
+        input: str | BaseModel | Mapping[str, Any],
+        ctx: CallContext | None = None,
+        *,
+        session_id: str | None = None,
+        deps: Any = None,
+    ) -> RunResult:
+        """Run `agent` on `input` until it answers, fails or waits for an approval.
+
+        Args:
+            agent: The spec, or the name of a registered agent (latest version).
+            input: The user's request (text, or a model/mapping sent as JSON).
+            ctx: Who runs it (tools act for this actor) and for which org.
+            session_id: Memory session: earlier runs' messages are loaded and this run's are
+                appended (when the agent has `memory`).
+            deps: Passed to function tools through `ToolContext.deps`.
+
+        Returns:
+            The `RunResult` (`status` `completed`, `escalated` or `waiting_approval`).
+
+        Raises:
+            PolicyDeniedError: The actor may not run the agent (`run_permission`).
+            UsageLimitExceeded: A usage limit was crossed (the run is marked failed).
+            UnexpectedModelBehavior: Unusable model output after every retry.
+            AgentRunError: The model request failed.
+        """
+        spec = self._spec(agent)
+        call = ctx or CallContext(channel="agent")
+        await self._check_run_permission(spec, call)
+        text = input if isinstance(input, str) else _json_text(input)
+        messages: list[Message] = [SystemMessage(_instructions(spec))]
+        if spec.memory is not None and session_id is not None:
+            messages.extend(await spec.memory.load(session_id, org_id=call.org_id))
+        messages.append(UserMessage(text))
+        now = self.clock.now()
+        run = Run(
+            id=self.ids.new_id(),
+            agent=spec.name,
+            agent_version=spec.version,
+            org_id=call.org_id,
+            actor=_actor_dict(call.actor),
+            status=RunStatus.RUNNING,
+            input=text,
+            created_at=now,
+            updated_at=now,
+            session_id=session_id,
+            messages=tuple(m.to_dict() for m in messages),
+        )
+        state = _State(run, spec, call, messages, Usage(), deps, started=perf_counter())
+        tx = await self.unit_of_work.begin()
+        try:
+            await self.runs.create(tx, run)
+            await self.runs.log(
+                tx, self._line(run.id, "run.started", f"{spec.ref} started", actor=call.actor.id)
+            )
+            await self.events.publish(
+                [
+                    self._event(
+                        state,
+                        run_started,
+                        {"run_id": run.id, "agent": spec.name, "agent_version": spec.version},
+                    )
+                ],
+                tx,
+            )
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        return await self._drive(state)
+
+    def run_sync(
+        self,
+        agent: AgentSpec | str,
+        input: str | BaseModel | Mapping[str, Any],
+        ctx: CallContext | None = None,
+        *,
+        session_id: str | None = None,
+        deps: Any = None,
+    ) -> RunResult:
+        """`run` for scripts and notebooks (no running event loop).
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (use `await run`).
+            Everything `run` raises.
+        """
+        return self._sync(self.run(agent, input, ctx, session_id=session_id, deps=deps))
+
+    def resume_sync(
+        self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
+    ) -> RunResult:
+        """`resume` for scripts (no running event loop)."""
+        return self._sync(self.resume(run_id, ctx, deps=deps))
+
+    def _sync(self, coro: Any) -> RunResult:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise ConfigurationError(
+                "run_sync()/resume_sync() was called inside a running event loop; await run() "
+                "or resume() instead"
+            )
+        if self._sync_runner is None:
+            self._sync_runner = asyncio.Runner()
+        result: RunResult = self._sync_runner.run(coro)
+        return result
+
+    def close(self) -> None:
+        """Close the event loop used by the `*_sync` methods (if one was started)."""
+        if self._sync_runner is not None:
+            self._sync_runner.close()
+            self._sync_runner = None
+
+    async def get(self, run_id: str) -> Run:
+        """The stored run.
+
+        Raises:
+            NotFoundError: No such run.
+        """
+        tx = await self.unit_of_work.begin(readonly=True)
+        try:
+            run = await self.runs.get(tx, run_id)
+        finally:
+            await tx.rollback()
+        if run is None:
+            raise NotFoundError(f"run {run_id!r} does not exist", details={"run_id": run_id})
+        return run
+
+    async def history(
+        self,
+        *,
+        org_id: str | None,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Runs of an org, newest first."""
+        tx = await self.unit_of_work.begin(readonly=True)
+        try:
+            return await self.runs.find(tx, org_id=org_id, agent=agent, status=status, limit=limit)
+        finally:
+            await tx.rollback()
+
+    async def logs(self, run_id: str) -> list[RunLog]:
+        """The run's log lines, oldest first."""
+        tx = await self.unit_of_work.begin(readonly=True)
+        try:
+            return await self.runs.logs(tx, run_id)
+        finally:
+            await tx.rollback()
+
+    async def steps(self, run_id: str) -> list[RunStep]:
+        """The run's steps by index."""
+        tx = await self.unit_of_work.begin(readonly=True)
+        try:
+            return await self.runs.steps(tx, run_id)
+        finally:
+            await tx.rollback()
+
+    async def packets(self, run_id: str) -> list[dict[str, Any]]:
+        """Action packets (JSON forms) logged for the run, oldest first (shadow reports)."""
+        return [
+            dict(line.data["packet"])
+            for line in await self.logs(run_id)
+            if isinstance(line.data.get("packet"), Mapping)
+        ]
+
+    async def resume(
+        self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
+    ) -> RunResult:
+        """Continue a run that waited for approvals, once they are decided.
+
+        Safe to call from several processes: the run is claimed with a compare-and-set, so it
+        resumes exactly once; approved calls execute (once, through the idempotency ledger),
+        rejected or expired ones are reported to the model as refused; earlier tool calls are
+        never re-run.
+
+        Args:
+            run_id: The run.
+            ctx: Call context; by default the run's own actor and org.
+            deps: Dependencies for function tools.
+
+        Returns:
+            The new `RunResult`; still `waiting_approval` (nothing done) while an approval is
+            pending; the stored result for a run that already finished.
+
+        Raises:
+            NotFoundError: No such run.
+            ConflictError: Another worker is resuming (or running) it right now.
+            ConfigurationError: The run's agent version is not registered in this runner.
+            ApprovalUnavailableError: The approval store is unavailable (nothing executes).
+        """
+        run = await self.get(run_id)
+        if run.status.finished:
+            return self._stored_result(run)
+        if run.status is RunStatus.RUNNING:
+            raise ConflictError(
+                f"run {run_id!r} is running in another worker; nothing to resume",
+                details={"run_id": run_id},
+            )
+        for item in run.pending:
+            req = await self.approvals.get(str(item["approval_id"]))
+            if req.status is ApprovalStatus.PENDING:
+                return self._stored_result(run)
+        try:
+            spec = self.registry.get(run.agent, run.agent_version)
+        except ContractSpecError:
+            raise ConfigurationError(
+                f"run {run_id!r} belongs to agent {run.agent}@{run.agent_version}, which this "
+                "runner does not know; pass it in AgentRunner(agents=[...])",
+                details={"run_id": run_id},
+            ) from None
+        call = ctx or CallContext(actor=_actor(run.actor), org_id=run.org_id, channel="agent")
+        claimed = run.evolve(status=RunStatus.RUNNING, updated_at=self.clock.now())
+        tx = await self.unit_of_work.begin()
+        try:
+            claimed = await self.runs.update(tx, claimed, expected_version=run.version)
+            await self.runs.log(
+                tx, self._line(run_id, "run.resumed", "approvals decided; resuming")
+            )
+            await tx.commit()
+        except ConflictError:
+            await tx.rollback()
+            raise ConflictError(
+                f"run {run_id!r} was resumed by another worker", details={"run_id": run_id}
+            ) from None
+        except BaseException:
+            await tx.rollback()
+            raise
+        messages = [message_from_dict(m) for m in claimed.messages]
+        state = _State(
+            claimed, spec, call, messages, Usage.from_dict(claimed.usage), deps,
+            started=perf_counter(),
+        )  # fmt: skip
+        calls = _pending_calls(messages, claimed.pending)
+        step = int(claimed.pending[0]["step"]) if claimed.pending else claimed.steps
+        reason = _reason(messages, calls)
+        if calls:
+            outcomes = await self.tools.execute(
+                calls, RunScope(run_id, spec, step, call, deps, reason)
+            )
+            await self._after_tools(state, step, outcomes, resumed=True)
+            if state.run.status is RunStatus.WAITING_APPROVAL:
+                return self._result(state)
+        return await self._drive(state)
+
+    async def resume_ready(self, *, org_id: str | None, limit: int = 100) -> list[RunResult]:
+        """Resume every waiting run of `org_id` whose approvals are all decided.
+
+        Runs another worker claims first are skipped. Returns the results of the runs resumed
+        here.
+        """
+        out: list[RunResult] = []
+        for run in await self.history(
+            org_id=org_id, status=RunStatus.WAITING_APPROVAL, limit=limit
+        ):
+            decided = True
+            for item in run.pending:
+                req = await self.approvals.get(str(item["approval_id"]))
+                if req.status is ApprovalStatus.PENDING:
+                    decided = False
+                    break
+            if not decided:
+                continue
+            try:
+                out.append(await self.resume(run.id))
+            except ConflictError:
+                continue
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def _drive(self, state: _State) -> RunResult:
+        log = _log.bind(run_id=state.run.id, agent=state.spec.ref, org_id=state.call.org_id)
+        try:
+            result = await self._loop(state)
+        except BaseException as exc:
+            error = exc if isinstance(exc, ContractSpecError) else None
+            if isinstance(exc, Exception) and error is None:
+                error = AgentRunError(
+                    f"run {state.run.id} of {state.spec.ref} failed unexpectedly "
+                    f"({type(exc).__name__}); see the chained exception",
+                    details={"run_id": state.run.id},
+                )
+            if error is not None:
+                log.warning("agent.run_failed", code=error.code, message=error.message)
+                await self._fail(state, error)
+                self._telemetry(state, error.code)
+                if error is not exc:
+                    raise error from exc
+            raise
+        log.info("agent.run_finished", status=result.status.value, steps=result.steps)
+        self._telemetry(state, None)
+        return result
+
+    async def _loop(self, state: _State) -> RunResult:
+        spec = state.spec
+        client = self._client()
+        tool_defs = [t.definition() for t in spec.tools]
+        schema = spec.output_type.model_json_schema() if spec.output_type else None
+        settings = dict(spec.model_settings)
+        while True:
+            self._check_limits(state)
+            step = state.run.steps + 1
+            request = ModelRequest(
+                model=spec.model,
+                messages=tuple(state.messages),
+                tools=tool_defs,
+                output_schema=schema,
+                timeout=spec.timeout_s,
+                settings=settings,
+                step=step,
+            )
+            started_at = self.clock.now()
+            response = await self._complete(client, request, state)
+            state.usage.add(response.usage)
+            state.messages.append(response.message())
+            if response.tool_calls:
+                scope = RunScope(
+                    state.run.id, spec, step, state.call, state.deps, response.content or ""
+                )
+                outcomes = await self.tools.execute(response.tool_calls, scope)
+                await self._after_tools(
+                    state, step, outcomes, response=response, started_at=started_at
+                )
+                if state.run.status is RunStatus.WAITING_APPROVAL:
+                    return self._result(state)
+                continue
+            final = self._final(state, response)
+            if final is None:  # invalid structured output, sent back for correction
+                await self._save_step(state, step, response, (), started_at)
+                continue
+            output, confidence = final
+            await self._save_step(state, step, response, (), started_at)
+            return await self._complete_run(state, output, confidence)
+
+    async def _complete(
+        self, client: ModelClient, request: ModelRequest, state: _State
+    ) -> ModelResponse:
+        try:
+            response = await client.complete(request)
+        except ContractSpecError:
+            raise
+        except Exception as exc:
+            raise AgentRunError(
+                f"the model request of step {request.step} failed ({type(exc).__name__}: {exc})",
+                details={"run_id": state.run.id, "step": request.step},
+            ) from exc
+        if not isinstance(response, ModelResponse):
+            raise UnexpectedModelBehavior(
+                f"the model client returned {type(response).__name__}; it must return a "
+                "ModelResponse",
+                details={"run_id": state.run.id},
+            )
+        return response
+
+    def _check_limits(self, state: _State) -> None:
+        lim = state.spec.limits
+        usage = state.usage
+        checks: list[tuple[str, float | int | None, float | int | None]] = [
+            ("max_steps", lim.max_steps, state.run.steps),
+            ("max_requests", lim.max_requests, usage.requests),
+            ("max_tokens", lim.max_tokens, usage.total_tokens),
+            ("max_tool_calls", lim.max_tool_calls, usage.tool_calls),
+            ("max_cost", lim.max_cost, usage.cost),
+        ]
+        for name, limit, value in checks:
+            if limit is not None and value is not None and value >= limit:
+                if name == "max_tool_calls" and value == limit:
+                    continue  # reaching the tool-call limit is fine; exceeding it is not
+                raise UsageLimitExceeded(
+                    f"run {state.run.id} reached {name}={limit} (used {value}); raise the "
+                    f"agent's limits or simplify the task",
+                    details={"run_id": state.run.id, "limit": name, "value": value},
+                )
+        if lim.max_tool_calls is not None and usage.tool_calls > lim.max_tool_calls:
+            raise UsageLimitExceeded(
+                f"run {state.run.id} exceeded max_tool_calls={lim.max_tool_calls} "
+                f"(used {usage.tool_calls})",
+                details={
+                    "run_id": state.run.id,
+                    "limit": "max_tool_calls",
+                    "value": usage.tool_calls,
+                },
+            )
+
+    def _final(self, state: _State, response: ModelResponse) -> tuple[Any, float | None] | None:
+        spec = state.spec
+        text = response.content
+        if spec.output_type is None:
+            if text is None or not text.strip():
+                raise UnexpectedModelBehavior(
+                    f"the model answered step {state.run.steps + 1} with neither text nor tool "
+                    "calls",
+                    details={"run_id": state.run.id},
+                )
+            return text, None
+        try:
+            output = spec.output_type.model_validate_json(_strip_fences(text or ""))
+        except ValidationError as exc:
+            if state.output_retries >= spec.output_retries:
+                raise UnexpectedModelBehavior(
+                    f"the final answer does not match {spec.output_type.__name__} after "
+                    f"{state.output_retries} correction(s): {exc.errors(include_url=False)[:3]}",
+                    details={"run_id": state.run.id},
+                ) from None
+            state.output_retries += 1
+            errors = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "(root)", "message": e["msg"]}
+                for e in exc.errors(include_url=False)
+            ]
+            state.messages.append(
+                UserMessage(
+                    "Your answer does not match the required JSON Schema. Fix these errors and "
+                    "answer again with only the JSON object: " + json.dumps(errors)
+                )
+            )
+            return None
+        confidence: float | None = None
+        raw = getattr(output, "confidence", None)
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            confidence = float(raw)
+        return output, confidence
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    async def _after_tools(
+        self,
+        state: _State,
+        step: int,
+        outcomes: Sequence[ToolOutcome],
+        *,
+        response: ModelResponse | None = None,
+        started_at: Any = None,
+        resumed: bool = False,
+    ) -> None:
+        pending = [o for o in outcomes if o.pending]
+        for o in outcomes:
+            if o.packet is not None:
+                state.packets.append(o.packet)
+            if not o.pending:
+                state.messages.append(o.message())
+                if o.status not in ("unknown_tool", "invalid", "replayed"):
+                    state.usage.tool_calls += 1
+        lines = [
+            self._line(
+                state.run.id,
+                f"tool.{o.status}",
+                f"{o.call.name}: {o.status}"
+                + (f" ({o.packet.reason})" if o.packet and o.packet.reason else ""),
+                level="info" if not o.is_error else "warning",
+                step=step,
+                tool=o.call.name,
+                action_id=o.action_id,
+                packet=o.packet.to_dict() if o.packet else None,
+            )
+            for o in outcomes
+        ]
+        events: list[EventEnvelope] = []
+        status = RunStatus.RUNNING
+        pending_items: tuple[Mapping[str, Any], ...] = ()
+        if pending:
+            status = RunStatus.WAITING_APPROVAL
+            pending_items = tuple(
+                {
+                    "tool_call_id": o.call.id,
+                    "step": step,
+                    "action_id": o.action_id,
+                    "approval_id": o.approval_id,
+                }
+                for o in pending
+            )
+            ids = [str(o.approval_id) for o in pending]
+            lines.append(
+                self._line(
+                    state.run.id,
+                    "run.waiting",
+                    f"waiting for approval(s) {', '.join(ids)}",
+                    approval_ids=ids,
+                )
+            )
+            events.append(
+                self._event(
+                    state,
+                    run_waiting,
+                    {"run_id": state.run.id, "agent": state.spec.name, "approval_ids": ids},
+                )
+            )
+        run_step = None
+        if response is not None:
+            run_step = RunStep(
+                run_id=state.run.id,
+                index=step,
+                response=response.message().to_dict(),
+                tool_results=tuple(o.to_dict() for o in outcomes),
+                usage=response.usage.to_dict(),
+                started_at=started_at,
+                finished_at=self.clock.now(),
+            )
+        await self._persist(
+            state,
+            steps=step if not resumed else state.run.steps,
+            status=status,
+            pending=pending_items,
+            step=run_step,
+            lines=lines,
+            events=events,
+        )
+
+    async def _save_step(
+        self,
+        state: _State,
+        step: int,
+        response: ModelResponse,
+        outcomes: Sequence[ToolOutcome],
+        started_at: Any,
+    ) -> None:
+        run_step = RunStep(
+            run_id=state.run.id,
+            index=step,
+            response=response.message().to_dict(),
+            tool_results=tuple(o.to_dict() for o in outcomes),
+            usage=response.usage.to_dict(),
+            started_at=started_at,
+            finished_at=self.clock.now(),
+        )
+        # written with the next persisted run state (the final one, or the next step's)
+        state.run = state.run.evolve(steps=step)
+        state.unsaved_steps.append(run_step)
+
+    async def _persist(
+        self,
+        state: _State,
+        *,
+        steps: int,
+        status: RunStatus,
+        pending: tuple[Mapping[str, Any], ...] = (),
+        step: RunStep | None = None,
+        lines: Sequence[RunLog] = (),
+        events: Sequence[EventEnvelope] = (),
+        **changes: Any,
+    ) -> None:
+        run = state.run
+        updated = run.evolve(
+            status=status,
+            steps=steps,
+            pending=pending,
+            messages=tuple(m.to_dict() for m in state.messages),
+            usage=state.usage.to_dict(),
+            updated_at=self.clock.now(),
+            **changes,
+        )
+        unsaved, state.unsaved_steps = state.unsaved_steps, []
+        tx = await self.unit_of_work.begin()
+        try:
+            state.run = await self.runs.update(tx, updated, expected_version=run.version)
+            for earlier in unsaved:
+                await self.runs.add_step(tx, earlier)
+            if step is not None:
+                await self.runs.add_step(tx, step)
+            for line in lines:
+                await self.runs.log(tx, line)
+            if events:
+                await self.events.publish(list(events), tx)
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+
+    async def _complete_run(
+        self, state: _State, output: Any, confidence: float | None
+    ) -> RunResult:
+        spec = state.spec
+        threshold = spec.policy.confidence_threshold
+        escalated = threshold is not None and (confidence is None or confidence < threshold)
+        status = RunStatus.ESCALATED if escalated else RunStatus.COMPLETED
+        stored_output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+        usage = state.usage
+        lines = []
+        events = []
+        if escalated:
+            assert threshold is not None
+            lines.append(
+                self._line(
+                    state.run.id,
+                    "run.escalated",
+                    f"confidence {confidence} is below {threshold}: handed to a person",
+                    level="warning",
+                    confidence=confidence,
+                    threshold=threshold,
+                )
+            )
+            events.append(
+                self._event(
+                    state,
+                    agent_escalated,
+                    {
+                        "run_id": state.run.id,
+                        "agent": spec.name,
+                        "confidence": confidence,
+                        "threshold": threshold,
+                    },
+                )
+            )
+        lines.append(
+            self._line(
+                state.run.id,
+                "run.completed",
+                f"{spec.ref} finished: {status.value} after {state.run.steps} step(s)",
+            )
+        )
+        events.append(
+            self._event(
+                state,
+                run_completed,
+                {
+                    "run_id": state.run.id,
+                    "agent": spec.name,
+                    "status": status.value,
+                    "steps": state.run.steps,
+                    "requests": usage.requests,
+                    "tool_calls": usage.tool_calls,
+                    "total_tokens": usage.total_tokens,
+                    "cost": usage.cost,
+                    "confidence": confidence,
+                },
+            )
+        )
+        await self._persist(
+            state,
+            steps=state.run.steps,
+            status=status,
+            lines=lines,
+            events=events,
+            output=stored_output,
+            confidence=confidence,
+        )
+        if spec.memory is not None and state.run.session_id is not None:
+            answer = output.model_dump_json() if isinstance(output, BaseModel) else str(output)
+            await spec.memory.append(
+                state.run.session_id,
+                [UserMessage(state.run.input), AssistantMessage(answer)],
+                org_id=state.run.org_id,
+            )
+        return self._result(state, output=output, confidence=confidence, escalated=escalated)
+
+    async def _fail(self, state: _State, error: ContractSpecError) -> None:
+        try:
+            await self._persist(
+                state,
+                steps=state.run.steps,
+                status=RunStatus.FAILED,
+                lines=[
+                    self._line(
+                        state.run.id, "run.failed", error.message, level="error", code=error.code
+                    )
+                ],
+                events=[
+                    self._event(
+                        state,
+                        run_failed,
+                        {
+                            "run_id": state.run.id,
+                            "agent": state.spec.name,
+                            "error_code": error.code,
+                            "message": error.message[:500],
+                        },
+                    )
+                ],
+                error={"code": error.code, "message": error.message},
+            )
+        except Exception:  # keep the original error; the store is failing too
+            _log.exception("agent.run_fail_persist_failed", run_id=state.run.id)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def _check_run_permission(self, spec: AgentSpec, call: CallContext) -> None:
+        permission = spec.policy.run_permission
+        if permission is None:
+            return
+        decision: Any = None
+        if self.policy is not None and not call.actor.is_anonymous:
+            decision = self.policy.decide(
+                call.actor, permission, Resource("agent", spec.name, call.org_id), call
+            )
+            if inspect.isawaitable(decision):
+                decision = await decision
+        if not isinstance(decision, Decision) or not decision.allowed:
+            reason = (
+                decision.reason
+                if isinstance(decision, Decision)
+                else "no PolicyDecider is configured (deny by default)"
+                if self.policy is None
+                else "anonymous actors may not run agents"
+            )
+            raise PolicyDeniedError(
+                f"{call.actor.id!r} may not run {spec.ref}: {reason}",
+                reason=reason,
+                action=permission,
+                details={"agent": spec.ref},
+            )
+
+    def _line(
+        self, run_id: str, event: str, message: str, *, level: str = "info", **data: Any
+    ) -> RunLog:
+        return RunLog(run_id, self.clock.now(), level, event, message, data)
+
+    def _event(self, state: _State, spec: Any, payload: Mapping[str, Any]) -> EventEnvelope:
+        return envelope(
+            spec,
+            payload,
+            clock=self.clock,
+            ids=self.ids,
+            org_id=state.call.org_id,
+            actor=state.call.actor,
+            correlation_id=state.run.id,
+        )
+
+    def _result(
+        self,
+        state: _State,
+        *,
+        output: Any = None,
+        confidence: float | None = None,
+        escalated: bool = False,
+    ) -> RunResult:
+        run = state.run
+        return RunResult(
+            run_id=run.id,
+            status=run.status,
+            output=output,
+            confidence=confidence,
+            escalated=escalated,
+            usage=state.usage,
+            steps=run.steps,
+            pending_approvals=tuple(str(p["approval_id"]) for p in run.pending),
+            packets=tuple(state.packets),
+            messages=tuple(state.messages),
+        )
+
+    def _stored_result(self, run: Run) -> RunResult:
+        output: Any = run.output
+        try:
+            spec = self.registry.get(run.agent, run.agent_version)
+        except ContractSpecError:
+            spec = None
+        if spec is not None and spec.output_type is not None and isinstance(output, Mapping):
+            output = spec.output_type.model_validate(output)
+        return RunResult(
+            run_id=run.id,
+            status=run.status,
+            output=output,
+            confidence=run.confidence,
+            escalated=run.status is RunStatus.ESCALATED,
+            usage=Usage.from_dict(run.usage),
+            steps=run.steps,
+            pending_approvals=tuple(str(p["approval_id"]) for p in run.pending),
+            messages=tuple(message_from_dict(m) for m in run.messages),
+        )
+
+    def _telemetry(self, state: _State, error_code: str | None) -> None:
+        if self.telemetry is None:
+            return
+        duration_ms = (perf_counter() - state.started) * 1000.0
+        try:
+            self.telemetry.record(
+                TelemetrySample(
+                    operation=f"agent.{state.spec.name}",
+                    version=state.spec.version,
+                    variant=None,
+                    org_id=state.call.org_id,
+                    actor_id=state.call.actor.id,
+                    channel="agent",
+                    duration_ms=duration_ms,
+                    success=error_code is None,
+                    error_code=error_code,
+                    payload_size=None,
+                    trace_id=state.call.trace_id,
+                    timestamp=self.clock.now() - timedelta(milliseconds=duration_ms),
+                )
+            )
+        except Exception:  # sinks must never fail a run
+            _log.exception("agent.telemetry_failed", run_id=state.run.id)
+
+
+def _instructions(spec: AgentSpec) -> str:
+    text = spec.instructions
+    if spec.output_type is not None:
+        schema = json.dumps(spec.output_type.model_json_schema(), separators=(",", ":"))
+        text += (
+            "\n\nWhen you give your final answer, answer with only a JSON object matching this "
+            f"JSON Schema: {schema}"
+        )
+    return text
+
+
+def _json_text(value: BaseModel | Mapping[str, Any]) -> str:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return json.dumps(dict(value), default=str)
+
+
+def _strip_fences(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        if stripped.rstrip().endswith("```"):
+            stripped = stripped.rstrip()[:-3]
+    return stripped.strip()
+
+
+def _pending_calls(
+    messages: Sequence[Message], pending: Sequence[Mapping[str, Any]]
+) -> list[ToolCall]:
+    wanted = {str(p["tool_call_id"]) for p in pending}
+    for message in reversed(messages):
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            return [c for c in message.tool_calls if c.id in wanted]
+    return []
+
+
+def _reason(messages: Sequence[Message], calls: Sequence[ToolCall]) -> str:
+    ids = {c.id for c in calls}
+    for message in reversed(messages):
+        if isinstance(message, AssistantMessage) and any(c.id in ids for c in message.tool_calls):
+            return message.content or ""
+    return ""

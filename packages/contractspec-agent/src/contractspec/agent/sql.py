@@ -1,0 +1,754 @@
+"""SQL adapters (SQLite, PostgreSQL): runs, ledger, approvals and agent memory.
+
+Install with `pip install 'contractspec-agent[sql]'` (or `[postgres]`). The tables live on
+`contractspec.agent.sql.metadata` (prefixed `cs_agent_` / `cs_approval`, with core's naming
+convention): add it to your Alembic `target_metadata`, or call `create_all(engine)` in tests.
+
+`SqlRunStore` and `SqlApprovalStore` write inside the `SqlTransaction`s of core's
+`SqlUnitOfWork` (so use the same engine as your `SqlBackend`); `SqlAgentMemory` takes the engine.
+Concurrency is the database's: compare-and-set updates on a `version` column and unique keys, so
+two processes never resume the same run or double-count an approver.
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by the isolation session
+    raise ImportError(
+        "contractspec.agent.sql needs SQLAlchemy: pip install 'contractspec-agent[sql]' "
+        "(SQLite) or 'contractspec-agent[postgres]' (PostgreSQL)"
+    ) from exc
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Double,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contractspec.agent.memory import (
+    MemoryEntry,
+    Summarizer,
+    check_memory_options,
+    compact,
+)
+from contractspec.agent.messages import Message, message_from_dict
+from contractspec.agent.stores import (
+    ActionRecord,
+    ActionStatus,
+    ApprovalDecision,
+    ApprovalRequest,
+    ApprovalStatus,
+    Run,
+    RunLog,
+    RunStatus,
+    RunStep,
+)
+from contractspec.core import (
+    Clock,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    SystemClock,
+    Transaction,
+)
+from contractspec.core.sql import (
+    JsonType,
+    SqlTransaction,
+    UtcDateTime,
+    new_metadata,
+)
+from contractspec.core.sql import create_all as _create_all
+
+__all__ = [
+    "SqlAgentMemory",
+    "SqlApprovalStore",
+    "SqlRunStore",
+    "actions_table",
+    "approval_decisions_table",
+    "approvals_table",
+    "create_all",
+    "logs_table",
+    "memory_table",
+    "metadata",
+    "runs_table",
+    "steps_table",
+]
+
+#: The agent package's tables. Add it to your Alembic `target_metadata`.
+metadata = new_metadata()
+
+runs_table = Table(
+    "cs_agent_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("org_key", String(200), nullable=False),
+    Column("agent", String(200), nullable=False),
+    Column("agent_version", Integer, nullable=False),
+    Column("actor", JsonType, nullable=False),
+    Column("session_id", String(200), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("output", JsonType, nullable=True),
+    Column("error", JsonType, nullable=True),
+    Column("messages", JsonType, nullable=False),
+    Column("steps", Integer, nullable=False),
+    Column("usage", JsonType, nullable=False),
+    Column("confidence", Double, nullable=True),
+    Column("pending", JsonType, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+    Index(None, "org_key", "status"),
+    Index(None, "org_key", "agent", "created_at"),
+    comment="Agent runs (contractspec-agent), persisted after every step.",
+)
+
+steps_table = Table(
+    "cs_agent_steps",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("response", JsonType, nullable=False),
+    Column("tool_results", JsonType, nullable=False),
+    Column("usage", JsonType, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("run_id", "idx"),
+    comment="Model steps of agent runs.",
+)
+
+logs_table = Table(
+    "cs_agent_logs",
+    metadata,
+    Column("position", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("event", String(100), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JsonType, nullable=False),
+    Index(None, "run_id", "position"),
+    comment="Log lines of agent runs.",
+)
+
+actions_table = Table(
+    "cs_agent_actions",
+    metadata,
+    Column("action_id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("org_key", String(200), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("tool", String(64), nullable=False),
+    Column("arguments_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", JsonType, nullable=True),
+    Column("packet", JsonType, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(None, "run_id"),
+    comment="Idempotency ledger of the tool gateway: one row per side-effecting action.",
+)
+
+approvals_table = Table(
+    "cs_approvals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("org_key", String(200), nullable=False),
+    Column("key", String(200), nullable=True),
+    Column("subject_type", String(100), nullable=False),
+    Column("subject_id", String(200), nullable=True),
+    Column("action", String(200), nullable=False),
+    Column("arguments", JsonType, nullable=False),
+    Column("arguments_hash", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("risk", Integer, nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("requested_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("quorum", Integer, nullable=False),
+    Column("approvers", JsonType, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decided_at", UtcDateTime, nullable=True),
+    Column("metadata", JsonType, nullable=False),
+    Column("version", Integer, nullable=False),
+    UniqueConstraint("org_key", "key"),
+    Index(None, "org_key", "status", "requested_at"),
+    comment="Approval requests (ApprovalWorkflow), bound to the hash of exact arguments.",
+)
+
+approval_decisions_table = Table(
+    "cs_approval_decisions",
+    metadata,
+    Column("request_id", String(64), nullable=False),
+    Column("approver_id", String(200), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("decided_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("request_id", "approver_id"),
+    comment="One verdict per approver and request (distinct approvers by construction).",
+)
+
+memory_table = Table(
+    "cs_agent_memory",
+    metadata,
+    Column("position", Integer, primary_key=True, autoincrement=True),
+    Column("org_key", String(200), nullable=False),
+    Column("session_id", String(200), nullable=False),
+    Column("message", JsonType, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "org_key", "session_id", "position"),
+    comment="Conversation memory of agent sessions.",
+)
+
+
+async def create_all(engine: AsyncEngine) -> None:
+    """Create the agent tables (skipping existing ones). Use Alembic in production."""
+    await _create_all(engine, metadata)
+
+
+def _org_key(org_id: str | None) -> str:
+    return "" if org_id is None else org_id
+
+
+def _org_id(org_key: str) -> str | None:
+    return None if org_key == "" else org_key
+
+
+def _sql(tx: Transaction, who: str) -> SqlTransaction:
+    if not isinstance(tx, SqlTransaction):
+        raise ConfigurationError(
+            f"{who} needs a SQL transaction but got {type(tx).__name__}; give the runner or "
+            "workflow a SqlBackend (or SqlUnitOfWork) on the same engine",
+        )
+    return tx
+
+
+async def _write(tx: SqlTransaction, stmt: Any) -> int:
+    result = await tx.execute(stmt, write=True)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "org_key": _org_key(run.org_id),
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "actor": dict(run.actor),
+        "session_id": run.session_id,
+        "status": run.status.value,
+        "input": run.input,
+        "output": run.output,
+        "error": dict(run.error) if run.error is not None else None,
+        "messages": [dict(m) for m in run.messages],
+        "steps": run.steps,
+        "usage": dict(run.usage),
+        "confidence": run.confidence,
+        "pending": [dict(p) for p in run.pending],
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "version": run.version,
+    }
+
+
+def _run(row: Any) -> Run:
+    return Run(
+        id=row["id"],
+        agent=row["agent"],
+        agent_version=row["agent_version"],
+        org_id=_org_id(row["org_key"]),
+        actor=row["actor"],
+        status=RunStatus(row["status"]),
+        input=row["input"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        session_id=row["session_id"],
+        output=row["output"],
+        error=row["error"],
+        messages=tuple(row["messages"]),
+        steps=row["steps"],
+        usage=row["usage"],
+        confidence=row["confidence"],
+        pending=tuple(row["pending"]),
+        version=row["version"],
+    )
+
+
+def _action(row: Any) -> ActionRecord:
+    return ActionRecord(
+        action_id=row["action_id"],
+        run_id=row["run_id"],
+        step=row["step"],
+        tool=row["tool"],
+        org_id=_org_id(row["org_key"]),
+        arguments_hash=row["arguments_hash"],
+        status=ActionStatus(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        result=row["result"],
+        packet=row["packet"],
+    )
+
+
+class SqlRunStore:
+    """`RunStore` on `cs_agent_runs`, `cs_agent_steps`, `cs_agent_logs` and `cs_agent_actions`."""
+
+    __slots__ = ()
+
+    async def create(self, tx: Transaction, run: Run) -> None:
+        """Insert a new run; `ConflictError` if the id exists."""
+        await _write(_sql(tx, "SqlRunStore"), insert(runs_table).values(_run_row(run)))
+
+    async def get(self, tx: Transaction, run_id: str) -> Run | None:
+        """The run, or `None`."""
+        result = await _sql(tx, "SqlRunStore").execute(
+            select(runs_table).where(runs_table.c.id == run_id)
+        )
+        row = result.mappings().first()
+        return None if row is None else _run(row)
+
+    async def update(self, tx: Transaction, run: Run, *, expected_version: int) -> Run:
+        """Compare-and-set update on `version`."""
+        sql = _sql(tx, "SqlRunStore")
+        stored = run.evolve(version=expected_version + 1)
+        values = _run_row(stored)
+        del values["id"]
+        t = runs_table
+        count = await _write(
+            sql, update(t).where(t.c.id == run.id, t.c.version == expected_version).values(values)
+        )
+        if count == 1:
+            return stored
+        exists = (await sql.execute(select(t.c.version).where(t.c.id == run.id))).first()
+        if exists is None:
+            raise NotFoundError(f"run {run.id!r} does not exist", details={"run_id": run.id})
+        raise ConflictError(
+            f"run {run.id!r} was changed concurrently (version {exists[0]}, expected "
+            f"{expected_version}); reload it and retry",
+            details={"run_id": run.id},
+        )
+
+    async def find(
+        self,
+        tx: Transaction,
+        *,
+        org_id: str | None,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Runs of one org, newest first."""
+        t = runs_table
+        stmt = select(t).where(t.c.org_key == _org_key(org_id))
+        if agent is not None:
+            stmt = stmt.where(t.c.agent == agent)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status.value)
+        stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+        result = await _sql(tx, "SqlRunStore").execute(stmt)
+        return [_run(r) for r in result.mappings()]
+
+    async def add_step(self, tx: Transaction, step: RunStep) -> None:
+        """Record a step; `ConflictError` on a duplicate index."""
+        await _write(
+            _sql(tx, "SqlRunStore"),
+            insert(steps_table).values(
+                run_id=step.run_id,
+                idx=step.index,
+                response=dict(step.response),
+                tool_results=[dict(r) for r in step.tool_results],
+                usage=dict(step.usage),
+                started_at=step.started_at,
+                finished_at=step.finished_at,
+            ),
+        )
+
+    async def steps(self, tx: Transaction, run_id: str) -> list[RunStep]:
+        """The run's steps by index."""
+        t = steps_table
+        result = await _sql(tx, "SqlRunStore").execute(
+            select(t).where(t.c.run_id == run_id).order_by(t.c.idx)
+        )
+        return [
+            RunStep(
+                run_id=r["run_id"],
+                index=r["idx"],
+                response=r["response"],
+                tool_results=tuple(r["tool_results"]),
+                usage=r["usage"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+            )
+            for r in result.mappings()
+        ]
+
+    async def log(self, tx: Transaction, entry: RunLog) -> None:
+        """Append a log line (buffered until the next read or commit)."""
+        _sql(tx, "SqlRunStore").stage_insert(
+            logs_table,
+            {
+                "run_id": entry.run_id,
+                "at": entry.at,
+                "level": entry.level,
+                "event": entry.event,
+                "message": entry.message,
+                "data": dict(entry.data),
+            },
+        )
+
+    async def logs(self, tx: Transaction, run_id: str) -> list[RunLog]:
+        """The run's log, oldest first, `seq` from 1."""
+        t = logs_table
+        result = await _sql(tx, "SqlRunStore").execute(
+            select(t).where(t.c.run_id == run_id).order_by(t.c.position)
+        )
+        return [
+            RunLog(r["run_id"], r["at"], r["level"], r["event"], r["message"], r["data"], seq)
+            for seq, r in enumerate(result.mappings(), start=1)
+        ]
+
+    async def begin_action(self, tx: Transaction, record: ActionRecord) -> None:
+        """Insert the ledger entry; `ConflictError` if the id exists."""
+        await _write(
+            _sql(tx, "SqlRunStore"),
+            insert(actions_table).values(
+                action_id=record.action_id,
+                run_id=record.run_id,
+                org_key=_org_key(record.org_id),
+                step=record.step,
+                tool=record.tool,
+                arguments_hash=record.arguments_hash,
+                status=record.status.value,
+                result=record.result,
+                packet=dict(record.packet),
+                created_at=record.created_at,
+                updated_at=record.updated_at,
+            ),
+        )
+
+    async def get_action(self, tx: Transaction, action_id: str) -> ActionRecord | None:
+        """The ledger entry, or `None`."""
+        t = actions_table
+        result = await _sql(tx, "SqlRunStore").execute(select(t).where(t.c.action_id == action_id))
+        row = result.mappings().first()
+        return None if row is None else _action(row)
+
+    async def finish_action(
+        self,
+        tx: Transaction,
+        action_id: str,
+        status: ActionStatus,
+        result: Any,
+        updated_at: datetime,
+    ) -> ActionRecord:
+        """Mark the action finished; `NotFoundError` if unknown."""
+        sql = _sql(tx, "SqlRunStore")
+        t = actions_table
+        count = await _write(
+            sql,
+            update(t)
+            .where(t.c.action_id == action_id)
+            .values(status=status.value, result=result, updated_at=updated_at),
+        )
+        if count != 1:
+            raise NotFoundError(f"action {action_id!r} is not recorded")
+        found = await self.get_action(tx, action_id)
+        assert found is not None  # just updated in this transaction
+        return found
+
+    async def actions(self, tx: Transaction, run_id: str) -> list[ActionRecord]:
+        """The run's ledger entries, oldest first."""
+        t = actions_table
+        result = await _sql(tx, "SqlRunStore").execute(
+            select(t).where(t.c.run_id == run_id).order_by(t.c.created_at, t.c.step, t.c.action_id)
+        )
+        return [_action(r) for r in result.mappings()]
+
+
+# -- approvals --------------------------------------------------------------------------------
+
+
+def _approval(row: Any, decisions: Sequence[ApprovalDecision]) -> ApprovalRequest:
+    return ApprovalRequest(
+        id=row["id"],
+        org_id=_org_id(row["org_key"]),
+        subject_type=row["subject_type"],
+        subject_id=row["subject_id"],
+        action=row["action"],
+        arguments=row["arguments"],
+        arguments_hash=row["arguments_hash"],
+        reason=row["reason"],
+        risk=row["risk"],
+        requested_by=row["requested_by"],
+        requested_at=row["requested_at"],
+        expires_at=row["expires_at"],
+        quorum=row["quorum"],
+        approvers=tuple(row["approvers"]),
+        status=ApprovalStatus(row["status"]),
+        decisions=tuple(decisions),
+        decided_at=row["decided_at"],
+        key=row["key"],
+        metadata=row["metadata"],
+        version=row["version"],
+    )
+
+
+class SqlApprovalStore:
+    """`ApprovalStore` on `cs_approvals` and `cs_approval_decisions`."""
+
+    __slots__ = ()
+
+    async def _decisions(
+        self, sql: SqlTransaction, request_ids: Sequence[str]
+    ) -> dict[str, list[ApprovalDecision]]:
+        out: dict[str, list[ApprovalDecision]] = {rid: [] for rid in request_ids}
+        if not request_ids:
+            return out
+        d = approval_decisions_table
+        result = await sql.execute(
+            select(d)
+            .where(d.c.request_id.in_(list(request_ids)))
+            .order_by(d.c.decided_at, d.c.approver_id)
+        )
+        for r in result.mappings():
+            out[r["request_id"]].append(
+                ApprovalDecision(
+                    r["request_id"], r["approver_id"], r["verdict"], r["comment"], r["decided_at"]
+                )
+            )
+        return out
+
+    async def add(self, tx: Transaction, request: ApprovalRequest) -> None:
+        """Insert a request; `ConflictError` on a taken id or `(org, key)`."""
+        await _write(
+            _sql(tx, "SqlApprovalStore"),
+            insert(approvals_table).values(
+                id=request.id,
+                org_key=_org_key(request.org_id),
+                key=request.key,
+                subject_type=request.subject_type,
+                subject_id=request.subject_id,
+                action=request.action,
+                arguments=dict(request.arguments),
+                arguments_hash=request.arguments_hash,
+                reason=request.reason,
+                risk=request.risk,
+                requested_by=request.requested_by,
+                requested_at=request.requested_at,
+                expires_at=request.expires_at,
+                quorum=request.quorum,
+                approvers=list(request.approvers),
+                status=request.status.value,
+                decided_at=request.decided_at,
+                metadata=dict(request.metadata),
+                version=request.version,
+            ),
+        )
+
+    async def _one(self, tx: Transaction, where: Any) -> ApprovalRequest | None:
+        sql = _sql(tx, "SqlApprovalStore")
+        result = await sql.execute(select(approvals_table).where(where))
+        row = result.mappings().first()
+        if row is None:
+            return None
+        decisions = await self._decisions(sql, [row["id"]])
+        return _approval(row, decisions[row["id"]])
+
+    async def get(self, tx: Transaction, request_id: str) -> ApprovalRequest | None:
+        """The request with its decisions, or `None`."""
+        return await self._one(tx, approvals_table.c.id == request_id)
+
+    async def get_by_key(
+        self, tx: Transaction, org_id: str | None, key: str
+    ) -> ApprovalRequest | None:
+        """The request with this key in the org, or `None`."""
+        t = approvals_table
+        return await self._one(tx, and_(t.c.org_key == _org_key(org_id), t.c.key == key))
+
+    async def save(
+        self, tx: Transaction, request: ApprovalRequest, *, expected_version: int
+    ) -> ApprovalRequest:
+        """Compare-and-set update of status, decided time and metadata."""
+        sql = _sql(tx, "SqlApprovalStore")
+        t = approvals_table
+        count = await _write(
+            sql,
+            update(t)
+            .where(t.c.id == request.id, t.c.version == expected_version)
+            .values(
+                status=request.status.value,
+                decided_at=request.decided_at,
+                metadata=dict(request.metadata),
+                version=expected_version + 1,
+            ),
+        )
+        if count != 1:
+            if await self.get(tx, request.id) is None:
+                raise NotFoundError(f"approval request {request.id!r} does not exist")
+            raise ConflictError(
+                f"approval request {request.id!r} was decided concurrently; reload it and retry",
+                details={"approval_id": request.id},
+            )
+        stored = await self.get(tx, request.id)
+        assert stored is not None  # just updated in this transaction
+        return stored
+
+    async def add_decision(self, tx: Transaction, decision: ApprovalDecision) -> None:
+        """Record a verdict; `ConflictError` if this approver already decided."""
+        await _write(
+            _sql(tx, "SqlApprovalStore"),
+            insert(approval_decisions_table).values(
+                request_id=decision.request_id,
+                approver_id=decision.approver_id,
+                verdict=decision.verdict,
+                comment=decision.comment,
+                decided_at=decision.decided_at,
+            ),
+        )
+
+    async def find(
+        self,
+        tx: Transaction,
+        *,
+        org_id: str | None,
+        status: ApprovalStatus | None = None,
+        subject_type: str | None = None,
+        limit: int = 100,
+    ) -> list[ApprovalRequest]:
+        """Requests of one org, oldest first."""
+        sql = _sql(tx, "SqlApprovalStore")
+        t = approvals_table
+        stmt = select(t).where(t.c.org_key == _org_key(org_id))
+        if status is not None:
+            stmt = stmt.where(t.c.status == status.value)
+        if subject_type is not None:
+            stmt = stmt.where(t.c.subject_type == subject_type)
+        stmt = stmt.order_by(t.c.requested_at, t.c.id).limit(limit)
+        rows = list((await sql.execute(stmt)).mappings())
+        decisions = await self._decisions(sql, [r["id"] for r in rows])
+        return [_approval(r, decisions[r["id"]]) for r in rows]
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+class SqlAgentMemory:
+    """`AgentMemory` in `cs_agent_memory`, with the same TTL, cap and summarisation rules as
+    `InMemoryAgentMemory`.
+
+    Args:
+        engine: Your `AsyncEngine` (never disposed by this adapter).
+        ttl_s, max_entries, summarize, clock: As for `InMemoryAgentMemory`.
+
+    Raises:
+        ConfigurationError: Invalid options.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        ttl_s: float | None = None,
+        max_entries: int | None = None,
+        summarize: Summarizer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        check_memory_options(ttl_s, max_entries)
+        self.engine = engine
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.summarize = summarize
+        self.clock: Clock = clock or SystemClock()
+
+    def _where(self, org_id: str | None, session_id: str) -> Any:
+        t = memory_table
+        return and_(t.c.org_key == _org_key(org_id), t.c.session_id == session_id)
+
+    async def load(self, session_id: str, *, org_id: str | None = None) -> list[Message]:
+        """The session's live messages, oldest first."""
+        t = memory_table
+        stmt = select(t.c.message).where(self._where(org_id, session_id)).order_by(t.c.position)
+        if self.ttl_s is not None:
+            stmt = stmt.where(t.c.created_at > self.clock.now() - timedelta(seconds=self.ttl_s))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [message_from_dict(r[0]) for r in rows]
+
+    async def append(
+        self, session_id: str, messages: Sequence[Message], *, org_id: str | None = None
+    ) -> None:
+        """Add messages, then enforce `max_entries` (in one transaction)."""
+        t = memory_table
+        now = self.clock.now()
+        async with self.engine.begin() as conn:
+            if self.ttl_s is not None:
+                await conn.execute(
+                    delete(t).where(
+                        self._where(org_id, session_id),
+                        t.c.created_at <= now - timedelta(seconds=self.ttl_s),
+                    )
+                )
+            if messages:
+                await conn.execute(
+                    insert(t),
+                    [
+                        {
+                            "org_key": _org_key(org_id),
+                            "session_id": session_id,
+                            "message": m.to_dict(),
+                            "created_at": now,
+                        }
+                        for m in messages
+                    ],
+                )
+            if self.max_entries is None:
+                return
+            rows = (
+                await conn.execute(
+                    select(t.c.position, t.c.message, t.c.created_at)
+                    .where(self._where(org_id, session_id))
+                    .order_by(t.c.position)
+                )
+            ).all()
+            if len(rows) <= self.max_entries:
+                return
+            entries = [MemoryEntry(message_from_dict(r[1]), r[2]) for r in rows]
+            kept = await compact(entries, self.max_entries, self.summarize, now)
+            await conn.execute(delete(t).where(self._where(org_id, session_id)))
+            await conn.execute(
+                insert(t),
+                [
+                    {
+                        "org_key": _org_key(org_id),
+                        "session_id": session_id,
+                        "message": e.message.to_dict(),
+                        "created_at": e.created_at,
+                    }
+                    for e in kept
+                ],
+            )
+
+    async def clear(self, session_id: str, *, org_id: str | None = None) -> None:
+        """Forget the session."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(memory_table).where(self._where(org_id, session_id)))
