@@ -121,11 +121,14 @@ def bucket_table(ranges: Sequence[BucketRange], version: int = 2) -> npt.NDArray
     """Variation index for every possible bucket of a hash version (`-1` outside all ranges).
 
     Hash version 2 has 10,000 buckets (`k / 10000`), version 1 has 1,000. Looking a bucket up in
-    this table gives exactly `choose_variation(k / scale, ranges)`: the table is built by calling
-    it, which is what makes the vectorised path identical to the scalar one.
+    this table gives exactly `choose_variation(k / scale, ranges)` (same divisions, same
+    comparisons, first range wins), which is what makes the vectorised path identical to the
+    scalar one.
     """
     size = 10000 if version == 2 else 1000
-    return np.array(
-        [choose_variation(k / size, ranges) for k in range(size)],
-        dtype=np.int16,
-    )
+    n = np.arange(size) / size  # the same IEEE division as k / size in Python
+    table = np.full(size, -1, dtype=np.int16)
+    for i in range(len(ranges) - 1, -1, -1):  # the first matching range wins
+        start, end = ranges[i]
+        table[(start <= n) & (n < end)] = i
+    return table

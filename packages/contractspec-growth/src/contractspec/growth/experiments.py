@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,12 +41,18 @@ from contractspec.growth.bucketing import (
     WEIGHT_SUM_TOLERANCE,
     BucketRange,
     bucket_table,
-    choose_variation,
     equal_weights,
     get_bucket_ranges,
 )
 from contractspec.growth.conditions import check_condition, eval_condition
-from contractspec.growth.hashing import _buckets, _check_version, bucket_hash, hash_key
+from contractspec.growth.hashing import (
+    _buckets,
+    _check_version,
+    bucket_hash,
+    fnv1a32,
+    fnv1a32_decimal,
+    hash_key,
+)
 
 __all__ = [
     "Assignment",
@@ -158,11 +164,14 @@ class ExperimentSpec:
     version: int
     description: str
     _ranges: tuple[BucketRange, ...] = field(init=False)
+    _seed_state: int = field(init=False)
     _table: list[npt.NDArray[np.int16]] = field(init=False, factory=list)
+    _lookup: list[list[int]] = field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         ranges = get_bucket_ranges(len(self.variations), self.coverage, list(self.weights))
         object.__setattr__(self, "_ranges", tuple(ranges))
+        object.__setattr__(self, "_seed_state", fnv1a32(self.seed))
 
     @property
     def name(self) -> str:
@@ -189,6 +198,12 @@ class ExperimentSpec:
         if not self._table:
             self._table.append(bucket_table(self._ranges, self.hash_version))
         return self._table[0]
+
+    def _variation_of(self, bucket: int) -> int:
+        lookup = self._lookup
+        if not lookup:
+            lookup.append(self.table().tolist())
+        return lookup[0][bucket]
 
     def index_of(self, variation: str) -> int:
         """Position of a variation key.
@@ -593,8 +608,7 @@ class AssignmentReason(enum.StrEnum):
     NOT_COVERED = "not_covered"
 
 
-@define(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):
     """The outcome of assigning one subject to one experiment.
 
     Attributes:
@@ -772,33 +786,25 @@ class ExperimentRunner:
         Raises:
             NotFoundError: Unknown experiment key.
         """
-        spec = self._spec(experiment)
-        if isinstance(subject, str):
-            attributes: Mapping[str, Any] = {spec.hash_attribute: subject}
+        spec = experiment if type(experiment) is ExperimentSpec else self._spec(experiment)
+        if type(subject) is dict:
+            attributes: Mapping[str, Any] = subject
+        elif isinstance(subject, str):
+            attributes = {spec.hash_attribute: subject}
         elif isinstance(subject, CallContext):
             attributes = subject_attributes(subject)
         else:
             attributes = subject
-        forced = self.forced.get(spec.key)
-        if forced is not None:
-            i = spec.index_of(forced)
-            arm = spec.variations[i]
-            return Assignment(
-                spec.key,
-                arm.key,
-                i,
-                arm.value,
-                True,
-                False,
-                spec.hash_attribute,
-                hash_key(attributes.get(spec.hash_attribute)),
-                None,
-                AssignmentReason.FORCED,
-            )
-        reason = self._window(spec, at)
-        if reason is not None:
-            return self._excluded(spec, reason)
-        hash_value = hash_key(attributes.get(spec.hash_attribute))
+        if self.forced:
+            forced = self.forced.get(spec.key)
+            if forced is not None:
+                return self._forced(spec, forced, attributes)
+        if not spec.active or spec.start is not None or spec.end is not None:
+            reason = self._window(spec, at)
+            if reason is not None:
+                return self._excluded(spec, reason)
+        raw = attributes.get(spec.hash_attribute)
+        hash_value = raw if type(raw) is str and raw else hash_key(raw)
         if hash_value is None:
             return self._excluded(spec, AssignmentReason.NO_HASH_ATTRIBUTE)
         ns = spec.namespace
@@ -810,8 +816,13 @@ class ExperimentRunner:
             attributes, spec.targeting, self.saved_groups
         ):
             return self._excluded(spec, AssignmentReason.NOT_TARGETED, hash_value)
-        n = bucket_hash(spec.seed, hash_value, spec.hash_version)
-        i = choose_variation(n, spec.ranges)
+        if spec.hash_version == 2:
+            k = fnv1a32_decimal(fnv1a32(hash_value, spec._seed_state)) % 10000
+            n = k / 10000
+        else:
+            k = fnv1a32(hash_value + spec.seed) % 1000
+            n = k / 1000
+        i = spec._variation_of(k)  # == choose_variation(n, spec.ranges), precomputed per bucket
         if i < 0:
             return self._excluded(spec, AssignmentReason.NOT_COVERED, hash_value, n)
         arm = spec.variations[i]
@@ -826,6 +837,24 @@ class ExperimentRunner:
             hash_value,
             n,
             AssignmentReason.ASSIGNED,
+        )
+
+    def _forced(
+        self, spec: ExperimentSpec, forced: str, attributes: Mapping[str, Any]
+    ) -> Assignment:
+        i = spec.index_of(forced)
+        arm = spec.variations[i]
+        return Assignment(
+            spec.key,
+            arm.key,
+            i,
+            arm.value,
+            True,
+            False,
+            spec.hash_attribute,
+            hash_key(attributes.get(spec.hash_attribute)),
+            None,
+            AssignmentReason.FORCED,
         )
 
     def assign_many(

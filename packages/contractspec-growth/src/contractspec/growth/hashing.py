@@ -23,6 +23,7 @@ GrowthBook `packages/sdk-js/src/util.ts` (`hash`, `fnv1a32`).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,9 @@ __all__ = [
     "HASH_VERSIONS",
     "bucket_hash",
     "bucket_hash_many",
+    "bucket_int",
     "fnv1a32",
+    "fnv1a32_decimal",
     "fnv1a32_many",
     "hash_key",
 ]
@@ -50,7 +53,7 @@ FNV_PRIME = 0x01000193
 HASH_VERSIONS = (1, 2)
 
 _MASK = 0xFFFFFFFF
-_CHUNK = 1 << 16  # elements per vectorised chunk: keeps every temporary in L2 cache
+_CHUNK = 1 << 13  # rows per vectorised chunk: a chunk of code units stays in L2 cache
 _U32_PRIME = np.uint32(FNV_PRIME)
 _POW10 = [np.uint32(10**k) for k in range(10)]
 
@@ -68,11 +71,11 @@ def fnv1a32(text: str, basis: int = FNV_OFFSET_BASIS) -> int:
     h = basis
     if text.isascii():
         for byte in text.encode("ascii"):
-            h = ((h ^ byte) * FNV_PRIME) & _MASK
+            h = ((h ^ byte) * 16777619) & 4294967295  # literals: no global lookups in the loop
         return h
     data = text.encode("utf-16-le", "surrogatepass")
     for unit in memoryview(data).cast("H"):
-        h = ((h ^ unit) * FNV_PRIME) & _MASK
+        h = ((h ^ unit) * 16777619) & 4294967295
     return h
 
 
@@ -84,6 +87,47 @@ def _check_version(version: object) -> int:
             details={"field": "hash_version"},
         )
     return 2 if version == 2 else 1
+
+
+_DECIMAL_STATES: list[array[int]] = []
+
+
+def _decimal_states() -> array[int]:
+    """`fnv1a32(str(k))` for every `k < 100_000` (built once, vectorised, 400 kB)."""
+    if not _DECIMAL_STATES:
+        states = _fnv_decimal(np.arange(100_000, dtype=np.uint32))
+        _DECIMAL_STATES.append(array("I", states.astype(np.uint32).tobytes()))
+    return _DECIMAL_STATES[0]
+
+
+def fnv1a32_decimal(n: int) -> int:
+    """`fnv1a32(str(n))` for `0 <= n < 2**32`, with the first digits looked up in a table.
+
+    The state after the leading digits (`n // 100000`) comes from a table of the first 100,000
+    decimal strings, so only the last five digits are hashed one by one.
+    """
+    table = _DECIMAL_STATES[0] if _DECIMAL_STATES else _decimal_states()
+    if n < 100_000:
+        return table[n]
+    h = table[n // 100_000]
+    for digit in b"%05d" % (n % 100_000):
+        h = ((h ^ digit) * 16777619) & 4294967295
+    return h
+
+
+def bucket_int(seed_state: int, value: str, version: int, seed: str = "") -> int:
+    """The integer bucket `k` (of `k / 10000` for v2, `k / 1000` for v1) of `value`.
+
+    Args:
+        seed_state: `fnv1a32(seed)` (version 2 hashes `seed + value`, so the seed's state is
+            computed once per experiment).
+        value: The hash attribute value.
+        version: 1 or 2 (not checked: callers validate it once).
+        seed: The seed itself (version 1 hashes `value + seed`).
+    """
+    if version == 2:
+        return fnv1a32_decimal(fnv1a32(value, seed_state)) % 10000
+    return fnv1a32(value + seed) % 1000
 
 
 def bucket_hash(seed: str, value: str, version: int = 2) -> float:
@@ -101,7 +145,7 @@ def bucket_hash(seed: str, value: str, version: int = 2) -> float:
         SpecValidationError: `version` is not 1 or 2.
     """
     if version == 2:
-        return (fnv1a32(str(fnv1a32(seed + value))) % 10000) / 10000
+        return (fnv1a32_decimal(fnv1a32(seed + value)) % 10000) / 10000
     if version == 1:
         return (fnv1a32(value + seed) % 1000) / 1000
     _check_version(version)
@@ -199,15 +243,16 @@ def _fnv_rows(
         return h
     min_len = int(lengths.min())
     max_len = int(lengths.max())
+    cols = np.ascontiguousarray(units[:, :max_len].T)  # one pass; then every column is contiguous
     for j in range(min_len):
-        np.bitwise_xor(h, units[:, j], out=h)
+        np.bitwise_xor(h, cols[j], out=h)
         np.multiply(h, _U32_PRIME, out=h)
     if max_len > min_len:
         tmp = np.empty_like(h)
         active = np.empty(n, dtype=bool)
         for j in range(min_len, max_len):
             np.greater(lengths, j, out=active)
-            np.bitwise_xor(h, units[:, j], out=tmp)
+            np.bitwise_xor(h, cols[j], out=tmp)
             np.multiply(tmp, _U32_PRIME, out=tmp)
             np.copyto(h, tmp, where=active)
     for unit in suffix:
@@ -248,7 +293,7 @@ def _fnv_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
 
 
 def _surrogate_rows(units: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
-    if units.shape[1] == 0:
+    if units.size == 0 or units.max() <= 0xFFFF:  # one contiguous pass for the common case
         return np.zeros(0, dtype=np.intp)
     return np.flatnonzero(units.max(axis=1) > 0xFFFF)
 
