@@ -102,7 +102,7 @@ def main() -> None:
             started = time.perf_counter()
             for j, subject in enumerate(part, lo):
                 a = runner.assign(spec, {"id": subject})
-                our_out[j] = a.index if a.in_experiment else -1
+                our_out[j] = a.variation_index if a.in_experiment else -1
             our_times.append((time.perf_counter() - started) / len(part))
         gb.destroy()
 
@@ -114,7 +114,11 @@ def main() -> None:
             started = time.perf_counter()
             from_array = runner.assign_many(spec, id_array)
             vec_array.append(time.perf_counter() - started)
-        same = (gb_out == our_out) & (gb_out == from_list.index) & (gb_out == from_array.index)
+        same = (
+            (gb_out == our_out)
+            & (gb_out == from_list.variation_index)
+            & (gb_out == from_array.variation_index)
+        )
         identical += int(same.sum())
         total += len(ids)
         rows.append(

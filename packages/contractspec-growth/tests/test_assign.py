@@ -101,7 +101,7 @@ def test_assign_many_matches_growthbook_run_cases(case: list[Any]) -> None:
     result = runner.assign_many(spec, ids, eligible=eligible)
     assert bool(result.in_experiment[0]) is in_experiment
     expected_index = spec.variations.index(next(v for v in spec.variations if v.value == value))
-    assert int(result.index[0]) == (expected_index if in_experiment else -1)
+    assert int(result.variation_index[0]) == (expected_index if in_experiment else -1)
 
 
 def test_non_bmp_characters_hash_as_utf16_surrogate_pairs() -> None:
@@ -163,7 +163,7 @@ def test_assign_many_equals_assign(
     batch = runner.assign_many(spec, ids)
     for i, subject in enumerate(ids):
         one = runner.assign(spec, {"id": subject})
-        assert int(batch.index[i]) == (one.index if one.in_experiment else -1)
+        assert int(batch.variation_index[i]) == (one.variation_index if one.in_experiment else -1)
         assert (np.isnan(batch.bucket[i]) and one.bucket is None) or batch.bucket[i] == one.bucket
     assert batch.variations().tolist() == [
         (a.variation if a.in_experiment else None)
@@ -215,7 +215,7 @@ def test_assignment_equals_growthbook_python_sdk(
         {"key": "gb-diff", "variations": list(range(arms)), "coverage": coverage,
          "hashVersion": version, "namespace": ("pricing", 0.1, 0.9)},
     )  # fmt: skip
-    assert (ours.index, ours.in_experiment) == (variation, in_experiment)
+    assert (ours.variation_index, ours.in_experiment) == (variation, in_experiment)
 
 
 def test_time_window_and_pause_exclude_subjects() -> None:
@@ -234,7 +234,7 @@ def test_time_window_and_pause_exclude_subjects() -> None:
     assert (ended.reason, ended.variation, ended.in_experiment, ended.tracked) == (
         AssignmentReason.ENDED, "a", False, False
     )  # fmt: skip
-    assert runner.assign_many("windowed", ["u1", "u2"]).index.tolist() == [-1, -1]
+    assert runner.assign_many("windowed", ["u1", "u2"]).variation_index.tolist() == [-1, -1]
     paused = define_experiment("paused", ["a", "b"], active=False)
     assert ExperimentRunner(ExperimentRegistry(paused)).assign(paused, "u1").reason is (
         AssignmentReason.INACTIVE
@@ -246,13 +246,13 @@ def test_forced_variation_is_in_experiment_but_not_tracked() -> None:
     spec = define_experiment("qa", ["a", "b", "c"])
     runner = ExperimentRunner(ExperimentRegistry(spec), forced={"qa": "c"})
     result = runner.assign("qa", "anyone")
-    assert (result.variation, result.index, result.in_experiment, result.tracked) == (
+    assert (result.variation, result.variation_index, result.in_experiment, result.tracked) == (
         "c",
         2,
         True,
         False,
     )
-    assert runner.assign_many("qa", ["x", "y"]).index.tolist() == [2, 2]
+    assert runner.assign_many("qa", ["x", "y"]).variation_index.tolist() == [2, 2]
 
 
 def test_call_context_subjects_use_actor_and_org_attributes() -> None:
@@ -279,8 +279,8 @@ def test_assign_many_counts_follow_weights_on_a_million_ids() -> None:
     assert abs(counts["a"] / 1_000_000 - 0.1) < 0.003
     assert counts["a"] + counts["b"] == 1_000_000
     sample = [1, 17, 999_999]
-    assert [int(batch.index[i - 1]) for i in sample] == [
-        runner.assign(spec, {"id": i}).index for i in sample
+    assert [int(batch.variation_index[i - 1]) for i in sample] == [
+        runner.assign(spec, {"id": i}).variation_index for i in sample
     ]
 
 
@@ -292,7 +292,9 @@ def test_assign_many_requires_eligibility_for_targeted_experiments() -> None:
         runner.assign_many(spec, ["u1"])
     with pytest.raises(SpecValidationError, match="eligible has 1 entries for 2 ids"):
         runner.assign_many(spec, ["u1", "u2"], eligible=[True])
-    assert runner.assign_many(spec, ["u1", "u2"], eligible=[False, False]).index.tolist() == [
+    assert runner.assign_many(
+        spec, ["u1", "u2"], eligible=[False, False]
+    ).variation_index.tolist() == [
         -1,
         -1,
     ]

@@ -614,7 +614,7 @@ class Assignment(NamedTuple):
     Attributes:
         experiment: Experiment key.
         variation: Key of the arm to serve; the control when `in_experiment` is false.
-        index: Position of that arm (0 = control).
+        variation_index: Position of that arm (0 = control).
         value: The arm's value.
         in_experiment: Whether the subject is part of the experiment (count it in the analysis).
         hash_used: Whether the variation came from hashing (false when forced or excluded).
@@ -626,7 +626,7 @@ class Assignment(NamedTuple):
 
     experiment: str
     variation: str
-    index: int
+    variation_index: int
     value: Any
     in_experiment: bool
     hash_used: bool
@@ -647,31 +647,34 @@ class Assignments:
 
     Attributes:
         experiment: The experiment.
-        index: `int16` array, the arm of each subject, `-1` for subjects not in the experiment
-            (they are served the control).
+        variation_index: `int16` array, the arm of each subject, `-1` for subjects not in the
+            experiment (they are served the control).
         bucket: `float64` array of buckets, `NaN` where no bucket was computed.
     """
 
     experiment: ExperimentSpec
-    index: npt.NDArray[np.int16]
+    variation_index: npt.NDArray[np.int16]
     bucket: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
-        return int(self.index.shape[0])
+        return int(self.variation_index.shape[0])
 
     @property
     def in_experiment(self) -> npt.NDArray[np.bool_]:
         """Boolean mask of subjects in the experiment."""
-        return self.index >= 0
+        return self.variation_index >= 0
 
     def variations(self) -> npt.NDArray[np.object_]:
         """Variation key of each subject, `None` for subjects not in the experiment."""
         keys = np.array([*self.experiment.variation_keys, None], dtype=object)
-        return keys[self.index]  # -1 picks the trailing None
+        return keys[self.variation_index]  # -1 picks the trailing None
 
     def counts(self) -> dict[str, int]:
         """Subjects per variation key (excluded subjects are not counted)."""
-        counts = np.bincount(self.index[self.index >= 0], minlength=len(self.experiment.variations))
+        counts = np.bincount(
+            self.variation_index[self.variation_index >= 0],
+            minlength=len(self.experiment.variations),
+        )
         return {k: int(c) for k, c in zip(self.experiment.variation_keys, counts, strict=True)}
 
 
@@ -879,7 +882,7 @@ class ExperimentRunner:
             at: Time to check the window against (default: the clock's now).
 
         Returns:
-            `Assignments` with `index == -1` for subjects not in the experiment.
+            `Assignments` with `variation_index == -1` for subjects not in the experiment.
 
         Raises:
             NotFoundError: Unknown experiment key.
