@@ -420,7 +420,7 @@ BUILTIN_ROLES: Final[tuple[Role, ...]] = (
     ),
 )
 
-#: Any user may create orgs; system and service actors may create users.
+#: Any user may create orgs; system and service actors may create users and orgs.
 DEFAULT_RULES: Final[tuple[AccessRule, ...]] = (
     AccessRule(
         name="users-create-orgs",
@@ -430,11 +430,11 @@ DEFAULT_RULES: Final[tuple[AccessRule, ...]] = (
         description="Any signed-in user may create an organization.",
     ),
     AccessRule(
-        name="system-creates-users",
-        permissions=("user.create",),
+        name="system-provisions",
+        permissions=("user.create", "org.create"),
         subjects="authenticated",
         actor_kinds=("system", "service"),
-        description="Sign-up and provisioning run as system or service actors.",
+        description="Sign-up and provisioning (users, orgs) run as system or service actors.",
     ),
 )
 
