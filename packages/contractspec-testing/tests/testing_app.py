@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from decimal import Decimal
 from typing import Annotated
 
@@ -85,8 +86,9 @@ get_customer = define_query(
     "billing.customer.get", input=GetCustomer, output=Customer, auth=authenticated()
 )
 
-#: Discount of the PRO plan, changed by tests to show golden suites catching a changed handler.
-PRO_DISCOUNT = {"rate": Decimal("0.10")}
+#: Discount of the PRO plan; tests change it (or set TESTING_APP_PRO_DISCOUNT in a subprocess)
+#: to show golden suites catching a changed handler.
+PRO_DISCOUNT = {"rate": Decimal(os.environ.get("TESTING_APP_PRO_DISCOUNT", "0.10"))}
 
 
 def build_registry() -> SpecRegistry:

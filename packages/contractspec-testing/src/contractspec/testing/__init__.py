@@ -14,6 +14,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 from contractspec.testing._snapshot import Snapshot
 from contractspec.testing.errors import GoldenUpdateError, SnapshotFormatError, TrafficStoreError
+from contractspec.testing.generator import GeneratedSuite, GoldenTestGenerator
+from contractspec.testing.golden import (
+    NONDETERMINISTIC,
+    CaseResult,
+    Difference,
+    GoldenCase,
+    GoldenReport,
+    GoldenSuite,
+    golden_cases,
+    run_golden_tests,
+    run_golden_tests_sync,
+)
+from contractspec.testing.plugin import Golden
 from contractspec.testing.recorder import RecorderStats, TrafficRecorder, sampling_fraction
 from contractspec.testing.redaction import Detector, Placeholders, Redactor
 from contractspec.testing.stores import (
@@ -29,7 +42,16 @@ except PackageNotFoundError:  # pragma: no cover - source tree without metadata
     __version__ = "0+unknown"
 
 __all__ = [
+    "NONDETERMINISTIC",
+    "CaseResult",
     "Detector",
+    "Difference",
+    "GeneratedSuite",
+    "Golden",
+    "GoldenCase",
+    "GoldenReport",
+    "GoldenSuite",
+    "GoldenTestGenerator",
     "GoldenUpdateError",
     "JsonlTrafficStore",
     "MemoryTrafficStore",
@@ -42,6 +64,9 @@ __all__ = [
     "TrafficStore",
     "TrafficStoreError",
     "__version__",
+    "golden_cases",
     "open_store",
+    "run_golden_tests",
+    "run_golden_tests_sync",
     "sampling_fraction",
 ]

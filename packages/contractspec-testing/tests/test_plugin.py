@@ -1,0 +1,153 @@
+"""The pytest plugin end to end (in subprocesses): golden modules, --golden-update, xdist, fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from testing_app import build_registry, ctx, make_executor
+
+from contractspec.testing import GoldenTestGenerator, MemoryTrafficStore, TrafficRecorder
+
+TESTS = Path(__file__).parent
+REF = "testing_app:build_registry"
+QUOTE = {
+    "customer_email": "ann@acme.io",
+    "lines": [{"sku": "A", "quantity": 2, "unit_price": "5.00"}],
+    "plan": "pro",
+}
+
+
+def make_project(tmp_path: Path, *modules: str) -> Path:
+    """A pytest project with golden modules for billing.invoice.quote named `modules`."""
+
+    async def record() -> MemoryTrafficStore:
+        store = MemoryTrafficStore()
+        executor = make_executor(build_registry(), traffic=TrafficRecorder(store, sample_rate=1.0))
+        await executor.execute("billing.invoice.quote", QUOTE, ctx("a"))
+        await executor.execute("billing.invoice.quote", {**QUOTE, "plan": "free"}, ctx("b"))
+        return store
+
+    store = asyncio.run(record())
+    generator = GoldenTestGenerator(build_registry(), registry_ref=REF)
+    for name in modules:
+        generator.write_sync(tmp_path / name, store.snapshots, "billing.invoice.quote")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nfilterwarnings = error\nasyncio_default_fixture_loop_scope = function\n"
+        "asyncio_default_test_loop_scope = function\n"
+        "contractspec_registry = testing_app:build_registry\n"
+    )
+    return tmp_path
+
+
+def run_pytest(
+    project: Path, *args: str, discount: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run pytest on `project` in a subprocess (PRO discount optionally changed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(project)])}
+    env.pop("TESTING_APP_PRO_DISCOUNT", None)
+    if discount is not None:
+        env["TESTING_APP_PRO_DISCOUNT"] = discount
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_golden_module_passes_then_fails_with_a_readable_diff(tmp_path: Path) -> None:
+    """A generated module passes; a changed handler fails it with the paths that changed."""
+    project = make_project(tmp_path, "test_quote.py")
+    ok = run_pytest(project)
+    assert ok.returncode == 0, ok.stdout
+    assert "2 passed" in ok.stdout
+    bad = run_pytest(project, discount="0.25")
+    assert bad.returncode == 1
+    assert "1 failed, 1 passed" in bad.stdout
+    assert (
+        "golden case 'ok-redacted-1-example-com' of billing.invoice.quote@1 changed:\n"
+        '  output.total: expected "9.00", got "7.50"\n'
+        '  output.discount: expected "1.00", got "2.50"\n'
+        "  (intended? rerun with --golden-update to rewrite the expected outcome)"
+    ) in bad.stdout
+
+
+def test_golden_update_rewrites_only_what_changed(tmp_path: Path) -> None:
+    """--golden-update rewrites the changed output in place; every other byte stays."""
+    project = make_project(tmp_path, "test_quote.py")
+    module = project / "test_quote.py"
+    before = module.read_text()
+    updated = run_pytest(project, "--golden-update", discount="0.25")
+    assert updated.returncode == 0, updated.stdout
+    assert "updated 1 case(s) in" in updated.stdout
+    after = module.read_text()
+    assert after == before.replace('"total": "9.00"', '"total": "7.50"').replace(
+        '"discount": "1.00"', '"discount": "2.50"'
+    )
+    assert run_pytest(project, discount="0.25").returncode == 0
+    again = run_pytest(project, "--golden-update", discount="0.25")
+    assert "contractspec golden updates" not in again.stdout
+    assert module.read_text() == after
+
+
+def test_golden_update_is_safe_under_xdist(tmp_path: Path) -> None:
+    """With two xdist workers, every changed module is rewritten once, by the controller."""
+    project = make_project(tmp_path, "test_quote_a.py", "test_quote_b.py")
+    before = (project / "test_quote_a.py").read_text()
+    run = run_pytest(project, "-p", "xdist", "-n", "2", "--golden-update", discount="0.30")
+    assert run.returncode == 0, run.stdout
+    expected = before.replace('"total": "9.00"', '"total": "7.00"').replace(
+        '"discount": "1.00"', '"discount": "3.00"'
+    )
+    assert (project / "test_quote_a.py").read_text() == expected
+    assert (project / "test_quote_b.py").read_text() == expected
+    check = run_pytest(project, "-p", "xdist", "-n", "2", discount="0.30")
+    assert check.returncode == 0, check.stdout
+    assert "4 passed" in check.stdout
+
+
+def test_executor_fixtures_record_traffic(tmp_path: Path) -> None:
+    """contractspec_executor runs the registry from the ini option and records into contractspec_traffic."""
+    project = make_project(tmp_path)
+    (project / "test_fixtures.py").write_text(
+        '''
+from contractspec.core import Actor, CallContext
+
+
+def test_quote(contractspec_executor, contractspec_traffic, contractspec_clock):
+    """The executor fixture runs calls on memory ports and records each."""
+    out = contractspec_executor.execute_sync(
+        "billing.customer.create",
+        {"name": "Ann", "email": "ann@acme.io"},
+        CallContext(actor=Actor.user("u1"), org_id="o1"),
+    )
+    assert out.id == "id-000001"
+    assert out.created_at == contractspec_clock.now()
+    assert [s.input["email"] for s in contractspec_traffic.snapshots] == ["ann@acme.io"]
+'''
+    )
+    run = run_pytest(project)
+    assert run.returncode == 0, run.stdout
+    assert "1 passed" in run.stdout
+
+
+def test_registry_fixture_explains_itself_without_configuration(tmp_path: Path) -> None:
+    """Without the ini option, contractspec_registry fails with how to configure it."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+        "asyncio_default_test_loop_scope = function\n"
+    )
+    (tmp_path / "test_x.py").write_text(
+        "def test_x(contractspec_registry):\n    '''Needs the registry.'''\n"
+    )
+    run = run_pytest(tmp_path)
+    assert run.returncode == 1
+    assert (
+        "set contractspec_registry = 'myapp.spec:registry' in the pytest ini options" in run.stdout
+    )
