@@ -179,3 +179,29 @@ def _env(
     executor = Executor(registry, backend=backend, policy=POLICY, clock=clock, ids=ids)
     approvals = ApprovalWorkflow(store, backend=backend, policy=POLICY, clock=clock, ids=ids)
     return AgentEnv(kind, registry, backend, runs, store, clock, ids, executor, approvals)
+
+
+async def event_names(env: AgentEnv) -> list[str]:
+    """Names of the committed events (memory outbox or `cs_outbox`), oldest first."""
+    if env.kind == "memory":
+        assert isinstance(env.backend, MemoryBackend)
+        return env.backend.events.names()
+    from sqlalchemy import select
+
+    from contractspec.core.sql import SqlBackend, outbox_table
+
+    assert isinstance(env.backend, SqlBackend)
+    async with env.backend.engine.connect() as conn:
+        rows = await conn.execute(select(outbox_table.c.name).order_by(outbox_table.c.position))
+        return [r[0] for r in rows]
+
+
+async def audit_actions(env: AgentEnv) -> list[tuple[str, str]]:
+    """`(action, outcome)` of the committed audit records of the test org, oldest first."""
+    if env.kind == "memory":
+        assert isinstance(env.backend, MemoryBackend)
+        return [(r.action, r.outcome) for r in env.backend.audit.records if r.org_id == ORG]
+    from contractspec.core.sql import SqlBackend
+
+    assert isinstance(env.backend, SqlBackend)
+    return [(e.record.action, e.record.outcome) for e in await env.backend.audit.entries(ORG)]
