@@ -399,7 +399,7 @@ def test_agent_registry_versions_and_duplicates() -> None:
     assert [a.ref for a in registry] == ["shop.helper@1", "shop.helper@2"]
     with pytest.raises(SpecDefinitionError, match="already registered"):
         registry.register(define_agent("shop.helper", model="m", instructions="other"))
-    with pytest.raises(SpecDefinitionError, match="unknown agent 'shop.nope'"):
+    with pytest.raises(SpecDefinitionError, match=r"unknown agent 'shop\.nope'"):
         registry.get("shop.nope")
 
 

@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "(SQLite) or 'contractspec-agent[postgres]' (PostgreSQL)"
     ) from exc
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
