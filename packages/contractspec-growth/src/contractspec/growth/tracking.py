@@ -41,7 +41,7 @@ from contractspec.growth.experiments import (
 from contractspec.growth.stats import SufficientStats
 
 if TYPE_CHECKING:
-    from sqlalchemy import MetaData, Table
+    from sqlalchemy import ColumnElement, MetaData, Table
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
@@ -424,6 +424,7 @@ class SqlTrackingStore:
                     func.julianday(ev.c.occurred_at)
                     < func.julianday(x.c.exposed_at) + seconds / 86400.0,
                 )
+        value: ColumnElement[Any]
         if aggregation == "sum":
             value = func.coalesce(func.sum(ev.c.value), 0.0)
         elif aggregation == "count":
