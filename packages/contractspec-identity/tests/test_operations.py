@@ -373,7 +373,7 @@ async def test_bad_invitations_are_validation_errors(
         email = "no-at-sign"
     ada = await app.read(lambda tx: app.store.get_user_by_email(tx, "ada@example.com"))
     if ada is None:
-        ada, acme = await founded(app)
+        ada, _ = await founded(app)
     acme_id = (await app.run("identity.org.list_mine", {}, as_user(ada))).orgs[0].org.id
     with pytest.raises(SpecValidationError) as caught:
         await app.run(

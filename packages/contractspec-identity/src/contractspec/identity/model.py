@@ -512,12 +512,12 @@ class AccessModel:
                 self.roles[role.name] = declared.pop(role.name, role)
         self.roles.update(declared)
         for role in self.roles.values():
-            for perm in role.permissions:
-                if not _is_pattern(perm) and perm not in self.permissions:
+            for granted in role.permissions:
+                if not _is_pattern(granted) and granted not in self.permissions:
                     raise SpecDefinitionError(
-                        f"role {role.name!r} grants {perm!r}, which is not a declared permission; "
-                        f"declare it with Permission(name={perm!r}) or fix the name",
-                        details={"field": "permissions", "role": role.name, "permission": perm},
+                        f"role {role.name!r} grants {granted!r}, which is not a declared "
+                        f"permission; declare it with Permission(name={granted!r}) or fix the name",
+                        details={"field": "permissions", "role": role.name, "permission": granted},
                     )
         self.rules: tuple[AccessRule, ...] = tuple(DEFAULT_RULES if rules is None else rules)
         names = [r.name for r in self.rules]

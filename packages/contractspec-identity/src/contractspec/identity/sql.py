@@ -122,7 +122,7 @@ def _row(model: BaseModel) -> dict[str, Any]:
     return row
 
 
-def _load(model: type[M], row: Mapping[str, Any]) -> M:
+def _load(model: type[M], row: Mapping[Any, Any]) -> M:
     return model.model_validate(dict(row))
 
 
@@ -179,7 +179,7 @@ class SqlIdentityStore:
         result = await tx.execute(stmt, write=True)
         return result.first() is not None
 
-    async def _one(self, tx: Transaction, stmt: Any) -> Mapping[str, Any] | None:
+    async def _one(self, tx: Transaction, stmt: Any) -> Mapping[Any, Any] | None:
         result = await _sql(tx).execute(stmt)
         return result.mappings().first()
 
