@@ -1,0 +1,250 @@
+"""Bandit policies choose deterministically per seed, log propensities and learn from rewards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy import stats as sps
+
+from contractspec.core.errors import ConflictError, NotFoundError, SpecValidationError
+from contractspec.growth.bandits import (
+    BanditDecision,
+    BanditPolicy,
+    BanditService,
+    DecisionLog,
+    LinearIGW,
+    MemoryDecisionLog,
+    ThompsonSampling,
+    ips_estimate,
+)
+
+FIXED = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+
+
+def _bernoulli_run(
+    policy: ThompsonSampling, rates: dict[str, float], rounds: int, seed: int
+) -> list[str]:
+    env = np.random.default_rng(seed)
+    service = BanditService(policy, now=lambda: FIXED)
+    arms = []
+    for _ in range(rounds):
+        d = service.choose()
+        service.reward(d.decision_id, float(env.random() < rates[d.arm]))
+        arms.append(d.arm)
+    return arms
+
+
+def test_same_seed_replays_the_same_decisions() -> None:
+    """Two services with the same seed and rewards make identical choices; another seed differs."""
+    rates = {"a": 0.2, "b": 0.25, "c": 0.3}
+    one = _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
+    two = _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
+    other = _bernoulli_run(ThompsonSampling("t", list(rates), seed=2), rates, 200, seed=9)
+    assert one == two
+    assert one != other
+
+
+def test_a_decision_replays_by_id_whatever_ran_before() -> None:
+    """The same decision id on the same posterior gives the same arm and distribution."""
+    policy = ThompsonSampling("t", ["a", "b", "c"], seed=5)
+    first = policy.choose(decision_id="order-17")
+    for i in range(10):
+        policy.choose(decision_id=f"other-{i}")
+    assert policy.choose(decision_id="order-17") == first
+
+
+def test_thompson_learns_the_best_arm() -> None:
+    """With success rates 5 %, 10 % and 20 %, the 20 % arm gets most of the last 500 plays."""
+    rates = {"low": 0.05, "mid": 0.10, "high": 0.20}
+    arms = _bernoulli_run(
+        ThompsonSampling("t", list(rates), seed=3, propensity_samples=200), rates, 2000, seed=4
+    )
+    last = arms[-500:]
+    assert last.count("high") / 500 > 0.8
+
+
+def test_thompson_propensity_matches_the_exact_two_arm_probability() -> None:
+    """For two Beta posteriors the logged propensity is within Monte Carlo error of P(X_b > X_a)."""
+    policy = ThompsonSampling("t", ["a", "b"], seed=11, propensity_samples=20_000)
+    for reward in [1, 0, 0, 1, 0]:
+        policy.update("a", reward)
+    for reward in [1, 1, 0, 1, 1, 1]:
+        policy.update("b", reward)
+    (aa, ba), (ab, bb) = policy.posterior("a"), policy.posterior("b")
+    exact, _ = integrate.quad(lambda x: sps.beta.pdf(x, ab, bb) * sps.beta.cdf(x, aa, ba), 0, 1)
+    _, probs, _ = policy.choose(decision_id="d")
+    assert probs["b"] == pytest.approx(exact, abs=0.01)
+    assert probs["a"] + probs["b"] == 1.0
+    assert (aa, ba, ab, bb) == (3.0, 4.0, 6.0, 2.0)
+
+
+def test_service_logs_propensities_and_rewards() -> None:
+    """Each decision is logged with its arm's propensity; the reward updates the posterior."""
+    policy = ThompsonSampling("cta", ["blue", "green"], seed=7)
+    log = MemoryDecisionLog()
+    service = BanditService(policy, log=log, now=lambda: FIXED)
+    decision = service.choose(decision_id="req-1")
+    assert decision.propensity == decision.probabilities[decision.arm] > 0
+    assert sum(decision.probabilities.values()) == pytest.approx(1.0)
+    assert (decision.policy, decision.context, decision.decided_at) == ("cta", None, FIXED)
+    rewarded = service.reward("req-1", 1.0)
+    assert rewarded.reward == 1.0
+    assert log.get("req-1").reward == 1.0
+    assert policy.posterior(decision.arm) == (2.0, 1.0)
+    assert isinstance(policy, BanditPolicy)
+    assert isinstance(log, DecisionLog)
+
+
+def test_rewards_are_recorded_once_and_for_known_decisions() -> None:
+    """A second reward conflicts, an unknown id is not found, a reused id conflicts."""
+    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=0))
+    d = service.choose(decision_id="x")
+    service.reward("x", 0.0)
+    with pytest.raises(ConflictError, match="already has reward"):
+        service.reward("x", 1.0)
+    with pytest.raises(NotFoundError, match="no decision 'nope'"):
+        service.reward("nope", 1.0)
+    with pytest.raises(ConflictError, match="already logged"):
+        service.choose(decision_id="x")
+    assert d.reward is None
+
+
+def test_thompson_rejects_rewards_outside_unit_interval() -> None:
+    """A reward of 5 is refused with the fix named, and the log is untouched."""
+    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=0))
+    d = service.choose()
+    with pytest.raises(SpecValidationError, match=r"\[0, 1\]"):
+        service.reward(d.decision_id, 5.0)
+    assert service.log.get(d.decision_id).reward is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"arms": ["a"]}, "arms"),
+        ({"arms": ["a", "a"]}, "arms"),
+        ({"seed": -1}, "seed"),
+        ({"prior": (0.0, 1.0)}, "prior"),
+        ({"propensity_samples": 0}, "propensity_samples"),
+    ],
+)
+def test_thompson_bad_configuration(kwargs: dict[str, object], field: str) -> None:
+    """Bad arms, seeds or priors raise SpecValidationError naming the field."""
+    params: dict[str, object] = {"arms": ["a", "b"], "seed": 1, **kwargs}
+    with pytest.raises(SpecValidationError) as info:
+        ThompsonSampling("t", **params)  # type: ignore[arg-type]
+    assert info.value.details["field"] == field
+
+
+def test_inverse_gap_weighting_formula() -> None:
+    """p(a) = 1 / (K + gamma * gap) for non-best arms and the rest for the best arm."""
+    policy = LinearIGW("igw", ["a", "b", "c"], n_features=1, seed=0, gamma=10.0, ridge=1.0)
+    for _ in range(50):
+        policy.update("a", 1.0, [1.0])
+        policy.update("b", 0.5, [1.0])
+        policy.update("c", 0.0, [1.0])
+    preds = policy.predict([1.0])
+    assert preds == pytest.approx({"a": 50 / 51, "b": 25 / 51, "c": 0.0})
+    probs = policy.probabilities([1.0])
+    p_b = 1 / (3 + 10 * (50 / 51 - 25 / 51))
+    p_c = 1 / (3 + 10 * (50 / 51))
+    assert probs == pytest.approx({"a": 1 - p_b - p_c, "b": p_b, "c": p_c})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5), min_size=3, max_size=3),
+    st.floats(0.1, 1000),
+    st.integers(0, 30),
+)
+def test_igw_distribution_is_valid(context: list[float], gamma: float, updates: int) -> None:
+    """Probabilities are positive, sum to 1 and favour the best predicted arm."""
+    policy = LinearIGW("igw", ["a", "b", "c", "d"], n_features=3, seed=1, gamma=gamma)
+    rng = np.random.default_rng(updates)
+    for _ in range(updates):
+        policy.update(
+            str(rng.choice(["a", "b", "c", "d"])), float(rng.normal()), rng.normal(size=3).tolist()
+        )
+    probs = policy.probabilities(context)
+    preds = policy.predict(context)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-12)
+    assert min(probs.values()) > 0
+    assert probs[max(preds, key=lambda a: preds[a])] == max(probs.values())
+
+
+def test_linear_igw_learns_a_contextual_rule() -> None:
+    """After 2000 rounds the policy plays the arm that is best for each context most of the time."""
+    true_theta = {
+        "news": np.array([0.8, -0.6, 0.1]),
+        "sports": np.array([-0.5, 0.7, 0.1]),
+        "none": np.array([0.0, 0.0, 0.3]),
+    }
+    policy = LinearIGW("igw", list(true_theta), n_features=3, seed=4, gamma=200.0)
+    service = BanditService(policy, now=lambda: FIXED)
+    env = np.random.default_rng(8)
+    best_hits = []
+    for _ in range(2000):
+        x = np.array([env.random(), env.random(), 1.0])
+        d = service.choose(x.tolist())
+        service.reward(d.decision_id, float(true_theta[d.arm] @ x + env.normal(0, 0.1)))
+        best = max(true_theta, key=lambda a: float(true_theta[a] @ x))
+        best_hits.append(d.arm == best)
+    assert sum(best_hits[-500:]) / 500 > 0.85
+    assert all(0 < d.propensity <= 1 for d in service.log.decisions())
+
+
+def test_linear_igw_needs_a_well_formed_context() -> None:
+    """A missing or wrongly sized context raises SpecValidationError."""
+    policy = LinearIGW("igw", ["a", "b"], n_features=2, seed=0)
+    with pytest.raises(SpecValidationError, match="needs a context"):
+        policy.choose()
+    with pytest.raises(SpecValidationError, match="2 finite numbers"):
+        policy.choose([1.0, 2.0, 3.0])
+    with pytest.raises(SpecValidationError, match="unknown arm 'z'"):
+        policy.update("z", 1.0, [1.0, 0.0])
+
+
+def test_ips_recovers_the_value_of_another_policy() -> None:
+    """From uniformly logged decisions, IPS estimates an always-'b' policy's click rate."""
+    rates = {"a": 0.1, "b": 0.3}
+    policy = ThompsonSampling("t", list(rates), seed=1, propensity_samples=50)
+    service = BanditService(policy, now=lambda: FIXED)
+    env = np.random.default_rng(12)
+    # Uniform logging: never update the policy, so every decision has propensity ~ 1/2.
+    decisions = []
+    for _ in range(4000):
+        d = service.choose()
+        decisions.append(service.log.set_reward(d.decision_id, float(env.random() < rates[d.arm])))
+    estimate = ips_estimate(decisions, lambda d: {"b": 1.0})
+    snips = ips_estimate(decisions, lambda d: {"b": 1.0}, self_normalized=True)
+    observed_b = np.mean([d.reward for d in decisions if d.arm == "b"])
+    assert estimate == pytest.approx(0.3, abs=0.03)
+    assert snips == pytest.approx(observed_b, abs=0.02)
+    with pytest.raises(SpecValidationError, match="at least one rewarded"):
+        ips_estimate([], lambda d: {"b": 1.0})
+
+
+def test_policy_state_round_trips_through_json() -> None:
+    """state() is JSON and from_state() rebuilds a policy that decides identically."""
+    ts = ThompsonSampling("t", ["a", "b"], seed=3)
+    ts.update("a", 1.0)
+    ts.choose()
+    clone = ThompsonSampling.from_state(json.loads(json.dumps(ts.state())))
+    assert clone.choose() == ts.choose()
+    igw = LinearIGW("i", ["a", "b"], n_features=2, seed=3)
+    igw.update("b", 2.0, [1.0, 0.5])
+    igw_clone = LinearIGW.from_state(json.loads(json.dumps(igw.state())))
+    assert igw_clone.choose([0.3, 1.0]) == igw.choose([0.3, 1.0])
+
+
+def test_decision_is_a_frozen_record() -> None:
+    """Logged decisions cannot be mutated after the fact."""
+    d = BanditDecision("d", "p", "a", 0.5, {"a": 0.5, "b": 0.5}, None, FIXED)
+    with pytest.raises(AttributeError):
+        d.reward = 1.0  # type: ignore[misc]
