@@ -9,6 +9,30 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from contractspec.growth.analytics import (
+    ActivityProfile,
+    ChurnPredictor,
+    ChurnScore,
+    CohortTable,
+    CohortTracker,
+    ExperimentIdea,
+    FunnelAnalyzer,
+    FunnelResult,
+    GrowthHypothesisGenerator,
+    MetricSeries,
+    Transactions,
+    load_cdnow,
+)
+from contractspec.growth.bandits import (
+    BanditDecision,
+    BanditPolicy,
+    BanditService,
+    DecisionLog,
+    LinearIGW,
+    MemoryDecisionLog,
+    ThompsonSampling,
+    ips_estimate,
+)
 from contractspec.growth.bucketing import (
     choose_variation,
     equal_weights,
@@ -29,6 +53,24 @@ from contractspec.growth.experiments import (
     subject_attributes,
 )
 from contractspec.growth.hashing import bucket_hash, bucket_hash_many, fnv1a32, fnv1a32_many
+from contractspec.growth.results import (
+    Comparison,
+    ExperimentResult,
+    Lift,
+    SrmResult,
+)
+from contractspec.growth.stats import (
+    CovariateStats,
+    SufficientStats,
+    WelchArrays,
+    adjust_pvalues,
+    analyze_experiment,
+    cuped_theta,
+    sequential_ttest,
+    srm_check,
+    welch_ttest,
+    welch_ttest_from_stats,
+)
 
 try:
     __version__ = version("contractspec-growth")
@@ -36,19 +78,47 @@ except PackageNotFoundError:  # pragma: no cover - source tree without metadata
     __version__ = "0+unknown"
 
 __all__ = [
+    "ActivityProfile",
     "Assignment",
     "AssignmentReason",
     "Assignments",
+    "BanditDecision",
+    "BanditPolicy",
+    "BanditService",
+    "ChurnPredictor",
+    "ChurnScore",
+    "CohortTable",
+    "CohortTracker",
+    "Comparison",
+    "CovariateStats",
+    "DecisionLog",
+    "ExperimentIdea",
     "ExperimentRegistry",
+    "ExperimentResult",
     "ExperimentRunner",
     "ExperimentSpec",
+    "FunnelAnalyzer",
+    "FunnelResult",
+    "GrowthHypothesisGenerator",
+    "Lift",
+    "LinearIGW",
+    "MemoryDecisionLog",
+    "MetricSeries",
     "Namespace",
+    "SrmResult",
+    "SufficientStats",
+    "ThompsonSampling",
+    "Transactions",
     "Variation",
+    "WelchArrays",
     "__version__",
+    "adjust_pvalues",
+    "analyze_experiment",
     "bucket_hash",
     "bucket_hash_many",
     "check_condition",
     "choose_variation",
+    "cuped_theta",
     "define_experiment",
     "equal_weights",
     "eval_condition",
@@ -56,5 +126,11 @@ __all__ = [
     "fnv1a32_many",
     "get_bucket_ranges",
     "in_namespace",
+    "ips_estimate",
+    "load_cdnow",
+    "sequential_ttest",
+    "srm_check",
     "subject_attributes",
+    "welch_ttest",
+    "welch_ttest_from_stats",
 ]
