@@ -150,11 +150,7 @@ def build_notes_registry() -> SpecRegistry:
     async def _search(inp: SearchNotes, ctx: HandlerCtx) -> NoteList:
         repo = ctx.repo(note_entity)
         where = {"priority": inp.priority} if inp.priority else None
-        notes = [
-            n
-            for n in await repo.find(where, order_by=["id"])
-            if set(inp.tags) <= set(n.tags)
-        ]
+        notes = [n for n in await repo.find(where, order_by=["id"]) if set(inp.tags) <= set(n.tags)]
         return NoteList(notes=notes[: inp.limit], total=len(notes))
 
     @registry.handler(get_note)

@@ -315,9 +315,6 @@ def test_openapi_refs_all_resolve(executor: Executor) -> None:
     doc = openapi_document(executor.registry.to_ir())
     text = json.dumps(doc)
     components = doc["components"]["schemas"]
-    refs = {
-        part.split('"')[0]
-        for part in text.split('"$ref": "#/components/schemas/')[1:]
-    }
+    refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
     assert refs <= set(components)
     assert "$defs" not in _deep_keys(doc)

@@ -71,7 +71,11 @@ def test_ir_shape_of_the_test_crm() -> None:
     ]
     create = ir["specs"]["operation"][1]
     assert create["operation_kind"] == "command"
-    assert create["auth"] == {"kind": "permissions", "permissions": ["deal.write"], "resource": None}
+    assert create["auth"] == {
+        "kind": "permissions",
+        "permissions": ["deal.write"],
+        "resource": None,
+    }
     assert create["emits"] == ["crm.deal.created@1"]
     assert create["idempotent"] is True
     assert create["schemas"]["input"]["required"] == ["contact_id", "title", "amount"]
@@ -260,7 +264,9 @@ def test_unreadable_and_invalid_json_files(tmp_path: Path) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 

@@ -231,7 +231,10 @@ def _problem(exc: ContractSpecError, request_id: str, header: str, operation: st
             "details": {"operation": operation},
         }
     return Response(
-        json.dumps(body, default=str, ensure_ascii=False).encode(), status, {header: request_id}, _JSON
+        json.dumps(body, default=str, ensure_ascii=False).encode(),
+        status,
+        {header: request_id},
+        _JSON,
     )
 
 

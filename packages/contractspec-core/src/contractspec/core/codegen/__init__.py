@@ -4,7 +4,7 @@
 
 * `models.py`: pydantic models of every operation input/output and event payload;
 * `tables.py`: SQLAlchemy 2.x typed models (`Mapped`, `mapped_column`) of every entity;
-* `routers/<domain>.py`: a FastAPI router per domain whose endpoints call your handler functions;
+* `router_<domain>.py`: a FastAPI router per domain whose endpoints call your handler functions;
 * `app.py`: `create_app(handlers)` mounting every router;
 * `openapi.json`: the OpenAPI 3.1 document (the one `contractspec.core.http` serves);
 * `docs/<domain>/<operation>.md` and `docs/events/<event>.md`: Markdown reference pages.
@@ -14,6 +14,14 @@ Every Python file passes ruff and mypy strict and imports only pydantic, SQLAlch
 
 from __future__ import annotations
 
+from contractspec.core.codegen._render import (
+    GENERATED_MARK,
+    Drift,
+    GenerationResult,
+    check_generated,
+    generate,
+    render,
+)
 from contractspec.core.codegen.openapi import (
     HeaderNames,
     http_method,
@@ -23,9 +31,15 @@ from contractspec.core.codegen.openapi import (
 )
 
 __all__ = [
+    "GENERATED_MARK",
+    "Drift",
+    "GenerationResult",
     "HeaderNames",
+    "check_generated",
+    "generate",
     "http_method",
     "http_path",
     "openapi_document",
     "operation_id",
+    "render",
 ]
