@@ -116,13 +116,13 @@ def apply_updates(
         for name in ("output", "error"):
             if name not in values:
                 continue
-            kw = kws.get(name)
-            if kw is None:
+            arg = kws.get(name)
+            if arg is None:
                 raise GoldenUpdateError(
                     f"{target}: case {case_id!r} has no {name}= argument; add {name}=None to let "
                     "--golden-update rewrite it"
                 )
-            node = kw.value
+            node = arg.value
             try:
                 current = ast.literal_eval(node)
             except ValueError:
@@ -134,7 +134,7 @@ def apply_updates(
                 continue
             start = offsets[node.lineno - 1] + node.col_offset
             end = offsets[node.end_lineno - 1] + node.end_col_offset
-            line_start = offsets[kw.lineno - 1]
+            line_start = offsets[arg.lineno - 1]
             indent = len(data[line_start:]) - len(data[line_start:].lstrip(b" "))
             text = render_literal(new, indent, len(name) + 1, 1)
             edits.append((start, end, text.encode("utf-8"), case_id))
@@ -143,8 +143,8 @@ def apply_updates(
     edits.sort()
     out = bytearray()
     cursor = 0
-    for start, end, text, _ in edits:
-        out += data[cursor:start] + text
+    for start, end, chunk, _ in edits:
+        out += data[cursor:start] + chunk
         cursor = end
     out += data[cursor:]
     tmp = target.with_name(f".{target.name}.golden-update.tmp")

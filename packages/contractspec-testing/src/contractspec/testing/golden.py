@@ -99,6 +99,10 @@ class GoldenCase:
     snapshot: str | None = None
 
 
+def _paths(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @define(frozen=True, slots=True)
 class GoldenSuite:
     """What a golden module replays: the operation, where its registry lives, what is masked.
@@ -113,7 +117,7 @@ class GoldenSuite:
     operation: str
     version: int
     registry: str
-    mask: tuple[str, ...] = field(default=(), converter=tuple)
+    mask: tuple[str, ...] = field(default=(), converter=_paths)
 
 
 @define(frozen=True, slots=True)

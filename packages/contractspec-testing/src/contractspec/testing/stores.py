@@ -23,11 +23,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from contractspec.core import ConfigurationError
 from contractspec.testing._snapshot import Snapshot
 from contractspec.testing.errors import SnapshotFormatError, TrafficStoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "JsonlTrafficStore",
@@ -368,7 +371,7 @@ async def open_store(url: str, *, create: bool = True) -> AsyncIterator[TrafficS
     )
 
 
-def _engine_for(url: str) -> object:
+def _engine_for(url: str) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from contractspec.core.sql import sqlite_engine
