@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
 
 from contractspec.core.errors import ConfigurationError, ContractSpecError
 from contractspec.core.registry import SpecRegistry
 
-__all__ = ["app", "load_registry", "main"]
+__all__ = ["app", "load_ir_source", "load_registry", "main"]
 
 try:
     import typer
@@ -19,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
     ) from exc
 
 app = typer.Typer(help="ContractSpec: spec-first, policy-safe services.", no_args_is_help=True)
-spec_app = typer.Typer(help="Inspect specs.", no_args_is_help=True)
+spec_app = typer.Typer(help="Inspect, lock and diff specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 
 
@@ -69,6 +71,146 @@ def spec_list(
         typer.echo(
             f"{kind:<9} {spec.name}@{spec.version}  {summary[0] if summary else ''}".rstrip()
         )
+
+
+def _fail(exc: ContractSpecError) -> typer.Exit:
+    typer.echo(f"error: {exc.message}", err=True)
+    return typer.Exit(2)
+
+
+def load_ir_source(source: str) -> dict[str, Any]:
+    """The IR of `source`: an IR/lock file path, or `MODULE:OBJECT` naming a registry.
+
+    Raises:
+        ConfigurationError: `MODULE:OBJECT` cannot be loaded.
+        IRFormatError: The file is not valid IR.
+    """
+    from contractspec.core.ir import load_ir
+
+    if Path(source).is_file() or ":" not in source:
+        return load_ir(Path(source))
+    return load_registry(source).to_ir()
+
+
+@spec_app.command("export")
+def spec_export(
+    target: str = typer.Argument(..., help="MODULE:OBJECT naming a SpecRegistry"),
+    output: str = typer.Option(
+        "contractspec.lock.json", "--output", "-o", help="File to write; '-' for stdout"
+    ),
+) -> None:
+    """Write the canonical IR of a registry (commit it as contractspec.lock.json)."""
+    from contractspec.core.ir import dumps_ir, write_lock
+
+    try:
+        registry = load_registry(target)
+        if output == "-":
+            typer.echo(dumps_ir(registry.to_ir()), nl=False)
+            return
+        path = write_lock(registry, output)
+    except ContractSpecError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {path} ({len(registry)} specs)")
+
+
+@spec_app.command("check")
+def spec_check(
+    target: str = typer.Argument(..., help="MODULE:OBJECT naming a SpecRegistry"),
+    lock: str = typer.Option("contractspec.lock.json", "--lock", "-l", help="The committed lock"),
+) -> None:
+    """Exit 1 when the committed lock differs from the code (and show what changed)."""
+    from contractspec.core.ir import check_lock
+
+    try:
+        status = check_lock(load_registry(target), lock)
+    except ContractSpecError as exc:
+        raise _fail(exc) from None
+    if status.status == "up-to-date":
+        typer.echo(f"{lock} is up to date")
+        return
+    if status.status == "missing":
+        typer.echo(
+            f"{lock} does not exist; create it with: contractspec spec export {target} -o {lock}"
+        )
+        raise typer.Exit(1)
+    typer.echo(f"{lock} is stale; the code changed the spec:")
+    typer.echo(status.diff.to_text() if status.diff else "only formatting differs\n", nl=False)
+    typer.echo(f"update it with: contractspec spec export {target} -o {lock}")
+    raise typer.Exit(1)
+
+
+class OutputFormat(StrEnum):
+    """`spec diff --format`."""
+
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+class FailOn(StrEnum):
+    """`spec diff --fail-on`."""
+
+    BREAKING = "breaking"
+    WARNING = "warning"
+    INFO = "info"
+    NEVER = "never"
+
+
+@spec_app.command("diff")
+def spec_diff(
+    old: str = typer.Argument(..., help="Old IR: a lock file or MODULE:OBJECT"),
+    new: str = typer.Argument(..., help="New IR: a lock file or MODULE:OBJECT"),
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format")
+    ] = OutputFormat.TEXT,
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 when a change reaches this severity")
+    ] = FailOn.BREAKING,
+) -> None:
+    """Classify every change between two specs (breaking / warning / info)."""
+    from contractspec.core.diff import diff_ir
+
+    try:
+        result = diff_ir(load_ir_source(old), load_ir_source(new))
+    except ContractSpecError as exc:
+        raise _fail(exc) from None
+    typer.echo(result.format(fmt.value), nl=False)
+    if result.fails(fail_on.value):
+        raise typer.Exit(1)
+
+
+@app.command("generate")
+def generate_command(
+    target: Annotated[
+        str, typer.Argument(help="MODULE:OBJECT naming a SpecRegistry, or a lock file")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the generated package")],
+    check: bool = typer.Option(False, "--check", help="Exit 1 when files on disk are stale"),
+    title: str = typer.Option("ContractSpec API", "--title", help="API title"),
+) -> None:
+    """Render models, tables, FastAPI routers, OpenAPI and docs (deterministically)."""
+    from contractspec.core.codegen import check_generated, generate
+
+    try:
+        ir = load_ir_source(target)
+        if check:
+            drift = check_generated(ir, out, title=title)
+            if drift:
+                for item in drift:
+                    typer.echo(f"{item.status:<8} {out / item.path}")
+                typer.echo(
+                    f"{len(drift)} generated file(s) out of date; run: contractspec generate {target} --out {out}"
+                )
+                raise typer.Exit(1)
+            typer.echo(f"{out} is up to date")
+            return
+        result = generate(ir, out, title=title)
+    except ContractSpecError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        f"{out}: {len(result.written)} written, {len(result.unchanged)} unchanged, "
+        f"{len(result.removed)} removed"
+    )
 
 
 def main() -> None:
