@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -47,7 +48,6 @@ from contractspec.core.ports import Clock, SystemClock
 from contractspec.core.records import TelemetrySample
 from contractspec.growth.experiments import ExperimentRunner, subject_attributes
 from contractspec.growth.hashing import bucket_hash, hash_key
-import itertools
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData, Table
