@@ -51,6 +51,14 @@ class Deal(BaseModel):
     closed_at: AwareDatetime | None = None
 
 
+class Currency(BaseModel):
+    code: Annotated[str, Field(min_length=3, max_length=3)]
+    name: str
+    rate: float | None = None
+
+
+currency_entity = define_entity("ref.currency", Currency, primary_key="code", tenant_scoped=False)
+
 contact_entity = define_entity(
     "crm.contact", Contact, indexes=[Index(("email",), unique=True)], description="A person."
 )
@@ -123,7 +131,13 @@ ORDER = [Stage.LEAD, Stage.QUALIFIED, Stage.WON]
 def build_registry() -> SpecRegistry:
     """Register the specs and bind the handlers."""
     registry = SpecRegistry(
-        contact_entity, deal_entity, create_contact, create_deal, move_deal, search_deals
+        contact_entity,
+        deal_entity,
+        currency_entity,
+        create_contact,
+        create_deal,
+        move_deal,
+        search_deals,
     )
 
     @registry.handler(create_contact)

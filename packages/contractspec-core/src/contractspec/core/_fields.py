@@ -83,8 +83,76 @@ def _strip(annotation: Any) -> tuple[Any, bool, list[Any]]:
         return annotation, nullable, metadata
 
 
+_CORE_SCALARS = {
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "decimal": "decimal",
+    "str": "str",
+    "datetime": "datetime",
+    "date": "date",
+    "time": "time",
+    "uuid": "uuid",
+    "bytes": "bytes",
+}
+_WRAPPERS = ("function-after", "function-before", "function-wrap")
+
+
+def _from_core_schema(name: str, schema: dict[str, Any], defs: dict[str, Any]) -> FieldKind | None:
+    """Classify from pydantic-core's schema (knows AwareDatetime, constr, EmailStr, ...)."""
+    nullable = False
+    while True:
+        kind = schema.get("type")
+        if kind == "default":
+            if schema.get("default", ...) is None:
+                nullable = True
+            schema = schema["schema"]
+        elif kind == "nullable":
+            nullable = True
+            schema = schema["schema"]
+        elif kind in _WRAPPERS and "schema" in schema:
+            schema = schema["schema"]
+        elif kind == "definition-ref" and schema.get("schema_ref") in defs:
+            schema = defs[schema["schema_ref"]]
+        elif kind == "lax-or-strict":
+            schema = schema["strict_schema"]
+        elif kind == "json-or-python":
+            schema = schema["python_schema"]
+        else:
+            break
+    kind = schema.get("type")
+    if kind in _CORE_SCALARS:
+        return FieldKind(
+            name,
+            _CORE_SCALARS[kind],
+            nullable,
+            max_length=schema.get("max_length"),
+            max_digits=schema.get("max_digits"),
+            decimal_places=schema.get("decimal_places"),
+        )
+    if kind == "literal":
+        values = tuple(schema.get("expected", ()))
+        if values and (
+            all(isinstance(v, str) for v in values)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        ):
+            return FieldKind(name, "enum", nullable, enum_values=values)
+        return FieldKind(name, "json", nullable)
+    if kind == "enum":
+        cls = schema.get("cls")
+        values = tuple(m.value for m in schema.get("members", ()))
+        if values and (
+            all(isinstance(v, str) for v in values) or all(isinstance(v, int) for v in values)
+        ):
+            return FieldKind(name, "enum", nullable, enum_type=cls, enum_values=values)
+        return FieldKind(name, "json", nullable)
+    if kind is None:
+        return None
+    return FieldKind(name, "json", nullable)
+
+
 def classify(name: str, info: FieldInfo) -> FieldKind:
-    """Classify one pydantic field (see `FieldKind`)."""
+    """Classify one pydantic field from its annotation (see `FieldKind`)."""
     core, nullable, metadata = _strip(info.annotation)
     metadata = [*info.metadata, *metadata]
     if info.default is None:
@@ -130,5 +198,43 @@ def classify(name: str, info: FieldInfo) -> FieldKind:
 
 
 def entity_columns(model: type[BaseModel]) -> dict[str, FieldKind]:
-    """`FieldKind` of every field of an entity model, in declaration order."""
-    return {name: classify(name, info) for name, info in model.model_fields.items()}
+    """`FieldKind` of every field of an entity model, in declaration order.
+
+    Uses the model's pydantic-core schema (so `AwareDatetime`, `constr`, `EmailStr`, URL types and
+    validators are seen through); falls back to the annotation when the schema is not available.
+    """
+    schema: Any = getattr(model, "__pydantic_core_schema__", None)
+    defs: dict[str, Any] = {}
+    if isinstance(schema, dict) and schema.get("type") == "definitions":
+        defs = {d["ref"]: d for d in schema.get("definitions", ()) if "ref" in d}
+        schema = schema.get("schema")
+    while isinstance(schema, dict) and schema.get("type") in (*_WRAPPERS, "definition-ref"):
+        schema = (
+            defs.get(schema.get("schema_ref", ""))
+            if schema["type"] == "definition-ref"
+            else schema.get("schema")
+        )
+    fields: dict[str, Any] = {}
+    if isinstance(schema, dict) and schema.get("type") == "model":
+        inner = schema.get("schema", {})
+        if inner.get("type") == "model-fields":
+            fields = inner.get("fields", {})
+    out: dict[str, FieldKind] = {}
+    for name, info in model.model_fields.items():
+        field_schema = fields.get(name, {}).get("schema") if name in fields else None
+        kind = (
+            _from_core_schema(name, field_schema, defs) if isinstance(field_schema, dict) else None
+        )
+        if kind is not None and info.default is None and not kind.nullable:
+            kind = FieldKind(
+                kind.name,
+                kind.kind,
+                True,
+                kind.max_length,
+                kind.max_digits,
+                kind.decimal_places,
+                kind.enum_type,
+                kind.enum_values,
+            )
+        out[name] = kind if kind is not None else classify(name, info)
+    return out

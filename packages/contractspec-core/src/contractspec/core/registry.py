@@ -278,7 +278,7 @@ class SpecRegistry:
             raise SpecDefinitionError(
                 f"unknown {kind} {name!r}"
                 + (f"@{version}" if version else "")
-                + f"; registered {kind}s: {', '.join(known) or 'none'}",
+                + f"; registered {kind} specs: {', '.join(known) or 'none'}",
                 details={"kind": kind, "name": name},
             )
         return versions[max(versions) if version is None else version]

@@ -289,7 +289,7 @@ class Repository(Protocol[M]):
         """
         ...
 
-    async def patch(self, id: Any, **changes: Any) -> M:
+    async def patch(self, id: Any, /, **changes: Any) -> M:
         """Change some fields of a record; the result is validated against the model.
 
         Raises:
@@ -435,7 +435,7 @@ class BaseRepository(Generic[M]):
             raise self._not_found(id)
         return found
 
-    async def patch(self, id: Any, **changes: Any) -> M:
+    async def patch(self, id: Any, /, **changes: Any) -> M:
         """Change some fields; validated against the model."""
         current = await self.require(id)
         if self._entity.primary_key in changes and changes[self._entity.primary_key] != self._pk_of(

@@ -111,7 +111,7 @@ async def temporary_postgres_engine(
             await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         engine = create_async_engine(
             dsn,
-            connect_args={"options": f"-csearch_path={schema}"},
+            connect_args={"options": f"-csearch_path={schema}", "application_name": schema},
             **kwargs,
         )
         try:
@@ -119,6 +119,15 @@ async def temporary_postgres_engine(
         finally:
             await engine.dispose()
             async with admin.begin() as conn:
+                # A failed test may leave a connection checked out inside a transaction that
+                # holds locks; end it so DROP SCHEMA cannot wait forever.
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": schema},
+                )
                 await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         await admin.dispose()
