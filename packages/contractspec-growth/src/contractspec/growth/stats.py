@@ -41,7 +41,8 @@ from scipy import special
 
 from contractspec.core.errors import SpecValidationError
 from contractspec.growth import _sequential
-from contractspec.growth._tdist import t_isf, t_sf, t_sf_scalar
+from contractspec.growth._tdist import t_isf, t_sf_scalar
+from contractspec.growth._welch import welch_arrays
 from contractspec.growth.results import (
     Alternative,
     Comparison,
@@ -162,7 +163,8 @@ class SufficientStats:
         """Summarise raw per-unit values.
 
         Args:
-            values: One metric value per unit (e.g. revenue per user; 0/1 for conversions).
+            values: One metric value per unit (e.g. revenue per user; 0/1 for conversions);
+                a NumPy array is summarised without a Python loop.
 
         Returns:
             The `n`, `Σx` and `Σx²` of `values`.
@@ -170,6 +172,17 @@ class SufficientStats:
         Raises:
             SpecValidationError: A value is NaN or infinite.
         """
+        if isinstance(values, np.ndarray):
+            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+            finite = np.isfinite(arr)
+            if not finite.all():
+                bad = int(np.flatnonzero(~finite)[0])
+                raise SpecValidationError(
+                    f"SufficientStats.from_values got a non-finite value {arr[bad]!r} at index "
+                    f"{bad}; drop or impute NaN/inf values first.",
+                    details={"field": "values", "index": bad},
+                )
+            return cls(int(arr.size), float(arr.sum()), float(arr @ arr))
         n = 0
         total = 0.0
         total_sq = 0.0
@@ -790,35 +803,17 @@ def welch_ttest_from_stats(
             f"welch_ttest_from_stats: the six inputs must broadcast to one shape ({exc}).",
             details={"field": "mean1"},
         ) from None
-    q1 = s1 * s1
-    q1 /= n1
-    q2 = s2 * s2
-    q2 /= n2
-    se2 = q1 + q2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = se2 * se2
-        df /= q1 * q1 / (n1 - 1.0) + q2 * q2 / (n2 - 1.0)
-        stat = m1 - m2
-        stat /= np.sqrt(se2)
-    valid = (n1 >= 2) & (n2 >= 2) & (se2 > 0) & np.isfinite(stat) & np.isfinite(df)
+    shape = m1.shape
+    flat = [np.ascontiguousarray(a, dtype=np.float64).reshape(-1) for a in (m1, s1, n1, m2, s2, n2)]
+    stat, p, df = welch_arrays(*flat, alternative)
+    f_n1, f_n2 = flat[2], flat[5]
+    valid = (f_n1 >= 2) & (f_n2 >= 2) & np.isfinite(stat) & np.isfinite(df) & np.isfinite(p)
     if not valid.all():
-        stat[~valid] = np.nan
-        df[~valid] = np.nan
-        df_safe = np.where(valid, df, 1e9)
-        stat_safe = np.where(valid, stat, 0.0)
-    else:
-        df_safe = df
-        stat_safe = stat
-    if alternative == "two-sided":
-        p = t_sf(np.abs(stat_safe), df_safe)
-        p *= 2.0
-        np.minimum(p, 1.0, out=p)
-    elif alternative == "greater":
-        p = t_sf(stat_safe, df_safe)
-    else:
-        p = t_sf(-stat_safe, df_safe)
-    if not valid.all():
-        p[~valid] = np.nan
+        invalid = ~valid
+        stat[invalid] = np.nan
+        p[invalid] = np.nan
+        df[invalid] = np.nan
+    stat, p, df, valid = (x.reshape(shape) for x in (stat, p, df, valid))
     return WelchArrays(statistic=stat, pvalue=p, df=df, valid=valid)
 
 
