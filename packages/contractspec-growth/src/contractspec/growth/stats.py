@@ -805,7 +805,7 @@ def welch_ttest_from_stats(
         ) from None
     shape = m1.shape
     flat = [np.ascontiguousarray(a, dtype=np.float64).reshape(-1) for a in (m1, s1, n1, m2, s2, n2)]
-    stat, p, df = welch_arrays(*flat, alternative)
+    stat, p, df = welch_arrays(flat[0], flat[1], flat[2], flat[3], flat[4], flat[5], alternative)
     f_n1, f_n2 = flat[2], flat[5]
     valid = (f_n1 >= 2) & (f_n2 >= 2) & np.isfinite(stat) & np.isfinite(df) & np.isfinite(p)
     if not valid.all():
@@ -813,8 +813,12 @@ def welch_ttest_from_stats(
         stat[invalid] = np.nan
         p[invalid] = np.nan
         df[invalid] = np.nan
-    stat, p, df, valid = (x.reshape(shape) for x in (stat, p, df, valid))
-    return WelchArrays(statistic=stat, pvalue=p, df=df, valid=valid)
+    return WelchArrays(
+        statistic=stat.reshape(shape),
+        pvalue=p.reshape(shape),
+        df=df.reshape(shape),
+        valid=valid.reshape(shape),
+    )
 
 
 def srm_check(
