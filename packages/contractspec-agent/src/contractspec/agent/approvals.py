@@ -165,7 +165,7 @@ class ApprovalWorkflow:
         try:
             yield tx
             await tx.commit()
-        except ContractSpecError:
+        except (ContractSpecError, _Retry):
             await _quiet_rollback(tx)
             raise
         except Exception as exc:
