@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from testing_app import build_registry, ctx, make_executor
 
 from contractspec.testing import GoldenTestGenerator, MemoryTrafficStore, TrafficRecorder
+from contractspec.testing.plugin import registry_from_ini
 
 TESTS = Path(__file__).parent
 REF = "testing_app:build_registry"
@@ -61,9 +63,14 @@ def run_pytest(
     )
 
 
-def test_golden_module_passes_then_fails_with_a_readable_diff(tmp_path: Path) -> None:
-    """A generated module passes; a changed handler fails it with the paths that changed."""
+def test_golden_module_fails_with_a_diff_and_golden_update_rewrites_only_that(
+    tmp_path: Path,
+) -> None:
+    """A generated module passes; a changed handler fails it with the changed paths;
+    --golden-update rewrites exactly those values in place, after which it passes."""
     project = make_project(tmp_path, "test_quote.py")
+    module = project / "test_quote.py"
+    before = module.read_text()
     ok = run_pytest(project)
     assert ok.returncode == 0, ok.stdout
     assert "2 passed" in ok.stdout
@@ -76,24 +83,15 @@ def test_golden_module_passes_then_fails_with_a_readable_diff(tmp_path: Path) ->
         '  output.discount: expected "1.00", got "2.50"\n'
         "  (intended? rerun with --golden-update to rewrite the expected outcome)"
     ) in bad.stdout
-
-
-def test_golden_update_rewrites_only_what_changed(tmp_path: Path) -> None:
-    """--golden-update rewrites the changed output in place; every other byte stays."""
-    project = make_project(tmp_path, "test_quote.py")
-    module = project / "test_quote.py"
-    before = module.read_text()
     updated = run_pytest(project, "--golden-update", discount="0.25")
     assert updated.returncode == 0, updated.stdout
-    assert "updated 1 case(s) in" in updated.stdout
-    after = module.read_text()
-    assert after == before.replace('"total": "9.00"', '"total": "7.50"').replace(
+    assert f"updated 1 case(s) in {module}: ok-redacted-1-example-com" in updated.stdout
+    assert module.read_text() == before.replace('"total": "9.00"', '"total": "7.50"').replace(
         '"discount": "1.00"', '"discount": "2.50"'
     )
-    assert run_pytest(project, discount="0.25").returncode == 0
-    again = run_pytest(project, "--golden-update", discount="0.25")
-    assert "contractspec golden updates" not in again.stdout
-    assert module.read_text() == after
+    again = run_pytest(project, discount="0.25")
+    assert again.returncode == 0, again.stdout
+    assert "2 passed" in again.stdout
 
 
 def test_golden_update_is_safe_under_xdist(tmp_path: Path) -> None:
@@ -102,14 +100,13 @@ def test_golden_update_is_safe_under_xdist(tmp_path: Path) -> None:
     before = (project / "test_quote_a.py").read_text()
     run = run_pytest(project, "-p", "xdist", "-n", "2", "--golden-update", discount="0.30")
     assert run.returncode == 0, run.stdout
+    assert "4 passed" in run.stdout
     expected = before.replace('"total": "9.00"', '"total": "7.00"').replace(
         '"discount": "1.00"', '"discount": "3.00"'
     )
     assert (project / "test_quote_a.py").read_text() == expected
     assert (project / "test_quote_b.py").read_text() == expected
-    check = run_pytest(project, "-p", "xdist", "-n", "2", discount="0.30")
-    assert check.returncode == 0, check.stdout
-    assert "4 passed" in check.stdout
+    assert list(project.glob(".*.tmp")) == []
 
 
 def test_executor_fixtures_record_traffic(tmp_path: Path) -> None:
@@ -137,17 +134,10 @@ def test_quote(contractspec_executor, contractspec_traffic, contractspec_clock):
     assert "1 passed" in run.stdout
 
 
-def test_registry_fixture_explains_itself_without_configuration(tmp_path: Path) -> None:
+def test_registry_fixture_explains_itself_without_configuration() -> None:
     """Without the ini option, contractspec_registry fails with how to configure it."""
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
-        "asyncio_default_test_loop_scope = function\n"
-    )
-    (tmp_path / "test_x.py").write_text(
-        "def test_x(contractspec_registry):\n    '''Needs the registry.'''\n"
-    )
-    run = run_pytest(tmp_path)
-    assert run.returncode == 1
-    assert (
-        "set contractspec_registry = 'myapp.spec:registry' in the pytest ini options" in run.stdout
-    )
+    with pytest.raises(
+        pytest.fail.Exception, match=r"set contractspec_registry = 'myapp\.spec:registry'"
+    ):
+        registry_from_ini("")
+    assert registry_from_ini(REF).get("billing.invoice.quote").ref == "billing.invoice.quote@1"

@@ -52,7 +52,7 @@ from contractspec.testing.golden import (
 from contractspec.testing.recorder import TrafficRecorder
 from contractspec.testing.stores import MemoryTrafficStore
 
-__all__ = ["Golden"]
+__all__ = ["Golden", "registry_from_ini"]
 
 _WORKER_KEY = "contractspec_golden_updates"
 
@@ -231,7 +231,11 @@ def contractspec_ids() -> SequentialIds:
 @pytest.fixture
 def contractspec_registry(request: pytest.FixtureRequest) -> SpecRegistry:
     """The registry named by the `contractspec_registry` ini option (override the fixture otherwise)."""
-    ref = str(request.config.getini("contractspec_registry") or "")
+    return registry_from_ini(str(request.config.getini("contractspec_registry") or ""))
+
+
+def registry_from_ini(ref: str) -> SpecRegistry:
+    """The registry named by the `contractspec_registry` ini value; fails the test when unset."""
     if not ref:
         pytest.fail(
             "the contractspec_registry fixture needs your registry: set "
