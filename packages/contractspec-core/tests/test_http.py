@@ -318,3 +318,16 @@ def test_openapi_refs_all_resolve(executor: Executor) -> None:
     refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
     assert refs <= set(components)
     assert "$defs" not in _deep_keys(doc)
+
+
+async def test_malformed_binding_headers_are_400(client: httpx.AsyncClient) -> None:
+    """A too long or non-ASCII binding header answers 400 naming the header."""
+    resp = await client.get("/notes/debug/whoami/v1", headers={"X-Org-Id": "o" * 201})
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "code": "bad_request",
+        "message": "header X-Org-Id must be 1 to 200 visible ASCII characters (no spaces)",
+        "details": {"header": "X-Org-Id"},
+    }
+    spaced = await client.get("/notes/debug/whoami/v1", headers={"X-Request-Id": "a b"})
+    assert (spaced.status_code, spaced.json()["details"]) == (400, {"header": "X-Request-Id"})

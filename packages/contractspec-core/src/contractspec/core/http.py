@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -56,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
     ) from exc
 
 from contractspec.core.codegen.openapi import (
+    HEADER_MAX_LENGTH,
     HeaderNames,
     http_path,
     openapi_document,
@@ -73,6 +75,7 @@ Authenticate = Callable[[Request], "Actor | Awaitable[Actor | None] | None"]
 OrgResolver = Callable[[Request, Actor], "str | Awaitable[str | None] | None"]
 
 _JSON: Final = "application/json"
+_HEADER_VALUE: Final = re.compile(rf"[\x21-\x7e]{{1,{HEADER_MAX_LENGTH}}}")
 
 
 def _trace_id(traceparent: str | None) -> str | None:
@@ -100,6 +103,7 @@ class _Endpoint:
 
     __slots__ = (
         "authenticate",
+        "checked_headers",
         "executor",
         "headers",
         "idem_header",
@@ -130,6 +134,15 @@ class _Endpoint:
         self.rid_header = headers.request_id.lower()
         self.idem_header = headers.idempotency_key.lower() if spec.idempotent else None
         self.org_header = headers.org_id.lower() if headers.org_id else None
+        self.checked_headers = tuple(
+            (h.lower(), h)
+            for h in (
+                headers.request_id,
+                headers.org_id,
+                headers.idempotency_key if self.idem_header else None,
+            )
+            if h
+        )
         self.query_fields = (
             {name: style for name, style, _ in query_parameters(model_schema(spec.input))}
             if self.is_query
@@ -153,8 +166,28 @@ class _Endpoint:
                 raw[key] = params[key]
         return raw
 
+    def _bad_header(self, request: Request) -> str | None:
+        headers = request.headers
+        for key, name in self.checked_headers:
+            value = headers.get(key)
+            if value is not None and not _HEADER_VALUE.fullmatch(value):
+                return name
+        return None
+
     async def handle(self, request: Request) -> Response:
         headers = request.headers
+        bad = self._bad_header(request) if self.checked_headers else None
+        if bad is not None:
+            request_id = uuid.uuid4().hex
+            body = {
+                "code": "bad_request",
+                "message": f"header {bad} must be 1 to {HEADER_MAX_LENGTH} visible ASCII "
+                "characters (no spaces)",
+                "details": {"header": bad},
+            }
+            return Response(
+                json.dumps(body).encode(), 400, {self.headers.request_id: request_id}, _JSON
+            )
         request_id = headers.get(self.rid_header) or uuid.uuid4().hex
         try:
             actor: Actor | None = None

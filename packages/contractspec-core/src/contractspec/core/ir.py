@@ -121,6 +121,15 @@ class IRJsonSchema(GenerateJsonSchema):
     def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
         """pydantic's decimal schema with an `x-decimal` annotation."""
         json_schema = super().decimal_schema(schema)
+        max_digits, places = schema.get("max_digits"), schema.get("decimal_places")
+        number = json_schema.get("anyOf", [None])[0]
+        if isinstance(number, dict) and max_digits is not None:
+            # What max_digits implies for JSON numbers: |value| < 10 ** (integer digits).
+            limit = _num(Decimal(10) ** (max_digits - (places or 0)))
+            if "maximum" not in number and "exclusiveMaximum" not in number:
+                number["exclusiveMaximum"] = limit
+            if "minimum" not in number and "exclusiveMinimum" not in number:
+                number["exclusiveMinimum"] = -limit
         info: dict[str, Any] = {}
         for key in ("max_digits", "decimal_places"):
             if schema.get(key) is not None:

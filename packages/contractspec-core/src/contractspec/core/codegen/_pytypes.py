@@ -78,9 +78,12 @@ class Imports:
         for module in sorted(self.plain):
             groups[0 if module in stdlib else 1].append(f"import {module}")
         for module in sorted(self.names):
-            names = ", ".join(sort_names(self.names[module]))
+            names = sort_names(self.names[module])
             section = 0 if module in stdlib else 2 if module.startswith(".") else 1
-            groups[section].append(f"from {module} import {names}")
+            line = f"from {module} import {', '.join(names)}"
+            if len(line) > 88:  # isort's wrapped form; the trailing comma keeps it stable
+                line = f"from {module} import (\n" + "".join(f"    {n},\n" for n in names) + ")"
+            groups[section].append(line)
         out: list[str] = []
         for lines in groups:
             if lines:

@@ -24,6 +24,8 @@ from contractspec.core.ir import ir_digest, validate_ir
 
 __all__ = [
     "ERROR_STATUSES",
+    "HEADER_MAX_LENGTH",
+    "HEADER_PATTERN",
     "HeaderNames",
     "http_method",
     "http_path",
@@ -32,10 +34,14 @@ __all__ = [
     "query_parameters",
 ]
 
+#: Binding headers carry 1 to 200 visible ASCII characters (the adapter answers 400 otherwise).
+HEADER_PATTERN: Final = "^[\\x21-\\x7e]+$"
+HEADER_MAX_LENGTH: Final = 200
+
 #: Documented error statuses and what they mean.
 ERROR_STATUSES: Final[dict[str, str]] = {
     "202": "Accepted: the action needs a human approval before it runs (code approval_required)",
-    "400": "Bad request: the body is not valid JSON",
+    "400": "Bad request: the body is not valid JSON, or a binding header is malformed",
     "403": "Forbidden: the policy denied the call, or it needs an identified caller",
     "404": "Not found",
     "409": "Conflict with the current state (duplicate, concurrent change, reused idempotency key)",
@@ -248,7 +254,12 @@ def _header(name: str, description: str) -> dict[str, Any]:
         "in": "header",
         "required": False,
         "description": description,
-        "schema": {"type": "string", "maxLength": 200, "pattern": "^[\\x21-\\x7e]+$"},
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": HEADER_MAX_LENGTH,
+            "pattern": HEADER_PATTERN,
+        },
     }
 
 
@@ -352,8 +363,6 @@ def openapi_document(
             }
         }
         for status, meaning in ERROR_STATUSES.items():
-            if status == "400" and kind == "query":
-                continue
             responses[status] = {
                 "description": meaning,
                 "content": {
