@@ -126,6 +126,17 @@ search_deals = define_query(
 )
 
 ORDER = [Stage.LEAD, Stage.QUALIFIED, Stage.WON]
+#: Role grants used by the tests' RolePermissions decider.
+POLICY_GRANTS = {"sales": ["deal.*", "contact.*"]}
+#: A command that writes, reads (forcing a flush) and then fails: for savepoint tests.
+FLUSHING_OPERATION = "crm.deal.create_then_fail"
+create_then_fail = define_command(
+    FLUSHING_OPERATION,
+    input=CreateDeal,
+    output=Deal,
+    emits=[deal_created],
+    auth=requires("deal.write"),
+)
 
 
 def build_registry() -> SpecRegistry:
@@ -138,6 +149,7 @@ def build_registry() -> SpecRegistry:
         create_deal,
         move_deal,
         search_deals,
+        create_then_fail,
     )
 
     @registry.handler(create_contact)
@@ -181,5 +193,11 @@ def build_registry() -> SpecRegistry:
         where = {"stage": inp.stage} if inp.stage else None
         deals = await repo.find(where, order_by=["-amount"], limit=inp.limit)
         return DealList(deals=deals, total=await repo.count(where))
+
+    @registry.handler(create_then_fail)
+    async def _create_then_fail(inp: CreateDeal, ctx: HandlerCtx) -> Deal:
+        deal = await _create_deal(inp, ctx)
+        await ctx.repo(deal_entity).count()  # flushes the buffered insert inside the savepoint
+        raise NotFoundError(f"no such deal after creating {deal.id}")
 
     return registry

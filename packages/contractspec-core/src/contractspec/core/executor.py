@@ -125,7 +125,7 @@ class Middleware(Protocol):
 
 
 def _error_message(
-    spec_ref: str, role: str, exc: ValidationError, pii: frozenset[str]
+    role: str, exc: ValidationError, pii: frozenset[str]
 ) -> tuple[str, list[dict[str, Any]]]:
     errors: list[dict[str, Any]] = []
     parts: list[str] = []
@@ -143,7 +143,7 @@ def _error_message(
         errors.append(item)
         parts.append(f"{loc or '(root)'}: {err.get('msg', 'invalid')}")
     shown = "; ".join(parts[:5]) + (f"; and {len(parts) - 5} more" if len(parts) > 5 else "")
-    return f"invalid {role} for {spec_ref}: {shown}", errors
+    return shown, errors
 
 
 def _jsonable_scalar(value: Any) -> bool:
@@ -201,9 +201,11 @@ class _Plan:
                 raw = raw.model_dump()
             return model.model_validate(raw)
         except ValidationError as exc:
-            message, errors = _error_message(self.spec.ref, "input", exc, self.spec.pii)
+            shown, errors = _error_message("input", exc, self.spec.pii)
             raise SpecValidationError(
-                message, errors=errors, details={"operation": self.spec.ref}
+                f"invalid input for {self.spec.ref}: {shown}",
+                errors=errors,
+                details={"operation": self.spec.ref},
             ) from None
 
     def check_output(self, out: Any) -> BaseModel:
@@ -216,9 +218,9 @@ class _Plan:
             if isinstance(out, Mapping):
                 return model.model_validate(out)
         except ValidationError as exc:
-            message, errors = _error_message(self.spec.ref, "output", exc, self.spec.pii)
+            shown, errors = _error_message("output", exc, self.spec.pii)
             raise HandlerContractError(
-                f"the handler returned an {message.removeprefix('invalid ')}",
+                f"the handler of {self.spec.ref} returned an invalid output: {shown}",
                 details={"operation": self.spec.ref, "errors": errors},
             ) from None
         raise HandlerContractError(
@@ -345,9 +347,9 @@ class HandlerCtx:
                     payload.model_dump() if isinstance(payload, BaseModel) else payload
                 )
             except ValidationError as exc:
-                message, errors = _error_message(spec.ref, "payload", exc, spec.pii)
+                shown, errors = _error_message("payload", exc, spec.pii)
                 raise HandlerContractError(
-                    f"{self._plan.spec.ref} emitted an {message.removeprefix('invalid ')}",
+                    f"{self._plan.spec.ref} emitted {spec.ref} with an invalid payload: {shown}",
                     details={"operation": self._plan.spec.ref, "event": spec.ref, "errors": errors},
                 ) from None
         call = self.call
