@@ -22,6 +22,7 @@ from starlette.requests import Request
 from contractspec.core import Actor, Executor, MemoryBackend
 from contractspec.core.codegen import check_generated, openapi_document
 from contractspec.core.http import create_app
+from contractspec.core.ir import check_lock
 
 GENERATED = Path(__file__).resolve().parents[1] / "generated"
 TITLE = "CRM pipeline API"
@@ -65,9 +66,10 @@ def test_generated_openapi_is_what_the_app_serves() -> None:
     assert committed == openapi_document(registry.to_ir(), title=TITLE)
 
 
-def test_generated_code_is_up_to_date() -> None:
-    """`contractspec generate crm_pipeline.spec:registry --check` finds no stale file."""
+def test_generated_code_and_lock_are_up_to_date() -> None:
+    """`generate --check` finds no stale file and `spec check` finds the lock up to date."""
     assert check_generated(registry.to_ir(), GENERATED, title=TITLE) == []
+    assert check_lock(registry, GENERATED / "contractspec.lock.json").status == "up-to-date"
 
 
 @pytest.mark.parametrize("status", ["200", "403", "422", "500"])
