@@ -198,6 +198,18 @@ class _Binding:
         return f"binding {self.id!r} ({self.binding.effect.value} {what} {where})"
 
 
+def _discard(index: dict[Any, dict[str, Any]], outer: Any, inner: str) -> None:
+    """Remove `index[outer][inner]`, and `index[outer]` once empty."""
+    bucket = index.get(outer)
+    if bucket is not None:
+        bucket.pop(inner, None)
+        if not bucket:
+            del index[outer]
+
+
+_EMPTY: Final[dict[str, Any]] = {}
+
+
 class _Rules:
     """The rules that can apply to one permission, split by effect."""
 
@@ -233,6 +245,9 @@ class PolicyEngine:
         "_clock",
         "_grant_cache",
         "_members",
+        "_outsiders",
+        "_role_denies",
+        "_role_names",
         "_rule_cache",
         "_statuses",
         "model",
@@ -241,36 +256,44 @@ class PolicyEngine:
     def __init__(self, model: AccessModel | None = None, *, clock: Clock | None = None) -> None:
         self.model = model if model is not None else AccessModel()
         self._clock: Clock = clock or SystemClock()
-        self._members: dict[tuple[str, str], str] = {}
-        self._statuses: dict[tuple[str, str], OrgMembership] = {}
-        self._bindings: dict[tuple[str, str | None], list[_Binding]] = {}
+        # org -> user -> role (active memberships only)
+        self._members: dict[str, dict[str, str]] = {}
+        # org -> user -> membership (any status, for explanations)
+        self._statuses: dict[str, dict[str, OrgMembership]] = {}
+        # org (None: platform) -> subject -> bindings, denies first
+        self._bindings: dict[str | None, dict[str, list[_Binding]]] = {}
         self._by_id: dict[str, _Binding] = {}
-        self._grant_cache: dict[tuple[str, str], Decision | None] = {}
+        # role -> permission -> allowing decision (None: the role does not grant it)
+        self._grant_cache: dict[str, dict[str, Decision | None]] = {}
         self._rule_cache: dict[str, _Rules] = {}
+        self._outsiders: dict[str, Decision] = {}
+        self._role_denies: dict[str, dict[str, Decision]] = {}
+        self._role_names: dict[str, str] = {name: name for name in self.model.roles}
 
     # -- data -----------------------------------------------------------------------------------
 
     def put_membership(self, membership: OrgMembership) -> None:
         """Add or replace a membership (only `active` ones grant their role)."""
-        key = (membership.org_id, membership.user_id)
-        self._statuses[key] = membership
+        org, user = membership.org_id, membership.user_id
+        self._statuses.setdefault(org, {})[user] = membership
         if membership.status is MembershipStatus.ACTIVE:
-            self._members[key] = membership.role
+            # one string object per role name keeps the role caches' key comparisons cheap
+            role = self._role_names.setdefault(membership.role, membership.role)
+            self._members.setdefault(org, {})[user] = role
         else:
-            self._members.pop(key, None)
+            _discard(self._members, org, user)
 
     def remove_membership(self, org_id: str, user_id: str) -> None:
         """Forget a membership (no-op if unknown)."""
-        key = (org_id, user_id)
-        self._statuses.pop(key, None)
-        self._members.pop(key, None)
+        _discard(self._statuses, org_id, user_id)
+        _discard(self._members, org_id, user_id)
 
     def put_binding(self, binding: PolicyBinding) -> None:
         """Add or replace a binding (by id)."""
         self.remove_binding(binding.id)
         compiled = _Binding(binding)
         self._by_id[binding.id] = compiled
-        bucket = self._bindings.setdefault((binding.subject, binding.org_id), [])
+        bucket = self._bindings.setdefault(binding.org_id, {}).setdefault(binding.subject, [])
         bucket.append(compiled)
         # denies first, so the scan finds them before any allow
         bucket.sort(key=lambda b: b.allow)
@@ -280,16 +303,16 @@ class PolicyEngine:
         compiled = self._by_id.pop(binding_id, None)
         if compiled is None:
             return
-        key = (compiled.binding.subject, compiled.org_id)
-        bucket = self._bindings.get(key, [])
+        subjects = self._bindings.get(compiled.org_id, {})
+        bucket = subjects.get(compiled.binding.subject, [])
         bucket[:] = [b for b in bucket if b.id != binding_id]
         if not bucket:
-            self._bindings.pop(key, None)
+            _discard(self._bindings, compiled.org_id, compiled.binding.subject)
 
     def remove_org(self, org_id: str) -> None:
         """Forget every membership and binding of an org."""
-        for key in [k for k in self._statuses if k[0] == org_id]:
-            self.remove_membership(*key)
+        self._statuses.pop(org_id, None)
+        self._members.pop(org_id, None)
         for binding_id in [b.id for b in self._by_id.values() if b.org_id == org_id]:
             self.remove_binding(binding_id)
 
@@ -317,12 +340,12 @@ class PolicyEngine:
 
     def role_of(self, org_id: str, user_id: str) -> str | None:
         """The role of an *active* member, or `None`."""
-        return self._members.get((org_id, user_id))
+        return self._members.get(org_id, {}).get(user_id)
 
     @property
     def size(self) -> tuple[int, int]:
         """`(memberships, bindings)` currently indexed."""
-        return len(self._statuses), len(self._by_id)
+        return sum(len(users) for users in self._statuses.values()), len(self._by_id)
 
     # -- decisions --------------------------------------------------------------------------------
 
@@ -344,22 +367,32 @@ class PolicyEngine:
             return _ANONYMOUS
         uid = subject.id
         org = resource.org_id
-        role = self._members.get((org, uid)) if org is not None else None
-        bindings = self._bindings.get((uid, org)) if org is not None else None
-        platform = self._bindings.get((uid, None))
+        members = self._members.get(org) if org is not None else None
+        role = members.get(uid) if members is not None else None
+        by_subject = self._bindings.get(org) if org is not None else None
+        bindings = by_subject.get(uid) if by_subject is not None else None
+        platform_bindings = self._bindings.get(None)
+        platform = platform_bindings.get(uid) if platform_bindings is not None else None
         rules = self._rule_cache.get(action)
         if rules is None:
             rules = self._rules_for(action)
-        if bindings is None and platform is None and rules is _NO_RULES and role is not None:
-            # fast path: only the membership role can decide
-            cached = self._grant_cache.get((role, action), _MISSING)
-            if cached is _MISSING:
-                cached = self._role_decision(role, action)
-            if cached is not None:
-                return cached  # type: ignore[no-any-return]
-            return Decision.deny(
-                f"role {role!r} does not grant {action!r} in org {org!r} (deny by default)"
-            )
+        if bindings is None and platform is None and rules is _NO_RULES:
+            # fast paths: only the membership role can decide
+            if role is not None:
+                cached = self._grant_cache.get(role, _EMPTY).get(action, _MISSING)
+                if cached is _MISSING:
+                    cached = self._role_decision(role, action)
+                if cached is not None:
+                    return cached  # type: ignore[no-any-return]
+                denied = self._role_denies.get(role, _EMPTY).get(action)
+                if denied is None:
+                    denied = self._role_denial(role, action)
+                return denied
+            if org is not None and uid not in self._statuses.get(org, _EMPTY):
+                outsider = self._outsiders.get(org)
+                if outsider is None:
+                    outsider = self._outsider(org)
+                return outsider
         return self._decide_full(subject, action, resource, ctx, role, bindings, platform, rules)
 
     def check(
@@ -380,9 +413,27 @@ class PolicyEngine:
             CallContext(actor=Actor.user(user_id), org_id=org_id),
         )
 
+    def _outsider(self, org: str) -> Decision:
+        if len(self._outsiders) >= _CACHE_LIMIT:
+            self._outsiders.clear()
+        decision = self._outsiders[org] = Decision.deny(
+            f"not a member of org {org!r} (deny by default)"
+        )
+        return decision
+
+    def _role_denial(self, role: str, action: str) -> Decision:
+        denies_of = self._role_denies.setdefault(role, {})
+        if len(denies_of) >= _CACHE_LIMIT:
+            denies_of.clear()
+        decision = denies_of[action] = Decision.deny(
+            f"role {role!r} does not grant {action!r} (deny by default)"
+        )
+        return decision
+
     def _role_decision(self, role: str, action: str) -> Decision | None:
-        if len(self._grant_cache) >= _CACHE_LIMIT:
-            self._grant_cache.clear()
+        grants_of = self._grant_cache.setdefault(role, {})
+        if len(grants_of) >= _CACHE_LIMIT:
+            grants_of.clear()
         pattern = self.model.role_grants(role, action)
         decision = (
             None
@@ -393,7 +444,7 @@ class PolicyEngine:
                 f"role:{role}:{pattern}",
             )
         )
-        self._grant_cache[(role, action)] = decision
+        grants_of[action] = decision
         return decision
 
     def _rules_for(self, action: str) -> _Rules:
@@ -415,7 +466,7 @@ class PolicyEngine:
         if binding.permission is not None:
             return grants(binding.permission, action)
         assert binding.role is not None  # a binding grants a role or a permission
-        cached = self._grant_cache.get((binding.role, action), _MISSING)
+        cached = self._grant_cache.get(binding.role, _EMPTY).get(action, _MISSING)
         if cached is _MISSING:
             cached = self._role_decision(binding.role, action)
         return cached is not None
@@ -485,7 +536,7 @@ class PolicyEngine:
                 )
         # 2. allows
         if role is not None:
-            cached = self._grant_cache.get((role, action), _MISSING)
+            cached = self._grant_cache.get(role, _EMPTY).get(action, _MISSING)
             if cached is _MISSING:
                 cached = self._role_decision(role, action)
             if cached is not None:
@@ -525,11 +576,11 @@ class PolicyEngine:
                 f"{action!r} is checked outside any org and no platform grant or rule allows it"
             )
         elif role is not None:
-            parts.append(f"role {role!r} does not grant {action!r} in org {org!r}")
+            parts.append(f"role {role!r} does not grant {action!r}")
         else:
-            membership = self._statuses.get((org, user_id))
+            membership = self._statuses.get(org, _EMPTY).get(user_id)
             if membership is None:
-                parts.append(f"{user_id!r} is not a member of org {org!r}")
+                parts.append(f"not a member of org {org!r}")
             else:
                 parts.append(
                     f"the membership of {user_id!r} in org {org!r} is {membership.status.value}, "
