@@ -132,7 +132,8 @@ class ExperimentSpec:
         primary_metric: The metric the decision is made on.
         guardrail_metrics: Metrics that must not degrade.
         minimum_sample: Subjects needed per variation before results are read.
-        start, end: UTC window in which subjects are assigned (`None`: unbounded).
+        start: Start of the assignment window (`None`: unbounded).
+        end: End of the assignment window, excluded (`None`: unbounded).
         hash_attribute: Attribute identifying the subject (`"id"`).
         hash_version: GrowthBook hash version (2, or 1 for legacy experiments).
         seed: Hashing seed (defaults to `key`).
@@ -303,7 +304,8 @@ def define_experiment(
         primary_metric: Metric name the decision rests on.
         guardrail_metrics: Metric names that must not degrade.
         minimum_sample: Subjects per variation before reading results (default 100).
-        start, end: Aware datetimes bounding assignment (`end` excluded).
+        start: Aware datetime from which subjects are assigned.
+        end: Aware datetime from which they no longer are (excluded).
         hash_attribute: Attribute that identifies a subject (default `"id"`).
         hash_version: 2 (default) or 1.
         seed: Hashing seed; keep the GrowthBook seed when migrating an experiment.
