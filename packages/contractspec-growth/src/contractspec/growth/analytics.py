@@ -165,6 +165,20 @@ class Transactions:
     def __len__(self) -> int:
         return len(self.customer_ids)
 
+    @classmethod
+    def concat(cls, *parts: Transactions) -> Transactions:
+        """Stack several logs into one (rows keep their order, part by part)."""
+        if not parts:
+            raise SpecValidationError(
+                "Transactions.concat needs at least one log.", details={"field": "parts"}
+            )
+        return cls(
+            np.concatenate([p.customer_ids for p in parts]),
+            np.concatenate([p.times for p in parts]),
+            np.concatenate([p.quantities for p in parts]),
+            np.concatenate([p.amounts for p in parts]),
+        )
+
     def between(self, start: dt.date | None = None, end: dt.date | None = None) -> Transactions:
         """Rows with `start <= time < end` (either bound optional)."""
         mask = np.ones(len(self), dtype=bool)
@@ -726,7 +740,7 @@ class ChurnPredictor:
         intercept: float = 0.0,
         recency_weight: float = 1.0,
         frequency_weight: float = 1.0,
-        error_weight: float = 3.0,
+        error_weight: float = 4.0,
     ) -> None:
         for field, value in (
             ("recency_weight", recency_weight),
