@@ -295,6 +295,10 @@ class Permission(BaseModel):
         """Spec version (permissions are versionless: always 1)."""
         return 1
 
+    def to_ir(self) -> dict[str, Any]:
+        """The spec IR entry (core's `to_ir` adds kind, name and version)."""
+        return self.model_dump(mode="json")
+
 
 class Role(BaseModel):
     """A named set of permissions with a rank, registered in the spec as kind `role`.
@@ -324,6 +328,10 @@ class Role(BaseModel):
     def version(self) -> int:
         """Spec version (roles are versionless: always 1)."""
         return 1
+
+    def to_ir(self) -> dict[str, Any]:
+        """The spec IR entry (core's `to_ir` adds kind, name and version)."""
+        return self.model_dump(mode="json")
 
 
 class AccessRule(BaseModel):
@@ -375,6 +383,10 @@ class AccessRule(BaseModel):
     def version(self) -> int:
         """Spec version (rules are versionless: always 1)."""
         return 1
+
+    def to_ir(self) -> dict[str, Any]:
+        """The spec IR entry (core's `to_ir` adds kind, name and version)."""
+        return self.model_dump(mode="json")
 
 
 # -- built-ins ---------------------------------------------------------------------------------
