@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from attrs import define
 from core_app import build_registry
+from core_regen_app import build_notes_registry
 from core_regen_specs import JobSpec, crm_like, model
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,63 +58,60 @@ def test_ir_is_byte_identical_across_processes() -> None:
     assert outputs[0] == dumps_ir(build_registry().to_ir())
 
 
-def test_ir_shape_of_the_test_crm() -> None:
+def test_ir_shape_of_the_notes_app() -> None:
     """The IR lists kinds in order and specs sorted by name and version, with their facts."""
-    ir = build_registry().to_ir()
+    ir = build_notes_registry().to_ir()
     assert ir["format"] == IR_FORMAT
     assert ir["ir_version"] == 1
     assert list(ir["specs"]) == ["entity", "event", "operation"]
     assert [s["name"] for s in ir["specs"]["operation"]] == [
-        "crm.contact.create",
-        "crm.deal.create",
-        "crm.deal.move",
-        "crm.deal.search",
+        "notes.debug.explode",
+        "notes.debug.whoami",
+        "notes.note.archive",
+        "notes.note.create",
+        "notes.note.get",
+        "notes.note.search",
     ]
-    create = ir["specs"]["operation"][1]
+    create = ir["specs"]["operation"][3]
     assert create["operation_kind"] == "command"
     assert create["auth"] == {
         "kind": "permissions",
-        "permissions": ["deal.write"],
+        "permissions": ["notes.write"],
         "resource": None,
     }
-    assert create["emits"] == ["crm.deal.created@1"]
+    assert create["emits"] == ["notes.note.created@1"]
     assert create["idempotent"] is True
-    assert create["schemas"]["input"]["required"] == ["contact_id", "title", "amount"]
-    amount = create["schemas"]["input"]["properties"]["amount"]
-    assert amount["x-decimal"] == {"decimal_places": 2, "max_digits": 12, "minimum": 0}
-    contact = ir["specs"]["operation"][0]
-    assert contact["pii"] == ["input.email", "output.email"]
+    assert create["errors"] == ["conflict"]
+    assert create["schemas"]["input"]["required"] == ["id", "title"]
+    budget = create["schemas"]["input"]["properties"]["budget"]
+    assert budget["x-decimal"] == {"decimal_places": 2, "max_digits": 8, "minimum": 0}
+    assert budget["anyOf"][0] == {"exclusiveMaximum": 1000000, "minimum": 0.0, "type": "number"}
+    assert ir["specs"]["entity"][0]["pii"] == ["author_email"]
 
 
 def test_entity_ir_records_columns_in_declaration_order() -> None:
     """Entity IR keeps storage facts per column in model order (for codegen)."""
-    deal = next(s for s in build_registry().to_ir()["specs"]["entity"] if s["name"] == "crm.deal")
-    assert [c["name"] for c in deal["columns"]] == [
+    (note,) = build_notes_registry().to_ir()["specs"]["entity"]
+    assert [c["name"] for c in note["columns"]] == [
         "id",
-        "contact_id",
         "title",
-        "amount",
-        "stage",
+        "priority",
+        "budget",
         "tags",
-        "created_at",
-        "closed_at",
+        "author_email",
     ]
-    amount = deal["columns"][3]
-    assert amount == {
-        "name": "amount",
+    assert note["columns"][3] == {
+        "name": "budget",
         "kind": "decimal",
         "nullable": False,
         "max_length": None,
-        "max_digits": 12,
+        "max_digits": 8,
         "decimal_places": 2,
         "enum_values": [],
     }
-    assert deal["indexes"] == [
-        {"fields": ["stage"], "unique": False, "name": None},
-        {"fields": ["contact_id", "stage"], "unique": False, "name": None},
-    ]
-    assert deal["table_name"] == "crm_deal"
-    assert deal["tenant_scoped"] is True
+    assert note["columns"][2]["enum_values"] == ["low", "high"]
+    assert note["indexes"] == [{"fields": ["priority"], "unique": False, "name": None}]
+    assert (note["table_name"], note["tenant_scoped"]) == ("notes_note", True)
 
 
 def test_unknown_kinds_fall_back_to_their_fields() -> None:
