@@ -21,6 +21,8 @@ WIDTH = 88
 
 def render_string(value: str) -> str:
     """A Python string literal for `value` (double quotes unless single quotes need fewer escapes)."""
+    if value.isprintable() and "\\" not in value and '"' not in value:
+        return '"' + value + '"'  # the common case: nothing to escape
     quote = "'" if value.count('"') > value.count("'") else '"'
     out: list[str] = [quote]
     for ch in value:

@@ -382,6 +382,7 @@ class GoldenTestGenerator:
         discrete = discrete_paths(spec.input)
         keys = set(known_keys or ())
         used = set(known_ids)
+        suffixes: dict[str, int] = {}
         cases: list[GoldenCase] = []
         skipped: list[tuple[str, str]] = []
         for snap in snapshots:
@@ -405,10 +406,11 @@ class GoldenTestGenerator:
             base = "-".join(
                 p for p in ("ok" if error is None else error["code"], _hint(snap.input)) if p
             )
-            case_id, n = base, 1
+            case_id, n = base, suffixes.get(base, 1)
             while case_id in used:
                 n += 1
                 case_id = f"{base}-{n}"
+            suffixes[base] = n
             used.add(case_id)
             cases.append(
                 GoldenCase(
