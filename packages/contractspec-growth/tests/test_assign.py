@@ -30,7 +30,13 @@ from contractspec.growth.experiments import (
     define_experiment,
     subject_attributes,
 )
-from contractspec.growth.hashing import bucket_hash, bucket_hash_many, fnv1a32, fnv1a32_many
+from contractspec.growth.hashing import (
+    bucket_hash,
+    bucket_hash_many,
+    fnv1a32,
+    fnv1a32_many,
+    hash_key,
+)
 
 # GrowthBook `run` cases whose experiment define_experiment can express (no URL overrides,
 # QA mode, filters, explicit ranges or prerequisites, which belong to GrowthBook's client SDK).
@@ -372,3 +378,23 @@ def test_experiments_live_in_a_core_spec_registry() -> None:
     experiments = ExperimentRegistry.from_spec_registry(registry)
     assert experiments.get("homepage") is v2
     assert registry.versions("homepage", kind="experiment") == [1, 2]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=40),
+    st.sampled_from([1, 2]),
+)
+def test_integer_ids_assign_like_their_javascript_strings(ids: list[int], version: int) -> None:
+    """Integer id arrays hash like GrowthBook prints numbers (0 excluded, > 2**53 as doubles)."""
+    spec = define_experiment("int-ids", ["a", "b", "c"], coverage=0.7, hash_version=version)
+    runner = ExperimentRunner(ExperimentRegistry(spec))
+    batch = runner.assign_many(spec, np.array(ids, dtype=np.int64))
+    expected = []
+    for subject in ids:
+        one = runner.assign(spec, {"id": subject})
+        expected.append(one.variation_index if one.in_experiment else -1)
+    assert batch.variation_index.tolist() == expected
+    assert bucket_hash_many("s", np.array(ids, dtype=np.int64), version).tolist() == [
+        bucket_hash("s", hash_key(i) or str(i), version) for i in ids
+    ]  # the raw hash covers 0 too ("0"); only assignment excludes it

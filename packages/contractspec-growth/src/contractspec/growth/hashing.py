@@ -343,6 +343,8 @@ def _buckets(
 ) -> npt.NDArray[np.int64]:
     """Integer buckets (`k` of `k / 10000` or `k / 1000`) of every value."""
     version = _check_version(version)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return _int_buckets(seed, version, values.reshape(-1))
     units, lengths, texts, odd = _prepare(values)
     n = units.shape[0]
     out = np.empty(n, dtype=np.int64)
@@ -361,6 +363,75 @@ def _buckets(
             h = _fnv_rows(units[lo:hi], lengths[lo:hi], np.uint32(FNV_OFFSET_BASIS), suffix)
             out[lo:hi] = h % np.uint32(1000)
         for i, text in zip(odd.tolist(), texts, strict=True):
+            out[i] = fnv1a32(text + seed) % 1000
+    return out
+
+
+_MINUS = np.uint32(ord("-"))
+_U64_POW10 = [np.uint64(10**k) for k in range(20)]
+
+
+def _fnv_digits(h: npt.NDArray[np.uint32], magnitude: npt.NDArray[np.uint64]) -> None:
+    """Continue FNV-1a states `h` (in place) over the decimal digits of `magnitude`."""
+    if magnitude.size == 0:
+        return
+    smallest, largest = int(magnitude.min()), int(magnitude.max())
+    digit64 = np.empty_like(magnitude)
+    digit = np.empty(magnitude.shape, dtype=np.uint32)
+    tmp = np.empty_like(h)
+    active = np.empty(magnitude.shape, dtype=bool)
+    for k in range(19, -1, -1):
+        p = _U64_POW10[k]
+        if k and largest < int(p):
+            continue  # no value has this many digits
+        np.floor_divide(magnitude, p, out=digit64)
+        np.remainder(digit64, np.uint64(10), out=digit64)
+        np.copyto(digit, digit64, casting="unsafe")
+        digit += np.uint32(48)
+        np.bitwise_xor(digit, h, out=tmp)
+        np.multiply(tmp, _U32_PRIME, out=tmp)
+        if k == 0 or smallest >= int(p):
+            np.copyto(h, tmp)
+        else:
+            np.greater_equal(magnitude, p, out=active)
+            np.copyto(h, tmp, where=active)
+
+
+def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Buckets of integer ids, hashed as their decimal strings without making strings."""
+    n = values.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    suffix = list(memoryview(seed.encode("utf-16-le", "surrogatepass")).cast("H"))
+    for lo in range(0, n, _CHUNK):
+        chunk = values[lo : lo + _CHUNK]
+        if chunk.dtype.kind == "i":
+            negative = chunk < 0
+            # |v| as uint64, exact for the most negative int64 too
+            magnitude = np.where(negative, -(chunk + 1), chunk).astype(np.uint64)
+            magnitude[negative] += np.uint64(1)
+        else:
+            negative = np.zeros(chunk.shape, dtype=bool)
+            magnitude = chunk.astype(np.uint64)
+        start = fnv1a32(seed) if version == 2 else FNV_OFFSET_BASIS
+        h = np.full(chunk.shape, np.uint32(start), dtype=np.uint32)
+        if negative.any():
+            signed = (h ^ _MINUS) * _U32_PRIME
+            np.copyto(h, signed, where=negative)
+        _fnv_digits(h, magnitude)
+        if version == 2:
+            out[lo : lo + _CHUNK] = _fnv_decimal(h) % np.uint32(10000)
+        else:
+            for unit in suffix:
+                np.bitwise_xor(h, np.uint32(unit), out=h)
+                np.multiply(h, _U32_PRIME, out=h)
+            out[lo : lo + _CHUNK] = h % np.uint32(1000)
+    # JavaScript (and every GrowthBook SDK) prints integers beyond 2**53 as the nearest double
+    huge = np.flatnonzero((values >= 2**53) | (values <= -(2**53)))
+    for i in huge.tolist():
+        text = hash_key(int(values[i])) or ""
+        if version == 2:
+            out[i] = fnv1a32_decimal(fnv1a32(seed + text)) % 10000
+        else:
             out[i] = fnv1a32(text + seed) % 1000
     return out
 
