@@ -585,7 +585,7 @@ def test_srm_bad_input_raises(
 # --------------------------------------------------------------------------- corrections
 
 
-@settings(max_examples=25, deadline=None)  # statsmodels' holm costs ~50 ms per call
+@settings(max_examples=15, deadline=None)  # statsmodels' holm costs ~50 ms per call
 @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40))
 def test_holm_and_bh_match_statsmodels(pvalues: list[float]) -> None:
     """Adjusted p-values equal statsmodels' multipletests holm / fdr_bh."""
