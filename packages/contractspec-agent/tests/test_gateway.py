@@ -101,15 +101,25 @@ async def test_evidence_feeds_invariants() -> None:
 
     result = await AgentRunner(model=model).run(quoting, "quote", OWNER)
     low, ok = result.packets
-    assert (low.decision, low.evidence, low.proof[0].verdict) == ("blocked", {"projected_margin": 0.1}, "FAIL")
-    assert (ok.decision, ok.evidence, ok.proof[0].verdict) == ("execute", {"projected_margin": 0.2}, "PASS")
+    assert (low.decision, low.evidence, low.proof[0].verdict) == (
+        "blocked",
+        {"projected_margin": 0.1},
+        "FAIL",
+    )
+    assert (ok.decision, ok.evidence, ok.proof[0].verdict) == (
+        "execute",
+        {"projected_margin": 0.2},
+        "PASS",
+    )
     outputs = [m.content for m in model.requests[1].messages if isinstance(m, ToolMessage)]
     assert json.loads(outputs[1]) == "sent at 100.0"
 
 
 async def test_risky_call_waits_for_approval_then_runs_once(env: AgentEnv) -> None:
     """A call raised to L2 suspends the run; once approved, resume executes it exactly once."""
-    model = ScriptedModel([call("shop_refund_issue", order_id="o-1", amount_cents=3000, reason="lost")])
+    model = ScriptedModel(
+        [call("shop_refund_issue", order_id="o-1", amount_cents=3000, reason="lost")]
+    )
     runner = env.runner(model)
     waiting = await runner.run(agent, "refund 30", OWNER)
     assert waiting.status is RunStatus.WAITING_APPROVAL
@@ -139,7 +149,9 @@ async def test_risky_call_waits_for_approval_then_runs_once(env: AgentEnv) -> No
 
 async def test_rejected_call_is_reported_and_never_runs(env: AgentEnv) -> None:
     """A rejected approval becomes a refused tool result for the model; nothing executes."""
-    runner = env.runner(ScriptedModel([call("shop_refund_issue", order_id="o-1", amount_cents=3000)]))
+    runner = env.runner(
+        ScriptedModel([call("shop_refund_issue", order_id="o-1", amount_cents=3000)])
+    )
     waiting = await runner.run(agent, "refund 30", OWNER)
     await env.approvals.reject(waiting.pending_approvals[0], LEAD, comment="fraud")
     final_model = ScriptedModel(["I could not refund it."])
@@ -154,12 +166,16 @@ async def test_rejected_call_is_reported_and_never_runs(env: AgentEnv) -> None:
 
 async def test_self_approval_by_the_run_owner_is_refused(env: AgentEnv) -> None:
     """The actor who started the run requested the approval, so they cannot approve it."""
-    runner = env.runner(ScriptedModel([call("shop_refund_issue", order_id="o-1", amount_cents=3000)]))
+    runner = env.runner(
+        ScriptedModel([call("shop_refund_issue", order_id="o-1", amount_cents=3000)])
+    )
     waiting = await runner.run(agent, "refund 30", OWNER)
     from contractspec.agent import ApprovalDecisionError
 
     with pytest.raises(ApprovalDecisionError):
-        await env.approvals.approve(waiting.pending_approvals[0], Actor.user("u-owner", roles="lead"))
+        await env.approvals.approve(
+            waiting.pending_approvals[0], Actor.user("u-owner", roles="lead")
+        )
 
 
 async def test_shadow_mode_executes_nothing_and_reports_against_people(env: AgentEnv) -> None:
@@ -215,7 +231,9 @@ async def test_unreachable_approval_store_blocks_risky_calls() -> None:
     engine = create_async_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens
     try:
         broken = ApprovalWorkflow(SqlApprovalStore(), unit_of_work=SqlUnitOfWork(engine))
-        runner = AgentRunner(model=ScriptedModel([call("wire", amount=10), "stopped"]), approvals=broken)
+        runner = AgentRunner(
+            model=ScriptedModel([call("wire", amount=10), "stopped"]), approvals=broken
+        )
         money = define_agent("shop.money", model="m", instructions="i", tools=[wire])
         result = await runner.run(money, "send 10", OWNER)
     finally:
@@ -317,7 +335,9 @@ async def test_an_action_started_but_not_finished_is_never_repeated() -> None:
     await runs.begin_action(tx, ActionRecord(action_id, "run-c", 1, "ship", ORG, arguments_hash({"box": 7}),
                                              ActionStatus.STARTED, now, now))  # fmt: skip
     await tx.commit()
-    outcome = await gateway.invoke(ship, ToolCall("c-9", "ship", {"box": 7}), RunScope("run-c", shipping, 1, OWNER))
+    outcome = await gateway.invoke(
+        ship, ToolCall("c-9", "ship", {"box": 7}), RunScope("run-c", shipping, 1, OWNER)
+    )
     assert (outcome.status, outcome.is_error, effects) == ("in_doubt", True, [])
 
 
@@ -328,7 +348,9 @@ async def test_a_started_idempotent_operation_recovers_through_the_executor(env:
     args = {"order_id": "o-7", "amount_cents": 700, "reason": ""}
     digest = arguments_hash(args)
     action_id = action_id_for("run-r", 1, "shop_refund_issue", digest)
-    first = await env.executor.execute("shop.refund.issue", args, OWNER.replace(idempotency_key=action_id))
+    first = await env.executor.execute(
+        "shop.refund.issue", args, OWNER.replace(idempotency_key=action_id)
+    )
     now = env.clock.now()
     tx = await env.backend.unit_of_work.begin()
     await env.runs.begin_action(tx, ActionRecord(action_id, "run-r", 1, "shop_refund_issue", ORG, digest,

@@ -44,17 +44,24 @@ async def test_waiting_run_survives_a_restart_and_resumes_exactly_once(tmp_path:
     """Process 1 suspends the run; after approval two racing processes resume it: one effect."""
     db = str(tmp_path / "shop.db")
     started = finish(start_process("start", db))
-    assert (started["status"], started["refunds"], started["model_requests"]) == ("waiting_approval", 0, 1)
+    assert (started["status"], started["refunds"], started["model_requests"]) == (
+        "waiting_approval",
+        0,
+        1,
+    )
     (approval_id,) = started["approvals"]
+
+    from agent_support import POLICY, build_registry
 
     from contractspec.agent import ApprovalWorkflow
     from contractspec.agent.sql import SqlApprovalStore
     from contractspec.core.sql import SqlBackend, sqlite_engine
-    from agent_support import POLICY, build_registry
 
     engine = sqlite_engine(db)
     try:
-        approvals = ApprovalWorkflow(SqlApprovalStore(), backend=SqlBackend(engine, build_registry()), policy=POLICY)
+        approvals = ApprovalWorkflow(
+            SqlApprovalStore(), backend=SqlBackend(engine, build_registry()), policy=POLICY
+        )
         await approvals.approve(approval_id, LEAD, comment="ok")
     finally:
         await engine.dispose()
@@ -95,8 +102,12 @@ async def test_fresh_runners_racing_to_resume_take_effect_once(env: AgentEnv) ->
     models = [ScriptedModel(["done"]), ScriptedModel(["done"])]
     runners = [AgentRunner([agent], model=m, backend=env.backend, runs=env.runs, approvals=env.approvals,
                            executor=env.executor, clock=env.clock, ids=env.ids) for m in models]  # fmt: skip
-    results = await asyncio.gather(*(r.resume(waiting.run_id) for r in runners), return_exceptions=True)
-    outcomes = sorted(type(r).__name__ if isinstance(r, BaseException) else r.status.value for r in results)
+    results = await asyncio.gather(
+        *(r.resume(waiting.run_id) for r in runners), return_exceptions=True
+    )
+    outcomes = sorted(
+        type(r).__name__ if isinstance(r, BaseException) else r.status.value for r in results
+    )
     assert outcomes in (["ConflictError", "completed"], ["completed", "completed"])
     assert sum(len(m.requests) for m in models) == 1
     assert (await env.refunds()).total == 1

@@ -150,7 +150,9 @@ class LiteLLMModel:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(TRANSIENT_ERRORS),
                 wait=wait_exponential_jitter(
-                    initial=self.backoff_initial_s, max=self.backoff_max_s
+                    multiplier=self.backoff_initial_s,
+                    max=self.backoff_max_s,
+                    jitter=self.backoff_initial_s,
                 ),
                 stop=stop_after_attempt(self.retries + 1),
                 reraise=True,
