@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import hashlib
 import inspect
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -663,6 +664,8 @@ class Executor:
             )
         if self._runner is None:
             self._runner = asyncio.Runner()
+            # Close the loop when the executor is garbage-collected, if close() was not called.
+            weakref.finalize(self, self._runner.close)
         return self._runner.run(self.execute(name, raw_input, ctx, version=version))
 
     def close(self) -> None:
