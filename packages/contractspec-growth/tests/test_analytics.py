@@ -139,8 +139,10 @@ def test_funnel_rejects_non_dates() -> None:
     """A time that is not a date/datetime is reported with its index."""
     with pytest.raises(SpecValidationError, match=r"times\[1\]"):
         FunnelAnalyzer(["a", "b"], dt.timedelta(days=1)).analyze(
-            ["u", "u"], ["a", "b"], [D(2024, 1, 1), "tomorrow"]
-        )  # type: ignore[list-item]
+            ["u", "u"],
+            ["a", "b"],
+            [D(2024, 1, 1), "tomorrow"],  # type: ignore[list-item]
+        )
 
 
 # --------------------------------------------------------------------------- churn
