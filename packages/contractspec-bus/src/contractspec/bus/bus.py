@@ -468,7 +468,9 @@ class EventBus:
         try:
             return bool(sub.filter(event))  # type: ignore[misc]  # checked by the caller
         except Exception:
-            _log.exception("contractspec.bus.filter_failed", subscriber=sub.name, event=event.name)
+            _log.exception(
+                "contractspec.bus.filter_failed", subscriber=sub.name, event_name=event.name
+            )
             return False
 
     async def _run(self, sub: Subscription, event: EventEnvelope) -> DeliveryOutcome:
@@ -487,7 +489,7 @@ class EventBus:
                 _log.warning(
                     "contractspec.bus.handler_failed",
                     subscriber=sub.name,
-                    event=event.name,
+                    event_name=event.name,
                     event_id=event.id,
                     attempt=attempt,
                     error=error,
@@ -507,7 +509,7 @@ class EventBus:
         _log.error(
             "contractspec.bus.dead_lettered",
             subscriber=sub.name,
-            event=event.name,
+            event_name=event.name,
             event_id=event.id,
             dead_letter_id=letter.id,
         )
@@ -539,7 +541,9 @@ class EventBus:
             try:
                 await self.deliver(event)
             except Exception:
-                _log.exception("contractspec.bus.delivery_failed", event=event.name, id=event.id)
+                _log.exception(
+                    "contractspec.bus.delivery_failed", event_name=event.name, id=event.id
+                )
 
     async def drain(self) -> None:
         """Wait until every background delivery started by `publish` has finished."""

@@ -187,7 +187,7 @@ class OutboxRelay:
             self.stats.given_up += 1
         _log.error(
             "contractspec.bus.relay_delivery_failed",
-            event=message.name,
+            event_name=message.name,
             event_id=message.id,
             position=message.position,
             attempts=message.attempts,

@@ -532,9 +532,11 @@ class SqlProcessedEventStore:
             _insert(tx.dialect)(processed_table)
             .values(consumer=consumer, event_id=event_id, processed_at=at)
             .on_conflict_do_nothing()
+            .returning(processed_table.c.event_id)
         )
+        # rowcount of INSERT .. ON CONFLICT is not reliable across drivers; RETURNING is.
         result = await tx.execute(stmt, write=True)
-        return bool(getattr(result, "rowcount", 0) == 1)
+        return result.first() is not None
 
     async def seen(self, consumer: str, event_id: str) -> bool:
         """Whether the pair is committed."""
@@ -750,9 +752,16 @@ class SqlDeliveryLog(_SqlStore):
             .on_conflict_do_nothing(
                 index_elements=["notification", "event_id", "recipient_id", "channel"]
             )
+            .returning(delivery_table.c.id)
         )
-        (count,) = await self._write(stmt)
-        return record if count == 1 else None
+        tx = await self._uow.begin()
+        try:
+            inserted = (await tx.execute(stmt, write=True)).first()
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        return record if inserted is not None else None
 
     async def get(self, id: str) -> DeliveryRecord | None:
         """One record."""
