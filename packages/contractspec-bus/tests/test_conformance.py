@@ -142,7 +142,9 @@ async def test_dead_letters_list_filter_paginate_and_mark_replayed(stores: Store
     await store.mark_replayed("dl-1", T0)
     assert [d.id for d in await store.list(subscriber="s1")] == ["dl-3", "dl-5"]
     got = await store.get("dl-1")
-    assert got is not None and got.replayed_at == T0 and got.event_id == "ev-0001"
+    assert got is not None
+    assert got.replayed_at == T0
+    assert got.event_id == "ev-0001"
     assert (await store.count(), await store.count(include_replayed=True)) == (4, 5)
     with pytest.raises(ConflictError):
         await store.add(letter(2))
@@ -202,7 +204,8 @@ async def test_in_app_notifications_read_unread_scoped_and_paginated(stores: Sto
     assert [i.id for i in page] == ["n-4", "n-3", "n-2"]
     rest = await inbox.list("org-1", "u1", limit=3, cursor=page.next_cursor)
     assert ([i.id for i in rest], rest.next_cursor) == (["n-1"], None)
-    assert page.items[0].data == {"n": 4} and page.items[0].unread is True
+    assert page.items[0].data == {"n": 4}
+    assert page.items[0].unread is True
     assert await inbox.unread_count("org-1", "u1") == 4
     assert await inbox.mark_read("org-1", "u1", "n-3", T0) is True
     assert await inbox.mark_read("org-1", "u1", "n-3", T0) is False
@@ -277,13 +280,15 @@ async def test_delivery_log_is_idempotent_per_key_and_tracks_attempts(stores: St
     await log.mark_failed("del-2", "ConnectionError: down", 1, T0 + timedelta(seconds=30))
     await log.mark_failed("del-3", "Gave up", 5, None)
     one = await log.get("del-1")
-    assert one is not None and (one.status, one.attempts, one.sent_at) == (
+    assert one is not None
+    assert (one.status, one.attempts, one.sent_at) == (
         "sent",
         1,
         T0 + timedelta(seconds=1),
     )
     found = await log.find("crm.deal_won", "ev-1", "u2", "email")
-    assert found is not None and (found.status, found.attempts, found.last_error) == (
+    assert found is not None
+    assert (found.status, found.attempts, found.last_error) == (
         "queued",
         1,
         "ConnectionError: down",
