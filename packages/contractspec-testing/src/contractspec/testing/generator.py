@@ -126,12 +126,15 @@ def _dedup_key(
 
 
 def _hint(value: Any) -> str:
-    """A short slug from the first string in a value (depth first), for readable case ids."""
+    """A short slug from the first string (or `key-number`) in a value, for readable case ids."""
     if isinstance(value, str):
         return slug(value, 24)
     if isinstance(value, Mapping):
-        for item in value.values():
-            hint = _hint(item)
+        for key, item in value.items():
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                hint = slug(f"{key} {item}", 24)
+            else:
+                hint = _hint(item)
             if hint:
                 return hint
     if isinstance(value, list | tuple):

@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar, cast
 
 from attrs import define, field
 from pydantic import BaseModel
@@ -553,9 +553,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def golden_cases(cases: Sequence[GoldenCase]) -> Any:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def golden_cases(cases: Sequence[GoldenCase]) -> Callable[[_F], _F]:
     """`pytest.mark.parametrize("case", cases)` with each case's id as the test id."""
     import pytest
 
     items = list(cases)
-    return pytest.mark.parametrize("case", items, ids=[c.id for c in items])
+    mark = pytest.mark.parametrize("case", items, ids=[c.id for c in items])
+
+    def decorate(fn: _F) -> _F:
+        return cast(_F, mark(fn))
+
+    return decorate

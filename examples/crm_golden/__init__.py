@@ -1,0 +1,1 @@
+"""Golden tests for the CRM example, generated from its recorded traffic (contractspec-testing)."""
