@@ -15,6 +15,7 @@ from contractspec.growth.bucketing import (
     in_namespace,
 )
 from contractspec.growth.conditions import eval_condition
+from contractspec.growth.gbcompat import query_string_override, run_experiment
 from contractspec.growth.hashing import bucket_hash, bucket_hash_many
 
 
@@ -75,3 +76,22 @@ def test_eval_condition(case: list[Any]) -> None:
     _, condition, attributes, expected = case[:4]
     saved_groups = case[4] if len(case) > 4 else None
     assert eval_condition(attributes, condition, saved_groups) is expected
+
+
+@pytest.mark.parametrize("case", params("run"))
+def test_run(case: list[Any]) -> None:
+    """GrowthBook experiment documents run like the reference SDK (value, inExperiment, hashUsed)."""
+    _, context, experiment, value, in_experiment, hash_used = case
+    result = run_experiment(context, experiment)
+    assert (result.value, result.in_experiment, result.hash_used) == (
+        value,
+        in_experiment,
+        hash_used,
+    )
+
+
+@pytest.mark.parametrize("case", params("getQueryStringOverride"))
+def test_get_query_string_override(case: list[Any]) -> None:
+    """`?<key>=<n>` forces variation n only for plain in-range indexes."""
+    _, key, url, num_variations, expected = case
+    assert query_string_override(key, url, num_variations) == expected
