@@ -11,6 +11,7 @@ expansion) maps `t` to a standard normal deviate. Measured against `stdtr` on a 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -81,6 +82,11 @@ def t_sf_scalar(t: float, df: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
+@functools.lru_cache(maxsize=16)
 def t_isf(p: float, df: float) -> float:
-    """Inverse survival function: the `t` with `P(T_df > t) = p` (a critical value)."""
+    """Inverse survival function: the `t` with `P(T_df > t) = p` (a critical value).
+
+    Cached (a few entries): a comparison asks for the same critical value for its absolute and
+    relative lift.
+    """
     return float(special.stdtrit(df, 1.0 - p))
