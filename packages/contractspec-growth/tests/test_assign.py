@@ -398,3 +398,19 @@ def test_integer_ids_assign_like_their_javascript_strings(ids: list[int], versio
     assert bucket_hash_many("s", np.array(ids, dtype=np.int64), version).tolist() == [
         bucket_hash("s", hash_key(i) or str(i), version) for i in ids
     ]  # the raw hash covers 0 too ("0"); only assignment excludes it
+
+
+def test_registry_replaces_a_phase_and_keeps_its_checks() -> None:
+    """A new phase (higher coverage) replaces the definition; a clashing one is refused and undone."""
+    first = define_experiment("ramp", ["a", "b"], coverage=0.1, namespace=("ns", 0.0, 0.5))
+    other = define_experiment("other", ["a", "b"], namespace=("ns", 0.5, 1.0))
+    registry = ExperimentRegistry(first, other)
+    wider = first.with_coverage(0.5)
+    assert registry.replace(wider) is first
+    assert registry.get("ramp") is wider
+    clash = define_experiment("ramp", ["a", "b"], namespace=("ns", 0.0, 0.6))
+    with pytest.raises(SpecDefinitionError, match="both claim part of namespace 'ns'"):
+        registry.replace(clash)
+    assert registry.get("ramp") is wider
+    with pytest.raises(NotFoundError, match="unknown experiment 'missing'"):
+        registry.replace(define_experiment("missing", ["a", "b"]))

@@ -559,6 +559,26 @@ class ExperimentRegistry:
                         )
             self._experiments[spec.key] = spec
 
+    def replace(self, spec: ExperimentSpec) -> ExperimentSpec:
+        """Swap the registered definition of `spec.key` for `spec` (a new phase: raised coverage,
+        new weights, an end date), with the same checks as `register`.
+
+        Returns:
+            The definition it replaced.
+
+        Raises:
+            NotFoundError: No experiment with that key is registered.
+            SpecDefinitionError: As `register`.
+        """
+        previous = self.get(spec.key)
+        del self._experiments[spec.key]
+        try:
+            self.register(spec)
+        except BaseException:
+            self._experiments[spec.key] = previous
+            raise
+        return previous
+
     def get(self, key: str) -> ExperimentSpec:
         """The experiment registered under `key`.
 
