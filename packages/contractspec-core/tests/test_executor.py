@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -107,3 +108,21 @@ async def test_idempotency_key_replays_and_conflicts(
     listed = await ex.execute("crm.deal.search", {}, SALES)
     assert listed.model_dump()["total"] == 1
     assert [s.success for s in telemetry.samples] == [True, True, True, False, True]
+
+
+async def test_concurrent_repeats_commit_one_effect(
+    registry: SpecRegistry, backend: Backend
+) -> None:
+    """Concurrent calls with one idempotency key all get the same deal; exactly one is stored."""
+    ex = make_executor(registry, backend)
+    await ex.execute("crm.contact.create", {"id": "c1", "name": "Ada"}, SALES)
+    keyed = SALES.replace(idempotency_key="k-par")
+    results = await asyncio.gather(
+        *(
+            ex.execute("crm.deal.create", {"contact_id": "c1", "title": "A", "amount": "10"}, keyed)
+            for _ in range(4)
+        )
+    )
+    assert len({r.model_dump()["id"] for r in results}) == 1
+    listed = await ex.execute("crm.deal.search", {}, SALES)
+    assert listed.model_dump()["total"] == 1

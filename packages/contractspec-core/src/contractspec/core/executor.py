@@ -248,6 +248,7 @@ class HandlerCtx:
         "_executor",
         "_plan",
         "_repos",
+        "_stamp",
         "actor",
         "call",
         "operation",
@@ -266,6 +267,14 @@ class HandlerCtx:
         self._events: list[EventEnvelope] = []
         self._repos: dict[str, Repository[Any]] | None = None
         self._audit_target: tuple[str, str] | None = None
+        self._stamp: datetime | None = None
+
+    def _timestamp(self) -> datetime:
+        """The call's logical time: read once from the clock, shared by its events and audit record."""
+        stamp = self._stamp
+        if stamp is None:
+            stamp = self._stamp = self._executor.clock.now()
+        return stamp
 
     @property
     def request_id(self) -> str | None:
@@ -363,7 +372,7 @@ class HandlerCtx:
             id=executor.ids.new_id(),
             name=spec.name,
             version=spec.version,
-            occurred_at=executor.clock.now(),
+            occurred_at=self._timestamp(),
             payload=payload,
             org_id=call.org_id,
             actor_id=call.actor.id,
@@ -920,7 +929,7 @@ class Executor:
             target = (changes[0].entity, changes[0].entity_id)
         return AuditRecord(
             id=self.ids.new_id(),
-            occurred_at=self.clock.now(),
+            occurred_at=hctx._timestamp(),
             action=plan.spec.name,
             outcome="success",
             org_id=call.org_id,
