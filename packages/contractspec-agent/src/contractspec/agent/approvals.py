@@ -150,10 +150,12 @@ class ApprovalWorkflow:
     # -- plumbing ---------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _tx(self, what: str) -> AsyncIterator[Transaction]:
-        """A transaction whose store failures become `ApprovalUnavailableError` (fail closed)."""
+    async def _tx(self, what: str, *, readonly: bool = False) -> AsyncIterator[Transaction]:
+        """A transaction whose store failures become `ApprovalUnavailableError` (fail closed).
+
+        Read-only transactions are rolled back at the end (nothing to commit)."""
         try:
-            tx = await self.unit_of_work.begin()
+            tx = await self.unit_of_work.begin(readonly=readonly)
         except ContractSpecError:
             raise
         except Exception as exc:
@@ -164,7 +166,10 @@ class ApprovalWorkflow:
             ) from exc
         try:
             yield tx
-            await tx.commit()
+            if readonly:
+                await tx.rollback()
+            else:
+                await tx.commit()
         except (ContractSpecError, _Retry):
             await _quiet_rollback(tx)
             raise
@@ -571,22 +576,26 @@ class ApprovalWorkflow:
             NotFoundError: No such request.
             ApprovalUnavailableError: The store is unavailable.
         """
-        async with self._tx("read an approval") as tx:
+        async with self._tx("read an approval", readonly=True) as tx:
             req = await self.store.get(tx, request_id)
-            if req is None:
-                raise NotFoundError(
-                    f"approval request {request_id!r} does not exist",
-                    details={"approval_id": request_id},
-                )
-            now = self.clock.now()
-            if req.status is ApprovalStatus.PENDING and now >= req.expires_at:
-                try:
-                    req = await self._expire(tx, req, now)
-                except _Retry:
-                    found = await self.store.get(tx, request_id)
-                    assert found is not None
-                    req = found
-            return req
+        if req is None:
+            raise NotFoundError(
+                f"approval request {request_id!r} does not exist",
+                details={"approval_id": request_id},
+            )
+        if req.status is ApprovalStatus.PENDING and self.clock.now() >= req.expires_at:
+            async with self._tx("expire an approval") as tx:
+                fresh = await self.store.get(tx, request_id)
+                assert fresh is not None  # requests are never deleted
+                if fresh.status is ApprovalStatus.PENDING:
+                    try:
+                        fresh = await self._expire(tx, fresh, self.clock.now())
+                    except _Retry:
+                        again = await self.store.get(tx, request_id)
+                        assert again is not None
+                        fresh = again
+                req = fresh
+        return req
 
     async def get_by_key(self, org_id: str | None, key: str) -> ApprovalRequest | None:
         """The request with idempotency `key` in the org, or `None`.
@@ -594,7 +603,7 @@ class ApprovalWorkflow:
         Raises:
             ApprovalUnavailableError: The store is unavailable.
         """
-        async with self._tx("read an approval") as tx:
+        async with self._tx("read an approval", readonly=True) as tx:
             found = await self.store.get_by_key(tx, org_id, key)
         if (
             found is not None
@@ -613,7 +622,7 @@ class ApprovalWorkflow:
             ApprovalUnavailableError: The store is unavailable.
         """
         now = self.clock.now()
-        async with self._tx("list approvals") as tx:
+        async with self._tx("list approvals", readonly=True) as tx:
             found = await self.store.find(
                 tx, org_id=org_id, status=ApprovalStatus.PENDING, subject_type=subject_type,
                 limit=limit,
@@ -628,7 +637,7 @@ class ApprovalWorkflow:
         Raises:
             ApprovalUnavailableError: The store is unavailable.
         """
-        async with self._tx("list approvals") as tx:
+        async with self._tx("list approvals", readonly=True) as tx:
             found = await self.store.find(
                 tx, org_id=org_id, subject_type=subject_type, limit=10_000
             )
@@ -641,6 +650,9 @@ class ApprovalWorkflow:
     ) -> ApprovalRequest:
         """Check that `request` is approved **for exactly these arguments**.
 
+        Pass the id to re-read the request from the store; pass an `ApprovalRequest` you just
+        read to check that object as it is (no second read).
+
         Returns:
             The approved request.
 
@@ -651,7 +663,7 @@ class ApprovalWorkflow:
                 approval).
             NotFoundError, ApprovalUnavailableError: As for `get`.
         """
-        req = await self.get(request if isinstance(request, str) else request.id)
+        req = await self.get(request) if isinstance(request, str) else request
         if req.status is ApprovalStatus.PENDING:
             raise ApprovalRequiredError(
                 f"approval {req.id!r} is still pending ({req.approvals}/{req.quorum} approvals)",

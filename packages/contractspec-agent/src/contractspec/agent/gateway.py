@@ -286,13 +286,29 @@ class ToolGateway:
 
     # -- the pipeline -----------------------------------------------------------------------------
 
-    async def invoke(self, tool: Tool, call: ToolCall, scope: RunScope) -> ToolOutcome:
+    async def invoke(
+        self, tool: Tool, call: ToolCall, scope: RunScope, *, report: bool = True
+    ) -> ToolOutcome:
         """Run one call through the pipeline and return its outcome (never raises for tool
-        failures; they become failed outcomes)."""
+        failures; they become failed outcomes).
+
+        Args:
+            tool, call, scope: The tool, the model's call and the run it belongs to.
+            report: Publish the outcome's event (and audit blocked/shadowed calls) in a
+                transaction of its own. The runner passes `False` and calls `report()` inside
+                the transaction that persists the step, so events commit with the run state.
+        """
         started = perf_counter()
         outcome = await self._invoke(tool, call, scope)
         outcome = _with_duration(outcome, started)
-        await self._report(tool, scope, outcome)
+        if report:
+            tx = await self.unit_of_work.begin()
+            try:
+                await self.report(tx, tool, scope, outcome)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
         return outcome
 
     async def _invoke(self, tool: Tool, call: ToolCall, scope: RunScope) -> ToolOutcome:
@@ -317,7 +333,7 @@ class ToolGateway:
         shadow = scope.agent.policy.shadow or tool.shadow
         # A finished action is not a new action: replay what it did.
         if tool.side_effects and not shadow:
-            known = await self._ledger_get(action_id)
+            known = await self._ledger_get(action_id)  # one indexed read
             if known is not None:
                 replay = self._replay(tool, call, known, packet)
                 if replay is not None:
@@ -477,7 +493,7 @@ class ToolGateway:
                     },
                 )
             if req.status is ApprovalStatus.APPROVED:
-                await wf.verify(req, packet.arguments)
+                await wf.verify(req, packet.arguments)  # the request just read: no second read
                 return packet.evolve(approval_id=req.id, reason=f"approved ({req.id})")
         except ApprovalUnavailableError as exc:
             packet = packet.evolve(decision="unavailable", reason=exc.message)
@@ -726,9 +742,12 @@ class ToolGateway:
             tx,
         )
 
-    async def _report(self, tool: Tool, scope: RunScope, outcome: ToolOutcome) -> None:
-        """Events for every outcome; audit for blocked/shadowed ones (executed ones were audited
-        with their ledger entry)."""
+    async def report(
+        self, tx: Transaction, tool: Tool, scope: RunScope, outcome: ToolOutcome
+    ) -> None:
+        """Stage in `tx` the outcome's event (`agent.tool.called` or `agent.tool.failed`) and, for
+        blocked, refused and shadowed calls, its audit record (executed side-effecting calls were
+        audited with their ledger entry)."""
         failed = outcome.is_error
         payload: dict[str, Any]
         if failed:
@@ -763,17 +782,11 @@ class ToolGateway:
             actor=scope.call.actor,
             correlation_id=scope.run_id,
         )
-        tx = await self.unit_of_work.begin()
-        try:
-            if outcome.status in ("blocked", "rejected", "unavailable", "shadowed") or (
-                outcome.is_error and not tool.side_effects and outcome.packet is not None
-            ):
-                await self._audit(tx, tool, scope.call, outcome)
-            await self.events.publish([env], tx)
-            await tx.commit()
-        except BaseException:
-            await tx.rollback()
-            raise
+        if outcome.status in ("blocked", "rejected", "unavailable", "shadowed") or (
+            outcome.is_error and not tool.side_effects and outcome.packet is not None
+        ):
+            await self._audit(tx, tool, scope.call, outcome)
+        await self.events.publish([env], tx)
 
 
 def _namespace(args: BaseModel, evidence: Mapping[str, Any]) -> dict[str, Any]:
@@ -794,10 +807,13 @@ class ToolExecutor:
 
     Args:
         gateway: The `ToolGateway` each call goes through.
+        report: Let the gateway publish each outcome's event in its own transaction (`False`
+            when the caller reports them itself, as the runner does with each step).
     """
 
-    def __init__(self, gateway: ToolGateway) -> None:
+    def __init__(self, gateway: ToolGateway, *, report: bool = True) -> None:
         self.gateway = gateway
+        self.report = report
 
     async def execute(self, calls: Sequence[ToolCall], scope: RunScope) -> list[ToolOutcome]:
         """Outcomes in the order of `calls`."""
@@ -819,7 +835,7 @@ class ToolExecutor:
                 is_error=True,
             )
         try:
-            return await self.gateway.invoke(tool, call, scope)
+            return await self.gateway.invoke(tool, call, scope, report=self.report)
         except Exception as exc:  # a failed tool is a failed result, never a crashed run
             _log.error("agent.tool_crashed", tool=call.name, run_id=scope.run_id, exc_info=exc)
             return ToolOutcome(

@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import inspect
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from time import perf_counter
@@ -94,6 +94,7 @@ from contractspec.core import (
     SystemClock,
     TelemetrySample,
     TelemetrySink,
+    Transaction,
     UnitOfWork,
     UuidGenerator,
 )
@@ -242,7 +243,7 @@ class AgentRunner:
             executor=executor,
             approvals=self.approvals,
         )
-        self.tools = ToolExecutor(self.gateway)
+        self.tools = ToolExecutor(self.gateway, report=False)
         self._sync_runner: asyncio.Runner | None = None
 
     # -- configuration ----------------------------------------------------------------------------
@@ -521,10 +522,9 @@ class AgentRunner:
         step = int(claimed.pending[0]["step"]) if claimed.pending else claimed.steps
         reason = _reason(messages, calls)
         if calls:
-            outcomes = await self.tools.execute(
-                calls, RunScope(run_id, spec, step, call, deps, reason)
-            )
-            await self._after_tools(state, step, outcomes, resumed=True)
+            scope = RunScope(run_id, spec, step, call, deps, reason)
+            outcomes = await self.tools.execute(calls, scope)
+            await self._after_tools(state, scope, outcomes, resumed=True)
             if state.run.status is RunStatus.WAITING_APPROVAL:
                 return self._result(state)
         return await self._drive(state)
@@ -606,7 +606,7 @@ class AgentRunner:
                 )
                 outcomes = await self.tools.execute(response.tool_calls, scope)
                 await self._after_tools(
-                    state, step, outcomes, response=response, started_at=started_at
+                    state, scope, outcomes, response=response, started_at=started_at
                 )
                 if state.run.status is RunStatus.WAITING_APPROVAL:
                     return self._result(state)
@@ -712,13 +712,14 @@ class AgentRunner:
     async def _after_tools(
         self,
         state: _State,
-        step: int,
+        scope: RunScope,
         outcomes: Sequence[ToolOutcome],
         *,
         response: ModelResponse | None = None,
         started_at: Any = None,
         resumed: bool = False,
     ) -> None:
+        step = scope.step
         pending = [o for o in outcomes if o.pending]
         for o in outcomes:
             if o.packet is not None:
@@ -782,6 +783,13 @@ class AgentRunner:
                 started_at=started_at,
                 finished_at=self.clock.now(),
             )
+
+        async def stage(tx: Transaction) -> None:
+            for o in outcomes:
+                tool = state.spec.tool(o.call.name)
+                if tool is not None:
+                    await self.gateway.report(tx, tool, scope, o)
+
         await self._persist(
             state,
             steps=step if not resumed else state.run.steps,
@@ -790,6 +798,7 @@ class AgentRunner:
             step=run_step,
             lines=lines,
             events=events,
+            stage=stage,
         )
 
     async def _save_step(
@@ -823,6 +832,7 @@ class AgentRunner:
         step: RunStep | None = None,
         lines: Sequence[RunLog] = (),
         events: Sequence[EventEnvelope] = (),
+        stage: Callable[[Transaction], Awaitable[None]] | None = None,
         **changes: Any,
     ) -> None:
         run = state.run
@@ -845,6 +855,8 @@ class AgentRunner:
                 await self.runs.add_step(tx, step)
             for line in lines:
                 await self.runs.log(tx, line)
+            if stage is not None:
+                await stage(tx)
             if events:
                 await self.events.publish(list(events), tx)
             await tx.commit()
