@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from contractspec.core import (
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     TenantScopeError,
@@ -246,6 +247,11 @@ class MemoryIdentityStore:
 
     @staticmethod
     def _writable(tx: Transaction, what: str) -> None:
+        if getattr(tx, "dialect", None) is not None:  # a SqlTransaction: the data would be lost
+            raise ConfigurationError(
+                "MemoryIdentityStore is writing inside a SQL transaction, so identity data would "
+                "not be persisted; pass SqlIdentityStore(backend.tables) to register_identity"
+            )
         tx.check_writable(what)
 
     # -- users ------------------------------------------------------------------------------------
