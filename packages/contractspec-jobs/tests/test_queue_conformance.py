@@ -323,3 +323,30 @@ async def test_a_hundred_jobs_leased_by_concurrent_leases_exactly_once(
     everything = [i for r in results for i in r]
     assert len(everything) == 100
     assert len(set(everything)) == 100
+
+
+async def test_complete_many_completes_held_jobs_and_reports_lost_ones(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """complete_many stores each result in one call and returns the ids whose lease was lost."""
+    ids = [await queue.enqueue("mail.send", {"to": f"u{i}@x.io"}) for i in range(3)]
+    leased = await queue.lease(worker_id="w", limit=3, queues=["default"])
+    tokens = {j.id: j.lease_token or "" for j in leased}
+    assert await queue.cancel(ids[2]) is True
+    lost = await queue.complete_many(
+        [
+            (ids[0], tokens[ids[0]], {"ok": [1, "a"]}),
+            (ids[1], "stale", None),
+            (ids[2], tokens[ids[2]], None),
+        ]
+    )
+    assert lost == [ids[1], ids[2]]
+    done = await queue.get(ids[0])
+    assert done is not None
+    assert (done.status, done.result, done.lease_token) == (
+        JobStatus.SUCCEEDED,
+        {"ok": [1, "a"]},
+        None,
+    )
+    assert await queue.complete_many([]) == []
+    assert await queue.counts() == counts(succeeded=1, running=1, cancelled=1)

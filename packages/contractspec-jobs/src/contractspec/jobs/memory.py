@@ -206,6 +206,16 @@ class MemoryJobQueue:
             finished_at=self.clock.now(),
         )
 
+    async def complete_many(self, done: Sequence[tuple[str, str, Any]]) -> builtins.list[str]:
+        """Complete several jobs; returns the ids whose lease was lost."""
+        lost: builtins.list[str] = []
+        for job_id, token, result in done:
+            try:
+                await self.complete(job_id, token, result)
+            except LeaseLostError:
+                lost.append(job_id)
+        return lost
+
     async def fail(
         self, job_id: str, lease_token: str, error: str, *, retry_at: datetime | None
     ) -> JobStatus:

@@ -189,6 +189,13 @@ class JobQueue(Protocol):
         """
         ...
 
+    async def complete_many(self, done: Sequence[tuple[str, str, Any]]) -> list[str]:
+        """Complete several leased jobs at once: `(job_id, lease_token, result)` triples.
+
+        Returns the ids whose lease was lost (their results are dropped); never raises for them.
+        """
+        ...
+
     async def fail(
         self, job_id: str, lease_token: str, error: str, *, retry_at: datetime | None
     ) -> JobStatus:

@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
 
 import asyncio
 import builtins
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,11 +50,14 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    cast,
+    column,
     delete,
     func,
     select,
     text,
     update,
+    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -221,6 +225,38 @@ _COMPLETE = (
 )
 
 
+_lease_cache: dict[bool, Any] = {}
+
+
+def _lease_statement(by_queue: bool) -> Any:
+    """The (cached) lease statement: one UPDATE over the next due ids, locked SKIP LOCKED."""
+    stmt = _lease_cache.get(by_queue)
+    if stmt is None:
+        candidates = select(_J.id).where(
+            _J.status.in_(_LEASABLE), _J.scheduled_at <= bindparam("b_now", type_=UtcDateTime())
+        )
+        if by_queue:
+            candidates = candidates.where(_J.queue == bindparam("b_queue"))
+        candidates = (
+            candidates.order_by(_J.priority.desc(), _J.scheduled_at, _J.id)
+            .limit(bindparam("b_limit", type_=Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        stmt = _lease_cache[by_queue] = (
+            update(jobs_table)
+            .where(_J.id.in_(candidates.scalar_subquery()))
+            .values(
+                status="running",
+                attempts=_J.attempts + 1,
+                leased_until=bindparam("b_until", type_=UtcDateTime()),
+                lease_token=bindparam("b_token"),
+                worker_id=bindparam("b_worker"),
+            )
+            .returning(*jobs_table.c)
+        )
+    return stmt
+
+
 class SqlJobQueue:
     """A durable `JobQueue` on SQLite or PostgreSQL (tables `cs_jobs`, `cs_job_schedules`).
 
@@ -358,6 +394,8 @@ class SqlJobQueue:
                     "memory backends"
                 )
             return await self._enqueue_in(tx, built)
+        if self._pg:
+            return await self._enqueue_autocommit(built)
         own = await self.unit_of_work.begin()
         try:
             ids = await self._enqueue_in(own, built)
@@ -365,6 +403,38 @@ class SqlJobQueue:
         except BaseException:
             await own.rollback()
             raise
+        self._local.set()
+        return ids
+
+    async def _enqueue_autocommit(self, built: list[NewJob]) -> list[str]:
+        """PostgreSQL without a caller transaction: one statement, one round trip.
+
+        `WITH ins AS (INSERT ... ON CONFLICT (unique_key) DO NOTHING RETURNING id)
+        SELECT id, pg_notify(...) FROM ins`: the insert and the wake-up of idle workers commit
+        together (PostgreSQL folds identical notifications of one transaction into one).
+        """
+        inserted = (
+            postgresql.insert(jobs_table)
+            .values([_row(new) for new in built])
+            .on_conflict_do_nothing(index_elements=["unique_key"])
+            .returning(_J.id)
+            .cte("ins")
+        )
+        columns: list[Any] = [inserted.c.id]
+        if self.notify:
+            columns.append(func.pg_notify(NOTIFY_CHANNEL, ""))
+        rows = await self._write(select(*columns))
+        assert isinstance(rows, builtins.list)
+        got = {r[0] for r in rows}
+        ids = [new.id for new in built]
+        missing = [new for new in built if new.id not in got]
+        if missing:  # unique keys already taken: answer with the existing jobs' ids
+            keys = [new.unique_key for new in missing]
+            found = await self._read(select(_J.unique_key, _J.id).where(_J.unique_key.in_(keys)))
+            by_key = dict(found)
+            ids = [
+                by_key.get(new.unique_key, new.id) if new.id not in got else new.id for new in built
+            ]
         self._local.set()
         return ids
 
@@ -420,27 +490,16 @@ class SqlJobQueue:
         self, worker_id: str, limit: int, lease_for: timedelta, queue: str | None
     ) -> list[Job]:
         now = self.clock.now()
-        candidates = select(_J.id).where(_J.status.in_(_LEASABLE), _J.scheduled_at <= now)
+        params = {
+            "b_now": now,
+            "b_until": now + lease_for,
+            "b_token": self._factory.ids.new_id(),
+            "b_worker": worker_id,
+            "b_limit": limit,
+        }
         if queue is not None:
-            candidates = candidates.where(_J.queue == queue)
-        candidates = (
-            candidates.order_by(_J.priority.desc(), _J.scheduled_at, _J.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(jobs_table)
-            .where(_J.id.in_(candidates.scalar_subquery()))
-            .values(
-                status="running",
-                attempts=_J.attempts + 1,
-                leased_until=now + lease_for,
-                lease_token=self._factory.ids.new_id(),
-                worker_id=worker_id,
-            )
-            .returning(*jobs_table.c)
-        )
-        rows = await self._write(stmt)
+            params["b_queue"] = queue
+        rows = await self._write(_lease_statement(queue is not None), params)
         assert isinstance(rows, builtins.list)
         jobs = [_job(r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
@@ -473,7 +532,7 @@ class SqlJobQueue:
             raise self._lost(job_id)
 
     async def complete_many(self, done: Sequence[tuple[str, str, Any]]) -> list[str]:
-        """Mark several leased jobs succeeded in one statement batch.
+        """Mark several leased jobs succeeded in one statement (`UPDATE ... FROM (VALUES ...)`).
 
         Args:
             done: `(job_id, lease_token, result)` triples.
@@ -484,33 +543,43 @@ class SqlJobQueue:
         if not done:
             return []
         now = self.clock.now()
-        lost: list[str] = []
+        if not self._pg:  # one local transaction; SQLite has no VALUES column aliases
+            lost: list[str] = []
+            tx = await self.unit_of_work.begin()
+            try:
+                for job_id, token, result in done:
+                    params = {"b_id": job_id, "b_token": token, "b_result": result, "b_now": now}
+                    res: Any = await tx.execute(_COMPLETE, params, write=True)
+                    if res.rowcount != 1:
+                        lost.append(job_id)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+            return lost
+        data = [(job_id, token, json.dumps(result)) for job_id, token, result in done]
+        v = values(
+            column("id", String()),
+            column("token", String()),
+            column("result", Text()),
+            name="v",
+        ).data(data)
         stmt = (
             update(jobs_table)
-            .where(_J.id.in_(bindparam("b_ids", expanding=True)), _J.status == "running")
-            .values(finished_at=now, leased_until=None, lease_token=None, status="succeeded")
-        )
-        # Results differ per job, so jobs with a result go through executemany; the rest share
-        # one UPDATE ... WHERE id IN (...), with the token check done by RETURNING.
-        plain = [(i, t) for i, t, r in done if r is None]
-        rich = [(i, t, r) for i, t, r in done if r is not None]
-        if plain:
-            tokens = dict(plain)
-            rows = await self._write(
-                stmt.where(_J.lease_token.in_(bindparam("b_tokens", expanding=True))).returning(
-                    _J.id
-                ),
-                {"b_ids": [i for i, _ in plain], "b_tokens": sorted(set(tokens.values()))},
+            .where(_J.id == v.c.id, _J.lease_token == v.c.token, _J.status == "running")
+            .values(
+                status="succeeded",
+                result=cast(v.c.result, postgresql.JSONB),
+                finished_at=now,
+                leased_until=None,
+                lease_token=None,
             )
-            assert isinstance(rows, builtins.list)
-            got = {r[0] for r in rows}
-            lost.extend(i for i in tokens if i not in got)
-        for job_id, token, result in rich:
-            try:
-                await self.complete(job_id, token, result)
-            except LeaseLostError:
-                lost.append(job_id)
-        return lost
+            .returning(_J.id)
+        )
+        rows = await self._write(stmt)
+        assert isinstance(rows, builtins.list)
+        got = {r[0] for r in rows}
+        return [job_id for job_id, _, _ in done if job_id not in got]
 
     async def fail(
         self, job_id: str, lease_token: str, error: str, *, retry_at: datetime | None

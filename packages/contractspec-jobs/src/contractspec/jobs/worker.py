@@ -259,6 +259,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._handler_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._completed: list[tuple[str, str, Any]] = []
         self._shutting_down = False
 
     # -- control --------------------------------------------------------------------------------
@@ -296,24 +297,32 @@ class Worker:
         next_recover = 0.0
         try:
             while not self._stop.is_set():
-                now = loop.time()
-                if now >= next_recover:
-                    next_recover = now + self.recover_every
-                    self.stats.recovered += await self.queue.recover_expired()
-                free = self.concurrency - len(self._running)
+                try:
+                    await self._flush_completed()
+                    now = loop.time()
+                    if now >= next_recover:
+                        next_recover = now + self.recover_every
+                        self.stats.recovered += await self.queue.recover_expired()
+                    free = self.concurrency - len(self._running)
+                    jobs = []
+                    if free > 0:
+                        jobs = await self.queue.lease(
+                            worker_id=self.worker_id,
+                            limit=free,
+                            lease_for=self.lease_for,
+                            queues=self.queues,
+                        )
+                except Exception:  # the database is unreachable: back off, leases protect jobs
+                    log.exception("contractspec.jobs.worker_loop_failed")
+                    await self._idle(self.poll_interval)
+                    continue
                 if free > 0:
-                    jobs = await self.queue.lease(
-                        worker_id=self.worker_id,
-                        limit=free,
-                        lease_for=self.lease_for,
-                        queues=self.queues,
-                    )
                     for job in jobs:
                         self._start(job)
                     if len(jobs) == free:
                         await asyncio.sleep(0)
                         continue
-                    if until_idle and not jobs and not self._running:
+                    if until_idle and not jobs and not self._running and not self._completed:
                         break
                     if not jobs:
                         await self._idle(next_recover - loop.time())
@@ -321,6 +330,7 @@ class Worker:
                 await self._wait_slot()
         finally:
             await self._shutdown()
+            await self._flush_completed()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.queue.close()
@@ -328,6 +338,8 @@ class Worker:
         return self.stats
 
     async def _idle(self, until_recover: float) -> None:
+        if self._completed:
+            return  # results wait to be written: go round the loop now
         timeout = max(0.01, min(self.poll_interval, until_recover))
         if self._running:
             # Jobs are running: wake when one finishes (a slot) or when new jobs arrive.
@@ -358,6 +370,21 @@ class Worker:
         await asyncio.gather(slot, stop, return_exceptions=True)
         self._slot_free.clear()
         await asyncio.sleep(0)  # let other finishing jobs free their slots: lease in batches
+
+    async def _flush_completed(self) -> None:
+        """Complete finished jobs in one statement (group commit of results)."""
+        if not self._completed:
+            return
+        batch, self._completed = self._completed, []
+        try:
+            lost = await self.queue.complete_many(batch)
+        except BaseException:
+            self._completed[:0] = batch  # retried on the next pass
+            raise
+        self.stats.succeeded += len(batch) - len(lost)
+        self.stats.lost += len(lost)
+        for job_id in lost:
+            _log.warning("contractspec.jobs.lease_lost_on_complete", job_id=job_id)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._supervise(job), name=f"job:{job.type}:{job.id}")
@@ -453,12 +480,7 @@ class Worker:
                 job, token, f"the handler returned an invalid result: {exc}", True, log
             )
             return
-        try:
-            await self.queue.complete(job.id, token, stored)
-            self.stats.succeeded += 1
-        except LeaseLostError:
-            self.stats.lost += 1
-            log.warning("contractspec.jobs.lease_lost_on_complete")
+        self._completed.append((job.id, token, stored))
 
     @staticmethod
     async def _call(fn: Any, payload: Any, ctx: JobContext, limit_s: float | None) -> Any:
