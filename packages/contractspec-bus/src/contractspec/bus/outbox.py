@@ -160,7 +160,10 @@ class OutboxRelay:
             return 0
         self.stats.batches += 1
         done: list[int] = []
+        blocked: set[str] = set()  # keys whose earlier row failed in this batch: keep their order
         for message in batch:
+            if message.key is not None and message.key in blocked:
+                continue  # stays leased; claimed again behind the failed row once it is resolved
             try:
                 event = message_to_envelope(message, self.registry)
             except ContractSpecError as exc:
@@ -170,6 +173,8 @@ class OutboxRelay:
                 await self.bus.deliver(event)
             except Exception as exc:
                 await self._fail(message, f"{type(exc).__name__}: {exc}", give_up=False)
+                if message.key is not None:
+                    blocked.add(message.key)
                 continue
             done.append(message.position)
         if done:
