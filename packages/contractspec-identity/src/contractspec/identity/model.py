@@ -76,14 +76,14 @@ def normalize_email(value: str) -> str:
         ValueError: Not of the form `local@domain.tld` (pydantic reports it as a field error).
     """
     email = value.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
+    if len(email) > 320 or not _EMAIL.fullmatch(email):
         raise ValueError("must be an email address like 'ada@example.com'")
     return email
 
 
 def check_permission(value: str, *, pattern: bool) -> str:
     """Validate a permission (or, with `pattern=True`, a permission pattern with a trailing `*`)."""
-    if not isinstance(value, str) or not (_PATTERN if pattern else _PERMISSION).match(value):
+    if not isinstance(value, str) or not (_PATTERN if pattern else _PERMISSION).fullmatch(value):
         allowed = "letters, digits and '_.:-'" + (", with one trailing '*'" if pattern else "")
         raise ValueError(f"permission {value!r} is not valid: use {allowed} (e.g. 'deal.write')")
     return value

@@ -68,7 +68,7 @@ _IDENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 def _ident(name: str, what: str) -> str:
     """Quote a SQL identifier after checking it (no injection through table or role names)."""
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):
         raise ConfigurationError(
             f"{what} {name!r} is not a plain SQL identifier (letters, digits, '_', '$')"
         )
