@@ -60,7 +60,7 @@ CTX = CallContext(actor=Actor.user("u-bench", roles="ops"), org_id="org-bench")
 
 
 @tool
-def add(a: int, b: int) -> int:
+async def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
 
@@ -71,7 +71,7 @@ ours_agent = define_agent(
 )  # fmt: skip
 
 
-def our_model(request: ModelRequest) -> Any:
+async def our_model(request: ModelRequest) -> Any:
     done = sum(1 for m in request.messages if isinstance(m, ToolMessage))
     if done < STEPS:
         return call("add", a=done, b=1)
@@ -87,7 +87,7 @@ async def ours_batch(runner: AgentRunner) -> None:
 # -- pydantic-ai ----------------------------------------------------------------------------------
 
 
-def peer_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+async def peer_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     done = sum(
         1 for m in messages for part in getattr(m, "parts", ()) if isinstance(part, ToolReturnPart)
     )
@@ -100,7 +100,7 @@ def make_peer(model: Any) -> Agent[None, str]:
     agent: Agent[None, str] = Agent(model, instructions="Add numbers.")
 
     @agent.tool_plain
-    def add(a: int, b: int) -> int:
+    async def add(a: int, b: int) -> int:
         """Add two integers."""
         return a + b
 
@@ -192,8 +192,10 @@ async def main() -> None:
         finally:
             await engine.dispose()
         suspend, resume = await approval_timing(Path(tmp))
-    peer_fn = await runs_per_second(lambda: peer_batch(make_peer(FunctionModel(peer_model)), STEPS))
-    peer_test = await runs_per_second(lambda: peer_batch(make_peer(TestModel()), 1))
+    peer_fn_agent = make_peer(FunctionModel(peer_model))
+    peer_test_agent = make_peer(TestModel())
+    peer_fn = await runs_per_second(lambda: peer_batch(peer_fn_agent, STEPS))
+    peer_test = await runs_per_second(lambda: peer_batch(peer_test_agent, 1))
 
     requests = STEPS + 1
     print(f"10-step tool-calling run ({requests} model requests, {STEPS} tool calls per run)")
