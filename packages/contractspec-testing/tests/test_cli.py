@@ -97,3 +97,8 @@ def test_errors_are_explained_with_exit_code_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.exit_code == 2
     assert "registry must be MODULE:OBJECT" in bad.output
+    missing = CliRunner().invoke(app, ["operations", "--store", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert missing.exit_code == 2
+    assert "cannot read the cs_traffic table (OperationalError: no such table: cs_traffic)" in (
+        missing.output
+    )

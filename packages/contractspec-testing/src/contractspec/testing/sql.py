@@ -47,11 +47,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.core.sql import UtcDateTime, create_all, new_metadata
 from contractspec.testing._snapshot import Snapshot
-from contractspec.testing.errors import SnapshotFormatError
+from contractspec.testing.errors import SnapshotFormatError, TrafficStoreError
 from contractspec.testing.stores import _check_aware, _check_limit
 
 __all__ = ["SqlTrafficStore", "traffic_metadata", "traffic_table"]
@@ -168,7 +169,10 @@ class SqlTrafficStore:
         if limit is not None:
             stmt = stmt.limit(limit)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+            try:
+                rows = (await conn.execute(stmt)).all()
+            except DBAPIError as exc:
+                raise _read_error(exc) from exc
         out: list[Snapshot] = []
         for body, position in rows:
             try:
@@ -190,7 +194,11 @@ class SqlTrafficStore:
             .order_by(t.c.operation, t.c.version)
         )
         async with self.engine.connect() as conn:
-            return [(str(op), int(v), int(n)) for op, v, n in (await conn.execute(stmt)).all()]
+            try:
+                rows = (await conn.execute(stmt)).all()
+            except DBAPIError as exc:
+                raise _read_error(exc) from exc
+        return [(str(op), int(v), int(n)) for op, v, n in rows]
 
     async def delete_before(self, when: datetime) -> int:
         """See `TrafficStore.delete_before`."""
@@ -200,3 +208,11 @@ class SqlTrafficStore:
                 delete(traffic_table).where(traffic_table.c.recorded_at < when)
             )
         return int(result.rowcount or 0)
+
+
+def _read_error(exc: DBAPIError) -> TrafficStoreError:
+    return TrafficStoreError(
+        f"cannot read the cs_traffic table ({type(exc.orig).__name__}: {exc.orig}); create it with "
+        "SqlTrafficStore.create_all() or add traffic_metadata to your Alembic migrations",
+        details={"table": "cs_traffic"},
+    )
