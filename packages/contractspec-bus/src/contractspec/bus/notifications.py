@@ -341,6 +341,9 @@ class _Checker:
                     f"{attr!r} is not allowed; use the |format filter or string concatenation (~)",
                     getattr_node,
                 )
+        for flt in ast.find_all(nodes.Filter):
+            if flt.name == "attr":
+                raise self.fail("the attr filter is not allowed; use dotted access", flt)
         for getitem in ast.find_all(nodes.Getitem):
             arg = getitem.arg
             if (
@@ -393,9 +396,11 @@ class _Checker:
             if info is None:
                 return  # a loop or set variable: not checkable statically
             model_attrs = [root, *attrs]
-        self._walk(self.payload, model_attrs, node)
+        self._walk(self.payload, model_attrs, node, ".".join(chain))
 
-    def _walk(self, model: type[BaseModel], attrs: list[str], node: nodes.Node) -> None:
+    def _walk(
+        self, model: type[BaseModel], attrs: list[str], node: nodes.Node, written: str
+    ) -> None:
         current = [model]
         path: list[str] = []
         for attr in attrs:
@@ -404,7 +409,7 @@ class _Checker:
             if not matches:
                 known = sorted({f for m in current for f in m.model_fields})
                 raise self.fail(
-                    f"{'.'.join(path)!s} does not exist in {model.__name__}; "
+                    f"{written}: {'.'.join(path)} is not a field of {model.__name__}; "
                     f"known fields here: {', '.join(known) or 'none'}",
                     node,
                 )
