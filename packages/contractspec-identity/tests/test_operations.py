@@ -396,3 +396,22 @@ def test_membership_roles_must_be_role_names() -> None:
                 "updated_at": "2024-01-01T00:00:00Z",
             }
         )
+
+
+async def test_concurrent_departures_of_the_last_two_owners_leave_one(app: IdentityApp) -> None:
+    """Two owners leaving at once: the org lock serialises them, exactly one leaves, one owner stays."""
+    import asyncio
+
+    ada, acme = await founded(app)
+    bob = await app.member(acme, ada, "bob@example.com", "owner")
+    results = await asyncio.gather(
+        app.run("identity.org.leave", {}, as_user(ada, acme)),
+        app.run("identity.org.leave", {}, as_user(bob, acme)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["ConflictError", "RemovedMember"]
+    owners = await app.read(
+        lambda tx: app.store.list_memberships(tx, acme.id, role="owner", status=MembershipStatus.ACTIVE)
+    )
+    assert len(owners) == 1
+    assert app.identity.engine.role_of(acme.id, owners[0].user_id) == "owner"
