@@ -1,0 +1,941 @@
+"""`IntentAggregator`: unsampled per-minute counts and latency histograms, rolled into windows.
+
+Every sample lands in a one-minute bucket of its series (operation and tenant): a call count, an
+error count, error codes, and a latency histogram with DDSketch's logarithmic buckets (1 %
+relative accuracy, see `contractspec.evolution.sketch`). Minutes roll into tumbling windows of
+`window_minutes` (default 15) aligned on the Unix epoch. A window closes once the event-time
+watermark (the latest sample timestamp seen, or the time passed to `advance(now)`) is
+`lateness_minutes` past its end; its `WindowStats` (calls, error rate, p50/p95/p99 latency of
+successful calls, throughput) are kept for `history_windows` windows, per tenant and for all
+tenants together (`org_id == ALL_TENANTS`). Samples older than the oldest open window are counted
+in `late_samples` and dropped, as in any watermark-based stream processor.
+
+Per-minute call and error counts are kept for `counter_minutes` (default 6 hours), which is what
+the SLO burn-rate alerts read. Recent operation sequences are kept per trace in a bounded LRU
+buffer (`max_traces` traces of at most `max_sequence_length` operations).
+
+Ingestion is vectorised: `ingest(TelemetryBatch)` encodes (minute, operation, tenant, failed,
+bucket) into one integer key per sample and counts distinct keys with one `np.unique`; the
+`TelemetrySink.record(sample)` path buffers samples and ingests them in batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from attrs import define, field
+
+from contractspec.core import ConfigurationError, TelemetrySample
+from contractspec.evolution.sketch import (
+    DEFAULT_MAPPING,
+    LogBucketMapping,
+    dense_quantiles,
+    grouped_quantiles,
+)
+from contractspec.evolution.telemetry import TelemetryBatch
+
+__all__ = [
+    "ALL_TENANTS",
+    "QUANTILES",
+    "IntentAggregator",
+    "MinuteCounts",
+    "TelemetryBucket",
+    "WindowStats",
+]
+
+_log = structlog.get_logger(__name__)
+
+#: `org_id` of the roll-up over every tenant of an operation.
+ALL_TENANTS: Final = "*"
+#: The latency quantiles every window reports.
+QUANTILES: Final = (0.5, 0.95, 0.99)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_I64 = npt.NDArray[np.int64]
+
+
+def _minute_dt(minute: int) -> datetime:
+    return _EPOCH + timedelta(minutes=int(minute))
+
+
+@define(frozen=True)
+class WindowStats:
+    """Statistics of one operation (for one tenant, or all) over one closed window.
+
+    Attributes:
+        operation: Operation name.
+        org_id: Tenant id, `None` for calls without a tenant, or `ALL_TENANTS` (`"*"`).
+        start, end: UTC window bounds (`end` exclusive).
+        calls: Number of calls (unsampled).
+        errors: Number of failed calls.
+        p50_ms, p95_ms, p99_ms: Latency quantiles of the *successful* calls in milliseconds
+            (DDSketch, 1 % relative accuracy; NaN when no call succeeded).
+        error_codes: Failed calls per error code.
+    """
+
+    operation: str
+    org_id: str | None
+    start: datetime
+    end: datetime
+    calls: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    error_codes: Mapping[str, int] = field(factory=dict)
+
+    @property
+    def minutes(self) -> float:
+        """Window length in minutes."""
+        return (self.end - self.start).total_seconds() / 60.0
+
+    @property
+    def error_rate(self) -> float:
+        """`errors / calls` (0.0 without calls)."""
+        return self.errors / self.calls if self.calls else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        """`1 - error_rate` (1.0 without calls)."""
+        return 1.0 - self.error_rate
+
+    @property
+    def throughput_per_min(self) -> float:
+        """Calls per minute over the window."""
+        return self.calls / self.minutes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (NaN quantiles become `None`)."""
+
+        def num(x: float) -> float | None:
+            return None if math.isnan(x) else round(x, 6)
+
+        return {
+            "operation": self.operation,
+            "org_id": self.org_id,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "calls": self.calls,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "throughput_per_min": self.throughput_per_min,
+            "p50_ms": num(self.p50_ms),
+            "p95_ms": num(self.p95_ms),
+            "p99_ms": num(self.p99_ms),
+            "error_codes": dict(self.error_codes),
+        }
+
+
+@define(frozen=True)
+class MinuteCounts:
+    """Per-minute calls and errors of one series, oldest first (for burn rates and throughput).
+
+    Attributes:
+        minutes: UTC minute starts as epoch minutes (`int64`).
+        calls: Calls per minute.
+        errors: Failed calls per minute.
+    """
+
+    minutes: _I64
+    calls: _I64
+    errors: _I64
+
+    def totals(self, since_minute: int, until_minute: int) -> tuple[int, int]:
+        """`(calls, errors)` over epoch minutes `[since_minute, until_minute)`."""
+        mask = (self.minutes >= since_minute) & (self.minutes < until_minute)
+        return int(self.calls[mask].sum()), int(self.errors[mask].sum())
+
+
+@define(frozen=True)
+class TelemetryBucket:
+    """One minute of one series: the persisted form (`cs_evolution_telemetry_buckets`).
+
+    Attributes:
+        minute: UTC start of the minute.
+        operation: Operation name.
+        org_id: Tenant (`None` for no tenant).
+        calls, errors: Counts.
+        histogram: Latency histogram of successful calls, `{bucket index: count}`.
+        error_histogram: Latency histogram of failed calls.
+        error_codes: Failed calls per error code.
+    """
+
+    minute: datetime
+    operation: str
+    org_id: str | None
+    calls: int
+    errors: int
+    histogram: Mapping[int, int]
+    error_histogram: Mapping[int, int] = field(factory=dict)
+    error_codes: Mapping[str, int] = field(factory=dict)
+
+
+class _Rows:
+    """A growing table of numpy columns, compacted (summed by key) on demand."""
+
+    __slots__ = ("chunks", "names")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.chunks: list[tuple[_I64, ...]] = []
+
+    def append(self, *cols: _I64) -> None:
+        if len(cols[0]):
+            self.chunks.append(cols)
+
+    def columns(self) -> tuple[_I64, ...]:
+        if not self.chunks:
+            return tuple(np.empty(0, dtype=np.int64) for _ in self.names)
+        if len(self.chunks) > 1:
+            self.chunks = [tuple(np.concatenate(c) for c in zip(*self.chunks, strict=True))]
+        return self.chunks[0]
+
+    def keep(self, mask: npt.NDArray[np.bool_]) -> None:
+        cols = self.columns()
+        self.chunks = [tuple(c[mask] for c in cols)] if len(cols[0]) else []
+
+    def __len__(self) -> int:
+        return sum(len(c[0]) for c in self.chunks)
+
+
+class _Windowed:
+    """`_Rows` split by window (the first column is the epoch minute)."""
+
+    __slots__ = ("names", "width", "windows")
+
+    def __init__(self, names: tuple[str, ...], width: int) -> None:
+        self.names = names
+        self.width = width
+        self.windows: dict[int, _Rows] = {}
+
+    def append(self, *cols: _I64) -> None:
+        """Append rows sorted by minute (as `np.unique` leaves them)."""
+        minute = cols[0]
+        if not len(minute):
+            return
+        first = int(minute[0]) - int(minute[0]) % self.width
+        last = int(minute[-1]) - int(minute[-1]) % self.width
+        edges = np.arange(first, last + self.width, self.width)
+        cuts = np.searchsorted(minute, edges[1:], side="left").tolist()
+        for w, a, b in zip(edges.tolist(), [0, *cuts], [*cuts, len(minute)], strict=True):
+            if b > a:
+                rows = self.windows.setdefault(w, _Rows(self.names))
+                rows.append(*(c[a:b] for c in cols))
+
+    def pop(self, window: int) -> tuple[_I64, ...]:
+        rows = self.windows.pop(window, None)
+        return rows.columns() if rows is not None else _Rows(self.names).columns()
+
+    def get(self, window: int) -> tuple[_I64, ...]:
+        rows = self.windows.get(window)
+        return rows.columns() if rows is not None else _Rows(self.names).columns()
+
+    def columns(self) -> tuple[_I64, ...]:
+        parts = [self.windows[w].columns() for w in sorted(self.windows)]
+        parts = [p for p in parts if len(p[0])]
+        if not parts:
+            return _Rows(self.names).columns()
+        return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+
+
+class _Chunk:
+    """Sorted unique histogram keys of one ingest, with the layout that encodes them.
+
+    `key = ((((minute - base) * n_ops + op) * n_orgs + org) * 2 + failed) * n_b + bucket`.
+    """
+
+    __slots__ = ("base", "counts", "keys", "n_ops", "n_orgs")
+
+    def __init__(self, keys: _I64, counts: _I64, base: int, n_ops: int, n_orgs: int) -> None:
+        self.keys = keys
+        self.counts = counts
+        self.base = base
+        self.n_ops = n_ops
+        self.n_orgs = n_orgs
+
+    def decode(self, n_b: int) -> tuple[_I64, ...]:
+        rest, b = np.divmod(self.keys, n_b)
+        rest, f = np.divmod(rest, 2)
+        rest, g = np.divmod(rest, self.n_orgs)
+        m, o = np.divmod(rest, self.n_ops)
+        return m + self.base, o, g, f, b, self.counts
+
+
+class _HistStore:
+    """Per-minute latency histograms of the open windows, as chunks of encoded keys."""
+
+    __slots__ = ("n_b", "width", "windows")
+
+    def __init__(self, width: int, n_b: int) -> None:
+        self.width = width
+        self.n_b = n_b
+        self.windows: dict[int, list[_Chunk]] = {}
+
+    def add(self, keys: _I64, counts: _I64, base: int, n_ops: int, n_orgs: int) -> None:
+        """Add sorted unique keys, split by window (keys are ordered by minute first)."""
+        if not len(keys):
+            return
+        stride = n_ops * n_orgs * 2 * self.n_b
+        first = int(keys[0]) // stride + base
+        last = int(keys[-1]) // stride + base
+        w0 = first - first % self.width
+        edges = list(range(w0 + self.width, last + 1, self.width))
+        cuts = np.searchsorted(keys, [(e - base) * stride for e in edges]).tolist()
+        starts = [w0, *edges]
+        for w, a, b in zip(starts, [0, *cuts], [*cuts, len(keys)], strict=True):
+            if b > a:
+                chunk = _Chunk(keys[a:b], counts[a:b], base, n_ops, n_orgs)
+                self.windows.setdefault(w, []).append(chunk)
+
+    def rows(self, window: int | None = None) -> tuple[_I64, ...]:
+        """Decoded `(minute, op, org, failed, bucket, count)` of one window (or all)."""
+        chunks = (
+            self.windows.get(window, [])
+            if window is not None
+            else [c for w in sorted(self.windows) for c in self.windows[w]]
+        )
+        parts = [c.decode(self.n_b) for c in chunks]
+        if not parts:
+            return tuple(np.empty(0, dtype=np.int64) for _ in range(6))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+
+    def minute_cells(self, window: int) -> tuple[_I64, ...]:
+        """Per-minute `(minute, op, org, calls, errors)` of one window (unsorted, may repeat)."""
+        parts: list[tuple[_I64, ...]] = []
+        n_b = self.n_b
+        for c in self.windows.get(window, []):
+            cell = c.keys // (2 * n_b)
+            failed = (c.keys // n_b) & 1
+            first = int(cell[0])
+            size = int(cell[-1]) - first + 1
+            if size <= 4 * len(cell) + 1024:
+                calls = np.bincount(cell - first, weights=c.counts, minlength=size)
+                errors = np.bincount(cell - first, weights=c.counts * failed, minlength=size)
+                uniq = np.flatnonzero(calls)
+                calls, errors, uniq = calls[uniq], errors[uniq], uniq + first
+            else:
+                uniq, inv = np.unique(cell, return_inverse=True)
+                calls = np.bincount(inv, weights=c.counts)
+                errors = np.bincount(inv, weights=c.counts * failed)
+            rest, g = np.divmod(uniq, c.n_orgs)
+            m, o = np.divmod(rest, c.n_ops)
+            parts.append((m + c.base, o, g, calls.astype(np.int64), errors.astype(np.int64)))
+        if not parts:
+            return tuple(np.empty(0, dtype=np.int64) for _ in range(5))
+        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+    def merged(self, window: int, n_ops: int, n_orgs: int) -> tuple[_I64, _I64]:
+        """The window's minutes merged: `(key, count)` with `key = ((op * n_orgs + org) * 2 +
+        failed) * n_b + bucket` in the current layout, sorted and unique."""
+        chunks = self.windows.get(window, [])
+        per_minute = n_ops * n_orgs * 2 * self.n_b
+        keys: list[_I64] = []
+        for c in chunks:
+            if c.n_ops == n_ops and c.n_orgs == n_orgs:
+                keys.append(c.keys % per_minute)
+            else:  # the layout grew since this chunk was encoded: re-encode it
+                _m, o, g, f, b, _n = c.decode(self.n_b)
+                keys.append(((o * n_orgs + g) * 2 + f) * self.n_b + b)
+        if not keys:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
+        key = np.concatenate(keys) if len(keys) > 1 else keys[0]
+        count = np.concatenate([c.counts for c in chunks]) if len(chunks) > 1 else chunks[0].counts
+        if per_minute <= 4 * len(key) and per_minute <= 1 << 23:
+            dense = np.bincount(key, weights=count, minlength=per_minute)
+            uniq = np.flatnonzero(dense)
+            return uniq, dense[uniq].astype(np.int64)
+        uniq, inv = np.unique(key, return_inverse=True)
+        return uniq, np.bincount(inv, weights=count).astype(np.int64)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+
+
+class IntentAggregator:
+    """Unsampled telemetry aggregation (a core `TelemetrySink`): minutes → windows per series.
+
+    Args:
+        window_minutes: Window length in minutes (default 15); windows are aligned on the epoch.
+        lateness_minutes: How long after its end a window waits for late samples (default 1).
+        history_windows: Closed windows kept per series (default 96 = one day of 15-minute windows).
+        counter_minutes: Minutes of per-minute counts kept for burn-rate alerts (default 360).
+        mapping: Histogram bucket mapping (default 1 % relative accuracy).
+        max_traces: Traces whose operation sequence is kept (LRU, default 10,000).
+        max_sequence_length: Operations kept per trace (most recent, default 16).
+        buffer_size: Samples buffered by `record()` before they are ingested (default 4096).
+
+    Raises:
+        ConfigurationError: A size is not a positive integer.
+
+    Example:
+        ```python
+        aggregator = IntentAggregator(window_minutes=15)
+        executor = Executor(registry, telemetry=aggregator)
+        ...
+        closed = aggregator.advance(clock.now())      # WindowStats of every window that closed
+        ```
+    """
+
+    def __init__(
+        self,
+        *,
+        window_minutes: int = 15,
+        lateness_minutes: int = 1,
+        history_windows: int = 96,
+        counter_minutes: int = 360,
+        mapping: LogBucketMapping = DEFAULT_MAPPING,
+        max_traces: int = 10_000,
+        max_sequence_length: int = 16,
+        buffer_size: int = 4096,
+    ) -> None:
+        for name, value in (
+            ("window_minutes", window_minutes),
+            ("history_windows", history_windows),
+            ("counter_minutes", counter_minutes),
+            ("max_traces", max_traces),
+            ("max_sequence_length", max_sequence_length),
+            ("buffer_size", buffer_size),
+        ):
+            _check_positive(name, value)
+        if (
+            isinstance(lateness_minutes, bool)
+            or not isinstance(lateness_minutes, int)
+            or lateness_minutes < 0
+        ):
+            raise ConfigurationError(
+                f"lateness_minutes must be a non-negative integer, got {lateness_minutes!r}"
+            )
+        self.window_minutes = window_minutes
+        self.lateness_minutes = lateness_minutes
+        self.history_windows = history_windows
+        self.counter_minutes = counter_minutes
+        self.mapping = mapping
+        self.max_traces = max_traces
+        self.max_sequence_length = max_sequence_length
+        self.buffer_size = buffer_size
+        self._ops: dict[str, int] = {}
+        self._op_names: list[str] = []
+        self._orgs: dict[str | None, int] = {}
+        self._org_names: list[str | None] = []
+        self._codes: dict[str, int] = {}
+        self._code_names: list[str] = []
+        # open minutes: latency histograms and error codes
+        self._hist = _HistStore(window_minutes, mapping.bucket_count)
+        self._errs = _Windowed(("minute", "op", "org", "code", "count"), window_minutes)
+        # closed minutes: counters for burn rates
+        self._counters = _Rows(("minute", "op", "org", "calls", "errors"))
+        self._open_from: int | None = None  # first epoch minute of the oldest open window
+        self._watermark: int | None = None  # latest epoch minute seen
+        self._history: dict[tuple[str, str | None], list[WindowStats]] = {}
+        self._closed: list[WindowStats] = []
+        self._traces: OrderedDict[str, list[str]] = OrderedDict()
+        self._buffer: list[TelemetrySample] = []
+        self._last_seen: _I64 = np.empty(0, dtype=np.int64)
+        self.late_samples = 0
+        self.dropped_samples = 0
+        self.samples = 0
+
+    # -- interning ----------------------------------------------------------------------------
+
+    def _intern_ops(self, names: Sequence[str]) -> _I64:
+        out = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            code = self._ops.get(name)
+            if code is None:
+                code = self._ops[name] = len(self._op_names)
+                self._op_names.append(name)
+            out[i] = code
+        return out
+
+    def _intern_orgs(self, names: Sequence[str | None]) -> _I64:
+        out = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            code = self._orgs.get(name)
+            if code is None:
+                code = self._orgs[name] = len(self._org_names)
+                self._org_names.append(name)
+            out[i] = code
+        return out
+
+    def _intern_codes(self, names: Sequence[str]) -> _I64:
+        out = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            code = self._codes.get(name)
+            if code is None:
+                code = self._codes[name] = len(self._code_names)
+                self._code_names.append(name)
+            out[i] = code
+        return out
+
+    # -- the TelemetrySink port ---------------------------------------------------------------
+
+    def record(self, sample: TelemetrySample) -> None:
+        """Accept one sample (core's `TelemetrySink` port): buffered, never raises.
+
+        A sample with a naive timestamp or a negative or non-finite duration is dropped and
+        counted in `dropped_samples`.
+        """
+        try:
+            if (
+                sample.timestamp.tzinfo is None
+                or not math.isfinite(sample.duration_ms)
+                or sample.duration_ms < 0
+                or not sample.operation
+            ):
+                self.dropped_samples += 1
+                return
+            self._buffer.append(sample)
+            if len(self._buffer) >= self.buffer_size:
+                self.flush()
+        except Exception:  # a sink must not raise into the executor
+            self.dropped_samples += 1
+            _log.exception("evolution.telemetry_record_failed")
+
+    def flush(self) -> None:
+        """Ingest the samples buffered by `record()` (reads call it first)."""
+        if not self._buffer:
+            return
+        samples, self._buffer = self._buffer, []
+        self.ingest(TelemetryBatch.from_samples(samples))
+
+    # -- columnar ingestion -------------------------------------------------------------------
+
+    def ingest(self, batch: TelemetryBatch) -> int:
+        """Add a batch of samples; windows whose watermark passed are closed.
+
+        Args:
+            batch: Columns of samples (validated by `TelemetryBatch.from_arrays`).
+
+        Returns:
+            The number of samples accepted (late ones are counted in `late_samples`).
+        """
+        n = len(batch)
+        if n == 0:
+            return 0
+        minute = np.floor(batch.timestamp_s * (1.0 / 60.0)).astype(np.int64)
+        op = self._intern_ops(batch.operations)[batch.operation]
+        org = self._intern_orgs(batch.orgs)[batch.org]
+        failed = ~batch.success
+        bucket = self.mapping.index(batch.duration_ms)
+        error = batch.error
+        if batch.trace_ids is not None:
+            self._track(batch.trace_ids, batch.timestamp_s, op)
+        if self._open_from is not None:
+            late = minute < self._open_from
+            n_late = int(late.sum())
+            if n_late:
+                self.late_samples += n_late
+                keep = ~late
+                minute, op, org, failed, bucket, error = (
+                    minute[keep], op[keep], org[keep], failed[keep], bucket[keep], error[keep]
+                )  # fmt: skip
+        accepted = int(minute.shape[0])
+        if accepted:
+            self._add_hist(minute, op, org, failed.astype(np.int64), bucket)
+            has_code = error >= 0
+            if has_code.any():
+                codes = self._intern_codes(batch.error_codes)[error[has_code]]
+                self._add_errs(minute[has_code], op[has_code], org[has_code], codes)
+            top = int(minute.max())
+            if self._watermark is None or top > self._watermark:
+                self._watermark = top
+            if self._open_from is None:
+                self._open_from = self._window_start(int(minute.min()))
+            self.samples += accepted
+            self._close_until(self._watermark)
+        return accepted
+
+    def _add_hist(self, minute: _I64, op: _I64, org: _I64, failed: _I64, bucket: _I64) -> None:
+        base = int(minute.min())
+        span = int(minute.max()) - base + 1
+        n_ops, n_orgs, n_b = len(self._op_names), len(self._org_names), self.mapping.bucket_count
+        if span * n_ops * n_orgs * 2 * n_b >= 2**62:  # split so the key fits in 63 bits
+            mid = base + span // 2
+            low = minute < mid
+            self._add_hist(minute[low], op[low], org[low], failed[low], bucket[low])
+            high = ~low
+            self._add_hist(minute[high], op[high], org[high], failed[high], bucket[high])
+            return
+        key = minute - base
+        key *= n_ops
+        key += op
+        key *= n_orgs
+        key += org
+        key *= 2
+        key += failed
+        key *= n_b
+        key += bucket
+        uniq, counts = np.unique(key, return_counts=True)
+        self._hist.add(uniq, counts.astype(np.int64), base, n_ops, n_orgs)
+
+    def _add_errs(self, minute: _I64, op: _I64, org: _I64, code: _I64) -> None:
+        base = int(minute.min())
+        n_ops, n_orgs, n_c = len(self._op_names), len(self._org_names), len(self._code_names)
+        key = (((minute - base) * n_ops + op) * n_orgs + org) * n_c + code
+        uniq, counts = np.unique(key, return_counts=True)
+        rest, c = np.divmod(uniq, n_c)
+        rest, g = np.divmod(rest, n_orgs)
+        m, o = np.divmod(rest, n_ops)
+        self._errs.append(m + base, o, g, c, counts.astype(np.int64))
+
+    def _track(self, traces: Sequence[str | None], ts: npt.NDArray[np.float64], op: _I64) -> None:
+        order = np.argsort(ts, kind="stable")
+        names = self._op_names
+        for i in order.tolist():
+            trace = traces[i]
+            if trace is None:
+                continue
+            seq = self._traces.get(trace)
+            if seq is None:
+                seq = self._traces[trace] = []
+                if len(self._traces) > self.max_traces:
+                    self._traces.popitem(last=False)
+            else:
+                self._traces.move_to_end(trace)
+            seq.append(names[int(op[i])])
+            if len(seq) > self.max_sequence_length:
+                del seq[0]
+
+    # -- buckets (persistence and multi-process aggregation) -----------------------------------
+
+    def buckets(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[TelemetryBucket]:
+        """The open minutes as `TelemetryBucket`s (to persist them, or to merge elsewhere).
+
+        Args:
+            since, until: Optional UTC bounds on the minute start (`until` exclusive).
+
+        Returns:
+            One bucket per minute and series, ordered by minute, operation and tenant.
+        """
+        self.flush()
+        minute, op, org, failed, bucket, count = self._hist.rows()
+        mask = np.ones(len(minute), dtype=np.bool_)
+        if since is not None:
+            mask &= minute >= _epoch_minute(since)
+        if until is not None:
+            mask &= minute < _epoch_minute(until)
+        out: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for m, o, g, f, b, c in zip(
+            minute[mask].tolist(), op[mask].tolist(), org[mask].tolist(),
+            failed[mask].tolist(), bucket[mask].tolist(), count[mask].tolist(), strict=True,
+        ):  # fmt: skip
+            cell = out.setdefault((m, o, g), {"ok": {}, "err": {}, "codes": {}})
+            hist = cell["err" if f else "ok"]
+            hist[b] = hist.get(b, 0) + c
+        em, eo, eg, ec, en = self._errs.columns()
+        for m, o, g, c, k in zip(
+            em.tolist(), eo.tolist(), eg.tolist(), ec.tolist(), en.tolist(), strict=True
+        ):
+            found = out.get((m, o, g))
+            if found is not None:
+                name = self._code_names[c]
+                found["codes"][name] = found["codes"].get(name, 0) + k
+        result = []
+        for (m, o, g), cell in sorted(out.items()):
+            errors = sum(cell["err"].values())
+            result.append(
+                TelemetryBucket(
+                    minute=_minute_dt(m),
+                    operation=self._op_names[o],
+                    org_id=self._org_names[g],
+                    calls=sum(cell["ok"].values()) + errors,
+                    errors=errors,
+                    histogram=dict(sorted(cell["ok"].items())),
+                    error_histogram=dict(sorted(cell["err"].items())),
+                    error_codes=dict(sorted(cell["codes"].items())),
+                )
+            )
+        return result
+
+    def ingest_buckets(self, buckets: Iterable[TelemetryBucket]) -> int:
+        """Merge persisted or remote minutes (histograms add exactly).
+
+        Returns:
+            The number of samples the buckets represent that were accepted.
+
+        Raises:
+            ConfigurationError: A bucket index is outside this aggregator's mapping.
+        """
+        rows: list[tuple[int, str, str | None, int, int, int]] = []
+        errs: list[tuple[int, str, str | None, str, int]] = []
+        for bk in buckets:
+            m = _epoch_minute(bk.minute)
+            for flag, hist in ((0, bk.histogram), (1, bk.error_histogram)):
+                for b, c in hist.items():
+                    if not 0 <= int(b) < self.mapping.bucket_count:
+                        raise ConfigurationError(
+                            f"bucket index {b} of {bk.operation} is outside the mapping "
+                            f"(0..{self.mapping.bucket_count - 1}); use the same LogBucketMapping "
+                            "on every process"
+                        )
+                    rows.append((m, bk.operation, bk.org_id, flag, int(b), int(c)))
+            errs.extend(
+                (m, bk.operation, bk.org_id, code, int(c)) for code, c in bk.error_codes.items()
+            )
+        if not rows:
+            return 0
+        rows.sort(key=lambda r: r[0])
+        errs.sort(key=lambda e: e[0])
+        ops = self._intern_ops([r[1] for r in rows])
+        orgs = self._intern_orgs([r[2] for r in rows])
+        minute = np.asarray([r[0] for r in rows], dtype=np.int64)
+        count = np.asarray([r[5] for r in rows], dtype=np.int64)
+        keep = (
+            minute >= self._open_from if self._open_from is not None else np.ones(len(rows), bool)
+        )
+        self.late_samples += int(count[~keep].sum())
+        failed = np.asarray([r[3] for r in rows], dtype=np.int64)
+        bucket = np.asarray([r[4] for r in rows], dtype=np.int64)
+        if keep.any():
+            km = minute[keep]
+            base = int(km.min())
+            n_ops, n_orgs, n_b = (
+                len(self._op_names),
+                len(self._org_names),
+                self.mapping.bucket_count,
+            )
+            key = (
+                (((km - base) * n_ops + ops[keep]) * n_orgs + orgs[keep]) * 2 + failed[keep]
+            ) * n_b
+            key += bucket[keep]
+            uniq, inv = np.unique(key, return_inverse=True)
+            summed = np.bincount(inv, weights=count[keep]).astype(np.int64)
+            self._hist.add(uniq, summed, base, n_ops, n_orgs)
+        if errs:
+            em = np.asarray([e[0] for e in errs], dtype=np.int64)
+            ek = em >= self._open_from if self._open_from is not None else np.ones(len(errs), bool)
+            self._errs.append(
+                em[ek],
+                self._intern_ops([e[1] for e in errs])[ek],
+                self._intern_orgs([e[2] for e in errs])[ek],
+                self._intern_codes([e[3] for e in errs])[ek],
+                np.asarray([e[4] for e in errs], dtype=np.int64)[ek],
+            )
+        accepted = int(count[keep].sum())
+        if accepted:
+            top = int(minute[keep].max())
+            if self._watermark is None or top > self._watermark:
+                self._watermark = top
+            if self._open_from is None:
+                self._open_from = self._window_start(int(minute[keep].min()))
+            self.samples += accepted
+            self._close_until(self._watermark)
+        return accepted
+
+    # -- windows --------------------------------------------------------------------------------
+
+    def _window_start(self, minute: int) -> int:
+        return minute - minute % self.window_minutes
+
+    def advance(self, now: datetime) -> list[WindowStats]:
+        """Move the watermark to `now` (quiet periods) and close every window that is due.
+
+        Returns:
+            Every window closed since the last `pop_closed()` (see there).
+        """
+        self.flush()
+        minute = _epoch_minute(now)
+        if self._watermark is None or minute > self._watermark:
+            self._watermark = minute
+        if self._open_from is None:
+            self._open_from = self._window_start(minute)
+        self._close_until(self._watermark)
+        return list(self._closed)
+
+    def pop_closed(self) -> list[WindowStats]:
+        """Windows closed since the last call, ordered by window start, operation and tenant."""
+        self.flush()
+        closed, self._closed = self._closed, []
+        return closed
+
+    def _close_until(self, watermark: int) -> None:
+        assert self._open_from is not None
+        while self._open_from + self.window_minutes + self.lateness_minutes <= watermark:
+            self._close_window(self._open_from)
+            self._open_from += self.window_minutes
+
+    def _close_window(self, start: int) -> None:
+        end = start + self.window_minutes
+        stats = self._window_stats(start, end)
+        m, o, g, calls, errors = self._hist.minute_cells(start)
+        self._hist.windows.pop(start, None)
+        self._errs.pop(start)
+        if len(m):
+            self._counters.append(m, o, g, calls, errors)
+            if len(self._last_seen) < len(self._op_names):
+                grown = np.full(len(self._op_names), -1, dtype=np.int64)
+                grown[: len(self._last_seen)] = self._last_seen
+                self._last_seen = grown
+            np.maximum.at(self._last_seen, o, m)
+        cm = self._counters.columns()[0]
+        if len(cm) and int(cm.min()) < end - self.counter_minutes:
+            self._counters.keep(cm >= end - self.counter_minutes)
+        for st in stats:
+            hist = self._history.setdefault((st.operation, st.org_id), [])
+            hist.append(st)
+            if len(hist) > self.history_windows:
+                del hist[0]
+        self._closed.extend(stats)
+
+    def _window_stats(self, start: int, end: int) -> list[WindowStats]:
+        n_ops, n_orgs, n_b = len(self._op_names), len(self._org_names), self.mapping.bucket_count
+        uniq, merged = self._hist.merged(start, n_ops, n_orgs)
+        if not len(uniq):
+            return []
+        errs = self._errs.get(start)
+        rest, b = np.divmod(uniq, n_b)
+        series, f = np.divmod(rest, 2)
+        ok = f == 0
+        calls_by = np.bincount(series, weights=merged, minlength=n_ops * n_orgs)
+        errors_by = np.bincount(series, weights=merged * f, minlength=n_ops * n_orgs)
+        q_ids, _totals, q_values = grouped_quantiles(
+            series[ok], b[ok], merged[ok], QUANTILES, self.mapping, presorted=True
+        )
+        q_index = {int(i): k for k, i in enumerate(q_ids.tolist())}
+        # every tenant together: dense (operation x bucket) histograms
+        o_all = series // n_orgs
+        all_hist = np.bincount(
+            o_all[ok] * n_b + b[ok], weights=merged[ok], minlength=n_ops * n_b
+        ).reshape(n_ops, n_b)
+        all_q = dense_quantiles(all_hist, QUANTILES, self.mapping)
+        all_calls = np.bincount(o_all, weights=merged, minlength=n_ops)
+        all_errors = np.bincount(o_all, weights=merged * f, minlength=n_ops)
+        codes = self._window_codes(errs, n_orgs)
+        t0, t1 = _minute_dt(start), _minute_dt(end)
+        out = []
+        nan3 = (math.nan, math.nan, math.nan)
+        for o in np.flatnonzero(all_calls).tolist():
+            p = all_q[o]
+            out.append(
+                WindowStats(
+                    operation=self._op_names[o], org_id=ALL_TENANTS, start=t0, end=t1,
+                    calls=int(all_calls[o]), errors=int(all_errors[o]),
+                    p50_ms=float(p[0]), p95_ms=float(p[1]), p99_ms=float(p[2]),
+                    error_codes=codes.get((o, -1), {}),
+                )
+            )  # fmt: skip
+        for sid in np.flatnonzero(calls_by).tolist():
+            o, g = divmod(sid, n_orgs)
+            qk = q_index.get(sid)
+            p50, p95, p99 = (float(v) for v in q_values[qk]) if qk is not None else nan3
+            out.append(
+                WindowStats(
+                    operation=self._op_names[o], org_id=self._org_names[g], start=t0, end=t1,
+                    calls=int(calls_by[sid]), errors=int(errors_by[sid]),
+                    p50_ms=p50, p95_ms=p95, p99_ms=p99, error_codes=codes.get((o, g), {}),
+                )
+            )  # fmt: skip
+        out.sort(key=lambda st: (st.operation, st.org_id != ALL_TENANTS, st.org_id or ""))
+        return out
+
+    def _window_codes(
+        self, errs: tuple[_I64, ...], n_orgs: int
+    ) -> dict[tuple[int, int], dict[str, int]]:
+        _em, eo, eg, ec, en = errs
+        out: dict[tuple[int, int], dict[str, int]] = {}
+        for o, g, c, k in zip(eo.tolist(), eg.tolist(), ec.tolist(), en.tolist(), strict=True):
+            name = self._code_names[c]
+            for cell in ((o, g), (o, -1)):
+                codes = out.setdefault(cell, {})
+                codes[name] = codes.get(name, 0) + k
+        return {
+            cell: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for cell, v in out.items()
+        }
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @property
+    def operations(self) -> list[str]:
+        """Every operation seen, in order of first appearance."""
+        self.flush()
+        return list(self._op_names)
+
+    @property
+    def watermark(self) -> datetime | None:
+        """Start of the latest minute seen (or passed to `advance`)."""
+        return None if self._watermark is None else _minute_dt(self._watermark)
+
+    def history(self, operation: str, org_id: str | None = ALL_TENANTS) -> list[WindowStats]:
+        """Closed windows of one series, oldest first (at most `history_windows`)."""
+        self.flush()
+        return list(self._history.get((operation, org_id), ()))
+
+    def series(self) -> list[tuple[str, str | None]]:
+        """Every `(operation, org_id)` with closed windows (`org_id` may be `ALL_TENANTS`)."""
+        self.flush()
+        return sorted(self._history, key=lambda k: (k[0], k[1] != ALL_TENANTS, k[1] or ""))
+
+    def open_stats(self) -> list[WindowStats]:
+        """Statistics of the current open window(s) so far (partial windows)."""
+        self.flush()
+        if self._open_from is None or self._watermark is None:
+            return []
+        out: list[WindowStats] = []
+        start = self._open_from
+        while start <= self._watermark:
+            out.extend(self._window_stats(start, start + self.window_minutes))
+            start += self.window_minutes
+        return out
+
+    def minute_counts(self, operation: str, org_id: str | None = ALL_TENANTS) -> MinuteCounts:
+        """Per-minute calls and errors of a series (closed and open minutes), oldest first."""
+        self.flush()
+        op_code = self._ops.get(operation)
+        empty = np.empty(0, dtype=np.int64)
+        if op_code is None or (org_id != ALL_TENANTS and org_id not in self._orgs):
+            return MinuteCounts(empty, empty, empty)
+        cm, co, cg, cc, ce = self._counters.columns()
+        hm, ho, hg, hf, _hb, hc = self._hist.rows()
+        sel_c = co == op_code
+        sel_h = ho == op_code
+        if org_id != ALL_TENANTS:
+            g = self._orgs[org_id]
+            sel_c &= cg == g
+            sel_h &= hg == g
+        minutes = np.concatenate([cm[sel_c], hm[sel_h]])
+        calls = np.concatenate([cc[sel_c], hc[sel_h]])
+        errors = np.concatenate([ce[sel_c], hc[sel_h] * hf[sel_h]])
+        if not len(minutes):
+            return MinuteCounts(empty, empty, empty)
+        uniq, inv = np.unique(minutes, return_inverse=True)
+        return MinuteCounts(
+            uniq,
+            np.bincount(inv, weights=calls).astype(np.int64),
+            np.bincount(inv, weights=errors).astype(np.int64),
+        )
+
+    def sequences(self) -> list[tuple[str, ...]]:
+        """The operation sequence of every buffered trace (oldest trace first)."""
+        self.flush()
+        return [tuple(seq) for seq in self._traces.values()]
+
+    def last_seen(self) -> dict[str, datetime]:
+        """Start of the last minute with a call, per operation (sorted by name)."""
+        self.flush()
+        seen: dict[int, int] = {o: int(m) for o, m in enumerate(self._last_seen.tolist()) if m >= 0}
+        minute, op = self._hist.rows()[:2]
+        for o in np.unique(op).tolist():
+            seen[o] = max(seen.get(o, -1), int(minute[op == o].max()))
+        return {
+            self._op_names[o]: _minute_dt(m)
+            for o, m in sorted(seen.items(), key=lambda kv: self._op_names[kv[0]])
+        }
+
+
+def _epoch_minute(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ConfigurationError(f"datetimes must be timezone-aware (UTC), got naive {when!r}")
+    return math.floor(when.timestamp() / 60.0)
