@@ -15,7 +15,7 @@ from contractspec.growth.bucketing import (
     in_namespace,
 )
 from contractspec.growth.conditions import eval_condition
-from contractspec.growth.gbcompat import query_string_override, run_experiment
+from contractspec.growth.gbcompat import eval_feature, query_string_override, run_experiment
 from contractspec.growth.hashing import bucket_hash, bucket_hash_many
 
 
@@ -95,3 +95,17 @@ def test_get_query_string_override(case: list[Any]) -> None:
     """`?<key>=<n>` forces variation n only for plain in-range indexes."""
     _, key, url, num_variations, expected = case
     assert query_string_override(key, url, num_variations) == expected
+
+
+@pytest.mark.parametrize("case", params("feature"))
+def test_feature(case: list[Any]) -> None:
+    """GrowthBook feature payloads evaluate to GrowthBook's exact result documents."""
+    _, context, key, expected = case
+    assert eval_feature(context, key).to_dict() == expected
+
+
+@pytest.mark.parametrize("case", params("contextualBandit"))
+def test_contextual_bandit(case: list[Any]) -> None:
+    """Contextual-bandit rules route by the first matching leaf and report its weights."""
+    _, context, key, expected = case
+    assert eval_feature(context, key).to_dict() == expected

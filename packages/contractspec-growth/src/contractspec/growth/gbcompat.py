@@ -34,6 +34,17 @@ __all__ = ["RunResult", "query_string_override", "run_experiment"]
 _DIGITS = re.compile(r"[0-9]+")
 
 
+def js_truthy(value: Any) -> bool:
+    """JavaScript truthiness of a JSON value (`[]` and `{}` are true, `0`, `""`, `null` false)."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == value and value != 0  # NaN is falsy
+    if isinstance(value, str):
+        return value != ""
+    return True
+
+
 @define(frozen=True)
 class RunResult:
     """GrowthBook's experiment result.
@@ -46,6 +57,13 @@ class RunResult:
         hash_attribute: Attribute used.
         hash_value: Its value (`""` when missing).
         bucket: The subject's bucket, when computed.
+        key: The variation's key (`meta[i].key`, else the index as a string).
+        name: The variation's name from `meta`, if any.
+        passthrough: The variation is a passthrough (a holdout): feature rules go on.
+        feature_id: The feature whose rule ran the experiment, if any.
+        leaf_id: Contextual bandit leaf that set the weights (-1: the rule's own weights).
+        variation_weights: Contextual bandit weights used.
+        bandit_version: Contextual bandit model version.
     """
 
     value: Any
@@ -55,6 +73,85 @@ class RunResult:
     hash_attribute: str
     hash_value: Any
     bucket: float | None = None
+    key: str = "0"
+    name: str | None = None
+    passthrough: bool = False
+    feature_id: str | None = None
+    leaf_id: int | None = None
+    variation_weights: list[float] | None = None
+    bandit_version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """GrowthBook's JSON form of the result (optional keys only when set)."""
+        out: dict[str, Any] = {
+            "featureId": self.feature_id,
+            "value": self.value,
+            "variationId": self.variation_id,
+            "inExperiment": self.in_experiment,
+            "hashUsed": self.hash_used,
+            "hashAttribute": self.hash_attribute,
+            "hashValue": self.hash_value,
+            "key": self.key,
+            "stickyBucketUsed": False,
+        }
+        if self.bucket is not None:
+            out["bucket"] = self.bucket
+        if self.name:
+            out["name"] = self.name
+        if self.passthrough:
+            out["passthrough"] = True
+        if self.leaf_id is not None:
+            out["leafId"] = self.leaf_id
+        if self.variation_weights is not None:
+            out["variationWeights"] = self.variation_weights
+        if self.bandit_version is not None:
+            out["banditVersion"] = self.bandit_version
+        return out
+
+
+@define(frozen=True)
+class FeatureResult:
+    """GrowthBook's feature result.
+
+    Attributes:
+        value: The feature's value (`None` when unknown or blocked).
+        source: `unknownFeature`, `defaultValue`, `force`, `experiment`, `prerequisite` or
+            `cyclicPrerequisite`.
+        rule_id: Id of the rule that decided (`""` when none).
+        experiment: The experiment document an experiment rule ran.
+        experiment_result: Its result.
+    """
+
+    value: Any
+    source: str
+    rule_id: str = ""
+    experiment: dict[str, Any] | None = None
+    experiment_result: RunResult | None = None
+
+    @property
+    def on(self) -> bool:
+        """JavaScript truthiness of the value."""
+        return js_truthy(self.value)
+
+    @property
+    def off(self) -> bool:
+        """The opposite of `on`."""
+        return not self.on
+
+    def to_dict(self) -> dict[str, Any]:
+        """GrowthBook's JSON form of the result."""
+        out: dict[str, Any] = {
+            "value": self.value,
+            "on": self.on,
+            "off": self.off,
+            "source": self.source,
+            "ruleId": self.rule_id,
+        }
+        if self.experiment is not None:
+            out["experiment"] = self.experiment
+        if self.experiment_result is not None:
+            out["experimentResult"] = self.experiment_result.to_dict()
+        return out
 
 
 def query_string_override(key: str, url: str, num_variations: int) -> int | None:
@@ -92,12 +189,29 @@ def _result(
     attribute: str,
     hash_value: Any,
     bucket: float | None = None,
+    feature_id: str | None = None,
 ) -> RunResult:
     variations = experiment["variations"]
     if not 0 <= index < len(variations):
         index, in_experiment = 0, False
+    metas = experiment.get("meta") or ()
+    meta: Mapping[str, Any] = metas[index] if index < len(metas) else {}
+    bandit = experiment.get("contextualBandit") if hash_used and in_experiment else None
     return RunResult(
-        variations[index], index, in_experiment, hash_used, attribute, hash_value, bucket
+        variations[index],
+        index,
+        in_experiment,
+        hash_used,
+        attribute,
+        hash_value,
+        bucket,
+        key=meta.get("key") or str(index),
+        name=meta.get("name"),
+        passthrough=bool(meta.get("passthrough")),
+        feature_id=feature_id,
+        leaf_id=None if bandit is None else bandit["leafId"],
+        variation_weights=None if bandit is None else bandit["variationWeights"],
+        bandit_version=None if bandit is None else bandit.get("banditVersion"),
     )
 
 
@@ -114,73 +228,168 @@ def _filtered_out(context: Mapping[str, Any], filters: Sequence[Mapping[str, Any
     return False
 
 
-def _prerequisites_pass(
+def _prerequisites(
     context: Mapping[str, Any], parents: Sequence[Mapping[str, Any]], stack: frozenset[str]
-) -> bool:
+) -> str:
+    """`pass`, `fail` (skip the rule), `gate` (block the feature) or `cyclic`."""
     for parent in parents:
-        value, cyclic = _feature_value(context, parent["id"], stack)
-        if cyclic:
-            return False
-        if not eval_condition(
-            {"value": value}, parent.get("condition") or {}, context.get("savedGroups")
+        parent_id = parent.get("id")
+        if parent_id is None:
+            continue
+        result = _eval_feature(context, parent_id, stack)
+        if result.source == "cyclicPrerequisite":
+            return "cyclic"
+        condition = parent.get("condition")
+        if condition is None:
+            continue
+        if not eval_condition({"value": result.value}, condition, context.get("savedGroups")):
+            return "gate" if parent.get("gate") else "fail"
+    return "pass"
+
+
+def _included_in_rollout(context: Mapping[str, Any], key: str, rule: Mapping[str, Any]) -> bool:
+    coverage, bucket_range = rule.get("coverage"), rule.get("range")
+    if coverage is None and bucket_range is None:
+        return True
+    if coverage == 0 and bucket_range is None:
+        return False
+    _, value = _hash_value(context, rule.get("hashAttribute"))
+    hashed = hash_key(value)
+    version = rule.get("hashVersion") or 1
+    if hashed is None or version not in HASH_VERSIONS:
+        return False
+    n = bucket_hash(rule.get("seed") or key, hashed, version)
+    if bucket_range is not None:
+        return bool(bucket_range[0] <= n < bucket_range[1])
+    return bool(coverage is not None and n < coverage)
+
+
+#: Rule fields copied into the experiment an experiment rule runs (GrowthBook `evalFeature`).
+_EXPERIMENT_FIELDS = ("coverage", "weights", "hashAttribute", "fallbackAttribute",
+                      "disableStickyBucketing", "bucketVersion", "minBucketVersion", "namespace",
+                      "meta", "ranges", "name", "phase", "seed", "hashVersion", "filters",
+                      "condition")  # fmt: skip
+
+
+def _rule_experiment(key: str, rule: Mapping[str, Any], variations: list[Any]) -> dict[str, Any]:
+    experiment: dict[str, Any] = {"key": rule.get("key") or key, "variations": variations}
+    for name in _EXPERIMENT_FIELDS:
+        value = rule.get(name)
+        if name in ("coverage", "bucketVersion", "minBucketVersion"):
+            if value is not None:
+                experiment[name] = value
+        elif js_truthy(value):
+            experiment[name] = value
+    return experiment
+
+
+def _apply_contextual_bandit(
+    context: Mapping[str, Any], experiment: dict[str, Any], reference: str
+) -> None:
+    """Put the matching leaf's weights on the experiment (or report the fallback leaf -1)."""
+    definition = (context.get("contextualBandits") or {}).get(reference)
+    if definition is None:
+        return  # a dangling reference runs as a plain experiment
+    if not isinstance(definition, Mapping):
+        definition = {}
+    n = len(experiment["variations"])
+    leaf = None
+    for candidate in definition.get("contexts") or ():
+        if eval_condition(
+            context.get("attributes") or {},
+            candidate.get("condition") or {},
+            context.get("savedGroups"),
         ):
-            return False
-    return True
+            leaf = candidate
+            break
+    weights = None if leaf is None else leaf.get("weights")
+    leaf_id = None if leaf is None else leaf.get("leafId")
+    valid_weights = get_bucket_ranges(n, 1.0, weights) if weights is not None else None
+    if (
+        weights is not None
+        and valid_weights is not None
+        and [b - a for a, b in valid_weights] == list(weights)
+        and isinstance(leaf_id, int)
+        and not isinstance(leaf_id, bool)
+    ):
+        experiment["weights"] = list(weights)
+        bandit: dict[str, Any] = {"leafId": leaf_id, "variationWeights": list(weights)}
+    else:
+        ranges = get_bucket_ranges(n, 1.0, experiment.get("weights"))
+        bandit = {"leafId": -1, "variationWeights": [b - a for a, b in ranges]}
+    version = definition.get("banditVersion")
+    if isinstance(version, int) and not isinstance(version, bool):
+        bandit["banditVersion"] = version
+    experiment["contextualBandit"] = bandit
 
 
-def _feature_value(
-    context: Mapping[str, Any], key: str, stack: frozenset[str] = frozenset()
-) -> tuple[Any, bool]:
-    """`(value, cyclic)` of a feature of `context["features"]` (prerequisite evaluation)."""
+def eval_feature(context: Mapping[str, Any], key: str) -> FeatureResult:
+    """Evaluate one feature of `context["features"]` like GrowthBook's `evalFeature`.
+
+    Rules run in order: parent conditions (prerequisites), condition, filters, then a force rule
+    (with its coverage or range) or an experiment rule (including contextual-bandit rules, whose
+    matching leaf sets the weights); the first that applies decides, else the default value.
+
+    Args:
+        context: GrowthBook's context: `attributes`, `features`, and optionally `savedGroups`,
+            `forcedVariations`, `qaMode`, `enabled`, `url`, `contextualBandits`.
+        key: The feature key.
+
+    Returns:
+        The `FeatureResult` (`to_dict()` gives GrowthBook's JSON form).
+    """
+    return _eval_feature(context, key, frozenset())
+
+
+def _eval_feature(context: Mapping[str, Any], key: str, stack: frozenset[str]) -> FeatureResult:
+    features = context.get("features") or {}
+    if key not in features:
+        return FeatureResult(None, "unknownFeature")
     if key in stack:
-        return None, True
+        return FeatureResult(None, "cyclicPrerequisite")
     stack = stack | {key}
-    feature = (context.get("features") or {}).get(key)
-    if feature is None:
-        return None, False
-    groups = context.get("savedGroups")
+    feature = features[key] or {}
     attributes = context.get("attributes") or {}
     for rule in feature.get("rules") or ():
         parents = rule.get("parentConditions")
         if parents:
-            gates_ok = _prerequisites_pass(context, parents, stack)
-            if not gates_ok:
-                if any(p.get("gate") for p in parents):
-                    return None, False
+            verdict = _prerequisites(context, parents, stack)
+            if verdict == "gate":
+                return FeatureResult(None, "prerequisite")
+            if verdict == "cyclic":
+                return FeatureResult(None, "cyclicPrerequisite")
+            if verdict == "fail":
                 continue
-        if rule.get("condition") is not None and not eval_condition(
-            attributes, rule["condition"], groups
+        if rule.get("condition") and not eval_condition(
+            attributes, rule["condition"], context.get("savedGroups")
         ):
             continue
         if rule.get("filters") and _filtered_out(context, rule["filters"]):
             continue
         if "force" in rule:
-            coverage, bucket_range = rule.get("coverage"), rule.get("range")
-            if coverage is not None or bucket_range is not None:
-                _, value = _hash_value(context, rule.get("hashAttribute"))
-                hashed = hash_key(value)
-                version = rule.get("hashVersion", 1)
-                if hashed is None or version not in HASH_VERSIONS:
-                    continue
-                n = bucket_hash(rule.get("seed", key), hashed, version)
-                if bucket_range is not None:
-                    if not bucket_range[0] <= n < bucket_range[1]:
-                        continue
-                elif not n < coverage:
-                    continue
-            return rule["force"], False
-        if "variations" in rule:
-            experiment = {"key": rule.get("key", key), **rule}
-            result = run_experiment(context, experiment, _stack=stack)
-            if result.in_experiment:
-                return result.value, False
-    return feature.get("defaultValue"), False
+            if not _included_in_rollout(context, key, rule):
+                continue
+            return FeatureResult(rule["force"], "force", rule.get("id") or "")
+        variations = rule.get("contextualVariations", rule.get("variations"))
+        if variations is None:
+            continue
+        experiment = _rule_experiment(key, rule, list(variations))
+        if rule.get("contextualBanditRef"):
+            _apply_contextual_bandit(context, experiment, rule["contextualBanditRef"])
+        result = run_experiment(context, experiment, feature_id=key, _stack=stack)
+        if "contextualBandit" in experiment and not (result.hash_used and result.in_experiment):
+            del experiment["contextualBandit"]
+        if not result.in_experiment or result.passthrough:
+            continue
+        return FeatureResult(result.value, "experiment", rule.get("id") or "", experiment, result)
+    return FeatureResult(feature.get("defaultValue"), "defaultValue")
 
 
 def run_experiment(
     context: Mapping[str, Any],
     experiment: Mapping[str, Any],
     *,
+    feature_id: str | None = None,
     _stack: frozenset[str] = frozenset(),
 ) -> RunResult:
     """Run one GrowthBook experiment document for one context, like `growthbook.run(experiment)`.
@@ -189,6 +398,7 @@ def run_experiment(
         context: GrowthBook's context: `attributes`, and optionally `enabled`, `url`,
             `forcedVariations`, `qaMode`, `savedGroups`, `features`.
         experiment: The experiment document (GrowthBook's JSON field names).
+        feature_id: The feature running it (reported in the result).
 
     Returns:
         The `RunResult`.
@@ -197,47 +407,61 @@ def run_experiment(
     variations = experiment["variations"]
     attribute, hash_value = _hash_value(context, experiment.get("hashAttribute"))
     if len(variations) < 2 or context.get("enabled") is False:
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     forced_by_url = query_string_override(key, context.get("url") or "", len(variations))
     if forced_by_url is not None:
-        return _result(experiment, forced_by_url, True, False, attribute, hash_value)
+        return _result(
+            experiment, forced_by_url, True, False, attribute, hash_value, feature_id=feature_id
+        )
     forced = (context.get("forcedVariations") or {}).get(key)
     if forced is not None:
-        return _result(experiment, forced, True, False, attribute, hash_value)
+        return _result(
+            experiment, forced, True, False, attribute, hash_value, feature_id=feature_id
+        )
     if experiment.get("active") is False or experiment.get("status") == "draft":
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     hashed = hash_key(hash_value)
     if hashed is None:
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     filters = experiment.get("filters")
     if filters:
         if _filtered_out(context, filters):
-            return _result(experiment, 0, False, False, attribute, hash_value)
+            return _result(
+                experiment, 0, False, False, attribute, hash_value, feature_id=feature_id
+            )
     elif experiment.get("namespace") is not None and not in_namespace(
         hashed,
         tuple(experiment["namespace"]),
     ):
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     condition = experiment.get("condition")
     if condition is not None and not eval_condition(
         context.get("attributes") or {}, condition, context.get("savedGroups")
     ):
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     parents = experiment.get("parentConditions")
-    if parents and not _prerequisites_pass(context, parents, _stack):
-        return _result(experiment, 0, False, False, attribute, hash_value)
+    if parents and _prerequisites(context, parents, _stack) != "pass":
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     version = experiment.get("hashVersion", 1)
     if version not in HASH_VERSIONS:
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     n = bucket_hash(experiment.get("seed", key), hashed, version)
     ranges = experiment.get("ranges") or get_bucket_ranges(
         len(variations), experiment.get("coverage", 1.0), experiment.get("weights")
     )
     index = choose_variation(n, [tuple(r) for r in ranges])
     if index < 0:
-        return _result(experiment, 0, False, False, attribute, hash_value)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
     if experiment.get("force") is not None:
-        return _result(experiment, experiment["force"], True, False, attribute, hash_value)
+        return _result(
+            experiment,
+            experiment["force"],
+            True,
+            False,
+            attribute,
+            hash_value,
+            feature_id=feature_id,
+        )
     if context.get("qaMode"):
-        return _result(experiment, 0, False, False, attribute, hash_value)
-    return _result(experiment, index, True, True, attribute, hash_value, n)
+        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
+    return _result(experiment, index, True, True, attribute, hash_value, n, feature_id)
