@@ -126,15 +126,14 @@ def test_record_buffers_until_buffer_size() -> None:
 def test_columnar_and_record_paths_agree() -> None:
     """ingest(TelemetryBatch) and record() produce identical windows."""
     rng = np.random.default_rng(5)
-    samples = []
-    for i in range(400):
-        samples.append(
-            sample(
-                f"crm.op{i % 3}.run", at=float(rng.uniform(0, 1800)),
-                duration_ms=float(rng.lognormal(2, 1)), success=bool(rng.random() > 0.1),
-                org_id=f"org-{i % 4}",
-            )
-        )  # fmt: skip
+    samples = [
+        sample(
+            f"crm.op{i % 3}.run", at=float(rng.uniform(0, 1800)),
+            duration_ms=float(rng.lognormal(2, 1)), success=bool(rng.random() > 0.1),
+            org_id=f"org-{i % 4}",
+        )
+        for i in range(400)
+    ]  # fmt: skip
     a = IntentAggregator(window_minutes=10)
     feed(a, samples)
     b = IntentAggregator(window_minutes=10)
