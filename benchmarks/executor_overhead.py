@@ -23,7 +23,6 @@ from contractspec.core import (
     Actor,
     CallContext,
     Executor,
-    HandlerCtx,
     MemoryTelemetrySink,
     RolePermissions,
     SpecRegistry,
@@ -85,7 +84,9 @@ async def main() -> None:
 
     def fresh() -> Executor:
         return Executor(
-            registry, policy=RolePermissions({"shopper": ["cart.*"]}), telemetry=MemoryTelemetrySink(max_samples=N)
+            registry,
+            policy=RolePermissions({"shopper": ["cart.*"]}),
+            telemetry=MemoryTelemetrySink(max_samples=N),
         )
 
     raw = {"sku": "A-1", "qty": 3}
@@ -98,10 +99,14 @@ async def main() -> None:
         full.append(await pipeline(fresh(), raw, ctx, N))
         base.append(await bare(raw, N))
     f, b = statistics.median(full), statistics.median(base)
-    print(f"executor_overhead  python {sys.version.split()[0]}  {ROUNDS} rounds x {N:,} calls (median)")
+    print(
+        f"executor_overhead  python {sys.version.split()[0]}  {ROUNDS} rounds x {N:,} calls (median)"
+    )
     print(f"  bare model_validate + handler : {b:>12,.0f} executions/s  ({1e6 / b:6.2f} us/call)")
     print(f"  full pipeline (memory ports)  : {f:>12,.0f} executions/s  ({1e6 / f:6.2f} us/call)")
-    print(f"  ratio bare/pipeline           : {b / f:>12.2f}x   (goal < 3x; pipeline goal >= 50,000/s)")
+    print(
+        f"  ratio bare/pipeline           : {b / f:>12.2f}x   (goal < 3x; pipeline goal >= 50,000/s)"
+    )
 
 
 if __name__ == "__main__":

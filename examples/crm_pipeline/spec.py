@@ -169,20 +169,17 @@ operations = (
 
 registry = SpecRegistry(company_entity, contact_entity, deal_entity, task_entity, *operations)
 registry.register(deal_created, deal_moved, task_completed)
-for _spec, _handler in [
-    (create_company, handlers.create_company),
-    (create_contact, handlers.create_contact),
-    (search_contacts, handlers.search_contacts),
-    (create_deal, handlers.create_deal),
-    (update_deal, handlers.update_deal),
-    (move_deal, handlers.move_deal),
-    (search_deals, handlers.search_deals),
-    (pipeline_board, handlers.board),
-    (create_task, handlers.create_task),
-    (complete_task, handlers.complete_task),
-    (report_summary, handlers.summary),
-]:
-    registry.bind(_spec, _handler)
+registry.bind(create_company, handlers.create_company)
+registry.bind(create_contact, handlers.create_contact)
+registry.bind(search_contacts, handlers.search_contacts)
+registry.bind(create_deal, handlers.create_deal)
+registry.bind(update_deal, handlers.update_deal)
+registry.bind(move_deal, handlers.move_deal)
+registry.bind(search_deals, handlers.search_deals)
+registry.bind(pipeline_board, handlers.board)
+registry.bind(create_task, handlers.create_task)
+registry.bind(complete_task, handlers.complete_task)
+registry.bind(report_summary, handlers.summary)
 registry.validate(require_handlers=True)
 
 #: Role → permission patterns of the CRM. Apps with contractspec-identity use its PolicyEngine instead.

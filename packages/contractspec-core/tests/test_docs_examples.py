@@ -26,6 +26,8 @@ def test_python_blocks_run(page: str) -> None:
     sys.modules[module.__name__] = module  # pydantic resolves annotations through the module
     try:
         for number, code in enumerate(blocks, start=1):
-            exec(compile(code, f"{page}[block {number}]", "exec", dont_inherit=True), module.__dict__)
+            exec(
+                compile(code, f"{page}[block {number}]", "exec", dont_inherit=True), module.__dict__
+            )
     finally:
         del sys.modules[module.__name__]
