@@ -350,3 +350,22 @@ async def test_complete_many_completes_held_jobs_and_reports_lost_ones(
     )
     assert await queue.complete_many([]) == []
     assert await queue.counts() == counts(succeeded=1, running=1, cancelled=1)
+
+
+async def test_heartbeat_many_extends_held_leases_and_reports_lost_ones(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """heartbeat_many extends every held lease and returns the ids no longer held."""
+    ids = [await queue.enqueue("mail.send", {"to": f"u{i}@x.io"}) for i in range(3)]
+    leased = await queue.lease(worker_id="w", limit=3, queues=["default"])
+    held = [(j.id, j.lease_token or "") for j in leased]
+    await queue.cancel(ids[1])
+    clock.advance(20)
+    lost = await queue.heartbeat_many(
+        [*held[:2], (ids[2], "stale")], lease_for=timedelta(seconds=30)
+    )
+    assert lost == [ids[1], ids[2]]
+    kept = await queue.get(ids[0])
+    assert kept is not None
+    assert kept.leased_until == T0 + timedelta(seconds=50)
+    assert await queue.heartbeat_many([], lease_for=timedelta(seconds=30)) == []

@@ -194,6 +194,16 @@ class MemoryJobQueue:
         self._jobs[job_id] = evolve(job, leased_until=self.clock.now() + lease_for)
         return True
 
+    async def heartbeat_many(
+        self, held: Sequence[tuple[str, str]], *, lease_for: timedelta
+    ) -> builtins.list[str]:
+        """Extend several leases; returns the ids that were lost."""
+        return [
+            job_id
+            for job_id, token in held
+            if not await self.heartbeat(job_id, token, lease_for=lease_for)
+        ]
+
     async def complete(self, job_id: str, lease_token: str, result: Any = None) -> None:
         """Mark the job succeeded."""
         job = self._held(job_id, lease_token)

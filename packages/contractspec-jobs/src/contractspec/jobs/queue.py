@@ -181,6 +181,12 @@ class JobQueue(Protocol):
         """Extend a lease; `False` when it was lost (expired and taken over, or cancelled)."""
         ...
 
+    async def heartbeat_many(
+        self, held: Sequence[tuple[str, str]], *, lease_for: timedelta
+    ) -> list[str]:
+        """Extend several leases (`(job_id, lease_token)` pairs); returns the ids that were lost."""
+        ...
+
     async def complete(self, job_id: str, lease_token: str, result: Any = None) -> None:
         """Mark a leased job succeeded with its JSON result.
 

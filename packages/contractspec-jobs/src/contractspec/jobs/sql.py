@@ -50,14 +50,11 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    cast,
-    column,
     delete,
     func,
     select,
     text,
     update,
-    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -224,6 +221,23 @@ _COMPLETE = (
     )
 )
 
+
+# One statement for any number of jobs (arrays, not a VALUES list), so it is prepared once.
+_COMPLETE_MANY = text(
+    "UPDATE cs_jobs SET status = 'succeeded', result = v.result, finished_at = :now, "
+    "leased_until = NULL, lease_token = NULL "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), "
+    "CAST(CAST(:results AS text[]) AS jsonb[])) AS v(id, token, result) "
+    "WHERE cs_jobs.id = v.id AND cs_jobs.lease_token = v.token AND cs_jobs.status = 'running' "
+    "RETURNING cs_jobs.id"
+).bindparams(bindparam("now", type_=UtcDateTime()))
+
+_HEARTBEAT_MANY = text(
+    "UPDATE cs_jobs SET leased_until = :until "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[])) AS v(id, token) "
+    "WHERE cs_jobs.id = v.id AND cs_jobs.lease_token = v.token AND cs_jobs.status = 'running' "
+    "RETURNING cs_jobs.id"
+).bindparams(bindparam("until", type_=UtcDateTime()))
 
 _lease_cache: dict[bool, Any] = {}
 
@@ -511,6 +525,27 @@ class SqlJobQueue:
         count = await self._write(stmt, {"b_id": job_id, "b_token": lease_token})
         return count == 1
 
+    async def heartbeat_many(
+        self, held: Sequence[tuple[str, str]], *, lease_for: timedelta
+    ) -> list[str]:
+        """Extend several leases in one statement; returns the ids that were lost."""
+        if not held:
+            return []
+        until = self.clock.now() + lease_for
+        if not self._pg:
+            return [
+                job_id
+                for job_id, token in held
+                if not await self.heartbeat(job_id, token, lease_for=lease_for)
+            ]
+        rows = await self._write(
+            _HEARTBEAT_MANY,
+            {"ids": [i for i, _ in held], "tokens": [t for _, t in held], "until": until},
+        )
+        assert isinstance(rows, builtins.list)
+        kept = {r[0] for r in rows}
+        return [job_id for job_id, _ in held if job_id not in kept]
+
     def _lost(self, job_id: str) -> LeaseLostError:
         return LeaseLostError(
             f"job {job_id!r} is no longer held by this lease (it expired and was taken over, or "
@@ -557,26 +592,14 @@ class SqlJobQueue:
                 await tx.rollback()
                 raise
             return lost
-        data = [(job_id, token, json.dumps(result)) for job_id, token, result in done]
-        v = values(
-            column("id", String()),
-            column("token", String()),
-            column("result", Text()),
-            name="v",
-        ).data(data)
-        stmt = (
-            update(jobs_table)
-            .where(_J.id == v.c.id, _J.lease_token == v.c.token, _J.status == "running")
-            .values(
-                status="succeeded",
-                result=cast(v.c.result, postgresql.JSONB),
-                finished_at=now,
-                leased_until=None,
-                lease_token=None,
-            )
-            .returning(_J.id)
-        )
-        rows = await self._write(stmt)
+        params = {
+            "ids": [job_id for job_id, _, _ in done],
+            "tokens": [token for _, token, _ in done],
+            "results": [json.dumps(result) for _, _, result in done],
+            "now": now,
+        }
+        stmt = _COMPLETE_MANY
+        rows = await self._write(stmt, params)
         assert isinstance(rows, builtins.list)
         got = {r[0] for r in rows}
         return [job_id for job_id, _, _ in done if job_id not in got]
@@ -789,29 +812,43 @@ class SqlJobQueue:
     async def _wait_notify(self, max_wait: float) -> None:
         async with self._listen_lock:
             if self._listener is None:
-                conn = await self.engine.connect()
-                try:
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.exec_driver_sql(f"LISTEN {NOTIFY_CHANNEL}")
-                except BaseException:
-                    await conn.close()
-                    raise
-                self._listener = conn
-            raw = await self._listener.get_raw_connection()
+                # Shielded: a cancelled wait must not strand a half-opened connection.
+                await asyncio.shield(self._open_listener())
+            listener = self._listener
+            assert listener is not None
+            raw = await listener.get_raw_connection()
             driver: Any = raw.driver_connection
             if self._local.is_set():
                 self._local.clear()
                 return
-            async for _ in driver.notifies(timeout=max_wait, stop_after=1):
-                break
+            try:
+                async for _ in driver.notifies(timeout=max_wait, stop_after=1):
+                    break
+            except asyncio.CancelledError:
+                # The generator was interrupted mid-read: the connection's state is unknown.
+                await asyncio.shield(self._close_listener())
+                raise
+
+    async def _open_listener(self) -> None:
+        conn = await self.engine.connect()
+        try:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f"LISTEN {NOTIFY_CHANNEL}")
+        except BaseException:
+            await conn.invalidate()
+            await conn.close()
+            raise
+        self._listener = conn
 
     async def _close_listener(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None:
-            try:
-                await conn.exec_driver_sql(f"UNLISTEN {NOTIFY_CHANNEL}")
-            except Exception:  # the connection is already broken
-                await conn.invalidate()
+        if conn is None:
+            return
+        try:
+            await conn.exec_driver_sql(f"UNLISTEN {NOTIFY_CHANNEL}")
+        except Exception:  # the connection is broken: do not return it to the pool
+            await conn.invalidate()
+        finally:
             await conn.close()
 
     async def close(self) -> None:

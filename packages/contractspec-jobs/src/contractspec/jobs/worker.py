@@ -181,10 +181,6 @@ class WorkerStats:
     recovered: int = 0
 
 
-class _LeaseLost(Exception):
-    """Internal: the handler was cancelled because the lease was lost."""
-
-
 class Worker:
     """Runs jobs from a queue, `concurrency` at a time, until stopped.
 
@@ -258,7 +254,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
-        self._handler_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._lost: dict[str, bool] = {}
         self._completed: list[tuple[str, str, Any]] = []
         self._shutting_down = False
 
@@ -295,6 +291,7 @@ class Worker:
         log = _log.bind(worker_id=self.worker_id, queues=self.queues)
         log.info("contractspec.jobs.worker_started", concurrency=self.concurrency)
         next_recover = 0.0
+        beats = asyncio.create_task(self._heartbeats(log), name="contractspec.jobs.heartbeats")
         try:
             while not self._stop.is_set():
                 try:
@@ -329,8 +326,12 @@ class Worker:
                         continue
                 await self._wait_slot()
         finally:
-            await self._shutdown()
-            await self._flush_completed()
+            try:
+                await self._shutdown()
+                await self._flush_completed()
+            finally:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.queue.close()
@@ -341,23 +342,20 @@ class Worker:
         if self._completed:
             return  # results wait to be written: go round the loop now
         timeout = max(0.01, min(self.poll_interval, until_recover))
-        if self._running:
-            # Jobs are running: wake when one finishes (a slot) or when new jobs arrive.
-            waiter = asyncio.ensure_future(self.queue.wait_for_jobs(timeout))
-            slot = asyncio.ensure_future(self._slot_free.wait())
-            stop = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait({waiter, slot, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (waiter, slot, stop):
-                fut.cancel()
-            await asyncio.gather(waiter, slot, stop, return_exceptions=True)
-            self._slot_free.clear()
-            return
-        waiter = asyncio.ensure_future(self.queue.wait_for_jobs(timeout))
         stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for fut in (waiter, stop):
-            fut.cancel()
-        await asyncio.gather(waiter, stop, return_exceptions=True)
+        other: asyncio.Future[Any]
+        if self._running:
+            # Jobs are running: wake when one finishes (a free slot) or after the poll interval.
+            other = asyncio.ensure_future(self._slot_free.wait())
+        else:
+            other = asyncio.ensure_future(self.queue.wait_for_jobs(timeout))
+        try:
+            await asyncio.wait({other, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (other, stop):
+                fut.cancel()
+            await asyncio.gather(other, stop, return_exceptions=True)
+            self._slot_free.clear()
 
     async def _wait_slot(self) -> None:
         if self.concurrency - len(self._running) > 0:
@@ -370,6 +368,29 @@ class Worker:
         await asyncio.gather(slot, stop, return_exceptions=True)
         self._slot_free.clear()
         await asyncio.sleep(0)  # let other finishing jobs free their slots: lease in batches
+
+    async def _heartbeats(self, log: Any) -> None:
+        """Extend every held lease in one call per `heartbeat_every`; cancel runs whose lease is
+        gone (expired and taken over, or cancelled by an operator)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_every)
+            held = [
+                (job.id, job.lease_token or "")
+                for job, task in list(self._running.values())
+                if not task.done()
+            ]
+            if not held:
+                continue
+            try:
+                lost = await self.queue.heartbeat_many(held, lease_for=self.lease_for)
+            except Exception:  # a database hiccup: the next beat may succeed within the lease
+                log.warning("contractspec.jobs.heartbeat_failed", exc_info=True)
+                continue
+            for job_id in lost:
+                entry = self._running.get(job_id)
+                if entry is not None and not entry[1].done():
+                    self._lost[job_id] = True
+                    entry[1].cancel()
 
     async def _flush_completed(self) -> None:
         """Complete finished jobs in one statement (group commit of results)."""
@@ -403,8 +424,8 @@ class Worker:
         tasks = [t for _, t in self._running.values()]
         _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
         if pending:
-            for job_id in list(self._handler_tasks):
-                self._handler_tasks[job_id].cancel()
+            for task in pending:
+                task.cancel()
             await asyncio.wait(pending)
         self._shutting_down = False
 
@@ -435,29 +456,16 @@ class Worker:
             )
             return
         ctx = JobContext(job, spec, self.queue, self.worker_id)
-        handler_task = asyncio.create_task(self._call(fn, payload, ctx, spec.timeout))
-        self._handler_tasks[job.id] = handler_task
         try:
-            while True:
-                done, _ = await asyncio.wait({handler_task}, timeout=self.heartbeat_every)
-                if done:
-                    break
-                try:
-                    held = await self.queue.heartbeat(job.id, token, lease_for=self.lease_for)
-                except Exception:  # a database hiccup: keep running, the next beat may succeed
-                    log.warning("contractspec.jobs.heartbeat_failed", exc_info=True)
-                    continue
-                if not held:
-                    handler_task.cancel(_LeaseLost.__name__)
-                    await asyncio.gather(handler_task, return_exceptions=True)
-                    self.stats.lost += 1
-                    log.warning("contractspec.jobs.lease_lost")
-                    return
-        finally:
-            self._handler_tasks.pop(job.id, None)
-        try:
-            result = handler_task.result()
+            result = await self._call(fn, payload, ctx, spec.timeout)
         except asyncio.CancelledError:
+            if self._lost.pop(job.id, False):
+                # The heartbeat found the lease gone (expired and taken over, or cancelled).
+                self.stats.lost += 1
+                log.warning("contractspec.jobs.lease_lost")
+                return
+            if not self._shutting_down:
+                raise
             # Cancelled by shutdown after the grace period: give the job back unrun.
             try:
                 await self.queue.release(job.id, token)
