@@ -47,8 +47,12 @@ _log = structlog.get_logger(__name__)
 
 
 def message_to_envelope(message: OutboxMessage, registry: SpecRegistry | None) -> EventEnvelope:
-    """Rebuild the envelope of an outbox row (payload validated against the registry's spec)."""
-    headers = dict(message.headers)
+    """Rebuild the envelope of an outbox row (payload validated against the registry's spec).
+
+    Raises:
+        SpecValidationError: The stored payload does not match the registered event spec.
+    """
+    headers = message.headers
     return envelope_from_dict(
         {
             "id": message.id,

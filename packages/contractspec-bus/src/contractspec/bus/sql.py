@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from attrs import evolve
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -274,7 +273,9 @@ class _SqlStore:
 # --------------------------------------------------------------------------------------------
 
 
-def _message(row: Mapping[Any, Any]) -> OutboxMessage:
+def _message(
+    row: Mapping[Any, Any], *, attempts: int = 0, available_at: datetime | None = None
+) -> OutboxMessage:
     return OutboxMessage(
         position=int(row["position"]),
         id=row["id"],
@@ -286,8 +287,8 @@ def _message(row: Mapping[Any, Any]) -> OutboxMessage:
         headers=row["headers"],
         occurred_at=row["occurred_at"],
         status=row["status"],
-        attempts=int(row["attempts"]),
-        available_at=row["available_at"],
+        attempts=int(row["attempts"]) + attempts,
+        available_at=available_at or row["available_at"],
         delivered_at=row["delivered_at"],
         last_error=row["last_error"],
     )
@@ -334,7 +335,9 @@ class SqlOutboxStore(_SqlStore):
             if not rows:
                 await tx.rollback()
                 return []
-            candidates = [_message(r) for r in rows]
+            until = now + lease
+            # As they will be once leased (attempt counted, hidden until the lease ends).
+            candidates = [_message(r, attempts=1, available_at=until) for r in rows]
             keys = sorted({m.key for m in candidates if m.key is not None})
             queues: dict[str, list[int]] = {k: [] for k in keys}
             if keys:
@@ -351,7 +354,6 @@ class SqlOutboxStore(_SqlStore):
                 for row in pending.mappings():
                     queues[row["aggregate_key"]].append(int(row["position"]))
             accepted = accept_in_key_order(candidates, queues)
-            until = now + lease
             if accepted:
                 await tx.execute(
                     update(t)
@@ -363,7 +365,7 @@ class SqlOutboxStore(_SqlStore):
         except BaseException:
             await tx.rollback()
             raise
-        return [evolve(m, attempts=m.attempts + 1, available_at=until) for m in accepted]
+        return accepted
 
     async def mark_delivered(self, positions: Sequence[int], at: datetime) -> None:
         """Mark rows delivered (one statement)."""
