@@ -53,7 +53,7 @@ schema.app = build_app()
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_no_server_error_and_responses_conform(case: schemathesis.Case) -> None:
+def test_no_server_error_and_responses_conform(case: schemathesis.Case[Any]) -> None:
     """Generated and malformed inputs never give a 5xx or a response outside the schema."""
     # positive_data_acceptance is left out on purpose: JSON Schema cannot express a decimal's
     # max_digits/decimal_places for JSON numbers, so a schema-valid 1.005 is (rightly) a 422.
