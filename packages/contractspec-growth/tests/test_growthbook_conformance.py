@@ -15,7 +15,12 @@ from contractspec.growth.bucketing import (
     in_namespace,
 )
 from contractspec.growth.conditions import eval_condition
-from contractspec.growth.gbcompat import eval_feature, query_string_override, run_experiment
+from contractspec.growth.gbcompat import (
+    StickyBuckets,
+    eval_feature,
+    query_string_override,
+    run_experiment,
+)
 from contractspec.growth.hashing import bucket_hash, bucket_hash_many
 
 
@@ -109,3 +114,14 @@ def test_contextual_bandit(case: list[Any]) -> None:
     """Contextual-bandit rules route by the first matching leaf and report its weights."""
     _, context, key, expected = case
     assert eval_feature(context, key).to_dict() == expected
+
+
+@pytest.mark.parametrize("case", params("stickyBucket"))
+def test_sticky_bucket(case: list[Any]) -> None:
+    """Sticky buckets keep variations across bucket versions and attributes, like GrowthBook."""
+    _, context, docs, key, expected_result, expected_docs = case
+    sticky = StickyBuckets(docs)
+    result = eval_feature(context, key, sticky=sticky)
+    got = None if result.experiment_result is None else result.experiment_result.to_dict()
+    assert got == expected_result
+    assert sticky.docs_for(context["attributes"]) == expected_docs

@@ -29,7 +29,15 @@ from contractspec.growth.bucketing import choose_variation, get_bucket_ranges, i
 from contractspec.growth.conditions import eval_condition
 from contractspec.growth.hashing import HASH_VERSIONS, bucket_hash, hash_key
 
-__all__ = ["RunResult", "query_string_override", "run_experiment"]
+__all__ = [
+    "FeatureResult",
+    "RunResult",
+    "StickyBuckets",
+    "eval_feature",
+    "js_truthy",
+    "query_string_override",
+    "run_experiment",
+]
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -61,6 +69,7 @@ class RunResult:
         name: The variation's name from `meta`, if any.
         passthrough: The variation is a passthrough (a holdout): feature rules go on.
         feature_id: The feature whose rule ran the experiment, if any.
+        sticky_bucket_used: The variation came from a sticky-bucket document.
         leaf_id: Contextual bandit leaf that set the weights (-1: the rule's own weights).
         variation_weights: Contextual bandit weights used.
         bandit_version: Contextual bandit model version.
@@ -77,6 +86,7 @@ class RunResult:
     name: str | None = None
     passthrough: bool = False
     feature_id: str | None = None
+    sticky_bucket_used: bool = False
     leaf_id: int | None = None
     variation_weights: list[float] | None = None
     bandit_version: int | None = None
@@ -92,7 +102,7 @@ class RunResult:
             "hashAttribute": self.hash_attribute,
             "hashValue": self.hash_value,
             "key": self.key,
-            "stickyBucketUsed": False,
+            "stickyBucketUsed": self.sticky_bucket_used,
         }
         if self.bucket is not None:
             out["bucket"] = self.bucket
@@ -174,11 +184,84 @@ def query_string_override(key: str, url: str, num_variations: int) -> int | None
     return None
 
 
-def _hash_value(context: Mapping[str, Any], attribute: str | None) -> tuple[str, Any]:
+def _hash_value(
+    context: Mapping[str, Any], attribute: str | None, fallback: str | None = None
+) -> tuple[str, Any]:
     name = attribute or "id"
     attributes = context.get("attributes") or {}
     raw = attributes.get(name)
-    return name, (raw if hash_key(raw) is not None else "")
+    if hash_key(raw) is not None:
+        return name, raw
+    if fallback and hash_key(attributes.get(fallback)) is not None:
+        return fallback, attributes[fallback]
+    return name, ""
+
+
+class StickyBuckets:
+    """GrowthBook sticky-bucket assignment documents, kept in memory.
+
+    A document per identifying attribute value (`"id||u-1"`) maps `"<experiment>__<bucketVersion>"`
+    to the variation key a subject once got, so it keeps that variation when weights or coverage
+    change later. Persist `docs` wherever you like between requests.
+
+    Attributes:
+        docs: `{"<attribute>||<value>": {"attributeName", "attributeValue", "assignments"}}`.
+    """
+
+    def __init__(self, docs: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            self.save(doc)
+
+    @staticmethod
+    def doc_key(attribute: str, value: str) -> str:
+        """GrowthBook's document key: `"<attribute>||<value>"`."""
+        return f"{attribute}||{value}"
+
+    def load(self, attribute: str, value: str) -> dict[str, Any] | None:
+        """The document of one attribute value, or `None`."""
+        return self.docs.get(self.doc_key(attribute, value))
+
+    def docs_for(self, attributes: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The documents of one subject: those whose attribute has that value in `attributes`."""
+        return {
+            key: doc
+            for key, doc in self.docs.items()
+            if hash_key(attributes.get(doc["attributeName"])) == doc["attributeValue"]
+        }
+
+    def save(self, doc: Mapping[str, Any]) -> None:
+        """Store (replace) a document."""
+        key = self.doc_key(doc["attributeName"], doc["attributeValue"])
+        self.docs[key] = {
+            "attributeName": doc["attributeName"],
+            "attributeValue": doc["attributeValue"],
+            "assignments": dict(doc.get("assignments") or {}),
+        }
+
+
+def _sticky_variation(
+    sticky: StickyBuckets, context: Mapping[str, Any], experiment: Mapping[str, Any]
+) -> tuple[int, bool]:
+    """`(variation, blocked)` from stored assignments (GrowthBook `_getStickyBucketVariation`)."""
+    attributes = context.get("attributes") or {}
+    assignments: dict[str, Any] = {}
+    for name in (experiment.get("fallbackAttribute"), experiment.get("hashAttribute") or "id"):
+        value = hash_key(attributes.get(name)) if name else None
+        doc = sticky.load(name, value) if name and value is not None else None
+        if doc is not None:
+            assignments.update(doc["assignments"])  # the hash attribute's document wins
+    key = experiment["key"]
+    for version in range(experiment.get("minBucketVersion") or 0):
+        if f"{key}__{version}" in assignments:
+            return -1, True
+    stored = assignments.get(f"{key}__{experiment.get('bucketVersion') or 0}")
+    if stored is None:
+        return -1, False
+    for i, meta in enumerate(experiment.get("meta") or ()):
+        if meta.get("key") == stored:
+            return i, False
+    return -1, False
 
 
 def _result(
@@ -190,6 +273,7 @@ def _result(
     hash_value: Any,
     bucket: float | None = None,
     feature_id: str | None = None,
+    sticky_used: bool = False,
 ) -> RunResult:
     variations = experiment["variations"]
     if not 0 <= index < len(variations):
@@ -209,6 +293,7 @@ def _result(
         name=meta.get("name"),
         passthrough=bool(meta.get("passthrough")),
         feature_id=feature_id,
+        sticky_bucket_used=sticky_used,
         leaf_id=None if bandit is None else bandit["leafId"],
         variation_weights=None if bandit is None else bandit["variationWeights"],
         bandit_version=None if bandit is None else bandit.get("banditVersion"),
@@ -323,7 +408,9 @@ def _apply_contextual_bandit(
     experiment["contextualBandit"] = bandit
 
 
-def eval_feature(context: Mapping[str, Any], key: str) -> FeatureResult:
+def eval_feature(
+    context: Mapping[str, Any], key: str, *, sticky: StickyBuckets | None = None
+) -> FeatureResult:
     """Evaluate one feature of `context["features"]` like GrowthBook's `evalFeature`.
 
     Rules run in order: parent conditions (prerequisites), condition, filters, then a force rule
@@ -334,14 +421,20 @@ def eval_feature(context: Mapping[str, Any], key: str) -> FeatureResult:
         context: GrowthBook's context: `attributes`, `features`, and optionally `savedGroups`,
             `forcedVariations`, `qaMode`, `enabled`, `url`, `contextualBandits`.
         key: The feature key.
+        sticky: Sticky-bucket documents for experiment rules (see `run_experiment`).
 
     Returns:
         The `FeatureResult` (`to_dict()` gives GrowthBook's JSON form).
     """
-    return _eval_feature(context, key, frozenset())
+    return _eval_feature(context, key, frozenset(), sticky)
 
 
-def _eval_feature(context: Mapping[str, Any], key: str, stack: frozenset[str]) -> FeatureResult:
+def _eval_feature(
+    context: Mapping[str, Any],
+    key: str,
+    stack: frozenset[str],
+    sticky: StickyBuckets | None = None,
+) -> FeatureResult:
     features = context.get("features") or {}
     if key not in features:
         return FeatureResult(None, "unknownFeature")
@@ -376,7 +469,7 @@ def _eval_feature(context: Mapping[str, Any], key: str, stack: frozenset[str]) -
         experiment = _rule_experiment(key, rule, list(variations))
         if rule.get("contextualBanditRef"):
             _apply_contextual_bandit(context, experiment, rule["contextualBanditRef"])
-        result = run_experiment(context, experiment, feature_id=key, _stack=stack)
+        result = run_experiment(context, experiment, feature_id=key, sticky=sticky, _stack=stack)
         if "contextualBandit" in experiment and not (result.hash_used and result.in_experiment):
             del experiment["contextualBandit"]
         if not result.in_experiment or result.passthrough:
@@ -390,6 +483,7 @@ def run_experiment(
     experiment: Mapping[str, Any],
     *,
     feature_id: str | None = None,
+    sticky: StickyBuckets | None = None,
     _stack: frozenset[str] = frozenset(),
 ) -> RunResult:
     """Run one GrowthBook experiment document for one context, like `growthbook.run(experiment)`.
@@ -399,69 +493,87 @@ def run_experiment(
             `forcedVariations`, `qaMode`, `savedGroups`, `features`.
         experiment: The experiment document (GrowthBook's JSON field names).
         feature_id: The feature running it (reported in the result).
+        sticky: Sticky-bucket documents; with them a subject keeps its first variation, the
+            experiment's `fallbackAttribute` identifies subjects without the hash attribute, and
+            the documents are updated.
 
     Returns:
         The `RunResult`.
     """
     key: str = experiment["key"]
     variations = experiment["variations"]
-    attribute, hash_value = _hash_value(context, experiment.get("hashAttribute"))
+    sticky_on = sticky is not None and not experiment.get("disableStickyBucketing")
+    attribute, hash_value = _hash_value(
+        context,
+        experiment.get("hashAttribute"),
+        experiment.get("fallbackAttribute") if sticky_on else None,
+    )
+
+    def out(index: int, in_experiment: bool, hash_used: bool, bucket: float | None = None,
+            sticky_used: bool = False) -> RunResult:  # fmt: skip
+        return _result(experiment, index, in_experiment, hash_used, attribute, hash_value,
+                       bucket, feature_id, sticky_used)  # fmt: skip
+
     if len(variations) < 2 or context.get("enabled") is False:
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
+        return out(0, False, False)
     forced_by_url = query_string_override(key, context.get("url") or "", len(variations))
     if forced_by_url is not None:
-        return _result(
-            experiment, forced_by_url, True, False, attribute, hash_value, feature_id=feature_id
-        )
+        return out(forced_by_url, True, False)
     forced = (context.get("forcedVariations") or {}).get(key)
     if forced is not None:
-        return _result(
-            experiment, forced, True, False, attribute, hash_value, feature_id=feature_id
-        )
+        return out(forced, True, False)
     if experiment.get("active") is False or experiment.get("status") == "draft":
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
+        return out(0, False, False)
     hashed = hash_key(hash_value)
     if hashed is None:
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    filters = experiment.get("filters")
-    if filters:
-        if _filtered_out(context, filters):
-            return _result(
-                experiment, 0, False, False, attribute, hash_value, feature_id=feature_id
-            )
-    elif experiment.get("namespace") is not None and not in_namespace(
-        hashed,
-        tuple(experiment["namespace"]),
-    ):
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    condition = experiment.get("condition")
-    if condition is not None and not eval_condition(
-        context.get("attributes") or {}, condition, context.get("savedGroups")
-    ):
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    parents = experiment.get("parentConditions")
-    if parents and _prerequisites(context, parents, _stack) != "pass":
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    version = experiment.get("hashVersion", 1)
+        return out(0, False, False)
+    index, blocked = -1, False
+    if sticky_on:
+        assert sticky is not None
+        index, blocked = _sticky_variation(sticky, context, experiment)
+    found = index >= 0
+    if not found:
+        filters = experiment.get("filters")
+        if filters:
+            if _filtered_out(context, filters):
+                return out(0, False, False)
+        elif experiment.get("namespace") is not None and not in_namespace(
+            hashed, tuple(experiment["namespace"])
+        ):
+            return out(0, False, False)
+        condition = experiment.get("condition")
+        if condition is not None and not eval_condition(
+            context.get("attributes") or {}, condition, context.get("savedGroups")
+        ):
+            return out(0, False, False)
+        parents = experiment.get("parentConditions")
+        if parents and _prerequisites(context, parents, _stack) != "pass":
+            return out(0, False, False)
+    version = experiment.get("hashVersion") or 1
     if version not in HASH_VERSIONS:
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    n = bucket_hash(experiment.get("seed", key), hashed, version)
-    ranges = experiment.get("ranges") or get_bucket_ranges(
-        len(variations), experiment.get("coverage", 1.0), experiment.get("weights")
-    )
-    index = choose_variation(n, [tuple(r) for r in ranges])
-    if index < 0:
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    if experiment.get("force") is not None:
-        return _result(
-            experiment,
-            experiment["force"],
-            True,
-            False,
-            attribute,
-            hash_value,
-            feature_id=feature_id,
+        return out(0, False, False)
+    n = bucket_hash(experiment.get("seed") or key, hashed, version)
+    if not found:
+        ranges = experiment.get("ranges") or get_bucket_ranges(
+            len(variations), experiment.get("coverage", 1.0), experiment.get("weights")
         )
+        index = choose_variation(n, [tuple(r) for r in ranges])
+    if blocked:
+        return out(-1, False, False, sticky_used=True)
+    if index < 0:
+        return out(0, False, False)
+    if experiment.get("force") is not None:
+        return out(experiment["force"], True, False)
     if context.get("qaMode"):
-        return _result(experiment, 0, False, False, attribute, hash_value, feature_id=feature_id)
-    return _result(experiment, index, True, True, attribute, hash_value, n, feature_id)
+        return out(0, False, False)
+    result = out(index, True, True, n, found)
+    if sticky_on:
+        assert sticky is not None
+        value = hashed
+        doc = sticky.load(attribute, value) or {"assignments": {}}
+        assignments = {**doc["assignments"],
+                       f"{key}__{experiment.get('bucketVersion') or 0}": result.key}  # fmt: skip
+        if assignments != doc["assignments"]:
+            sticky.save({"attributeName": attribute, "attributeValue": value,
+                         "assignments": assignments})  # fmt: skip
+    return result
