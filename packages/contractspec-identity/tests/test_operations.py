@@ -411,7 +411,9 @@ async def test_concurrent_departures_of_the_last_two_owners_leave_one(app: Ident
     )
     assert sorted(type(r).__name__ for r in results) == ["ConflictError", "RemovedMember"]
     owners = await app.read(
-        lambda tx: app.store.list_memberships(tx, acme.id, role="owner", status=MembershipStatus.ACTIVE)
+        lambda tx: app.store.list_memberships(
+            tx, acme.id, role="owner", status=MembershipStatus.ACTIVE
+        )
     )
     assert len(owners) == 1
     assert app.identity.engine.role_of(acme.id, owners[0].user_id) == "owner"

@@ -208,6 +208,8 @@ def _discard(index: dict[Any, dict[str, Any]], outer: Any, inner: str) -> None:
 
 
 _EMPTY: Final[dict[str, Any]] = {}
+#: Marks an invited or suspended membership in the role index (grants nothing).
+_INACTIVE: Final = ""
 
 
 class _Rules:
@@ -256,7 +258,7 @@ class PolicyEngine:
     def __init__(self, model: AccessModel | None = None, *, clock: Clock | None = None) -> None:
         self.model = model if model is not None else AccessModel()
         self._clock: Clock = clock or SystemClock()
-        # org -> user -> role (active memberships only)
+        # org -> user -> role of an active membership, or "" for an invited or suspended one
         self._members: dict[str, dict[str, str]] = {}
         # org -> user -> membership (any status, for explanations)
         self._statuses: dict[str, dict[str, OrgMembership]] = {}
@@ -279,9 +281,9 @@ class PolicyEngine:
         if membership.status is MembershipStatus.ACTIVE:
             # one string object per role name keeps the role caches' key comparisons cheap
             role = self._role_names.setdefault(membership.role, membership.role)
-            self._members.setdefault(org, {})[user] = role
         else:
-            _discard(self._members, org, user)
+            role = _INACTIVE
+        self._members.setdefault(org, {})[user] = role
 
     def remove_membership(self, org_id: str, user_id: str) -> None:
         """Forget a membership (no-op if unknown)."""
@@ -340,7 +342,7 @@ class PolicyEngine:
 
     def role_of(self, org_id: str, user_id: str) -> str | None:
         """The role of an *active* member, or `None`."""
-        return self._members.get(org_id, {}).get(user_id)
+        return self._members.get(org_id, _EMPTY).get(user_id) or None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -378,7 +380,7 @@ class PolicyEngine:
             rules = self._rules_for(action)
         if bindings is None and platform is None and rules is _NO_RULES:
             # fast paths: only the membership role can decide
-            if role is not None:
+            if role:
                 cached = self._grant_cache.get(role, _EMPTY).get(action, _MISSING)
                 if cached is _MISSING:
                     cached = self._role_decision(role, action)
@@ -388,12 +390,14 @@ class PolicyEngine:
                 if denied is None:
                     denied = self._role_denial(role, action)
                 return denied
-            if org is not None and uid not in self._statuses.get(org, _EMPTY):
+            if role is None and org is not None:
                 outsider = self._outsiders.get(org)
                 if outsider is None:
                     outsider = self._outsider(org)
                 return outsider
-        return self._decide_full(subject, action, resource, ctx, role, bindings, platform, rules)
+        return self._decide_full(
+            subject, action, resource, ctx, role or None, bindings, platform, rules
+        )
 
     def check(
         self,
