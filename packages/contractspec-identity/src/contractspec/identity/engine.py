@@ -3,10 +3,14 @@
 The engine implements core's `PolicyDecider` port. It keeps precomputed indexes in memory, so a
 decision is a handful of dictionary lookups whatever the number of users, orgs and memberships:
 
-* `(org_id, user_id) -> role` for active memberships;
-* `(user_id, org_id) -> bindings` (and `(user_id, None)` for platform-wide ones);
-* per `(role, permission)` the cached allowing `Decision` (roles are few, so the cache is small);
-* per permission the access rules that can apply to it.
+* `org_id -> user_id -> role` of active memberships (invited and suspended ones are marked);
+* `org_id -> subject -> bindings`, denies first (`None` as org: platform-wide bindings);
+* `role -> permission -> Decision`, cached allow and deny decisions (roles are few, so this stays
+  small and decisions on the fast path allocate nothing);
+* `permission -> access rules` that can apply to it.
+
+Measured in `benchmarks/rbac_vs_casbin.py`: well under a microsecond of CPU per decision at 100
+orgs and 1,000 users, thousands of times faster than pycasbin's `enforce` with domains.
 
 Decision procedure (deny-overrides, deny by default):
 
@@ -232,12 +236,16 @@ class PolicyEngine:
         model: The declared permissions, roles and rules (`AccessModel()` by default).
         clock: Time source for binding expiry (`SystemClock()` by default).
 
+    The identity operations keep it in sync (on commit); `reload()` fills it from a store. Every
+    data change is a few single dictionary operations, safe under asyncio.
+
     Example:
         ```python
         engine = PolicyEngine()
         engine.put_membership(membership)  # usually done by the identity operations
-        decision = engine.decide(Actor.user("u1"), "member.invite", Resource("org", org_id="o1"), CallContext())
-        decision.allowed, decision.reason
+        bob = Actor.user("bob")
+        decision = engine.decide(bob, "member.invite", Resource("org", org_id="acme"), CallContext())
+        decision.allowed, decision.reason, decision.matched_rule
         ```
     """
 
