@@ -213,13 +213,17 @@ async def fill(kind: str, schema: str, count: int) -> None:
     if kind == "ours":
         engine, job, queue = ours_queue(schema)
         for start in range(0, count, 5000):
-            await queue.enqueue_many([(job, {"n": n}) for n in range(start, min(count, start + 5000))])
+            await queue.enqueue_many(
+                [(job, {"n": n}) for n in range(start, min(count, start + 5000))]
+            )
         await engine.dispose()
         return
     app, noop = procrastinate_app(schema)
     async with app.open_async():
         for start in range(0, count, 5000):
-            await noop.batch_defer_async(*({"n": n} for n in range(start, min(count, start + 5000))))
+            await noop.batch_defer_async(
+                *({"n": n} for n in range(start, min(count, start + 5000)))
+            )
 
 
 async def main() -> None:
