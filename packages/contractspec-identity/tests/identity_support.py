@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from attrs import define
-from pydantic import BaseModel
 
 from contractspec.core import (
     Actor,
@@ -17,7 +16,6 @@ from contractspec.core import (
     Executor,
     MemoryBackend,
     SpecRegistry,
-    Transaction,
 )
 from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_engine
 from contractspec.identity import (
@@ -105,14 +103,6 @@ def as_user(user: User | str, org: Org | str | None = None) -> CallContext:
     uid = user if isinstance(user, str) else user.id
     oid = org.id if isinstance(org, Org) else org
     return CallContext(actor=Actor.user(uid), org_id=oid)
-
-
-def dump(model: BaseModel | None) -> Any:
-    return None if model is None else model.model_dump(mode="json")
-
-
-async def begin(backend: Backend) -> Transaction:
-    return await backend.unit_of_work.begin()
 
 
 @asynccontextmanager
