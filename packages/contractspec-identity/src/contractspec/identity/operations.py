@@ -33,6 +33,7 @@ from contractspec.core import (
     Resource,
     SpecRegistry,
     SpecValidationError,
+    UnitOfWork,
     authenticated,
     define_command,
     define_event,
@@ -672,7 +673,7 @@ class Identity:
         for spec, handler in handlers.items():
             registry.bind(spec, handler)
 
-    async def load(self, unit_of_work: Any) -> None:
+    async def load(self, unit_of_work: UnitOfWork) -> None:
         """Fill the engine from the store (call once at start-up, e.g. `executor.unit_of_work`)."""
         await self.engine.reload(self.store, unit_of_work)
 
