@@ -414,3 +414,15 @@ def test_registry_replaces_a_phase_and_keeps_its_checks() -> None:
     assert registry.get("ramp") is wider
     with pytest.raises(NotFoundError, match="unknown experiment 'missing'"):
         registry.replace(define_experiment("missing", ["a", "b"]))
+
+
+def test_small_and_32_bit_integer_ids_hash_like_their_strings() -> None:
+    """Every integer near 0, near 2**32 and in between hashes like its decimal string."""
+    ids = np.array(
+        [*range(-300, 300), 2**32 - 2, 2**32 - 1, 2**32, 2**32 + 1, 10**9, 4_000_000_000],
+        dtype=np.int64,
+    )
+    for version in (1, 2):
+        assert bucket_hash_many("seed", ids, version).tolist() == [
+            bucket_hash("seed", str(int(i)), version) for i in ids
+        ]

@@ -261,9 +261,17 @@ def _fnv_rows(
     return h
 
 
-def _fnv_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-    """FNV-1a of each number's decimal string (`fnv1a32(str(n))`), without making strings."""
-    h = np.full(h1.shape, np.uint32(FNV_OFFSET_BASIS), dtype=np.uint32)
+def _fnv_decimal(
+    h1: npt.NDArray[np.uint32], start: npt.NDArray[np.uint32] | None = None
+) -> npt.NDArray[np.uint32]:
+    """FNV-1a of each number's decimal string (`fnv1a32(str(n))`), without making strings.
+
+    `start` continues given states instead of starting from the offset basis.
+    """
+    if start is None:
+        h = np.full(h1.shape, np.uint32(FNV_OFFSET_BASIS), dtype=np.uint32)
+    else:
+        h = start.copy()
     if h1.size == 0:
         return h
     smallest = int(h1.min())
@@ -417,7 +425,10 @@ def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArr
         if negative.any():
             signed = (h ^ _MINUS) * _U32_PRIME
             np.copyto(h, signed, where=negative)
-        _fnv_digits(h, magnitude)
+        if magnitude.size and int(magnitude.max()) < 2**32:
+            h = _fnv_decimal(magnitude.astype(np.uint32), h)  # 32-bit division is faster
+        else:
+            _fnv_digits(h, magnitude)
         if version == 2:
             out[lo : lo + _CHUNK] = _fnv_decimal(h) % np.uint32(10000)
         else:
