@@ -336,7 +336,8 @@ class MemoryAuditTrail:
     """`AuditTrail` in memory: entries are hashed into their org's chain when they commit.
 
     Args:
-        clock, ids: Time and id sources (for purge entries).
+        clock: Time and id sources (for purge entries).
+        ids: Time and id sources (for purge entries).
 
     Attributes:
         chains: `{org_id: [AuditEntry, ...]}`, the stored chains (exposed for tools and tests).
@@ -526,7 +527,8 @@ class AuditableEventBus:
         pii: `redact` (default) or `hash`.
         pii_key: HMAC key for `hash` mode.
         include_payload: Store the (masked) payload in the record's details.
-        ids, clock: Id and time sources for the audit records.
+        ids: Id and time sources for the audit records.
+        clock: Id and time sources for the audit records.
 
     Raises:
         ConfigurationError: Unknown `pii` mode.

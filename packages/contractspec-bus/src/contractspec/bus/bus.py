@@ -280,7 +280,8 @@ class EventBus:
             `contractspec.bus.sql.SqlDeadLetterStore` to keep them).
         retry: Default retry policy of subscribers (3 attempts, 50 ms base, full jitter).
         registry: Used to validate payloads when replaying dead letters.
-        clock, ids: Time and id sources.
+        clock: Time and id sources.
+        ids: Time and id sources.
         sleep: Awaitable sleep used between attempts (tests pass a fast one).
         rng: Random source for jitter.
 

@@ -41,10 +41,12 @@ class EmailChannel:
     `X-ContractSpec-Delivery` header, so retries can be recognised downstream.
 
     Args:
-        hostname, port: SMTP server (port defaults to 25, 465 with `use_tls`, 587 with STARTTLS).
+        hostname: SMTP server (port defaults to 25, 465 with `use_tls`, 587 with STARTTLS).
+        port: SMTP server (port defaults to 25, 465 with `use_tls`, 587 with STARTTLS).
         sender: `From` address.
         sender_name: Optional display name of the sender.
-        username, password: SMTP AUTH credentials.
+        username: SMTP AUTH credentials.
+        password: SMTP AUTH credentials.
         use_tls: Implicit TLS (SMTPS, port 465).
         start_tls: Upgrade with STARTTLS (`None`: when the server offers it).
         timeout: Seconds for the whole exchange.

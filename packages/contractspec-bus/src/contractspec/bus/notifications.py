@@ -861,7 +861,9 @@ class NotificationCenter:
         retry: Backoff for failed sends (default 5 attempts, 30 s base, 1 h cap, full jitter).
         send_timeout: A `queued` record is not retried by `retry_due` before this much time, so a
             send in progress is not duplicated; a crash mid-send is retried after it.
-        clock, ids, rng: Time, ids and jitter source.
+        clock: Time, ids and jitter source.
+        ids: Time, ids and jitter source.
+        rng: Time, ids and jitter source.
 
     Raises:
         ConfigurationError: A notification uses a channel with no adapter, or two adapters share

@@ -855,7 +855,8 @@ class SqlAuditTrail(_SqlStore):
 
     Args:
         engine: Your `AsyncEngine`.
-        clock, ids: Time and id sources for purge entries.
+        clock: Time and id sources for purge entries.
+        ids: Time and id sources for purge entries.
     """
 
     __slots__ = ("_log", "clock", "ids")
