@@ -103,11 +103,14 @@ class ApprovalWorkflow:
         store: `MemoryApprovalStore` or `contractspec.agent.sql.SqlApprovalStore`.
         backend: Core backend giving the unit of work, event publisher and audit sink
             (`MemoryBackend()` by default; a `SqlBackend` on the engine of a SQL store).
-        unit_of_work, events, audit: Override single parts of the backend.
+        unit_of_work: Overrides the backend's unit of work.
+        events: Overrides the backend's event publisher.
+        audit: Overrides the backend's audit sink.
         policy: Decides who may decide (`permission` on `Resource("approval", id, org_id,
             attributes={"risk", "action", "subject_type"})`). Without one, nobody may decide.
         permission: The permission checked (default `approval.decide`).
-        clock, ids: Time and id sources.
+        clock: Time source.
+        ids: Id source.
         default_ttl_s: Seconds a request stays open when no expiry is given (default one day).
 
     Example:
@@ -268,7 +271,8 @@ class ApprovalWorkflow:
             reason: Why the action is wanted.
             risk: Risk level 0-3.
             org_id: Tenant.
-            subject_type, subject_id: What the approval is about (`agent.tool_call`, run id).
+            subject_type: What kind of thing the approval is about (`agent.tool_call`).
+            subject_id: Which one (a run id, a suggestion id).
             key: Idempotency key: the same key in the same org returns the existing request
                 (with other arguments it raises `ApprovalMismatchError`).
             expires_in_s: Seconds until it expires (default `default_ttl_s`).
@@ -364,7 +368,7 @@ class ApprovalWorkflow:
         """Reject; one rejection makes the request `rejected` (final).
 
         Raises:
-            Everything `approve` raises.
+            ApprovalDecisionError: As for `approve` (and every other error `approve` raises).
         """
         return await self._decide(request_id, approver, "reject", comment, ctx)
 

@@ -258,7 +258,8 @@ class ToolGateway:
         unit_of_work: Begins the transactions the ledger, audit and events are written in.
         events: Publishes `agent.tool.called` / `agent.tool.failed`.
         audit: Receives one record per side-effecting, blocked or shadowed call.
-        clock, ids: Time and id sources.
+        clock: Time source.
+        ids: Id source.
         executor: Core `Executor` running operation tools (required if an agent uses one).
         approvals: The `ApprovalWorkflow`; without one, calls that need approval are blocked.
     """
@@ -293,7 +294,9 @@ class ToolGateway:
         failures; they become failed outcomes).
 
         Args:
-            tool, call, scope: The tool, the model's call and the run it belongs to.
+            tool: The tool.
+            call: The model's call.
+            scope: The run it belongs to.
             report: Publish the outcome's event (and audit blocked/shadowed calls) in a
                 transaction of its own. The runner passes `False` and calls `report()` inside
                 the transaction that persists the step, so events commit with the run state.

@@ -356,13 +356,13 @@ def _expression_converter(value: Expression | str) -> Expression:
 class Invariant:
     """A named condition every call of a tool must satisfy; a FAIL blocks the call.
 
-    Args:
+    `Invariant(name, expression, description="")`; the expression is parsed when the invariant is
+    built, so a bad one raises `SpecDefinitionError` at definition time.
+
+    Attributes:
         name: Short identifier shown in the proof (`margin_floor`).
         expression: A comparison (string or `Expression`), e.g. `"projected_margin >= 0.15"`.
         description: What the rule protects, for people reading action packets.
-
-    Raises:
-        SpecDefinitionError: The expression does not parse.
     """
 
     name: str
@@ -380,8 +380,9 @@ class RiskRule:
     """Raises a call's risk level when its condition holds (`amount > 1000` → L2).
 
     Rules only ever raise the declared level: a tool declared L2 cannot be made L1 by data.
+    `RiskRule(when, level, name="")`.
 
-    Args:
+    Attributes:
         when: A comparison, e.g. `"amount > 1000"`. A path that does not resolve counts as true
             (fail closed: unknown data means the higher risk).
         level: The level (0-3 or `RiskLevel`) the call gets when `when` holds.

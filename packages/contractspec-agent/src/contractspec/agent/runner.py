@@ -179,8 +179,11 @@ class AgentRunner:
         executor: Core `Executor` for operation tools.
         policy: `PolicyDecider` for the agents' `run_permission` (and the default workflow).
         telemetry: Receives one `TelemetrySample` per run (`operation="agent.<name>"`).
-        clock, ids: Time and id sources.
-        unit_of_work, events, audit: Override single parts of `backend`.
+        clock: Time source.
+        ids: Id source.
+        unit_of_work: Overrides the backend's unit of work.
+        events: Overrides the backend's event publisher.
+        audit: Overrides the backend's audit sink.
 
     Example:
         ```python
@@ -364,8 +367,8 @@ class AgentRunner:
         """`run` for scripts and notebooks (no running event loop).
 
         Raises:
-            ConfigurationError: Called inside a running event loop (use `await run`).
-            Everything `run` raises.
+            ConfigurationError: Called inside a running event loop (use `await run`); and
+                every error `run` raises.
         """
         return self._sync(self.run(agent, input, ctx, session_id=session_id, deps=deps))
 

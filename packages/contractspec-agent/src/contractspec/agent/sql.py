@@ -658,7 +658,10 @@ class SqlAgentMemory:
 
     Args:
         engine: Your `AsyncEngine` (never disposed by this adapter).
-        ttl_s, max_entries, summarize, clock: As for `InMemoryAgentMemory`.
+        ttl_s: As for `InMemoryAgentMemory`.
+        max_entries: As for `InMemoryAgentMemory`.
+        summarize: As for `InMemoryAgentMemory`.
+        clock: As for `InMemoryAgentMemory`.
 
     Raises:
         ConfigurationError: Invalid options.

@@ -370,7 +370,13 @@ def operation_tool(
         description: Default: the operation's description.
         risk: Default `L0` for queries, `L1` for commands.
         pin_version: Call exactly `spec.version` (default: the latest registered version).
-        timeout, invariants, risk_rules, evidence, approvers, quorum, shadow: As for `tool`.
+        timeout: As for `tool`.
+        invariants: As for `tool`.
+        risk_rules: As for `tool`.
+        evidence: As for `tool`.
+        approvers: As for `tool`.
+        quorum: As for `tool`.
+        shadow: As for `tool`.
 
     Raises:
         SpecDefinitionError: `spec` is not an operation, or an option is invalid.
