@@ -369,3 +369,12 @@ async def test_heartbeat_many_extends_held_leases_and_reports_lost_ones(
     assert kept is not None
     assert kept.leased_until == T0 + timedelta(seconds=50)
     assert await queue.heartbeat_many([], lease_for=timedelta(seconds=30)) == []
+
+
+async def test_large_batches_are_stored_whole(queue: JobQueue) -> None:
+    """enqueue_many of thousands of jobs stores them all (past the driver's parameter limit)."""
+    ids = await queue.enqueue_many([(send_email, {"to": f"u{i}@x.io"}) for i in range(4000)])
+    assert len(set(ids)) == 4000
+    assert await queue.counts() == counts(queued=4000)
+    first = await queue.lease(worker_id="w", limit=3, queues=["default"])
+    assert [j.payload["to"] for j in first] == ["u0@x.io", "u1@x.io", "u2@x.io"]

@@ -193,14 +193,8 @@ def _row(new: NewJob) -> dict[str, Any]:
         "max_attempts": new.max_attempts,
         "scheduled_at": new.scheduled_at,
         "created_at": new.created_at,
-        "leased_until": None,
-        "lease_token": None,
-        "worker_id": None,
         "unique_key": new.unique_key,
         "org_id": new.org_id,
-        "last_error": None,
-        "result": None,
-        "finished_at": None,
     }
 
 
@@ -238,6 +232,10 @@ _HEARTBEAT_MANY = text(
     "WHERE cs_jobs.id = v.id AND cs_jobs.lease_token = v.token AND cs_jobs.status = 'running' "
     "RETURNING cs_jobs.id"
 ).bindparams(bindparam("until", type_=UtcDateTime()))
+
+#: Up to this many jobs, an enqueue without `tx` on PostgreSQL is one multi-row statement (the
+#: protocol allows 65,535 parameters); larger batches go through one transaction of `executemany`.
+_AUTOCOMMIT_ROWS = 500
 
 _lease_cache: dict[bool, Any] = {}
 
@@ -408,7 +406,7 @@ class SqlJobQueue:
                     "memory backends"
                 )
             return await self._enqueue_in(tx, built)
-        if self._pg:
+        if self._pg and len(built) <= _AUTOCOMMIT_ROWS:
             return await self._enqueue_autocommit(built)
         own = await self.unit_of_work.begin()
         try:
