@@ -38,7 +38,9 @@ def test_experiments_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The experiments page: coverage raise keeps everyone, tracking summarises 300 conversions."""
     output = _run_page("experiments", monkeypatch)
     assert "True {" in output  # raising coverage kept every subject's variation
-    trial = define_experiment("pricing.trial-length", ["7-days", "14-days"], namespace=("pricing", 0.5, 1.0))
+    trial = define_experiment(
+        "pricing.trial-length", ["7-days", "14-days"], namespace=("pricing", 0.5, 1.0)
+    )
     runner = ExperimentRunner(ExperimentRegistry(trial))
     exposed = [runner.assign(trial, f"user-{i}").in_experiment for i in range(1000)]
     assert f"new exposures: {sum(exposed)}" in output

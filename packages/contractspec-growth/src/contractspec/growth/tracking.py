@@ -545,9 +545,7 @@ class ExperimentTracker:
         key = assignments.experiment.key
         index = assignments.variation_index.tolist()
         exposures = [
-            Exposure(key, str(ids[i]), keys[k], when, org_id)
-            for i, k in enumerate(index)
-            if k >= 0
+            Exposure(key, str(ids[i]), keys[k], when, org_id) for i, k in enumerate(index) if k >= 0
         ]
         return await self.store.add_exposures(exposures)
 
