@@ -28,6 +28,7 @@ from contractspec.agent import (
     AgentPolicy,
     ApprovalStatus,
     ApprovalWorkflow,
+    InvariantFailedError,
     MemoryRunStore,
     RiskLevel,
     RiskRule,
@@ -78,6 +79,9 @@ async def test_failed_invariant_blocks_with_a_proof(env: AgentEnv) -> None:
     assert isinstance(feedback, ToolMessage)
     assert json.loads(feedback.content)["proof"][0]["verdict"] == "FAIL"
     assert (await env.refunds()).total == 0
+    with pytest.raises(InvariantFailedError) as info:
+        packet.raise_if_blocked()
+    assert info.value.details["packet"]["proof"][0]["verdict"] == "FAIL"
     assert ("agent.tool.shop_refund_issue", "denied") in await audit_actions(env)
     assert "agent.tool.failed" in await event_names(env)
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from contractspec.agent.approvals import ApprovalWorkflow
-from contractspec.agent.errors import ApprovalUnavailableError
+from contractspec.agent.errors import ApprovalUnavailableError, InvariantFailedError
 from contractspec.agent.events import envelope, tool_called, tool_failed
 from contractspec.agent.invariants import InvariantResult
 from contractspec.agent.messages import ToolCall, ToolMessage
@@ -164,6 +164,21 @@ class ActionPacket:
     def evolve(self, **changes: Any) -> ActionPacket:
         """A copy with `changes` applied."""
         return evolve(self, **changes)
+
+    def raise_if_blocked(self) -> None:
+        """Raise `InvariantFailedError` (with this packet in `details["packet"]`) when an
+        invariant failed; for code that uses the gateway outside a run and wants an exception.
+
+        Raises:
+            InvariantFailedError: The packet's decision is `blocked`.
+        """
+        if self.decision == "blocked":
+            raise InvariantFailedError(
+                f"{self.tool} was blocked: {self.reason}",
+                reason=self.reason,
+                action=self.tool,
+                details={"packet": self.to_dict()},
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (stored in the ledger, the audit trail and approval requests)."""

@@ -220,7 +220,7 @@ def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel]
                 details={"field": "function"},
             )
         annotation = hints.get(param.name, param.annotation)
-        if annotation is ToolContext:
+        if annotation is ToolContext or ToolContext in typing.get_args(annotation):
             context_param = param.name
             continue
         if annotation is inspect.Parameter.empty:
