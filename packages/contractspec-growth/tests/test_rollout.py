@@ -280,3 +280,15 @@ async def test_plans_and_starts_are_validated() -> None:
     assert (manual.status, manual.reason) == (RolloutStatus.ROLLED_BACK, "pricing team asked")
     with pytest.raises(SpecDefinitionError, match="needs baseline="):
         await SpecExperimentController().start(RolloutPlan("shop.quote", candidate=2))
+
+
+async def test_pinned_versions_hold_until_a_rollout_starts() -> None:
+    """A pinned operation keeps version 1 for everyone until its rollout routes some callers to 2."""
+    registry = build_registry()
+    controller = SpecExperimentController(registry=registry, clock=FakeClock(T0))
+    router = create_variant_resolver(controller, pinned={"shop.quote": 1})
+    contexts = [CallContext(actor=Actor.user(f"user-{i}")) for i in range(400)]
+    assert {router.resolve("shop.quote", c) for c in contexts} == {1}
+    assert router.resolve("other.op", contexts[0]) is None
+    await controller.start(RolloutPlan("shop.quote", candidate=2, stages=(0.5, 1.0)))
+    assert {router.resolve("shop.quote", c) for c in contexts} == {1, 2}

@@ -805,6 +805,8 @@ class VariantRouter:
         controller: Staged rollouts (checked first).
         runner: Runs experiments whose variation values are operation versions.
         experiments: `{operation: experiment_key}` routed by `runner`.
+        pinned: `{operation: version}` served when neither decides (so registering a new
+            version does not serve it to everyone before its rollout starts).
     """
 
     def __init__(
@@ -812,10 +814,12 @@ class VariantRouter:
         controller: SpecExperimentController | None = None,
         runner: ExperimentRunner | None = None,
         experiments: Mapping[str, str] | None = None,
+        pinned: Mapping[str, int] | None = None,
     ) -> None:
         self.controller = controller
         self.runner = runner
         self.experiments = dict(experiments or {})
+        self.pinned = dict(pinned or {})
         if self.experiments and runner is None:
             raise SpecDefinitionError(
                 "experiments= routes operations through experiments and needs runner=",
@@ -833,7 +837,7 @@ class VariantRouter:
             value = self.runner.assign(key, ctx).value
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
-        return None
+        return self.pinned.get(name)
 
 
 def create_variant_resolver(
@@ -841,6 +845,7 @@ def create_variant_resolver(
     *,
     runner: ExperimentRunner | None = None,
     experiments: Mapping[str, str] | None = None,
+    pinned: Mapping[str, int] | None = None,
 ) -> VariantRouter:
     """A `VariantResolver` for `Executor(variants=...)`.
 
@@ -849,8 +854,11 @@ def create_variant_resolver(
         runner: Assigns callers in version experiments (A/B tests of two versions).
         experiments: `{operation: experiment_key}`; the experiment's variation values are the
             versions to run (`Variation("v2", 2)`).
+        pinned: `{operation: version}` served when no rollout or experiment decides: the
+            executor otherwise runs the latest registered version, so pin the current one before
+            registering its successor.
 
     Returns:
         A `VariantRouter`; pass the same controller as `telemetry=` so guardrails see the calls.
     """
-    return VariantRouter(controller, runner, experiments)
+    return VariantRouter(controller, runner, experiments, pinned)
