@@ -42,12 +42,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    any_,
+    bindparam,
     delete,
     func,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -239,6 +242,14 @@ def _insert(dialect: str) -> Any:
     return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
+def _one_of(column: Any, values: Sequence[Any], dialect: str, item_type: Any) -> Any:
+    """`column IN (...)`; on PostgreSQL `column = ANY(:array)`, one parameter however many values
+    (hundreds of expanded parameters cost more to bind and plan than the statement itself)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(item_type)))
+    return column.in_(list(values))
+
+
 class _SqlStore:
     """Base: the user's engine, a unit of work for writes, short read connections."""
 
@@ -346,7 +357,7 @@ class SqlOutboxStore(_SqlStore):
                     select(t.c.position, t.c.aggregate_key)
                     .where(
                         t.c.status == "pending",
-                        t.c.aggregate_key.in_(keys),
+                        _one_of(t.c.aggregate_key, keys, self.dialect, String()),
                         t.c.position <= last,
                     )
                     .order_by(t.c.position)
@@ -357,7 +368,11 @@ class SqlOutboxStore(_SqlStore):
             if accepted:
                 await tx.execute(
                     update(t)
-                    .where(t.c.position.in_([m.position for m in accepted]))
+                    .where(
+                        _one_of(
+                            t.c.position, [m.position for m in accepted], self.dialect, BigInteger()
+                        )
+                    )
                     .values(attempts=t.c.attempts + 1, available_at=until),
                     write=True,
                 )
@@ -374,7 +389,7 @@ class SqlOutboxStore(_SqlStore):
         t = outbox_table
         await self._write(
             update(t)
-            .where(t.c.position.in_(list(positions)))
+            .where(_one_of(t.c.position, positions, self.dialect, BigInteger()))
             .values(status="delivered", delivered_at=at, last_error=None)
         )
 
