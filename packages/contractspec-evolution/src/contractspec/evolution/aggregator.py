@@ -890,15 +890,24 @@ class IntentAggregator:
             start += self.window_minutes
         return out
 
-    def minute_counts(self, operation: str, org_id: str | None = ALL_TENANTS) -> MinuteCounts:
-        """Per-minute calls and errors of a series (closed and open minutes), oldest first."""
+    def minute_counts(
+        self, operation: str, org_id: str | None = ALL_TENANTS, *, include_open: bool = True
+    ) -> MinuteCounts:
+        """Per-minute calls and errors of a series, oldest first.
+
+        Args:
+            operation: Operation name.
+            org_id: Tenant, or `ALL_TENANTS` for every tenant together.
+            include_open: Also count the minutes of open windows (decodes them: slower).
+        """
         self.flush()
         op_code = self._ops.get(operation)
         empty = np.empty(0, dtype=np.int64)
         if op_code is None or (org_id != ALL_TENANTS and org_id not in self._orgs):
             return MinuteCounts(empty, empty, empty)
         cm, co, cg, cc, ce = self._counters.columns()
-        hm, ho, hg, hf, _hb, hc = self._hist.rows()
+        empty6 = tuple(np.empty(0, dtype=np.int64) for _ in range(6))
+        hm, ho, hg, hf, _hb, hc = self._hist.rows() if include_open else empty6
         sel_c = co == op_code
         sel_h = ho == op_code
         if org_id != ALL_TENANTS:
