@@ -426,3 +426,12 @@ def test_small_and_32_bit_integer_ids_hash_like_their_strings() -> None:
         assert bucket_hash_many("seed", ids, version).tolist() == [
             bucket_hash("seed", str(int(i)), version) for i in ids
         ]
+
+
+def test_decimal_second_stage_is_exact_at_table_boundaries() -> None:
+    """Hash v2's `fnv1a32(str(n))` stage is exact below, at and above the 100,000-entry table."""
+    from contractspec.growth.hashing import _fnv_of_decimal
+
+    numbers = [0, 1, 9, 10, 99_999, 100_000, 100_001, 999_999, 10**9, 2**31, 2**32 - 1]
+    got = _fnv_of_decimal(np.array(numbers, dtype=np.uint32)).tolist()
+    assert got == [fnv1a32(str(n)) for n in numbers]

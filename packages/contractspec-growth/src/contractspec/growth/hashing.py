@@ -300,6 +300,38 @@ def _fnv_decimal(
     return h
 
 
+def _fnv_of_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """`fnv1a32(str(n))` for every `n`, the leading digits looked up in the 100,000-entry table.
+
+    `n // 100000` indexes the table (the state after those digits); the last five digits,
+    zero-padded, are hashed column by column. Numbers below 100,000 are looked up whole.
+    """
+    if h1.size == 0:
+        return h1.copy()
+    table = np.frombuffer(_decimal_states(), dtype=np.uint32)
+    high = h1 // np.uint32(100_000)
+    low = h1 - high * np.uint32(100_000)
+    h = table[high]
+    quotient = np.empty_like(h1)
+    previous = np.empty_like(h1)
+    digit = np.empty_like(h1)
+    for k in range(4, -1, -1):
+        np.floor_divide(low, _POW10[k], out=quotient)
+        if k == 4:
+            np.copyto(digit, quotient)
+        else:
+            np.multiply(previous, np.uint32(10), out=digit)
+            np.subtract(quotient, digit, out=digit)
+        previous, quotient = quotient, previous
+        digit += np.uint32(48)
+        np.bitwise_xor(h, digit, out=h)
+        np.multiply(h, _U32_PRIME, out=h)
+    small = h1 < np.uint32(100_000)
+    if small.any():
+        h[small] = table[h1[small]]
+    return h
+
+
 def _surrogate_rows(units: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
     if units.size == 0 or units.max() <= 0xFFFF:  # one contiguous pass for the common case
         return np.zeros(0, dtype=np.intp)
@@ -361,7 +393,7 @@ def _buckets(
         for lo in range(0, n, _CHUNK):
             hi = lo + _CHUNK
             h1 = _fnv_rows(units[lo:hi], lengths[lo:hi], start)
-            out[lo:hi] = _fnv_decimal(h1) % np.uint32(10000)
+            out[lo:hi] = _fnv_of_decimal(h1) % np.uint32(10000)
         for i, text in zip(odd.tolist(), texts, strict=True):
             out[i] = fnv1a32(str(fnv1a32(seed + text))) % 10000
     else:
@@ -430,7 +462,7 @@ def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArr
         else:
             _fnv_digits(h, magnitude)
         if version == 2:
-            out[lo : lo + _CHUNK] = _fnv_decimal(h) % np.uint32(10000)
+            out[lo : lo + _CHUNK] = _fnv_of_decimal(h) % np.uint32(10000)
         else:
             for unit in suffix:
                 np.bitwise_xor(h, np.uint32(unit), out=h)
