@@ -308,10 +308,10 @@ def _fnv_of_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
     """
     if h1.size == 0:
         return h1.copy()
-    table = np.frombuffer(_decimal_states(), dtype=np.uint32)
+    table: npt.NDArray[np.uint32] = np.frombuffer(_decimal_states(), dtype=np.uint32)
     high = h1 // np.uint32(100_000)
     low = h1 - high * np.uint32(100_000)
-    h = table[high]
+    h: npt.NDArray[np.uint32] = table[high]
     quotient = np.empty_like(h1)
     previous = np.empty_like(h1)
     digit = np.empty_like(h1)
