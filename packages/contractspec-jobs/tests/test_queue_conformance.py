@@ -378,3 +378,11 @@ async def test_large_batches_are_stored_whole(queue: JobQueue) -> None:
     assert await queue.counts() == counts(queued=4000)
     first = await queue.lease(worker_id="w", limit=3, queues=["default"])
     assert [j.payload["to"] for j in first] == ["u0@x.io", "u1@x.io", "u2@x.io"]
+
+
+def test_every_queue_is_a_job_queue_and_cores_job_enqueuer(queue: JobQueue) -> None:
+    """Adapters satisfy the JobQueue protocol and core's JobEnqueuer port."""
+    from contractspec.core import JobEnqueuer
+
+    assert isinstance(queue, JobQueue)
+    assert isinstance(queue, JobEnqueuer)

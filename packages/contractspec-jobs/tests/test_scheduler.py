@@ -226,14 +226,17 @@ def test_schedules_and_jobs_register_in_the_spec_registry() -> None:
     assert registry.get_spec("job_trigger", "billing.invoice.overdue -> crm.report.nightly") == (
         trigger
     )
-    ir = nightly_report.to_ir()
-    assert (ir["kind"], ir["queue"], ir["priority"], ir["payload"]["required"]) == (
-        "job",
+    ir = registry.to_ir()["specs"]
+    (job_ir,) = ir["job"]
+    assert (job_ir["name"], job_ir["queue"], job_ir["priority"], job_ir["max_attempts"]) == (
+        "crm.report.nightly",
         "reports",
         5,
-        ["day"],
+        5,
     )
-    assert reports.to_ir()["cron"] == "0 3 * * *"
+    assert sorted(job_ir["schemas"]) == ["payload", "result"]
+    assert [s["cron"] for s in ir["schedule"]] == ["0 3 * * *"]
+    assert [t["event"] for t in ir["job_trigger"]] == ["billing.invoice.overdue"]
     other = define_job("crm.report.nightly", payload=Report, version=2)
     registry.register(other)
     assert registry.versions("crm.report.nightly", kind="job") == [1, 2]

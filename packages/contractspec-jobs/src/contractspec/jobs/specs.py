@@ -313,13 +313,16 @@ class JobSpec(Generic[P]):
         return key
 
     def to_ir(self) -> dict[str, Any]:
-        """Canonical JSON form for the spec IR (payload and result as JSON Schema)."""
+        """This spec's part of the IR (`registry.to_ir()`): settings as JSON, and the payload and
+        result models, which core turns into JSON Schemas under `schemas`."""
+        models: dict[str, Any] = {"payload": self.payload}
+        if self.result is not None:
+            models["result"] = self.result
         return {
+            **models,
             "kind": self.kind,
             "name": self.name,
             "version": self.version,
-            "payload": self.payload.model_json_schema(),
-            "result": self.result.model_json_schema() if self.result is not None else None,
             "max_attempts": self.max_attempts,
             "backoff": self.backoff.to_ir(),
             "timeout": self.timeout,
@@ -518,7 +521,7 @@ class ScheduleSpec:
         return f"schedule:{self.name}:{fire_time.astimezone(UTC).isoformat()}"
 
     def to_ir(self) -> dict[str, Any]:
-        """Canonical JSON form for the spec IR."""
+        """This spec's part of the IR (`registry.to_ir()`), JSON-compatible."""
         return {
             "kind": self.kind,
             "name": self.name,
@@ -690,7 +693,7 @@ class EventTrigger:
         return value
 
     def to_ir(self) -> dict[str, Any]:
-        """Canonical JSON form for the spec IR."""
+        """This spec's part of the IR (`registry.to_ir()`), JSON-compatible."""
         return {"kind": self.kind, "name": self.name, "event": self.event, "job": self.job.ref}
 
 
