@@ -37,6 +37,7 @@ from contractspec.core import (
     ConfigurationError,
     EventEnvelope,
     IdGenerator,
+    NotFoundError,
     SpecRegistry,
     SpecValidationError,
     SystemClock,
@@ -574,8 +575,6 @@ class EventBus:
             NotFoundError: An id in `ids` does not exist.
             ConfigurationError: The failed subscriber is no longer subscribed.
         """
-        from contractspec.core import NotFoundError
-
         letters: list[DeadLetter] = []
         if ids is not None:
             for id in ids:

@@ -41,7 +41,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
 from contractspec.bus._retry import RetryPolicy
-from contractspec.bus.bus import EventBus, Subscription, where_filter
+from contractspec.bus.bus import _MISSING, EventBus, Subscription, _lookup, where_filter
 from contractspec.bus.stores import (
     DeliveryLogStore,
     DeliveryRecord,
@@ -191,8 +191,6 @@ class RecipientRule:
         if self.kind == "role":
             return list(await directory.users_with_role(event.org_id, self.value))
         if self.kind == "field":
-            from contractspec.bus.bus import _MISSING, _lookup
-
             raw = _lookup(event, self.value)
             if raw is _MISSING or raw is None:
                 return []
@@ -453,7 +451,6 @@ def _compile(template: Template, payload: type[BaseModel], where: str) -> _Compi
             details={"field": "templates"},
         )
     allowed = set(payload.model_fields) | {"event", "payload", "recipient"}
-    checker = _Checker(payload, where)
     compiled: dict[str, jinja2.Template | None] = {}
     for part, source, env in (
         ("subject", template.subject, _TEXT_ENV),
@@ -476,7 +473,6 @@ def _compile(template: Template, payload: type[BaseModel], where: str) -> _Compi
             ) from None
         _Checker(payload, f"{where} {part}").check(ast, allowed)
         compiled[part] = env.from_string(source)
-    del checker
     subject, body = compiled["subject"], compiled["body"]
     assert subject is not None
     assert body is not None
