@@ -237,6 +237,41 @@ _HEARTBEAT_MANY = text(
 #: protocol allows 65,535 parameters); larger batches go through one transaction of `executemany`.
 _AUTOCOMMIT_ROWS = 500
 
+_ROW_COLUMNS = (
+    "id",
+    "type",
+    "queue",
+    "payload",
+    "status",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "scheduled_at",
+    "created_at",
+    "unique_key",
+    "org_id",
+)
+_enqueue_cache: dict[bool, Any] = {}
+
+
+def _enqueue_one_statement(notify: bool) -> Any:
+    """`WITH ins AS (INSERT ... ON CONFLICT DO NOTHING RETURNING id) SELECT id[, pg_notify]`."""
+    stmt = _enqueue_cache.get(notify)
+    if stmt is None:
+        inserted = (
+            postgresql.insert(jobs_table)
+            .values({c: bindparam(f"p_{c}", type_=jobs_table.c[c].type) for c in _ROW_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["unique_key"])
+            .returning(_J.id)
+            .cte("ins")
+        )
+        columns: list[Any] = [inserted.c.id]
+        if notify:
+            columns.append(func.pg_notify(NOTIFY_CHANNEL, ""))
+        stmt = _enqueue_cache[notify] = select(*columns)
+    return stmt
+
+
 _lease_cache: dict[bool, Any] = {}
 
 
@@ -425,17 +460,23 @@ class SqlJobQueue:
         SELECT id, pg_notify(...) FROM ins`: the insert and the wake-up of idle workers commit
         together (PostgreSQL folds identical notifications of one transaction into one).
         """
-        inserted = (
-            postgresql.insert(jobs_table)
-            .values([_row(new) for new in built])
-            .on_conflict_do_nothing(index_elements=["unique_key"])
-            .returning(_J.id)
-            .cte("ins")
-        )
-        columns: list[Any] = [inserted.c.id]
-        if self.notify:
-            columns.append(func.pg_notify(NOTIFY_CHANNEL, ""))
-        rows = await self._write(select(*columns))
+        if len(built) == 1:  # the common case: a cached statement, compiled once
+            row = _row(built[0])
+            rows = await self._write(
+                _enqueue_one_statement(self.notify), {f"p_{k}": v for k, v in row.items()}
+            )
+        else:
+            inserted = (
+                postgresql.insert(jobs_table)
+                .values([_row(new) for new in built])
+                .on_conflict_do_nothing(index_elements=["unique_key"])
+                .returning(_J.id)
+                .cte("ins")
+            )
+            columns: list[Any] = [inserted.c.id]
+            if self.notify:
+                columns.append(func.pg_notify(NOTIFY_CHANNEL, ""))
+            rows = await self._write(select(*columns))
         assert isinstance(rows, builtins.list)
         got = {r[0] for r in rows}
         ids = [new.id for new in built]
