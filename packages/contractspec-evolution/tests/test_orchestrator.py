@@ -6,6 +6,7 @@ import itertools
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from evolution_app import BOT, OUTSIDER, REVIEWER, REVIEWER2, EvolutionEnv, event_names
@@ -25,6 +26,18 @@ from contractspec.evolution import (
 from contractspec.evolution.detector import Intent, IntentKind, IntentSeverity
 
 _batches = itertools.count(1)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def listing(path: Path) -> list[Path]:
+    return list(path.iterdir()) if path.exists() else []
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
 
 
 def suggestions(env: EvolutionEnv, *ops_p95: tuple[str, float]) -> list[SpecSuggestion]:
@@ -76,14 +89,14 @@ async def test_approving_the_suggestion_resolves_the_approval_and_writes_the_env
     assert request.status is ApprovalStatus.APPROVED
     path = Path(approved.envelope_path or "")
     assert path == env.out / f"{s.id}.json"
-    envelope = json.loads(path.read_text())
+    envelope = read_json(path)
     assert envelope["format"] == "contractspec.suggestion-envelope"
     assert envelope["suggestion"]["id"] == s.id
     assert envelope["approval"]["decisions"][0]["comment"] == "ship it"
     assert envelope["patch_applies_to_current_spec"] is True
     assert envelope["base_ir_digest"] == envelope["current_ir_digest"] == s.base_ir_digest
     assert envelope["diff"] == [dict(c) for c in s.diff]
-    assert json.loads((env.out / f"{s.id}.patch.json").read_text()) == [dict(p) for p in s.patch]
+    assert read_json(env.out / f"{s.id}.patch.json") == [dict(p) for p in s.patch]
     assert (await event_names(env))[-2:] == ["approval.approved", "suggestion.decided"]
     with pytest.raises(ApprovalDecisionError, match="already approved"):
         await orch.approve(s.id, REVIEWER2)
@@ -106,7 +119,7 @@ async def test_deciding_the_approval_resolves_the_suggestion(env: EvolutionEnv) 
     )  # fmt: skip
     with pytest.raises(ApprovalDecisionError, match="already rejected"):
         await orch.approve(s.id, REVIEWER2)
-    assert not env.out.exists() or list(env.out.iterdir()) == []
+    assert listing(env.out) == []
     dup = await orch.submit(suggestions(env, ("shop.deal.move", 10.0)))
     assert [d.status for d in dup.duplicates] == [SuggestionStatus.REJECTED]
 
@@ -122,13 +135,14 @@ async def test_approval_events_resolve_suggestions(env: EvolutionEnv) -> None:
     if events is not None:
         approved_event = next(e for e in events if e.name == "approval.approved")
         resolved = await orch.handle_event(approved_event)
-        assert resolved is not None and resolved.status is SuggestionStatus.APPROVED
+        assert resolved is not None
+        assert resolved.status is SuggestionStatus.APPROVED
         created_event = next(e for e in events if e.name == "suggestion.created")
         assert await orch.handle_event(created_event) is None
     changed = await orch.reconcile()
     final = await orch.get(s.id)
     assert final.status is SuggestionStatus.APPROVED
-    assert (env.out / f"{s.id}.json").exists()
+    assert exists(env.out / f"{s.id}.json")
     assert len(changed) == (0 if events is not None else 1)
 
 
@@ -175,7 +189,7 @@ async def test_auto_approval_is_off_unless_set_and_never_for_breaking(env: Evolu
     (t,) = suggestions(env, ("shop.deal.create", 10.0))
     (approved,) = (await auto.submit([t])).created
     assert (approved.status, approved.decided_by) == (SuggestionStatus.APPROVED, "evolution-bot")
-    assert (env.out / f"{t.id}.json").exists()
+    assert exists(env.out / f"{t.id}.json")
     breaking = suggestions(env, ("shop.deal.count", 10.0))[0].evolve(
         id="sg-breaking", fingerprint="b" * 64, breaking=True
     )

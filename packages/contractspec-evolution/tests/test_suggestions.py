@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -127,10 +128,8 @@ async def test_recurring_field_errors_suggest_tightened_input_as_a_new_version()
     executor = Executor(registry, backend=MemoryBackend(), policy=POLICY, traffic=sampler)
     ctx = CallContext(actor=Actor.user("u1", roles="sales"), org_id="o1")
     for amount in [0, -5] * 12 + [10]:
-        try:
+        with contextlib.suppress(SpecValidationError):
             await executor.execute("shop.deal.create", {"title": "x", "amount": amount}, ctx)
-        except SpecValidationError:
-            pass
     assert sampler.calls[("shop.deal.create", 1)] == 25
     assert sampler.recurring(20) == [
         ("shop.deal.create", 1, "amount", "greater_than", {"gt": 0}, 24)

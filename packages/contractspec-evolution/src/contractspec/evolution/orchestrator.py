@@ -24,6 +24,7 @@ atomically. `output_dir` is yours: a directory inside an installed ContractSpec 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -421,7 +422,8 @@ class SpecSuggestionOrchestrator:
         last = request.decisions[-1].approver_id if request.decisions else None
         decided = s.evolve(status=status, decided_at=request.decided_at, decided_by=last)
         if status is SuggestionStatus.APPROVED:
-            decided = decided.evolve(envelope_path=str(self._write_envelope(decided, request)))
+            path = await asyncio.to_thread(self._write_envelope, decided, request)
+            decided = decided.evolve(envelope_path=str(path))
 
         async def save(tx: Transaction) -> SpecSuggestion:
             saved = await self.store.save(tx, decided, expected_version=s.version)
@@ -447,7 +449,7 @@ class SpecSuggestionOrchestrator:
         return saved
 
     async def _write_and_save(self, s: SpecSuggestion, request: ApprovalRequest) -> SpecSuggestion:
-        path = self._write_envelope(s, request)
+        path = await asyncio.to_thread(self._write_envelope, s, request)
         try:
             saved: SpecSuggestion = await self._in_tx(
                 lambda tx: self.store.save(
