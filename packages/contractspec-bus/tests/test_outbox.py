@@ -306,3 +306,30 @@ async def test_relay_killed_between_commit_and_delivery_loses_nothing(
     raw = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("delivered")]
     assert sorted(set(raw)) == effects
     assert len(raw) == 40 + 4  # at-least-once: the 4 delivered-but-unmarked ones came twice
+
+
+async def test_run_polls_until_stopped_and_delivers_events_published_meanwhile() -> None:
+    """`run(stop=...)` keeps polling: events committed while it idles are delivered, then it stops."""
+    from contractspec.bus import MemoryOutboxStore
+    from contractspec.core import MemoryUnitOfWork
+
+    outbox = MemoryOutboxStore()
+    bus = EventBus()
+    seen = capture(bus)
+    relay = OutboxRelay(outbox, bus, poll_interval=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop=stop))
+    for i in range(3):
+        tx = await MemoryUnitOfWork().begin()
+        await outbox.publish([envelope(i, key="k")], tx)
+        await tx.commit()
+        await asyncio.sleep(0.02)
+    for _ in range(200):
+        if len(seen) == 3:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert [e.id for e in seen] == ["ev-0000", "ev-0001", "ev-0002"]
+    assert task.done()
+    assert task.exception() is None
