@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from bus_support import T0, DealMoved, Stores, build_registry, envelope
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -333,3 +335,17 @@ async def test_run_polls_until_stopped_and_delivers_events_published_meanwhile()
     assert [e.id for e in seen] == ["ev-0000", "ev-0001", "ev-0002"]
     assert task.done()
     assert task.exception() is None
+
+
+@given(
+    st.sampled_from(["batch_size", "lease", "poll_interval"]),
+    st.one_of(st.integers(max_value=0), st.just("x"), st.none(), st.just(timedelta(seconds=-1))),
+)
+def test_relay_rejects_bad_settings_naming_the_field(name: str, value: object) -> None:
+    """A non-positive batch size, lease or poll interval is a ConfigurationError for that field."""
+    from contractspec.bus import MemoryOutboxStore
+    from contractspec.core import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        OutboxRelay(MemoryOutboxStore(), EventBus(), **{name: value})  # type: ignore[arg-type]
+    assert info.value.details == {"field": name}
