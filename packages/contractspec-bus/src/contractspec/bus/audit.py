@@ -608,4 +608,6 @@ class AuditableEventBus:
 
     def __getattr__(self, name: str) -> Any:
         # Delegate everything else (subscribe, deliver, drain, ...) to the wrapped publisher.
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
