@@ -374,6 +374,8 @@ class IntentAggregator:
         max_traces: Traces whose operation sequence is kept (LRU, default 10,000).
         max_sequence_length: Operations kept per trace (most recent, default 16).
         buffer_size: Samples buffered by `record()` before they are ingested (default 4096).
+        export_buckets: Keep the minutes of each closed window for `pop_sealed_buckets()` (what
+            `TelemetryExporter` sends to a shared store).
 
     Raises:
         ConfigurationError: A size is not a positive integer.
@@ -398,6 +400,7 @@ class IntentAggregator:
         max_traces: int = 10_000,
         max_sequence_length: int = 16,
         buffer_size: int = 4096,
+        export_buckets: bool = False,
     ) -> None:
         for name, value in (
             ("window_minutes", window_minutes),
@@ -424,6 +427,8 @@ class IntentAggregator:
         self.max_traces = max_traces
         self.max_sequence_length = max_sequence_length
         self.buffer_size = buffer_size
+        self.export_buckets = export_buckets
+        self._sealed: list[TelemetryBucket] = []
         self._ops: dict[str, int] = {}
         self._op_names: list[str] = []
         self._orgs: dict[str | None, int] = {}
@@ -612,7 +617,7 @@ class IntentAggregator:
     def buckets(
         self, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[TelemetryBucket]:
-        """The open minutes as `TelemetryBucket`s (to persist them, or to merge elsewhere).
+        """The open minutes as `TelemetryBucket`s (a snapshot; see `pop_sealed_buckets`).
 
         Args:
             since, until: Optional UTC bounds on the minute start (`until` exclusive).
@@ -621,21 +626,35 @@ class IntentAggregator:
             One bucket per minute and series, ordered by minute, operation and tenant.
         """
         self.flush()
-        minute, op, org, failed, bucket, count = self._hist.rows()
-        mask = np.ones(len(minute), dtype=np.bool_)
+        rows = self._hist.rows()
+        mask = np.ones(len(rows[0]), dtype=np.bool_)
         if since is not None:
-            mask &= minute >= _epoch_minute(since)
+            mask &= rows[0] >= _epoch_minute(since)
         if until is not None:
-            mask &= minute < _epoch_minute(until)
+            mask &= rows[0] < _epoch_minute(until)
+        return self._to_buckets(tuple(c[mask] for c in rows), self._errs.columns())
+
+    def pop_sealed_buckets(self) -> list[TelemetryBucket]:
+        """Minutes of the windows closed since the last call (with `export_buckets=True`).
+
+        Each minute is returned exactly once, when its window closes, so exporting these never
+        double-counts (see `TelemetryExporter`).
+        """
+        self.flush()
+        sealed, self._sealed = self._sealed, []
+        return sealed
+
+    def _to_buckets(self, rows: tuple[_I64, ...], errs: tuple[_I64, ...]) -> list[TelemetryBucket]:
+        minute, op, org, failed, bucket, count = rows
         out: dict[tuple[int, int, int], dict[str, Any]] = {}
         for m, o, g, f, b, c in zip(
-            minute[mask].tolist(), op[mask].tolist(), org[mask].tolist(),
-            failed[mask].tolist(), bucket[mask].tolist(), count[mask].tolist(), strict=True,
+            minute.tolist(), op.tolist(), org.tolist(), failed.tolist(), bucket.tolist(),
+            count.tolist(), strict=True,
         ):  # fmt: skip
             cell = out.setdefault((m, o, g), {"ok": {}, "err": {}, "codes": {}})
             hist = cell["err" if f else "ok"]
             hist[b] = hist.get(b, 0) + c
-        em, eo, eg, ec, en = self._errs.columns()
+        em, eo, eg, ec, en = errs
         for m, o, g, c, k in zip(
             em.tolist(), eo.tolist(), eg.tolist(), ec.tolist(), en.tolist(), strict=True
         ):
@@ -770,6 +789,8 @@ class IntentAggregator:
     def _close_window(self, start: int) -> None:
         end = start + self.window_minutes
         stats = self._window_stats(start, end)
+        if self.export_buckets:
+            self._sealed.extend(self._to_buckets(self._hist.rows(start), self._errs.get(start)))
         m, o, g, calls, errors = self._hist.minute_cells(start)
         self._hist.windows.pop(start, None)
         self._errs.pop(start)
@@ -866,6 +887,7 @@ class IntentAggregator:
     @property
     def watermark(self) -> datetime | None:
         """Start of the latest minute seen (or passed to `advance`)."""
+        self.flush()
         return None if self._watermark is None else _minute_dt(self._watermark)
 
     def history(self, operation: str, org_id: str | None = ALL_TENANTS) -> list[WindowStats]:

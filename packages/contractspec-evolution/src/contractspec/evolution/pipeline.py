@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 from attrs import define, field
 
 from contractspec.core import (
     Clock,
+    ConfigurationError,
     EventPublisher,
     MemoryUnitOfWork,
     SystemClock,
@@ -72,42 +73,53 @@ class PipelineRun:
 
 
 class TelemetryExporter:
-    """Exports an app process's sealed telemetry minutes to a `TelemetryBucketStore`.
+    """Exports an app process's closed telemetry minutes to a `TelemetryBucketStore`.
 
-    A minute is sealed once the aggregator's watermark is `lateness_minutes` past it; each sealed
-    minute is exported exactly once. Samples arriving later than that for an exported minute stay
-    local (at most once, like any watermark).
+    Minutes are exported when their window closes in the process (the watermark passed it), so
+    each is exported exactly once; samples later than the aggregator's lateness are dropped there,
+    as anywhere else. The central pipeline merges the buckets (`EvolutionPipeline(buckets=...)`).
 
     Args:
-        aggregator: The process's aggregator.
+        aggregator: The process's aggregator, made with `export_buckets=True`.
         store: Where buckets go.
         unit_of_work: Transactions for the store.
+
+    Raises:
+        ConfigurationError: The aggregator does not keep closed minutes.
     """
 
     def __init__(
         self, aggregator: IntentAggregator, store: TelemetryBucketStore, unit_of_work: UnitOfWork
     ) -> None:
+        if not aggregator.export_buckets:
+            raise ConfigurationError(
+                "TelemetryExporter needs IntentAggregator(export_buckets=True) so closed minutes "
+                "are kept until exported",
+                details={"field": "export_buckets"},
+            )
         self.aggregator = aggregator
         self.store = store
         self.unit_of_work = unit_of_work
-        self._exported_until: datetime | None = None
 
-    async def export(self) -> int:
-        """Export newly sealed minutes; returns the number of buckets written."""
-        watermark = self.aggregator.watermark
-        if watermark is None:
+    async def export(self, now: datetime | None = None) -> int:
+        """Close due windows (up to `now` when given) and export their minutes.
+
+        Returns:
+            The number of buckets written.
+        """
+        if now is not None:
+            self.aggregator.advance(now)
+        buckets = self.aggregator.pop_sealed_buckets()
+        if not buckets:
             return 0
-        until = watermark - timedelta(minutes=self.aggregator.lateness_minutes)
-        buckets = self.aggregator.buckets(since=self._exported_until, until=until)
-        if buckets:
-            tx = await self.unit_of_work.begin()
-            try:
-                await self.store.add(tx, buckets)
-            except BaseException:
-                await tx.rollback()
-                raise
-            await tx.commit()
-        self._exported_until = until
+        tx = await self.unit_of_work.begin()
+        try:
+            await self.store.add(tx, buckets)
+        except BaseException:
+            await tx.rollback()
+            self.aggregator._sealed[:0] = buckets  # keep them for the next attempt
+            raise
+        await tx.commit()
         return len(buckets)
 
 
@@ -255,8 +267,6 @@ class EvolutionPipeline:
         A failing run is logged and the loop goes on. Returns the number of runs.
         """
         if not interval_s > 0 or math.isinf(interval_s):
-            from contractspec.core import ConfigurationError
-
             raise ConfigurationError(f"interval_s must be a positive number, got {interval_s!r}")
         self._stop.clear()
         runs = 0

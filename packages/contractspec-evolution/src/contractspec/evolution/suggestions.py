@@ -43,6 +43,7 @@ from contractspec.core import (
 )
 from contractspec.core.diff import diff_ir
 from contractspec.core.ir import ir_digest, load_ir, to_ir
+from contractspec.evolution.aggregator import ALL_TENANTS
 from contractspec.evolution.detector import Intent, IntentKind
 
 if TYPE_CHECKING:
@@ -452,9 +453,16 @@ class SpecGenerator:
                 made = self._tighten(ir, op, ver, fname, etype, ctx, count)
                 if made is not None:
                     out.append(made)
-        unique: dict[str, SpecSuggestion] = {}
+        # one suggestion per kind and operation (the most confident), one per fingerprint
+        out.sort(key=lambda s: (-s.confidence, s.id))
+        unique: dict[tuple[str, str, str], SpecSuggestion] = {}
+        fingerprints: set[str] = set()
         for s in out:
-            unique.setdefault(s.fingerprint, s)
+            per_title = s.kind in (SuggestionKind.NEW_OPERATION, SuggestionKind.TIGHTEN_VALIDATION)
+            key = (s.kind.value, s.operation, s.title if per_title else "")
+            if key not in unique and s.fingerprint not in fingerprints:
+                unique[key] = s
+                fingerprints.add(s.fingerprint)
         return sorted(unique.values(), key=lambda s: (s.priority, -s.confidence, s.operation))
 
     def build(
@@ -501,6 +509,8 @@ class SpecGenerator:
     # -- per kind ---------------------------------------------------------------------------------
 
     def _from_intent(self, ir: Mapping[str, Any], intent: Intent) -> SpecSuggestion | None:
+        if intent.org_id != ALL_TENANTS and intent.kind is not IntentKind.WORKFLOW_SEQUENCE:
+            return None  # policies are per operation: judged on the all-tenant series
         if intent.kind is IntentKind.WORKFLOW_SEQUENCE:
             return self._workflow(ir, intent)
         if intent.kind is IntentKind.LATENCY_REGRESSION:
