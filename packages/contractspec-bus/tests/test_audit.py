@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attrs import evolve
@@ -346,3 +347,19 @@ def test_mask_pii_crosses_lists_and_nested_mappings() -> None:
     assert mask_pii(data, {"contacts.email"}, mode="hash")["contacts"][0]["email"].startswith(
         "sha256:"
     )
+
+
+async def test_sql_verify_pages_through_long_chains(sql_engine: Any) -> None:
+    """Verification reads in pages: a clean 9-entry chain passes with pages of 2, a gap is found."""
+    from contractspec.bus.sql import SqlAuditTrail, create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    trail = SqlAuditTrail(sql_engine)
+    for n in range(1, 10):
+        await trail.record(record(n), None)
+    verdict = await trail.verify("org-1", page_size=2)
+    assert (verdict.ok, verdict.checked) == (True, 9)
+    async with sql_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM cs_audit_log WHERE seq = 6"))
+    broken = await trail.verify("org-1", page_size=2)
+    assert (broken.ok, broken.first_bad_seq, broken.checked) == (False, 6, 6)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -51,6 +51,7 @@ __all__ = [
     "AuditFilter",
     "AuditTrail",
     "AuditableEventBus",
+    "ChainVerifier",
     "Checkpoint",
     "MemoryAuditTrail",
     "PurgeResult",
@@ -184,9 +185,78 @@ class VerifyResult:
         return self.ok
 
 
+class ChainVerifier:
+    """Incremental chain check: feed entries in `seq` order, then `finish()` with the head.
+
+    Lets SQL adapters verify a chain page by page in constant memory. See `verify_chain`.
+    """
+
+    def __init__(self, org_id: str | None, checkpoint: Checkpoint | None) -> None:
+        self.org_id = org_id
+        self.checkpoint = checkpoint
+        self.expected = (checkpoint.seq + 1) if checkpoint else 1
+        self.prev: str | None = checkpoint.hash if checkpoint else None
+        self.last_purge: tuple[int, str] | None = None
+        self.checked = 0
+
+    def fail(self, seq: int | None, reason: str) -> VerifyResult:
+        """A failed result at `seq`."""
+        return VerifyResult(False, self.org_id, self.checked, seq, reason)
+
+    def feed(
+        self, seq: int, body: Mapping[str, Any], prev_hash: str | None, digest: str
+    ) -> VerifyResult | None:
+        """Check the next entry; return the failure, or `None` while the chain holds."""
+        self.checked += 1
+        if seq != self.expected:
+            reason = (
+                f"entry {self.expected} is missing (found {seq}): entries were deleted"
+                if seq > self.expected
+                else f"entry {seq} is out of place: entries were reordered or duplicated"
+            )
+            return self.fail(self.expected, reason)
+        if prev_hash != self.prev:
+            return self.fail(
+                seq,
+                "link broken: prev_hash does not match the previous entry (reordered or deleted)",
+            )
+        if audit_hash(self.prev, body) != digest:
+            return self.fail(seq, "hash mismatch: the entry was edited")
+        if body.get("action") == PURGE_ACTION:
+            details = body.get("details") or {}
+            self.last_purge = (
+                int(details.get("through_seq", -1)),
+                str(details.get("through_hash")),
+            )
+        self.prev = digest
+        self.expected += 1
+        return None
+
+    def finish(self, head: tuple[int, str | None] | None) -> VerifyResult:
+        """Check the checkpoint against the chained purge entry and the head against the end."""
+        last_seq = self.expected - 1
+        cp = self.checkpoint
+        if cp is not None and self.last_purge != (cp.seq, cp.hash):
+            return self.fail(
+                cp.seq, "checkpoint does not match the chained audit.purged entry: it was forged"
+            )
+        if head is None:
+            if self.checked or cp is not None:
+                return self.fail(None, "the chain head row is missing")
+            return VerifyResult(True, self.org_id, 0)
+        head_seq, head_hash = head
+        if head_seq != last_seq or head_hash != self.prev:
+            return self.fail(
+                last_seq + 1 if head_seq > last_seq else head_seq,
+                f"the head says the chain ends at {head_seq} but it ends at {last_seq}: "
+                "the latest entries were deleted or the head was altered",
+            )
+        return VerifyResult(True, self.org_id, self.checked)
+
+
 def verify_chain(
     org_id: str | None,
-    rows: Sequence[tuple[int, Mapping[str, Any], str | None, str]],
+    rows: Iterable[tuple[int, Mapping[str, Any], str | None, str]],
     head: tuple[int, str | None] | None,
     checkpoint: Checkpoint | None,
 ) -> VerifyResult:
@@ -203,62 +273,12 @@ def verify_chain(
         (or a head that points past the end), an edited one as a hash mismatch, a reordered one
         as a broken link; a forged checkpoint disagrees with the chained `audit.purged` entry.
     """
-    expected = (checkpoint.seq + 1) if checkpoint else 1
-    prev: str | None = checkpoint.hash if checkpoint else None
-    purge_marks: list[tuple[int, str]] = []
-    checked = 0
+    verifier = ChainVerifier(org_id, checkpoint)
     for seq, body, prev_hash, digest in rows:
-        checked += 1
-        if seq != expected:
-            reason = (
-                f"entry {expected} is missing (found {seq}): entries were deleted"
-                if seq > expected
-                else f"entry {seq} is out of place: entries were reordered or duplicated"
-            )
-            return VerifyResult(False, org_id, checked, expected, reason)
-        if prev_hash != prev:
-            return VerifyResult(
-                False,
-                org_id,
-                checked,
-                seq,
-                "link broken: prev_hash does not match the previous entry (reordered or deleted)",
-            )
-        if audit_hash(prev, body) != digest:
-            return VerifyResult(False, org_id, checked, seq, "hash mismatch: the entry was edited")
-        if body.get("action") == PURGE_ACTION:
-            details = body.get("details") or {}
-            purge_marks.append(
-                (int(details.get("through_seq", -1)), str(details.get("through_hash")))
-            )
-        prev = digest
-        expected += 1
-    last_seq = expected - 1
-    if checkpoint is not None and (
-        not purge_marks or purge_marks[-1] != (checkpoint.seq, checkpoint.hash)
-    ):
-        return VerifyResult(
-            False,
-            org_id,
-            checked,
-            checkpoint.seq,
-            "checkpoint does not match the chained audit.purged entry: it was forged",
-        )
-    if head is None:
-        if rows or checkpoint is not None:
-            return VerifyResult(False, org_id, checked, None, "the chain head row is missing")
-        return VerifyResult(True, org_id, 0)
-    head_seq, head_hash = head
-    if head_seq != last_seq or head_hash != prev:
-        return VerifyResult(
-            False,
-            org_id,
-            checked,
-            last_seq + 1 if head_seq > last_seq else head_seq,
-            f"the head says the chain ends at {head_seq} but it ends at {last_seq}: "
-            "the latest entries were deleted or the head was altered",
-        )
-    return VerifyResult(True, org_id, checked)
+        failed = verifier.feed(seq, body, prev_hash, digest)
+        if failed is not None:
+            return failed
+    return verifier.finish(head)
 
 
 @runtime_checkable

@@ -57,13 +57,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.bus.audit import (
     AuditFilter,
+    ChainVerifier,
     Checkpoint,
     PurgeResult,
     VerifyResult,
     _check_cutoff,
     _purge_record,
     _seq_cursor,
-    verify_chain,
 )
 from contractspec.bus.stores import (
     DeadLetter,
@@ -862,6 +862,36 @@ class SqlDeliveryLog(_SqlStore):
 # --------------------------------------------------------------------------------------------
 
 
+_AUDIT_COLUMNS = (
+    "id",
+    "action",
+    "outcome",
+    "actor_id",
+    "actor_kind",
+    "target_type",
+    "target_id",
+    "request_id",
+    "trace_id",
+)
+
+
+def _column_mismatch(verifier: ChainVerifier, row: Mapping[Any, Any]) -> VerifyResult | None:
+    """The indexed columns must repeat the hashed body (queries filter on them)."""
+    body = row["body"]
+    for column in _AUDIT_COLUMNS:
+        if row[column] != body.get(column):
+            return verifier.fail(
+                int(row["seq"]),
+                f"column {column} disagrees with the hashed body: the entry was edited",
+            )
+    if row["occurred_at"] != datetime.fromisoformat(body["occurred_at"]):
+        return verifier.fail(
+            int(row["seq"]),
+            "column occurred_at disagrees with the hashed body: the entry was edited",
+        )
+    return None
+
+
 class SqlAuditTrail(_SqlStore):
     """`AuditTrail` over core's `cs_audit_log`/`cs_audit_head` plus `cs_audit_checkpoint`.
 
@@ -946,51 +976,51 @@ class SqlAuditTrail(_SqlStore):
         r = rows[0]
         return Checkpoint(org_id, int(r["seq"]), r["hash"], int(r["purged"]), r["created_at"])
 
-    async def verify(self, org_id: str | None) -> VerifyResult:
-        """Recompute the org's chain from its checkpoint; also check the indexed columns."""
-        t, h = audit_table, audit_head_table
+    async def verify(self, org_id: str | None, *, page_size: int = 2000) -> VerifyResult:
+        """Recompute the org's chain from its checkpoint; also check the indexed columns.
+
+        Reads one snapshot (`REPEATABLE READ` on PostgreSQL, a read transaction on SQLite) page
+        by page, so memory stays flat and concurrent appends never look like tampering.
+        """
+        t, h, c = audit_table, audit_head_table, audit_checkpoint_table
         key = _org_key(org_id)
         async with self.engine.connect() as conn:
-            rows = (
-                (await conn.execute(select(t).where(t.c.org_key == key).order_by(t.c.seq)))
-                .mappings()
-                .all()
-            )
+            if self.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             head = (await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == key))).first()
-        checkpoint = await self.checkpoint(org_id)
-        for r in rows:
-            body = r["body"]
-            for column in (
-                "id",
-                "action",
-                "outcome",
-                "actor_id",
-                "actor_kind",
-                "target_type",
-                "target_id",
-                "request_id",
-                "trace_id",
-            ):
-                if r[column] != body.get(column):
-                    return VerifyResult(
-                        False,
-                        org_id,
-                        0,
-                        int(r["seq"]),
-                        f"column {column} disagrees with the hashed body: the entry was edited",
-                    )
-            if r["occurred_at"] != datetime.fromisoformat(body["occurred_at"]):
-                return VerifyResult(
-                    False,
+            cp_row = (await conn.execute(select(c).where(c.c.org_key == key))).mappings().first()
+            checkpoint = (
+                None
+                if cp_row is None
+                else Checkpoint(
                     org_id,
-                    0,
-                    int(r["seq"]),
-                    "column occurred_at disagrees with the hashed body: the entry was edited",
+                    int(cp_row["seq"]),
+                    cp_row["hash"],
+                    int(cp_row["purged"]),
+                    cp_row["created_at"],
                 )
-        chain = [(int(r["seq"]), r["body"], r["prev_hash"], r["hash"]) for r in rows]
-        return verify_chain(
-            org_id, chain, (int(head.seq), head.hash) if head is not None else None, checkpoint
-        )
+            )
+            verifier = ChainVerifier(org_id, checkpoint)
+            after = checkpoint.seq if checkpoint is not None else 0
+            upto = int(head.seq) if head is not None else None
+            while True:
+                stmt = select(t).where(t.c.org_key == key, t.c.seq > after)
+                if upto is not None:
+                    stmt = stmt.where(t.c.seq <= upto)
+                rows = (
+                    (await conn.execute(stmt.order_by(t.c.seq).limit(page_size))).mappings().all()
+                )
+                if not rows:
+                    break
+                for r in rows:
+                    # (VerifyResult is falsy when it reports a failure: test for None explicitly.)
+                    failed = _column_mismatch(verifier, r)
+                    if failed is None:
+                        failed = verifier.feed(int(r["seq"]), r["body"], r["prev_hash"], r["hash"])
+                    if failed is not None:
+                        return failed
+                after = int(rows[-1]["seq"])
+        return verifier.finish((int(head.seq), head.hash) if head is not None else None)
 
     async def purge_older_than(
         self, org_id: str | None, cutoff: datetime, *, actor_id: str = "system"
