@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from contractspec.core import Executor
+
 ROOT = Path(__file__).resolve().parents[3]
 PAGES = ["README.md", "docs/core/index.md", "docs/core/runtime.md", "docs/core/sql.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -31,3 +33,6 @@ def test_python_blocks_run(page: str) -> None:
             )
     finally:
         del sys.modules[module.__name__]
+        for value in module.__dict__.values():
+            if isinstance(value, Executor):
+                value.close()  # examples may use execute_sync, which starts an event loop

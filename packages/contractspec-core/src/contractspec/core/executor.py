@@ -726,8 +726,18 @@ class Executor:
         if plan.auth_kind == "authenticated":
             return
         resource = plan.resource(call.org_id)
+        policy = self.policy
         for permission in plan.permissions:
-            await self._decide(spec, call, permission, resource)
+            # Fast path: a synchronous decider that allows needs no extra coroutine.
+            if policy is not None:
+                decision = policy.decide(call.actor, permission, resource, call)
+                if type(decision) is Decision and decision.allowed:
+                    continue
+                if type(decision) is not Decision and inspect.isawaitable(decision):
+                    decision = await decision
+                await self._check_decision(spec, call, permission, decision)
+            else:
+                await self._decide(spec, call, permission, resource)
 
     async def _decide(
         self, spec: OperationSpec, call: CallContext, action: str, resource: Resource
@@ -744,6 +754,11 @@ class Executor:
         decision: Any = policy.decide(call.actor, action, resource, call)
         if type(decision) is not Decision and inspect.isawaitable(decision):
             decision = await decision
+        return await self._check_decision(spec, call, action, decision)
+
+    async def _check_decision(
+        self, spec: OperationSpec, call: CallContext, action: str, decision: Any
+    ) -> Decision:
         if not isinstance(decision, Decision):
             raise ConfigurationError(
                 f"the PolicyDecider returned {type(decision).__name__}; it must return a Decision"
@@ -804,24 +819,6 @@ class Executor:
         batch = _BATCH.get()
         if batch is not None and batch._executor is self:
             return await self._run_in_batch(batch, plan, value, call, key)
-        try:
-            return await self._run_once(plan, value, call, key)
-        except ConflictError:
-            if key is None:
-                raise
-            # A concurrent call with the same key committed first: answer like a repeat.
-            tx = await self.unit_of_work.begin(readonly=True)
-            try:
-                replay = await self._replay(tx, plan, value, call, key)
-            finally:
-                await tx.rollback()
-            if replay is None:
-                raise
-            return replay
-
-    async def _run_once(
-        self, plan: _Plan, value: BaseModel, call: CallContext, key: str | None
-    ) -> BaseModel:
         tx = await self.unit_of_work.begin(readonly=not plan.is_command)
         try:
             if key is not None:
@@ -835,6 +832,19 @@ class Executor:
             else:
                 await tx.rollback()
             return output
+        except ConflictError:
+            await tx.rollback()
+            if key is None:
+                raise
+            # A concurrent call with the same key committed first: answer like a repeat.
+            tx = await self.unit_of_work.begin(readonly=True)
+            try:
+                replay = await self._replay(tx, plan, value, call, key)
+            finally:
+                await tx.rollback()
+            if replay is None:
+                raise
+            return replay
         except BaseException:
             await tx.rollback()
             raise

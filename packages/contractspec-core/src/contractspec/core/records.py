@@ -1,7 +1,10 @@
 """Records the runtime hands to its ports: events, audit entries, decisions, telemetry, calls.
 
-All are frozen `attrs` value objects. Their JSON forms (`to_dict()`) are what SQL stores persist,
-so they are stable and documented here.
+All are `attrs` value objects compared by value. `Decision` and `EntityChange` are frozen; the four
+records made on every call (`EventEnvelope`, `AuditRecord`, `TelemetrySample`, `CallRecord`) are
+slotted but not frozen, because a frozen attrs class costs about three times as much to build and
+they are built on the hot path. Treat them as immutable: one record is handed to several ports.
+Their JSON forms (`to_dict()`) are what SQL stores persist, so they are stable and documented here.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ class Decision:
         return cls(False, reason, matched_rule)
 
 
-@define(frozen=True)
+@define(hash=False)
 class EventEnvelope:
     """One emitted event with its metadata, as published through the `EventPublisher` port.
 
@@ -216,7 +219,7 @@ class EntityChange:
 AuditOutcome = Literal["success", "denied", "failed"]
 
 
-@define(frozen=True)
+@define(hash=False)
 class AuditRecord:
     """What an `AuditSink` receives for each audited call.
 
@@ -317,7 +320,7 @@ def audit_hash(prev_hash: str | None, body: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-@define(frozen=True)
+@define(hash=False)
 class TelemetrySample:
     """One call's unsampled telemetry, as received by the `TelemetrySink` port.
 
@@ -347,7 +350,7 @@ class TelemetrySample:
     timestamp: datetime
 
 
-@define(frozen=True)
+@define(hash=False)
 class CallRecord:
     """A complete call (input, output or error), as received by the `TrafficSink` port.
 
