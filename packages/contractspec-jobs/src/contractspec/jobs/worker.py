@@ -411,9 +411,16 @@ class Worker:
         task = asyncio.create_task(self._supervise(job), name=f"job:{job.type}:{job.id}")
         self._running[job.id] = (job, task)
 
-        def done(_: asyncio.Task[None]) -> None:
+        def done(finished: asyncio.Task[None]) -> None:
             self._running.pop(job.id, None)
             self._slot_free.set()
+            if not finished.cancelled() and finished.exception() is not None:
+                # Only database errors get here; the lease expires and the job runs again.
+                _log.error(
+                    "contractspec.jobs.outcome_not_recorded",
+                    job_id=job.id,
+                    exc_info=finished.exception(),
+                )
 
         task.add_done_callback(done)
 
