@@ -69,7 +69,7 @@ from contractspec.evolution.suggestions import (
     apply_patch,
     define_operation_policy,
 )
-from contractspec.evolution.telemetry import TelemetryASGIMiddleware, TelemetryBatch
+from contractspec.evolution.telemetry import FanOutSink, TelemetryASGIMiddleware, TelemetryBatch
 
 try:
     __version__ = version("contractspec-evolution")
@@ -87,6 +87,7 @@ __all__ = [
     "DetectorConfig",
     "EvolutionPipeline",
     "Ewma",
+    "FanOutSink",
     "Intent",
     "IntentAggregator",
     "IntentDetector",

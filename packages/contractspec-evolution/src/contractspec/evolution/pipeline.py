@@ -38,6 +38,7 @@ from contractspec.evolution.aggregator import IntentAggregator, WindowStats
 from contractspec.evolution.analyzer import SpecAnalyzer, UsageReport
 from contractspec.evolution.detector import Intent, IntentDetector
 from contractspec.evolution.events import intent_detected, make_envelope
+from contractspec.evolution.llm import LLMRationaleWriter
 from contractspec.evolution.orchestrator import SpecSuggestionOrchestrator, SubmitResult
 from contractspec.evolution.stores import IntentStore, TelemetryBucketStore
 from contractspec.evolution.suggestions import SpecGenerator, SpecSuggestion, ValidationErrorSampler
@@ -140,6 +141,8 @@ class EvolutionPipeline:
         events: Publisher of `intent.detected` (default: the orchestrator's; `None` publishes
             nothing).
         clock: Time source.
+        rationale_writer: Optional `contractspec.evolution.llm.LLMRationaleWriter` that lets a
+            model write each new suggestion's rationale (the patch and diff stay computed).
     """
 
     def __init__(
@@ -156,8 +159,10 @@ class EvolutionPipeline:
         unit_of_work: UnitOfWork | None = None,
         events: EventPublisher | None = None,
         clock: Clock | None = None,
+        rationale_writer: LLMRationaleWriter | None = None,
     ) -> None:
         self.aggregator = aggregator
+        self.rationale_writer = rationale_writer
         self.detector = detector
         self.generator = generator
         self.orchestrator = orchestrator
@@ -239,6 +244,8 @@ class EvolutionPipeline:
         suggestions = self.generator.suggest(
             intents, usage=usage.operations if usage else (), validation=self.validation
         )
+        if self.rationale_writer is not None and suggestions:
+            suggestions = await self.rationale_writer.rewrite_all(suggestions)
         submitted = None
         decided: list[SpecSuggestion] = []
         if self.orchestrator is not None:

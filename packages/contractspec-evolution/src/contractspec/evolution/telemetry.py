@@ -27,7 +27,7 @@ from contractspec.core import (
     TelemetrySink,
 )
 
-__all__ = ["TelemetryASGIMiddleware", "TelemetryBatch"]
+__all__ = ["FanOutSink", "TelemetryASGIMiddleware", "TelemetryBatch"]
 
 
 def _bad(field_name: str, message: str) -> SpecValidationError:
@@ -341,3 +341,22 @@ class TelemetryASGIMiddleware:
             )
         except Exception:  # telemetry must never fail a request
             return
+
+
+class FanOutSink:
+    """A `TelemetrySink` handing every sample to several sinks (one failing never stops others).
+
+    Args:
+        *sinks: The sinks, called in order.
+    """
+
+    def __init__(self, *sinks: TelemetrySink) -> None:
+        self.sinks: Sequence[TelemetrySink] = sinks
+
+    def record(self, sample: TelemetrySample) -> None:
+        """Hand the sample to every sink."""
+        for sink in self.sinks:
+            try:
+                sink.record(sample)
+            except Exception:  # sinks must not raise; keep the others going
+                continue
