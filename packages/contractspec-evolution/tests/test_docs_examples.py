@@ -47,10 +47,7 @@ def test_page_prints_what_it_shows(page: str) -> None:
 def test_index_runs_the_loop_end_to_end() -> None:
     """The overview's end-to-end example detects, suggests, approves and writes the envelope."""
     printed = run_page("index").splitlines()
-    expected = [
-        line
-        for line in _TEXT.findall((DOCS / "index.md").read_text(encoding="utf-8"))[1].splitlines()
-    ]
+    expected = list(_TEXT.findall((DOCS / "index.md").read_text(encoding="utf-8"))[1].splitlines())
     assert len(printed) == len(expected) == 4
     for want, got in zip(expected, printed, strict=True):
         assert matches(want, got), (want, got)
