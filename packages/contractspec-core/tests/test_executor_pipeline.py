@@ -485,3 +485,63 @@ def test_memory_backend_is_the_default() -> None:
     """Without a backend the executor keeps everything in memory."""
     registry, _ = build(good)
     assert isinstance(Executor(registry).backend, MemoryBackend)
+
+
+async def test_several_sinks_and_traffic_wants() -> None:
+    """Telemetry and traffic accept several sinks; a sink's wants() skips successful calls only."""
+
+    class Picky:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def wants(self, spec: Any, trace_id: str | None) -> bool:
+            return trace_id == "keep"
+
+        def record(self, call: Any) -> None:
+            self.calls.append(f"{call.trace_id}:{call.error is None}:{call.actor_kind}")
+
+    first, second = MemoryTelemetrySink(), MemoryTelemetrySink()
+    picky, everything = Picky(), MemoryTrafficSink()
+    registry, _ = build(good)
+    ex = executor(registry, telemetry=[first, second], traffic=[picky, everything])
+    await ex.execute("shop.item.add", {"name": "a"}, ACTOR.replace(trace_id="keep"))
+    await ex.execute("shop.item.add", {"name": "b"}, ACTOR.replace(trace_id="drop"))
+    with pytest.raises(SpecValidationError):
+        await ex.execute("shop.item.add", {}, ACTOR.replace(trace_id="drop"))
+    assert len(first.samples) == len(second.samples) == 3
+    assert picky.calls == ["keep:True:user", "drop:False:user"]
+    assert len(everything.calls) == 3
+    assert everything.calls[0].actor_roles == frozenset({"clerk"})
+
+    only = Picky()
+    solo = executor(registry, traffic=only)
+    await solo.execute("shop.item.add", {"name": "a"}, ACTOR.replace(trace_id="drop"))
+    assert only.calls == []
+
+
+async def test_beta_versions_are_not_served_by_default() -> None:
+    """Without a resolver the latest stable version runs; a beta version needs an explicit pick."""
+    v1 = define_command("shop.item.add", input=AddItem, output=Item, auth=public())
+    v2 = define_command(
+        "shop.item.add", input=AddItem, output=Item, auth=public(), version=2, stability="beta"
+    )
+    registry = SpecRegistry(v1, v2)
+
+    @registry.handler(v1)
+    async def one(inp: AddItem, ctx: HandlerCtx) -> Item:
+        return Item(id="v1", name=inp.name)
+
+    @registry.handler(v2)
+    async def two(inp: AddItem, ctx: HandlerCtx) -> Item:
+        return Item(id="v2", name=inp.name)
+
+    ex = executor(registry)
+    assert (await ex.execute("shop.item.add", {"name": "a"}, ACTOR)).model_dump()["id"] == "v1"
+    assert (await ex.execute("shop.item.add", {"name": "a"}, ACTOR, version=2)).model_dump()[
+        "id"
+    ] == "v2"
+    only_beta = SpecRegistry(v2)
+    only_beta.bind(v2, two)
+    assert (await executor(only_beta).execute("shop.item.add", {"name": "a"}, ACTOR)).model_dump()[
+        "id"
+    ] == "v2"

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from contractspec.core.errors import ConfigurationError, ContractSpecError
 from contractspec.core.registry import SpecRegistry
 
-__all__ = ["app", "load_ir_source", "load_registry", "main"]
+__all__ = ["CLI_ENTRY_POINTS", "app", "load_ir_source", "load_registry", "main", "mount_plugins"]
 
 try:
     import typer
@@ -213,6 +213,35 @@ def generate_command(
     )
 
 
+#: Entry-point group through which other packages add sub-commands (`contractspec test ...`).
+CLI_ENTRY_POINTS = "contractspec.cli"
+
+
+def mount_plugins(root: Any = None) -> list[str]:
+    """Mount the typer apps other installed packages declare under `contractspec.cli`.
+
+    A package adds `[project.entry-points."contractspec.cli"] test = "pkg.cli:app"`; a plugin that
+    fails to import is skipped with a warning on stderr rather than breaking the whole CLI.
+
+    Returns:
+        The names of the mounted sub-commands.
+    """
+    from importlib.metadata import entry_points
+
+    target = root if root is not None else app
+    mounted: list[str] = []
+    for ep in sorted(entry_points(group=CLI_ENTRY_POINTS), key=lambda e: e.name):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken optional plugin must not break the CLI
+            typer.echo(f"warning: cannot load contractspec {ep.name!r} commands: {exc}", err=True)
+            continue
+        target.add_typer(plugin, name=ep.name)
+        mounted.append(ep.name)
+    return mounted
+
+
 def main() -> None:
     """Entry point of the `contractspec` script."""
+    mount_plugins()
     app()

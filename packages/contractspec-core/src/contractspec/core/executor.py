@@ -67,7 +67,7 @@ from contractspec.core.records import (
 )
 from contractspec.core.registry import Handler, SpecRegistry
 from contractspec.core.repository import Repository
-from contractspec.core.specs import EntitySpec, EventSpec, OperationSpec
+from contractspec.core.specs import EntitySpec, EventSpec, OperationSpec, Stability
 from contractspec.core.transactions import Savepoint, Transaction
 
 __all__ = ["Backend", "Batch", "Executor", "HandlerCtx", "Invocation", "Middleware"]
@@ -490,14 +490,21 @@ class Executor:
         registry: The specs and their handlers.
         backend: Persistence bundle (`MemoryBackend()` by default, or
             `contractspec.core.sql.SqlBackend`); the explicit arguments below override its parts.
-        unit_of_work, entities, idempotency, events, audit: Override single adapters of the
-            backend (e.g. the bus package's publisher with a SQL backend).
+        unit_of_work: Overrides the backend's unit of work.
+        entities: Overrides the backend's entity store.
+        idempotency: Overrides the backend's idempotency store.
+        events: Overrides the backend's event publisher (e.g. the bus package's).
+        audit: Overrides the backend's audit sink.
         policy: The `PolicyDecider`; without one, operations that `requires(...)` are denied.
-        telemetry: Receives one `TelemetrySample` per call.
-        traffic: Receives one `CallRecord` per call.
-        variants: Chooses the version of an operation per caller.
+        telemetry: One `TelemetrySink` or several; each receives one `TelemetrySample` per call.
+        traffic: One `TrafficSink` or several; each receives one `CallRecord` per call it wants.
+        variants: Chooses the version of an operation per caller. Without it (or when it returns
+            `None`) the latest *released* version runs: the highest version whose stability is
+            `stable` or `deprecated`, else the highest version. Register a new version as
+            `stability="beta"` (or `experimental`) to roll it out before it becomes the default.
         jobs: Lets handlers enqueue background jobs (`ctx.enqueue`).
-        clock, ids: Time and id sources (fake ones in tests).
+        clock: Time source (a fake one in tests).
+        ids: Id source (a deterministic one in tests).
         middleware: Wrappers around the handler stage, outermost first.
         audit_enabled: Set `False` to skip audit records entirely.
 
@@ -521,8 +528,8 @@ class Executor:
         events: EventPublisher | None = None,
         audit: AuditSink | None = None,
         policy: PolicyDecider | None = None,
-        telemetry: TelemetrySink | None = None,
-        traffic: TrafficSink | None = None,
+        telemetry: TelemetrySink | Sequence[TelemetrySink] | None = None,
+        traffic: TrafficSink | Sequence[TrafficSink] | None = None,
         variants: VariantResolver | None = None,
         jobs: JobEnqueuer | None = None,
         clock: Clock | None = None,
@@ -543,8 +550,12 @@ class Executor:
         self.events: EventPublisher = events or base.events
         self.audit: AuditSink | None = (audit or base.audit) if audit_enabled else None
         self.policy = policy
-        self.telemetry = telemetry
-        self.traffic = traffic
+        self.telemetry: TelemetrySink | None = _fan_out_telemetry(telemetry)
+        self.traffic: TrafficSink | None = _fan_out_traffic(traffic)
+        wants = getattr(self.traffic, "wants", None)
+        self._traffic_wants: Callable[[OperationSpec, str | None], bool] | None = (
+            wants if callable(wants) else None
+        )
         self.variants = variants
         self.jobs = jobs
         self.clock: Clock = clock or SystemClock()
@@ -563,7 +574,7 @@ class Executor:
             self._registry_generation = generation
         plan = self._plans.get((name, version))
         if plan is None:
-            spec = self.registry.get(name, version)
+            spec = self.registry.get(name, version) if version is not None else self._default(name)
             handler = self.registry.handler_for(spec)
             if handler is None:
                 raise ConfigurationError(
@@ -577,6 +588,15 @@ class Executor:
             plan = _Plan(spec, handler, events)
             self._plans[(name, version)] = plan
         return plan
+
+    def _default(self, name: str) -> OperationSpec:
+        """The latest released version: the highest `stable`/`deprecated` one, else the highest."""
+        latest = self.registry.get(name)
+        for version in reversed(self.registry.versions(name)):
+            spec = self.registry.get(name, version)
+            if spec.stability in (Stability.STABLE, Stability.DEPRECATED):
+                return spec
+        return latest
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -660,8 +680,8 @@ class Executor:
         valid); `close()` ends it.
 
         Raises:
-            ConfigurationError: Called from inside a running event loop (use `await execute`).
-            Everything `execute` raises.
+            ConfigurationError: Called from inside a running event loop (use `await execute`);
+                otherwise the same errors as `execute`.
         """
         try:
             asyncio.get_running_loop()
@@ -985,7 +1005,11 @@ class Executor:
                         timestamp=now,
                     )
                 )
-            if self.traffic is not None:
+            if self.traffic is not None and (
+                error is not None
+                or self._traffic_wants is None
+                or self._traffic_wants(spec, call.trace_id)
+            ):
                 self.traffic.record(
                     CallRecord(
                         spec=spec,
@@ -997,6 +1021,8 @@ class Executor:
                         trace_id=call.trace_id,
                         request_id=call.request_id,
                         channel=call.channel,
+                        actor_kind=call.actor.kind.value,
+                        actor_roles=call.actor.roles,
                         started_at=now,
                         duration_ms=duration_ms,
                         variant=variant,
@@ -1004,6 +1030,63 @@ class Executor:
                 )
         except Exception:  # sinks must never fail a call
             _log.exception("contractspec.sink_failed", operation=spec.ref)
+
+
+class _TelemetryFanOut:
+    """Hands each sample to several `TelemetrySink`s; one failing sink never starves the others."""
+
+    __slots__ = ("sinks",)
+
+    def __init__(self, sinks: Sequence[TelemetrySink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def record(self, sample: TelemetrySample) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(sample)
+            except Exception:
+                _log.exception("contractspec.sink_failed", sink=repr(sink))
+
+
+class _TrafficFanOut:
+    """Hands each call record to several `TrafficSink`s (those that want it)."""
+
+    __slots__ = ("_wants", "sinks")
+
+    def __init__(self, sinks: Sequence[TrafficSink]) -> None:
+        self.sinks = tuple(sinks)
+        self._wants = [getattr(s, "wants", None) for s in self.sinks]
+
+    def wants(self, spec: OperationSpec, trace_id: str | None) -> bool:
+        return any(w is None or w(spec, trace_id) for w in self._wants)
+
+    def record(self, record: CallRecord) -> None:
+        for sink, wants in zip(self.sinks, self._wants, strict=True):
+            try:
+                if record.error is not None or wants is None or wants(record.spec, record.trace_id):
+                    sink.record(record)
+            except Exception:
+                _log.exception("contractspec.sink_failed", sink=repr(sink))
+
+
+def _fan_out_telemetry(
+    sinks: TelemetrySink | Sequence[TelemetrySink] | None,
+) -> TelemetrySink | None:
+    if sinks is None or not isinstance(sinks, Sequence):
+        return sinks
+    items = list(sinks)
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else _TelemetryFanOut(items)
+
+
+def _fan_out_traffic(sinks: TrafficSink | Sequence[TrafficSink] | None) -> TrafficSink | None:
+    if sinks is None or not isinstance(sinks, Sequence):
+        return sinks
+    items = list(sinks)
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else _TrafficFanOut(items)
 
 
 def _wrap(mw: Middleware, call_next: NextFn) -> NextFn:

@@ -163,7 +163,12 @@ class TelemetrySink(Protocol):
 
 @runtime_checkable
 class TrafficSink(Protocol):
-    """Receives every finished call; decides itself what to sample, redact and store."""
+    """Receives finished calls; decides itself what to sample, redact and store.
+
+    A sink may also define `wants(spec, trace_id) -> bool`: the executor then asks it first and builds
+    the `CallRecord` of a *successful* call only when it answers `True` (failed calls are always
+    handed over, so a rare error is never missed). That keeps a sink sampling at rate 0 nearly free.
+    """
 
     def record(self, call: CallRecord) -> None:
         """Accept the call record. Must be fast and must not raise."""

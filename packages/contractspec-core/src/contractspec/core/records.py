@@ -362,6 +362,8 @@ class CallRecord:
         output: The output model, or `None` on failure.
         error: The `ContractSpecError` raised, or `None`.
         org_id, actor_id, trace_id, request_id, channel: From the call context.
+        actor_kind, actor_roles: The caller's kind (`user`, `agent`, ...) and roles, so replays
+            can run as the same kind of caller.
         started_at: UTC start time.
         duration_ms: Wall time in milliseconds.
         variant: Version chosen by the `VariantResolver`, if any.
@@ -379,3 +381,5 @@ class CallRecord:
     started_at: datetime
     duration_ms: float
     variant: int | None = None
+    actor_kind: str | None = None
+    actor_roles: frozenset[str] = frozenset()

@@ -44,7 +44,13 @@ from attrs import define
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from contractspec.core import CallRecord, ConfigurationError, IdGenerator, UuidGenerator
+from contractspec.core import (
+    CallRecord,
+    ConfigurationError,
+    IdGenerator,
+    OperationSpec,
+    UuidGenerator,
+)
 from contractspec.testing._snapshot import Snapshot
 from contractspec.testing.redaction import Redactor
 from contractspec.testing.stores import MemoryTrafficStore, TrafficStore
@@ -196,6 +202,19 @@ class TrafficRecorder:
         return fraction < rate
 
     # -- the TrafficSink port -----------------------------------------------------------------
+
+    def wants(self, spec: OperationSpec, trace_id: str | None) -> bool:
+        """Whether a *successful* call would be kept, asked before the executor builds its record.
+
+        Deterministic cases are answered here (rate 0, rate 1, a trace id); without a trace id the
+        decision is left to `record()`. Failed calls are always handed over by the executor.
+        """
+        rate = self.rate_for(spec.name, spec.version)
+        if rate <= 0.0:
+            return False
+        if rate >= 1.0 or trace_id is None:
+            return True
+        return sampling_fraction(trace_id) < rate
 
     def record(self, call: CallRecord) -> None:
         """Sample, serialise, redact and buffer one call. Never raises."""

@@ -46,6 +46,7 @@ from contractspec.core.sql._stores import (
     SqlOutbox,
     SqlRepository,
     outbox_row,
+    sql_transaction,
 )
 from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
 from contractspec.core.sql._uow import (
@@ -92,6 +93,7 @@ __all__ = [
     "new_metadata",
     "outbox_row",
     "outbox_table",
+    "sql_transaction",
     "sqlite_engine",
     "update_statement",
 ]

@@ -45,12 +45,19 @@ __all__ = [
     "SqlIdempotencyStore",
     "SqlOutbox",
     "SqlRepository",
+    "sql_transaction",
 ]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _sql_tx(tx: Transaction, who: str) -> SqlTransaction:
+def sql_transaction(tx: Transaction, who: str = "this SQL adapter") -> SqlTransaction:
+    """`tx` as a `SqlTransaction`, for SQL adapters of other packages.
+
+    Raises:
+        ConfigurationError: `tx` is not a SQL transaction (the executor was wired with another
+            unit of work), with the fix.
+    """
     if not isinstance(tx, SqlTransaction):
         raise ConfigurationError(
             f"{who} needs a SQL transaction but got {type(tx).__name__}; configure the executor "
@@ -72,7 +79,10 @@ class SqlEntityStore:
     ) -> SqlRepository[M]:
         """A `SqlRepository` for `entity` inside `tx` (a `SqlTransaction`), scoped to `org_id`."""
         return SqlRepository(
-            entity, _sql_tx(tx, f"the {entity.name} repository"), org_id, self.tables[entity]
+            entity,
+            sql_transaction(tx, f"the {entity.name} repository"),
+            org_id,
+            self.tables[entity],
         )
 
 
@@ -300,7 +310,7 @@ class SqlIdempotencyStore:
         self, tx: Transaction, org_id: str | None, operation: str, key: str
     ) -> IdempotencyRecord | None:
         """The record (including one staged earlier in `tx`), or `None`."""
-        sql = _sql_tx(tx, "the idempotency store")
+        sql = sql_transaction(tx, "the idempotency store")
         ident = ("cs_idempotency", org_id, (operation, key))
         known = sql.identity_get(ident)
         if known is SqlTransaction.MISSING:
@@ -325,7 +335,7 @@ class SqlIdempotencyStore:
 
     async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
         """Buffer the record; a concurrent duplicate fails the commit with `ConflictError`."""
-        sql = _sql_tx(tx, "the idempotency store")
+        sql = sql_transaction(tx, "the idempotency store")
         row = {
             "org_key": _org_key(record.org_id),
             "operation": record.operation,
@@ -350,7 +360,7 @@ class SqlOutbox:
 
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
         """Buffer one outbox row per event, in emission order."""
-        sql = _sql_tx(tx, "the SQL outbox")
+        sql = sql_transaction(tx, "the SQL outbox")
         for env in events:
             sql.stage_insert(outbox_table, outbox_row(env))
 
@@ -463,7 +473,7 @@ class SqlAuditLog:
                 await own.rollback()
                 raise
             return
-        self._stage(_sql_tx(tx, "the SQL audit log"), entry)
+        self._stage(sql_transaction(tx, "the SQL audit log"), entry)
 
     @staticmethod
     def _stage(tx: SqlTransaction, entry: AuditRecord) -> None:
