@@ -620,7 +620,8 @@ class IntentAggregator:
         """The open minutes as `TelemetryBucket`s (a snapshot; see `pop_sealed_buckets`).
 
         Args:
-            since, until: Optional UTC bounds on the minute start (`until` exclusive).
+            since: Optional UTC lower bound on the minute start (inclusive).
+            until: Optional UTC upper bound on the minute start (exclusive).
 
         Returns:
             One bucket per minute and series, ordered by minute, operation and tenant.

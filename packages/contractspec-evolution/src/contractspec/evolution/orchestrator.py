@@ -136,7 +136,9 @@ class SpecSuggestionOrchestrator:
         auto_approver: The actor that auto-approves (needs the workflow's permission; must differ
             from `requested_by`).
         requested_by: The requester recorded on approval requests.
-        approvers, quorum, expires_in_s: Passed to every approval request.
+        approvers: Named approvers of every request (empty: anyone with the permission).
+        quorum: Distinct approvals every request needs.
+        expires_in_s: Seconds a request stays open (default: the workflow's).
         clock: Time source for envelopes and events.
 
     Raises:
@@ -363,7 +365,10 @@ class SpecSuggestionOrchestrator:
         """Reject through the workflow (final; the fingerprint is never proposed again).
 
         Raises:
-            Everything `approve` raises.
+            NotFoundError: Unknown suggestion.
+            ApprovalDecisionError: Already decided, self-decision, or a second decision.
+            PolicyDeniedError: The approver may not decide.
+            ApprovalUnavailableError: The approval store is unavailable.
         """
         return await self._decide(suggestion_id, approver, "reject", comment)
 

@@ -383,7 +383,8 @@ class SpecGenerator:
 
     Args:
         registry: The app's registry (its IR is the base of every patch).
-        clock, ids: Time and id sources.
+        clock: Time source.
+        ids: Id source.
         min_validation_errors: Occurrences of one field-level validation error before suggesting
             the constraint.
         timeout_factor: Timeout suggested as this multiple of the healthy p95 (default 4).
