@@ -237,40 +237,17 @@ _HEARTBEAT_MANY = text(
 #: protocol allows 65,535 parameters); larger batches go through one transaction of `executemany`.
 _AUTOCOMMIT_ROWS = 500
 
-_ROW_COLUMNS = (
-    "id",
-    "type",
-    "queue",
-    "payload",
-    "status",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "scheduled_at",
-    "created_at",
-    "unique_key",
-    "org_id",
+_INSERT_SQL = (
+    "INSERT INTO cs_jobs (id, type, queue, payload, status, priority, attempts, max_attempts, "
+    "scheduled_at, created_at, unique_key, org_id) VALUES (%(id)s, %(type)s, %(queue)s, "
+    "%(payload)s, 'queued', %(priority)s, 0, %(max_attempts)s, %(scheduled_at)s, "
+    "%(created_at)s, %(unique_key)s, %(org_id)s) ON CONFLICT (unique_key) DO NOTHING RETURNING id"
 )
-_enqueue_cache: dict[bool, Any] = {}
-
-
-def _enqueue_one_statement(notify: bool) -> Any:
-    """`WITH ins AS (INSERT ... ON CONFLICT DO NOTHING RETURNING id) SELECT id[, pg_notify]`."""
-    stmt = _enqueue_cache.get(notify)
-    if stmt is None:
-        inserted = (
-            postgresql.insert(jobs_table)
-            .values({c: bindparam(f"p_{c}", type_=jobs_table.c[c].type) for c in _ROW_COLUMNS})
-            .on_conflict_do_nothing(index_elements=["unique_key"])
-            .returning(_J.id)
-            .cte("ins")
-        )
-        columns: list[Any] = [inserted.c.id]
-        if notify:
-            columns.append(func.pg_notify(NOTIFY_CHANNEL, ""))
-        stmt = _enqueue_cache[notify] = select(*columns)
-    return stmt
-
+#: One job, one round trip: the insert and the wake-up of idle workers commit together.
+_ENQUEUE_NOTIFY_SQL = (
+    f"WITH ins AS ({_INSERT_SQL}) SELECT id, pg_notify('{NOTIFY_CHANNEL}', '') FROM ins"
+)
+_ENQUEUE_SQL = f"WITH ins AS ({_INSERT_SQL}) SELECT id FROM ins"
 
 _lease_cache: dict[bool, Any] = {}
 
@@ -460,11 +437,9 @@ class SqlJobQueue:
         SELECT id, pg_notify(...) FROM ins`: the insert and the wake-up of idle workers commit
         together (PostgreSQL folds identical notifications of one transaction into one).
         """
-        if len(built) == 1:  # the common case: a cached statement, compiled once
-            row = _row(built[0])
-            rows = await self._write(
-                _enqueue_one_statement(self.notify), {f"p_{k}": v for k, v in row.items()}
-            )
+        rows: list[Any] | int
+        if len(built) == 1:  # the common case: one prepared statement on the driver
+            rows = await self._enqueue_one_driver(built[0])
         else:
             inserted = (
                 postgresql.insert(jobs_table)
@@ -490,6 +465,39 @@ class SqlJobQueue:
             ]
         self._local.set()
         return ids
+
+    async def _enqueue_one_driver(self, new: NewJob) -> list[Any]:
+        """Insert (and notify) one job through psycopg directly, in autocommit mode.
+
+        This is the hottest path of a job system (every request that schedules work); going
+        through the driver saves SQLAlchemy's per-statement machinery, which costs as much as the
+        round trip itself. The connection still comes from (and returns to) your engine's pool.
+        """
+        from psycopg.types.json import Jsonb
+
+        params = {
+            "id": new.id,
+            "type": new.type,
+            "queue": new.queue,
+            "payload": Jsonb(new.payload),
+            "priority": new.priority,
+            "max_attempts": new.max_attempts,
+            "scheduled_at": new.scheduled_at,
+            "created_at": new.created_at,
+            "unique_key": new.unique_key,
+            "org_id": new.org_id,
+        }
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.set_autocommit(True)
+            try:
+                cursor = await driver.execute(
+                    _ENQUEUE_NOTIFY_SQL if self.notify else _ENQUEUE_SQL, params
+                )
+                return builtins.list(await cursor.fetchall())
+            finally:
+                await driver.set_autocommit(False)
 
     async def _enqueue_in(self, tx: SqlTransaction, built: list[NewJob]) -> list[str]:
         tx.check_writable("enqueueing a job")
