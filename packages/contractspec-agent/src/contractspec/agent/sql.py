@@ -62,7 +62,6 @@ from contractspec.agent.stores import (
 )
 from contractspec.core import (
     Clock,
-    ConfigurationError,
     ConflictError,
     NotFoundError,
     SystemClock,
@@ -73,6 +72,7 @@ from contractspec.core.sql import (
     SqlTransaction,
     UtcDateTime,
     new_metadata,
+    sql_transaction,
 )
 from contractspec.core.sql import create_all as _create_all
 
@@ -231,15 +231,6 @@ def _org_id(org_key: str) -> str | None:
     return None if org_key == "" else org_key
 
 
-def _sql(tx: Transaction, who: str) -> SqlTransaction:
-    if not isinstance(tx, SqlTransaction):
-        raise ConfigurationError(
-            f"{who} needs a SQL transaction but got {type(tx).__name__}; give the runner or "
-            "workflow a SqlBackend (or SqlUnitOfWork) on the same engine",
-        )
-    return tx
-
-
 async def _write(tx: SqlTransaction, stmt: Any) -> int:
     result = await tx.execute(stmt, write=True)
     return int(getattr(result, "rowcount", 0) or 0)
@@ -317,11 +308,11 @@ class SqlRunStore:
 
     async def create(self, tx: Transaction, run: Run) -> None:
         """Insert a new run; `ConflictError` if the id exists."""
-        await _write(_sql(tx, "SqlRunStore"), insert(runs_table).values(_run_row(run)))
+        await _write(sql_transaction(tx, "SqlRunStore"), insert(runs_table).values(_run_row(run)))
 
     async def get(self, tx: Transaction, run_id: str) -> Run | None:
         """The run, or `None`."""
-        result = await _sql(tx, "SqlRunStore").execute(
+        result = await sql_transaction(tx, "SqlRunStore").execute(
             select(runs_table).where(runs_table.c.id == run_id)
         )
         row = result.mappings().first()
@@ -329,7 +320,7 @@ class SqlRunStore:
 
     async def update(self, tx: Transaction, run: Run, *, expected_version: int) -> Run:
         """Compare-and-set update on `version`."""
-        sql = _sql(tx, "SqlRunStore")
+        sql = sql_transaction(tx, "SqlRunStore")
         stored = run.evolve(version=expected_version + 1)
         values = _run_row(stored)
         del values["id"]
@@ -365,13 +356,13 @@ class SqlRunStore:
         if status is not None:
             stmt = stmt.where(t.c.status == status.value)
         stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
-        result = await _sql(tx, "SqlRunStore").execute(stmt)
+        result = await sql_transaction(tx, "SqlRunStore").execute(stmt)
         return [_run(r) for r in result.mappings()]
 
     async def add_step(self, tx: Transaction, step: RunStep) -> None:
         """Record a step; `ConflictError` on a duplicate index."""
         await _write(
-            _sql(tx, "SqlRunStore"),
+            sql_transaction(tx, "SqlRunStore"),
             insert(steps_table).values(
                 run_id=step.run_id,
                 idx=step.index,
@@ -386,7 +377,7 @@ class SqlRunStore:
     async def steps(self, tx: Transaction, run_id: str) -> list[RunStep]:
         """The run's steps by index."""
         t = steps_table
-        result = await _sql(tx, "SqlRunStore").execute(
+        result = await sql_transaction(tx, "SqlRunStore").execute(
             select(t).where(t.c.run_id == run_id).order_by(t.c.idx)
         )
         return [
@@ -404,7 +395,7 @@ class SqlRunStore:
 
     async def log(self, tx: Transaction, entry: RunLog) -> None:
         """Append a log line (buffered until the next read or commit)."""
-        _sql(tx, "SqlRunStore").stage_insert(
+        sql_transaction(tx, "SqlRunStore").stage_insert(
             logs_table,
             {
                 "run_id": entry.run_id,
@@ -419,7 +410,7 @@ class SqlRunStore:
     async def logs(self, tx: Transaction, run_id: str) -> list[RunLog]:
         """The run's log, oldest first, `seq` from 1."""
         t = logs_table
-        result = await _sql(tx, "SqlRunStore").execute(
+        result = await sql_transaction(tx, "SqlRunStore").execute(
             select(t).where(t.c.run_id == run_id).order_by(t.c.position)
         )
         return [
@@ -430,7 +421,7 @@ class SqlRunStore:
     async def begin_action(self, tx: Transaction, record: ActionRecord) -> None:
         """Insert the ledger entry; `ConflictError` if the id exists."""
         await _write(
-            _sql(tx, "SqlRunStore"),
+            sql_transaction(tx, "SqlRunStore"),
             insert(actions_table).values(
                 action_id=record.action_id,
                 run_id=record.run_id,
@@ -449,7 +440,9 @@ class SqlRunStore:
     async def get_action(self, tx: Transaction, action_id: str) -> ActionRecord | None:
         """The ledger entry, or `None`."""
         t = actions_table
-        result = await _sql(tx, "SqlRunStore").execute(select(t).where(t.c.action_id == action_id))
+        result = await sql_transaction(tx, "SqlRunStore").execute(
+            select(t).where(t.c.action_id == action_id)
+        )
         row = result.mappings().first()
         return None if row is None else _action(row)
 
@@ -462,7 +455,7 @@ class SqlRunStore:
         updated_at: datetime,
     ) -> ActionRecord:
         """Mark the action finished; `NotFoundError` if unknown."""
-        sql = _sql(tx, "SqlRunStore")
+        sql = sql_transaction(tx, "SqlRunStore")
         t = actions_table
         count = await _write(
             sql,
@@ -479,7 +472,7 @@ class SqlRunStore:
     async def actions(self, tx: Transaction, run_id: str) -> list[ActionRecord]:
         """The run's ledger entries, oldest first."""
         t = actions_table
-        result = await _sql(tx, "SqlRunStore").execute(
+        result = await sql_transaction(tx, "SqlRunStore").execute(
             select(t).where(t.c.run_id == run_id).order_by(t.c.created_at, t.c.step, t.c.action_id)
         )
         return [_action(r) for r in result.mappings()]
@@ -541,7 +534,7 @@ class SqlApprovalStore:
     async def add(self, tx: Transaction, request: ApprovalRequest) -> None:
         """Insert a request; `ConflictError` on a taken id or `(org, key)`."""
         await _write(
-            _sql(tx, "SqlApprovalStore"),
+            sql_transaction(tx, "SqlApprovalStore"),
             insert(approvals_table).values(
                 id=request.id,
                 org_key=_org_key(request.org_id),
@@ -566,7 +559,7 @@ class SqlApprovalStore:
         )
 
     async def _one(self, tx: Transaction, where: Any) -> ApprovalRequest | None:
-        sql = _sql(tx, "SqlApprovalStore")
+        sql = sql_transaction(tx, "SqlApprovalStore")
         result = await sql.execute(select(approvals_table).where(where))
         row = result.mappings().first()
         if row is None:
@@ -589,7 +582,7 @@ class SqlApprovalStore:
         self, tx: Transaction, request: ApprovalRequest, *, expected_version: int
     ) -> ApprovalRequest:
         """Compare-and-set update of status, decided time and metadata."""
-        sql = _sql(tx, "SqlApprovalStore")
+        sql = sql_transaction(tx, "SqlApprovalStore")
         t = approvals_table
         count = await _write(
             sql,
@@ -616,7 +609,7 @@ class SqlApprovalStore:
     async def add_decision(self, tx: Transaction, decision: ApprovalDecision) -> None:
         """Record a verdict; `ConflictError` if this approver already decided."""
         await _write(
-            _sql(tx, "SqlApprovalStore"),
+            sql_transaction(tx, "SqlApprovalStore"),
             insert(approval_decisions_table).values(
                 request_id=decision.request_id,
                 approver_id=decision.approver_id,
@@ -636,7 +629,7 @@ class SqlApprovalStore:
         limit: int = 100,
     ) -> list[ApprovalRequest]:
         """Requests of one org, oldest first."""
-        sql = _sql(tx, "SqlApprovalStore")
+        sql = sql_transaction(tx, "SqlApprovalStore")
         t = approvals_table
         stmt = select(t).where(t.c.org_key == _org_key(org_id))
         if status is not None:

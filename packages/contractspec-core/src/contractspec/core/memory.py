@@ -393,18 +393,24 @@ class MemoryAuditLog:
     log costs nothing on the hot path of tests and benchmarks.
     """
 
-    __slots__ = ("_chained", "_records")
+    __slots__ = ("_appended", "_chained", "_records")
 
     def __init__(self) -> None:
         self._records: list[AuditRecord] = []
         self._chained: list[AuditEntry] = []
+        self._appended: dict[str | None, int] = {}
 
     async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
         """Append `entry` now (`tx=None`) or when `tx` commits."""
         if tx is None:
-            self._records.append(entry)
+            self._append(entry)
         else:
-            tx.on_commit(partial(self._records.append, entry))
+            tx.on_commit(partial(self._append, entry))
+
+    def _append(self, entry: AuditRecord) -> None:
+        self._records.append(entry)
+        appended = self._appended
+        appended[entry.org_id] = appended.get(entry.org_id, 0) + 1
 
     @property
     def records(self) -> list[AuditRecord]:
@@ -431,12 +437,21 @@ class MemoryAuditLog:
         return [e for e in self.entries if e.record.org_id == org_id]
 
     def verify(self, org_id: str | None) -> bool:
-        """Recompute the org's chain; `False` if any entry was edited, removed or reordered."""
+        """Recompute the org's chain; `False` if any entry was edited, removed or reordered.
+
+        Hashes are fixed when entries are first read (`entries`, `for_org`, `verify`); records
+        changed, removed or reordered in `records` after that no longer match them. The number of
+        entries appended per org acts as the chain head, so removing the newest entry is caught.
+        """
+        chain = self.for_org(org_id)
+        records = [r for r in self._records if r.org_id == org_id]
+        if not (len(records) == len(chain) == self._appended.get(org_id, 0)):
+            return False
         prev: str | None = None
-        for expected_seq, entry in enumerate(self.for_org(org_id), start=1):
-            if entry.seq != expected_seq or entry.prev_hash != prev:
+        for expected_seq, (entry, current) in enumerate(zip(chain, records, strict=True), start=1):
+            if entry.seq != expected_seq or entry.prev_hash != prev or entry.record is not current:
                 return False
-            if audit_hash(prev, entry.record.to_dict()) != entry.hash:
+            if audit_hash(prev, current.to_dict()) != entry.hash:
                 return False
             prev = entry.hash
         return True

@@ -45,12 +45,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from pydantic import BaseModel
 
 from contractspec.core import (
-    ConfigurationError,
     ConflictError,
     NotFoundError,
     Transaction,
 )
-from contractspec.core.sql import EntityTables, SqlTransaction, new_metadata
+from contractspec.core.sql import EntityTables, SqlTransaction, new_metadata, sql_transaction
 from contractspec.identity.model import (
     MembershipStatus,
     Org,
@@ -104,15 +103,6 @@ users_table: Table = _default_tables[user_entity].table
 orgs_table: Table = _default_tables[org_entity].table
 memberships_table: Table = _default_tables[membership_entity].table
 bindings_table: Table = _default_tables[binding_entity].table
-
-
-def _sql(tx: Transaction) -> SqlTransaction:
-    if not isinstance(tx, SqlTransaction):
-        raise ConfigurationError(
-            f"SqlIdentityStore needs a SQL transaction but got {type(tx).__name__}; run it with the "
-            "SqlBackend (or SqlUnitOfWork) of the same engine"
-        )
-    return tx
 
 
 def _row(model: BaseModel) -> dict[str, Any]:
@@ -180,14 +170,14 @@ class SqlIdentityStore:
         return result.first() is not None
 
     async def _one(self, tx: Transaction, stmt: Any) -> Mapping[Any, Any] | None:
-        result = await _sql(tx).execute(stmt)
+        result = await sql_transaction(tx, "SqlIdentityStore").execute(stmt)
         return result.mappings().first()
 
     # -- users ------------------------------------------------------------------------------------
 
     async def add_user(self, tx: Transaction, user: User) -> User:
         """Insert a user; `ConflictError` on a taken id or email."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         if not await self._insert(sql, self.users, _row(user)):
             if await self.get_user_by_email(tx, user.email) is not None:
                 raise ConflictError(
@@ -211,7 +201,7 @@ class SqlIdentityStore:
 
     async def add_org(self, tx: Transaction, org: Org) -> Org:
         """Insert an org; `ConflictError` on a taken id or slug."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         if not await self._insert(sql, self.orgs, _row(org)):
             if await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.slug == org.slug)):
                 raise ConflictError(
@@ -227,7 +217,7 @@ class SqlIdentityStore:
 
     async def update_org(self, tx: Transaction, org: Org) -> Org:
         """Replace the org; `NotFoundError` if absent, `ConflictError` on a taken slug."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("updating an org")
         t = self.orgs
         taken = await self._one(tx, select(t.c.id).where(t.c.slug == org.slug, t.c.id != org.id))
@@ -244,7 +234,7 @@ class SqlIdentityStore:
 
     async def lock_org(self, tx: Transaction, org_id: str) -> Org:
         """The org, locked with `SELECT ... FOR UPDATE` on PostgreSQL until `tx` ends."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         stmt = select(self.orgs).where(self.orgs.c.id == org_id)
         if sql.dialect == "postgresql" and not sql.readonly:
             stmt = stmt.with_for_update()
@@ -255,7 +245,7 @@ class SqlIdentityStore:
 
     async def orgs_of_user(self, tx: Transaction, user_id: str) -> list[tuple[Org, OrgMembership]]:
         """The user's orgs with the memberships, ordered by org name then id (one query)."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         o, m = self.orgs, self.memberships
         stmt = (
             select(o, *(c.label(f"m_{c.name}") for c in m.c))
@@ -278,7 +268,7 @@ class SqlIdentityStore:
     ) -> OrgMembership:
         """Insert; `ConflictError` if the user already has a membership of the org."""
         check_scope(org_id, "identity.membership")
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("adding a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
@@ -317,7 +307,7 @@ class SqlIdentityStore:
         status: MembershipStatus | None = None,
     ) -> list[OrgMembership]:
         """The org's memberships, filtered, ordered by `created_at` then `user_id`."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         m = self.memberships
         where = self._scope(org_id)
         if role is not None:
@@ -333,7 +323,7 @@ class SqlIdentityStore:
     ) -> OrgMembership:
         """Replace role, status, inviter and times; `NotFoundError` if absent from this org."""
         scope = self._scope(org_id)
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("updating a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
@@ -361,7 +351,7 @@ class SqlIdentityStore:
     ) -> int:
         """Bulk-update statuses in this org (one `UPDATE ... WHERE org_id = ...`)."""
         scope = self._scope(org_id)
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("updating memberships")
         ids = list(dict.fromkeys(user_ids))
         if not ids:
@@ -376,7 +366,7 @@ class SqlIdentityStore:
     ) -> int:
         """Bulk-delete in this org (one `DELETE ... WHERE org_id = ...`)."""
         scope = self._scope(org_id)
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("deleting memberships")
         ids = list(dict.fromkeys(user_ids))
         if not ids:
@@ -395,7 +385,7 @@ class SqlIdentityStore:
         self, tx: Transaction, org_id: str | None, binding: PolicyBinding
     ) -> PolicyBinding:
         """Insert; `ConflictError` on a taken id."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("adding a policy binding")
         if binding.org_id != org_id:
             raise wrong_org("the policy binding", str(org_id), binding.org_id)
@@ -422,7 +412,7 @@ class SqlIdentityStore:
         self, tx: Transaction, org_id: str | None, *, subject: str | None = None
     ) -> list[PolicyBinding]:
         """The scope's bindings, ordered by `created_at` then `id`."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         b = self.bindings
         where = [self._binding_scope(org_id)]
         if subject is not None:
@@ -433,7 +423,7 @@ class SqlIdentityStore:
 
     async def delete_binding(self, tx: Transaction, org_id: str | None, binding_id: str) -> bool:
         """Delete a binding of this scope; return whether it existed."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("deleting a policy binding")
         b = self.bindings
         stmt = delete(b).where(self._binding_scope(org_id), b.c.id == binding_id)
@@ -443,7 +433,7 @@ class SqlIdentityStore:
     async def delete_bindings(self, tx: Transaction, org_id: str, *, subject: str) -> int:
         """Bulk-delete the subject's bindings in this org (one `DELETE`)."""
         check_scope(org_id, "identity.policy_binding")
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("deleting policy bindings")
         b = self.bindings
         stmt = delete(b).where(b.c.org_id == org_id, b.c.subject == subject)
@@ -454,7 +444,7 @@ class SqlIdentityStore:
 
     async def snapshot(self, tx: Transaction) -> tuple[list[OrgMembership], list[PolicyBinding]]:
         """Every membership and binding (two queries)."""
-        sql = _sql(tx)
+        sql = sql_transaction(tx, "SqlIdentityStore")
         m, b = self.memberships, self.bindings
         members = await sql.execute(
             select(m).order_by(self._text_col(sql, m.c.org_id), self._text_col(sql, m.c.user_id))

@@ -500,19 +500,25 @@ class SqlAuditLog:
         ]
 
     async def verify(self, org_id: str | None) -> bool:
-        """Recompute the org's chain; `False` if an entry was edited, removed or reordered."""
+        """Recompute the org's chain; `False` if an entry was edited, removed or reordered.
+
+        The head is read first and only entries up to it are checked, so appends running
+        concurrently are never mistaken for tampering. This checks a chain that starts at
+        position 1; after retention purges use contractspec-bus's `SqlAuditTrail.verify`, which
+        also honours its checkpoints and names the first broken entry.
+        """
         t, h = audit_table, audit_head_table
         async with self.unit_of_work.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash)
-                    .where(t.c.org_key == _org_key(org_id))
-                    .order_by(t.c.seq)
-                )
-            ).all()
             head = (
                 await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == _org_key(org_id)))
             ).first()
+            rows = (
+                await conn.execute(
+                    select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash)
+                    .where(t.c.org_key == _org_key(org_id), t.c.seq <= (head.seq if head else 0))
+                    .order_by(t.c.seq)
+                )
+            ).all()
         prev: str | None = None
         for expected, (seq, body, prev_hash, digest) in enumerate(rows, start=1):
             if seq != expected or prev_hash != prev or audit_hash(prev, body) != digest:

@@ -336,7 +336,9 @@ class SqlUnitOfWork:
         conn = await self.engine.connect()
         try:
             if not readonly and self.engine.dialect.name == "sqlite":
-                conn = await conn.execution_options(contractspec_begin="BEGIN IMMEDIATE")
+                conn.info["contractspec_begin"] = "BEGIN IMMEDIATE"
+            elif "contractspec_begin" in conn.info:
+                del conn.info["contractspec_begin"]
             outer = await conn.begin()
         except BaseException:
             await conn.close()
