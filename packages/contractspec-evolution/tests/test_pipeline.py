@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from evolution_app import POLICY, REVIEWER, EvolutionEnv, event_names
 from pydantic import BaseModel
 
@@ -153,6 +154,7 @@ async def test_run_forever_runs_until_stopped(env: EvolutionEnv) -> None:
 
 async def test_pipeline_as_a_jobs_job(env: EvolutionEnv) -> None:
     """With contractspec-jobs installed, the pipeline runs as a scheduled job through a Worker."""
+    pytest.importorskip("contractspec.jobs", reason="contractspec-jobs is an optional integration")
     from contractspec.evolution.jobs import pipeline_job
     from contractspec.jobs import MemoryJobQueue, Worker
 

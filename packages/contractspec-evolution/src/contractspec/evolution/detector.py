@@ -22,7 +22,8 @@ series' previous windows, never with itself:
 
 Guards: a window needs `min_calls` calls (latency: successful calls) and `min_history` earlier
 windows; an error spike needs `min_errors` errors; a change smaller than `min_relative_change`
-(20 % by default) of the baseline is not flagged however unusual it is. Latency is compared on
+(20 % by default) of the baseline, or a p95 increase under `min_latency_change_ms` (1 ms), is not
+flagged however unusual it is. Latency is compared on
 `log(p95)` (latency is multiplicative), errors on the error rate, throughput on calls per window.
 
 Every `Intent` carries the methods that fired, their statistics (the evidence) and a confidence in
@@ -315,6 +316,8 @@ class DetectorConfig:
         min_calls: Calls (successful calls, for latency) a window needs to be judged.
         min_errors: Errors an error spike needs.
         min_relative_change: Smallest change relative to the baseline that is flagged (0.2 = 20 %).
+        min_latency_change_ms: Smallest absolute p95 increase flagged as a latency regression
+            (sub-millisecond jitter of very fast operations is not a regression).
         slo_objective: Availability objective for burn rates (0.999 = 99.9 %).
         burn_rules: Multiwindow burn-rate rules.
         min_support: Traces a workflow sequence must appear in.
@@ -336,6 +339,7 @@ class DetectorConfig:
     min_calls: int = 30
     min_errors: int = 5
     min_relative_change: float = 0.2
+    min_latency_change_ms: float = 1.0
     slo_objective: float = 0.999
     burn_rules: tuple[BurnRateRule, ...] = field(factory=_default_burn_rules)
     min_support: int = 5
@@ -350,6 +354,7 @@ class DetectorConfig:
     def __attrs_post_init__(self) -> None:
         for name in ("z_threshold", "ewma_threshold", "min_relative_change"):
             _positive(name, getattr(self, name))
+        _positive("min_latency_change_ms", self.min_latency_change_ms, allow_zero=True)
         for name in ("min_history", "history_windows", "min_calls", "min_errors", "min_support"):
             _positive(name, getattr(self, name), integer=True)
         _positive("cooldown_windows", self.cooldown_windows, integer=True, allow_zero=True)
@@ -567,13 +572,16 @@ class IntentDetector:
         value = math.log(stats.p95_ms)
         baseline = math.exp(float(np.median(hist))) if hist else stats.p95_ms
         effect = stats.p95_ms / baseline - 1.0
+        absolute = stats.p95_ms - baseline
+        guarded = effect if absolute >= cfg.min_latency_change_ms else 0.0
         fired, evidence, confidence = self._judge(
-            stats, "log_p95_ms", value, hist, direction=1, volume=ok_calls, effect=effect
+            stats, "log_p95_ms", value, hist, direction=1, volume=ok_calls, effect=guarded
         )
         if not fired:
             return []
         evidence.update(p95_ms=stats.p95_ms, baseline_p95_ms=baseline, p50_ms=stats.p50_ms,
-                        p99_ms=stats.p99_ms)  # fmt: skip
+                        p99_ms=stats.p99_ms, relative_change=effect,
+                        absolute_change_ms=absolute)  # fmt: skip
         severity = IntentSeverity.CRITICAL if effect >= 1.0 else IntentSeverity.WARNING
         return [
             self._intent(

@@ -11,7 +11,9 @@ when `handle_event` receives the `approval.*` event). A decided suggestion is ne
 again: `approve`/`reject` raise `ApprovalDecisionError`, like the workflow itself.
 
 **Limits.** At most `max_suggestions_per_operation` pending suggestions per operation (more are
-skipped and reported), a fingerprint is stored once (a rejected proposal is not proposed again),
+skipped and reported; the count is checked in the storing transaction, so two pipelines submitting
+at the same instant may each add one), a fingerprint is stored once — a unique constraint, strict
+across processes — so a rejected proposal is not proposed again,
 and `auto_approve_threshold` is off unless set: when set, non-breaking suggestions at or above it
 are approved by the configured `auto_approver` through the same workflow (so the policy, the audit
 trail and the events still apply); breaking suggestions always wait for a human.
