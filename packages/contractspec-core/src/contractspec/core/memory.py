@@ -357,8 +357,7 @@ class MemoryOutbox:
 
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
         """Append `events` when `tx` commits."""
-        batch = list(events)
-        tx.on_commit(lambda: self.events.extend(batch))
+        tx.on_commit(partial(self.events.extend, tuple(events)))
 
     def names(self) -> list[str]:
         """Names of the committed events, oldest first."""
