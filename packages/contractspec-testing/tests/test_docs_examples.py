@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
+
+from contractspec.core.testing.docs import run_python_blocks
 
 ROOT = Path(__file__).resolve().parents[3]
 PAGES = [
@@ -16,7 +15,6 @@ PAGES = [
     "docs/testing/golden.md",
     "docs/testing/plugin.md",
 ]
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -25,14 +23,4 @@ def test_python_blocks_run(page: str) -> None:
     path = ROOT / page
     if not path.is_file():
         pytest.skip(f"{page} is not part of this checkout")
-    blocks = BLOCK.findall(path.read_text(encoding="utf-8"))
-    assert blocks, f"{page} has no python examples"
-    module = types.ModuleType("docs_testing_" + re.sub(r"\W", "_", page))
-    sys.modules[module.__name__] = module  # pydantic resolves annotations through the module
-    try:
-        for number, code in enumerate(blocks, start=1):
-            exec(
-                compile(code, f"{page}[block {number}]", "exec", dont_inherit=True), module.__dict__
-            )
-    finally:
-        del sys.modules[module.__name__]
+    run_python_blocks(path)
