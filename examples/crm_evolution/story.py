@@ -65,7 +65,7 @@ async def run_story(
     *,
     healthy_minutes: int = 10,
     sessions: int = 16,
-    delay_s: float = 0.08,
+    delay_s: float = 0.15,
 ) -> Story:
     """Play the story on `engine`, writing envelopes under `out_dir`.
 

@@ -139,8 +139,13 @@ def test_columnar_and_record_paths_agree() -> None:
     b = IntentAggregator(window_minutes=10)
     b.ingest(TelemetryBatch.from_samples(samples))
     end = T0 + timedelta(hours=1)
-    assert a.advance(end) == b.advance(end)
-    assert len(a.pop_closed()) == 3 * (3 * 5)  # 3 windows x 3 operations x (4 tenants + all)
+    assert [w.to_dict() for w in a.advance(end)] == [w.to_dict() for w in b.advance(end)]
+    closed = a.pop_closed()
+    # 3 windows x 3 operations x (4 tenants + all), then one zero window per operation
+    assert len(closed) == 3 * (3 * 5) + 3
+    assert [(w.operation, w.calls) for w in closed[-3:]] == [
+        ("crm.op0.run", 0), ("crm.op1.run", 0), ("crm.op2.run", 0),
+    ]  # fmt: skip
 
 
 def test_minute_counts_cover_closed_and_open_minutes() -> None:
@@ -191,7 +196,7 @@ def test_buckets_round_trip_merges_exactly() -> None:
     assert sum(b.calls for b in buckets) == 300
     assert merged.ingest_buckets(buckets) == 300
     end = T0 + timedelta(minutes=30)
-    assert merged.advance(end) == whole.advance(end)
+    assert [w.to_dict() for w in merged.advance(end)] == [w.to_dict() for w in whole.advance(end)]
     first = one.buckets(since=T0, until=T0 + timedelta(minutes=1))
     assert all(b.minute == T0 for b in first)
 
@@ -263,3 +268,20 @@ def test_window_stats_properties() -> None:
     )
     empty = WindowStats("crm.a.b", "o", T0, T0 + timedelta(minutes=1), 0, 0, 1.0, 1.0, 1.0)
     assert empty.error_rate == 0.0
+
+
+def test_a_stopped_operation_gets_one_zero_window_then_quiet_windows_are_skipped() -> None:
+    """After its last call an operation reports calls=0 once; far-future samples jump ahead."""
+    agg = IntentAggregator(window_minutes=5, lateness_minutes=0)
+    feed(agg, minute_samples("crm.a.b", 0, [1.0, 2.0]))
+    feed(agg, minute_samples("crm.c.d", 6, [1.0]))
+    agg.advance(T0 + timedelta(days=365))
+    closed = agg.pop_closed()
+    assert [(w.operation, w.start, w.calls) for w in closed if w.org_id == ALL_TENANTS] == [
+        ("crm.a.b", T0, 2),
+        ("crm.a.b", T0 + timedelta(minutes=5), 0),
+        ("crm.c.d", T0 + timedelta(minutes=5), 1),
+        ("crm.c.d", T0 + timedelta(minutes=10), 0),
+    ]
+    zero = next(w for w in closed if w.calls == 0)
+    assert (zero.operation, math.isnan(zero.p95_ms)) == ("crm.a.b", True)

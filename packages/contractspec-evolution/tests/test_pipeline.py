@@ -83,7 +83,7 @@ async def test_pipeline_turns_a_latency_regression_into_an_approved_envelope(
         runs.append(await pipeline.run_once())
     workflow = [i for r in runs for i in r.intents if i.kind is IntentKind.WORKFLOW_SEQUENCE]
     assert [i.sequence for i in workflow] == [("shop.deal.create", "shop.deal.move")]
-    slow.delay_s = 0.05
+    slow.delay_s = 0.12
     await traffic(executor, 10, 24)
     clock.advance(60)
     calls_clock.set(clock.now())

@@ -57,10 +57,14 @@ def test_latency_regression_suggests_a_timeout_policy_with_its_diff() -> None:
     gen = generator()
     (s,) = gen.suggest([intent(IntentKind.LATENCY_REGRESSION, baseline_p95_ms=12.3, p95_ms=80.0)])
     assert s.kind is SuggestionKind.TIMEOUT_POLICY
-    assert s.title == "Add a 50 ms timeout to shop.deal.move"
+    assert s.title == "Add a 100 ms timeout to shop.deal.move"  # 4 x 12.3 ms, floored at 100 ms
     assert s.priority is SuggestionPriority.P1
     assert s.patch[0] == {"op": "add", "path": f"/specs/{POLICY_KIND}", "value": []}
-    assert s.patch[1]["value"]["timeout_ms"] == 50
+    assert s.patch[1]["value"]["timeout_ms"] == 100
+    (fast,) = generator(min_timeout_ms=10).suggest(
+        [intent(IntentKind.LATENCY_REGRESSION, baseline_p95_ms=12.3, p95_ms=80.0)]
+    )
+    assert fast.patch[1]["value"]["timeout_ms"] == 50
     assert s.diff == (
         {"rule": "spec-added", "severity": "info", "kind": POLICY_KIND, "spec": "shop.deal.move@1",
          "path": "", "message": f"{POLICY_KIND} added"},
@@ -89,7 +93,7 @@ def test_existing_policy_is_changed_in_place() -> None:
     assert s.breaking is False
     new_ir = apply_patch(registry.to_ir(), s.patch)
     (policy,) = new_ir["specs"][POLICY_KIND]
-    assert policy["timeout_ms"] == 80
+    assert policy["timeout_ms"] == 100
 
 
 def test_throughput_spike_suggests_a_rate_limit() -> None:

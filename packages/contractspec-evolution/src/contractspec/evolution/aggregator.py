@@ -429,6 +429,7 @@ class IntentAggregator:
         self.buffer_size = buffer_size
         self.export_buckets = export_buckets
         self._sealed: list[TelemetryBucket] = []
+        self._active_ops: set[str] = set()
         self._ops: dict[str, int] = {}
         self._op_names: list[str] = []
         self._orgs: dict[str | None, int] = {}
@@ -783,13 +784,30 @@ class IntentAggregator:
 
     def _close_until(self, watermark: int) -> None:
         assert self._open_from is not None
-        while self._open_from + self.window_minutes + self.lateness_minutes <= watermark:
-            self._close_window(self._open_from)
-            self._open_from += self.window_minutes
+        width = self.window_minutes
+        last_due = watermark - width - self.lateness_minutes  # latest start that may close
+        while self._open_from <= last_due:
+            start = self._open_from
+            if start in self._hist.windows or self._active_ops:
+                self._close_window(start)
+                self._open_from = start + width
+                continue
+            # nothing to report until the next window with data: jump over the quiet stretch
+            after = self._window_start(last_due) + width
+            upcoming = [w for w in self._hist.windows if w > start]
+            self._open_from = min(min(upcoming), after) if upcoming else after
 
     def _close_window(self, start: int) -> None:
         end = start + self.window_minutes
         stats = self._window_stats(start, end)
+        # an operation that had calls in the previous window and none now gets one zero window,
+        # so a stop is visible as a throughput drop (then quiet windows are skipped)
+        present = {st.operation for st in stats if st.org_id == ALL_TENANTS}
+        t0, t1 = _minute_dt(start), _minute_dt(end)
+        for name in sorted(self._active_ops - present):
+            stats.append(WindowStats(name, ALL_TENANTS, t0, t1, 0, 0, math.nan, math.nan, math.nan))
+        stats.sort(key=lambda st: (st.operation, st.org_id != ALL_TENANTS, st.org_id or ""))
+        self._active_ops = present
         if self.export_buckets:
             self._sealed.extend(self._to_buckets(self._hist.rows(start), self._errs.get(start)))
         m, o, g, calls, errors = self._hist.minute_cells(start)

@@ -388,6 +388,8 @@ class SpecGenerator:
         min_validation_errors: Occurrences of one field-level validation error before suggesting
             the constraint.
         timeout_factor: Timeout suggested as this multiple of the healthy p95 (default 4).
+        min_timeout_ms: Lowest timeout ever suggested (default 100 ms: network jitter alone can
+            exceed a few milliseconds).
         rate_limit_factor: Rate limit suggested as this multiple of the healthy calls per minute
             (default 3).
         versioning: `new_version` (default) proposes tightened inputs as the next operation version
@@ -402,6 +404,7 @@ class SpecGenerator:
         ids: IdGenerator | None = None,
         min_validation_errors: int = 20,
         timeout_factor: float = 4.0,
+        min_timeout_ms: int = 100,
         rate_limit_factor: float = 3.0,
         versioning: Literal["new_version", "in_place"] = "new_version",
     ) -> None:
@@ -416,6 +419,7 @@ class SpecGenerator:
         self.ids: IdGenerator = ids or UuidGenerator()
         self.min_validation_errors = min_validation_errors
         self.timeout_factor = timeout_factor
+        self.min_timeout_ms = min_timeout_ms
         self.rate_limit_factor = rate_limit_factor
         self.versioning = versioning
 
@@ -563,11 +567,11 @@ class SpecGenerator:
         healthy = float(ev.get("baseline_p95_ms") or 0.0)
         if not healthy > 0:
             return None
-        timeout = _nice_ceiling(healthy * self.timeout_factor)
+        timeout = max(_nice_ceiling(healthy * self.timeout_factor), self.min_timeout_ms)
         observed = float(ev.get("p95_ms") or math.nan)
         description = (
-            f"Fail fast: {self.timeout_factor:g}x the healthy p95 ({healthy:.1f} ms), suggested "
-            f"after p95 rose to {observed:.1f} ms"
+            f"Fail fast: {self.timeout_factor:g}x the healthy p95 ({healthy:.1f} ms, at least "
+            f"{self.min_timeout_ms} ms), suggested after p95 rose to {observed:.1f} ms"
         )
         patch = self._policy_patch(ir, intent.operation, {"timeout_ms": timeout}, description)
         return self.build(
@@ -575,7 +579,8 @@ class SpecGenerator:
             title=f"Add a {timeout} ms timeout to {intent.operation}",
             rationale=(
                 f"{intent.summary}. A timeout of {timeout} ms ({self.timeout_factor:g}x the healthy "
-                "p95) bounds how long callers wait during the regression while normal calls keep "
+                f"p95, at least {self.min_timeout_ms} ms) bounds how long callers wait during the "
+                "regression while normal calls keep "
                 "finishing; investigate the regression itself separately."
             ),
             patch=patch,
