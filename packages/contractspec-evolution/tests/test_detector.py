@@ -225,3 +225,14 @@ def test_bad_detector_config_names_the_field(kwargs: dict, field: str) -> None:
     """Each invalid threshold raises ConfigurationError naming it."""
     with pytest.raises(ConfigurationError, match=field):
         DetectorConfig(**kwargs)
+
+
+def test_an_operation_that_stops_is_a_throughput_drop() -> None:
+    """When calls stop, the zero window the aggregator reports is judged a throughput drop."""
+    cfg = {"kinds": frozenset({IntentKind.THROUGHPUT_DROP}), "per_tenant": False}
+    steady = [([5.0] * (100 + (i % 5)), 0) for i in range(10)]
+    (drop,) = run_windows(detector(**cfg), [*steady, ([], 0)])
+    assert (drop.kind, drop.evidence["calls"], drop.evidence["baseline_calls"]) == (
+        IntentKind.THROUGHPUT_DROP, 0, 102.0,
+    )  # fmt: skip
+    assert drop.window_start == T0 + timedelta(minutes=10)
