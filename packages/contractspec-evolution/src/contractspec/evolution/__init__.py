@@ -48,6 +48,11 @@ from contractspec.evolution.events import (
 )
 from contractspec.evolution.orchestrator import SpecSuggestionOrchestrator, SubmitResult
 from contractspec.evolution.pipeline import EvolutionPipeline, PipelineRun, TelemetryExporter
+from contractspec.evolution.policies import (
+    OperationPolicyMiddleware,
+    OperationTimeoutError,
+    RateLimitedError,
+)
 from contractspec.evolution.sketch import DEFAULT_MAPPING, LogBucketMapping
 from contractspec.evolution.stores import (
     IntentStore,
@@ -100,8 +105,11 @@ __all__ = [
     "MemoryTelemetryBucketStore",
     "MinuteCounts",
     "OperationPolicy",
+    "OperationPolicyMiddleware",
+    "OperationTimeoutError",
     "OperationUsage",
     "PipelineRun",
+    "RateLimitedError",
     "RobustZ",
     "SpecAnalyzer",
     "SpecGenerator",
