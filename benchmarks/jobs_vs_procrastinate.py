@@ -117,7 +117,8 @@ async def procrastinate_worker(schema: str, limit: int) -> float:
         await app.run_worker_async(
             concurrency=CONCURRENCY, wait=False, install_signal_handlers=False
         )
-    return time.time()
+        # Timed before the pool closes, as ours is timed before `engine.dispose()`.
+        return time.time()
 
 
 # -- worker processes ----------------------------------------------------------------------------
