@@ -268,3 +268,29 @@ async def test_buckets_append_load_and_prune(stores: Stores) -> None:
     assert [b.calls for b in rest] == [2, 4]
     await in_tx(stores.uow, lambda tx: stores.buckets.add(tx, [bucket(5, None, 9)]), commit=False)
     assert len(await in_tx(stores.uow, lambda tx: stores.buckets.load(tx, since=T0))) == 2
+
+
+def test_sql_metadata_follows_the_conventions() -> None:
+    """The tables are prefixed cs_evolution_ and named by core's naming convention."""
+    from contractspec.core.sql import NAMING_CONVENTION
+    from contractspec.evolution.sql import metadata
+
+    assert sorted(metadata.tables) == [
+        "cs_evolution_intents", "cs_evolution_suggestions", "cs_evolution_telemetry_buckets",
+    ]  # fmt: skip
+    assert dict(metadata.naming_convention) == NAMING_CONVENTION
+    suggestions = metadata.tables["cs_evolution_suggestions"]
+    unique = sorted(c.name for c in suggestions.constraints if c.name and c.name.startswith("uq_"))
+    assert unique == [
+        "uq_cs_evolution_suggestions_approval_id",
+        "uq_cs_evolution_suggestions_fingerprint",
+    ]
+
+
+async def test_exporter_needs_an_aggregator_that_keeps_closed_minutes() -> None:
+    """TelemetryExporter refuses an aggregator without export_buckets=True, naming the fix."""
+    from contractspec.core import ConfigurationError, MemoryUnitOfWork
+    from contractspec.evolution import IntentAggregator, TelemetryExporter
+
+    with pytest.raises(ConfigurationError, match="export_buckets=True"):
+        TelemetryExporter(IntentAggregator(), MemoryTelemetryBucketStore(), MemoryUnitOfWork())
