@@ -28,7 +28,9 @@ __all__ = [
     "IdempotencyConflictError",
     "InternalError",
     "NotFoundError",
+    "OperationTimeoutError",
     "PolicyDeniedError",
+    "RateLimitedError",
     "SpecDefinitionError",
     "SpecValidationError",
     "TenantScopeError",
@@ -156,6 +158,26 @@ class UnknownOperationError(NotFoundError):
     code = "unknown_operation"
 
 
+class OperationTimeoutError(ContractSpecError, TimeoutError):
+    """The operation ran longer than its time limit; nothing it wrote was kept.
+
+    Raised by timeout policies (e.g. contractspec-evolution's `OperationPolicyMiddleware`);
+    adapters answer 504.
+    """
+
+    code = "operation_timeout"
+
+
+class RateLimitedError(ContractSpecError):
+    """Too many calls for this caller, tenant or operation; retry later.
+
+    `details["retry_after_s"]` (seconds), when set, says when a retry may succeed; the HTTP
+    adapter answers 429.
+    """
+
+    code = "rate_limited"
+
+
 class ConflictError(ContractSpecError):
     """The call conflicts with the current state (duplicate key, concurrent change, ...)."""
 
@@ -193,4 +215,6 @@ HTTP_STATUS: Mapping[str, int] = {
     SpecDefinitionError.code: 500,
     ConfigurationError.code: 500,
     InternalError.code: 500,
+    OperationTimeoutError.code: 504,
+    RateLimitedError.code: 429,
 }

@@ -20,7 +20,7 @@ import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from time import perf_counter
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
@@ -70,7 +70,16 @@ from contractspec.core.repository import Repository
 from contractspec.core.specs import EntitySpec, EventSpec, OperationSpec, Stability
 from contractspec.core.transactions import Savepoint, Transaction
 
-__all__ = ["Backend", "Batch", "Executor", "HandlerCtx", "Invocation", "Middleware"]
+__all__ = [
+    "Backend",
+    "Batch",
+    "Executor",
+    "FanOutTelemetrySink",
+    "FanOutTrafficSink",
+    "HandlerCtx",
+    "Invocation",
+    "Middleware",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -556,6 +565,7 @@ class Executor:
         self._traffic_wants: Callable[[OperationSpec, str | None], bool] | None = (
             wants if callable(wants) else None
         )
+        self._reporting = self.telemetry is not None or self.traffic is not None
         self.variants = variants
         self.jobs = jobs
         self.clock: Clock = clock or SystemClock()
@@ -630,6 +640,7 @@ class Executor:
         """
         call = ctx if ctx is not None else _DEFAULT_CTX
         started = perf_counter()
+        started_at = self.clock.now() if self._reporting else None
         variant: int | None = None
         if version is None and self.variants is not None:
             variant = version = self.variants.resolve(name, call)
@@ -663,8 +674,8 @@ class Executor:
             )
             raise error from exc
         finally:
-            if spec is not None and (self.telemetry is not None or self.traffic is not None):
-                self._report(spec, call, variant, started, value, output, error)
+            if spec is not None and started_at is not None:
+                self._report(spec, call, variant, started, started_at, value, output, error)
 
     def execute_sync(
         self,
@@ -980,12 +991,12 @@ class Executor:
         call: CallContext,
         variant: int | None,
         started: float,
+        now: datetime,
         value: Any,
         output: BaseModel | None,
         error: ContractSpecError | None,
     ) -> None:
         duration_ms = (perf_counter() - started) * 1000.0
-        now = self.clock.now() - timedelta(milliseconds=duration_ms)
         try:
             if self.telemetry is not None:
                 size = call.attributes.get("payload_size")
@@ -1032,15 +1043,20 @@ class Executor:
             _log.exception("contractspec.sink_failed", operation=spec.ref)
 
 
-class _TelemetryFanOut:
-    """Hands each sample to several `TelemetrySink`s; one failing sink never starves the others."""
+class FanOutTelemetrySink:
+    """A `TelemetrySink` handing each sample to several sinks, in order.
+
+    One sink that raises is logged and skipped; the others still get the sample.
+    `Executor(telemetry=[a, b])` builds one for you.
+    """
 
     __slots__ = ("sinks",)
 
-    def __init__(self, sinks: Sequence[TelemetrySink]) -> None:
-        self.sinks = tuple(sinks)
+    def __init__(self, *sinks: TelemetrySink) -> None:
+        self.sinks: tuple[TelemetrySink, ...] = sinks
 
     def record(self, sample: TelemetrySample) -> None:
+        """Hand `sample` to every sink."""
         for sink in self.sinks:
             try:
                 sink.record(sample)
@@ -1048,19 +1064,25 @@ class _TelemetryFanOut:
                 _log.exception("contractspec.sink_failed", sink=repr(sink))
 
 
-class _TrafficFanOut:
-    """Hands each call record to several `TrafficSink`s (those that want it)."""
+class FanOutTrafficSink:
+    """A `TrafficSink` handing each call record to the sinks that want it, in order.
+
+    Its `wants()` is true when any sink wants the call; failed calls go to every sink.
+    `Executor(traffic=[a, b])` builds one for you.
+    """
 
     __slots__ = ("_wants", "sinks")
 
-    def __init__(self, sinks: Sequence[TrafficSink]) -> None:
-        self.sinks = tuple(sinks)
+    def __init__(self, *sinks: TrafficSink) -> None:
+        self.sinks: tuple[TrafficSink, ...] = sinks
         self._wants = [getattr(s, "wants", None) for s in self.sinks]
 
     def wants(self, spec: OperationSpec, trace_id: str | None) -> bool:
+        """Whether any sink wants a successful call of `spec` with this trace id."""
         return any(w is None or w(spec, trace_id) for w in self._wants)
 
     def record(self, record: CallRecord) -> None:
+        """Hand `record` to every sink that wants it."""
         for sink, wants in zip(self.sinks, self._wants, strict=True):
             try:
                 if record.error is not None or wants is None or wants(record.spec, record.trace_id):
@@ -1077,7 +1099,7 @@ def _fan_out_telemetry(
     items = list(sinks)
     if not items:
         return None
-    return items[0] if len(items) == 1 else _TelemetryFanOut(items)
+    return items[0] if len(items) == 1 else FanOutTelemetrySink(*items)
 
 
 def _fan_out_traffic(sinks: TrafficSink | Sequence[TrafficSink] | None) -> TrafficSink | None:
@@ -1086,7 +1108,7 @@ def _fan_out_traffic(sinks: TrafficSink | Sequence[TrafficSink] | None) -> Traff
     items = list(sinks)
     if not items:
         return None
-    return items[0] if len(items) == 1 else _TrafficFanOut(items)
+    return items[0] if len(items) == 1 else FanOutTrafficSink(*items)
 
 
 def _wrap(mw: Middleware, call_next: NextFn) -> NextFn:

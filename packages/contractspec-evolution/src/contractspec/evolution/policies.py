@@ -29,8 +29,9 @@ from pydantic import BaseModel
 
 from contractspec.core import (
     Clock,
-    ContractSpecError,
     Invocation,
+    OperationTimeoutError,
+    RateLimitedError,
     SpecDefinitionError,
     SpecRegistry,
     SystemClock,
@@ -38,21 +39,6 @@ from contractspec.core import (
 from contractspec.evolution.suggestions import POLICY_KIND, OperationPolicy
 
 __all__ = ["OperationPolicyMiddleware", "OperationTimeoutError", "RateLimitedError"]
-
-
-class OperationTimeoutError(ContractSpecError, TimeoutError):
-    """The operation ran longer than its policy's `timeout_ms`; nothing it wrote was kept."""
-
-    code = "operation_timeout"
-
-
-class RateLimitedError(ContractSpecError):
-    """Too many calls of the operation for this tenant (or overall) in the last minute.
-
-    `details["retry_after_s"]` says when a retry may succeed.
-    """
-
-    code = "rate_limited"
 
 
 class OperationPolicyMiddleware:

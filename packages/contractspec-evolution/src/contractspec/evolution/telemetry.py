@@ -21,6 +21,7 @@ from attrs import define, field
 
 from contractspec.core import (
     Clock,
+    FanOutTelemetrySink,
     SpecValidationError,
     SystemClock,
     TelemetrySample,
@@ -343,20 +344,6 @@ class TelemetryASGIMiddleware:
             return
 
 
-class FanOutSink:
-    """A `TelemetrySink` handing every sample to several sinks (one failing never stops others).
-
-    Args:
-        *sinks: The sinks, called in order.
-    """
-
-    def __init__(self, *sinks: TelemetrySink) -> None:
-        self.sinks: Sequence[TelemetrySink] = sinks
-
-    def record(self, sample: TelemetrySample) -> None:
-        """Hand the sample to every sink."""
-        for sink in self.sinks:
-            try:
-                sink.record(sample)
-            except Exception:  # sinks must not raise; keep the others going
-                continue
+#: A `TelemetrySink` handing every sample to several sinks (one failing never stops the others);
+#: the same as core's `FanOutTelemetrySink` (also what `Executor(telemetry=[...])` builds).
+FanOutSink = FanOutTelemetrySink
