@@ -12,7 +12,13 @@ import structlog
 from core_regen_app import POLICY, build_notes_registry
 from starlette.requests import Request
 
-from contractspec.core import Actor, Executor, MemoryBackend
+from contractspec.core import (
+    Actor,
+    Executor,
+    MemoryBackend,
+    OperationTimeoutError,
+    RateLimitedError,
+)
 from contractspec.core.codegen import openapi_document
 from contractspec.core.http import create_app, routes
 from contractspec.core.testing import FakeClock, SequentialIds
@@ -331,3 +337,29 @@ async def test_malformed_binding_headers_are_400(client: httpx.AsyncClient) -> N
     }
     spaced = await client.get("/notes/debug/whoami/v1", headers={"X-Request-Id": "a b"})
     assert (spaced.status_code, spaced.json()["details"]) == (400, {"header": "X-Request-Id"})
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "retry_after"),
+    [
+        (RateLimitedError("slow down", details={"retry_after_s": 2.5}), 429, "3"),
+        (OperationTimeoutError("took longer than 200 ms"), 504, None),
+    ],
+)
+async def test_rate_limits_and_timeouts_keep_their_status(
+    backend: MemoryBackend, error: Exception, status: int, retry_after: str | None
+) -> None:
+    """RateLimitedError → 429 with Retry-After (seconds, rounded up); OperationTimeoutError → 504."""
+
+    async def refuse(invocation: Any, call_next: Any) -> Any:
+        raise error
+
+    executor = Executor(build_notes_registry(), backend=backend, policy=POLICY, middleware=[refuse])
+    app = create_app(executor, authenticate=header_auth)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        response = await http.post("/notes/note/create/v1", json=NOTE, headers=WRITER)
+    assert response.status_code == status
+    assert response.json()["code"] == getattr(error, "code", None)
+    assert response.headers.get("retry-after") == retry_after

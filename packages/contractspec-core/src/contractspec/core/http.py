@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -244,7 +245,7 @@ def _internal(request_id: str, header: str) -> Response:
 
 def _problem(exc: ContractSpecError, request_id: str, header: str, operation: str) -> Response:
     status = HTTP_STATUS.get(exc.code, 500)
-    if status >= 500:
+    if status == 500:
         _log.error(
             "contractspec.http.internal_error",
             operation=operation,
@@ -263,10 +264,14 @@ def _problem(exc: ContractSpecError, request_id: str, header: str, operation: st
             "message": f"the request body of {operation} is not valid JSON; send a JSON object",
             "details": {"operation": operation},
         }
+    headers = {header: request_id}
+    retry_after = exc.details.get("retry_after_s")
+    if status == 429 and isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return Response(
         json.dumps(body, default=str, ensure_ascii=False).encode(),
         status,
-        {header: request_id},
+        headers,
         _JSON,
     )
 
