@@ -314,6 +314,7 @@ class SqlJobQueue:
         self.unit_of_work = SqlUnitOfWork(engine)
         self._factory = JobFactory(specs, clock, ids)
         self._pg = engine.dialect.name == "postgresql"
+        self._psycopg = self._pg and engine.dialect.driver == "psycopg"
         self.notify = notify and self._pg
         self._local = asyncio.Event()
         self._listener: AsyncConnection | None = None
@@ -438,7 +439,7 @@ class SqlJobQueue:
         together (PostgreSQL folds identical notifications of one transaction into one).
         """
         rows: list[Any] | int
-        if len(built) == 1:  # the common case: one prepared statement on the driver
+        if len(built) == 1 and self._psycopg:  # the common case: one statement on the driver
             rows = await self._enqueue_one_driver(built[0])
         else:
             inserted = (
