@@ -61,6 +61,7 @@ from contractspec.core.sql.engines import (
     configure_sqlite_engine,
     create_all,
     drop_all,
+    fast_json_dumps,
     sqlite_engine,
 )
 
@@ -88,6 +89,7 @@ __all__ = [
     "conflict_from",
     "create_all",
     "drop_all",
+    "fast_json_dumps",
     "idempotency_table",
     "metadata",
     "new_metadata",

@@ -9,11 +9,29 @@ import os
 import weakref
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["configure_sqlite_engine", "create_all", "drop_all", "is_configured", "sqlite_engine"]
+__all__ = [
+    "configure_sqlite_engine",
+    "create_all",
+    "drop_all",
+    "fast_json_dumps",
+    "is_configured",
+    "sqlite_engine",
+]
+
+
+def fast_json_dumps(value: Any) -> str:
+    """JSON text of a JSON-compatible value through pydantic-core (compact, UTF-8, ~4x `json`).
+
+    Pass it as `create_async_engine(..., json_serializer=fast_json_dumps,
+    json_deserializer=pydantic_core.from_json)` for PostgreSQL engines too.
+    """
+    return pydantic_core.to_json(value).decode()
+
 
 _configured: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -69,7 +87,8 @@ def sqlite_engine(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> A
     Args:
         path: Database file, or `":memory:"` (one shared in-memory database, via `StaticPool`).
         **kwargs: Passed to `create_async_engine` (`pool_reset_on_return` defaults to `None`:
-            connections go back to the pool without an extra ROLLBACK).
+            connections go back to the pool without an extra ROLLBACK; JSON columns use
+            pydantic-core's serializer and parser).
 
     Returns:
         The engine. You own it: `await engine.dispose()` when done.
@@ -79,6 +98,9 @@ def sqlite_engine(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> A
     # check-in (one more round trip through aiosqlite's thread) is skipped; pass
     # pool_reset_on_return="rollback" to restore SQLAlchemy's default for code of your own.
     kwargs.setdefault("pool_reset_on_return", None)
+    # JSON columns through pydantic-core's serializer: about 4x faster than the json module.
+    kwargs.setdefault("json_serializer", fast_json_dumps)
+    kwargs.setdefault("json_deserializer", pydantic_core.from_json)
     if target == ":memory:":
         kwargs.setdefault("poolclass", StaticPool)
         url = "sqlite+aiosqlite://"
