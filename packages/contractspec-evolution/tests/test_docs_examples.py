@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
+
+from contractspec.core.testing.docs import printed_by_python_blocks
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "evolution"
-_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 _TEXT = re.compile(r"```text\n(.*?)```", re.DOTALL)
 
 
 def run_page(name: str) -> str:
     """Execute every python block of a page in one namespace; return stdout."""
-    namespace: dict[str, object] = {"__name__": f"docs_evolution_{name}"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), capture_logs():
-        for block in _BLOCK.findall((DOCS / f"{name}.md").read_text(encoding="utf-8")):
-            exec(compile(block, f"docs/evolution/{name}.md", "exec"), namespace)
-    return out.getvalue()
+    return printed_by_python_blocks(DOCS / f"{name}.md")
 
 
 def shown(name: str) -> list[str]:

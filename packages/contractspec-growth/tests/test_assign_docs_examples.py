@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
+from contractspec.core.testing.docs import printed_by_python_blocks
 from contractspec.growth import ExperimentRegistry, ExperimentRunner, define_experiment
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "growth"
-_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def _run_page(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Execute every python block of a page in one namespace, from the project root; return stdout."""
     monkeypatch.chdir(DOCS.parents[1])
-    namespace: dict[str, object] = {"__name__": f"docs_{name}"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), capture_logs():  # library logs are not page output
-        for block in _BLOCK.findall((DOCS / f"{name}.md").read_text(encoding="utf-8")):
-            exec(compile(block, f"docs/growth/{name}.md", "exec"), namespace)
-    return out.getvalue()
+    return printed_by_python_blocks(DOCS / f"{name}.md")
 
 
 def test_index_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
+
+from contractspec.core.testing.docs import printed_by_python_blocks
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "jobs"
-_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def run_page(name: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Execute every python block of a page in one namespace; return the printed lines."""
     monkeypatch.chdir(DOCS.parents[1])
-    namespace: dict[str, object] = {"__name__": f"docs_jobs_{name}"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), capture_logs():
-        for block in _BLOCK.findall((DOCS / f"{name}.md").read_text(encoding="utf-8")):
-            exec(compile(block, f"docs/jobs/{name}.md", "exec"), namespace)
-    return out.getvalue().splitlines()
+    return printed_by_python_blocks(DOCS / f"{name}.md").splitlines()
 
 
 def test_index_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,8 +38,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core import ConfigurationError, ConflictError, NotFoundError, Transaction
-from contractspec.core.sql import JsonType, SqlTransaction, UtcDateTime, new_metadata
+from contractspec.core import ConflictError, NotFoundError, Transaction
+from contractspec.core.sql import (
+    JsonType,
+    SqlTransaction,
+    UtcDateTime,
+    new_metadata,
+    sql_transaction,
+)
 from contractspec.core.sql import create_all as _create_all
 from contractspec.evolution.aggregator import TelemetryBucket
 from contractspec.evolution.detector import Intent, IntentKind
@@ -122,15 +128,6 @@ async def create_all(engine: AsyncEngine) -> None:
     await _create_all(engine, metadata)
 
 
-def _sql(tx: Transaction, who: str) -> SqlTransaction:
-    if not isinstance(tx, SqlTransaction):
-        raise ConfigurationError(
-            f"{who} needs a SQL transaction but got {type(tx).__name__}; use a SqlBackend (or "
-            "SqlUnitOfWork) on the same engine",
-        )
-    return tx
-
-
 async def _write(tx: SqlTransaction, stmt: Any) -> int:
     result = await tx.execute(stmt, write=True)
     return int(getattr(result, "rowcount", 0) or 0)
@@ -159,7 +156,7 @@ class SqlSuggestionStore:
         """Insert; `ConflictError` on a taken id or fingerprint."""
         s = suggestion
         await _write(
-            _sql(tx, "SqlSuggestionStore"),
+            sql_transaction(tx, "SqlSuggestionStore"),
             insert(suggestions_table).values(
                 id=s.id, fingerprint=s.fingerprint, kind=s.kind.value, operation=s.operation,
                 status=s.status.value, priority=int(s.priority), confidence=s.confidence,
@@ -170,7 +167,7 @@ class SqlSuggestionStore:
         )  # fmt: skip
 
     async def _one(self, tx: Transaction, where: Any) -> SpecSuggestion | None:
-        result = await _sql(tx, "SqlSuggestionStore").execute(
+        result = await sql_transaction(tx, "SqlSuggestionStore").execute(
             select(suggestions_table).where(where)
         )
         row = result.mappings().first()
@@ -192,7 +189,7 @@ class SqlSuggestionStore:
         self, tx: Transaction, suggestion: SpecSuggestion, *, expected_version: int
     ) -> SpecSuggestion:
         """Compare-and-set update of the review fields."""
-        sql = _sql(tx, "SqlSuggestionStore")
+        sql = sql_transaction(tx, "SqlSuggestionStore")
         t = suggestions_table
         s = suggestion
         count = await _write(
@@ -232,7 +229,7 @@ class SqlSuggestionStore:
         if operation is not None:
             stmt = stmt.where(t.c.operation == operation)
         stmt = stmt.order_by(t.c.created_at, t.c.id).limit(limit)
-        result = await _sql(tx, "SqlSuggestionStore").execute(stmt)
+        result = await sql_transaction(tx, "SqlSuggestionStore").execute(stmt)
         return [_suggestion(r) for r in result.mappings()]
 
 
@@ -246,7 +243,7 @@ class SqlIntentStore:
         if not intents:
             return
         await _write(
-            _sql(tx, "SqlIntentStore"),
+            sql_transaction(tx, "SqlIntentStore"),
             insert(intents_table).values(
                 [
                     {
@@ -279,7 +276,7 @@ class SqlIntentStore:
         if since is not None:
             stmt = stmt.where(t.c.window_start >= since)
         stmt = stmt.order_by(t.c.window_start, t.c.id).limit(limit)
-        result = await _sql(tx, "SqlIntentStore").execute(stmt)
+        result = await sql_transaction(tx, "SqlIntentStore").execute(stmt)
         return [Intent.from_dict(r[0]) for r in result.all()]
 
 
@@ -297,7 +294,7 @@ class SqlTelemetryBucketStore:
         if not buckets:
             return
         await _write(
-            _sql(tx, "SqlTelemetryBucketStore"),
+            sql_transaction(tx, "SqlTelemetryBucketStore"),
             insert(telemetry_buckets_table).values(
                 [
                     {
@@ -321,7 +318,7 @@ class SqlTelemetryBucketStore:
         if until is not None:
             stmt = stmt.where(t.c.minute < until)
         stmt = stmt.order_by(t.c.minute, t.c.operation, t.c.org_id, t.c.position)
-        result = await _sql(tx, "SqlTelemetryBucketStore").execute(stmt)
+        result = await sql_transaction(tx, "SqlTelemetryBucketStore").execute(stmt)
         out = [
             TelemetryBucket(
                 minute=r["minute"],
@@ -342,5 +339,5 @@ class SqlTelemetryBucketStore:
         """Delete buckets before `before`."""
         t = telemetry_buckets_table
         return await _write(
-            _sql(tx, "SqlTelemetryBucketStore"), delete(t).where(t.c.minute < before)
+            sql_transaction(tx, "SqlTelemetryBucketStore"), delete(t).where(t.c.minute < before)
         )

@@ -10,6 +10,8 @@ def test_guide_examples_run() -> None:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import sys
@@ -17,7 +19,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PYTHON_BLOCK", "python_blocks", "run_python_blocks"]
+__all__ = ["PYTHON_BLOCK", "printed_by_python_blocks", "python_blocks", "run_python_blocks"]
 
 #: A fenced ```python block at the start of a line, up to its closing fence.
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -66,3 +68,17 @@ def run_python_blocks(path: str | os.PathLike[str], *, require: bool = True) -> 
             if type(value).__name__ == "Executor" and callable(close):
                 close()
     return module.__dict__
+
+
+def printed_by_python_blocks(path: str | os.PathLike[str]) -> str:
+    """Run the page's Python blocks (as `run_python_blocks`) and return what they printed.
+
+    Library log lines (structlog) are captured and dropped, so only the examples' own `print`
+    output is returned: compare it with the output the page shows.
+    """
+    from structlog.testing import capture_logs
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), capture_logs():
+        run_python_blocks(path)
+    return out.getvalue()
