@@ -416,21 +416,6 @@ class ApprovalStore(Protocol):
         ...
 
 
-def _undo_set(tx: Transaction, table: dict[Any, Any], key: Any) -> None:
-    previous = table.get(key, _ABSENT)
-
-    def undo() -> None:
-        if previous is _ABSENT:
-            table.pop(key, None)
-        else:
-            table[key] = previous
-
-    tx.add_undo(undo)
-
-
-_ABSENT: Any = object()
-
-
 class MemoryRunStore:
     """`RunStore` in dictionaries; writes are undone if their transaction rolls back."""
 
@@ -444,7 +429,7 @@ class MemoryRunStore:
         """Insert a new run."""
         if run.id in self._runs:
             raise ConflictError(f"run {run.id!r} already exists", details={"run_id": run.id})
-        _undo_set(tx, self._runs, run.id)
+        tx.undo_item(self._runs, run.id)
         self._runs[run.id] = run
 
     async def get(self, tx: Transaction, run_id: str) -> Run | None:
@@ -463,7 +448,7 @@ class MemoryRunStore:
                 details={"run_id": run.id},
             )
         stored = run.evolve(version=expected_version + 1)
-        _undo_set(tx, self._runs, run.id)
+        tx.undo_item(self._runs, run.id)
         self._runs[run.id] = stored
         return stored
 
@@ -495,7 +480,7 @@ class MemoryRunStore:
                 f"run {step.run_id!r} already has step {step.index}",
                 details={"run_id": step.run_id, "step": step.index},
             )
-        _undo_set(tx, self._steps, key)
+        tx.undo_item(self._steps, key)
         self._steps[key] = step
 
     async def steps(self, tx: Transaction, run_id: str) -> list[RunStep]:
@@ -526,7 +511,7 @@ class MemoryRunStore:
                 f"action {record.action_id!r} is already recorded",
                 details={"action_id": record.action_id},
             )
-        _undo_set(tx, self._actions, record.action_id)
+        tx.undo_item(self._actions, record.action_id)
         self._actions[record.action_id] = record
 
     async def get_action(self, tx: Transaction, action_id: str) -> ActionRecord | None:
@@ -546,7 +531,7 @@ class MemoryRunStore:
         if current is None:
             raise NotFoundError(f"action {action_id!r} is not recorded")
         done = evolve(current, status=status, result=result, updated_at=updated_at)
-        _undo_set(tx, self._actions, action_id)
+        tx.undo_item(self._actions, action_id)
         self._actions[action_id] = done
         return done
 
@@ -584,10 +569,10 @@ class MemoryApprovalStore:
                 f"approval request {request.key or request.id!r} already exists",
                 details={"approval_id": request.id},
             )
-        _undo_set(tx, self._requests, request.id)
+        tx.undo_item(self._requests, request.id)
         self._requests[request.id] = request.evolve(decisions=())
         if request.key is not None:
-            _undo_set(tx, self._keys, (request.org_id, request.key))
+            tx.undo_item(self._keys, (request.org_id, request.key))
             self._keys[(request.org_id, request.key)] = request.id
 
     async def get(self, tx: Transaction, request_id: str) -> ApprovalRequest | None:
@@ -615,7 +600,7 @@ class MemoryApprovalStore:
                 details={"approval_id": request.id},
             )
         stored = request.evolve(version=expected_version + 1, decisions=())
-        _undo_set(tx, self._requests, request.id)
+        tx.undo_item(self._requests, request.id)
         self._requests[request.id] = stored
         return self._with_decisions(stored)
 
@@ -627,7 +612,7 @@ class MemoryApprovalStore:
                 f"{decision.approver_id!r} already decided on {decision.request_id!r}",
                 details={"approval_id": decision.request_id},
             )
-        _undo_set(tx, self._decisions, key)
+        tx.undo_item(self._decisions, key)
         self._decisions[key] = decision
 
     async def find(

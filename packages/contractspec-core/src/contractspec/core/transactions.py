@@ -10,7 +10,7 @@ adds a write buffer and database savepoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryTransaction", "MemoryUnitOfWork", "Savepoint", "Transaction"]
 
 _log = structlog.get_logger(__name__)
+_ABSENT: Any = object()
 
 
 class Transaction:
@@ -69,6 +70,22 @@ class Transaction:
         """Register a compensation run (newest first) if the transaction or savepoint rolls back."""
         self._check_active()
         self._undo.append(callback)
+
+    def undo_item(self, mapping: MutableMapping[Any, Any], key: Any) -> None:
+        """Register an undo restoring `mapping[key]` to its current value (or removing it).
+
+        Call it right before writing `mapping[key]`: the typical building block of an in-memory
+        store whose writes must vanish when the transaction (or savepoint) rolls back.
+        """
+        previous = mapping.get(key, _ABSENT)
+
+        def undo() -> None:
+            if previous is _ABSENT:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = previous
+
+        self.add_undo(undo)
 
     def record_change(self, change: EntityChange) -> None:
         """Record an entity write for the audit trail."""

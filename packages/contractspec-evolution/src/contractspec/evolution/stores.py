@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from contractspec.core import ConflictError, NotFoundError, Transaction
 from contractspec.evolution.aggregator import TelemetryBucket
@@ -111,21 +111,6 @@ class TelemetryBucketStore(Protocol):
         ...
 
 
-def _undo_set(tx: Transaction, table: dict[Any, Any], key: Any) -> None:
-    previous = table.get(key, _ABSENT)
-
-    def undo() -> None:
-        if previous is _ABSENT:
-            table.pop(key, None)
-        else:
-            table[key] = previous
-
-    tx.add_undo(undo)
-
-
-_ABSENT: Any = object()
-
-
 class MemorySuggestionStore:
     """`SuggestionStore` in dictionaries; writes are undone if their transaction rolls back."""
 
@@ -142,9 +127,9 @@ class MemorySuggestionStore:
                 "already exists",
                 details={"suggestion_id": suggestion.id},
             )
-        _undo_set(tx, self._items, suggestion.id)
+        tx.undo_item(self._items, suggestion.id)
         self._items[suggestion.id] = suggestion
-        _undo_set(tx, self._fingerprints, suggestion.fingerprint)
+        tx.undo_item(self._fingerprints, suggestion.fingerprint)
         self._fingerprints[suggestion.fingerprint] = suggestion.id
 
     async def get(self, tx: Transaction, suggestion_id: str) -> SpecSuggestion | None:
@@ -181,7 +166,7 @@ class MemorySuggestionStore:
             envelope_path=suggestion.envelope_path,
             version=expected_version + 1,
         )
-        _undo_set(tx, self._items, suggestion.id)
+        tx.undo_item(self._items, suggestion.id)
         self._items[suggestion.id] = stored
         return stored
 
@@ -217,7 +202,7 @@ class MemoryIntentStore:
         if len(set(ids)) != len(ids) or any(i in self._items for i in ids):
             raise ConflictError("an intent with this id already exists", details={"ids": ids})
         for intent in intents:
-            _undo_set(tx, self._items, intent.id)
+            tx.undo_item(self._items, intent.id)
             self._items[intent.id] = intent
 
     async def find(
