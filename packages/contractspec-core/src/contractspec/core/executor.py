@@ -20,7 +20,7 @@ import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
@@ -640,7 +640,8 @@ class Executor:
         """
         call = ctx if ctx is not None else _DEFAULT_CTX
         started = perf_counter()
-        started_at = self.clock.now() if self._reporting else None
+        # Telemetry is stamped when the call starts; traffic records only when a sink wants them.
+        started_at = self.clock.now() if self.telemetry is not None else None
         variant: int | None = None
         if version is None and self.variants is not None:
             variant = version = self.variants.resolve(name, call)
@@ -674,8 +675,15 @@ class Executor:
             )
             raise error from exc
         finally:
-            if spec is not None and started_at is not None:
-                self._report(spec, call, variant, started, started_at, value, output, error)
+            if spec is not None and self._reporting:
+                wants = self._traffic_wants
+                if (
+                    started_at is not None
+                    or error is not None
+                    or wants is None
+                    or wants(spec, call.trace_id)
+                ):
+                    self._report(spec, call, variant, started, started_at, value, output, error)
 
     def execute_sync(
         self,
@@ -991,12 +999,14 @@ class Executor:
         call: CallContext,
         variant: int | None,
         started: float,
-        now: datetime,
+        started_at: datetime | None,
         value: Any,
         output: BaseModel | None,
         error: ContractSpecError | None,
     ) -> None:
         duration_ms = (perf_counter() - started) * 1000.0
+        if started_at is None:
+            started_at = self.clock.now() - timedelta(milliseconds=duration_ms)
         try:
             if self.telemetry is not None:
                 size = call.attributes.get("payload_size")
@@ -1013,7 +1023,7 @@ class Executor:
                         error_code=error.code if error is not None else None,
                         payload_size=size if isinstance(size, int) else None,
                         trace_id=call.trace_id,
-                        timestamp=now,
+                        timestamp=started_at,
                     )
                 )
             if self.traffic is not None and (
@@ -1034,7 +1044,7 @@ class Executor:
                         channel=call.channel,
                         actor_kind=call.actor.kind.value,
                         actor_roles=call.actor.roles,
-                        started_at=now,
+                        started_at=started_at,
                         duration_ms=duration_ms,
                         variant=variant,
                     )

@@ -209,6 +209,8 @@ class TrafficRecorder:
         Deterministic cases are answered here (rate 0, rate 1, a trace id); without a trace id the
         decision is left to `record()`. Failed calls are always handed over by the executor.
         """
+        if self.sample_rate <= 0.0 and not self.overrides:
+            return False  # recording off: the executor builds nothing
         rate = self.rate_for(spec.name, spec.version)
         if rate <= 0.0:
             return False
