@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import math
 
+import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,7 +15,14 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy import stats as sps
 
-from contractspec.core.errors import ConflictError, NotFoundError, SpecValidationError
+from contractspec.core.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    SpecValidationError,
+)
+from contractspec.core.ports import UuidGenerator
+from contractspec.core.testing import FakeClock, SequentialIds
 from contractspec.growth.bandits import (
     BanditDecision,
     BanditPolicy,
@@ -27,25 +37,25 @@ from contractspec.growth.bandits import (
 FIXED = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
 
-def _bernoulli_run(
+async def _bernoulli_run(
     policy: ThompsonSampling, rates: dict[str, float], rounds: int, seed: int
 ) -> list[str]:
     env = np.random.default_rng(seed)
-    service = BanditService(policy, now=lambda: FIXED)
+    service = BanditService(policy, clock=FakeClock(FIXED))
     arms = []
     for _ in range(rounds):
-        d = service.choose()
-        service.reward(d.decision_id, float(env.random() < rates[d.arm]))
+        d = await service.choose()
+        await service.reward(d.decision_id, float(env.random() < rates[d.arm]))
         arms.append(d.arm)
     return arms
 
 
-def test_same_seed_replays_the_same_decisions() -> None:
+async def test_same_seed_replays_the_same_decisions() -> None:
     """Two services with the same seed and rewards make identical choices; another seed differs."""
     rates = {"a": 0.2, "b": 0.25, "c": 0.3}
-    one = _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
-    two = _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
-    other = _bernoulli_run(ThompsonSampling("t", list(rates), seed=2), rates, 200, seed=9)
+    one = await _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
+    two = await _bernoulli_run(ThompsonSampling("t", list(rates), seed=1), rates, 200, seed=9)
+    other = await _bernoulli_run(ThompsonSampling("t", list(rates), seed=2), rates, 200, seed=9)
     assert one == two
     assert one != other
 
@@ -59,10 +69,10 @@ def test_a_decision_replays_by_id_whatever_ran_before() -> None:
     assert policy.choose(decision_id="order-17") == first
 
 
-def test_thompson_learns_the_best_arm() -> None:
+async def test_thompson_learns_the_best_arm() -> None:
     """With success rates 5 %, 10 % and 20 %, the 20 % arm gets most of the last 500 plays."""
     rates = {"low": 0.05, "mid": 0.10, "high": 0.20}
-    arms = _bernoulli_run(
+    arms = await _bernoulli_run(
         ThompsonSampling("t", list(rates), seed=3, propensity_samples=200), rates, 2000, seed=4
     )
     last = arms[-500:]
@@ -84,44 +94,80 @@ def test_thompson_propensity_matches_the_exact_two_arm_probability() -> None:
     assert (aa, ba, ab, bb) == (3.0, 4.0, 6.0, 2.0)
 
 
-def test_service_logs_propensities_and_rewards() -> None:
+async def test_service_logs_propensities_and_rewards() -> None:
     """Each decision is logged with its arm's propensity; the reward updates the posterior."""
     policy = ThompsonSampling("cta", ["blue", "green"], seed=7)
     log = MemoryDecisionLog()
-    service = BanditService(policy, log=log, now=lambda: FIXED)
-    decision = service.choose(decision_id="req-1")
+    service = BanditService(policy, log=log, clock=FakeClock(FIXED))
+    decision = await service.choose(decision_id="req-1")
     assert decision.propensity == decision.probabilities[decision.arm] > 0
     assert sum(decision.probabilities.values()) == pytest.approx(1.0)
     assert (decision.policy, decision.context, decision.decided_at) == ("cta", None, FIXED)
-    rewarded = service.reward("req-1", 1.0)
-    assert rewarded.reward == 1.0
-    assert log.get("req-1").reward == 1.0
+    assert await log.get("req-1") == decision
+    rewarded = await service.reward("req-1", 1.0)
+    assert rewarded == attrs.evolve(decision, reward=1.0)
+    assert (await log.get("req-1")).reward == 1.0
     assert policy.posterior(decision.arm) == (2.0, 1.0)
     assert isinstance(policy, BanditPolicy)
     assert isinstance(log, DecisionLog)
 
 
-def test_rewards_are_recorded_once_and_for_known_decisions() -> None:
+async def test_rewards_are_recorded_once_and_for_known_decisions() -> None:
     """A second reward conflicts, an unknown id is not found, a reused id conflicts."""
-    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=0))
-    d = service.choose(decision_id="x")
-    service.reward("x", 0.0)
-    with pytest.raises(ConflictError, match="already has reward"):
-        service.reward("x", 1.0)
+    policy = ThompsonSampling("t", ["a", "b"], seed=0)
+    service = BanditService(policy)
+    d = await service.choose(decision_id="x")
+    await service.reward("x", 0.0)
+    with pytest.raises(ConflictError, match=r"'x' already has reward 0\.0"):
+        await service.reward("x", 1.0)
     with pytest.raises(NotFoundError, match="no decision 'nope'"):
-        service.reward("nope", 1.0)
-    with pytest.raises(ConflictError, match="already logged"):
-        service.choose(decision_id="x")
+        await service.reward("nope", 1.0)
+    with pytest.raises(ConflictError, match="'x' is already logged"):
+        await service.choose(decision_id="x")
     assert d.reward is None
+    assert policy.posterior(d.arm) == (1.0, 2.0)
 
 
-def test_thompson_rejects_rewards_outside_unit_interval() -> None:
-    """A reward of 5 is refused with the fix named, and the log is untouched."""
-    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=0))
-    d = service.choose()
-    with pytest.raises(SpecValidationError, match=r"\[0, 1\]"):
-        service.reward(d.decision_id, 5.0)
-    assert service.log.get(d.decision_id).reward is None
+async def test_concurrent_rewards_update_the_policy_once() -> None:
+    """Eight concurrent rewards of one decision: one wins, seven conflict, the posterior moves once."""
+    policy = ThompsonSampling("t", ["a", "b"], seed=0)
+    service = BanditService(policy)
+    d = await service.choose(decision_id="x")
+    results = await asyncio.gather(
+        *(service.reward("x", 1.0) for _ in range(8)), return_exceptions=True
+    )
+    assert [type(r).__name__ for r in results].count("BanditDecision") == 1
+    assert [type(r).__name__ for r in results].count("ConflictError") == 7
+    assert policy.posterior(d.arm) == (2.0, 1.0)
+
+
+async def test_thompson_rejects_rewards_outside_unit_interval() -> None:
+    """A reward of 5 is refused with the fix named, and the log and posterior are untouched."""
+    policy = ThompsonSampling("t", ["a", "b"], seed=0)
+    service = BanditService(policy)
+    d = await service.choose()
+    with pytest.raises(SpecValidationError, match=r"\[0, 1\]") as info:
+        await service.reward(d.decision_id, 5.0)
+    assert info.value.details["field"] == "reward"
+    assert (await service.log.get(d.decision_id)).reward is None
+    assert policy.posterior(d.arm) == (1.0, 1.0)
+    assert (await service.reward(d.decision_id, 1.0)).reward == 1.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, True]), st.text(max_size=3)))
+async def test_non_numeric_or_non_finite_rewards_are_refused(reward: object) -> None:
+    """NaN, infinities, booleans and strings are refused for both policies before the log changes."""
+    for policy in (
+        ThompsonSampling("t", ["a", "b"], seed=0),
+        LinearIGW("i", ["a", "b"], n_features=1, seed=0),
+    ):
+        service = BanditService(policy)
+        d = await service.choose(None if isinstance(policy, ThompsonSampling) else [1.0])
+        with pytest.raises(SpecValidationError) as info:
+            await service.reward(d.decision_id, reward)  # type: ignore[arg-type]
+        assert info.value.details["field"] == "reward"
+        assert (await service.log.get(d.decision_id)).reward is None
 
 
 @pytest.mark.parametrize(
@@ -178,7 +224,7 @@ def test_igw_distribution_is_valid(context: list[float], gamma: float, updates: 
     assert probs[max(preds, key=lambda a: preds[a])] == max(probs.values())
 
 
-def test_linear_igw_learns_a_contextual_rule() -> None:
+async def test_linear_igw_learns_a_contextual_rule() -> None:
     """After 2000 rounds the policy plays the arm that is best for each context most of the time."""
     true_theta = {
         "news": np.array([0.8, -0.6, 0.1]),
@@ -186,17 +232,19 @@ def test_linear_igw_learns_a_contextual_rule() -> None:
         "none": np.array([0.0, 0.0, 0.3]),
     }
     policy = LinearIGW("igw", list(true_theta), n_features=3, seed=4, gamma=200.0)
-    service = BanditService(policy, now=lambda: FIXED)
+    service = BanditService(policy, clock=FakeClock(FIXED))
     env = np.random.default_rng(8)
     best_hits = []
     for _ in range(2000):
         x = np.array([env.random(), env.random(), 1.0])
-        d = service.choose(x.tolist())
-        service.reward(d.decision_id, float(true_theta[d.arm] @ x + env.normal(0, 0.1)))
+        d = await service.choose(x.tolist())
+        await service.reward(d.decision_id, float(true_theta[d.arm] @ x + env.normal(0, 0.1)))
         best = max(true_theta, key=lambda a: float(true_theta[a] @ x))
         best_hits.append(d.arm == best)
     assert sum(best_hits[-500:]) / 500 > 0.85
-    assert all(0 < d.propensity <= 1 for d in service.log.decisions())
+    logged = await service.decisions()
+    assert len(logged) == 2000
+    assert all(0 < d.propensity <= 1 and len(d.context or ()) == 3 for d in logged)
 
 
 def test_linear_igw_needs_a_well_formed_context() -> None:
@@ -210,17 +258,19 @@ def test_linear_igw_needs_a_well_formed_context() -> None:
         policy.update("z", 1.0, [1.0, 0.0])
 
 
-def test_ips_recovers_the_value_of_another_policy() -> None:
+async def test_ips_recovers_the_value_of_another_policy() -> None:
     """From uniformly logged decisions, IPS estimates an always-'b' policy's click rate."""
     rates = {"a": 0.1, "b": 0.3}
     policy = ThompsonSampling("t", list(rates), seed=1, propensity_samples=50)
-    service = BanditService(policy, now=lambda: FIXED)
+    service = BanditService(policy, clock=FakeClock(FIXED))
     env = np.random.default_rng(12)
     # Uniform logging: never update the policy, so every decision has propensity ~ 1/2.
     decisions = []
     for _ in range(4000):
-        d = service.choose()
-        decisions.append(service.log.set_reward(d.decision_id, float(env.random() < rates[d.arm])))
+        d = await service.choose()
+        reward = float(env.random() < rates[d.arm])
+        decisions.append(await service.log.set_reward(d.decision_id, reward))
+    assert await service.decisions(rewarded=True) == decisions
     estimate = ips_estimate(decisions, lambda d: {"b": 1.0})
     snips = ips_estimate(decisions, lambda d: {"b": 1.0}, self_normalized=True)
     observed_b = np.mean([d.reward for d in decisions if d.arm == "b"])
@@ -248,3 +298,125 @@ def test_decision_is_a_frozen_record() -> None:
     d = BanditDecision("d", "p", "a", 0.5, {"a": 0.5, "b": 0.5}, None, FIXED)
     with pytest.raises(AttributeError):
         d.reward = 1.0  # type: ignore[misc]
+
+
+def test_sync_methods_serve_scripts_and_notebooks() -> None:
+    """choose_sync/reward_sync/decisions_sync run on one loop per service and match the async API."""
+    policy = ThompsonSampling("t", ["a", "b"], seed=3)
+    with BanditService(policy, clock=FakeClock(FIXED)) as service:
+        first = service.choose_sync(decision_id="one")
+        rewarded = service.reward_sync("one", 1.0)
+        second = service.choose_sync()
+        assert rewarded == attrs.evolve(first, reward=1.0)
+        assert service.decisions_sync() == [rewarded, second]
+        assert service.decisions_sync(rewarded=False) == [second]
+        assert second.decision_id == "t:1"
+        assert policy.posterior(first.arm) == (2.0, 1.0)
+        loop_runner = service._runner
+        assert loop_runner is not None
+    assert service._runner is None
+    assert service.choose_sync().decision_id == "t:2"  # a closed service starts a new loop
+    service.close()
+
+
+async def test_sync_methods_refuse_a_running_loop() -> None:
+    """Inside a running event loop the *_sync methods raise ConfigurationError naming the await."""
+    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=3))
+    with pytest.raises(ConfigurationError, match=r"use await service\.choose\(\)"):
+        service.choose_sync()
+    with pytest.raises(ConfigurationError, match=r"use await service\.reward\(\)"):
+        service.reward_sync("t:1", 1.0)
+    with pytest.raises(ConfigurationError, match=r"use await service\.decisions\(\)"):
+        service.decisions_sync()
+    assert await service.decisions() == []
+    assert service._runner is None
+
+
+async def test_an_id_generator_names_decisions() -> None:
+    """With ids=, decisions without an explicit id take the generator's ids, replayably."""
+    service = BanditService(ThompsonSampling("t", ["a", "b"], seed=3), ids=SequentialIds("req"))
+    d1 = await service.choose()
+    d2 = await service.choose(decision_id="mine")
+    d3 = await service.choose()
+    assert [d1.decision_id, d2.decision_id, d3.decision_id] == ["req-000001", "mine", "req-000002"]
+    replay = ThompsonSampling("t", ["a", "b"], seed=3).choose(decision_id="req-000002")
+    assert (d3.arm, d3.probabilities) == replay[:2]
+    uuid_service = BanditService(ThompsonSampling("t", ["a", "b"], seed=3), ids=UuidGenerator())
+    assert len((await uuid_service.choose()).decision_id) == 36
+
+
+async def test_a_restarted_counter_explains_the_conflict() -> None:
+    """A fresh policy on a log that outlived it reuses 't:1'; the conflict says how to fix it."""
+    log = MemoryDecisionLog()
+    await BanditService(ThompsonSampling("t", ["a", "b"], seed=3), log=log).choose()
+    restarted = BanditService(ThompsonSampling("t", ["a", "b"], seed=3), log=log)
+    with pytest.raises(ConflictError, match=r"'t:1' is already logged.*ids=UuidGenerator\(\)"):
+        await restarted.choose()
+    assert [d.decision_id for d in await log.decisions()] == ["t:1"]
+
+
+VALID = {
+    "decision_id": "d",
+    "policy": "p",
+    "arm": "a",
+    "propensity": 0.5,
+    "probabilities": {"a": 0.5, "b": 0.5},
+    "context": None,
+    "decided_at": FIXED,
+}
+BAD_FIELDS = st.one_of(
+    st.tuples(st.just("decision_id"), st.sampled_from(["", "x" * 201, None, 3])),
+    st.tuples(st.just("policy"), st.sampled_from(["", "p" * 201, None])),
+    st.tuples(st.just("arm"), st.sampled_from(["", None])),
+    st.tuples(
+        st.just("propensity"),
+        st.one_of(
+            st.floats(max_value=0.0),
+            st.floats(min_value=1.0, exclude_min=True),
+            st.sampled_from([math.nan, "0.5", True]),
+        ),
+    ),
+    st.tuples(
+        st.just("probabilities"),
+        st.sampled_from([{"b": 1.0}, {"a": 1.5}, {"a": math.nan}, {"a": 0.5, "": 0.5}, [0.5]]),
+    ),
+    st.tuples(
+        st.just("context"),
+        st.sampled_from([[math.inf], ["x"], "abc", 3.0, [1.0, math.nan]]),
+    ),
+    st.tuples(st.just("decided_at"), st.sampled_from([dt.datetime(2024, 6, 1), "2024-06-01"])),
+    st.tuples(st.just("reward"), st.sampled_from([math.nan, math.inf, "1"])),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(BAD_FIELDS)
+def test_malformed_decisions_are_refused(bad: tuple[str, object]) -> None:
+    """A malformed field raises SpecValidationError naming that field, whatever the bad value."""
+    field, value = bad
+    with pytest.raises(SpecValidationError) as info:
+        BanditDecision(**{**VALID, field: value})  # type: ignore[arg-type]
+    assert info.value.details["field"] == field
+
+
+def test_decisions_normalise_numbers_and_contexts() -> None:
+    """NumPy numbers become floats and a list context becomes a tuple of floats."""
+    d = BanditDecision(
+        "d",
+        "p",
+        "a",
+        np.float64(0.25),
+        {"a": np.float32(0.25), "b": 0.75},
+        np.array([1, 2]),  # type: ignore[arg-type]
+        FIXED,
+        reward=np.int64(1),  # type: ignore[arg-type]
+    )
+    assert (d.propensity, d.probabilities, d.context, d.reward) == (
+        0.25,
+        {"a": 0.25, "b": 0.75},
+        (1.0, 2.0),
+        1.0,
+    )
+    assert [type(v) for v in (d.propensity, d.probabilities["a"], d.context[0], d.reward)] == [
+        float
+    ] * 4

@@ -33,6 +33,7 @@ from contractspec.growth.bandits import (
     ThompsonSampling,
     ips_estimate,
 )
+from contractspec.growth.bandits_sql import SqlDecisionLog
 from contractspec.growth.bucketing import (
     choose_variation,
     equal_weights,
@@ -151,6 +152,7 @@ __all__ = [
     "RolloutStatus",
     "RolloutStore",
     "SpecExperimentController",
+    "SqlDecisionLog",
     "SqlRolloutStore",
     "SqlTrackingStore",
     "SrmResult",

@@ -8,11 +8,15 @@ Two policies, one interface (`choose` then `update`):
   inverse-gap weighting (SquareCB, Foster and Rakhlin 2020; Abe and Long 1999) over per-arm
   ridge regressions. Unlike LinUCB it is randomised, so every decision has a real propensity.
 
-[`BanditService`][contractspec.growth.bandits.BanditService] wraps a policy with a decision log:
-it records each decision's arm, context and **propensity** (the probability the policy had of
-choosing that arm, plus the full action distribution), and feeds rewards back into the policy by
-decision id. The log makes off-policy evaluation possible
-([`ips_estimate`][contractspec.growth.bandits.ips_estimate]).
+[`BanditService`][contractspec.growth.bandits.BanditService] wraps a policy with a
+[`DecisionLog`][contractspec.growth.bandits.DecisionLog]: it records each decision's arm, context
+and **propensity** (the probability the policy had of choosing that arm, plus the full action
+distribution), and feeds rewards back into the policy by decision id, at most once per decision.
+The log makes off-policy evaluation possible
+([`ips_estimate`][contractspec.growth.bandits.ips_estimate]). Logs are async stores:
+[`MemoryDecisionLog`][contractspec.growth.bandits.MemoryDecisionLog] here and
+[`SqlDecisionLog`][contractspec.growth.bandits_sql.SqlDecisionLog] (SQLite or PostgreSQL) in
+`contractspec.growth.bandits_sql`; both pass one conformance suite.
 
 Selection is deterministic given `seed` and the decision id: each decision draws from its own
 generator `numpy.random.default_rng([seed, blake2b(decision_id)])`, so a decision replays
@@ -21,17 +25,25 @@ identically regardless of what other decisions ran before.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from contractspec.core.errors import ConflictError, NotFoundError, SpecValidationError
+from contractspec.core.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    SpecValidationError,
+)
+from contractspec.core.ports import Clock, IdGenerator, SystemClock
 
 __all__ = [
     "BanditDecision",
@@ -45,21 +57,71 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
+
+#: Longest decision id, policy name or arm name a log accepts (the SQL columns are 200 wide).
+_MAX_NAME_LENGTH = 200
+
+
+def _check_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME_LENGTH:
+        raise SpecValidationError(
+            f"{field} must be a non-empty string of at most {_MAX_NAME_LENGTH} characters, got "
+            f"{value!r}.",
+            details={"field": field},
+        )
+    return value
+
+
+def _check_number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise SpecValidationError(
+            f"{field} must be a number, got {type(value).__name__}.", details={"field": field}
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise SpecValidationError(
+            f"{field} must be a finite number, got {number!r}.", details={"field": field}
+        )
+    return number
+
+
+def _check_aware(value: Any, field: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise SpecValidationError(
+            f"{field} must be a timezone-aware datetime, got {value!r}; use "
+            "datetime.now(UTC) or a core Clock.",
+            details={"field": field},
+        )
+    return value
+
+
+def _check_reward_value(reward: Any) -> float:
+    """`reward` as a float, or `SpecValidationError` (field `reward`) if it is not a finite number."""
+    return _check_number(reward, "reward")
 
 
 @attrs.frozen
 class BanditDecision:
     """One action chosen by a policy, with what off-policy evaluation needs.
 
+    Fields are validated on construction, so every logged decision can be stored and evaluated:
+    names are non-empty strings of at most 200 characters, numbers are finite, `decided_at` is
+    aware. Numbers are normalised to `float`, `context` to a tuple and `decided_at` to UTC.
+
     Attributes:
         decision_id: Unique id; rewards refer to it.
         policy: Name of the policy that decided.
-        arm: The chosen action.
-        propensity: Probability the policy had of choosing `arm` (in (0, 1]).
-        probabilities: The full action distribution at decision time (sums to 1).
+        arm: The chosen action (a key of `probabilities`).
+        propensity: Probability the policy had of choosing `arm`, in (0, 1].
+        probabilities: The full action distribution at decision time (`{arm: probability}` in the
+            policy's arm order, each in [0, 1]).
         context: Feature vector the decision saw (`None` for non-contextual policies).
-        decided_at: When the decision was made (UTC).
+        decided_at: When the decision was made (timezone-aware; converted to UTC).
         reward: The observed reward, once `BanditService.reward` was called.
+
+    Raises:
+        SpecValidationError: A field is malformed; `details["field"]` names it.
     """
 
     decision_id: str
@@ -71,10 +133,57 @@ class BanditDecision:
     decided_at: dt.datetime
     reward: float | None = None
 
+    def __attrs_post_init__(self) -> None:
+        _check_name(self.decision_id, "decision_id")
+        _check_name(self.policy, "policy")
+        _check_name(self.arm, "arm")
+        propensity = _check_number(self.propensity, "propensity")
+        if not 0.0 < propensity <= 1.0:
+            raise SpecValidationError(
+                f"propensity must lie in (0, 1], got {propensity!r}; a decision the policy could "
+                "not have made cannot be evaluated off-policy.",
+                details={"field": "propensity"},
+            )
+        if not isinstance(self.probabilities, Mapping) or self.arm not in self.probabilities:
+            raise SpecValidationError(
+                f"probabilities must map every arm (including the chosen {self.arm!r}) to its "
+                f"probability, got {self.probabilities!r}.",
+                details={"field": "probabilities"},
+            )
+        probabilities: dict[str, float] = {}
+        for arm, p in self.probabilities.items():
+            value = _check_number(p, "probabilities")
+            if not 0.0 <= value <= 1.0:
+                raise SpecValidationError(
+                    f"probabilities[{arm!r}] must lie in [0, 1], got {value!r}.",
+                    details={"field": "probabilities"},
+                )
+            probabilities[_check_name(arm, "probabilities")] = value
+        context: Any = self.context  # checked at run time: callers may pass any sequence
+        if context is not None:
+            if isinstance(context, str | bytes) or not isinstance(context, Iterable):
+                raise SpecValidationError(
+                    f"context must be a sequence of numbers or None, got {context!r}.",
+                    details={"field": "context"},
+                )
+            context = tuple(_check_number(v, "context") for v in context)
+        decided_at = _check_aware(self.decided_at, "decided_at").astimezone(dt.UTC)
+        reward = None if self.reward is None else _check_number(self.reward, "reward")
+        object.__setattr__(self, "propensity", propensity)
+        object.__setattr__(self, "probabilities", probabilities)
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "decided_at", decided_at)
+        object.__setattr__(self, "reward", reward)
+
 
 @runtime_checkable
 class BanditPolicy(Protocol):
-    """What `BanditService` needs from a policy."""
+    """What `BanditService` needs from a policy.
+
+    A policy may also define `check_reward(reward) -> float`, raising `SpecValidationError` for a
+    reward it cannot learn from; the service calls it *before* the reward is logged, so a refused
+    reward leaves the log untouched. Both built-in policies do.
+    """
 
     name: str
     arms: tuple[str, ...]
@@ -92,45 +201,171 @@ class BanditPolicy(Protocol):
 
 @runtime_checkable
 class DecisionLog(Protocol):
-    """Where decisions and their rewards are kept."""
+    """Where decisions and their rewards are kept (async; memory and SQL adapters ship).
 
-    def record(self, decision: BanditDecision) -> None:
-        """Store a new decision; raises `ConflictError` if the id exists."""
+    Every adapter passes the same conformance suite: ids are unique, a reward is set at most once
+    (even under concurrent calls), and `decisions` returns insertion order.
+    """
+
+    async def record(self, decision: BanditDecision) -> None:
+        """Store a new decision.
+
+        Raises:
+            ConflictError: The decision id is already logged.
+        """
         ...
 
-    def get(self, decision_id: str) -> BanditDecision:
-        """Return a decision; raises `NotFoundError` if unknown."""
+    async def get(self, decision_id: str) -> BanditDecision:
+        """Return a decision.
+
+        Raises:
+            NotFoundError: Unknown decision id.
+        """
         ...
 
-    def set_reward(self, decision_id: str, reward: float) -> BanditDecision:
-        """Attach a reward once; raises `ConflictError` if it already has one."""
+    async def set_reward(self, decision_id: str, reward: float) -> BanditDecision:
+        """Attach a reward once, atomically, and return the updated decision.
+
+        Raises:
+            SpecValidationError: `reward` is not a finite number.
+            NotFoundError: Unknown decision id.
+            ConflictError: The decision already has a reward (also when a concurrent call won).
+        """
         ...
 
-    def decisions(self, policy: str | None = None) -> list[BanditDecision]:
-        """All decisions in insertion order (of one policy if given)."""
+    async def decisions(
+        self,
+        policy: str | None = None,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        rewarded: bool | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[BanditDecision]:
+        """Decisions in insertion order, filtered.
+
+        Args:
+            policy: Only this policy's decisions.
+            since: Only decisions with `decided_at >= since` (aware).
+            until: Only decisions with `decided_at < until` (aware).
+            rewarded: `True` only rewarded decisions, `False` only those still waiting.
+            after: Keyset cursor: only decisions logged after this decision id (pass the last id
+                of the previous page).
+            limit: At most this many decisions (>= 1).
+
+        Raises:
+            SpecValidationError: A naive `since`/`until` or a `limit` below 1.
+            NotFoundError: `after` is not a logged decision id.
+        """
         ...
+
+
+@attrs.frozen
+class _DecisionQuery:
+    """The validated filters of `DecisionLog.decisions` (shared by the adapters)."""
+
+    policy: str | None
+    since: dt.datetime | None
+    until: dt.datetime | None
+    rewarded: bool | None
+    after: str | None
+    limit: int | None
+
+    @classmethod
+    def of(
+        cls,
+        policy: str | None,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        rewarded: bool | None,
+        after: str | None,
+        limit: int | None,
+    ) -> _DecisionQuery:
+        """Validate the filters.
+
+        Raises:
+            SpecValidationError: The bad filter is named in `details["field"]`.
+        """
+        if policy is not None:
+            _check_name(policy, "policy")
+        if since is not None:
+            _check_aware(since, "since")
+        if until is not None:
+            _check_aware(until, "until")
+        if rewarded is not None and not isinstance(rewarded, bool):
+            raise SpecValidationError(
+                f"rewarded must be True, False or None, got {rewarded!r}.",
+                details={"field": "rewarded"},
+            )
+        if after is not None:
+            _check_name(after, "after")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise SpecValidationError(
+                f"limit must be an int >= 1 (or None for every decision), got {limit!r}.",
+                details={"field": "limit"},
+            )
+        return cls(policy, since, until, rewarded, after, limit)
+
+    def matches(self, decision: BanditDecision) -> bool:
+        """Whether `decision` passes the filters other than `after` and `limit`."""
+        return (
+            (self.policy is None or decision.policy == self.policy)
+            and (self.since is None or decision.decided_at >= self.since)
+            and (self.until is None or decision.decided_at < self.until)
+            and (self.rewarded is None or (decision.reward is not None) == self.rewarded)
+        )
+
+
+def _reward_conflict(decision_id: str, reward: float | None) -> ConflictError:
+    """The error for a second reward of a decision (same text from every adapter)."""
+    return ConflictError(
+        f"decision {decision_id!r} already has reward {reward}; rewards are recorded once per "
+        "decision.",
+        details={"decision_id": decision_id},
+    )
+
+
+def _duplicate_decision(decision_id: str) -> ConflictError:
+    """The error for a decision id logged twice (same text from every adapter)."""
+    return ConflictError(
+        f"decision {decision_id!r} is already logged; use a new decision id.",
+        details={"decision_id": decision_id},
+    )
+
+
+def _unknown_decision(decision_id: str, field: str = "decision_id") -> NotFoundError:
+    """The error for a decision id that is not in the log (same text from every adapter)."""
+    return NotFoundError(
+        f"no decision {decision_id!r} in the log.",
+        details={"decision_id": decision_id, "field": field},
+    )
 
 
 class MemoryDecisionLog:
-    """In-memory `DecisionLog` (a dict), for tests, notebooks and single-process services."""
+    """In-memory `DecisionLog` (a dict), for tests, notebooks and single-process services.
+
+    Each method runs without awaiting, so concurrent coroutines see every call as atomic.
+    """
 
     def __init__(self) -> None:
         self._items: dict[str, BanditDecision] = {}
+        self._positions: dict[str, int] = {}
 
-    def record(self, decision: BanditDecision) -> None:
+    async def record(self, decision: BanditDecision) -> None:
         """Store a new decision.
 
         Raises:
             ConflictError: The decision id was already recorded.
         """
         if decision.decision_id in self._items:
-            raise ConflictError(
-                f"decision {decision.decision_id!r} is already logged; use a new decision id.",
-                details={"decision_id": decision.decision_id},
-            )
+            raise _duplicate_decision(decision.decision_id)
+        self._positions[decision.decision_id] = len(self._positions)
         self._items[decision.decision_id] = decision
 
-    def get(self, decision_id: str) -> BanditDecision:
+    async def get(self, decision_id: str) -> BanditDecision:
         """Return a decision.
 
         Raises:
@@ -138,32 +373,55 @@ class MemoryDecisionLog:
         """
         try:
             return self._items[decision_id]
-        except KeyError:
-            raise NotFoundError(
-                f"no decision {decision_id!r} in the log.", details={"decision_id": decision_id}
-            ) from None
+        except (KeyError, TypeError):
+            raise _unknown_decision(decision_id) from None
 
-    def set_reward(self, decision_id: str, reward: float) -> BanditDecision:
+    async def set_reward(self, decision_id: str, reward: float) -> BanditDecision:
         """Attach the reward to a decision.
 
         Raises:
+            SpecValidationError: `reward` is not a finite number.
             NotFoundError: Unknown decision id.
             ConflictError: The decision already has a reward.
         """
-        current = self.get(decision_id)
+        value = _check_reward_value(reward)
+        current = await self.get(decision_id)
         if current.reward is not None:
-            raise ConflictError(
-                f"decision {decision_id!r} already has reward {current.reward}; rewards are "
-                "recorded once per decision.",
-                details={"decision_id": decision_id},
-            )
-        updated = attrs.evolve(current, reward=float(reward))
+            raise _reward_conflict(decision_id, current.reward)
+        updated = attrs.evolve(current, reward=value)
         self._items[decision_id] = updated
         return updated
 
-    def decisions(self, policy: str | None = None) -> list[BanditDecision]:
-        """All decisions in insertion order, optionally of one policy."""
-        return [d for d in self._items.values() if policy is None or d.policy == policy]
+    async def decisions(
+        self,
+        policy: str | None = None,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        rewarded: bool | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[BanditDecision]:
+        """Decisions in insertion order, filtered (see `DecisionLog.decisions`).
+
+        Raises:
+            SpecValidationError: A bad filter.
+            NotFoundError: `after` is not a logged decision id.
+        """
+        query = _DecisionQuery.of(policy, since, until, rewarded, after, limit)
+        start = 0
+        if query.after is not None:
+            if query.after not in self._positions:
+                raise _unknown_decision(query.after, "after")
+            start = self._positions[query.after] + 1
+        out: list[BanditDecision] = []
+        for position, decision in enumerate(self._items.values()):
+            if position < start or not query.matches(decision):
+                continue
+            out.append(decision)
+            if query.limit is not None and len(out) == query.limit:
+                break
+        return out
 
 
 def _check_arms(arms: Sequence[str]) -> tuple[str, ...]:
@@ -304,15 +562,24 @@ class ThompsonSampling(_Policy):
             SpecValidationError: Unknown arm or a reward outside [0, 1].
         """
         i = self._arm_index(arm)
-        r = float(reward)
+        r = self.check_reward(reward)
+        self._alpha[i] += r
+        self._beta[i] += 1.0 - r
+
+    def check_reward(self, reward: float) -> float:
+        """`reward` as a float if this policy can learn from it.
+
+        Raises:
+            SpecValidationError: Not a number in [0, 1].
+        """
+        r = _check_reward_value(reward)
         if not 0.0 <= r <= 1.0:
             raise SpecValidationError(
                 f"ThompsonSampling rewards must lie in [0, 1] (a success rate), got {reward!r}; "
                 "rescale the reward first.",
                 details={"field": "reward"},
             )
-        self._alpha[i] += r
-        self._beta[i] += 1.0 - r
+        return r
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (posteriors and counter) for persistence."""
@@ -451,15 +718,19 @@ class LinearIGW(_Policy):
         """
         i = self._arm_index(arm)
         x = self._x(context)
-        r = float(reward)
-        if not math.isfinite(r):
-            raise SpecValidationError(
-                f"reward must be finite, got {reward!r}.", details={"field": "reward"}
-            )
+        r = self.check_reward(reward)
         a_inv = self._a_inv[i]
         ax = a_inv @ x
         self._a_inv[i] = a_inv - np.outer(ax, ax) / (1.0 + x @ ax)
         self._b[i] += r * x
+
+    def check_reward(self, reward: float) -> float:
+        """`reward` as a float if this policy can learn from it.
+
+        Raises:
+            SpecValidationError: Not a finite number.
+        """
+        return _check_reward_value(reward)
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state for persistence."""
@@ -496,16 +767,27 @@ class LinearIGW(_Policy):
 class BanditService:
     """Choose actions with a policy, log every decision with its propensity, learn from rewards.
 
+    `choose` and `reward` are async (the log may be a database); `choose_sync`, `reward_sync` and
+    `decisions_sync` run them on an event loop kept per service, for scripts and notebooks.
+
+    Decision ids: pass your own (a request or order id) to `choose`, or give the service an `ids`
+    generator. Without either, the policy numbers decisions `name:1`, `name:2`, ... which is
+    deterministic but restarts with the process (unless the policy is restored with
+    `from_state`), so a durable log shared across restarts or processes needs one of the two.
+
     Args:
         policy: A `ThompsonSampling`, `LinearIGW` or any `BanditPolicy`.
-        log: Where decisions go; a fresh `MemoryDecisionLog` by default.
-        now: Clock returning an aware UTC datetime (injectable for tests).
+        log: Where decisions go; a fresh `MemoryDecisionLog` by default. Use
+            `contractspec.growth.bandits_sql.SqlDecisionLog` to keep them in SQLite or PostgreSQL.
+        clock: Time source of `decided_at` (`SystemClock()` by default; a core `FakeClock` in tests).
+        ids: Generator of decision ids for calls without `decision_id` (e.g. core's
+            `UuidGenerator()`); the policy's counter by default.
 
     Example:
         ```python
         service = BanditService(ThompsonSampling("cta", ["blue", "green"], seed=7))
-        decision = service.choose()
-        service.reward(decision.decision_id, 1.0)  # the user clicked
+        decision = await service.choose()
+        await service.reward(decision.decision_id, 1.0)  # the user clicked
         ```
     """
 
@@ -514,21 +796,34 @@ class BanditService:
         policy: BanditPolicy,
         *,
         log: DecisionLog | None = None,
-        now: Callable[[], dt.datetime] | None = None,
+        clock: Clock | None = None,
+        ids: IdGenerator | None = None,
     ) -> None:
         self.policy = policy
         self.log: DecisionLog = log if log is not None else MemoryDecisionLog()
-        self._now = now or (lambda: dt.datetime.now(dt.UTC))
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.ids = ids
+        self._runner: asyncio.Runner | None = None
 
-    def choose(
+    async def choose(
         self, context: Sequence[float] | None = None, *, decision_id: str | None = None
     ) -> BanditDecision:
         """Decide, log the decision with its propensity, and return it.
 
+        Args:
+            context: The feature vector (required by contextual policies such as `LinearIGW`).
+            decision_id: Id of this decision (at most 200 characters); generated when omitted.
+
+        Returns:
+            The logged decision (`reward` is `None`).
+
         Raises:
-            ConflictError: `decision_id` was already used.
-            SpecValidationError: The policy rejected the context.
+            ConflictError: The decision id is already in the log.
+            SpecValidationError: The policy rejected the context, or the id is malformed.
         """
+        generated = decision_id is None
+        if generated and self.ids is not None:
+            decision_id = self.ids.new_id()
         arm, probs, did = self.policy.choose(context, decision_id=decision_id)
         decision = BanditDecision(
             decision_id=did,
@@ -537,27 +832,135 @@ class BanditService:
             propensity=probs[arm],
             probabilities=probs,
             context=None if context is None else tuple(float(v) for v in context),
-            decided_at=self._now(),
+            decided_at=self.clock.now(),
         )
-        self.log.record(decision)
+        try:
+            await self.log.record(decision)
+        except ConflictError as exc:
+            if not generated:
+                raise
+            raise ConflictError(
+                f"{exc} The id {did!r} was generated by the service: when the log outlives the "
+                "process, pass decision_id=..., give the service ids=UuidGenerator(), or restore "
+                "the policy with from_state() so its counter continues.",
+                details=exc.details,
+            ) from exc
         return decision
 
-    def reward(self, decision_id: str, reward: float) -> BanditDecision:
-        """Record the reward of a logged decision and update the policy with it.
+    async def reward(self, decision_id: str, reward: float) -> BanditDecision:
+        """Record the reward of a logged decision (at most once) and update the policy with it.
+
+        The reward is validated by the policy first, then set in the log with an atomic
+        set-once write; only the call that wins that write updates the policy, so concurrent or
+        repeated rewards for one decision are learned from exactly once.
+
+        Returns:
+            The decision with its reward.
 
         Raises:
             NotFoundError: Unknown decision id.
-            ConflictError: The decision was already rewarded.
-            SpecValidationError: The policy rejected the reward (e.g. outside [0, 1]).
+            ConflictError: The decision was already rewarded (also by a concurrent call).
+            SpecValidationError: The reward is not a finite number, or the policy rejected it
+                (e.g. outside [0, 1] for `ThompsonSampling`); the log is left untouched.
         """
-        decision = self.log.get(decision_id)
+        decision = await self.log.get(decision_id)
         if decision.reward is not None:
-            raise ConflictError(
-                f"decision {decision_id!r} already has reward {decision.reward}.",
-                details={"decision_id": decision_id},
+            raise _reward_conflict(decision_id, decision.reward)
+        check = getattr(self.policy, "check_reward", None)
+        value = float(check(reward)) if callable(check) else _check_reward_value(reward)
+        rewarded = await self.log.set_reward(decision_id, value)
+        self.policy.update(decision.arm, value, decision.context)
+        return rewarded
+
+    async def decisions(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        rewarded: bool | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[BanditDecision]:
+        """This policy's logged decisions in insertion order (filters as `DecisionLog.decisions`).
+
+        Raises:
+            SpecValidationError: A bad filter.
+            NotFoundError: `after` is not a logged decision id.
+        """
+        return await self.log.decisions(
+            self.policy.name, since=since, until=until, rewarded=rewarded, after=after, limit=limit
+        )
+
+    def choose_sync(
+        self, context: Sequence[float] | None = None, *, decision_id: str | None = None
+    ) -> BanditDecision:
+        """`choose` for scripts and notebooks without a running event loop.
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (use `await choose`);
+                otherwise the same errors as `choose`.
+        """
+        return self._run("choose", lambda: self.choose(context, decision_id=decision_id))
+
+    def reward_sync(self, decision_id: str, reward: float) -> BanditDecision:
+        """`reward` for scripts and notebooks without a running event loop.
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (use `await reward`);
+                otherwise the same errors as `reward`.
+        """
+        return self._run("reward", lambda: self.reward(decision_id, reward))
+
+    def decisions_sync(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        rewarded: bool | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[BanditDecision]:
+        """`decisions` for scripts and notebooks without a running event loop.
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (use `await decisions`);
+                otherwise the same errors as `decisions`.
+        """
+        return self._run(
+            "decisions",
+            lambda: self.decisions(
+                since=since, until=until, rewarded=rewarded, after=after, limit=limit
+            ),
+        )
+
+    def _run(self, method: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `call()` on this service's event loop (one loop, so pooled connections stay valid)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigurationError(
+                f"{method}_sync() was called inside a running event loop; use "
+                f"await service.{method}() instead."
             )
-        self.policy.update(decision.arm, reward, decision.context)
-        return self.log.set_reward(decision_id, reward)
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+            # Close the loop when the service is garbage-collected, if close() was not called.
+            weakref.finalize(self, self._runner.close)
+        return self._runner.run(call())
+
+    def close(self) -> None:
+        """Close the event loop used by the `*_sync` methods (if one was started)."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def __enter__(self) -> BanditService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def ips_estimate(
