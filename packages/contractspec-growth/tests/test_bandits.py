@@ -154,6 +154,22 @@ async def test_thompson_rejects_rewards_outside_unit_interval() -> None:
     assert (await service.reward(d.decision_id, 1.0)).reward == 1.0
 
 
+async def test_a_shared_log_refuses_rewards_through_another_policy() -> None:
+    """Rewarding policy b's decision through policy a's service is refused; b can still reward it."""
+    log = MemoryDecisionLog()
+    a = BanditService(ThompsonSampling("a", ["x", "y"], seed=0), log=log)
+    policy_b = ThompsonSampling("b", ["x", "y"], seed=0)
+    b = BanditService(policy_b, log=log)
+    d = await b.choose(decision_id="d1")
+    with pytest.raises(SpecValidationError, match="made by policy 'b', not 'a'") as info:
+        await a.reward("d1", 1.0)
+    assert info.value.details["field"] == "decision_id"
+    assert (await b.reward("d1", 1.0)).reward == 1.0
+    assert [x.decision_id for x in await a.decisions()] == []
+    assert [x.decision_id for x in await b.decisions()] == ["d1"]
+    assert policy_b.posterior(d.arm) == (2.0, 1.0)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, True]), st.text(max_size=3)))
 async def test_non_numeric_or_non_finite_rewards_are_refused(reward: object) -> None:

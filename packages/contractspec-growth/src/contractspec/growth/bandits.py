@@ -860,10 +860,17 @@ class BanditService:
         Raises:
             NotFoundError: Unknown decision id.
             ConflictError: The decision was already rewarded (also by a concurrent call).
-            SpecValidationError: The reward is not a finite number, or the policy rejected it
-                (e.g. outside [0, 1] for `ThompsonSampling`); the log is left untouched.
+            SpecValidationError: The decision belongs to another policy of a shared log, the
+                reward is not a finite number, or the policy rejected it (e.g. outside [0, 1] for
+                `ThompsonSampling`); the log is left untouched.
         """
         decision = await self.log.get(decision_id)
+        if decision.policy != self.policy.name:
+            raise SpecValidationError(
+                f"decision {decision_id!r} was made by policy {decision.policy!r}, not "
+                f"{self.policy.name!r}; reward it through the service of {decision.policy!r}.",
+                details={"field": "decision_id", "decision_id": decision_id},
+            )
         if decision.reward is not None:
             raise _reward_conflict(decision_id, decision.reward)
         check = getattr(self.policy, "check_reward", None)
