@@ -67,6 +67,7 @@ async def test_a_recorded_decision_round_trips_exactly(log: DecisionLog) -> None
         context=(0.1, -1.5e300, 1 / 7, 0.0, 2.0),
         decided_at=dt.datetime(2024, 6, 1, 14, 30, 15, 123456, tzinfo=paris),
     )
+    assert isinstance(log, DecisionLog)
     await log.record(decision)
     got = await log.get("order-17")
     assert got == decision
