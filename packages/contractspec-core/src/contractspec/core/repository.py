@@ -21,6 +21,7 @@ descending on every backend, and the primary key breaks ties so pagination is st
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
@@ -338,7 +339,7 @@ class Repository(Protocol[M]):
         ...
 
 
-class BaseRepository(Generic[M]):
+class BaseRepository(ABC, Generic[M]):
     """Shared logic of the memory and SQL repositories: validation, tenancy, change tracking."""
 
     __slots__ = ("_entity", "_org_id", "_tx")
@@ -410,14 +411,17 @@ class BaseRepository(Generic[M]):
             details={"entity": self._entity.name, "id": str(id)},
         )
 
-    # -- protocol methods built on the primitives ---------------------------------------------
+    # -- primitives each adapter provides ----------------------------------------------------
 
+    @abstractmethod
     async def get(self, id: Any) -> M | None:
-        raise NotImplementedError
+        """The record with primary key `id` in this tenant, or `None`."""
 
+    @abstractmethod
     async def update(self, obj: M) -> M:
-        raise NotImplementedError
+        """Replace the record with `obj`'s primary key; `NotFoundError` if absent."""
 
+    @abstractmethod
     async def find(
         self,
         where: Mapping[str, Any] | None = None,
@@ -426,7 +430,9 @@ class BaseRepository(Generic[M]):
         limit: int | None = None,
         offset: int = 0,
     ) -> list[M]:
-        raise NotImplementedError
+        """Matching records, ordered and paginated."""
+
+    # -- protocol methods built on the primitives ---------------------------------------------
 
     async def require(self, id: Any) -> M:
         """The record with primary key `id`; `NotFoundError` when absent."""
