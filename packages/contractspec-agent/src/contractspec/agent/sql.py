@@ -231,11 +231,6 @@ def _org_id(org_key: str) -> str | None:
     return None if org_key == "" else org_key
 
 
-async def _write(tx: SqlTransaction, stmt: Any) -> int:
-    result = await tx.execute(stmt, write=True)
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 # -- runs -------------------------------------------------------------------------------------
 
 
@@ -308,7 +303,9 @@ class SqlRunStore:
 
     async def create(self, tx: Transaction, run: Run) -> None:
         """Insert a new run; `ConflictError` if the id exists."""
-        await _write(sql_transaction(tx, "SqlRunStore"), insert(runs_table).values(_run_row(run)))
+        await SqlTransaction.write(
+            sql_transaction(tx, "SqlRunStore"), insert(runs_table).values(_run_row(run))
+        )
 
     async def get(self, tx: Transaction, run_id: str) -> Run | None:
         """The run, or `None`."""
@@ -325,7 +322,7 @@ class SqlRunStore:
         values = _run_row(stored)
         del values["id"]
         t = runs_table
-        count = await _write(
+        count = await SqlTransaction.write(
             sql, update(t).where(t.c.id == run.id, t.c.version == expected_version).values(values)
         )
         if count == 1:
@@ -361,7 +358,7 @@ class SqlRunStore:
 
     async def add_step(self, tx: Transaction, step: RunStep) -> None:
         """Record a step; `ConflictError` on a duplicate index."""
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlRunStore"),
             insert(steps_table).values(
                 run_id=step.run_id,
@@ -420,7 +417,7 @@ class SqlRunStore:
 
     async def begin_action(self, tx: Transaction, record: ActionRecord) -> None:
         """Insert the ledger entry; `ConflictError` if the id exists."""
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlRunStore"),
             insert(actions_table).values(
                 action_id=record.action_id,
@@ -457,7 +454,7 @@ class SqlRunStore:
         """Mark the action finished; `NotFoundError` if unknown."""
         sql = sql_transaction(tx, "SqlRunStore")
         t = actions_table
-        count = await _write(
+        count = await SqlTransaction.write(
             sql,
             update(t)
             .where(t.c.action_id == action_id)
@@ -533,7 +530,7 @@ class SqlApprovalStore:
 
     async def add(self, tx: Transaction, request: ApprovalRequest) -> None:
         """Insert a request; `ConflictError` on a taken id or `(org, key)`."""
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlApprovalStore"),
             insert(approvals_table).values(
                 id=request.id,
@@ -584,7 +581,7 @@ class SqlApprovalStore:
         """Compare-and-set update of status, decided time and metadata."""
         sql = sql_transaction(tx, "SqlApprovalStore")
         t = approvals_table
-        count = await _write(
+        count = await SqlTransaction.write(
             sql,
             update(t)
             .where(t.c.id == request.id, t.c.version == expected_version)
@@ -608,7 +605,7 @@ class SqlApprovalStore:
 
     async def add_decision(self, tx: Transaction, decision: ApprovalDecision) -> None:
         """Record a verdict; `ConflictError` if this approver already decided."""
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlApprovalStore"),
             insert(approval_decisions_table).values(
                 request_id=decision.request_id,

@@ -128,11 +128,6 @@ async def create_all(engine: AsyncEngine) -> None:
     await _create_all(engine, metadata)
 
 
-async def _write(tx: SqlTransaction, stmt: Any) -> int:
-    result = await tx.execute(stmt, write=True)
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 def _suggestion(row: Any) -> SpecSuggestion:
     body = dict(row["body"])
     body.update(
@@ -155,7 +150,7 @@ class SqlSuggestionStore:
     async def add(self, tx: Transaction, suggestion: SpecSuggestion) -> None:
         """Insert; `ConflictError` on a taken id or fingerprint."""
         s = suggestion
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlSuggestionStore"),
             insert(suggestions_table).values(
                 id=s.id, fingerprint=s.fingerprint, kind=s.kind.value, operation=s.operation,
@@ -192,7 +187,7 @@ class SqlSuggestionStore:
         sql = sql_transaction(tx, "SqlSuggestionStore")
         t = suggestions_table
         s = suggestion
-        count = await _write(
+        count = await SqlTransaction.write(
             sql,
             update(t)
             .where(t.c.id == s.id, t.c.version == expected_version)
@@ -242,7 +237,7 @@ class SqlIntentStore:
         """Insert intents; `ConflictError` on a taken id."""
         if not intents:
             return
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlIntentStore"),
             insert(intents_table).values(
                 [
@@ -293,7 +288,7 @@ class SqlTelemetryBucketStore:
         """Append buckets."""
         if not buckets:
             return
-        await _write(
+        await SqlTransaction.write(
             sql_transaction(tx, "SqlTelemetryBucketStore"),
             insert(telemetry_buckets_table).values(
                 [
@@ -338,6 +333,6 @@ class SqlTelemetryBucketStore:
     async def prune(self, tx: Transaction, *, before: datetime) -> int:
         """Delete buckets before `before`."""
         t = telemetry_buckets_table
-        return await _write(
+        return await SqlTransaction.write(
             sql_transaction(tx, "SqlTelemetryBucketStore"), delete(t).where(t.c.minute < before)
         )

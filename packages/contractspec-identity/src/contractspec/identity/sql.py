@@ -227,8 +227,7 @@ class SqlIdentityStore:
             )
         values = _row(org)
         values.pop("id")
-        result = await sql.execute(update(t).where(t.c.id == org.id).values(values), write=True)
-        if result.rowcount == 0:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        if await sql.write(update(t).where(t.c.id == org.id).values(values)) == 0:
             raise NotFoundError(f"org {org.id!r} not found", details={"org_id": org.id})
         return org
 
@@ -358,8 +357,7 @@ class SqlIdentityStore:
             return 0
         m = self.memberships
         stmt = update(m).where(*scope, m.c.user_id.in_(ids)).values(status=MembershipStatus(status))
-        result = await sql.execute(stmt, write=True)
-        return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        return await sql.write(stmt)
 
     async def delete_memberships(
         self, tx: Transaction, org_id: str, user_ids: Sequence[str]
@@ -372,8 +370,7 @@ class SqlIdentityStore:
         if not ids:
             return 0
         m = self.memberships
-        result = await sql.execute(delete(m).where(*scope, m.c.user_id.in_(ids)), write=True)
-        return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
+        return await sql.write(delete(m).where(*scope, m.c.user_id.in_(ids)))
 
     # -- bindings ---------------------------------------------------------------------------------
 
@@ -427,8 +424,7 @@ class SqlIdentityStore:
         sql.check_writable("deleting a policy binding")
         b = self.bindings
         stmt = delete(b).where(self._binding_scope(org_id), b.c.id == binding_id)
-        result = await sql.execute(stmt, write=True)
-        return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
+        return bool(await sql.write(stmt))
 
     async def delete_bindings(self, tx: Transaction, org_id: str, *, subject: str) -> int:
         """Bulk-delete the subject's bindings in this org (one `DELETE`)."""
@@ -437,8 +433,7 @@ class SqlIdentityStore:
         sql.check_writable("deleting policy bindings")
         b = self.bindings
         stmt = delete(b).where(b.c.org_id == org_id, b.c.subject == subject)
-        result = await sql.execute(stmt, write=True)
-        return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of a DELETE
+        return await sql.write(stmt)
 
     # -- engine -----------------------------------------------------------------------------------
 

@@ -249,6 +249,16 @@ class SqlTransaction(Transaction):
         except IntegrityError as exc:
             raise conflict_from(exc) from None
 
+    async def write(self, statement: Executable, params: Any = None) -> int:
+        """Flush, execute an UPDATE/DELETE (or INSERT) now, and return the affected row count.
+
+        Raises:
+            HandlerContractError: The transaction is read-only.
+            ConflictError: A unique or primary-key constraint was violated.
+        """
+        result = await self.execute(statement, params, write=True)
+        return int(getattr(result, "rowcount", 0) or 0)
+
     # -- lifecycle hooks --------------------------------------------------------------------------
 
     async def _commit_backend(self) -> None:
