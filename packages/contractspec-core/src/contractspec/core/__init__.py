@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from contractspec.core.audit import AuditEntry, MemoryAuditLog
 from contractspec.core.context import ANONYMOUS, Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -41,8 +42,6 @@ from contractspec.core.executor import (
     Middleware,
 )
 from contractspec.core.memory import (
-    AuditEntry,
-    MemoryAuditLog,
     MemoryBackend,
     MemoryEntityStore,
     MemoryIdempotencyStore,
@@ -60,6 +59,7 @@ from contractspec.core.ports import (
     IdempotencyStore,
     IdGenerator,
     JobEnqueuer,
+    MembershipChecker,
     PolicyDecider,
     SystemClock,
     TelemetrySink,
@@ -153,6 +153,7 @@ __all__ = [
     "InternalError",
     "Invocation",
     "JobEnqueuer",
+    "MembershipChecker",
     "MemoryAuditLog",
     "MemoryBackend",
     "MemoryEntityStore",

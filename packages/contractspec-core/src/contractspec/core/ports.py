@@ -40,6 +40,7 @@ __all__ = [
     "IdempotencyRecord",
     "IdempotencyStore",
     "JobEnqueuer",
+    "MembershipChecker",
     "PolicyDecider",
     "SystemClock",
     "TelemetrySink",
@@ -122,6 +123,21 @@ class PolicyDecider(Protocol):
         self, subject: Actor, action: str, resource: Resource, ctx: CallContext
     ) -> Decision | Awaitable[Decision]:
         """Return the decision with its reason and the rule that matched."""
+        ...
+
+
+@runtime_checkable
+class MembershipChecker(Protocol):
+    """A `PolicyDecider` that knows which orgs an actor belongs to (the identity `PolicyEngine`).
+
+    When the executor's policy also has this method, every call of a non-public operation that
+    names a tenant (`CallContext.org_id`) is first checked for membership: a caller who is not a
+    member of the org is denied, whatever permissions its roles grant elsewhere. A tenant therefore
+    never comes from the client alone, even behind a misconfigured adapter.
+    """
+
+    def is_member(self, subject: Actor, org_id: str) -> bool | Awaitable[bool]:
+        """Whether `subject` belongs to `org_id` (sync or async)."""
         ...
 
 

@@ -216,7 +216,7 @@ class EntityChange:
         }
 
 
-AuditOutcome = Literal["success", "denied", "failed"]
+AuditOutcome = Literal["success", "denied", "failed", "replayed"]
 
 
 @define(hash=False)
@@ -227,7 +227,8 @@ class AuditRecord:
         id: Unique id.
         occurred_at: UTC timestamp.
         action: Operation name (`crm.deal.move`) or another action name.
-        outcome: `success`, `denied` (policy said no) or `failed`.
+        outcome: `success`, `denied` (policy said no), `failed`, or `replayed` (a repeat of an
+            idempotent call answered from its stored outcome; the handler did not run).
         org_id: Tenant.
         actor_id, actor_kind: Who acted.
         operation_version: Version of the operation, when the action is an operation.

@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "(SQLite) or 'contractspec-core[postgres]' (PostgreSQL)"
     ) from exc
 
+from contractspec.core.sql._audit import SqlAuditLog
 from contractspec.core.sql._schema import (
     NAMING_CONVENTION,
     EntityTable,
@@ -39,14 +40,12 @@ from contractspec.core.sql._schema import (
     outbox_table,
 )
 from contractspec.core.sql._stores import (
-    SqlAuditLog,
     SqlBackend,
     SqlEntityStore,
     SqlIdempotencyStore,
     SqlOutbox,
     SqlRepository,
     outbox_row,
-    sql_transaction,
 )
 from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
 from contractspec.core.sql._uow import (
@@ -55,6 +54,7 @@ from contractspec.core.sql._uow import (
     SqlUnitOfWork,
     WriteBuffer,
     conflict_from,
+    sql_transaction,
     update_statement,
 )
 from contractspec.core.sql.engines import (

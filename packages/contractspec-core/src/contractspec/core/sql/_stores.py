@@ -8,14 +8,11 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, and_, delete, func, select
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core.errors import ConfigurationError, ConflictError
-from contractspec.core.memory import AuditEntry
+from contractspec.core.errors import ConflictError
 from contractspec.core.ports import IdempotencyRecord
-from contractspec.core.records import AuditRecord, EventEnvelope, audit_hash
+from contractspec.core.records import EventEnvelope
 from contractspec.core.registry import SpecRegistry
 from contractspec.core.repository import (
     BaseRepository,
@@ -25,16 +22,15 @@ from contractspec.core.repository import (
     parse_where,
 )
 from contractspec.core.specs import EntitySpec
+from contractspec.core.sql._audit import SqlAuditLog, org_key
 from contractspec.core.sql._schema import (
     EntityTable,
     EntityTables,
-    audit_head_table,
-    audit_table,
     idempotency_table,
     metadata,
     outbox_table,
 )
-from contractspec.core.sql._uow import SqlTransaction, SqlUnitOfWork, WriteBuffer, update_statement
+from contractspec.core.sql._uow import SqlTransaction, SqlUnitOfWork, sql_transaction
 from contractspec.core.sql.engines import create_all
 from contractspec.core.transactions import Transaction
 
@@ -49,21 +45,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def sql_transaction(tx: Transaction, who: str = "this SQL adapter") -> SqlTransaction:
-    """`tx` as a `SqlTransaction`, for SQL adapters of other packages.
-
-    Raises:
-        ConfigurationError: `tx` is not a SQL transaction (the executor was wired with another
-            unit of work), with the fix.
-    """
-    if not isinstance(tx, SqlTransaction):
-        raise ConfigurationError(
-            f"{who} needs a SQL transaction but got {type(tx).__name__}; configure the executor "
-            "with the same SqlBackend (or SqlUnitOfWork) for every SQL store"
-        )
-    return tx
 
 
 class SqlEntityStore:
@@ -297,10 +278,6 @@ class SqlRepository(BaseRepository[M]):
         return [dict(row) for row in result.mappings()]
 
 
-def _org_key(org_id: str | None) -> str:
-    return "" if org_id is None else org_id
-
-
 class SqlIdempotencyStore:
     """Idempotency records in `cs_idempotency`, written in the call's transaction."""
 
@@ -317,7 +294,7 @@ class SqlIdempotencyStore:
             t = idempotency_table
             result = await sql.execute(
                 select(t).where(
-                    t.c.org_key == _org_key(org_id), t.c.operation == operation, t.c.key == key
+                    t.c.org_key == org_key(org_id), t.c.operation == operation, t.c.key == key
                 )
             )
             found = result.mappings().first()
@@ -337,7 +314,7 @@ class SqlIdempotencyStore:
         """Buffer the record; a concurrent duplicate fails the commit with `ConflictError`."""
         sql = sql_transaction(tx, "the idempotency store")
         row = {
-            "org_key": _org_key(record.org_id),
+            "org_key": org_key(record.org_id),
             "operation": record.operation,
             "key": record.key,
             "fingerprint": record.fingerprint,
@@ -390,143 +367,6 @@ def outbox_row(env: EventEnvelope) -> dict[str, Any]:
         "delivered_at": None,
         "last_error": None,
     }
-
-
-def _upsert(dialect: str) -> Any:
-    return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
-async def _chain_hook(conn: AsyncConnection, buf: WriteBuffer) -> None:
-    """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each org's chain."""
-    rows = buf.inserts.get(audit_table)
-    if not rows:
-        return
-    by_org: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["hash"] is None:
-            by_org.setdefault(row["org_key"], []).append(row)
-    if not by_org:
-        return
-    insert = _upsert(conn.dialect.name)
-    heads: list[dict[str, Any]] = []
-    for org_key, org_rows in by_org.items():
-        # Creates the head row if missing and locks it (PostgreSQL) in one statement.
-        stmt = insert(audit_head_table).values(org_key=org_key, seq=0, hash=None)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[audit_head_table.c.org_key],
-            set_={"seq": audit_head_table.c.seq},
-        ).returning(audit_head_table.c.seq, audit_head_table.c.hash)
-        seq, prev = (await conn.execute(stmt)).one()
-        for row in org_rows:
-            seq += 1
-            row["seq"] = seq
-            row["prev_hash"] = prev
-            row["hash"] = prev = audit_hash(prev, row["body"])
-        heads.append({"w_org_key": org_key, "v_seq": seq, "v_hash": prev})
-    await conn.execute(update_statement(audit_head_table, ("org_key",), ("hash", "seq")), heads)
-
-
-def _audit_row(entry: AuditRecord) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "org_key": _org_key(entry.org_id),
-        "seq": None,
-        "occurred_at": entry.occurred_at,
-        "action": entry.action,
-        "outcome": entry.outcome,
-        "actor_id": entry.actor_id,
-        "actor_kind": entry.actor_kind,
-        "target_type": entry.target_type,
-        "target_id": entry.target_id,
-        "request_id": entry.request_id,
-        "trace_id": entry.trace_id,
-        "body": entry.to_dict(),
-        "prev_hash": None,
-        "hash": None,
-    }
-
-
-class SqlAuditLog:
-    """`AuditSink` writing a hash chain per org to `cs_audit_log` (see `audit_hash`).
-
-    Entries of a call are written in its transaction; chain positions and hashes are assigned when
-    the transaction flushes, under a lock on the org's head row, so concurrent writers on
-    PostgreSQL never fork a chain.
-
-    Args:
-        unit_of_work: Used for entries recorded without a transaction (policy denials).
-    """
-
-    __slots__ = ("unit_of_work",)
-
-    def __init__(self, unit_of_work: SqlUnitOfWork) -> None:
-        self.unit_of_work = unit_of_work
-
-    async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
-        """Append `entry` in `tx`, or in a transaction of its own when `tx` is `None`."""
-        if tx is None:
-            own = await self.unit_of_work.begin()
-            try:
-                self._stage(own, entry)
-                await own.commit()
-            except BaseException:
-                await own.rollback()
-                raise
-            return
-        self._stage(sql_transaction(tx, "the SQL audit log"), entry)
-
-    @staticmethod
-    def _stage(tx: SqlTransaction, entry: AuditRecord) -> None:
-        tx.add_flush_hook("cs_audit_chain", _chain_hook)
-        tx.stage_insert(audit_table, _audit_row(entry))
-
-    async def entries(
-        self, org_id: str | None, *, limit: int | None = None, after_seq: int = 0
-    ) -> list[AuditEntry]:
-        """The org's chain, oldest first, from position `after_seq + 1`."""
-        t = audit_table
-        stmt = (
-            select(t).where(t.c.org_key == _org_key(org_id), t.c.seq > after_seq).order_by(t.c.seq)
-        )
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        async with self.unit_of_work.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
-        return [
-            AuditEntry(
-                row["seq"], AuditRecord.from_dict(row["body"]), row["prev_hash"], row["hash"]
-            )
-            for row in rows
-        ]
-
-    async def verify(self, org_id: str | None) -> bool:
-        """Recompute the org's chain; `False` if an entry was edited, removed or reordered.
-
-        The head is read first and only entries up to it are checked, so appends running
-        concurrently are never mistaken for tampering. This checks a chain that starts at
-        position 1; after retention purges use contractspec-bus's `SqlAuditTrail.verify`, which
-        also honours its checkpoints and names the first broken entry.
-        """
-        t, h = audit_table, audit_head_table
-        async with self.unit_of_work.engine.connect() as conn:
-            head = (
-                await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == _org_key(org_id)))
-            ).first()
-            rows = (
-                await conn.execute(
-                    select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash)
-                    .where(t.c.org_key == _org_key(org_id), t.c.seq <= (head.seq if head else 0))
-                    .order_by(t.c.seq)
-                )
-            ).all()
-        prev: str | None = None
-        for expected, (seq, body, prev_hash, digest) in enumerate(rows, start=1):
-            if seq != expected or prev_hash != prev or audit_hash(prev, body) != digest:
-                return False
-            prev = digest
-        if head is None:
-            return not rows
-        return bool(head.seq == len(rows) and head.hash == prev)
 
 
 class SqlBackend:

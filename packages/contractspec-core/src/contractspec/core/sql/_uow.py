@@ -23,7 +23,7 @@ from contractspec.core.errors import ConfigurationError, ConflictError
 from contractspec.core.sql.engines import is_configured
 from contractspec.core.transactions import Transaction
 
-__all__ = ["FlushHook", "SqlTransaction", "SqlUnitOfWork", "WriteBuffer"]
+__all__ = ["FlushHook", "SqlTransaction", "SqlUnitOfWork", "WriteBuffer", "sql_transaction"]
 
 _MISSING: Any = object()
 IdentityKey = tuple[str, str | None, Any]
@@ -354,3 +354,18 @@ class SqlUnitOfWork:
             await conn.close()
             raise
         return SqlTransaction(conn, outer, readonly=readonly)
+
+
+def sql_transaction(tx: Transaction, who: str = "this SQL adapter") -> SqlTransaction:
+    """`tx` as a `SqlTransaction`, for SQL adapters of other packages.
+
+    Raises:
+        ConfigurationError: `tx` is not a SQL transaction (the executor was wired with another
+            unit of work), with the fix.
+    """
+    if not isinstance(tx, SqlTransaction):
+        raise ConfigurationError(
+            f"{who} needs a SQL transaction but got {type(tx).__name__}; configure the executor "
+            "with the same SqlBackend (or SqlUnitOfWork) for every SQL store"
+        )
+    return tx
