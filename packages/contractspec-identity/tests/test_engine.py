@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from contractspec.core import ANONYMOUS, Actor, CallContext, Decision, Resource
+from contractspec.core import (
+    ANONYMOUS,
+    Actor,
+    ActorKind,
+    CallContext,
+    Decision,
+    MembershipChecker,
+    Resource,
+)
 from contractspec.core.testing import FakeClock
 from contractspec.identity import (
     AccessModel,
@@ -346,3 +354,50 @@ def test_check_is_a_shortcut_for_user_ids(engine: PolicyEngine) -> None:
     """`check()` decides for a user id in an org."""
     assert engine.check("u2", "deal.read", org_id="o1").allowed is True
     assert engine.check("u2", "deal.read", org_id="o2").allowed is False
+
+
+def test_is_member_follows_memberships(engine: PolicyEngine) -> None:
+    """Active and invited members belong; suspended ones, outsiders and anonymous actors do not."""
+    assert isinstance(engine, MembershipChecker)
+    belongs = {
+        user: engine.is_member(Actor.user(user), "o1") for user in ("u1", "u2", "u4", "u5", "u9")
+    }
+    assert belongs == {"u1": True, "u2": True, "u4": True, "u5": False, "u9": False}
+    assert engine.is_member(Actor.user("u9"), "o2") is True
+    assert engine.is_member(Actor.user("u1"), "o2") is False
+    assert engine.is_member(ANONYMOUS, "o1") is False
+    assert engine.is_member(Actor("u1", ActorKind.ANONYMOUS), "o1") is False
+
+
+def test_is_member_through_bindings(engine: PolicyEngine, clock: FakeClock) -> None:
+    """Unexpired allow bindings (in the org or platform-wide) make members; denies and expiry don't."""
+    engine.put_binding(bind("b-guest", "o1", "guest", permission="deal.read"))
+    engine.put_binding(
+        bind("b-temp", "o1", "temp", role="sales", expires_at=T0 + timedelta(minutes=30))
+    )
+    engine.put_binding(bind("b-deny", "o1", "blocked", permission="deal.*", effect=Effect.DENY))
+    engine.put_binding(bind("b-staff", None, "support-svc", role="sales"))
+    engine.put_binding(bind("b-u5", "o1", "u5", permission="deal.read"))
+    service = Actor("support-svc", ActorKind.SERVICE)
+    assert engine.is_member(Actor.user("guest"), "o1") is True
+    assert engine.is_member(Actor.user("guest"), "o2") is False
+    assert engine.is_member(Actor.user("temp"), "o1") is True
+    assert engine.is_member(Actor.user("blocked"), "o1") is False
+    assert (engine.is_member(service, "o1"), engine.is_member(service, "o2")) == (True, True)
+    assert engine.is_member(Actor.system("support-svc"), "o7") is True
+    assert engine.is_member(Actor.system("importer"), "o1") is False
+    assert engine.is_member(Actor.user("u5"), "o1") is False
+    clock.advance(timedelta(hours=1))
+    assert engine.is_member(Actor.user("temp"), "o1") is False
+
+
+def test_is_member_follows_membership_changes(engine: PolicyEngine) -> None:
+    """Suspending, reactivating and removing a membership change the answer at once."""
+    engine.put_membership(member("o1", "u3", "member", MembershipStatus.SUSPENDED))
+    assert engine.is_member(Actor.user("u3"), "o1") is False
+    engine.put_membership(member("o1", "u3", "member"))
+    assert engine.is_member(Actor.user("u3"), "o1") is True
+    engine.remove_membership("o1", "u3")
+    assert engine.is_member(Actor.user("u3"), "o1") is False
+    engine.remove_org("o2")
+    assert engine.is_member(Actor.user("u9"), "o2") is False

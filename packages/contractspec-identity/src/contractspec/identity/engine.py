@@ -22,6 +22,14 @@ Decision procedure (deny-overrides, deny by default):
 4. Otherwise deny, with the reason (no membership, membership not active, role lacks it, binding
    expired).
 
+Tenant membership (core's `MembershipChecker` port): `is_member(actor, org_id)` tells the executor
+whether the caller belongs to the tenant of a call, so that no operation, not even one left on
+`authenticated()`, acts in an org the caller does not belong to. An actor belongs to an org when
+it holds an active or invited membership there (invited members must reach the org to accept or
+decline), or an unexpired allow binding in that org or platform-wide (`org_id=None`, staff and
+service accounts). Suspended members and anonymous callers belong nowhere. System and service
+actors follow the same rule: they act in an org through a binding, like any other subject.
+
 The engine is a cache of the identity store: the identity operations update it when their
 transaction commits, and `reload()` rebuilds it from a store (at start-up, or periodically when
 other processes write the same database).
@@ -230,7 +238,8 @@ _NO_RULES: Final = _Rules((), ())
 
 
 class PolicyEngine:
-    """RBAC-with-tenants policy decider (implements `contractspec.core.PolicyDecider`).
+    """RBAC-with-tenants policy decider (implements `contractspec.core.PolicyDecider` and
+    `contractspec.core.MembershipChecker`).
 
     Args:
         model: The declared permissions, roles and rules (`AccessModel()` by default).
@@ -351,6 +360,41 @@ class PolicyEngine:
     def role_of(self, org_id: str, user_id: str) -> str | None:
         """The role of an *active* member, or `None`."""
         return self._members.get(org_id, _EMPTY).get(user_id) or None
+
+    def is_member(self, subject: Actor, org_id: str) -> bool:
+        """Whether `subject` belongs to `org_id` (core's `MembershipChecker` port).
+
+        The executor asks before every non-public call in a tenant and denies non-members, so a
+        caller never reaches another org's data by naming it. Permissions are still decided by
+        `decide` (invited memberships, for instance, belong but grant nothing).
+
+        Args:
+            subject: The actor; its `id` is the user (or service) id of memberships and bindings.
+            org_id: The tenant of the call.
+
+        Returns:
+            `True` for an active or invited membership in `org_id`, or an unexpired allow binding
+            in `org_id` or platform-wide (`org_id=None`); `False` otherwise, and always for
+            anonymous actors and suspended members (whatever bindings they hold in that org).
+        """
+        if subject.kind == ActorKind.ANONYMOUS:
+            return False
+        uid = subject.id
+        membership = self._statuses.get(org_id, _EMPTY).get(uid)
+        if membership is not None:
+            return membership.status is not MembershipStatus.SUSPENDED
+        by_subject = self._bindings.get(org_id)
+        platform = self._bindings.get(None)
+        for bucket in (
+            by_subject.get(uid) if by_subject is not None else None,
+            platform.get(uid) if platform is not None else None,
+        ):
+            for binding in bucket or ():
+                if binding.allow and (
+                    binding.expires_at is None or binding.expires_at > self._clock.now()
+                ):
+                    return True
+        return False
 
     @property
     def size(self) -> tuple[int, int]:
