@@ -1,8 +1,9 @@
 """ContractSpec's HTTP adapter vs a hand-written FastAPI endpoint, same CRM operation.
 
-Both serve `POST /crm/deal/create/v1`: validate the JSON body (title, contact id, decimal amount
-with 2 places), check the caller's `crm.deal.write` permission from its roles, store the deal per
-org, record a `crm.deal.created` event and an audit entry, and answer the deal as JSON.
+Both serve `POST /crm/deal/create/v1`: look the bearer token up (user, roles and org), validate
+the JSON body (title, contact id, decimal amount with 2 places), check the caller's
+`crm.deal.write` permission from its roles, store the deal per org, record a `crm.deal.created`
+event and an audit entry, and answer the deal as JSON.
 
 * ours: `contractspec.core.http.create_app` over an `Executor` (memory backend, `RolePermissions`),
   i.e. the full pipeline: validation, policy, transaction, outbox, hash-chained audit, output check;
@@ -42,7 +43,7 @@ from contractspec.core import (
     define_event,
     requires,
 )
-from contractspec.core.http import create_app
+from contractspec.core.http import Principal, create_app
 
 REQUESTS = 2000
 ROUNDS = 7
@@ -69,6 +70,8 @@ class DealCreated(BaseModel):
 
 
 POLICY = RolePermissions({"sales": ["crm.deal.*"], "viewer": ["crm.read"]})
+#: The server's sessions: bearer token -> (user, roles, org).
+SESSIONS = {"t-u1": ("u1", ("sales",), "org-1")}
 
 # -- ours ------------------------------------------------------------------------------------
 
@@ -99,11 +102,13 @@ def ours() -> Any:
         ctx.emit(deal_created, DealCreated(deal_id=deal.id, amount=deal.amount))
         return deal
 
-    def authenticate(request: Request) -> Actor | None:
-        user = request.headers.get("x-user")
-        if user is None:
-            return None
-        return Actor.user(user, roles=request.headers.get("x-roles", "").split(","))
+    principals = {
+        f"Bearer {token}": Principal(Actor.user(user, roles=roles), org_id=org)
+        for token, (user, roles, org) in SESSIONS.items()
+    }
+
+    def authenticate(request: Request) -> Principal | None:
+        return principals.get(request.headers.get("authorization", ""))
 
     return create_app(Executor(registry, policy=POLICY), authenticate=authenticate)
 
@@ -118,15 +123,13 @@ def peer() -> Any:
     audit: list[dict[str, Any]] = []
 
     @app.post("/crm/deal/create/v1", response_model=Deal)
-    async def create(
-        body: CreateDeal,
-        x_user: Annotated[str | None, Header()] = None,
-        x_roles: Annotated[str, Header()] = "",
-        x_org_id: Annotated[str | None, Header()] = None,
-    ) -> Deal:
-        if x_user is None:
-            raise HTTPException(403, "authentication required")
-        actor = Actor.user(x_user, roles=x_roles.split(","))
+    async def create(body: CreateDeal, authorization: Annotated[str, Header()] = "") -> Deal:
+        scheme, _, token = authorization.partition(" ")
+        session = SESSIONS.get(token) if scheme == "Bearer" else None
+        if session is None:
+            raise HTTPException(401, "authentication required")
+        user, roles, org = session
+        actor = Actor.user(user, roles=roles)
         if not POLICY._decide(actor.roles, "crm.deal.write").allowed:
             raise HTTPException(403, "policy denied")
         deal = Deal(
@@ -136,9 +139,9 @@ def peer() -> Any:
             amount=body.amount,
             created_at=datetime.now(UTC),
         )
-        deals[(x_org_id or "", deal.id)] = deal
+        deals[(org, deal.id)] = deal
         events.append({"name": "crm.deal.created", "deal_id": deal.id, "amount": str(deal.amount)})
-        audit.append({"action": "crm.deal.create", "actor": x_user, "target": deal.id})
+        audit.append({"action": "crm.deal.create", "actor": user, "target": deal.id})
         return deal
 
     return app
@@ -146,7 +149,7 @@ def peer() -> Any:
 
 # -- driver ----------------------------------------------------------------------------------
 
-HEADERS = {"X-User": "u1", "X-Roles": "sales", "X-Org-Id": "org-1"}
+HEADERS = {"Authorization": "Bearer t-u1"}
 BODY = {"contact_id": "c-1", "title": "ACME renewal", "amount": "1250.50"}
 
 

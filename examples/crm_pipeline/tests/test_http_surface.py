@@ -2,7 +2,7 @@
 
 The schema is the committed, generated `generated/openapi.json`; the app is the runtime adapter
 (`contractspec.core.http`) serving the CRM registry on the in-memory backend, called as a `sales`
-user. Schemathesis generates valid and malformed inputs for every operation (bodies, query strings,
+user of one org. Schemathesis generates valid and malformed inputs for every operation (bodies, query strings,
 headers) and checks the default suite: no 5xx, status codes, content types, headers and response
 bodies documented in the schema.
 """
@@ -21,16 +21,21 @@ from starlette.requests import Request
 
 from contractspec.core import Actor, Executor, MemoryBackend
 from contractspec.core.codegen import check_generated, openapi_document
-from contractspec.core.http import create_app
+from contractspec.core.http import Principal, create_app
 from contractspec.core.ir import check_lock
 
 GENERATED = Path(__file__).resolve().parents[1] / "generated"
 TITLE = "CRM pipeline API"
 
 
-def authenticate(request: Request) -> Actor | None:
-    """Every call is made by a sales user (the fuzzer exercises inputs, not identities)."""
-    return Actor.user("fuzzer", roles="sales")
+TOKEN = "fuzz-token"
+
+
+def authenticate(request: Request) -> Principal | None:
+    """The bearer token `fuzz-token` is a sales user of org `acme`; anything else is anonymous."""
+    if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        return None
+    return Principal(Actor.user("fuzzer", roles="sales"), org_id="acme")
 
 
 def build_app() -> Any:
@@ -44,6 +49,22 @@ def build_app() -> Any:
 
 schema = schemathesis.openapi.from_path(GENERATED / "openapi.json")
 schema.app = build_app()
+
+
+@schema.auth()
+class FuzzerToken:
+    """Every generated call carries the fuzzer's bearer token (schemathesis also checks that a
+    call without it answers 401)."""
+
+    def get(self, case: schemathesis.Case[Any], context: schemathesis.AuthContext) -> str:
+        """The static token."""
+        return TOKEN
+
+    def set(
+        self, case: schemathesis.Case[Any], data: str, context: schemathesis.AuthContext
+    ) -> None:
+        """Send it as `Authorization: Bearer <token>`."""
+        case.headers["Authorization"] = f"Bearer {data}"
 
 
 @schema.parametrize()
@@ -72,9 +93,23 @@ def test_generated_code_and_lock_are_up_to_date() -> None:
     assert check_lock(registry, GENERATED / "contractspec.lock.json").status == "up-to-date"
 
 
-@pytest.mark.parametrize("status", ["200", "403", "422", "500"])
+@pytest.mark.parametrize("status", ["200", "401", "403", "422", "429", "500", "504"])
 def test_every_operation_documents_its_statuses(status: str) -> None:
-    """Each CRM operation documents success, policy denial, validation and internal errors."""
+    """Each CRM operation documents success, authentication, policy, validation, limits, errors."""
     paths = json.loads((GENERATED / "openapi.json").read_text(encoding="utf-8"))["paths"]
     assert len(paths) == 11
     assert all(status in method["responses"] for item in paths.values() for method in item.values())
+
+
+def test_commands_document_conflicts_and_body_limits_and_all_need_a_bearer() -> None:
+    """Commands document 409 and 413; every CRM operation requires the bearer scheme."""
+    document = json.loads((GENERATED / "openapi.json").read_text(encoding="utf-8"))
+    methods = [(m, op) for item in document["paths"].values() for m, op in item.items()]
+    assert {m: sum(1 for x, _ in methods if x == m) for m in ("get", "post")} == {
+        "get": 4,
+        "post": 7,
+    }
+    assert all({"409", "413"} <= set(op["responses"]) for m, op in methods if m == "post")
+    assert not any({"409", "413"} & set(op["responses"]) for m, op in methods if m == "get")
+    assert all(op["security"] == [{"bearerAuth": []}] for _, op in methods)
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"

@@ -20,19 +20,24 @@ from contractspec.core import (
     RateLimitedError,
 )
 from contractspec.core.codegen import openapi_document
-from contractspec.core.http import create_app, routes
+from contractspec.core.http import Principal, create_app, routes
 from contractspec.core.testing import FakeClock, SequentialIds
 
-WRITER = {"X-User": "u1", "X-Roles": "writer", "X-Org-Id": "org-1"}
-ADMIN = {"X-User": "boss", "X-Roles": "admin", "X-Org-Id": "org-1"}
+#: The server's sessions: bearer token -> who calls, in which org.
+SESSIONS = {
+    "t-writer": Principal(Actor.user("u1", roles="writer"), org_id="org-1"),
+    "t-boss": Principal(Actor.user("boss", roles="admin"), org_id="org-1"),
+    "t-reader": Principal(Actor.user("u2"), org_id="org-1"),
+}
+WRITER = {"Authorization": "Bearer t-writer"}
+ADMIN = {"Authorization": "Bearer t-boss"}
+READER = {"Authorization": "Bearer t-reader"}
 
 
-def header_auth(request: Request) -> Actor | None:
-    """Test identity: `X-User` and comma-separated `X-Roles` headers."""
-    user = request.headers.get("x-user")
-    if not user:
-        return None
-    return Actor.user(user, roles=[r for r in request.headers.get("x-roles", "").split(",") if r])
+def header_auth(request: Request) -> Principal | None:
+    """Test identity: the bearer token's session (actor and org), `None` without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return SESSIONS.get(token) if scheme.lower() == "bearer" else None
 
 
 @pytest.fixture
@@ -141,14 +146,14 @@ async def test_empty_body_is_an_empty_object(client: httpx.AsyncClient) -> None:
     assert [e["field"] for e in resp.json()["details"]["errors"]] == ["id", "title"]
 
 
-async def test_policy_denial_is_403(client: httpx.AsyncClient) -> None:
-    """Anonymous callers and callers without the permission get 403 policy_denied."""
+async def test_policy_denial_is_403_and_anonymous_is_401(client: httpx.AsyncClient) -> None:
+    """Callers without the permission get 403; anonymous callers 401 with a Bearer challenge."""
     anonymous = await client.post("/notes/note/create/v1", json=NOTE)
-    assert (anonymous.status_code, anonymous.json()["code"]) == (403, "policy_denied")
-    reader = await client.post(
-        "/notes/note/create/v1", json=NOTE, headers={"X-User": "u2", "X-Org-Id": "org-1"}
-    )
+    assert (anonymous.status_code, anonymous.json()["code"]) == (401, "policy_denied")
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    reader = await client.post("/notes/note/create/v1", json=NOTE, headers=READER)
     assert reader.status_code == 403
+    assert "www-authenticate" not in reader.headers
     assert reader.json()["details"]["reason"] == (
         "none of the actor's roles (no roles) grants 'notes.write'"
     )
@@ -191,7 +196,7 @@ async def test_internal_error_does_not_leak(client: httpx.AsyncClient) -> None:
 async def test_failing_auth_hook_is_a_500(executor: Executor) -> None:
     """An exception in the authenticate hook is a 500 without its message."""
 
-    def broken(request: Request) -> Actor | None:
+    def broken(request: Request) -> Principal | None:
         raise KeyError("token store down: secret")
 
     app = create_app(executor, authenticate=broken)
@@ -203,7 +208,7 @@ async def test_failing_auth_hook_is_a_500(executor: Executor) -> None:
 
 
 async def test_headers_reach_the_call_context(client: httpx.AsyncClient) -> None:
-    """Request id, org header, traceparent and the actor reach the handler's CallContext."""
+    """Request id, traceparent, the actor and its org reach the handler's CallContext."""
     resp = await client.get(
         "/notes/debug/whoami/v1",
         headers={
@@ -248,9 +253,9 @@ async def test_idempotency_key_header(client: httpx.AsyncClient, backend: Memory
 
 
 async def test_org_and_async_auth_hooks(executor: Executor) -> None:
-    """Async authenticate and org_id hooks decide the actor and the tenant."""
+    """Async authenticate and org_id hooks decide the actor and the tenant (not the header)."""
 
-    async def auth(request: Request) -> Actor | None:
+    async def auth(request: Request) -> Principal | Actor | None:
         return Actor.user("hook-user")
 
     async def org(request: Request, actor: Actor) -> str | None:
@@ -283,7 +288,7 @@ def test_openapi_binding_details(executor: Executor) -> None:
     doc = openapi_document(executor.registry.to_ir())
     search = doc["paths"]["/notes/note/search/v1"]["get"]
     params = {p["name"]: p for p in search["parameters"]}
-    assert sorted(params) == ["X-Org-Id", "X-Request-Id", "limit", "priority", "tags"]
+    assert sorted(params) == ["X-Request-Id", "limit", "priority", "tags"]
     assert params["priority"]["schema"] == {"$ref": "#/components/schemas/Priority"}
     assert params["tags"]["style"] == "form"
     assert params["limit"]["schema"]["maximum"] == 50
@@ -292,9 +297,11 @@ def test_openapi_binding_details(executor: Executor) -> None:
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/CreateNote"
     }
-    assert sorted(create["responses"]) == ["200", "202", "400", "403", "404", "409", "422", "500"]
     assert create["x-contractspec"]["emits"] == ["notes.note.created@1"]
     assert create["summary"] == "Create a note."
+    trusted = openapi_document(executor.registry.to_ir(), trust_org_header=True)
+    search = trusted["paths"]["/notes/note/search/v1"]["get"]
+    assert [p["name"] for p in search["parameters"]][:2] == ["X-Request-Id", "X-Org-Id"]
 
 
 async def test_routes_mount_into_fastapi(executor: Executor) -> None:
@@ -326,17 +333,29 @@ def test_openapi_refs_all_resolve(executor: Executor) -> None:
     assert "$defs" not in _deep_keys(doc)
 
 
-async def test_malformed_binding_headers_are_400(client: httpx.AsyncClient) -> None:
+async def test_malformed_binding_headers_are_400(executor: Executor) -> None:
     """A too long or non-ASCII binding header answers 400 naming the header."""
-    resp = await client.get("/notes/debug/whoami/v1", headers={"X-Org-Id": "o" * 201})
+    app = create_app(executor, authenticate=header_auth, trust_org_header=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        resp = await c.get("/notes/debug/whoami/v1", headers={"X-Org-Id": "o" * 201})
+        spaced = await c.get("/notes/debug/whoami/v1", headers={"X-Request-Id": "a b"})
+        key = await c.post(
+            "/notes/note/create/v1", json=NOTE, headers={**WRITER, "Idempotency-Key": "k 1"}
+        )
     assert resp.status_code == 400
     assert resp.json() == {
         "code": "bad_request",
         "message": "header X-Org-Id must be 1 to 200 visible ASCII characters (no spaces)",
         "details": {"header": "X-Org-Id"},
     }
-    spaced = await client.get("/notes/debug/whoami/v1", headers={"X-Request-Id": "a b"})
     assert (spaced.status_code, spaced.json()["details"]) == (400, {"header": "X-Request-Id"})
+    assert (key.status_code, key.json()["details"]) == (400, {"header": "Idempotency-Key"})
+
+
+async def test_untrusted_org_header_is_not_read(client: httpx.AsyncClient) -> None:
+    """Without trust_org_header the X-Org-Id header is ignored: the tenant is the session's."""
+    resp = await client.get("/notes/debug/whoami/v1", headers={**WRITER, "X-Org-Id": "o" * 201})
+    assert (resp.status_code, resp.json()["org_id"]) == (200, "org-1")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Who is calling, for which tenant, and under which request: the execution context.
 
 `CallContext` is what a caller (an HTTP adapter, a job, a script) hands to the executor.
-`Actor` says who acts; `Resource` names what an authorization decision is about.
+`Actor` says who acts; `Principal` is what an authenticator establishes about a request (the actor
+and its tenant); `Resource` names what an authorization decision is about.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from types import MappingProxyType
 from typing import Any
 
 from attrs import define, evolve, field
+from attrs.validators import instance_of
 
 __all__ = [
     "ANONYMOUS",
     "Actor",
     "ActorKind",
     "CallContext",
+    "Principal",
     "Resource",
 ]
 
@@ -86,6 +89,38 @@ class Actor:
 
 #: The actor of calls that carry no identity.
 ANONYMOUS = Actor("anonymous", ActorKind.ANONYMOUS)
+
+
+def _optional_org(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"Principal.org_id must be a non-empty string or None, got {value!r}")
+
+
+@define(frozen=True)
+class Principal:
+    """Who calls and in which tenant, as established by the app's authenticator.
+
+    An adapter's authenticator (e.g. `authenticate=` of `contractspec.core.http.create_app`)
+    returns it after checking a credential (a session, a JWT, an API key): both the actor and the
+    tenant then come from what the server verified, never from what the client claims.
+
+    Attributes:
+        actor: The authenticated actor.
+        org_id: The tenant (organization) the request acts in, or `None` for calls outside any
+            tenant. Derive it from the credential (a token claim, the session's selected org, the
+            API key's org), or check that the actor belongs to an org the request asks for.
+
+    Raises:
+        TypeError: `actor` is not an `Actor`, or `org_id` is neither `None` nor a non-empty string.
+
+    Example:
+        ```python
+        Principal(Actor.user("u1", roles="sales"), org_id="acme")
+        ```
+    """
+
+    actor: Actor = field(validator=instance_of(Actor))
+    org_id: str | None = field(default=None, validator=_optional_org)
 
 
 @define(frozen=True)

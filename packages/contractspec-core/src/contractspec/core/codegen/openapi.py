@@ -9,8 +9,13 @@ Binding (the one `contractspec.core.http` implements):
   (arrays repeat the parameter, objects are JSON text);
 * commands: `POST` on the same path, input as a JSON body;
 * `200` with the output; errors as a `Problem` document (`code`, `message`, `details`) with the
-  statuses of `contractspec.core.errors.HTTP_STATUS` (`400` malformed JSON, `422` validation,
-  `403` policy, `404` not found, `409` conflict, `202` approval required, `500` internal).
+  statuses of `contractspec.core.errors.HTTP_STATUS`. Every operation documents the statuses the
+  adapter can answer (`ERROR_STATUSES`): `400` malformed JSON or header, `401` no identified
+  caller (non-public operations), `403` policy, `404` not found, `409` conflict (commands), `413`
+  body too large (commands), `422` validation, `429` rate limited, `202` approval required, `500`
+  internal, `504` timeout;
+* security: `components.securitySchemes` (an HTTP bearer scheme unless the app declares its own)
+  and a `security` requirement on every non-public operation (`security: []` on public ones).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from contractspec.core.ir import ir_digest, validate_ir
 
 __all__ = [
+    "DEFAULT_SECURITY_SCHEMES",
     "ERROR_STATUSES",
     "HEADER_MAX_LENGTH",
     "HEADER_PATTERN",
@@ -38,16 +45,50 @@ __all__ = [
 HEADER_PATTERN: Final = "^[\\x21-\\x7e]+$"
 HEADER_MAX_LENGTH: Final = 200
 
-#: Documented error statuses and what they mean.
+#: Documented error statuses and what they mean. Every operation documents `202`, `400`, `403`,
+#: `404`, `422`, `429`, `500` and `504`; non-public operations also `401`; commands also `409`
+#: and `413`.
 ERROR_STATUSES: Final[dict[str, str]] = {
     "202": "Accepted: the action needs a human approval before it runs (code approval_required)",
-    "400": "Bad request: the body is not valid JSON, or a binding header is malformed",
-    "403": "Forbidden: the policy denied the call, or it needs an identified caller",
-    "404": "Not found",
-    "409": "Conflict with the current state (duplicate, concurrent change, reused idempotency key)",
-    "422": "The input does not match the operation's schema (code validation_error)",
-    "500": "Internal error: the details are in the server logs under the request id",
+    "400": "Bad request: the body is not valid JSON, or a binding header is malformed "
+    "(code bad_request)",
+    "401": "Unauthorized: the operation needs an identified caller; send credentials "
+    "(code policy_denied)",
+    "403": "Forbidden: the policy denied the call, the caller is not a member of the tenant, or the "
+    "call needs a tenant (codes policy_denied, tenant_scope_required)",
+    "404": "Not found: a record the input refers to does not exist in the tenant (code not_found)",
+    "409": "Conflict with the current state: a duplicate, a concurrent update, or an idempotency "
+    "key reused with another input or still in progress (codes conflict, concurrent_update, "
+    "idempotency_conflict, idempotency_in_progress)",
+    "413": "Content too large: the request body exceeds the server's limit "
+    "(code content_too_large)",
+    "422": "The input does not match the operation's schema, holds characters that cannot be "
+    "stored (NUL, lone surrogates), or carries a header the operation does not take "
+    "(code validation_error)",
+    "429": "Too many requests: retry after the Retry-After header's seconds (code rate_limited)",
+    "500": "Internal error: the details are in the server logs under the request id "
+    "(code internal_error)",
+    "504": "The operation took longer than its time limit; nothing it wrote was kept "
+    "(code operation_timeout)",
 }
+
+_COMMAND_ONLY: Final = frozenset({"409", "413"})
+_NON_PUBLIC_ONLY: Final = frozenset({"401"})
+
+#: The security scheme documented unless the app declares its own: a bearer token in the
+#: `Authorization` header (what the app's authenticator checks is up to the app).
+DEFAULT_SECURITY_SCHEMES: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "bearerAuth": MappingProxyType(
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Credentials checked by the server's authenticator; the tenant "
+                "comes from them, not from the client",
+            }
+        )
+    }
+)
 
 _PROBLEM: Final[dict[str, Any]] = {
     "title": "Problem",
@@ -68,7 +109,8 @@ class HeaderNames:
     Attributes:
         request_id: Echoed on every response; generated when absent.
         idempotency_key: Makes an idempotent command safe to retry.
-        org_id: Tenant of the call (unless an `org_id` hook decides it).
+        org_id: Names the tenant of the call, read (and documented) only when the adapter
+            trusts it (`trust_org_header=True`, behind a gateway that sets it).
     """
 
     __slots__ = ("idempotency_key", "org_id", "request_id")
@@ -268,6 +310,30 @@ def _summary(op: Mapping[str, Any]) -> str:
     return lines[0] if lines else f"{op['name']}@{op['version']}"
 
 
+def _plain(node: Any) -> Any:
+    """Mappings (read-only ones too) as plain dicts, for JSON."""
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _problem_response(status: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": ERROR_STATUSES[status],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if status == "429":
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return response
+
+
 def openapi_document(
     ir: Mapping[str, Any],
     *,
@@ -275,6 +341,8 @@ def openapi_document(
     description: str = "",
     headers: HeaderNames | None = None,
     servers: list[dict[str, Any]] | None = None,
+    security_schemes: Mapping[str, Mapping[str, Any]] | None = None,
+    trust_org_header: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every operation in `ir` (see the module docstring).
 
@@ -285,6 +353,11 @@ def openapi_document(
         headers: Header names of the binding (defaults: `X-Request-Id`, `Idempotency-Key`,
             `X-Org-Id`).
         servers: Optional `servers` list.
+        security_schemes: `components.securitySchemes` (OpenAPI Security Scheme Objects by
+            name); every non-public operation requires one of them. Defaults to
+            `DEFAULT_SECURITY_SCHEMES` (an HTTP bearer token); `{}` documents none.
+        trust_org_header: Document the tenant header (`headers.org_id`) as a parameter, as the
+            adapter reads it only with `trust_org_header=True`.
 
     Returns:
         The document as JSON data; `info.version` is the IR digest (`sha256:...`).
@@ -294,19 +367,28 @@ def openapi_document(
     """
     validate_ir(dict(ir))
     names = headers or HeaderNames()
+    schemes = _plain(DEFAULT_SECURITY_SCHEMES if security_schemes is None else security_schemes)
+    requirement: list[dict[str, list[str]]] = [{name: []} for name in sorted(schemes)]
     components = _Components()
     components.schemas["Problem"] = _PROBLEM
     paths: dict[str, Any] = {}
     for op in _operations(ir):
         name, version = op["name"], op["version"]
         kind = op.get("operation_kind", "command")
+        is_public = (op.get("auth") or {}).get("kind") == "public"
         schemas = op["schemas"]
         output_ref = components.add(schemas["output"], "output")
         parameters = [
             _header(names.request_id, "Request id, echoed back; generated when absent"),
         ]
-        if names.org_id:
-            parameters.append(_header(names.org_id, "Tenant (organization) of the call"))
+        if names.org_id and trust_org_header:
+            parameters.append(
+                _header(
+                    names.org_id,
+                    "Tenant (organization) of the call, set by the trusted gateway in front of "
+                    "the server",
+                )
+            )
         if kind != "query" and op.get("idempotent"):
             parameters.append(
                 _header(names.idempotency_key, "Repeat-safe key: a retry returns the first result")
@@ -328,6 +410,10 @@ def openapi_document(
             operation["description"] = op["description"]
         if op.get("stability") == "deprecated":
             operation["deprecated"] = True
+        if is_public:
+            operation["security"] = []
+        elif requirement:
+            operation["security"] = requirement
         input_schema = schemas["input"]
         if kind == "query":
             root = _deref(input_schema, input_schema)
@@ -362,13 +448,12 @@ def openapi_document(
                 },
             }
         }
-        for status, meaning in ERROR_STATUSES.items():
-            responses[status] = {
-                "description": meaning,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-                },
-            }
+        for status in ERROR_STATUSES:
+            if status in _COMMAND_ONLY and kind == "query":
+                continue
+            if status in _NON_PUBLIC_ONLY and is_public:
+                continue
+            responses[status] = _problem_response(status)
         operation["responses"] = dict(sorted(responses.items()))
         paths[http_path(name, version)] = {http_method(kind): operation}
     document: dict[str, Any] = {
@@ -377,6 +462,8 @@ def openapi_document(
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": dict(sorted(components.schemas.items()))},
     }
+    if schemes:
+        document["components"]["securitySchemes"] = schemes
     if description:
         document["info"]["description"] = description
     if servers:
