@@ -293,7 +293,7 @@ async def test_audit_records_changes_and_redacts_pii() -> None:
         "p1",
     )
     assert record.changes[0].diff() == {"email": [None, REDACTED], "id": [None, "p1"]}
-    assert ex.backend.audit.verify("o1") is True  # type: ignore[attr-defined]
+    assert (await ex.backend.audit.verify("o1")).ok is True  # type: ignore[attr-defined]
 
 
 async def test_queries_run_read_only() -> None:

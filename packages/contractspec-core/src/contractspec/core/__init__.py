@@ -11,7 +11,20 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from contractspec.core.audit import AuditEntry, MemoryAuditLog
+from contractspec.core.audit import (
+    PURGE_ACTION,
+    AnchorSink,
+    AuditEntry,
+    AuditTamperedError,
+    ChainAnchor,
+    ChainVerifier,
+    Checkpoint,
+    JsonlAnchorSink,
+    MemoryAuditLog,
+    VerifiableAuditLog,
+    VerifyResult,
+    verify_chain,
+)
 from contractspec.core.context import ANONYMOUS, Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -112,19 +125,25 @@ __all__ = [
     "ANONYMOUS",
     "HTTP_STATUS",
     "PII",
+    "PURGE_ACTION",
     "REDACTED",
     "Actor",
     "ActorKind",
     "AllowAll",
+    "AnchorSink",
     "ApprovalRequiredError",
     "AuditEntry",
     "AuditRecord",
     "AuditSink",
+    "AuditTamperedError",
     "AuthRequirement",
     "Backend",
     "Batch",
     "CallContext",
     "CallRecord",
+    "ChainAnchor",
+    "ChainVerifier",
+    "Checkpoint",
     "Clock",
     "ConfigurationError",
     "ConflictError",
@@ -153,6 +172,7 @@ __all__ = [
     "InternalError",
     "Invocation",
     "JobEnqueuer",
+    "JsonlAnchorSink",
     "MembershipChecker",
     "MemoryAuditLog",
     "MemoryBackend",
@@ -189,6 +209,8 @@ __all__ = [
     "UnknownOperationError",
     "UuidGenerator",
     "VariantResolver",
+    "VerifiableAuditLog",
+    "VerifyResult",
     "__version__",
     "audit_hash",
     "authenticated",
@@ -200,4 +222,5 @@ __all__ = [
     "public",
     "redact",
     "requires",
+    "verify_chain",
 ]

@@ -9,7 +9,9 @@ Their JSON forms (`to_dict()`) are what SQL stores persist, so they are stable a
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from contractspec.core.specs import OperationSpec
 
 __all__ = [
+    "KEYED_HASH_PREFIX",
     "REDACTED",
     "AuditRecord",
     "CallRecord",
@@ -40,6 +43,9 @@ __all__ = [
 
 #: Placeholder that replaces personal data in audit records and error messages.
 REDACTED = "[redacted]"
+
+#: Prefix of a keyed audit-chain hash (`audit_hash(..., key=...)`); unkeyed hashes are plain hex.
+KEYED_HASH_PREFIX = "hmac-sha256:"
 
 
 def _json_default(value: Any) -> Any:
@@ -304,21 +310,29 @@ class AuditRecord:
         }
 
 
-def audit_hash(prev_hash: str | None, body: Mapping[str, Any]) -> str:
-    """Hash of one audit-chain entry: SHA-256 over `prev_hash` and the canonical JSON body.
+def audit_hash(prev_hash: str | None, body: Mapping[str, Any], *, key: bytes | None = None) -> str:
+    """Hash of one audit-chain entry over `prev_hash` and the canonical JSON body.
 
-    `hash_n = sha256(hex(hash_{n-1}) + "\\n" + canonical_json(body_n))`, with the empty string as
-    the first entry's previous hash. Editing, deleting or reordering any entry changes every
-    later hash, which is what `verify()` in the audit stores checks.
+    Unkeyed (the default): `hash_n = sha256(hash_{n-1} + "\\n" + canonical_json(body_n))` as 64
+    lowercase hex characters, with the empty string as the first entry's previous hash. Keyed
+    (`key=`): `"hmac-sha256:" + base64url(HMAC-SHA256(key, same message))` without padding
+    (RFC 2104 HMAC, RFC 4648 section 5 alphabet), 55 characters, so a writer without the key cannot
+    recompute it. Editing, deleting or reordering any entry changes every later hash, which is what
+    `verify()` in the audit stores checks.
+
+    Args:
+        prev_hash: Hash of the previous entry of the same org, or `None` for the first.
+        body: `AuditRecord.to_dict()` of the entry.
+        key: HMAC key of a keyed chain, or `None`.
 
     Returns:
-        64 lowercase hex characters.
+        64 lowercase hex characters, or `"hmac-sha256:"` + 43 base64url characters when keyed.
     """
-    digest = hashlib.sha256()
-    digest.update((prev_hash or "").encode())
-    digest.update(b"\n")
-    digest.update(canonical_json(body).encode())
-    return digest.hexdigest()
+    message = (prev_hash or "").encode() + b"\n" + canonical_json(body).encode()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    mac = hmac.new(key, message, hashlib.sha256).digest()
+    return KEYED_HASH_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 @define(hash=False)

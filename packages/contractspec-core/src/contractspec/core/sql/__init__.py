@@ -27,7 +27,12 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "(SQLite) or 'contractspec-core[postgres]' (PostgreSQL)"
     ) from exc
 
-from contractspec.core.sql._audit import SqlAuditLog
+from contractspec.core.sql._audit import (
+    AUDIT_INDEXED_COLUMNS,
+    SqlAuditLog,
+    audit_snapshot,
+    verify_audit_chain,
+)
 from contractspec.core.sql._schema import (
     NAMING_CONVENTION,
     EntityTable,
@@ -66,6 +71,7 @@ from contractspec.core.sql.engines import (
 )
 
 __all__ = [
+    "AUDIT_INDEXED_COLUMNS",
     "NAMING_CONVENTION",
     "DecimalType",
     "EntityTable",
@@ -84,6 +90,7 @@ __all__ = [
     "UtcDateTime",
     "WriteBuffer",
     "audit_head_table",
+    "audit_snapshot",
     "audit_table",
     "configure_sqlite_engine",
     "conflict_from",
@@ -98,4 +105,5 @@ __all__ = [
     "sql_transaction",
     "sqlite_engine",
     "update_statement",
+    "verify_audit_chain",
 ]

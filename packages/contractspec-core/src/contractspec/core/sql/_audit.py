@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contractspec.core.audit import AuditEntry
-from contractspec.core.records import AuditRecord, audit_hash
+from contractspec.core.audit import (
+    AnchorSink,
+    AuditEntry,
+    AuditTamperedError,
+    ChainAnchor,
+    ChainVerifier,
+    Checkpoint,
+    VerifyResult,
+    check_audit_key,
+)
+from contractspec.core.errors import ConfigurationError
+from contractspec.core.ports import Clock, SystemClock
+from contractspec.core.records import KEYED_HASH_PREFIX, AuditRecord, audit_hash
 from contractspec.core.sql._schema import audit_head_table, audit_table
 from contractspec.core.sql._uow import (
     SqlTransaction,
@@ -21,7 +34,28 @@ from contractspec.core.sql._uow import (
 )
 from contractspec.core.transactions import Transaction
 
-__all__ = ["SqlAuditLog", "org_key"]
+__all__ = [
+    "AUDIT_INDEXED_COLUMNS",
+    "SqlAuditLog",
+    "audit_snapshot",
+    "org_key",
+    "verify_audit_chain",
+]
+
+#: Columns of `cs_audit_log` that repeat a value of the hashed `body` (for queries); `verify`
+#: compares each with the body, so editing one without the body is detected.
+AUDIT_INDEXED_COLUMNS = (
+    "id",
+    "occurred_at",
+    "action",
+    "outcome",
+    "actor_id",
+    "actor_kind",
+    "target_type",
+    "target_id",
+    "request_id",
+    "trace_id",
+)
 
 
 def org_key(org_id: str | None) -> str:
@@ -31,36 +65,6 @@ def org_key(org_id: str | None) -> str:
 
 def _upsert(dialect: str) -> Any:
     return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
-async def _chain_hook(conn: AsyncConnection, buf: WriteBuffer) -> None:
-    """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each org's chain."""
-    rows = buf.inserts.get(audit_table)
-    if not rows:
-        return
-    by_org: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["hash"] is None:
-            by_org.setdefault(row["org_key"], []).append(row)
-    if not by_org:
-        return
-    insert = _upsert(conn.dialect.name)
-    heads: list[dict[str, Any]] = []
-    for key, org_rows in by_org.items():
-        # Creates the head row if missing and locks it (PostgreSQL) in one statement.
-        stmt = insert(audit_head_table).values(org_key=key, seq=0, hash=None)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[audit_head_table.c.org_key],
-            set_={"seq": audit_head_table.c.seq},
-        ).returning(audit_head_table.c.seq, audit_head_table.c.hash)
-        seq, prev = (await conn.execute(stmt)).one()
-        for row in org_rows:
-            seq += 1
-            row["seq"] = seq
-            row["prev_hash"] = prev
-            row["hash"] = prev = audit_hash(prev, row["body"])
-        heads.append({"w_org_key": key, "v_seq": seq, "v_hash": prev})
-    await conn.execute(update_statement(audit_head_table, ("org_key",), ("hash", "seq")), heads)
 
 
 def _audit_row(entry: AuditRecord) -> dict[str, Any]:
@@ -87,20 +91,49 @@ class SqlAuditLog:
     """`AuditSink` writing a hash chain per org to `cs_audit_log` (see `audit_hash`).
 
     Entries of a call are written in its transaction; chain positions and hashes are assigned when
-    the transaction flushes, under a lock on the org's head row, so concurrent writers on
-    PostgreSQL never fork a chain.
+    the transaction flushes, under a lock on the org's `cs_audit_head` row, so concurrent writers on
+    PostgreSQL never fork a chain. A chain that was changed outside the log — entries beyond its
+    head, or entries without a head — is not extended: the flush raises `AuditTamperedError` and
+    the call fails, instead of every later write colliding on `UNIQUE(org_key, seq)`.
+
+    With `key=`, each hash is `HMAC-SHA256(key, prev_hash + "\\n" + canonical body)`, so a database
+    writer without the key cannot re-hash history; the hash's `hmac-sha256:` prefix records the
+    scheme in each entry and in the head. Use one key (and one `SqlAuditLog` configuration) for
+    every writer of a database: a log without a key refuses to extend a keyed chain. A keyed log
+    extends an existing unkeyed chain (sealing it); verify such a chain against an anchor taken
+    before the key was introduced.
 
     Args:
-        unit_of_work: Used for entries recorded without a transaction (policy denials).
+        unit_of_work: Used for entries recorded without a transaction (policy denials) and reads.
+        key: HMAC key (at least 16 bytes; keep it outside the database), or `None` for the
+            unkeyed SHA-256 chain.
+        clock: Time source of anchors.
+
+    Raises:
+        ConfigurationError: `key` is too short.
     """
 
-    __slots__ = ("unit_of_work",)
+    __slots__ = ("clock", "key", "unit_of_work")
 
-    def __init__(self, unit_of_work: SqlUnitOfWork) -> None:
+    def __init__(
+        self,
+        unit_of_work: SqlUnitOfWork,
+        *,
+        key: bytes | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.unit_of_work = unit_of_work
+        self.key = check_audit_key(key)
+        self.clock: Clock = clock or SystemClock()
 
     async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
-        """Append `entry` in `tx`, or in a transaction of its own when `tx` is `None`."""
+        """Append `entry` in `tx`, or in a transaction of its own when `tx` is `None`.
+
+        Raises:
+            AuditTamperedError: The org's chain has entries beyond its head or no head (when the
+                transaction flushes).
+            ConfigurationError: The org's chain is keyed and this log has no key (idem).
+        """
         if tx is None:
             own = await self.unit_of_work.begin()
             try:
@@ -112,10 +145,53 @@ class SqlAuditLog:
             return
         self._stage(sql_transaction(tx, "the SQL audit log"), entry)
 
-    @staticmethod
-    def _stage(tx: SqlTransaction, entry: AuditRecord) -> None:
-        tx.add_flush_hook("cs_audit_chain", _chain_hook)
+    def _stage(self, tx: SqlTransaction, entry: AuditRecord) -> None:
+        tx.add_flush_hook("cs_audit_chain", self._chain_hook)
         tx.stage_insert(audit_table, _audit_row(entry))
+
+    async def _chain_hook(self, conn: AsyncConnection, buf: WriteBuffer) -> None:
+        """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each chain."""
+        rows = buf.inserts.get(audit_table)
+        if not rows:
+            return
+        by_org: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["hash"] is None:
+                by_org.setdefault(row["org_key"], []).append(row)
+        if not by_org:
+            return
+        insert = _upsert(conn.dialect.name)
+        t, h = audit_table, audit_head_table
+        key = self.key
+        heads: list[dict[str, Any]] = []
+        for okey, org_rows in by_org.items():
+            # Creates the head row if missing and locks it (PostgreSQL) in one statement, and reads
+            # the org's highest stored position (an index lookup) to refuse a tampered chain.
+            last = select(func.max(t.c.seq)).where(t.c.org_key == okey).scalar_subquery()
+            stmt = insert(h).values(org_key=okey, seq=0, hash=None)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[h.c.org_key], set_={"seq": h.c.seq}
+            ).returning(h.c.seq, h.c.hash, last)
+            seq, prev, last_seq = (await conn.execute(stmt)).one()
+            if last_seq is not None and last_seq > seq:
+                org = org_rows[0]["body"]["org_id"]
+                raise AuditTamperedError.for_chain(
+                    org, None if prev is None and seq == 0 else seq, int(last_seq)
+                )
+            if key is None and prev is not None and prev.startswith(KEYED_HASH_PREFIX):
+                org = org_rows[0]["body"]["org_id"]
+                raise ConfigurationError(
+                    f"the audit chain of org {org!r} is keyed (HMAC-SHA256): configure this "
+                    "SqlAuditLog with its key (SqlAuditLog(..., key=...)) so it can extend it",
+                    details={"field": "key", "org_id": org},
+                )
+            for row in org_rows:
+                seq += 1
+                row["seq"] = seq
+                row["prev_hash"] = prev
+                row["hash"] = prev = audit_hash(prev, row["body"], key=key)
+            heads.append({"w_org_key": okey, "v_seq": seq, "v_hash": prev})
+        await conn.execute(update_statement(h, ("org_key",), ("hash", "seq")), heads)
 
     async def entries(
         self, org_id: str | None, *, limit: int | None = None, after_seq: int = 0
@@ -136,31 +212,113 @@ class SqlAuditLog:
             for row in rows
         ]
 
-    async def verify(self, org_id: str | None) -> bool:
-        """Recompute the org's chain; `False` if an entry was edited, removed or reordered.
+    async def verify(
+        self, org_id: str | None, *, anchor: ChainAnchor | None = None, page_size: int = 2000
+    ) -> VerifyResult:
+        """Recompute the org's chain with `ChainVerifier` (see there for what is detected).
 
-        The head is read first and only entries up to it are checked, so appends running
-        concurrently are never mistaken for tampering. This checks a chain that starts at
-        position 1; after retention purges use contractspec-bus's `SqlAuditTrail.verify`, which
-        also honours its checkpoints and names the first broken entry.
+        Reads one snapshot (`REPEATABLE READ` on PostgreSQL, a read transaction on SQLite) page by
+        page, so memory stays flat and concurrent appends never look like tampering. Every entry
+        of the org is read, also those beyond the head, and each indexed column is compared with
+        the hashed body. This checks a chain that starts at position 1; after retention purges use
+        contractspec-bus's `SqlAuditTrail.verify`, which also honours its checkpoints.
+
+        Args:
+            org_id: Tenant.
+            anchor: A `ChainAnchor` from `anchor()` that the chain must still contain.
+            page_size: Entries read per query.
+
+        Raises:
+            ConfigurationError: `anchor` belongs to another org.
         """
-        t, h = audit_table, audit_head_table
+        async with audit_snapshot(self.unit_of_work.engine) as conn:
+            return await verify_audit_chain(
+                conn, org_id, key=self.key, anchor=anchor, page_size=page_size
+            )
+
+    async def anchor(self, org_id: str | None, *, sink: AnchorSink | None = None) -> ChainAnchor:
+        """The org's current head as a `ChainAnchor` (also stored in `sink` when given).
+
+        Anchor a chain you have verified: `verify(org_id, anchor=previous)` first.
+        """
+        h = audit_head_table
         async with self.unit_of_work.engine.connect() as conn:
-            head = (
+            row = (
                 await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == org_key(org_id)))
             ).first()
-            rows = (
-                await conn.execute(
-                    select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash)
-                    .where(t.c.org_key == org_key(org_id), t.c.seq <= (head.seq if head else 0))
-                    .order_by(t.c.seq)
-                )
-            ).all()
-        prev: str | None = None
-        for expected, (seq, body, prev_hash, digest) in enumerate(rows, start=1):
-            if seq != expected or prev_hash != prev or audit_hash(prev, body) != digest:
-                return False
-            prev = digest
-        if head is None:
-            return not rows
-        return bool(head.seq == len(rows) and head.hash == prev)
+        anchor = ChainAnchor(
+            org_id,
+            int(row.seq) if row else 0,
+            row.hash if row else None,
+            self.clock.now(),
+        )
+        if sink is not None:
+            await sink.store(anchor)
+        return anchor
+
+
+@asynccontextmanager
+async def audit_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose reads all see one snapshot, for verifying a chain while others append.
+
+    PostgreSQL: `REPEATABLE READ`. SQLite (configured by `configure_sqlite_engine`): the `BEGIN`
+    issued before the first read starts a read transaction, which sees one snapshot.
+    """
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
+
+
+async def verify_audit_chain(
+    conn: AsyncConnection,
+    org_id: str | None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    key: bytes | None = None,
+    anchor: ChainAnchor | None = None,
+    page_size: int = 2000,
+) -> VerifyResult:
+    """Verify an org's chain in `cs_audit_log`/`cs_audit_head` with `ChainVerifier`, page by page.
+
+    Reads the head, then every entry after `checkpoint` (also beyond the head) with its indexed
+    columns (`AUDIT_INDEXED_COLUMNS`), in pages of `page_size`. Open `conn` with
+    `audit_snapshot()` so the head and the entries come from one snapshot.
+
+    Args:
+        conn: The connection to read with.
+        org_id: Tenant.
+        checkpoint: Retention checkpoint (contractspec-bus), or `None`.
+        key: HMAC key of a keyed chain.
+        anchor: A `ChainAnchor` the chain must still contain.
+        page_size: Entries read per query.
+
+    Returns:
+        The `VerifyResult`.
+    """
+    t, h = audit_table, audit_head_table
+    okey = org_key(org_id)
+    row = (await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == okey))).first()
+    head = None if row is None else (int(row.seq), row.hash)
+    verifier = ChainVerifier(org_id, checkpoint, head=head, key=key, anchor=anchor)
+    after = checkpoint.seq if checkpoint is not None else 0
+    columns = [t.c[name] for name in AUDIT_INDEXED_COLUMNS]
+    base = select(t.c.seq, t.c.body, t.c.prev_hash, t.c.hash, *columns).where(t.c.org_key == okey)
+    while True:
+        stmt = base.where(t.c.seq > after).order_by(t.c.seq).limit(page_size)
+        rows = (await conn.execute(stmt)).mappings().all()
+        if not rows:
+            break
+        for r in rows:
+            # (VerifyResult is falsy when it reports a failure: test for None explicitly.)
+            failed = verifier.feed(
+                int(r["seq"]),
+                r["body"],
+                r["prev_hash"],
+                r["hash"],
+                {name: r[name] for name in AUDIT_INDEXED_COLUMNS},
+            )
+            if failed is not None:
+                return failed
+        after = int(rows[-1]["seq"])
+    return verifier.finish()
