@@ -16,23 +16,33 @@ from sqlalchemy import select, text, update
 from contractspec.bus import (
     AuditableEventBus,
     AuditFilter,
+    ChainVerifier,
     EventBus,
     MemoryAuditTrail,
+    VerifyResult,
     mask_pii,
+    verify_chain,
 )
 from contractspec.bus.testing import capture
 from contractspec.core import (
     REDACTED,
     Actor,
+    AuditEntry,
     AuditRecord,
+    AuditTamperedError,
     CallContext,
+    ChainAnchor,
     ConfigurationError,
     EntityChange,
     Executor,
     MemoryBackend,
     RolePermissions,
+    audit_hash,
 )
-from contractspec.core.sql import audit_table
+from contractspec.core import ChainVerifier as CoreChainVerifier
+from contractspec.core import VerifyResult as CoreVerifyResult
+from contractspec.core import verify_chain as core_verify_chain
+from contractspec.core.sql import audit_head_table, audit_table
 from contractspec.core.testing import FakeClock, SequentialIds
 
 
@@ -318,7 +328,7 @@ async def test_auditable_bus_audits_each_event_with_pii_redacted() -> None:
         "crm.deal",
         "d1",
     )
-    assert backend.audit.verify("org-1") is True
+    assert (await backend.audit.verify("org-1")).ok is True
 
 
 async def test_auditable_bus_hash_mode_is_keyed_and_deterministic() -> None:
@@ -363,3 +373,125 @@ async def test_sql_verify_pages_through_long_chains(sql_engine: Any) -> None:
         await conn.execute(text("DELETE FROM cs_audit_log WHERE seq = 6"))
     broken = await trail.verify("org-1", page_size=2)
     assert (broken.ok, broken.first_bad_seq, broken.checked) == (False, 6, 6)
+
+
+# -- one verifier: head, forged appends, keys, anchors ---------------------------------------
+
+KEY = b"bus-audit-key-0123456789abcdef!!"
+
+
+def test_bus_reexports_the_core_verifier() -> None:
+    """ChainVerifier, VerifyResult and verify_chain are core's objects under their bus names."""
+    assert (ChainVerifier, VerifyResult, verify_chain) == (
+        CoreChainVerifier,
+        CoreVerifyResult,
+        core_verify_chain,
+    )
+
+
+@pytest.mark.parametrize("how", ["delete_head", "forge"])
+async def test_trail_reports_a_missing_head_or_forged_entry_and_refuses_appends(
+    stores: Stores, how: str
+) -> None:
+    """Both trails fail verify and raise AuditTamperedError on append; other orgs carry on."""
+    await append(stores, *(record(n) for n in range(1, 4)))
+    forged = record(4, actor="mallory")
+    if isinstance(stores.audit, MemoryAuditTrail):
+        trail = stores.audit
+        if how == "delete_head":
+            del trail.heads["org-1"]
+        else:
+            prev = trail.heads["org-1"][1]
+            trail.chains["org-1"].append(
+                AuditEntry(4, forged, prev, audit_hash(prev, forged.to_dict()))
+            )
+    else:
+        async with stores.engine.begin() as conn:
+            h = audit_head_table
+            if how == "delete_head":
+                await conn.execute(h.delete().where(h.c.org_key == "org-1"))
+            else:
+                prev = (await conn.execute(select(h.c.hash))).scalar_one()
+                await conn.execute(
+                    audit_table.insert().values(
+                        id=forged.id, org_key="org-1", seq=4, occurred_at=forged.occurred_at,
+                        action=forged.action, outcome=forged.outcome, actor_id="mallory",
+                        actor_kind="user", target_type="crm.deal", target_id="d1",
+                        request_id="r-4", body=forged.to_dict(), prev_hash=prev,
+                        hash=audit_hash(prev, forged.to_dict()),
+                    )
+                )  # fmt: skip
+    verdict = await stores.audit.verify("org-1")
+    if how == "delete_head":
+        expected = VerifyResult(
+            False,
+            "org-1",
+            1,
+            None,
+            "the chain head row is missing: entries exist but the head was deleted",
+        )
+        details = {"org_id": "org-1", "head_seq": None, "last_seq": 3}
+    else:
+        expected = VerifyResult(
+            False,
+            "org-1",
+            4,
+            4,
+            "entry 4 is beyond the chain head (3): it was not appended through the audit log "
+            "(forged)",
+        )
+        details = {"org_id": "org-1", "head_seq": 3, "last_seq": 4}
+    assert verdict == expected
+    with pytest.raises(AuditTamperedError) as info:
+        await append(stores, record(5))
+    assert info.value.details == details
+    assert await stores.audit.verify("org-1") == expected
+    await append(stores, record(6, org="org-2"))
+    assert (await stores.audit.verify("org-2")).ok is True
+
+
+async def test_a_keyed_trail_purges_and_verifies_only_with_its_key(
+    backend_kind: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A keyed trail stays verifiable across purges with the key; without it, it fails."""
+    async with open_stores(backend_kind, tmp_path, key=KEY, clock=clock) as stores:
+        await append(stores, *(record(n) for n in range(1, 6)))
+        result = await stores.audit.purge_older_than("org-1", T0 + timedelta(minutes=3))
+        assert result.purged == 2
+        assert await stores.audit.verify("org-1") == VerifyResult(True, "org-1", 4)
+        if isinstance(stores.audit, MemoryAuditTrail):
+            rows = [
+                (e.seq, e.record.to_dict(), e.prev_hash, e.hash)
+                for e in stores.audit.chains["org-1"]
+            ]
+            keyless = verify_chain("org-1", rows, stores.audit.heads["org-1"], result.checkpoint)
+        else:
+            from contractspec.bus.sql import SqlAuditTrail
+
+            keyless = await SqlAuditTrail(stores.engine).verify("org-1")
+        assert keyless == VerifyResult(
+            False, "org-1", 1, 3, "keyed chain: verify with the key (the entries are HMAC-SHA256)"
+        )
+
+
+async def test_an_anchor_is_checked_across_purges(stores: Stores, clock: FakeClock) -> None:
+    """Anchors at or after the checkpoint verify; an anchor whose entry was purged is refused."""
+    await append(stores, *(record(n) for n in range(1, 6)))
+    old = await stores.audit.anchor("org-1")
+    assert (old.seq, old.at) == (5, clock.now())
+    at_two = ChainAnchor("org-1", 2, (await stores.audit.query("org-1", newest_first=False, limit=2)).items[1].hash, clock.now())  # fmt: skip
+    first = ChainAnchor("org-1", 1, "x" * 64, clock.now())
+    await stores.audit.purge_older_than("org-1", T0 + timedelta(minutes=3))
+    assert await stores.audit.verify("org-1", anchor=old) == VerifyResult(True, "org-1", 4)
+    assert await stores.audit.verify("org-1", anchor=at_two) == VerifyResult(True, "org-1", 4)
+    assert await stores.audit.verify("org-1", anchor=first) == VerifyResult(
+        False,
+        "org-1",
+        4,
+        1,
+        "the anchor (entry 1, 2024-01-01T00:00:00+00:00) is not in the chain any more: it was "
+        "purged up to 2; verify against an anchor taken after the purge",
+    )
+    new = await stores.audit.anchor("org-1")
+    assert new.seq == 6
+    assert await stores.audit.verify("org-1", anchor=new) == VerifyResult(True, "org-1", 4)

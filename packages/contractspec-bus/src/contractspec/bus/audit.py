@@ -1,15 +1,19 @@
 """Audit trail: queries, retention with checkpoints, tamper-evident verification, event auditing.
 
-The append side is core's: `MemoryAuditLog` / `SqlAuditLog` write `AuditRecord`s into a hash
-chain per org, `hash_n = sha256(hash_{n-1} + "\\n" + canonical_json(body_n))` (see
-`contractspec.core.audit_hash`). This module adds what operators need on top:
+The append side and the verifier are core's: `MemoryAuditLog` / `SqlAuditLog` write
+`AuditRecord`s into a hash chain per org, `hash_n = sha256(hash_{n-1} + "\\n" +
+canonical_json(body_n))` or an HMAC of the same with an app-held key (see
+`contractspec.core.audit_hash`), and `contractspec.core.ChainVerifier` checks it. This module adds
+what operators need on top:
 
 * `query(...)` by actor, target, action, outcome and time range, with cursor pagination;
 * `purge_older_than(org_id, cutoff)` that deletes a prefix of the chain, stores a **checkpoint**
   (the last purged position and hash) and appends an `audit.purged` entry to the chain that
   repeats it, so the remaining chain still verifies and a forged checkpoint is detected;
-* `verify(org_id)` returning a `VerifyResult` that names the first edited, deleted or reordered
-  entry;
+* `verify(org_id, anchor=...)` returning a `VerifyResult` that names the first edited, deleted,
+  reordered or forged entry (core's verifier; `ChainVerifier`, `VerifyResult`, `Checkpoint`,
+  `verify_chain` and `PURGE_ACTION` are re-exported from `contractspec.core`);
+* `anchor(org_id, sink=...)` exporting the head as a `ChainAnchor` to check later;
 * `AuditableEventBus`, an `EventPublisher` wrapper that audits every published event, with the
   payload's personal data redacted or hashed.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -28,10 +32,16 @@ from pydantic import BaseModel
 
 from contractspec.bus.stores import Page, check_page
 from contractspec.core import (
+    PURGE_ACTION,
     REDACTED,
+    AnchorSink,
     AuditEntry,
     AuditRecord,
     AuditSink,
+    AuditTamperedError,
+    ChainAnchor,
+    ChainVerifier,
+    Checkpoint,
     Clock,
     ConfigurationError,
     EventEnvelope,
@@ -41,9 +51,12 @@ from contractspec.core import (
     SystemClock,
     Transaction,
     UuidGenerator,
+    VerifyResult,
     audit_hash,
     canonical_json,
+    verify_chain,
 )
+from contractspec.core.audit import check_audit_key
 from contractspec.core.specs import PiiMarker
 
 __all__ = [
@@ -60,9 +73,6 @@ __all__ = [
     "pii_paths",
     "verify_chain",
 ]
-
-#: Action of the chain entry a purge appends.
-PURGE_ACTION = "audit.purged"
 
 
 @define(frozen=True)
@@ -132,25 +142,6 @@ class AuditFilter:
 
 
 @define(frozen=True)
-class Checkpoint:
-    """Where an org's chain starts after a purge.
-
-    Attributes:
-        org_id: Tenant.
-        seq: Position of the last purged entry.
-        hash: Hash of the last purged entry (the `prev_hash` of the first remaining one).
-        purged: Entries purged so far in total.
-        created_at: UTC time of the purge.
-    """
-
-    org_id: str | None
-    seq: int
-    hash: str
-    purged: int
-    created_at: datetime
-
-
-@define(frozen=True)
 class PurgeResult:
     """Outcome of `purge_older_than`.
 
@@ -163,127 +154,12 @@ class PurgeResult:
     checkpoint: Checkpoint | None
 
 
-@define(frozen=True)
-class VerifyResult:
-    """Outcome of verifying one org's chain. Truthy when the chain is intact.
-
-    Attributes:
-        ok: Whether every check passed.
-        org_id: Tenant verified.
-        checked: Entries checked.
-        first_bad_seq: Position where the chain first breaks, or `None`.
-        reason: What is wrong there, in words (`"hash mismatch: entry was edited"`, ...).
-    """
-
-    ok: bool
-    org_id: str | None
-    checked: int
-    first_bad_seq: int | None = None
-    reason: str | None = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-class ChainVerifier:
-    """Incremental chain check: feed entries in `seq` order, then `finish()` with the head.
-
-    Lets SQL adapters verify a chain page by page in constant memory. See `verify_chain`.
-    """
-
-    def __init__(self, org_id: str | None, checkpoint: Checkpoint | None) -> None:
-        self.org_id = org_id
-        self.checkpoint = checkpoint
-        self.expected = (checkpoint.seq + 1) if checkpoint else 1
-        self.prev: str | None = checkpoint.hash if checkpoint else None
-        self.last_purge: tuple[int, str] | None = None
-        self.checked = 0
-
-    def fail(self, seq: int | None, reason: str) -> VerifyResult:
-        """A failed result at `seq`."""
-        return VerifyResult(False, self.org_id, self.checked, seq, reason)
-
-    def feed(
-        self, seq: int, body: Mapping[str, Any], prev_hash: str | None, digest: str
-    ) -> VerifyResult | None:
-        """Check the next entry; return the failure, or `None` while the chain holds."""
-        self.checked += 1
-        if seq != self.expected:
-            reason = (
-                f"entry {self.expected} is missing (found {seq}): entries were deleted"
-                if seq > self.expected
-                else f"entry {seq} is out of place: entries were reordered or duplicated"
-            )
-            return self.fail(self.expected, reason)
-        if prev_hash != self.prev:
-            return self.fail(
-                seq,
-                "link broken: prev_hash does not match the previous entry (reordered or deleted)",
-            )
-        if audit_hash(self.prev, body) != digest:
-            return self.fail(seq, "hash mismatch: the entry was edited")
-        if body.get("action") == PURGE_ACTION:
-            details = body.get("details") or {}
-            self.last_purge = (
-                int(details.get("through_seq", -1)),
-                str(details.get("through_hash")),
-            )
-        self.prev = digest
-        self.expected += 1
-        return None
-
-    def finish(self, head: tuple[int, str | None] | None) -> VerifyResult:
-        """Check the checkpoint against the chained purge entry and the head against the end."""
-        last_seq = self.expected - 1
-        cp = self.checkpoint
-        if cp is not None and self.last_purge != (cp.seq, cp.hash):
-            return self.fail(
-                cp.seq, "checkpoint does not match the chained audit.purged entry: it was forged"
-            )
-        if head is None:
-            if self.checked or cp is not None:
-                return self.fail(None, "the chain head row is missing")
-            return VerifyResult(True, self.org_id, 0)
-        head_seq, head_hash = head
-        if head_seq != last_seq or head_hash != self.prev:
-            return self.fail(
-                last_seq + 1 if head_seq > last_seq else head_seq,
-                f"the head says the chain ends at {head_seq} but it ends at {last_seq}: "
-                "the latest entries were deleted or the head was altered",
-            )
-        return VerifyResult(True, self.org_id, self.checked)
-
-
-def verify_chain(
-    org_id: str | None,
-    rows: Iterable[tuple[int, Mapping[str, Any], str | None, str]],
-    head: tuple[int, str | None] | None,
-    checkpoint: Checkpoint | None,
-) -> VerifyResult:
-    """Check one org's chain: positions contiguous, each `prev_hash` linked, each hash recomputed.
-
-    Args:
-        org_id: Tenant (for the result).
-        rows: `(seq, body, prev_hash, hash)` ordered by `seq`.
-        head: `(seq, hash)` of the org's head row, or `None` when it has none.
-        checkpoint: The org's checkpoint after purges, or `None`.
-
-    Returns:
-        The `VerifyResult`: the first break found, or `ok=True`. A deleted entry shows as a gap
-        (or a head that points past the end), an edited one as a hash mismatch, a reordered one
-        as a broken link; a forged checkpoint disagrees with the chained `audit.purged` entry.
-    """
-    verifier = ChainVerifier(org_id, checkpoint)
-    for seq, body, prev_hash, digest in rows:
-        failed = verifier.feed(seq, body, prev_hash, digest)
-        if failed is not None:
-            return failed
-    return verifier.finish(head)
-
-
 @runtime_checkable
 class AuditTrail(Protocol):
-    """An audit log you can append to, query, purge and verify (memory and SQL adapters)."""
+    """An audit log you can append to, query, purge, verify and anchor (memory and SQL adapters).
+
+    It is a `contractspec.core.VerifiableAuditLog` too.
+    """
 
     async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
         """`AuditSink`: append `entry` (in `tx` when given)."""
@@ -301,8 +177,14 @@ class AuditTrail(Protocol):
         """Entries (`AuditEntry`) of one org matching `filter`, one page at a time."""
         ...
 
-    async def verify(self, org_id: str | None) -> VerifyResult:
-        """Verify the org's chain (see `verify_chain`)."""
+    async def verify(
+        self, org_id: str | None, *, anchor: ChainAnchor | None = None
+    ) -> VerifyResult:
+        """Verify the org's chain from its checkpoint (core's `ChainVerifier`), and `anchor`."""
+        ...
+
+    async def anchor(self, org_id: str | None, *, sink: AnchorSink | None = None) -> ChainAnchor:
+        """The org's current head as a `ChainAnchor`, also stored in `sink` when given."""
         ...
 
     async def purge_older_than(
@@ -356,30 +238,56 @@ class MemoryAuditTrail:
     """`AuditTrail` in memory: entries are hashed into their org's chain when they commit.
 
     Args:
-        clock: Time and id sources (for purge entries).
-        ids: Time and id sources (for purge entries).
+        key: HMAC key for a keyed chain (at least 16 bytes), or `None`.
+        clock: Time source of purge entries and anchors.
+        ids: Id source of purge entries.
 
     Attributes:
         chains: `{org_id: [AuditEntry, ...]}`, the stored chains (exposed for tools and tests).
         heads: `{org_id: (seq, hash)}`, the last position and hash of each chain.
+
+    Raises:
+        ConfigurationError: `key` is too short.
     """
 
-    def __init__(self, *, clock: Clock | None = None, ids: IdGenerator | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        key: bytes | None = None,
+        clock: Clock | None = None,
+        ids: IdGenerator | None = None,
+    ) -> None:
+        self.key = check_audit_key(key)
         self.clock: Clock = clock or SystemClock()
         self.ids: IdGenerator = ids or UuidGenerator()
         self.chains: dict[str | None, list[AuditEntry]] = {}
         self.heads: dict[str | None, tuple[int, str | None]] = {}
         self._checkpoints: dict[str | None, Checkpoint] = {}
 
+    def _check_appendable(self, org: str | None) -> None:
+        chain = self.chains.get(org)
+        if not chain:
+            return
+        head = self.heads.get(org)
+        if head is None:
+            raise AuditTamperedError.for_chain(org, None, chain[-1].seq)
+        if chain[-1].seq > head[0]:
+            raise AuditTamperedError.for_chain(org, head[0], chain[-1].seq)
+
     def _append(self, record: AuditRecord) -> None:
         org = record.org_id
         seq, prev = self.heads.get(org, (0, None))
-        digest = audit_hash(prev, record.to_dict())
+        digest = audit_hash(prev, record.to_dict(), key=self.key)
         self.chains.setdefault(org, []).append(AuditEntry(seq + 1, record, prev, digest))
         self.heads[org] = (seq + 1, digest)
 
     async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
-        """Append now (`tx=None`) or when `tx` commits."""
+        """Append now (`tx=None`) or when `tx` commits.
+
+        Raises:
+            AuditTamperedError: The org's chain has entries beyond its head, or no head.
+        """
+        self._check_appendable(entry.org_id)
         if tx is None:
             self._append(entry)
         else:
@@ -413,12 +321,33 @@ class MemoryAuditTrail:
             out.append(e)
         return Page(tuple(out), str(out[-1].seq) if more and out else None)
 
-    async def verify(self, org_id: str | None) -> VerifyResult:
-        """Recompute the org's chain."""
+    async def verify(
+        self, org_id: str | None, *, anchor: ChainAnchor | None = None
+    ) -> VerifyResult:
+        """Recompute the org's chain from its checkpoint (see `contractspec.core.ChainVerifier`).
+
+        Raises:
+            ConfigurationError: `anchor` belongs to another org.
+        """
         rows = [
             (e.seq, e.record.to_dict(), e.prev_hash, e.hash) for e in self.chains.get(org_id, ())
         ]
-        return verify_chain(org_id, rows, self.heads.get(org_id), self._checkpoints.get(org_id))
+        return verify_chain(
+            org_id,
+            rows,
+            self.heads.get(org_id),
+            self._checkpoints.get(org_id),
+            key=self.key,
+            anchor=anchor,
+        )
+
+    async def anchor(self, org_id: str | None, *, sink: AnchorSink | None = None) -> ChainAnchor:
+        """The org's current head as a `ChainAnchor` (also stored in `sink` when given)."""
+        seq, digest = self.heads.get(org_id, (0, None))
+        anchor = ChainAnchor(org_id, seq, digest, self.clock.now())
+        if sink is not None:
+            await sink.store(anchor)
+        return anchor
 
     async def checkpoint(self, org_id: str | None) -> Checkpoint | None:
         """The org's checkpoint."""

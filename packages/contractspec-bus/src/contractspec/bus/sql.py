@@ -57,10 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.bus.audit import (
     AuditFilter,
-    ChainVerifier,
-    Checkpoint,
     PurgeResult,
-    VerifyResult,
     _check_cutoff,
     _purge_record,
     _seq_cursor,
@@ -79,8 +76,11 @@ from contractspec.bus.stores import (
     check_page,
 )
 from contractspec.core import (
+    AnchorSink,
     AuditEntry,
     AuditRecord,
+    ChainAnchor,
+    Checkpoint,
     Clock,
     ConfigurationError,
     EventEnvelope,
@@ -89,6 +89,7 @@ from contractspec.core import (
     SystemClock,
     Transaction,
     UuidGenerator,
+    VerifyResult,
 )
 from contractspec.core.sql import (
     NAMING_CONVENTION,
@@ -99,9 +100,11 @@ from contractspec.core.sql import (
     SqlUnitOfWork,
     UtcDateTime,
     audit_head_table,
+    audit_snapshot,
     audit_table,
     new_metadata,
     outbox_table,
+    verify_audit_chain,
 )
 from contractspec.core.sql import metadata as core_metadata
 
@@ -862,57 +865,43 @@ class SqlDeliveryLog(_SqlStore):
 # --------------------------------------------------------------------------------------------
 
 
-_AUDIT_COLUMNS = (
-    "id",
-    "action",
-    "outcome",
-    "actor_id",
-    "actor_kind",
-    "target_type",
-    "target_id",
-    "request_id",
-    "trace_id",
-)
-
-
-def _column_mismatch(verifier: ChainVerifier, row: Mapping[Any, Any]) -> VerifyResult | None:
-    """The indexed columns must repeat the hashed body (queries filter on them)."""
-    body = row["body"]
-    for column in _AUDIT_COLUMNS:
-        if row[column] != body.get(column):
-            return verifier.fail(
-                int(row["seq"]),
-                f"column {column} disagrees with the hashed body: the entry was edited",
-            )
-    if row["occurred_at"] != datetime.fromisoformat(body["occurred_at"]):
-        return verifier.fail(
-            int(row["seq"]),
-            "column occurred_at disagrees with the hashed body: the entry was edited",
-        )
-    return None
-
-
 class SqlAuditTrail(_SqlStore):
     """`AuditTrail` over core's `cs_audit_log`/`cs_audit_head` plus `cs_audit_checkpoint`.
 
     Appending is core's `SqlAuditLog` (chain positions and hashes assigned at flush under a lock
-    on the org's head row). Queries use the indexed columns and keyset pagination on `seq`.
+    on the org's head row; a tampered chain is not extended). Queries use the indexed columns and
+    keyset pagination on `seq`; verification is core's (`verify_audit_chain`) from the checkpoint.
 
     Args:
         engine: Your `AsyncEngine`.
-        clock: Time and id sources for purge entries.
-        ids: Time and id sources for purge entries.
+        key: HMAC key of a keyed chain, the same as the executor's `SqlAuditLog` (at least 16
+            bytes), or `None`.
+        clock: Time source for purge entries and anchors.
+        ids: Id source for purge entries.
+
+    Raises:
+        ConfigurationError: `key` is too short.
     """
 
     __slots__ = ("_log", "clock", "ids")
 
     def __init__(
-        self, engine: AsyncEngine, *, clock: Clock | None = None, ids: IdGenerator | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        key: bytes | None = None,
+        clock: Clock | None = None,
+        ids: IdGenerator | None = None,
     ) -> None:
         super().__init__(engine)
-        self._log = SqlAuditLog(self._uow)
         self.clock: Clock = clock or SystemClock()
         self.ids: IdGenerator = ids or UuidGenerator()
+        self._log = SqlAuditLog(self._uow, key=key, clock=self.clock)
+
+    @property
+    def key(self) -> bytes | None:
+        """The HMAC key of a keyed chain, or `None`."""
+        return self._log.key
 
     async def record(self, entry: AuditRecord, tx: Transaction | None) -> None:
         """Append `entry` in `tx` (or in its own transaction)."""
@@ -976,19 +965,30 @@ class SqlAuditTrail(_SqlStore):
         r = rows[0]
         return Checkpoint(org_id, int(r["seq"]), r["hash"], int(r["purged"]), r["created_at"])
 
-    async def verify(self, org_id: str | None, *, page_size: int = 2000) -> VerifyResult:
-        """Recompute the org's chain from its checkpoint; also check the indexed columns.
+    async def verify(
+        self, org_id: str | None, *, anchor: ChainAnchor | None = None, page_size: int = 2000
+    ) -> VerifyResult:
+        """Recompute the org's chain from its checkpoint with core's `ChainVerifier`.
 
         Reads one snapshot (`REPEATABLE READ` on PostgreSQL, a read transaction on SQLite) page
-        by page, so memory stays flat and concurrent appends never look like tampering.
+        by page, so memory stays flat and concurrent appends never look like tampering. Every
+        indexed column is compared with the hashed body; entries beyond the head are forged.
+
+        Args:
+            org_id: Tenant.
+            anchor: A `ChainAnchor` from `anchor()` that the chain must still contain.
+            page_size: Entries read per query.
+
+        Raises:
+            ConfigurationError: `anchor` belongs to another org.
         """
-        t, h, c = audit_table, audit_head_table, audit_checkpoint_table
-        key = _org_key(org_id)
-        async with self.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            head = (await conn.execute(select(h.c.seq, h.c.hash).where(h.c.org_key == key))).first()
-            cp_row = (await conn.execute(select(c).where(c.c.org_key == key))).mappings().first()
+        c = audit_checkpoint_table
+        async with audit_snapshot(self.engine) as conn:
+            cp_row = (
+                (await conn.execute(select(c).where(c.c.org_key == _org_key(org_id))))
+                .mappings()
+                .first()
+            )
             checkpoint = (
                 None
                 if cp_row is None
@@ -1000,27 +1000,18 @@ class SqlAuditTrail(_SqlStore):
                     cp_row["created_at"],
                 )
             )
-            verifier = ChainVerifier(org_id, checkpoint)
-            after = checkpoint.seq if checkpoint is not None else 0
-            upto = int(head.seq) if head is not None else None
-            while True:
-                stmt = select(t).where(t.c.org_key == key, t.c.seq > after)
-                if upto is not None:
-                    stmt = stmt.where(t.c.seq <= upto)
-                rows = (
-                    (await conn.execute(stmt.order_by(t.c.seq).limit(page_size))).mappings().all()
-                )
-                if not rows:
-                    break
-                for r in rows:
-                    # (VerifyResult is falsy when it reports a failure: test for None explicitly.)
-                    failed = _column_mismatch(verifier, r)
-                    if failed is None:
-                        failed = verifier.feed(int(r["seq"]), r["body"], r["prev_hash"], r["hash"])
-                    if failed is not None:
-                        return failed
-                after = int(rows[-1]["seq"])
-        return verifier.finish((int(head.seq), head.hash) if head is not None else None)
+            return await verify_audit_chain(
+                conn,
+                org_id,
+                checkpoint=checkpoint,
+                key=self.key,
+                anchor=anchor,
+                page_size=page_size,
+            )
+
+    async def anchor(self, org_id: str | None, *, sink: AnchorSink | None = None) -> ChainAnchor:
+        """The org's current head as a `ChainAnchor` (also stored in `sink` when given)."""
+        return await self._log.anchor(org_id, sink=sink)
 
     async def purge_older_than(
         self, org_id: str | None, cutoff: datetime, *, actor_id: str = "system"
