@@ -29,7 +29,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contractspec.core import Actor, CallContext, ContractSpecError, Executor
+from contractspec.core import Actor, CallContext, ContractSpecError, Executor, VerifyResult
 from contractspec.core.sql import SqlBackend, audit_table, outbox_table, sqlite_engine
 from crm_pipeline.models import (
     CompleteTask,
@@ -258,9 +258,9 @@ async def run(
     console: Console | None = None,
     commit_every: int = 1000,
     show_progress: bool = True,
-) -> tuple[ImportStats, ReportSummary, bool]:
-    """Create the schema, import `purchases`, and return the stats, the summary report and whether
-    the audit chain verifies."""
+) -> tuple[ImportStats, ReportSummary, VerifyResult]:
+    """Create the schema, import `purchases`, and return the stats, the summary report and the
+    audit chain's `VerifyResult` (truthy when it verifies)."""
     console = console or Console(stderr=True)
     backend = SqlBackend(engine, registry)
     await backend.create_all()
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f"SQLite file {args.db}"
     console.print(f"Importing {len(purchases):,} CDNOW purchases from {path} into {where}")
 
-    async def go() -> tuple[ImportStats, ReportSummary, bool, tuple[int, int]]:
+    async def go() -> tuple[ImportStats, ReportSummary, VerifyResult, tuple[int, int]]:
         try:
             stats, summary, verified = await run(
                 engine,
@@ -352,7 +352,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{stats.purchases:,} purchases → {stats.calls:,} operations in {stats.seconds:.1f} s: "
         f"[bold]{stats.calls_per_second:,.0f} operations/s[/] "
         f"({stats.purchases / stats.seconds:,.0f} purchases/s); {events:,} events in the outbox, "
-        f"{audits:,} audit entries, audit chain {'verified' if verified else '[red]BROKEN[/]'}"
+        f"{audits:,} audit entries, audit chain "
+        + (
+            "verified"
+            if verified
+            else f"[red]BROKEN[/] at {verified.first_bad_seq}: {verified.reason}"
+        )
     )
     if stats.failures or not verified:
         for line in stats.errors:

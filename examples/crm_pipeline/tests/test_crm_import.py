@@ -10,6 +10,7 @@ import pytest
 from crm_pipeline.main import (
     OPEN_FROM,
     OPEN_LEAD,
+    ORG_ID,
     THANK_YOU_ABOVE,
     Purchase,
     data_file,
@@ -67,7 +68,8 @@ async def test_import_matches_an_independent_computation(kind: str, tmp_path: Pa
             engine, purchases, show_progress=False, commit_every=250
         )
     assert stats.failures == 0, stats.errors
-    assert verified is True
+    assert (verified.ok, verified.org_id, verified.reason) == (True, ORG_ID, None)
+    assert verified.checked == stats.calls
     assert stats.purchases == LIMIT
     assert stats.contacts == len({p.customer_id for p in purchases})
     assert summary.deals == LIMIT
