@@ -222,14 +222,19 @@ async def test_remove_member_removes_their_bindings(app: IdentityApp) -> None:
 
 
 async def test_suspend_and_reactivate(app: IdentityApp) -> None:
-    """Suspended members keep their membership but hold nothing until reactivated."""
+    """Suspended members keep their membership but may not act in the org until reactivated."""
     ada, acme = await founded(app)
     bob = await app.member(acme, ada, "bob@example.com", "admin")
     me = as_user(ada, acme)
     await app.run("identity.member.suspend", {"user_id": bob.id}, me)
+    assert app.identity.engine.is_member(Actor.user(bob.id), acme.id) is False
     with pytest.raises(PolicyDeniedError) as caught:
         await app.run("identity.member.list", {}, as_user(bob, acme))
-    assert "is suspended, so it grants nothing" in caught.value.reason
+    assert caught.value.reason == f"not a member of org {acme.id!r}"
+    assert app.identity.engine.check(bob.id, "member.view", org_id=acme.id).reason == (
+        f"the membership of {bob.id!r} in org {acme.id!r} is suspended, so it grants nothing "
+        "(deny by default)"
+    )
     await app.run("identity.member.reactivate", {"user_id": bob.id}, me)
     assert len((await app.run("identity.member.list", {}, as_user(bob, acme))).members) == 2
 
@@ -279,7 +284,7 @@ async def test_grants_never_exceed_what_the_granter_holds(app: IdentityApp) -> N
 
 
 async def test_checking_another_users_permission_needs_member_view(app: IdentityApp) -> None:
-    """Members may check themselves; checking others needs member.view, which outsiders lack."""
+    """Members may check themselves and others (member.view); outsiders may not even ask."""
     ada, acme = await founded(app)
     outsider = await app.user("eve@example.com")
     other = await app.run(
@@ -294,10 +299,11 @@ async def test_checking_another_users_permission_needs_member_view(app: Identity
             {"permission": "org.manage", "user_id": ada.id},
             as_user(outsider, acme),
         )
-    mine = await app.run(
-        "identity.permission.check", {"permission": "org.manage"}, as_user(outsider, acme)
-    )
-    assert mine.allowed is False
+    with pytest.raises(PolicyDeniedError) as caught:
+        await app.run(
+            "identity.permission.check", {"permission": "org.manage"}, as_user(outsider, acme)
+        )
+    assert caught.value.reason == f"not a member of org {acme.id!r}"
 
 
 async def test_failed_calls_leave_the_engine_unchanged(app: IdentityApp) -> None:

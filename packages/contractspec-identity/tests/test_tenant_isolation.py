@@ -218,9 +218,10 @@ def operation_attacks(w: World) -> list[tuple[str, dict[str, Any], str, Any]]:
             "a-in-b",
             PolicyDeniedError,
         ),
-        ("identity.permission.check", {"permission": "org.manage"}, "a-in-b", {"allowed": False}),
-        ("identity.invitation.accept", {}, "a-in-b", NotFoundError),
-        ("identity.org.leave", {}, "a-in-b", NotFoundError),
+        # not a member of B: even authenticated() operations are denied (PolicyEngine.is_member)
+        ("identity.permission.check", {"permission": "org.manage"}, "a-in-b", PolicyDeniedError),
+        ("identity.invitation.accept", {}, "a-in-b", PolicyDeniedError),
+        ("identity.org.leave", {}, "a-in-b", PolicyDeniedError),
         ("identity.org.create", {"name": "B", "slug": "org-b"}, "a", "conflict"),
     ]
 
