@@ -147,6 +147,7 @@ class CrmCompany(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     domain: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cs_version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
 
 
 class CrmContact(Base):
@@ -166,6 +167,7 @@ class CrmContact(Base):
     email: Mapped[str | None] = mapped_column(String(320), nullable=True)
     company_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str] = mapped_column(String(40))
+    cs_version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
 
 
 class CrmDeal(Base):
@@ -190,6 +192,7 @@ class CrmDeal(Base):
     opened_month: Mapped[str] = mapped_column(Text())
     closed_on: Mapped[date | None] = mapped_column(Date(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    cs_version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")
 
 
 class CrmTask(Base):
@@ -210,3 +213,4 @@ class CrmTask(Base):
     due_on: Mapped[date | None] = mapped_column(Date(), nullable=True)
     done: Mapped[bool] = mapped_column(Boolean())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    cs_version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")

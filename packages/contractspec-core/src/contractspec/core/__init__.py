@@ -25,15 +25,18 @@ from contractspec.core.audit import (
     VerifyResult,
     verify_chain,
 )
-from contractspec.core.context import ANONYMOUS, Actor, ActorKind, CallContext, Resource
+from contractspec.core.batch import Batch, BatchCommitError
+from contractspec.core.context import ANONYMOUS, Actor, ActorKind, CallContext, Principal, Resource
 from contractspec.core.errors import (
     HTTP_STATUS,
     ApprovalRequiredError,
+    ConcurrentUpdateError,
     ConfigurationError,
     ConflictError,
     ContractSpecError,
     HandlerContractError,
     IdempotencyConflictError,
+    IdempotencyInProgressError,
     InternalError,
     NotFoundError,
     OperationTimeoutError,
@@ -44,16 +47,8 @@ from contractspec.core.errors import (
     TenantScopeError,
     UnknownOperationError,
 )
-from contractspec.core.executor import (
-    Backend,
-    Batch,
-    Executor,
-    FanOutTelemetrySink,
-    FanOutTrafficSink,
-    HandlerCtx,
-    Invocation,
-    Middleware,
-)
+from contractspec.core.executor import Backend, Executor
+from contractspec.core.handler import HandlerCtx, Invocation, Middleware
 from contractspec.core.memory import (
     MemoryBackend,
     MemoryEntityStore,
@@ -62,6 +57,7 @@ from contractspec.core.memory import (
     MemoryTelemetrySink,
     MemoryTrafficSink,
 )
+from contractspec.core.pipeline.report import FanOutTelemetrySink, FanOutTrafficSink
 from contractspec.core.policy import AllowAll, DenyAll, RolePermissions
 from contractspec.core.ports import (
     AuditSink,
@@ -139,12 +135,14 @@ __all__ = [
     "AuthRequirement",
     "Backend",
     "Batch",
+    "BatchCommitError",
     "CallContext",
     "CallRecord",
     "ChainAnchor",
     "ChainVerifier",
     "Checkpoint",
     "Clock",
+    "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
     "ContractSpecError",
@@ -166,6 +164,7 @@ __all__ = [
     "HandlerCtx",
     "IdGenerator",
     "IdempotencyConflictError",
+    "IdempotencyInProgressError",
     "IdempotencyRecord",
     "IdempotencyStore",
     "Index",
@@ -189,6 +188,7 @@ __all__ = [
     "OperationTimeoutError",
     "PolicyDecider",
     "PolicyDeniedError",
+    "Principal",
     "RateLimitedError",
     "Repository",
     "Resource",

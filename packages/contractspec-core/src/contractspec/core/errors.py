@@ -21,11 +21,13 @@ from typing import Any, ClassVar
 __all__ = [
     "HTTP_STATUS",
     "ApprovalRequiredError",
+    "ConcurrentUpdateError",
     "ConfigurationError",
     "ConflictError",
     "ContractSpecError",
     "HandlerContractError",
     "IdempotencyConflictError",
+    "IdempotencyInProgressError",
     "InternalError",
     "NotFoundError",
     "OperationTimeoutError",
@@ -190,6 +192,22 @@ class IdempotencyConflictError(ConflictError):
     code = "idempotency_conflict"
 
 
+class IdempotencyInProgressError(ConflictError):
+    """The first call with this idempotency key is still running; retry later for its outcome."""
+
+    code = "idempotency_in_progress"
+
+
+class ConcurrentUpdateError(ConflictError):
+    """The record changed (or was deleted) since this call read it: a lost update was prevented.
+
+    Raised when a write carries a stale version. Read the record again and retry the call, or
+    read it with `Repository.get_for_update()` so concurrent writers wait for each other.
+    """
+
+    code = "concurrent_update"
+
+
 class InternalError(ContractSpecError, RuntimeError):
     """A handler or adapter failed unexpectedly (a bug, not the caller's fault).
 
@@ -211,10 +229,14 @@ HTTP_STATUS: Mapping[str, int] = {
     UnknownOperationError.code: 404,
     ConflictError.code: 409,
     IdempotencyConflictError.code: 409,
+    IdempotencyInProgressError.code: 409,
+    ConcurrentUpdateError.code: 409,
     HandlerContractError.code: 500,
     SpecDefinitionError.code: 500,
     ConfigurationError.code: 500,
     InternalError.code: 500,
+    "audit_tampered": 500,
+    "batch_commit_failed": 503,
     OperationTimeoutError.code: 504,
     RateLimitedError.code: 429,
 }

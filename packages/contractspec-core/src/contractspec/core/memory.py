@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
@@ -21,7 +22,11 @@ from attrs import define, field
 from pydantic import BaseModel
 
 from contractspec.core.audit import AuditEntry, MemoryAuditLog
-from contractspec.core.errors import ConflictError
+from contractspec.core.errors import (
+    ConcurrentUpdateError,
+    ConflictError,
+    IdempotencyInProgressError,
+)
 from contractspec.core.ports import IdempotencyRecord
 from contractspec.core.records import CallRecord, EventEnvelope, TelemetrySample
 from contractspec.core.repository import (
@@ -82,20 +87,34 @@ def _matches(row: Mapping[str, Any], cond: Condition) -> bool:
     return bool(value >= target)
 
 
-class _Table:
-    """Rows of one entity: `(org_id, pk) -> python-mode dict`, plus unique index maps."""
+#: How long a memory transaction waits for another one holding a row or an idempotency key.
+LOCK_TIMEOUT_S = 30.0
 
-    __slots__ = ("rows", "unique")
+
+class _Table:
+    """Rows of one entity: `(org_id, pk) -> python-mode dict`, versions, claims, unique indexes."""
+
+    __slots__ = ("claims", "rows", "unique", "versions")
 
     def __init__(self, entity: EntitySpec[Any]) -> None:
         self.rows: dict[_Key, dict[str, Any]] = {}
+        #: Version of each row, bumped by every write (`ConcurrentUpdateError` on a stale one).
+        self.versions: dict[_Key, int] = {}
+        #: Rows written (or locked) by a transaction that has not ended: other writers wait.
+        self.claims: dict[_Key, Transaction] = {}
         self.unique: dict[tuple[str, ...], dict[tuple[Any, ...], Any]] = {
             idx.fields: {} for idx in entity.indexes if idx.unique
         }
 
 
 class MemoryEntityStore:
-    """Entity records in dictionaries, with transactional undo, tenancy and unique indexes."""
+    """Entity records in dictionaries, with transactional undo, tenancy and unique indexes.
+
+    Concurrency behaves like PostgreSQL's row locks under READ COMMITTED, except that reads see
+    other transactions' uncommitted writes: a write (or `get_for_update`) claims the row until
+    the transaction ends; another transaction writing the same row waits for it, then finds the
+    row's version changed (`ConcurrentUpdateError`) or not (the first one rolled back).
+    """
 
     __slots__ = ("_tables",)
 
@@ -134,6 +153,49 @@ class MemoryRepository(BaseRepository[M]):
         org = self._org_id
         return [row for (row_org, _), row in self._table.rows.items() if row_org == org]
 
+    def _seen(self) -> dict[tuple[str, _Key], int]:
+        """Versions this transaction read or wrote, per row (what its writes expect)."""
+        seen: dict[tuple[str, _Key], int] | None = self._tx.info.get("memory_versions")
+        if seen is None:
+            seen = self._tx.info["memory_versions"] = {}
+        return seen
+
+    def _remember(self, key: _Key) -> None:
+        if key in self._table.rows:
+            self._seen().setdefault((self._entity.name, key), self._table.versions.get(key, 1))
+
+    async def _claim(self, key: _Key) -> None:
+        """Wait until no other live transaction holds `key`, then hold it until ours ends."""
+        table = self._table
+        tx = self._tx
+        while True:
+            owner = table.claims.get(key)
+            if owner is None or owner is tx:
+                break
+            if not owner.active:
+                del table.claims[key]
+                break
+            await tx.wait_for(owner, f"{self._entity.name} {key[1]!r}", LOCK_TIMEOUT_S)
+        if table.claims.get(key) is not tx:
+            table.claims[key] = tx
+            claims = table.claims
+
+            def release() -> None:
+                if claims.get(key) is tx:
+                    del claims[key]
+
+            tx.on_end(release)
+
+    def _check_version(self, key: _Key, pk: Any) -> None:
+        expected = self._seen().get((self._entity.name, key))
+        current = self._table.versions.get(key, 1)
+        if expected is not None and expected != current:
+            raise ConcurrentUpdateError(
+                f"{self._entity.name} {pk!r} changed since this call read it; read it again and "
+                "retry (or read it with get_for_update() so concurrent calls wait)",
+                details={"entity": self._entity.name, "id": str(pk)},
+            )
+
     def _unique_keys(self, row: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
         keys = []
         for fields in self._table.unique:
@@ -142,6 +204,17 @@ class MemoryRepository(BaseRepository[M]):
                 continue  # NULLs never collide, as in SQL
             keys.append((fields, (self._org_id, *values)))
         return keys
+
+    async def _wait_unique(self, row: Mapping[str, Any], pk: Any) -> None:
+        """Wait for live transactions holding a row that takes one of `row`'s unique values."""
+        for fields, key in self._unique_keys(row):
+            owner_pk = self._table.unique[fields].get(key)
+            if owner_pk is not None and owner_pk != pk:
+                owner = self._table.claims.get((self._org_id, owner_pk))
+                if owner is not None and owner is not self._tx and owner.active:
+                    await self._tx.wait_for(
+                        owner, f"{self._entity.name} unique index", LOCK_TIMEOUT_S
+                    )
 
     def _claim_unique(
         self, row: Mapping[str, Any], pk: Any, previous: Mapping[str, Any] | None
@@ -165,29 +238,51 @@ class MemoryRepository(BaseRepository[M]):
     def _store(
         self, key: _Key, row: dict[str, Any] | None, previous: dict[str, Any] | None
     ) -> None:
-        """Write (or delete, with `row=None`) and register the undo."""
+        """Write (or delete, with `row=None`), bump the version and register the undo."""
         pk = key[1]
+        table = self._table
         if row is None:
             self._claim_unique({}, pk, previous)
-            del self._table.rows[key]
+            del table.rows[key]
         else:
             self._claim_unique(row, pk, previous)
-            self._table.rows[key] = row
+            table.rows[key] = row
+        old_version = table.versions.get(key)
+        version = table.versions[key] = (old_version or 0) + 1
+        self._seen()[(self._entity.name, key)] = version
 
         def undo() -> None:
-            current = self._table.rows.get(key)
+            current = table.rows.get(key)
             if previous is None:
-                self._table.rows.pop(key, None)
+                table.rows.pop(key, None)
             else:
-                self._table.rows[key] = previous
+                table.rows[key] = previous
+            if old_version is None:
+                table.versions.pop(key, None)
+            else:
+                table.versions[key] = old_version
             self._claim_unique(previous or {}, pk, current)
 
         self._tx.add_undo(undo)
 
     async def get(self, id: Any) -> M | None:
         """The record with primary key `id` in this tenant, or `None`."""
-        row = self._table.rows.get((self._org_id, self._coerce_pk(id)))
-        return None if row is None else self._load(row)
+        key = (self._org_id, self._coerce_pk(id))
+        row = self._table.rows.get(key)
+        if row is None:
+            return None
+        self._remember(key)
+        return self._load(row)
+
+    async def get_for_update(self, id: Any) -> M | None:
+        """The record, claimed by this transaction until it ends (other writers wait), or `None`."""
+        key = (self._org_id, self._coerce_pk(id))
+        await self._claim(key)
+        row = self._table.rows.get(key)
+        if row is None:
+            return None
+        self._seen()[(self._entity.name, key)] = self._table.versions.get(key, 1)
+        return self._load(row)
 
     async def add(self, obj: M | Mapping[str, Any]) -> M:
         """Insert; `ConflictError` on a taken primary key or unique index."""
@@ -195,42 +290,57 @@ class MemoryRepository(BaseRepository[M]):
         model = self._coerce_new(obj)
         pk = self._pk_of(model)
         key = (self._org_id, pk)
+        row = model.model_dump()
+        if self._entity.tenant_scoped:
+            row["org_id"] = self._org_id
+        await self._claim(key)  # waits for a concurrent insert of this key to end
+        await self._wait_unique(row, pk)
         if key in self._table.rows:
             raise ConflictError(
                 f"{self._entity.name} {pk!r} already exists",
                 details={"entity": self._entity.name, "id": str(pk)},
             )
-        row = model.model_dump()
-        if self._entity.tenant_scoped:
-            row.setdefault("org_id", self._org_id)
         self._store(key, row, None)
         self._record("create", pk, None, model)
         return model
 
     async def update(self, obj: M) -> M:
-        """Replace the record with `obj`'s primary key; `NotFoundError` if absent."""
+        """Replace the record with `obj`'s primary key.
+
+        Raises:
+            NotFoundError: No such record. ConcurrentUpdateError: It changed since it was read.
+        """
         self._tx.check_writable(f"updating {self._entity.name}")
         model = self._coerce_new(obj)
         pk = self._pk_of(model)
         key = (self._org_id, pk)
+        self._remember(key)
+        await self._claim(key)
         previous = self._table.rows.get(key)
         if previous is None:
+            if (self._entity.name, key) in self._seen():
+                self._check_version(key, pk)
             raise self._not_found(pk)
+        self._check_version(key, pk)
         row = model.model_dump()
         if self._entity.tenant_scoped:
-            row.setdefault("org_id", self._org_id)
+            row["org_id"] = self._org_id
+        await self._wait_unique(row, pk)
         self._store(key, row, previous)
         self._record("update", pk, self._load(previous), model)
         return model
 
     async def delete(self, id: Any) -> bool:
-        """Delete; return whether the record existed."""
+        """Delete; return whether the record existed (`ConcurrentUpdateError` if it changed)."""
         self._tx.check_writable(f"deleting {self._entity.name}")
         pk = self._coerce_pk(id)
         key = (self._org_id, pk)
+        self._remember(key)
+        await self._claim(key)
         previous = self._table.rows.get(key)
         if previous is None:
             return False
+        self._check_version(key, pk)
         self._store(key, None, previous)
         self._record("delete", pk, self._load(previous), None)
         return True
@@ -306,33 +416,81 @@ def _total(values: list[Any]) -> Any:
 
 
 class MemoryIdempotencyStore:
-    """Idempotency records in a dictionary; written on commit."""
+    """Idempotency records in a dictionary, reserved by a transaction until it ends."""
 
-    __slots__ = ("_records",)
+    __slots__ = ("_owners", "_records")
 
     def __init__(self) -> None:
         self._records: dict[tuple[str | None, str, str], IdempotencyRecord] = {}
+        self._owners: dict[tuple[str | None, str, str], Transaction] = {}
 
     async def get(
         self, tx: Transaction, org_id: str | None, operation: str, key: str
     ) -> IdempotencyRecord | None:
-        """The stored record, including ones staged in `tx` and not yet committed."""
-        return self._records.get((org_id, operation, key))
+        """The stored record, including one staged in `tx` and not yet committed."""
+        k = (org_id, operation, key)
+        owner = self._owners.get(k)
+        if owner is not None and owner is not tx and owner.active:
+            return None  # another transaction's reservation is not visible
+        return self._records.get(k)
 
-    async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
-        """Store the record; it disappears again if `tx` rolls back."""
-        k = (record.org_id, record.operation, record.key)
-        if k in self._records:
-            raise ConflictError(
-                f"idempotency key {record.key!r} of {record.operation} was used concurrently; retry",
-                details={"operation": record.operation},
-            )
-        self._records[k] = record
+    async def reserve(
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        operation: str,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+    ) -> IdempotencyRecord | None:
+        """Claim the key for `tx` (waiting for another live claimant), or return its record."""
+        k = (org_id, operation, key)
+        while True:
+            owner = self._owners.get(k)
+            if owner is None or owner is tx or not owner.active:
+                break
+            try:
+                await tx.wait_for(owner, f"idempotency key {key!r}", LOCK_TIMEOUT_S)
+            except ConflictError as exc:
+                raise IdempotencyInProgressError(
+                    f"the first call with idempotency key {key!r} of {operation} has not "
+                    "finished; retry later",
+                    details={"operation": operation, "field": "idempotency_key"},
+                ) from exc
+        existing = self._records.get(k)
+        if existing is not None:
+            return existing
+        self._records[k] = IdempotencyRecord(org_id, operation, key, fingerprint, None, now)
+        self._owners[k] = tx
+        records, owners = self._records, self._owners
 
         def undo() -> None:
-            self._records.pop(k, None)
+            records.pop(k, None)
+
+        def release() -> None:
+            if owners.get(k) is tx:
+                del owners[k]
 
         tx.add_undo(undo)
+        tx.on_end(release)
+        return None
+
+    async def complete(self, tx: Transaction, record: IdempotencyRecord) -> None:
+        """Store the outcome of the call that reserved the key in `tx`."""
+        k = (record.org_id, record.operation, record.key)
+        reserved = self._records.get(k)
+        self._records[k] = (
+            record
+            if reserved is None
+            else IdempotencyRecord(
+                record.org_id,
+                record.operation,
+                record.key,
+                record.fingerprint,
+                record.output,
+                reserved.created_at,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -398,7 +556,7 @@ class MemoryBackend:
 
     Attributes:
         unit_of_work, entities, idempotency, events, audit: The memory adapters, reachable for
-            assertions in tests (`backend.events.names()`, `backend.audit.verify(org)`).
+            assertions in tests (`backend.events.names()`, `await backend.audit.verify(org)`).
     """
 
     unit_of_work: MemoryUnitOfWork = field(factory=MemoryUnitOfWork)

@@ -250,28 +250,54 @@ class IdempotencyRecord:
         operation: Operation name (keys are scoped per operation).
         key: The caller's idempotency key.
         fingerprint: SHA-256 of the operation version and canonical input.
-        output: JSON form of the output model.
-        created_at: UTC time the call first succeeded.
+        output: JSON form of the output model; `None` only while the reserving call runs (never
+            visible to other transactions).
+        created_at: UTC time the key was reserved.
     """
 
     org_id: str | None
     operation: str
     key: str
     fingerprint: str
-    output: dict[str, Any]
+    output: dict[str, Any] | None
     created_at: datetime
 
 
 @runtime_checkable
 class IdempotencyStore(Protocol):
-    """Stores outcomes of idempotent calls so repeats return them without running the handler."""
+    """Reserves idempotency keys and stores the outcomes of idempotent calls.
+
+    The executor reserves the key *before* the handler runs, inside the call's transaction, and
+    completes it with the output in the same transaction: concurrent callers with one key run the
+    handler once, and a call that rolls back (or crashes) leaves no reservation behind.
+    """
 
     async def get(
         self, tx: Transaction, org_id: str | None, operation: str, key: str
     ) -> IdempotencyRecord | None:
-        """The stored record for the key, or `None`."""
+        """The stored record for the key (including one staged in `tx`), or `None`."""
         ...
 
-    async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
-        """Store `record` inside `tx`; a concurrent duplicate surfaces as `ConflictError` at commit."""
+    async def reserve(
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        operation: str,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+    ) -> IdempotencyRecord | None:
+        """Claim the key for `tx`, waiting for a concurrent claimant to finish first.
+
+        Returns:
+            `None` when the key is now `tx`'s; otherwise the record of the call that used the key
+            first (committed, or earlier in `tx`).
+
+        Raises:
+            IdempotencyInProgressError: A concurrent claimant did not finish in time.
+        """
+        ...
+
+    async def complete(self, tx: Transaction, record: IdempotencyRecord) -> None:
+        """Store the outcome of the call that reserved the key in `tx`."""
         ...

@@ -13,7 +13,7 @@ from contractspec.core.errors import SpecDefinitionError, UnknownOperationError
 from contractspec.core.specs import EntitySpec, EventRef, EventSpec, OperationSpec, parse_key
 
 if TYPE_CHECKING:
-    from contractspec.core.executor import HandlerCtx
+    from contractspec.core.handler import HandlerCtx
 
 __all__ = ["Handler", "SpecLike", "SpecRegistry"]
 

@@ -21,8 +21,10 @@ descending on every backend, and the primary key breaks ties so pagination is st
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -58,6 +60,7 @@ __all__ = [
     "OrderTerm",
     "Repository",
     "check_aggregate",
+    "check_storable",
     "parse_order_by",
     "parse_where",
 ]
@@ -69,6 +72,91 @@ Lookup = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null", 
 LOOKUPS: frozenset[str] = frozenset(
     {"eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null", "icontains"}
 )
+
+
+#: Characters no database stores in text: NUL (PostgreSQL refuses it, in `text` and `jsonb`) and
+#: UTF-16 surrogates (not valid in UTF-8, so no driver can encode them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+_STR_KINDS = frozenset({"str"})
+_SCALAR_SKIP = frozenset(
+    {"bool", "int", "float", "decimal", "datetime", "date", "time", "uuid", "bytes", "enum"}
+)
+_PLANS: dict[type[BaseModel], tuple[tuple[str, bool], ...]] = {}
+
+
+def _plan(model: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    """`(field, is_plain_string)` for the fields of `model` that can hold text."""
+    plan = _PLANS.get(model)
+    if plan is None:
+        plan = _PLANS[model] = tuple(
+            (name, kind.kind in _STR_KINDS)
+            for name, kind in entity_columns(model).items()
+            if kind.kind not in _SCALAR_SKIP
+        )
+    return plan
+
+
+def _first_unstorable(value: Any, path: str) -> str | None:
+    """The dotted path of the first string holding an unstorable character, or `None`."""
+    if isinstance(value, str):
+        return path if _UNSTORABLE.search(value) else None
+    if isinstance(value, BaseModel):
+        prefix = f"{path}." if path else ""
+        data = value.__dict__
+        for name, plain in _plan(type(value)):
+            item = data.get(name)
+            if item is None:
+                continue
+            if plain and type(item) is str:
+                if _UNSTORABLE.search(item):
+                    return prefix + name
+            else:
+                found = _first_unstorable(item, prefix + name)
+                if found is not None:
+                    return found
+        return None
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            return f"{path}.{key}" if path else key
+        if isinstance(item, int | float | bool | Decimal) or item is None:
+            continue
+        found = _first_unstorable(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_storable(value: Any, what: str) -> None:
+    """Refuse strings that no backend can store: NUL characters and lone UTF-16 surrogates.
+
+    PostgreSQL rejects NUL in `text` and `jsonb`, and no driver encodes a lone surrogate, so such a
+    value would fail late (as a driver error) on one backend and pass on another. Checking before
+    anything is written makes every backend answer the same way.
+
+    Args:
+        value: A model, mapping, sequence or scalar (walked recursively).
+        what: What is being stored, for the message (`"crm.deal"`, `"event crm.deal.moved@1"`).
+
+    Raises:
+        SpecValidationError: Naming the first offending field (code `validation_error`).
+    """
+    found = _first_unstorable(value, "")
+    if found is not None:
+        raise SpecValidationError(
+            f"{what}: field {found or '(value)'!r} holds a NUL character or an unpaired surrogate, "
+            "which cannot be stored; remove it",
+            errors=[{"field": found, "type": "unstorable_string", "msg": "unstorable character"}],
+            details={"field": found},
+        )
 
 
 @define(frozen=True)
@@ -111,6 +199,21 @@ def _columns(model: type[BaseModel]) -> dict[str, FieldKind]:
     if columns is None:
         columns = _COLUMNS[model] = entity_columns(model)
     return columns
+
+
+_LIMITS: dict[type[BaseModel], tuple[tuple[str, int | None], ...]] = {}
+
+
+def _limits(entity: EntitySpec[Any]) -> tuple[tuple[str, int | None], ...]:
+    """`(field, decimal scale or None)` of the fields stored as 64-bit integers."""
+    limits = _LIMITS.get(entity.model)
+    if limits is None:
+        limits = _LIMITS[entity.model] = tuple(
+            (name, kind.decimal_places if kind.kind == "decimal" else None)
+            for name, kind in _columns(entity.model).items()
+            if kind.kind == "int" or (kind.kind == "decimal" and kind.decimal_places is not None)
+        )
+    return limits
 
 
 def _known_fields(entity: EntitySpec[Any]) -> list[str]:
@@ -273,6 +376,15 @@ class Repository(Protocol[M]):
         """
         ...
 
+    async def get_for_update(self, id: Any) -> M | None:
+        """The record with primary key `id`, locked until the transaction ends, or `None`.
+
+        Use it in handlers that read a record, decide, and write it back: concurrent calls then
+        wait for each other instead of failing with `ConcurrentUpdateError` (PostgreSQL
+        `SELECT … FOR UPDATE`; SQLite writers are serialised already; memory claims the row).
+        """
+        ...
+
     async def add(self, obj: M | Mapping[str, Any]) -> M:
         """Insert a new record (a model instance or a mapping validated into one).
 
@@ -285,8 +397,14 @@ class Repository(Protocol[M]):
     async def update(self, obj: M) -> M:
         """Replace the stored record that has `obj`'s primary key.
 
+        Every record carries a version the repository maintains. The write applies only if the
+        record is still at the version this transaction read (or, when it was not read before, the
+        version it has now); otherwise a concurrent call changed it first.
+
         Raises:
             NotFoundError: No such record in this tenant.
+            ConcurrentUpdateError: The record changed since this transaction read it (SQL stores
+                may report it when the transaction flushes, at the latest on commit).
         """
         ...
 
@@ -299,7 +417,11 @@ class Repository(Protocol[M]):
         ...
 
     async def delete(self, id: Any) -> bool:
-        """Delete the record; return whether it existed."""
+        """Delete the record; return whether it existed.
+
+        Raises:
+            ConcurrentUpdateError: The record changed since this transaction read it.
+        """
         ...
 
     async def find(
@@ -352,6 +474,12 @@ class BaseRepository(ABC, Generic[M]):
                 action=f"{entity.name}.access",
                 reason="no org_id in the execution context",
             )
+        if org_id is not None and _UNSTORABLE.search(org_id):
+            raise SpecValidationError(
+                "org_id holds a NUL character or an unpaired surrogate; tenant ids must be "
+                "storable text",
+                details={"field": "org_id"},
+            )
         self._entity = entity
         self._tx = tx
         self._org_id = org_id if entity.tenant_scoped else None
@@ -369,21 +497,45 @@ class BaseRepository(ABC, Generic[M]):
     # -- helpers for subclasses -----------------------------------------------------------------
 
     def _coerce_new(self, obj: M | Mapping[str, Any]) -> M:
-        model = self._entity.model
-        if isinstance(obj, model):
-            return obj
-        if isinstance(obj, BaseModel):
-            raise HandlerContractError(
-                f"{self._entity.name}: expected a {model.__name__} instance, got "
-                f"{type(obj).__name__}; convert it with {model.__name__}.model_validate(...)"
-            )
-        try:
-            return model.model_validate(obj)
-        except ValidationError as exc:
-            raise SpecValidationError(
-                f"{self._entity.name}: the record is invalid: {exc.error_count()} error(s)",
-                errors=exc.errors(include_url=False, include_input=False),
-            ) from None
+        """`obj` as the entity's model, checked to be storable on every backend; tenant-scoped
+        models that declare `org_id` get the repository's tenant (never the payload's)."""
+        entity = self._entity
+        model = entity.model
+        if not isinstance(obj, model):
+            if isinstance(obj, BaseModel):
+                raise HandlerContractError(
+                    f"{entity.name}: expected a {model.__name__} instance, got "
+                    f"{type(obj).__name__}; convert it with {model.__name__}.model_validate(...)"
+                )
+            try:
+                obj = model.model_validate(obj)
+            except ValidationError as exc:
+                raise SpecValidationError(
+                    f"{entity.name}: the record is invalid: {exc.error_count()} error(s)",
+                    errors=exc.errors(include_url=False, include_input=False),
+                ) from None
+        check_storable(obj, entity.name)
+        limits = _limits(entity)
+        if limits:
+            for name, scale in limits:
+                value = getattr(obj, name)
+                if value is None:
+                    continue
+                scaled = value if scale is None else int(value.scaleb(scale))
+                if not _INT64_MIN <= scaled <= _INT64_MAX:
+                    raise SpecValidationError(
+                        f"{entity.name}: field {name!r} is out of the storable range (64-bit "
+                        "integers; for decimals, the value times 10**decimal_places)",
+                        errors=[{"field": name, "type": "out_of_range", "msg": "out of range"}],
+                        details={"field": name},
+                    )
+        if (
+            entity.tenant_scoped
+            and "org_id" in model.model_fields
+            and getattr(obj, "org_id", None) != self._org_id
+        ):
+            obj = obj.model_copy(update={"org_id": self._org_id})
+        return obj
 
     def _pk_of(self, obj: BaseModel) -> Any:
         return getattr(obj, self._entity.primary_key)
@@ -416,6 +568,10 @@ class BaseRepository(ABC, Generic[M]):
     @abstractmethod
     async def get(self, id: Any) -> M | None:
         """The record with primary key `id` in this tenant, or `None`."""
+
+    @abstractmethod
+    async def get_for_update(self, id: Any) -> M | None:
+        """The record with primary key `id`, locked until the transaction ends, or `None`."""
 
     @abstractmethod
     async def update(self, obj: M) -> M:

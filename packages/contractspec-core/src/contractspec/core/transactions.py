@@ -10,12 +10,13 @@ adds a write buffer and database savepoints.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from contractspec.core.errors import ConfigurationError, HandlerContractError
+from contractspec.core.errors import ConfigurationError, ConflictError, HandlerContractError
 
 if TYPE_CHECKING:
     from contractspec.core.records import EntityChange
@@ -34,7 +35,18 @@ class Transaction:
         info: Free-form per-transaction storage for adapters (keyed by adapter name).
     """
 
-    __slots__ = ("_changes", "_on_commit", "_savepoint", "_state", "_undo", "info", "readonly")
+    __slots__ = (
+        "_changes",
+        "_ended",
+        "_on_commit",
+        "_on_end",
+        "_savepoint",
+        "_state",
+        "_undo",
+        "_waiting_for",
+        "info",
+        "readonly",
+    )
 
     def __init__(self, *, readonly: bool = False) -> None:
         self.readonly = readonly
@@ -44,6 +56,9 @@ class Transaction:
         self._changes: list[EntityChange] = []
         self._savepoint: Savepoint | None = None
         self._state = "active"
+        self._on_end: list[Callable[[], None]] | None = None
+        self._ended: asyncio.Event | None = None
+        self._waiting_for: Transaction | None = None
 
     # -- collected during a call ---------------------------------------------------------------
 
@@ -86,6 +101,58 @@ class Transaction:
                 mapping[key] = previous
 
         self.add_undo(undo)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Run `callback()` once the transaction is over, committed or rolled back.
+
+        The building block of in-memory locks: release what the transaction claimed.
+        """
+        if self._on_end is None:
+            self._on_end = []
+        self._on_end.append(callback)
+
+    async def wait_for(self, other: Transaction, what: str, limit_s: float) -> None:
+        """Wait until `other` has ended (in-memory stores waiting on a claimed row or key).
+
+        Detects a wait cycle (this transaction waits for one that waits for this one) and gives
+        up after `limit_s` seconds, like a database's deadlock detector and lock timeout.
+
+        Raises:
+            ConflictError: A deadlock, or `other` did not end in time.
+        """
+        if other._state != "active":
+            return
+        seen: Transaction | None = other
+        while seen is not None:
+            if seen is self:
+                raise ConflictError(
+                    f"deadlock: two transactions wait for each other on {what}; retry the call",
+                    details={"reason": "deadlock"},
+                )
+            seen = seen._waiting_for
+        if other._ended is None:
+            other._ended = asyncio.Event()
+        self._waiting_for = other
+        try:
+            await asyncio.wait_for(other._ended.wait(), limit_s)
+        except TimeoutError:
+            raise ConflictError(
+                f"gave up after {limit_s:g} s waiting for a concurrent transaction holding {what}; "
+                "retry the call",
+                details={"reason": "lock_timeout"},
+            ) from None
+        finally:
+            self._waiting_for = None
+
+    def _end(self) -> None:
+        callbacks, self._on_end = self._on_end, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                _log.exception("contractspec.on_end_callback_failed", callback=repr(callback))
+        if self._ended is not None:
+            self._ended.set()
 
     def record_change(self, change: EntityChange) -> None:
         """Record an entity write for the audit trail."""
@@ -137,6 +204,8 @@ class Transaction:
         self._state = "committed"
         callbacks, self._on_commit = self._on_commit, []
         self._undo.clear()
+        if self._on_end is not None or self._ended is not None:
+            self._end()
         for callback in callbacks:
             try:
                 callback()
@@ -152,7 +221,11 @@ class Transaction:
         self._run_undo(0)
         self._on_commit.clear()
         self._changes.clear()
-        await self._rollback_backend()
+        try:
+            await self._rollback_backend()
+        finally:
+            if self._on_end is not None or self._ended is not None:
+                self._end()
 
     def _run_undo(self, mark: int) -> None:
         while len(self._undo) > mark:
@@ -204,12 +277,19 @@ class Savepoint:
         return self._tx._changes[self._changes_mark :]
 
     async def release(self) -> None:
-        """Keep everything done since the savepoint as part of the transaction."""
+        """Keep everything done since the savepoint as part of the transaction.
+
+        The SQL unit of work first writes the call's buffered writes: if that fails (a unique or
+        version conflict) the savepoint stays open, so `rollback()` can still undo the call.
+
+        Raises:
+            ConflictError: The call's writes conflict with stored data.
+        """
         tx = self._tx
         if tx._savepoint is not self:
             return
-        tx._savepoint = None
         await tx._release_savepoint()
+        tx._savepoint = None
 
     async def rollback(self) -> None:
         """Undo everything done since the savepoint; the transaction stays usable."""

@@ -366,6 +366,11 @@ def _tables_module(entities: list[dict[str, Any]], digest: str) -> str:
             if field_name != col["name"]:
                 args.insert(0, _py_str(col["name"]))
             columns.append(f"{field_name}: {annotation} = mapped_column({', '.join(args)})")
+        # The row version the runtime's repositories maintain (optimistic concurrency).
+        imports.add("sqlalchemy", "BigInteger")
+        columns.append(
+            'cs_version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="1")'
+        )
         table_args: list[str] = []
         for index in entity.get("indexes") or []:
             cols = ([] if not scoped or "org_id" in index["fields"] else ["org_id"]) + list(

@@ -35,6 +35,7 @@ from contractspec.core.sql._audit import (
 )
 from contractspec.core.sql._schema import (
     NAMING_CONVENTION,
+    VERSION_COLUMN,
     EntityTable,
     EntityTables,
     audit_head_table,
@@ -58,8 +59,10 @@ from contractspec.core.sql._uow import (
     SqlTransaction,
     SqlUnitOfWork,
     WriteBuffer,
+    append_only,
     conflict_from,
     sql_transaction,
+    translate,
     update_statement,
 )
 from contractspec.core.sql.engines import (
@@ -73,6 +76,7 @@ from contractspec.core.sql.engines import (
 __all__ = [
     "AUDIT_INDEXED_COLUMNS",
     "NAMING_CONVENTION",
+    "VERSION_COLUMN",
     "DecimalType",
     "EntityTable",
     "EntityTables",
@@ -89,6 +93,7 @@ __all__ = [
     "SqlUnitOfWork",
     "UtcDateTime",
     "WriteBuffer",
+    "append_only",
     "audit_head_table",
     "audit_snapshot",
     "audit_table",
@@ -104,6 +109,7 @@ __all__ = [
     "outbox_table",
     "sql_transaction",
     "sqlite_engine",
+    "translate",
     "update_statement",
     "verify_audit_chain",
 ]

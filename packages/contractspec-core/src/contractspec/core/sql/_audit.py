@@ -164,7 +164,9 @@ class SqlAuditLog:
         t, h = audit_table, audit_head_table
         key = self.key
         heads: list[dict[str, Any]] = []
-        for okey, org_rows in by_org.items():
+        # Lock heads in one global order, so two transactions appending to the same orgs never
+        # wait for each other in a cycle.
+        for okey, org_rows in sorted(by_org.items()):
             # Creates the head row if missing and locks it (PostgreSQL) in one statement, and reads
             # the org's highest stored position (an index lookup) to refuse a tampered chain.
             last = select(func.max(t.c.seq)).where(t.c.org_key == okey).scalar_subquery()

@@ -31,7 +31,18 @@ from contractspec.core.registry import SpecRegistry
 from contractspec.core.specs import EntitySpec
 from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
 
-__all__ = ["NAMING_CONVENTION", "EntityTable", "EntityTables", "metadata", "new_metadata"]
+__all__ = [
+    "NAMING_CONVENTION",
+    "VERSION_COLUMN",
+    "EntityTable",
+    "EntityTables",
+    "metadata",
+    "new_metadata",
+]
+
+#: The column holding each entity row's version (1 on insert, +1 per update), maintained by the
+#: repository for optimistic concurrency. Not part of the entity's model.
+VERSION_COLUMN = "cs_version"
 
 #: Constraint names that Alembic can diff and PostgreSQL accepts (max 63 chars handled by SA).
 NAMING_CONVENTION: dict[str, str] = {
@@ -118,7 +129,7 @@ idempotency_table = Table(
     Column("operation", String(200), nullable=False),
     Column("key", String(200), nullable=False),
     Column("fingerprint", String(64), nullable=False),
-    Column("output", JsonType, nullable=False),
+    Column("output", JsonType, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     PrimaryKeyConstraint("org_key", "operation", "key"),
     comment="Outcomes of idempotent commands, keyed by the caller's idempotency key.",
@@ -165,15 +176,34 @@ class EntityTable:
         json_fields: Fields stored as JSON (dumped in JSON mode).
         pk_columns: Primary-key columns (`org_id` first for tenant-scoped entities).
         model_has_org: Whether the model itself declares `org_id`.
+        hidden: Columns that are not model fields (`org_id` when the model has none, and
+            `VERSION_COLUMN`), removed when a row becomes a model.
     """
 
-    __slots__ = ("entity", "json_fields", "kinds", "model_has_org", "pk_columns", "table")
+    __slots__ = (
+        "entity",
+        "hidden",
+        "json_fields",
+        "kinds",
+        "model_has_org",
+        "pk_columns",
+        "table",
+    )
 
     def __init__(self, entity: EntitySpec[Any], md: MetaData, prefix: str) -> None:
         self.entity = entity
         self.kinds = entity_columns(entity.model)
         self.json_fields = frozenset(n for n, k in self.kinds.items() if k.kind == "json")
         self.model_has_org = "org_id" in self.kinds
+        if VERSION_COLUMN in self.kinds:
+            raise SpecDefinitionError(
+                f"entity {entity.name!r}: the field name {VERSION_COLUMN!r} is reserved for the "
+                "row version the repository maintains; rename the field"
+            )
+        hidden = {VERSION_COLUMN}
+        if entity.tenant_scoped and not self.model_has_org:
+            hidden.add("org_id")
+        self.hidden = frozenset(hidden)
         columns: list[Any] = []
         if entity.tenant_scoped:
             columns.append(Column("org_id", String(200), nullable=False))
@@ -182,6 +212,7 @@ class EntityTable:
                 continue
             is_pk = name == entity.primary_key
             columns.append(Column(name, _column_type(kind), nullable=kind.nullable and not is_pk))
+        columns.append(Column(VERSION_COLUMN, BigInteger, nullable=False, server_default="1"))
         pk = ("org_id", entity.primary_key) if entity.tenant_scoped else (entity.primary_key,)
         columns.append(PrimaryKeyConstraint(*pk))
         for index in entity.indexes:

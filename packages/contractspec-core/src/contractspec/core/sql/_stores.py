@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, and_, delete, func, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core.errors import ConflictError
+from contractspec.core.errors import (
+    ConcurrentUpdateError,
+    ConflictError,
+    IdempotencyInProgressError,
+)
 from contractspec.core.ports import IdempotencyRecord
 from contractspec.core.records import EventEnvelope
 from contractspec.core.registry import SpecRegistry
@@ -24,6 +31,7 @@ from contractspec.core.repository import (
 from contractspec.core.specs import EntitySpec
 from contractspec.core.sql._audit import SqlAuditLog, org_key
 from contractspec.core.sql._schema import (
+    VERSION_COLUMN,
     EntityTable,
     EntityTables,
     idempotency_table,
@@ -91,9 +99,8 @@ class SqlRepository(BaseRepository[M]):
         return row
 
     def _load_row(self, row: Mapping[str, Any]) -> M:
-        if self._entity.tenant_scoped and not self._t.model_has_org:
-            row = {k: v for k, v in row.items() if k != "org_id"}
-        return self._entity.model.model_validate(row)
+        hidden = self._t.hidden
+        return self._entity.model.model_validate({k: v for k, v in row.items() if k not in hidden})
 
     def _key(self, pk: Any) -> tuple[str, str | None, Any]:
         return (self._entity.name, self._org_id, pk)
@@ -147,16 +154,18 @@ class SqlRepository(BaseRepository[M]):
             col = col.collate("C")  # code-point order, as in SQLite and Python
         return col
 
+    def _select_pk(self, pk: Any) -> Any:
+        where = self._where_pk(pk)
+        return select(self._t.table).where(
+            and_(*(self._t.table.c[k] == v for k, v in where.items()))
+        )
+
     async def _row(self, pk: Any) -> dict[str, Any] | None:
         key = self._key(pk)
         known = self._sql.identity_get(key)
         if known is not SqlTransaction.MISSING:
             return cast(dict[str, Any] | None, known)
-        where = self._where_pk(pk)
-        stmt = select(self._t.table).where(
-            and_(*(self._t.table.c[k] == v for k, v in where.items()))
-        )
-        result = await self._sql.execute(stmt)
+        result = await self._sql.execute(self._select_pk(pk))
         found = result.mappings().first()
         row = dict(found) if found is not None else None
         self._sql.identity_set(key, row)
@@ -169,8 +178,26 @@ class SqlRepository(BaseRepository[M]):
         row = await self._row(self._coerce_pk(id))
         return None if row is None else self._load_row(row)
 
+    async def get_for_update(self, id: Any) -> M | None:
+        """The record, row-locked until the transaction ends (`SELECT … FOR UPDATE`), or `None`.
+
+        On SQLite, write transactions already run one at a time, so this is a plain read.
+        """
+        pk = self._coerce_pk(id)
+        sql = self._sql
+        key = self._key(pk)
+        if sql.dialect != "postgresql" or key in sql.locked:
+            row = await self._row(pk)
+        else:
+            result = await sql.execute(self._select_pk(pk).with_for_update(), locks=True)
+            found = result.mappings().first()
+            row = dict(found) if found is not None else None
+            sql.identity_set(key, row)
+            sql.locked.add(key)
+        return None if row is None else self._load_row(row)
+
     async def add(self, obj: M | Mapping[str, Any]) -> M:
-        """Buffer an insert; `ConflictError` now if the key is known, else at flush/commit."""
+        """Buffer an insert; `ConflictError` now if the key is known, else when written."""
         self._tx.check_writable(f"adding {self._entity.name}")
         model = self._coerce_new(obj)
         pk = self._pk_of(model)
@@ -182,13 +209,19 @@ class SqlRepository(BaseRepository[M]):
                 details={"entity": self._entity.name, "id": str(pk)},
             )
         row = self._to_row(model)
+        row[VERSION_COLUMN] = 1
         self._sql.stage_insert(self._t.table, row, key)
         self._sql.identity_set(key, dict(row))
         self._record("create", pk, None, model)
         return model
 
     async def update(self, obj: M) -> M:
-        """Buffer an update of the changed columns; `NotFoundError` if the record is absent."""
+        """Buffer a versioned update of the changed columns.
+
+        Raises:
+            NotFoundError: No such record. ConcurrentUpdateError (when written): it changed since
+                this transaction read it.
+        """
         self._tx.check_writable(f"updating {self._entity.name}")
         model = self._coerce_new(obj)
         pk = self._pk_of(model)
@@ -198,24 +231,40 @@ class SqlRepository(BaseRepository[M]):
         row = self._to_row(model)
         changed = {k: v for k, v in row.items() if before.get(k, SqlTransaction.MISSING) != v}
         key = self._key(pk)
+        version = before.get(VERSION_COLUMN, 1)
+        row[VERSION_COLUMN] = version
         if changed:
-            self._sql.stage_update(self._t.table, key, self._where_pk(pk), changed)
-        self._sql.identity_set(key, dict(row))
+            row[VERSION_COLUMN] = changed[VERSION_COLUMN] = version + 1
+            where = self._where_pk(pk)
+            where[VERSION_COLUMN] = version
+            self._sql.stage_update(self._t.table, key, where, changed, versioned=True)
+        self._sql.identity_set(key, row)
         self._record("update", pk, self._load_row(before), model)
         return model
 
     async def delete(self, id: Any) -> bool:
-        """Delete now (after flushing); return whether the record existed."""
+        """Delete now (after flushing); return whether the record existed.
+
+        Raises:
+            ConcurrentUpdateError: It changed (or was deleted) since this transaction read it.
+        """
         self._tx.check_writable(f"deleting {self._entity.name}")
         pk = self._coerce_pk(id)
         before = await self._row(pk)
         if before is None:
             return False
         where = self._where_pk(pk)
+        where[VERSION_COLUMN] = before.get(VERSION_COLUMN, 1)
         table = self._t.table
-        await self._sql.execute(
-            delete(table).where(and_(*(table.c[k] == v for k, v in where.items()))), write=True
+        deleted = await self._sql.write(
+            delete(table).where(and_(*(table.c[k] == v for k, v in where.items())))
         )
+        if deleted != 1:
+            raise ConcurrentUpdateError(
+                f"{self._entity.name} {pk!r} changed since this call read it; read it again and "
+                "retry (or read it with get_for_update())",
+                details={"entity": self._entity.name, "id": str(pk)},
+            )
         self._sql.identity_set(self._key(pk), None)
         self._record("delete", pk, self._load_row(before), None)
         return True
@@ -279,52 +328,115 @@ class SqlRepository(BaseRepository[M]):
 
 
 class SqlIdempotencyStore:
-    """Idempotency records in `cs_idempotency`, written in the call's transaction."""
+    """Idempotency records in `cs_idempotency`, reserved in the call's transaction.
+
+    `reserve` inserts the record first (`INSERT … ON CONFLICT DO NOTHING`): on PostgreSQL a
+    concurrent call with the same key waits on the primary key until the first call's transaction
+    ends, then sees its committed record (or, if it rolled back, takes the key); SQLite writers run
+    one at a time anyway. The output is filled in by `complete` in the same transaction, so other
+    transactions only ever see completed records.
+    """
 
     __slots__ = ()
+
+    @staticmethod
+    def _ident(org_id: str | None, operation: str, key: str) -> tuple[str, str | None, Any]:
+        return ("cs_idempotency", org_id, (operation, key))
+
+    @staticmethod
+    def _record(org_id: str | None, row: Mapping[str, Any]) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            org_id=org_id,
+            operation=row["operation"],
+            key=row["key"],
+            fingerprint=row["fingerprint"],
+            output=row["output"],
+            created_at=row["created_at"],
+        )
+
+    async def _select(
+        self, sql: SqlTransaction, org_id: str | None, operation: str, key: str
+    ) -> dict[str, Any] | None:
+        t = idempotency_table
+        result = await sql.execute(
+            select(t).where(
+                t.c.org_key == org_key(org_id), t.c.operation == operation, t.c.key == key
+            )
+        )
+        found = result.mappings().first()
+        return dict(found) if found is not None else None
 
     async def get(
         self, tx: Transaction, org_id: str | None, operation: str, key: str
     ) -> IdempotencyRecord | None:
         """The record (including one staged earlier in `tx`), or `None`."""
         sql = sql_transaction(tx, "the idempotency store")
-        ident = ("cs_idempotency", org_id, (operation, key))
+        ident = self._ident(org_id, operation, key)
         known = sql.identity_get(ident)
         if known is SqlTransaction.MISSING:
-            t = idempotency_table
-            result = await sql.execute(
-                select(t).where(
-                    t.c.org_key == org_key(org_id), t.c.operation == operation, t.c.key == key
-                )
-            )
-            found = result.mappings().first()
-            known = dict(found) if found is not None else None
-        if known is None:
-            return None
-        return IdempotencyRecord(
-            org_id=org_id,
-            operation=operation,
-            key=key,
-            fingerprint=known["fingerprint"],
-            output=known["output"],
-            created_at=known["created_at"],
-        )
+            known = await self._select(sql, org_id, operation, key)
+        return None if known is None else self._record(org_id, known)
 
-    async def put(self, tx: Transaction, record: IdempotencyRecord) -> None:
-        """Buffer the record; a concurrent duplicate fails the commit with `ConflictError`."""
+    async def reserve(
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        operation: str,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+    ) -> IdempotencyRecord | None:
+        """Claim the key in `tx` (one statement), or return the record of its first call."""
         sql = sql_transaction(tx, "the idempotency store")
+        ident = self._ident(org_id, operation, key)
+        known = sql.identity_get(ident)
+        if known is not SqlTransaction.MISSING and known is not None:
+            return self._record(org_id, known)
         row = {
+            "org_key": org_key(org_id),
+            "operation": operation,
+            "key": key,
+            "fingerprint": fingerprint,
+            "output": None,
+            "created_at": now,
+        }
+        insert = pg_insert if sql.dialect == "postgresql" else sqlite_insert
+        stmt = (
+            insert(idempotency_table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .returning(idempotency_table.c.key)
+        )
+        if (await sql.execute(stmt, write=True)).first() is not None:
+            sql.identity_set(ident, row)
+            return None
+        found = await self._select(sql, org_id, operation, key)
+        if found is None:  # the holder rolled back between our two statements: try once more
+            if (await sql.execute(stmt, write=True)).first() is not None:
+                sql.identity_set(ident, row)
+                return None
+            found = await self._select(sql, org_id, operation, key)
+            if found is None:
+                raise IdempotencyInProgressError(
+                    f"idempotency key {key!r} of {operation} is contended; retry",
+                    details={"operation": operation, "field": "idempotency_key"},
+                )
+        sql.identity_set(ident, found)
+        return self._record(org_id, found)
+
+    async def complete(self, tx: Transaction, record: IdempotencyRecord) -> None:
+        """Buffer the outcome into the record reserved in `tx`."""
+        sql = sql_transaction(tx, "the idempotency store")
+        ident = self._ident(record.org_id, record.operation, record.key)
+        where = {
             "org_key": org_key(record.org_id),
             "operation": record.operation,
             "key": record.key,
-            "fingerprint": record.fingerprint,
-            "output": record.output,
-            "created_at": record.created_at,
         }
-        sql.stage_insert(idempotency_table, row)
-        sql.identity_set(
-            ("cs_idempotency", record.org_id, (record.operation, record.key)), dict(row)
-        )
+        sql.stage_update(idempotency_table, ident, where, {"output": record.output})
+        known = sql.identity_get(ident)
+        if isinstance(known, dict):
+            known["output"] = record.output
 
 
 class SqlOutbox:
@@ -377,6 +489,8 @@ class SqlBackend:
             PostgreSQL via psycopg). The backend never disposes it.
         specs: A `SpecRegistry` (its entities get tables) or prebuilt `EntityTables`.
         prefix: Table prefix for entity tables when `specs` is a registry.
+        audit_key: HMAC key of a keyed audit chain (at least 16 bytes, kept outside the
+            database), or `None` for the unkeyed SHA-256 chain (see `SqlAuditLog`).
 
     Attributes:
         unit_of_work, entities, idempotency, events, audit: The adapters.
@@ -385,7 +499,12 @@ class SqlBackend:
     """
 
     def __init__(
-        self, engine: AsyncEngine, specs: SpecRegistry | EntityTables, *, prefix: str = ""
+        self,
+        engine: AsyncEngine,
+        specs: SpecRegistry | EntityTables,
+        *,
+        prefix: str = "",
+        audit_key: bytes | None = None,
     ) -> None:
         self.engine = engine
         self.unit_of_work = SqlUnitOfWork(engine)
@@ -395,7 +514,7 @@ class SqlBackend:
         self.entities = SqlEntityStore(self.tables)
         self.idempotency = SqlIdempotencyStore()
         self.events = SqlOutbox()
-        self.audit = SqlAuditLog(self.unit_of_work)
+        self.audit = SqlAuditLog(self.unit_of_work, key=audit_key)
 
     @property
     def metadatas(self) -> tuple[MetaData, ...]:

@@ -1,37 +1,81 @@
 """SQL unit of work: one connection per transaction, a write-behind buffer and savepoints.
 
-Writes are buffered and flushed in bulk (`executemany`) before a query reads the database and at
-commit. Inside a batch (`Executor.batch()`), each call has its own buffer: a failed call's buffer
-is dropped, and if it had already been flushed a database SAVEPOINT (opened lazily, just before
-that flush) is rolled back. This is what lets a bulk import commit thousands of calls at once
-while each call stays atomic.
+Writes are buffered and flushed in bulk (`executemany`): before a query reads the database, at
+commit, and — inside a batch (`Executor.batch()`) — before each call returns. Rows of
+*append-only* tables (the outbox and the audit log: new unique ids, no conflict possible) are kept
+apart and written only at commit (or when a query reads those tables), so a batch writes them once
+per group commit.
+
+Inside a batch each call has its own buffer. When the call ends, its buffered writes go to the
+database inside a SAVEPOINT: a unique or version conflict then fails *that* call (the savepoint is
+rolled back, its rows, events and audit record vanish) and never a neighbour; the calls that
+returned are exactly the ones whose writes are in the transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Result
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.util import find_tables
 
-from contractspec.core.errors import ConfigurationError, ConflictError
+from contractspec.core.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    ConflictError,
+    SpecValidationError,
+)
+from contractspec.core.sql._direct import Compiled, DirectDriver, compiled_insert, compiled_update
+from contractspec.core.sql._schema import audit_table, outbox_table
+from contractspec.core.sql._sqlite import InlineConnection
 from contractspec.core.sql.engines import is_configured
 from contractspec.core.transactions import Transaction
 
-__all__ = ["FlushHook", "SqlTransaction", "SqlUnitOfWork", "WriteBuffer", "sql_transaction"]
+__all__ = [
+    "FlushHook",
+    "SqlTransaction",
+    "SqlUnitOfWork",
+    "WriteBuffer",
+    "append_only",
+    "sql_transaction",
+]
 
 _MISSING: Any = object()
 IdentityKey = tuple[str, str | None, Any]
 
-#: Called before a buffer is flushed, with the connection and the buffer (fills derived columns).
+#: Called before buffered rows are written, with the connection and the buffer being written:
+#: the pending writes of a transaction or call, or its append-only rows (as a buffer of inserts).
+#: Hooks fill derived columns (the audit chain's positions and hashes) or add side statements
+#: (a job queue's `NOTIFY`); a hook looks for its own tables and ignores other buffers.
 FlushHook = Callable[[AsyncConnection, "WriteBuffer"], Awaitable[None]]
 
 _SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: ([\w., ]+)")
+
+#: Tables whose rows never conflict (fresh unique ids, positions assigned at flush): their inserts
+#: wait for the commit. Register your own with `append_only(table)`.
+_APPEND_ONLY: set[Table] = {outbox_table, audit_table}
+
+
+def append_only(table: Table) -> Table:
+    """Declare `table` append-only: buffered inserts into it wait for the commit.
+
+    Only for tables whose inserts cannot conflict (no unique key but fresh ids) and that the
+    transaction's own reads do not need before commit (a read of the table flushes them anyway).
+
+    Returns:
+        `table`, so it can wrap a `Table(...)` definition.
+    """
+    _APPEND_ONLY.add(table)
+    return table
 
 
 def conflict_from(exc: IntegrityError) -> ConflictError:
@@ -49,29 +93,86 @@ def conflict_from(exc: IntegrityError) -> ConflictError:
     )
 
 
-class WriteBuffer:
-    """Pending inserts (per table, in order) and coalesced updates (per row)."""
+#: SQLSTATEs of a transaction that lost to a concurrent one: deadlock victim, serialization
+#: failure, lock not available (lock_timeout). Retrying the call is the fix.
+_CONCURRENCY_STATES = frozenset({"40P01", "40001", "55P03"})
 
-    __slots__ = ("inserts", "rows", "updates")
+
+def translate(exc: DBAPIError) -> Exception:
+    """The `ContractSpecError` a database error means for the caller, or `exc` itself.
+
+    Unique and primary-key violations are `ConflictError`; a deadlock, serialization failure or
+    lock timeout is `ConcurrentUpdateError` (retry the call); a data exception (SQLSTATE class
+    22: a value the database cannot hold) is `SpecValidationError`. Anything else is returned
+    unchanged (the executor reports it as `InternalError`).
+    """
+    if isinstance(exc, IntegrityError):
+        return conflict_from(exc)
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if not isinstance(sqlstate, str):
+        return exc
+    if sqlstate in _CONCURRENCY_STATES:
+        return ConcurrentUpdateError(
+            "a concurrent transaction conflicted with this call "
+            f"({'deadlock' if sqlstate == '40P01' else 'lock or serialization conflict'}); "
+            "nothing was written: retry the call",
+            details={"sqlstate": sqlstate},
+        )
+    if sqlstate.startswith("22"):  # class 22: data exception
+        return SpecValidationError(
+            f"a value cannot be stored by the database (SQLSTATE {sqlstate}); check lengths, "
+            "ranges and characters of the input",
+            details={"sqlstate": sqlstate},
+        )
+    return exc
+
+
+class WriteBuffer:
+    """Pending inserts (per table, in order), coalesced updates (per row) and append-only rows.
+
+    Attributes:
+        inserts: Rows to insert, per table, in staging order.
+        rows: The pending insert row of each identity key (later updates merge into it).
+        updates: `(table, identity key) -> (where values, changed values)`.
+        versioned: Update keys whose `where` includes a version: exactly one row must match.
+        appended: Rows of append-only tables (a `WriteBuffer` of inserts only), or `None`.
+    """
+
+    __slots__ = ("appended", "inserts", "rows", "updates", "versioned")
 
     def __init__(self) -> None:
         self.inserts: dict[Table, list[dict[str, Any]]] = {}
-        #: identity key -> the pending insert row, so later updates merge into it
         self.rows: dict[IdentityKey, dict[str, Any]] = {}
-        #: (table, identity key) -> (where values, changed values)
         self.updates: dict[tuple[Table, IdentityKey], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.versioned: set[tuple[Table, IdentityKey]] = set()
+        self.appended: WriteBuffer | None = None
 
     def __bool__(self) -> bool:
+        """Whether writes that may conflict are pending (append-only rows not counted)."""
         return bool(self.inserts or self.updates)
 
     def insert(self, table: Table, row: dict[str, Any], key: IdentityKey | None) -> None:
+        """Buffer `row`; `key` lets later updates of the same row merge into it."""
+        if table in _APPEND_ONLY:
+            appended = self.appended
+            if appended is None:
+                appended = self.appended = WriteBuffer()
+            appended.inserts.setdefault(table, []).append(row)
+            return
         self.inserts.setdefault(table, []).append(row)
         if key is not None:
             self.rows[key] = row
 
     def update(
-        self, table: Table, key: IdentityKey, where: dict[str, Any], values: dict[str, Any]
+        self,
+        table: Table,
+        key: IdentityKey,
+        where: dict[str, Any],
+        values: dict[str, Any],
+        *,
+        versioned: bool = False,
     ) -> None:
+        """Buffer an update of one row (merged into its pending insert or earlier update)."""
         pending = self.rows.get(key)
         if pending is not None:
             pending.update(values)
@@ -81,6 +182,8 @@ class WriteBuffer:
             current[1].update(values)
         else:
             self.updates[(table, key)] = (where, dict(values))
+            if versioned:
+                self.versioned.add((table, key))
 
     def merge_into(self, other: WriteBuffer) -> None:
         """Move everything into `other` (a call's buffer joining the batch's buffer)."""
@@ -88,13 +191,29 @@ class WriteBuffer:
             other.inserts.setdefault(table, []).extend(rows)
         other.rows.update(self.rows)
         for (table, key), (where, values) in self.updates.items():
-            other.update(table, key, where, values)
+            other.update(table, key, where, values, versioned=(table, key) in self.versioned)
+        if self.appended is not None:
+            if other.appended is None:
+                other.appended = WriteBuffer()
+            for table, rows in self.appended.inserts.items():
+                other.appended.inserts.setdefault(table, []).extend(rows)
         self.clear()
 
+    def appended_tables(self) -> set[Table]:
+        """Append-only tables with pending rows."""
+        return set(self.appended.inserts) if self.appended is not None else set()
+
+    def clear_writes(self) -> None:
+        """Forget the pending inserts and updates (append-only rows are kept)."""
+        self.inserts, self.rows, self.updates, self.versioned = {}, {}, {}, set()
+
     def clear(self) -> None:
+        """Forget everything pending."""
         self.inserts = {}
         self.rows = {}
         self.updates = {}
+        self.versioned = set()
+        self.appended = None
 
 
 _update_cache: dict[tuple[Table, tuple[str, ...], tuple[str, ...]], Any] = {}
@@ -124,18 +243,21 @@ class SqlTransaction(Transaction):
     Attributes:
         connection: The connection (flush with `await tx.flush()` before using it directly).
         dialect: `sqlite` or `postgresql`.
+        locked: Identity keys of rows locked by `SELECT … FOR UPDATE` in this transaction.
     """
 
     __slots__ = (
         "_base",
         "_call",
         "_db_savepoint",
+        "_driver",
         "_hooks",
         "_identity",
         "_identity_undo",
         "_outer",
         "connection",
         "dialect",
+        "locked",
     )
 
     def __init__(
@@ -151,6 +273,8 @@ class SqlTransaction(Transaction):
         self._identity: dict[IdentityKey, dict[str, Any] | None] = {}
         self._identity_undo: dict[IdentityKey, Any] | None = None
         self._hooks: dict[str, FlushHook] = {}
+        self._driver: DirectDriver | Any | None = _MISSING
+        self.locked: set[IdentityKey] = set()
 
     # -- buffer ---------------------------------------------------------------------------------
 
@@ -166,14 +290,28 @@ class SqlTransaction(Transaction):
         self.buffer.insert(table, row, key)
 
     def stage_update(
-        self, table: Table, key: IdentityKey, where: dict[str, Any], values: dict[str, Any]
+        self,
+        table: Table,
+        key: IdentityKey,
+        where: dict[str, Any],
+        values: dict[str, Any],
+        *,
+        versioned: bool = False,
     ) -> None:
-        """Buffer an UPDATE of the row identified by `where` (column -> value)."""
-        self.buffer.update(table, key, where, values)
+        """Buffer an UPDATE of the row identified by `where` (column -> value).
+
+        With `versioned=True` the `where` includes the version the transaction read: if no row
+        matches when the update is flushed, `ConcurrentUpdateError` is raised.
+        """
+        self.buffer.update(table, key, where, values, versioned=versioned)
 
     def add_flush_hook(self, name: str, hook: FlushHook) -> None:
-        """Register `hook` (once per `name`) to run before each buffer flush."""
+        """Register `hook` (once per `name`) to run before each buffer is written (`FlushHook`)."""
         self._hooks.setdefault(name, hook)
+
+    async def _run_hooks(self, buf: WriteBuffer) -> None:
+        for hook in self._hooks.values():
+            await hook(self.connection, buf)
 
     # -- identity map ---------------------------------------------------------------------------
 
@@ -192,62 +330,172 @@ class SqlTransaction(Transaction):
 
     # -- flushing and statements ---------------------------------------------------------------
 
-    async def _flush_buffer(self, buf: WriteBuffer) -> None:
-        for hook in self._hooks.values():
-            await hook(self.connection, buf)
-        conn = self.connection
-        inserts, updates = buf.inserts, buf.updates
-        buf.clear()
+    async def _direct(self) -> DirectDriver | None:
+        """The driver connection for the write hot path (see `_direct`), or `None` if unknown."""
+        driver = self._driver
+        if driver is _MISSING:
+            driver = None
+            raw = await self.connection.get_raw_connection()
+            dc = raw.driver_connection
+            if isinstance(dc, InlineConnection):
+                driver = DirectDriver("sqlite", dc, self.connection.dialect)
+            elif type(dc).__module__.startswith("psycopg"):
+                driver = DirectDriver("psycopg", dc, self.connection.dialect)
+            self._driver = driver
+        return cast(DirectDriver | None, driver)
+
+    async def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        driver = await self._direct()
+        if driver is None:
+            await self.connection.execute(table.insert(), rows)
+            return
+        columns = tuple(rows[0])
+        compiled = compiled_insert(table, columns, self.connection.dialect)
+        if all(len(row) == len(columns) for row in rows):
+            await driver.executemany(compiled, rows)
+        else:  # rows with different column sets: let SQLAlchemy sort them out
+            await self.connection.execute(table.insert(), rows)
+
+    async def _update_many(
+        self,
+        table: Table,
+        wcols: tuple[str, ...],
+        vcols: tuple[str, ...],
+        params: list[dict[str, Any]],
+    ) -> int:
+        statement = update_statement(table, wcols, vcols)
+        driver = await self._direct()
+        if driver is None:
+            result = await self.connection.execute(statement, params)
+            return int(result.rowcount)
+        compiled = compiled_update(statement, (table, wcols, vcols), self.connection.dialect)
+        if len(params) == 1:
+            count, _ = await driver.execute(compiled, params[0])
+            return count
+        return await driver.executemany(compiled, params)
+
+    async def _flush_writes(self, buf: WriteBuffer) -> None:
+        """Write `buf`'s inserts and updates (not its append-only rows)."""
+        if self._hooks:
+            await self._run_hooks(buf)
+        inserts, updates, versioned = buf.inserts, buf.updates, buf.versioned
+        buf.inserts, buf.rows, buf.updates, buf.versioned = {}, {}, {}, set()
         try:
             for table, rows in inserts.items():
                 if rows:
-                    await conn.execute(table.insert(), rows)
+                    await self._insert_many(table, rows)
             if updates:
                 groups: dict[
-                    tuple[Table, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]
+                    tuple[Table, tuple[str, ...], tuple[str, ...], bool], list[dict[str, Any]]
                 ] = {}
-                for (table, _), (where, values) in updates.items():
+                for (table, ikey), (where, values) in updates.items():
                     if not values:
                         continue
                     wcols = tuple(where)
                     vcols = tuple(sorted(values))
                     params = {f"w_{c}": v for c, v in where.items()}
                     params.update({f"v_{c}": values[c] for c in vcols})
-                    groups.setdefault((table, wcols, vcols), []).append(params)
-                for (table, wcols, vcols), params_list in groups.items():
-                    await conn.execute(update_statement(table, wcols, vcols), params_list)
-        except IntegrityError as exc:
-            raise conflict_from(exc) from None
+                    checked = (table, ikey) in versioned
+                    groups.setdefault((table, wcols, vcols, checked), []).append(params)
+                for (table, wcols, vcols, checked), params_list in groups.items():
+                    count = await self._update_many(table, wcols, vcols, params_list)
+                    if checked and count != len(params_list):
+                        raise ConcurrentUpdateError(
+                            f"a {table.name} record changed since this call read it; read it "
+                            "again and retry (or read it with get_for_update())",
+                            details={"table": table.name},
+                        )
+        except DBAPIError as exc:
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _flush_appended(self, buf: WriteBuffer) -> None:
+        """Write `buf`'s append-only rows (after the flush hooks filled their derived columns)."""
+        appended = buf.appended
+        if appended is None:
+            return
+        buf.appended = None
+        try:
+            await self._run_hooks(appended)
+            for table, rows in appended.inserts.items():
+                if rows:
+                    await self._insert_many(table, rows)
+        except DBAPIError as exc:
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _open_db_savepoint(self) -> None:
+        if self._call is not None and self._db_savepoint is None:
+            self._db_savepoint = await self.connection.begin_nested()
+
+    async def _flush_for_read(self, statement: Executable | None) -> None:
+        """Flush what a read must see: pending writes, and append-only rows it selects from."""
+        if self._base:
+            await self._flush_writes(self._base)
+        call = self._call
+        if call is not None and call:
+            await self._open_db_savepoint()
+            await self._flush_writes(call)
+        pending = self._base.appended_tables()
+        if call is not None:
+            pending |= call.appended_tables()
+        if pending and (
+            statement is None
+            or any(t in pending for t in find_tables(cast(Any, statement), include_crud=True))
+        ):
+            await self._open_db_savepoint()  # the audit chain locks its head row
+            await self._flush_appended(self._base)
+            if call is not None and call.appended is not None:
+                await self._open_db_savepoint()
+                await self._flush_appended(call)
 
     async def flush(self) -> None:
-        """Write everything buffered (the batch's buffer first, then the current call's)."""
-        if self._base:
-            await self._flush_buffer(self._base)
-        if self._call is not None and self._call:
-            if self._db_savepoint is None:
-                self._db_savepoint = await self.connection.begin_nested()
-            await self._flush_buffer(self._call)
+        """Write everything buffered, append-only rows included (the batch's first, then the call's)."""
+        self._check_active()
+        await self._flush_for_read(None)
 
     async def execute(
-        self, statement: Executable, params: Any = None, *, write: bool = False
+        self,
+        statement: Executable,
+        params: Any = None,
+        *,
+        write: bool = False,
+        locks: bool = False,
     ) -> Result[Any]:
-        """Flush, then execute `statement` now. Pass `write=True` for immediate writes.
+        """Flush what the statement must see, then execute it now.
+
+        Args:
+            statement: Any SQLAlchemy executable.
+            params: Its parameters (a dict, or a list of dicts for `executemany`).
+            write: An immediate write (refused in read-only transactions).
+            locks: The statement takes row locks (`SELECT … FOR UPDATE`). Inside a batch, writes
+                and locking reads run in the call's savepoint, so a deadlock or lock timeout fails
+                that call only.
 
         Raises:
             ConflictError: A unique or primary-key constraint was violated.
+            ConcurrentUpdateError: A deadlock, serialization failure or lock timeout.
+            SpecValidationError: The database cannot hold a value (a data exception).
         """
         self._check_active()
-        await self.flush()
+        await self._flush_for_read(statement)
         if write:
             self.check_writable("an immediate write")
-            if self._call is not None and self._db_savepoint is None:
-                self._db_savepoint = await self.connection.begin_nested()
+        if write or locks:
+            await self._open_db_savepoint()
         try:
             if params is None:
                 return await self.connection.execute(statement)
             return await self.connection.execute(statement, params)
-        except IntegrityError as exc:
-            raise conflict_from(exc) from None
+        except DBAPIError as exc:
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def write(self, statement: Executable, params: Any = None) -> int:
         """Flush, execute an UPDATE/DELETE (or INSERT) now, and return the affected row count.
@@ -263,11 +511,15 @@ class SqlTransaction(Transaction):
 
     async def _commit_backend(self) -> None:
         try:
-            if not self.readonly or self._base:
-                await self.flush()
+            if self._base:
+                await self._flush_writes(self._base)
+            await self._flush_appended(self._base)
             await self._outer.commit()
-        except IntegrityError as exc:
-            raise conflict_from(exc) from None
+        except DBAPIError as exc:
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             await self.connection.close()
 
@@ -286,11 +538,137 @@ class SqlTransaction(Transaction):
         self._identity_undo = {}
         self._db_savepoint = None
 
+    async def _call_statements(
+        self, call: WriteBuffer
+    ) -> list[tuple[Table, Compiled, list[dict[str, Any]], bool]]:
+        """The call's writes as `(table, compiled statement, rows, version-checked)`, in order."""
+        if self._hooks:
+            await self._run_hooks(call)
+        dialect = self.connection.dialect
+        out: list[tuple[Table, Compiled, list[dict[str, Any]], bool]] = []
+        for table, rows in call.inserts.items():
+            if rows:
+                out.append((table, compiled_insert(table, tuple(rows[0]), dialect), rows, False))
+        for (table, key), (where, values) in call.updates.items():
+            if not values:
+                continue
+            wcols = tuple(where)
+            vcols = tuple(sorted(values))
+            params = {f"w_{c}": v for c, v in where.items()}
+            params.update({f"v_{c}": values[c] for c in vcols})
+            compiled = compiled_update(
+                update_statement(table, wcols, vcols), (table, wcols, vcols), dialect
+            )
+            out.append((table, compiled, [params], (table, key) in call.versioned))
+        call.clear_writes()
+        return out
+
+    @staticmethod
+    def _stale(table: Table) -> ConcurrentUpdateError:
+        return ConcurrentUpdateError(
+            f"a {table.name} record changed since this call read it; read it again and retry "
+            "(or read it with get_for_update())",
+            details={"table": table.name},
+        )
+
+    async def _flush_call_sqlite(self, driver: DirectDriver, call: WriteBuffer) -> None:
+        """SQLite (inline driver): a lone row needs no savepoint (SQLite undoes just the failing
+        statement); several go inside `SAVEPOINT cs_call`, all in-process."""
+        statements = await self._call_statements(call)
+        sqlite = driver.connection._conn
+        single = len(statements) == 1 and len(statements[0][2]) == 1
+        if not single:
+            sqlite.execute("SAVEPOINT cs_call")
+        try:
+            for table, compiled, rows, checked in statements:
+                for row in rows:
+                    count, _ = await driver.execute(compiled, row)
+                    if checked and count != 1:
+                        raise self._stale(table)
+        except BaseException as exc:
+            if not single:
+                sqlite.execute("ROLLBACK TO SAVEPOINT cs_call")
+                sqlite.execute("RELEASE SAVEPOINT cs_call")
+            if isinstance(exc, DBAPIError):
+                error = translate(exc)
+                if error is not exc:
+                    raise error from exc
+            raise
+        if not single:
+            sqlite.execute("RELEASE SAVEPOINT cs_call")
+
+    async def _flush_call_psycopg(self, driver: DirectDriver, call: WriteBuffer) -> None:
+        """PostgreSQL (psycopg): `SAVEPOINT`, the writes and `RELEASE` in one pipeline (one round
+        trip). A conflict, a deadlock or a version mismatch rolls back to the savepoint, so the
+        batch's transaction stays usable and the call leaves nothing.
+
+        A version mismatch is only visible once the results are back, so a call with a
+        version-checked update among several writes releases its savepoint after checking them
+        (a second round trip).
+        """
+        statements = await self._call_statements(call)
+        rows_total = sum(len(rows) for _, _, rows, _ in statements)
+        checked_any = any(checked for *_, checked in statements)
+        release_in_pipeline = not checked_any or rows_total == 1
+        conn = driver.connection
+        cursors: list[tuple[Table, Any, bool]] = []
+        try:
+            async with conn.pipeline():
+                await conn.execute("SAVEPOINT cs_call")
+                for table, compiled, rows, checked in statements:
+                    for row in rows:
+                        cursor = await conn.execute(compiled.sql, compiled.params(row))
+                        cursors.append((table, cursor, checked))
+                if release_in_pipeline:
+                    await conn.execute("RELEASE SAVEPOINT cs_call")
+        except Exception as exc:
+            await self._pg_undo_call(conn)
+            wrapped = driver.wrap(exc, statements[0][1].sql if statements else "")
+            error = translate(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
+            if error is exc:
+                raise
+            raise error from exc
+        stale = next((t for t, cur, checked in cursors if checked and cur.rowcount != 1), None)
+        if release_in_pipeline:
+            if stale is not None:  # the lone write matched nothing: nothing was written
+                raise self._stale(stale)
+            return
+        if stale is not None:
+            await self._pg_undo_call(conn)
+            raise self._stale(stale)
+        await conn.execute("RELEASE SAVEPOINT cs_call")
+
+    @staticmethod
+    async def _pg_undo_call(conn: Any) -> None:
+        async with conn.pipeline():
+            await conn.execute("ROLLBACK TO SAVEPOINT cs_call")
+            await conn.execute("RELEASE SAVEPOINT cs_call")
+
     async def _release_savepoint(self) -> None:
-        call, self._call = self._call, None
+        """Write the call's conflict-capable writes inside its savepoint, then keep them.
+
+        With a known driver (the inline SQLite connection, psycopg) the call's writes and its
+        savepoint travel together (`_flush_call_sqlite`, `_flush_call_psycopg`); otherwise a
+        SQLAlchemy savepoint is opened around the flush.
+
+        Raises:
+            ConflictError: The writes conflict; the call's writes are undone (with a SQLAlchemy
+                savepoint, it stays open for `rollback()`).
+        """
+        call = self._call
+        if call is not None and call:
+            driver = await self._direct() if self._db_savepoint is None else None
+            if driver is not None and driver.kind == "sqlite":
+                await self._flush_call_sqlite(driver, call)
+            elif driver is not None and driver.kind == "psycopg":
+                await self._flush_call_psycopg(driver, call)
+            else:
+                await self._open_db_savepoint()
+                await self._flush_writes(call)
+        self._call = None
         self._identity_undo = None
         savepoint, self._db_savepoint = self._db_savepoint, None
-        if call is not None and call:
+        if call is not None and call.appended is not None:
             call.merge_into(self._base)
         if savepoint is not None:
             await savepoint.commit()
@@ -303,6 +681,7 @@ class SqlTransaction(Transaction):
                 self._identity.pop(key, None)
             else:
                 self._identity[key] = previous
+            self.locked.discard(key)
         savepoint, self._db_savepoint = self._db_savepoint, None
         if savepoint is not None:
             await savepoint.rollback()
@@ -312,7 +691,9 @@ class SqlUnitOfWork:
     """Begins `SqlTransaction`s on the user's `AsyncEngine` (which it never disposes).
 
     SQLite engines must be configured by `configure_sqlite_engine()` (or made by `sqlite_engine()`)
-    so transactions and savepoints behave: the unit of work refuses unconfigured ones.
+    so transactions and savepoints behave: the unit of work refuses unconfigured ones. An
+    in-memory SQLite database lives on one connection, so its transactions take turns (each waits
+    for the previous one to end) instead of failing.
 
     Args:
         engine: An `AsyncEngine` for SQLite (aiosqlite) or PostgreSQL (psycopg).
@@ -321,7 +702,7 @@ class SqlUnitOfWork:
         ConfigurationError: Unsupported dialect or an unconfigured SQLite engine.
     """
 
-    __slots__ = ("engine",)
+    __slots__ = ("_turns", "engine")
 
     def __init__(self, engine: AsyncEngine) -> None:
         if not isinstance(engine, AsyncEngine):
@@ -340,20 +721,39 @@ class SqlUnitOfWork:
                 "with contractspec.core.sql.sqlite_engine(path)"
             )
         self.engine = engine
+        # One shared connection (StaticPool): transactions must take turns, per event loop.
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = (
+            weakref.WeakKeyDictionary() if isinstance(engine.pool, StaticPool) else None
+        )
 
     async def begin(self, *, readonly: bool = False) -> SqlTransaction:
         """Check out a connection and begin a transaction (`BEGIN IMMEDIATE` for writes on SQLite)."""
-        conn = await self.engine.connect()
+        turn: asyncio.Lock | None = None
+        if self._turns is not None:
+            loop = asyncio.get_running_loop()
+            turn = self._turns.get(loop)
+            if turn is None:
+                turn = self._turns[loop] = asyncio.Lock()
+            await turn.acquire()
         try:
-            if not readonly and self.engine.dialect.name == "sqlite":
-                conn.info["contractspec_begin"] = "BEGIN IMMEDIATE"
-            elif "contractspec_begin" in conn.info:
-                del conn.info["contractspec_begin"]
-            outer = await conn.begin()
+            conn = await self.engine.connect()
+            try:
+                if not readonly and self.engine.dialect.name == "sqlite":
+                    conn.info["contractspec_begin"] = "BEGIN IMMEDIATE"
+                elif "contractspec_begin" in conn.info:
+                    del conn.info["contractspec_begin"]
+                outer = await conn.begin()
+            except BaseException:
+                await conn.close()
+                raise
         except BaseException:
-            await conn.close()
+            if turn is not None:
+                turn.release()
             raise
-        return SqlTransaction(conn, outer, readonly=readonly)
+        tx = SqlTransaction(conn, outer, readonly=readonly)
+        if turn is not None:
+            tx.on_end(turn.release)
+        return tx
 
 
 def sql_transaction(tx: Transaction, who: str = "this SQL adapter") -> SqlTransaction:
