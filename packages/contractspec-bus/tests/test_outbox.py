@@ -260,7 +260,8 @@ async def test_relay_killed_between_commit_and_delivery_loses_nothing(
     async with sql_engine.begin() as conn:
         await conn.execute(
             text(
-                "CREATE TABLE crm_effect (id VARCHAR(64) PRIMARY KEY, deal_id VARCHAR(64) NOT NULL)"
+                "CREATE TABLE crm_effect (id VARCHAR(64) PRIMARY KEY, deal_id VARCHAR(64) NOT NULL, "
+                "cs_version BIGINT NOT NULL DEFAULT 1)"
             )
         )
     ex = Executor(registry, backend=backend, policy=POLICY, ids=SequentialIds("ev"))

@@ -49,7 +49,13 @@ from contractspec.core import (
     NotFoundError,
     Transaction,
 )
-from contractspec.core.sql import EntityTables, SqlTransaction, new_metadata, sql_transaction
+from contractspec.core.sql import (
+    VERSION_COLUMN,
+    EntityTables,
+    SqlTransaction,
+    new_metadata,
+    sql_transaction,
+)
 from contractspec.identity.model import (
     MembershipStatus,
     Org,
@@ -113,7 +119,7 @@ def _row(model: BaseModel) -> dict[str, Any]:
 
 
 def _load(model: type[M], row: Mapping[Any, Any]) -> M:
-    return model.model_validate(dict(row))
+    return model.model_validate({k: v for k, v in row.items() if k != VERSION_COLUMN})
 
 
 class SqlIdentityStore:
