@@ -95,12 +95,23 @@ class DirectDriver:
         dialect: The engine's dialect (to wrap driver errors as SQLAlchemy's `DBAPIError`s).
     """
 
-    __slots__ = ("connection", "dialect", "kind")
+    __slots__ = ("_client", "connection", "dialect", "kind")
 
     def __init__(self, kind: str, connection: Any, dialect: Dialect) -> None:
         self.kind = kind
         self.connection = connection
         self.dialect = dialect
+        self._client: Any = None
+
+    def client_cursor(self) -> Any:
+        """A psycopg `AsyncClientCursor` on the connection (values bound client-side, so one
+        query string may hold several statements)."""
+        cursor = self._client
+        if cursor is None:
+            from psycopg import AsyncClientCursor
+
+            cursor = self._client = AsyncClientCursor(self.connection)
+        return cursor
 
     def wrap(self, exc: Exception, sql: str) -> Exception:
         """A driver exception as SQLAlchemy's `DBAPIError` (others unchanged)."""

@@ -598,9 +598,10 @@ class SqlTransaction(Transaction):
             sqlite.execute("RELEASE SAVEPOINT cs_call")
 
     async def _flush_call_psycopg(self, driver: DirectDriver, call: WriteBuffer) -> None:
-        """PostgreSQL (psycopg): `SAVEPOINT`, the writes and `RELEASE` in one pipeline (one round
-        trip). A conflict, a deadlock or a version mismatch rolls back to the savepoint, so the
-        batch's transaction stays usable and the call leaves nothing.
+        """PostgreSQL (psycopg): `SAVEPOINT`, the writes and `RELEASE` as one query string (one
+        round trip, values bound client-side by psycopg). A conflict, a deadlock or a version
+        mismatch rolls back to the savepoint, so the batch's transaction stays usable and the
+        call leaves nothing.
 
         A version mismatch is only visible once the results are back, so a call with a
         version-checked update among several writes releases its savepoint after checking them
@@ -609,40 +610,44 @@ class SqlTransaction(Transaction):
         statements = await self._call_statements(call)
         rows_total = sum(len(rows) for _, _, rows, _ in statements)
         checked_any = any(checked for *_, checked in statements)
-        release_in_pipeline = not checked_any or rows_total == 1
-        conn = driver.connection
-        cursors: list[tuple[Table, Any, bool]] = []
+        release_now = not checked_any or rows_total == 1
+        cursor = driver.client_cursor()
+        parts = ["SAVEPOINT cs_call"]
+        tables: list[tuple[Table, bool]] = []
         try:
-            async with conn.pipeline():
-                await conn.execute("SAVEPOINT cs_call")
-                for table, compiled, rows, checked in statements:
-                    for row in rows:
-                        cursor = await conn.execute(compiled.sql, compiled.params(row))
-                        cursors.append((table, cursor, checked))
-                if release_in_pipeline:
-                    await conn.execute("RELEASE SAVEPOINT cs_call")
+            for table, compiled, rows, checked in statements:
+                for row in rows:
+                    parts.append(cursor.mogrify(compiled.sql, compiled.params(row)))
+                    tables.append((table, checked))
+            if release_now:
+                parts.append("RELEASE SAVEPOINT cs_call")
+            await cursor.execute("; ".join(parts))
         except Exception as exc:
-            await self._pg_undo_call(conn)
+            await self._pg_undo_call(driver)
             wrapped = driver.wrap(exc, statements[0][1].sql if statements else "")
             error = translate(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
             if error is exc:
                 raise
             raise error from exc
-        stale = next((t for t, cur, checked in cursors if checked and cur.rowcount != 1), None)
-        if release_in_pipeline:
+        stale = None
+        for table, checked in tables:  # one result per statement, after SAVEPOINT's
+            cursor.nextset()
+            if checked and stale is None and cursor.rowcount != 1:
+                stale = table
+        if release_now:
             if stale is not None:  # the lone write matched nothing: nothing was written
                 raise self._stale(stale)
             return
         if stale is not None:
-            await self._pg_undo_call(conn)
+            await self._pg_undo_call(driver)
             raise self._stale(stale)
-        await conn.execute("RELEASE SAVEPOINT cs_call")
+        await cursor.execute("RELEASE SAVEPOINT cs_call")
 
     @staticmethod
-    async def _pg_undo_call(conn: Any) -> None:
-        async with conn.pipeline():
-            await conn.execute("ROLLBACK TO SAVEPOINT cs_call")
-            await conn.execute("RELEASE SAVEPOINT cs_call")
+    async def _pg_undo_call(driver: DirectDriver) -> None:
+        await driver.client_cursor().execute(
+            "ROLLBACK TO SAVEPOINT cs_call; RELEASE SAVEPOINT cs_call"
+        )
 
     async def _release_savepoint(self) -> None:
         """Write the call's conflict-capable writes inside its savepoint, then keep them.
