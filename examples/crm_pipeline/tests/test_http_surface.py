@@ -21,8 +21,8 @@ from starlette.requests import Request
 
 from contractspec.core import Actor, Executor, MemoryBackend
 from contractspec.core.codegen import check_generated, openapi_document
+from contractspec.core.diff import check_lock
 from contractspec.core.http import Principal, create_app
-from contractspec.core.ir import check_lock
 
 GENERATED = Path(__file__).resolve().parents[1] / "generated"
 TITLE = "CRM pipeline API"

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from contractspec.core import SpecDefinitionError, SpecRegistry
+from contractspec.core.diff import check_lock
 from contractspec.core.ir import (
     IR_FORMAT,
     IRFormatError,
-    check_lock,
     dumps_ir,
     ir_digest,
     load_ir,

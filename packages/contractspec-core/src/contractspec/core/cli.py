@@ -119,7 +119,7 @@ def spec_check(
     lock: str = typer.Option("contractspec.lock.json", "--lock", "-l", help="The committed lock"),
 ) -> None:
     """Exit 1 when the committed lock differs from the code (and show what changed)."""
-    from contractspec.core.ir import check_lock
+    from contractspec.core.diff import check_lock
 
     try:
         status = check_lock(load_registry(target), lock)

@@ -33,19 +33,25 @@ import enum
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from attrs import define
 
 from contractspec.core.errors import ConfigurationError
-from contractspec.core.ir import load_ir
+from contractspec.core.ir import LOCK_FILENAME, as_ir, dumps_ir, load_ir
+
+if TYPE_CHECKING:
+    from contractspec.core.registry import SpecRegistry
 
 __all__ = [
     "RULES",
     "Change",
+    "LockStatus",
     "Rule",
     "Severity",
     "SpecDiff",
+    "check_lock",
     "diff_ir",
 ]
 
@@ -1106,3 +1112,47 @@ def rules_table(rules: Iterable[Rule] | None = None) -> str:
         for rule in (rules if rules is not None else RULES.values())
     )
     return "\n".join(rows) + "\n"
+
+
+@define(frozen=True)
+class LockStatus:
+    """Result of comparing a committed lock with the code.
+
+    Attributes:
+        up_to_date: The lock is byte-identical to what `dumps_ir(to_ir(registry))` produces.
+        diff: The classified changes from the lock (old) to the code (new).
+        path: The lock file compared.
+        exists: Whether the lock file existed (a missing lock is never up to date).
+    """
+
+    up_to_date: bool
+    diff: SpecDiff
+    path: Path
+    exists: bool = True
+
+    @property
+    def status(self) -> Literal["up-to-date", "stale", "missing"]:
+        """`up-to-date`, `stale` or `missing`."""
+        if not self.exists:
+            return "missing"
+        return "up-to-date" if self.up_to_date else "stale"
+
+
+def check_lock(
+    source: SpecRegistry | Mapping[str, Any], path: str | os.PathLike[str] = LOCK_FILENAME
+) -> LockStatus:
+    """Compare the committed lock at `path` with the current spec.
+
+    Returns:
+        A `LockStatus`; its `diff` explains what changed (empty when only formatting differs).
+
+    Raises:
+        IRFormatError: The lock exists but is not valid IR.
+    """
+    current = as_ir(source)
+    target = Path(path)
+    if not target.exists():
+        return LockStatus(False, SpecDiff(()), target, exists=False)
+    text = target.read_text(encoding="utf-8")
+    locked = load_ir(target)
+    return LockStatus(text == dumps_ir(current), diff_ir(locked, current), target)

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from pydantic import BaseModel
@@ -54,7 +54,6 @@ from contractspec.core.errors import ContractSpecError, SpecDefinitionError
 from contractspec.core.specs import EntitySpec, EventSpec, OperationSpec
 
 if TYPE_CHECKING:
-    from contractspec.core.diff import SpecDiff
     from contractspec.core.registry import SpecRegistry
 
 __all__ = [
@@ -63,8 +62,7 @@ __all__ = [
     "LOCK_FILENAME",
     "IRFormatError",
     "IRJsonSchema",
-    "LockStatus",
-    "check_lock",
+    "as_ir",
     "dumps_ir",
     "ir_digest",
     "load_ir",
@@ -517,7 +515,8 @@ def load_ir(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any
 # --------------------------------------------------------------------------------------------
 
 
-def _as_ir(source: SpecRegistry | Mapping[str, Any]) -> dict[str, Any]:
+def as_ir(source: SpecRegistry | Mapping[str, Any]) -> dict[str, Any]:
+    """`source` as validated IR: a registry's `to_ir`, or a mapping checked by `validate_ir`."""
     if isinstance(source, Mapping):
         return validate_ir(dict(source))
     return to_ir(source)
@@ -536,56 +535,10 @@ def write_lock(
         OSError: The file cannot be written.
     """
     target = Path(path)
-    target.write_text(dumps_ir(_as_ir(source)), encoding="utf-8")
+    target.write_text(dumps_ir(as_ir(source)), encoding="utf-8")
     return target
 
 
 def read_lock(path: str | os.PathLike[str] = LOCK_FILENAME) -> dict[str, Any]:
     """Read and validate a lock file (`load_ir` for a path)."""
     return load_ir(Path(path))
-
-
-@attrs.define(frozen=True)
-class LockStatus:
-    """Result of comparing a committed lock with the code.
-
-    Attributes:
-        up_to_date: The lock is byte-identical to what `dumps_ir(to_ir(registry))` produces.
-        diff: The classified changes from the lock (old) to the code (new).
-        path: The lock file compared.
-        exists: Whether the lock file existed (a missing lock is never up to date).
-    """
-
-    up_to_date: bool
-    diff: SpecDiff
-    path: Path
-    exists: bool = True
-
-    @property
-    def status(self) -> Literal["up-to-date", "stale", "missing"]:
-        """`up-to-date`, `stale` or `missing`."""
-        if not self.exists:
-            return "missing"
-        return "up-to-date" if self.up_to_date else "stale"
-
-
-def check_lock(
-    source: SpecRegistry | Mapping[str, Any], path: str | os.PathLike[str] = LOCK_FILENAME
-) -> LockStatus:
-    """Compare the committed lock at `path` with the current spec.
-
-    Returns:
-        A `LockStatus`; its `diff` explains what changed (empty when only formatting differs).
-
-    Raises:
-        IRFormatError: The lock exists but is not valid IR.
-    """
-    from contractspec.core.diff import SpecDiff, diff_ir
-
-    current = _as_ir(source)
-    target = Path(path)
-    if not target.exists():
-        return LockStatus(False, SpecDiff(()), target, exists=False)
-    text = target.read_text(encoding="utf-8")
-    locked = load_ir(target)
-    return LockStatus(text == dumps_ir(current), diff_ir(locked, current), target)
