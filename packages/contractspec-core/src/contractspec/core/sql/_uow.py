@@ -234,6 +234,17 @@ def update_statement(table: Table, where_cols: tuple[str, ...], value_cols: tupl
     return stmt
 
 
+def _update_params(
+    where: dict[str, Any], values: dict[str, Any]
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
+    """`(where columns, value columns, parameters)` of one row for `update_statement`."""
+    wcols = tuple(where)
+    vcols = tuple(sorted(values))
+    params = {f"w_{c}": v for c, v in where.items()}
+    params.update({f"v_{c}": values[c] for c in vcols})
+    return wcols, vcols, params
+
+
 class SqlTransaction(Transaction):
     """A transaction on one `AsyncConnection`, with a write-behind buffer and an identity map.
 
@@ -389,22 +400,14 @@ class SqlTransaction(Transaction):
                     tuple[Table, tuple[str, ...], tuple[str, ...], bool], list[dict[str, Any]]
                 ] = {}
                 for (table, ikey), (where, values) in updates.items():
-                    if not values:
-                        continue
-                    wcols = tuple(where)
-                    vcols = tuple(sorted(values))
-                    params = {f"w_{c}": v for c, v in where.items()}
-                    params.update({f"v_{c}": values[c] for c in vcols})
-                    checked = (table, ikey) in versioned
-                    groups.setdefault((table, wcols, vcols, checked), []).append(params)
+                    if values:
+                        wcols, vcols, params = _update_params(where, values)
+                        checked = (table, ikey) in versioned
+                        groups.setdefault((table, wcols, vcols, checked), []).append(params)
                 for (table, wcols, vcols, checked), params_list in groups.items():
                     count = await self._update_many(table, wcols, vcols, params_list)
                     if checked and count != len(params_list):
-                        raise ConcurrentUpdateError(
-                            f"a {table.name} record changed since this call read it; read it "
-                            "again and retry (or read it with get_for_update())",
-                            details={"table": table.name},
-                        )
+                        raise self._stale(table)
         except DBAPIError as exc:
             error = translate(exc)
             if error is exc:
@@ -552,10 +555,7 @@ class SqlTransaction(Transaction):
         for (table, key), (where, values) in call.updates.items():
             if not values:
                 continue
-            wcols = tuple(where)
-            vcols = tuple(sorted(values))
-            params = {f"w_{c}": v for c, v in where.items()}
-            params.update({f"v_{c}": values[c] for c in vcols})
+            wcols, vcols, params = _update_params(where, values)
             compiled = compiled_update(
                 update_statement(table, wcols, vcols), (table, wcols, vcols), dialect
             )
