@@ -436,28 +436,34 @@ class SqlTransaction(Transaction):
             self._db_savepoint = await self.connection.begin_nested()
 
     async def _flush_for_read(self, statement: Executable | None) -> None:
-        """Flush what a read must see: pending writes, and append-only rows it selects from."""
+        """Flush what a read must see: pending writes, and append-only rows it selects from.
+
+        Inside a call of a batch, only that call's own append-only rows are written (in its
+        savepoint); the outbox and audit rows of the batch's earlier calls wait for the group
+        commit, since writing them inside this call's savepoint would lose them if this call
+        failed. A read of `cs_outbox`/`cs_audit_log` in a batch call therefore does not see the
+        earlier calls' rows until the batch commits.
+        """
         if self._base:
             await self._flush_writes(self._base)
         call = self._call
         if call is not None and call:
             await self._open_db_savepoint()
             await self._flush_writes(call)
-        pending = self._base.appended_tables()
-        if call is not None:
-            pending |= call.appended_tables()
+        pending = (call if call is not None else self._base).appended_tables()
         if pending and (
             statement is None
             or any(t in pending for t in find_tables(cast(Any, statement), include_crud=True))
         ):
-            await self._open_db_savepoint()  # the audit chain locks its head row
-            await self._flush_appended(self._base)
-            if call is not None and call.appended is not None:
-                await self._open_db_savepoint()
+            if call is None:
+                await self._flush_appended(self._base)
+            else:
+                await self._open_db_savepoint()  # the audit chain locks its head row
                 await self._flush_appended(call)
 
     async def flush(self) -> None:
-        """Write everything buffered, append-only rows included (the batch's first, then the call's)."""
+        """Write everything buffered, append-only rows included (inside a batch call: the call's
+        own; see `_flush_for_read`)."""
         self._check_active()
         await self._flush_for_read(None)
 
