@@ -196,18 +196,18 @@ def denied(
 
 
 async def record_denials(ex: Executor, denials: list[AuditRecord], tx: Transaction | None) -> None:
-    """Write the call's denial records once: in `tx` when given, else each on its own.
+    """Write the call's denial records: in `tx` when given, else each on its own.
 
     Called when the call's own transaction is over (or, for a successful call, inside it), so a
-    denial never waits on a lock the call itself holds. Failures to write are logged, never
-    raised over the `PolicyDeniedError` the caller must see.
+    denial never waits on a lock the call itself holds. The list is left as it is: the caller
+    clears it once the records are durable (after its commit), so a commit that fails leaves
+    them to be written on their own. Failures to write are logged, never raised over the
+    `PolicyDeniedError` the caller must see.
     """
     audit = ex.audit
     if audit is None or not denials:
         return
-    pending = list(denials)
-    denials.clear()
-    for record in pending:
+    for record in denials:
         try:
             await audit.record(record, tx)
         except Exception:
