@@ -27,10 +27,15 @@ from pydantic import BaseModel
 
 from contractspec.core.batch import BATCH, Batch
 from contractspec.core.context import Actor, CallContext
-from contractspec.core.errors import ConfigurationError, ContractSpecError, InternalError
+from contractspec.core.errors import (
+    ConfigurationError,
+    ContractSpecError,
+    InternalError,
+    PolicyDeniedError,
+)
 from contractspec.core.handler import Middleware
 from contractspec.core.memory import MemoryBackend
-from contractspec.core.pipeline.authorize import authorize, record_denials
+from contractspec.core.pipeline.authorize import authorize, pending_denial, record_denials
 from contractspec.core.pipeline.invoke import run
 from contractspec.core.pipeline.plan import Plan, Plans
 from contractspec.core.pipeline.report import fan_out_telemetry, fan_out_traffic, report
@@ -233,16 +238,15 @@ class Executor:
             spec = plan.spec
             value = plan.validate_input(raw_input)
             if plan.auth_kind != "public":
-                denials: list[AuditRecord] = []
-                try:
-                    await authorize(self, plan, call, denials)
-                finally:
-                    if denials:
-                        await self._record_denials(denials)
+                await authorize(self, plan, call)
             output = await run(self, plan, value, call)
             return output
         except ContractSpecError as exc:
             error = exc
+            if isinstance(exc, PolicyDeniedError):
+                record = pending_denial(exc)
+                if record is not None:
+                    await self._record_denials([record])
             raise
         except Exception as exc:
             error = InternalError(

@@ -173,7 +173,7 @@ class HandlerCtx:
                     f"{plan.spec.ref} emitted {spec.ref} with an invalid payload: {shown}",
                     details={"operation": plan.spec.ref, "event": spec.ref, "errors": errors},
                 ) from None
-        check_storable(payload, f"event {spec.ref}")
+        check_storable(payload, lambda: f"event {spec.ref}")
         call = self.call
         executor = self._executor
         key = None

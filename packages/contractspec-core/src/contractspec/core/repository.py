@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import (
     TYPE_CHECKING,
@@ -135,7 +135,7 @@ def _first_unstorable(value: Any, path: str) -> str | None:
     return None
 
 
-def check_storable(value: Any, what: str) -> None:
+def check_storable(value: Any, what: str | Callable[[], str]) -> None:
     """Refuse strings that no backend can store: NUL characters and lone UTF-16 surrogates.
 
     PostgreSQL rejects NUL in `text` and `jsonb`, and no driver encodes a lone surrogate, so such a
@@ -144,13 +144,16 @@ def check_storable(value: Any, what: str) -> None:
 
     Args:
         value: A model, mapping, sequence or scalar (walked recursively).
-        what: What is being stored, for the message (`"crm.deal"`, `"event crm.deal.moved@1"`).
+        what: What is being stored, for the message (`"crm.deal"`, `"event crm.deal.moved@1"`),
+            or a function returning it (called only when the value is refused).
 
     Raises:
         SpecValidationError: Naming the first offending field (code `validation_error`).
     """
     found = _first_unstorable(value, "")
     if found is not None:
+        if not isinstance(what, str):
+            what = what()
         raise SpecValidationError(
             f"{what}: field {found or '(value)'!r} holds a NUL character or an unpaired surrogate, "
             "which cannot be stored; remove it",

@@ -25,19 +25,19 @@ if TYPE_CHECKING:
     from contractspec.core.pipeline.plan import Plan
     from contractspec.core.transactions import Transaction
 
-__all__ = ["authorize", "decide", "denied", "record_denials"]
+__all__ = ["authorize", "decide", "denied", "pending_denial", "record_denials"]
 
 _log = structlog.get_logger("contractspec.core.executor")
 
 
-async def authorize(
-    ex: Executor, plan: Plan, call: CallContext, denials: list[AuditRecord]
-) -> None:
+async def authorize(ex: Executor, plan: Plan, call: CallContext) -> None:
     """Check the actor, its tenant membership and every permission the operation requires.
 
     Raises:
-        PolicyDeniedError: The first check that fails (its audit record is added to `denials`).
+        PolicyDeniedError: The first check that fails; its audit record (not written yet) is
+            `pending_denial(error)`.
     """
+    denials = None
     spec = plan.spec
     actor = call.actor
     if actor.is_anonymous:
@@ -89,7 +89,7 @@ async def decide(
     call: CallContext,
     action: str,
     resource: Resource,
-    denials: list[AuditRecord],
+    denials: list[AuditRecord] | None,
 ) -> Decision:
     """Ask the policy about one action; return the allowing decision.
 
@@ -121,7 +121,7 @@ def check_decision(
     call: CallContext,
     action: str,
     decision: Any,
-    denials: list[AuditRecord],
+    denials: list[AuditRecord] | None,
 ) -> Decision:
     """`decision` if it allows; raise the denial otherwise."""
     if not isinstance(decision, Decision):
@@ -149,15 +149,21 @@ def denied(
     action: str,
     message: str,
     decision: Decision | None,
-    denials: list[AuditRecord],
+    denials: list[AuditRecord] | None,
 ) -> PolicyDeniedError:
     """The `PolicyDeniedError` of a denial, its audit record added to `denials` (no I/O).
+
+    With `denials=None` (the authorize stage) the record rides on the error instead, for
+    `pending_denial`.
 
     Unauthenticated callers' denials are counted and logged instead of audited. Denials for not
     being a member of the named tenant go to the system chain (`org_id=None`) with the claimed org
     in the details, so an outsider never adds entries to (or creates) another tenant's chain.
     """
     reason = decision.reason if decision else message
+    error = PolicyDeniedError(
+        message, reason=reason, action=action, details={"operation": spec.ref}
+    )
     actor = call.actor
     if actor.is_anonymous:
         ex.unauthenticated_denials += 1
@@ -177,22 +183,33 @@ def denied(
         }
         if outsider:
             details["claimed_org"] = call.org_id
-        denials.append(
-            AuditRecord(
-                id=ex.ids.new_id(),
-                occurred_at=ex.clock.now(),
-                action=spec.name,
-                outcome="denied",
-                org_id=None if outsider else call.org_id,
-                actor_id=actor.id,
-                actor_kind=actor.kind.value,
-                operation_version=spec.version,
-                request_id=call.request_id,
-                trace_id=call.trace_id,
-                details=details,
-            )
+        record = AuditRecord(
+            id=ex.ids.new_id(),
+            occurred_at=ex.clock.now(),
+            action=spec.name,
+            outcome="denied",
+            org_id=None if outsider else call.org_id,
+            actor_id=actor.id,
+            actor_kind=actor.kind.value,
+            operation_version=spec.version,
+            request_id=call.request_id,
+            trace_id=call.trace_id,
+            details=details,
         )
-    return PolicyDeniedError(message, reason=reason, action=action, details={"operation": spec.ref})
+        if denials is None:
+            error.__dict__[_PENDING] = record
+        else:
+            denials.append(record)
+    return error
+
+
+_PENDING = "_contractspec_pending_denial"
+
+
+def pending_denial(error: PolicyDeniedError) -> AuditRecord | None:
+    """The audit record of a denial raised by the authorize stage, not written yet."""
+    record: AuditRecord | None = error.__dict__.pop(_PENDING, None)
+    return record
 
 
 async def record_denials(ex: Executor, denials: list[AuditRecord], tx: Transaction | None) -> None:

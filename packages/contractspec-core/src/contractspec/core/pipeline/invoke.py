@@ -138,7 +138,7 @@ async def invoke(
     if key is not None:
         assert digest is not None  # computed by the caller with the reservation
         stored = output.model_dump(mode="json")
-        check_storable(stored, f"the output of {plan.spec.ref}")
+        check_storable(stored, lambda: f"the output of {plan.spec.ref}")
         call = hctx.call
         await ex.idempotency.complete(
             tx,
