@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, UniqueConstraint, bindparam, update
 from sqlalchemy.engine import Result
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -234,6 +234,24 @@ def update_statement(table: Table, where_cols: tuple[str, ...], value_cols: tupl
     return stmt
 
 
+_unique_cache: dict[Table, frozenset[str]] = {}
+
+
+def _unique_columns(table: Table) -> frozenset[str]:
+    """Columns of `table` in its primary key or a unique constraint or index."""
+    cols = _unique_cache.get(table)
+    if cols is None:
+        names: set[str] = {c.name for c in table.primary_key.columns}
+        for constraint in table.constraints:
+            if isinstance(constraint, UniqueConstraint):
+                names.update(c.name for c in constraint.columns)
+        for index in table.indexes:
+            if index.unique:
+                names.update(c.name for c in index.columns)
+        cols = _unique_cache[table] = frozenset(names)
+    return cols
+
+
 def _update_params(
     where: dict[str, Any], values: dict[str, Any]
 ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
@@ -259,13 +277,16 @@ class SqlTransaction(Transaction):
 
     __slots__ = (
         "_base",
+        "_broken",
         "_call",
         "_db_savepoint",
+        "_deferred",
         "_driver",
         "_hooks",
         "_identity",
         "_identity_undo",
         "_outer",
+        "_written",
         "connection",
         "dialect",
         "locked",
@@ -286,6 +307,11 @@ class SqlTransaction(Transaction):
         self._hooks: dict[str, FlushHook] = {}
         self._driver: DirectDriver | Any | None = _MISSING
         self.locked: set[IdentityKey] = set()
+        #: Rows this transaction wrote in earlier calls of a batch: it holds their row locks.
+        self._written: set[IdentityKey] = set()
+        #: Bound SQL of calls whose writes cannot fail, sent with the next statement (PostgreSQL).
+        self._deferred: list[str] = []
+        self._broken: BaseException | None = None
 
     # -- buffer ---------------------------------------------------------------------------------
 
@@ -431,8 +457,21 @@ class SqlTransaction(Transaction):
                 raise
             raise error from exc
 
+    async def _send_deferred(self) -> None:
+        """Send the deferred writes of earlier calls (they cannot fail; see `_flush_call_psycopg`)."""
+        deferred, self._deferred = self._deferred, []
+        driver = await self._direct()
+        assert driver is not None  # only the psycopg path defers
+        try:
+            await driver.client_cursor().execute("; ".join(deferred))
+        except Exception as exc:
+            self._broken = exc
+            raise
+
     async def _open_db_savepoint(self) -> None:
         if self._call is not None and self._db_savepoint is None:
+            if self._deferred:
+                await self._send_deferred()
             self._db_savepoint = await self.connection.begin_nested()
 
     async def _flush_for_read(self, statement: Executable | None) -> None:
@@ -444,6 +483,8 @@ class SqlTransaction(Transaction):
         failed. A read of `cs_outbox`/`cs_audit_log` in a batch call therefore does not see the
         earlier calls' rows until the batch commits.
         """
+        if self._deferred:
+            await self._send_deferred()
         if self._base:
             await self._flush_writes(self._base)
         call = self._call
@@ -520,6 +561,8 @@ class SqlTransaction(Transaction):
 
     async def _commit_backend(self) -> None:
         try:
+            if self._deferred:
+                await self._send_deferred()
             if self._base:
                 await self._flush_writes(self._base)
             await self._flush_appended(self._base)
@@ -533,6 +576,7 @@ class SqlTransaction(Transaction):
             await self.connection.close()
 
     async def _rollback_backend(self) -> None:
+        self._deferred = []
         self._base.clear()
         self._call = None
         self._identity.clear()
@@ -568,6 +612,27 @@ class SqlTransaction(Transaction):
             out.append((table, compiled, [params], (table, key) in call.versioned))
         call.clear_writes()
         return out
+
+    def _certain(self, call: WriteBuffer) -> bool:
+        """Whether none of the call's writes can fail: each updates a row this transaction
+        already wrote (so it holds the row's lock and knows its version) without touching a
+        unique column, and nothing is inserted."""
+        if call.inserts:
+            return False
+        written, locked = self._written, self.locked
+        for (table, key), (_, values) in call.updates.items():
+            if key not in written and key not in locked:
+                return False
+            if not _unique_columns(table).isdisjoint(values):
+                return False
+        return True
+
+    def _remember_written(self, call: WriteBuffer) -> None:
+        """Note the rows a call wrote (before its buffer is consumed): this transaction holds
+        their locks from now on."""
+        written = self._written
+        written.update(call.rows)
+        written.update(key for _, key in call.updates)
 
     @staticmethod
     def _stale(table: Table) -> ConcurrentUpdateError:
@@ -609,32 +674,49 @@ class SqlTransaction(Transaction):
         mismatch rolls back to the savepoint, so the batch's transaction stays usable and the
         call leaves nothing.
 
+        A call whose writes cannot fail (`_certain`: updates of rows this transaction already
+        wrote, so it holds their locks and knows their versions) costs no round trip: its
+        statements are deferred and sent ahead of the next call's savepoint, or before the next
+        read or the commit.
+
         A version mismatch is only visible once the results are back, so a call with a
         version-checked update among several writes releases its savepoint after checking them
         (a second round trip).
         """
+        certain = self._certain(call)
+        self._remember_written(call)  # kept only if the call succeeds (see _rollback_savepoint)
         statements = await self._call_statements(call)
+        cursor = driver.client_cursor()
+        if certain:
+            self._deferred.extend(
+                cursor.mogrify(compiled.sql, compiled.params(row))
+                for _, compiled, rows, _ in statements
+                for row in rows
+            )
+            return
         rows_total = sum(len(rows) for _, _, rows, _ in statements)
         checked_any = any(checked for *_, checked in statements)
         release_now = not checked_any or rows_total == 1
-        cursor = driver.client_cursor()
-        parts = ["SAVEPOINT cs_call"]
+        deferred, self._deferred = self._deferred, []
+        parts = [*deferred, "SAVEPOINT cs_call"]
         tables: list[tuple[Table, bool]] = []
+        for table, compiled, rows, checked in statements:
+            for row in rows:
+                parts.append(cursor.mogrify(compiled.sql, compiled.params(row)))
+                tables.append((table, checked))
+        if release_now:
+            parts.append("RELEASE SAVEPOINT cs_call")
         try:
-            for table, compiled, rows, checked in statements:
-                for row in rows:
-                    parts.append(cursor.mogrify(compiled.sql, compiled.params(row)))
-                    tables.append((table, checked))
-            if release_now:
-                parts.append("RELEASE SAVEPOINT cs_call")
             await cursor.execute("; ".join(parts))
         except Exception as exc:
-            await self._pg_undo_call(driver)
+            await self._pg_undo_call(driver, exc)
             wrapped = driver.wrap(exc, statements[0][1].sql if statements else "")
             error = translate(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
             if error is exc:
                 raise
             raise error from exc
+        for _ in deferred:
+            cursor.nextset()
         stale = None
         for table, checked in tables:  # one result per statement, after SAVEPOINT's
             cursor.nextset()
@@ -645,15 +727,20 @@ class SqlTransaction(Transaction):
                 raise self._stale(stale)
             return
         if stale is not None:
-            await self._pg_undo_call(driver)
+            await self._pg_undo_call(driver, None)
             raise self._stale(stale)
         await cursor.execute("RELEASE SAVEPOINT cs_call")
 
-    @staticmethod
-    async def _pg_undo_call(driver: DirectDriver) -> None:
-        await driver.client_cursor().execute(
-            "ROLLBACK TO SAVEPOINT cs_call; RELEASE SAVEPOINT cs_call"
-        )
+    async def _pg_undo_call(self, driver: DirectDriver, cause: BaseException | None) -> None:
+        """Roll the call back to its savepoint. If that fails (the error came before the
+        savepoint existed, e.g. in a deferred write) the transaction is lost: mark it broken."""
+        try:
+            await driver.client_cursor().execute(
+                "ROLLBACK TO SAVEPOINT cs_call; RELEASE SAVEPOINT cs_call"
+            )
+        except Exception as exc:
+            self._broken = cause or exc
+            raise
 
     async def _release_savepoint(self) -> None:
         """Write the call's conflict-capable writes inside its savepoint, then keep them.
@@ -685,6 +772,10 @@ class SqlTransaction(Transaction):
             await savepoint.commit()
 
     async def _rollback_savepoint(self) -> None:
+        if self._broken is not None:
+            raise RuntimeError(
+                "the transaction failed outside the call's savepoint and cannot continue"
+            ) from self._broken
         self._call = None
         undo, self._identity_undo = self._identity_undo, None
         for key, previous in (undo or {}).items():
@@ -693,6 +784,7 @@ class SqlTransaction(Transaction):
             else:
                 self._identity[key] = previous
             self.locked.discard(key)
+            self._written.discard(key)
         savepoint, self._db_savepoint = self._db_savepoint, None
         if savepoint is not None:
             await savepoint.rollback()
