@@ -13,6 +13,7 @@ from crm_pipeline.main import (
     ORG_ID,
     THANK_YOU_ABOVE,
     Purchase,
+    Tally,
     data_file,
     read_purchases,
     run,
@@ -69,7 +70,9 @@ async def test_import_matches_an_independent_computation(kind: str, tmp_path: Pa
         )
     assert stats.failures == 0, stats.errors
     assert (verified.ok, verified.org_id, verified.reason) == (True, ORG_ID, None)
-    assert verified.checked == stats.calls
+    assert verified.checked == stats.calls == stats.committed.calls
+    assert stats.pending == Tally()
+    assert (stats.skipped, stats.resumed, stats.settled) == (0, 0, LIMIT)
     assert stats.purchases == LIMIT
     assert stats.contacts == len({p.customer_id for p in purchases})
     assert summary.deals == LIMIT
