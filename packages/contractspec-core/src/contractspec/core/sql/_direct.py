@@ -29,7 +29,7 @@ Processor = Callable[[Any], Any]
 class Compiled:
     """One statement's SQL for a dialect, its parameter order and its bind processors."""
 
-    __slots__ = ("names", "processors", "sql")
+    __slots__ = ("_plain", "_processed", "names", "processors", "sql")
 
     def __init__(self, statement: Any, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -41,19 +41,28 @@ class Compiled:
         self.processors: dict[str, Processor] = {
             name: proc for name, proc in compiled._bind_processors.items() if proc is not None
         }
+        #: `(position or name, processor)` of the parameters that need converting.
+        order = self.names if self.names is not None else tuple(compiled.binds)
+        self._processed = tuple(
+            (i if self.names is not None else n, n, self.processors[n])
+            for i, n in enumerate(order)
+            if n in self.processors
+        )
+        self._plain = not self._processed
 
     def params(self, values: dict[str, Any]) -> Any:
-        """Driver parameters of one execution (a tuple for qmark, a dict for pyformat)."""
-        processors = self.processors
-        if processors:
-            values = {
-                k: (processors[k](v) if k in processors and v is not None else v)
-                for k, v in values.items()
-            }
+        """Driver parameters of one execution (a list for qmark, a dict for pyformat)."""
         names = self.names
         if names is not None:
-            return tuple([values[n] for n in names])
-        return values
+            out: Any = [values[n] for n in names]
+        else:
+            out = dict(values)
+        if not self._plain:
+            for slot, name, proc in self._processed:
+                value = values[name]
+                if value is not None:
+                    out[slot] = proc(value)
+        return out
 
 
 _cache: dict[tuple[Any, ...], Compiled] = {}
@@ -129,6 +138,7 @@ class DirectDriver:
         params = compiled.params(values)
         try:
             if self.kind == "sqlite":
+                await self.connection.pause()
                 cursor = self.connection._conn.execute(compiled.sql, params)
                 return cursor.rowcount, cursor.fetchone() if cursor.description else None
             cur = await self.connection.execute(compiled.sql, params)
@@ -145,6 +155,7 @@ class DirectDriver:
         params = [compiled.params(row) for row in rows]
         try:
             if self.kind == "sqlite":
+                await self.connection.pause()
                 return int(self.connection._conn.executemany(compiled.sql, params).rowcount)
             cursor = self.connection.cursor()
             try:

@@ -10,7 +10,9 @@ The connection's `busy_timeout` is therefore 0, and a statement refused with `SQ
 retried after an `asyncio.sleep` with growing back-off until the configured busy timeout, so a
 waiting writer never blocks the loop (other tasks, including the lock holder, keep running).
 Everything else — reading rows, writing the WAL, committing with `synchronous=NORMAL` — is
-short CPU and page-cache work. A WAL checkpoint (every 1,000 pages by default) does write and
+short CPU and page-cache work. Since such calls complete without suspending, a connection yields
+to the event loop every `YIELD_EVERY` statements, so a long import in one task never starves the
+others (an HTTP server's requests, a second writer). A WAL checkpoint (every 1,000 pages by default) does write and
 sync the database file on the loop; use aiosqlite (`sqlite_engine(..., driver="aiosqlite")`) if
 even those pauses matter more than throughput.
 """
@@ -22,7 +24,10 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["InlineConnection", "inline_creator"]
+__all__ = ["YIELD_EVERY", "InlineConnection", "inline_creator"]
+
+#: Statements a connection runs before it lets other tasks of the event loop run.
+YIELD_EVERY = 32
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -120,16 +125,25 @@ class InlineConnection:
             seconds (retried with back-off from 1 ms to 50 ms).
     """
 
-    __slots__ = ("_conn", "_connection", "_tx", "busy_timeout_s")
+    __slots__ = ("_conn", "_connection", "_ticks", "_tx", "busy_timeout_s")
 
     def __init__(self, conn: sqlite3.Connection, busy_timeout_s: float) -> None:
         self._conn = conn
+        self._ticks = 0
         #: aiosqlite's attribute SQLAlchemy tests to know whether the connection is open.
         self._connection: sqlite3.Connection | None = conn
         self._tx = _InlineQueue()
         self.busy_timeout_s = busy_timeout_s
 
+    async def pause(self) -> None:
+        """Count one statement; every `YIELD_EVERY`th, let the event loop run other tasks."""
+        self._ticks += 1
+        if self._ticks >= YIELD_EVERY:
+            self._ticks = 0
+            await asyncio.sleep(0)
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        await self.pause()
         try:
             return function(*args)
         except sqlite3.OperationalError as exc:

@@ -794,9 +794,11 @@ class SqlUnitOfWork:
     """Begins `SqlTransaction`s on the user's `AsyncEngine` (which it never disposes).
 
     SQLite engines must be configured by `configure_sqlite_engine()` (or made by `sqlite_engine()`)
-    so transactions and savepoints behave: the unit of work refuses unconfigured ones. An
-    in-memory SQLite database lives on one connection, so its transactions take turns (each waits
-    for the previous one to end) instead of failing.
+    so transactions and savepoints behave: the unit of work refuses unconfigured ones. SQLite has
+    one writer at a time: the write transactions of one process queue for it in arrival order
+    (an asyncio lock per event loop) instead of polling for the database lock, so a busy writer
+    cannot starve the others; other processes still meet SQLite's own lock. An in-memory SQLite
+    database lives on one connection, so all its transactions take turns.
 
     Args:
         engine: An `AsyncEngine` for SQLite (aiosqlite) or PostgreSQL (psycopg).
@@ -805,7 +807,7 @@ class SqlUnitOfWork:
         ConfigurationError: Unsupported dialect or an unconfigured SQLite engine.
     """
 
-    __slots__ = ("_turns", "engine")
+    __slots__ = ("_turns", "_writers", "engine")
 
     def __init__(self, engine: AsyncEngine) -> None:
         if not isinstance(engine, AsyncEngine):
@@ -824,19 +826,25 @@ class SqlUnitOfWork:
                 "with contractspec.core.sql.sqlite_engine(path)"
             )
         self.engine = engine
-        # One shared connection (StaticPool): transactions must take turns, per event loop.
+        # One shared connection (StaticPool): every transaction takes its turn; a SQLite file:
+        # write transactions do. One lock per event loop (asyncio locks belong to one loop).
+        shared = isinstance(engine.pool, StaticPool)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = (
-            weakref.WeakKeyDictionary() if isinstance(engine.pool, StaticPool) else None
+            weakref.WeakKeyDictionary() if shared else None
+        )
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = (
+            weakref.WeakKeyDictionary() if dialect == "sqlite" and not shared else None
         )
 
     async def begin(self, *, readonly: bool = False) -> SqlTransaction:
         """Check out a connection and begin a transaction (`BEGIN IMMEDIATE` for writes on SQLite)."""
         turn: asyncio.Lock | None = None
-        if self._turns is not None:
+        locks = self._turns if self._turns is not None else None if readonly else self._writers
+        if locks is not None:
             loop = asyncio.get_running_loop()
-            turn = self._turns.get(loop)
+            turn = locks.get(loop)
             if turn is None:
-                turn = self._turns[loop] = asyncio.Lock()
+                turn = locks[loop] = asyncio.Lock()
             await turn.acquire()
         try:
             conn = await self.engine.connect()
