@@ -106,7 +106,8 @@ def _first_unstorable(value: Any, path: str) -> str | None:
     if isinstance(value, BaseModel):
         prefix = f"{path}." if path else ""
         data = value.__dict__
-        for name, plain in _plan(type(value)):
+        plan = _PLANS.get(type(value))
+        for name, plain in plan if plan is not None else _plan(type(value)):
             item = data.get(name)
             if item is None:
                 continue
