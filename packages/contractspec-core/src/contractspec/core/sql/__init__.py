@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.x persistence for the runtime: SQLite (aiosqlite) and PostgreSQL (psycopg).
+"""SQLAlchemy 2.x persistence: SQLite (stdlib sqlite3 inline, or aiosqlite) and PostgreSQL (psycopg).
 
 Install with `pip install 'contractspec-core[sql]'` (SQLite) or `'contractspec-core[postgres]'`.
 
