@@ -56,7 +56,7 @@ from contractspec.core.ports import (
     UuidGenerator,
     VariantResolver,
 )
-from contractspec.core.records import AuditRecord
+from contractspec.core.records import AuditRecord, EventEnvelope
 from contractspec.core.registry import SpecRegistry
 from contractspec.core.specs import OperationSpec
 
@@ -233,13 +233,14 @@ class Executor:
         value: Any = raw_input
         output: BaseModel | None = None
         error: ContractSpecError | None = None
+        emitted: list[EventEnvelope] | None = [] if self.traffic is not None else None
         try:
             plan = self._plans.get(name, version)
             spec = plan.spec
             value = plan.validate_input(raw_input)
             if plan.auth_kind != "public":
                 await authorize(self, plan, call)
-            output = await run(self, plan, value, call)
+            output = await run(self, plan, value, call, emitted)
             return output
         except ContractSpecError as exc:
             error = exc
@@ -271,7 +272,18 @@ class Executor:
                     or wants is None
                     or wants(spec, call.trace_id)
                 ):
-                    report(self, spec, call, variant, started, started_at, value, output, error)
+                    report(
+                        self,
+                        spec,
+                        call,
+                        variant,
+                        started,
+                        started_at,
+                        value,
+                        output,
+                        error,
+                        tuple(emitted) if emitted else (),
+                    )
 
     async def _record_denials(self, denials: list[AuditRecord]) -> None:
         """Denials of the authorize stage: into the current batch, else each on its own."""

@@ -382,6 +382,8 @@ class CallRecord:
         started_at: UTC start time.
         duration_ms: Wall time in milliseconds.
         variant: Version chosen by the `VariantResolver`, if any.
+        events: The events the call emitted and committed, in emission order (empty for failed
+            calls, queries and idempotent replays).
     """
 
     spec: OperationSpec
@@ -398,3 +400,4 @@ class CallRecord:
     variant: int | None = None
     actor_kind: str | None = None
     actor_roles: frozenset[str] = frozenset()
+    events: tuple[EventEnvelope, ...] = ()

@@ -24,7 +24,7 @@ from contractspec.core.handler import HandlerCtx, Invocation, Middleware, NextFn
 from contractspec.core.pipeline.authorize import record_denials
 from contractspec.core.pipeline.idempotency import fingerprint, reserve
 from contractspec.core.ports import IdempotencyRecord
-from contractspec.core.records import AuditRecord, EntityChange
+from contractspec.core.records import AuditRecord, EntityChange, EventEnvelope
 from contractspec.core.repository import check_storable
 
 if TYPE_CHECKING:
@@ -34,8 +34,16 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 
-async def run(ex: Executor, plan: Plan, value: BaseModel, call: CallContext) -> BaseModel:
+async def run(
+    ex: Executor,
+    plan: Plan,
+    value: BaseModel,
+    call: CallContext,
+    emitted: list[EventEnvelope] | None = None,
+) -> BaseModel:
     """Run the call in its own transaction (or the current batch's savepoint); return its output.
+
+    With `emitted`, the events the call committed are appended to it (for traffic records).
 
     Raises:
         SpecValidationError: An idempotency key was given for an operation that is not idempotent.
@@ -52,7 +60,7 @@ async def run(ex: Executor, plan: Plan, value: BaseModel, call: CallContext) -> 
     if batch is not None and batch._executor is ex:
         batch._enter(plan.spec.ref)
         try:
-            return await _run_in_batch(ex, batch, plan, value, call, key)
+            return await _run_in_batch(ex, batch, plan, value, call, key, emitted)
         finally:
             batch._busy = False
     tx = await ex.unit_of_work.begin(readonly=not plan.is_command)
@@ -70,6 +78,8 @@ async def run(ex: Executor, plan: Plan, value: BaseModel, call: CallContext) -> 
         if plan.is_command:
             await tx.commit()
             hctx._denials.clear()  # committed with the call
+            if emitted is not None:
+                emitted.extend(hctx._events)
         else:
             await tx.rollback()
         return output
@@ -82,7 +92,13 @@ async def run(ex: Executor, plan: Plan, value: BaseModel, call: CallContext) -> 
 
 
 async def _run_in_batch(
-    ex: Executor, batch: Batch, plan: Plan, value: BaseModel, call: CallContext, key: str | None
+    ex: Executor,
+    batch: Batch,
+    plan: Plan,
+    value: BaseModel,
+    call: CallContext,
+    key: str | None,
+    emitted: list[EventEnvelope] | None,
 ) -> BaseModel:
     tx = await batch._transaction()
     savepoint = await tx.savepoint()
@@ -107,6 +123,8 @@ async def _run_in_batch(
             await record_denials(ex, hctx._denials, tx)  # into the batch, outside the savepoint
         raise
     tx.readonly = False
+    if emitted is not None and hctx is not None:
+        emitted.extend(hctx._events)
     if hctx is not None and hctx._denials:
         if not plan.is_command:  # a query's denials were not staged with its (read-only) work
             await record_denials(ex, hctx._denials, tx)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from contractspec.core.context import CallContext
 from contractspec.core.errors import ContractSpecError
 from contractspec.core.ports import TelemetrySink, TrafficSink
-from contractspec.core.records import CallRecord, TelemetrySample
+from contractspec.core.records import CallRecord, EventEnvelope, TelemetrySample
 from contractspec.core.specs import OperationSpec
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def report(
     value: Any,
     output: BaseModel | None,
     error: ContractSpecError | None,
+    events: tuple[EventEnvelope, ...] = (),
 ) -> None:
     """Hand the finished call to the telemetry and traffic sinks (never raises)."""
     duration_ms = (perf_counter() - started) * 1000.0
@@ -88,6 +89,7 @@ def report(
                     started_at=started_at,
                     duration_ms=duration_ms,
                     variant=variant,
+                    events=events,
                 )
             )
     except Exception:  # sinks must never fail a call
