@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -71,15 +72,16 @@ _cache: dict[tuple[Any, ...], Compiled] = {}
 def compiled_insert(
     table: Table, columns: tuple[str, ...], dialect: Dialect, *, or_nothing: bool = False
 ) -> Compiled:
-    """`INSERT INTO table (columns…) VALUES (…)`; with `or_nothing`, PostgreSQL's
-    `ON CONFLICT DO NOTHING RETURNING <first key column>`."""
+    """`INSERT INTO table (columns…) VALUES (…)`; with `or_nothing`,
+    `ON CONFLICT DO NOTHING RETURNING <first key column>` (PostgreSQL and SQLite)."""
     key = ("insert", table, columns, dialect.name, or_nothing)
     found = _cache.get(key)
     if found is None:
         values = {c: bindparam(c, type_=table.c[c].type) for c in columns}
         if or_nothing:
             first = next(iter(table.primary_key.columns))
-            stmt: Any = pg_insert(table).values(values).on_conflict_do_nothing().returning(first)
+            insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
+            stmt: Any = insert(table).values(values).on_conflict_do_nothing().returning(first)
         else:
             stmt = table.insert().values(values)
         found = _cache[key] = Compiled(stmt, dialect)

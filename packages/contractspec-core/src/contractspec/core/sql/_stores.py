@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, and_, delete, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contractspec.core.errors import (
     ConcurrentUpdateError,
@@ -30,6 +40,7 @@ from contractspec.core.repository import (
 )
 from contractspec.core.specs import EntitySpec
 from contractspec.core.sql._audit import SqlAuditLog, org_key
+from contractspec.core.sql._direct import compiled_insert
 from contractspec.core.sql._schema import (
     VERSION_COLUMN,
     EntityTable,
@@ -43,12 +54,14 @@ from contractspec.core.sql.engines import create_all
 from contractspec.core.transactions import Transaction
 
 __all__ = [
+    "OUTBOX_LOCK_CLASS",
     "SqlAuditLog",
     "SqlBackend",
     "SqlEntityStore",
     "SqlIdempotencyStore",
     "SqlOutbox",
     "SqlRepository",
+    "outbox_lock_key",
     "sql_transaction",
 ]
 
@@ -400,19 +413,12 @@ class SqlIdempotencyStore:
             "output": None,
             "created_at": now,
         }
-        insert = pg_insert if sql.dialect == "postgresql" else sqlite_insert
-        stmt = (
-            insert(idempotency_table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .returning(idempotency_table.c.key)
-        )
-        if (await sql.execute(stmt, write=True)).first() is not None:
+        if await sql.insert_or_nothing(idempotency_table, row):
             sql.identity_set(ident, row)
             return None
         found = await self._select(sql, org_id, operation, key)
         if found is None:  # the holder rolled back between our two statements: try once more
-            if (await sql.execute(stmt, write=True)).first() is not None:
+            if await sql.insert_or_nothing(idempotency_table, row):
                 sql.identity_set(ident, row)
                 return None
             found = await self._select(sql, org_id, operation, key)
@@ -439,10 +445,43 @@ class SqlIdempotencyStore:
             known["output"] = record.output
 
 
+#: Class id of the transaction-level advisory locks that order `cs_outbox` positions per key
+#: (PostgreSQL's two-argument `pg_advisory_xact_lock(class, object)`; the bytes of "cs_o").
+OUTBOX_LOCK_CLASS = 0x63735F6F
+_ORDER_HOOK = "cs_outbox_order"
+
+
+def outbox_lock_key(org_id: str | None, key: str) -> int:
+    """The advisory lock object id of an ordering key: a 32-bit BLAKE2b hash of `(org, key)`.
+
+    Two keys with the same hash merely take turns; the hash is the same in every process.
+    """
+    digest = hashlib.blake2b(
+        f"{org_id or ''}\x1f{key}".encode(), digest_size=4, person=b"cs_outbox"
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class SqlOutbox:
     """`EventPublisher` writing events to `cs_outbox` in the call's transaction.
 
-    A relay (contractspec-bus) delivers `pending` rows in `position` order and marks them.
+    Rows are buffered and written when the transaction commits (they are append-only). A relay
+    (contractspec-bus) delivers `pending` rows in `position` order per `(org_id, aggregate_key)`
+    and marks them.
+
+    **Positions follow commit order per key.** On PostgreSQL a position comes from a sequence
+    when the row is inserted, and the transaction that inserted it may commit after one that
+    inserted a later position; a relay could then see position 2 before position 1. So the
+    flush that writes a transaction's outbox rows first takes a transaction-level advisory lock
+    per `(org_id, aggregate_key)` of those rows (`pg_advisory_xact_lock(OUTBOX_LOCK_CLASS,
+    outbox_lock_key(org, key))`, in ascending order, in the same round trip as the inserts),
+    held until the transaction ends: a second transaction emitting for the same key waits at
+    its commit until the first one has committed or rolled back, so a row of a key is never
+    visible before an earlier-positioned row of that key could still commit. The locks are
+    taken before any other flush hook runs (the audit chain locks its head rows after them), in
+    one global order, so writers cannot deadlock on them. Rows without a key take no lock and
+    have no order across transactions. On SQLite, write transactions are serialized, so
+    positions are commit order without a lock.
     """
 
     __slots__ = ()
@@ -450,8 +489,46 @@ class SqlOutbox:
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
         """Buffer one outbox row per event, in emission order."""
         sql = sql_transaction(tx, "the SQL outbox")
+        keyed = False
         for env in events:
             sql.stage_insert(outbox_table, outbox_row(env))
+            keyed = keyed or env.key is not None
+        if keyed and sql.dialect == "postgresql" and _ORDER_HOOK not in sql._hooks:
+            # First of all hooks: the key locks come before the audit chain's head-row locks in
+            # every transaction, so two writers never wait for each other in a cycle.
+            sql._hooks = {_ORDER_HOOK: partial(_lock_keys_and_insert, sql), **sql._hooks}
+
+
+async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf: Any) -> None:
+    """Flush hook (PostgreSQL): lock the buffered outbox rows' keys, then insert the rows, in
+    one round trip (the rows are removed from the buffer, so the unit of work skips them)."""
+    rows: list[dict[str, Any]] | None = buf.inserts.get(outbox_table)
+    if not rows:
+        return
+    keys = sorted(
+        {
+            outbox_lock_key(row["org_id"], row["aggregate_key"])
+            for row in rows
+            if row["aggregate_key"] is not None
+        }
+    )
+    if not keys:
+        return
+    locks = [f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK_CLASS}, {key})" for key in keys]
+    driver = await sql._direct()
+    columns = tuple(rows[0])
+    if driver is None or driver.kind != "psycopg" or any(len(row) != len(columns) for row in rows):
+        for statement in locks:  # the unit of work inserts the rows after the hooks
+            await conn.execute(text(statement))
+        return
+    compiled = compiled_insert(outbox_table, columns, conn.dialect)
+    cursor = driver.client_cursor()
+    parts = [*locks, *(cursor.mogrify(compiled.sql, compiled.params(row)) for row in rows)]
+    try:
+        await cursor.execute("; ".join(parts))
+    except Exception as exc:
+        raise driver.wrap(exc, compiled.sql) from exc
+    rows.clear()
 
 
 def outbox_row(env: EventEnvelope) -> dict[str, Any]:
@@ -478,6 +555,7 @@ def outbox_row(env: EventEnvelope) -> dict[str, Any]:
         "available_at": env.occurred_at,
         "delivered_at": None,
         "last_error": None,
+        "lease_token": None,
     }
 
 

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from sqlalchemy import Table, UniqueConstraint, bindparam, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Result
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -279,6 +281,7 @@ class SqlTransaction(Transaction):
         "_base",
         "_broken",
         "_call",
+        "_call_sp",
         "_db_savepoint",
         "_deferred",
         "_driver",
@@ -312,6 +315,8 @@ class SqlTransaction(Transaction):
         #: Bound SQL of calls whose writes cannot fail, sent with the next statement (PostgreSQL).
         self._deferred: list[str] = []
         self._broken: BaseException | None = None
+        #: A raw `SAVEPOINT cs_call` is open for the current batch call (direct drivers).
+        self._call_sp = False
 
     # -- buffer ---------------------------------------------------------------------------------
 
@@ -557,6 +562,55 @@ class SqlTransaction(Transaction):
         result = await self.execute(statement, params, write=True)
         return int(getattr(result, "rowcount", 0) or 0)
 
+    async def insert_or_nothing(self, table: Table, row: dict[str, Any]) -> bool:
+        """`INSERT … ON CONFLICT DO NOTHING` now; return whether the row was inserted.
+
+        On PostgreSQL a conflicting row of a transaction still in flight makes this wait until
+        that transaction ends (then it counts as a conflict if it committed), which is what an
+        idempotency reservation needs. Inside a batch call with a known driver the statement runs
+        in the call's savepoint in one round trip (with the savepoint itself).
+
+        Raises:
+            HandlerContractError: The transaction is read-only.
+        """
+        self._check_active()
+        self.check_writable("an immediate write")
+        call = self._call
+        # The direct path: a batch call that has not written yet, with no SQLAlchemy savepoint.
+        direct = call is not None and not call and self._db_savepoint is None
+        driver = await self._direct() if direct else None
+        if driver is None:
+            insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+            first = next(iter(table.primary_key.columns))
+            stmt = insert(table).values(row).on_conflict_do_nothing().returning(first)
+            return (await self.execute(stmt, write=True)).first() is not None
+        compiled = compiled_insert(table, tuple(row), self.connection.dialect, or_nothing=True)
+        try:
+            if driver.kind == "sqlite":
+                if not self._call_sp:
+                    driver.connection._conn.execute("SAVEPOINT cs_call")
+                    self._call_sp = True
+                _, inserted = await driver.execute(compiled, row)
+                return inserted is not None
+            if self._deferred:
+                await self._send_deferred()
+            cursor = driver.client_cursor()
+            statement = cursor.mogrify(compiled.sql, compiled.params(row))
+            if not self._call_sp:
+                statement = f"SAVEPOINT cs_call; {statement}"
+                self._call_sp = True  # from here on, undoing the call rolls back to it
+                await cursor.execute(statement)
+                cursor.nextset()
+            else:
+                await cursor.execute(statement)
+            return (await cursor.fetchone()) is not None
+        except Exception as exc:
+            wrapped = driver.wrap(exc, compiled.sql)
+            error = translate(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
+            if error is exc:
+                raise
+            raise error from exc
+
     # -- lifecycle hooks --------------------------------------------------------------------------
 
     async def _commit_backend(self) -> None:
@@ -587,6 +641,7 @@ class SqlTransaction(Transaction):
             await self.connection.close()
 
     async def _begin_savepoint(self) -> None:
+        self._call_sp = False
         self._call = WriteBuffer()
         self._identity_undo = {}
         self._db_savepoint = None
@@ -647,9 +702,11 @@ class SqlTransaction(Transaction):
         statement); several go inside `SAVEPOINT cs_call`, all in-process."""
         statements = await self._call_statements(call)
         sqlite = driver.connection._conn
-        single = len(statements) == 1 and len(statements[0][2]) == 1
-        if not single:
+        opened = self._call_sp  # a reservation already opened the call's savepoint
+        single = not opened and len(statements) == 1 and len(statements[0][2]) == 1
+        if not single and not opened:
             sqlite.execute("SAVEPOINT cs_call")
+            self._call_sp = True
         try:
             for table, compiled, rows, checked in statements:
                 for row in rows:
@@ -658,6 +715,7 @@ class SqlTransaction(Transaction):
                         raise self._stale(table)
         except BaseException as exc:
             if not single:
+                self._call_sp = False
                 sqlite.execute("ROLLBACK TO SAVEPOINT cs_call")
                 sqlite.execute("RELEASE SAVEPOINT cs_call")
             if isinstance(exc, DBAPIError):
@@ -666,6 +724,7 @@ class SqlTransaction(Transaction):
                     raise error from exc
             raise
         if not single:
+            self._call_sp = False
             sqlite.execute("RELEASE SAVEPOINT cs_call")
 
     async def _flush_call_psycopg(self, driver: DirectDriver, call: WriteBuffer) -> None:
@@ -683,7 +742,8 @@ class SqlTransaction(Transaction):
         version-checked update among several writes releases its savepoint after checking them
         (a second round trip).
         """
-        certain = self._certain(call)
+        opened = self._call_sp  # a reservation already opened the call's savepoint
+        certain = not opened and self._certain(call)
         self._remember_written(call)  # kept only if the call succeeds (see _rollback_savepoint)
         statements = await self._call_statements(call)
         cursor = driver.client_cursor()
@@ -698,7 +758,8 @@ class SqlTransaction(Transaction):
         checked_any = any(checked for *_, checked in statements)
         release_now = not checked_any or rows_total == 1
         deferred, self._deferred = self._deferred, []
-        parts = [*deferred, "SAVEPOINT cs_call"]
+        parts = [*deferred] if opened else [*deferred, "SAVEPOINT cs_call"]
+        first = len(parts)  # results before the call's own statements
         tables: list[tuple[Table, bool]] = []
         for table, compiled, rows, checked in statements:
             for row in rows:
@@ -706,6 +767,7 @@ class SqlTransaction(Transaction):
                 tables.append((table, checked))
         if release_now:
             parts.append("RELEASE SAVEPOINT cs_call")
+        self._call_sp = True
         try:
             await cursor.execute("; ".join(parts))
         except Exception as exc:
@@ -715,14 +777,19 @@ class SqlTransaction(Transaction):
             if error is exc:
                 raise
             raise error from exc
-        for _ in deferred:
-            cursor.nextset()
-        stale = None
-        for table, checked in tables:  # one result per statement, after SAVEPOINT's
-            cursor.nextset()
-            if checked and stale is None and cursor.rowcount != 1:
-                stale = table
+        counts = [cursor.rowcount]
+        while cursor.nextset():
+            counts.append(cursor.rowcount)
+        stale = next(
+            (
+                t
+                for (t, checked), n in zip(tables, counts[first:], strict=False)
+                if checked and n != 1
+            ),
+            None,
+        )
         if release_now:
+            self._call_sp = False
             if stale is not None:  # the lone write matched nothing: nothing was written
                 raise self._stale(stale)
             return
@@ -730,10 +797,12 @@ class SqlTransaction(Transaction):
             await self._pg_undo_call(driver, None)
             raise self._stale(stale)
         await cursor.execute("RELEASE SAVEPOINT cs_call")
+        self._call_sp = False
 
     async def _pg_undo_call(self, driver: DirectDriver, cause: BaseException | None) -> None:
         """Roll the call back to its savepoint. If that fails (the error came before the
         savepoint existed, e.g. in a deferred write) the transaction is lost: mark it broken."""
+        self._call_sp = False
         try:
             await driver.client_cursor().execute(
                 "ROLLBACK TO SAVEPOINT cs_call; RELEASE SAVEPOINT cs_call"
@@ -770,6 +839,23 @@ class SqlTransaction(Transaction):
             call.merge_into(self._base)
         if savepoint is not None:
             await savepoint.commit()
+        if self._call_sp:  # opened by a reservation; nothing (more) to write
+            await self._raw_call_savepoint("RELEASE SAVEPOINT cs_call")
+
+    async def _raw_call_savepoint(self, sql: str) -> None:
+        """Release or roll back the call's raw `cs_call` savepoint (direct drivers)."""
+        self._call_sp = False
+        driver = await self._direct()
+        assert driver is not None  # only direct drivers open it
+        if driver.kind == "sqlite":
+            for statement in sql.split("; "):
+                driver.connection._conn.execute(statement)
+        else:
+            try:
+                await driver.client_cursor().execute(sql)
+            except Exception as exc:
+                self._broken = exc
+                raise
 
     async def _rollback_savepoint(self) -> None:
         if self._broken is not None:
@@ -788,6 +874,10 @@ class SqlTransaction(Transaction):
         savepoint, self._db_savepoint = self._db_savepoint, None
         if savepoint is not None:
             await savepoint.rollback()
+        if self._call_sp:
+            await self._raw_call_savepoint(
+                "ROLLBACK TO SAVEPOINT cs_call; RELEASE SAVEPOINT cs_call"
+            )
 
 
 class SqlUnitOfWork:
