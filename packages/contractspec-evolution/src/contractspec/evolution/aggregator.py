@@ -444,6 +444,9 @@ class IntentAggregator:
         self._open_from: int | None = None  # first epoch minute of the oldest open window
         self._watermark: int | None = None  # latest epoch minute seen
         self._history: dict[tuple[str, str | None], list[WindowStats]] = {}
+        # latency histogram (successful calls, every tenant) of each window in `_history`,
+        # `(bucket indexes, counts)`, aligned with the operation's all-tenant history
+        self._sketches: dict[str, list[tuple[_I64, _I64]]] = {}
         self._closed: list[WindowStats] = []
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
         self._buffer: list[TelemetrySample] = []
@@ -799,7 +802,8 @@ class IntentAggregator:
 
     def _close_window(self, start: int) -> None:
         end = start + self.window_minutes
-        stats = self._window_stats(start, end)
+        sketches: dict[int, tuple[_I64, _I64]] = {}
+        stats = self._window_stats(start, end, sketches)
         # an operation that had calls in the previous window and none now gets one zero window,
         # so a stop is visible as a throughput drop (then quiet windows are skipped)
         present = {st.operation for st in stats if st.org_id == ALL_TENANTS}
@@ -823,14 +827,24 @@ class IntentAggregator:
         cm = self._counters.columns()[0]
         if len(cm) and int(cm.min()) < end - self.counter_minutes:
             self._counters.keep(cm >= end - self.counter_minutes)
+        empty = np.empty(0, dtype=np.int64)
         for st in stats:
             hist = self._history.setdefault((st.operation, st.org_id), [])
             hist.append(st)
             if len(hist) > self.history_windows:
                 del hist[0]
+            if st.org_id == ALL_TENANTS:
+                kept = self._sketches.setdefault(st.operation, [])
+                kept.append(sketches.get(self._ops[st.operation], (empty, empty)))
+                if len(kept) > self.history_windows:
+                    del kept[0]
         self._closed.extend(stats)
 
-    def _window_stats(self, start: int, end: int) -> list[WindowStats]:
+    def _window_stats(
+        self, start: int, end: int, sketches: dict[int, tuple[_I64, _I64]] | None = None
+    ) -> list[WindowStats]:
+        """Statistics of one window; `sketches` (if given) receives each operation's
+        all-tenant latency histogram of successful calls as `(bucket indexes, counts)`."""
         n_ops, n_orgs, n_b = len(self._op_names), len(self._org_names), self.mapping.bucket_count
         uniq, merged = self._hist.merged(start, n_ops, n_orgs)
         if not len(uniq):
@@ -851,6 +865,10 @@ class IntentAggregator:
             o_all[ok] * n_b + b[ok], weights=merged[ok], minlength=n_ops * n_b
         ).reshape(n_ops, n_b)
         all_q = dense_quantiles(all_hist, QUANTILES, self.mapping)
+        if sketches is not None:
+            for o in np.flatnonzero(all_hist.any(axis=1)).tolist():
+                nz = np.flatnonzero(all_hist[o])
+                sketches[o] = (nz.astype(np.int64), all_hist[o, nz].astype(np.int64))
         all_calls = np.bincount(o_all, weights=merged, minlength=n_ops)
         all_errors = np.bincount(o_all, weights=merged * f, minlength=n_ops)
         codes = self._window_codes(errs, n_orgs)
@@ -913,6 +931,40 @@ class IntentAggregator:
         """Closed windows of one series, oldest first (at most `history_windows`)."""
         self.flush()
         return list(self._history.get((operation, org_id), ()))
+
+    def latency_histogram(
+        self, operation: str, *, include_open: bool = True
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The merged latency histogram of an operation's successful calls, every tenant.
+
+        It covers the same windows as `history(operation)` (the last `history_windows` closed
+        windows) plus, with `include_open`, the open ones. DDSketch histograms merge exactly, so
+        any quantile read from it (`sketch.grouped_quantiles`) is within the mapping's relative
+        accuracy of the exact quantile of all those calls, however they spread over windows.
+
+        Returns:
+            `(bucket indexes, counts)`, ascending by bucket, in `self.mapping`; empty arrays for
+            an unknown operation or one without successful calls.
+        """
+        self.flush()
+        buckets = [b for b, _c in self._sketches.get(operation, ())]
+        counts = [c for _b, c in self._sketches.get(operation, ())]
+        code = self._ops.get(operation)
+        if include_open and code is not None:
+            _m, op, _g, failed, bucket, count = self._hist.rows()
+            mine = (op == code) & (failed == 0)
+            buckets.append(bucket[mine])
+            counts.append(count[mine])
+        if not buckets:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
+        merged = np.bincount(
+            np.concatenate(buckets),
+            weights=np.concatenate(counts),
+            minlength=self.mapping.bucket_count,
+        )
+        nz = np.flatnonzero(merged)
+        return nz.astype(np.int64), merged[nz].astype(np.int64)
 
     def series(self) -> list[tuple[str, str | None]]:
         """Every `(operation, org_id)` with closed windows (`org_id` may be `ALL_TENANTS`)."""

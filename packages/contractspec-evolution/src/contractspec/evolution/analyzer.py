@@ -13,6 +13,7 @@ from attrs import define, field
 from contractspec.core import SpecRegistry
 from contractspec.evolution.aggregator import ALL_TENANTS, QUANTILES, IntentAggregator
 from contractspec.evolution.detector import Intent, IntentKind, IntentSeverity
+from contractspec.evolution.sketch import grouped_quantiles
 
 __all__ = ["Anomaly", "OperationUsage", "SpecAnalyzer", "UsageReport"]
 
@@ -26,9 +27,10 @@ class OperationUsage:
         registered: Whether the registry declares it (telemetry may name others, e.g. HTTP routes).
         calls: Calls observed.
         errors: Failed calls.
-        p50_ms, p95_ms, p99_ms: Latency quantiles of successful calls over the whole period
-            (merged window histograms are not kept: these are call-weighted medians of the window
-            quantiles, NaN without successful calls).
+        p50_ms, p95_ms, p99_ms: Latency quantiles of the successful calls of the whole period,
+            read from the merged window histograms (DDSketch merges exactly: within 1 % of the
+            exact quantile of all those calls, so one bad window shows); NaN without successful
+            calls.
         top_errors: Most frequent error codes with counts (at most 5).
         last_seen: Start of the last minute with a call, or `None`.
         observed_minutes: Length of the observed period.
@@ -164,7 +166,7 @@ class SpecAnalyzer:
             for w in ws:
                 for code, n in w.error_codes.items():
                     codes[code] = codes.get(code, 0) + n
-            quantiles = _weighted_quantiles(ws)
+            quantiles = _period_quantiles(aggregator, name)
             out.append(
                 OperationUsage(
                     operation=name,
@@ -197,20 +199,13 @@ class SpecAnalyzer:
         )
 
 
-def _weighted_quantiles(windows: list[Any]) -> tuple[float, float, float]:
-    """Per quantile, the median of the window values weighted by successful calls."""
-    rows = [
-        (w.calls - w.errors, (w.p50_ms, w.p95_ms, w.p99_ms))
-        for w in windows
-        if w.calls - w.errors > 0 and not math.isnan(w.p50_ms)
-    ]
-    if not rows:
+def _period_quantiles(aggregator: IntentAggregator, operation: str) -> tuple[float, float, float]:
+    """p50/p95/p99 of the operation's merged histogram (closed history and open windows)."""
+    buckets, counts = aggregator.latency_histogram(operation)
+    if not len(buckets):
         return (math.nan, math.nan, math.nan)
-    weights = np.asarray([r[0] for r in rows], dtype=np.float64)
-    out = []
-    for k in range(len(QUANTILES)):
-        values = np.asarray([r[1][k] for r in rows])
-        order = np.argsort(values)
-        cum = np.cumsum(weights[order])
-        out.append(float(values[order][np.searchsorted(cum, cum[-1] / 2.0)]))
-    return (out[0], out[1], out[2])
+    groups = np.zeros(len(buckets), dtype=np.int64)
+    _ids, _totals, values = grouped_quantiles(
+        groups, buckets, counts, QUANTILES, aggregator.mapping, presorted=True
+    )
+    return (float(values[0, 0]), float(values[0, 1]), float(values[0, 2]))
