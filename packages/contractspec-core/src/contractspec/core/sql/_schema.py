@@ -82,9 +82,13 @@ outbox_table = Table(
     Column("available_at", UtcDateTime, nullable=False),
     Column("delivered_at", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("lease_token", String(32), nullable=True),
     Index(None, "status", "position"),
     Index(None, "aggregate_key", "position"),
-    comment="Transactional outbox: events committed with the writes that caused them.",
+    comment=(
+        "Transactional outbox: events committed with the writes that caused them; per "
+        "(org_id, aggregate_key), positions follow commit order."
+    ),
 )
 
 audit_table = Table(
