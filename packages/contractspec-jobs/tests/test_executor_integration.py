@@ -24,7 +24,14 @@ from contractspec.core import (
     define_event,
 )
 from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_engine
-from contractspec.jobs import EventJobs, JobQueue, JobStatus, MemoryJobQueue, on_event
+from contractspec.jobs import (
+    EventJobs,
+    JobQueue,
+    JobStatus,
+    MemoryJobQueue,
+    define_job,
+    on_event,
+)
 
 
 class Signup(BaseModel):
@@ -137,3 +144,72 @@ async def test_sql_queue_refuses_a_memory_transaction(tmp_path: Path) -> None:
         tx = await MemoryUnitOfWork().begin()
         with pytest.raises(ConfigurationError, match="needs a SqlTransaction"):
             await queue.enqueue("mail.send", {"to": "ada@x.io"}, tx=tx)
+
+
+class Invoice(BaseModel):
+    invoice_id: str
+
+
+invoice_overdue = define_event("billing.invoice.overdue", payload=Invoice)
+mark_overdue = define_command(
+    "billing.invoice.mark_overdue",
+    input=Invoice,
+    output=Invoice,
+    emits=[invoice_overdue],
+    auth=authenticated(),
+)
+remind = define_job("billing.invoice.remind", payload=Invoice, unique_key="remind:{invoice_id}")
+escalate = define_job(
+    "billing.invoice.escalate", payload=Invoice, unique_key="escalate:{invoice_id}"
+)
+remind_when_overdue = on_event(invoice_overdue, enqueue=remind)
+
+
+async def test_two_orgs_with_the_same_unique_key_each_get_their_job(
+    backend_kind: str, tmp_path: Path
+) -> None:
+    """Org B marking its invoice `inv-1` overdue after org A did gets its own reminder and
+    escalation jobs (on_event and ctx.enqueue), not org A's ids; a repeat within an org dedupes."""
+    registry = SpecRegistry(mark_overdue, invoice_overdue, remind, escalate, remind_when_overdue)
+
+    @registry.handler(mark_overdue)
+    async def handle(inp: Invoice, ctx: HandlerCtx) -> Invoice:
+        await ctx.enqueue("billing.invoice.escalate", inp, org_id=ctx.org_id)
+        ctx.emit(invoice_overdue, inp)
+        return inp
+
+    clock = FakeClock()
+    org_a = CallContext(actor=Actor.user("u-a"), org_id="org-a")
+    org_b = CallContext(actor=Actor.user("u-b"), org_id="org-b")
+
+    async def scenario(executor: Executor, queue: JobQueue) -> None:
+        for ctx in (org_a, org_b, org_a, org_b):
+            await executor.execute("billing.invoice.mark_overdue", {"invoice_id": "inv-1"}, ctx)
+        jobs = await queue.list()
+        assert sorted((j.org_id, j.type, j.unique_key) for j in jobs) == [
+            ("org-a", "billing.invoice.escalate", "escalate:inv-1"),
+            ("org-a", "billing.invoice.remind", "remind:inv-1"),
+            ("org-b", "billing.invoice.escalate", "escalate:inv-1"),
+            ("org-b", "billing.invoice.remind", "remind:inv-1"),
+        ]
+
+    if backend_kind == "memory":
+        backend = MemoryBackend()
+        queue: JobQueue = MemoryJobQueue(registry, clock=clock)
+        events = EventJobs(queue, registry, then=backend.events)
+        await scenario(
+            Executor(registry, backend=backend, jobs=queue, events=events, clock=clock), queue
+        )
+        return
+    from contractspec.core.sql import SqlBackend
+    from contractspec.jobs.sql import SqlJobQueue
+
+    async with temporary_sql_engine(backend_kind, tmp_path) as engine:
+        sql = SqlBackend(engine, registry)
+        await sql.create_all()
+        sql_queue = SqlJobQueue(engine, registry, clock=clock)
+        await sql_queue.create_all()
+        events = EventJobs(sql_queue, registry, then=sql.events)
+        await scenario(
+            Executor(registry, backend=sql, jobs=sql_queue, events=events, clock=clock), sql_queue
+        )

@@ -256,6 +256,44 @@ async def test_unique_key_deduplicates_enqueues(queue: JobQueue) -> None:
     assert await queue.counts() == counts(queued=3)
 
 
+async def test_unique_keys_are_scoped_by_org(queue: JobQueue) -> None:
+    """Org B enqueueing org A's unique key gets a job of its own; within an org, and among jobs
+    without an org, the key still deduplicates (issue 14)."""
+    a = await queue.enqueue(invoice_reminder, {"to": "ada@x.io", "subject": "a"}, org_id="org-a")
+    b = await queue.enqueue(invoice_reminder, {"to": "ada@x.io", "subject": "b"}, org_id="org-b")
+    a_again = await queue.enqueue(invoice_reminder, {"to": "ada@x.io"}, org_id="org-a")
+    b_again = await queue.enqueue(invoice_reminder, {"to": "ada@x.io"}, org_id="org-b")
+    orgless = await queue.enqueue(invoice_reminder, {"to": "ada@x.io", "subject": "none"})
+    orgless_again = await queue.enqueue(invoice_reminder, {"to": "ada@x.io"})
+    assert len({a, b, orgless}) == 3
+    assert (a_again, b_again, orgless_again) == (a, b, orgless)
+    stored = {
+        job.id: (job.org_id, job.unique_key, job.payload["subject"]) for job in await queue.list()
+    }
+    assert stored == {
+        a: ("org-a", "reminder:ada@x.io", "a"),
+        b: ("org-b", "reminder:ada@x.io", "b"),
+        orgless: (None, "reminder:ada@x.io", "none"),
+    }
+    # A batch and a caller's transaction are scoped the same way.
+    c_first, c_second = await queue.enqueue_many(
+        [(invoice_reminder, {"to": "ada@x.io"}), (invoice_reminder, {"to": "bob@x.io"})],
+        org_id="org-c",
+    )
+    assert c_first not in (a, b, orgless)
+    assert await queue.enqueue_many(
+        [(invoice_reminder, {"to": "ada@x.io"}), (invoice_reminder, {"to": "bob@x.io"})],
+        org_id="org-c",
+    ) == [c_first, c_second]
+    tx = await unit_of_work(queue).begin()
+    d = await queue.enqueue(invoice_reminder, {"to": "ada@x.io"}, org_id="org-d", tx=tx)
+    b_in_tx = await queue.enqueue(invoice_reminder, {"to": "ada@x.io"}, org_id="org-b", tx=tx)
+    await tx.commit()
+    assert d not in (a, b, orgless, c_first)
+    assert b_in_tx == b
+    assert await queue.counts() == counts(queued=6)
+
+
 async def test_enqueue_in_a_transaction_exists_iff_it_commits(queue: JobQueue) -> None:
     """With `tx=`, the job is stored when the transaction commits and never when it rolls back."""
     uow = unit_of_work(queue)

@@ -53,7 +53,8 @@ class MemoryJobQueue:
     ) -> None:
         self._factory = JobFactory(specs, clock, ids)
         self._jobs: dict[str, Job] = {}
-        self._keys: dict[str, str] = {}
+        #: `(org_id or "", unique_key) -> job id`: keys are unique per org.
+        self._keys: dict[tuple[str, str], str] = {}
         self._seq = 0
         self._order: dict[str, int] = {}
         self._event: asyncio.Event | None = None
@@ -77,10 +78,11 @@ class MemoryJobQueue:
 
     def _store(self, new: NewJob) -> str:
         if new.unique_key is not None:
-            existing = self._keys.get(new.unique_key)
+            scoped = (new.org_id or "", new.unique_key)
+            existing = self._keys.get(scoped)
             if existing is not None and existing in self._jobs:
                 return existing
-            self._keys[new.unique_key] = new.id
+            self._keys[scoped] = new.id
         self._jobs[new.id] = Job(
             id=new.id,
             type=new.type,
@@ -131,7 +133,11 @@ class MemoryJobQueue:
             return [self._store(new) for new in built]
         ids: list[str] = []
         for new in built:
-            existing = self._keys.get(new.unique_key) if new.unique_key is not None else None
+            existing = (
+                self._keys.get((new.org_id or "", new.unique_key))
+                if new.unique_key is not None
+                else None
+            )
             if existing is not None and existing in self._jobs:
                 ids.append(existing)
                 continue
@@ -363,8 +369,9 @@ class MemoryJobQueue:
         for job_id in doomed:
             job = self._jobs.pop(job_id)
             self._order.pop(job_id, None)
-            if job.unique_key is not None and self._keys.get(job.unique_key) == job_id:
-                del self._keys[job.unique_key]
+            scoped = (job.org_id or "", job.unique_key or "")
+            if job.unique_key is not None and self._keys.get(scoped) == job_id:
+                del self._keys[scoped]
         return len(doomed)
 
     async def wait_for_jobs(self, max_wait: float) -> None:

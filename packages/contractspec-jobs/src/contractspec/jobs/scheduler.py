@@ -25,6 +25,7 @@ import structlog
 from attrs import define
 
 from contractspec.core import ConfigurationError, SpecRegistry
+from contractspec.jobs._health import DatabaseHealth
 from contractspec.jobs.queue import JobQueue
 from contractspec.jobs.specs import JobSpec, ScheduleSpec
 
@@ -80,7 +81,8 @@ class Scheduler:
         store: Where next fire times live (default: `queue.schedule_store()` when the queue has
             one, as both built-in queues do).
         max_sleep: Longest sleep in seconds between passes, so schedule changes and other
-            instances' progress are picked up.
+            instances' progress are picked up; also the longest wait between retries while the
+            database does not answer.
 
     Raises:
         ConfigurationError: Two schedules share a name, or no store is available.
@@ -198,6 +200,12 @@ class Scheduler:
     async def run(self, *, handle_signals: bool = False) -> None:
         """Tick, sleep until the next fire time (at most `max_sleep`), repeat until `stop()`.
 
+        When the database does not answer, the scheduler logs
+        `contractspec.jobs.database_unavailable` once, retries with exponential backoff (1 s, 2 s,
+        4 s, ... up to `max_sleep`) and logs `contractspec.jobs.database_available` when
+        it answers again; the fires it missed meanwhile are then enqueued (or skipped) by the
+        schedules' `misfire_grace` and `coalesce` rules, each fire time at most once.
+
         Args:
             handle_signals: Stop on SIGTERM/SIGINT (main thread only).
         """
@@ -209,16 +217,23 @@ class Scheduler:
                     loop.add_signal_handler(sig, self.stop)
                     installed.append(sig)
         self._stop.clear()
+        health = DatabaseHealth(
+            _log.bind(component="scheduler", schedules=len(self.schedules)),
+            base=min(1.0, self.max_sleep),
+            cap=self.max_sleep,
+        )
         try:
             while not self._stop.is_set():
                 try:
-                    await self.tick()
-                except Exception:  # a database outage must not kill the scheduler
-                    _log.exception("contractspec.jobs.scheduler_tick_failed")
-                wake = await self.next_wakeup()
-                delay = self.max_sleep
-                if wake is not None:
-                    delay = min(delay, max((wake - self.queue.clock.now()).total_seconds(), 0.0))
+                    await health.track(self.tick())
+                    wake = await health.track(self.next_wakeup())
+                except Exception:  # logged once by `health`: back off, the fires are kept
+                    delay = health.retry_delay()
+                else:
+                    delay = self.max_sleep
+                    if wake is not None:
+                        until = (wake - self.queue.clock.now()).total_seconds()
+                        delay = min(delay, max(until, 0.0))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), max(delay, 0.01))
         finally:

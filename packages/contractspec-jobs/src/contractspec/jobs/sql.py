@@ -52,6 +52,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     select,
     text,
     update,
@@ -70,6 +71,7 @@ from contractspec.core.sql import (
     create_all,
     new_metadata,
 )
+from contractspec.jobs._health import describe_error
 from contractspec.jobs.errors import LeaseLostError
 from contractspec.jobs.queue import (
     Job,
@@ -117,7 +119,7 @@ jobs_table = Table(
     Column("leased_until", UtcDateTime, nullable=True),
     Column("lease_token", String(64), nullable=True),
     Column("worker_id", String(200), nullable=True),
-    Column("unique_key", String(200), nullable=True, unique=True),
+    Column("unique_key", String(200), nullable=True),
     Column("org_id", String(200), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("result", JsonType, nullable=True),
@@ -142,6 +144,20 @@ Index(
     sqlite_where=jobs_table.c.status == "running",
 )
 Index("ix_cs_jobs_status_created_at", jobs_table.c.status, jobs_table.c.created_at)
+#: The tenant a unique key belongs to: `org_id`, or `''` for jobs without one.
+_ORG_SCOPE = func.coalesce(jobs_table.c.org_id, literal_column("''"))
+_HAS_KEY = jobs_table.c.unique_key.is_not(None)
+# A unique key is unique within its org (jobs without an org form one scope of their own), so two
+# tenants enqueueing `remind:{invoice_id}` each get their own job. Partial: keyless jobs (most of
+# them) cost this index nothing.
+Index(
+    "uq_cs_jobs_org_unique_key",
+    _ORG_SCOPE,
+    jobs_table.c.unique_key,
+    unique=True,
+    postgresql_where=_HAS_KEY,
+    sqlite_where=_HAS_KEY,
+)
 Index("ix_cs_jobs_type_created_at", jobs_table.c.type, jobs_table.c.created_at)
 
 schedules_table = Table(
@@ -241,7 +257,9 @@ _INSERT_SQL = (
     "INSERT INTO cs_jobs (id, type, queue, payload, status, priority, attempts, max_attempts, "
     "scheduled_at, created_at, unique_key, org_id) VALUES (%(id)s, %(type)s, %(queue)s, "
     "%(payload)s, 'queued', %(priority)s, 0, %(max_attempts)s, %(scheduled_at)s, "
-    "%(created_at)s, %(unique_key)s, %(org_id)s) ON CONFLICT (unique_key) DO NOTHING RETURNING id"
+    "%(created_at)s, %(unique_key)s, %(org_id)s) "
+    "ON CONFLICT (coalesce(org_id, ''), unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
+    "RETURNING id"
 )
 #: One job, one round trip: the insert and the wake-up of idle workers commit together.
 _ENQUEUE_NOTIFY_SQL = (
@@ -319,6 +337,7 @@ class SqlJobQueue:
         self._local = asyncio.Event()
         self._listener: AsyncConnection | None = None
         self._listen_lock = asyncio.Lock()
+        self._listen_broken = False
 
     @property
     def clock(self) -> Clock:
@@ -370,7 +389,9 @@ class SqlJobQueue:
 
     def _insert(self, *, returning: bool) -> Any:
         dialect_insert = postgresql.insert if self._pg else sqlite.insert
-        stmt = dialect_insert(jobs_table).on_conflict_do_nothing(index_elements=["unique_key"])
+        stmt = dialect_insert(jobs_table).on_conflict_do_nothing(
+            index_elements=[_ORG_SCOPE, _J.unique_key], index_where=_HAS_KEY
+        )
         return stmt.returning(_J.id) if returning else stmt
 
     async def _notify_hook(self, conn: AsyncConnection, buffer: WriteBuffer) -> None:
@@ -434,7 +455,7 @@ class SqlJobQueue:
     async def _enqueue_autocommit(self, built: list[NewJob]) -> list[str]:
         """PostgreSQL without a caller transaction: one statement, one round trip.
 
-        `WITH ins AS (INSERT ... ON CONFLICT (unique_key) DO NOTHING RETURNING id)
+        `WITH ins AS (INSERT ... ON CONFLICT (org scope, unique_key) DO NOTHING RETURNING id)
         SELECT id, pg_notify(...) FROM ins`: the insert and the wake-up of idle workers commit
         together (PostgreSQL folds identical notifications of one transaction into one).
         """
@@ -445,7 +466,9 @@ class SqlJobQueue:
             inserted = (
                 postgresql.insert(jobs_table)
                 .values([_row(new) for new in built])
-                .on_conflict_do_nothing(index_elements=["unique_key"])
+                .on_conflict_do_nothing(
+                    index_elements=[_ORG_SCOPE, _J.unique_key], index_where=_HAS_KEY
+                )
                 .returning(_J.id)
                 .cte("ins")
             )
@@ -457,12 +480,17 @@ class SqlJobQueue:
         got = {r[0] for r in rows}
         ids = [new.id for new in built]
         missing = [new for new in built if new.id not in got]
-        if missing:  # unique keys already taken: answer with the existing jobs' ids
-            keys = [new.unique_key for new in missing]
-            found = await self._read(select(_J.unique_key, _J.id).where(_J.unique_key.in_(keys)))
-            by_key = dict(found)
+        if missing:  # unique keys already taken in their org: answer with the existing jobs' ids
+            by_key: dict[tuple[str, str | None], str] = {}
+            for scope in {new.org_id or "" for new in missing}:
+                keys = [new.unique_key for new in missing if (new.org_id or "") == scope]
+                found = await self._read(
+                    select(_J.unique_key, _J.id).where(scope == _ORG_SCOPE, _J.unique_key.in_(keys))
+                )
+                by_key.update(((scope, key), job_id) for key, job_id in found)
             ids = [
-                by_key.get(new.unique_key, new.id) if new.id not in got else new.id for new in built
+                new.id if new.id in got else by_key.get((new.org_id or "", new.unique_key), new.id)
+                for new in built
             ]
         self._local.set()
         return ids
@@ -513,7 +541,11 @@ class SqlJobQueue:
             result = await tx.execute(self._insert(returning=True).values(_row(new)), write=True)
             inserted = result.scalar_one_or_none()
             if inserted is None:
-                found = await tx.execute(select(_J.id).where(_J.unique_key == new.unique_key))
+                found = await tx.execute(
+                    select(_J.id).where(
+                        (new.org_id or "") == _ORG_SCOPE, _J.unique_key == new.unique_key
+                    )
+                )
                 existing = found.scalar_one_or_none()
                 ids.append(existing if existing is not None else new.id)
             else:
@@ -846,10 +878,18 @@ class SqlJobQueue:
         if self.notify:
             try:
                 await self._wait_notify(max_wait)
-                return
-            except Exception:  # the listener broke: fall back to polling, reconnect next time
-                _log.warning("contractspec.jobs.listen_failed", exc_info=True)
+            except (
+                Exception
+            ) as exc:  # the listener broke: fall back to polling, reconnect next time
+                if not self._listen_broken:  # one line per state change, not one per attempt
+                    self._listen_broken = True
+                    _log.warning("contractspec.jobs.listen_failed", error=describe_error(exc))
                 await self._close_listener()
+            else:
+                if self._listen_broken:
+                    self._listen_broken = False
+                    _log.info("contractspec.jobs.listen_restored")
+                return
         try:
             await asyncio.wait_for(self._local.wait(), max_wait)
         except TimeoutError:

@@ -24,14 +24,15 @@ import random
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
 
 import structlog
 from attrs import define
 from pydantic import BaseModel, ValidationError
 
 from contractspec.core import ConfigurationError, SpecDefinitionError, SpecValidationError
+from contractspec.jobs._health import DatabaseHealth, describe_error
 from contractspec.jobs.errors import JobTimeoutError, LeaseLostError
 from contractspec.jobs.queue import Job, JobQueue, JobStatus
 from contractspec.jobs.specs import JobSpec
@@ -161,6 +162,22 @@ class JobContext:
 
 
 @define
+class _Outcome:
+    """A finished run whose outcome is not stored yet: its lease is held (and extended) until it is.
+
+    `kind` is `complete` (with `result`), `fail` (with `error` and `retry_at`) or `release`.
+    """
+
+    job: Job
+    token: str
+    kind: Literal["complete", "fail", "release"]
+    log: Any
+    result: Any = None
+    error: str = ""
+    retry_at: datetime | None = None
+
+
+@define
 class WorkerStats:
     """Counters of one worker run.
 
@@ -255,8 +272,17 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._lost: dict[str, bool] = {}
-        self._completed: list[tuple[str, str, Any]] = []
+        self._outcomes: dict[str, _Outcome] = {}
+        self._flushing: set[str] = set()
         self._shutting_down = False
+        self._log = _log.bind(worker_id=self.worker_id, queues=self.queues)
+        self._health = DatabaseHealth(
+            self._log,
+            base=min(poll_interval, self.heartbeat_every),
+            cap=self.heartbeat_every,
+            stall_after=self.heartbeat_every,
+            rng=self.rng,
+        )
 
     # -- control --------------------------------------------------------------------------------
 
@@ -269,8 +295,20 @@ class Worker:
         """Jobs running now."""
         return len(self._running)
 
+    @property
+    def unrecorded(self) -> int:
+        """Finished runs whose outcome is not stored yet (the database did not answer); their
+        leases are still held and extended."""
+        return len(self._outcomes)
+
     async def run(self, *, handle_signals: bool = False, until_idle: bool = False) -> WorkerStats:
         """Lease and run jobs until `stop()` (or SIGTERM/SIGINT with `handle_signals=True`).
+
+        When the database does not answer, the worker logs `contractspec.jobs.database_unavailable`
+        once, retries with exponential backoff (from `poll_interval` up to `heartbeat_every`), keeps
+        extending the leases of running jobs and of finished jobs whose outcome is not stored yet,
+        and logs `contractspec.jobs.database_available` when it answers again; it sweeps for
+        expired leases only after the database has answered for a whole `lease_for`.
 
         Args:
             handle_signals: Install SIGTERM and SIGINT handlers that stop gracefully (main
@@ -288,30 +326,35 @@ class Worker:
                     loop.add_signal_handler(sig, self.stop)
                     installed.append(sig)
         self._stop.clear()
-        log = _log.bind(worker_id=self.worker_id, queues=self.queues)
+        log = self._log
+        health = self._health
         log.info("contractspec.jobs.worker_started", concurrency=self.concurrency)
+        lease_s = self.lease_for.total_seconds()
         next_recover = 0.0
-        beats = asyncio.create_task(self._heartbeats(log), name="contractspec.jobs.heartbeats")
+        beats = asyncio.create_task(self._heartbeats(), name="contractspec.jobs.heartbeats")
         try:
             while not self._stop.is_set():
                 try:
-                    await self._flush_completed()
+                    if not health.available:
+                        await self._beat(raise_errors=True)  # extend every lease we hold first
+                    await self._flush_outcomes()
                     now = loop.time()
-                    if now >= next_recover:
+                    if now >= next_recover and health.settled(lease_s):
                         next_recover = now + self.recover_every
-                        self.stats.recovered += await self.queue.recover_expired()
+                        self.stats.recovered += await health.track(self.queue.recover_expired())
                     free = self.concurrency - len(self._running)
                     jobs = []
                     if free > 0:
-                        jobs = await self.queue.lease(
-                            worker_id=self.worker_id,
-                            limit=free,
-                            lease_for=self.lease_for,
-                            queues=self.queues,
+                        jobs = await health.track(
+                            self.queue.lease(
+                                worker_id=self.worker_id,
+                                limit=free,
+                                lease_for=self.lease_for,
+                                queues=self.queues,
+                            )
                         )
-                except Exception:  # the database is unreachable: back off, leases protect jobs
-                    log.exception("contractspec.jobs.worker_loop_failed")
-                    await self._idle(self.poll_interval)
+                except Exception:  # logged once by `health`; back off, our leases are extended
+                    await self._pause(health.retry_delay())
                     continue
                 if free > 0:
                     for job in jobs:
@@ -319,27 +362,37 @@ class Worker:
                     if len(jobs) == free:
                         await asyncio.sleep(0)
                         continue
-                    if until_idle and not jobs and not self._running and not self._completed:
+                    if until_idle and not jobs and not self._running and not self._outcomes:
                         break
                     if not jobs:
-                        await self._idle(next_recover - loop.time())
+                        until_recover = next_recover - loop.time()
+                        await self._idle(until_recover if until_recover > 0 else self.poll_interval)
                         continue
                 await self._wait_slot()
         finally:
+            deadline = loop.time() + self.shutdown_grace
             try:
                 await self._shutdown()
-                await self._flush_completed()
+                await self._drain_outcomes(deadline)
             finally:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            await self.queue.close()
+            try:
+                await self.queue.close()
+            except Exception as exc:  # the database is gone: nothing left to release
+                log.warning("contractspec.jobs.close_failed", error=describe_error(exc))
             log.info("contractspec.jobs.worker_stopped", stats=str(self.stats))
         return self.stats
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the worker is asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     async def _idle(self, until_recover: float) -> None:
-        if self._completed:
+        if self._outcomes:
             return  # results wait to be written: go round the loop now
         timeout = max(0.01, min(self.poll_interval, until_recover))
         stop = asyncio.ensure_future(self._stop.wait())
@@ -369,43 +422,141 @@ class Worker:
         self._slot_free.clear()
         await asyncio.sleep(0)  # let other finishing jobs free their slots: lease in batches
 
-    async def _heartbeats(self, log: Any) -> None:
-        """Extend every held lease in one call per `heartbeat_every`; cancel runs whose lease is
-        gone (expired and taken over, or cancelled by an operator)."""
+    # -- leases -----------------------------------------------------------------------------------
+
+    def _held(self) -> list[tuple[str, str]]:
+        """`(job_id, lease_token)` of every lease this worker holds: running jobs and finished
+        jobs whose outcome is not stored yet."""
+        held = [
+            (job.id, job.lease_token or "")
+            for job, task in list(self._running.values())
+            if not task.done()
+        ]
+        held.extend((o.job.id, o.token) for o in list(self._outcomes.values()))
+        return held
+
+    async def _heartbeats(self) -> None:
+        """Extend every held lease in one call per `heartbeat_every`, during outages too (the
+        call fails until the database answers, then extends the leases at once)."""
         while True:
             await asyncio.sleep(self.heartbeat_every)
-            held = [
-                (job.id, job.lease_token or "")
-                for job, task in list(self._running.values())
-                if not task.done()
-            ]
-            if not held:
-                continue
-            try:
-                lost = await self.queue.heartbeat_many(held, lease_for=self.lease_for)
-            except Exception:  # a database hiccup: the next beat may succeed within the lease
-                log.warning("contractspec.jobs.heartbeat_failed", exc_info=True)
-                continue
-            for job_id in lost:
-                entry = self._running.get(job_id)
-                if entry is not None and not entry[1].done():
-                    self._lost[job_id] = True
-                    entry[1].cancel()
+            await self._beat()
 
-    async def _flush_completed(self) -> None:
-        """Complete finished jobs in one statement (group commit of results)."""
-        if not self._completed:
+    async def _beat(self, *, raise_errors: bool = False) -> None:
+        """Extend every held lease; cancel runs (and drop outcomes) whose lease is gone (expired
+        and taken over, or cancelled by an operator)."""
+        held = self._held()
+        if not held:
             return
-        batch, self._completed = self._completed, []
         try:
-            lost = await self.queue.complete_many(batch)
-        except BaseException:
-            self._completed[:0] = batch  # retried on the next pass
-            raise
-        self.stats.succeeded += len(batch) - len(lost)
-        self.stats.lost += len(lost)
+            lost = await self._health.track(
+                self.queue.heartbeat_many(held, lease_for=self.lease_for)
+            )
+        except Exception:  # logged once by `health`; the next beat may succeed within the lease
+            if raise_errors:
+                raise
+            return
         for job_id in lost:
-            _log.warning("contractspec.jobs.lease_lost_on_complete", job_id=job_id)
+            entry = self._running.get(job_id)
+            if entry is not None and not entry[1].done():
+                self._lost[job_id] = True
+                entry[1].cancel()
+            elif job_id not in self._flushing and self._outcomes.pop(job_id, None) is not None:
+                self.stats.lost += 1
+                self._log.warning("contractspec.jobs.lease_lost", job_id=job_id)
+
+    # -- outcomes ---------------------------------------------------------------------------------
+
+    async def _flush_outcomes(self) -> None:
+        """Store the outcomes of finished runs: completions in one statement (group commit of
+        results), then failures and releases that could not be stored when they happened.
+
+        Raises:
+            Exception: The database did not answer (the outcomes stay pending).
+        """
+        if not self._outcomes:
+            return
+        pending = list(self._outcomes.values())
+        completed = [o for o in pending if o.kind == "complete"]
+        if completed:
+            self._flushing.update(o.job.id for o in completed)
+            try:
+                lost = await self._health.track(
+                    self.queue.complete_many([(o.job.id, o.token, o.result) for o in completed])
+                )
+            finally:
+                self._flushing.clear()
+            for o in completed:
+                self._outcomes.pop(o.job.id, None)
+            self.stats.succeeded += len(completed) - len(lost)
+            self.stats.lost += len(lost)
+            for job_id in lost:
+                self._log.warning("contractspec.jobs.lease_lost_on_complete", job_id=job_id)
+        for outcome in pending:
+            if outcome.kind != "complete":
+                await self._apply(outcome)
+                self._outcomes.pop(outcome.job.id, None)
+
+    async def _drain_outcomes(self, deadline: float) -> None:
+        """At shutdown: store pending outcomes, retrying until `deadline` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while self._outcomes:
+            try:
+                await self._flush_outcomes()
+            except Exception:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self._log.error(
+                        "contractspec.jobs.outcomes_not_recorded",
+                        jobs=sorted(self._outcomes),
+                        detail="the database did not answer before shutdown_grace ran out; "
+                        "these jobs run again when their leases expire",
+                    )
+                    self._outcomes.clear()
+                    return
+                await asyncio.sleep(min(self._health.retry_delay(), remaining))
+
+    async def _record(self, outcome: _Outcome) -> None:
+        """Store a failure or release now; if the database does not answer, keep it pending
+        (its lease stays extended) for the main loop to store."""
+        if self._health.available:
+            try:
+                await self._apply(outcome)
+                return
+            except Exception:  # logged once by `health`
+                pass
+        self._outcomes[outcome.job.id] = outcome
+        self._slot_free.set()
+
+    async def _apply(self, outcome: _Outcome) -> None:
+        """Store a failure or release.
+
+        Raises:
+            Exception: The database did not answer.
+        """
+        job, log = outcome.job, outcome.log
+        try:
+            if outcome.kind == "release":
+                await self._health.track(self.queue.release(job.id, outcome.token))
+                self.stats.released += 1
+                log.info("contractspec.jobs.released")
+                return
+            status = await self._health.track(
+                self.queue.fail(job.id, outcome.token, outcome.error, retry_at=outcome.retry_at)
+            )
+        except LeaseLostError:
+            self.stats.lost += 1
+            return
+        if status is JobStatus.DEAD:
+            self.stats.dead += 1
+            log.error("contractspec.jobs.dead_lettered", error=outcome.error)
+        else:
+            self.stats.retried += 1
+            log.info(
+                "contractspec.jobs.retry_scheduled",
+                retry_at=str(outcome.retry_at),
+                error=outcome.error,
+            )
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._supervise(job), name=f"job:{job.type}:{job.id}")
@@ -415,7 +566,8 @@ class Worker:
             self._running.pop(job.id, None)
             self._slot_free.set()
             if not finished.cancelled() and finished.exception() is not None:
-                # Only database errors get here; the lease expires and the job runs again.
+                # A bug, not the database (its errors keep the outcome pending): the lease
+                # expires and the job runs again.
                 _log.error(
                     "contractspec.jobs.outcome_not_recorded",
                     job_id=job.id,
@@ -474,12 +626,7 @@ class Worker:
             if not self._shutting_down:
                 raise
             # Cancelled by shutdown after the grace period: give the job back unrun.
-            try:
-                await self.queue.release(job.id, token)
-                self.stats.released += 1
-                log.info("contractspec.jobs.released")
-            except LeaseLostError:
-                self.stats.lost += 1
+            await self._record(_Outcome(job, token, "release", log=log))
             return
         except JobTimeoutError as exc:
             await self._finish_failed(job, token, exc.message, True, log)
@@ -495,7 +642,7 @@ class Worker:
                 job, token, f"the handler returned an invalid result: {exc}", True, log
             )
             return
-        self._completed.append((job.id, token, stored))
+        self._outcomes[job.id] = _Outcome(job, token, "complete", log=log, result=stored)
 
     @staticmethod
     async def _call(fn: Any, payload: Any, ctx: JobContext, limit_s: float | None) -> Any:
@@ -541,14 +688,4 @@ class Worker:
             spec_entry = self.handlers.get(job.type)
             assert spec_entry is not None
             retry_at = self.queue.clock.now() + spec_entry[0].backoff.delay(job.attempts, self.rng)
-        try:
-            status = await self.queue.fail(job.id, token, error, retry_at=retry_at)
-        except LeaseLostError:
-            self.stats.lost += 1
-            return
-        if status is JobStatus.DEAD:
-            self.stats.dead += 1
-            log.error("contractspec.jobs.dead_lettered", error=error)
-        else:
-            self.stats.retried += 1
-            log.info("contractspec.jobs.retry_scheduled", retry_at=str(retry_at), error=error)
+        await self._record(_Outcome(job, token, "fail", log=log, error=error, retry_at=retry_at))
