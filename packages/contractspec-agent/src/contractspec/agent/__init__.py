@@ -88,7 +88,14 @@ from contractspec.agent.stores import (
     RunStep,
     RunStore,
 )
-from contractspec.agent.tools import RiskLevel, Tool, ToolContext, operation_tool, tool
+from contractspec.agent.tools import (
+    Reconciled,
+    RiskLevel,
+    Tool,
+    ToolContext,
+    operation_tool,
+    tool,
+)
 
 try:
     __version__ = version("contractspec-agent")
@@ -129,6 +136,7 @@ __all__ = [
     "ModelRequest",
     "ModelRequestsForbiddenError",
     "ModelResponse",
+    "Reconciled",
     "RiskLevel",
     "RiskRule",
     "Run",

@@ -4,7 +4,7 @@ Split by blame, like the rest of ContractSpec (and pydantic-ai's `UserError` / `
 
 * the developer declared something wrong: `SpecDefinitionError` (from core) for agents and tools;
 * a run failed at run time: `AgentRunError` and its subclasses (`UsageLimitExceeded`,
-  `UnexpectedModelBehavior`, `ModelRequestsForbiddenError`);
+  `UnexpectedModelBehavior`, `ModelRequestsForbiddenError`, `LeaseLostError`);
 * an approval rule said no: `ApprovalDecisionError`, `ApprovalExpiredError`,
   `ApprovalMismatchError`, `ApprovalUnavailableError`;
 * a proof-carrying action failed an invariant: `InvariantFailedError`.
@@ -27,6 +27,7 @@ __all__ = [
     "ApprovalRequiredError",
     "ApprovalUnavailableError",
     "InvariantFailedError",
+    "LeaseLostError",
     "ModelRequestsForbiddenError",
     "UnexpectedModelBehavior",
     "UsageLimitExceeded",
@@ -63,6 +64,13 @@ class ModelRequestsForbiddenError(AgentRunError):
     """
 
     code = "model_requests_forbidden"
+
+
+class LeaseLostError(AgentRunError):
+    """This worker lost the run's lease (it stalled past the lease and another worker recovered
+    the run); it stopped driving the run, which goes on in the other worker."""
+
+    code = "run_lease_lost"
 
 
 class ApprovalDecisionError(ConflictError):

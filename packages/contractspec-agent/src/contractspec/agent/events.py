@@ -26,8 +26,10 @@ __all__ = [
     "APPROVAL_EVENTS",
     "AgentEscalated",
     "ApprovalEvent",
+    "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunRecovered",
     "RunStarted",
     "RunWaiting",
     "ToolCalled",
@@ -37,8 +39,10 @@ __all__ = [
     "approval_expired",
     "approval_rejected",
     "approval_requested",
+    "run_cancelled",
     "run_completed",
     "run_failed",
+    "run_recovered",
     "run_started",
     "run_waiting",
     "tool_called",
@@ -117,6 +121,24 @@ class RunFailed(BaseModel):
     message: str
 
 
+class RunCancelled(BaseModel):
+    """`agent.run.cancelled`: the task driving the run was cancelled; the run is final."""
+
+    run_id: str
+    agent: str
+    steps: int
+
+
+class RunRecovered(BaseModel):
+    """`agent.run.recovered`: a worker took over a run whose lease expired (its worker died or
+    stalled); `in_doubt` counts the calls that were started and never finished."""
+
+    run_id: str
+    agent: str
+    previous_owner: str | None
+    in_doubt: int
+
+
 class ApprovalEvent(BaseModel):
     """Payload of the `approval.*` events."""
 
@@ -140,6 +162,12 @@ agent_escalated = define_event(
 run_waiting = define_event("agent.run.waiting", payload=RunWaiting, key="run_id")
 run_completed = define_event("agent.run.completed", payload=RunCompleted, key="run_id")
 run_failed = define_event("agent.run.failed", payload=RunFailed, key="run_id", severity="warning")
+run_cancelled = define_event(
+    "agent.run.cancelled", payload=RunCancelled, key="run_id", severity="warning"
+)
+run_recovered = define_event(
+    "agent.run.recovered", payload=RunRecovered, key="run_id", severity="warning"
+)
 approval_requested = define_event(
     "approval.requested", payload=ApprovalEvent, key="approval_id", severity="notice"
 )
@@ -156,6 +184,8 @@ AGENT_EVENTS: tuple[EventSpec, ...] = (
     run_waiting,
     run_completed,
     run_failed,
+    run_cancelled,
+    run_recovered,
 )
 #: Every `approval.*` event spec.
 APPROVAL_EVENTS: tuple[EventSpec, ...] = (

@@ -13,24 +13,38 @@ validate -> invariants (action packet + proof) -> risk (L0-L3) -> approval if re
 * **invariants**: the tool's declared `Invariant`s are evaluated over the arguments and the
   tool's evidence; each call gets an `ActionPacket` with the proof (PASS/FAIL and the values
   seen). Any FAIL blocks the call and the packet says why.
-* **risk**: the declared `RiskLevel`, raised by `RiskRule`s that match the data.
+* **risk**: the declared `RiskLevel`, raised by `RiskRule`s that match the data. A raised level
+  carries the requirements of a declared one: L3 is decided by the tool's named approvers.
 * **approval**: from the agent's `approval_from` level (default L2) the call waits for a human
   approval bound to the hash of its exact arguments; L3 needs the tool's named approvers. If
   the approval store is unavailable nothing executes (fail closed).
-* **idempotency**: the action id is `sha256(run_id, step, tool, arguments_hash)`, never the
-  model's tool-call id (which changes on retry). It is written to the ledger *before* the effect;
-  a retried or resumed step finds it and replays the recorded result instead of acting again.
-* **execute or shadow**: in shadow mode (per agent or tool) nothing executes; the packet records
-  what would have happened.
+* **idempotency**: the action id is `sha256(run_id, tool, arguments_hash, ordinal)`, never the
+  model's tool-call id (which changes on retry). The ordinal numbers identical calls within one
+  step (0, 1, ...), so two identical calls of a step are two actions, while the same call made
+  again in a later step of the run is the same action. The id is written to the ledger *before*
+  the effect; a retried, resumed or recovered call finds it and replays the recorded result
+  instead of acting again (a call that failed with a known outcome may run again in a later
+  step).
+* **in doubt**: a side-effecting call whose outcome is unknown — it timed out, its run was
+  cancelled, or its worker crashed while it ran — is `in_doubt`: the model is told the outcome
+  is unknown, and the call is never repeated silently. When it is called again (or its run is
+  recovered) the gateway resolves it: the tool's `reconcile` function, an idempotent
+  operation's key (the executor replays it if it took effect) or, for L0 tools, a re-run;
+  otherwise a person approves a re-run (the run waits) or it stays in doubt.
+* **execute or shadow**: in shadow mode (per agent or tool) calls with side effects, and calls
+  that would need an approval, do not execute; the packet records what would have happened.
+  Read-only calls run, so later decisions see real data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import inspect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
@@ -39,6 +53,7 @@ from attrs import define, evolve, field
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from contractspec.agent._isolation import run_in_process
 from contractspec.agent.approvals import ApprovalWorkflow
 from contractspec.agent.errors import ApprovalUnavailableError, InvariantFailedError
 from contractspec.agent.events import envelope, tool_called, tool_failed
@@ -46,7 +61,7 @@ from contractspec.agent.invariants import InvariantResult
 from contractspec.agent.messages import ToolCall, ToolMessage
 from contractspec.agent.specs import AgentSpec
 from contractspec.agent.stores import ActionRecord, ActionStatus, ApprovalStatus, RunStore
-from contractspec.agent.tools import RiskLevel, Tool, ToolContext
+from contractspec.agent.tools import Reconciled, RiskLevel, Tool, ToolContext
 from contractspec.core import (
     AuditRecord,
     AuditSink,
@@ -79,6 +94,7 @@ _log = structlog.get_logger(__name__)
 OutcomeStatus = Literal[
     "ok",
     "replayed",
+    "reconciled",
     "invalid",
     "blocked",
     "needs_approval",
@@ -91,10 +107,20 @@ OutcomeStatus = Literal[
     "unknown_tool",
 ]
 
+#: A hook the runner stages its own writes with, in the transaction of the gateway's ledger writes.
+Stage = Callable[[Transaction], Awaitable[None]]
+#: A hook staging writes about the finished calls, in the transaction that records their outcome.
+StageOutcomes = Callable[[Transaction, Sequence["ToolOutcome"]], Awaitable[None]]
 
-def action_id_for(run_id: str, step: int, tool: str, arguments_hash: str) -> str:
-    """The gateway's idempotency id: SHA-256 hex of run id, step, tool name and argument hash."""
-    return hashlib.sha256(f"{run_id}\n{step}\n{tool}\n{arguments_hash}".encode()).hexdigest()
+
+def action_id_for(run_id: str, tool: str, arguments_hash: str, ordinal: int = 0) -> str:
+    """The gateway's idempotency id: SHA-256 hex of run id, tool name, argument hash and the
+    call's ordinal among identical calls (same tool and arguments) of its step (0, 1, ...).
+
+    The step is not part of it: the same call made again later in the run is the same action
+    (a retry), while two identical calls of one step are two actions.
+    """
+    return hashlib.sha256(f"{run_id}\n{tool}\n{arguments_hash}\n{ordinal}".encode()).hexdigest()
 
 
 @define(frozen=True)
@@ -131,12 +157,14 @@ class ActionPacket:
         proof: One `InvariantResult` per invariant.
         declared_risk, risk: Declared and effective `RiskLevel` values (0-3).
         decision: `execute`, `blocked`, `needs_approval`, `rejected`, `unavailable`,
-            `replayed`, `in_doubt` or `shadow`.
+            `replayed`, `reconciled`, `in_doubt` or `shadow`.
         reason: Why (the failed invariants, the approval state, ...).
         mode: `live` or `shadow`.
         would: In shadow mode, what would have happened (`execute`, `blocked`,
             `needs_approval`).
         approval_id: The approval request, when one was involved.
+        ordinal: Position among identical calls (same tool and arguments) of the step, from 0.
+        attempt: Which attempt of the action this is (from 1; see `ActionRecord.attempts`).
     """
 
     action_id: str | None
@@ -155,6 +183,8 @@ class ActionPacket:
     mode: Literal["live", "shadow"] = "live"
     would: str | None = None
     approval_id: str | None = None
+    ordinal: int = 0
+    attempt: int = 1
 
     @property
     def passed(self) -> bool:
@@ -199,6 +229,8 @@ class ActionPacket:
             "mode": self.mode,
             "would": self.would,
             "approval_id": self.approval_id,
+            "ordinal": self.ordinal,
+            "attempt": self.attempt,
         }
 
 
@@ -264,6 +296,47 @@ def _problem(status: str, message: str, **extra: Any) -> str:
     return _dumps({"status": status, "error": message, **extra})
 
 
+@define(eq=False)
+class _Plan:
+    """One call on its way through the gateway (internal): identified, then decided, then
+    (maybe) executed."""
+
+    tool: Tool | None
+    call: ToolCall
+    scope: RunScope
+    started: float
+    args: BaseModel | None = None
+    args_json: Mapping[str, Any] | None = None
+    digest: str | None = None
+    ordinal: int = 0
+    packet: ActionPacket | None = None
+    ctx: ToolContext | None = None
+    #: Decided without executing (invalid, blocked, waiting, replayed, ...), or the result.
+    outcome: ToolOutcome | None = None
+    #: What to write to the ledger before executing (`begin`: a new action, `restart`: a new
+    #: attempt of a known one) or after (`resolve`: reconcile found the effect done).
+    ledger: Literal["none", "begin", "restart", "resolve"] = "none"
+    known: ActionRecord | None = None
+    attempt: int = 1
+    #: A worker thread that outlived the call's timeout: its late outcome is recorded.
+    late: asyncio.Future[Any] | None = None
+
+    @property
+    def counts(self) -> bool:
+        """Counted against `max_tool_calls`: a known tool called with valid arguments."""
+        return self.args is not None
+
+
+class _TimedOut(Exception):
+    def __init__(self, late: asyncio.Future[Any] | None) -> None:
+        super().__init__("timed out")
+        self.late = late
+
+
+class _LedgerRace(Exception):
+    """Internal: a ledger write lost a race; decide the call again."""
+
+
 class ToolGateway:
     """Runs one tool call through validate → invariants → risk → approval → idempotency →
     execute/shadow → audit.
@@ -299,11 +372,18 @@ class ToolGateway:
         self.ids = ids
         self.executor = executor
         self.approvals = approvals
+        self._late: set[asyncio.Task[None]] = set()
 
     # -- the pipeline -----------------------------------------------------------------------------
 
     async def invoke(
-        self, tool: Tool, call: ToolCall, scope: RunScope, *, report: bool = True
+        self,
+        tool: Tool,
+        call: ToolCall,
+        scope: RunScope,
+        *,
+        ordinal: int = 0,
+        report: bool = True,
     ) -> ToolOutcome:
         """Run one call through the pipeline and return its outcome (never raises for tool
         failures; they become failed outcomes).
@@ -312,106 +392,227 @@ class ToolGateway:
             tool: The tool.
             call: The model's call.
             scope: The run it belongs to.
-            report: Publish the outcome's event (and audit blocked/shadowed calls) in a
-                transaction of its own. The runner passes `False` and calls `report()` inside
-                the transaction that persists the step, so events commit with the run state.
+            ordinal: Position of this call among identical calls (same tool and arguments) of
+                its step, from 0 (`ToolExecutor` numbers a step's calls for you).
+            report: Publish the outcome's event (and audit blocked/shadowed calls) in the
+                transaction that records the outcome. The runner passes `False` and reports
+                outcomes inside the transaction that persists the step.
         """
-        started = perf_counter()
-        outcome = await self._invoke(tool, call, scope)
-        outcome = _with_duration(outcome, started)
-        if report:
-            tx = await self.unit_of_work.begin()
-            try:
-                await self.report(tx, tool, scope, outcome)
-                await tx.commit()
-            except BaseException:
-                await tx.rollback()
-                raise
+        plan = self._identify(tool, call, scope, ordinal)
+        if plan.outcome is None:
+            await self._plan(plan)
+        (outcome,) = await self._run([plan], report=report)
         return outcome
 
-    async def _invoke(self, tool: Tool, call: ToolCall, scope: RunScope) -> ToolOutcome:
-        # 1. validate
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until calls that outlived their timeout in a worker thread have finished and
+        their late outcomes are recorded in the ledger (call it before shutting down).
+
+        Args:
+            timeout_s: Seconds to wait at most (`None`: until all are recorded).
+
+        Returns:
+            `True` when nothing is left to record.
+        """
+        if not self._late:
+            return True
+        _, pending = await asyncio.wait(set(self._late), timeout=timeout_s)
+        return not pending
+
+    def _identify(self, tool: Tool, call: ToolCall, scope: RunScope, ordinal: int = 0) -> _Plan:
+        plan = _Plan(tool, call, scope, perf_counter(), ordinal=ordinal)
         validated = self._validate(tool, call)
         if isinstance(validated, ToolOutcome):
-            return validated
-        args_json = validated.model_dump(mode="json")
-        digest = hashlib.sha256(canonical_json(args_json).encode()).hexdigest()
-        action_id = action_id_for(scope.run_id, scope.step, tool.name, digest)
+            plan.outcome = validated
+            return plan
+        plan.args = validated
+        plan.args_json = validated.model_dump(mode="json")
+        plan.digest = hashlib.sha256(canonical_json(plan.args_json).encode()).hexdigest()
+        return plan
+
+    async def _plan(self, plan: _Plan) -> _Plan:
+        """Decide a valid call: replay, invariants, risk, shadow, approval, ledger (no effect
+        yet; a new or re-run action is marked `plan.ledger` for `_run`)."""
+        tool, call, scope = plan.tool, plan.call, plan.scope
+        assert tool is not None
+        assert plan.args is not None
+        assert plan.digest is not None
+        assert plan.args_json is not None
+        action_id = action_id_for(scope.run_id, tool.name, plan.digest, plan.ordinal)
         packet = ActionPacket(
-            action_id=action_id,
-            run_id=scope.run_id,
-            step=scope.step,
-            agent=scope.agent.ref,
-            tool=tool.name,
-            arguments=args_json,
-            arguments_hash=digest,
-            declared_risk=int(tool.risk),
-            risk=int(tool.risk),
-        )
-        shadow = scope.agent.policy.shadow or tool.shadow
-        # A finished action is not a new action: replay what it did.
-        if tool.side_effects and not shadow:
-            known = await self._ledger_get(action_id)  # one indexed read
-            if known is not None:
-                replay = self._replay(tool, call, known, packet)
-                if replay is not None:
-                    return replay
-        tool_ctx = ToolContext(
+            action_id=action_id, run_id=scope.run_id, step=scope.step, agent=scope.agent.ref,
+            tool=tool.name, arguments=plan.args_json, arguments_hash=plan.digest,
+            declared_risk=int(tool.risk), risk=int(tool.risk), ordinal=plan.ordinal,
+        )  # fmt: skip
+        plan.ctx = ToolContext(
             scope.run_id, scope.agent.ref, scope.step, action_id, self._call_ctx(scope, action_id),
             scope.deps,
         )  # fmt: skip
+        plan.outcome, plan.ledger, plan.known = None, "none", None
+        policy = scope.agent.policy
+        known: ActionRecord | None = None
+        if tool.side_effects:
+            known = await self._ledger_get(action_id)  # one indexed read
+            # A finished action is not a new action: replay what it did (a known failure of an
+            # earlier step may run again below).
+            if known is not None and (
+                known.status is ActionStatus.SUCCEEDED
+                or (known.status is ActionStatus.FAILED and known.step >= scope.step)
+            ):
+                plan.outcome = self._replayed(call, known, packet)
+                return plan
         # 2. invariants
-        packet = await self._prove(tool, validated, tool_ctx, packet)
-        # 3. risk
-        namespace = _namespace(validated, packet.evidence)
+        packet = await self._prove(tool, plan.args, plan.ctx, packet)
+        # 3. risk: rules only raise it
+        namespace = _namespace(plan.args, packet.evidence)
         risk = int(tool.risk)
         for rule in tool.risk_rules:
             if rule.applies(namespace):
                 risk = max(risk, int(rule.level))
         packet = packet.evolve(risk=risk)
-        needs_approval = risk >= int(scope.agent.policy.approval_from) or risk == RiskLevel.L3
-        if shadow:
-            would = (
-                "blocked"
-                if not packet.passed
-                else "needs_approval"
-                if needs_approval
-                else "execute"
-            )
-            packet = packet.evolve(
-                decision="shadow",
-                mode="shadow",
-                would=would,
-                reason=f"shadow mode: nothing executed; live mode would {would.replace('_', ' ')}",
-            )
-            return ToolOutcome(
-                call,
-                "shadowed",
-                _dumps({"status": "shadowed", "would": would, "note": packet.reason}),
-                packet=packet,
-            )
+        needs_approval = risk >= int(policy.approval_from) or risk >= RiskLevel.L3
+        if (policy.shadow or tool.shadow) and (tool.side_effects or needs_approval):
+            plan.outcome = _shadowed(call, packet, needs_approval)
+            return plan
         if not packet.passed:
             failed = [r for r in packet.proof if not r.passed]
             reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
             packet = packet.evolve(decision="blocked", reason=f"invariant failed: {reason}")
-            return ToolOutcome(
+            plan.outcome = ToolOutcome(
                 call,
                 "blocked",
                 _problem("blocked", packet.reason, proof=[r.to_dict() for r in packet.proof]),
                 is_error=True,
                 packet=packet,
             )
+            return plan
+        if risk >= RiskLevel.L3 and not tool.approvers:
+            # fail closed: an irreversible call is decided by named approvers, however it became
+            # irreversible (tool() and operation_tool() refuse such tools already)
+            packet = packet.evolve(
+                decision="blocked",
+                reason=f"{tool.name} is L3 (irreversible) for these arguments and names no "
+                "approvers; it cannot run",
+            )
+            plan.outcome = ToolOutcome(
+                call, "blocked", _problem("blocked", packet.reason), True, packet
+            )
+            return plan
         # 4. approval
         if needs_approval:
-            gate = await self._approval(tool, call, scope, packet)
+            gate = await self._approval(tool, call, scope, packet, key=action_id)
             if isinstance(gate, ToolOutcome):
-                return gate
+                plan.outcome = gate
+                return plan
             packet = gate
-        # 5. idempotency, 6. execute
-        timeout = tool.timeout if tool.timeout is not None else scope.agent.tool_timeout_s
-        if tool.side_effects:
-            return await self._execute_once(tool, call, validated, tool_ctx, packet, timeout)
-        return await self._execute(tool, call, validated, tool_ctx, packet, timeout)
+        plan.packet = packet
+        # 5. idempotency: what the ledger says decides whether and how this runs
+        if not tool.side_effects:
+            return plan
+        if known is None:
+            plan.ledger = "begin"
+        elif known.status is ActionStatus.FAILED:  # a known failure of an earlier step
+            plan.ledger, plan.known = "restart", known
+            plan.packet = packet.evolve(
+                reason=f"attempt {known.attempts} failed in step {known.step}; running again"
+            )
+        else:  # started or in doubt: the outcome of an earlier attempt is unknown
+            await self._resolve_in_doubt(plan, known, risk)
+        return plan
+
+    async def _resolve_in_doubt(self, plan: _Plan, known: ActionRecord, risk: int) -> None:
+        """An earlier attempt's outcome is unknown: reconcile, replay through the executor's
+        key, re-run an L0 call, or let a person decide; never repeat it silently."""
+        tool, call, scope = plan.tool, plan.call, plan.scope
+        assert tool is not None
+        assert plan.packet is not None
+        assert plan.ctx is not None
+        packet = plan.packet
+        action_id = str(packet.action_id)
+        plan.known = known
+        attempt = known.attempts
+        if tool.reconcile is not None:
+            found = await self._reconcile(tool, plan)
+            if found is not None and found.done:
+                result = to_jsonable_python(found.result)
+                plan.packet = packet.evolve(
+                    decision="reconciled",
+                    reason=f"attempt {attempt} had an unknown outcome; reconcile found it done, "
+                    "so it is not run again",
+                )
+                plan.outcome = ToolOutcome(
+                    call, "reconciled", _dumps(result), False, plan.packet, result
+                )
+                plan.ledger = "resolve"
+                return
+            if found is not None:
+                plan.ledger = "restart"
+                plan.packet = packet.evolve(
+                    reason=f"attempt {attempt} had an unknown outcome; reconcile found it not "
+                    "done, so it runs again"
+                )
+                return
+        if self._recoverable(tool):
+            plan.ledger = "restart"
+            plan.packet = packet.evolve(
+                reason=f"attempt {attempt} had an unknown outcome; an idempotent command runs "
+                "again with the same idempotency key (replayed if it took effect)"
+            )
+            return
+        if risk <= RiskLevel.L0:
+            plan.ledger = "restart"
+            plan.packet = packet.evolve(
+                reason=f"attempt {attempt} had an unknown outcome; an L0 call is safe to repeat"
+            )
+            return
+        why = (
+            f"the outcome of {tool.name} (attempt {attempt}) is unknown: it was started and "
+            "never finished (a timeout, a cancelled run or a crashed worker). Approve to run it "
+            "again, reject to leave it as it is"
+        )
+        gate = await self._approval(
+            tool, call, scope, packet, key=f"{action_id}:retry:{attempt}", reason=why,
+            metadata={"in_doubt": True, "attempt": attempt},
+        )  # fmt: skip
+        if isinstance(gate, ToolOutcome):
+            if gate.pending:
+                assert gate.packet is not None
+                plan.outcome = evolve(
+                    gate,
+                    packet=gate.packet.evolve(
+                        reason=f"in doubt: waiting for approval {gate.approval_id} to run "
+                        f"attempt {attempt + 1}"
+                    ),
+                )
+                return
+            reason = (
+                f"the outcome of {tool.name} is unknown (attempt {attempt} never finished) and "
+                "it is not run again"
+                + (f": {gate.packet.reason}" if gate.packet and gate.packet.reason else "")
+            )
+            in_doubt = (gate.packet or packet).evolve(decision="in_doubt", reason=reason)
+            plan.outcome = ToolOutcome(
+                call, "in_doubt", _problem("in_doubt", reason), True, in_doubt
+            )
+            return
+        plan.ledger = "restart"
+        plan.packet = gate.evolve(
+            reason=f"attempt {attempt} had an unknown outcome; a person approved running it "
+            f"again ({gate.approval_id})"
+        )
+
+    async def _reconcile(self, tool: Tool, plan: _Plan) -> Reconciled | None:
+        assert tool.reconcile is not None
+        assert plan.args is not None
+        assert plan.ctx is not None
+        try:
+            found = tool.reconcile(plan.args, plan.ctx)
+            if inspect.isawaitable(found):
+                found = await found
+        except Exception as exc:  # still unknown: a person decides
+            _log.warning("agent.reconcile_failed", tool=tool.name, exc_info=exc)
+            return None
+        return found if isinstance(found, Reconciled) else None
 
     def _validate(self, tool: Tool, call: ToolCall) -> BaseModel | ToolOutcome:
         raw: Any = call.arguments
@@ -476,7 +677,15 @@ class ToolGateway:
         return packet.evolve(evidence=evidence, proof=proof)
 
     async def _approval(
-        self, tool: Tool, call: ToolCall, scope: RunScope, packet: ActionPacket
+        self,
+        tool: Tool,
+        call: ToolCall,
+        scope: RunScope,
+        packet: ActionPacket,
+        *,
+        key: str,
+        reason: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ActionPacket | ToolOutcome:
         wf = self.approvals
         if wf is None:
@@ -487,20 +696,19 @@ class ToolGateway:
             return ToolOutcome(
                 call, "unavailable", _problem("unavailable", packet.reason), True, packet
             )
-        assert packet.action_id is not None
         try:
-            req = await wf.get_by_key(scope.call.org_id, packet.action_id)
+            req = await wf.get_by_key(scope.call.org_id, key)
             if req is None:
                 req = await wf.request(
                     action=tool.name,
                     arguments=packet.arguments,
                     requested_by=scope.call.actor,
-                    reason=scope.reason or f"{scope.agent.ref} wants to call {tool.name}",
+                    reason=reason or scope.reason or f"{scope.agent.ref} wants to call {tool.name}",
                     risk=packet.risk,
                     org_id=scope.call.org_id,
                     subject_type="agent.tool_call",
                     subject_id=scope.run_id,
-                    key=packet.action_id,
+                    key=key,
                     expires_in_s=scope.agent.policy.approval_ttl_s,
                     quorum=tool.quorum,
                     approvers=tool.approvers,
@@ -508,6 +716,7 @@ class ToolGateway:
                         "agent": scope.agent.ref,
                         "step": scope.step,
                         "packet": packet.to_dict(),
+                        **dict(metadata or {}),
                     },
                 )
             if req.status is ApprovalStatus.APPROVED:
@@ -557,18 +766,7 @@ class ToolGateway:
         finally:
             await tx.rollback()
 
-    def _replay(
-        self, tool: Tool, call: ToolCall, known: ActionRecord, packet: ActionPacket
-    ) -> ToolOutcome | None:
-        if known.status is ActionStatus.STARTED:
-            if self._recoverable(tool):
-                return None  # the executor's idempotency key makes a re-run a replay
-            packet = packet.evolve(
-                decision="in_doubt",
-                reason="this action was started before and its outcome is unknown; it is not "
-                "repeated",
-            )
-            return ToolOutcome(call, "in_doubt", _problem("in_doubt", packet.reason), True, packet)
+    def _replayed(self, call: ToolCall, known: ActionRecord, packet: ActionPacket) -> ToolOutcome:
         stored = known.result if isinstance(known.result, Mapping) else {}
         failed = known.status is ActionStatus.FAILED
         packet = packet.evolve(
@@ -581,6 +779,7 @@ class ToolGateway:
             ),
             risk=int(known.packet.get("risk", packet.risk)),
             approval_id=known.packet.get("approval_id"),
+            attempt=known.attempts,
         )  # fmt: skip
         content = stored.get("content", "")
         return ToolOutcome(call, "replayed", content, failed, packet, stored.get("result"))
@@ -591,131 +790,366 @@ class ToolGateway:
         spec = self.executor.registry.get(tool.operation, tool.version)
         return spec.idempotent and spec.is_command
 
-    async def _execute_once(
+    async def _run(
         self,
-        tool: Tool,
-        call: ToolCall,
-        args: BaseModel,
-        ctx: ToolContext,
-        packet: ActionPacket,
-        limit_s: float,
-    ) -> ToolOutcome:
-        assert packet.action_id is not None
-        now = self.clock.now()
-        record = ActionRecord(
-            action_id=packet.action_id,
-            run_id=packet.run_id,
-            step=packet.step,
-            tool=tool.name,
-            org_id=ctx.call.org_id,
-            arguments_hash=packet.arguments_hash,
-            status=ActionStatus.STARTED,
-            created_at=now,
-            updated_at=now,
-            packet=packet.to_dict(),
-        )
+        plans: Sequence[_Plan],
+        *,
+        open: Stage | None = None,
+        close: StageOutcomes | None = None,
+        report: bool = False,
+    ) -> list[ToolOutcome]:
+        """Record new actions (with `open`'s writes, in one transaction), execute the runnable
+        calls concurrently, then record their outcomes (with `close`'s writes, or the outcomes'
+        events when `report`, in one transaction)."""
+        writes = [p for p in plans if p.ledger in ("begin", "restart")]
+        if writes:
+            await self._begin(writes, open)
+        runnable = [p for p in plans if p.outcome is None]
+        if len(runnable) == 1:
+            await self._execute(runnable[0])
+        elif runnable:
+            await asyncio.gather(*(self._execute(p) for p in runnable))
+        outcomes: list[ToolOutcome] = []
+        for p in plans:
+            assert p.outcome is not None
+            outcomes.append(evolve(p.outcome, duration_ms=(perf_counter() - p.started) * 1000.0))
+        recorded = [p for p in plans if p.ledger != "none"]
+        if recorded or close is not None or report:
+            tx = await self.unit_of_work.begin()
+            try:
+                for p, outcome in zip(plans, outcomes, strict=True):
+                    if p.ledger != "none":
+                        await self._finish(tx, p, outcome)
+                if close is not None:
+                    await close(tx, outcomes)
+                elif report:
+                    for p, outcome in zip(plans, outcomes, strict=True):
+                        if p.tool is not None:
+                            await self.report(tx, p.tool, p.scope, outcome)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                if recorded and close is not None:
+                    await asyncio.shield(self._finish_alone(recorded, outcomes, plans))
+                raise
+        self._watch(plans)
+        return outcomes
+
+    async def _begin(self, writes: Sequence[_Plan], open: Stage | None) -> None:
         tx = await self.unit_of_work.begin()
         try:
-            await self.runs.begin_action(tx, record)
+            if open is not None:
+                await open(tx)
+            for p in writes:
+                await self._stage_begin(tx, p)
             await tx.commit()
+            return
         except ConflictError:
             await tx.rollback()
-            known = await self._ledger_get(packet.action_id)
-            if known is None:  # pragma: no cover - the conflicting row vanished
+        except BaseException:
+            await tx.rollback()
+            raise
+        # A ledger write lost a race (another worker recorded the same action meanwhile): take
+        # the writes one by one and decide the losers again from what the ledger now says.
+        if open is not None:
+            tx = await self.unit_of_work.begin()
+            try:
+                await open(tx)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
                 raise
-            replay = self._replay(tool, call, known, packet)
-            if replay is not None:
-                return replay
-        except BaseException:
-            await tx.rollback()
-            raise
-        outcome = await self._execute(tool, call, args, ctx, packet, limit_s)
-        status = ActionStatus.FAILED if outcome.is_error else ActionStatus.SUCCEEDED
-        tx = await self.unit_of_work.begin()
-        try:
-            await self.runs.finish_action(
-                tx,
-                packet.action_id,
-                status,
-                {"content": outcome.content, "result": outcome.result, "status": outcome.status},
-                self.clock.now(),
-            )
-            await self._audit(tx, tool, ctx.call, outcome)
-            await tx.commit()
-        except BaseException:
-            await tx.rollback()
-            raise
-        return outcome
+        for p in writes:
+            for _round in range(2):
+                if p.ledger not in ("begin", "restart"):
+                    break
+                tx = await self.unit_of_work.begin()
+                try:
+                    await self._stage_begin(tx, p)
+                    await tx.commit()
+                    break
+                except ConflictError:
+                    await tx.rollback()
+                    await self._plan(p)
+                except BaseException:
+                    await tx.rollback()
+                    raise
+            else:
+                if p.ledger in ("begin", "restart"):  # lost twice: leave it to the other worker
+                    assert p.packet is not None
+                    packet = p.packet.evolve(
+                        decision="in_doubt",
+                        reason="another worker is running this action right now; its outcome "
+                        "is not known here",
+                    )
+                    p.outcome = ToolOutcome(
+                        p.call, "in_doubt", _problem("in_doubt", packet.reason), True, packet
+                    )
+                    p.ledger = "none"
 
-    async def _execute(
-        self,
-        tool: Tool,
-        call: ToolCall,
-        args: BaseModel,
-        ctx: ToolContext,
-        packet: ActionPacket,
-        limit_s: float,
-    ) -> ToolOutcome:
-        packet = packet.evolve(decision="execute")
-        try:
-            async with asyncio.timeout(limit_s):
-                result = await self._run_tool(tool, args, ctx)
-        except TimeoutError:
-            return ToolOutcome(
-                call,
-                "timeout",
-                _problem(
-                    "timeout", f"{tool.name} took longer than {limit_s:g} s and was cancelled"
+    async def _stage_begin(self, tx: Transaction, plan: _Plan) -> None:
+        assert plan.packet is not None
+        assert plan.tool is not None
+        assert plan.ctx is not None
+        now = self.clock.now()
+        action_id = str(plan.packet.action_id)
+        if plan.ledger == "begin":
+            plan.attempt = 1
+            plan.packet = plan.packet.evolve(decision="execute", attempt=1)
+            await self.runs.begin_action(
+                tx,
+                ActionRecord(
+                    action_id=action_id,
+                    run_id=plan.scope.run_id,
+                    step=plan.scope.step,
+                    tool=plan.tool.name,
+                    org_id=plan.ctx.call.org_id,
+                    arguments_hash=plan.packet.arguments_hash,
+                    status=ActionStatus.STARTED,
+                    created_at=now,
+                    updated_at=now,
+                    packet=plan.packet.to_dict(),
                 ),
-                True,
-                packet,
             )
+            return
+        known = plan.known
+        assert known is not None
+        plan.attempt = known.attempts + 1
+        plan.packet = plan.packet.evolve(decision="execute", attempt=plan.attempt)
+        await self.runs.update_action(
+            tx,
+            action_id,
+            ActionStatus.STARTED,
+            expected=(known.status,),
+            expected_attempts=known.attempts,
+            updated_at=now,
+            step=plan.scope.step,
+            packet=plan.packet.to_dict(),
+            attempts=plan.attempt,
+        )
+
+    async def _finish(self, tx: Transaction, plan: _Plan, outcome: ToolOutcome) -> None:
+        assert plan.tool is not None
+        assert plan.ctx is not None
+        action_id = str(outcome.action_id)
+        stored = {"content": outcome.content, "result": outcome.result, "status": outcome.status}
+        if plan.ledger == "resolve":
+            assert plan.known is not None
+            await self.runs.update_action(
+                tx, action_id, ActionStatus.SUCCEEDED,
+                expected=(ActionStatus.STARTED, ActionStatus.IN_DOUBT),
+                expected_attempts=plan.known.attempts, updated_at=self.clock.now(),
+                result=stored,
+            )  # fmt: skip
+        else:
+            status = (
+                ActionStatus.IN_DOUBT
+                if outcome.status == "in_doubt"
+                else ActionStatus.FAILED
+                if outcome.is_error
+                else ActionStatus.SUCCEEDED
+            )
+            await self.runs.update_action(
+                tx, action_id, status, expected=(ActionStatus.STARTED,),
+                expected_attempts=plan.attempt, updated_at=self.clock.now(), result=stored,
+            )  # fmt: skip
+        await self._audit(tx, plan.tool, plan.ctx.call, outcome)
+
+    async def _finish_alone(
+        self, recorded: Sequence[_Plan], outcomes: Sequence[ToolOutcome], plans: Sequence[_Plan]
+    ) -> None:
+        """The step could not be persisted: still record what the calls did, so the ledger does
+        not report known outcomes as unknown."""
+        by_plan = dict(zip((id(p) for p in plans), outcomes, strict=True))
+        try:
+            tx = await self.unit_of_work.begin()
+            try:
+                for p in recorded:
+                    await self._finish(tx, p, by_plan[id(p)])
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+        except Exception:  # the store is failing: the actions stay started, i.e. in doubt
+            _log.warning("agent.ledger_finish_failed", exc_info=True)
+
+    async def _execute(self, plan: _Plan) -> None:
+        tool, call, scope = plan.tool, plan.call, plan.scope
+        assert tool is not None
+        assert plan.packet is not None
+        assert plan.ctx is not None
+        packet = plan.packet.evolve(decision="execute", attempt=plan.attempt)
+        limit_s = tool.timeout if tool.timeout is not None else scope.agent.tool_timeout_s
+        try:
+            result = await self._run_tool(plan, limit_s)
+        except _TimedOut as timed_out:
+            plan.late = timed_out.late
+            plan.outcome = _timed_out(plan, packet, limit_s)
         except ContractSpecError as exc:
-            return ToolOutcome(
+            plan.outcome = ToolOutcome(
                 call, "error", _problem(exc.code, exc.message, details=exc.details), True, packet
             )
         except Exception as exc:
-            _log.warning("agent.tool_raised", tool=tool.name, run_id=ctx.run_id, exc_info=exc)
-            return ToolOutcome(
+            _log.warning("agent.tool_raised", tool=tool.name, run_id=scope.run_id, exc_info=exc)
+            plan.outcome = ToolOutcome(
                 call,
                 "error",
                 _problem("tool_error", f"{tool.name} failed: {type(exc).__name__}: {exc}"),
                 True,
                 packet,
             )
-        return ToolOutcome(call, "ok", _dumps(result), False, packet, result)
+        except asyncio.CancelledError:
+            if plan.ledger in ("begin", "restart"):
+                await asyncio.shield(self._mark_in_doubt(plan))
+            raise
+        else:
+            plan.outcome = ToolOutcome(call, "ok", _dumps(result), False, packet, result)
 
-    async def _run_tool(self, tool: Tool, args: BaseModel, ctx: ToolContext) -> Any:
-        if tool.kind == "operation":
-            if self.executor is None:
-                raise ContractSpecError(
-                    f"tool {tool.name} runs operation {tool.operation} but the runner has no "
-                    "Executor; pass AgentRunner(executor=...)"
+    async def _run_tool(self, plan: _Plan, limit_s: float) -> Any:
+        tool, args, ctx = plan.tool, plan.args, plan.ctx
+        assert tool is not None
+        assert args is not None
+        assert ctx is not None
+        thread: asyncio.Future[Any] | None = None
+        try:
+            async with asyncio.timeout(limit_s) as deadline:
+                if tool.kind == "operation":
+                    return await self._run_operation(tool, args, ctx)
+                fn = tool.function
+                assert fn is not None
+                kwargs: dict[str, Any] = {}
+                if tool.positional:
+                    (param,) = [
+                        p for p in inspect.signature(fn).parameters if p != tool.context_param
+                    ]
+                    kwargs[param] = args
+                else:
+                    kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+                if inspect.iscoroutinefunction(fn):
+                    if tool.context_param is not None:
+                        kwargs[tool.context_param] = ctx
+                    return to_jsonable_python(await fn(**kwargs))
+                if tool.isolation == "process":
+                    context = None
+                    if tool.context_param is not None:
+                        context = (tool.context_param, _context_data(ctx))
+                    return await run_in_process(fn, kwargs, context)
+                if tool.context_param is not None:
+                    kwargs[tool.context_param] = ctx
+                loop = asyncio.get_running_loop()
+                call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
+                thread = loop.run_in_executor(None, call)
+                # shielded: a timeout stops the wait, not the thread, whose outcome is recorded
+                result = await asyncio.shield(thread)
+                thread = None
+                if inspect.isawaitable(result):
+                    result = await result
+                return to_jsonable_python(result)
+        except TimeoutError:
+            if deadline.expired():
+                raise _TimedOut(thread) from None
+            raise
+        except asyncio.CancelledError:
+            plan.late = thread
+            raise
+
+    async def _run_operation(self, tool: Tool, args: BaseModel, ctx: ToolContext) -> Any:
+        if self.executor is None:
+            raise ContractSpecError(
+                f"tool {tool.name} runs operation {tool.operation} but the runner has no "
+                "Executor; pass AgentRunner(executor=...)"
+            )
+        assert tool.operation is not None
+        spec = self.executor.registry.get(tool.operation, tool.version)
+        call = ctx.call
+        if spec.is_command and spec.idempotent:
+            call = call.replace(idempotency_key=ctx.action_id)
+        out = await self.executor.execute(tool.operation, args, call, version=tool.version)
+        return out.model_dump(mode="json")
+
+    async def _mark_in_doubt(self, plan: _Plan) -> None:
+        """The call's run was cancelled while it ran: its outcome is unknown."""
+        assert plan.packet is not None
+        assert plan.tool is not None
+        reason = "the run was cancelled while the call ran; it may have taken effect"
+        try:
+            tx = await self.unit_of_work.begin()
+            try:
+                await self.runs.update_action(
+                    tx, str(plan.packet.action_id), ActionStatus.IN_DOUBT,
+                    expected=(ActionStatus.STARTED,), expected_attempts=plan.attempt,
+                    updated_at=self.clock.now(),
+                    result={"content": _problem("in_doubt", reason), "result": None,
+                            "status": "in_doubt"},
+                )  # fmt: skip
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+        except Exception:  # it stays started: in doubt all the same
+            _log.warning("agent.mark_in_doubt_failed", tool=plan.tool.name, exc_info=True)
+            return
+        if plan.late is not None:
+            self._watch([plan])
+
+    def _watch(self, plans: Sequence[_Plan]) -> None:
+        """Record the late outcome of threads that outlived their call."""
+        for p in plans:
+            late, p.late = p.late, None
+            if late is None:
+                continue
+            if p.ledger not in ("begin", "restart"):  # nothing to record: just collect it
+                late.add_done_callback(_collect)
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._record_late(p, late), name="contractspec.agent.late_outcome"
+            )
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _record_late(self, plan: _Plan, late: asyncio.Future[Any]) -> None:
+        assert plan.tool is not None
+        assert plan.ctx is not None
+        assert plan.packet is not None
+        tool = plan.tool
+        kind: OutcomeStatus = "ok"
+        try:
+            value = await late
+            if inspect.isawaitable(value):
+                value = await value
+            result = to_jsonable_python(value)
+            status, content = ActionStatus.SUCCEEDED, _dumps(result)
+        except Exception as exc:
+            result = None
+            status, kind = ActionStatus.FAILED, "error"
+            content = _problem("tool_error", f"{tool.name} failed: {type(exc).__name__}: {exc}")
+        try:
+            tx = await self.unit_of_work.begin()
+            try:
+                await self.runs.update_action(
+                    tx, str(plan.packet.action_id), status, expected=(ActionStatus.IN_DOUBT,),
+                    expected_attempts=plan.attempt, updated_at=self.clock.now(),
+                    result={"content": content, "result": result, "status": kind, "late": True},
+                )  # fmt: skip
+                outcome = ToolOutcome(
+                    plan.call, kind, content, kind == "error", plan.packet, result
                 )
-            assert tool.operation is not None
-            spec = self.executor.registry.get(tool.operation, tool.version)
-            call = ctx.call
-            if spec.is_command and spec.idempotent:
-                call = call.replace(idempotency_key=ctx.action_id)
-            out = await self.executor.execute(tool.operation, args, call, version=tool.version)
-            return out.model_dump(mode="json")
-        fn = tool.function
-        assert fn is not None
-        kwargs: dict[str, Any] = {}
-        if tool.positional:
-            (param,) = [p for p in inspect.signature(fn).parameters if p != tool.context_param]
-            kwargs[param] = args
+                await self._audit(tx, tool, plan.ctx.call, outcome, late=True)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+        except ConflictError:
+            _log.warning(
+                "agent.late_outcome_after_retry", tool=tool.name, action_id=plan.packet.action_id
+            )
+        except Exception:
+            _log.warning("agent.late_outcome_not_recorded", tool=tool.name, exc_info=True)
         else:
-            kwargs = {name: getattr(args, name) for name in type(args).model_fields}
-        if tool.context_param is not None:
-            kwargs[tool.context_param] = ctx
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(**kwargs)
-        else:
-            result = await asyncio.to_thread(fn, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        return to_jsonable_python(result)
+            _log.info(
+                "agent.late_outcome_recorded", tool=tool.name, action_id=plan.packet.action_id,
+                status=status.value,
+            )  # fmt: skip
 
     def _call_ctx(self, scope: RunScope, action_id: str) -> CallContext:
         attributes = dict(scope.call.attributes)
@@ -730,7 +1164,13 @@ class ToolGateway:
     # -- audit and events -------------------------------------------------------------------------
 
     async def _audit(
-        self, tx: Transaction | None, tool: Tool, call: CallContext, outcome: ToolOutcome
+        self,
+        tx: Transaction | None,
+        tool: Tool,
+        call: CallContext,
+        outcome: ToolOutcome,
+        *,
+        late: bool = False,
     ) -> None:
         if self.audit is None:
             return
@@ -755,7 +1195,11 @@ class ToolGateway:
                 target_id=outcome.action_id,
                 request_id=call.request_id,
                 trace_id=call.trace_id,
-                details={"status": outcome.status, "packet": packet.to_dict() if packet else None},
+                details={
+                    "status": outcome.status,
+                    "packet": packet.to_dict() if packet else None,
+                    **({"late": True} if late else {}),
+                },
             ),
             tx,
         )
@@ -812,8 +1256,71 @@ def _namespace(args: BaseModel, evidence: Mapping[str, Any]) -> dict[str, Any]:
     return {**values, **evidence, "args": values, "evidence": dict(evidence)}
 
 
-def _with_duration(outcome: ToolOutcome, started: float) -> ToolOutcome:
-    return evolve(outcome, duration_ms=(perf_counter() - started) * 1000.0)
+def _shadowed(call: ToolCall, packet: ActionPacket, needs_approval: bool) -> ToolOutcome:
+    would = "blocked" if not packet.passed else "needs_approval" if needs_approval else "execute"
+    packet = packet.evolve(
+        decision="shadow",
+        mode="shadow",
+        would=would,
+        reason=f"shadow mode: nothing executed; live mode would {would.replace('_', ' ')}",
+    )
+    return ToolOutcome(
+        call,
+        "shadowed",
+        _dumps({"status": "shadowed", "would": would, "note": packet.reason}),
+        packet=packet,
+    )
+
+
+def _timed_out(plan: _Plan, packet: ActionPacket, limit_s: float) -> ToolOutcome:
+    tool, call = plan.tool, plan.call
+    assert tool is not None
+    abandoned = plan.late is not None
+    if not tool.side_effects:
+        message = (
+            f"{tool.name} took longer than {limit_s:g} s and was cancelled"
+            if not abandoned
+            else f"{tool.name} took longer than {limit_s:g} s and was abandoned (it runs in a "
+            "worker thread, which cannot be stopped)"
+        )
+        return ToolOutcome(call, "timeout", _problem("timeout", message), True, packet)
+    how = (
+        f"did not finish within {limit_s:g} s and is still running in a worker thread, which "
+        "cannot be stopped: it may still take effect"
+        if abandoned
+        else f"did not finish within {limit_s:g} s and was cancelled: it may have taken effect "
+        "before it was stopped"
+    )
+    reason = (
+        f"{tool.name} {how}. Its outcome is unknown: do not assume that it happened or that it "
+        "did not. Calling it again with the same arguments does not run it twice: it is checked "
+        "first (reconciled, or sent to a person for approval)"
+    )
+    packet = packet.evolve(decision="in_doubt", reason=reason)
+    return ToolOutcome(
+        call, "in_doubt", _problem("in_doubt", reason, action_id=packet.action_id), True, packet
+    )
+
+
+def _context_data(ctx: ToolContext) -> dict[str, Any]:
+    call = ctx.call
+    return {
+        "run_id": ctx.run_id,
+        "agent": ctx.agent,
+        "step": ctx.step,
+        "action_id": ctx.action_id,
+        "actor_id": call.actor.id,
+        "actor_kind": call.actor.kind.value,
+        "roles": sorted(call.actor.roles),
+        "org_id": call.org_id,
+        "request_id": call.request_id,
+        "correlation_id": call.correlation_id,
+    }
+
+
+def _collect(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: an abandoned thread's error is not "never retrieved"
 
 
 class ToolExecutor:
@@ -821,12 +1328,14 @@ class ToolExecutor:
 
     Unknown tools and unexpected exceptions become failed tool results (the run goes on);
     parallel calls run concurrently (`asyncio.gather`), so one waiting for approval or timing out
-    does not hold the others back.
+    does not hold the others back. Identical calls of the step (same tool and arguments) get
+    ordinals 0, 1, ... and so distinct action ids: each takes effect once.
 
     Args:
         gateway: The `ToolGateway` each call goes through.
-        report: Let the gateway publish each outcome's event in its own transaction (`False`
-            when the caller reports them itself, as the runner does with each step).
+        report: Let the gateway publish each outcome's event in the transaction recording the
+            outcomes (`False` when the caller reports them itself, as the runner does with each
+            step).
     """
 
     def __init__(self, gateway: ToolGateway, *, report: bool = True) -> None:
@@ -835,33 +1344,75 @@ class ToolExecutor:
 
     async def execute(self, calls: Sequence[ToolCall], scope: RunScope) -> list[ToolOutcome]:
         """Outcomes in the order of `calls`."""
-        if len(calls) == 1:
-            return [await self._one(calls[0], scope)]
-        return list(await asyncio.gather(*(self._one(c, scope) for c in calls)))
+        plans = self._identify(calls, scope)
+        await self._decide(plans)
+        return await self._run(plans)
 
-    async def _one(self, call: ToolCall, scope: RunScope) -> ToolOutcome:
-        tool = scope.agent.tool(call.name)
-        if tool is None:
-            allowed = ", ".join(t.name for t in scope.agent.tools) or "none"
-            return ToolOutcome(
-                call,
-                "unknown_tool",
-                _problem(
+    def _identify(
+        self, calls: Sequence[ToolCall], scope: RunScope, only: Iterable[str] | None = None
+    ) -> list[_Plan]:
+        """Validate the step's calls and number identical ones; `only` keeps the calls with
+        these ids (the ordinals still count every call of the step)."""
+        keep = None if only is None else set(only)
+        seen: dict[tuple[str, str], int] = {}
+        plans: list[_Plan] = []
+        for call in calls:
+            tool = scope.agent.tool(call.name)
+            if tool is None:
+                allowed = ", ".join(t.name for t in scope.agent.tools) or "none"
+                plan = _Plan(None, call, scope, perf_counter())
+                plan.outcome = ToolOutcome(
+                    call,
                     "unknown_tool",
-                    f"{call.name!r} is not one of this agent's tools; allowed: {allowed}",
+                    _problem(
+                        "unknown_tool",
+                        f"{call.name!r} is not one of this agent's tools; allowed: {allowed}",
+                    ),
+                    is_error=True,
+                )
+            else:
+                plan = self.gateway._identify(tool, call, scope)
+                if plan.digest is not None:
+                    key = (tool.name, plan.digest)
+                    plan.ordinal = seen.get(key, 0)
+                    seen[key] = plan.ordinal + 1
+            if keep is None or call.id in keep:
+                plans.append(plan)
+        return plans
+
+    async def _decide(self, plans: Sequence[_Plan]) -> None:
+        todo = [p for p in plans if p.outcome is None]
+        if len(todo) == 1:
+            await self._decide_one(todo[0])
+        elif todo:
+            await asyncio.gather(*(self._decide_one(p) for p in todo))
+
+    async def _decide_one(self, plan: _Plan) -> None:
+        try:
+            await self.gateway._plan(plan)
+        except Exception as exc:  # a failed tool is a failed result, never a crashed run
+            _log.error(
+                "agent.tool_crashed", tool=plan.call.name, run_id=plan.scope.run_id, exc_info=exc
+            )
+            plan.ledger = "none"
+            plan.outcome = ToolOutcome(
+                plan.call,
+                "error",
+                _problem(
+                    "tool_error",
+                    f"{plan.call.name} failed unexpectedly ({type(exc).__name__})",
                 ),
                 is_error=True,
             )
-        try:
-            return await self.gateway.invoke(tool, call, scope, report=self.report)
-        except Exception as exc:  # a failed tool is a failed result, never a crashed run
-            _log.error("agent.tool_crashed", tool=call.name, run_id=scope.run_id, exc_info=exc)
-            return ToolOutcome(
-                call,
-                "error",
-                _problem("tool_error", f"{call.name} failed unexpectedly ({type(exc).__name__})"),
-                is_error=True,
-            )
+
+    async def _run(
+        self,
+        plans: Sequence[_Plan],
+        *,
+        open: Stage | None = None,
+        close: StageOutcomes | None = None,
+    ) -> list[ToolOutcome]:
+        return await self.gateway._run(plans, open=open, close=close, report=self.report)
 
 
 @define(frozen=True)

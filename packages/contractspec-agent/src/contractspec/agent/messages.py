@@ -9,7 +9,7 @@ offline models in `contractspec.agent.testing`. Every message has a JSON form (`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from attrs import define, field
@@ -20,6 +20,7 @@ __all__ = [
     "ModelClient",
     "ModelRequest",
     "ModelResponse",
+    "StreamingModelClient",
     "SystemMessage",
     "ToolCall",
     "ToolDefinition",
@@ -286,4 +287,19 @@ class ModelClient(Protocol):
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Answer `request` with text and/or tool calls."""
+        ...
+
+
+@runtime_checkable
+class StreamingModelClient(ModelClient, Protocol):
+    """A `ModelClient` that can also stream: the runner uses `stream` when someone listens to
+    the run's events (`AgentRunner.run_stream`, `run(on_event=...)`).
+
+    `stream(request)` yields the answer's text as it arrives (`str` deltas, in order), then
+    exactly one `ModelResponse`: the complete answer (text, tool calls, usage), as `complete`
+    would have returned it.
+    """
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResponse]:
+        """Text deltas, then the complete `ModelResponse`."""
         ...

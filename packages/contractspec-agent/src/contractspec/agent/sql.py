@@ -20,8 +20,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "(SQLite) or 'contractspec-agent[postgres]' (PostgreSQL)"
     ) from exc
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +38,7 @@ from sqlalchemy import (
     and_,
     delete,
     insert,
+    or_,
     select,
     update,
 )
@@ -115,9 +117,13 @@ runs_table = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
     Index(None, "org_key", "status"),
     Index(None, "org_key", "agent", "created_at"),
-    comment="Agent runs (contractspec-agent), persisted after every step.",
+    Index(None, "status", "lease_expires_at"),
+    comment="Agent runs (contractspec-agent), persisted after every step; running runs hold a "
+    "lease their worker's heartbeats extend.",
 )
 
 steps_table = Table(
@@ -162,6 +168,7 @@ actions_table = Table(
     Column("packet", JsonType, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
     Index(None, "run_id"),
     comment="Idempotency ledger of the tool gateway: one row per side-effecting action.",
 )
@@ -254,6 +261,8 @@ def _run_row(run: Run) -> dict[str, Any]:
         "created_at": run.created_at,
         "updated_at": run.updated_at,
         "version": run.version,
+        "lease_owner": run.lease_owner,
+        "lease_expires_at": run.lease_expires_at,
     }
 
 
@@ -277,6 +286,8 @@ def _run(row: Any) -> Run:
         confidence=row["confidence"],
         pending=tuple(row["pending"]),
         version=row["version"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
@@ -293,6 +304,7 @@ def _action(row: Any) -> ActionRecord:
         updated_at=row["updated_at"],
         result=row["result"],
         packet=row["packet"],
+        attempts=row["attempts"],
     )
 
 
@@ -353,6 +365,84 @@ class SqlRunStore:
         if status is not None:
             stmt = stmt.where(t.c.status == status.value)
         stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+        result = await sql_transaction(tx, "SqlRunStore").execute(stmt)
+        return [_run(r) for r in result.mappings()]
+
+    async def claim(
+        self, tx: Transaction, run: Run, *, owner: str, lease_until: datetime, now: datetime
+    ) -> Run:
+        """Take the run with one conditional UPDATE (version, status and lease checked by the
+        database, so two workers never both win)."""
+        sql = sql_transaction(tx, "SqlRunStore")
+        t = runs_table
+        claimable = or_(
+            t.c.status == RunStatus.WAITING_APPROVAL.value,
+            and_(
+                t.c.status == RunStatus.RUNNING.value,
+                or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
+            ),
+        )
+        count = await SqlTransaction.write(
+            sql,
+            update(t)
+            .where(t.c.id == run.id, t.c.version == run.version, claimable)
+            .values(
+                status=RunStatus.RUNNING.value,
+                lease_owner=owner,
+                lease_expires_at=lease_until,
+                version=run.version + 1,
+                updated_at=now,
+            ),
+        )
+        if count != 1:
+            if (await sql.execute(select(t.c.id).where(t.c.id == run.id))).first() is None:
+                raise NotFoundError(f"run {run.id!r} does not exist", details={"run_id": run.id})
+            raise ConflictError(
+                f"run {run.id!r} is held or was claimed by another worker; nothing to resume here",
+                details={"run_id": run.id},
+            )
+        return run.evolve(
+            status=RunStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=lease_until,
+            version=run.version + 1,
+            updated_at=now,
+        )
+
+    async def heartbeat(
+        self, tx: Transaction, run_id: str, *, owner: str, lease_until: datetime
+    ) -> bool:
+        """Extend the owner's lease (one UPDATE; the version does not change)."""
+        t = runs_table
+        count = await SqlTransaction.write(
+            sql_transaction(tx, "SqlRunStore"),
+            update(t)
+            .where(
+                t.c.id == run_id,
+                t.c.status == RunStatus.RUNNING.value,
+                t.c.lease_owner == owner,
+            )
+            .values(lease_expires_at=lease_until),
+        )
+        return count == 1
+
+    async def expired(
+        self,
+        tx: Transaction,
+        *,
+        now: datetime,
+        org_id: str | EllipsisType | None = ...,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Running runs whose lease expired, oldest lease first."""
+        t = runs_table
+        stmt = select(t).where(
+            t.c.status == RunStatus.RUNNING.value,
+            or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
+        )
+        if org_id is not ...:
+            stmt = stmt.where(t.c.org_key == _org_key(org_id))
+        stmt = stmt.order_by(t.c.lease_expires_at, t.c.id).limit(limit)
         result = await sql_transaction(tx, "SqlRunStore").execute(stmt)
         return [_run(r) for r in result.mappings()]
 
@@ -431,6 +521,7 @@ class SqlRunStore:
                 packet=dict(record.packet),
                 created_at=record.created_at,
                 updated_at=record.updated_at,
+                attempts=record.attempts,
             ),
         )
 
@@ -464,6 +555,49 @@ class SqlRunStore:
             raise NotFoundError(f"action {action_id!r} is not recorded")
         found = await self.get_action(tx, action_id)
         assert found is not None  # just updated in this transaction
+        return found
+
+    async def update_action(
+        self,
+        tx: Transaction,
+        action_id: str,
+        status: ActionStatus,
+        *,
+        expected: Collection[ActionStatus],
+        expected_attempts: int | None = None,
+        updated_at: datetime,
+        result: Any = None,
+        step: int | None = None,
+        packet: Mapping[str, Any] | None = None,
+        attempts: int | None = None,
+    ) -> ActionRecord:
+        """Compare-and-set on status (and attempts) in one conditional UPDATE."""
+        sql = sql_transaction(tx, "SqlRunStore")
+        t = actions_table
+        values: dict[str, Any] = {
+            "status": status.value,
+            "result": result,
+            "updated_at": updated_at,
+        }
+        if step is not None:
+            values["step"] = step
+        if packet is not None:
+            values["packet"] = dict(packet)
+        if attempts is not None:
+            values["attempts"] = attempts
+        where = [t.c.action_id == action_id, t.c.status.in_([s.value for s in expected])]
+        if expected_attempts is not None:
+            where.append(t.c.attempts == expected_attempts)
+        count = await SqlTransaction.write(sql, update(t).where(*where).values(values))
+        found = await self.get_action(tx, action_id)
+        if found is None:
+            raise NotFoundError(f"action {action_id!r} is not recorded")
+        if count != 1:
+            raise ConflictError(
+                f"action {action_id!r} is {found.status.value} (attempt {found.attempts}); "
+                "another worker changed it",
+                details={"action_id": action_id, "status": found.status.value},
+            )
         return found
 
     async def actions(self, tx: Transaction, run_id: str) -> list[ActionRecord]:

@@ -7,14 +7,17 @@ pass one conformance suite (memory, SQLite, PostgreSQL).
 
 Concurrency: `RunStore.update` and `ApprovalStore.save` are compare-and-set on a `version`
 column (a stale writer gets `ConflictError`), `begin_action` and `add_decision` rely on unique
-keys. That is what makes "resume exactly once" and "distinct approvers" hold across processes.
+keys, `update_action` is compare-and-set on an action's status and attempt, and `claim` takes a
+run only while nobody holds a live lease on it. That is what makes "resume exactly once",
+"recover a crashed run once" and "distinct approvers" hold across processes.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
+from types import EllipsisType
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import define, evolve, field
@@ -35,23 +38,31 @@ __all__ = [
     "RunStatus",
     "RunStep",
     "RunStore",
+    "claimable",
 ]
 
 
 class RunStatus(enum.StrEnum):
-    """Where a run is: `running`, `waiting_approval` (suspended, resumable), or finished
-    (`completed`, `escalated` — finished but handed to a person, `failed`)."""
+    """Where a run is: `running` (a worker holds its lease), `waiting_approval` (suspended,
+    resumable), or finished (`completed`, `escalated` — finished but handed to a person,
+    `failed`, `cancelled`)."""
 
     RUNNING = "running"
     WAITING_APPROVAL = "waiting_approval"
     COMPLETED = "completed"
     ESCALATED = "escalated"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        """True for `completed`, `escalated` and `failed`."""
-        return self in (RunStatus.COMPLETED, RunStatus.ESCALATED, RunStatus.FAILED)
+        """True for `completed`, `escalated`, `failed` and `cancelled`."""
+        return self in (
+            RunStatus.COMPLETED,
+            RunStatus.ESCALATED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+        )
 
 
 @define(frozen=True)
@@ -72,9 +83,15 @@ class Run:
         steps: Model steps taken.
         usage: `Usage.to_dict()` so far.
         confidence: Reported confidence (0-1), when known.
-        pending: Tool calls waiting for approval: `{"tool_call_id", "action_id", "approval_id"}`.
+        pending: Tool calls of the open step: waiting for approval (`{"tool_call_id", "step",
+            "action_id", "approval_id"}`) or, while `running`, in flight (`"inflight": true`:
+            the step's calls were made durable before any of them took effect, so a recovered
+            run finishes exactly these calls).
         created_at, updated_at: UTC times.
-        version: Compare-and-set counter, incremented by every `RunStore.update`.
+        version: Compare-and-set counter, incremented by every `RunStore.update` and `claim`.
+        lease_owner: The worker driving the run while it is `running` (else `None`).
+        lease_expires_at: Until when that worker's lease holds (UTC). Heartbeats extend it; once
+            it passes, `AgentRunner.recover()` in any process may take the run over.
     """
 
     id: str
@@ -95,6 +112,8 @@ class Run:
     confidence: float | None = None
     pending: tuple[Mapping[str, Any], ...] = ()
     version: int = 1
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
 
     def evolve(self, **changes: Any) -> Run:
         """A copy with `changes` applied."""
@@ -148,11 +167,20 @@ class RunLog:
 
 
 class ActionStatus(enum.StrEnum):
-    """States of a gateway action in the idempotency ledger."""
+    """States of a gateway action in the idempotency ledger.
+
+    * `started`: recorded before the effect; the outcome is not known yet.
+    * `succeeded` / `failed`: the outcome is known (a failed action took no effect).
+    * `in_doubt`: the outcome is unknown and will not be guessed: the call timed out or was
+      cancelled, or its worker crashed while it was `started`. It is never re-run silently:
+      the tool's `reconcile`, an idempotent operation's key, or a person's approval decides.
+      A worker thread that outlived its timeout records its late outcome here.
+    """
 
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    IN_DOUBT = "in_doubt"
 
 
 @define(frozen=True)
@@ -160,14 +188,19 @@ class ActionRecord:
     """The idempotency-ledger entry of one side-effecting tool call.
 
     Attributes:
-        action_id: Gateway-minted id: hash of run, step, tool and argument hash.
-        run_id, step, tool: Where it comes from.
+        action_id: Gateway-minted id: hash of run, tool, argument hash and the call's ordinal
+            among identical calls of its step.
+        run_id, tool: Where it comes from.
+        step: The step of the latest attempt.
         org_id: Tenant.
         arguments_hash: SHA-256 of the canonical JSON arguments.
-        status: `started` (recorded before executing), `succeeded` or `failed`.
+        status: `ActionStatus`.
         result: The tool result (JSON) once finished.
         packet: The action packet (JSON), with the proof.
         created_at, updated_at: UTC times.
+        attempts: How many times the effect was started (a re-run after a known failure, a
+            reconciliation that found nothing done, or an approved retry of an in-doubt call
+            adds one).
     """
 
     action_id: str
@@ -181,6 +214,7 @@ class ActionRecord:
     updated_at: datetime
     result: Any = None
     packet: Mapping[str, Any] = field(factory=dict)
+    attempts: int = 1
 
 
 class ApprovalStatus(enum.StrEnum):
@@ -334,6 +368,35 @@ class RunStore(Protocol):
         """Runs of one org, newest first."""
         ...
 
+    async def claim(
+        self, tx: Transaction, run: Run, *, owner: str, lease_until: datetime, now: datetime
+    ) -> Run:
+        """Take `run` (as read, at `run.version`) for `owner`: status `running`, lease until
+        `lease_until`, version incremented; return it. Only an unfinished run nobody holds a live
+        lease on can be claimed: one `waiting_approval`, or `running` with a lease expired at
+        `now` (or none). Raises `ConflictError` otherwise (another worker claimed it or still
+        holds it) and `NotFoundError` when the run does not exist."""
+        ...
+
+    async def heartbeat(
+        self, tx: Transaction, run_id: str, *, owner: str, lease_until: datetime
+    ) -> bool:
+        """Extend `owner`'s lease on a `running` run to `lease_until` (the version does not
+        change). Return `False` when `owner` no longer holds the run."""
+        ...
+
+    async def expired(
+        self,
+        tx: Transaction,
+        *,
+        now: datetime,
+        org_id: str | EllipsisType | None = ...,
+        limit: int = 100,
+    ) -> list[Run]:
+        """`running` runs whose lease expired at `now` (or that have none), oldest lease first;
+        of one org, or of every org when `org_id` is `...` (the default)."""
+        ...
+
     async def add_step(self, tx: Transaction, step: RunStep) -> None:
         """Record a step. Raises `ConflictError` if the run already has this step index."""
         ...
@@ -367,6 +430,26 @@ class RunStore(Protocol):
         updated_at: datetime,
     ) -> ActionRecord:
         """Mark the action finished with its result. Raises `NotFoundError` if unknown."""
+        ...
+
+    async def update_action(
+        self,
+        tx: Transaction,
+        action_id: str,
+        status: ActionStatus,
+        *,
+        expected: Collection[ActionStatus],
+        expected_attempts: int | None = None,
+        updated_at: datetime,
+        result: Any = None,
+        step: int | None = None,
+        packet: Mapping[str, Any] | None = None,
+        attempts: int | None = None,
+    ) -> ActionRecord:
+        """Compare-and-set: move the action to `status` if its stored status is one of
+        `expected` (and its attempts are `expected_attempts`, when given). `result` replaces the
+        stored result; `step`, `packet` and `attempts` replace theirs when given. Raises
+        `ConflictError` when the stored state differs and `NotFoundError` if unknown."""
         ...
 
     async def actions(self, tx: Transaction, run_id: str) -> list[ActionRecord]:
@@ -416,6 +499,16 @@ class ApprovalStore(Protocol):
         ...
 
 
+def claimable(run: Run, now: datetime) -> bool:
+    """Whether `run` may be claimed at `now`: waiting for approvals, or running with a lease that
+    expired (or none)."""
+    if run.status is RunStatus.WAITING_APPROVAL:
+        return True
+    return run.status is RunStatus.RUNNING and (
+        run.lease_expires_at is None or run.lease_expires_at <= now
+    )
+
+
 class MemoryRunStore:
     """`RunStore` in dictionaries; writes are undone if their transaction rolls back."""
 
@@ -451,6 +544,61 @@ class MemoryRunStore:
         tx.undo_item(self._runs, run.id)
         self._runs[run.id] = stored
         return stored
+
+    async def claim(
+        self, tx: Transaction, run: Run, *, owner: str, lease_until: datetime, now: datetime
+    ) -> Run:
+        """Take the run if it is claimable (see `RunStore.claim`)."""
+        current = self._runs.get(run.id)
+        if current is None:
+            raise NotFoundError(f"run {run.id!r} does not exist", details={"run_id": run.id})
+        if current.version != run.version or not claimable(current, now):
+            raise ConflictError(
+                f"run {run.id!r} is held or was claimed by another worker; nothing to resume here",
+                details={"run_id": run.id},
+            )
+        stored = current.evolve(
+            status=RunStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=lease_until,
+            version=current.version + 1,
+            updated_at=now,
+        )
+        tx.undo_item(self._runs, run.id)
+        self._runs[run.id] = stored
+        return stored
+
+    async def heartbeat(
+        self, tx: Transaction, run_id: str, *, owner: str, lease_until: datetime
+    ) -> bool:
+        """Extend the owner's lease."""
+        current = self._runs.get(run_id)
+        if current is None or current.status is not RunStatus.RUNNING:
+            return False
+        if current.lease_owner != owner:
+            return False
+        tx.undo_item(self._runs, run_id)
+        self._runs[run_id] = current.evolve(lease_expires_at=lease_until)
+        return True
+
+    async def expired(
+        self,
+        tx: Transaction,
+        *,
+        now: datetime,
+        org_id: str | EllipsisType | None = ...,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Running runs whose lease expired, oldest lease first."""
+        found = [
+            r
+            for r in self._runs.values()
+            if r.status is RunStatus.RUNNING
+            and (r.lease_expires_at is None or r.lease_expires_at <= now)
+            and (org_id is ... or r.org_id == org_id)
+        ]
+        found.sort(key=lambda r: (r.lease_expires_at or r.updated_at, r.id))
+        return found[:limit]
 
     async def find(
         self,
@@ -531,6 +679,44 @@ class MemoryRunStore:
         if current is None:
             raise NotFoundError(f"action {action_id!r} is not recorded")
         done = evolve(current, status=status, result=result, updated_at=updated_at)
+        tx.undo_item(self._actions, action_id)
+        self._actions[action_id] = done
+        return done
+
+    async def update_action(
+        self,
+        tx: Transaction,
+        action_id: str,
+        status: ActionStatus,
+        *,
+        expected: Collection[ActionStatus],
+        expected_attempts: int | None = None,
+        updated_at: datetime,
+        result: Any = None,
+        step: int | None = None,
+        packet: Mapping[str, Any] | None = None,
+        attempts: int | None = None,
+    ) -> ActionRecord:
+        """Compare-and-set on status (and attempts)."""
+        current = self._actions.get(action_id)
+        if current is None:
+            raise NotFoundError(f"action {action_id!r} is not recorded")
+        if current.status not in expected or (
+            expected_attempts is not None and current.attempts != expected_attempts
+        ):
+            raise ConflictError(
+                f"action {action_id!r} is {current.status.value} (attempt {current.attempts}); "
+                "another worker changed it",
+                details={"action_id": action_id, "status": current.status.value},
+            )
+        changes: dict[str, Any] = {"status": status, "result": result, "updated_at": updated_at}
+        if step is not None:
+            changes["step"] = step
+        if packet is not None:
+            changes["packet"] = packet
+        if attempts is not None:
+            changes["attempts"] = attempts
+        done = evolve(current, **changes)
         tx.undo_item(self._actions, action_id)
         self._actions[action_id] = done
         return done

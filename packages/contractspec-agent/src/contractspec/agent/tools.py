@@ -14,6 +14,17 @@ refund = operation_tool(refund_command, risk=RiskLevel.L2, invariants=[refund_li
 An operation tool's argument schema is the operation's input JSON Schema and its calls run
 through core's `Executor` (validation, policy, events, audit, idempotency). A function tool's
 schema comes from its signature (pydantic `create_model`), or from its single `BaseModel` parameter.
+
+Which tools a timeout (or a cancelled run) can stop:
+
+* async functions and operation tools: cancelled (`asyncio` cancellation; an operation's
+  transaction rolls back unless it was already committing);
+* sync functions with `isolation="process"`: run in a child process that is killed;
+* other sync functions: run in a worker thread, which cannot be stopped; the gateway stops
+  waiting, reports the call `in_doubt`, and records its late outcome when the thread ends.
+
+A side-effecting call that did not finish in time is `in_doubt` in every case (it may have taken
+effect before it was stopped); see `contractspec.agent.gateway`.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from contractspec.agent.invariants import Invariant, RiskRule
 from contractspec.agent.messages import ToolDefinition
 from contractspec.core import CallContext, OperationSpec, SpecDefinitionError
 
-__all__ = ["RiskLevel", "Tool", "ToolContext", "operation_tool", "tool"]
+__all__ = ["Reconciled", "RiskLevel", "Tool", "ToolContext", "operation_tool", "tool"]
 
 _TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -79,6 +90,26 @@ Evidence = Callable[[BaseModel, ToolContext], Awaitable[Mapping[str, Any]] | Map
 
 
 @define(frozen=True)
+class Reconciled:
+    """What a tool's `reconcile` function found out about a call whose outcome was unknown.
+
+    Attributes:
+        done: `True` if the effect happened (the call is recorded as succeeded with `result`),
+            `False` if it did not (the gateway runs the call again, once).
+        result: The call's result (JSON-serialisable) when `done`.
+    """
+
+    done: bool
+    result: Any = None
+
+
+#: `(args, ctx) -> Reconciled | None` (may be async): look the call up where its effect lands
+#: (by `ctx.action_id`, which the tool should pass on as the provider's idempotency key). `None`
+#: or an exception means "still unknown".
+Reconcile = Callable[[BaseModel, ToolContext], Awaitable[Reconciled | None] | Reconciled | None]
+
+
+@define(frozen=True)
 class Tool:
     """A tool an agent may call. Build it with `tool(...)` or `operation_tool(...)`.
 
@@ -95,9 +126,14 @@ class Tool:
         invariants: Conditions every call must satisfy (a FAIL blocks it).
         risk_rules: Data-dependent rules that raise `risk`.
         evidence: Callable computing facts for invariants (`projected_margin`, `budget_spent`...).
-        approvers: Actor ids allowed to approve (required for `L3`).
+        approvers: Actor ids allowed to approve (required for `L3`, declared or reached through a
+            `RiskRule`).
         quorum: Distinct approvals needed (default 1).
-        shadow: Never execute: log the decision and what would have happened.
+        shadow: Never execute: log the decision and what would have happened (read-only tools
+            always run).
+        reconcile: Finds out whether an in-doubt call took effect (see `Reconciled`).
+        isolation: `"thread"` (sync functions; the default) or `"process"` (the call runs in a
+            child process that a timeout kills). Async functions and operations are cancelled.
         operation: Operation name for operation tools.
         version: Operation version (`None`: latest).
         function: The callable for function tools.
@@ -118,6 +154,8 @@ class Tool:
     approvers: tuple[str, ...] = ()
     quorum: int = 1
     shadow: bool = False
+    reconcile: Reconcile | None = field(default=None, eq=False)
+    isolation: Literal["thread", "process"] | None = None
     operation: str | None = None
     version: int | None = None
     function: Callable[..., Any] | None = field(default=None, eq=False)
@@ -127,6 +165,19 @@ class Tool:
     def definition(self) -> ToolDefinition:
         """The definition sent to the model."""
         return ToolDefinition(self.name, self.description, self.parameters)
+
+    @property
+    def max_risk(self) -> RiskLevel:
+        """The highest risk a call can reach: the declared risk or a `RiskRule`'s level."""
+        return RiskLevel(max((int(self.risk), *(int(rule.level) for rule in self.risk_rules))))
+
+    @property
+    def cancellable(self) -> bool:
+        """Whether a timeout stops the call: async functions, operations and process-isolated
+        functions are; sync functions in a worker thread are not."""
+        if self.kind == "operation" or self.isolation == "process":
+            return True
+        return self.function is not None and inspect.iscoroutinefunction(self.function)
 
 
 def _check_common(
@@ -190,7 +241,37 @@ def _check_common(
                 f"tool {name!r}: risk_rules must be RiskRule objects, got {rule!r}",
                 details={"field": "risk_rules"},
             )
+        if int(rule.level) >= RiskLevel.L3 and not names:
+            # escalated risk carries the requirements of declared risk: an irreversible call
+            # is decided by named approvers whichever way it became irreversible
+            raise SpecDefinitionError(
+                f"tool {name!r}: risk rule {rule.name or rule.when.text!r} raises calls to L3 "
+                "(irreversible): name the tool's approvers, e.g. approvers=['u-cfo']",
+                details={"field": "approvers"},
+            )
     return level, names, invs, rules
+
+
+def _check_isolation(name: str, fn: Callable[..., Any], isolation: str) -> None:
+    if isolation not in ("thread", "process"):
+        raise SpecDefinitionError(
+            f"tool {name!r}: isolation must be 'thread' or 'process', got {isolation!r}",
+            details={"field": "isolation"},
+        )
+    if isolation != "process":
+        return
+    qualname = getattr(fn, "__qualname__", "")
+    module = getattr(fn, "__module__", None)
+    if inspect.iscoroutinefunction(fn):
+        problem = "async functions are cancelled in-process; isolate sync functions only"
+    elif "<locals>" in qualname or not module or module == "__main__":
+        problem = (
+            "a process-isolated function must be defined at module level of an importable "
+            "module (the child process imports it by name)"
+        )
+    else:
+        return
+    raise SpecDefinitionError(f"tool {name!r}: {problem}", details={"field": "isolation"})
 
 
 def _description(fn: Callable[..., Any]) -> str:
@@ -264,6 +345,8 @@ def tool(
     approvers: Iterable[str] = (),
     quorum: int = 1,
     shadow: bool = False,
+    reconcile: Reconcile | None = None,
+    isolation: Literal["thread", "process"] = "thread",
 ) -> Callable[[F], Tool]: ...
 def tool(
     fn: F | None = None,
@@ -280,14 +363,17 @@ def tool(
     approvers: Iterable[str] = (),
     quorum: int = 1,
     shadow: bool = False,
+    reconcile: Reconcile | None = None,
+    isolation: Literal["thread", "process"] = "thread",
 ) -> Tool | Callable[[F], Tool]:
     """Make a tool from a plain (async or sync) function with a typed signature.
 
     Used bare (`@tool`) or with options (`@tool(risk=RiskLevel.L1, timeout=5)`). The description
     is the first paragraph of the docstring unless given. A parameter annotated `ToolContext`
-    receives the call's context and is not part of the schema. Sync functions run in a worker
-    thread; a timeout stops waiting for them (a thread cannot be killed), while async functions
-    are cancelled.
+    receives the call's context and is not part of the schema. Async functions are cancelled by
+    a timeout. Sync functions run in a worker thread, which a timeout cannot stop (the call is
+    reported `in_doubt` and its late outcome recorded when the thread ends), unless
+    `isolation="process"` runs them in a child process that a timeout kills.
 
     Args:
         fn: The function.
@@ -299,16 +385,26 @@ def tool(
         invariants: `Invariant`s every call must pass.
         risk_rules: `RiskRule`s that raise the risk.
         evidence: Facts for invariants: `(args, ctx) -> {"projected_margin": ...}` (may be async).
-        approvers: Named approvers (required for L3).
+        approvers: Named approvers (required for L3, declared or reachable by a `RiskRule`).
         quorum: Distinct approvals needed.
-        shadow: Log decisions instead of executing.
+        shadow: Log decisions instead of executing (read-only tools always run).
+        reconcile: `(args, ctx) -> Reconciled | None` (may be async): after a timeout, a
+            cancellation or a crash left a call in doubt, finds out whether its effect happened
+            (look it up by `ctx.action_id`). Without one, an in-doubt call of an L1+ tool is
+            re-run only after a person approves.
+        isolation: `"thread"` (default) or `"process"` for a sync function: each call runs in a
+            child process (started with `forkserver` where available, else `spawn`) that a
+            timeout or a cancelled run kills. The function must be defined at module level of
+            an importable module, take picklable arguments and return JSON-serialisable data;
+            its `ToolContext` carries the actor and org but no `deps`.
 
     Returns:
         A `Tool`.
 
     Raises:
-        SpecDefinitionError: A bad name, risk, timeout, quorum, untyped parameter, `*args`, or an
-            L3 tool without approvers.
+        SpecDefinitionError: A bad name, risk, timeout, quorum, untyped parameter, `*args`, an
+            L3 tool (declared, or reachable by a risk rule) without approvers, or process
+            isolation of an async, nested or `__main__` function.
     """
 
     def build(func: F) -> Tool:
@@ -316,6 +412,7 @@ def tool(
         level, names, invs, rules = _check_common(
             tool_name, risk, timeout, approvers, quorum, invariants, risk_rules
         )
+        _check_isolation(tool_name, func, isolation)
         model, context_param, positional = _signature_model(func, tool_name)
         return Tool(
             name=tool_name,
@@ -332,6 +429,8 @@ def tool(
             approvers=names,
             quorum=quorum,
             shadow=shadow,
+            reconcile=reconcile,
+            isolation=None if inspect.iscoroutinefunction(func) else isolation,
             function=func,
             context_param=context_param,
             positional=positional,
@@ -355,6 +454,7 @@ def operation_tool(
     approvers: Iterable[str] = (),
     quorum: int = 1,
     shadow: bool = False,
+    reconcile: Reconcile | None = None,
     pin_version: bool = False,
 ) -> Tool:
     """Expose a core operation (command or query) as a tool.
@@ -377,6 +477,9 @@ def operation_tool(
         approvers: As for `tool`.
         quorum: As for `tool`.
         shadow: As for `tool`.
+        reconcile: As for `tool`. Commands declared `idempotent=True` need none: an in-doubt
+            call re-runs with the same idempotency key, so the executor replays it if it took
+            effect and runs it once if it did not.
 
     Raises:
         SpecDefinitionError: `spec` is not an operation, or an option is invalid.
@@ -414,6 +517,7 @@ def operation_tool(
         approvers=names,
         quorum=quorum,
         shadow=shadow,
+        reconcile=reconcile,
         operation=spec.name,
         version=spec.version if pin_version else None,
     )
