@@ -145,18 +145,18 @@ Index(
 )
 Index("ix_cs_jobs_status_created_at", jobs_table.c.status, jobs_table.c.created_at)
 #: The tenant a unique key belongs to: `org_id`, or `''` for jobs without one.
-_ORG_SCOPE = func.coalesce(jobs_table.c.org_id, literal_column("''"))
-_HAS_KEY = jobs_table.c.unique_key.is_not(None)
+_org_scope = func.coalesce(jobs_table.c.org_id, literal_column("''"))
+_has_key = jobs_table.c.unique_key.is_not(None)
 # A unique key is unique within its org (jobs without an org form one scope of their own), so two
 # tenants enqueueing `remind:{invoice_id}` each get their own job. Partial: keyless jobs (most of
 # them) cost this index nothing.
 Index(
     "uq_cs_jobs_org_unique_key",
-    _ORG_SCOPE,
+    _org_scope,
     jobs_table.c.unique_key,
     unique=True,
-    postgresql_where=_HAS_KEY,
-    sqlite_where=_HAS_KEY,
+    postgresql_where=_has_key,
+    sqlite_where=_has_key,
 )
 Index("ix_cs_jobs_type_created_at", jobs_table.c.type, jobs_table.c.created_at)
 
@@ -390,7 +390,7 @@ class SqlJobQueue:
     def _insert(self, *, returning: bool) -> Any:
         dialect_insert = postgresql.insert if self._pg else sqlite.insert
         stmt = dialect_insert(jobs_table).on_conflict_do_nothing(
-            index_elements=[_ORG_SCOPE, _J.unique_key], index_where=_HAS_KEY
+            index_elements=[_org_scope, _J.unique_key], index_where=_has_key
         )
         return stmt.returning(_J.id) if returning else stmt
 
@@ -467,7 +467,7 @@ class SqlJobQueue:
                 postgresql.insert(jobs_table)
                 .values([_row(new) for new in built])
                 .on_conflict_do_nothing(
-                    index_elements=[_ORG_SCOPE, _J.unique_key], index_where=_HAS_KEY
+                    index_elements=[_org_scope, _J.unique_key], index_where=_has_key
                 )
                 .returning(_J.id)
                 .cte("ins")
@@ -485,7 +485,7 @@ class SqlJobQueue:
             for scope in {new.org_id or "" for new in missing}:
                 keys = [new.unique_key for new in missing if (new.org_id or "") == scope]
                 found = await self._read(
-                    select(_J.unique_key, _J.id).where(scope == _ORG_SCOPE, _J.unique_key.in_(keys))
+                    select(_J.unique_key, _J.id).where(_org_scope == scope, _J.unique_key.in_(keys))
                 )
                 by_key.update(((scope, key), job_id) for key, job_id in found)
             ids = [
@@ -543,7 +543,7 @@ class SqlJobQueue:
             if inserted is None:
                 found = await tx.execute(
                     select(_J.id).where(
-                        (new.org_id or "") == _ORG_SCOPE, _J.unique_key == new.unique_key
+                        _org_scope == (new.org_id or ""), _J.unique_key == new.unique_key
                     )
                 )
                 existing = found.scalar_one_or_none()
