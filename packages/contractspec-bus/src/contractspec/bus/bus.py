@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import inspect
+import math
 import random
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -199,6 +201,8 @@ class Subscription:
         handler: Sync or async callable taking the envelope.
         filter: Extra predicate; the handler only sees events for which it returns `True`.
         retry: Retry policy for this subscriber.
+        timeout: Seconds one call of an async handler may take before it is cancelled and
+            counted as a failed attempt (`None`: no limit).
     """
 
     name: str
@@ -206,6 +210,7 @@ class Subscription:
     handler: EventHandler
     filter: EventFilter | None = None
     retry: RetryPolicy = field(factory=RetryPolicy)
+    timeout: float | None = None
 
     @property
     def is_glob(self) -> bool:
@@ -274,12 +279,22 @@ class EventBus:
     Subscribers are matched by exact name, glob pattern or `*`, then by their filter. One failing
     subscriber never fails the publisher or the other subscribers: each is retried with its
     `RetryPolicy` (exponential backoff with jitter) and, past the limit, lands in the dead-letter
-    store with its error, from which `replay_dead_letters` delivers it again.
+    store with its error, from which `replay_dead_letters` delivers it again. A call of an async
+    subscriber that takes longer than its `timeout` is cancelled and counts as a failed attempt.
+
+    Dead letters are durable by default with a SQL database: a bus created without
+    `dead_letters=` keeps them in memory only until it learns about the database, which happens
+    when an `OutboxRelay` over a `SqlOutboxStore` is built on it, or when it publishes in a SQL
+    transaction (`Executor(events=bus)` with a `SqlBackend`). From then on it writes them to
+    that database's `cs_dead_letters` (`SqlDeadLetterStore`; create the table with
+    `contractspec.bus.sql.create_bus_tables` or your migrations).
 
     Args:
-        dead_letters: Where failed deliveries go (`MemoryDeadLetterStore()` by default; use
-            `contractspec.bus.sql.SqlDeadLetterStore` to keep them).
+        dead_letters: Where failed deliveries go. Default: memory with the memory backend, the
+            database's `SqlDeadLetterStore` with a SQL one (see above).
         retry: Default retry policy of subscribers (3 attempts, 50 ms base, full jitter).
+        timeout: Default seconds one call of an async subscriber may take (30 s); `None` for no
+            limit. Synchronous subscribers run on the event loop and cannot be interrupted.
         registry: Used to validate payloads when replaying dead letters.
         clock: Time and id sources.
         ids: Time and id sources.
@@ -300,6 +315,7 @@ class EventBus:
         *,
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = 30.0,
         registry: SpecRegistry | None = None,
         clock: Clock | None = None,
         ids: IdGenerator | None = None,
@@ -309,7 +325,10 @@ class EventBus:
         self.dead_letters: DeadLetterStore = (
             dead_letters if dead_letters is not None else MemoryDeadLetterStore()
         )
+        #: True while the dead-letter store is the in-memory default (replaced by the database's).
+        self._default_dead_letters = dead_letters is None
         self.retry = retry if retry is not None else RetryPolicy()
+        self.timeout = _check_timeout(timeout, "timeout")
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
         self.ids: IdGenerator = ids or UuidGenerator()
@@ -332,6 +351,7 @@ class EventBus:
         where: Mapping[str, Any] | None = None,
         filter: EventFilter | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Subscription:
         """Subscribe `handler` to events whose name matches `pattern`.
 
@@ -342,16 +362,18 @@ class EventBus:
             where: Equality filter on dotted envelope paths (`{"payload.stage": "won"}`).
             filter: Predicate on the envelope; combined with `where` (both must hold).
             retry: Override the bus's default retry policy.
+            timeout: Seconds one call may take (async handlers), overriding the bus's default;
+                `math.inf` for no limit.
 
         Returns:
             The `Subscription`.
 
         Raises:
-            ConfigurationError: Invalid pattern, a handler that is not callable, or a name already
-                taken.
+            ConfigurationError: Invalid pattern, a handler that is not callable, a name already
+                taken, or a timeout that is not a positive number.
         """
         filters = [f for f in (where_filter(where) if where else None, filter) if f is not None]
-        return self._add(pattern, handler, name=name, filters=filters, retry=retry)
+        return self._add(pattern, handler, name=name, filters=filters, retry=retry, timeout=timeout)
 
     def _add(
         self,
@@ -361,6 +383,7 @@ class EventBus:
         name: str | None,
         filters: Sequence[EventFilter],
         retry: RetryPolicy | None,
+        timeout: float | None = None,
     ) -> Subscription:
         if not isinstance(pattern, str) or not _PATTERN.match(pattern):
             raise ConfigurationError(
@@ -379,7 +402,10 @@ class EventBus:
                 f"a subscriber named {sub_name!r} already exists; pass name= to subscribe()",
                 details={"field": "name"},
             )
-        sub = Subscription(sub_name, pattern, handler, _all_of(filters), retry or self.retry)
+        limit = self.timeout if timeout is None else _check_timeout(timeout, "timeout")
+        if limit is not None and math.isinf(limit):
+            limit = None
+        sub = Subscription(sub_name, pattern, handler, _all_of(filters), retry or self.retry, limit)
         self._subs[sub_name] = sub
         if sub.is_glob:
             self._globs.append(sub)
@@ -396,11 +422,14 @@ class EventBus:
         where: Mapping[str, Any] | None = None,
         filter: EventFilter | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Callable[[H], H]:
         """Decorator form of `subscribe`."""
 
         def decorate(fn: H) -> H:
-            self.subscribe(pattern, fn, name=name, where=where, filter=filter, retry=retry)
+            self.subscribe(
+                pattern, fn, name=name, where=where, filter=filter, retry=retry, timeout=timeout
+            )
             return fn
 
         return decorate
@@ -484,7 +513,10 @@ class EventBus:
             try:
                 result = sub.handler(event)
                 if inspect.isawaitable(result):
-                    await result
+                    if sub.timeout is None:
+                        await result
+                    else:
+                        await _bounded(result, sub)
                 return DeliveryOutcome(sub.name, True, attempt)
             except Exception as exc:
                 error = _describe(exc)
@@ -527,11 +559,57 @@ class EventBus:
         """`EventPublisher`: deliver `events`, in order, once `tx` commits (in the background).
 
         Delivery runs in a task of the current event loop; `await bus.drain()` waits for it.
-        Nothing is delivered if `tx` rolls back.
+        Nothing is delivered if `tx` rolls back. In a SQL transaction, a bus still on its
+        default in-memory dead-letter store switches to the database's (see the class docs).
         """
         batch = list(events)
         if batch:
+            if self._default_dead_letters:
+                self._adopt_database_of(tx)
             tx.on_commit(lambda: self._spawn(batch))
+
+    def _adopt_database_of(self, tx: Transaction) -> None:
+        """Switch to the SQL dead-letter store of `tx`'s database, if `tx` is a SQL one."""
+        uow = sys.modules.get("contractspec.core.sql._uow")
+        if uow is None or not isinstance(tx, uow.SqlTransaction):
+            return  # core.sql was never imported, so this cannot be a SQL transaction
+        from contractspec.bus.sql import SqlDeadLetterStore
+
+        current = self.dead_letters
+        if isinstance(current, MemoryDeadLetterStore) and len(current):
+            _log.warning(
+                "contractspec.bus.dead_letters_stay_in_memory",
+                reason="the in-memory default already holds dead letters",
+            )
+            return
+        self.dead_letters = SqlDeadLetterStore(tx.connection.engine)
+        self._default_dead_letters = False
+
+    def _use_durable_dead_letters(self, make: Callable[[], DeadLetterStore], source: str) -> None:
+        """Called by `OutboxRelay` over a SQL outbox: dead letters must live in the database.
+
+        Raises:
+            ConfigurationError: The bus was given a `MemoryDeadLetterStore`, or its in-memory
+                default already holds dead letters.
+        """
+        current = self.dead_letters
+        if self._default_dead_letters:
+            if isinstance(current, MemoryDeadLetterStore) and len(current):
+                raise ConfigurationError(
+                    f"this EventBus already holds {len(current)} in-memory dead letter(s); build "
+                    f"the OutboxRelay over {source} before delivering, or pass "
+                    "dead_letters=SqlDeadLetterStore(engine)",
+                    details={"field": "dead_letters"},
+                )
+            self.dead_letters = make()
+            self._default_dead_letters = False
+        elif isinstance(current, MemoryDeadLetterStore):
+            raise ConfigurationError(
+                f"an OutboxRelay over {source} marks rows delivered even when a subscriber "
+                "failed, so its dead letters must be durable: pass "
+                "dead_letters=SqlDeadLetterStore(engine) to the EventBus, or leave it out",
+                details={"field": "dead_letters"},
+            )
 
     def _spawn(self, batch: list[EventEnvelope]) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver_logged(batch))
@@ -601,6 +679,36 @@ class EventBus:
         return reports
 
 
+def _check_timeout(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds (or None), got {value!r}",
+            details={"field": name},
+        )
+    return float(value)
+
+
+async def _bounded(result: Awaitable[Any], sub: Subscription) -> None:
+    """Await a handler's result for at most `sub.timeout` seconds."""
+    assert sub.timeout is not None
+    try:
+        async with asyncio.timeout(sub.timeout) as scope:
+            await result
+    except TimeoutError:
+        if scope.expired():
+            raise TimeoutError(
+                f"subscriber {sub.name!r} did not finish within {sub.timeout:g} s"
+            ) from None
+        raise
+
+
 def _qualname(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
 
@@ -642,11 +750,17 @@ class FilteredEventBus:
         where: Mapping[str, Any] | None = None,
         filter: EventFilter | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Subscription:
         """Like `EventBus.subscribe`, with this view's filters added."""
         extra = [f for f in (where_filter(where) if where else None, filter) if f is not None]
         return self.bus._add(
-            pattern, handler, name=name, filters=[*self._filters, *extra], retry=retry
+            pattern,
+            handler,
+            name=name,
+            filters=[*self._filters, *extra],
+            retry=retry,
+            timeout=timeout,
         )
 
     def on(
@@ -657,11 +771,14 @@ class FilteredEventBus:
         where: Mapping[str, Any] | None = None,
         filter: EventFilter | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Callable[[H], H]:
         """Decorator form of `subscribe`."""
 
         def decorate(fn: H) -> H:
-            self.subscribe(pattern, fn, name=name, where=where, filter=filter, retry=retry)
+            self.subscribe(
+                pattern, fn, name=name, where=where, filter=filter, retry=retry, timeout=timeout
+            )
             return fn
 
         return decorate

@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
     ) from exc
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -67,6 +67,7 @@ from contractspec.bus.stores import (
     DeliveryRecord,
     DeliveryStatus,
     InAppNotification,
+    OrderingKey,
     OutboxMessage,
     OutboxStatus,
     Page,
@@ -74,6 +75,7 @@ from contractspec.bus.stores import (
     _cursor,
     accept_in_key_order,
     check_page,
+    new_lease_token,
 )
 from contractspec.core import (
     AnchorSink,
@@ -288,7 +290,11 @@ class _SqlStore:
 
 
 def _message(
-    row: Mapping[Any, Any], *, attempts: int = 0, available_at: datetime | None = None
+    row: Mapping[Any, Any],
+    *,
+    attempts: int = 0,
+    available_at: datetime | None = None,
+    lease_token: str | None = None,
 ) -> OutboxMessage:
     return OutboxMessage(
         position=int(row["position"]),
@@ -305,17 +311,25 @@ def _message(
         available_at=available_at or row["available_at"],
         delivered_at=row["delivered_at"],
         last_error=row["last_error"],
+        lease_token=lease_token or row["lease_token"],
     )
 
 
 class SqlOutboxStore(_SqlStore):
     """`OutboxStore` over core's `cs_outbox` table.
 
-    `publish` is core's `SqlOutbox` (rows written in the call's transaction). `claim` runs one
-    short transaction: it selects pending, available rows in position order (PostgreSQL:
-    `FOR UPDATE SKIP LOCKED`, so concurrent relays never claim the same row), keeps those that
-    respect per-key order (`accept_in_key_order`), and leases them by moving `available_at` to
-    `now + lease` and counting the attempt.
+    `publish` is core's `SqlOutbox` (rows written in the call's transaction; on PostgreSQL an
+    advisory lock per `(org_id, aggregate_key)` makes positions of a key follow commit order).
+    `claim` runs one short transaction: it selects pending, available rows in position order
+    (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent relays never claim the same row), keeps
+    those that respect per-key order (`accept_in_key_order`, keys scoped by org), and leases them
+    by moving `available_at` to `now + lease`, counting the attempt and stamping a fresh
+    `lease_token`. `extend` renews a lease and reports which rows the token still holds;
+    `mark_delivered` and `mark_failed` with `token=` touch only rows that still carry it.
+
+    With `now=None` lease times come from PostgreSQL's clock (`now()`), so relays whose clocks
+    disagree agree on expiry; on SQLite, from the local clock every process of the database
+    shares.
 
     Args:
         engine: Your `AsyncEngine` (never disposed here).
@@ -331,33 +345,54 @@ class SqlOutboxStore(_SqlStore):
         """Stage one `cs_outbox` row per event in `tx` (a `SqlTransaction`)."""
         await self._writer.publish(events, tx)
 
-    async def claim(self, limit: int, now: datetime, lease: timedelta) -> list[OutboxMessage]:
+    def dead_letter_store(self) -> SqlDeadLetterStore:
+        """The durable dead-letter store of this database (`cs_dead_letters`).
+
+        `OutboxRelay` gives it to an `EventBus` created without `dead_letters=`, so failed
+        deliveries of rows the relay marks delivered are never only in process memory.
+        """
+        return SqlDeadLetterStore(self.engine)
+
+    async def claim(
+        self, limit: int, now: datetime | None, lease: timedelta
+    ) -> list[OutboxMessage]:
         """Lease up to `limit` deliverable rows (see the class docs)."""
         check_page(limit, maximum=10_000)
         t = outbox_table
+        db_clock = now is None and self.dialect == "postgresql"
         tx = await self._uow.begin()
         try:
-            stmt = (
-                select(t)
-                .where(t.c.status == "pending", t.c.available_at <= now)
-                .order_by(t.c.position)
-                .limit(limit)
-            )
+            if db_clock:
+                stmt = select(t, func.now().label("cs_db_now")).where(
+                    t.c.status == "pending", t.c.available_at <= func.now()
+                )
+            else:
+                now = now or datetime.now(UTC)
+                stmt = select(t).where(t.c.status == "pending", t.c.available_at <= now)
+            stmt = stmt.order_by(t.c.position).limit(limit)
             if self.dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = (await tx.execute(stmt)).mappings().all()
             if not rows:
                 await tx.rollback()
                 return []
-            until = now + lease
+            start = rows[0]["cs_db_now"] if db_clock else now
+            assert start is not None
+            until = start + lease
+            token = new_lease_token()
             # As they will be once leased (attempt counted, hidden until the lease ends).
-            candidates = [_message(r, attempts=1, available_at=until) for r in rows]
-            keys = sorted({m.key for m in candidates if m.key is not None})
-            queues: dict[str, list[int]] = {k: [] for k in keys}
-            if keys:
+            candidates = [
+                _message(r, attempts=1, available_at=until, lease_token=token) for r in rows
+            ]
+            queues: dict[OrderingKey, list[int]] = {}
+            for m in candidates:
+                if (okey := m.ordering_key) is not None:
+                    queues[okey] = []
+            if queues:
                 last = candidates[-1].position
+                keys = sorted({key for _, key in queues})
                 pending = await tx.execute(
-                    select(t.c.position, t.c.aggregate_key)
+                    select(t.c.position, t.c.org_id, t.c.aggregate_key)
                     .where(
                         t.c.status == "pending",
                         _one_of(t.c.aggregate_key, keys, self.dialect, String()),
@@ -366,7 +401,9 @@ class SqlOutboxStore(_SqlStore):
                     .order_by(t.c.position)
                 )
                 for row in pending.mappings():
-                    queues[row["aggregate_key"]].append(int(row["position"]))
+                    queue = queues.get((row["org_id"], row["aggregate_key"]))
+                    if queue is not None:
+                        queue.append(int(row["position"]))
             accepted = accept_in_key_order(candidates, queues)
             if accepted:
                 await tx.execute(
@@ -376,7 +413,7 @@ class SqlOutboxStore(_SqlStore):
                             t.c.position, [m.position for m in accepted], self.dialect, BigInteger()
                         )
                     )
-                    .values(attempts=t.c.attempts + 1, available_at=until),
+                    .values(attempts=t.c.attempts + 1, available_at=until, lease_token=token),
                     write=True,
                 )
             await tx.commit()
@@ -385,26 +422,65 @@ class SqlOutboxStore(_SqlStore):
             raise
         return accepted
 
-    async def mark_delivered(self, positions: Sequence[int], at: datetime) -> None:
-        """Mark rows delivered (one statement)."""
+    async def extend(
+        self, positions: Sequence[int], token: str, now: datetime | None, lease: timedelta
+    ) -> list[int]:
+        """Renew the lease on the rows still carrying `token`; return their positions."""
         if not positions:
-            return
+            return []
         t = outbox_table
-        await self._write(
+        if now is None and self.dialect == "postgresql":
+            until: Any = func.now() + lease
+        else:
+            until = (now or datetime.now(UTC)) + lease
+        stmt = (
             update(t)
-            .where(_one_of(t.c.position, positions, self.dialect, BigInteger()))
-            .values(status="delivered", delivered_at=at, last_error=None)
+            .where(
+                _one_of(t.c.position, positions, self.dialect, BigInteger()),
+                t.c.lease_token == token,
+                t.c.status == "pending",
+            )
+            .values(available_at=until)
+            .returning(t.c.position)
         )
+        tx = await self._uow.begin()
+        try:
+            held = sorted(int(p) for p in (await tx.execute(stmt, write=True)).scalars())
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        return held
 
-    async def mark_failed(self, position: int, error: str, retry_at: datetime | None) -> None:
+    async def mark_delivered(
+        self, positions: Sequence[int], at: datetime, *, token: str | None = None
+    ) -> int:
+        """Mark rows delivered (one statement; with `token`, only rows still carrying it)."""
+        if not positions:
+            return 0
+        t = outbox_table
+        stmt = update(t).where(_one_of(t.c.position, positions, self.dialect, BigInteger()))
+        if token is not None:
+            stmt = stmt.where(t.c.lease_token == token)
+        (count,) = await self._write(
+            stmt.values(status="delivered", delivered_at=at, last_error=None, lease_token=None)
+        )
+        return int(count or 0)
+
+    async def mark_failed(
+        self, position: int, error: str, retry_at: datetime | None, *, token: str | None = None
+    ) -> None:
         """Record the error; back off until `retry_at`, or mark `failed`."""
         t = outbox_table
-        values: dict[str, Any] = {"last_error": error[:4000]}
+        values: dict[str, Any] = {"last_error": error[:4000], "lease_token": None}
         if retry_at is None:
             values["status"] = "failed"
         else:
             values["available_at"] = retry_at
-        await self._write(update(t).where(t.c.position == position).values(**values))
+        stmt = update(t).where(t.c.position == position)
+        if token is not None:
+            stmt = stmt.where(t.c.lease_token == token)
+        await self._write(stmt.values(**values))
 
     async def requeue(self, positions: Sequence[int] | None, now: datetime) -> int:
         """Failed rows back to pending."""
@@ -412,7 +488,9 @@ class SqlOutboxStore(_SqlStore):
         stmt = update(t).where(t.c.status == "failed")
         if positions is not None:
             stmt = stmt.where(t.c.position.in_(list(positions)))
-        (count,) = await self._write(stmt.values(status="pending", available_at=now, attempts=0))
+        (count,) = await self._write(
+            stmt.values(status="pending", available_at=now, attempts=0, lease_token=None)
+        )
         return int(count or 0)
 
     async def messages(

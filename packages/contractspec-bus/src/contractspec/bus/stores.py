@@ -16,8 +16,9 @@ Every store is a `typing.Protocol` with an in-memory adapter (here) and a SQLAlc
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from attrs import define, evolve, field
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryOutboxStore",
     "MemoryPreferenceStore",
     "MemoryProcessedEventStore",
+    "OrderingKey",
     "OutboxMessage",
     "OutboxStatus",
     "OutboxStore",
@@ -54,12 +56,19 @@ __all__ = [
     "accept_in_key_order",
     "check_page",
     "envelope_to_row",
+    "new_lease_token",
+    "ordering_key",
 ]
 
 OutboxStatus = Literal["pending", "delivered", "failed"]
 DeliveryStatus = Literal["queued", "sent", "failed"]
 #: Any channel or any notification type in a `Preference`.
 ANY = "*"
+
+
+def _now(now: datetime | None) -> datetime:
+    """`now`, or the current UTC time (the clock every relay of an in-memory store shares)."""
+    return datetime.now(UTC) if now is None else now
 
 
 def check_page(limit: int, *, maximum: int = 1000) -> int:
@@ -118,6 +127,8 @@ class OutboxMessage:
         available_at: Not claimed again before this UTC time (lease or backoff).
         delivered_at: UTC time of delivery.
         last_error: Error of the last failed attempt.
+        lease_token: Token of the claim that leases the row (`None` once it is settled); the
+            relay renews and settles rows only while they still carry its token.
     """
 
     position: int
@@ -134,6 +145,26 @@ class OutboxMessage:
     available_at: datetime | None = None
     delivered_at: datetime | None = None
     last_error: str | None = None
+    lease_token: str | None = None
+
+    @property
+    def ordering_key(self) -> OrderingKey | None:
+        """`(org_id, key)`: rows with the same ordering key are delivered in position order."""
+        return None if self.key is None else (self.org_id, self.key)
+
+
+#: Rows are ordered per `(org_id, key)`: the same key in two tenants is two queues.
+OrderingKey = tuple[str | None, str]
+
+
+def ordering_key(org_id: str | None, key: str | None) -> OrderingKey | None:
+    """The ordering key of a row: `(org_id, key)`, or `None` for a row without a key."""
+    return None if key is None else (org_id, key)
+
+
+def new_lease_token() -> str:
+    """A fresh, unguessable lease token (32 hex characters)."""
+    return uuid.uuid4().hex
 
 
 def envelope_to_row(env: EventEnvelope) -> dict[str, Any]:
@@ -153,19 +184,20 @@ def envelope_to_row(env: EventEnvelope) -> dict[str, Any]:
 
 
 def accept_in_key_order(
-    candidates: Sequence[OutboxMessage], pending_by_key: Mapping[str, Sequence[int]]
+    candidates: Sequence[OutboxMessage], pending_by_key: Mapping[OrderingKey, Sequence[int]]
 ) -> list[OutboxMessage]:
     """Keep the candidates that may be delivered now without breaking per-key order.
 
-    A candidate with a key is accepted only if every pending row of that key before it is
-    accepted too, i.e. the accepted rows of a key are a prefix of its pending queue. Rows that
-    another relay holds (leased, or locked and skipped) are pending but not candidates, so they
-    block the rows of their key that follow them. Rows without a key are always accepted.
+    A candidate with a key is accepted only if every pending row of its ordering key
+    `(org_id, key)` before it is accepted too, i.e. the accepted rows of a key are a prefix of
+    its pending queue. Rows that another relay holds (leased, or locked and skipped) are pending
+    but not candidates, so they block the rows of their key that follow them. Rows without a
+    key are always accepted. The same key in two orgs is two independent queues.
 
     Args:
         candidates: Claimable rows in position order.
-        pending_by_key: For each candidate key, the positions of all its pending rows up to the
-            last candidate, ascending.
+        pending_by_key: For each candidate's ordering key, the positions of all its pending rows
+            up to the last candidate, ascending.
 
     Returns:
         The accepted rows, in position order.
@@ -185,24 +217,53 @@ class OutboxStore(Protocol):
     """Transactional outbox: `publish` stages events in the caller's transaction; a relay claims,
     delivers and marks them.
 
-    Claims are leases: a claimed row is not claimed again before `now + lease`, so a relay that
-    dies mid-batch loses nothing (its rows come back when the lease ends: at-least-once).
+    Claims are leases: a claimed row carries the claim's `lease_token` and is not claimed again
+    before `now + lease`, so a relay that dies mid-batch loses nothing (its rows come back when
+    the lease ends: at-least-once). The relay renews the lease with `extend` while it works and
+    settles rows (`mark_delivered`, `mark_failed`) only while they still carry its token.
+
+    `now=None` means the database's clock (PostgreSQL's `now()`; the local clock for SQLite and
+    memory, which share the machine's clock with every relay), so relays on machines whose
+    clocks disagree still agree on when a lease ends.
     """
 
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
         """Stage `events` in `tx` (they exist iff `tx` commits)."""
         ...
 
-    async def claim(self, limit: int, now: datetime, lease: timedelta) -> list[OutboxMessage]:
-        """Lease up to `limit` deliverable rows in position order, respecting per-key order."""
+    async def claim(
+        self, limit: int, now: datetime | None, lease: timedelta
+    ) -> list[OutboxMessage]:
+        """Lease up to `limit` deliverable rows in position order, respecting per-key order.
+
+        Every returned row carries the same new `lease_token` and `available_at = now + lease`.
+        """
         ...
 
-    async def mark_delivered(self, positions: Sequence[int], at: datetime) -> None:
-        """Mark rows delivered."""
+    async def extend(
+        self, positions: Sequence[int], token: str, now: datetime | None, lease: timedelta
+    ) -> list[int]:
+        """Renew the lease `token` holds on `positions` to `now + lease`.
+
+        Returns:
+            The positions still held (pending and carrying `token`), ascending; a row missing
+            from the answer was settled or claimed by another relay after the lease ran out.
+        """
         ...
 
-    async def mark_failed(self, position: int, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt; retry at `retry_at`, or give up (`failed`) when `None`."""
+    async def mark_delivered(
+        self, positions: Sequence[int], at: datetime, *, token: str | None = None
+    ) -> int:
+        """Mark rows delivered (with `token`: only those still carrying it); return how many."""
+        ...
+
+    async def mark_failed(
+        self, position: int, error: str, retry_at: datetime | None, *, token: str | None = None
+    ) -> None:
+        """Record a failed attempt; retry at `retry_at`, or give up (`failed`) when `None`.
+
+        With `token`, nothing happens unless the row still carries it.
+        """
         ...
 
     async def requeue(self, positions: Sequence[int] | None, now: datetime) -> int:
@@ -252,9 +313,12 @@ class MemoryOutboxStore:
 
         tx.on_commit(commit)
 
-    async def claim(self, limit: int, now: datetime, lease: timedelta) -> list[OutboxMessage]:
+    async def claim(
+        self, limit: int, now: datetime | None, lease: timedelta
+    ) -> list[OutboxMessage]:
         """Lease up to `limit` rows (see `accept_in_key_order`)."""
         check_page(limit, maximum=10_000)
+        now = _now(now)
         pending = [m for m in self._rows.values() if m.status == "pending"]
         candidates: list[OutboxMessage] = []
         for m in pending:
@@ -265,42 +329,72 @@ class MemoryOutboxStore:
         if not candidates:
             return []
         last = candidates[-1].position
-        keys = {m.key for m in candidates if m.key is not None}
-        queues: dict[str, list[int]] = {k: [] for k in keys}
+        queues: dict[OrderingKey, list[int]] = {}
+        for m in candidates:
+            if (okey := m.ordering_key) is not None:
+                queues[okey] = []
         for m in pending:
-            if m.key in queues and m.position <= last:
-                queues[m.key].append(m.position)
+            okey = m.ordering_key
+            if okey is not None and okey in queues and m.position <= last:
+                queues[okey].append(m.position)
         accepted = accept_in_key_order(candidates, queues)
+        token = new_lease_token()
         out = []
         for m in accepted:
-            leased = evolve(m, attempts=m.attempts + 1, available_at=now + lease)
+            leased = evolve(m, attempts=m.attempts + 1, available_at=now + lease, lease_token=token)
             self._rows[m.position] = leased
             out.append(leased)
         return out
 
-    async def mark_delivered(self, positions: Sequence[int], at: datetime) -> None:
-        """Mark rows delivered."""
+    async def extend(
+        self, positions: Sequence[int], token: str, now: datetime | None, lease: timedelta
+    ) -> list[int]:
+        """Renew the lease on the rows that still carry `token`."""
+        until = _now(now) + lease
+        held = []
+        for p in sorted(set(positions)):
+            m = self._rows.get(p)
+            if m is not None and m.status == "pending" and m.lease_token == token:
+                self._rows[p] = evolve(m, available_at=until)
+                held.append(p)
+        return held
+
+    async def mark_delivered(
+        self, positions: Sequence[int], at: datetime, *, token: str | None = None
+    ) -> int:
+        """Mark rows delivered (with `token`: only those still carrying it)."""
+        n = 0
         for p in positions:
             m = self._rows.get(p)
-            if m is not None:
-                self._rows[p] = evolve(m, status="delivered", delivered_at=at, last_error=None)
+            if m is not None and (token is None or m.lease_token == token):
+                self._rows[p] = evolve(
+                    m, status="delivered", delivered_at=at, last_error=None, lease_token=None
+                )
+                n += 1
+        return n
 
-    async def mark_failed(self, position: int, error: str, retry_at: datetime | None) -> None:
+    async def mark_failed(
+        self, position: int, error: str, retry_at: datetime | None, *, token: str | None = None
+    ) -> None:
         """Record the error; back off until `retry_at` or give up."""
         m = self._rows.get(position)
-        if m is None:
+        if m is None or (token is not None and m.lease_token != token):
             return
         if retry_at is None:
-            self._rows[position] = evolve(m, status="failed", last_error=error)
+            self._rows[position] = evolve(m, status="failed", last_error=error, lease_token=None)
         else:
-            self._rows[position] = evolve(m, available_at=retry_at, last_error=error)
+            self._rows[position] = evolve(
+                m, available_at=retry_at, last_error=error, lease_token=None
+            )
 
     async def requeue(self, positions: Sequence[int] | None, now: datetime) -> int:
         """Failed rows back to pending, available now."""
         n = 0
         for p, m in list(self._rows.items()):
             if m.status == "failed" and (positions is None or p in positions):
-                self._rows[p] = evolve(m, status="pending", available_at=now, attempts=0)
+                self._rows[p] = evolve(
+                    m, status="pending", available_at=now, attempts=0, lease_token=None
+                )
                 n += 1
         return n
 
@@ -414,6 +508,10 @@ class MemoryDeadLetterStore:
     def __init__(self) -> None:
         self._letters: dict[str, DeadLetter] = {}
         self._order: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """How many dead letters are stored (replayed ones included)."""
+        return len(self._letters)
 
     async def add(self, letter: DeadLetter) -> None:
         """Store; `ConflictError` if the id exists."""
