@@ -237,3 +237,30 @@ def test_bad_override_and_sizes_name_the_field() -> None:
         TrafficRecorder(MemoryTrafficStore(), overrides={"a.b": 2})
     with pytest.raises(ConfigurationError, match="batch_size must be a positive integer"):
         TrafficRecorder(MemoryTrafficStore(), batch_size=0)
+
+
+async def test_snapshot_keeps_the_committed_events_redacted() -> None:
+    """Events go into the snapshot (type, version, payload) with their spec PII and its echoes
+    replaced everywhere: in the payload, the input and the output."""
+    store = MemoryTrafficStore()
+    executor = make_executor(build_registry(), traffic=TrafficRecorder(store, sample_rate=1.0))
+    await executor.execute(
+        "billing.customer.welcome", {"customer_id": "c-9", "name": "Ada Lovelace"}, ctx("t")
+    )
+    (snap,) = store.snapshots
+    assert snap.input == {"customer_id": "c-9", "name": "[redacted-1]"}
+    assert snap.output == {"message": "welcome sent to [redacted-1]"}
+    assert [dict(e) for e in snap.events] == [
+        {
+            "type": "billing.customer.welcomed",
+            "version": 1,
+            "payload": {
+                "customer_id": "c-9",
+                "name": "[redacted-1]",
+                "text": "Dear [redacted-1], welcome aboard",
+                "sent_at": "2024-01-01T00:00:00Z",
+            },
+        }
+    ]
+    assert Snapshot.from_dict(snap.to_dict()) == snap
+    assert "Ada" not in str(snap.to_dict())

@@ -136,3 +136,21 @@ async def test_any_json_round_trips(store: TrafficStore, payload: Any, message: 
     assert len(got) == before + 1
     assert got[-1] == original
     assert isinstance(got[-1], Snapshot)
+
+
+async def test_events_round_trip(store: TrafficStore) -> None:
+    """A snapshot's events (type, version, payload) come back as they were appended."""
+    events = [{"type": "crm.deal.created", "version": 1, "payload": {"id": "d1", "amount": "9.50"}}]
+    await store.append([snap(1, events=events)])
+    (got,) = await store.query()
+    assert [dict(e) for e in got.events] == events
+
+
+def test_malformed_events_are_a_snapshot_format_error() -> None:
+    """`events` that is not a list of typed objects is refused, naming the snapshot."""
+    from contractspec.testing.errors import SnapshotFormatError
+
+    data = snap(1).to_dict() | {"events": [{"payload": {}}]}
+    with pytest.raises(SnapshotFormatError, match="events must be a list"):
+        Snapshot.from_dict(data)
+    assert Snapshot.from_dict(snap(1).to_dict() | {"events": None}).events == ()

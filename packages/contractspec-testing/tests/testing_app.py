@@ -21,6 +21,7 @@ from contractspec.core import (
     authenticated,
     define_command,
     define_entity,
+    define_event,
     define_query,
     public,
 )
@@ -76,6 +77,24 @@ class GetCustomer(BaseModel):
     id: Annotated[str, Field(min_length=1)]
 
 
+class Welcome(BaseModel):
+    customer_id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+
+
+class WelcomeOut(BaseModel):
+    message: str
+
+
+class CustomerWelcomed(BaseModel):
+    customer_id: str
+    name: Annotated[str, PII]
+    text: str
+    sent_at: AwareDatetime
+
+
+customer_welcomed = define_event("billing.customer.welcomed", payload=CustomerWelcomed)
+
 quote = define_query(
     "billing.invoice.quote", input=QuoteIn, output=QuoteOut, auth=public(), pii=["input.note"]
 )
@@ -85,6 +104,16 @@ create_customer = define_command(
 get_customer = define_query(
     "billing.customer.get", input=GetCustomer, output=Customer, auth=authenticated()
 )
+welcome = define_command(
+    "billing.customer.welcome",
+    input=Welcome,
+    output=WelcomeOut,
+    auth=authenticated(),
+    emits=[customer_welcomed],
+)
+
+#: Greeting of the welcome event; tests change it to show golden suites catching a changed event.
+WELCOME_TEXT = {"template": "Dear {name}, welcome aboard"}
 
 #: Discount of the PRO plan; tests change it (or set TESTING_APP_PRO_DISCOUNT in a subprocess)
 #: to show golden suites catching a changed handler.
@@ -93,7 +122,9 @@ PRO_DISCOUNT = {"rate": Decimal(os.environ.get("TESTING_APP_PRO_DISCOUNT", "0.10
 
 def build_registry() -> SpecRegistry:
     """Register the specs and bind the handlers."""
-    registry = SpecRegistry(customer_entity, quote, create_customer, get_customer)
+    registry = SpecRegistry(
+        customer_entity, customer_welcomed, quote, create_customer, get_customer, welcome
+    )
 
     @registry.handler(quote)
     async def _quote(inp: QuoteIn, ctx: HandlerCtx) -> QuoteOut:
@@ -127,6 +158,17 @@ def build_registry() -> SpecRegistry:
         if customer is None:
             raise NotFoundError(f"customer {inp.id!r} not found")
         return customer
+
+    @registry.handler(welcome)
+    async def _welcome(inp: Welcome, ctx: HandlerCtx) -> WelcomeOut:
+        text = WELCOME_TEXT["template"].format(name=inp.name)
+        ctx.emit(
+            customer_welcomed,
+            CustomerWelcomed(
+                customer_id=inp.customer_id, name=inp.name, text=text, sent_at=ctx.now()
+            ),
+        )
+        return WelcomeOut(message=f"welcome sent to {inp.name}")
 
     return registry
 

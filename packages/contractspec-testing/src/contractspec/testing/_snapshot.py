@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 
 from contractspec.testing.errors import SnapshotFormatError
 
 __all__ = ["Snapshot"]
 
 _REQUIRED = ("id", "operation", "version", "recorded_at", "input")
+
+
+def _events(value: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    return tuple(value)
 
 
 @define(frozen=True, slots=True)
@@ -31,6 +35,9 @@ class Snapshot:
         input: The validated input (JSON form), or the raw input when validation failed.
         output: The output (JSON form), or `None` on failure.
         error: `{"code", "type", "message"}` of the `ContractSpecError` raised, or `None`.
+        events: The events the call emitted and committed, in emission order:
+            `[{"type": "billing.customer.created", "version": 1, "payload": {...}}, ...]`
+            (empty for failed calls, and in snapshots recorded before events were kept).
         org_id: Tenant of the call.
         actor_id: Who called.
         trace_id: Trace id (the sampling decision is made from it).
@@ -46,6 +53,7 @@ class Snapshot:
     input: Any
     output: Any = None
     error: Mapping[str, Any] | None = None
+    events: tuple[Mapping[str, Any], ...] = field(default=(), converter=_events)
     duration_ms: float = 0.0
     org_id: str | None = None
     actor_id: str | None = None
@@ -80,6 +88,7 @@ class Snapshot:
             "input": self.input,
             "output": self.output,
             "error": None if self.error is None else dict(self.error),
+            "events": [dict(event) for event in self.events],
             "org_id": self.org_id,
             "actor_id": self.actor_id,
             "trace_id": self.trace_id,
@@ -122,6 +131,11 @@ class Snapshot:
             if error is not None and not isinstance(error, Mapping):
                 raise TypeError("error must be an object or null")
             variant = data.get("variant")
+            events = data.get("events") or []
+            if not isinstance(events, list) or not all(
+                isinstance(e, Mapping) and isinstance(e.get("type"), str) for e in events
+            ):
+                raise TypeError('events must be a list of {"type", "version", "payload"} objects')
             return cls(
                 id=str(data["id"]),
                 operation=str(data["operation"]),
@@ -130,6 +144,7 @@ class Snapshot:
                 input=data["input"],
                 output=data.get("output"),
                 error=None if error is None else dict(error),
+                events=tuple(dict(e) for e in events),
                 duration_ms=float(data.get("duration_ms") or 0.0),
                 org_id=data.get("org_id"),
                 actor_id=data.get("actor_id"),

@@ -20,8 +20,10 @@ call committed. `record()` decides, in this order:
    `TraceIdRatioBased` sampler). Calls without a trace id fall back to the request id, then to a
    random draw.
 2. **Serialisation** of the input/output models to JSON form.
-3. **Redaction** (`Redactor`) of spec `pii` paths, secret-named keys and detector findings, then
-   the user's `sanitize` hook, which may rewrite or drop (`None`) the snapshot.
+3. **Redaction** (`Redactor.redact_record`) of the input, output, error and the payloads of the
+   events the call committed: spec `pii` paths (the operation's and each declared event's) and
+   every echo of their values, secret-named keys and detector findings; then the user's
+   `sanitize` hook, which may rewrite or drop (`None`) the snapshot.
 4. **Buffering.** Snapshots wait in memory and are written in batches by a background task on the
    running event loop (`batch_size` at a time), or when you `await flush()` / `aclose()`. The
    buffer is bounded (`max_pending`): beyond it the oldest snapshots are dropped and counted.
@@ -47,6 +49,7 @@ from pydantic_core import to_jsonable_python
 from contractspec.core import (
     CallRecord,
     ConfigurationError,
+    EventSpec,
     IdGenerator,
     OperationSpec,
     UuidGenerator,
@@ -171,6 +174,7 @@ class TrafficRecorder:
         self._task: asyncio.Task[None] | None = None
         self._direct = isinstance(store, MemoryTrafficStore)
         self._rates: dict[tuple[str, int], float] = {}
+        self._event_pii_cache: dict[tuple[str, int], dict[str, frozenset[str]]] = {}
         self._random = random.Random()
 
     # -- sampling -------------------------------------------------------------------------------
@@ -249,8 +253,14 @@ class TrafficRecorder:
             err = {"code": error.code, "type": type(error).__name__, "message": error.message}
         inp = _jsonable(call.input)
         out = None if call.output is None else call.output.model_dump(mode="json")
+        events: list[dict[str, Any]] = [
+            {"type": e.name, "version": e.version, "payload": e.payload_json()} for e in call.events
+        ]
         if self.redactor is not None:
-            inp, out, err = self.redactor.redact_call(inp, out, err, spec.pii)
+            done = self.redactor.redact_record(
+                inp, out, err, events=events, pii=spec.pii, event_pii=self._event_pii(spec)
+            )
+            inp, out, err, events = done.input, done.output, done.error, done.events
         return Snapshot(
             id=self.ids.new_id(),
             operation=spec.name,
@@ -259,6 +269,7 @@ class TrafficRecorder:
             input=inp,
             output=out,
             error=err,
+            events=tuple(events),
             duration_ms=round(call.duration_ms, 3),
             org_id=call.org_id,
             actor_id=call.actor_id,
@@ -267,6 +278,19 @@ class TrafficRecorder:
             channel=call.channel,
             variant=call.variant,
         )
+
+    def _event_pii(self, spec: OperationSpec) -> dict[str, frozenset[str]]:
+        """`{"name@version": pii paths}` of the events `spec` declares (cached per spec)."""
+        key = (spec.name, spec.version)
+        found = self._event_pii_cache.get(key)
+        if found is None:
+            found = {
+                f"{event.name}@{event.version}": event.pii
+                for event in spec.emits
+                if isinstance(event, EventSpec) and event.pii
+            }
+            self._event_pii_cache[key] = found
+        return found
 
     # -- buffering and flushing -----------------------------------------------------------------
 
