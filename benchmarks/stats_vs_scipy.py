@@ -69,12 +69,8 @@ def main() -> None:
     m = min(args.scalar, k)
     sc = [
         (
-            SufficientStats(
-                int(n1[i]), mean1[i] * n1[i], (n1[i] - 1) * std1[i] ** 2 + n1[i] * mean1[i] ** 2
-            ),
-            SufficientStats(
-                int(n2[i]), mean2[i] * n2[i], (n2[i] - 1) * std2[i] ** 2 + n2[i] * mean2[i] ** 2
-            ),
+            SufficientStats.from_moments(int(n1[i]), float(mean1[i]), float(std1[i]) ** 2),
+            SufficientStats.from_moments(int(n2[i]), float(mean2[i]), float(std2[i]) ** 2),
         )
         for i in range(m)
     ]

@@ -25,8 +25,8 @@ def _result() -> ExperimentResult:
                 "C": SufficientStats.empty(),
             },
             "revenue": {
-                "control": SufficientStats(10_000, 251_000.0, 9_800_000.0),
-                "B": SufficientStats(10_050, 249_000.0, 9_700_000.0),
+                "control": SufficientStats.from_sums(10_000, 251_000.0, 9_800_000.0),
+                "B": SufficientStats.from_sums(10_050, 249_000.0, 9_700_000.0),
                 "C": SufficientStats.empty(),
             },
         },

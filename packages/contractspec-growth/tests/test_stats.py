@@ -26,9 +26,9 @@ from contractspec.growth.stats import (
 
 # The summary statistics of gbstats' own frequentist test-suite
 # (growthbook/growthbook packages/stats/tests/frequentist/test_tests.py, DECIMALS = 5).
-GB_A = SufficientStats(3407, 1396.87, 52377.9767)
-GB_A3000 = SufficientStats(3000, 1396.87, 52377.9767)
-GB_B = SufficientStats(3461, 2422.7, 134698.29)
+GB_A = SufficientStats.from_sums(3407, 1396.87, 52377.9767)
+GB_A3000 = SufficientStats.from_sums(3000, 1396.87, 52377.9767)
+GB_B = SufficientStats.from_sums(3461, 2422.7, 134698.29)
 
 
 def r5(x: float) -> float:
@@ -59,13 +59,13 @@ def test_merge_equals_summary_of_the_union(xs: list[float], ys: list[float]) -> 
     merged = SufficientStats.from_values(xs) + SufficientStats.from_values(ys)
     direct = SufficientStats.from_values(xs + ys)
     assert merged.n == direct.n
-    assert merged.sum == pytest.approx(direct.sum, rel=1e-9, abs=1e-6)
-    assert merged.sum_squares == pytest.approx(direct.sum_squares, rel=1e-9, abs=1e-6)
+    assert merged.mean == pytest.approx(direct.mean, rel=1e-9, abs=1e-6)
+    assert merged.m2 == pytest.approx(direct.m2, rel=1e-9, abs=1e-4)
 
 
 def test_numpy_integer_counts_are_accepted() -> None:
     """An `np.int64` count (from a DataFrame or SQL driver) is converted to a Python int."""
-    s = SufficientStats(np.int64(4), np.float64(2.0), 2.0)
+    s = SufficientStats(n=np.int64(4), mean=np.float64(0.5), m2=1.0)
     assert s.n == 4
     assert type(s.n) is int
 
@@ -82,13 +82,40 @@ def test_numpy_integer_counts_are_accepted() -> None:
         ({"n": 2, "sum": 1396.87, "sum_squares": 52377.9767}, "sum_squares", "impossible"),
     ],
 )
-def test_bad_sufficient_stats_raise_naming_the_field(
+def test_bad_sums_raise_naming_the_field(
     kwargs: dict[str, float], field: str, fragment: str
 ) -> None:
-    """Malformed summaries raise SpecValidationError whose details name the field."""
+    """Malformed Σx / Σx² summaries raise SpecValidationError whose details name the field."""
     with pytest.raises(SpecValidationError, match=fragment) as info:
-        SufficientStats(**kwargs)
+        SufficientStats.from_sums(**kwargs)
     assert info.value.details["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "fragment"),
+    [
+        ({"n": -1, "mean": 0.0, "m2": 0.0}, "n", "must be >= 0"),
+        ({"n": 3, "mean": math.inf, "m2": 1.0}, "mean", "finite"),
+        ({"n": 3, "mean": 1.0, "m2": -1.0}, "m2", ">= 0"),
+        ({"n": 0, "mean": 1.0, "m2": 0.0}, "n", "n=0"),
+        ({"n": 1, "mean": 1.0, "m2": 2.0}, "m2", "n=1"),
+    ],
+)
+def test_bad_moments_raise_naming_the_field(
+    kwargs: dict[str, float], field: str, fragment: str
+) -> None:
+    """Malformed (n, mean, M2) summaries raise SpecValidationError whose details name the field."""
+    with pytest.raises(SpecValidationError, match=fragment) as info:
+        SufficientStats(**kwargs)  # type: ignore[arg-type]
+    assert info.value.details["field"] == field
+    with pytest.raises(SpecValidationError, match="variance must be a finite number >= 0"):
+        SufficientStats.from_moments(10, 1.0, -0.5)
+
+
+def test_positional_sums_are_refused() -> None:
+    """The old positional `(n, Σx, Σx²)` form fails loudly instead of being read as moments."""
+    with pytest.raises(TypeError):
+        SufficientStats(4, 2.0, 2.0)  # type: ignore[misc]
 
 
 def test_from_values_rejects_nan_with_its_index() -> None:
@@ -107,14 +134,100 @@ def test_numpy_and_python_values_summarise_alike() -> None:
     fast = SufficientStats.from_values(values)
     slow = SufficientStats.from_values(values.tolist())
     assert fast.n == slow.n == 1000
-    assert fast.sum == pytest.approx(slow.sum, rel=1e-12)
-    assert fast.sum_squares == pytest.approx(slow.sum_squares, rel=1e-12)
+    assert fast.mean == pytest.approx(slow.mean, rel=1e-12)
+    assert fast.m2 == pytest.approx(slow.m2, rel=1e-12)
 
 
 def test_from_proportion_rejects_more_conversions_than_units() -> None:
     """Conversions above n are refused."""
     with pytest.raises(SpecValidationError, match="cannot exceed n"):
         SufficientStats.from_proportion(11, 10)
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def _large_mean_arms(seed: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Two arms of 2,000 values with a mean of 1e9 and a variance of 1 (treatment +0.2)."""
+    rng = np.random.default_rng(seed)
+    return 1e9 + rng.normal(0.0, 1.0, 2000), 1e9 + 0.2 + rng.normal(0.0, 1.0, 2000)
+
+
+def test_a_mean_of_1e9_with_a_variance_of_1_keeps_its_variance() -> None:
+    """Values near 1e9 with unit spread: mean, variance and a chunked merge equal numpy's."""
+    control, _ = _large_mean_arms()
+    direct = SufficientStats.from_values(control)
+    assert direct.variance == pytest.approx(np.var(control, ddof=1), rel=1e-9)
+    assert direct.mean == pytest.approx(np.mean(control), rel=1e-15)
+    chunks = [SufficientStats.from_values(part) for part in np.array_split(control, 7)]
+    merged = chunks[0]
+    for part in chunks[1:]:
+        merged = merged + part
+    assert merged.n == 2000
+    # float64 holds a mean near 1e9 to ~6e-8, which bounds the merge's precision
+    assert merged.variance == pytest.approx(direct.variance, rel=1e-7)
+    assert merged.mean == pytest.approx(direct.mean, rel=1e-15)
+    listed = SufficientStats.from_values(control.tolist())
+    assert listed.variance == pytest.approx(direct.variance, rel=1e-9)
+
+
+def test_welch_on_a_mean_of_1e9_matches_scipy_on_the_raw_values() -> None:
+    """Welch's test on 1e9-mean summaries gives scipy's p-value on the raw values, status ok."""
+    control, variation = _large_mean_arms()
+    ref = sps.ttest_ind(variation, control, equal_var=False)
+    res = welch_ttest(
+        SufficientStats.from_values(control),
+        SufficientStats.from_values(variation),
+        difference="absolute",
+    )
+    assert res.status == "ok"
+    assert ref.pvalue < 0.05
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-6)
+    assert res.absolute is not None
+    assert res.absolute.estimate == pytest.approx(np.mean(variation) - np.mean(control), abs=1e-6)
+
+
+def test_moments_are_accepted_directly_and_match_scipy() -> None:
+    """`from_moments(n, mean, variance)` with mean 1e9 and variance 1 equals scipy from stats."""
+    control = SufficientStats.from_moments(5000, 1e9, 1.0)
+    variation = SufficientStats.from_moments(5000, 1e9 + 0.05, 1.0)
+    assert (control.variance, control.m2, variation.variance) == (1.0, 4999.0, 1.0)
+    ref = sps.ttest_ind_from_stats(1e9 + 0.05, 1.0, 5000, 1e9, 1.0, 5000, equal_var=False)
+    res = welch_ttest(control, variation, difference="absolute")
+    assert res.status == "ok"
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    merged = control + variation
+    delta = (1e9 + 0.05) - 1e9  # the difference of the two float64 means
+    assert merged.variance == pytest.approx((2 * 4999.0 + delta**2 * 2500) / 9999, rel=1e-12)
+
+
+def test_nearly_constant_large_values_are_not_zero_variance() -> None:
+    """Latencies in ns (1e9 +- a few): a tiny but real spread is tested, not called zero."""
+    rng = np.random.default_rng(3)
+    control = 1.7e9 + rng.integers(-3, 4, 500).astype(np.float64)
+    variation = 1.7e9 + 2.0 + rng.integers(-3, 4, 500).astype(np.float64)
+    res = welch_ttest(
+        SufficientStats.from_values(control),
+        SufficientStats.from_values(variation),
+        difference="absolute",
+    )
+    ref = sps.ttest_ind(variation, control, equal_var=False)
+    assert res.status == "ok"
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-300)
+
+
+def test_covariate_moments_survive_large_means() -> None:
+    """CUPED on pre/post values near 1e9 gives the covariance numpy computes, merged or not."""
+    rng = np.random.default_rng(4)
+    pre = 1e9 + rng.normal(0.0, 1.0, 1000)
+    post = pre + rng.normal(0.0, 0.5, 1000)
+    whole = CovariateStats.from_values(post, pre)
+    assert whole.covariance == pytest.approx(np.cov(post, pre)[0, 1], rel=1e-9)
+    halves = CovariateStats.from_values(post[:400], pre[:400]) + CovariateStats.from_values(
+        post[400:], pre[400:]
+    )
+    assert halves.covariance == pytest.approx(whole.covariance, rel=1e-7)
+    assert CovariateStats.from_moments(whole.post, whole.pre, whole.covariance) == whole
 
 
 # --------------------------------------------------------------------------- gbstats fixtures
@@ -216,8 +329,10 @@ def test_gbstats_sequential_proportion() -> None:
 
 def test_gbstats_sequential_regression_adjusted_with_fixed_theta() -> None:
     """CUPED with theta=0.5 inside a confidence sequence equals gbstats 0.8's fixture."""
-    control = CovariateStats(GB_A3000, SufficientStats(3000, 16.87, 527.9767), 12525)
-    variation = CovariateStats(GB_B, SufficientStats(3461, 22.7, 1348.29), 3333)
+    control = CovariateStats.from_sums(
+        GB_A3000, SufficientStats.from_sums(3000, 16.87, 527.9767), 12525
+    )
+    variation = CovariateStats.from_sums(GB_B, SufficientStats.from_sums(3461, 22.7, 1348.29), 3333)
     res = sequential_ttest(control, variation, theta=0.5)
     rel = res.relative
     assert rel is not None
@@ -228,8 +343,10 @@ def test_gbstats_sequential_regression_adjusted_with_fixed_theta() -> None:
 
 def test_gbstats_sequential_regression_adjusted_with_pooled_theta() -> None:
     """CUPED with the pooled theta equals gbstats' current fixture (theta=None)."""
-    control = CovariateStats(GB_A3000, SufficientStats(3000, 16.87, 527.9767), 1)
-    variation = CovariateStats(GB_B, SufficientStats(3461, 22.7, 1348.29), 1)
+    control = CovariateStats.from_sums(
+        GB_A3000, SufficientStats.from_sums(3000, 16.87, 527.9767), 1
+    )
+    variation = CovariateStats.from_sums(GB_B, SufficientStats.from_sums(3461, 22.7, 1348.29), 1)
     rel = sequential_ttest(control, variation).relative
     assert rel is not None
     assert (r5(rel.estimate), r5(rel.ci_low), r5(rel.ci_high)) == (0.50338, -0.50969, 1.51646)
@@ -375,7 +492,9 @@ def test_covariate_stats_need_the_same_units() -> None:
     """pre and post summaries must count the same units."""
     with pytest.raises(SpecValidationError, match="same units") as info:
         CovariateStats(
-            SufficientStats.from_values([1.0, 2.0]), SufficientStats.from_values([1.0]), 2.0
+            SufficientStats.from_values([1.0, 2.0]),
+            SufficientStats.from_values([1.0]),
+            comoment=2.0,
         )
     assert info.value.details["field"] == "pre"
 
@@ -460,8 +579,7 @@ def test_results_never_hold_nan(
     def stats(n: int, mean: float, var: float) -> SufficientStats:
         if n == 0:
             return SufficientStats.empty()
-        ss = var * (n - 1) + n * mean * mean
-        return SufficientStats(n, n * mean, ss)
+        return SufficientStats.from_moments(n, mean, var if n > 1 else 0.0)
 
     for res in (
         welch_ttest(stats(n1, mean1, var1), stats(n2, mean2, var2)),

@@ -439,13 +439,11 @@ class SqlRolloutStore:
 class _Window:
     """Calls of one version during one stage: count, failures and latencies."""
 
-    __slots__ = ("durations", "failures", "latency_sum", "latency_sum_sq")
+    __slots__ = ("durations", "failures")
 
     def __init__(self) -> None:
         self.failures = 0
         self.durations: list[float] = []
-        self.latency_sum = 0.0
-        self.latency_sum_sq = 0.0
 
     @property
     def n(self) -> int:
@@ -453,8 +451,6 @@ class _Window:
 
     def add(self, duration_ms: float, failed: bool) -> None:
         self.durations.append(duration_ms)
-        self.latency_sum += duration_ms
-        self.latency_sum_sq += duration_ms * duration_ms
         self.failures += failed
 
     def p99(self) -> float:
@@ -710,11 +706,11 @@ class SpecExperimentController:
             return None
         checks = (
             ("error rate", "proportion",
-             SufficientStats(base.n, base.failures, base.failures),
-             SufficientStats(window.n, window.failures, window.failures)),
+             SufficientStats.from_proportion(base.failures, base.n),
+             SufficientStats.from_proportion(window.failures, window.n)),
             ("mean latency", "mean",
-             SufficientStats(base.n, base.latency_sum, base.latency_sum_sq),
-             SufficientStats(window.n, window.latency_sum, window.latency_sum_sq)),
+             SufficientStats.from_values(np.asarray(base.durations)),
+             SufficientStats.from_values(np.asarray(window.durations))),
         )  # fmt: skip
         for label, metric_type, control, treatment in checks:
             result = sequential_ttest(

@@ -1,8 +1,11 @@
 """Frequentist stats engine for experiments, computed from sufficient statistics.
 
-Every test here works from per-variation sufficient statistics (`n`, `Σx`, `Σx²`, plus `Σx·pre`
-for CUPED), so an analysis of millions of exposures needs only a SQL `GROUP BY`, never the rows.
-The numbers match GrowthBook's `gbstats` (frequentist engine) and scipy:
+Every test here works from per-variation sufficient statistics (`n`, the mean and
+`M2 = Σ(x - mean)²`, plus the co-moment with a pre-period covariate for CUPED), so an analysis of
+millions of exposures needs only a SQL `GROUP BY`, never the rows. Centred moments, merged with
+Chan, Golub and LeVeque's update, stay exact when the mean dwarfs the spread (revenue in cents,
+epoch timestamps, nanosecond latencies), where `Σx²` loses the variance to rounding. The numbers
+match GrowthBook's `gbstats` (frequentist engine) and scipy:
 
 * [`welch_ttest`][contractspec.growth.stats.welch_ttest]: Welch's unequal-variance t-test with
   Welch-Satterthwaite degrees of freedom, absolute and relative lift (delta-method standard error
@@ -103,101 +106,209 @@ def _to_float(value: float) -> float:
     return float(value)
 
 
-@attrs.frozen
+def _values_array(values: Iterable[float], what: str) -> npt.NDArray[np.float64]:
+    """`values` as a 1-D float64 array; `SpecValidationError` naming the first non-finite one."""
+    if isinstance(values, np.ndarray):
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    else:
+        items = [float(x) for x in values]
+        arr = np.asarray(items, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise SpecValidationError(
+            f"{what} got a non-finite value {arr[bad]!r} at index {bad}; drop or impute NaN/inf "
+            "values first.",
+            details={"field": "values", "index": bad},
+        )
+    return arr
+
+
+def _mean_and_deviations(arr: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+    """The mean of `arr` and the deviations from it, by the corrected two-pass algorithm.
+
+    The first pass's mean (NumPy's pairwise sum) is refined by the mean of the deviations, so
+    the result is accurate even when the mean is huge next to the spread (Chan, Golub and
+    LeVeque, "Algorithms for computing the sample variance", 1983).
+    """
+    mean = float(np.mean(arr))
+    dev = arr - mean
+    shift = float(np.mean(dev))
+    if shift:
+        mean += shift
+        dev -= shift
+    return mean, dev
+
+
+@attrs.frozen(kw_only=True)
 class SufficientStats:
-    """Sufficient statistics of one metric in one variation: `n`, `Σx`, `Σx²`.
+    """Sufficient statistics of one metric in one variation: `n`, the mean and `M2`.
 
-    Enough to compute the mean, the sample variance and every test in this module. Two
-    summaries of disjoint samples combine exactly with `merge` (or `+`), so a tracker can
-    aggregate per day, per shard or per SQL partition and add the results up.
+    `M2 = Σ (x - mean)²` is the sum of squared deviations from the mean, so the sample variance
+    is `M2 / (n - 1)`. Keeping the mean and `M2` (rather than `Σx` and `Σx²`) keeps the variance
+    exact to the last digits when the mean is large next to the spread: revenue in cents, epoch
+    timestamps, latencies in nanoseconds. (`Σx²` of values near 1e9 is near 1e18, where a
+    float64 has a resolution of 128, so `Σx² - (Σx)²/n` cannot recover a variance of 1.)
 
-    For a binomial (conversion) metric pass `sum = sum_squares = conversions`, since `x² = x`
-    for `x ∈ {0, 1}`.
+    Two summaries of disjoint samples combine exactly with `merge` (or `+`), by Chan, Golub and
+    LeVeque's pairwise update (1979), so a tracker can aggregate per day, per shard or per SQL
+    partition and add the results up.
+
+    Build one with a constructor that says what you have:
+
+    * `SufficientStats.from_moments(n, mean, variance)`: count, mean and sample variance;
+    * `SufficientStats.from_values(values)`: raw per-unit values;
+    * `SufficientStats.from_proportion(conversions, n)`: a 0/1 metric;
+    * `SufficientStats.from_sums(n, sum, sum_squares)`: `Σx` and `Σx²` (only as precise as
+      those sums are: prefer the others when the mean is large next to the spread);
+    * `SufficientStats(n=..., mean=..., m2=...)`: the stored form itself (keywords only).
 
     Attributes:
         n: Number of units (users, sessions), `>= 0`.
-        sum: `Σ x` over the units.
-        sum_squares: `Σ x²` over the units, `>= 0`.
+        mean: Mean of the values (`0.0` when `n == 0`).
+        m2: `Σ (x - mean)²`, `>= 0` (`0.0` when `n < 2`).
 
     Raises:
-        SpecValidationError: `n` is not a non-negative int, a sum is NaN/inf, or `sum_squares`
-            is negative or below `sum**2 / n` (no real values have those statistics).
+        SpecValidationError: `n` is not a non-negative int, `mean` or `m2` is NaN/inf, `m2` is
+            negative, or an empty or one-unit sample has a spread.
     """
 
     n: int = attrs.field(converter=_to_count)
-    sum: float = attrs.field(converter=_to_float, validator=_check_finite)
-    sum_squares: float = attrs.field(converter=_to_float, validator=_check_finite)
+    mean: float = attrs.field(converter=_to_float, validator=_check_finite)
+    m2: float = attrs.field(converter=_to_float, validator=_check_finite)
 
     def __attrs_post_init__(self) -> None:
-        if self.sum_squares < 0:
+        if self.m2 < 0:
             raise SpecValidationError(
-                f"SufficientStats.sum_squares must be >= 0, got {self.sum_squares!r}; "
-                "it is the sum of squared values (Σx²), not a variance.",
-                details={"field": "sum_squares"},
+                f"SufficientStats.m2 must be >= 0, got {self.m2!r}; it is the sum of squared "
+                "deviations from the mean, Σ(x - mean)² = variance * (n - 1).",
+                details={"field": "m2"},
             )
-        if self.n == 0 and (self.sum != 0 or self.sum_squares != 0):
+        if self.n == 0 and (self.mean != 0 or self.m2 != 0):
             raise SpecValidationError(
-                "SufficientStats with n=0 must have sum=0 and sum_squares=0; "
-                "an empty sample has no values to add up.",
+                "SufficientStats with n=0 must have mean=0 and m2=0; an empty sample has no "
+                "values.",
                 details={"field": "n"},
             )
-        # Cauchy-Schwarz: n Σx² >= (Σx)² for any real values; a violation means the three
-        # numbers were not aggregated from the same rows.
-        lhs = self.sum * self.sum
-        rhs = self.n * self.sum_squares
-        if lhs - rhs > 1e-9 * max(rhs, 1.0):
+        if self.n == 1 and self.m2 != 0:
             raise SpecValidationError(
-                f"SufficientStats(n={self.n}, sum={self.sum!r}, sum_squares={self.sum_squares!r}) "
-                "is impossible: sum_squares must be >= sum**2 / n. Aggregate n, SUM(x) and "
-                "SUM(x * x) over the same rows.",
-                details={"field": "sum_squares"},
+                f"SufficientStats with n=1 must have m2=0 (one value has no spread), got "
+                f"{self.m2!r}.",
+                details={"field": "m2"},
             )
 
     @classmethod
     def empty(cls) -> SufficientStats:
         """Return the statistics of an empty sample (the identity of `merge`)."""
-        return cls(0, 0.0, 0.0)
+        return cls(n=0, mean=0.0, m2=0.0)
+
+    @classmethod
+    def from_moments(cls, n: int, mean: float, variance: float) -> SufficientStats:
+        """Summarise a sample from its size, mean and sample variance.
+
+        Args:
+            n: Number of units, `>= 0`.
+            mean: Their mean (`0.0` when `n == 0`).
+            variance: Their unbiased sample variance (ddof=1), `>= 0`; `0.0` (or NaN) when
+                `n < 2`. Pass `std ** 2` for a standard deviation.
+
+        Returns:
+            The statistics, with `m2 = variance * (n - 1)`.
+
+        Raises:
+            SpecValidationError: A negative or non-finite variance, or as the constructor.
+        """
+        count = _to_count(n)
+        var = float(variance)
+        if count < 2 and (var == 0.0 or math.isnan(var)):
+            return cls(n=count, mean=mean, m2=0.0)
+        if not (math.isfinite(var) and var >= 0.0):
+            raise SpecValidationError(
+                f"variance must be a finite number >= 0, got {variance!r}; pass the sample "
+                "variance (ddof=1), i.e. the standard deviation squared.",
+                details={"field": "variance"},
+            )
+        if count < 2:
+            raise SpecValidationError(
+                f"a sample of n={count} has no variance, got {variance!r}; pass variance=0.",
+                details={"field": "variance"},
+            )
+        return cls(n=count, mean=mean, m2=var * (count - 1))
+
+    @classmethod
+    def from_sums(cls, n: int, sum: float, sum_squares: float) -> SufficientStats:
+        """Summarise a sample from `n`, `Σx` and `Σx²` (e.g. a legacy `SUM(x), SUM(x * x)`).
+
+        The variance is then `(Σx² - (Σx)²/n) / (n - 1)`, which cancels catastrophically when the
+        mean is large next to the spread: with values near 1e9 and a variance of 1, `Σx²` has
+        lost the variance before it reaches this function. Aggregate `AVG(x)` and the squared
+        deviations instead (as `SqlTrackingStore` does), or use `from_moments`.
+
+        For a binomial (conversion) metric `sum = sum_squares = conversions`.
+
+        Raises:
+            SpecValidationError: `n` is not a non-negative int, a sum is NaN/inf, `sum_squares`
+                is negative or below `sum**2 / n` (no real values have those statistics).
+        """
+        count = _to_count(n)
+        total = float(sum)
+        squares = float(sum_squares)
+        for field, value in (("sum", total), ("sum_squares", squares)):
+            if not math.isfinite(value):
+                raise SpecValidationError(
+                    f"SufficientStats.{field} must be a finite number, got {value!r}; drop "
+                    "NaN/inf metric values before aggregating.",
+                    details={"field": field},
+                )
+        if squares < 0:
+            raise SpecValidationError(
+                f"SufficientStats.sum_squares must be >= 0, got {squares!r}; it is the sum of "
+                "squared values (Σx²), not a variance.",
+                details={"field": "sum_squares"},
+            )
+        if count == 0:
+            if total != 0 or squares != 0:
+                raise SpecValidationError(
+                    "SufficientStats with n=0 must have sum=0 and sum_squares=0; an empty "
+                    "sample has no values to add up.",
+                    details={"field": "n"},
+                )
+            return cls.empty()
+        # Cauchy-Schwarz: n Σx² >= (Σx)² for any real values; a violation means the three
+        # numbers were not aggregated from the same rows.
+        lhs = total * total
+        rhs = count * squares
+        if lhs - rhs > 1e-9 * max(rhs, 1.0):
+            raise SpecValidationError(
+                f"SufficientStats(n={count}, sum={total!r}, sum_squares={squares!r}) is "
+                "impossible: sum_squares must be >= sum**2 / n. Aggregate n, SUM(x) and "
+                "SUM(x * x) over the same rows.",
+                details={"field": "sum_squares"},
+            )
+        mean = total / count
+        m2 = 0.0 if count == 1 else max(squares - total * mean, 0.0)
+        return cls(n=count, mean=mean, m2=m2)
 
     @classmethod
     def from_values(cls, values: Iterable[float]) -> SufficientStats:
-        """Summarise raw per-unit values.
+        """Summarise raw per-unit values (corrected two-pass algorithm, exact to rounding).
 
         Args:
             values: One metric value per unit (e.g. revenue per user; 0/1 for conversions);
                 a NumPy array is summarised without a Python loop.
 
         Returns:
-            The `n`, `Σx` and `Σx²` of `values`.
+            The `n`, mean and `M2` of `values`.
 
         Raises:
             SpecValidationError: A value is NaN or infinite.
         """
-        if isinstance(values, np.ndarray):
-            arr = np.asarray(values, dtype=np.float64).reshape(-1)
-            finite = np.isfinite(arr)
-            if not finite.all():
-                bad = int(np.flatnonzero(~finite)[0])
-                raise SpecValidationError(
-                    f"SufficientStats.from_values got a non-finite value {arr[bad]!r} at index "
-                    f"{bad}; drop or impute NaN/inf values first.",
-                    details={"field": "values", "index": bad},
-                )
-            return cls(int(arr.size), float(arr.sum()), float(arr @ arr))
-        n = 0
-        total = 0.0
-        total_sq = 0.0
-        for raw in values:
-            x = float(raw)
-            if not math.isfinite(x):
-                raise SpecValidationError(
-                    f"SufficientStats.from_values got a non-finite value {raw!r} at index {n}; "
-                    "drop or impute NaN/inf values first.",
-                    details={"field": "values", "index": n},
-                )
-            n += 1
-            total += x
-            total_sq += x * x
-        return cls(n, total, total_sq)
+        arr = _values_array(values, "SufficientStats.from_values")
+        if arr.size == 0:
+            return cls.empty()
+        mean, dev = _mean_and_deviations(arr)
+        m2 = float(dev @ dev) if arr.size > 1 else 0.0
+        return cls(n=int(arr.size), mean=mean, m2=m2)
 
     @classmethod
     def from_proportion(cls, conversions: int, n: int) -> SufficientStats:
@@ -211,18 +322,34 @@ class SufficientStats:
                 f"conversions must be a non-negative int, got {conversions!r}.",
                 details={"field": "conversions"},
             )
-        if conversions > n:
+        count = _to_count(n)
+        if conversions > count:
             raise SpecValidationError(
-                f"conversions ({conversions}) cannot exceed n ({n}); count each unit once.",
+                f"conversions ({conversions}) cannot exceed n ({count}); count each unit once.",
                 details={"field": "conversions"},
             )
-        return cls(n, float(conversions), float(conversions))
+        if count == 0:
+            return cls.empty()
+        return cls(
+            n=count, mean=conversions / count, m2=conversions * (count - conversions) / count
+        )
 
     def merge(self, other: SufficientStats) -> SufficientStats:
-        """Return the statistics of the union of two disjoint samples (exact)."""
-        return SufficientStats(
-            self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares
-        )
+        """Return the statistics of the union of two disjoint samples.
+
+        Chan, Golub and LeVeque's update: `mean = mean_a + d n_b / n` and
+        `M2 = M2_a + M2_b + d² n_a n_b / n` with `d = mean_b - mean_a`.
+        """
+        n_a, n_b = self.n, other.n
+        if n_b == 0:
+            return self
+        if n_a == 0:
+            return other
+        n = n_a + n_b
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (n_b / n)
+        m2 = self.m2 + other.m2 + delta * delta * (n_a * n_b / n)
+        return SufficientStats(n=n, mean=mean, m2=m2)
 
     def __add__(self, other: object) -> SufficientStats:
         if not isinstance(other, SufficientStats):
@@ -230,21 +357,24 @@ class SufficientStats:
         return self.merge(other)
 
     @property
-    def mean(self) -> float:
-        """Sample mean `Σx / n`; `nan` when `n == 0` (tests report why instead of using it)."""
-        if self.n == 0:
-            return math.nan
-        return self.sum / self.n
+    def sum(self) -> float:
+        """`Σx = n * mean`."""
+        return self.n * self.mean
+
+    @property
+    def sum_squares(self) -> float:
+        """`Σx² = M2 + n * mean²` (for export; the tests never use it)."""
+        return self.m2 + self.n * self.mean * self.mean
 
     @property
     def variance(self) -> float:
-        """Unbiased sample variance `(Σx² - (Σx)²/n) / (n - 1)`, clipped at 0.
+        """Unbiased sample variance `M2 / (n - 1)`.
 
         `nan` when `n < 2` (the variance is undefined); tests check `n` first and say why.
         """
         if self.n < 2:
             return math.nan
-        return max(self.sum_squares - self.sum * self.sum / self.n, 0.0) / (self.n - 1)
+        return self.m2 / (self.n - 1)
 
     @property
     def std(self) -> float:
@@ -268,19 +398,24 @@ class CovariateStats:
     explained by the same unit's pre-experiment value, shrinking the variance by `1 - rho²` (rho the
     correlation of the two) without biasing the lift.
 
+    Like `SufficientStats`, the pair keeps centred moments: the co-moment
+    `C = Σ (post - mean_post)(pre - mean_pre)`, so the covariance `C / (n - 1)` stays exact when
+    the means are large; `merge` uses Chan et al.'s pairwise update.
+
     Attributes:
         post: Statistics of the metric during the experiment.
         pre: Statistics of the covariate (usually the same metric before exposure), same units.
-        sum_products: `Σ post·pre` over the units.
+        comoment: `Σ (post - mean_post)(pre - mean_pre)` over the units (keyword only; use
+            `from_sums` for `Σ post·pre`, `from_moments` for a covariance).
 
     Raises:
         SpecValidationError: `post` and `pre` do not cover the same number of units, or
-            `sum_products` is not finite.
+            `comoment` is not finite.
     """
 
     post: SufficientStats
     pre: SufficientStats
-    sum_products: float = attrs.field(converter=_to_float, validator=_check_finite)
+    comoment: float = attrs.field(kw_only=True, converter=_to_float, validator=_check_finite)
 
     def __attrs_post_init__(self) -> None:
         if self.post.n != self.pre.n:
@@ -296,6 +431,37 @@ class CovariateStats:
         """Number of units."""
         return self.post.n
 
+    @property
+    def covariance(self) -> float:
+        """Sample covariance of post and pre, `C / (n - 1)` (`nan` when `n < 2`)."""
+        if self.n < 2:
+            return math.nan
+        return self.comoment / (self.n - 1)
+
+    @classmethod
+    def from_moments(
+        cls, post: SufficientStats, pre: SufficientStats, covariance: float
+    ) -> CovariateStats:
+        """Pair two summaries with the sample covariance (ddof=1) of their units."""
+        cov = float(covariance)
+        if post.n < 2 and (cov == 0.0 or math.isnan(cov)):
+            return cls(post, pre, comoment=0.0)
+        return cls(post, pre, comoment=cov * (post.n - 1))
+
+    @classmethod
+    def from_sums(
+        cls, post: SufficientStats, pre: SufficientStats, sum_products: float
+    ) -> CovariateStats:
+        """Pair two summaries with `Σ post·pre` (as precise as that sum; see
+        `SufficientStats.from_sums`)."""
+        products = float(sum_products)
+        if not math.isfinite(products):
+            raise SpecValidationError(
+                f"CovariateStats.sum_products must be a finite number, got {products!r}.",
+                details={"field": "sum_products"},
+            )
+        return cls(post, pre, comoment=products - post.n * post.mean * pre.mean)
+
     @classmethod
     def from_values(cls, post: Iterable[float], pre: Iterable[float]) -> CovariateStats:
         """Summarise paired per-unit values (`post[i]` and `pre[i]` belong to one unit).
@@ -303,26 +469,46 @@ class CovariateStats:
         Raises:
             SpecValidationError: The sequences differ in length or hold NaN/inf.
         """
-        post_list = [float(x) for x in post]
-        pre_list = [float(x) for x in pre]
-        if len(post_list) != len(pre_list):
+        post_arr = _values_array(post, "CovariateStats.from_values")
+        pre_arr = _values_array(pre, "CovariateStats.from_values")
+        if post_arr.size != pre_arr.size:
             raise SpecValidationError(
-                f"CovariateStats.from_values got {len(post_list)} post values and "
-                f"{len(pre_list)} pre values; pass one pair per unit.",
+                f"CovariateStats.from_values got {post_arr.size} post values and "
+                f"{pre_arr.size} pre values; pass one pair per unit.",
                 details={"field": "pre"},
             )
+        if post_arr.size == 0:
+            return cls(SufficientStats.empty(), SufficientStats.empty(), comoment=0.0)
+        n = int(post_arr.size)
+        mean_post, dev_post = _mean_and_deviations(post_arr)
+        mean_pre, dev_pre = _mean_and_deviations(pre_arr)
+        if n == 1:
+            return cls(
+                SufficientStats(n=1, mean=mean_post, m2=0.0),
+                SufficientStats(n=1, mean=mean_pre, m2=0.0),
+                comoment=0.0,
+            )
         return cls(
-            SufficientStats.from_values(post_list),
-            SufficientStats.from_values(pre_list),
-            math.fsum(a * b for a, b in zip(post_list, pre_list, strict=True)),
+            SufficientStats(n=n, mean=mean_post, m2=float(dev_post @ dev_post)),
+            SufficientStats(n=n, mean=mean_pre, m2=float(dev_pre @ dev_pre)),
+            comoment=float(dev_post @ dev_pre),
         )
 
     def merge(self, other: CovariateStats) -> CovariateStats:
-        """Return the statistics of the union of two disjoint samples (exact)."""
+        """Return the statistics of the union of two disjoint samples.
+
+        `C = C_a + C_b + d_post d_pre n_a n_b / n` (Chan et al.'s update for co-moments).
+        """
+        n_a, n_b = self.n, other.n
+        if n_b == 0:
+            return self
+        if n_a == 0:
+            return other
+        d_post = other.post.mean - self.post.mean
+        d_pre = other.pre.mean - self.pre.mean
+        comoment = self.comoment + other.comoment + d_post * d_pre * (n_a * n_b / (n_a + n_b))
         return CovariateStats(
-            self.post.merge(other.post),
-            self.pre.merge(other.pre),
-            self.sum_products + other.sum_products,
+            self.post.merge(other.post), self.pre.merge(other.pre), comoment=comoment
         )
 
     def __add__(self, other: object) -> CovariateStats:
@@ -358,24 +544,26 @@ def _check_alpha(alpha: float, field: str = "alpha") -> None:
 def _variance(stats: SufficientStats, metric_type: MetricType) -> float:
     """Per-unit variance: sample variance, or `p(1-p)` for proportions (as gbstats does)."""
     if metric_type == "proportion":
-        p = stats.sum / stats.n
+        p = stats.mean
         return p * (1.0 - p)
     return stats.variance
 
 
 def _check_proportion(stats: SufficientStats, field: str) -> None:
-    if abs(stats.sum - stats.sum_squares) > 1e-9 * max(stats.sum, 1.0) or stats.sum > stats.n:
+    """A 0/1 metric has `0 <= mean <= 1` and `M2 = n p (1 - p)` (within rounding)."""
+    p = stats.mean
+    expected = stats.n * p * (1.0 - p)
+    if not 0.0 <= p <= 1.0 or abs(stats.m2 - expected) > 1e-9 * (stats.n + 1.0):
         raise SpecValidationError(
-            f"{field} is not a proportion: a 0/1 metric has sum == sum_squares <= n, got "
-            f"n={stats.n}, sum={stats.sum!r}, sum_squares={stats.sum_squares!r}. Use "
+            f"{field} is not a proportion: a 0/1 metric has 0 <= mean <= 1 and "
+            f"m2 == n * mean * (1 - mean), got n={stats.n}, mean={p!r}, m2={stats.m2!r}. Use "
             "SufficientStats.from_proportion(conversions, n) or metric_type='mean'.",
             details={"field": field},
         )
 
 
 def _covariance(stats: CovariateStats) -> float:
-    n = stats.n
-    return (stats.sum_products - stats.post.sum * stats.pre.sum / n) / (n - 1)
+    return stats.comoment / (stats.n - 1)
 
 
 def cuped_theta(
@@ -1036,7 +1224,7 @@ def analyze_experiment(
             v_stats = per_variation.get(name)
             if v_stats is None:
                 v_stats = (
-                    CovariateStats(SufficientStats.empty(), SufficientStats.empty(), 0.0)
+                    CovariateStats(SufficientStats.empty(), SufficientStats.empty(), comoment=0.0)
                     if isinstance(c_stats, CovariateStats)
                     else SufficientStats.empty()
                 )

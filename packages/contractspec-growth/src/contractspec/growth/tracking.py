@@ -9,11 +9,13 @@ await tracker.convert("purchase", user_id)                             # a conve
 stats = await tracker.summarize("checkout.one-page", "revenue")        # {"control": SufficientStats(...), ...}
 ```
 
-A summary is the sufficient statistics (`n`, `Σx`, `Σx²`) of one metric per variation, over the
-experiment's exposed subjects: each subject's value is the sum (or count, or 0/1 conversion) of
-its events at or after its exposure (optionally within an attribution window); exposed subjects
-without events count as 0. The SQL store computes it with two nested `GROUP BY`s in the database,
-so analysing millions of exposures never loads a row into Python.
+A summary is the sufficient statistics (`n`, mean, `M2 = Σ(x - mean)²`) of one metric per
+variation, over the experiment's exposed subjects: each subject's value is the sum (or count, or
+0/1 conversion) of its events at or after its exposure (optionally within an attribution window);
+exposed subjects without events count as 0. The SQL store computes it in the database (a
+per-subject `GROUP BY`, then each value centred on its variation's `AVG` before squaring, so the
+variance stays exact when the mean dwarfs the spread), so analysing millions of exposures never
+loads a row into Python.
 
 Both stores pass one conformance suite on memory, SQLite and PostgreSQL.
 """
@@ -244,11 +246,8 @@ class MemoryTrackingStore:
                 x = float(len(values))
             else:
                 x = 1.0 if values else 0.0
-            n_sum_sq = acc.setdefault(exposure.variation, [0.0, 0.0, 0.0])
-            n_sum_sq[0] += 1
-            n_sum_sq[1] += x
-            n_sum_sq[2] += x * x
-        return {k: SufficientStats(int(n), s, q) for k, (n, s, q) in acc.items()}
+            acc.setdefault(exposure.variation, []).append(x)
+        return {k: SufficientStats.from_values(np.asarray(xs)) for k, xs in acc.items()}
 
 
 # -- SQL ------------------------------------------------------------------------------------------
@@ -400,7 +399,12 @@ class SqlTrackingStore:
         window: timedelta | None = None,
         org_id: str | None = None,
     ) -> Any:
-        """The `SELECT` computing `(variation, n, sum, sum_squares)` (inspect or `EXPLAIN` it)."""
+        """The `SELECT` computing `(variation, n, mu, residual, m2)` (inspect or `EXPLAIN` it).
+
+        `mu` is the variation's `AVG(x)`, `residual` is `Σ(x - mu)` and `m2` is `Σ(x - mu)²`;
+        `summarize` turns them into the mean `mu + residual / n` and
+        `M2 = m2 - residual² / n` (Chan, Golub and LeVeque's corrected two-pass algorithm).
+        """
         from sqlalchemy import Double, and_, case, cast, func, literal, select
 
         x, ev = self.exposures, self.events
@@ -440,15 +444,25 @@ class SqlTrackingStore:
         if org_id is not None:
             per_subject = per_subject.where(x.c.org_id == org_id)
         sub = per_subject.subquery("per_subject")
+        # Centre every value on its variation's mean (a window AVG) before squaring: Σ(x - μ)²
+        # keeps the variance exact where Σx² - (Σx)²/n would cancel (values near 1e9, spread 1).
+        # Σ(x - μ) corrects the rounding of μ itself (the corrected two-pass algorithm).
+        centred = select(
+            sub.c.variation,
+            sub.c.x,
+            func.avg(sub.c.x).over(partition_by=sub.c.variation).label("mu"),
+        ).subquery("centred")
+        deviation = centred.c.x - centred.c.mu
         return (
             select(
-                sub.c.variation,
+                centred.c.variation,
                 func.count().label("n"),
-                func.sum(sub.c.x).label("sum"),
-                func.sum(sub.c.x * sub.c.x).label("sum_squares"),
+                func.max(centred.c.mu).label("mu"),
+                func.sum(deviation).label("residual"),
+                func.sum(deviation * deviation).label("m2"),
             )
-            .group_by(sub.c.variation)
-            .order_by(sub.c.variation)
+            .group_by(centred.c.variation)
+            .order_by(centred.c.variation)
         )
 
     async def summarize(
@@ -467,10 +481,14 @@ class SqlTrackingStore:
         async with self.engine.connect() as conn:
             result = await conn.execute(stmt)
             rows = result.all()
-        return {
-            variation: SufficientStats(int(n), float(s or 0.0), float(q or 0.0))
-            for variation, n, s, q in rows
-        }
+        out: dict[str, SufficientStats] = {}
+        for variation, n, mu, residual, m2 in rows:
+            count = int(n)
+            r = float(residual or 0.0)
+            mean = float(mu or 0.0) + r / count
+            spread = max(float(m2 or 0.0) - r * r / count, 0.0) if count > 1 else 0.0
+            out[variation] = SufficientStats(n=count, mean=mean, m2=spread)
+        return out
 
 
 # -- tracker ---------------------------------------------------------------------------------------
