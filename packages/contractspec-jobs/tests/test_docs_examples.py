@@ -43,6 +43,13 @@ def test_running_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+def test_deploying_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deploying: a worker started in a FastAPI lifespan runs a job enqueued by an endpoint."""
+    pytest.importorskip("fastapi", reason="the recipe needs FastAPI (contractspec-core[http])")
+    pytest.importorskip("httpx", reason="TestClient needs httpx")
+    assert run_page("deploying", monkeypatch) == ["{'status': 'succeeded'} ['o-1']"]
+
+
 def test_operating_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Operating: counts, dead letters with their errors, retry and purge."""
     assert run_page("operating", monkeypatch) == [
