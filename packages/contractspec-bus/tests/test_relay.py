@@ -105,10 +105,10 @@ async def test_two_relays_with_slow_subscribers_never_deliver_an_event_twice_at_
     assert seen.overlaps == []
     assert sorted(n for _, _, n in seen.first) == list(range(12))
     assert _in_key_order(seen.first)
-    assert sum(r.stats.heartbeats for r in relays) > 0
-    if not any(r.stats.leases_lost for r in relays):  # a renewal can be late on a loaded machine
+    if not any(getattr(r.stats, "leases_lost", 0) for r in relays):  # a late renewal: loaded box
         assert len(seen.calls) == 12  # each event exactly once
     assert {m.status for m in await outbox.messages()} == {"delivered"}
+    assert sum(r.stats.heartbeats for r in relays) > 0
 
 
 class _Unreachable:
