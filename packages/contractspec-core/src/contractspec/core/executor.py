@@ -157,12 +157,7 @@ class Executor:
         self.audit: AuditSink | None = (audit or base.audit) if audit_enabled else None
         self.policy = policy
         self.telemetry: TelemetrySink | None = fan_out_telemetry(telemetry)
-        self.traffic: TrafficSink | None = fan_out_traffic(traffic)
-        wants = getattr(self.traffic, "wants", None)
-        self._traffic_wants: Callable[[OperationSpec, str | None], bool] | None = (
-            wants if callable(wants) else None
-        )
-        self._reporting = self.telemetry is not None or self.traffic is not None
+        self.traffic = fan_out_traffic(traffic)
         self.variants = variants
         self.jobs = jobs
         self.clock: Clock = clock or SystemClock()
@@ -183,6 +178,20 @@ class Executor:
         self._is_member: Callable[[Actor, str], bool | Awaitable[bool]] | None = (
             policy.is_member if isinstance(policy, MembershipChecker) else None
         )
+
+    @property
+    def traffic(self) -> TrafficSink | None:
+        """The `TrafficSink` (assignable, e.g. by golden replays that capture emitted events)."""
+        return self._traffic
+
+    @traffic.setter
+    def traffic(self, traffic: TrafficSink | None) -> None:
+        self._traffic = traffic
+        wants = getattr(traffic, "wants", None)
+        self._traffic_wants: Callable[[OperationSpec, str | None], bool] | None = (
+            wants if callable(wants) else None
+        )
+        self._reporting = self.telemetry is not None or traffic is not None
 
     def _plan(self, name: str, version: int | None) -> Plan:
         return self._plans.get(name, version)
