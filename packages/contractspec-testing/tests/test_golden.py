@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
-from testing_app import PRO_DISCOUNT, build_registry, ctx, make_executor
+from testing_app import PRO_DISCOUNT, WELCOME_TEXT, build_registry, ctx, make_executor
 
 from contractspec.core import ConfigurationError, define_query, public
 from contractspec.testing import (
@@ -55,6 +55,15 @@ def pro_discount() -> Iterator[dict[str, Decimal]]:
     yield PRO_DISCOUNT
     PRO_DISCOUNT.clear()
     PRO_DISCOUNT.update(saved)
+
+
+@pytest.fixture
+def welcome_text() -> Iterator[dict[str, str]]:
+    """The welcome event's text template of the test app, restored afterwards."""
+    saved = dict(WELCOME_TEXT)
+    yield WELCOME_TEXT
+    WELCOME_TEXT.clear()
+    WELCOME_TEXT.update(saved)
 
 
 async def recorded(*calls: tuple[str, dict[str, Any]]) -> list[Snapshot]:
@@ -335,3 +344,97 @@ async def test_errors_compare_by_code_and_type() -> None:
         'error.code: expected "not_found", got "validation_error"',
         'error.type: expected "NotFoundError", got "SpecValidationError"',
     ]
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+WELCOME = {"customer_id": "c-9", "name": "Ada Lovelace"}
+
+
+async def test_generated_cases_keep_the_events_with_detected_masks() -> None:
+    """A case records the committed events (type, version, payload), redacted like the input,
+    with the event's timestamp detected as non-deterministic and masked like an output path."""
+    snapshots = await recorded(("billing.customer.welcome", WELCOME))
+    generator = GoldenTestGenerator(build_registry(), registry_ref=REF)
+    built = await generator.build(snapshots, "billing.customer.welcome")
+    assert built.suite.mask == ("events.payload.sent_at",)
+    (case,) = built.cases
+    assert case.events == [
+        {
+            "type": "billing.customer.welcomed",
+            "version": 1,
+            "payload": {
+                "customer_id": "c-9",
+                "name": "[redacted-1]",
+                "text": "Dear [redacted-1], welcome aboard",
+                "sent_at": ...,
+            },
+        }
+    ]
+    assert "events=[" in built.source
+    assert "Ada" not in built.source
+    report = await run_golden_tests(built.cases, REF, suite=built.suite)
+    assert report.ok, report.summary()
+
+
+async def test_a_mutated_event_payload_fails_the_golden_test(welcome_text: dict[str, str]) -> None:
+    """Same output, changed event payload: the case fails and names the event path."""
+    snapshots = await recorded(("billing.customer.welcome", WELCOME))
+    generator = GoldenTestGenerator(build_registry(), registry_ref=REF)
+    built = await generator.build(snapshots, "billing.customer.welcome")
+    welcome_text["template"] = "Hi {name}"
+    report = await run_golden_tests(built.cases, REF, suite=built.suite)
+    (failed,) = report.failed
+    assert [d.describe() for d in failed.differences] == [
+        'events[0].payload.text: expected "Dear [redacted-1], welcome aboard", '
+        'got "Hi [redacted-1]"'
+    ]
+    assert failed.output == {"message": "welcome sent to [redacted-1]"}
+
+
+async def test_missing_or_extra_events_fail_and_cases_without_events_skip_them() -> None:
+    """An expected event that is not emitted fails; `events=None` (old cases) compares none."""
+    suite = GoldenSuite("billing.customer.welcome", 1, REF, mask=("events.payload.sent_at",))
+    event = {
+        "type": "billing.customer.welcomed",
+        "version": 1,
+        "payload": {
+            "customer_id": "c-9",
+            "name": "X Y",
+            "text": "Dear X Y, welcome aboard",
+            "sent_at": "2001-01-01T00:00:00Z",  # masked: any value matches
+        },
+    }
+    inp, out = {"customer_id": "c-9", "name": "X Y"}, {"message": "welcome sent to X Y"}
+    who = {"org_id": "org-1", "actor_id": "u-1"}
+    cases = [
+        GoldenCase("none-expected", inp, out, events=[], **who),
+        GoldenCase("old", inp, out, events=None, **who),
+        GoldenCase("one", inp, out, events=[event], **who),
+        GoldenCase("two", inp, out, events=[event, event], **who),
+    ]
+    report = await run_golden_tests(cases, REF, suite=suite)
+    assert [r.passed for r in report.results] == [False, True, True, False]
+    assert [(d.path, d.kind) for d in report.results[0].differences] == [
+        ("events[0]", "unexpected")
+    ]
+    assert [(d.path, d.kind) for d in report.results[3].differences] == [("events[1]", "missing")]
+
+
+def test_declared_mask_covers_event_payloads() -> None:
+    """NONDETERMINISTIC fields of an emitted event's payload are masked under `events.payload.`."""
+    from contractspec.core import define_command, define_event
+
+    class Payload(BaseModel):
+        at: Annotated[str, NONDETERMINISTIC]
+        n: int
+
+    class In(BaseModel):
+        q: str
+
+    class Out(BaseModel):
+        ok: bool
+
+    event = define_event("a.b.happened", payload=Payload)
+    spec = define_command("a.b.do", input=In, output=Out, emits=[event])
+    assert declared_mask(spec) == ("events.payload.at",)

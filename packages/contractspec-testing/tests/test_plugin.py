@@ -46,13 +46,16 @@ def make_project(tmp_path: Path, *modules: str) -> Path:
 
 
 def run_pytest(
-    project: Path, *args: str, discount: str | None = None
+    project: Path, *args: str, discount: str | None = None, welcome: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run pytest on `project` in a subprocess (PRO discount optionally changed)."""
+    """Run pytest on `project` in a subprocess (PRO discount or welcome text optionally changed)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(project)])}
     env.pop("TESTING_APP_PRO_DISCOUNT", None)
+    env.pop("TESTING_APP_WELCOME_TEXT", None)
     if discount is not None:
         env["TESTING_APP_PRO_DISCOUNT"] = discount
+    if welcome is not None:
+        env["TESTING_APP_WELCOME_TEXT"] = welcome
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
         cwd=project,
@@ -92,6 +95,40 @@ def test_golden_module_fails_with_a_diff_and_golden_update_rewrites_only_that(
     again = run_pytest(project, discount="0.25")
     assert again.returncode == 0, again.stdout
     assert "2 passed" in again.stdout
+
+
+def test_changed_event_payload_fails_the_module_and_golden_update_rewrites_events(
+    tmp_path: Path,
+) -> None:
+    """Only the event payload changes: the golden test fails naming the event path, and
+    --golden-update rewrites that `events=` value (the masked timestamp stays `...`)."""
+
+    async def record() -> MemoryTrafficStore:
+        store = MemoryTrafficStore()
+        executor = make_executor(build_registry(), traffic=TrafficRecorder(store, sample_rate=1.0))
+        await executor.execute(
+            "billing.customer.welcome", {"customer_id": "c-1", "name": "Ada Lovelace"}, ctx("w")
+        )
+        return store
+
+    project = make_project(tmp_path)
+    module = project / "test_welcome.py"
+    generator = GoldenTestGenerator(build_registry(), registry_ref=REF)
+    generator.write_sync(module, asyncio.run(record()).snapshots, "billing.customer.welcome")
+    before = module.read_text()
+    assert '"sent_at": ...' in before
+    assert run_pytest(project).returncode == 0
+    bad = run_pytest(project, welcome="Hello {name}")
+    assert bad.returncode == 1
+    assert (
+        '  events[0].payload.text: expected "Dear [redacted-1], welcome aboard", '
+        'got "Hello [redacted-1]"'
+    ) in bad.stdout
+    updated = run_pytest(project, "--golden-update", welcome="Hello {name}")
+    assert updated.returncode == 0, updated.stdout
+    assert module.read_text() == before.replace(
+        '"Dear [redacted-1], welcome aboard"', '"Hello [redacted-1]"'
+    )
 
 
 def test_golden_update_is_safe_under_xdist(tmp_path: Path) -> None:

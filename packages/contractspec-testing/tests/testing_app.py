@@ -112,8 +112,11 @@ welcome = define_command(
     emits=[customer_welcomed],
 )
 
-#: Greeting of the welcome event; tests change it to show golden suites catching a changed event.
-WELCOME_TEXT = {"template": "Dear {name}, welcome aboard"}
+#: Greeting of the welcome event; tests change it (or set TESTING_APP_WELCOME_TEXT in a
+#: subprocess) to show golden suites catching a changed event payload.
+WELCOME_TEXT = {
+    "template": os.environ.get("TESTING_APP_WELCOME_TEXT", "Dear {name}, welcome aboard")
+}
 
 #: Discount of the PRO plan; tests change it (or set TESTING_APP_PRO_DISCOUNT in a subprocess)
 #: to show golden suites catching a changed handler.

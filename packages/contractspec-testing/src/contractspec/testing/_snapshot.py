@@ -15,8 +15,8 @@ __all__ = ["Snapshot"]
 _REQUIRED = ("id", "operation", "version", "recorded_at", "input")
 
 
-def _events(value: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
-    return tuple(value)
+def _events(value: Iterable[Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...] | None:
+    return None if value is None else tuple(value)
 
 
 @define(frozen=True, slots=True)
@@ -37,7 +37,8 @@ class Snapshot:
         error: `{"code", "type", "message"}` of the `ContractSpecError` raised, or `None`.
         events: The events the call emitted and committed, in emission order:
             `[{"type": "billing.customer.created", "version": 1, "payload": {...}}, ...]`
-            (empty for failed calls, and in snapshots recorded before events were kept).
+            (empty for failed calls); `None` in snapshots stored before events were recorded
+            (golden cases made from them do not compare events).
         org_id: Tenant of the call.
         actor_id: Who called.
         trace_id: Trace id (the sampling decision is made from it).
@@ -53,7 +54,7 @@ class Snapshot:
     input: Any
     output: Any = None
     error: Mapping[str, Any] | None = None
-    events: tuple[Mapping[str, Any], ...] = field(default=(), converter=_events)
+    events: tuple[Mapping[str, Any], ...] | None = field(default=(), converter=_events)
     duration_ms: float = 0.0
     org_id: str | None = None
     actor_id: str | None = None
@@ -88,7 +89,7 @@ class Snapshot:
             "input": self.input,
             "output": self.output,
             "error": None if self.error is None else dict(self.error),
-            "events": [dict(event) for event in self.events],
+            "events": None if self.events is None else [dict(e) for e in self.events],
             "org_id": self.org_id,
             "actor_id": self.actor_id,
             "trace_id": self.trace_id,
@@ -131,9 +132,12 @@ class Snapshot:
             if error is not None and not isinstance(error, Mapping):
                 raise TypeError("error must be an object or null")
             variant = data.get("variant")
-            events = data.get("events") or []
-            if not isinstance(events, list) or not all(
-                isinstance(e, Mapping) and isinstance(e.get("type"), str) for e in events
+            events = data.get("events")
+            if events is not None and (
+                not isinstance(events, list)
+                or not all(
+                    isinstance(e, Mapping) and isinstance(e.get("type"), str) for e in events
+                )
             ):
                 raise TypeError('events must be a list of {"type", "version", "payload"} objects')
             return cls(
@@ -144,7 +148,7 @@ class Snapshot:
                 input=data["input"],
                 output=data.get("output"),
                 error=None if error is None else dict(error),
-                events=tuple(dict(e) for e in events),
+                events=None if events is None else tuple(dict(e) for e in events),
                 duration_ms=float(data.get("duration_ms") or 0.0),
                 org_id=data.get("org_id"),
                 actor_id=data.get("actor_id"),

@@ -1,7 +1,7 @@
 """`--golden-update`: rewrite the expected outcome of changed cases in golden modules, in place.
 
-Only the `output=` and `error=` arguments of the `GoldenCase(...)` calls whose outcome changed are
-replaced (located with `ast`, byte-exact); every other byte of the file stays as it was, and no
+Only the `output=`, `error=` and `events=` arguments of the `GoldenCase(...)` calls whose outcome
+changed are replaced (located with `ast`, byte-exact); every other byte of the file stays as it was, and no
 case is ever deleted. Files are replaced atomically.
 """
 
@@ -67,11 +67,11 @@ def _line_offsets(data: bytes) -> list[int]:
 def apply_updates(
     path: str | os.PathLike[str], cases: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
-    """Rewrite `output=`/`error=` of the named cases in one golden module.
+    """Rewrite `output=`/`error=`/`events=` of the named cases in one golden module.
 
     Args:
         path: The module.
-        cases: `{case id: {"output": new value, "error": new value}}`.
+        cases: `{case id: {"output": new value, "error": new value, "events": new value}}`.
 
     Returns:
         Ids of the cases whose source changed, in file order.
@@ -113,7 +113,7 @@ def apply_updates(
     for case_id, values in cases.items():
         call = found[case_id]
         kws = {kw.arg: kw for kw in call.keywords if kw.arg}
-        for name in ("output", "error"):
+        for name in ("output", "error", "events"):
             if name not in values:
                 continue
             arg = kws.get(name)

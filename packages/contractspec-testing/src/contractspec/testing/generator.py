@@ -13,10 +13,12 @@ What the generator does, per operation:
 2. **De-duplicates** equivalent cases: same input *shape* (keys and value types; booleans,
    `None` and enum/`Literal` fields by value; lists by their item shapes) and same outcome (error code, or output shape). The oldest
    snapshot of each class is kept, up to `max_cases`.
-3. **Masks** non-deterministic output paths: declared in the spec (`NONDETERMINISTIC`,
-   `json_schema_extra={"nondeterministic": True}`), given in `mask=`, and **detected by replaying
-   every case twice** with different clocks and id generators: paths whose values differ are
-   masked (`...` in the expected output).
+3. **Masks** non-deterministic output and event paths: declared in the spec's output model and
+   its events' payload models (`NONDETERMINISTIC`, `json_schema_extra={"nondeterministic": True}`),
+   given in `mask=`, and **detected by replaying every case twice** with different clocks and id
+   generators: paths whose values differ are masked (`...` in the expected output and events).
+   Cases keep the events the recorded call committed (`events=[{"type", "version", "payload"}]`)
+   and compare them on replay.
 4. **Verifies** each case replays with its recorded outcome; those that do not (they depended on
    state, or the handler changed since) are left out and listed in a comment.
 5. **Renders** the module with Jinja2 (a `SandboxedEnvironment`, also for your own template):
@@ -53,12 +55,13 @@ from contractspec.testing.golden import (
     ExecutorFactory,
     GoldenCase,
     GoldenSuite,
+    Replayed,
     _models_in,
     apply_mask,
     check_outcome,
     compare,
     declared_mask,
-    replay,
+    replay_call,
 )
 
 __all__ = [
@@ -119,9 +122,14 @@ def discrete_paths(
 
 
 def _dedup_key(
-    input: Any, output: Any, error: Mapping[str, Any] | None, discrete: frozenset[str] = frozenset()
+    input: Any,
+    output: Any,
+    error: Mapping[str, Any] | None,
+    discrete: frozenset[str] = frozenset(),
+    events: Sequence[Mapping[str, Any]] | None = None,
 ) -> Any:
-    outcome = ("error", error.get("code")) if error is not None else ("ok", shape(output))
+    kinds = tuple(str(e.get("type")) for e in events or ())
+    outcome = ("error", error.get("code")) if error is not None else ("ok", shape(output), kinds)
     return (repr(shape(input, discrete)), repr(outcome))
 
 
@@ -158,6 +166,8 @@ def render_case(case: GoldenCase, indent: int = 4) -> str:
         ("actor_id", case.actor_id),
         ("snapshot", case.snapshot),
     ]
+    if case.events is not None:
+        items.append(("events", [dict(e) for e in case.events]))
     lines = [
         f"{pad}{name}={render_literal(value, inner, len(name) + 1, 1)}," for name, value in items
     ]
@@ -254,6 +264,7 @@ def _parse_existing(source: str, path: str) -> _Existing:
                         org_id=_literal(kws.get("org_id")),
                         actor_id=_literal(kws.get("actor_id")),
                         snapshot=_literal(kws.get("snapshot")),
+                        events=_literal(kws.get("events")),
                     )
                 except ValueError:
                     raise ConfigurationError(
@@ -398,8 +409,11 @@ class GoldenTestGenerator:
                 if snap.error is None
                 else {"code": str(snap.error.get("code")), "type": str(snap.error.get("type"))}
             )
+            events = (
+                None if error is not None or snap.events is None else [dict(e) for e in snap.events]
+            )
             if self.dedup:
-                key = _dedup_key(snap.input, snap.output, error, discrete)
+                key = _dedup_key(snap.input, snap.output, error, discrete, events)
                 if key in keys:
                     continue
                 keys.add(key)
@@ -424,6 +438,7 @@ class GoldenTestGenerator:
                     org_id=snap.org_id,
                     actor_id=snap.actor_id,
                     snapshot=snap.id,
+                    events=events,
                 )
             )
         return cases, skipped
@@ -455,7 +470,7 @@ class GoldenTestGenerator:
         spec = self._spec(operation, version)
         old = _parse_existing(existing, path) if existing else _Existing((), [], [], set(), [])
         discrete = discrete_paths(spec.input)
-        old.keys = {_dedup_key(c.input, c.output, c.error, discrete) for c in old.cases}
+        old.keys = {_dedup_key(c.input, c.output, c.error, discrete, c.events) for c in old.cases}
         new, skipped = self.candidates(
             snapshots, spec.name, spec.version, known_keys=old.keys, known_ids=old.ids
         )
@@ -464,19 +479,22 @@ class GoldenTestGenerator:
         if new and (self.detect or self.verify):
             twice = [await self._replay_twice(case, suite) for case in new]
             if self.detect:
-                for (out_a, err_a), (out_b, err_b) in twice:
-                    if err_a is None and err_b is None:
-                        mask |= {_strip_indices(d.path) for d in compare(out_a, out_b)}
+                for a, b in twice:
+                    if a.error is None and b.error is None:
+                        mask |= {_strip_indices(d.path) for d in compare(a.output, b.output)}
+                        if len(a.events) == len(b.events):
+                            moved = compare(a.events, b.events, "events")
+                            mask |= {_strip_indices(d.path) for d in moved}
                 suite = GoldenSuite(spec.name, spec.version, self.registry_ref, tuple(sorted(mask)))
             if self.verify:
                 kept: list[GoldenCase] = []
-                for case, ((out_a, err_a), (_out_b, err_b)) in zip(new, twice, strict=True):
-                    if (err_a is None) != (err_b is None):
+                for case, (a, b) in zip(new, twice, strict=True):
+                    if (a.error is None) != (b.error is None) or len(a.events) != len(b.events):
                         skipped.append(
                             (case.snapshot or case.id, "outcome differs between replays")
                         )
                         continue
-                    diffs = check_outcome(case, suite, out_a, err_a)
+                    diffs = check_outcome(case, suite, a.output, a.error, a.events)
                     if diffs:
                         skipped.append((case.snapshot or case.id, diffs[0].describe()))
                         continue
@@ -491,6 +509,7 @@ class GoldenTestGenerator:
                 org_id=c.org_id,
                 actor_id=c.actor_id,
                 snapshot=c.snapshot,
+                events=None if c.events is None else apply_mask(c.events, suite.mask, "events"),
             )
             for c in new
         ]
@@ -516,13 +535,13 @@ class GoldenTestGenerator:
 
     async def _replay_twice(
         self, case: GoldenCase, suite: GoldenSuite
-    ) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-        first = await replay(
+    ) -> tuple[Replayed, Replayed]:
+        first = await replay_call(
             case, suite, self.registry, executor_factory=self.executor_factory,
             clock=FakeClock(datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)),
             ids=SequentialIds("golden-a"),
         )  # fmt: skip
-        second = await replay(
+        second = await replay_call(
             case, suite, self.registry, executor_factory=self.executor_factory,
             clock=FakeClock(datetime(2011, 12, 13, 14, 15, 16, tzinfo=UTC)),
             ids=SequentialIds("golden-b"),

@@ -7,7 +7,12 @@ registry and reports, per case, whether the outcome is still the same:
 * outputs are compared by value, mappings in any key order, lists in order;
 * `...` (Ellipsis) in an expected value matches anything: it is how **masked** paths (timestamps,
   generated ids) are written;
-* errors are compared by `code` and exception `type` (messages may be reworded freely).
+* errors are compared by `code` and exception `type` (messages may be reworded freely);
+* the **events** a successful call committed are compared too, when the case records them
+  (`events=[{"type", "version", "payload"}, ...]`): same events, in the same order, with equal
+  payloads. Event paths are masked like output paths, under `events.` (`events.payload.sent_at`
+  masks the `sent_at` of every event's payload). Cases without `events=` (written before events
+  were recorded) do not compare events.
 
 `GoldenTestGenerator` turns stored `Snapshot`s into a readable pytest module per operation
 (see `contractspec.testing.generator`).
@@ -35,11 +40,14 @@ from contractspec.core import (
     Clock,
     ConfigurationError,
     ContractSpecError,
+    EventEnvelope,
+    EventSpec,
     Executor,
     IdGenerator,
     OperationSpec,
     SpecRegistry,
 )
+from contractspec.core.records import CallRecord
 from contractspec.core.testing import FakeClock, SequentialIds
 
 __all__ = [
@@ -51,13 +59,16 @@ __all__ = [
     "GoldenReport",
     "GoldenSuite",
     "Nondeterministic",
+    "Replayed",
     "apply_mask",
     "compare",
     "declared_mask",
     "default_executor_factory",
+    "events_json",
     "golden_cases",
     "load_registry",
     "replay",
+    "replay_call",
     "run_golden_tests",
     "run_golden_tests_sync",
 ]
@@ -88,6 +99,9 @@ class GoldenCase:
         org_id: Tenant the call ran in.
         actor_id: Who called (`None`: anonymous).
         snapshot: Id of the recorded snapshot the case came from (provenance).
+        events: Expected events of a successful call, in emission order:
+            `[{"type": "crm.deal.created", "version": 1, "payload": {...}}]` (`...` anywhere
+            matches any value); `[]` expects none; `None` does not compare events.
     """
 
     id: str
@@ -97,6 +111,7 @@ class GoldenCase:
     org_id: str | None = None
     actor_id: str | None = None
     snapshot: str | None = None
+    events: Sequence[Mapping[str, Any]] | None = None
 
 
 def _paths(value: Iterable[str]) -> tuple[str, ...]:
@@ -111,7 +126,8 @@ class GoldenSuite:
         operation: Operation name.
         version: Operation version the cases were recorded on.
         registry: `MODULE:OBJECT` of the `SpecRegistry` (or a function returning one).
-        mask: Dotted output paths (`output.id`, `output.items.created_at`) never compared.
+        mask: Dotted paths never compared: output paths (`output.id`,
+            `output.items.created_at`) and event paths (`events.payload.sent_at`).
     """
 
     operation: str
@@ -159,12 +175,14 @@ class CaseResult:
         output: Replayed JSON output, or `None`.
         error: Replayed `{"code", "type", "message"}`, or `None`.
         differences: What differs (empty when the case passed).
+        events: Replayed events (`[{"type", "version", "payload"}, ...]`).
     """
 
     case: GoldenCase
     output: Any
     error: Mapping[str, str] | None
     differences: tuple[Difference, ...]
+    events: list[dict[str, Any]] = field(factory=list)
 
     @property
     def passed(self) -> bool:
@@ -321,13 +339,14 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def declared_mask(spec: OperationSpec) -> tuple[str, ...]:
-    """Output paths declared non-deterministic in the spec's output model (and nested models).
+    """Paths declared non-deterministic in the spec's output model and its events' payloads.
 
     A field is declared with `Annotated[T, NONDETERMINISTIC]` or
-    `Field(json_schema_extra={"nondeterministic": True})`.
+    `Field(json_schema_extra={"nondeterministic": True})`, in the output model, a nested model,
+    or the payload model of an event the operation `emits`.
 
     Returns:
-        Sorted paths prefixed `output.`.
+        Sorted paths prefixed `output.` or `events.payload.`.
     """
     paths: set[str] = set()
 
@@ -342,6 +361,9 @@ def declared_mask(spec: OperationSpec) -> tuple[str, ...]:
                 walk(nested, path, seen | {model})
 
     walk(spec.output, "output", frozenset())
+    for event in spec.emits:
+        if isinstance(event, EventSpec):
+            walk(event.payload, "events.payload", frozenset())
     return tuple(sorted(paths))
 
 
@@ -437,6 +459,72 @@ async def _executor(
     return made
 
 
+def events_json(events: Iterable[EventEnvelope]) -> list[dict[str, Any]]:
+    """`[{"type", "version", "payload"}, ...]`: the form snapshots and golden cases keep events in."""
+    return [{"type": e.name, "version": e.version, "payload": e.payload_json()} for e in events]
+
+
+@define(frozen=True, slots=True)
+class Replayed:
+    """The outcome of one replay (`replay_call`).
+
+    Attributes:
+        output: JSON output, or `None` on error.
+        error: `{"code", "type", "message"}`, or `None` on success.
+        events: The events the call committed, `[{"type", "version", "payload"}, ...]`.
+    """
+
+    output: Any
+    error: dict[str, str] | None
+    events: list[dict[str, Any]] = field(factory=list)
+
+
+class _Capture:
+    """A `TrafficSink` that keeps the events of the calls it sees, and forwards to another one."""
+
+    __slots__ = ("events", "forward")
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+        self.events: list[EventEnvelope] = []
+
+    def record(self, call: CallRecord) -> None:
+        self.events.extend(call.events)
+        if self.forward is not None:
+            self.forward.record(call)
+
+
+async def replay_call(
+    case: GoldenCase,
+    suite: GoldenSuite,
+    registry: SpecRegistry,
+    *,
+    executor_factory: ExecutorFactory | None = None,
+    clock: Clock | None = None,
+    ids: IdGenerator | None = None,
+) -> Replayed:
+    """Run one case's input through a fresh executor and capture the events it committed.
+
+    The recorded JSON input is validated in JSON mode (`model_validate_json`), the exact inverse
+    of how it was recorded. Events are captured through the executor's traffic sink (a sink the
+    factory configured still receives every call).
+    """
+    executor = await _executor(executor_factory or default_executor_factory, registry, clock, ids)
+    capture = _Capture(executor.traffic)
+    executor.traffic = capture
+    try:
+        payload = json.dumps(case.input, ensure_ascii=False)
+        out = await executor.execute(
+            suite.operation, payload, case_context(case), version=suite.version
+        )
+    except ContractSpecError as exc:
+        error = {"code": exc.code, "type": type(exc).__name__, "message": exc.message}
+        return Replayed(None, error, events_json(capture.events))
+    finally:
+        executor.close()
+    return Replayed(out.model_dump(mode="json"), None, events_json(capture.events))
+
+
 async def replay(
     case: GoldenCase,
     suite: GoldenSuite,
@@ -446,25 +534,15 @@ async def replay(
     clock: Clock | None = None,
     ids: IdGenerator | None = None,
 ) -> tuple[Any, dict[str, str] | None]:
-    """Run one case's input through a fresh executor.
-
-    The recorded JSON input is validated in JSON mode (`model_validate_json`), the exact inverse
-    of how it was recorded.
+    """Run one case's input through a fresh executor (`replay_call` without the events).
 
     Returns:
         `(output_json, None)` on success, `(None, {"code", "type", "message"})` on error.
     """
-    executor = await _executor(executor_factory or default_executor_factory, registry, clock, ids)
-    try:
-        payload = json.dumps(case.input, ensure_ascii=False)
-        out = await executor.execute(
-            suite.operation, payload, case_context(case), version=suite.version
-        )
-    except ContractSpecError as exc:
-        return None, {"code": exc.code, "type": type(exc).__name__, "message": exc.message}
-    finally:
-        executor.close()
-    return out.model_dump(mode="json"), None
+    done = await replay_call(
+        case, suite, registry, executor_factory=executor_factory, clock=clock, ids=ids
+    )
+    return done.output, done.error
 
 
 def check_outcome(
@@ -472,8 +550,14 @@ def check_outcome(
     suite: GoldenSuite,
     output: Any,
     error: Mapping[str, str] | None,
+    events: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Difference, ...]:
-    """Differences between a case's expected outcome and a replayed one (masks applied)."""
+    """Differences between a case's expected outcome and a replayed one (masks applied).
+
+    Events are compared when the case records them (`case.events` is not `None`) and the call
+    succeeded: `events` (the replayed ones; `None` counts as none) against `case.events`, by
+    position, with the `events.` paths of the mask applied to both.
+    """
     if case.error is not None:
         if error is None:
             return (Difference("error", dict(case.error), None, "missing"),)
@@ -486,7 +570,16 @@ def check_outcome(
         shown = {"code": error.get("code"), "type": error.get("type")}
         return (Difference("error", None, shown, "unexpected"),)
     expected = apply_mask(case.output, suite.mask)
-    return tuple(compare(expected, apply_mask(output, suite.mask)))
+    diffs = compare(expected, apply_mask(output, suite.mask))
+    if case.events is not None:
+        want = apply_mask(_plain(case.events), suite.mask, "events")
+        got = apply_mask(_plain(events or []), suite.mask, "events")
+        diffs.extend(compare(want, got, "events"))
+    return tuple(diffs)
+
+
+def _plain(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(e) for e in events]
 
 
 async def run_golden_tests(
@@ -535,9 +628,9 @@ async def run_golden_tests(
         reg.get(suite.operation, suite.version)
     results: list[CaseResult] = []
     for case in cases:
-        output, error = await replay(case, suite, reg, executor_factory=executor_factory)
-        diffs = check_outcome(case, suite, output, error)
-        results.append(CaseResult(case, output, error, diffs))
+        done = await replay_call(case, suite, reg, executor_factory=executor_factory)
+        diffs = check_outcome(case, suite, done.output, done.error, done.events)
+        results.append(CaseResult(case, done.output, done.error, diffs, done.events))
     return GoldenReport(suite, tuple(results))
 
 

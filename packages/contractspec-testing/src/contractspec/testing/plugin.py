@@ -47,7 +47,7 @@ from contractspec.testing.golden import (
     default_executor_factory,
     keep_ellipsis,
     load_registry,
-    replay,
+    replay_call,
 )
 from contractspec.testing.recorder import TrafficRecorder
 from contractspec.testing.stores import MemoryTrafficStore
@@ -117,8 +117,9 @@ class Golden:
         """`check` for async tests."""
         __tracebackhide__ = True
         registry = load_registry(suite.registry)
-        output, error = await replay(case, suite, registry, executor_factory=self._factory)
-        diffs = check_outcome(case, suite, output, error)
+        done = await replay_call(case, suite, registry, executor_factory=self._factory)
+        output, error = done.output, done.error
+        diffs = check_outcome(case, suite, output, error, done.events)
         if not diffs:
             return
         if self._session.update:
@@ -130,6 +131,9 @@ class Golden:
             else:
                 masked = apply_mask(output, suite.mask)
                 values = {"output": keep_ellipsis(case.output, masked), "error": None}
+                if case.events is not None:
+                    events = apply_mask(done.events, suite.mask, "events")
+                    values["events"] = keep_ellipsis(list(case.events), events)
             self._session.add(str(self._path), case.id, values)
             return
         lines = [f"golden case {case.id!r} of {suite.operation}@{suite.version} changed:"]
