@@ -36,6 +36,8 @@ DEAL_MODEL = AccessModel(
         Permission(name="deal.read"),
         Permission(name="deal.write"),
         Permission(name="deal.delete"),
+        Permission(name="support.read"),
+        Permission(name="x.y"),
     ],
     roles=[Role(name="sales", permissions=("deal.read", "deal.write"), rank=20)],
     rules=[
@@ -376,16 +378,21 @@ def test_is_member_through_bindings(engine: PolicyEngine, clock: FakeClock) -> N
         bind("b-temp", "o1", "temp", role="sales", expires_at=T0 + timedelta(minutes=30))
     )
     engine.put_binding(bind("b-deny", "o1", "blocked", permission="deal.*", effect=Effect.DENY))
-    engine.put_binding(bind("b-staff", None, "support-svc", role="sales"))
+    engine.put_binding(bind("b-staff", None, "support-svc", role="sales", subject_kind="service"))
+    engine.put_binding(bind("b-import", "o1", "importer", role="sales", subject_kind="system"))
     engine.put_binding(bind("b-u5", "o1", "u5", permission="deal.read"))
     service = Actor("support-svc", ActorKind.SERVICE)
     assert engine.is_member(Actor.user("guest"), "o1") is True
     assert engine.is_member(Actor.user("guest"), "o2") is False
     assert engine.is_member(Actor.user("temp"), "o1") is True
     assert engine.is_member(Actor.user("blocked"), "o1") is False
-    assert (engine.is_member(service, "o1"), engine.is_member(service, "o2")) == (True, True)
-    assert engine.is_member(Actor.system("support-svc"), "o7") is True
-    assert engine.is_member(Actor.system("importer"), "o1") is False
+    assert (engine.is_member(service, "o1"), engine.is_member(service, "o7")) == (True, True)
+    assert engine.is_member(Actor.system("importer"), "o1") is True
+    assert engine.is_member(Actor.system("importer"), "o2") is False
+    # bindings apply to actors of their subject kind only
+    assert engine.is_member(Actor.system("support-svc"), "o7") is False
+    assert engine.is_member(Actor.user("support-svc"), "o7") is False
+    assert engine.is_member(Actor.agent("guest"), "o1") is False
     assert engine.is_member(Actor.user("u5"), "o1") is False
     clock.advance(timedelta(hours=1))
     assert engine.is_member(Actor.user("temp"), "o1") is False

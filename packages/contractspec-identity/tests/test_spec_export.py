@@ -29,8 +29,8 @@ def test_ir_lists_identity_specs_of_every_kind() -> None:
         "org.created", "role.assigned", "user.created",
     ]  # fmt: skip
     assert names["entity"] == [
-        "identity.membership", "identity.org", "identity.permission", "identity.policy_binding",
-        "identity.role", "identity.user",
+        "identity.group", "identity.group_member", "identity.membership", "identity.org",
+        "identity.permission", "identity.policy_binding", "identity.role", "identity.user",
     ]  # fmt: skip
     owner = next(s for s in ir["specs"]["role"] if s["name"] == "owner")
     assert (owner["rank"], owner["permissions"]) == (100, ["*"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from identity_support import IdentityApp
+from identity_support import IdentityApp, identity_app
 
 from contractspec.core import (
     ConflictError,
@@ -15,16 +17,29 @@ from contractspec.core import (
     Transaction,
 )
 from contractspec.identity import (
+    AccessModel,
     Condition,
     Effect,
     MembershipStatus,
     Org,
     OrgMembership,
+    Permission,
     PolicyBinding,
     User,
+    identity_version,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+#: Stores check bindings against the access model: the suite's bindings name `deal.*`.
+MODEL = AccessModel(permissions=[Permission(name="deal.read"), Permission(name="deal.write")])
+
+
+@pytest.fixture
+async def app(backend_kind: str, tmp_path: Path) -> AsyncIterator[IdentityApp]:
+    """An identity app on `backend_kind` whose model declares the suite's permissions."""
+    async with identity_app(backend_kind, tmp_path, model=MODEL) as built:
+        yield built
 
 
 def user(n: int, email: str | None = None) -> User:
@@ -275,9 +290,11 @@ async def test_orgs_of_user_across_orgs_ordered_by_name(app: IdentityApp) -> Non
 
 
 async def test_snapshot_returns_every_membership_and_binding(app: IdentityApp) -> None:
-    """The engine snapshot holds all orgs' memberships and bindings."""
+    """The engine snapshot holds all orgs' memberships and bindings, and the version they reflect."""
     await seed(app)
-    memberships, bindings = await app.read(app.store.snapshot)
+    snapshot = await app.read(app.store.snapshot)
+    memberships, bindings = snapshot.memberships, snapshot.bindings
+    assert snapshot.version == await app.read(app.store.version) == 1
     assert [(m.org_id, m.user_id) for m in memberships] == [
         ("o1", "u1"),
         ("o1", "u2"),
@@ -286,6 +303,38 @@ async def test_snapshot_returns_every_membership_and_binding(app: IdentityApp) -
         ("o2", "u4"),
     ]
     assert [b.id for b in bindings] == ["b1", "b2", "b3", "b4"]
+
+
+async def test_identity_version_bumps_once_per_committed_write_transaction(
+    app: IdentityApp,
+) -> None:
+    """Every transaction writing memberships or bindings bumps the identity version once, in the
+    same transaction: a rolled-back write bumps nothing, a user or org alone bumps nothing."""
+    s = app.store
+    assert await app.read(s.version) == 0
+    await seed(app)  # one transaction, many writes
+    assert await app.read(s.version) == 1
+    seen: list[int | None] = []
+
+    async def revoke(tx: Transaction) -> None:
+        await s.delete_binding(tx, "o1", "b1")
+        await s.delete_binding(tx, "o1", "b2")
+        tx.on_commit(lambda: seen.append(identity_version(tx)))
+
+    await app.write(revoke)
+    assert seen == [2]
+    assert await app.read(s.version) == 2
+
+    async def fails(tx: Transaction) -> None:
+        await s.delete_binding(tx, "o2", "b3")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await app.write(fails)
+    assert await app.read(s.version) == 2
+    assert "b3" in [b.id for b in (await app.read(s.snapshot)).bindings]
+    await app.write(lambda tx: s.add_user(tx, user(9)))
+    assert await app.read(s.version) == 2
 
 
 async def test_rollback_undoes_every_write(app: IdentityApp) -> None:

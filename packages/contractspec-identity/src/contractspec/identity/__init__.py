@@ -9,7 +9,9 @@ identity = register_identity(registry)
 executor = Executor(registry, policy=identity.engine)
 ```
 
-The SQL store is in `contractspec.identity.sql` (`pip install 'contractspec-identity[sql]'`).
+The SQL store is in `contractspec.identity.sql` (`pip install 'contractspec-identity[sql]'`);
+`contractspec.identity.sync.PolicySync` keeps engines of several processes fresh
+(`identity.sync(unit_of_work)`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ from contractspec.identity.model import (
     AccessRule,
     Condition,
     Effect,
+    Group,
+    GroupMember,
     MembershipStatus,
     Org,
     OrgMembership,
     Permission,
     PolicyBinding,
+    ResourceType,
     Role,
     User,
     binding_entity,
+    group_entity,
+    group_member_entity,
     membership_entity,
     normalize_email,
     org_entity,
@@ -48,7 +55,12 @@ from contractspec.identity.operations import (
     identity_specs,
     register_identity,
 )
-from contractspec.identity.stores import IdentityStore, MemoryIdentityStore
+from contractspec.identity.stores import (
+    IdentitySnapshot,
+    IdentityStore,
+    MemoryIdentityStore,
+    identity_version,
+)
 
 try:
     __version__ = version("contractspec-identity")
@@ -66,7 +78,10 @@ __all__ = (
     "AccessRule",
     "Condition",
     "Effect",
+    "Group",
+    "GroupMember",
     "Identity",
+    "IdentitySnapshot",
     "IdentityStore",
     "MembershipStatus",
     "MemoryIdentityStore",
@@ -75,11 +90,15 @@ __all__ = (
     "Permission",
     "PolicyBinding",
     "PolicyEngine",
+    "ResourceType",
     "Role",
     "User",
     "__version__",
     "binding_entity",
+    "group_entity",
+    "group_member_entity",
     "identity_specs",
+    "identity_version",
     "membership_entity",
     "normalize_email",
     "org_entity",

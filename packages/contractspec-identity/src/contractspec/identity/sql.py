@@ -10,6 +10,20 @@ their org and user:
 | `cs_identity_org` | `id` | `slug` |
 | `cs_identity_membership` | `(org_id, id)` | `(org_id, user_id)` |
 | `cs_identity_policy_binding` | `id` | |
+| `cs_identity_group` | `(org_id, id)` | `(org_id, name)` |
+| `cs_identity_group_member` | `(org_id, id)` | `(org_id, group_id, user_id)` |
+| `cs_identity_version` | `id` (one row) | |
+
+**Versions and notifications.** The first membership, binding or group-membership write of a
+transaction bumps the one row of `cs_identity_version` (`INSERT ... ON CONFLICT DO UPDATE ...
+RETURNING`), so the row stays locked until the transaction ends and versions follow commit order;
+on PostgreSQL the same statement sends `NOTIFY contractspec_identity, '<version>'`, delivered when
+(and only if) the transaction commits. Identity writers therefore take turns on that row from their
+first identity write to their commit (identity writes are admin actions; a batch writing several
+orgs' identity data can meet a concurrent writer in a deadlock, which PostgreSQL breaks by failing
+one call with `ConcurrentUpdateError`). `snapshot()` reads the version and every membership,
+binding and group membership in one `REPEATABLE READ` transaction on PostgreSQL (one SQLite read
+transaction sees one snapshot of the file), so it never mixes two versions.
 
 Add `metadata` to your Alembic `target_metadata`. The store runs in the executor's transaction
 (a `SqlTransaction` of the same engine as your `SqlBackend`), never opens one itself and never
@@ -26,17 +40,25 @@ from typing import Any, TypeVar
 
 try:
     from sqlalchemy import (
+        BigInteger,
+        Column,
         ColumnElement,
         ForeignKeyConstraint,
         Index,
+        Integer,
         MetaData,
+        String,
         Table,
+        cast,
         delete,
+        func,
         select,
+        text,
         update,
     )
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    from sqlalchemy.exc import DBAPIError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "contractspec.identity.sql needs SQLAlchemy: pip install 'contractspec-identity[sql]'"
@@ -45,6 +67,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from pydantic import BaseModel
 
 from contractspec.core import (
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     Transaction,
@@ -57,38 +80,72 @@ from contractspec.core.sql import (
     sql_transaction,
 )
 from contractspec.identity.model import (
+    AccessModel,
+    Group,
+    GroupMember,
     MembershipStatus,
     Org,
     OrgMembership,
     PolicyBinding,
+    SubjectKind,
     User,
     binding_entity,
+    group_entity,
+    group_member_entity,
     membership_entity,
     org_entity,
     user_entity,
 )
-from contractspec.identity.stores import check_scope, wrong_org
+from contractspec.identity.stores import (
+    VERSION_KEY,
+    IdentitySnapshot,
+    builtin_model,
+    check_scope,
+    wrong_org,
+)
 
 __all__ = [
+    "NOTIFY_CHANNEL",
     "SqlIdentityStore",
     "bindings_table",
+    "group_members_table",
+    "groups_table",
     "memberships_table",
     "metadata",
     "orgs_table",
     "users_table",
+    "version_table",
 ]
+
+#: The PostgreSQL channel identity writes `NOTIFY` (payload: the new identity version).
+NOTIFY_CHANNEL = "contractspec_identity"
 
 M = TypeVar("M", bound=BaseModel)
 
-_ENTITIES = (user_entity, org_entity, membership_entity, binding_entity)
+_ENTITIES = (
+    user_entity,
+    org_entity,
+    membership_entity,
+    binding_entity,
+    group_entity,
+    group_member_entity,
+)
 
 
-def _identity_constraints(tables: EntityTables) -> None:
-    """Add foreign keys and the `user_id` index to the identity tables (once)."""
+def _prefix(tables: EntityTables) -> str:
+    name: str = tables[membership_entity].table.name
+    return name[: -len(membership_entity.table_name)]
+
+
+def _identity_constraints(tables: EntityTables) -> Table:
+    """Add foreign keys, the `user_id` index and the version table to the identity tables
+    (once); return the version table."""
     users = tables[user_entity].table
     orgs = tables[org_entity].table
     members = tables[membership_entity].table
     bindings = tables[binding_entity].table
+    groups = tables[group_entity].table
+    group_members = tables[group_member_entity].table
     if not members.foreign_keys:
         members.append_constraint(ForeignKeyConstraint(["org_id"], [orgs.c.id], ondelete="CASCADE"))
         members.append_constraint(
@@ -99,16 +156,40 @@ def _identity_constraints(tables: EntityTables) -> None:
         bindings.append_constraint(
             ForeignKeyConstraint(["org_id"], [orgs.c.id], ondelete="CASCADE")
         )
+    if not groups.foreign_keys:
+        groups.append_constraint(ForeignKeyConstraint(["org_id"], [orgs.c.id], ondelete="CASCADE"))
+    if not group_members.foreign_keys:
+        group_members.append_constraint(
+            ForeignKeyConstraint(
+                ["org_id", "group_id"], [groups.c.org_id, groups.c.id], ondelete="CASCADE"
+            )
+        )
+        group_members.append_constraint(
+            ForeignKeyConstraint(["user_id"], [users.c.id], ondelete="CASCADE")
+        )
+    name = f"{_prefix(tables)}identity_version"
+    existing = tables.metadata.tables.get(name)
+    if existing is not None:
+        return existing
+    return Table(
+        name,
+        tables.metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("version", BigInteger, nullable=False),
+        comment="The identity version: bumped by every membership, binding or group write.",
+    )
 
 
 #: The default identity tables (`cs_identity_*`). Add it to your Alembic `target_metadata`.
 metadata = new_metadata()
 _default_tables = EntityTables(_ENTITIES, prefix="cs_", metadata=metadata)
-_identity_constraints(_default_tables)
+version_table: Table = _identity_constraints(_default_tables)
 users_table: Table = _default_tables[user_entity].table
 orgs_table: Table = _default_tables[org_entity].table
 memberships_table: Table = _default_tables[membership_entity].table
 bindings_table: Table = _default_tables[binding_entity].table
+groups_table: Table = _default_tables[group_entity].table
+group_members_table: Table = _default_tables[group_member_entity].table
 
 
 def _row(model: BaseModel) -> dict[str, Any]:
@@ -132,8 +213,13 @@ class SqlIdentityStore:
             tables the backend creates (named after the entities with the backend's prefix); the
             foreign keys and the `user_id` index are added to them.
 
+        model: The `AccessModel` records are checked against (`Identity` attaches its own when
+            none is given).
+        channel: The PostgreSQL `NOTIFY` channel of identity writes (`PolicySync` listens on it).
+
     Create the tables with `await create_all(engine, store.metadata)` (or `backend.create_all()`)
-    in tests and prototypes, or with Alembic in production.
+    in tests and prototypes, or with Alembic in production. The version table
+    (`<prefix>identity_version`) lives on the same `MetaData`.
 
     Example:
         ```python
@@ -146,18 +232,38 @@ class SqlIdentityStore:
         ```
     """
 
-    __slots__ = ("bindings", "memberships", "metadata", "orgs", "users")
+    __slots__ = (
+        "bindings",
+        "channel",
+        "group_members",
+        "groups",
+        "memberships",
+        "metadata",
+        "model",
+        "orgs",
+        "users",
+        "versions",
+    )
 
-    def __init__(self, tables: EntityTables | None = None) -> None:
+    def __init__(
+        self,
+        tables: EntityTables | None = None,
+        *,
+        model: AccessModel | None = None,
+        channel: str = NOTIFY_CHANNEL,
+    ) -> None:
         if tables is None:
             tables = _default_tables
-        else:
-            _identity_constraints(tables)
+        self.versions: Table = _identity_constraints(tables)
         self.metadata: MetaData = tables.metadata
+        self.model = model
+        self.channel = channel
         self.users: Table = tables[user_entity].table
         self.orgs: Table = tables[org_entity].table
         self.memberships: Table = tables[membership_entity].table
         self.bindings: Table = tables[binding_entity].table
+        self.groups: Table = tables[group_entity].table
+        self.group_members: Table = tables[group_member_entity].table
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -174,6 +280,32 @@ class SqlIdentityStore:
         stmt = insert(table).values(row).on_conflict_do_nothing().returning(pk)
         result = await tx.execute(stmt, write=True)
         return result.first() is not None
+
+    def _checks(self) -> AccessModel:
+        return self.model if self.model is not None else builtin_model()
+
+    async def _touch(self, sql: SqlTransaction) -> None:
+        """Bump the identity version (once per transaction; on PostgreSQL with a `NOTIFY`)."""
+        if VERSION_KEY in sql.info:
+            return
+        v = self.versions
+        insert = pg_insert if sql.dialect == "postgresql" else sqlite_insert
+        bump = (
+            insert(v)
+            .values(id=1, version=1)
+            .on_conflict_do_update(index_elements=[v.c.id], set_={"version": v.c.version + 1})
+            .returning(v.c.version)
+        )
+        stmt: Any = bump
+        if sql.dialect == "postgresql":
+            bumped = bump.cte("bumped")
+            stmt = select(
+                bumped.c.version, func.pg_notify(self.channel, cast(bumped.c.version, String))
+            )
+        result = await sql.execute(stmt, write=True)
+        version = int(result.scalar_one())
+        sql.info[VERSION_KEY] = version
+        sql.add_undo(lambda: sql.info.pop(VERSION_KEY, None))
 
     async def _one(self, tx: Transaction, stmt: Any) -> Mapping[Any, Any] | None:
         result = await sql_transaction(tx, "SqlIdentityStore").execute(stmt)
@@ -277,12 +409,14 @@ class SqlIdentityStore:
         sql.check_writable("adding a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
+        self._checks().check_membership(membership)
         if await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.id == org_id)) is None:
             raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
         if await self.get_user(tx, membership.user_id) is None:
             raise NotFoundError(
                 f"user {membership.user_id!r} not found", details={"user_id": membership.user_id}
             )
+        await self._touch(sql)
         if not await self._insert(sql, self.memberships, _row(membership)):
             if await self.get_membership(tx, org_id, membership.user_id) is not None:
                 raise ConflictError(
@@ -332,12 +466,14 @@ class SqlIdentityStore:
         sql.check_writable("updating a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
+        self._checks().check_membership(membership)
         current = await self.get_membership(tx, org_id, membership.user_id)
         if current is None:
             raise NotFoundError(
                 f"user {membership.user_id!r} has no membership of this org",
                 details={"user_id": membership.user_id},
             )
+        await self._touch(sql)
         m = self.memberships
         values = _row(membership)
         for key in ("id", "org_id", "user_id"):
@@ -361,6 +497,7 @@ class SqlIdentityStore:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return 0
+        await self._touch(sql)
         m = self.memberships
         stmt = update(m).where(*scope, m.c.user_id.in_(ids)).values(status=MembershipStatus(status))
         return await sql.write(stmt)
@@ -375,6 +512,7 @@ class SqlIdentityStore:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return 0
+        await self._touch(sql)
         m = self.memberships
         return await sql.write(delete(m).where(*scope, m.c.user_id.in_(ids)))
 
@@ -392,11 +530,27 @@ class SqlIdentityStore:
         sql.check_writable("adding a policy binding")
         if binding.org_id != org_id:
             raise wrong_org("the policy binding", str(org_id), binding.org_id)
+        self._checks().check_binding(binding)
         if (
             org_id is not None
             and await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.id == org_id)) is None
         ):
             raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
+        if binding.subject_kind == "user" and await self.get_user(tx, binding.subject) is None:
+            raise NotFoundError(
+                f"user {binding.subject!r} not found; bindings name existing users "
+                "(subject_kind='user'), groups, or agent/system/service actors",
+                details={"field": "subject", "subject": binding.subject},
+            )
+        if (
+            binding.subject_kind == "group"
+            and await self.get_group(tx, str(org_id), binding.subject) is None
+        ):
+            raise NotFoundError(
+                f"group {binding.subject!r} not found in org {org_id!r}",
+                details={"field": "subject", "subject": binding.subject},
+            )
+        await self._touch(sql)
         if not await self._insert(sql, self.bindings, _row(binding)):
             raise ConflictError(f"policy binding {binding.id!r} already exists")
         return binding
@@ -412,7 +566,12 @@ class SqlIdentityStore:
         return None if row is None else _load(PolicyBinding, row)
 
     async def list_bindings(
-        self, tx: Transaction, org_id: str | None, *, subject: str | None = None
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        *,
+        subject: str | None = None,
+        subject_kind: SubjectKind | None = None,
     ) -> list[PolicyBinding]:
         """The scope's bindings, ordered by `created_at` then `id`."""
         sql = sql_transaction(tx, "SqlIdentityStore")
@@ -420,6 +579,8 @@ class SqlIdentityStore:
         where = [self._binding_scope(org_id)]
         if subject is not None:
             where.append(b.c.subject == subject)
+        if subject_kind is not None:
+            where.append(b.c.subject_kind == subject_kind)
         stmt = select(b).where(*where).order_by(b.c.created_at, self._text_col(sql, b.c.id))
         result = await sql.execute(stmt)
         return [_load(PolicyBinding, row) for row in result.mappings()]
@@ -428,28 +589,215 @@ class SqlIdentityStore:
         """Delete a binding of this scope; return whether it existed."""
         sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("deleting a policy binding")
+        await self._touch(sql)
         b = self.bindings
         stmt = delete(b).where(self._binding_scope(org_id), b.c.id == binding_id)
         return bool(await sql.write(stmt))
 
-    async def delete_bindings(self, tx: Transaction, org_id: str, *, subject: str) -> int:
+    async def delete_bindings(
+        self, tx: Transaction, org_id: str, *, subject: str, subject_kind: SubjectKind = "user"
+    ) -> int:
         """Bulk-delete the subject's bindings in this org (one `DELETE`)."""
         check_scope(org_id, "identity.policy_binding")
         sql = sql_transaction(tx, "SqlIdentityStore")
         sql.check_writable("deleting policy bindings")
+        await self._touch(sql)
         b = self.bindings
-        stmt = delete(b).where(b.c.org_id == org_id, b.c.subject == subject)
+        stmt = delete(b).where(
+            b.c.org_id == org_id, b.c.subject == subject, b.c.subject_kind == subject_kind
+        )
         return await sql.write(stmt)
+
+    # -- groups -----------------------------------------------------------------------------------
+
+    async def add_group(self, tx: Transaction, org_id: str, group: Group) -> Group:
+        """Insert a group; `ConflictError` if the name or id is taken in the org."""
+        check_scope(org_id, "identity.group")
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        sql.check_writable("adding a group")
+        if group.org_id != org_id:
+            raise wrong_org("the group", org_id, group.org_id)
+        if await self._one(tx, select(self.orgs.c.id).where(self.orgs.c.id == org_id)) is None:
+            raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
+        if not await self._insert(sql, self.groups, _row(group)):
+            g = self.groups
+            taken = select(g.c.id).where(g.c.org_id == org_id, g.c.name == group.name)
+            if await self._one(tx, taken) is not None:
+                raise ConflictError(
+                    f"a group named {group.name!r} already exists in this org; choose another name",
+                    details={"field": "name"},
+                )
+            raise ConflictError(f"group {group.id!r} already exists", details={"field": "id"})
+        return group
+
+    async def get_group(self, tx: Transaction, org_id: str, group_id: str) -> Group | None:
+        """The group of this org, or `None`."""
+        g = self.groups
+        stmt = select(g).where(
+            g.c.org_id == check_scope(org_id, "identity.group"), g.c.id == group_id
+        )
+        row = await self._one(tx, stmt)
+        return None if row is None else _load(Group, row)
+
+    async def list_groups(self, tx: Transaction, org_id: str) -> list[Group]:
+        """The org's groups, ordered by name then id."""
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        g = self.groups
+        stmt = (
+            select(g)
+            .where(g.c.org_id == check_scope(org_id, "identity.group"))
+            .order_by(self._text_col(sql, g.c.name), self._text_col(sql, g.c.id))
+        )
+        result = await sql.execute(stmt)
+        return [_load(Group, row) for row in result.mappings()]
+
+    async def delete_group(self, tx: Transaction, org_id: str, group_id: str) -> bool:
+        """Delete a group, its memberships and the bindings naming it (three statements)."""
+        check_scope(org_id, "identity.group")
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        sql.check_writable("deleting a group")
+        g, gm, b = self.groups, self.group_members, self.bindings
+        await self._touch(sql)
+        await sql.write(delete(gm).where(gm.c.org_id == org_id, gm.c.group_id == group_id))
+        await sql.write(
+            delete(b).where(
+                b.c.org_id == org_id, b.c.subject_kind == "group", b.c.subject == group_id
+            )
+        )
+        return bool(await sql.write(delete(g).where(g.c.org_id == org_id, g.c.id == group_id)))
+
+    async def add_group_member(
+        self, tx: Transaction, org_id: str, member: GroupMember
+    ) -> GroupMember:
+        """Add a user to a group of the org; `ConflictError` if already in it."""
+        check_scope(org_id, "identity.group_member")
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        sql.check_writable("adding a group member")
+        if member.org_id != org_id:
+            raise wrong_org("the group member", org_id, member.org_id)
+        if await self.get_group(tx, org_id, member.group_id) is None:
+            raise NotFoundError(
+                f"group {member.group_id!r} not found in this org",
+                details={"group_id": member.group_id},
+            )
+        if await self.get_membership(tx, org_id, member.user_id) is None:
+            raise NotFoundError(
+                f"user {member.user_id!r} has no membership of this org; groups hold the org's "
+                "members (invite the user first)",
+                details={"user_id": member.user_id},
+            )
+        await self._touch(sql)
+        if not await self._insert(sql, self.group_members, _row(member)):
+            gm = self.group_members
+            there = select(gm.c.id).where(
+                gm.c.org_id == org_id,
+                gm.c.group_id == member.group_id,
+                gm.c.user_id == member.user_id,
+            )
+            if await self._one(tx, there) is not None:
+                raise ConflictError(
+                    f"user {member.user_id!r} is already in group {member.group_id!r}",
+                    details={"field": "user_id"},
+                )
+            raise ConflictError(f"group member {member.id!r} already exists")
+        return member
+
+    async def remove_group_member(
+        self, tx: Transaction, org_id: str, group_id: str, user_id: str
+    ) -> bool:
+        """Take a user out of a group (one `DELETE`); return whether they were in it."""
+        check_scope(org_id, "identity.group_member")
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        sql.check_writable("removing a group member")
+        await self._touch(sql)
+        gm = self.group_members
+        stmt = delete(gm).where(
+            gm.c.org_id == org_id, gm.c.group_id == group_id, gm.c.user_id == user_id
+        )
+        return bool(await sql.write(stmt))
+
+    async def list_group_members(
+        self,
+        tx: Transaction,
+        org_id: str,
+        *,
+        group_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[GroupMember]:
+        """The org's group memberships, ordered by group then user."""
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        gm = self.group_members
+        where = [gm.c.org_id == check_scope(org_id, "identity.group_member")]
+        if group_id is not None:
+            where.append(gm.c.group_id == group_id)
+        if user_id is not None:
+            where.append(gm.c.user_id == user_id)
+        stmt = (
+            select(gm)
+            .where(*where)
+            .order_by(self._text_col(sql, gm.c.group_id), self._text_col(sql, gm.c.user_id))
+        )
+        result = await sql.execute(stmt)
+        return [_load(GroupMember, row) for row in result.mappings()]
+
+    async def delete_group_members(self, tx: Transaction, org_id: str, *, user_id: str) -> int:
+        """Take a user out of every group of the org (one `DELETE`); return the count."""
+        check_scope(org_id, "identity.group_member")
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        sql.check_writable("removing group members")
+        await self._touch(sql)
+        gm = self.group_members
+        return await sql.write(delete(gm).where(gm.c.org_id == org_id, gm.c.user_id == user_id))
 
     # -- engine -----------------------------------------------------------------------------------
 
-    async def snapshot(self, tx: Transaction) -> tuple[list[OrgMembership], list[PolicyBinding]]:
-        """Every membership and binding (two queries)."""
+    async def version(self, tx: Transaction) -> int:
+        """The latest committed identity version this transaction sees (0 if never written)."""
         sql = sql_transaction(tx, "SqlIdentityStore")
-        m, b = self.memberships, self.bindings
+        v = self.versions
+        result = await sql.execute(select(v.c.version).where(v.c.id == 1))
+        found = result.scalar_one_or_none()
+        return 0 if found is None else int(found)
+
+    async def snapshot(self, tx: Transaction) -> IdentitySnapshot:
+        """The version, every membership, binding and group membership: one consistent read.
+
+        On PostgreSQL the transaction is made `REPEATABLE READ` first, so its four queries see
+        one snapshot; on SQLite one read transaction always does.
+
+        Raises:
+            ConfigurationError: On PostgreSQL, the transaction already ran a query (pass a fresh
+                read-only one, as `PolicyEngine.reload` does).
+        """
+        sql = sql_transaction(tx, "SqlIdentityStore")
+        if sql.dialect == "postgresql":
+            try:
+                await sql.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            except DBAPIError as exc:
+                raise ConfigurationError(
+                    "SqlIdentityStore.snapshot() must be the first read of its transaction (it "
+                    "makes it REPEATABLE READ to read one consistent snapshot); begin a fresh "
+                    "read-only transaction for it"
+                ) from exc
+        version = await self.version(tx)
+        m, b, gm = self.memberships, self.bindings, self.group_members
         members = await sql.execute(
             select(m).order_by(self._text_col(sql, m.c.org_id), self._text_col(sql, m.c.user_id))
         )
         memberships = [_load(OrgMembership, row) for row in members.mappings()]
         rows = await sql.execute(select(b).order_by(self._text_col(sql, b.c.id)))
-        return memberships, [_load(PolicyBinding, row) for row in rows.mappings()]
+        bindings = [_load(PolicyBinding, row) for row in rows.mappings()]
+        grouped = await sql.execute(
+            select(gm).order_by(
+                self._text_col(sql, gm.c.org_id),
+                self._text_col(sql, gm.c.group_id),
+                self._text_col(sql, gm.c.user_id),
+            )
+        )
+        group_members = [_load(GroupMember, row) for row in grouped.mappings()]
+        return IdentitySnapshot(
+            version=version,
+            memberships=memberships,
+            bindings=bindings,
+            group_members=group_members,
+        )

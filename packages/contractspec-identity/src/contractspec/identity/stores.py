@@ -6,17 +6,31 @@ written through an explicit `org_id` scope, which handlers take from the executi
 (`ctx.org_id`): a record of another org is invisible (reads return nothing, writes raise
 `NotFoundError`, bulk paths touch nothing), exactly like core's repositories.
 
-Uniqueness (user email, org slug, one membership per user and org) is enforced by the store
-itself (by the database in the SQL adapter) and reported as `ConflictError`; the transaction stays
-usable after a conflict.
+Uniqueness (user email, org slug, one membership per user and org, one group name per org) is
+enforced by the store itself (by the database in the SQL adapter) and reported as `ConflictError`;
+the transaction stays usable after a conflict. Records are checked against the store's
+`AccessModel` before they are written: a membership or binding naming an undeclared role or
+permission (or a pattern covering none) raises `SpecValidationError`, a binding of an unknown org,
+user or group `NotFoundError`.
+
+**Versions.** Every write of a membership, binding or group membership bumps one identity
+version in the same transaction (a row of `cs_identity_version` in SQL, bumped once per
+transaction; on PostgreSQL a `NOTIFY` goes with it). `identity_version(tx)` is the version the
+transaction's identity writes commit as, `version(tx)` the latest committed one, and
+`snapshot(tx)` reads every membership, binding and group membership with the version they
+reflect, in one consistent read. The `PolicyEngine` uses them so that a reload never replaces newer
+data and other processes notice changes (`contractspec.identity.sync.PolicySync`).
 
 The SQL adapter lives in `contractspec.identity.sql` (`pip install 'contractspec-identity[sql]'`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
+
+from attrs import define
 
 from contractspec.core import (
     ConfigurationError,
@@ -26,14 +40,61 @@ from contractspec.core import (
     Transaction,
 )
 from contractspec.identity.model import (
+    AccessModel,
+    Group,
+    GroupMember,
     MembershipStatus,
     Org,
     OrgMembership,
     PolicyBinding,
+    SubjectKind,
     User,
 )
 
-__all__ = ["IdentityStore", "MemoryIdentityStore", "check_scope"]
+__all__ = [
+    "IdentitySnapshot",
+    "IdentityStore",
+    "MemoryIdentityStore",
+    "check_scope",
+    "identity_version",
+]
+
+#: `tx.info` key holding the identity version a transaction's identity writes commit as.
+VERSION_KEY: Final = "contractspec.identity.version"
+_PENDING: Final = -1
+
+
+@functools.cache
+def builtin_model() -> AccessModel:
+    """The model stores check records against when none is attached (built-ins only)."""
+    return AccessModel()
+
+
+def identity_version(tx: Transaction) -> int | None:
+    """The identity version `tx`'s identity writes commit as, or `None` if it wrote none.
+
+    SQL stores know it from the first identity write on; the memory store assigns it when the
+    transaction commits (read it from an on-commit callback).
+    """
+    value = tx.info.get(VERSION_KEY)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+@define(frozen=True)
+class IdentitySnapshot:
+    """Everything the policy engine needs, as of one identity version (one consistent read).
+
+    Attributes:
+        version: The identity version the data reflects (0 for a store never written).
+        memberships: Every membership of every org.
+        bindings: Every binding, platform-wide ones included.
+        group_members: Every group membership.
+    """
+
+    version: int
+    memberships: list[OrgMembership]
+    bindings: list[PolicyBinding]
+    group_members: list[GroupMember]
 
 
 def check_scope(org_id: object, what: str) -> str:
@@ -65,9 +126,15 @@ def wrong_org(what: str, org_id: str, record_org: str | None) -> TenantScopeErro
 class IdentityStore(Protocol):
     """Users, orgs, memberships and policy bindings, inside the caller's transaction.
 
-    Users and orgs are global records (an org *is* a tenant). Memberships and bindings are tenant
-    data: every method on them takes `org_id` and only ever sees that org's records.
+    Users and orgs are global records (an org *is* a tenant). Memberships, groups and bindings
+    are tenant data: every method on them takes `org_id` and only ever sees that org's records.
+
+    Attributes:
+        model: The `AccessModel` records are checked against (`None`: the built-in roles and
+            permissions only). `Identity` attaches its model to a store that has none.
     """
+
+    model: AccessModel | None
 
     # -- users ------------------------------------------------------------------------------------
 
@@ -135,6 +202,7 @@ class IdentityStore(Protocol):
             TenantScopeError: No `org_id`, or `membership.org_id` is another org.
             ConflictError: The user already has a membership of this org, or the id is taken.
             NotFoundError: The org or the user does not exist.
+            SpecValidationError: The role is not declared in the model.
         """
         ...
 
@@ -163,6 +231,7 @@ class IdentityStore(Protocol):
         Raises:
             TenantScopeError: `membership.org_id` is another org.
             NotFoundError: The user has no membership of this org.
+            SpecValidationError: The role is not declared in the model.
         """
         ...
 
@@ -192,6 +261,10 @@ class IdentityStore(Protocol):
         Raises:
             TenantScopeError: `binding.org_id` differs from `org_id`.
             ConflictError: The id is taken.
+            NotFoundError: The org, or the subject (a user; a group of this org) does not exist.
+                Agents, system and service actors are not stored, so they are not checked.
+            SpecValidationError: The role or permission is not declared (or the pattern covers
+                no declared permission).
         """
         ...
 
@@ -202,23 +275,99 @@ class IdentityStore(Protocol):
         ...
 
     async def list_bindings(
-        self, tx: Transaction, org_id: str | None, *, subject: str | None = None
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        *,
+        subject: str | None = None,
+        subject_kind: SubjectKind | None = None,
     ) -> list[PolicyBinding]:
-        """Bindings of the scope (optionally of one subject), ordered by `created_at` then `id`."""
+        """Bindings of the scope (optionally of one subject, of one kind), ordered by `created_at`
+        then `id`."""
         ...
 
     async def delete_binding(self, tx: Transaction, org_id: str | None, binding_id: str) -> bool:
         """Delete a binding of this scope; return whether it existed."""
         ...
 
-    async def delete_bindings(self, tx: Transaction, org_id: str, *, subject: str) -> int:
-        """Bulk-delete the subject's bindings in `org_id`; return the count."""
+    async def delete_bindings(
+        self, tx: Transaction, org_id: str, *, subject: str, subject_kind: SubjectKind = "user"
+    ) -> int:
+        """Bulk-delete the bindings of the subject (a user by default) in `org_id`; return the
+        count."""
+        ...
+
+    # -- groups (tenant data) -------------------------------------------------------------------
+
+    async def add_group(self, tx: Transaction, org_id: str, group: Group) -> Group:
+        """Insert a group of `org_id`.
+
+        Raises:
+            TenantScopeError: `group.org_id` is another org.
+            ConflictError: The name (or the id) is taken in this org.
+            NotFoundError: The org does not exist.
+        """
+        ...
+
+    async def get_group(self, tx: Transaction, org_id: str, group_id: str) -> Group | None:
+        """The group of this org, or `None`."""
+        ...
+
+    async def list_groups(self, tx: Transaction, org_id: str) -> list[Group]:
+        """The org's groups, ordered by name then id."""
+        ...
+
+    async def delete_group(self, tx: Transaction, org_id: str, group_id: str) -> bool:
+        """Delete a group with its memberships and the bindings naming it; return whether it
+        existed."""
+        ...
+
+    async def add_group_member(
+        self, tx: Transaction, org_id: str, member: GroupMember
+    ) -> GroupMember:
+        """Add a user to a group of `org_id`.
+
+        Raises:
+            TenantScopeError: `member.org_id` is another org.
+            NotFoundError: No such group in the org, or the user has no membership of the org.
+            ConflictError: The user is already in the group (or the id is taken).
+        """
+        ...
+
+    async def remove_group_member(
+        self, tx: Transaction, org_id: str, group_id: str, user_id: str
+    ) -> bool:
+        """Take a user out of a group; return whether they were in it."""
+        ...
+
+    async def list_group_members(
+        self,
+        tx: Transaction,
+        org_id: str,
+        *,
+        group_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[GroupMember]:
+        """The org's group memberships (of one group, one user), ordered by group then user."""
+        ...
+
+    async def delete_group_members(self, tx: Transaction, org_id: str, *, user_id: str) -> int:
+        """Take a user out of every group of `org_id` (one statement); return the count."""
         ...
 
     # -- engine -----------------------------------------------------------------------------------
 
-    async def snapshot(self, tx: Transaction) -> tuple[list[OrgMembership], list[PolicyBinding]]:
-        """Every membership and binding of every org (for `PolicyEngine.reload`; privileged)."""
+    async def version(self, tx: Transaction) -> int:
+        """The latest committed identity version `tx` sees (0 for a store never written)."""
+        ...
+
+    async def snapshot(self, tx: Transaction) -> IdentitySnapshot:
+        """Every membership, binding and group membership of every org, and the version they
+        reflect, in one consistent read (for `PolicyEngine.reload`; privileged).
+
+        Call it as the first read of a fresh read-only transaction: the SQL store makes it a
+        `REPEATABLE READ` transaction on PostgreSQL.
+        """
         ...
 
 
@@ -231,17 +380,40 @@ def _binding_order(b: PolicyBinding) -> tuple[object, str]:
 
 
 class MemoryIdentityStore:
-    """`IdentityStore` in dictionaries, with transactional undo: for tests and prototypes."""
+    """`IdentityStore` in dictionaries, with transactional undo: for tests and prototypes.
 
-    __slots__ = ("_bindings", "_emails", "_memberships", "_orgs", "_slugs", "_users")
+    Args:
+        model: The `AccessModel` records are checked against (see `IdentityStore.model`).
 
-    def __init__(self) -> None:
+    The identity version is assigned when a transaction that wrote identity data commits.
+    """
+
+    __slots__ = (
+        "_bindings",
+        "_emails",
+        "_group_members",
+        "_group_names",
+        "_groups",
+        "_memberships",
+        "_orgs",
+        "_slugs",
+        "_users",
+        "_version",
+        "model",
+    )
+
+    def __init__(self, *, model: AccessModel | None = None) -> None:
+        self.model = model
         self._users: dict[str, User] = {}
         self._emails: dict[str, str] = {}
         self._orgs: dict[str, Org] = {}
         self._slugs: dict[str, str] = {}
         self._memberships: dict[tuple[str, str], OrgMembership] = {}
         self._bindings: dict[str, PolicyBinding] = {}
+        self._groups: dict[tuple[str, str], Group] = {}
+        self._group_names: dict[tuple[str, str], str] = {}
+        self._group_members: dict[tuple[str, str, str], GroupMember] = {}
+        self._version = 0
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -253,6 +425,22 @@ class MemoryIdentityStore:
                 "not be persisted; pass SqlIdentityStore(backend.tables) to register_identity"
             )
         tx.check_writable(what)
+
+    def _checks(self) -> AccessModel:
+        return self.model if self.model is not None else builtin_model()
+
+    def _touch(self, tx: Transaction) -> None:
+        """Bump the identity version when `tx` commits (once per transaction)."""
+        if VERSION_KEY in tx.info:
+            return
+        tx.info[VERSION_KEY] = _PENDING
+        tx.add_undo(lambda: tx.info.pop(VERSION_KEY, None))
+
+        def bump() -> None:
+            self._version += 1
+            tx.info[VERSION_KEY] = self._version
+
+        tx.on_commit(bump)
 
     # -- users ------------------------------------------------------------------------------------
 
@@ -373,6 +561,7 @@ class MemoryIdentityStore:
         self._writable(tx, "adding a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
+        self._checks().check_membership(membership)
         if org_id not in self._orgs:
             raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
         if membership.user_id not in self._users:
@@ -387,6 +576,7 @@ class MemoryIdentityStore:
             )
         if any(m.id == membership.id for m in self._memberships.values()):
             raise ConflictError(f"membership {membership.id!r} already exists")
+        self._touch(tx)
         self._put_membership(tx, key, membership)
         return membership
 
@@ -424,6 +614,7 @@ class MemoryIdentityStore:
         self._writable(tx, "updating a membership")
         if membership.org_id != org_id:
             raise wrong_org("the membership", org_id, membership.org_id)
+        self._checks().check_membership(membership)
         key = (org_id, membership.user_id)
         before = self._memberships.get(key)
         if before is None:
@@ -431,6 +622,7 @@ class MemoryIdentityStore:
                 f"user {membership.user_id!r} has no membership of this org",
                 details={"user_id": membership.user_id},
             )
+        self._touch(tx)
         self._put_membership(tx, key, membership.model_copy(update={"id": before.id}))
         return self._memberships[key]
 
@@ -441,6 +633,7 @@ class MemoryIdentityStore:
         key = (org_id, user_id)
         if key not in self._memberships:
             return False
+        self._touch(tx)
         self._put_membership(tx, key, None)
         return True
 
@@ -455,6 +648,7 @@ class MemoryIdentityStore:
             key = (org_id, user_id)
             current = self._memberships.get(key)
             if current is not None:
+                self._touch(tx)
                 self._put_membership(tx, key, current.model_copy(update={"status": status}))
                 count += 1
         return count
@@ -469,6 +663,7 @@ class MemoryIdentityStore:
         for user_id in dict.fromkeys(user_ids):
             key = (org_id, user_id)
             if key in self._memberships:
+                self._touch(tx)
                 self._put_membership(tx, key, None)
                 count += 1
         return count
@@ -476,6 +671,7 @@ class MemoryIdentityStore:
     # -- bindings ---------------------------------------------------------------------------------
 
     def _put_binding(self, tx: Transaction, binding_id: str, new: PolicyBinding | None) -> None:
+        self._touch(tx)
         before = self._bindings.get(binding_id)
         if new is None:
             self._bindings.pop(binding_id, None)
@@ -497,6 +693,20 @@ class MemoryIdentityStore:
         self._writable(tx, "adding a policy binding")
         if binding.org_id != org_id:
             raise wrong_org("the policy binding", str(org_id), binding.org_id)
+        self._checks().check_binding(binding)
+        if org_id is not None and org_id not in self._orgs:
+            raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
+        if binding.subject_kind == "user" and binding.subject not in self._users:
+            raise NotFoundError(
+                f"user {binding.subject!r} not found; bindings name existing users "
+                "(subject_kind='user'), groups, or agent/system/service actors",
+                details={"field": "subject", "subject": binding.subject},
+            )
+        if binding.subject_kind == "group" and (str(org_id), binding.subject) not in self._groups:
+            raise NotFoundError(
+                f"group {binding.subject!r} not found in org {org_id!r}",
+                details={"field": "subject", "subject": binding.subject},
+            )
         if binding.id in self._bindings:
             raise ConflictError(f"policy binding {binding.id!r} already exists")
         self._put_binding(tx, binding.id, binding)
@@ -510,13 +720,20 @@ class MemoryIdentityStore:
         return found if found is not None and found.org_id == org_id else None
 
     async def list_bindings(
-        self, tx: Transaction, org_id: str | None, *, subject: str | None = None
+        self,
+        tx: Transaction,
+        org_id: str | None,
+        *,
+        subject: str | None = None,
+        subject_kind: SubjectKind | None = None,
     ) -> list[PolicyBinding]:
         """The scope's bindings, ordered by `created_at` then `id`."""
         found = [
             b
             for b in self._bindings.values()
-            if b.org_id == org_id and (subject is None or b.subject == subject)
+            if b.org_id == org_id
+            and (subject is None or b.subject == subject)
+            and (subject_kind is None or b.subject_kind == subject_kind)
         ]
         return sorted(found, key=_binding_order)
 
@@ -528,22 +745,171 @@ class MemoryIdentityStore:
         self._put_binding(tx, binding_id, None)
         return True
 
-    async def delete_bindings(self, tx: Transaction, org_id: str, *, subject: str) -> int:
+    async def delete_bindings(
+        self, tx: Transaction, org_id: str, *, subject: str, subject_kind: SubjectKind = "user"
+    ) -> int:
         """Bulk-delete the subject's bindings in this org; return the count."""
         check_scope(org_id, "identity.policy_binding")
         self._writable(tx, "deleting policy bindings")
-        doomed = [b.id for b in await self.list_bindings(tx, org_id, subject=subject)]
+        doomed = [
+            b.id
+            for b in await self.list_bindings(
+                tx, org_id, subject=subject, subject_kind=subject_kind
+            )
+        ]
         for binding_id in doomed:
             self._put_binding(tx, binding_id, None)
         return len(doomed)
 
+    # -- groups -----------------------------------------------------------------------------------
+
+    async def add_group(self, tx: Transaction, org_id: str, group: Group) -> Group:
+        """Insert a group; `ConflictError` if the name or id is taken in the org."""
+        check_scope(org_id, "identity.group")
+        self._writable(tx, "adding a group")
+        if group.org_id != org_id:
+            raise wrong_org("the group", org_id, group.org_id)
+        if org_id not in self._orgs:
+            raise NotFoundError(f"org {org_id!r} not found", details={"org_id": org_id})
+        if (org_id, group.name) in self._group_names:
+            raise ConflictError(
+                f"a group named {group.name!r} already exists in this org; choose another name",
+                details={"field": "name"},
+            )
+        if (org_id, group.id) in self._groups:
+            raise ConflictError(f"group {group.id!r} already exists", details={"field": "id"})
+        tx.undo_item(self._groups, (org_id, group.id))
+        self._groups[(org_id, group.id)] = group
+        tx.undo_item(self._group_names, (org_id, group.name))
+        self._group_names[(org_id, group.name)] = group.id
+        return group
+
+    async def get_group(self, tx: Transaction, org_id: str, group_id: str) -> Group | None:
+        """The group of this org, or `None`."""
+        check_scope(org_id, "identity.group")
+        return self._groups.get((org_id, group_id))
+
+    async def list_groups(self, tx: Transaction, org_id: str) -> list[Group]:
+        """The org's groups, ordered by name then id."""
+        check_scope(org_id, "identity.group")
+        found = [g for (oid, _), g in self._groups.items() if oid == org_id]
+        return sorted(found, key=lambda g: (g.name, g.id))
+
+    async def delete_group(self, tx: Transaction, org_id: str, group_id: str) -> bool:
+        """Delete a group, its memberships and the bindings naming it."""
+        check_scope(org_id, "identity.group")
+        self._writable(tx, "deleting a group")
+        group = self._groups.get((org_id, group_id))
+        if group is None:
+            return False
+        self._touch(tx)
+        for key in [k for k in self._group_members if k[0] == org_id and k[1] == group_id]:
+            tx.undo_item(self._group_members, key)
+            del self._group_members[key]
+        for binding in list(self._bindings.values()):
+            if (
+                binding.org_id == org_id
+                and binding.subject_kind == "group"
+                and binding.subject == group_id
+            ):
+                self._put_binding(tx, binding.id, None)
+        tx.undo_item(self._groups, (org_id, group_id))
+        del self._groups[(org_id, group_id)]
+        tx.undo_item(self._group_names, (org_id, group.name))
+        del self._group_names[(org_id, group.name)]
+        return True
+
+    async def add_group_member(
+        self, tx: Transaction, org_id: str, member: GroupMember
+    ) -> GroupMember:
+        """Add a user to a group of the org."""
+        check_scope(org_id, "identity.group_member")
+        self._writable(tx, "adding a group member")
+        if member.org_id != org_id:
+            raise wrong_org("the group member", org_id, member.org_id)
+        if (org_id, member.group_id) not in self._groups:
+            raise NotFoundError(
+                f"group {member.group_id!r} not found in this org",
+                details={"group_id": member.group_id},
+            )
+        if (org_id, member.user_id) not in self._memberships:
+            raise NotFoundError(
+                f"user {member.user_id!r} has no membership of this org; groups hold the org's "
+                "members (invite the user first)",
+                details={"user_id": member.user_id},
+            )
+        key = (org_id, member.group_id, member.user_id)
+        if key in self._group_members:
+            raise ConflictError(
+                f"user {member.user_id!r} is already in group {member.group_id!r}",
+                details={"field": "user_id"},
+            )
+        if any(m.id == member.id for m in self._group_members.values()):
+            raise ConflictError(f"group member {member.id!r} already exists")
+        self._touch(tx)
+        tx.undo_item(self._group_members, key)
+        self._group_members[key] = member
+        return member
+
+    async def remove_group_member(
+        self, tx: Transaction, org_id: str, group_id: str, user_id: str
+    ) -> bool:
+        """Take a user out of a group; return whether they were in it."""
+        check_scope(org_id, "identity.group_member")
+        self._writable(tx, "removing a group member")
+        key = (org_id, group_id, user_id)
+        if key not in self._group_members:
+            return False
+        self._touch(tx)
+        tx.undo_item(self._group_members, key)
+        del self._group_members[key]
+        return True
+
+    async def list_group_members(
+        self,
+        tx: Transaction,
+        org_id: str,
+        *,
+        group_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[GroupMember]:
+        """The org's group memberships, ordered by group then user."""
+        check_scope(org_id, "identity.group_member")
+        found = [
+            m
+            for (oid, gid, uid), m in self._group_members.items()
+            if oid == org_id
+            and (group_id is None or gid == group_id)
+            and (user_id is None or uid == user_id)
+        ]
+        return sorted(found, key=lambda m: (m.group_id, m.user_id))
+
+    async def delete_group_members(self, tx: Transaction, org_id: str, *, user_id: str) -> int:
+        """Take a user out of every group of the org; return the count."""
+        check_scope(org_id, "identity.group_member")
+        self._writable(tx, "removing group members")
+        doomed = [k for k in self._group_members if k[0] == org_id and k[2] == user_id]
+        for key in doomed:
+            self._touch(tx)
+            tx.undo_item(self._group_members, key)
+            del self._group_members[key]
+        return len(doomed)
+
     # -- engine -----------------------------------------------------------------------------------
 
-    async def snapshot(self, tx: Transaction) -> tuple[list[OrgMembership], list[PolicyBinding]]:
-        """Every membership and binding."""
-        return (
-            sorted(self._memberships.values(), key=lambda m: (m.org_id, m.user_id)),
-            sorted(self._bindings.values(), key=lambda b: b.id),
+    async def version(self, tx: Transaction) -> int:
+        """The latest committed identity version."""
+        return self._version
+
+    async def snapshot(self, tx: Transaction) -> IdentitySnapshot:
+        """Every membership, binding and group membership, with the current version."""
+        return IdentitySnapshot(
+            version=self._version,
+            memberships=sorted(self._memberships.values(), key=lambda m: (m.org_id, m.user_id)),
+            bindings=sorted(self._bindings.values(), key=lambda b: b.id),
+            group_members=sorted(
+                self._group_members.values(), key=lambda m: (m.org_id, m.group_id, m.user_id)
+            ),
         )
 
     def seed(
@@ -553,8 +919,25 @@ class MemoryIdentityStore:
         orgs: Iterable[Org] = (),
         memberships: Iterable[OrgMembership] = (),
         bindings: Iterable[PolicyBinding] = (),
+        groups: Iterable[Group] = (),
+        group_members: Iterable[GroupMember] = (),
     ) -> None:
-        """Insert records directly, outside any transaction (test set-up)."""
+        """Insert records directly, outside any transaction (test set-up).
+
+        The records are checked like the store's own writes, but not against each other's
+        existence (seed users and orgs first, or in the same call).
+
+        Raises:
+            ConflictError: A duplicate membership (same org and user) or binding id, or a
+                membership, binding, group or group member that is already stored.
+            SpecValidationError: A record naming an undeclared role or permission.
+        """
+        checks = self._checks()
+        memberships, bindings = list(memberships), list(bindings)
+        for membership in memberships:
+            checks.check_membership(membership)
+        for binding in bindings:
+            checks.check_binding(binding)
         for user in users:
             self._users[user.id] = user
             self._emails[user.email] = user.id
@@ -562,6 +945,25 @@ class MemoryIdentityStore:
             self._orgs[org.id] = org
             self._slugs[org.slug] = org.id
         for membership in memberships:
-            self._memberships[(membership.org_id, membership.user_id)] = membership
+            key = (membership.org_id, membership.user_id)
+            if key in self._memberships:
+                raise ConflictError(
+                    f"user {membership.user_id!r} already has a membership of org "
+                    f"{membership.org_id!r}",
+                    details={"field": "user_id"},
+                )
+            self._memberships[key] = membership
         for binding in bindings:
+            if binding.id in self._bindings:
+                raise ConflictError(f"policy binding {binding.id!r} already exists")
             self._bindings[binding.id] = binding
+        for group in groups:
+            self._groups[(group.org_id, group.id)] = group
+            self._group_names[(group.org_id, group.name)] = group.id
+        for member in group_members:
+            key3 = (member.org_id, member.group_id, member.user_id)
+            if key3 in self._group_members:
+                raise ConflictError(f"user {member.user_id!r} is already in {member.group_id!r}")
+            self._group_members[key3] = member
+        if memberships or bindings or group_members:
+            self._version += 1
