@@ -22,13 +22,23 @@ globals, and checked **at definition time** against the event's payload model: a
 variable or field, a private attribute (`__class__`), `str.format`, `include`/`import`/`extends`
 or a syntax error raises `SpecDefinitionError` when `define_notification` runs, not when a message
 is sent. Payload values are data, never templates.
+
+Rendering is bounded: templates that could take unbounded time or memory are refused at
+definition (nested or recursive loops, macros, `**`, a constant size argument such as
+`|center(1000000000)` or `"x" * 10**9` above the output limit), and at render time every part is
+limited to `max_render_chars` characters of output (default 100,000) and `render_timeout`
+seconds (default 1 s; checked at each attribute access, call, filter, operator and output chunk).
+Every render failure, `RecursionError` and `MemoryError` included, is one
+`NotificationRenderError`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol, get_args, get_origin, runtime_checkable
@@ -93,7 +103,14 @@ _FORBIDDEN_NAMES = frozenset({"self", "varargs", "kwargs", "caller"})
 
 
 class NotificationRenderError(ContractSpecError, RuntimeError):
-    """A template failed while rendering (e.g. a `None` value where an attribute was read)."""
+    """A template failed while rendering.
+
+    Raised for every failure inside `NotificationSpec.render`: a missing value where an
+    attribute was read, a sandbox violation, output past `max_render_chars`, a render past
+    `render_timeout`, `RecursionError`, `MemoryError` or any other exception of a filter.
+    `details`: `notification`, `channel`, `locale`, and `limit` (`"chars"` or `"time"`) when a
+    bound was hit.
+    """
 
     code = "notification_render_error"
 
@@ -247,11 +264,136 @@ def to_resolver(fn: ResolverFn, description: str = "") -> RecipientRule:
 # --------------------------------------------------------------------------------------------
 
 
+#: Default bound on the characters one rendered part (subject, body, html) may have.
+MAX_RENDER_CHARS = 100_000
+#: Default bound on the seconds one `render` may take.
+RENDER_TIMEOUT = 1.0
+
+
+class _RenderLimit(Exception):
+    """A render bound was hit (turned into `NotificationRenderError`)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+@define
+class _Budget:
+    deadline: float
+    max_chars: int
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _RenderLimit("time", "render took longer than its timeout")
+
+    def size(self, n: int) -> None:
+        if n > self.max_chars:
+            raise _RenderLimit(
+                "chars", f"a value of {n} characters exceeds max_render_chars ({self.max_chars})"
+            )
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "contractspec_bus_render_budget", default=None
+)
+
+
+def _budget() -> _Budget | None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.tick()
+    return budget
+
+
+def _sized(value: Any) -> int:
+    try:
+        return len(value) if isinstance(value, str | bytes | list | tuple) else 0
+    except Exception:  # pragma: no cover - defensive
+        return 0
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, checking the render budget at every attribute access, call,
+    filter and `*`/`%` operation, and refusing results larger than the output bound."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        budget = _budget()
+        if budget is not None:
+            if operator == "**":
+                raise _RenderLimit("chars", "the ** operator is not allowed in templates")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int):
+                        budget.size(len(seq) * max(int(n), 0))
+            if operator == "%" and isinstance(left, str):
+                for width in re.findall(r"%[-+ #0]*(\d+|\*)", left):
+                    if width == "*" or int(width) > budget.max_chars:
+                        raise _RenderLimit("chars", f"format width {width} is not allowed")
+        result = super().call_binop(context, operator, left, right)
+        if budget is not None:
+            budget.size(_sized(result))
+        return result
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _budget()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _budget()
+        return super().getitem(obj, argument)
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        if budget is not None:  # e.g. "x".ljust(10**9) would allocate before any size check
+            for arg in (*args, *kwargs.values()):
+                if _too_big(arg, budget.max_chars):
+                    raise _RenderLimit("chars", f"call argument {arg!r} exceeds max_render_chars")
+        result = super().call(__context, __obj, *args, **kwargs)
+        if budget is not None:
+            budget.size(_sized(result))
+        return result
+
+
+#: Built-in filters whose numeric arguments set the size of their output.
+_SIZING_FILTERS = frozenset({"center", "indent", "wordwrap", "format", "truncate"})
+
+
+def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a built-in filter: budget checked before (numeric arguments) and after (size)."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        if budget is not None and name in _SIZING_FILTERS:
+            for arg in (*args[1:], *kwargs.values()):
+                if _too_big(arg, budget.max_chars):
+                    raise _RenderLimit(
+                        "chars", f"|{name} argument {arg!r} exceeds max_render_chars"
+                    )
+            if name == "format" and args and isinstance(args[0], str):
+                for width in re.findall(r"%[-+ #0]*(\d+|\*)", args[0]):
+                    if width == "*" or int(width) > budget.max_chars:
+                        raise _RenderLimit("chars", f"format width {width} is not allowed")
+        result = fn(*args, **kwargs)
+        if budget is not None:
+            budget.size(_sized(result))
+        return result
+
+    for attr in ("jinja_pass_arg",):  # keep Jinja's pass_context/pass_environment markers
+        if hasattr(fn, attr):
+            setattr(bounded, attr, getattr(fn, attr))
+    bounded.__name__ = getattr(fn, "__name__", name)
+    return bounded
+
+
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         undefined=jinja2.StrictUndefined, autoescape=autoescape, keep_trailing_newline=False
     )
     env.globals.clear()
+    env.filters = {name: _bounded_filter(name, fn) for name, fn in env.filters.items()}
     return env
 
 
@@ -315,9 +457,12 @@ def _is_container(annotation: Any) -> bool:
 class _Checker:
     """Walks a template AST and checks names and attribute chains against the payload model."""
 
-    def __init__(self, payload: type[BaseModel], where: str) -> None:
+    def __init__(
+        self, payload: type[BaseModel], where: str, max_chars: int = MAX_RENDER_CHARS
+    ) -> None:
         self.payload = payload
         self.where = where
+        self.max_chars = max_chars
 
     def fail(self, message: str, node: nodes.Node | None = None) -> SpecDefinitionError:
         line = (
@@ -342,6 +487,7 @@ class _Checker:
         for flt in ast.find_all(nodes.Filter):
             if flt.name == "attr":
                 raise self.fail("the attr filter is not allowed; use dotted access", flt)
+        self._check_bounds(ast)
         for getitem in ast.find_all(nodes.Getitem):
             arg = getitem.arg
             if (
@@ -365,6 +511,52 @@ class _Checker:
             chain = _chain(top)
             if chain is not None:
                 self._check_chain(chain, top)
+
+    def _check_bounds(self, ast: nodes.Template) -> None:
+        """Refuse what could make a render take unbounded time or memory."""
+        for loop in ast.find_all(nodes.For):
+            if loop.recursive:
+                raise self.fail("recursive loops are not allowed in notification templates", loop)
+            for part in (*loop.body, *loop.else_):
+                inner = part if isinstance(part, nodes.For) else part.find(nodes.For)
+                if inner is not None:
+                    raise self.fail(
+                        "nested loops are not allowed in notification templates (render time "
+                        "grows with the product of the lengths); prepare the data in the payload",
+                        inner,
+                    )
+        for node in ast.find_all((nodes.Macro, nodes.CallBlock)):
+            raise self.fail(
+                f"{'macros' if isinstance(node, nodes.Macro) else 'call blocks'} are not allowed "
+                "in notification templates",
+                node,
+            )
+        for power in ast.find_all(nodes.Pow):
+            raise self.fail("the ** operator is not allowed in notification templates", power)
+        for mul in ast.find_all(nodes.Mul):
+            for side in (mul.left, mul.right):
+                if isinstance(side, nodes.Const) and _too_big(side.value, self.max_chars):
+                    raise self.fail(
+                        f"multiplying by {side.value!r} exceeds max_render_chars "
+                        f"({self.max_chars})",
+                        mul,
+                    )
+        calls: list[nodes.Filter | nodes.Call] = [
+            *ast.find_all(nodes.Filter),
+            *ast.find_all(nodes.Call),
+        ]
+        for call in calls:
+            if isinstance(call, nodes.Filter) and call.name not in _SIZING_FILTERS:
+                continue
+            args = [*call.args, *(kw.value for kw in call.kwargs)]
+            for arg in args:
+                if isinstance(arg, nodes.Const) and _too_big(arg.value, self.max_chars):
+                    what = f"|{call.name}" if isinstance(call, nodes.Filter) else "a call"
+                    raise self.fail(
+                        f"{what} argument {arg.value!r} exceeds max_render_chars "
+                        f"({self.max_chars}); such a render would not fit",
+                        call,
+                    )
 
     def _check_chain(self, chain: list[str], node: nodes.Node) -> None:
         root, *attrs = chain
@@ -419,6 +611,14 @@ class _Checker:
                 return
 
 
+def _too_big(value: Any, limit: int) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not abs(value) <= limit  # NaN and inf included
+    )
+
+
 def _chain(node: nodes.Getattr) -> list[str] | None:
     """`a.b.c` → `["a", "b", "c"]` for the outermost Getattr of a Name; else `None`."""
     attrs: list[str] = []
@@ -444,7 +644,9 @@ class _Compiled:
     html: jinja2.Template | None
 
 
-def _compile(template: Template, payload: type[BaseModel], where: str) -> _Compiled:
+def _compile(
+    template: Template, payload: type[BaseModel], where: str, max_chars: int = MAX_RENDER_CHARS
+) -> _Compiled:
     if not isinstance(template, Template):
         raise SpecDefinitionError(
             f"{where}: expected Template(body=..., subject=...), got {type(template).__name__}",
@@ -471,7 +673,7 @@ def _compile(template: Template, payload: type[BaseModel], where: str) -> _Compi
                 f"{where} {part} (line {exc.lineno}): template syntax error: {exc.message}",
                 details={"field": "templates"},
             ) from None
-        _Checker(payload, f"{where} {part}").check(ast, allowed)
+        _Checker(payload, f"{where} {part}", max_chars).check(ast, allowed)
         compiled[part] = env.from_string(source)
     subject, body = compiled["subject"], compiled["body"]
     assert subject is not None
@@ -502,6 +704,8 @@ class NotificationSpec:
         critical: Critical notifications ignore opt-outs.
         when: Extra condition on the event, or `None`.
         description: Docs.
+        render_timeout: Seconds one `render` may take.
+        max_render_chars: Characters one rendered part (subject, body, html) may have.
     """
 
     kind: ClassVar[str] = "notification"
@@ -516,6 +720,8 @@ class NotificationSpec:
     critical: bool = False
     when: Callable[[EventEnvelope], bool] | None = None
     description: str = ""
+    render_timeout: float = RENDER_TIMEOUT
+    max_render_chars: int = MAX_RENDER_CHARS
     _compiled: Mapping[tuple[str, str], _Compiled] = field(factory=dict, repr=False)
 
     @property
@@ -541,9 +747,15 @@ class NotificationSpec:
     def render(self, channel: str, event: EventEnvelope, recipient: Recipient) -> dict[str, Any]:
         """Render `subject`, `body` (and `html`) for one recipient.
 
+        Each part may produce at most `max_render_chars` characters and the whole render may
+        take at most `render_timeout` seconds (checked at every attribute access, call, filter,
+        operator and output chunk: a single built-in operation between checks is bounded by the
+        size checks).
+
         Raises:
-            NotificationRenderError: The template failed at render time (a sandbox violation or a
-                missing value); the message says which notification, channel and locale.
+            NotificationRenderError: Any failure at render time (a sandbox violation, a missing
+                value, a bound hit, `RecursionError`, `MemoryError`, a filter's exception); the
+                message says which notification, channel and locale.
         """
         key, compiled = self.template_for(channel, recipient.locale)
         payload = event.payload
@@ -551,18 +763,48 @@ class NotificationSpec:
             name: getattr(payload, name, None) for name in type(payload).model_fields
         }
         context.update(payload=payload, event=event, recipient=recipient)
+        budget = _Budget(time.monotonic() + self.render_timeout, self.max_render_chars)
+        token = _BUDGET.set(budget)
         try:
             return {
-                "subject": compiled.subject.render(context).strip(),
-                "body": compiled.body.render(context),
-                "html": compiled.html.render(context) if compiled.html is not None else None,
+                "subject": _render(compiled.subject, context, budget).strip(),
+                "body": _render(compiled.body, context, budget),
+                "html": _render(compiled.html, context, budget)
+                if compiled.html is not None
+                else None,
                 "locale": key[1],
             }
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+        except Exception as exc:  # every failure is one documented error
+            details: dict[str, Any] = {
+                "notification": self.ref,
+                "channel": channel,
+                "locale": key[1],
+            }
+            if isinstance(exc, _RenderLimit):
+                details["limit"] = exc.limit
+                reason = str(exc)
+                if exc.limit == "time":
+                    reason = f"render took longer than render_timeout ({self.render_timeout:g} s)"
+            else:
+                reason = f"{type(exc).__name__}: {str(exc)[:500]}"
             raise NotificationRenderError(
-                f"{self.ref} template {key[0]}/{key[1]} failed to render: {type(exc).__name__}: {exc}",
-                details={"notification": self.ref, "channel": channel, "locale": key[1]},
+                f"{self.ref} template {key[0]}/{key[1]} failed to render: {reason}",
+                details=details,
             ) from None
+        finally:
+            _BUDGET.reset(token)
+
+
+def _render(template: jinja2.Template, context: Mapping[str, Any], budget: _Budget) -> str:
+    """Stream `template`, checking the budget at every chunk."""
+    parts: list[str] = []
+    total = 0
+    for chunk in template.generate(context):
+        total += len(chunk)
+        budget.size(total)
+        budget.tick()
+        parts.append(chunk)
+    return "".join(parts)
 
 
 def _locale_chain(locale: str) -> list[str]:
@@ -606,6 +848,8 @@ def define_notification(
     default_locale: str = "en",
     version: int = 1,
     description: str = "",
+    render_timeout: float = RENDER_TIMEOUT,
+    max_render_chars: int = MAX_RENDER_CHARS,
 ) -> NotificationSpec:
     """Declare a notification and check its templates against the event's payload now.
 
@@ -622,13 +866,17 @@ def define_notification(
         default_locale: Fallback locale.
         version: Positive integer.
         description: Docs.
+        render_timeout: Seconds one render may take (default 1 s).
+        max_render_chars: Characters one rendered part may have (default 100,000).
 
     Returns:
         A frozen `NotificationSpec`.
 
     Raises:
-        SpecDefinitionError: Invalid name, version, channel, locale, recipients, or a template that
-            does not compile or references a variable or field the payload does not have.
+        SpecDefinitionError: Invalid name, version, channel, locale, recipients, bounds, or a
+            template that does not compile, references a variable or field the payload does not
+            have, or could render unboundedly (nested or recursive loops, macros, `**`, a
+            constant size argument above `max_render_chars`).
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise SpecDefinitionError(
@@ -661,6 +909,25 @@ def define_notification(
         )
     if not isinstance(default_locale, str) or not _LOCALE.match(default_locale):
         raise SpecDefinitionError(f"{ref}: default_locale {default_locale!r} is not valid")
+    if (
+        isinstance(render_timeout, bool)
+        or not isinstance(render_timeout, int | float)
+        or not 0 < render_timeout < 3600
+    ):
+        raise SpecDefinitionError(
+            f"{ref}: render_timeout must be a number of seconds in (0, 3600), got "
+            f"{render_timeout!r}",
+            details={"field": "render_timeout"},
+        )
+    if (
+        isinstance(max_render_chars, bool)
+        or not isinstance(max_render_chars, int)
+        or max_render_chars < 1
+    ):
+        raise SpecDefinitionError(
+            f"{ref}: max_render_chars must be a positive integer, got {max_render_chars!r}",
+            details={"field": "max_render_chars"},
+        )
     if not templates:
         raise SpecDefinitionError(
             f"{ref}: templates must not be empty; give at least {{'{default_locale}': Template(...)}}",
@@ -677,7 +944,9 @@ def define_notification(
                 details={"field": "templates"},
             )
         normalized[key] = template
-        compiled[key] = _compile(template, event.payload, f"{ref} template {key[0]}/{key[1]}")
+        compiled[key] = _compile(
+            template, event.payload, f"{ref} template {key[0]}/{key[1]}", max_render_chars
+        )
     default = default_locale.replace("_", "-")
     for ch in chans:
         if (ch, default) not in compiled and ("*", default) not in compiled:
@@ -707,6 +976,8 @@ def define_notification(
         critical=bool(critical),
         when=predicate,
         description=description,
+        render_timeout=float(render_timeout),
+        max_render_chars=max_render_chars,
         compiled=compiled,
     )
 
