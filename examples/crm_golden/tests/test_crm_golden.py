@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import crm_pipeline.handlers
+import crm_pipeline.models
 import pytest
 from crm_golden.generate import GOLDEN_DIR, REGISTRY_REF, generate, record
 from crm_golden.worlds import WORLDS, world_for
@@ -32,8 +33,10 @@ def load(path: Path) -> ModuleType:
 
 
 def content(module: ModuleType) -> tuple[Any, list[tuple[Any, ...]]]:
-    """A module's suite and cases without their provenance (snapshot ids are new per recording)."""
-    return module.SUITE, [(c.id, c.input, c.output, c.error, c.org_id) for c in module.CASES]
+    """A module's suite and cases, events included, without provenance (new ids per recording)."""
+    return module.SUITE, [
+        (c.id, c.input, c.output, c.error, c.org_id, c.events) for c in module.CASES
+    ]
 
 
 async def test_committed_suites_are_what_recorded_traffic_generates(tmp_path: Path) -> None:
@@ -73,4 +76,31 @@ async def test_a_changed_handler_fails_the_suite_with_a_readable_diff(
         '  output.stages[2].value: expected "0.00", got "0"\n'
         '  output.stages[3].value: expected "0.00", got "0"\n'
         '  output.stages[5].value: expected "0.00", got "0"'
+    )
+
+
+async def test_a_changed_event_payload_fails_the_deal_suite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`deal.created` emitted with another stage (same output) fails the deal.create suite."""
+    module = load(GOLDEN_DIR / "test_crm_deal_create.py")
+    suite = module.SUITE
+    factory = world_for(suite.operation)
+    report = await run_golden_tests(
+        module.CASES, REGISTRY_REF, suite=suite, executor_factory=factory
+    )
+    assert report.ok, report.summary()
+    real = crm_pipeline.models.DealCreated
+
+    def changed(**fields: Any) -> Any:
+        return real(**{**fields, "stage": "won"})
+
+    monkeypatch.setattr(crm_pipeline.handlers, "DealCreated", changed)
+    report = await run_golden_tests(
+        module.CASES, REGISTRY_REF, suite=suite, executor_factory=factory
+    )
+    assert report.summary() == (
+        "1 passed, 1 failed\n"
+        "golden case crm.deal.create@1 'ok-cdnow-00001': 1 difference\n"
+        '  events[0].payload.stage: expected "lead", got "won"'
     )

@@ -42,7 +42,19 @@ CASES = [
         error=None,
         org_id="cdnow",
         actor_id="cdnow-importer",
-        snapshot="01a200c4-44d6-7dc3-aa2c-15dd93c600bf",
+        snapshot="01a249b1-6dc8-7c00-a77d-2f46f830171a",
+        events=[
+            {
+                "type": "deal.created",
+                "version": 1,
+                "payload": {
+                    "deal_id": "cdnow-2",
+                    "contact_id": "cdnow-00001",
+                    "amount": "11.77",
+                    "stage": "lead",
+                },
+            },
+        ],
     ),
     GoldenCase(
         id="not_found-cdnow-99999",
@@ -57,7 +69,7 @@ CASES = [
         error={"code": "not_found", "type": "NotFoundError"},
         org_id="cdnow",
         actor_id="ana",
-        snapshot="01a200c4-4675-78fa-a057-7338f48dfc7d",
+        snapshot="01a249b1-7273-7a79-a8a5-818614589d8e",
     ),
 ]
 

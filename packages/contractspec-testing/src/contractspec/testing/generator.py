@@ -17,8 +17,8 @@ What the generator does, per operation:
    its events' payload models (`NONDETERMINISTIC`, `json_schema_extra={"nondeterministic": True}`),
    given in `mask=`, and **detected by replaying every case twice** with different clocks and id
    generators: paths whose values differ are masked (`...` in the expected output and events).
-   Cases keep the events the recorded call committed (`events=[{"type", "version", "payload"}]`)
-   and compare them on replay.
+   Successful cases of operations that declare events keep the events the recorded call
+   committed (`events=[{"type", "version", "payload"}]`) and compare them on replay.
 4. **Verifies** each case replays with its recorded outcome; those that do not (they depended on
    state, or the handler changed since) are left out and listed in a comment.
 5. **Renders** the module with Jinja2 (a `SandboxedEnvironment`, also for your own template):
@@ -409,9 +409,9 @@ class GoldenTestGenerator:
                 if snap.error is None
                 else {"code": str(snap.error.get("code")), "type": str(snap.error.get("type"))}
             )
-            events = (
-                None if error is not None or snap.events is None else [dict(e) for e in snap.events]
-            )
+            # operations that declare no events cannot emit any: nothing to compare
+            unknown = error is not None or snap.events is None or not spec.emits
+            events = None if unknown else [dict(e) for e in snap.events or ()]
             if self.dedup:
                 key = _dedup_key(snap.input, snap.output, error, discrete, events)
                 if key in keys:
