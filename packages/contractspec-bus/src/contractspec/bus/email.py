@@ -6,8 +6,14 @@ Install with `pip install 'contractspec-bus[email]'`.
 from contractspec.bus.email import EmailChannel
 
 email = EmailChannel(hostname="smtp.example.com", port=587, sender="noreply@example.com",
-                     start_tls=True, username="...", password="...")
+                     username="...", password="...")   # STARTTLS required
 ```
+
+With credentials, TLS is required, never opportunistic: implicit TLS (`use_tls=True`, port 465)
+or STARTTLS that must succeed (`start_tls=None` becomes required; a server that does not offer
+it is an `EmailDeliveryError` before any credential is sent). `start_tls=False` with
+credentials is refused at construction. Certificates are verified (pass `tls_context=` for a
+private CA).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "contractspec.bus.email needs aiosmtplib: pip install 'contractspec-bus[email]'"
     ) from exc
 
+import ssl
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 
@@ -48,12 +55,18 @@ class EmailChannel:
         username: SMTP AUTH credentials.
         password: SMTP AUTH credentials.
         use_tls: Implicit TLS (SMTPS, port 465).
-        start_tls: Upgrade with STARTTLS (`None`: when the server offers it).
+        start_tls: Upgrade with STARTTLS. `None` (default): required when credentials are
+            given, otherwise used when the server offers it (a relay without credentials).
+            `True`: required. `False`: never (refused together with credentials).
+        tls_context: `ssl.SSLContext` for either kind of TLS (default: the system's trust
+            store, certificates and host names verified).
         timeout: Seconds for the whole exchange.
         name: Channel name (default `email`).
 
     Raises:
-        ConfigurationError: No `sender` or no `hostname`.
+        ConfigurationError: No `sender` or no `hostname`; only one of `username`/`password`;
+            credentials with `start_tls=False` and without `use_tls` (they would be sent in
+            clear); `use_tls` together with `start_tls=True`.
     """
 
     def __init__(
@@ -67,6 +80,7 @@ class EmailChannel:
         password: str | None = None,
         use_tls: bool = False,
         start_tls: bool | None = None,
+        tls_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
         name: str = "email",
     ) -> None:
@@ -77,6 +91,27 @@ class EmailChannel:
                 f"EmailChannel needs a sender address such as 'noreply@example.com', got {sender!r}",
                 details={"field": "sender"},
             )
+        if (username is None) != (password is None):
+            raise ConfigurationError(
+                "EmailChannel needs both username= and password= for SMTP AUTH, or neither",
+                details={"field": "username" if username is None else "password"},
+            )
+        credentials = username is not None
+        if use_tls and start_tls:
+            raise ConfigurationError(
+                "use_tls=True (implicit TLS, port 465) and start_tls=True (port 587) exclude each "
+                "other; pass one of them",
+                details={"field": "start_tls"},
+            )
+        if credentials and not use_tls:
+            if start_tls is False:
+                raise ConfigurationError(
+                    "EmailChannel with username/password requires TLS: pass use_tls=True "
+                    "(port 465) or leave start_tls unset (STARTTLS required, port 587); "
+                    "start_tls=False would send the credentials in clear",
+                    details={"field": "start_tls"},
+                )
+            start_tls = True  # required, never opportunistic
         self.hostname = hostname
         self.port = port
         self.sender = sender
@@ -85,6 +120,7 @@ class EmailChannel:
         self.password = password
         self.use_tls = use_tls
         self.start_tls = start_tls
+        self.tls_context = tls_context
         self.timeout = timeout
         self.name = name
 
@@ -119,7 +155,9 @@ class EmailChannel:
         """Send over SMTP.
 
         Raises:
-            EmailDeliveryError: No address, or any SMTP error (refused recipient, connection).
+            EmailDeliveryError: No address, or any SMTP error (refused recipient, connection,
+                a server that does not offer the required STARTTLS, a certificate that does
+                not verify).
         """
         mail = self.build(message)
         try:
@@ -131,6 +169,7 @@ class EmailChannel:
                 password=self.password,
                 use_tls=self.use_tls,
                 start_tls=self.start_tls,
+                tls_context=self.tls_context,
                 timeout=self.timeout,
             )
         except (aiosmtplib.SMTPException, OSError) as exc:
