@@ -7,6 +7,13 @@ Install with `pip install 'contractspec-agent[litellm]'`. This module is importe
 * retries transient errors (timeouts, connection errors, rate limits, 5xx) with exponential
   backoff and jitter (tenacity's `wait_exponential_jitter`), then raises `AgentRunError`;
 * reports tokens and, where litellm knows the price, the cost in US dollars;
+* sends the agent's `output_type` schema as `response_format` (`json_schema`) when litellm says
+  the model supports structured outputs (`litellm.supports_response_schema`); other models get
+  the schema in the instructions only (the runner validates the answer either way);
+* streams (`stream`): text deltas as they arrive, then the whole response assembled with
+  `litellm.stream_chunk_builder` (tool calls included). The runner streams when someone
+  listens to the run's events (`AgentRunner.run_stream`, `run(on_event=...)`). A transient
+  error is retried only before the first chunk arrived;
 * honours the offline switch: with real model requests blocked it raises
   `ModelRequestsForbiddenError`, unless the request is a litellm `mock_response` (offline).
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -128,13 +135,7 @@ class LiteLLMModel:
         self.backoff_max_s = backoff_max_s
         self.defaults = defaults
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        """One chat completion with tools, retried on transient errors.
-
-        Raises:
-            ModelRequestsForbiddenError: Real requests are switched off (and this is no mock).
-            AgentRunError: The provider failed (after the retries for transient errors).
-        """
+    def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {**self.defaults, **dict(request.settings)}
         offline = "mock_response" in kwargs or "mock_tool_calls" in kwargs
         if not offline:
@@ -146,6 +147,71 @@ class LiteLLMModel:
         )
         if request.tools:
             kwargs["tools"] = [t.to_openai() for t in request.tools]
+        if request.output_schema is not None and "response_format" not in kwargs:
+            response_format = self.response_format(request.model, request.output_schema)
+            if response_format is not None:
+                kwargs["response_format"] = response_format
+        return kwargs
+
+    @staticmethod
+    def response_format(model: str, schema: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The `response_format` for `schema` (OpenAI `json_schema` form), or `None` when litellm
+        does not list `model` as supporting structured outputs."""
+        try:
+            supported = bool(litellm.supports_response_schema(model=model))
+        except Exception:  # an unknown model or provider: not supported as far as we know
+            supported = False
+        if not supported:
+            return None
+        name = str(schema.get("title") or "output")
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": name[:64], "schema": dict(schema), "strict": False},
+        }
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """One chat completion with tools, retried on transient errors.
+
+        Raises:
+            ModelRequestsForbiddenError: Real requests are switched off (and this is no mock).
+            AgentRunError: The provider failed (after the retries for transient errors).
+        """
+        response = await self._acompletion(request, self._kwargs(request))
+        return self._convert(response, request)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResponse]:
+        """Stream one chat completion: text deltas as they arrive, then the `ModelResponse`
+        (assembled from the chunks with `litellm.stream_chunk_builder`).
+
+        Raises:
+            ModelRequestsForbiddenError: Real requests are switched off (and this is no mock).
+            AgentRunError: The provider failed (before the first chunk, after the retries).
+        """
+        kwargs = self._kwargs(request)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        chunks: list[Any] = []
+        stream = await self._acompletion(request, kwargs)
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                choices = getattr(chunk, "choices", None) or ()
+                delta = getattr(choices[0], "delta", None) if choices else None
+                text = getattr(delta, "content", None)
+                if isinstance(text, str) and text:
+                    yield text
+        except litellm.exceptions.OpenAIError as exc:
+            raise AgentRunError(
+                f"{request.model} failed while streaming ({type(exc).__name__})",
+                details={"model": request.model, "exception": type(exc).__name__},
+            ) from exc
+        built = litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+        if built is None:
+            raise AgentRunError(
+                f"{request.model} streamed no chunks", details={"model": request.model}
+            )
+        yield self._convert(built, request)
+
+    async def _acompletion(self, request: ModelRequest, kwargs: dict[str, Any]) -> Any:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(TRANSIENT_ERRORS),
@@ -158,7 +224,7 @@ class LiteLLMModel:
                 reraise=True,
             ):
                 with attempt:
-                    response = await litellm.acompletion(**kwargs)
+                    return await litellm.acompletion(**kwargs)
         except TRANSIENT_ERRORS as exc:
             raise AgentRunError(
                 f"{request.model} kept failing after {self.retries + 1} attempt(s) "
@@ -176,7 +242,7 @@ class LiteLLMModel:
                 f"{request.model} rejected the request ({type(exc).__name__})",
                 details={"model": request.model, "exception": type(exc).__name__},
             ) from exc
-        return self._convert(response, request)
+        raise AssertionError("unreachable: AsyncRetrying returns or raises")  # pragma: no cover
 
     def _convert(self, response: Any, request: ModelRequest) -> ModelResponse:
         choice = response.choices[0]
@@ -194,6 +260,8 @@ class LiteLLMModel:
         hidden = getattr(response, "_hidden_params", None) or {}
         if isinstance(hidden, Mapping) and isinstance(hidden.get("response_cost"), int | float):
             cost = float(hidden["response_cost"])
+        elif isinstance(raw_cost := getattr(raw_usage, "cost", None), int | float):
+            cost = float(raw_cost)  # a streamed response carries it on its usage
         usage = Usage(
             requests=1,
             input_tokens=int(getattr(raw_usage, "prompt_tokens", 0) or 0),

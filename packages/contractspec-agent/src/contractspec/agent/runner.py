@@ -9,7 +9,24 @@ run(agent, input, ctx)
   -> final answer validated (structured output, retried on errors) -> confidence -> escalation
   -> agent.run.completed | agent.escalated | agent.run.failed
 resume(run_id)  # after the approvals are decided, in any process: claims the run exactly once
+recover()       # runs whose worker died (lease expired): claimed once, resumed from the last
+                # durable step; calls that were started and never finished are in doubt
 ```
+
+Leases: a run that is `running` is held by one worker (`AgentRunner.worker_id`) until
+`lease_expires_at`. Every persisted step extends the lease, and a heartbeat task extends it every
+`heartbeat_s` while a model request or a tool call is slow. A worker that dies stops
+heartbeating; once the lease expired, `recover()` (or `resume_ready()`, or `resume(run_id)`) in
+any process claims the run with a compare-and-set and goes on from what was made durable:
+
+* the step's tool calls are made durable with their ledger entries *before* any of them takes
+  effect, so a recovered run re-submits exactly these calls to the gateway: finished ones replay
+  their recorded result, started-but-unfinished ones are in doubt and resolved per the tool
+  (`reconcile`, an idempotent operation's key, a re-run for L0, otherwise a person's approval);
+* a crash during a model request repeats that request (model requests are not effects).
+
+A cancelled task (`CancelledError`) marks its run `cancelled` (final) and the call it was
+running in doubt.
 """
 
 from __future__ import annotations
@@ -18,10 +35,22 @@ import asyncio
 import contextvars
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+import os
+import socket
+import uuid
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from datetime import timedelta
 from time import perf_counter
+from types import EllipsisType
 from typing import Any
 
 import structlog
@@ -31,14 +60,17 @@ from pydantic import BaseModel, ValidationError
 from contractspec.agent.approvals import ApprovalWorkflow
 from contractspec.agent.errors import (
     AgentRunError,
+    LeaseLostError,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
 )
 from contractspec.agent.events import (
     agent_escalated,
     envelope,
+    run_cancelled,
     run_completed,
     run_failed,
+    run_recovered,
     run_started,
     run_waiting,
 )
@@ -55,6 +87,7 @@ from contractspec.agent.messages import (
     ModelClient,
     ModelRequest,
     ModelResponse,
+    StreamingModelClient,
     SystemMessage,
     ToolCall,
     Usage,
@@ -71,6 +104,14 @@ from contractspec.agent.stores import (
     RunStatus,
     RunStep,
     RunStore,
+    claimable,
+)
+from contractspec.agent.streaming import (
+    RunFinished,
+    StreamEvent,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallRequested,
 )
 from contractspec.core import (
     Actor,
@@ -142,6 +183,10 @@ class RunResult:
         return self.status is RunStatus.WAITING_APPROVAL
 
 
+#: Receives the run's `StreamEvent`s as they happen (`AgentRunner.run(on_event=...)`).
+EventHandler = Callable[[StreamEvent], Awaitable[None] | None]
+
+
 @define
 class _State:
     run: Run
@@ -154,6 +199,15 @@ class _State:
     output_retries: int = 0
     started: float = 0.0
     unsaved_steps: list[RunStep] = field(factory=list)
+    on_event: EventHandler | None = None
+    lease_lost: bool = False
+
+    async def emit(self, event: StreamEvent) -> None:
+        if self.on_event is None:
+            return
+        done = self.on_event(event)
+        if inspect.isawaitable(done):
+            await done
 
 
 def _actor_dict(actor: Actor) -> dict[str, Any]:
@@ -184,6 +238,11 @@ class AgentRunner:
         unit_of_work: Overrides the backend's unit of work.
         events: Overrides the backend's event publisher.
         audit: Overrides the backend's audit sink.
+        worker_id: Names this worker in run leases (default: host, process id and a random
+            suffix).
+        lease_s: Seconds a run's lease lasts without a heartbeat (default 30): how long after a
+            worker dies its runs can be recovered.
+        heartbeat_s: Seconds between heartbeats of a running run (default `lease_s / 3`).
 
     Example:
         ```python
@@ -208,7 +267,19 @@ class AgentRunner:
         unit_of_work: UnitOfWork | None = None,
         events: EventPublisher | None = None,
         audit: AuditSink | None = None,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        heartbeat_s: float | None = None,
     ) -> None:
+        if not lease_s > 0 or (heartbeat_s is not None and not 0 < heartbeat_s < lease_s):
+            raise ConfigurationError(
+                f"lease_s must be > 0 and heartbeat_s between 0 and lease_s (got lease_s="
+                f"{lease_s!r}, heartbeat_s={heartbeat_s!r}); e.g. lease_s=30, heartbeat_s=10",
+                details={"field": "heartbeat_s" if lease_s > 0 else "lease_s"},
+            )
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = float(lease_s)
+        self.heartbeat_s = float(heartbeat_s) if heartbeat_s is not None else self.lease_s / 3
         base: Backend = backend if backend is not None else MemoryBackend()
         self.registry = agents if isinstance(agents, AgentRegistry) else AgentRegistry()
         if agents is not None and not isinstance(agents, AgentRegistry):
@@ -290,6 +361,7 @@ class AgentRunner:
         *,
         session_id: str | None = None,
         deps: Any = None,
+        on_event: EventHandler | None = None,
     ) -> RunResult:
         """Run `agent` on `input` until it answers, fails or waits for an approval.
 
@@ -300,15 +372,22 @@ class AgentRunner:
             session_id: Memory session: earlier runs' messages are loaded and this run's are
                 appended (when the agent has `memory`).
             deps: Passed to function tools through `ToolContext.deps`.
+            on_event: Called (or awaited) with each `StreamEvent` as it happens: text deltas
+                (streamed when the model client has `stream`), tool calls and their outcomes,
+                and `RunFinished` last. See `run_stream`.
 
         Returns:
             The `RunResult` (`status` `completed`, `escalated` or `waiting_approval`).
 
         Raises:
             PolicyDeniedError: The actor may not run the agent (`run_permission`).
-            UsageLimitExceeded: A usage limit was crossed (the run is marked failed).
+            UsageLimitExceeded: A usage limit was crossed or a model response asked for more
+                tool calls than `max_tool_calls` leaves (checked before any of them executes;
+                the run is marked failed).
             UnexpectedModelBehavior: Unusable model output after every retry.
             AgentRunError: The model request failed.
+            LeaseLostError: This worker stalled past the run's lease and another worker
+                recovered the run.
         """
         spec = self._spec(agent)
         call = ctx or CallContext(channel="agent")
@@ -331,8 +410,12 @@ class AgentRunner:
             updated_at=now,
             session_id=session_id,
             messages=tuple(m.to_dict() for m in messages),
+            lease_owner=self.worker_id,
+            lease_expires_at=now + timedelta(seconds=self.lease_s),
         )
-        state = _State(run, spec, call, messages, Usage(), deps, started=perf_counter())
+        state = _State(
+            run, spec, call, messages, Usage(), deps, started=perf_counter(), on_event=on_event
+        )
         tx = await self.unit_of_work.begin()
         try:
             await self.runs.create(tx, run)
@@ -354,6 +437,46 @@ class AgentRunner:
             await tx.rollback()
             raise
         return await self._drive(state)
+
+    async def run_stream(
+        self,
+        agent: AgentSpec | str,
+        input: str | BaseModel | Mapping[str, Any],
+        ctx: CallContext | None = None,
+        *,
+        session_id: str | None = None,
+        deps: Any = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """`run`, yielding its `StreamEvent`s as they happen: `TextDelta`s of the model's text
+        (token by token when the model client streams, else the whole text once),
+        `ToolCallRequested` / `ToolCallFinished` around each call, and `RunFinished` with the
+        `RunResult` last. The errors `run` raises are raised from the iteration. Closing the
+        iterator early cancels the run (it is marked `cancelled`).
+        """
+        queue: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+
+        async def drive() -> None:
+            try:
+                await self.run(
+                    agent, input, ctx, session_id=session_id, deps=deps, on_event=queue.put_nowait
+                )
+            except BaseException as exc:
+                queue.put_nowait(exc)
+                raise
+
+        task = asyncio.get_running_loop().create_task(drive(), name="contractspec.agent.run_stream")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, RunFinished):
+                    return
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def run_sync(
         self,
@@ -457,7 +580,8 @@ class AgentRunner:
     async def resume(
         self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
     ) -> RunResult:
-        """Continue a run that waited for approvals, once they are decided.
+        """Continue a run that waited for approvals, once they are decided, or a run whose
+        worker died (its lease expired; see `recover`).
 
         Safe to call from several processes: the run is claimed with a compare-and-set, so it
         resumes exactly once; approved calls execute (once, through the idempotency ledger),
@@ -475,7 +599,7 @@ class AgentRunner:
 
         Raises:
             NotFoundError: No such run.
-            ConflictError: Another worker is resuming (or running) it right now.
+            ConflictError: Another worker is resuming (or running, with a live lease) it now.
             ConfigurationError: The run's agent version is not registered in this runner.
             ApprovalUnavailableError: The approval store is unavailable (nothing executes).
         """
@@ -483,62 +607,137 @@ class AgentRunner:
         if run.status.finished:
             return self._stored_result(run)
         if run.status is RunStatus.RUNNING:
-            raise ConflictError(
-                f"run {run_id!r} is running in another worker; nothing to resume",
-                details={"run_id": run_id},
-            )
+            if not claimable(run, self.clock.now()):
+                raise ConflictError(
+                    f"run {run_id!r} is running in worker {run.lease_owner!r} (lease until "
+                    f"{run.lease_expires_at}); nothing to resume",
+                    details={"run_id": run_id},
+                )
+            return await self._recover_run(run, ctx, deps)
         for item in run.pending:
             req = await self.approvals.get(str(item["approval_id"]))
             if req.status is ApprovalStatus.PENDING:
                 return self._stored_result(run)
+        spec = self._run_spec(run)
+        call = ctx or CallContext(actor=_actor(run.actor), org_id=run.org_id, channel="agent")
+        claimed = await self._claim(
+            run, self._line(run_id, "run.resumed", "approvals decided; resuming"), ()
+        )
+        return await self._continue(claimed, spec, call, deps)
+
+    async def recover(
+        self,
+        *,
+        org_id: str | EllipsisType | None = ...,
+        limit: int = 100,
+        deps: Any = None,
+    ) -> list[RunResult]:
+        """Take over running runs whose lease expired (their worker died or stalled) and resume
+        each from its last durable step.
+
+        Each run is claimed with a compare-and-set (one worker wins; the others skip it). Tool
+        calls of the interrupted step that were started and never finished are in doubt: the
+        gateway resolves them per tool (`reconcile`, an idempotent operation's key, a re-run
+        for L0, otherwise the run waits for a person's approval). Runs whose agent this runner
+        does not know, or that fail, are logged and skipped.
+
+        Args:
+            org_id: Only this org's runs (`...`, the default: every org).
+            limit: Runs to look at, oldest lease first.
+            deps: Dependencies for function tools.
+
+        Returns:
+            The results of the runs recovered here.
+        """
+        tx = await self.unit_of_work.begin(readonly=True)
         try:
-            spec = self.registry.get(run.agent, run.agent_version)
+            expired = await self.runs.expired(tx, now=self.clock.now(), org_id=org_id, limit=limit)
+        finally:
+            await tx.rollback()
+        out: list[RunResult] = []
+        for run in expired:
+            try:
+                out.append(await self._recover_run(run, None, deps))
+            except ConflictError:
+                continue
+            except ContractSpecError as exc:
+                _log.warning(
+                    "agent.recover_failed", run_id=run.id, code=exc.code, error=exc.message
+                )
+        return out
+
+    async def _recover_run(self, run: Run, ctx: CallContext | None, deps: Any) -> RunResult:
+        spec = self._run_spec(run)
+        call = ctx or CallContext(actor=_actor(run.actor), org_id=run.org_id, channel="agent")
+        inflight = [p for p in run.pending if p.get("inflight")]
+        line = self._line(
+            run.id,
+            "run.recovered",
+            f"lease of {run.lease_owner!r} expired; recovered by {self.worker_id!r}"
+            + (f" with {len(inflight)} call(s) in flight" if inflight else ""),
+            level="warning",
+            previous_owner=run.lease_owner,
+        )
+        event = envelope(
+            run_recovered,
+            {"run_id": run.id, "agent": run.agent, "previous_owner": run.lease_owner,
+             "in_doubt": len(inflight)},
+            clock=self.clock, ids=self.ids, org_id=run.org_id, actor=call.actor,
+            correlation_id=run.id,
+        )  # fmt: skip
+        claimed = await self._claim(run, line, (event,))
+        return await self._continue(claimed, spec, call, deps)
+
+    def _run_spec(self, run: Run) -> AgentSpec:
+        try:
+            return self.registry.get(run.agent, run.agent_version)
         except ContractSpecError:
             raise ConfigurationError(
-                f"run {run_id!r} belongs to agent {run.agent}@{run.agent_version}, which this "
+                f"run {run.id!r} belongs to agent {run.agent}@{run.agent_version}, which this "
                 "runner does not know; pass it in AgentRunner(agents=[...])",
-                details={"run_id": run_id},
+                details={"run_id": run.id},
             ) from None
-        call = ctx or CallContext(actor=_actor(run.actor), org_id=run.org_id, channel="agent")
-        claimed = run.evolve(status=RunStatus.RUNNING, updated_at=self.clock.now())
+
+    async def _claim(self, run: Run, line: RunLog, events: Sequence[EventEnvelope]) -> Run:
+        now = self.clock.now()
         tx = await self.unit_of_work.begin()
         try:
-            claimed = await self.runs.update(tx, claimed, expected_version=run.version)
-            await self.runs.log(
-                tx, self._line(run_id, "run.resumed", "approvals decided; resuming")
-            )
+            claimed = await self.runs.claim(
+                tx, run, owner=self.worker_id,
+                lease_until=now + timedelta(seconds=self.lease_s), now=now,
+            )  # fmt: skip
+            await self.runs.log(tx, line)
+            if events:
+                await self.events.publish(list(events), tx)
             await tx.commit()
         except ConflictError:
             await tx.rollback()
             raise ConflictError(
-                f"run {run_id!r} was resumed by another worker", details={"run_id": run_id}
+                f"run {run.id!r} was resumed by another worker", details={"run_id": run.id}
             ) from None
         except BaseException:
             await tx.rollback()
             raise
+        return claimed
+
+    async def _continue(
+        self, claimed: Run, spec: AgentSpec, call: CallContext, deps: Any
+    ) -> RunResult:
         messages = [message_from_dict(m) for m in claimed.messages]
         state = _State(
             claimed, spec, call, messages, Usage.from_dict(claimed.usage), deps,
             started=perf_counter(),
         )  # fmt: skip
-        calls = _pending_calls(messages, claimed.pending)
-        step = int(claimed.pending[0]["step"]) if claimed.pending else claimed.steps
-        reason = _reason(messages, calls)
-        if calls:
-            scope = RunScope(run_id, spec, step, call, deps, reason)
-            outcomes = await self.tools.execute(calls, scope)
-            await self._after_tools(state, scope, outcomes, resumed=True)
-            if state.run.status is RunStatus.WAITING_APPROVAL:
-                return self._result(state)
-        return await self._drive(state)
+        return await self._drive(state, resume=True)
 
     async def resume_ready(self, *, org_id: str | None, limit: int = 100) -> list[RunResult]:
-        """Resume every waiting run of `org_id` whose approvals are all decided.
+        """Resume every waiting run of `org_id` whose approvals are all decided, and recover
+        the org's running runs whose lease expired (see `recover`).
 
         Runs another worker claims first are skipped. Returns the results of the runs resumed
         here.
         """
-        out: list[RunResult] = []
+        out = await self.recover(org_id=org_id, limit=limit)
         for run in await self.history(
             org_id=org_id, status=RunStatus.WAITING_APPROVAL, limit=limit
         ):
@@ -558,11 +757,30 @@ class AgentRunner:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def _drive(self, state: _State) -> RunResult:
+    async def _drive(self, state: _State, *, resume: bool = False) -> RunResult:
         log = _log.bind(run_id=state.run.id, agent=state.spec.ref, org_id=state.call.org_id)
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(state), name="contractspec.agent.heartbeat"
+        )
         try:
-            result = await self._loop(state)
+            result = await self._resume_pending(state) if resume else None
+            if result is None:
+                result = await self._loop(state)
+        except asyncio.CancelledError:
+            heartbeat.cancel()
+            log.warning("agent.run_cancelled")
+            await asyncio.shield(self._cancel(state))
+            self._telemetry(state, "run_cancelled")
+            raise
         except BaseException as exc:
+            heartbeat.cancel()
+            if isinstance(exc, Exception) and await self._lease_lost(state, exc):
+                log.warning("agent.run_lease_lost", worker=self.worker_id)
+                raise LeaseLostError(
+                    f"run {state.run.id} was recovered by another worker after this worker "
+                    f"({self.worker_id}) held it past its lease; it stopped driving the run",
+                    details={"run_id": state.run.id},
+                ) from exc
             error = exc if isinstance(exc, ContractSpecError) else None
             if isinstance(exc, Exception) and error is None:
                 error = AgentRunError(
@@ -577,9 +795,99 @@ class AgentRunner:
                 if error is not exc:
                     raise error from exc
             raise
+        heartbeat.cancel()
         log.info("agent.run_finished", status=result.status.value, steps=result.steps)
         self._telemetry(state, None)
+        await state.emit(RunFinished(result))
         return result
+
+    async def _heartbeat(self, state: _State) -> None:
+        """Extend the run's lease every `heartbeat_s` while the run works (slow model requests
+        and tool calls); each persisted step extends it too."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                tx = await self.unit_of_work.begin()
+                try:
+                    held = await self.runs.heartbeat(
+                        tx, state.run.id, owner=self.worker_id,
+                        lease_until=self.clock.now() + timedelta(seconds=self.lease_s),
+                    )  # fmt: skip
+                    await tx.commit()
+                except BaseException:
+                    await tx.rollback()
+                    raise
+            except Exception:  # a failing store: the next beat (or step) tries again
+                _log.warning("agent.heartbeat_failed", run_id=state.run.id, exc_info=True)
+                continue
+            if not held:
+                state.lease_lost = True
+                return
+
+    async def _lease_lost(self, state: _State, exc: Exception) -> bool:
+        if not (state.lease_lost or isinstance(exc, ConflictError)):
+            return False
+        try:
+            stored = await self.get(state.run.id)
+        except Exception:
+            return state.lease_lost
+        return stored.lease_owner != self.worker_id or stored.status.finished
+
+    async def _cancel(self, state: _State) -> None:
+        """The task driving the run was cancelled: the run is final (`cancelled`)."""
+        try:
+            await self._persist(
+                state,
+                steps=state.run.steps,
+                status=RunStatus.CANCELLED,
+                lines=[
+                    self._line(
+                        state.run.id,
+                        "run.cancelled",
+                        "the task driving the run was cancelled",
+                        level="warning",
+                    )
+                ],
+                events=[
+                    self._event(
+                        state,
+                        run_cancelled,
+                        {
+                            "run_id": state.run.id,
+                            "agent": state.spec.name,
+                            "steps": state.run.steps,
+                        },
+                    )
+                ],
+            )
+        except Exception:  # another worker holds it, or the store fails: the lease decides
+            _log.warning("agent.run_cancel_persist_failed", run_id=state.run.id, exc_info=True)
+
+    async def _resume_pending(self, state: _State) -> RunResult | None:
+        """Finish the open step of a resumed or recovered run: the calls that waited for
+        approval, or the calls that were in flight when its worker died."""
+        pending = state.run.pending
+        if not pending:
+            return None
+        calls, message = _step_calls(state.messages, pending)
+        if message is None:
+            return None
+        inflight = any(p.get("inflight") for p in pending)
+        step = int(pending[0]["step"])
+        scope = RunScope(
+            state.run.id, state.spec, step, state.call, state.deps, message.content or ""
+        )
+        only = None if inflight else {str(p["tool_call_id"]) for p in pending}
+        response = None
+        if inflight:  # the step was never recorded: record it now
+            response = ModelResponse(message.content, message.tool_calls, Usage())
+        await self._tools_step(
+            state, scope, calls, only=only, response=response, started_at=self.clock.now(),
+            resumed=not inflight,
+        )  # fmt: skip
+        if state.run.status is RunStatus.WAITING_APPROVAL:
+            return self._result(state)
+        return None
 
     async def _loop(self, state: _State) -> RunResult:
         spec = state.spec
@@ -607,9 +915,8 @@ class AgentRunner:
                 scope = RunScope(
                     state.run.id, spec, step, state.call, state.deps, response.content or ""
                 )
-                outcomes = await self.tools.execute(response.tool_calls, scope)
-                await self._after_tools(
-                    state, scope, outcomes, response=response, started_at=started_at
+                await self._tools_step(
+                    state, scope, response.tool_calls, response=response, started_at=started_at
                 )
                 if state.run.status is RunStatus.WAITING_APPROVAL:
                     return self._result(state)
@@ -622,11 +929,80 @@ class AgentRunner:
             await self._save_step(state, step, response, (), started_at)
             return await self._complete_run(state, output, confidence)
 
+    async def _tools_step(
+        self,
+        state: _State,
+        scope: RunScope,
+        calls: Sequence[ToolCall],
+        *,
+        only: Iterable[str] | None = None,
+        response: ModelResponse | None = None,
+        started_at: Any = None,
+        resumed: bool = False,
+    ) -> None:
+        """Decide the step's calls, make them durable with their ledger entries before any
+        takes effect, execute them, and persist the step with their outcomes (one transaction
+        each side)."""
+        plans = self.tools._identify(calls, scope, only)
+        if not resumed:
+            self._check_tool_budget(state, sum(1 for p in plans if p.counts))
+        if state.on_event is not None:
+            for p in plans:
+                await state.emit(ToolCallRequested(state.run.id, scope.step, p.call))
+        await self.tools._decide(plans)
+        base = state.run
+        unsaved = list(state.unsaved_steps)
+
+        async def open(tx: Transaction) -> None:
+            # the step's calls are in flight: a worker recovering the run re-submits them
+            now = self.clock.now()
+            inflight = tuple(
+                {"tool_call_id": p.call.id, "step": scope.step, "inflight": True} for p in plans
+            )
+            updated = base.evolve(
+                pending=inflight,
+                messages=tuple(m.to_dict() for m in state.messages),
+                usage=state.usage.to_dict(),
+                updated_at=now,
+                lease_owner=self.worker_id,
+                lease_expires_at=now + timedelta(seconds=self.lease_s),
+            )
+            state.run = await self.runs.update(tx, updated, expected_version=base.version)
+            for earlier in unsaved:
+                await self.runs.add_step(tx, earlier)
+            state.unsaved_steps = []
+
+        async def close(tx: Transaction, outcomes: Sequence[ToolOutcome]) -> None:
+            await self._after_tools(
+                state, scope, outcomes, response=response, started_at=started_at,
+                resumed=resumed, tx=tx,
+            )  # fmt: skip
+
+        outcomes = await self.tools._run(plans, open=open, close=close)
+        if state.on_event is not None:
+            for o in outcomes:
+                await state.emit(ToolCallFinished(state.run.id, scope.step, o))
+
     async def _complete(
         self, client: ModelClient, request: ModelRequest, state: _State
     ) -> ModelResponse:
         try:
-            response = await client.complete(request)
+            if state.on_event is not None and isinstance(client, StreamingModelClient):
+                response: Any = None
+                async for item in client.stream(request):
+                    if isinstance(item, str):
+                        if item:
+                            await state.emit(TextDelta(state.run.id, request.step, item))
+                    else:
+                        response = item
+            else:
+                response = await client.complete(request)
+                if (
+                    state.on_event is not None
+                    and isinstance(response, ModelResponse)
+                    and response.content
+                ):
+                    await state.emit(TextDelta(state.run.id, request.step, response.content))
         except ContractSpecError:
             raise
         except Exception as exc:
@@ -641,6 +1017,19 @@ class AgentRunner:
                 details={"run_id": state.run.id},
             )
         return response
+
+    def _check_tool_budget(self, state: _State, calls: int) -> None:
+        """Before a step's calls execute: refuse the whole step if it would go past
+        `max_tool_calls` (none of its calls runs)."""
+        limit = state.spec.limits.max_tool_calls
+        used = state.usage.tool_calls
+        if limit is not None and used + calls > limit:
+            raise UsageLimitExceeded(
+                f"run {state.run.id}: the model asked for {calls} tool call(s) with {used} of "
+                f"max_tool_calls={limit} used; none of them was executed. Raise the agent's "
+                "limits or simplify the task",
+                details={"run_id": state.run.id, "limit": "max_tool_calls", "value": used + calls},
+            )
 
     def _check_limits(self, state: _State) -> None:
         lim = state.spec.limits
@@ -721,6 +1110,7 @@ class AgentRunner:
         response: ModelResponse | None = None,
         started_at: Any = None,
         resumed: bool = False,
+        tx: Transaction | None = None,
     ) -> None:
         step = scope.step
         pending = [o for o in outcomes if o.pending]
@@ -802,6 +1192,7 @@ class AgentRunner:
             lines=lines,
             events=events,
             stage=stage,
+            tx=tx,
         )
 
     async def _save_step(
@@ -836,20 +1227,30 @@ class AgentRunner:
         lines: Sequence[RunLog] = (),
         events: Sequence[EventEnvelope] = (),
         stage: Callable[[Transaction], Awaitable[None]] | None = None,
+        tx: Transaction | None = None,
         **changes: Any,
     ) -> None:
+        """Write the run's state (and the step, log lines, events) in `tx`, or in a
+        transaction of its own. A running run's lease is extended; a run that stops running
+        releases it."""
         run = state.run
+        now = self.clock.now()
+        running = status is RunStatus.RUNNING
         updated = run.evolve(
             status=status,
             steps=steps,
             pending=pending,
             messages=tuple(m.to_dict() for m in state.messages),
             usage=state.usage.to_dict(),
-            updated_at=self.clock.now(),
+            updated_at=now,
+            lease_owner=self.worker_id if running else None,
+            lease_expires_at=now + timedelta(seconds=self.lease_s) if running else None,
             **changes,
         )
         unsaved, state.unsaved_steps = state.unsaved_steps, []
-        tx = await self.unit_of_work.begin()
+        own = tx is None
+        if tx is None:
+            tx = await self.unit_of_work.begin()
         try:
             state.run = await self.runs.update(tx, updated, expected_version=run.version)
             for earlier in unsaved:
@@ -862,9 +1263,11 @@ class AgentRunner:
                 await stage(tx)
             if events:
                 await self.events.publish(list(events), tx)
-            await tx.commit()
+            if own:
+                await tx.commit()
         except BaseException:
-            await tx.rollback()
+            if own:
+                await tx.rollback()
             raise
 
     async def _complete_run(
@@ -1109,19 +1512,15 @@ def _strip_fences(text: str) -> str:
     return stripped.strip()
 
 
-def _pending_calls(
+def _step_calls(
     messages: Sequence[Message], pending: Sequence[Mapping[str, Any]]
-) -> list[ToolCall]:
+) -> tuple[list[ToolCall], AssistantMessage | None]:
+    """Every tool call of the assistant message the pending calls belong to (ordinals count
+    all of them), and that message."""
     wanted = {str(p["tool_call_id"]) for p in pending}
     for message in reversed(messages):
-        if isinstance(message, AssistantMessage) and message.tool_calls:
-            return [c for c in message.tool_calls if c.id in wanted]
-    return []
-
-
-def _reason(messages: Sequence[Message], calls: Sequence[ToolCall]) -> str:
-    ids = {c.id for c in calls}
-    for message in reversed(messages):
-        if isinstance(message, AssistantMessage) and any(c.id in ids for c in message.tool_calls):
-            return message.content or ""
-    return ""
+        if isinstance(message, AssistantMessage) and any(
+            c.id in wanted for c in message.tool_calls
+        ):
+            return list(message.tool_calls), message
+    return [], None

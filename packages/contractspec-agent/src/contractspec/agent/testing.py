@@ -14,6 +14,9 @@ result = await AgentRunner(model=model).run(agent, "How long do refunds take?")
 model.assert_consumed()
 ```
 
+Both models also stream (`stream`): the reply's text word by word (whitespace kept, so the
+deltas join to the text), then the whole `ModelResponse`, as a streaming provider would.
+
 Token counts of offline replies are deterministic: one token per whitespace-separated word of the
 request's messages (input) and of the reply (output), plus 5 output tokens per tool call.
 """
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
@@ -54,6 +58,13 @@ __all__ = [
 Reply: TypeAlias = str | ToolCall | Sequence[ToolCall] | ModelResponse | BaseException
 
 _ids = itertools.count(1)
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
+
+
+async def _stream(response: ModelResponse) -> AsyncIterator[str | ModelResponse]:
+    for piece in _WORDS.findall(response.content or ""):
+        yield piece
+    yield response
 
 
 def call(name: str, /, arguments: Any = None, *, id: str | None = None, **kwargs: Any) -> ToolCall:
@@ -155,6 +166,11 @@ class ScriptedModel:
         self._next += 1
         return _response(reply, request, self.model_name)
 
+    async def stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResponse]:
+        """The next scripted reply, streamed: its text word by word, then the response."""
+        async for item in _stream(await self.complete(request)):
+            yield item
+
     def assert_consumed(self) -> None:
         """Fail unless every reply was used.
 
@@ -207,6 +223,11 @@ class FunctionModel:
         if inspect.isawaitable(reply):
             reply = await reply
         return _response(reply, request, self.model_name)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[str | ModelResponse]:
+        """The function's reply, streamed: its text word by word, then the response."""
+        async for item in _stream(await self.complete(request)):
+            yield item
 
 
 def block_model_requests(blocked: bool = True) -> None:
