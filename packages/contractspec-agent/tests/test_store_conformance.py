@@ -363,3 +363,99 @@ def test_memory_rejects_bad_options(ttl: float | None, cap: int | None) -> None:
     """Non-positive ttl_s or a max_entries below 2 raise ConfigurationError."""
     with pytest.raises(ConfigurationError):
         InMemoryAgentMemory(ttl_s=ttl, max_entries=cap)
+
+
+async def test_claim_takes_a_run_once_and_only_after_its_lease_expired(env: AgentEnv) -> None:
+    """`claim` wins once per version, never while a live lease is held; `heartbeat` extends only
+    the owner's lease; `expired` lists running runs whose lease passed, oldest first."""
+    uow = env.backend.unit_of_work
+    held = make_run("run-held").evolve(
+        lease_owner="w-1", lease_expires_at=T0 + timedelta(seconds=30)
+    )
+    late = make_run("run-late", minutes=1).evolve(lease_owner="w-1", lease_expires_at=T0)
+    tx = await uow.begin()
+    for run in (held, late):
+        await env.runs.create(tx, run)
+    await tx.commit()
+
+    now = T0 + timedelta(seconds=10)
+    tx = await uow.begin(readonly=True)
+    assert [r.id for r in await env.runs.expired(tx, now=now)] == ["run-late"]
+    assert await env.runs.expired(tx, now=now, org_id="org-2") == []
+    await tx.rollback()
+    tx = await uow.begin()
+    with pytest.raises(ConflictError):  # a live lease
+        await env.runs.claim(tx, held, owner="w-2", lease_until=now, now=now)
+    await tx.rollback()
+
+    tx = await uow.begin()
+    claimed = await env.runs.claim(
+        tx, late, owner="w-2", lease_until=now + timedelta(seconds=30), now=now
+    )
+    await tx.commit()
+    assert (claimed.lease_owner, claimed.version) == ("w-2", late.version + 1)
+    tx = await uow.begin()
+    with pytest.raises(ConflictError):  # the same read, claimed already
+        await env.runs.claim(tx, late, owner="w-3", lease_until=now, now=now)
+    await tx.rollback()
+    tx = await uow.begin()
+    with pytest.raises(NotFoundError):
+        await env.runs.claim(tx, make_run("nope"), owner="w-3", lease_until=now, now=now)
+    await tx.rollback()
+
+    until = now + timedelta(minutes=5)
+    tx = await uow.begin()
+    assert await env.runs.heartbeat(tx, "run-late", owner="w-2", lease_until=until)
+    assert not await env.runs.heartbeat(tx, "run-late", owner="w-1", lease_until=until)
+    await tx.commit()
+    tx = await uow.begin(readonly=True)
+    stored = await env.runs.get(tx, "run-late")
+    await tx.rollback()
+    assert stored is not None
+    assert (stored.lease_owner, stored.lease_expires_at, stored.version) == (
+        "w-2", until, claimed.version,
+    )  # fmt: skip
+
+
+async def test_update_action_is_compare_and_set_on_status_and_attempt(env: AgentEnv) -> None:
+    """`update_action` moves an action only from an expected status (and attempt)."""
+    uow = env.backend.unit_of_work
+    record = ActionRecord("act-9", "run-1", 1, "ship", "org-1", "h" * 64, ActionStatus.STARTED,
+                          T0, T0)  # fmt: skip
+    tx = await uow.begin()
+    await env.runs.begin_action(tx, record)
+    await tx.commit()
+    later = T0 + timedelta(seconds=5)
+    tx = await uow.begin()
+    doubt = await env.runs.update_action(
+        tx, "act-9", ActionStatus.IN_DOUBT, expected=(ActionStatus.STARTED,),
+        expected_attempts=1, updated_at=later, result={"status": "in_doubt"},
+    )  # fmt: skip
+    await tx.commit()
+    assert (doubt.status, doubt.attempts, doubt.result) == (
+        ActionStatus.IN_DOUBT, 1, {"status": "in_doubt"},
+    )  # fmt: skip
+    tx = await uow.begin()
+    with pytest.raises(ConflictError):
+        await env.runs.update_action(
+            tx, "act-9", ActionStatus.SUCCEEDED, expected=(ActionStatus.STARTED,), updated_at=later
+        )
+    await tx.rollback()
+    tx = await uow.begin()
+    with pytest.raises(ConflictError):
+        await env.runs.update_action(
+            tx, "act-9", ActionStatus.STARTED, expected=(ActionStatus.IN_DOUBT,),
+            expected_attempts=2, updated_at=later,
+        )  # fmt: skip
+    await tx.rollback()
+    tx = await uow.begin()
+    again = await env.runs.update_action(
+        tx, "act-9", ActionStatus.STARTED, expected=(ActionStatus.IN_DOUBT,), expected_attempts=1,
+        updated_at=later, step=2, attempts=2,
+    )  # fmt: skip
+    with pytest.raises(NotFoundError):
+        await env.runs.update_action(
+            tx, "nope", ActionStatus.FAILED, expected=(ActionStatus.STARTED,), updated_at=later
+        )
+    await tx.commit()
+    assert (again.status, again.step, again.attempts) == (ActionStatus.STARTED, 2, 2)
