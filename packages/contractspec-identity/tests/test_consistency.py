@@ -7,10 +7,11 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from identity_support import IdentityApp, as_user
+from identity_support import IdentityApp, as_user, identity_app
 
 from contractspec.core import Actor, CallContext, Resource, Transaction
 from contractspec.identity import (
@@ -181,3 +182,34 @@ async def test_an_older_snapshot_never_replaces_newer_state(app: IdentityApp) ->
     newer_installed.set()
     await slow
     assert engine.check(bob, "billing.view", org_id=acme).allowed is False
+
+
+async def test_sql_snapshot_is_one_consistent_read(sql_kind: str, tmp_path: Path) -> None:
+    """A revoke committed between the snapshot's queries is not half-seen: the snapshot holds
+    the version it read and exactly the data of that version (one REPEATABLE READ / SQLite read
+    transaction, not separate queries)."""
+    from contractspec.identity.sql import SqlIdentityStore
+
+    class Interleaved(SqlIdentityStore):
+        hook: Callable[[], Awaitable[None]] | None = None
+
+        async def version(self, tx: Transaction) -> int:
+            found = await super().version(tx)
+            hook, Interleaved.hook = Interleaved.hook, None
+            if hook is not None:
+                await hook()
+            return found
+
+    async with identity_app(sql_kind, tmp_path) as app:
+        ada, acme, binding_id = await _granted(app)
+        before = await app.read(app.store.version)
+        store = Interleaved(app.backend.tables, model=app.identity.model)  # type: ignore[attr-defined]
+
+        async def revoke() -> None:
+            await app.run("identity.access.revoke", {"binding_id": binding_id}, as_user(ada, acme))
+
+        Interleaved.hook = revoke
+        snapshot = await app.read(store.snapshot)
+        assert await app.read(app.store.version) == before + 1
+        assert snapshot.version == before
+        assert binding_id in [b.id for b in snapshot.bindings]

@@ -103,6 +103,7 @@ class PolicySync:
         self._tasks: list[asyncio.Task[None]] = []
         self._deadline: asyncio.TimerHandle | None = None
         self._failed_closed = False
+        self._failing = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -216,7 +217,13 @@ class PolicySync:
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive: the staleness deadline fails closed
-                _log.warning("contractspec.identity.policy_sync_refresh_failed", exc_info=True)
+                if not self._failing:  # log once per state change, not once per poll
+                    self._failing = True
+                    _log.warning("contractspec.identity.policy_sync_refresh_failed", exc_info=True)
+            else:
+                if self._failing:
+                    self._failing = False
+                    _log.info("contractspec.identity.policy_sync_refresh_recovered")
 
     async def _listen(self, engine: Any, channel: str) -> None:
         """`LISTEN` on `channel` (PostgreSQL) and wake the poll loop for every newer version."""
