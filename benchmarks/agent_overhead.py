@@ -6,8 +6,10 @@ What is measured (both sides in one process, same machine, same moment):
 
 * A 10-step tool-calling run: the model (no network) asks for one tool call per step for 10 steps,
   then answers. That is 11 model requests and 10 tool executions per run. The tool is a trivial
-  typed function, so the time is the framework's: schema validation, message handling, the tool
-  gateway (validate, invariants, risk, packet, events) and run persistence after every step.
+  typed function declared **L1** (operational, side-effecting), so the time is the framework's:
+  schema validation, message handling, the tool gateway (validate, invariants, risk, packet,
+  events), the idempotency ledger write around every call, the run's lease and run persistence
+  after every step.
   - ours: `AgentRunner` + `FunctionModel`, in-memory stores (and, for reference, SQLite stores);
   - peer: pydantic-ai `Agent` + its `FunctionModel` (and its `TestModel`, which calls every tool
     once and answers).
@@ -21,6 +23,7 @@ What is measured (both sides in one process, same machine, same moment):
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -59,7 +62,7 @@ CTX = CallContext(actor=Actor.user("u-bench", roles="ops"), org_id="org-bench")
 # -- ours -----------------------------------------------------------------------------------------
 
 
-@tool
+@tool(risk=RiskLevel.L1)  # side-effecting: every call goes through the idempotency ledger
 async def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
@@ -198,6 +201,11 @@ async def main() -> None:
     peer_test = await runs_per_second(lambda: peer_batch(peer_test_agent, 1))
 
     requests = STEPS + 1
+    load = os.getloadavg()
+    print(
+        f"settings: {STEPS} steps/run, {BATCH} runs/batch, median of {REPEATS} batches; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"10-step tool-calling run ({requests} model requests, {STEPS} tool calls per run)")
     print(f"{'runner':<46}{'runs/s':>10}{'ms/run':>10}{'ms/step':>10}")
     rows = [

@@ -180,3 +180,45 @@ async def test_heartbeats_keep_a_slow_run_from_being_recovered(env: AgentEnv) ->
     assert await other.recover() == []
     release.set()
     assert (await task).status is RunStatus.COMPLETED
+
+
+async def test_a_stalled_worker_that_lost_its_lease_stops_and_its_outcome_is_kept(
+    env: AgentEnv,
+) -> None:
+    """Worker A stalls in a call past its lease; B recovers the run (the call is in doubt, a
+    person is asked). When A's call finally returns, A stops with `LeaseLostError` without
+    touching the run, and the call's outcome still reaches the ledger, so B replays it."""
+    from contractspec.agent import LeaseLostError
+
+    release = asyncio.Event()
+    started = asyncio.Event()
+    effects: list[int] = []
+
+    @tool(risk=RiskLevel.L1)
+    async def pack(box: int) -> str:
+        """Pack a box."""
+        effects.append(box)
+        if len(effects) == 1:
+            started.set()
+            await release.wait()
+        return "packed"
+
+    packing = define_agent("shop.pack", model="m", instructions="i", tools=[pack])
+    a = env.runner(ScriptedModel([call("pack", box=1), "A done"]), lease_s=30, heartbeat_s=20)
+    task = asyncio.create_task(a.run(packing, "pack", OWNER))
+    await started.wait()
+    env.clock.advance(timedelta(seconds=31))
+    b = env.runner(ScriptedModel([]), lease_s=30)
+    b.registry.register(packing)
+    (waiting,) = await b.recover()
+    assert waiting.status is RunStatus.WAITING_APPROVAL
+    release.set()
+    with pytest.raises(LeaseLostError):
+        await task
+    run = await b.get(waiting.run_id)
+    assert (run.status, run.lease_owner) == (RunStatus.WAITING_APPROVAL, None)
+    await env.approvals.approve(waiting.pending_approvals[0], LEAD)
+    with b.override(model=ScriptedModel(["B done"])):
+        done = await b.resume(waiting.run_id)
+    assert (done.output, effects) == ("B done", [1])
+    assert done.packets[-1].decision == "replayed"
