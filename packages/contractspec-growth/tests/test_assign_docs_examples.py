@@ -53,8 +53,12 @@ def test_flags_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_rollouts_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rollouts page: the buggy version 2 is rolled back with its reason."""
+    """The rollouts page: the buggy version 2 is rolled back by the default sequential guardrail
+    at the first stage, and the page shows exactly what the example prints."""
+    page = (DOCS / "rollouts.md").read_text()
     lines = _run_page("rollouts", monkeypatch).splitlines()
     assert lines[0] == "rolled_back 0.0"
-    assert lines[1].startswith("error rate 10.0% > 5.0% over 20 calls of version 2 at stage 1 (1%)")
+    assert lines[1].startswith("sequential test: error rate of version 2 is higher than version 1")
+    assert lines[1].endswith("at stage 1 (1%)")
     assert lines[2] == "['started', 'rolled_back']"
+    assert "```text\n" + "\n".join(lines[:3]) + "\n```" in page

@@ -72,6 +72,7 @@ async def test_stages_advance_only_after_samples_and_dwell_and_persist(store: Ro
     state = await controller.start(plan)
     assert (state.stage, state.coverage, state.plan.baseline) == (0, 0.01, 1)
     for _ in range(30):
+        controller.record(_sample(1))
         controller.record(_sample(2))
     assert controller.state("shop.quote").coverage == 0.01  # samples, but no dwell yet
     clock.advance(timedelta(minutes=10))
@@ -80,6 +81,7 @@ async def test_stages_advance_only_after_samples_and_dwell_and_persist(store: Ro
     assert controller.window("shop.quote", 2) == (0, 0, None)  # windowed per stage
     clock.advance(timedelta(hours=1))
     for _ in range(29):
+        controller.record(_sample(1))
         controller.record(_sample(2))
     assert controller.state("shop.quote").coverage == 0.10  # dwell, but 29 < 30 samples
     controller.record(_sample(2))
@@ -87,6 +89,7 @@ async def test_stages_advance_only_after_samples_and_dwell_and_persist(store: Ro
     for _ in range(2):
         clock.advance(timedelta(minutes=10))
         for _ in range(30):
+            controller.record(_sample(1))
             controller.record(_sample(2))
     await controller.flush()
     final = await store.load("shop.quote")
@@ -108,7 +111,9 @@ async def test_stages_advance_only_after_samples_and_dwell_and_persist(store: Ro
 async def test_error_rate_breach_rolls_back_at_once_with_reason(store: RolloutStore) -> None:
     """Above 5% failed candidate calls (after 20 calls), coverage drops to 0 immediately."""
     controller = SpecExperimentController(store, registry=build_registry(), clock=FakeClock(T0))
-    await controller.start(RolloutPlan("shop.quote", candidate=2))
+    await controller.start(
+        RolloutPlan("shop.quote", candidate=2, guardrails=Guardrails(max_error_rate=0.05))
+    )
     for i in range(19):
         controller.record(_sample(2, ok=i != 0))  # 1 failure in 19: not judged yet
     assert controller.state("shop.quote").status is RolloutStatus.RUNNING
@@ -139,6 +144,7 @@ async def test_a_real_guardrail_breach_through_the_executor() -> None:
             stages=(0.1, 0.5, 1.0),
             min_samples=50,
             min_dwell=timedelta(0),
+            guardrails=Guardrails(max_error_rate=0.05, sequential=False),
         )
     )
     executor = Executor(
@@ -225,7 +231,13 @@ async def test_raising_coverage_keeps_every_candidate_caller_on_the_candidate() 
     clock = FakeClock(T0)
     controller = SpecExperimentController(registry=build_registry(), clock=clock)
     await controller.start(
-        RolloutPlan("shop.quote", candidate=2, min_samples=1, min_dwell=timedelta(0))
+        RolloutPlan(
+            "shop.quote",
+            candidate=2,
+            min_samples=1,
+            min_dwell=timedelta(0),
+            guardrails=Guardrails(max_error_rate=0.5, min_samples=1, sequential=False),
+        )
     )
     contexts = [CallContext(actor=Actor.user(f"user-{i}")) for i in range(3000)]
     previous: set[int] = set()

@@ -29,11 +29,13 @@ import asyncio
 import enum
 import itertools
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 from attrs import define, evolve, field
 
@@ -79,36 +81,57 @@ DEFAULT_STAGES = (0.01, 0.10, 0.50, 1.0)
 class Guardrails:
     """When a rollout is rolled back.
 
+    By default a rollout is judged by comparing the candidate with the baseline (the control)
+    with the anytime-valid sequential test of `contractspec.growth.stats` (`sequential_ttest`,
+    an asymptotic confidence sequence, valid however often it is checked): on the error rate,
+    the mean latency and the share of calls slower than the baseline's p99, each at
+    `alpha / 3` (Bonferroni), over every call since the rollout started. It rolls back when the
+    candidate is significantly worse. Fixed thresholds (`max_error_rate`, `max_p99_ms`) are
+    optional extras: re-checked on every call they roll back healthy candidates by chance.
+
     Attributes:
-        max_error_rate: Highest tolerated share of failed candidate calls (0.05 = 5%).
-        max_p99_ms: Highest tolerated 99th-percentile candidate latency, in milliseconds.
-        min_samples: Candidate calls in the stage's window before the thresholds are judged
-            (one failed call out of one is not evidence).
-        sequential: Also compare the candidate with the baseline (error rate and mean latency)
-            with the anytime-valid sequential test of `contractspec.growth.stats`, and roll back
-            when the candidate is significantly worse.
-        alpha: Error rate of the sequential test.
+        max_error_rate: Optional highest tolerated share of failed candidate calls in a stage
+            (0.05 = 5%); `None` (default) for no fixed threshold.
+        max_p99_ms: Optional highest tolerated 99th-percentile candidate latency in a stage, in
+            milliseconds; `None` (default) for no fixed threshold.
+        min_samples: Calls of each version before any guardrail judges (one failed call out of
+            one is not evidence); a stage cannot advance before its candidate has this many.
+        sequential: Compare the candidate with the baseline with the sequential test (default).
+        alpha: Family-wise false rollback rate of the sequential comparison over the whole
+            rollout (split evenly over its three metrics).
         error_codes: Error codes that count as failures; `None` counts server errors (codes
             mapped to HTTP 5xx), not the caller's mistakes (validation, policy, not found).
+
+    Raises:
+        SpecDefinitionError: A field is out of range, or no guardrail is enabled.
     """
 
-    max_error_rate: float = 0.05
-    max_p99_ms: float = 750.0
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
     min_samples: int = 20
-    sequential: bool = False
+    sequential: bool = True
     alpha: float = 0.05
     error_codes: frozenset[str] | None = None
 
     def __attrs_post_init__(self) -> None:
-        if not 0.0 <= self.max_error_rate < 1.0:
+        if self.max_error_rate is not None and not 0.0 <= self.max_error_rate < 1.0:
             raise SpecDefinitionError(
-                f"max_error_rate must be a fraction in [0, 1), got {self.max_error_rate!r}",
+                f"max_error_rate must be a fraction in [0, 1) or None, got {self.max_error_rate!r}",
                 details={"field": "max_error_rate"},
             )
-        if not (self.max_p99_ms > 0 and math.isfinite(self.max_p99_ms)):
+        if self.max_p99_ms is not None and not (
+            self.max_p99_ms > 0 and math.isfinite(self.max_p99_ms)
+        ):
             raise SpecDefinitionError(
-                f"max_p99_ms must be a positive number of milliseconds, got {self.max_p99_ms!r}",
+                f"max_p99_ms must be a positive number of milliseconds or None, got "
+                f"{self.max_p99_ms!r}",
                 details={"field": "max_p99_ms"},
+            )
+        if not self.sequential and self.max_error_rate is None and self.max_p99_ms is None:
+            raise SpecDefinitionError(
+                "Guardrails with sequential=False need max_error_rate= or max_p99_ms=; "
+                "otherwise nothing would ever judge the candidate.",
+                details={"field": "sequential"},
             )
         if isinstance(self.min_samples, bool) or self.min_samples < 1:
             raise SpecDefinitionError(
@@ -145,10 +168,10 @@ class Guardrails:
         """Rebuild from `to_dict()`."""
         codes = data.get("error_codes")
         return cls(
-            max_error_rate=data["max_error_rate"],
-            max_p99_ms=data["max_p99_ms"],
+            max_error_rate=data.get("max_error_rate"),
+            max_p99_ms=data.get("max_p99_ms"),
             min_samples=data["min_samples"],
-            sequential=data["sequential"],
+            sequential=data.get("sequential", True),
             alpha=data["alpha"],
             error_codes=None if codes is None else frozenset(codes),
         )
@@ -180,7 +203,8 @@ class RolloutPlan:
         baseline: The version everyone else keeps (default: the highest registered version below
             the candidate).
         stages: Share of callers on the candidate at each stage, increasing, ending at 1.0.
-        min_samples: Candidate calls needed in a stage before it may advance.
+        min_samples: Candidate calls needed in a stage before it may advance; at least
+            `guardrails.min_samples`, so no stage advances before its guardrails have judged.
         min_dwell: Time a stage must last before it may advance.
         guardrails: When to roll back.
         hash_attribute: Caller attribute that buckets traffic (`id` = the actor, `org_id` =
@@ -203,6 +227,14 @@ class RolloutPlan:
             raise SpecDefinitionError(
                 f"min_samples must be a positive int (candidate calls per stage), got "
                 f"{self.min_samples!r}",
+                details={"field": "min_samples"},
+            )
+        if self.min_samples < self.guardrails.min_samples:
+            raise SpecDefinitionError(
+                f"min_samples ({self.min_samples}) is below guardrails.min_samples "
+                f"({self.guardrails.min_samples}): every stage would advance before any "
+                "guardrail judged the candidate. Raise RolloutPlan.min_samples or lower "
+                "Guardrails.min_samples.",
                 details={"field": "min_samples"},
             )
         if not isinstance(self.min_dwell, timedelta) or self.min_dwell < timedelta(0):
@@ -273,6 +305,8 @@ class RolloutState:
         updated_at: Last change (UTC).
         reason: Why it was rolled back (or completed), else `None`.
         history: Every transition, oldest first: `{"at", "event", "stage", "coverage", ...}`.
+        version: Number of changes stored so far for the operation (the compare-and-set
+            token: a store writes a state only over the version it was derived from).
     """
 
     plan: RolloutPlan
@@ -283,6 +317,7 @@ class RolloutState:
     updated_at: datetime
     reason: str | None = None
     history: tuple[Mapping[str, Any], ...] = ()
+    version: int = 0
 
     @property
     def operation(self) -> str:
@@ -290,16 +325,28 @@ class RolloutState:
         return self.plan.operation
 
 
+def _stale(operation: str, expected: int | None, stored: int | None) -> ConflictError:
+    return ConflictError(
+        f"the rollout of {operation!r} changed in another worker (stored version {stored}, "
+        f"this change was made on version {expected}); reload it and decide again",
+        details={"operation": operation, "expected_version": expected, "stored_version": stored},
+    )
+
+
 @runtime_checkable
 class RolloutStore(Protocol):
-    """Persists rollout states (one per operation)."""
+    """Persists rollout states (one per operation), with a version compare-and-set."""
 
     async def load(self, operation: str) -> RolloutState | None:
         """The state of `operation`'s rollout, or `None`."""
         ...
 
-    async def save(self, state: RolloutState) -> None:
-        """Insert or replace the state of `state.operation`."""
+    async def save(self, state: RolloutState, *, expected_version: int | None) -> None:
+        """Store `state` if the stored state still has `expected_version` (`None`: no row).
+
+        Raises:
+            ConflictError: Another writer changed the state first (nothing is written).
+        """
         ...
 
     async def all(self) -> list[RolloutState]:
@@ -317,8 +364,16 @@ class MemoryRolloutStore:
         """The stored state, or `None`."""
         return self._states.get(operation)
 
-    async def save(self, state: RolloutState) -> None:
-        """Store `state`."""
+    async def save(self, state: RolloutState, *, expected_version: int | None) -> None:
+        """Store `state` if the stored version is `expected_version`.
+
+        Raises:
+            ConflictError: The stored version differs.
+        """
+        current = self._states.get(state.operation)
+        stored = None if current is None else current.version
+        if stored != expected_version:
+            raise _stale(state.operation, expected_version, stored)
         self._states[state.operation] = state
 
     async def all(self) -> list[RolloutState]:
@@ -347,6 +402,7 @@ def rollout_table(metadata: MetaData | None = None) -> tuple[MetaData, Table]:
         Column("reason", Text, nullable=True),
         Column("plan", JsonType, nullable=False),
         Column("history", JsonType, nullable=False),
+        Column("version", Integer, nullable=False, server_default="0"),
         comment="Staged rollouts of operation versions: stage, coverage, status and history.",
     )
     return md, table
@@ -383,6 +439,7 @@ class SqlRolloutStore:
             "reason": state.reason,
             "plan": state.plan.to_dict(),
             "history": [dict(h) for h in state.history],
+            "version": state.version,
         }
 
     @staticmethod
@@ -396,6 +453,7 @@ class SqlRolloutStore:
             updated_at=row.updated_at,
             reason=row.reason,
             history=tuple(row.history),
+            version=row.version,
         )
 
     async def load(self, operation: str) -> RolloutState | None:
@@ -409,23 +467,51 @@ class SqlRolloutStore:
             row = result.first()
         return None if row is None else self._state(row)
 
-    async def save(self, state: RolloutState) -> None:
-        """Upsert the state (`INSERT ... ON CONFLICT (operation) DO UPDATE`)."""
+    async def save(self, state: RolloutState, *, expected_version: int | None) -> None:
+        """Write the state with a compare-and-set on its version.
+
+        `expected_version=None` inserts (`INSERT ... ON CONFLICT DO NOTHING`); otherwise
+        `UPDATE ... WHERE operation = :op AND version = :expected_version`. Either is one atomic
+        statement, so of two workers changing the same version exactly one wins.
+
+        Raises:
+            ConflictError: The row is missing, exists already, or has another version.
+        """
+        from sqlalchemy import select, update
+
         row = self._row(state)
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt: Any = pg_insert(self.table).values(row)
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(self.table).values(row)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["operation"],
-            set_={k: stmt.excluded[k] for k in row if k != "operation"},
-        )
         async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+            if expected_version is None:
+                if self.engine.dialect.name == "postgresql":
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    stmt: Any = pg_insert(self.table).values(row)
+                else:
+                    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                    stmt = sqlite_insert(self.table).values(row)
+                inserted = await conn.execute(
+                    stmt.on_conflict_do_nothing().returning(self.table.c.operation)
+                )
+                if inserted.first() is not None:
+                    return
+            else:
+                result = await conn.execute(
+                    update(self.table)
+                    .where(
+                        self.table.c.operation == state.operation,
+                        self.table.c.version == expected_version,
+                    )
+                    .values({k: v for k, v in row.items() if k != "operation"})
+                )
+                if result.rowcount == 1:
+                    return
+            stored = (
+                await conn.execute(
+                    select(self.table.c.version).where(self.table.c.operation == state.operation)
+                )
+            ).scalar()
+        raise _stale(state.operation, expected_version, stored)
 
     async def all(self) -> list[RolloutState]:
         """Every state, by operation name."""
@@ -437,13 +523,16 @@ class SqlRolloutStore:
 
 
 class _Window:
-    """Calls of one version during one stage: count, failures and latencies."""
+    """Calls of one version: count, failures, latencies (ms, float64) and their running mean
+    and `M2` (Welford's update, exact however large the latencies are)."""
 
-    __slots__ = ("durations", "failures")
+    __slots__ = ("durations", "failures", "m2", "mean")
 
     def __init__(self) -> None:
         self.failures = 0
-        self.durations: list[float] = []
+        self.durations = array("d")
+        self.mean = 0.0
+        self.m2 = 0.0
 
     @property
     def n(self) -> int:
@@ -452,19 +541,40 @@ class _Window:
     def add(self, duration_ms: float, failed: bool) -> None:
         self.durations.append(duration_ms)
         self.failures += failed
+        delta = duration_ms - self.mean
+        self.mean += delta / len(self.durations)
+        self.m2 += delta * (duration_ms - self.mean)
+
+    def latencies(self) -> npt.NDArray[np.float64]:
+        return np.array(self.durations, dtype=np.float64)
 
     def p99(self) -> float:
-        return float(np.percentile(np.asarray(self.durations), 99))
+        return float(np.percentile(self.latencies(), 99))
+
+
+#: Candidate calls between two sequential checks (every call while evidence is thin).
+def _check_due(n: int) -> bool:
+    return n < 100 or (n < 1000 and n % 5 == 0) or n % 25 == 0
 
 
 class SpecExperimentController:
     """Runs guarded staged rollouts of operation versions; a `TelemetrySink` and the state behind
     `create_variant_resolver`.
 
+    Several workers (processes) may each run a controller over the same store. Every state
+    change is written with a compare-and-set on `RolloutState.version`, and each controller
+    re-reads the store at most `refresh_every` after its last read, whenever it records a call
+    (and at every `evaluate()` / `refresh()`), so it sees another worker's rollback within
+    `refresh_every` plus one store round trip while calls flow. A rollback always wins: a change
+    that lost the compare-and-set to a rollback is dropped, and a rollback that lost it to any
+    other change is applied again on top of it. Each worker judges guardrails on the calls it
+    served itself.
+
     Args:
         store: Where states persist (`MemoryRolloutStore()` by default).
         registry: The app's `SpecRegistry`, to check versions and find default baselines.
-        clock: Time source (dwell times); use the executor's clock.
+        clock: Time source (dwell times, refreshes); use the executor's clock.
+        refresh_every: Longest time between two reads of the store while calls are recorded.
     """
 
     def __init__(
@@ -473,14 +583,26 @@ class SpecExperimentController:
         *,
         registry: SpecRegistry | None = None,
         clock: Clock | None = None,
+        refresh_every: timedelta = timedelta(seconds=1),
     ) -> None:
+        if not isinstance(refresh_every, timedelta) or refresh_every < timedelta(0):
+            raise SpecDefinitionError(
+                f"refresh_every must be a non-negative timedelta, got {refresh_every!r}",
+                details={"field": "refresh_every"},
+            )
         self.store: RolloutStore = store if store is not None else MemoryRolloutStore()
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
+        self.refresh_every = refresh_every
         self._states: dict[str, RolloutState] = {}
-        self._windows: dict[tuple[str, int], _Window] = {}
+        self._stored: dict[str, int] = {}  # the version this controller last saw in the store
+        self._windows: dict[tuple[str, int], _Window] = {}  # per stage
+        self._totals: dict[tuple[str, int], _Window] = {}  # since the rollout started
         self._dirty: dict[str, RolloutState] = {}
+        self._writing: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refreshed_at: datetime | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -516,19 +638,22 @@ class SpecExperimentController:
         """Start a rollout at its first stage and persist it.
 
         Raises:
-            ConflictError: A rollout of the operation is already running.
+            ConflictError: A rollout of the operation is already running (here or in another
+                worker that stored it first).
             NotFoundError: A version is not registered.
             SpecDefinitionError: No baseline can be determined.
         """
         plan = self._resolve_plan(plan)
-        current = self._states.get(plan.operation) or await self.store.load(plan.operation)
+        current = await self.store.load(plan.operation)
         if current is not None and current.status is RolloutStatus.RUNNING:
+            self._adopt(current)
             raise ConflictError(
                 f"a rollout of {plan.operation!r} (version {current.plan.candidate}) is already "
                 "running; roll it back or let it complete first",
                 details={"operation": plan.operation},
             )
         now = self.clock.now()
+        expected = None if current is None else current.version
         state = RolloutState(
             plan=plan,
             status=RolloutStatus.RUNNING,
@@ -539,9 +664,11 @@ class SpecExperimentController:
             history=(
                 {"at": now.isoformat(), "event": "started", "stage": 0, "coverage": plan.stages[0]},
             ),
+            version=(expected or 0) + 1,
         )
+        await self.store.save(state, expected_version=expected)
+        self._stored[plan.operation] = state.version
         self._set(state)
-        await self.store.save(state)
         _log.info("contractspec.rollout_started", operation=plan.operation,
                   candidate=plan.candidate, baseline=plan.baseline)  # fmt: skip
         return state
@@ -550,8 +677,29 @@ class SpecExperimentController:
         """Load every persisted state (after a restart); windows start empty."""
         states = await self.store.all()
         for state in states:
-            self._states[state.operation] = state
+            self._stored[state.operation] = state.version
+            self._set(state)
+        self._refreshed_at = self.clock.now()
         return states
+
+    async def refresh(self) -> list[RolloutState]:
+        """Re-read every state from the store and adopt what other workers changed.
+
+        A state this controller is still writing is left to that write (whose compare-and-set
+        settles it). Returns the states as this controller now sees them.
+        """
+        self._refreshed_at = self.clock.now()
+        for stored in await self.store.all():
+            self._adopt(stored)
+        return [self._states[k] for k in sorted(self._states)]
+
+    def _adopt(self, stored: RolloutState) -> None:
+        operation = stored.operation
+        if operation in self._dirty or operation in self._writing:
+            return
+        self._stored[operation] = stored.version
+        if self._states.get(operation) != stored:
+            self._set(stored)
 
     def state(self, operation: str) -> RolloutState | None:
         """The current state of `operation`'s rollout (this process's view)."""
@@ -566,20 +714,23 @@ class SpecExperimentController:
 
     def _set(self, state: RolloutState) -> None:
         previous = self._states.get(state.operation)
+        versions = [v for v in (state.plan.candidate, state.plan.baseline) if v is not None]
+        if previous is None or previous.history[:1] != state.history[:1]:  # another rollout
+            for version in versions:
+                self._totals[(state.operation, version)] = _Window()
         if (
             previous is None
             or previous.stage != state.stage
             or (state.status is RolloutStatus.RUNNING and previous.status != state.status)
         ):  # a new stage starts from an empty window; a rollback keeps its evidence
-            for version in (state.plan.candidate, state.plan.baseline):
-                if version is not None:
-                    self._windows[(state.operation, version)] = _Window()
+            for version in versions:
+                self._windows[(state.operation, version)] = _Window()
         self._states[state.operation] = state
 
     def _transition(self, state: RolloutState, **changes: Any) -> RolloutState:
         now = self.clock.now()
         event = dict(changes.pop("event"))
-        new = evolve(state, updated_at=now, **changes)
+        new = evolve(state, updated_at=now, version=state.version + 1, **changes)
         entry = {"at": now.isoformat(), "stage": new.stage, "coverage": new.coverage, **event}
         new = evolve(new, history=(*state.history, entry))
         self._set(new)
@@ -600,14 +751,56 @@ class SpecExperimentController:
             operation, state = next(iter(self._dirty.items()))
             del self._dirty[operation]
             try:
-                await self.store.save(state)
+                await self._write(state)
             except Exception:  # a sink must not fail calls; flush() retries what is left
                 self._dirty.setdefault(operation, state)
                 _log.exception("contractspec.rollout_save_failed", operation=operation)
                 return
 
+    async def _write(self, state: RolloutState) -> None:
+        """Save `state` over the stored version; on a conflict a rollback wins, else the store."""
+        operation = state.operation
+        self._writing.add(operation)
+        try:
+            while True:
+                try:
+                    await self.store.save(state, expected_version=self._stored.get(operation))
+                except ConflictError:
+                    stored = await self.store.load(operation)
+                    if stored is None:
+                        self._stored.pop(operation, None)
+                        continue
+                    self._stored[operation] = stored.version
+                    same_rollout = stored.history[:1] == state.history[:1]
+                    if (
+                        same_rollout
+                        and state.status is RolloutStatus.ROLLED_BACK
+                        and stored.status is not RolloutStatus.ROLLED_BACK
+                    ):  # a rollback always wins: apply it again on top of the other change
+                        state = evolve(
+                            stored,
+                            status=RolloutStatus.ROLLED_BACK,
+                            coverage=0.0,
+                            reason=state.reason,
+                            updated_at=state.updated_at,
+                            history=(*stored.history, state.history[-1]),
+                            version=stored.version + 1,
+                        )
+                        if self._dirty.get(operation) is None:
+                            self._set(state)
+                        continue
+                    _log.info("contractspec.rollout_changed_elsewhere", operation=operation,
+                              status=stored.status.value, stage=stored.stage)  # fmt: skip
+                    if operation not in self._dirty:
+                        self._set(stored)
+                    return
+                self._stored[operation] = state.version
+                return
+        finally:
+            self._writing.discard(operation)
+
     async def flush(self) -> None:
-        """Wait until every state change is persisted.
+        """Wait until every state change is persisted (or settled against another worker's).
 
         Raises:
             Exception: Whatever the store raised while saving (the change stays queued).
@@ -617,24 +810,31 @@ class SpecExperimentController:
             self._task = None
         while self._dirty:
             operation, state = next(iter(self._dirty.items()))
-            await self.store.save(state)
-            if self._dirty.get(operation) is state:
-                del self._dirty[operation]
+            del self._dirty[operation]
+            try:
+                await self._write(state)
+            except BaseException:
+                self._dirty.setdefault(operation, state)
+                raise
 
     async def rollback(self, operation: str, reason: str) -> RolloutState:
         """Roll a running rollout back to 0% by hand, recording `reason`.
 
+        The rollback is stored even when another worker changed the rollout meanwhile.
+
         Raises:
             NotFoundError: No running rollout of `operation`.
         """
+        await self.flush()
+        await self.refresh()
         state = self._states.get(operation)
         if state is None or state.status is not RolloutStatus.RUNNING:
             raise NotFoundError(
                 f"no running rollout of {operation!r}", details={"operation": operation}
             )
-        new = self._roll_back(state, reason)
+        self._roll_back(state, reason)
         await self.flush()
-        return new
+        return self._states[operation]
 
     def _roll_back(self, state: RolloutState, reason: str) -> RolloutState:
         _log.warning("contractspec.rollout_rolled_back", operation=state.operation, reason=reason)
@@ -649,7 +849,11 @@ class SpecExperimentController:
     # -- telemetry ------------------------------------------------------------------------------
 
     def record(self, sample: TelemetrySample) -> None:
-        """`TelemetrySink.record`: window the call, check guardrails, advance if due. Never raises."""
+        """`TelemetrySink.record`: window the call, check guardrails, advance if due. Never raises.
+
+        Also starts a re-read of the store when the last one is `refresh_every` old.
+        """
+        self._maybe_refresh()
         state = self._states.get(sample.operation)
         if state is None or state.status is not RolloutStatus.RUNNING:
             return
@@ -658,89 +862,152 @@ class SpecExperimentController:
         except Exception:  # sinks must never fail a call
             _log.exception("contractspec.rollout_record_failed", operation=sample.operation)
 
+    def _maybe_refresh(self) -> None:
+        now = self.clock.now()
+        if self._refreshed_at is not None and now - self._refreshed_at < self.refresh_every:
+            return
+        if self._refresh_task is not None and not self._refresh_task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._refreshed_at = now
+        self._refresh_task = loop.create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # the next call retries
+            _log.exception("contractspec.rollout_refresh_failed")
+
     def _observe(self, state: RolloutState, sample: TelemetrySample) -> None:
         plan = state.plan
         version = sample.variant if sample.variant is not None else sample.version
         if version not in (plan.candidate, plan.baseline):
             return
-        window = self._windows.setdefault((plan.operation, version), _Window())
-        window.add(sample.duration_ms, plan.guardrails.is_failure(sample))
+        failed = plan.guardrails.is_failure(sample)
+        key = (plan.operation, version)
+        window = self._windows.get(key) or self._windows.setdefault(key, _Window())
+        window.add(sample.duration_ms, failed)
+        total = self._totals.get(key) or self._totals.setdefault(key, _Window())
+        total.add(sample.duration_ms, failed)
         if version != plan.candidate:
             return
         reason = self._breach(state, window)
+        if reason is None and plan.guardrails.sequential and _check_due(total.n):
+            reason, _ = self._sequential_breach(state)
         if reason is not None:
             self._roll_back(state, reason)
             return
         self._advance_if_due(state)
 
     def _breach(self, state: RolloutState, window: _Window) -> str | None:
+        """The fixed thresholds (when configured) on the stage's window."""
         g = state.plan.guardrails
         n = window.n
         if n < g.min_samples:
             return None
         stage = f"stage {state.stage + 1} ({state.coverage:.0%})"
         rate = window.failures / n
-        if rate > g.max_error_rate:
+        if g.max_error_rate is not None and rate > g.max_error_rate:
             return (
                 f"error rate {rate:.1%} > {g.max_error_rate:.1%} over {n} calls of version "
                 f"{state.plan.candidate} at {stage}"
             )
-        if n < 2000 or n % 32 == 0:
+        if g.max_p99_ms is not None and (n < 2000 or n % 32 == 0):
             p99 = window.p99()
             if p99 > g.max_p99_ms:
                 return (
                     f"p99 latency {p99:.0f} ms > {g.max_p99_ms:.0f} ms over {n} calls of version "
                     f"{state.plan.candidate} at {stage}"
                 )
-        if g.sequential and (n < 500 or n % 32 == 0):
-            return self._sequential_breach(state, window, stage)
         return None
 
-    def _sequential_breach(self, state: RolloutState, window: _Window, stage: str) -> str | None:
+    def _sequential_breach(self, state: RolloutState) -> tuple[str | None, list[str]]:
+        """Compare the candidate with the baseline over the whole rollout so far.
+
+        Returns the rollback reason (or `None`) and the checks that ran (empty when either
+        version has fewer than `guardrails.min_samples` calls).
+        """
         from contractspec.growth.stats import SufficientStats, sequential_ttest
 
         plan = state.plan
+        g = plan.guardrails
         assert plan.baseline is not None  # resolved by start()
-        base = self._windows.get((plan.operation, plan.baseline))
-        if base is None or base.n < plan.guardrails.min_samples:
-            return None
-        checks = (
-            ("error rate", "proportion",
-             SufficientStats.from_proportion(base.failures, base.n),
-             SufficientStats.from_proportion(window.failures, window.n)),
+        base = self._totals.get((plan.operation, plan.baseline))
+        cand = self._totals.get((plan.operation, plan.candidate))
+        if base is None or cand is None or min(base.n, cand.n) < g.min_samples:
+            return None, []
+
+        def share(hits: int, n: int) -> SufficientStats:
+            # Agresti and Caffo (2000): one more hit and one more miss in each arm, so an arm
+            # with no variance (every call failed, or none did) still has a standard error
+            return SufficientStats.from_proportion(hits + 1, n + 2)
+
+        checks = [
+            ("error rate", "proportion", share(base.failures, base.n),
+             share(cand.failures, cand.n)),
             ("mean latency", "mean",
-             SufficientStats.from_values(np.asarray(base.durations)),
-             SufficientStats.from_values(np.asarray(window.durations))),
-        )  # fmt: skip
+             SufficientStats(n=base.n, mean=base.mean, m2=max(base.m2, 0.0)),
+             SufficientStats(n=cand.n, mean=cand.mean, m2=max(cand.m2, 0.0))),
+        ]  # fmt: skip
+        if base.n >= 100:  # a p99 needs 100 calls to mean anything
+            base_ms, cand_ms = base.latencies(), cand.latencies()
+            slow = float(np.percentile(base_ms, 99))
+            checks.append(
+                (f"share of calls slower than version {plan.baseline}'s p99 ({slow:.4g} ms)",
+                 "proportion",
+                 share(int(np.count_nonzero(base_ms > slow)), base.n),
+                 share(int(np.count_nonzero(cand_ms > slow)), cand.n))
+            )  # fmt: skip
+        ran: list[str] = []
+        stage = f"stage {state.stage + 1} ({state.coverage:.0%})"
         for label, metric_type, control, treatment in checks:
             result = sequential_ttest(
                 control,
                 treatment,
                 difference="absolute",
-                alpha=plan.guardrails.alpha,
+                alpha=2 * g.alpha / 3,  # two-sided 2a/3: one-sided a/3 (worse only)
                 metric_type=metric_type,  # type: ignore[arg-type]
                 metric=label,
             )
+            ran.append(label.split(" (")[0])
             lift = result.absolute
             if result.significant and lift is not None and lift.estimate > 0:
                 return (
                     f"sequential test: {label} of version {plan.candidate} is higher than "
                     f"version {plan.baseline}'s by {lift.estimate:.4g} (CI {lift.ci_low:.4g}.."
-                    f"{lift.ci_high:.4g}, alpha {plan.guardrails.alpha}) at {stage}"
-                )
-        return None
+                    f"{lift.ci_high:.4g}, one-sided alpha {g.alpha}/3) over {cand.n} vs {base.n} calls at "
+                    f"{stage}"
+                ), ran
+        return None, ran
 
     def _advance_if_due(self, state: RolloutState) -> RolloutState:
         plan = state.plan
         window = self._windows.get((plan.operation, plan.candidate))
         calls = 0 if window is None else window.n
-        if calls < plan.min_samples:
+        if calls < plan.min_samples:  # >= guardrails.min_samples: thresholds have judged
             return state
         if self.clock.now() - state.stage_started_at < plan.min_dwell:
             return state
+        g = plan.guardrails
+        judged: list[str] = []
+        if g.max_error_rate is not None:
+            judged.append(f"error rate <= {g.max_error_rate:.1%}")
+        if g.max_p99_ms is not None:
+            judged.append(f"p99 <= {g.max_p99_ms:g} ms")
+        if g.sequential:
+            reason, ran = self._sequential_breach(state)
+            if reason is not None:
+                return self._roll_back(state, reason)
+            if not ran:  # the baseline has too few calls: nothing compared yet, so hold
+                return state
+            judged.append(f"sequential comparison with version {plan.baseline} ({', '.join(ran)})")
         summary: dict[str, Any] = {
             "calls": calls,
             "failures": 0 if window is None else window.failures,
+            "guardrails": judged,
         }
         if window is not None and window.n:
             summary["p99_ms"] = round(window.p99(), 3)
@@ -748,7 +1015,8 @@ class SpecExperimentController:
             return self._transition(
                 state,
                 status=RolloutStatus.COMPLETED,
-                reason=f"all {len(plan.stages)} stages passed their guardrails",
+                reason=f"all {len(plan.stages)} stages passed their guardrails: "
+                + "; ".join(judged),
                 event={"event": "completed", **summary},
             )
         stage = state.stage + 1
@@ -761,8 +1029,10 @@ class SpecExperimentController:
         )
 
     async def evaluate(self) -> list[RolloutState]:
-        """Advance every running rollout that is due (for stages whose dwell ends without traffic)
-        and persist; returns the current states."""
+        """Re-read the store, advance every running rollout that is due (for stages whose dwell
+        ends without traffic) and persist; returns the current states."""
+        await self.flush()
+        await self.refresh()
         for state in list(self._states.values()):
             if state.status is RolloutStatus.RUNNING:
                 self._advance_if_due(state)
