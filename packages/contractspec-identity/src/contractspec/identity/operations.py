@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from contractspec.core import (
     PII,
@@ -57,6 +57,7 @@ from contractspec.identity.model import (
     UtcTime,
     binding_entity,
     check_permission,
+    check_role_name,
     group_entity,
     group_member_entity,
     membership_entity,
@@ -87,14 +88,17 @@ __all__ = [
 
 _STRICT = ConfigDict(extra="forbid")
 Id = Annotated[str, Field(min_length=1, max_length=64)]
+#: A role name (slug). The pattern is checked by `check_role_name`, whose error suggests the slug
+#: for a display name ("Billing Admin" -> 'billing-admin'); the schema still shows it.
 RoleName = Annotated[
     str,
     Field(
         min_length=1,
         max_length=64,
-        pattern=r"^[a-z][a-z0-9_-]*$",
         description="A role name (slug), e.g. 'billing-admin'.",
+        json_schema_extra={"pattern": r"^[a-z][a-z0-9_-]*$"},
     ),
+    AfterValidator(check_role_name),
 ]
 Email = Annotated[str, Field(min_length=3, max_length=320), PII]
 
