@@ -289,3 +289,14 @@ def test_corpus_recall_is_total_on_secrets_and_non_secrets_survive() -> None:
     assert total >= 200
     assert missed == []
     assert kept / total >= 0.98, f"{total - kept} of {total} non-secret values were changed"
+
+
+def test_combined_national_id_detector_finds_what_the_single_ones_find() -> None:
+    """The one-pass detector of DEFAULT_DETECTORS equals running every national id detector."""
+    from contractspec.testing.redaction import national_id_detector, national_id_detectors
+
+    texts = [f"{label}: {number}, and BSN 111222333" for _m, label, number in NATIONAL_IDS]
+    texts += ["order 111222333 shipped", "call 06 12 34 56 78", "SSN 536-22-1234 / 12345678Z"]
+    for text in texts:
+        single = sorted({span for d in national_id_detectors for span in d.spans(text)})
+        assert national_id_detector.spans(text) == single, text

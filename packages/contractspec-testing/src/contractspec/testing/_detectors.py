@@ -15,7 +15,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 import idna
@@ -54,6 +55,7 @@ __all__ = [
     "ip_detector",
     "keyword_secret_detector",
     "luhn_valid",
+    "national_id_detector",
     "national_id_detectors",
     "phone_detector",
     "phone_detector_for",
@@ -89,12 +91,22 @@ class Detector:
     refine: Callable[[re.Match[str]], Span | None] | None = None
     hint: re.Pattern[str] | None = None
 
-    def spans(self, text: str) -> list[Span]:
-        """`(start, end)` of every accepted finding in `text`, in order."""
+    def spans(self, text: str, taken: Sequence[Span] = ()) -> list[Span]:
+        """`(start, end)` of every accepted finding in `text`, in order.
+
+        Args:
+            text: The string to scan.
+            taken: Spans already found by other detectors: candidates inside one of them are
+                not checked (their validators can be costly) and not returned.
+        """
         found: list[Span] = []
         refine = self.refine
         group = self.group
         for match in self.pattern.finditer(text):
+            if taken:
+                m_start, m_end = match.span()
+                if any(t_start <= m_start and m_end <= t_end for t_start, t_end in taken):
+                    continue
             if refine is not None:
                 span = refine(match)
                 if span is not None and span[0] < span[1]:
@@ -257,6 +269,16 @@ def _trim_unicode_punctuation(text: str) -> str:
     return text
 
 
+@lru_cache(maxsize=4096)
+def _idna_ok(domain: str) -> bool:
+    """Whether `domain` is valid IDNA 2008 with UTS #46 mapping (cached: domains repeat)."""
+    try:
+        idna.encode(domain, uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return False
+    return True
+
+
 def _email(match: re.Match[str]) -> Span | None:
     start, end = match.span()
     before = _before(match, start, 200)
@@ -267,9 +289,7 @@ def _email(match: re.Match[str]) -> Span | None:
         return start, end
     local, _, domain = text.rpartition("@")
     while domain:
-        try:
-            idna.encode(domain, uts46=True)
-        except (idna.IDNAError, UnicodeError, ValueError):
+        if not _idna_ok(domain):
             trimmed = _trim_unicode_punctuation(domain)
             if trimmed == domain:
                 return None
@@ -405,6 +425,47 @@ national_id_detectors: Final[tuple[Detector, ...]] = (
     ),
 )
 
+
+def _combine(detectors: tuple[Detector, ...]) -> Detector:
+    """One detector doing the work of several `national_id` detectors in a single regex pass.
+
+    The candidate regex is the alternation of theirs (same boundaries); a candidate that the
+    matching alternative rejects (check digits, missing context word) is offered to every other
+    alternative at the same position, so the result equals running them one by one, except for
+    candidates starting inside an accepted finding (which the `Redactor` merges anyway).
+    """
+    inner = [d.pattern.pattern for d in detectors]
+    prefix = inner[0][: inner[0].index("(?:")]
+    suffix = r"(?![\w])(?![ .-]\d)"
+    if not all(p.startswith(prefix) and p.endswith(suffix) for p in inner):  # pragma: no cover
+        raise AssertionError("national id detectors must share their boundaries")
+    bodies = [p[len(prefix) : len(p) - len(suffix)] for p in inner]
+    pattern = re.compile(
+        prefix + "(?:" + "|".join(f"(?P<n{i}>{b})" for i, b in enumerate(bodies)) + ")" + suffix
+    )
+
+    def refine(match: re.Match[str]) -> Span | None:
+        first = int((match.lastgroup or "n0")[1:])
+        found = detectors[first].refine(match)  # type: ignore[misc]
+        if found is not None:
+            return found
+        text, start = match.string, match.start()
+        for index, detector in enumerate(detectors):
+            if index == first:
+                continue
+            other = detector.pattern.match(text, start)
+            if other is not None:
+                found = detector.refine(other)  # type: ignore[misc]
+                if found is not None:
+                    return found
+        return None
+
+    return Detector("national_id", pattern, refine=refine, hint=_ID_HINT)
+
+
+#: All of `national_id_detectors` in one regex pass (what `DEFAULT_DETECTORS` uses).
+national_id_detector: Final = _combine(national_id_detectors)
+
 # -- IP addresses -------------------------------------------------------------------------------
 
 
@@ -448,6 +509,7 @@ _PHONE_CANDIDATE: Final = re.compile(
 _PHONE_HINT: Final = re.compile(r"\d(?:[ ().\-\u00a0]{0,3}\d){6}")
 _DATE_LIKE: Final = re.compile(
     r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}|\d+\.\d+"
+    r"|(?:\d{1,3}\.){3}\d{1,3}"  # IPv4 addresses
 )
 _ISBN_LIKE: Final = re.compile(r"(?:97[89]-)?\d{1,5}-\d{1,7}-\d{1,7}-[\dX]")
 _MOBILE: Final = frozenset(
@@ -461,6 +523,8 @@ class _Region:
     prefix: str | None
     lengths: frozenset[int]
     pattern: re.Pattern[str]
+    #: National-number patterns of the personal number types (fixed line, mobile, VoIP, ...).
+    kinds: tuple[re.Pattern[str], ...] = ()
 
 
 def _regions(codes: Iterable[str]) -> tuple[_Region, ...]:
@@ -484,6 +548,18 @@ def _regions(codes: Iterable[str]) -> tuple[_Region, ...]:
                 prefix=meta.national_prefix,
                 lengths=frozenset(desc.possible_length or ()),
                 pattern=re.compile(desc.national_number_pattern or r"\d+"),
+                kinds=tuple(
+                    re.compile(kind.national_number_pattern)
+                    for kind in (
+                        meta.fixed_line,
+                        meta.mobile,
+                        meta.voip,
+                        meta.personal_number,
+                        meta.pager,
+                        meta.uan,
+                    )
+                    if kind is not None and kind.national_number_pattern
+                ),
             )
         )
     return tuple(out)
@@ -495,8 +571,13 @@ def _national(text: str, digits: str, regions: tuple[_Region, ...]) -> bool:
         forms = [digits]
         if region.prefix and digits.startswith(region.prefix):
             forms.append(digits[len(region.prefix) :])
-        if not any(len(n) in region.lengths and region.pattern.fullmatch(n) for n in forms):
-            continue  # cheap pre-check against the region's metadata before parsing
+        if not any(
+            len(n) in region.lengths
+            and region.pattern.fullmatch(n)
+            and any(kind.fullmatch(n) for kind in region.kinds)
+            for n in forms
+        ):
+            continue  # cheap pre-check against the region's number types before parsing
         try:
             number = phonenumbers.parse(text, region.code)
         except phonenumbers.NumberParseException:

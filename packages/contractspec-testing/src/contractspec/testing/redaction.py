@@ -65,6 +65,7 @@ from contractspec.testing._detectors import (
     ip_detector,
     keyword_secret_detector,
     luhn_valid,
+    national_id_detector,
     national_id_detectors,
     phone_detector,
     phone_detector_for,
@@ -88,6 +89,7 @@ __all__ = [
     "is_secret_key",
     "keyword_secret_detector",
     "luhn_valid",
+    "national_id_detector",
     "national_id_detectors",
     "phone_detector",
     "phone_detector_for",
@@ -111,7 +113,7 @@ DEFAULT_DETECTORS: Final[tuple[Detector, ...]] = (
     email_detector,
     iban_detector,
     card_detector,
-    *national_id_detectors,
+    national_id_detector,
     ip_detector,
     phone_detector,
 )
@@ -137,6 +139,9 @@ _HARMLESS: Final = re.compile(
     r"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
     r"|[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{128}|-?\d{1,6}(?:\.\d+)?"
 )
+
+#: Strings whose detector findings a `Redactor` remembers (cleared when full).
+_FOUND_CACHE_SIZE: Final = 4096
 
 _SHAPED: Final = ("email", "card", "iban", "ip", "phone")
 _HEADER_KINDS: Final = (KeyKind.COOKIE, KeyKind.SET_COOKIE, KeyKind.AUTHORIZATION)
@@ -303,6 +308,7 @@ class Redactor:
     """
 
     __slots__ = (
+        "_found",
         "_prefilter",
         "_secret_test",
         "_shape_detectors",
@@ -341,6 +347,9 @@ class Redactor:
             self._secret_test = secret_keys
         self.extra_paths = frozenset(extra_paths)
         self.min_echo_length = min_echo_length
+        # detector findings per string, across records (keys, enum values, user agents repeat);
+        # detectors are pure functions of the string, placeholders are made per record
+        self._found: dict[str, tuple[tuple[int, int, int, str, None], ...]] = {}
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -373,31 +382,43 @@ class Redactor:
         memo[text] = result
         return result
 
+    def _detect(self, text: str) -> tuple[tuple[int, int, int, str, None], ...]:
+        """Detector findings in `text` as `(start, -end, priority, kind, None)`, unsorted."""
+        if self._prefilter and (_HARMLESS.fullmatch(text) or _MAYBE_SENSITIVE.search(text) is None):
+            return ()
+        findings: list[tuple[int, int, int, str, None]] = []
+        taken: list[tuple[int, int]] = []
+        hinted: dict[re.Pattern[str], bool] = {}
+        for priority, detector in enumerate(self.detectors):
+            hint = detector.hint
+            if hint is not None:
+                seen = hinted.get(hint)
+                if seen is None:
+                    seen = hinted[hint] = hint.search(text) is not None
+                if not seen:
+                    continue
+            # candidates inside an earlier detector's finding would be merged into it anyway
+            if taken and isinstance(detector, Detector):
+                spans = detector.spans(text, taken)
+            else:
+                spans = detector.spans(text)
+            taken.extend(spans)
+            findings.extend((s, -e, priority, detector.kind, None) for s, e in spans)
+        return tuple(findings)
+
     def _scan(self, text: str, st: _State) -> str:
         findings: list[tuple[int, int, int, str, str | None]] = []
         echo = st.echo
         if echo is not None and echo.needles:
             findings.extend((s, -e, -1, kind, orig) for s, e, orig, kind in echo.spans(text))
-        if (
-            self.detectors
-            and len(text) >= 6
-            and not (
-                self._prefilter
-                and (_HARMLESS.fullmatch(text) or _MAYBE_SENSITIVE.search(text) is None)
-            )
-        ):
-            hinted: dict[re.Pattern[str], bool] = {}
-            for priority, detector in enumerate(self.detectors):
-                hint = detector.hint
-                if hint is not None:
-                    seen = hinted.get(hint)
-                    if seen is None:
-                        seen = hinted[hint] = hint.search(text) is not None
-                    if not seen:
-                        continue
-                findings.extend(
-                    (s, -e, priority, detector.kind, None) for s, e in detector.spans(text)
-                )
+        if self.detectors and len(text) >= 6:
+            found = self._found.get(text)
+            if found is None:
+                found = self._detect(text)
+                if len(self._found) >= _FOUND_CACHE_SIZE:
+                    self._found.clear()
+                self._found[text] = found
+            findings.extend(found)
         if not findings:
             return text
         findings.sort()
