@@ -36,7 +36,6 @@ from contractspec.core import ConfigurationError, TelemetrySample
 from contractspec.evolution.sketch import (
     DEFAULT_MAPPING,
     LogBucketMapping,
-    dense_quantiles,
     grouped_quantiles,
 )
 from contractspec.evolution.telemetry import TelemetryBatch
@@ -56,6 +55,8 @@ _log = structlog.get_logger(__name__)
 ALL_TENANTS: Final = "*"
 #: The latency quantiles every window reports.
 QUANTILES: Final = (0.5, 0.95, 0.99)
+#: Cells of the dense (window x operation x bucket) matrix windows closing together may use.
+_DENSE_CELLS: Final = 1 << 21
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _I64 = npt.NDArray[np.int64]
 
@@ -850,28 +851,42 @@ class IntentAggregator:
         assert self._open_from is not None
         width = self.window_minutes
         last_due = watermark - width - self.lateness_minutes  # latest start that may close
-        while self._open_from <= last_due:
-            start = self._open_from
-            if start in self._hist.windows or self._active_ops:
-                self._close_window(start)
-                self._open_from = start + width
+        due: list[int] = []
+        # a window with data closes; so does the window after one (a stopped operation gets one
+        # zero window), then quiet windows are skipped up to the next window with data
+        active = bool(self._active_ops)
+        start = self._open_from
+        while start <= last_due:
+            if start in self._hist.windows or active:
+                due.append(start)
+                active = start in self._hist.windows
+                start += width
                 continue
-            # nothing to report until the next window with data: jump over the quiet stretch
             after = self._window_start(last_due) + width
             upcoming = [w for w in self._hist.windows if w > start]
-            self._open_from = min(min(upcoming), after) if upcoming else after
+            start = min(min(upcoming), after) if upcoming else after
+        self._open_from = start
+        if not due:
+            return
+        # the due windows are computed together: numpy's per-call cost is paid once, not once
+        # per window (what dominates when windows are many and small)
+        stats, sketches = self._windows_stats(due, with_sketches=True)
+        for start, window_stats, window_sketches in zip(due, stats, sketches, strict=True):
+            self._close_window(start, window_stats, window_sketches)
 
-    def _close_window(self, start: int) -> None:
+    def _close_window(
+        self, start: int, stats: list[WindowStats], sketches: dict[int, tuple[_I64, _I64]]
+    ) -> None:
         end = start + self.window_minutes
-        sketches: dict[int, tuple[_I64, _I64]] = {}
-        stats = self._window_stats(start, end, sketches)
         # an operation that had calls in the previous window and none now gets one zero window,
         # so a stop is visible as a throughput drop (then quiet windows are skipped)
         present = {st.operation for st in stats if st.org_id == ALL_TENANTS}
         t0, t1 = _minute_dt(start), _minute_dt(end)
         stopped = sorted(self._active_ops - present)
-        for name in stopped:
-            stats.append(WindowStats(name, ALL_TENANTS, t0, t1, 0, 0, math.nan, math.nan, math.nan))
+        stats.extend(
+            WindowStats(name, ALL_TENANTS, t0, t1, 0, 0, math.nan, math.nan, math.nan)
+            for name in stopped
+        )
         if stopped:
             stats.sort(key=lambda st: (st.operation, st.org_id != ALL_TENANTS, st.org_id or ""))
         self._active_ops = present
@@ -905,67 +920,116 @@ class IntentAggregator:
                 kept.append(sketches.get(self._ops[st.operation], (empty, empty)))
         self._closed.extend(stats)
 
-    def _window_stats(
-        self, start: int, end: int, sketches: dict[int, tuple[_I64, _I64]] | None = None
-    ) -> list[WindowStats]:
-        """Statistics of one window; `sketches` (if given) receives each operation's
-        all-tenant latency histogram of successful calls as `(bucket indexes, counts)`."""
+    def _windows_stats(
+        self, starts: Sequence[int], *, with_sketches: bool = False
+    ) -> tuple[list[list[WindowStats]], list[dict[int, tuple[_I64, _I64]]]]:
+        """Statistics of the windows starting at `starts` (ascending), computed together.
+
+        Returns:
+            Per window: its rows (every tenant of each operation first, then one row per
+            (operation, tenant), ordered by operation name and tenant id), and, with
+            `with_sketches`, each operation's all-tenant latency histogram of successful calls
+            as `(bucket indexes, counts)` keyed by operation code.
+        """
         n_ops, n_orgs, n_b = len(self._op_names), len(self._org_names), self.mapping.bucket_count
-        uniq, merged = self._hist.merged(start, n_ops, n_orgs)
-        if not len(uniq):
-            return []
-        errs = self._errs.get(start)
+        group = max(1, _DENSE_CELLS // max(1, n_ops * n_b))
+        if len(starts) > group:  # keep the dense (window x operation x bucket) matrix small
+            stats: list[list[WindowStats]] = []
+            kept: list[dict[int, tuple[_I64, _I64]]] = []
+            for i in range(0, len(starts), group):
+                part = self._windows_stats(starts[i : i + group], with_sketches=with_sketches)
+                stats.extend(part[0])
+                kept.extend(part[1])
+            return stats, kept
+        k = len(starts)
+        parts = [self._hist.merged(s, n_ops, n_orgs) for s in starts]
+        sizes = [len(u) for u, _c in parts]
+        sketches: list[dict[int, tuple[_I64, _I64]]] = [{} for _ in starts]
+        if not any(sizes):
+            return [[] for _ in starts], sketches
+        uniq = np.concatenate([u for u, _c in parts])
+        merged = np.concatenate([c for _u, c in parts])
+        w = np.repeat(np.arange(k, dtype=np.int64), sizes)
         rest, b = np.divmod(uniq, n_b)
-        series, f = np.divmod(rest, 2)
+        series, f = rest >> 1, rest & 1
+        n_series = n_ops * n_orgs
+        gs = w * n_series + series  # (window, operation, tenant): sorted, as each window is
         ok = f == 0
-        calls_by = np.bincount(series, weights=merged, minlength=n_ops * n_orgs)
-        errors_by = np.bincount(series, weights=merged * f, minlength=n_ops * n_orgs)
+        # per (window, operation, tenant)
+        first = np.empty(len(gs), dtype=np.bool_)
+        first[0] = True
+        np.not_equal(gs[1:], gs[:-1], out=first[1:])
+        cuts = np.flatnonzero(first)
+        sids = gs[cuts]
+        calls_t = np.add.reduceat(merged, cuts)
+        errors_t = np.add.reduceat(merged * f, cuts)
         q_ids, _totals, q_values = grouped_quantiles(
-            series[ok], b[ok], merged[ok], QUANTILES, self.mapping, presorted=True
+            gs[ok], b[ok], merged[ok], QUANTILES, self.mapping, presorted=True
         )
-        # every tenant together: dense (operation x bucket) histograms
-        o_all = series // n_orgs
+        q_t = np.full((len(sids), len(QUANTILES)), math.nan)
+        q_t[np.searchsorted(sids, q_ids)] = q_values
+        # every tenant together: dense ((window, operation) x bucket) histograms
+        wo = w * n_ops + series // n_orgs
         all_hist = np.bincount(
-            o_all[ok] * n_b + b[ok], weights=merged[ok], minlength=n_ops * n_b
-        ).reshape(n_ops, n_b)
-        all_q = dense_quantiles(all_hist, QUANTILES, self.mapping)
-        if sketches is not None:
-            for o in np.flatnonzero(all_hist.any(axis=1)).tolist():
-                nz = np.flatnonzero(all_hist[o])
-                sketches[o] = (nz.astype(np.int64), all_hist[o, nz].astype(np.int64))
-        all_calls = np.bincount(o_all, weights=merged, minlength=n_ops)
-        all_errors = np.bincount(o_all, weights=merged * f, minlength=n_ops)
-        codes = self._window_codes(errs, n_orgs)
-        t0, t1 = _minute_dt(start), _minute_dt(end)
-        # rows: every tenant of each operation first, then one per (operation, tenant), in the
-        # order (operation name, tenant id) -- computed with numpy, objects built once
-        ops_all = np.flatnonzero(all_calls)
-        sids = np.flatnonzero(calls_by)
-        o_t, g_t = np.divmod(sids, n_orgs)
-        op_rank, org_rank = self._ranks()
-        width = n_orgs + 1
-        order = np.argsort(
-            np.concatenate([op_rank[ops_all] * width, op_rank[o_t] * width + 1 + org_rank[g_t]]),
-            kind="stable",
+            wo[ok] * n_b + b[ok], weights=merged[ok], minlength=k * n_ops * n_b
+        ).reshape(k * n_ops, n_b)
+        all_calls = np.bincount(wo, weights=merged, minlength=k * n_ops)
+        all_errors = np.bincount(wo, weights=merged * f, minlength=k * n_ops)
+        cells = np.flatnonzero(all_calls)
+        # quantiles and sketches from the non-empty cells: `nonzero` is row-major, so the
+        # (cell, bucket) pairs come sorted as `grouped_quantiles` wants them
+        rows, cols = np.nonzero(all_hist[cells])
+        counts = all_hist[cells[rows], cols].astype(np.int64)
+        cols = cols.astype(np.int64)
+        q_rows, _totals, q_all = grouped_quantiles(
+            rows, cols, counts, QUANTILES, self.mapping, presorted=True
         )
-        q_tenant = np.full((len(sids), len(QUANTILES)), math.nan)
-        q_tenant[np.searchsorted(sids, q_ids)] = q_values
-        quantiles = np.concatenate([all_q[ops_all], q_tenant])[order]
-        op_codes = np.concatenate([ops_all, o_t])[order].tolist()
-        org_codes = np.concatenate([np.full(len(ops_all), -1), g_t])[order].tolist()
-        calls = np.concatenate([all_calls[ops_all], calls_by[sids]])[order].astype(np.int64)
-        errors = np.concatenate([all_errors[ops_all], errors_by[sids]])[order].astype(np.int64)
-        op_names, org_names = self._op_names, [*self._org_names, ALL_TENANTS]
-        return [
-            _window_stats_row(
-                op_names[o], org_names[g], t0, t1, c, e, p50, p95, p99,
-                codes.get((o, g)) or {},
+        all_q = np.full((len(cells), len(QUANTILES)), math.nan)  # NaN: no successful call
+        all_q[q_rows] = q_all
+        if with_sketches:
+            bounds = np.searchsorted(rows, np.arange(len(cells) + 1)).tolist()
+            for j, cell in enumerate(cells.tolist()):
+                lo, hi = bounds[j], bounds[j + 1]
+                if hi > lo:
+                    sketches[cell // n_ops][cell % n_ops] = (cols[lo:hi], counts[lo:hi])
+        # rows of every window in one pass: ordered by (window, operation name, every tenant
+        # first, tenant id), objects built once
+        w_a, o_a = np.divmod(cells, n_ops)
+        w_t, rest_t = np.divmod(sids, n_series)
+        o_t, g_t = np.divmod(rest_t, n_orgs)
+        op_rank, org_rank = self._ranks()
+        per_op = n_orgs + 1
+        per_window = n_ops * per_op
+        order = np.argsort(
+            np.concatenate(
+                [
+                    w_a * per_window + op_rank[o_a] * per_op,
+                    w_t * per_window + op_rank[o_t] * per_op + 1 + org_rank[g_t],
+                ]
             )
-            for o, g, c, e, (p50, p95, p99) in zip(
-                op_codes, org_codes, calls.tolist(), errors.tolist(), quantiles.tolist(),
-                strict=True,
+        )
+        window_of = np.concatenate([w_a, w_t])[order]
+        quantiles = np.concatenate([all_q, q_t])[order]
+        calls = np.concatenate([all_calls[cells], calls_t])[order].astype(np.int64)
+        errors = np.concatenate([all_errors[cells], errors_t])[order].astype(np.int64)
+        op_names, org_names = self._op_names, [*self._org_names, ALL_TENANTS]
+        bounds_dt = [(_minute_dt(s), _minute_dt(s + self.window_minutes)) for s in starts]
+        codes = [self._window_codes(self._errs.get(s), n_orgs) for s in starts]
+        built = [
+            _window_stats_row(
+                op_names[o], org_names[g], bounds_dt[wi][0], bounds_dt[wi][1], c, e,
+                p50, p95, p99, codes[wi].get((o, g)) or {},
+            )
+            for wi, o, g, c, e, p50, p95, p99 in zip(
+                window_of.tolist(),
+                np.concatenate([o_a, o_t])[order].tolist(),
+                np.concatenate([np.full(len(cells), -1, dtype=np.int64), g_t])[order].tolist(),
+                calls.tolist(), errors.tolist(), quantiles[:, 0].tolist(),
+                quantiles[:, 1].tolist(), quantiles[:, 2].tolist(), strict=True,
             )
         ]  # fmt: skip
+        edges = np.searchsorted(window_of, np.arange(k + 1)).tolist()
+        return [built[edges[i] : edges[i + 1]] for i in range(k)], sketches
 
     def _ranks(self) -> tuple[_I64, _I64]:
         """Rank of each operation code by name and of each tenant code by id (`None` as "")."""
@@ -1060,12 +1124,8 @@ class IntentAggregator:
         self.flush()
         if self._open_from is None or self._watermark is None:
             return []
-        out: list[WindowStats] = []
-        start = self._open_from
-        while start <= self._watermark:
-            out.extend(self._window_stats(start, start + self.window_minutes))
-            start += self.window_minutes
-        return out
+        starts = sorted(w for w in self._hist.windows if self._open_from <= w <= self._watermark)
+        return [st for window in self._windows_stats(starts)[0] for st in window]
 
     def minute_counts(
         self, operation: str, org_id: str | None = ALL_TENANTS, *, include_open: bool = True
