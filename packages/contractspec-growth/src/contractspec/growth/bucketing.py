@@ -56,7 +56,9 @@ def _valid_weights(weights: Sequence[float] | None, num_variations: int) -> bool
             for w in weights
         ):
             return False
-        total = math.fsum(weights)
+        # left to right, like GrowthBook's `sum(weights)`: near the 0.99/1.01 bounds an exact
+        # sum (math.fsum) would accept weights GrowthBook replaces with equal ones
+        total = sum(weights)
     except OverflowError:
         return False
     low, high = WEIGHT_SUM_TOLERANCE
@@ -72,7 +74,8 @@ def get_bucket_ranges(
         num_variations: Number of variations.
         coverage: Fraction of subjects in the experiment, clamped to `[0, 1]`.
         weights: Share of each variation; equal weights are used when it is missing, has the wrong
-            length, has a negative or non-finite weight, or does not sum to 1 (within 0.99..1.01).
+            length, has a negative or non-finite weight, or does not sum to 1 (within 0.99..1.01,
+            summed left to right in float64 as GrowthBook does).
 
     Returns:
         One `(start, end)` per variation: `start` is the cumulative weight before it, `end` is

@@ -308,7 +308,8 @@ def define_experiment(
         end: Aware datetime from which they no longer are (excluded).
         hash_attribute: Attribute that identifies a subject (default `"id"`).
         hash_version: 2 (default) or 1.
-        seed: Hashing seed; keep the GrowthBook seed when migrating an experiment.
+        seed: Hashing seed; keep the GrowthBook seed when migrating an experiment. `None` or
+            `""` hash with the key, as GrowthBook does (`seed or key`).
         active: `False` pauses the experiment (nobody is assigned).
         flows: Operations the experiment affects (checked against critical flows).
         version: Spec version.
@@ -356,7 +357,7 @@ def define_experiment(
                 details={"field": "weights"},
             )
         low, high = WEIGHT_SUM_TOLERANCE
-        total = math.fsum(used)
+        total = sum(used)  # left to right, as GrowthBook sums (not math.fsum)
         if not low <= total <= high:
             raise SpecDefinitionError(
                 f"weights of experiment {key!r} sum to {total:g}; they must sum to 1",
@@ -416,7 +417,7 @@ def define_experiment(
         end=end,
         hash_attribute=hash_attribute,
         hash_version=hv,
-        seed=key if seed is None else str(seed),
+        seed=key if seed is None or seed == "" else str(seed),  # GrowthBook: `seed or key`
         active=bool(active),
         flows=tuple(flows),
         version=version,
@@ -897,8 +898,11 @@ class ExperimentRunner:
 
         Args:
             experiment: Experiment key or spec.
-            ids: Hash-attribute values: strings (a list or a NumPy `<U` array) or an integer
-                array. Empty strings and `0` cannot identify anyone and are excluded.
+            ids: Hash-attribute values: strings (a list, a NumPy `StringDType`, object or `<U`
+                array) or an integer array. Empty strings and `0` cannot identify anyone and are
+                excluded. Ids ending in NUL characters are hashed with them, as `assign` does,
+                from a list, `StringDType` or object array; a `<U` array cannot hold them
+                (NumPy strips trailing NULs when it builds one).
             eligible: Boolean mask of subjects that pass the experiment's targeting (required
                 when the experiment has targeting: attributes are not vectorised).
             at: Time to check the window against (default: the clock's now).
@@ -914,6 +918,8 @@ class ExperimentRunner:
         spec = self._spec(experiment)
         if not isinstance(ids, np.ndarray):
             ids = list(ids)
+        elif ids.dtype.kind not in "Uiu":  # object or StringDType arrays: keep every character
+            ids = ids.reshape(-1).tolist()
         n = len(ids)
         mask: npt.NDArray[np.bool_] | None = None
         if eligible is not None:
