@@ -14,6 +14,13 @@ What is measured, side by side in one run, on SQLite (a file, WAL) and on Postgr
 * **events/s** = N / (append + deliver). Each configuration runs `--repeat` times; medians are
   printed with the ratio ours / eventsourcing.
 
+The durability settings each side really ran with are read back from the databases and printed
+(SQLite `journal_mode` and `synchronous`, PostgreSQL `synchronous_commit`). By default each side
+uses its own recommended settings: ours `sqlite_engine` (WAL, `synchronous=NORMAL`),
+eventsourcing's `SQLiteDatastore` (WAL, SQLite's default `synchronous=FULL`).
+`--ours-synchronous FULL` runs ours with eventsourcing's setting, for an equal-durability row.
+The relay runs with its lease heartbeat and subscriber timeout (issue 14) in place.
+
 Run: `uv run --all-packages --all-extras --group bench python benchmarks/outbox_vs_eventsourcing.py`
 (PostgreSQL cases need `CONTRACTSPEC_TEST_POSTGRES_DSN=postgresql+psycopg://user@host:port/db`).
 """
@@ -36,6 +43,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contractspec.bus import EventBus, OutboxRelay
@@ -156,9 +164,51 @@ def theirs(recorder: Any, events: int, writers: int, per_tx: int) -> tuple[float
 # -- backends -----------------------------------------------------------------------------------
 
 
-def sqlite_pair(directory: Path) -> tuple[Callable[[], Any], Callable[[], Any]]:
+SETTINGS: dict[str, str] = {}
+
+
+async def ours_settings(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+            sync = (await conn.execute(text("PRAGMA synchronous"))).scalar()
+            return f"journal_mode={mode}, synchronous={_SYNC.get(int(sync or 0), sync)}"
+        value = (await conn.execute(text("SHOW synchronous_commit"))).scalar()
+        return f"synchronous_commit={value}"
+
+
+def theirs_settings(recorder: Any) -> str:
+    with recorder.datastore.transaction(commit=False) as curs:
+        if "sqlite" in type(recorder).__module__:
+            curs.execute("PRAGMA journal_mode")
+            mode = curs.fetchone()[0]
+            curs.execute("PRAGMA synchronous")
+            sync = curs.fetchone()[0]
+            return f"journal_mode={mode}, synchronous={_SYNC.get(int(sync), sync)}"
+        curs.execute("SHOW synchronous_commit")
+        row = curs.fetchone()
+        return (
+            f"synchronous_commit={row['synchronous_commit'] if isinstance(row, dict) else row[0]}"
+        )
+
+
+_SYNC = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def sqlite_pair(
+    directory: Path, synchronous: str | None = None
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
     def make_ours() -> Any:
-        return sqlite_engine(directory / f"ours-{uuid.uuid4().hex[:6]}.db")
+        engine = sqlite_engine(directory / f"ours-{uuid.uuid4().hex[:6]}.db")
+        if synchronous is not None:
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _sync(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
+                cursor.close()
+
+        return engine
 
     def make_theirs() -> Any:
         from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
@@ -216,7 +266,9 @@ def run_ours(
     async def go() -> tuple[float, float]:
         engine = make()
         try:
-            return await ours(engine, events, writers, per_tx)
+            result = await ours(engine, events, writers, per_tx)
+            SETTINGS[f"ours {engine.dialect.name}"] = await ours_settings(engine)
+            return result
         finally:
             await engine.dispose()
 
@@ -228,7 +280,10 @@ def run_theirs(
 ) -> tuple[float, float]:
     recorder = make()
     try:
-        return theirs(recorder, events, writers, per_tx)
+        result = theirs(recorder, events, writers, per_tx)
+        kind = "sqlite" if "sqlite" in type(recorder).__module__ else "postgresql"
+        SETTINGS[f"eventsourcing {kind}"] = theirs_settings(recorder)
+        return result
     finally:
         recorder.datastore.close()
 
@@ -240,6 +295,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument(
+        "--ours-synchronous",
+        choices=["NORMAL", "FULL"],
+        default=None,
+        help="SQLite synchronous for ours (default: sqlite_engine's NORMAL)",
+    )
     args = parser.parse_args()
     dsn = os.environ.get("CONTRACTSPEC_TEST_POSTGRES_DSN")
     print(
@@ -256,7 +317,7 @@ def main() -> None:
                 continue
             for writers in args.writers:
                 make_ours, make_theirs = (
-                    sqlite_pair(Path(tmp))
+                    sqlite_pair(Path(tmp), args.ours_synchronous)
                     if backend == "sqlite"
                     else postgres_pair(dsn or "", writers)
                 )
@@ -275,6 +336,9 @@ def main() -> None:
                     f"{backend:9} {writers:>7} | {n / o_total:>10,.0f} {o_app:>8,.0f} {o_del:>9,.0f} | "
                     f"{n / t_total:>9,.0f} {t_app:>8,.0f} {t_del:>9,.0f} | {t_total / o_total:>5.2f}x"
                 )
+    print("settings read back from the databases:")
+    for side, value in sorted(SETTINGS.items()):
+        print(f"  {side:24} {value}")
 
 
 if __name__ == "__main__":

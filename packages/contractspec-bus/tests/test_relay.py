@@ -439,3 +439,45 @@ async def test_an_outbox_relay_refuses_a_bus_with_in_memory_dead_letters(
     with pytest.raises(ConfigurationError, match="SqlDeadLetterStore") as err:
         OutboxRelay(outbox, EventBus(dead_letters=MemoryDeadLetterStore()))
     assert err.value.details["field"] == "dead_letters"
+
+
+async def test_a_bus_publishing_in_sql_transactions_keeps_dead_letters_in_the_database(
+    sql_engine: AsyncEngine,
+) -> None:
+    """`Executor(events=EventBus())` on a `SqlBackend`: the bus delivers after commit, the
+    consumer is down, and the dead letters are rows of `cs_dead_letters`, which a fresh bus with
+    `SqlDeadLetterStore` replays."""
+    from bus_support import build_registry
+
+    from contractspec.bus.sql import SqlDeadLetterStore
+    from contractspec.core import Actor, CallContext, Executor, RolePermissions
+    from contractspec.core.sql import SqlBackend
+
+    registry = build_registry()
+    backend = SqlBackend(sql_engine, registry)
+    await backend.create_all()
+    from contractspec.bus.sql import create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    got: list[str] = []
+    down = True
+
+    def projection(event: EventEnvelope) -> None:
+        if down:
+            raise ConnectionError("projection database is down")
+        got.append(event.payload.deal_id)
+
+    bus = EventBus(retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02))
+    bus.subscribe("crm.deal.created", projection, name="projection")
+    ex = Executor(registry, backend=backend, events=bus, policy=RolePermissions({"s": ["deal.*"]}))
+    ctx = CallContext(actor=Actor.user("ann", roles="s"), org_id="org-1")
+    for i in range(5):
+        await ex.execute("crm.deal.create", {"id": f"d{i}", "title": "T", "amount": "1"}, ctx)
+    await bus.drain()
+    assert isinstance(bus.dead_letters, SqlDeadLetterStore)
+    down = False
+    fresh = EventBus(dead_letters=SqlDeadLetterStore(sql_engine))
+    fresh.subscribe("crm.deal.created", projection, name="projection")
+    assert await fresh.dead_letters.count() == 5
+    assert [r.ok for r in await fresh.replay_dead_letters(subscriber="projection")] == [True] * 5
+    assert sorted(got) == [f"d{i}" for i in range(5)]
