@@ -929,29 +929,39 @@ class ToolGateway:
         )
 
     async def _finish(self, tx: Transaction, plan: _Plan, outcome: ToolOutcome) -> None:
+        """Record the call's outcome with a compare-and-set on the ledger entry. If another
+        writer moved the entry meanwhile (the late outcome of the attempt this one reconciled,
+        or a worker that recovered the run and started a new attempt), its record stands: the
+        outcome here is logged and audited, not written over it."""
         assert plan.tool is not None
         assert plan.ctx is not None
         action_id = str(outcome.action_id)
         stored = {"content": outcome.content, "result": outcome.result, "status": outcome.status}
-        if plan.ledger == "resolve":
-            assert plan.known is not None
-            await self.runs.update_action(
-                tx, action_id, ActionStatus.SUCCEEDED,
-                expected=(ActionStatus.STARTED, ActionStatus.IN_DOUBT),
-                expected_attempts=plan.known.attempts, updated_at=self.clock.now(),
-                result=stored,
-            )  # fmt: skip
-        else:
-            status = (
-                ActionStatus.IN_DOUBT
-                if outcome.status == "in_doubt"
-                else ActionStatus.FAILED
-                if outcome.is_error
-                else ActionStatus.SUCCEEDED
-            )
-            await self.runs.update_action(
-                tx, action_id, status, expected=(ActionStatus.STARTED,),
-                expected_attempts=plan.attempt, updated_at=self.clock.now(), result=stored,
+        try:
+            if plan.ledger == "resolve":
+                assert plan.known is not None
+                await self.runs.update_action(
+                    tx, action_id, ActionStatus.SUCCEEDED,
+                    expected=(ActionStatus.STARTED, ActionStatus.IN_DOUBT),
+                    expected_attempts=plan.known.attempts, updated_at=self.clock.now(),
+                    result=stored,
+                )  # fmt: skip
+            else:
+                status = (
+                    ActionStatus.IN_DOUBT
+                    if outcome.status == "in_doubt"
+                    else ActionStatus.FAILED
+                    if outcome.is_error
+                    else ActionStatus.SUCCEEDED
+                )
+                await self.runs.update_action(
+                    tx, action_id, status, expected=(ActionStatus.STARTED,),
+                    expected_attempts=plan.attempt, updated_at=self.clock.now(), result=stored,
+                )  # fmt: skip
+        except ConflictError as exc:
+            _log.warning(
+                "agent.ledger_outcome_superseded", tool=plan.tool.name, action_id=action_id,
+                outcome=outcome.status, stored=exc.details.get("status"),
             )  # fmt: skip
         await self._audit(tx, plan.tool, plan.ctx.call, outcome)
 
