@@ -7,102 +7,210 @@ from contractspec.growth import ExperimentRegistry, ExperimentRunner, define_exp
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from contractspec.growth.analytics import (
-    ActivityProfile,
-    ChurnPredictor,
-    ChurnScore,
-    CohortTable,
-    CohortTracker,
-    ExperimentIdea,
-    FunnelAnalyzer,
-    FunnelResult,
-    GrowthHypothesisGenerator,
-    MetricSeries,
-    Transactions,
-    load_cdnow,
-)
-from contractspec.growth.bandits import (
-    BanditDecision,
-    BanditPolicy,
-    BanditService,
-    DecisionLog,
-    LinearIGW,
-    MemoryDecisionLog,
-    ThompsonSampling,
-    ips_estimate,
-)
-from contractspec.growth.bandits_sql import SqlDecisionLog
-from contractspec.growth.bucketing import (
-    choose_variation,
-    equal_weights,
-    get_bucket_ranges,
-    in_namespace,
-)
-from contractspec.growth.conditions import check_condition, eval_condition
-from contractspec.growth.experiments import (
-    Assignment,
-    AssignmentReason,
-    Assignments,
-    ExperimentRegistry,
-    ExperimentRunner,
-    ExperimentSpec,
-    Namespace,
-    Variation,
-    define_experiment,
-    subject_attributes,
-)
-from contractspec.growth.flags import (
-    FlagEvaluator,
-    FlagResult,
-    FlagRule,
-    FlagSpec,
-    define_flag,
-    experiment_rule,
-    force,
-    rollout,
-    target,
-)
-from contractspec.growth.hashing import bucket_hash, bucket_hash_many, fnv1a32, fnv1a32_many
-from contractspec.growth.results import (
-    Comparison,
-    ExperimentResult,
-    Lift,
-    SrmResult,
-)
-from contractspec.growth.rollouts import (
-    Guardrails,
-    MemoryRolloutStore,
-    RolloutPlan,
-    RolloutState,
-    RolloutStatus,
-    RolloutStore,
-    SpecExperimentController,
-    SqlRolloutStore,
-    VariantRouter,
-    create_variant_resolver,
-)
-from contractspec.growth.stats import (
-    CovariateStats,
-    SufficientStats,
-    WelchArrays,
-    adjust_pvalues,
-    analyze_experiment,
-    cuped_theta,
-    sequential_ttest,
-    srm_check,
-    welch_ttest,
-    welch_ttest_from_stats,
-)
-from contractspec.growth.tracking import (
-    ExperimentTracker,
-    Exposure,
-    MemoryTrackingStore,
-    MetricEvent,
-    SqlTrackingStore,
-    TrackingStore,
-)
+if TYPE_CHECKING:
+    from contractspec.growth.analytics import (
+        ActivityProfile,
+        ChurnPredictor,
+        ChurnScore,
+        CohortTable,
+        CohortTracker,
+        ExperimentIdea,
+        FunnelAnalyzer,
+        FunnelResult,
+        GrowthHypothesisGenerator,
+        MetricSeries,
+        Transactions,
+        load_cdnow,
+    )
+    from contractspec.growth.bandits import (
+        BanditDecision,
+        BanditPolicy,
+        BanditService,
+        DecisionLog,
+        LinearIGW,
+        MemoryDecisionLog,
+        ThompsonSampling,
+        ips_estimate,
+    )
+    from contractspec.growth.bandits_sql import SqlDecisionLog
+    from contractspec.growth.bucketing import (
+        choose_variation,
+        equal_weights,
+        get_bucket_ranges,
+        in_namespace,
+    )
+    from contractspec.growth.conditions import check_condition, eval_condition
+    from contractspec.growth.experiments import (
+        Assignment,
+        AssignmentReason,
+        Assignments,
+        ExperimentRegistry,
+        ExperimentRunner,
+        ExperimentSpec,
+        Namespace,
+        Variation,
+        define_experiment,
+        subject_attributes,
+    )
+    from contractspec.growth.flags import (
+        FlagEvaluator,
+        FlagResult,
+        FlagRule,
+        FlagSpec,
+        define_flag,
+        experiment_rule,
+        force,
+        rollout,
+        target,
+    )
+    from contractspec.growth.hashing import bucket_hash, bucket_hash_many, fnv1a32, fnv1a32_many
+    from contractspec.growth.results import (
+        Comparison,
+        ExperimentResult,
+        Lift,
+        SrmResult,
+    )
+    from contractspec.growth.rollouts import (
+        Guardrails,
+        MemoryRolloutStore,
+        RolloutPlan,
+        RolloutState,
+        RolloutStatus,
+        RolloutStore,
+        SpecExperimentController,
+        SqlRolloutStore,
+        VariantRouter,
+        create_variant_resolver,
+    )
+    from contractspec.growth.stats import (
+        CovariateStats,
+        SufficientStats,
+        WelchArrays,
+        adjust_pvalues,
+        analyze_experiment,
+        cuped_theta,
+        sequential_ttest,
+        srm_check,
+        welch_ttest,
+        welch_ttest_from_stats,
+    )
+    from contractspec.growth.tracking import (
+        ExperimentTracker,
+        Exposure,
+        MemoryTrackingStore,
+        MetricEvent,
+        SqlTrackingStore,
+        TrackingStore,
+    )
+
+# Public names -> the module defining them, imported on first use (PEP 562), so that
+# `import contractspec.growth.flags` (a service that only evaluates flags) does not load scipy,
+# the analytics or SQLAlchemy.
+_LAZY: dict[str, str] = {
+    "ActivityProfile": "contractspec.growth.analytics",
+    "Assignment": "contractspec.growth.experiments",
+    "AssignmentReason": "contractspec.growth.experiments",
+    "Assignments": "contractspec.growth.experiments",
+    "BanditDecision": "contractspec.growth.bandits",
+    "BanditPolicy": "contractspec.growth.bandits",
+    "BanditService": "contractspec.growth.bandits",
+    "ChurnPredictor": "contractspec.growth.analytics",
+    "ChurnScore": "contractspec.growth.analytics",
+    "CohortTable": "contractspec.growth.analytics",
+    "CohortTracker": "contractspec.growth.analytics",
+    "Comparison": "contractspec.growth.results",
+    "CovariateStats": "contractspec.growth.stats",
+    "DecisionLog": "contractspec.growth.bandits",
+    "ExperimentIdea": "contractspec.growth.analytics",
+    "ExperimentRegistry": "contractspec.growth.experiments",
+    "ExperimentResult": "contractspec.growth.results",
+    "ExperimentRunner": "contractspec.growth.experiments",
+    "ExperimentSpec": "contractspec.growth.experiments",
+    "ExperimentTracker": "contractspec.growth.tracking",
+    "Exposure": "contractspec.growth.tracking",
+    "FlagEvaluator": "contractspec.growth.flags",
+    "FlagResult": "contractspec.growth.flags",
+    "FlagRule": "contractspec.growth.flags",
+    "FlagSpec": "contractspec.growth.flags",
+    "FunnelAnalyzer": "contractspec.growth.analytics",
+    "FunnelResult": "contractspec.growth.analytics",
+    "GrowthHypothesisGenerator": "contractspec.growth.analytics",
+    "Guardrails": "contractspec.growth.rollouts",
+    "Lift": "contractspec.growth.results",
+    "LinearIGW": "contractspec.growth.bandits",
+    "MemoryDecisionLog": "contractspec.growth.bandits",
+    "MemoryRolloutStore": "contractspec.growth.rollouts",
+    "MemoryTrackingStore": "contractspec.growth.tracking",
+    "MetricEvent": "contractspec.growth.tracking",
+    "MetricSeries": "contractspec.growth.analytics",
+    "Namespace": "contractspec.growth.experiments",
+    "RolloutPlan": "contractspec.growth.rollouts",
+    "RolloutState": "contractspec.growth.rollouts",
+    "RolloutStatus": "contractspec.growth.rollouts",
+    "RolloutStore": "contractspec.growth.rollouts",
+    "SpecExperimentController": "contractspec.growth.rollouts",
+    "SqlDecisionLog": "contractspec.growth.bandits_sql",
+    "SqlRolloutStore": "contractspec.growth.rollouts",
+    "SqlTrackingStore": "contractspec.growth.tracking",
+    "SrmResult": "contractspec.growth.results",
+    "SufficientStats": "contractspec.growth.stats",
+    "ThompsonSampling": "contractspec.growth.bandits",
+    "TrackingStore": "contractspec.growth.tracking",
+    "Transactions": "contractspec.growth.analytics",
+    "VariantRouter": "contractspec.growth.rollouts",
+    "Variation": "contractspec.growth.experiments",
+    "WelchArrays": "contractspec.growth.stats",
+    "adjust_pvalues": "contractspec.growth.stats",
+    "analyze_experiment": "contractspec.growth.stats",
+    "bucket_hash": "contractspec.growth.hashing",
+    "bucket_hash_many": "contractspec.growth.hashing",
+    "check_condition": "contractspec.growth.conditions",
+    "choose_variation": "contractspec.growth.bucketing",
+    "create_variant_resolver": "contractspec.growth.rollouts",
+    "cuped_theta": "contractspec.growth.stats",
+    "define_experiment": "contractspec.growth.experiments",
+    "define_flag": "contractspec.growth.flags",
+    "equal_weights": "contractspec.growth.bucketing",
+    "eval_condition": "contractspec.growth.conditions",
+    "experiment_rule": "contractspec.growth.flags",
+    "fnv1a32": "contractspec.growth.hashing",
+    "fnv1a32_many": "contractspec.growth.hashing",
+    "force": "contractspec.growth.flags",
+    "get_bucket_ranges": "contractspec.growth.bucketing",
+    "in_namespace": "contractspec.growth.bucketing",
+    "ips_estimate": "contractspec.growth.bandits",
+    "load_cdnow": "contractspec.growth.analytics",
+    "rollout": "contractspec.growth.flags",
+    "sequential_ttest": "contractspec.growth.stats",
+    "srm_check": "contractspec.growth.stats",
+    "subject_attributes": "contractspec.growth.experiments",
+    "target": "contractspec.growth.flags",
+    "welch_ttest": "contractspec.growth.stats",
+    "welch_ttest_from_stats": "contractspec.growth.stats",
+}
+
+
+_SUBMODULES = frozenset(module.rsplit(".", 1)[1] for module in _LAZY.values())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # `contractspec.growth.stats` after `import contractspec.growth`
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("contractspec-growth")
