@@ -12,6 +12,8 @@ import asyncio
 import sys
 import time
 
+import structlog
+
 from contractspec.core import Executor, SpecRegistry
 from contractspec.core.sql import SqlBackend, sqlite_engine
 from contractspec.identity import register_identity
@@ -19,6 +21,8 @@ from contractspec.identity.sql import SqlIdentityStore
 
 
 async def main(kind: str, target: str, user: str, permission: str, org: str, poll: float) -> None:
+    # stdout carries the protocol; logs go to stderr (inherited: the test runner captures it)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     if kind == "sqlite":
         engine = sqlite_engine(target)
     else:

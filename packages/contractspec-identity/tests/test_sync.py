@@ -70,7 +70,6 @@ async def test_a_revoke_in_one_process_is_denied_in_another_within_the_bound(
             acme,
             str(poll),
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         try:
             assert child.stdout is not None
