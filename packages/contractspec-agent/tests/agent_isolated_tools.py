@@ -8,7 +8,7 @@ from pathlib import Path
 from contractspec.agent import RiskLevel, tool
 
 
-@tool(risk=RiskLevel.L1, timeout=1.0, isolation="process")
+@tool(risk=RiskLevel.L1, timeout=2.0, isolation="process")
 def slow_ship(marker: str, delay_s: float) -> str:
     """Ship after `delay_s` seconds: writes `marker` (a file path) once shipped."""
     time.sleep(delay_s)

@@ -172,11 +172,11 @@ async def test_heartbeats_keep_a_slow_run_from_being_recovered(env: AgentEnv) ->
     clock = SystemClock()
     busy = AgentRunner(
         model=ScriptedModel([call("slow", n=1), "done"]), backend=env.backend, runs=env.runs,
-        approvals=env.approvals, clock=clock, lease_s=0.4, heartbeat_s=0.1,
+        approvals=env.approvals, clock=clock, lease_s=1.0, heartbeat_s=0.1,
     )  # fmt: skip
-    other = AgentRunner([work], backend=env.backend, runs=env.runs, clock=clock, lease_s=0.4)
+    other = AgentRunner([work], backend=env.backend, runs=env.runs, clock=clock, lease_s=1.0)
     task = asyncio.create_task(busy.run(work, "work", OWNER))
-    await asyncio.sleep(1.0)  # 2.5 leases
+    await asyncio.sleep(2.5)  # 2.5 leases
     assert await other.recover() == []
     release.set()
     assert (await task).status is RunStatus.COMPLETED

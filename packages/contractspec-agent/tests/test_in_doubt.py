@@ -164,7 +164,7 @@ async def test_a_process_isolated_sync_call_is_killed_at_its_timeout(tmp_path: P
     )
     marker.unlink()
     shipping = define_agent("shop.iso", model="m", instructions="i", tools=[slow_ship])
-    model = ScriptedModel([call("slow_ship", marker=str(marker), delay_s=2.0), "stopped"])
+    model = ScriptedModel([call("slow_ship", marker=str(marker), delay_s=3.0), "stopped"])
     result = await AgentRunner(model=model).run(shipping, "ship", OWNER)
     assert result.packets[0].decision == "in_doubt"
     await asyncio.sleep(1.5)  # past the moment the child would have shipped
