@@ -436,3 +436,18 @@ def test_decisions_normalise_numbers_and_contexts() -> None:
     assert [type(v) for v in (d.propensity, d.probabilities["a"], d.context[0], d.reward)] == [
         float
     ] * 4
+
+
+def test_ips_estimate_never_drops_decisions_without_a_reward() -> None:
+    """Unrewarded decisions are refused by default, or count as reward 0 when asked."""
+    decided = [
+        BanditDecision(f"d{i}", "p", arm, 0.5, {"a": 0.5, "b": 0.5}, None, FIXED, reward)
+        for i, (arm, reward) in enumerate([("b", 1.0), ("b", None), ("a", 0.0), ("b", None)])
+    ]
+    with pytest.raises(SpecValidationError, match="2 decision\\(s\\) without a reward") as info:
+        ips_estimate(decided, lambda d: {"b": 1.0})
+    assert info.value.details["decision_id"] == "d1"
+    # always-b: weights 2 for each b decision; rewards 1, 0, -, 0 over 4 decisions
+    assert ips_estimate(decided, lambda d: {"b": 1.0}, missing_reward="zero") == 0.5
+    with pytest.raises(SpecValidationError, match="missing_reward must be"):
+        ips_estimate(decided, lambda d: {"b": 1.0}, missing_reward="skip")  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ import hashlib
 import math
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import numpy as np
@@ -898,6 +898,46 @@ class BanditService:
             self.policy.name, since=since, until=until, rewarded=rewarded, after=after, limit=limit
         )
 
+    async def restore(self) -> int:
+        """Rebuild the policy's learned state from the durable log (after a restart).
+
+        Replays every rewarded decision of this policy through `policy.update`, in the log's
+        insertion order, into the policy given to the service (construct it as before: same
+        name, arms, prior or regularisation), and moves the counter of generated ids
+        (`name:N`) past the largest one in the log, so new decisions do not collide. Learned
+        state is then what the log says (Thompson sampling's Beta counts exactly; LinearIGW's
+        ridge statistics to rounding); the random stream is not restored.
+
+        Returns:
+            The number of rewards replayed.
+
+        Raises:
+            NotFoundError / SpecValidationError: As `DecisionLog.decisions`.
+        """
+        logged = await self.log.decisions(self.policy.name)
+        replayed = 0
+        for decision in logged:
+            if decision.reward is not None:
+                self.policy.update(decision.arm, decision.reward, decision.context)
+                replayed += 1
+        if isinstance(self.policy, _Policy):
+            prefix = f"{self.policy.name}:"
+            numbers = [
+                int(d.decision_id[len(prefix) :])
+                for d in logged
+                if d.decision_id.startswith(prefix) and d.decision_id[len(prefix) :].isdigit()
+            ]
+            self.policy._counter = max([self.policy._counter, *numbers])
+        return replayed
+
+    def restore_sync(self) -> int:
+        """`restore` for scripts and notebooks without a running event loop.
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (use `await restore`).
+        """
+        return self._run("restore", self.restore)
+
     def choose_sync(
         self, context: Sequence[float] | None = None, *, decision_id: str | None = None
     ) -> BanditDecision:
@@ -975,31 +1015,54 @@ def ips_estimate(
     target: Callable[[BanditDecision], Mapping[str, float]],
     *,
     self_normalized: bool = False,
+    missing_reward: Literal["refuse", "zero"] = "refuse",
 ) -> float:
     """Off-policy value of a target policy from logged decisions (inverse propensity scoring).
 
-    `V = mean(reward * π(arm | context) / propensity)` over rewarded decisions (Horvitz and
+    `V = mean(reward * π(arm | context) / propensity)` over the decisions (Horvitz and
     Thompson 1952); `self_normalized=True` divides by the sum of the weights instead of the count
     (SNIPS, Swaminathan and Joachims 2015), trading a small bias for less variance.
 
+    A decision without a reward is never dropped silently (dropping them biases the estimate
+    towards arms whose rewards arrive sooner or more often): by default it is refused, and with
+    `missing_reward="zero"` it counts as reward 0, which is right when no reward means no
+    outcome (no click, no purchase).
+
     Args:
-        decisions: Logged decisions; those without a reward are skipped.
+        decisions: Logged decisions (e.g. `await service.decisions(rewarded=True)`).
         target: Maps a decision (its `context`) to the target policy's action distribution.
         self_normalized: Use the self-normalised estimator.
+        missing_reward: `"refuse"` (default) or `"zero"`, for decisions without a reward.
 
     Returns:
         The estimated mean reward of the target policy.
 
     Raises:
-        SpecValidationError: No rewarded decisions.
+        SpecValidationError: No decisions, an unknown `missing_reward`, or (with
+            `missing_reward="refuse"`) a decision without a reward.
     """
+    if missing_reward not in ("refuse", "zero"):
+        raise SpecValidationError(
+            f"missing_reward must be 'refuse' or 'zero', got {missing_reward!r}.",
+            details={"field": "missing_reward"},
+        )
     weights: list[float] = []
     rewards: list[float] = []
+    unrewarded: list[str] = []
     for d in decisions:
         if d.reward is None:
-            continue
+            unrewarded.append(d.decision_id)
+            if missing_reward == "refuse":
+                continue
         weights.append(float(target(d).get(d.arm, 0.0)) / d.propensity)
-        rewards.append(d.reward)
+        rewards.append(0.0 if d.reward is None else d.reward)
+    if unrewarded and missing_reward == "refuse":
+        raise SpecValidationError(
+            f"ips_estimate got {len(unrewarded)} decision(s) without a reward (first: "
+            f"{unrewarded[0]!r}); pass only rewarded ones (decisions(rewarded=True)) once their "
+            "rewards are in, or missing_reward='zero' when no reward means reward 0.",
+            details={"field": "decisions", "decision_id": unrewarded[0]},
+        )
     if not weights:
         raise SpecValidationError(
             "ips_estimate needs at least one rewarded decision.", details={"field": "decisions"}
