@@ -1,26 +1,43 @@
-"""IntentAggregator vs pandas: the same 15-minute window statistics from the same samples.
+"""IntentAggregator vs pandas and polars: the same 15-minute window statistics from the same samples.
 
-Both sides get identical numpy columns (timestamp, duration, success, operation code, tenant code)
+All three get identical numpy columns (timestamp, duration, success, operation code, tenant code)
 and compute, per (15-minute window, operation, tenant): calls, errors and the p50/p95/p99 latency
-of successful calls. pandas does it with one `groupby(...).quantile(interpolation="lower")` (exact
-quantiles); the aggregator ingests the columns into per-minute DDSketch histograms (1 % relative
-accuracy) and closes the windows. The script checks that counts agree exactly and quantiles within
-1 %, then prints the median rate of each side over `--repeat` runs and the ratio.
+of successful calls.
 
-    uv run python benchmarks/aggregator_throughput.py                    # 2M samples
-    uv run python benchmarks/aggregator_throughput.py --samples 10000000 # the 10M figure
+* pandas: one `groupby(...).agg(...)` for the counts and one
+  `groupby(...).quantile(interpolation="lower")` -- **exact** quantiles.
+* polars: one lazy `group_by(...).agg(...)` with `quantile(q, interpolation="lower")` of the
+  successful durations -- **exact** quantiles, on polars' own thread pool (all cores unless
+  `--polars-threads` is given).
+* IntentAggregator: ingests the columns into per-minute DDSketch histograms (1 % relative
+  accuracy) and closes the windows -- **sketch** quantiles. Its time also covers what the others do
+  not compute: the every-tenant rows, the per-minute counters for burn rates and the window history.
+
+Tolerance rules, checked at every size: counts agree exactly on all three sides; pandas' and
+polars' quantiles agree exactly (both exact, rank `floor(q (n - 1))`); the aggregator's quantiles are
+within 1 % of the exact ones. Then each side's median over the runs is printed: the wall-clock rate
+(samples/s) with its time, and the CPU time of the process (`time.process_time`, every thread:
+for polars the work of its whole pool). The ratios are throughput ratios (the other side's time
+/ the aggregator's; above 1 the aggregator is faster), on wall clock and on CPU time -- on a
+shared, busy machine the CPU figure is the steadier one.
+
+    uv run python benchmarks/aggregator_throughput.py                       # 100k .. 10M
+    uv run python benchmarks/aggregator_throughput.py --samples 2000000     # one size
 
 Data: `--operations` operations x `--tenants` tenants, samples uniformly spread over
-`--hours` hours, log-normal latencies (median 20 ms), 2 % errors.
+`--hours` hours, log-normal latencies (median 20 ms), 2 % errors. Sizes of 5M samples and more run
+once (`--repeat-large`), smaller ones `--repeat` times; runs of the three sides alternate.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +46,7 @@ from contractspec.core import TelemetrySample
 from contractspec.evolution import IntentAggregator, TelemetryBatch
 
 QS = (0.5, 0.95, 0.99)
+SIZES = (100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
 
 
 def make_data(n: int, ops: int, tenants: int, hours: float, seed: int = 7) -> dict[str, np.ndarray]:
@@ -43,15 +61,20 @@ def make_data(n: int, ops: int, tenants: int, hours: float, seed: int = 7) -> di
     }
 
 
-def run_ours(data: dict[str, np.ndarray], ops: list[str], orgs: list[str]) -> tuple[float, list]:
-    started = time.perf_counter()
+def timed(fn: Any, *args: Any) -> tuple[float, float, Any]:
+    """`(wall s, CPU s of this process -- every thread, result)` of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def run_ours(data: dict[str, np.ndarray], ops: list[str], orgs: list[str]) -> list:
     batch = TelemetryBatch.from_arrays(operations=ops, orgs=orgs, **data)
     agg = IntentAggregator(window_minutes=15, lateness_minutes=0)
     agg.ingest(batch)
     end = datetime.fromtimestamp(float(data["timestamp_s"][-1]), UTC) + timedelta(minutes=30)
     agg.advance(end)
-    stats = [s for s in agg.pop_closed() if s.org_id != "*"]
-    return time.perf_counter() - started, stats
+    return [s for s in agg.pop_closed() if s.org_id != "*"]
 
 
 def run_record_path(data: dict[str, np.ndarray], ops: list[str], orgs: list[str], n: int) -> float:
@@ -75,11 +98,14 @@ def run_record_path(data: dict[str, np.ndarray], ops: list[str], orgs: list[str]
     return n / (time.perf_counter() - started)
 
 
-def run_pandas(data: dict[str, np.ndarray]) -> tuple[float, pd.DataFrame]:
-    started = time.perf_counter()
+def window_column(data: dict[str, np.ndarray]) -> np.ndarray:
+    return (np.floor(data["timestamp_s"] / 60).astype(np.int64) // 15) * 15
+
+
+def run_pandas(data: dict[str, np.ndarray]) -> pd.DataFrame:
     df = pd.DataFrame(
         {
-            "window": (np.floor(data["timestamp_s"] / 60).astype(np.int64) // 15) * 15,
+            "window": window_column(data),
             "op": data["operation"],
             "org": data["org"],
             "d": data["duration_ms"],
@@ -90,12 +116,51 @@ def run_pandas(data: dict[str, np.ndarray]) -> tuple[float, pd.DataFrame]:
     keys = ["window", "op", "org"]
     counts = df.groupby(keys).agg(calls=("d", "size"), errors=("err", "sum"))
     quant = df[df["ok"]].groupby(keys)["d"].quantile(list(QS), interpolation="lower").unstack()
-    result = counts.join(quant)
-    return time.perf_counter() - started, result
+    return counts.join(quant)
 
 
-def check(stats: list, frame: pd.DataFrame, ops: list[str], orgs: list[str]) -> float:
-    assert len(stats) == len(frame), (len(stats), len(frame))
+def run_polars(pl: Any, data: dict[str, np.ndarray]) -> Any:
+    df = pl.DataFrame(
+        {
+            "window": window_column(data),
+            "op": data["operation"],
+            "org": data["org"],
+            "d": data["duration_ms"],
+            "ok": data["success"],
+        }
+    )
+    ok_d = pl.col("d").filter(pl.col("ok"))
+    return (
+        df.lazy()
+        .group_by(["window", "op", "org"])
+        .agg(
+            pl.len().alias("calls"),
+            (~pl.col("ok")).sum().alias("errors"),
+            *[ok_d.quantile(q, interpolation="lower").alias(str(q)) for q in QS],
+        )
+        .collect()
+    )
+
+
+def check(
+    stats: list, frame: pd.DataFrame, polars_frame: Any, ops: list[str], orgs: list[str]
+) -> float:
+    """Counts equal on all sides, polars' quantiles equal to pandas', ours within 1 %: returns
+    the aggregator's worst relative quantile error."""
+    assert len(stats) == len(frame) == polars_frame.height, (
+        len(stats),
+        len(frame),
+        polars_frame.height,
+    )
+    theirs = (
+        pd.DataFrame({c: polars_frame[c].to_numpy() for c in polars_frame.columns})
+        .set_index(["window", "op", "org"])
+        .sort_index()
+    )
+    assert (theirs["calls"].to_numpy() == frame["calls"].to_numpy()).all()
+    assert (theirs["errors"].to_numpy() == frame["errors"].to_numpy()).all()
+    for q in QS:  # both exact, rank floor(q (n - 1)): identical values
+        assert np.array_equal(theirs[str(q)].to_numpy(), frame[q].to_numpy(), equal_nan=True), q
     op_index = {o: i for i, o in enumerate(ops)}
     org_index = {o: i for i, o in enumerate(orgs)}
     worst = 0.0
@@ -106,50 +171,91 @@ def check(stats: list, frame: pd.DataFrame, ops: list[str], orgs: list[str]) -> 
         exact = np.array([row[q] for q in QS])
         ours = np.array([s.p50_ms, s.p95_ms, s.p99_ms])
         worst = max(worst, float(np.max(np.abs(ours / exact - 1.0))))
+    assert worst <= 0.01 + 1e-12, worst
     return worst
 
 
+def measure(
+    pl: Any, n: int, args: argparse.Namespace, ops: list[str], orgs: list[str]
+) -> dict[str, Any]:
+    data = make_data(n, args.operations, args.tenants, args.hours)
+    repeat = args.repeat if n < 5_000_000 else args.repeat_large
+    wall: dict[str, list[float]] = {"ours": [], "pandas": [], "polars": []}
+    cpu: dict[str, list[float]] = {"ours": [], "pandas": [], "polars": []}
+    results: dict[str, Any] = {}
+    sides = {
+        "ours": (run_ours, data, ops, orgs),
+        "pandas": (run_pandas, data),
+        "polars": (run_polars, pl, data),
+    }
+    for _ in range(repeat):
+        for side, (fn, *fn_args) in sides.items():
+            gc.collect()
+            w, c, results[side] = timed(fn, *fn_args)
+            wall[side].append(w)
+            cpu[side].append(c)
+    worst = check(results["ours"], results["pandas"], results["polars"], ops, orgs)
+    out: dict[str, Any] = {"n": n, "rows": len(results["ours"]), "repeat": repeat, "worst": worst}
+    for side in sides:
+        out[side] = statistics.median(wall[side])
+        out[side + "_cpu"] = statistics.median(cpu[side])
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2_000_000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--samples", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--operations", type=int, default=20)
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--hours", type=float, default=2.0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="runs per size below 5M samples")
+    parser.add_argument("--repeat-large", type=int, default=1, help="runs per size from 5M")
+    parser.add_argument("--polars-threads", type=int, default=None)
     parser.add_argument("--record-samples", type=int, default=200_000)
     args = parser.parse_args()
+    if args.polars_threads:
+        os.environ["POLARS_MAX_THREADS"] = str(args.polars_threads)
+    import polars as pl  # after POLARS_MAX_THREADS is set
+
     ops = [f"crm.op{i:02d}.run" for i in range(args.operations)]
     orgs = [f"org-{i:03d}" for i in range(args.tenants)]
-    data = make_data(args.samples, args.operations, args.tenants, args.hours)
-    ours_t: list[float] = []
-    pandas_t: list[float] = []
-    stats: list = []
-    frame = pd.DataFrame()
-    for _ in range(args.repeat):
-        gc.collect()
-        t, stats = run_ours(data, ops, orgs)
-        ours_t.append(t)
-        gc.collect()
-        t, frame = run_pandas(data)
-        pandas_t.append(t)
-    worst = check(stats, frame, ops, orgs)
-    n = args.samples
-    ours_rate = n / statistics.median(ours_t)
-    pandas_rate = n / statistics.median(pandas_t)
     print(
-        f"{n:,} samples, {args.operations} operations x {args.tenants} tenants over "
-        f"{args.hours:g} h -> {len(stats):,} window rows (15 min, per operation and tenant)"
-    )
-    print(f"quantiles agree within {worst:.2%} (DDSketch bound 1%), counts exactly")
-    print(
-        f"IntentAggregator  median {statistics.median(ours_t):7.3f} s  {ours_rate / 1e6:6.2f} M samples/s"
+        f"{args.operations} operations x {args.tenants} tenants over {args.hours:g} h, 15-minute "
+        f"windows; pandas {pd.__version__} (exact), polars {pl.__version__} (exact, "
+        f"{pl.thread_pool_size()} threads), IntentAggregator (DDSketch, 1 %); {os.cpu_count()} CPUs"
     )
     print(
-        f"pandas groupby    median {statistics.median(pandas_t):7.3f} s  {pandas_rate / 1e6:6.2f} M samples/s"
+        "| samples | window rows | runs | IntentAggregator | pandas | polars "
+        "| aggregator / pandas | aggregator / polars |"
     )
-    print(f"ratio (aggregator / pandas throughput): {ours_rate / pandas_rate:.2f}x")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for n in args.samples:
+        r = measure(pl, n, args, ops, orgs)
+        worst = max(worst, r["worst"])
+
+        def cell(side: str, r: dict[str, Any] = r) -> str:
+            return (
+                f"{r['n'] / r[side] / 1e6:.2f} M/s ({r[side]:.3f} s; CPU {r[side + '_cpu']:.3f} s)"
+            )
+
+        def ratio(other: str, r: dict[str, Any] = r) -> str:
+            wall = r[other] / r["ours"]
+            cpu = r[other + "_cpu"] / r["ours_cpu"]
+            return f"{wall:.2f}x (CPU {cpu:.2f}x)"
+
+        print(
+            f"| {n:,} | {r['rows']:,} | {r['repeat']} | {cell('ours')} | {cell('pandas')} "
+            f"| {cell('polars')} | {ratio('pandas')} | {ratio('polars')} |",
+            flush=True,
+        )
+    print(
+        f"counts equal on all sides; polars' quantiles equal pandas'; the aggregator's within "
+        f"{worst:.2%} of them (DDSketch bound 1 %)"
+    )
     if args.record_samples:
-        m = min(args.record_samples, n)
+        m = args.record_samples
+        data = make_data(m, args.operations, args.tenants, args.hours)
         rate = run_record_path(data, ops, orgs, m)
         print(
             f"record() path (one TelemetrySample at a time, {m:,} samples): {rate / 1e6:.2f} M samples/s"

@@ -57,6 +57,7 @@ ALL_TENANTS: Final = "*"
 QUANTILES: Final = (0.5, 0.95, 0.99)
 #: Cells of the dense (window x operation x bucket) matrix windows closing together may use.
 _DENSE_CELLS: Final = 1 << 21
+_QS: Final = np.asarray(QUANTILES, dtype=np.float64)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _I64 = npt.NDArray[np.int64]
 
@@ -902,9 +903,12 @@ class IntentAggregator:
                 grown[: len(self._last_seen)] = self._last_seen
                 self._last_seen = grown
             np.maximum.at(self._last_seen, o, m)
-        cm = self._counters.columns()[0]
-        if len(cm) and int(cm.min()) < end - self.counter_minutes:
-            self._counters.keep(cm >= end - self.counter_minutes)
+        # windows close in order, so the oldest counters are in the first chunk: trim (and
+        # compact) only when it holds a minute older than `counter_minutes`
+        chunks = self._counters.chunks
+        cutoff = end - self.counter_minutes
+        if chunks and int(chunks[0][0].min()) < cutoff:
+            self._counters.keep(self._counters.columns()[0] >= cutoff)
         empty = np.empty(0, dtype=np.int64)
         history, keep = self._history, self.history_windows
         for st in stats:
@@ -963,11 +967,19 @@ class IntentAggregator:
         sids = gs[cuts]
         calls_t = np.add.reduceat(merged, cuts)
         errors_t = np.add.reduceat(merged * f, cuts)
-        q_ids, _totals, q_values = grouped_quantiles(
-            gs[ok], b[ok], merged[ok], QUANTILES, self.mapping, presorted=True
-        )
-        q_t = np.full((len(sids), len(QUANTILES)), math.nan)
-        q_t[np.searchsorted(sids, q_ids)] = q_values
+        # quantiles of the successful calls, as `grouped_quantiles` reads them (rank
+        # floor(q (n - 1))), without copying them out: a series' successful rows come first and
+        # its failed rows count 0, so the first row whose cumulative count exceeds a rank is
+        # always a successful one
+        ok_counts = merged * (f ^ 1)
+        ok_totals = calls_t - errors_t
+        cum = np.cumsum(ok_counts)
+        ranks = np.floor(_QS[None, :] * (np.maximum(ok_totals, 1) - 1)[:, None].astype(np.float64))
+        at = np.searchsorted(cum, (cum[cuts] - ok_counts[cuts])[:, None] + ranks.astype(np.int64),
+                             side="right")  # fmt: skip
+        np.minimum(at, len(cum) - 1, out=at)
+        q_t = self.mapping.value(b[at].ravel()).reshape(at.shape)
+        q_t[ok_totals == 0] = math.nan  # no successful call
         # every tenant together: dense ((window, operation) x bucket) histograms
         wo = w * n_ops + series // n_orgs
         all_hist = np.bincount(
