@@ -300,3 +300,15 @@ def test_combined_national_id_detector_finds_what_the_single_ones_find() -> None
     for text in texts:
         single = sorted({span for d in national_id_detectors for span in d.spans(text)})
         assert national_id_detector.spans(text) == single, text
+
+
+def test_findings_cache_keeps_no_original_text() -> None:
+    """Findings are remembered across records by digest: no original string stays in memory."""
+    redactor = Redactor()
+    assert redactor.redact_value({"note": "mail jane@acme.io"}) == {
+        "note": "mail redacted-1@example.com"
+    }
+    cache = redactor._found  # the cross-record cache
+    assert len(cache) >= 1
+    assert all(isinstance(key, bytes) and len(key) == 16 for key in cache)
+    assert "jane" not in repr(cache)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from hashlib import blake2b
 from typing import Any, Final
 
 from attrs import define, field
@@ -140,8 +141,10 @@ _HARMLESS: Final = re.compile(
     r"|[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{128}|-?\d{1,6}(?:\.\d+)?"
 )
 
-#: Strings whose detector findings a `Redactor` remembers (cleared when full).
+#: Strings whose detector findings a `Redactor` remembers (cleared when full), and the longest
+#: string remembered.
 _FOUND_CACHE_SIZE: Final = 4096
+_FOUND_CACHE_MAX_LENGTH: Final = 1024
 
 _SHAPED: Final = ("email", "card", "iban", "ip", "phone")
 _HEADER_KINDS: Final = (KeyKind.COOKIE, KeyKind.SET_COOKIE, KeyKind.AUTHORIZATION)
@@ -348,8 +351,9 @@ class Redactor:
         self.extra_paths = frozenset(extra_paths)
         self.min_echo_length = min_echo_length
         # detector findings per string, across records (keys, enum values, user agents repeat);
-        # detectors are pure functions of the string, placeholders are made per record
-        self._found: dict[str, tuple[tuple[int, int, int, str, None], ...]] = {}
+        # detectors are pure functions of the string, placeholders are made per record. Keyed by
+        # a BLAKE2b digest, so no original text outlives the record it came from.
+        self._found: dict[bytes, tuple[tuple[int, int, int, str, None], ...]] = {}
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -412,13 +416,17 @@ class Redactor:
         if echo is not None and echo.needles:
             findings.extend((s, -e, -1, kind, orig) for s, e, orig, kind in echo.spans(text))
         if self.detectors and len(text) >= 6:
-            found = self._found.get(text)
-            if found is None:
-                found = self._detect(text)
-                if len(self._found) >= _FOUND_CACHE_SIZE:
-                    self._found.clear()
-                self._found[text] = found
-            findings.extend(found)
+            if len(text) > _FOUND_CACHE_MAX_LENGTH:  # long texts rarely repeat: not cached
+                findings.extend(self._detect(text))
+            else:
+                digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                found = self._found.get(digest)
+                if found is None:
+                    found = self._detect(text)
+                    if len(self._found) >= _FOUND_CACHE_SIZE:
+                        self._found.clear()
+                    self._found[digest] = found
+                findings.extend(found)
         if not findings:
             return text
         findings.sort()
