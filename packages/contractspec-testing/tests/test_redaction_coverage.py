@@ -312,3 +312,30 @@ def test_findings_cache_keeps_no_original_text() -> None:
     assert len(cache) >= 1
     assert all(isinstance(key, bytes) and len(key) == 16 for key in cache)
     assert "jane" not in repr(cache)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"detectors": ["email"]}, "detectors"),
+        ({"secret_keys": "password"}, "secret_keys"),
+        ({"extra_paths": ["notes"]}, "extra_paths"),
+        ({"extra_paths": "input.notes"}, "extra_paths"),
+        ({"min_echo_length": 0}, "min_echo_length"),
+        ({"phone_regions": "GB"}, "phone_regions"),
+    ],
+)
+def test_bad_redactor_configuration_names_the_field(kwargs: dict[str, Any], field: str) -> None:
+    """A configuration that would fail later or do nothing is refused, naming the argument."""
+    with pytest.raises(ConfigurationError, match=f"Redactor {field}") as caught:
+        Redactor(**kwargs)
+    assert caught.value.details["field"] == field
+
+
+def test_extra_paths_are_redacted_with_their_echoes() -> None:
+    """`extra_paths` work like spec PII paths: replaced there and wherever echoed."""
+    done = Redactor(extra_paths=["input.nickname"]).redact_record(
+        {"nickname": "Captain Zed"}, {"banner": "Ahoy, captain zed!"}
+    )
+    assert done.input == {"nickname": "[redacted-1]"}
+    assert done.output == {"banner": "Ahoy, [redacted-1]!"}

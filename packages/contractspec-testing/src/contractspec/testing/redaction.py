@@ -54,6 +54,7 @@ from typing import Any, Final
 from attrs import define, field
 from stdnum.iban import calc_check_digits
 
+from contractspec.core import ConfigurationError
 from contractspec.testing._detectors import (
     _PHONE_HINT,
     DEFAULT_PHONE_REGIONS,
@@ -308,6 +309,12 @@ class Redactor:
 
     All methods take a `Placeholders` so several values (input, output, error message) of one
     snapshot share their placeholders.
+
+    Raises:
+        ConfigurationError: A detector that is not a `Detector`, a `secret_keys` that is neither a
+            regex, a predicate nor `None`, an extra path not starting with `input.` or `output.`,
+            a `min_echo_length` below 1, or an unknown phone region; `details["field"]` names
+            the argument.
     """
 
     __slots__ = (
@@ -331,6 +338,7 @@ class Redactor:
         phone_regions: Iterable[str] | None = None,
     ) -> None:
         found = tuple(detectors)
+        _check_config(found, secret_keys, extra_paths, min_echo_length, phone_regions)
         if phone_regions is not None:
             custom = phone_detector_for(phone_regions)
             found = tuple(custom if d is phone_detector else d for d in found)
@@ -733,6 +741,52 @@ class Redactor:
         """
         done = self.redact_record(input, output, error, pii=pii)
         return done.input, done.output, done.error
+
+
+def _check_config(
+    detectors: tuple[Any, ...],
+    secret_keys: object,
+    extra_paths: Iterable[str],
+    min_echo_length: object,
+    phone_regions: Iterable[str] | str | None,
+) -> None:
+    """Refuse a `Redactor` configuration that would fail later or silently do nothing."""
+
+    def refuse(field: str, message: str) -> ConfigurationError:
+        return ConfigurationError(f"Redactor {field}: {message}", details={"field": field})
+
+    for detector in detectors:
+        if not isinstance(detector, Detector):
+            raise refuse(
+                "detectors",
+                f"expected Detector instances (contractspec.testing.redaction.Detector), got "
+                f"{type(detector).__name__}",
+            )
+    if not (secret_keys is None or isinstance(secret_keys, re.Pattern) or callable(secret_keys)):
+        raise refuse(
+            "secret_keys",
+            f"expected a compiled regex, a predicate `key -> bool` or None, got "
+            f"{type(secret_keys).__name__}",
+        )
+    if isinstance(extra_paths, str):
+        raise refuse("extra_paths", f"expected a list of paths, got the string {extra_paths!r}")
+    for path in extra_paths:
+        if not isinstance(path, str) or not path.startswith(("input.", "output.")):
+            raise refuse(
+                "extra_paths", f"{path!r} must be a dotted path starting with input. or output."
+            )
+    if (
+        isinstance(min_echo_length, bool)
+        or not isinstance(min_echo_length, int)
+        or min_echo_length < 1
+    ):
+        raise refuse(
+            "min_echo_length", f"expected a positive number of characters, got {min_echo_length!r}"
+        )
+    if isinstance(phone_regions, str):
+        raise refuse(
+            "phone_regions", f"expected a list of region codes (['GB']), got {phone_regions!r}"
+        )
 
 
 _AUTH_PARAMS: Final = re.compile(r"(?P<name>[A-Za-z][\w-]*)=(?P<value>\"[^\"]*\"|[^\s,]+)")
