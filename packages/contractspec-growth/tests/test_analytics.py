@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from attrs import evolve
 from growth_b_data import cdnow, cdnow_path
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -187,30 +189,75 @@ def test_risk_is_monotone_in_recency_frequency_and_errors(
         assert predictor.score(ActivityProfile("u", recency, frequency, worse)).risk >= base
 
 
-def test_fit_on_cdnow_predicts_held_out_churn() -> None:
-    """Fitted on half the 1997 customers, risk separates 1998 churners in the other half (AUC > 0.78)."""
+def _held_out(
+    predictor: ChurnPredictor, profiles: list[ActivityProfile], y: np.ndarray
+) -> tuple[float, float]:
+    """(AUC, mean log loss) of `predictor` on `profiles` with churn labels `y`."""
+    scores = {s.subject: s.risk for s in predictor.score_many(profiles)}
+    risk = np.array([scores[p.subject] for p in profiles])
+    auc = sps.mannwhitneyu(risk[y], risk[~y]).statistic / (y.sum() * (~y).sum())
+    loss = -np.mean(np.where(y, np.log(risk), np.log1p(-risk)))
+    return float(auc), float(loss)
+
+
+def test_fit_on_cdnow_beats_the_unfitted_model_on_held_out_customers() -> None:
+    """Fitted (RFM) on the even 1997 customers, the model predicts the odd ones' 1998 churn better
+    than the unfitted default weights and than the training churn rate, and the monetary term
+    does not hurt."""
     tx = cdnow()
     as_of = dt.date(1998, 1, 1)
     history = tx.between(end=as_of)
     later = set(tx.between(start=as_of).customer_ids.tolist())
-    profiles = ChurnPredictor.profiles(history.customer_ids, history.times, as_of=as_of)
+    profiles = ChurnPredictor.profiles(
+        history.customer_ids, history.times, as_of=as_of, amounts=history.amounts
+    )
     churned = np.array([p.subject not in later for p in profiles])
     train = np.array([int(p.subject) % 2 == 0 for p in profiles])
-    predictor = ChurnPredictor().fit(
-        [p for p, t in zip(profiles, train, strict=True) if t], churned[train]
-    )
-    weights = predictor.weights
+    fit_on = [p for p, t in zip(profiles, train, strict=True) if t]
+    held_out = [p for p, t in zip(profiles, train, strict=True) if not t]
+    y = churned[~train]
+    fitted = ChurnPredictor().fit(fit_on, churned[train])
+    weights = fitted.weights
     assert weights["recency"] > 0
     assert weights["frequency"] > 0
-    test_profiles = [p for p, t in zip(profiles, train, strict=True) if not t]
-    scores = {s.subject: s.risk for s in predictor.score_many(test_profiles)}
-    risk = np.array([scores[p.subject] for p in test_profiles])
-    y = churned[~train]
-    auc = sps.mannwhitneyu(risk[y], risk[~y]).statistic / (y.sum() * (~y).sum())
-    assert auc > 0.78
+    assert weights["monetary"] > 0  # spending more lowers the risk in CDNOW
+    fitted_auc, fitted_loss = _held_out(fitted, held_out, y)
+    prior_auc, prior_loss = _held_out(ChurnPredictor(), held_out, y)
+    rate = float(churned[train].mean())
+    constant_loss = -float(np.mean(np.where(y, math.log(rate), math.log1p(-rate))))
+    assert fitted_auc > 0.78
+    assert fitted_auc > prior_auc
+    assert fitted_loss < prior_loss - 0.3  # the default weights are badly calibrated here
+    assert fitted_loss < constant_loss - 0.1
+    no_money = [evolve(p, monetary=0.0) for p in profiles]
+    rf = ChurnPredictor().fit(
+        [p for p, t in zip(no_money, train, strict=True) if t], churned[train]
+    )
+    assert (
+        fitted_loss
+        <= _held_out(rf, [p for p, t in zip(no_money, train, strict=True) if not t], y)[1]
+    )
     # A customer who bought last week, 12 times, scores low; one idle for 10 months, high.
-    assert predictor.score(ActivityProfile("x", 7, 12)).band == "low"
-    assert predictor.score(ActivityProfile("y", 300, 1)).band == "high"
+    assert fitted.score(ActivityProfile("x", 7, 12, monetary=300.0)).band == "low"
+    assert fitted.score(ActivityProfile("y", 300, 1, monetary=10.0)).band == "high"
+
+
+def test_monetary_is_summed_from_amounts_and_lowers_risk() -> None:
+    """`amounts=` fills `monetary` within the look-back; more spend never raises the risk."""
+    profiles = ChurnPredictor.profiles(
+        ["a", "a", "b"],
+        [D(2024, 1, 1), D(2024, 4, 1), D(2024, 4, 20)],
+        as_of=dt.date(2024, 5, 1),
+        lookback=dt.timedelta(days=90),
+        amounts=[100.0, 25.5, 10.0],
+    )
+    assert [p.monetary for p in profiles] == [25.5, 10.0]
+    predictor = ChurnPredictor(monetary_weight=0.5)
+    low, high = (predictor.score(ActivityProfile("u", 30, 3, monetary=m)).risk for m in (500, 5))
+    assert low < high
+    with pytest.raises(SpecValidationError) as info:
+        ActivityProfile("u", 1.0, 1, monetary=-3.0)
+    assert info.value.details["field"] == "monetary"
 
 
 def test_profiles_from_an_activity_log() -> None:

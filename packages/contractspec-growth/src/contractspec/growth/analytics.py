@@ -652,12 +652,15 @@ class ActivityProfile:
         recency_days: Days since the last activity (>= 0).
         frequency: Activities in the look-back period (>= 0).
         errors: Failed activities (errors the user hit) in the same period (>= 0).
+        monetary: Money the subject spent in the same period (>= 0, any currency used
+            consistently): the M of RFM.
     """
 
     subject: str
     recency_days: float
     frequency: int
     errors: int = 0
+    monetary: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not (math.isfinite(self.recency_days) and self.recency_days >= 0):
@@ -665,6 +668,16 @@ class ActivityProfile:
                 f"ActivityProfile.recency_days must be a finite number of days >= 0, got "
                 f"{self.recency_days!r}.",
                 details={"field": "recency_days"},
+            )
+        if not (
+            isinstance(self.monetary, int | float)
+            and math.isfinite(self.monetary)
+            and self.monetary >= 0
+        ):
+            raise SpecValidationError(
+                f"ActivityProfile.monetary must be a finite amount >= 0, got {self.monetary!r}; "
+                "refunds larger than the spend are not a churn signal, clip them at 0.",
+                details={"field": "monetary"},
             )
         for field in ("frequency", "errors"):
             value = getattr(self, field)
@@ -703,24 +716,27 @@ class _ChurnWeights:
     recency: float
     frequency: float
     errors: float
+    monetary: float
 
 
 def _features(profiles: Sequence[ActivityProfile]) -> FloatArray:
-    """Columns: recency in 30-day months, -log1p(frequency), error rate. Risk rises in each."""
-    out = np.empty((len(profiles), 3), dtype=np.float64)
+    """Columns: recency in 30-day months, -log1p(frequency), error rate, -log1p(monetary).
+    Risk rises in each."""
+    out = np.empty((len(profiles), 4), dtype=np.float64)
     for i, p in enumerate(profiles):
         out[i, 0] = p.recency_days / 30.0
         out[i, 1] = -math.log1p(p.frequency)
         out[i, 2] = p.error_rate
+        out[i, 3] = -math.log1p(p.monetary)
     return out
 
 
 class ChurnPredictor:
-    """Recency / frequency / error churn scoring, monotone by construction.
+    """Recency / frequency / monetary (RFM) and error churn scoring, monotone by construction.
 
-    `risk = sigmoid(b + w_r * recency_months - w_f * log(1 + frequency) + w_e * error_rate)` with
-    `w_r, w_f, w_e >= 0`: a more recent, more frequent or more error-free subject never scores
-    higher risk. The defaults encode that prior; `fit` learns the weights from labelled history
+    `risk = sigmoid(b + w_r * recency_months - w_f * log(1 + frequency) + w_e * error_rate
+    - w_m * log(1 + monetary))` with `w_r, w_f, w_e, w_m >= 0`: a more recent, more frequent,
+    higher-spending or more error-free subject never scores higher risk. The defaults encode that prior; `fit` learns the weights from labelled history
     by maximum likelihood (logistic regression with non-negativity bounds, L-BFGS-B, and a small
     L2 penalty), keeping the monotonicity guarantee.
 
@@ -729,6 +745,8 @@ class ChurnPredictor:
         recency_weight: `w_r`, per 30 days since the last activity.
         frequency_weight: `w_f`, per unit of `log(1 + frequency)`.
         error_weight: `w_e`, per unit of error rate (errors per activity).
+        monetary_weight: `w_m`, per unit of `log(1 + monetary)`; 0 by default (the scale of
+            money depends on the business, so the prior leaves it to `fit`).
 
     Raises:
         SpecValidationError: A weight is negative or not finite.
@@ -741,11 +759,13 @@ class ChurnPredictor:
         recency_weight: float = 1.0,
         frequency_weight: float = 1.0,
         error_weight: float = 4.0,
+        monetary_weight: float = 0.0,
     ) -> None:
         for field, value in (
             ("recency_weight", recency_weight),
             ("frequency_weight", frequency_weight),
             ("error_weight", error_weight),
+            ("monetary_weight", monetary_weight),
         ):
             if not (math.isfinite(value) and value >= 0):
                 raise SpecValidationError(
@@ -758,11 +778,13 @@ class ChurnPredictor:
                 f"ChurnPredictor.intercept must be finite, got {intercept!r}.",
                 details={"field": "intercept"},
             )
-        self._w = _ChurnWeights(intercept, recency_weight, frequency_weight, error_weight)
+        self._w = _ChurnWeights(
+            intercept, recency_weight, frequency_weight, error_weight, monetary_weight
+        )
 
     @property
     def weights(self) -> dict[str, float]:
-        """Current weights: `intercept`, `recency`, `frequency`, `errors`."""
+        """Current weights: `intercept`, `recency`, `frequency`, `errors`, `monetary`."""
         return attrs.asdict(self._w)
 
     @staticmethod
@@ -773,6 +795,7 @@ class ChurnPredictor:
         as_of: dt.date | dt.datetime,
         failed: Sequence[bool] | npt.ArrayLike | None = None,
         lookback: dt.timedelta | None = None,
+        amounts: Sequence[float] | npt.ArrayLike | None = None,
     ) -> list[ActivityProfile]:
         """Build profiles from an activity log, as seen at `as_of`.
 
@@ -781,8 +804,10 @@ class ChurnPredictor:
             times: Time per activity; activities at or after `as_of` are ignored.
             as_of: Reference time (the "now" of the score).
             failed: Whether each activity failed (an error the user hit); none by default.
-            lookback: Only count frequency/errors within this period before `as_of`
+            lookback: Only count frequency/errors/money within this period before `as_of`
                 (recency always uses the whole history).
+            amounts: Money per activity (e.g. `Transactions.amounts`), summed per subject into
+                `monetary` (negative totals, from refunds, are clipped at 0); none by default.
 
         Returns:
             One profile per subject with activity before `as_of`, sorted by subject id.
@@ -790,16 +815,27 @@ class ChurnPredictor:
         subj = np.asarray(subjects).astype(np.str_)
         when = _as_datetime64(times, "times")
         err = np.zeros(len(subj), dtype=bool) if failed is None else np.asarray(failed, dtype=bool)
-        if not (len(subj) == len(when) == len(err)):
+        money = (
+            np.zeros(len(subj), dtype=np.float64)
+            if amounts is None
+            else np.asarray(amounts, dtype=np.float64).reshape(-1)
+        )
+        if not (len(subj) == len(when) == len(err) == len(money)):
             raise SpecValidationError(
-                "ChurnPredictor.profiles needs one subject, time (and failed flag) per activity.",
+                "ChurnPredictor.profiles needs one subject, time (and failed flag, amount) per "
+                "activity.",
                 details={"field": "times"},
+            )
+        if not np.all(np.isfinite(money)):
+            raise SpecValidationError(
+                "ChurnPredictor.profiles got a non-finite amount; drop or impute NaN/inf first.",
+                details={"field": "amounts"},
             )
         now = np.datetime64(
             as_of if isinstance(as_of, dt.datetime) else dt.datetime.combine(as_of, dt.time()), "s"
         )
         before = when < now
-        subj, when, err = subj[before], when[before], err[before]
+        subj, when, err, money = subj[before], when[before], err[before], money[before]
         if not len(subj):
             return []
         names, inv = np.unique(subj, return_inverse=True)
@@ -810,15 +846,20 @@ class ChurnPredictor:
             in_window = when >= now - np.timedelta64(int(lookback.total_seconds()), "s")
         freq = np.bincount(inv, weights=in_window, minlength=len(names)).astype(np.int64)
         errs = np.bincount(inv, weights=in_window & err, minlength=len(names)).astype(np.int64)
+        spent = np.maximum(np.bincount(inv, weights=money * in_window, minlength=len(names)), 0.0)
         recency = (now.astype(np.int64) - last) / 86_400.0
         return [
-            ActivityProfile(str(names[i]), float(recency[i]), int(freq[i]), int(errs[i]))
+            ActivityProfile(
+                str(names[i]), float(recency[i]), int(freq[i]), int(errs[i]), float(spent[i])
+            )
             for i in range(len(names))
         ]
 
     def _logits(self, x: FloatArray) -> FloatArray:
         w = self._w
-        logits: FloatArray = w.intercept + x @ np.array([w.recency, w.frequency, w.errors])
+        logits: FloatArray = w.intercept + x @ np.array(
+            [w.recency, w.frequency, w.errors, w.monetary]
+        )
         return logits
 
     def score(self, profile: ActivityProfile) -> ChurnScore:
@@ -848,7 +889,7 @@ class ChurnPredictor:
         Args:
             profiles: Profiles at some past reference time.
             churned: Whether each subject then churned (e.g. no activity in the next 6 months).
-            l2: Ridge penalty on the three weights (per subject), for stability.
+            l2: Ridge penalty on the four weights (per subject), for stability.
 
         Raises:
             SpecValidationError: Lengths differ, fewer than 2 profiles, or only one class.
@@ -879,11 +920,11 @@ class ChurnPredictor:
             return nll + pen, grad
 
         w = self._w
-        start = np.array([w.intercept, w.recency, w.frequency, w.errors])
-        bounds = [(None, None), (0.0, None), (0.0, None), (0.0, None)]
+        start = np.array([w.intercept, w.recency, w.frequency, w.errors, w.monetary])
+        bounds = [(None, None), (0.0, None), (0.0, None), (0.0, None), (0.0, None)]
         fitted = optimize.minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
         b = fitted.x
-        self._w = _ChurnWeights(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+        self._w = _ChurnWeights(*(float(v) for v in b))
         return self
 
 
