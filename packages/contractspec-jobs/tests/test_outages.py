@@ -69,6 +69,72 @@ def warnings_and_errors(events: list[dict[str, Any]]) -> Counter[str]:
     )
 
 
+# -- Results that cannot be stored while the database still answers other calls ------------------
+
+
+class ResultsFail:
+    """A queue whose `complete_many` raises `ConnectionError` while `down` (counting the calls);
+    everything else goes to the real queue (heartbeats still work)."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        self.down = True
+        self.complete_calls = 0
+
+    async def complete_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.complete_calls += 1
+        if self.down:
+            raise ConnectionError("connection refused")
+        return await self.queue.complete_many(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+
+async def test_unrecorded_result_keeps_its_lease_and_is_retried_with_backoff() -> None:
+    """A finished job whose result cannot be stored for 3x the lease keeps its lease (so another,
+    healthy worker sweeping every 0.3 s does not run it again), storing is retried with backoff
+    (tens of attempts, not thousands), one warning is logged, and the result is stored once the
+    database takes it."""
+    from contractspec.jobs import MemoryJobQueue
+
+    queue = MemoryJobQueue(SPECS)
+    flaky = ResultsFail(queue)
+    runs: list[str] = []
+    job_id = await queue.enqueue(work, {"n": 1, "seconds": 0})
+    holder = make_worker(flaky, lambda job_id, attempt: runs.append(job_id), concurrency=1)
+    other = make_worker(queue, lambda job_id, attempt: runs.append(job_id), concurrency=1)
+    with capture_logs() as events:
+        tasks = [asyncio.create_task(holder.run())]
+
+        async def finished() -> bool:
+            return holder.unrecorded == 1
+
+        await until(finished, 5, "the job to finish with its result unrecorded")
+        tasks.append(asyncio.create_task(other.run()))
+        await asyncio.sleep(3 * LEASE)
+        job = await queue.get(job_id)
+        assert job is not None
+        assert job.status is JobStatus.RUNNING  # still held by `holder`
+        calls_during_outage = flaky.complete_calls
+        flaky.down = False
+        await until(lambda: _succeeded(queue, job_id), 5, "the result to be stored")
+
+        async def back() -> bool:
+            return any(e["event"] == AVAILABLE for e in events)
+
+        await until(back, 5, "the worker to log that the database is back")
+        holder.stop()
+        other.stop()
+        held, _ = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert runs == [job_id]
+    assert held.succeeded == 1
+    assert held.lost == 0
+    assert 3 <= calls_during_outage <= 40, calls_during_outage
+    assert warnings_and_errors(events) == Counter({UNAVAILABLE: 1})
+    assert [e["failed_calls"] for e in events if e["event"] == AVAILABLE] == [calls_during_outage]
+
+
 # -- SQLite: another connection holds the write lock for longer than the lease ----------------------
 
 
@@ -112,7 +178,9 @@ async def test_sqlite_write_lock_longer_than_the_lease_runs_no_job_twice(tmp_pat
             async def long_jobs_running() -> bool:
                 running = await queue.list(status="running")
                 ticks = await queue.list(status="succeeded", job_type=tick.name)
-                return sum(j.payload["seconds"] == 2.0 for j in running) == 3 and len(ticks) >= 1
+                return (
+                    sum(j.payload.get("seconds") == 2.0 for j in running) == 3 and len(ticks) >= 1
+                )
 
             await until(long_jobs_running, 10, "the long jobs to run and a first tick")
             await hold_write_lock(path, 3 * LEASE)
@@ -240,7 +308,7 @@ async def test_postgres_restart_longer_than_the_lease_runs_no_job_twice(tmp_path
         async def long_jobs_running() -> bool:
             running = await queue.list(status="running")
             ticks = await queue.list(status="succeeded", job_type=tick.name)
-            return sum(j.payload["seconds"] == 6.0 for j in running) == 6 and len(ticks) >= 1
+            return sum(j.payload.get("seconds") == 6.0 for j in running) == 6 and len(ticks) >= 1
 
         await until(long_jobs_running, 30, "the long jobs to run and a first tick")
         await server.stop("fast")

@@ -4,7 +4,10 @@ judged expired.
 Workers and schedulers wrap every database call in `DatabaseHealth.track`. The first failure logs
 `contractspec.jobs.database_unavailable` (one line, never a line per retry) and the first success
 after it logs `contractspec.jobs.database_available`; in between, callers wait `retry_delay()`
-(exponential, with jitter, capped) before trying again.
+(exponential, with jitter, capped) before trying again. The database counts as back only once its
+calls have succeeded for `cap` seconds with no failure: a database that answers some calls and
+fails others (say, heartbeats work but results cannot be stored) stays one outage — one warning, a
+backoff that keeps growing — instead of a warning and a recovery per call.
 
 `settled()` tells a worker whether it may sweep for expired leases. A lease that expired while the
 database was unreachable (or answering too slowly to extend it) says nothing about its holder: every
@@ -73,13 +76,14 @@ class DatabaseHealth:
         self.rng = rng or random.Random()
         self.failures = 0
         self._down_since: float | None = None
+        self._answering_since: float | None = None
         self._interrupted_at = -math.inf
         self._in_flight: dict[int, float] = {}
         self._next_call = 0
 
     @property
     def available(self) -> bool:
-        """`False` from a failed call until the next successful one."""
+        """`False` from a failed call until calls have succeeded for `cap` seconds."""
         return self._down_since is None
 
     async def track(self, call: Awaitable[T]) -> T:
@@ -111,6 +115,7 @@ class DatabaseHealth:
         now = asyncio.get_running_loop().time()
         self._interrupted_at = now
         self.failures += 1
+        self._answering_since = None
         if self._down_since is not None:
             return
         self._down_since = now
@@ -120,17 +125,23 @@ class DatabaseHealth:
         )
 
     def succeeded(self) -> None:
-        """Record a successful call; log `database_available` if it was unavailable."""
+        """Record a successful call; log `database_available` if it was unavailable and calls
+        have succeeded, with no failure, for `cap` seconds."""
         if self._down_since is None:
             return
         now = asyncio.get_running_loop().time()
         self._interrupted_at = now
+        if self._answering_since is None:
+            self._answering_since = now
+        if now - self._answering_since < self.cap:
+            return
         self.log.info(
             "contractspec.jobs.database_available",
             unavailable_for_s=round(now - self._down_since, 3),
             failed_calls=self.failures,
         )
         self._down_since = None
+        self._answering_since = None
         self.failures = 0
 
     def retry_delay(self) -> float:

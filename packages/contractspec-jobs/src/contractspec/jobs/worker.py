@@ -274,6 +274,8 @@ class Worker:
         self._lost: dict[str, bool] = {}
         self._outcomes: dict[str, _Outcome] = {}
         self._flushing: set[str] = set()
+        #: False after a failed database call, until every held lease was extended again.
+        self._leases_extended = True
         self._shutting_down = False
         self._log = _log.bind(worker_id=self.worker_id, queues=self.queues)
         self._health = DatabaseHealth(
@@ -335,7 +337,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 try:
-                    if not health.available:
+                    if not self._leases_extended:
                         await self._beat(raise_errors=True)  # extend every lease we hold first
                     await self._flush_outcomes()
                     now = loop.time()
@@ -354,6 +356,7 @@ class Worker:
                             )
                         )
                 except Exception:  # logged once by `health`; back off, our leases are extended
+                    self._leases_extended = False
                     await self._pause(health.retry_delay())
                     continue
                 if free > 0:
@@ -447,15 +450,18 @@ class Worker:
         and taken over, or cancelled by an operator)."""
         held = self._held()
         if not held:
+            self._leases_extended = True
             return
         try:
             lost = await self._health.track(
                 self.queue.heartbeat_many(held, lease_for=self.lease_for)
             )
         except Exception:  # logged once by `health`; the next beat may succeed within the lease
+            self._leases_extended = False
             if raise_errors:
                 raise
             return
+        self._leases_extended = True
         for job_id in lost:
             entry = self._running.get(job_id)
             if entry is not None and not entry[1].done():
