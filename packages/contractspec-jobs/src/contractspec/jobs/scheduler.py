@@ -202,8 +202,8 @@ class Scheduler:
 
         When the database does not answer, the scheduler logs
         `contractspec.jobs.database_unavailable` once, retries with exponential backoff (1 s, 2 s,
-        4 s, ... up to `max_sleep`) and logs `contractspec.jobs.database_available` when
-        it answers again; the fires it missed meanwhile are then enqueued (or skipped) by the
+        4 s, ... up to `max_sleep`) and logs `contractspec.jobs.database_available` once its
+        calls have succeeded, with no failure, for `max_sleep`; the fires it missed meanwhile are then enqueued (or skipped) by the
         schedules' `misfire_grace` and `coalesce` rules, each fire time at most once.
 
         Args:

@@ -309,8 +309,9 @@ class Worker:
         When the database does not answer, the worker logs `contractspec.jobs.database_unavailable`
         once, retries with exponential backoff (from `poll_interval` up to `heartbeat_every`), keeps
         extending the leases of running jobs and of finished jobs whose outcome is not stored yet,
-        and logs `contractspec.jobs.database_available` when it answers again; it sweeps for
-        expired leases only after the database has answered for a whole `lease_for`.
+        and logs `contractspec.jobs.database_available` once its calls have succeeded, with no
+        failure, for `heartbeat_every`; it sweeps for expired leases only after the database has
+        answered promptly for a whole `lease_for`.
 
         Args:
             handle_signals: Install SIGTERM and SIGINT handlers that stop gracefully (main
