@@ -14,9 +14,11 @@ Per-minute call and error counts are kept for `counter_minutes` (default 6 hours
 the SLO burn-rate alerts read. Recent operation sequences are kept per trace in a bounded LRU
 buffer (`max_traces` traces of at most `max_sequence_length` operations).
 
-Ingestion is vectorised: `ingest(TelemetryBatch)` encodes (minute, operation, tenant, failed,
-bucket) into one integer key per sample and counts distinct keys with one `np.unique`; the
-`TelemetrySink.record(sample)` path buffers samples and ingests them in batches.
+Ingestion is vectorised: `ingest(TelemetryBatch)` encodes (operation, tenant, failed, bucket,
+minute of the window) into one integer key per sample (32-bit when the batch's key space fits),
+sorts the keys once and counts the distinct ones per window; the `TelemetrySink.record(sample)`
+path buffers samples and ingests them in batches. Windows that are due together are computed in
+one numpy pass, and their rows built column by column.
 """
 
 from __future__ import annotations
