@@ -976,9 +976,13 @@ class IntentAggregator:
         q_t[ok_totals == 0] = math.nan  # no successful call
         # every tenant together: dense ((window, operation) x bucket) histograms
         wo = w * n_ops + series // n_orgs
+        ok_b = b[ok]
+        # only the buckets in use: from bucket `lo`, `used` buckets wide
+        lo = int(ok_b.min()) if len(ok_b) else 0
+        used = int(ok_b.max()) - lo + 1 if len(ok_b) else 1
         all_hist = np.bincount(
-            wo[ok] * n_b + b[ok], weights=merged[ok], minlength=k * n_ops * n_b
-        ).reshape(k * n_ops, n_b)
+            wo[ok] * used + (ok_b - lo), weights=merged[ok], minlength=k * n_ops * used
+        ).reshape(k * n_ops, used)
         all_calls = np.bincount(wo, weights=merged, minlength=k * n_ops)
         all_errors = np.bincount(wo, weights=merged * f, minlength=k * n_ops)
         cells = np.flatnonzero(all_calls)
@@ -986,7 +990,7 @@ class IntentAggregator:
         # (cell, bucket) pairs come sorted as `grouped_quantiles` wants them
         rows, cols = np.nonzero(all_hist[cells])
         counts = all_hist[cells[rows], cols].astype(np.int64)
-        cols = cols.astype(np.int64)
+        cols = cols.astype(np.int64) + lo
         q_rows, _totals, q_all = grouped_quantiles(
             rows, cols, counts, QUANTILES, self.mapping, presorted=True
         )
