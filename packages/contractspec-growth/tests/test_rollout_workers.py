@@ -17,6 +17,7 @@ from contractspec.growth.rollouts import (
     Guardrails,
     MemoryRolloutStore,
     RolloutPlan,
+    RolloutState,
     RolloutStatus,
     RolloutStore,
     SpecExperimentController,
@@ -159,3 +160,42 @@ async def test_only_one_worker_can_start_a_rollout(
     with pytest.raises(ConflictError, match="already running"):
         await b.start(PLAN)
     assert b.state("shop.quote") == first
+
+
+class _GatedStore(MemoryRolloutStore):
+    """A memory store whose writes wait for `gate` (a slow database), sharing another's rows."""
+
+    def __init__(self, rows: MemoryRolloutStore) -> None:
+        super().__init__()
+        self._states = rows._states
+        self.gate = asyncio.Event()
+
+    async def save(self, state: RolloutState, *, expected_version: int | None) -> None:
+        await self.gate.wait()
+        await super().save(state, expected_version=expected_version)
+
+
+async def test_changes_queued_behind_a_losing_write_do_not_erase_a_rollback() -> None:
+    """B's write of 10 % is in flight while B queues 50 %; A rolls back meanwhile. B's first
+    write loses the compare-and-set, and the queued change (made on the losing one) is dropped
+    too instead of being written over the rollback."""
+    clock = FakeClock(T0)
+    rows = MemoryRolloutStore()
+    slow = _GatedStore(rows)
+    a = SpecExperimentController(rows, clock=clock)
+    b = SpecExperimentController(slow, clock=clock)
+    await a.start(PLAN)
+    await b.load()
+    for _ in range(30):
+        b.record(_sample())  # B advances to 10 %: its write waits at the gate
+    await asyncio.sleep(0)
+    for _ in range(30):
+        b.record(_sample())  # B advances to 50 % while the first write is in flight
+    assert b.state("shop.quote").coverage == 0.50
+    await a.rollback("shop.quote", "on-call asked")
+    slow.gate.set()
+    await b.flush()
+    stored = await rows.load("shop.quote")
+    assert stored is not None
+    assert (stored.status, stored.reason) == (RolloutStatus.ROLLED_BACK, "on-call asked")
+    assert b.state("shop.quote") == stored

@@ -771,9 +771,13 @@ class SpecExperimentController:
                         self._stored.pop(operation, None)
                         continue
                     self._stored[operation] = stored.version
-                    same_rollout = stored.history[:1] == state.history[:1]
+                    # a newer local change queued meanwhile was derived from the losing one:
+                    # it must not be written over `stored` either (only a rollback survives)
+                    pending = self._dirty.pop(operation, None)
+                    if pending is not None and pending.status is RolloutStatus.ROLLED_BACK:
+                        state = pending
                     if (
-                        same_rollout
+                        stored.history[:1] == state.history[:1]
                         and state.status is RolloutStatus.ROLLED_BACK
                         and stored.status is not RolloutStatus.ROLLED_BACK
                     ):  # a rollback always wins: apply it again on top of the other change
@@ -786,13 +790,11 @@ class SpecExperimentController:
                             history=(*stored.history, state.history[-1]),
                             version=stored.version + 1,
                         )
-                        if self._dirty.get(operation) is None:
-                            self._set(state)
+                        self._set(state)
                         continue
                     _log.info("contractspec.rollout_changed_elsewhere", operation=operation,
                               status=stored.status.value, stage=stored.stage)  # fmt: skip
-                    if operation not in self._dirty:
-                        self._set(stored)
+                    self._set(stored)
                     return
                 self._stored[operation] = state.version
                 return
