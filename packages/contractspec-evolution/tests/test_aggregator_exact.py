@@ -1,8 +1,8 @@
 """IntentAggregator against exact statistics: windows closed together, several ingests per window.
 
-Every closed row is compared with the exact figures of its samples: calls and errors exactly,
-p50/p95/p99 of successful calls within the sketch's 1 % relative accuracy of the exact quantile
-(rank `floor(q (n - 1))`, numpy's `method="lower"`). Samples arrive in several batches per window,
+Every closed row is compared with the exact figures of its samples: calls and errors exactly (as
+are the per-minute burn-rate counters), p50/p95/p99 of successful calls within the sketch's 1 %
+relative accuracy of the exact quantile (rank `floor(q (n - 1))`, numpy's `method="lower"`). Samples arrive in several batches per window,
 operations and tenants appear in later batches (the key layout grows), and many windows close in
 one call, in groups when the dense per-operation matrix would be large.
 """
@@ -85,6 +85,24 @@ def assert_matches(closed: list[WindowStats], exact: dict, window: int) -> None:
     assert order == sorted(order)
 
 
+def assert_minute_counts(
+    agg: IntentAggregator, data: dict[str, np.ndarray], ops: list[str], orgs: list[str | None]
+) -> None:
+    """The burn-rate counters of closed minutes equal the exact calls and errors per minute."""
+    minutes = np.floor(data["timestamp_s"] / 60).astype(np.int64)
+    for o, name in enumerate(ops):
+        for g, org in [(None, ALL_TENANTS), *enumerate(orgs)]:
+            mine = data["operation"] == o
+            if g is not None:
+                mine &= data["org"] == g
+            got = agg.minute_counts(name, org, include_open=False)
+            want, calls = np.unique(minutes[mine], return_counts=True)
+            errors = [int((~data["success"][mine & (minutes == m)]).sum()) for m in want.tolist()]
+            assert got.minutes.tolist() == want.tolist(), (name, org)
+            assert got.calls.tolist() == calls.tolist(), (name, org)
+            assert got.errors.tolist() == errors, (name, org)
+
+
 @pytest.mark.parametrize("dense_cells", [1 << 21, 1], ids=["one group", "one window per group"])
 def test_windows_closed_together_match_exact_statistics_within_the_sketch_accuracy(
     monkeypatch: pytest.MonkeyPatch, dense_cells: int
@@ -112,6 +130,7 @@ def test_windows_closed_together_match_exact_statistics_within_the_sketch_accura
     closed = agg.advance(end)
     assert len({st.start for st in closed}) == 12
     assert_matches(closed, exact_rows(data, ops, orgs, 15), 15)
+    assert_minute_counts(agg, data, ops, orgs)
     # the period histogram is the exact merge of the windows: its quantiles are within 1 %
     for o, name in enumerate(ops):
         buckets, counts = agg.latency_histogram(name)
@@ -158,3 +177,4 @@ def test_restored_buckets_close_like_the_samples_they_came_from() -> None:
     closed = merged.advance(end)
     assert len({st.start for st in closed if st.calls}) == 8
     assert_matches(closed, exact_rows(data, ops, orgs, 15), 15)
+    assert_minute_counts(merged, data, ops, orgs)

@@ -314,14 +314,22 @@ def _count_sorted(keys: npt.NDArray[Any]) -> tuple[_I64, _I64]:
 
 
 class _HistStore:
-    """Per-minute latency histograms of the open windows, as chunks of encoded keys per window."""
+    """Per-minute latency histograms of the open windows, as chunks of encoded keys per window,
+    and their per-minute call and error counts (counted when the samples arrive)."""
 
-    __slots__ = ("n_b", "width", "windows")
+    __slots__ = ("minutes", "n_b", "width", "windows")
 
     def __init__(self, width: int, n_b: int) -> None:
         self.width = width
         self.n_b = n_b
         self.windows: dict[int, list[_Chunk]] = {}
+        # per window: `(series * width + minute % width, calls, errors, n_orgs)` chunks
+        self.minutes: dict[int, list[tuple[_I64, _I64, _I64, int]]] = {}
+
+    def discard(self, window: int) -> None:
+        """Forget a closed window."""
+        self.windows.pop(window, None)
+        self.minutes.pop(window, None)
 
     def add(
         self,
@@ -355,12 +363,16 @@ class _HistStore:
         key += op
         key *= n_orgs
         key += org
+        minute_of_window = minute % width
+        cell = key * width  # (window, operation, tenant, minute) for the per-minute counts
+        cell += minute_of_window
+        self._count_minutes(cell, failed, counts, first, span, n_ops * n_orgs, n_orgs)
         key *= 2
         key += failed
         key *= n_b
         key += bucket
         key *= width
-        key += minute % width
+        key += minute_of_window
         if counts is None:
             # sorting is the cost of a batch: 32-bit keys sort about twice as fast
             small = key.astype(np.uint32) if span * stride < 2**32 else key
@@ -379,6 +391,42 @@ class _HistStore:
                 chunk = _Chunk(local, summed[lo:hi], n_ops, n_orgs)
                 self.windows.setdefault((first + w) * width, []).append(chunk)
 
+    def _count_minutes(
+        self,
+        cell: _I64,
+        failed: _I64,
+        counts: _I64 | None,
+        first: int,
+        span: int,
+        n_series: int,
+        n_orgs: int,
+    ) -> None:
+        """Calls and errors per `cell = (window - first, series, minute of window)`."""
+        width = self.width
+        bad = failed == 1
+        size = span * n_series * width
+        if size <= 4 * len(cell) + 4096:  # dense: one pass, no sort
+            calls = np.bincount(cell, weights=counts, minlength=size)
+            errors = np.bincount(
+                cell[bad], weights=None if counts is None else counts[bad], minlength=size
+            )
+            uniq = np.flatnonzero(calls)
+            calls, errors = calls[uniq], errors[uniq]
+        else:
+            uniq, inv = np.unique(cell, return_inverse=True)
+            calls = np.bincount(inv, weights=counts, minlength=len(uniq))
+            errors = np.bincount(
+                inv[bad], weights=None if counts is None else counts[bad], minlength=len(uniq)
+            )
+        calls, errors = calls.astype(np.int64), errors.astype(np.int64)
+        per_window = n_series * width
+        cuts = np.searchsorted(uniq, np.arange(1, span) * per_window).tolist()
+        for w, lo, hi in zip(range(span), [0, *cuts], [*cuts, len(uniq)], strict=True):
+            if hi > lo:
+                local = uniq[lo:hi] - w * per_window if w else uniq[lo:hi]
+                part = (local, calls[lo:hi], errors[lo:hi], n_orgs)
+                self.minutes.setdefault((first + w) * width, []).append(part)
+
     def rows(self, window: int | None = None) -> tuple[_I64, ...]:
         """Decoded `(minute, op, org, failed, bucket, count)` of one window (or all)."""
         picked = [window] if window is not None else sorted(self.windows)
@@ -392,24 +440,10 @@ class _HistStore:
     def minute_cells(self, window: int) -> tuple[_I64, ...]:
         """Per-minute `(minute, op, org, calls, errors)` of one window (unsorted, may repeat)."""
         parts: list[tuple[_I64, ...]] = []
-        n_b, width = self.n_b, self.width
-        for c in self.windows.get(window, []):
-            series = c.keys // (2 * n_b * width)
-            failed = (c.keys // (n_b * width)) & 1
-            cell = series * width + c.keys % width
-            size = c.n_ops * c.n_orgs * width
-            if size <= 4 * len(cell) + 4096:
-                calls = np.bincount(cell, weights=c.counts, minlength=size)
-                errors = np.bincount(cell, weights=c.counts * failed, minlength=size)
-                uniq = np.flatnonzero(calls)
-                calls, errors = calls[uniq], errors[uniq]
-            else:
-                uniq, inv = np.unique(cell, return_inverse=True)
-                calls = np.bincount(inv, weights=c.counts)
-                errors = np.bincount(inv, weights=c.counts * failed)
-            series, m = np.divmod(uniq, width)
-            o, g = np.divmod(series, c.n_orgs)
-            parts.append((m + window, o, g, calls.astype(np.int64), errors.astype(np.int64)))
+        for cell, calls, errors, n_orgs in self.minutes.get(window, []):
+            series, m = np.divmod(cell, self.width)
+            o, g = np.divmod(series, n_orgs)
+            parts.append((m + window, o, g, calls, errors))
         if not parts:
             return tuple(np.empty(0, dtype=np.int64) for _ in range(5))
         return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
@@ -888,7 +922,7 @@ class IntentAggregator:
         if self.export_buckets:
             self._sealed.extend(self._to_buckets(self._hist.rows(start), self._errs.get(start)))
         m, o, g, calls, errors = self._hist.minute_cells(start)
-        self._hist.windows.pop(start, None)
+        self._hist.discard(start)
         self._errs.pop(start)
         if len(m):
             self._counters.append(m, o, g, calls, errors)
