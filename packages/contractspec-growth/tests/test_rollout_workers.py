@@ -199,3 +199,24 @@ async def test_changes_queued_behind_a_losing_write_do_not_erase_a_rollback() ->
     assert stored is not None
     assert (stored.status, stored.reason) == (RolloutStatus.ROLLED_BACK, "on-call asked")
     assert b.state("shop.quote") == stored
+
+
+async def test_a_worker_that_only_routes_sees_a_rollback_within_refresh_every(
+    stores: tuple[RolloutStore, RolloutStore],
+) -> None:
+    """Routing alone (no telemetry recorded) re-reads the store once `refresh_every` passed."""
+    clock = FakeClock(T0)
+    a, b = await _workers(stores, clock)
+    await a.rollback("shop.quote", "on-call asked")
+    caller = CallContext(actor=Actor.user("user-1"))
+    b.version_for("shop.quote", caller)
+    assert b.state("shop.quote").status is RolloutStatus.RUNNING  # within the bound
+    clock.advance(b.refresh_every)
+    b.version_for("shop.quote", caller)
+    for _ in range(200):
+        if b.state("shop.quote").status is RolloutStatus.ROLLED_BACK:
+            break
+        await asyncio.sleep(0.01)
+    assert b.state("shop.quote").status is RolloutStatus.ROLLED_BACK
+    callers = [CallContext(actor=Actor.user(f"user-{i}")) for i in range(300)]
+    assert {b.version_for("shop.quote", c) for c in callers} == {1}

@@ -552,8 +552,9 @@ class _Window:
         return float(np.percentile(self.latencies(), 99))
 
 
-#: Candidate calls between two sequential checks (every call while evidence is thin).
 def _check_due(n: int) -> bool:
+    """Whether the sequential test runs at the candidate's `n`-th call: every call while the
+    evidence is thin, then every 5th, then every 25th (it stays valid at any cadence)."""
     return n < 100 or (n < 1000 and n % 5 == 0) or n % 25 == 0
 
 
@@ -563,8 +564,8 @@ class SpecExperimentController:
 
     Several workers (processes) may each run a controller over the same store. Every state
     change is written with a compare-and-set on `RolloutState.version`, and each controller
-    re-reads the store at most `refresh_every` after its last read, whenever it records a call
-    (and at every `evaluate()` / `refresh()`), so it sees another worker's rollback within
+    re-reads the store at most `refresh_every` after its last read, whenever it records or routes
+    a call (and at every `evaluate()` / `refresh()`), so it sees another worker's rollback within
     `refresh_every` plus one store round trip while calls flow. A rollback always wins: a change
     that lost the compare-and-set to a rollback is dropped, and a rollback that lost it to any
     other change is applied again on top of it. Each worker judges guardrails on the calls it
@@ -1047,8 +1048,10 @@ class SpecExperimentController:
         """The version a caller gets: the candidate inside the coverage, else the baseline.
 
         `None` when `operation` has no rollout. Callers without the hash attribute (anonymous)
-        always get the baseline while a rollout runs.
+        always get the baseline while a rollout runs. Like `record`, starts a re-read of the
+        store when the last one is `refresh_every` old (inside an event loop).
         """
+        self._maybe_refresh()
         state = self._states.get(operation)
         if state is None:
             return None
