@@ -26,7 +26,9 @@ shared, busy machine the CPU figure is the steadier one.
 
 Data: `--operations` operations x `--tenants` tenants, samples uniformly spread over
 `--hours` hours, log-normal latencies (median 20 ms), 2 % errors. Sizes of 5M samples and more run
-once (`--repeat-large`), smaller ones `--repeat` times; runs of the three sides alternate.
+once (`--repeat-large`), smaller ones `--repeat` times, after one untimed warm-up run of each side
+(`--warmup`: the first run at a size pays page faults the next ones do not); runs of the three
+sides alternate.
 """
 
 from __future__ import annotations
@@ -188,6 +190,9 @@ def measure(
         "pandas": (run_pandas, data),
         "polars": (run_polars, pl, data),
     }
+    for fn, *fn_args in sides.values():  # warm-up, untimed: first-touch costs
+        for _ in range(args.warmup):
+            fn(*fn_args)
     for _ in range(repeat):
         for side, (fn, *fn_args) in sides.items():
             gc.collect()
@@ -210,6 +215,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=5, help="runs per size below 5M samples")
     parser.add_argument("--repeat-large", type=int, default=1, help="runs per size from 5M")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side and size")
     parser.add_argument("--polars-threads", type=int, default=None)
     parser.add_argument("--record-samples", type=int, default=200_000)
     args = parser.parse_args()
