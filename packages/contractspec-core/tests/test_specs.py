@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from pydantic import BaseModel
@@ -280,3 +280,22 @@ def test_registry_iteration_and_membership() -> None:
     assert registry.get_entity("crm.deal") is entity
     with pytest.raises(SpecDefinitionError, match=re.escape("registered entity specs: crm.deal")):
         registry.get_entity("crm.contact")
+
+
+@pytest.mark.parametrize(
+    "define",
+    [
+        lambda name: define_event(name, payload=_TrailingPayload),
+        lambda name: define_entity(name, fields={"id": str}),
+    ],
+    ids=["event", "entity"],
+)
+def test_a_name_with_a_trailing_newline_is_refused(define: Any) -> None:
+    """`$` matches before a final newline: names are checked to the end of the string (`\\Z`)."""
+    with pytest.raises(SpecDefinitionError) as info:
+        define("crm.deal.created\n")
+    assert info.value.details["field"] == "name"
+
+
+class _TrailingPayload(BaseModel):
+    id: str

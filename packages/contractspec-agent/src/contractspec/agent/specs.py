@@ -19,7 +19,7 @@ from contractspec.core import SpecDefinitionError, SpecRegistry
 
 __all__ = ["AgentPolicy", "AgentRegistry", "AgentSpec", "UsageLimits", "define_agent"]
 
-_AGENT_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_AGENT_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
 
 
 @define(frozen=True)

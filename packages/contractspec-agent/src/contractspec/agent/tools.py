@@ -46,7 +46,7 @@ from contractspec.core import CallContext, OperationSpec, SpecDefinitionError
 
 __all__ = ["Reconciled", "RiskLevel", "Tool", "ToolContext", "operation_tool", "tool"]
 
-_TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

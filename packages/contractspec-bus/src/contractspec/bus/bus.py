@@ -67,7 +67,7 @@ EventHandler = Callable[[EventEnvelope], Awaitable[Any] | Any]
 EventFilter = Callable[[EventEnvelope], bool]
 H = TypeVar("H", bound=Callable[..., Any])
 
-_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+\Z")
 _MISSING = object()
 
 

@@ -94,9 +94,9 @@ __all__ = [
 ]
 
 _log = structlog.get_logger(__name__)
-_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_CHANNEL = re.compile(r"^[a-z][a-z0-9_]*$")
-_LOCALE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_]*\Z")
+_LOCALE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*\Z")
 #: Method names that escape the sandbox's formatting rules or call into it.
 _FORBIDDEN_ATTRS = frozenset({"format", "format_map", "mro"})
 _FORBIDDEN_NAMES = frozenset({"self", "varargs", "kwargs", "caller"})

@@ -70,10 +70,10 @@ __all__ = [
 ]
 
 #: `name` of operations and events: dotted lowercase segments, at least two (`crm.deal.create`).
-_DOTTED_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_DOTTED_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 #: `name` of entities: one or more dotted lowercase segments (`deal`, `crm.deal`).
-_ENTITY_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-_PERMISSION: Final = re.compile(r"^[A-Za-z0-9_.:*-]+$")
+_ENTITY_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
+_PERMISSION: Final = re.compile(r"^[A-Za-z0-9_.:*-]+\Z")
 #: Prefixes reserved for specs that ContractSpec's own packages declare.
 RESERVED_PREFIXES: Final = ("contractspec.", "cs.")
 #: Entity field names the SQL layer manages itself.

@@ -47,8 +47,8 @@ from contractspec.evolution.telemetry import FanOutSink
 
 __all__ = ["FanOutSink", "OpenTelemetrySink"]
 
-_HTTP = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|TRACE|CONNECT) (/\S*)$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HTTP = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|TRACE|CONNECT) (/\S*)\Z")
+_HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 #: Bucket boundaries the HTTP semantic conventions advise for `http.server.request.duration` (s).
 HTTP_DURATION_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

@@ -87,7 +87,7 @@ __all__ = ["PolicyEngine"]
 
 _ANONYMOUS: Final = Decision.deny("anonymous callers hold no permissions; authenticate first")
 _CACHE_LIMIT: Final = 65_536
-_ACTION: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_ACTION: Final = re.compile(r"^[A-Za-z0-9_.:-]+\Z")
 _USER: Final = ActorKind.USER
 _GROUP: Final = "group"
 #: How many per-key versions of local changes are kept between reloads before old ones go.

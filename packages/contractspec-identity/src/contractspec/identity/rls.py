@@ -63,7 +63,7 @@ USER_SETTING: Final = "contractspec.user_id"
 #: Name of the generated policies.
 POLICY_NAME: Final = "cs_tenant_isolation"
 
-_IDENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_IDENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\Z")
 
 
 def _ident(name: str, what: str) -> str:

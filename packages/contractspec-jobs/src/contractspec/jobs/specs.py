@@ -64,8 +64,8 @@ P = TypeVar("P", bound=BaseModel)
 #: Queue used when a job spec names none.
 DEFAULT_QUEUE: Final = "default"
 #: Job types and schedule names: one or more dotted lowercase segments (`send_email`, `crm.report`).
-_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-_QUEUE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
+_QUEUE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
 _RESERVED: Final = ("contractspec.", "cs.")
 #: Fire times of interval schedules are aligned on this instant (unless `start` is given), so every
 #: scheduler instance computes the same fire times and their unique keys collide as they must.
