@@ -110,8 +110,9 @@ class PolicySync:
     async def start(self) -> None:
         """Load the engine (a full reload), then keep it fresh in background tasks.
 
-        Raises:
-            Whatever the first reload raises (the app should not serve without policy data).
+        The first reload's errors propagate unchanged (the app should not serve without policy
+        data): a `ContractSpecError` from the store, or the driver's error when the database
+        cannot be reached.
         """
         if self._tasks:
             return
