@@ -136,6 +136,7 @@ async def test_scheduler_sigterm_exits_0(tmp_path: Path) -> None:
         ("jobs_cli_app:missing", "has no attribute 'missing'"),
         ("jobs_cli_app:not_a_worker", "gave a int, not a Worker"),
         ("jobs_cli_app:schedule", "gave a Scheduler, not a Worker"),
+        ("json:dumps", "cannot be called without arguments"),
     ],
 )
 def test_a_bad_target_exits_2_naming_the_problem(

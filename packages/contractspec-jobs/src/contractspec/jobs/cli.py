@@ -101,6 +101,16 @@ async def load_target(target: str, kind: type[T]) -> Any:
     if not callable(obj):
         yield _check(target, obj, kind)
         return
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{target} cannot be called without arguments ({exc}): name a {kind.__name__}, or a "
+            "function taking no arguments that returns one (or an async context manager)",
+            details={"field": "target"},
+        ) from exc
+    except ValueError:  # no signature (some builtins): let the call itself decide
+        pass
     built = obj()
     if hasattr(built, "__aenter__") and hasattr(built, "__aexit__"):
         async with built as inner:
