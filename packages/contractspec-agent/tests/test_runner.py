@@ -33,7 +33,6 @@ from contractspec.agent.testing import FunctionModel, ScriptedModel, call
 from contractspec.core import (
     Actor,
     CallContext,
-    ConfigurationError,
     MemoryTelemetrySink,
     PolicyDeniedError,
     SpecDefinitionError,
@@ -351,17 +350,16 @@ async def test_function_model_sees_the_conversation_and_telemetry_is_recorded() 
     ]
 
 
-def test_run_sync_outside_a_loop_and_refused_inside() -> None:
-    """run_sync works from plain code and refuses to nest in a running loop."""
+def test_run_sync_outside_and_inside_a_running_loop() -> None:
+    """run_sync works from plain code and inside a running loop (a Jupyter cell), on one loop."""
     runner = AgentRunner(model=ScriptedModel(["hi", "again"]))
     try:
         assert runner.run_sync(helper, "x", OWNER).output == "hi"
 
-        async def nested() -> None:
-            with pytest.raises(ConfigurationError):
-                runner.run_sync(helper, "x", OWNER)
+        async def in_a_cell() -> str:
+            return str(runner.run_sync(helper, "x", OWNER).output)
 
-        asyncio.run(nested())
+        assert asyncio.run(in_a_cell()) == "again"
     finally:
         runner.close()
 

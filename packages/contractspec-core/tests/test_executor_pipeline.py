@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -431,8 +432,9 @@ async def test_input_forms() -> None:
             assert out.model_dump()["name"] == "a"
 
 
-def test_execute_sync_runs_without_an_event_loop() -> None:
-    """execute_sync works from plain scripts and refuses to run inside an event loop."""
+def test_execute_sync_runs_in_scripts_and_inside_a_running_event_loop() -> None:
+    """execute_sync works from plain scripts and inside a running loop (a Jupyter kernel runs one),
+    on one loop for every call; from a coroutine on that very loop it refuses with the fix."""
     registry, _ = build(good)
     ex = executor(registry)
     try:
@@ -440,13 +442,49 @@ def test_execute_sync_runs_without_an_event_loop() -> None:
         assert out.model_dump()["name"] == "a"
         assert ex.execute_sync("shop.item.add", {"name": "b"}, ACTOR).model_dump()["name"] == "b"
 
-        async def inside() -> None:
-            ex.execute_sync("shop.item.add", {"name": "c"}, ACTOR)
+        async def inside() -> str:
+            return str(ex.execute_sync("shop.item.add", {"name": "c"}, ACTOR).model_dump()["name"])
 
-        with pytest.raises(ConfigurationError, match="inside a running event loop"):
-            asyncio.run(inside())
+        assert asyncio.run(inside()) == "c"
+
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        async def where() -> None:
+            loops.append(asyncio.get_running_loop())
+
+        assert ex._runner is not None
+        ex._runner.run(where())
+        ex._runner.run(where())
+        assert loops[0] is loops[1]  # one loop for every sync call of this executor
+
+        async def on_its_own_loop() -> None:
+            ex.execute_sync("shop.item.add", {"name": "d"}, ACTOR)
+
+        with pytest.raises(ConfigurationError, match="await the async method"):
+            ex._runner.run(on_its_own_loop())
     finally:
         ex.close()
+
+
+async def test_execute_sync_inside_a_running_loop_keeps_sqlite_connections_valid(
+    tmp_path: Path,
+) -> None:
+    """In a notebook cell (a running loop) sync calls on a SQLite file store and read back."""
+    from contractspec.core.sql import SqlBackend, sqlite_engine
+
+    registry, _ = build(good)
+    engine = sqlite_engine(tmp_path / "sync.db")
+    backend = SqlBackend(engine, registry)
+    await backend.create_all()
+    ex = executor(registry, backend=backend)
+    try:
+        first = ex.execute_sync("shop.item.add", {"name": "a"}, ACTOR)
+        second = ex.execute_sync("shop.item.add", {"name": "b"}, ACTOR)
+        assert {first.model_dump()["name"], second.model_dump()["name"]} == {"a", "b"}
+        assert await count_items(ex) == 2
+    finally:
+        ex.close()
+        await engine.dispose()
 
 
 async def test_missing_handler_and_bad_registry() -> None:

@@ -171,3 +171,18 @@ async def test_pipeline_as_a_jobs_job(env: EvolutionEnv) -> None:
     done = await queue.get(job_id)
     assert done is not None
     assert done.result == {"closed": 0, "intents": 0, "suggestions": 0, "created": 0}
+
+
+async def test_run_once_sync_works_inside_a_running_loop(env: EvolutionEnv) -> None:
+    """A notebook cell runs a loop: run_once_sync goes to the pipeline's own loop thread."""
+    pipeline = EvolutionPipeline(
+        aggregator=IntentAggregator(window_minutes=1, lateness_minutes=0),
+        detector=IntentDetector(DetectorConfig(), clock=env.clock),
+        generator=SpecGenerator(env.registry, clock=env.clock),
+        clock=env.clock,
+    )
+    first = pipeline.run_once_sync()
+    second = pipeline.run_once_sync()
+    assert (list(first.intents), list(second.intents)) == ([], [])
+    assert pipeline._sync_runner is not None
+    pipeline._sync_runner.close()

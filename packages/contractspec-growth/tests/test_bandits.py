@@ -16,7 +16,6 @@ from scipy import integrate
 from scipy import stats as sps
 
 from contractspec.core.errors import (
-    ConfigurationError,
     ConflictError,
     NotFoundError,
     SpecValidationError,
@@ -335,16 +334,19 @@ def test_sync_methods_serve_scripts_and_notebooks() -> None:
     service.close()
 
 
-async def test_sync_methods_refuse_a_running_loop() -> None:
-    """Inside a running event loop the *_sync methods raise ConfigurationError naming the await."""
+async def test_sync_methods_work_inside_a_running_loop() -> None:
+    """Inside a running event loop (a Jupyter cell) the *_sync methods run on the service's own
+    loop thread and see the same state as the async methods."""
     service = BanditService(ThompsonSampling("t", ["a", "b"], seed=3))
-    with pytest.raises(ConfigurationError, match=r"use await service\.choose\(\)"):
-        service.choose_sync()
-    with pytest.raises(ConfigurationError, match=r"use await service\.reward\(\)"):
-        service.reward_sync("t:1", 1.0)
-    with pytest.raises(ConfigurationError, match=r"use await service\.decisions\(\)"):
-        service.decisions_sync()
-    assert await service.decisions() == []
+    try:
+        first = service.choose_sync()
+        rewarded = service.reward_sync(first.decision_id, 1.0)
+        assert rewarded.reward == 1.0
+        assert [d.decision_id for d in service.decisions_sync()] == [first.decision_id]
+        assert [d.decision_id for d in await service.decisions()] == [first.decision_id]
+        assert service._runner is not None
+    finally:
+        service.close()
     assert service._runner is None
 
 

@@ -140,6 +140,7 @@ from contractspec.core import (
     UuidGenerator,
 )
 from contractspec.core.records import Decision
+from contractspec.core.sync import SyncRunner
 
 __all__ = ["AgentRunner", "RunResult"]
 
@@ -318,7 +319,7 @@ class AgentRunner:
             approvals=self.approvals,
         )
         self.tools = ToolExecutor(self.gateway, report=False)
-        self._sync_runner: asyncio.Runner | None = None
+        self._sync_runner: SyncRunner | None = None
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -487,34 +488,23 @@ class AgentRunner:
         session_id: str | None = None,
         deps: Any = None,
     ) -> RunResult:
-        """`run` for scripts and notebooks (no running event loop).
+        """`run` for scripts and notebooks (also inside a running event loop: the run goes to
+        this runner's own loop thread, `contractspec.core.sync.SyncRunner`).
 
-        Raises:
-            ConfigurationError: Called inside a running event loop (use `await run`); and
-                every error `run` raises.
+        Raises every error `run` raises.
         """
         return self._sync(self.run(agent, input, ctx, session_id=session_id, deps=deps))
 
     def resume_sync(
         self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
     ) -> RunResult:
-        """`resume` for scripts (no running event loop)."""
+        """`resume` for scripts and notebooks (like `run_sync`)."""
         return self._sync(self.resume(run_id, ctx, deps=deps))
 
     def _sync(self, coro: Any) -> RunResult:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            coro.close()
-            raise ConfigurationError(
-                "run_sync()/resume_sync() was called inside a running event loop; await run() "
-                "or resume() instead"
-            )
         if self._sync_runner is None:
-            self._sync_runner = asyncio.Runner()
-        result: RunResult = self._sync_runner.run(coro)
+            self._sync_runner = SyncRunner()
+        result: RunResult = self._sync_runner.run(coro, what="run_sync()/resume_sync()")
         return result
 
     def close(self) -> None:

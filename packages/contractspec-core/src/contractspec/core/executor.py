@@ -15,7 +15,6 @@ idempotency record commit together, or not at all.
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,6 +58,7 @@ from contractspec.core.ports import (
 from contractspec.core.records import AuditRecord, EventEnvelope
 from contractspec.core.registry import SpecRegistry
 from contractspec.core.specs import OperationSpec
+from contractspec.core.sync import SyncRunner
 
 __all__ = ["Backend", "Executor"]
 
@@ -165,7 +165,7 @@ class Executor:
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.unauthenticated_denials = 0
         self._plans = Plans(registry)
-        self._runner: asyncio.Runner | None = None
+        self._runner: SyncRunner | None = None
 
     @property
     def policy(self) -> PolicyDecider | None:
@@ -314,31 +314,27 @@ class Executor:
         *,
         version: int | None = None,
     ) -> BaseModel:
-        """`execute` for scripts and notebooks without a running event loop.
+        """`execute` for scripts, REPLs and notebooks (also inside a running event loop, as in
+        Jupyter).
 
-        All sync calls of one executor share one event loop (so pooled SQL connections stay
-        valid); `close()` ends it.
+        All sync calls of one executor run on one event loop in a background thread
+        (`contractspec.core.sync.SyncRunner`), so pooled SQL connections stay valid; `close()`
+        ends it.
 
         Raises:
-            ConfigurationError: Called from inside a running event loop (use `await execute`);
+            ConfigurationError: Called from a coroutine on the executor's own sync loop;
                 otherwise the same errors as `execute`.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise ConfigurationError(
-                "execute_sync() was called inside a running event loop; use await executor.execute()"
-            )
         if self._runner is None:
-            self._runner = asyncio.Runner()
-            # Close the loop when the executor is garbage-collected, if close() was not called.
+            self._runner = SyncRunner()
+            # Stop the loop when the executor is garbage-collected, if close() was not called.
             weakref.finalize(self, self._runner.close)
-        return self._runner.run(self.execute(name, raw_input, ctx, version=version))
+        return self._runner.run(
+            self.execute(name, raw_input, ctx, version=version), what="execute_sync()"
+        )
 
     def close(self) -> None:
-        """Close the event loop used by `execute_sync` (if one was started)."""
+        """Stop the event loop used by `execute_sync` (if one was started)."""
         if self._runner is not None:
             self._runner.close()
             self._runner = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from datetime import datetime
 
 import structlog
@@ -34,6 +35,7 @@ from contractspec.core import (
     Transaction,
     UnitOfWork,
 )
+from contractspec.core.sync import SyncRunner
 from contractspec.evolution.aggregator import IntentAggregator, WindowStats
 from contractspec.evolution.analyzer import SpecAnalyzer, UsageReport
 from contractspec.evolution.detector import Intent, IntentDetector
@@ -161,6 +163,7 @@ class EvolutionPipeline:
         clock: Clock | None = None,
         rationale_writer: LLMRationaleWriter | None = None,
     ) -> None:
+        self._sync_runner: SyncRunner | None = None
         self.aggregator = aggregator
         self.rationale_writer = rationale_writer
         self.detector = detector
@@ -265,8 +268,13 @@ class EvolutionPipeline:
         return run
 
     def run_once_sync(self, now: datetime | None = None) -> PipelineRun:
-        """`run_once` for scripts and notebooks (starts its own event loop)."""
-        return asyncio.run(self.run_once(now))
+        """`run_once` for scripts and notebooks (also inside a running event loop): every sync call
+        of this pipeline runs on one loop thread (`contractspec.core.sync.SyncRunner`), so pooled
+        connections stay valid between calls."""
+        if self._sync_runner is None:
+            self._sync_runner = SyncRunner()
+            weakref.finalize(self, self._sync_runner.close)
+        return self._sync_runner.run(self.run_once(now), what="run_once_sync()")
 
     async def run_forever(self, interval_s: float = 60.0, *, max_runs: int | None = None) -> int:
         """Run `run_once` every `interval_s` seconds until `stop()` (or `max_runs` runs).

@@ -25,7 +25,6 @@ identically regardless of what other decisions ran before.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import math
@@ -38,12 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from contractspec.core.errors import (
-    ConfigurationError,
     ConflictError,
     NotFoundError,
     SpecValidationError,
 )
 from contractspec.core.ports import Clock, IdGenerator, SystemClock
+from contractspec.core.sync import SyncRunner
 
 __all__ = [
     "BanditDecision",
@@ -803,7 +802,7 @@ class BanditService:
         self.log: DecisionLog = log if log is not None else MemoryDecisionLog()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.ids = ids
-        self._runner: asyncio.Runner | None = None
+        self._runner: SyncRunner | None = None
 
     async def choose(
         self, context: Sequence[float] | None = None, *, decision_id: str | None = None
@@ -931,30 +930,22 @@ class BanditService:
         return replayed
 
     def restore_sync(self) -> int:
-        """`restore` for scripts and notebooks without a running event loop.
-
-        Raises:
-            ConfigurationError: Called inside a running event loop (use `await restore`).
-        """
+        """`restore` for scripts and notebooks (also inside a running event loop)."""
         return self._run("restore", self.restore)
 
     def choose_sync(
         self, context: Sequence[float] | None = None, *, decision_id: str | None = None
     ) -> BanditDecision:
-        """`choose` for scripts and notebooks without a running event loop.
+        """`choose` for scripts and notebooks (also inside a running event loop).
 
-        Raises:
-            ConfigurationError: Called inside a running event loop (use `await choose`);
-                otherwise the same errors as `choose`.
+        Raises the same errors as `choose`.
         """
         return self._run("choose", lambda: self.choose(context, decision_id=decision_id))
 
     def reward_sync(self, decision_id: str, reward: float) -> BanditDecision:
-        """`reward` for scripts and notebooks without a running event loop.
+        """`reward` for scripts and notebooks (also inside a running event loop).
 
-        Raises:
-            ConfigurationError: Called inside a running event loop (use `await reward`);
-                otherwise the same errors as `reward`.
+        Raises the same errors as `reward`.
         """
         return self._run("reward", lambda: self.reward(decision_id, reward))
 
@@ -967,11 +958,9 @@ class BanditService:
         after: str | None = None,
         limit: int | None = None,
     ) -> list[BanditDecision]:
-        """`decisions` for scripts and notebooks without a running event loop.
+        """`decisions` for scripts and notebooks (also inside a running event loop).
 
-        Raises:
-            ConfigurationError: Called inside a running event loop (use `await decisions`);
-                otherwise the same errors as `decisions`.
+        Raises the same errors as `decisions`.
         """
         return self._run(
             "decisions",
@@ -981,21 +970,14 @@ class BanditService:
         )
 
     def _run(self, method: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run `call()` on this service's event loop (one loop, so pooled connections stay valid)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise ConfigurationError(
-                f"{method}_sync() was called inside a running event loop; use "
-                f"await service.{method}() instead."
-            )
+        """Run `call()` on this service's sync loop (`contractspec.core.sync.SyncRunner`): one
+        loop in a background thread, so pooled connections stay valid, also when the caller
+        already runs a loop (a Jupyter kernel)."""
         if self._runner is None:
-            self._runner = asyncio.Runner()
-            # Close the loop when the service is garbage-collected, if close() was not called.
+            self._runner = SyncRunner()
+            # Stop the loop when the service is garbage-collected, if close() was not called.
             weakref.finalize(self, self._runner.close)
-        return self._runner.run(call())
+        return self._runner.run(call(), what=f"{method}_sync()")
 
     def close(self) -> None:
         """Close the event loop used by the `*_sync` methods (if one was started)."""
