@@ -37,3 +37,18 @@ def test_scalar_path_equals_vector_path(t: float, df: float) -> None:
 def test_critical_value_inverts_the_tail() -> None:
     """t_isf(0.025, df) is the 97.5 % quantile."""
     assert t_isf(0.025, 30.0) == pytest.approx(2.0422724563012373, rel=1e-12)
+
+
+def test_huge_t_statistics_give_tail_probabilities_not_nan() -> None:
+    """A vanishing standard error (variance 2e-311) makes t ~ 1e156: t*t overflows, so the tail
+    probability comes from `stdtr`, never NaN (found by Hypothesis in test_results_never_hold_nan)."""
+    from contractspec.growth.stats import SufficientStats, welch_ttest
+
+    assert (t_sf_scalar(7.6e155, 50.0), t_sf_scalar(-7.6e155, 50.0)) == (0.0, 1.0)
+    assert t_sf(np.array([7.6e155, -1e200]), np.array([60.0, 60.0])).tolist() == [0.0, 1.0]
+    tiny = 2.225073858507e-311
+    result = welch_ttest(
+        SufficientStats.from_moments(26, 0.0, tiny), SufficientStats.from_moments(26, 1.0, tiny)
+    )
+    assert result.absolute is not None
+    assert result.absolute.p_value == 0.0

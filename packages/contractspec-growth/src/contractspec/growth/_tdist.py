@@ -23,6 +23,10 @@ __all__ = ["HILL_MIN_DF", "t_isf", "t_sf", "t_sf_scalar"]
 #: Degrees of freedom from which Hill's transformation is used instead of `stdtr`.
 HILL_MIN_DF = 50.0
 
+#: Largest `|t|` for Hill's transformation: beyond it `t * t` overflows (a t-statistic of 1e156
+#: comes from a vanishing standard error), so `stdtr` answers instead.
+HILL_MAX_T = 1e150
+
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -55,10 +59,11 @@ def t_sf(t: FloatArray, df: FloatArray) -> FloatArray:
     """
     t_arr = np.asarray(t, dtype=np.float64)
     df_arr = np.broadcast_to(np.asarray(df, dtype=np.float64), t_arr.shape)
-    z = _hill_normal_deviate(np.abs(t_arr), df_arr)
+    with np.errstate(over="ignore", invalid="ignore"):  # |t| > HILL_MAX_T: replaced below
+        z = _hill_normal_deviate(np.abs(t_arr), df_arr)
     np.copysign(z, t_arr, out=z)
     out: FloatArray = special.ndtr(-z)
-    small = df_arr < HILL_MIN_DF
+    small = (df_arr < HILL_MIN_DF) | ~(np.abs(t_arr) <= HILL_MAX_T)
     if small.any():
         out[small] = special.stdtr(df_arr[small], -t_arr[small])
     return out
@@ -66,7 +71,7 @@ def t_sf(t: FloatArray, df: FloatArray) -> FloatArray:
 
 def t_sf_scalar(t: float, df: float) -> float:
     """Scalar `P(T_df > t)`; same algorithm as `t_sf`, without NumPy's per-call overhead."""
-    if df < HILL_MIN_DF or math.isinf(t):
+    if df < HILL_MIN_DF or not abs(t) <= HILL_MAX_T:  # also inf and nan
         return float(special.stdtr(df, -t))
     a = df - 0.5
     b = 48.0 * a * a
