@@ -19,11 +19,11 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import structlog
 from pydantic import BaseModel
 
+from contractspec.core._log import get_logger
 from contractspec.core.batch import BATCH, Batch
 from contractspec.core.context import Actor, CallContext
 from contractspec.core.errors import (
@@ -60,9 +60,12 @@ from contractspec.core.registry import SpecRegistry
 from contractspec.core.specs import OperationSpec
 from contractspec.core.sync import SyncRunner
 
+if TYPE_CHECKING:
+    from contractspec.core.otel import OtelTracing
+
 __all__ = ["Backend", "Executor"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 _DEFAULT_CTX = CallContext()
 
@@ -122,6 +125,9 @@ class Executor:
         )
         ```
     """
+
+    #: The tracer of `contractspec.core.otel.instrument` (`None`: calls are not traced).
+    _tracing: OtelTracing | None = None
 
     def __init__(
         self,
@@ -243,6 +249,8 @@ class Executor:
         output: BaseModel | None = None
         error: ContractSpecError | None = None
         emitted: list[EventEnvelope] | None = [] if self.traffic is not None else None
+        tracing = self._tracing  # set by contractspec.core.otel.instrument
+        span = tracing.start(name, call) if tracing is not None else None
         try:
             plan = self._plans.get(name, version)
             spec = plan.spec
@@ -273,6 +281,8 @@ class Executor:
             )
             raise error from exc
         finally:
+            if span is not None:
+                span.end(spec, variant, error, output is not None)
             if spec is not None and self._reporting:
                 wants = self._traffic_wants
                 if (

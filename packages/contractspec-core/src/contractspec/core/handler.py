@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
-import structlog
 from attrs import define
 from pydantic import BaseModel, ValidationError
 
+from contractspec.core._log import get_logger
 from contractspec.core.context import Actor, CallContext, Resource
 from contractspec.core.errors import ConfigurationError, HandlerContractError
 from contractspec.core.pipeline.authorize import decide
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HandlerCtx", "Invocation", "Middleware", "NextFn"]
 
-_log = structlog.get_logger("contractspec.core.executor")
+_log = get_logger("contractspec.core.executor")
 
 M = TypeVar("M", bound=BaseModel)
 

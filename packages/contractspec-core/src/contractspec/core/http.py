@@ -50,8 +50,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-import structlog
-
+from contractspec.core._log import get_logger
 from contractspec.core.context import ANONYMOUS, Actor, CallContext, Principal
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -95,7 +94,7 @@ __all__ = [
     "routes",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: `authenticate(request) -> Principal | Actor | None` (sync or async): who calls and, with a
 #: `Principal`, in which tenant. `None` means anonymous.
@@ -115,6 +114,8 @@ _SUSPECT_ESCAPE: Final = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # Characters no backend stores: NUL (PostgreSQL text and jsonb) and lone surrogates (not UTF-8).
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 _MAX_REPORTED: Final = 20
+# Marker of `_Endpoint.respond`: the caller is not known yet, ask the authenticator.
+_ASK: Final = object()
 
 
 def _trace_id(traceparent: str | None) -> str | None:
@@ -361,21 +362,30 @@ class _Endpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _caller(self, request: Request) -> tuple[Actor, str | None]:
-        """The actor and tenant of the request (see `routes` for the order of the sources)."""
+    async def _caller(self, request: Request, who: Any) -> tuple[Actor, str | None]:
+        """The actor and tenant of the request (see `routes` for the order of the sources).
+
+        `who` is what an authenticator already returned (the FastAPI dependency), or `_ASK` to
+        call `self.authenticate` here.
+        """
         actor: Actor = ANONYMOUS
         org: str | None = None
-        if self.authenticate is not None:
-            who = await _maybe_await(self.authenticate(request))
+        if who is _ASK:
+            who = (
+                None
+                if self.authenticate is None
+                else await _maybe_await(self.authenticate(request))
+            )
+        if who is not None:
             if type(who) is Principal:
                 actor, org = who.actor, who.org_id
             elif isinstance(who, Actor):
                 actor = who
             elif isinstance(who, Principal):
                 actor, org = who.actor, who.org_id
-            elif who is not None:
+            else:
                 raise ConfigurationError(
-                    "authenticate(request) must return a Principal, an Actor or None, got "
+                    "authenticate must return a Principal, an Actor or None, got "
                     f"{type(who).__name__}"
                 )
         if self.org_id is not None:
@@ -385,6 +395,17 @@ class _Endpoint:
         return actor, org
 
     async def handle(self, request: Request) -> Response:
+        """The Starlette endpoint: the authenticator is called on the request."""
+        return await self.respond(request, _ASK)
+
+    async def respond(self, request: Request, who: Any) -> Response:
+        """Run the operation for `request` and answer (the pipeline of every HTTP adapter).
+
+        Args:
+            request: The incoming request (Starlette's, also FastAPI's).
+            who: The caller as an authenticator returned it (`Principal`, `Actor` or `None`),
+                or `_ASK` to call `self.authenticate` on the request.
+        """
         headers = request.headers
         bad = self._bad_header(request) if self.checked_headers else None
         if bad is not None:
@@ -405,7 +426,7 @@ class _Endpoint:
             refused = self.refused_idem_header
             if refused is not None and refused in headers:
                 raise self._idempotency_refused()
-            actor, org = await self._caller(request)
+            actor, org = await self._caller(request, who)
             anonymous = actor.is_anonymous
             raw: Any
             if self.is_query:
@@ -525,7 +546,9 @@ def _check_config(
     org_id: OrgResolver | None,
     trust_org_header: bool,
     max_body_bytes: int,
+    specs: Sequence[OperationSpec] | None = None,
 ) -> None:
+    """Refuse a configuration that cannot serve `specs` (default: every registered operation)."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
         raise ConfigurationError(
             f"max_body_bytes must be a positive number of bytes, got {max_body_bytes!r}"
@@ -542,7 +565,7 @@ def _check_config(
     if authenticate is None:
         guarded = [
             f"{spec.name}@{spec.version}"
-            for spec in executor.registry.operations()
+            for spec in (executor.registry.operations() if specs is None else specs)
             if spec.auth.needs_actor
         ]
         if guarded:

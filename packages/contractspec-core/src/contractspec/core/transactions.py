@@ -14,8 +14,7 @@ import asyncio
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from contractspec.core._log import get_logger
 from contractspec.core.errors import ConfigurationError, ConflictError, HandlerContractError
 
 if TYPE_CHECKING:
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryTransaction", "MemoryUnitOfWork", "Savepoint", "Transaction"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 _ABSENT: Any = object()
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from contractspec.core._log import get_logger
 from contractspec.core.context import CallContext, Resource
 from contractspec.core.errors import ConfigurationError, PolicyDeniedError
 from contractspec.core.records import AuditRecord, Decision
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["authorize", "decide", "denied", "pending_denial", "record_denials"]
 
-_log = structlog.get_logger("contractspec.core.executor")
+_log = get_logger("contractspec.core.executor")
 
 
 async def authorize(ex: Executor, plan: Plan, call: CallContext) -> None:

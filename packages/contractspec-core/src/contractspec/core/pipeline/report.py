@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from pydantic import BaseModel
 
+from contractspec.core._log import get_logger
 from contractspec.core.context import CallContext
 from contractspec.core.errors import ContractSpecError
 from contractspec.core.ports import TelemetrySink, TrafficSink
@@ -32,7 +32,7 @@ __all__ = [
     "report",
 ]
 
-_log = structlog.get_logger("contractspec.core.executor")
+_log = get_logger("contractspec.core.executor")
 
 
 def report(
