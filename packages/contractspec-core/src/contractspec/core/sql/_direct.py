@@ -8,7 +8,8 @@ SQLAlchemy statement once per dialect — same SQL text, same bind processors, s
 converted exactly as SQLAlchemy would — and runs it on the driver connection underneath the
 transaction's `AsyncConnection` (the stdlib `sqlite3` connection of `InlineConnection`, or the
 psycopg `AsyncConnection`). The statements join the transaction SQLAlchemy began; SQLAlchemy's
-`before_cursor_execute` events do not see them.
+`before_cursor_execute` events would not see them, so the unit of work takes this path only on
+engines without cursor-execute listeners (tracing, query logs).
 """
 
 from __future__ import annotations

@@ -373,13 +373,18 @@ class SqlTransaction(Transaction):
     # -- flushing and statements ---------------------------------------------------------------
 
     async def _direct(self) -> DirectDriver | None:
-        """The driver connection for the write hot path (see `_direct`), or `None` if unknown."""
+        """The driver connection for the write hot path (see `_direct`), or `None` if unknown
+        or if the engine has statement listeners (`before_cursor_execute`/`after_cursor_execute`,
+        as tracing and query logging install): those must see every statement."""
         driver = self._driver
         if driver is _MISSING:
             driver = None
             raw = await self.connection.get_raw_connection()
             dc = raw.driver_connection
-            if isinstance(dc, InlineConnection):
+            events = self.connection.sync_connection.dispatch  # type: ignore[union-attr]
+            if events.before_cursor_execute or events.after_cursor_execute:
+                pass  # SQLAlchemy runs every statement, so its cursor events fire
+            elif isinstance(dc, InlineConnection):
                 driver = DirectDriver("sqlite", dc, self.connection.dialect)
             elif type(dc).__module__.startswith("psycopg"):
                 driver = DirectDriver("psycopg", dc, self.connection.dialect)
