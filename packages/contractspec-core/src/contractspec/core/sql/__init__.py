@@ -53,7 +53,6 @@ from contractspec.core.sql._stores import (
     SqlRepository,
     outbox_row,
 )
-from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
 from contractspec.core.sql._uow import (
     FlushHook,
     SqlTransaction,
@@ -71,6 +70,13 @@ from contractspec.core.sql.engines import (
     drop_all,
     fast_json_dumps,
     sqlite_engine,
+)
+from contractspec.core.sql.types import (
+    DecimalType,
+    EnumValue,
+    JsonType,
+    UtcDateTime,
+    alembic_render_item,
 )
 
 __all__ = [
@@ -93,6 +99,7 @@ __all__ = [
     "SqlUnitOfWork",
     "UtcDateTime",
     "WriteBuffer",
+    "alembic_render_item",
     "append_only",
     "audit_head_table",
     "audit_snapshot",

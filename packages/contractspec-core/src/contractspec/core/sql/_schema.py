@@ -29,7 +29,7 @@ from contractspec.core._fields import FieldKind, entity_columns
 from contractspec.core.errors import ConfigurationError, SpecDefinitionError
 from contractspec.core.registry import SpecRegistry
 from contractspec.core.specs import EntitySpec
-from contractspec.core.sql._types import DecimalType, EnumValue, JsonType, UtcDateTime
+from contractspec.core.sql.types import DecimalType, EnumValue, JsonType, UtcDateTime
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -167,7 +167,7 @@ def _column_type(kind: FieldKind) -> TypeEngine[Any]:
             length = max((len(str(v)) for v in kind.enum_values), default=32)
             return EnumValue(integer=integer, length=None if integer else max(length, 16))
         case _:
-            return JsonType
+            return JsonType()
 
 
 class EntityTable:

@@ -1,0 +1,156 @@
+"""Test your Alembic migrations against a real database: autogenerate, upgrade, check, downgrade.
+
+`AlembicEnv` drives Alembic's command API over a throw-away script directory around your own
+`env.py`, so a test proves that what autogenerate writes imports, applies, matches your
+`MetaData` (`alembic check`) and rolls back. Needs `pip install alembic`.
+
+```python
+import asyncio
+
+from contractspec.core.sql import metadata
+from contractspec.core.testing.migrations import AlembicEnv, migration_url
+
+
+async def test_migrations(sql_engine, tmp_path):
+    env = AlembicEnv(tmp_path / "migrations", await migration_url(sql_engine), [metadata],
+                     env_py=Path("migrations/env.py").read_text())
+    await asyncio.to_thread(env.revision)
+    await asyncio.to_thread(env.upgrade)
+    await asyncio.to_thread(env.check)
+    await asyncio.to_thread(env.downgrade)
+```
+
+The methods are synchronous (Alembic's commands are) and an async `env.py` starts its own event
+loop: from async code call them through `asyncio.to_thread`, as above.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["AlembicEnv", "migration_url", "titled_block"]
+
+
+def titled_block(path: str | os.PathLike[str], title: str) -> str:
+    """The source of the one fenced block of a Markdown file titled `title` (```` ```python title="env.py" ````).
+
+    Titled blocks are shown, not run, by `run_python_blocks` (its pattern takes only bare
+    ```` ```python ```` fences): use this to test files the docs ask readers to write.
+
+    Args:
+        path: The Markdown file.
+        title: The block's `title` attribute.
+
+    Returns:
+        The block's text, without its fences.
+
+    Raises:
+        AssertionError: The page has no block with that title, or more than one.
+    """
+    pattern = re.compile(
+        r"^```\w+ [^\n]*title=\"" + re.escape(title) + r"\"[^\n]*\n(.*?)^```",
+        re.DOTALL | re.MULTILINE,
+    )
+    found = pattern.findall(Path(path).read_text(encoding="utf-8"))
+    assert len(found) == 1, f"{path} has {len(found)} blocks titled {title!r}, expected one"
+    return str(found[0])
+
+
+def _alembic() -> Any:
+    try:
+        import alembic
+        import alembic.command
+        import alembic.config
+    except ImportError as exc:  # pragma: no cover - alembic is in every package's dev group
+        raise ImportError("AlembicEnv needs Alembic: pip install alembic") from exc
+    return alembic
+
+
+async def migration_url(engine: AsyncEngine) -> str:
+    """A URL reaching the same database (and PostgreSQL schema) as `engine`, for Alembic.
+
+    On PostgreSQL the engine's current schema (e.g. the fresh one of
+    `contractspec.core.testing.temporary_postgres_engine`) is added as the connection's
+    `search_path`, so migrations and their `alembic_version` table land there.
+
+    Args:
+        engine: An engine of the database to migrate.
+
+    Returns:
+        The URL as a string, password included.
+    """
+    from sqlalchemy import text
+
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        async with engine.connect() as conn:
+            schema = (await conn.execute(text("SELECT current_schema()"))).scalar_one()
+        url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+class AlembicEnv:
+    """A throw-away Alembic environment (script directory) around your `env.py`.
+
+    The directory gets your `env.py`, Alembic's own `script.py.mako` (of the `async` template)
+    and an empty `versions/`. `target_metadata` is handed to `env.py` in
+    `context.config.attributes["target_metadata"]`.
+
+    Args:
+        directory: Where to create the script directory (must not exist yet).
+        url: The database URL (`sqlalchemy.url`), e.g. from `migration_url`.
+        target_metadata: The `MetaData` objects to migrate.
+        env_py: The source of the `env.py` to use.
+
+    Attributes:
+        directory: The script directory.
+        config: The `alembic.config.Config` the commands run with.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        url: str,
+        target_metadata: Sequence[MetaData],
+        *,
+        env_py: str,
+    ) -> None:
+        alembic = _alembic()
+        self.directory = Path(directory)
+        (self.directory / "versions").mkdir(parents=True)
+        (self.directory / "env.py").write_text(env_py, encoding="utf-8")
+        template = Path(alembic.__file__).parent / "templates" / "async" / "script.py.mako"
+        shutil.copy(template, self.directory / "script.py.mako")
+        self.config = alembic.config.Config()
+        self.config.set_main_option("script_location", str(self.directory))
+        self.config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        self.config.attributes["target_metadata"] = list(target_metadata)
+        self._command = alembic.command
+
+    def revision(self, message: str = "contractspec") -> Path:
+        """`alembic revision --autogenerate`; returns the new migration file."""
+        before = set(self.directory.glob("versions/*.py"))
+        self._command.revision(self.config, message=message, autogenerate=True)
+        (created,) = set(self.directory.glob("versions/*.py")) - before
+        return created
+
+    def upgrade(self, revision: str = "head") -> None:
+        """`alembic upgrade head` (or to `revision`)."""
+        self._command.upgrade(self.config, revision)
+
+    def check(self) -> None:
+        """`alembic check`: raises `alembic.util.AutogenerateDiffsDetected` on any difference."""
+        self._command.check(self.config)
+
+    def downgrade(self, revision: str = "base") -> None:
+        """`alembic downgrade base` (or to `revision`)."""
+        self._command.downgrade(self.config, revision)
