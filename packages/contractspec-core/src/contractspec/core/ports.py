@@ -16,9 +16,10 @@ from time import time_ns
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from attrs import define
-from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from contractspec.core.context import Actor, CallContext, Resource
     from contractspec.core.records import (
         AuditRecord,
