@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from evolution_app import build_registry
+from evolution_app import POLICY, build_registry
 from evolution_support import T0, sample
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -16,11 +16,18 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from contractspec.agent.messages import ModelRequest
 from contractspec.agent.testing import FunctionModel, ScriptedModel, call
-from contractspec.core import ConfigurationError, MemoryTelemetrySink
+from contractspec.core import (
+    Actor,
+    CallContext,
+    ConfigurationError,
+    Executor,
+    MemoryTelemetrySink,
+    SpecValidationError,
+)
 from contractspec.evolution import ALL_TENANTS, FanOutSink, SpecGenerator
 from contractspec.evolution.detector import Intent, IntentKind, IntentSeverity
 from contractspec.evolution.llm import SYSTEM_PROMPT, LLMRationaleWriter
-from contractspec.evolution.otel import OpenTelemetrySink
+from contractspec.evolution.otel import OpenTelemetrySink, instrument
 
 
 def a_suggestion():  # type: ignore[no-untyped-def]
@@ -76,8 +83,9 @@ def test_writer_configuration_is_checked() -> None:
         LLMRationaleWriter(ScriptedModel([]), max_chars=0)
 
 
-def test_otel_sink_reports_spans_and_histograms() -> None:
-    """HTTP samples follow the HTTP conventions, executor samples the RPC ones; traces are joined."""
+async def test_otel_sink_reports_spans_and_histograms() -> None:
+    """HTTP samples become SERVER spans (HTTP conventions, trace joined); executor calls get the
+    live span of `instrument` and an `rpc.server.duration` point per call."""
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -89,10 +97,14 @@ def test_otel_sink_reports_spans_and_histograms() -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     fan.record(sample("POST /deals/{deal_id}", duration_ms=120.0, success=False,
                       error_code="http_503", trace_id=trace_id))  # fmt: skip
-    fan.record(sample("crm.deal.move", duration_ms=8.0, success=False, error_code="conflict"))
-    fan.record(sample("crm.deal.move", duration_ms=4.0))
+    executor = Executor(build_registry(), policy=POLICY, telemetry=fan)
+    instrument(executor, tracer_provider=tracer_provider)
+    sales = CallContext(actor=Actor.user("u-1", roles="sales"), org_id="org-1")
+    created = await executor.execute("shop.deal.create", {"title": "Big", "amount": 5}, sales)
+    with pytest.raises(SpecValidationError):  # the handler rejects a non-positive amount
+        await executor.execute("shop.deal.create", {"title": "Free", "amount": 0}, sales)
     assert len(memory.samples) == 3
-    http_span, failed, ok = spans.get_finished_spans()
+    http_span, ok, failed = spans.get_finished_spans()
     assert (http_span.name, http_span.kind) == ("POST /deals/{deal_id}", SpanKind.SERVER)
     assert http_span.attributes["http.route"] == "/deals/{deal_id}"
     assert http_span.attributes["http.request.method"] == "POST"
@@ -101,10 +113,14 @@ def test_otel_sink_reports_spans_and_histograms() -> None:
     assert http_span.context.trace_id == int(trace_id, 16)
     assert http_span.end_time - http_span.start_time == 120_000_000
     assert http_span.status.status_code is StatusCode.ERROR
-    assert failed.attributes["rpc.method"] == "crm.deal.move"
-    assert failed.attributes["error.type"] == "conflict"
-    assert failed.attributes["contractspec.org_id"] == "org-1"
+    # Executor calls: one live INTERNAL span each, from contractspec.core.otel (not rebuilt here).
+    assert (ok.name, ok.kind) == ("shop.deal.create", SpanKind.INTERNAL)
+    assert ok.attributes["contractspec.outcome"] == "ok"
     assert ok.status.status_code is StatusCode.UNSET
+    assert (failed.name, failed.kind) == ("shop.deal.create", SpanKind.INTERNAL)
+    assert failed.attributes["error.type"] == "validation_error"
+    assert failed.attributes["contractspec.org_id"] == "org-1"
+    assert failed.status.status_code is StatusCode.ERROR
     metrics = {
         m.name: m
         for rm in reader.get_metrics_data().resource_metrics
@@ -114,7 +130,14 @@ def test_otel_sink_reports_spans_and_histograms() -> None:
     (http_point,) = metrics["http.server.request.duration"].data.data_points
     assert (http_point.count, http_point.sum) == (1, 0.12)
     assert metrics["http.server.request.duration"].unit == "s"
-    rpc_points = metrics["rpc.server.duration"].data.data_points
-    assert sorted((p.count, p.sum) for p in rpc_points) == [(1, 4.0), (1, 8.0)]
+    rpc_points = {
+        (p.attributes["rpc.method"], p.attributes.get("error.type")): p.count
+        for p in metrics["rpc.server.duration"].data.data_points
+    }
+    assert rpc_points == {
+        ("shop.deal.create", None): 1,
+        ("shop.deal.create", "validation_error"): 1,
+    }
+    assert created.id
     tracer_provider.shutdown()
     meter_provider.shutdown()

@@ -1,10 +1,16 @@
-"""OpenTelemetry bridge: forward every `TelemetrySample` as a span and a duration measurement.
+"""OpenTelemetry bridge: duration histograms for every `TelemetrySample`, spans for HTTP samples.
 
-Install with `pip install 'contractspec-evolution[otel]'`. `OpenTelemetrySink` is a core
-`TelemetrySink`; combine it with an `IntentAggregator` through `FanOutSink`:
+Install with `pip install 'contractspec-evolution[otel]'` (it brings `contractspec-core[otel]`).
+Executor calls are traced by `contractspec.core.otel.instrument` — a live span around each call,
+current while the handler runs, so database spans nest under it; this module re-exports
+`instrument`. `OpenTelemetrySink` is a core `TelemetrySink` that adds the metrics; combine it with
+an `IntentAggregator` through `FanOutSink`:
 
 ```python
+from contractspec.evolution.otel import OpenTelemetrySink, instrument
+
 executor = Executor(registry, telemetry=FanOutSink(aggregator, OpenTelemetrySink()))
+instrument(executor)  # one live span per call
 ```
 
 Attributes follow the OpenTelemetry semantic conventions:
@@ -12,43 +18,39 @@ Attributes follow the OpenTelemetry semantic conventions:
 * samples of HTTP requests (operations named `"METHOD /route"`, as `TelemetryASGIMiddleware`
   reports them) become `SERVER` spans named `"METHOD /route"` with `http.request.method`,
   `http.route`, `http.response.status_code` and `error.type`, and a point of the
-  `http.server.request.duration` histogram (seconds);
-* executor calls become `SERVER` spans named after the operation with `rpc.system=contractspec`,
-  `rpc.method` and `error.type`, and a point of `rpc.server.duration` (milliseconds).
+  `http.server.request.duration` histogram (seconds). These spans are built when the sample
+  arrives (after the request), from its timestamp and duration;
+* executor calls become a point of `rpc.server.duration` (milliseconds) with
+  `rpc.system=contractspec`, `rpc.method` and `error.type`; their spans come from
+  `instrument`, live, instead of being rebuilt here after the call.
 
 Both carry `contractspec.operation.version`, `contractspec.channel` and, when known,
-`contractspec.org_id` and `contractspec.variant`. A sample with a 32-hex trace id becomes a child
-of that trace (a remote parent), so the spans join the caller's trace.
+`contractspec.org_id` and `contractspec.variant` (the names of `contractspec.core.otel.ATTRIBUTES`).
+An HTTP sample with a 32-hex trace id becomes a child of that trace (a remote parent), so its span
+joins the caller's trace.
 """
 
 from __future__ import annotations
 
 try:
     from opentelemetry import metrics, trace
-    from opentelemetry.trace import (
-        NonRecordingSpan,
-        SpanContext,
-        SpanKind,
-        Status,
-        StatusCode,
-        TraceFlags,
-    )
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from contractspec.core.otel import ATTRIBUTES, instrument, remote_parent, uninstrument
 except ImportError as exc:  # pragma: no cover - exercised by the isolation session
     raise ImportError(
         "contractspec.evolution.otel needs OpenTelemetry: pip install 'contractspec-evolution[otel]'"
     ) from exc
 
-import os
 import re
 from typing import Any
 
 from contractspec.core import HTTP_STATUS, TelemetrySample
 from contractspec.evolution.telemetry import FanOutSink
 
-__all__ = ["FanOutSink", "OpenTelemetrySink"]
+__all__ = ["FanOutSink", "OpenTelemetrySink", "instrument", "uninstrument"]
 
 _HTTP = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|TRACE|CONNECT) (/\S*)\Z")
-_HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 #: Bucket boundaries the HTTP semantic conventions advise for `http.server.request.duration` (s).
 HTTP_DURATION_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -57,6 +59,9 @@ HTTP_DURATION_BUCKETS_S = (
 
 class OpenTelemetrySink:
     """A `TelemetrySink` that reports samples to OpenTelemetry (never raises).
+
+    Every sample becomes a duration histogram point; HTTP samples also become `SERVER` spans.
+    Executor calls get their spans from `instrument(executor)` (see the module docs).
 
     Args:
         tracer_provider: Tracer provider (default: the global one).
@@ -79,60 +84,48 @@ class OpenTelemetrySink:
         )
 
     def record(self, sample: TelemetrySample) -> None:
-        """Report one sample as a span and a histogram point."""
+        """Report one sample as a histogram point (and, for an HTTP sample, a span)."""
         try:
             self._record(sample)
         except Exception:  # a sink must never fail a call
             return
 
     def _record(self, sample: TelemetrySample) -> None:
-        start_ns = int(sample.timestamp.timestamp() * 1e9)
-        end_ns = start_ns + int(sample.duration_ms * 1e6)
         common: dict[str, Any] = {
-            "contractspec.operation.version": sample.version,
-            "contractspec.channel": sample.channel,
+            ATTRIBUTES["version"]: sample.version,
+            ATTRIBUTES["channel"]: sample.channel,
         }
         if sample.org_id is not None:
-            common["contractspec.org_id"] = sample.org_id
+            common[ATTRIBUTES["org_id"]] = sample.org_id
         if sample.variant is not None:
-            common["contractspec.variant"] = sample.variant
+            common[ATTRIBUTES["variant"]] = sample.variant
         match = _HTTP.match(sample.operation)
-        if match is not None:
-            status = _http_status(sample)
-            metric_attrs: dict[str, Any] = {
-                "http.request.method": match.group(1),
-                "http.route": match.group(2),
-                "http.response.status_code": status,
-            }
+        if match is None:  # an executor call: its span is the live one of `instrument`
+            attrs: dict[str, Any] = {"rpc.system": "contractspec", "rpc.method": sample.operation}
             if not sample.success:
-                metric_attrs["error.type"] = str(status)
-            name = sample.operation
-            self.http_duration.record(sample.duration_ms / 1000.0, metric_attrs)
-        else:
-            metric_attrs = {"rpc.system": "contractspec", "rpc.method": sample.operation}
-            if not sample.success:
-                metric_attrs["error.type"] = sample.error_code or "_OTHER"
-            name = sample.operation
-            self.rpc_duration.record(sample.duration_ms, metric_attrs)
-        context = None
-        if sample.trace_id and _HEX32.match(sample.trace_id):
-            parent = SpanContext(
-                trace_id=int(sample.trace_id, 16),
-                span_id=int.from_bytes(os.urandom(8), "big") or 1,
-                is_remote=True,
-                trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            )
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
+                attrs["error.type"] = sample.error_code or "_OTHER"
+            self.rpc_duration.record(sample.duration_ms, attrs)
+            return
+        status = _http_status(sample)
+        attrs = {
+            "http.request.method": match.group(1),
+            "http.route": match.group(2),
+            "http.response.status_code": status,
+        }
+        if not sample.success:
+            attrs["error.type"] = str(status)
+        self.http_duration.record(sample.duration_ms / 1000.0, attrs)
+        start_ns = int(sample.timestamp.timestamp() * 1e9)
         span = self.tracer.start_span(
-            name,
-            context=context,
+            sample.operation,
+            context=remote_parent(sample.trace_id),
             kind=SpanKind.SERVER,
             start_time=start_ns,
-            attributes={**common, **metric_attrs},
+            attributes={**common, **attrs},
         )
         if not sample.success:
-            span.set_status(Status(StatusCode.ERROR, sample.error_code or "error"))
-        span.end(end_time=end_ns)
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+        span.end(end_time=start_ns + int(sample.duration_ms * 1e6))
 
 
 def _http_status(sample: TelemetrySample) -> int:
