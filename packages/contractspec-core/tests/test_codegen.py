@@ -40,11 +40,17 @@ def ir() -> dict[str, Any]:
     return build_notes_registry().to_ir()
 
 
+@pytest.fixture(params=[False, True], ids=["executor", "plain"])
+def plain(request: pytest.FixtureRequest) -> bool:
+    """Both router variants: run on the executor (default) and executor-free (`--plain`)."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def package(ir: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def package(ir: dict[str, Any], tmp_path: Path, plain: bool) -> Iterator[tuple[str, Path]]:
     """The generated code as an importable package with a unique name: (name, directory)."""
     name = f"notes_api_{uuid.uuid4().hex[:8]}"
-    generate(ir, tmp_path / name, title="Notes API")
+    generate(ir, tmp_path / name, title="Notes API", plain=plain)
     sys.path.insert(0, str(tmp_path))
     try:
         yield name, tmp_path / name
@@ -58,9 +64,53 @@ def _import(package: tuple[str, Path], module: str) -> ModuleType:
     return importlib.import_module(f"{package[0]}.{module}")
 
 
-def test_render_is_deterministic(ir: dict[str, Any]) -> None:
+def test_render_is_deterministic(ir: dict[str, Any], plain: bool) -> None:
     """Rendering the same spec twice (from two registries) gives identical files."""
-    assert render(ir) == render(build_notes_registry().to_ir())
+    assert render(ir, plain=plain) == render(build_notes_registry().to_ir(), plain=plain)
+
+
+def test_variants_differ_only_in_routers_and_app(ir: dict[str, Any]) -> None:
+    """`plain=True` changes the routers and the app only: models, tables, OpenAPI and docs agree."""
+    executor, plain = render(ir), render(ir, plain=True)
+    assert executor.keys() == plain.keys()
+    assert sorted(k for k in executor if executor[k] != plain[k]) == ["app.py", "router_notes.py"]
+    assert (
+        "from contractspec.core.fastapi import contractspec_router" in executor["router_notes.py"]
+    )
+    assert '"notes.note.create@1",  # POST /notes/note/create/v1' in executor["router_notes.py"]
+    assert "contractspec" not in plain["router_notes.py"].split('"""', 2)[2]
+    assert "class NotesHandlers(Protocol):" in plain["router_notes.py"]
+
+
+def test_check_compares_with_the_chosen_variant(ir: dict[str, Any], tmp_path: Path) -> None:
+    """A plain package is up to date for `plain=True` and stale (2 files) for the default."""
+    generate(ir, tmp_path, plain=True)
+    assert check_generated(ir, tmp_path, plain=True) == []
+    assert check_generated(ir, tmp_path) == [
+        Drift("app.py", "changed"),
+        Drift("router_notes.py", "changed"),
+    ]
+
+
+def test_cli_generate_plain(tmp_path: Path) -> None:
+    """`contractspec generate --plain` writes the plain variant and `--check --plain` accepts it."""
+    from typer.testing import CliRunner
+
+    from contractspec.core.cli import app
+
+    target = "core_regen_app:build_notes_registry"
+    runner = CliRunner()
+    made = runner.invoke(app, ["generate", target, "--out", str(tmp_path), "--plain"])
+    assert made.exit_code == 0, made.output
+    assert check_generated(build_notes_registry().to_ir(), tmp_path, plain=True) == []
+    ok = runner.invoke(app, ["generate", target, "--out", str(tmp_path), "--plain", "--check"])
+    assert (ok.exit_code, ok.output) == (0, f"{tmp_path} is up to date\n")
+    stale = runner.invoke(app, ["generate", target, "--out", str(tmp_path), "--check"])
+    assert stale.exit_code == 1
+    assert stale.output.splitlines()[:2] == [
+        f"changed  {tmp_path / 'app.py'}",
+        f"changed  {tmp_path / 'router_notes.py'}",
+    ]
 
 
 def test_generated_layout(ir: dict[str, Any]) -> None:
@@ -286,11 +336,12 @@ def _venv_python(venv: Path) -> Path:
 
 @pytest.mark.slow
 def test_generated_app_runs_without_contractspec(ir: dict[str, Any], tmp_path: Path) -> None:
-    """In a fresh venv with only fastapi, sqlalchemy, pydantic and httpx, the app serves calls."""
+    """The `plain` app, in a fresh venv with only fastapi, sqlalchemy, pydantic and httpx, serves
+    calls."""
     uv = shutil.which("uv")
     if uv is None:  # pragma: no cover - uv runs this test suite
         pytest.fail("uv is needed to build the isolated venv")
-    generate(ir, tmp_path / "notes_api", title="Notes API")
+    generate(ir, tmp_path / "notes_api", title="Notes API", plain=True)
     venv = tmp_path / "venv"
     subprocess.run(
         [uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, cwd=tmp_path

@@ -187,6 +187,12 @@ def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the generated package")],
     check: bool = typer.Option(False, "--check", help="Exit 1 when files on disk are stale"),
     title: str = typer.Option("ContractSpec API", "--title", help="API title"),
+    plain: bool = typer.Option(
+        False,
+        "--plain",
+        help="Routers that call your own functions and run without ContractSpec, "
+        "instead of routers that run each operation on a ContractSpec Executor",
+    ),
 ) -> None:
     """Render models, tables, FastAPI routers, OpenAPI and docs (deterministically)."""
     from contractspec.core.codegen import check_generated, generate
@@ -194,17 +200,18 @@ def generate_command(
     try:
         ir = load_ir_source(target)
         if check:
-            drift = check_generated(ir, out, title=title)
+            drift = check_generated(ir, out, title=title, plain=plain)
             if drift:
                 for item in drift:
                     typer.echo(f"{item.status:<8} {out / item.path}")
                 typer.echo(
-                    f"{len(drift)} generated file(s) out of date; run: contractspec generate {target} --out {out}"
+                    f"{len(drift)} generated file(s) out of date; run: contractspec generate "
+                    f"{target} --out {out}{' --plain' if plain else ''}"
                 )
                 raise typer.Exit(1)
             typer.echo(f"{out} is up to date")
             return
-        result = generate(ir, out, title=title)
+        result = generate(ir, out, title=title, plain=plain)
     except ContractSpecError as exc:
         raise _fail(exc) from None
     typer.echo(

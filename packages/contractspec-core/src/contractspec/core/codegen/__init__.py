@@ -4,12 +4,16 @@
 
 * `models.py`: pydantic models of every operation input/output and event payload;
 * `tables.py`: SQLAlchemy 2.x typed models (`Mapped`, `mapped_column`) of every entity;
-* `router_<domain>.py`: a FastAPI router per domain whose endpoints call your handler functions;
-* `app.py`: `create_app(handlers)` mounting every router;
+* `router_<domain>.py`: a FastAPI router per domain whose endpoints run each operation on a
+  ContractSpec `Executor` (policy, audit, outbox; see `contractspec.core.fastapi`), or, with
+  `plain=True` (`contractspec generate --plain`), call your own handler functions;
+* `app.py`: `create_app(executor, authenticate)` mounting every router (`create_app(handlers)`
+  with `plain=True`);
 * `openapi.json`: the OpenAPI 3.1 document (the one `contractspec.core.http` serves);
 * `docs/<domain>/<operation>.md` and `docs/events/<event>.md`: Markdown reference pages.
 
-Every Python file passes ruff and mypy strict and imports only pydantic, SQLAlchemy and FastAPI.
+Every Python file passes ruff and mypy strict. The `plain=True` variant imports only pydantic,
+SQLAlchemy and FastAPI, so it runs with ContractSpec uninstalled.
 """
 
 from __future__ import annotations

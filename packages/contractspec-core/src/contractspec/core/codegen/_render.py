@@ -237,7 +237,22 @@ def _summary(op: Mapping[str, Any]) -> str:
     return lines[0] if lines else f"{op['name']}@{op['version']}"
 
 
-def _router_module(domain: str, ops: list[dict[str, Any]], col: _Collected, digest: str) -> str:
+def _router_module(
+    domain: str, ops: list[dict[str, Any]], col: _Collected, digest: str, *, plain: bool
+) -> str:
+    if not plain:
+        return _env.get_template("router.py.j2").render(
+            header=_header(digest, "#"),
+            domain=domain,
+            operations=[
+                {
+                    "ref": f"{op['name']}@{op['version']}",
+                    "method": http_method(op.get("operation_kind", "command")),
+                    "path": http_path(op["name"], op["version"]),
+                }
+                for op in ops
+            ],
+        )
     imports = Imports()
     imports.add("typing", "Protocol")
     imports.add("fastapi", "APIRouter")
@@ -274,7 +289,7 @@ def _router_module(domain: str, ops: list[dict[str, Any]], col: _Collected, dige
                 "deprecated": op.get("stability") == "deprecated",
             }
         )
-    return _env.get_template("router.py.j2").render(
+    return _env.get_template("router_plain.py.j2").render(
         header=_header(digest, "#"),
         imports=imports.lines(),
         domain=domain,
@@ -560,12 +575,17 @@ def _doc_pages(ir: Mapping[str, Any], col: _Collected, digest: str, title: str) 
 # --------------------------------------------------------------------------------------------
 
 
-def render(ir: Mapping[str, Any], *, title: str = "ContractSpec API") -> dict[str, str]:
+def render(
+    ir: Mapping[str, Any], *, title: str = "ContractSpec API", plain: bool = False
+) -> dict[str, str]:
     """Every generated file as `{relative path: text}` (pure: nothing is written).
 
     Args:
         ir: A spec IR (`registry.to_ir()` or a loaded lock).
         title: Title of the API (OpenAPI `info.title`, FastAPI title, docs heading).
+        plain: Render routers that call your own handler functions (a `Protocol` per domain)
+            and run without ContractSpec installed, instead of routers that run each operation
+            on a ContractSpec `Executor` (policy, audit, outbox).
 
     Returns:
         Paths use `/`; the mapping is sorted by path.
@@ -589,12 +609,12 @@ def render(ir: Mapping[str, Any], *, title: str = "ContractSpec API") -> dict[st
     router_modules = []
     for domain, ops in domains.items():
         module = identifier(domain)
-        files[f"router_{module}.py"] = _router_module(domain, ops, col, digest)
+        files[f"router_{module}.py"] = _router_module(domain, ops, col, digest, plain=plain)
         router_modules.append(
             {"module": f"router_{module}", "protocol": class_name(domain) + "Handlers"}
         )
     if router_modules:
-        files["app.py"] = _env.get_template("app.py.j2").render(
+        files["app.py"] = _env.get_template("app_plain.py.j2" if plain else "app.py.j2").render(
             header=_header(digest, "#"),
             router_imports=["from . import " + ", ".join(d["module"] for d in router_modules)],
             domains=router_modules,
@@ -656,12 +676,25 @@ def _existing_generated(out: Path) -> set[str]:
 
 
 def generate(
-    ir: Mapping[str, Any], out: str | os.PathLike[str], *, title: str = "ContractSpec API"
+    ir: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "ContractSpec API",
+    plain: bool = False,
 ) -> GenerationResult:
     """Write the generated files into `out` (created if needed); delete stale generated ones.
 
     Only files whose content changes are rewritten, so timestamps stay put for build tools. Files
     without the generated header are never touched.
+
+    Args:
+        ir: A spec IR (`registry.to_ir()` or a loaded lock).
+        out: Directory of the generated package.
+        title: Title of the API.
+        plain: Executor-free routers calling your functions (see `render`).
+
+    Returns:
+        The files written, unchanged and removed.
 
     Raises:
         IRFormatError: `ir` is not valid IR.
@@ -670,7 +703,7 @@ def generate(
     target = Path(out)
     if target.exists() and not target.is_dir():
         raise ConfigurationError(f"--out {str(target)!r} is a file; give a directory")
-    files = render(ir, title=title)
+    files = render(ir, title=title, plain=plain)
     written, unchanged = [], []
     for rel, text in files.items():
         path = target / rel
@@ -687,9 +720,19 @@ def generate(
 
 
 def check_generated(
-    ir: Mapping[str, Any], out: str | os.PathLike[str], *, title: str = "ContractSpec API"
+    ir: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "ContractSpec API",
+    plain: bool = False,
 ) -> list[Drift]:
     """Compare `out` with what `generate` would write (for `generate --check` in CI).
+
+    Args:
+        ir: A spec IR (`registry.to_ir()` or a loaded lock).
+        out: Directory of the generated package.
+        title: Title of the API.
+        plain: Compare with the executor-free variant (see `render`).
 
     Returns:
         The drifted files, sorted by path; empty when everything is up to date.
@@ -698,7 +741,7 @@ def check_generated(
         IRFormatError: `ir` is not valid IR.
     """
     target = Path(out)
-    files = render(ir, title=title)
+    files = render(ir, title=title, plain=plain)
     drift: list[Drift] = []
     for rel, text in files.items():
         path = target / rel
