@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from core_app import POLICY_GRANTS, Deal
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import contractspec.core.sql.types
@@ -32,32 +32,26 @@ from contractspec.core.sql import (
     metadata,
 )
 from contractspec.core.testing import FakeClock, SequentialIds
-from contractspec.core.testing.migrations import AlembicEnv, migration_url, titled_block
+from contractspec.core.testing.migrations import (
+    AlembicEnv,
+    metadata_from_config,
+    migration_url,
+    table_names,
+    titled_block,
+)
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "core" / "sql.md"
-#: The docs' env.py imports the reader's `target_metadata`; the test hands its own through
-#: Alembic's `config.attributes` instead (the only line changed).
-APP_IMPORT = "from myapp.db import target_metadata  # ContractSpec: the list above\n"
 SALES = CallContext(actor=Actor.user("u-sales", roles="sales"), org_id="org-1", request_id="r-1")
 
 
-def docs_env_py() -> str:
-    """The docs' env.py with `target_metadata` taken from the Alembic config's attributes."""
-    source = titled_block(DOCS, "migrations/env.py")
-    assert APP_IMPORT in source
-    return source.replace(APP_IMPORT, "").replace(
-        "config = context.config\n",
-        'config = context.config\ntarget_metadata = config.attributes["target_metadata"]\n',
-    )
-
-
-async def table_names(engine: AsyncEngine) -> set[str]:
-    async with engine.connect() as conn:
-        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+#: The docs' env.py, reading `target_metadata` from the Alembic config (the one line changed).
+ENV_PY = metadata_from_config(
+    titled_block(DOCS, "migrations/env.py"), "from myapp.db import target_metadata"
+)
 
 
 async def new_env(engine: AsyncEngine, directory: Path, *metadatas: MetaData) -> AlembicEnv:
-    return AlembicEnv(directory, await migration_url(engine), metadatas, env_py=docs_env_py())
+    return AlembicEnv(directory, await migration_url(engine), metadatas, env_py=ENV_PY)
 
 
 async def test_autogenerate_upgrade_check_then_the_migrated_schema_serves_calls(

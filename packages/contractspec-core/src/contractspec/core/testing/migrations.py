@@ -37,7 +37,13 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["AlembicEnv", "migration_url", "titled_block"]
+__all__ = [
+    "AlembicEnv",
+    "metadata_from_config",
+    "migration_url",
+    "table_names",
+    "titled_block",
+]
 
 
 def titled_block(path: str | os.PathLike[str], title: str) -> str:
@@ -63,6 +69,29 @@ def titled_block(path: str | os.PathLike[str], title: str) -> str:
     found = pattern.findall(Path(path).read_text(encoding="utf-8"))
     assert len(found) == 1, f"{path} has {len(found)} blocks titled {title!r}, expected one"
     return str(found[0])
+
+
+def metadata_from_config(env_py: str, import_line: str) -> str:
+    """`env_py` with the line importing your `target_metadata` replaced by a read of
+    `context.config.attributes["target_metadata"]`, where `AlembicEnv` puts the metadata to test.
+
+    Args:
+        env_py: The source of an `env.py` that imports `alembic.context`.
+        import_line: The start of the line to replace, e.g.
+            `"from myapp.db import target_metadata"`.
+
+    Returns:
+        The edited source.
+
+    Raises:
+        AssertionError: No line of `env_py` starts with `import_line`.
+    """
+    lines = env_py.splitlines(keepends=True)
+    found = [i for i, line in enumerate(lines) if line.startswith(import_line)]
+    assert found, f"env.py has no line starting with {import_line!r}"
+    for i in found:
+        lines[i] = 'target_metadata = context.config.attributes["target_metadata"]\n'
+    return "".join(lines)
 
 
 def _alembic() -> Any:
@@ -96,6 +125,14 @@ async def migration_url(engine: AsyncEngine) -> str:
             schema = (await conn.execute(text("SELECT current_schema()"))).scalar_one()
         url = url.update_query_dict({"options": f"-csearch_path={schema}"})
     return url.render_as_string(hide_password=False)
+
+
+async def table_names(engine: AsyncEngine) -> set[str]:
+    """The names of the tables in `engine`'s database (its default schema)."""
+    from sqlalchemy import inspect
+
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
 
 
 class AlembicEnv:
