@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from contractspec.core.testing.docs import run_python_blocks
 
@@ -18,7 +21,23 @@ PAGES = [
     "docs/core/diff.md",
     "docs/core/codegen.md",
     "docs/core/http.md",
+    "docs/core/logging.md",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Pages that configure logging (docs/core/logging.md) leave nothing behind for later tests."""
+    root, ours = logging.getLogger(), logging.getLogger("contractspec")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    for handler in list(root.handlers):
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
 
 
 @pytest.mark.parametrize("page", PAGES)
