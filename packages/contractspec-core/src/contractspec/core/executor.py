@@ -35,7 +35,7 @@ from contractspec.core.errors import (
 from contractspec.core.handler import Middleware
 from contractspec.core.memory import MemoryBackend
 from contractspec.core.pipeline.authorize import authorize, pending_denial, record_denials
-from contractspec.core.pipeline.invoke import run
+from contractspec.core.pipeline.invoke import check_joinable, defer_denials, run
 from contractspec.core.pipeline.plan import Plan, Plans
 from contractspec.core.pipeline.report import fan_out_telemetry, fan_out_traffic, report
 from contractspec.core.ports import (
@@ -211,6 +211,7 @@ class Executor:
         ctx: CallContext | None = None,
         *,
         version: int | None = None,
+        connection: Any = None,
     ) -> BaseModel:
         """Run one operation and return its validated output model.
 
@@ -219,6 +220,11 @@ class Executor:
             raw_input: A mapping, the input model, or JSON text/bytes.
             ctx: The caller's context; anonymous when omitted.
             version: Run this version; by default the `VariantResolver` decides, else the latest.
+            connection: Join the caller's transaction: a SQLAlchemy `AsyncConnection` or
+                `AsyncSession` on the `SqlBackend`'s database. The call runs in a SAVEPOINT of
+                it (a failed call leaves nothing and the caller's transaction usable) and becomes
+                durable when the caller commits; denials are recorded on their own once the
+                caller's transaction ends. See "Joining your transaction" in the SQL docs.
 
         Returns:
             An instance of the operation's output model.
@@ -236,6 +242,8 @@ class Executor:
             HandlerContractError: The handler broke the contract (wrong output, undeclared event).
             ContractSpecError: Any other error a handler or adapter raised on purpose.
             InternalError: The handler failed unexpectedly (the cause is chained).
+            ConfigurationError: `connection` was given with a backend that cannot join it (the
+                memory backend), inside `executor.batch()`, or reaches another database.
         """
         call = ctx if ctx is not None else _DEFAULT_CTX
         started = perf_counter()
@@ -252,19 +260,24 @@ class Executor:
         tracing = self._tracing  # set by contractspec.core.otel.instrument
         span = tracing.start(name, call) if tracing is not None else None
         try:
+            if connection is not None:
+                check_joinable(self, connection)
             plan = self._plans.get(name, version)
             spec = plan.spec
             value = plan.validate_input(raw_input)
             if plan.auth_kind != "public":
                 await authorize(self, plan, call)
-            output = await run(self, plan, value, call, emitted)
+            output = await run(self, plan, value, call, emitted, connection)
             return output
         except ContractSpecError as exc:
             error = exc
             if isinstance(exc, PolicyDeniedError):
                 record = pending_denial(exc)
                 if record is not None:
-                    await self._record_denials([record])
+                    if connection is not None:
+                        await defer_denials(self, connection, [record])
+                    else:
+                        await self._record_denials([record])
             raise
         except Exception as exc:
             error = InternalError(

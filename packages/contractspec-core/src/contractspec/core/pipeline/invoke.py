@@ -9,17 +9,23 @@ Order inside the transaction: idempotency reservation → handler (through middl
 check → declared events (outbox) → audit record → idempotency outcome → denials recorded inside
 the handler. Denials of a call that failed are written after its transaction (or savepoint) has
 rolled back, so they never wait on a lock the call itself holds.
+
+With `connection=` the call joins the caller's transaction (`join`): it runs in a SAVEPOINT of
+it and the caller's COMMIT makes it durable. Its denials (and those of the authorize stage) are
+written on their own once the caller's transaction has ended (`defer_denials`), so they are
+recorded once whether the caller commits or not, and never wait on the caller's locks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from pydantic import BaseModel
 
 from contractspec.core.batch import BATCH, Batch
 from contractspec.core.context import CallContext
-from contractspec.core.errors import SpecValidationError
+from contractspec.core.errors import ConfigurationError, SpecValidationError
 from contractspec.core.handler import HandlerCtx, Invocation, Middleware, NextFn
 from contractspec.core.pipeline.authorize import record_denials
 from contractspec.core.pipeline.idempotency import fingerprint, reserve
@@ -31,7 +37,9 @@ if TYPE_CHECKING:
     from contractspec.core.executor import Executor
     from contractspec.core.pipeline.plan import Plan
 
-__all__ = ["run"]
+__all__ = ["check_joinable", "defer_denials", "run"]
+
+_log = structlog.get_logger(__name__)
 
 
 async def run(
@@ -40,10 +48,13 @@ async def run(
     value: BaseModel,
     call: CallContext,
     emitted: list[EventEnvelope] | None = None,
+    connection: Any = None,
 ) -> BaseModel:
     """Run the call in its own transaction (or the current batch's savepoint); return its output.
 
-    With `emitted`, the events the call committed are appended to it (for traffic records).
+    With `emitted`, the events the call committed are appended to it (for traffic records). With
+    `connection` (the caller's `AsyncConnection` or `AsyncSession`, checked by
+    `check_joinable`) the call runs in a savepoint of the caller's transaction.
 
     Raises:
         SpecValidationError: An idempotency key was given for an operation that is not idempotent.
@@ -56,6 +67,8 @@ async def run(
             "declare it with idempotent=True or drop the key",
             details={"operation": plan.spec.ref, "field": "idempotency_key"},
         )
+    if connection is not None:
+        return await _run_joined(ex, plan, value, call, key, emitted, connection)
     batch = BATCH.get()
     if batch is not None and batch._executor is ex:
         batch._enter(plan.spec.ref)
@@ -89,6 +102,87 @@ async def run(
     finally:
         if hctx is not None and hctx._denials:
             await record_denials(ex, hctx._denials, None)
+
+
+def check_joinable(ex: Executor, connection: Any) -> None:
+    """Refuse `connection=` where a call cannot join the caller's transaction.
+
+    Raises:
+        ConfigurationError: The executor's unit of work cannot join a SQL transaction (the memory
+            backend), or the call runs inside `executor.batch()`.
+    """
+    if not callable(getattr(ex.unit_of_work, "join", None)):
+        raise ConfigurationError(
+            "connection= joins the caller's SQL transaction, but this executor's unit of work "
+            f"({type(ex.unit_of_work).__name__}) has none to join; configure the executor with "
+            "backend=SqlBackend(engine, registry) on the engine of that connection",
+            details={"field": "connection"},
+        )
+    batch = BATCH.get()
+    if batch is not None and batch._executor is ex:
+        raise ConfigurationError(
+            "connection= cannot be used inside executor.batch(): a batch runs its calls in its "
+            "own transaction; call execute(..., connection=...) outside the batch",
+            details={"field": "connection"},
+        )
+
+
+async def defer_denials(ex: Executor, connection: Any, denials: list[AuditRecord]) -> None:
+    """Write `denials` on their own once the caller's transaction on `connection` has ended."""
+    if ex.audit is None or not denials:
+        return
+    try:
+        await ex.unit_of_work.after_caller_transaction(  # type: ignore[attr-defined]
+            connection, _denials_writer(ex, list(denials))
+        )
+    except Exception:  # never raised over the PolicyDeniedError the caller must see
+        _log.exception("contractspec.denial_audit_failed", action=denials[0].action)
+
+
+async def _run_joined(
+    ex: Executor,
+    plan: Plan,
+    value: BaseModel,
+    call: CallContext,
+    key: str | None,
+    emitted: list[EventEnvelope] | None,
+    connection: Any,
+) -> BaseModel:
+    """The call in a savepoint of the caller's transaction; the caller commits or rolls back."""
+    tx = await ex.unit_of_work.join(  # type: ignore[attr-defined]
+        connection, readonly=not plan.is_command
+    )
+    hctx: HandlerCtx | None = None
+    try:
+        digest = None
+        if key is not None:
+            digest = fingerprint(plan.spec, value)
+            replay = await reserve(ex, tx, plan, call, key, digest)
+            if replay is not None:
+                await tx.commit()
+                return replay
+        hctx = HandlerCtx(ex, plan, call, tx)
+        output = await invoke(ex, plan, value, hctx, 0, key, digest, denials_inside=False)
+        if plan.is_command:
+            await tx.commit()
+            if emitted is not None:
+                emitted.extend(hctx._events)
+        else:
+            await tx.rollback()
+        return output
+    except BaseException:
+        await tx.rollback()
+        raise
+    finally:
+        if hctx is not None and hctx._denials:
+            tx.after_caller_transaction(_denials_writer(ex, list(hctx._denials)))
+
+
+def _denials_writer(ex: Executor, denials: list[AuditRecord]) -> Any:
+    async def write() -> None:
+        await record_denials(ex, denials, None)
+
+    return write
 
 
 async def _run_in_batch(
@@ -141,8 +235,13 @@ async def invoke(
     change_mark: int,
     key: str | None,
     digest: str | None,
+    *,
+    denials_inside: bool = True,
 ) -> BaseModel:
-    """Run the handler (through middleware) and stage its events, audit record and outcome."""
+    """Run the handler (through middleware) and stage its events, audit record and outcome.
+
+    With `denials_inside=False` (a joined call) the handler's denials are left to the caller.
+    """
     if ex.middleware:
         output = await _through_middleware(ex.middleware, plan, Invocation(plan.spec, value, hctx))
     else:
@@ -169,7 +268,7 @@ async def invoke(
                 created_at=ex.clock.now(),
             ),
         )
-    if hctx._denials and plan.is_command:
+    if hctx._denials and plan.is_command and denials_inside:
         await record_denials(ex, hctx._denials, tx)
     return output
 

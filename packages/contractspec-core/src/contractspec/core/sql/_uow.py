@@ -23,9 +23,9 @@ from typing import Any, cast
 from sqlalchemy import Table, UniqueConstraint, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import URL, Engine, Result
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.util import find_tables
@@ -37,6 +37,7 @@ from contractspec.core.errors import (
     SpecValidationError,
 )
 from contractspec.core.sql._direct import Compiled, DirectDriver, compiled_insert, compiled_update
+from contractspec.core.sql._join import CallerTransaction, caller_transaction, pending_tasks
 from contractspec.core.sql._schema import audit_table, outbox_table
 from contractspec.core.sql._sqlite import InlineConnection
 from contractspec.core.sql.engines import is_configured
@@ -288,6 +289,7 @@ class SqlTransaction(Transaction):
         "_hooks",
         "_identity",
         "_identity_undo",
+        "_joined",
         "_outer",
         "_written",
         "connection",
@@ -296,12 +298,19 @@ class SqlTransaction(Transaction):
     )
 
     def __init__(
-        self, connection: AsyncConnection, outer: AsyncTransaction, *, readonly: bool
+        self,
+        connection: AsyncConnection,
+        outer: AsyncTransaction,
+        *,
+        readonly: bool,
+        joined: CallerTransaction | None = None,
     ) -> None:
         super().__init__(readonly=readonly)
         self.connection = connection
         self.dialect = connection.dialect.name
         self._outer = outer
+        #: The caller's transaction this one runs in (a SAVEPOINT of it), or `None`.
+        self._joined = joined
         self._base = WriteBuffer()
         self._call: WriteBuffer | None = None
         self._db_savepoint: AsyncTransaction | None = None
@@ -618,21 +627,45 @@ class SqlTransaction(Transaction):
 
     # -- lifecycle hooks --------------------------------------------------------------------------
 
+    @property
+    def joined(self) -> bool:
+        """Whether this transaction is a SAVEPOINT of the caller's transaction (it commits only
+        when the caller commits)."""
+        return self._joined is not None
+
+    def after_caller_transaction(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work()` once the caller's transaction has ended (committed or not).
+
+        Only for joined transactions (see `SqlUnitOfWork.join`).
+
+        Raises:
+            ConfigurationError: This transaction is not joined to a caller's transaction.
+        """
+        if self._joined is None:
+            raise ConfigurationError("after_caller_transaction() needs a joined transaction")
+        self._joined.after_end.append(work)
+
     async def _commit_backend(self) -> None:
+        joined = self._joined
         try:
             if self._deferred:
                 await self._send_deferred()
             if self._base:
                 await self._flush_writes(self._base)
             await self._flush_appended(self._base)
-            await self._outer.commit()
+            await self._outer.commit()  # joined: RELEASE SAVEPOINT; the caller commits
         except DBAPIError as exc:
             error = translate(exc)
             if error is exc:
                 raise
             raise error from exc
         finally:
-            await self.connection.close()
+            if joined is None:
+                await self.connection.close()
+        if joined is not None:
+            # After-commit callbacks wait for the caller's COMMIT (dropped if it rolls back).
+            joined.on_commit.extend(self._on_commit)
+            self._on_commit.clear()
 
     async def _rollback_backend(self) -> None:
         self._deferred = []
@@ -641,9 +674,10 @@ class SqlTransaction(Transaction):
         self._identity.clear()
         try:
             if self._outer.is_active:
-                await self._outer.rollback()
+                await self._outer.rollback()  # joined: ROLLBACK TO SAVEPOINT
         finally:
-            await self.connection.close()
+            if self._joined is None:
+                await self.connection.close()
 
     async def _begin_savepoint(self) -> None:
         self._call_sp = False
@@ -905,6 +939,9 @@ class SqlUnitOfWork:
     __slots__ = ("_turns", "_writers", "engine")
 
     def __init__(self, engine: AsyncEngine) -> None:
+        given: Any = engine  # users pass sync engines too: say how to get an async one
+        if isinstance(given, Engine):
+            raise ConfigurationError(sync_engine_message(given.url), details={"field": "engine"})
         if not isinstance(engine, AsyncEngine):
             raise ConfigurationError(
                 f"SqlUnitOfWork needs an AsyncEngine (create_async_engine(...)), got {type(engine).__name__}"
@@ -960,6 +997,108 @@ class SqlUnitOfWork:
         if turn is not None:
             tx.on_end(turn.release)
         return tx
+
+    async def join(
+        self, connection: AsyncConnection | AsyncSession, *, readonly: bool = False
+    ) -> SqlTransaction:
+        """Begin a transaction inside the caller's: a SAVEPOINT (`begin_nested()`) of `connection`.
+
+        The caller's transaction is begun if it was not (SQLAlchemy's autobegin), and the caller
+        commits or rolls back everything: its own writes and the call's rows, outbox events, audit
+        record and idempotency record. Committing the returned transaction releases the savepoint;
+        rolling it back undoes the call only, leaving the caller's transaction usable. After-commit
+        callbacks wait for the caller's COMMIT (see `contractspec.core.sql._join`).
+
+        Args:
+            connection: The caller's `AsyncConnection`, or an `AsyncSession` (its connection for
+                the current transaction, `await session.connection()`). It must reach the same
+                database as this unit of work's engine (same dialect, host, port and database);
+                a SQLite engine must be configured by `configure_sqlite_engine()`.
+            readonly: A query's transaction (writes refused).
+
+        Returns:
+            The joined `SqlTransaction` (it never closes the caller's connection).
+
+        Raises:
+            ConfigurationError: `connection` is not an `AsyncConnection`/`AsyncSession`, reaches
+                another database, or is an unconfigured SQLite connection.
+        """
+        if isinstance(connection, AsyncSession):
+            connection = await connection.connection()
+        elif not isinstance(connection, AsyncConnection):
+            raise ConfigurationError(
+                "connection= takes the caller's sqlalchemy AsyncConnection or AsyncSession, got "
+                f"{type(connection).__name__}",
+                details={"field": "connection"},
+            )
+        mine, theirs = self.engine.url, connection.engine.url
+        if connection.engine.sync_engine is not self.engine.sync_engine and _database(
+            mine
+        ) != _database(theirs):
+            raise ConfigurationError(
+                "connection= reaches another database than the executor's SqlBackend "
+                f"({theirs.render_as_string(hide_password=True)} vs "
+                f"{mine.render_as_string(hide_password=True)}); pass a connection of the "
+                "backend's engine (or of an engine on the same database)",
+                details={"field": "connection"},
+            )
+        if self.engine.dialect.name == "sqlite" and not is_configured(connection.engine):
+            raise ConfigurationError(
+                "connection= comes from a SQLite engine that is not configured for savepoints; "
+                "call configure_sqlite_engine(engine) once after create_async_engine() (or create "
+                "it with contractspec.core.sql.sqlite_engine(path))",
+                details={"field": "connection"},
+            )
+        if not connection.in_transaction():
+            await connection.begin()
+        caller = caller_transaction(connection.sync_connection)  # type: ignore[arg-type]
+        nested = await connection.begin_nested()
+        return SqlTransaction(connection, nested, readonly=readonly, joined=caller)
+
+    async def after_caller_transaction(
+        self, connection: AsyncConnection | AsyncSession, work: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `work()` once the caller's transaction on `connection` has ended.
+
+        Raises:
+            ConfigurationError: `connection` is not an `AsyncConnection`/`AsyncSession`.
+        """
+        if isinstance(connection, AsyncSession):
+            connection = await connection.connection()
+        elif not isinstance(connection, AsyncConnection):
+            raise ConfigurationError(
+                "connection= takes the caller's sqlalchemy AsyncConnection or AsyncSession, got "
+                f"{type(connection).__name__}",
+                details={"field": "connection"},
+            )
+        if not connection.in_transaction():
+            await connection.begin()
+        caller_transaction(connection.sync_connection).after_end.append(  # type: ignore[arg-type]
+            work
+        )
+
+    async def wait_joined(self) -> None:
+        """Wait for the work deferred until callers' transactions ended (denial records written
+        on their own, after-commit callbacks): for tests and orderly shutdown."""
+        while tasks := pending_tasks():
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _database(url: URL) -> tuple[str, str | None, int | None, str | None]:
+    """What identifies a database in a URL: backend, host, port, database name (or file)."""
+    return (url.get_backend_name(), url.host, url.port, url.database)
+
+
+def sync_engine_message(url: URL) -> str:
+    """The fix for a sync `Engine` given where an `AsyncEngine` is needed."""
+    shown = url.render_as_string(hide_password=True)
+    return (
+        f"ContractSpec's SQL backend needs an AsyncEngine, got a sync Engine ({shown}); create "
+        "an async engine on the same database with contractspec.core.sql.async_engine_from(engine) "
+        "(it maps the driver: sqlite -> a configured sqlite_engine(), postgresql/psycopg2 -> "
+        "postgresql+psycopg), or create_async_engine(engine.url.set(drivername="
+        "'postgresql+psycopg')); your sync engine keeps serving the rest of the app"
+    )
 
 
 def sql_transaction(tx: Transaction, who: str = "this SQL adapter") -> SqlTransaction:

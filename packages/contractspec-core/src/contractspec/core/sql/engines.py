@@ -11,12 +11,15 @@ from typing import Any, Literal
 
 import pydantic_core
 from sqlalchemy import MetaData, event
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from contractspec.core.errors import ConfigurationError
 from contractspec.core.sql._sqlite import InlineConnection, inline_creator
 
 __all__ = [
+    "async_engine_from",
     "configure_sqlite_engine",
     "create_all",
     "drop_all",
@@ -134,6 +137,58 @@ def sqlite_engine(
         )
     engine = create_async_engine(url, **kwargs)
     return configure_sqlite_engine(engine, busy_timeout_ms=busy_timeout_ms)
+
+
+#: PostgreSQL drivers `async_engine_from` replaces by psycopg 3 (which has an async API).
+_POSTGRES_DRIVERS = frozenset({"psycopg2", "psycopg", "psycopg2cffi", "pg8000", "asyncpg"})
+
+
+def async_engine_from(engine_or_url: Engine | URL | str, **kwargs: Any) -> AsyncEngine:
+    """An `AsyncEngine` on the same database as a sync `Engine` (or URL), for `SqlBackend`.
+
+    Services built on a sync `Engine` keep it for their own code and give ContractSpec an async
+    engine on the same database. Drivers are mapped as follows: SQLite (`sqlite`,
+    `sqlite+pysqlite`, `sqlite+aiosqlite`) becomes `sqlite_engine(path)` (configured for
+    ContractSpec's transactions); PostgreSQL (`postgresql`, `+psycopg2`, `+psycopg`, `+pg8000`,
+    `+asyncpg`) becomes `postgresql+psycopg` (psycopg 3), keeping host, port, database, user,
+    password and query options. The new engine is yours: `await engine.dispose()` when done.
+
+    Args:
+        engine_or_url: A sync `Engine`, a `URL` or a URL string.
+        **kwargs: Passed to `sqlite_engine` or `create_async_engine`.
+
+    Returns:
+        A new `AsyncEngine`.
+
+    Raises:
+        ConfigurationError: An in-memory SQLite database (a second engine would open another,
+            empty database: use a file) or a dialect other than SQLite and PostgreSQL.
+    """
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    backend = url.get_backend_name()
+    shown = url.render_as_string(hide_password=True)
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                f"cannot share an in-memory SQLite database ({shown}) with a second engine: each "
+                "engine opens its own empty database; use a SQLite file",
+                details={"field": "engine"},
+            )
+        return sqlite_engine(url.database, **kwargs)
+    if backend == "postgresql":
+        driver = url.get_driver_name()
+        if driver not in _POSTGRES_DRIVERS:
+            raise ConfigurationError(
+                f"unknown PostgreSQL driver {driver!r} in {shown}: use postgresql+psycopg",
+                details={"field": "engine"},
+            )
+        kwargs.setdefault("json_serializer", fast_json_dumps)
+        kwargs.setdefault("json_deserializer", pydantic_core.from_json)
+        return create_async_engine(url.set(drivername="postgresql+psycopg"), **kwargs)
+    raise ConfigurationError(
+        f"unsupported SQL dialect {backend!r} ({shown}): ContractSpec runs on SQLite and PostgreSQL",
+        details={"field": "engine"},
+    )
 
 
 async def create_all(engine: AsyncEngine, *metadatas: MetaData) -> None:

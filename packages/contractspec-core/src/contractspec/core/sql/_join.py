@@ -1,0 +1,141 @@
+"""Joining the caller's transaction: what waits for the caller's COMMIT or ROLLBACK.
+
+A call that joins the caller's transaction (`Executor.execute(..., connection=...)`) runs in a
+SAVEPOINT of it; its rows, events, audit record and idempotency record become durable only when
+the caller commits. Two things must therefore wait for the caller's transaction to end:
+
+* *after-commit callbacks* (`Transaction.on_commit`: in-process deliveries, cache updates) run
+  only once the caller's COMMIT succeeded, and are dropped when it rolls back or the COMMIT fails;
+* *denial records* are written on their own (in a transaction of the backend's engine) once the
+  caller's transaction is over, committed or not, so a denial is recorded exactly once and never
+  waits on a lock the caller's open transaction holds (on SQLite the caller holds the database's
+  write lock; on PostgreSQL it may hold the head row of the same audit chain).
+
+The end of the caller's transaction is observed with SQLAlchemy's `commit` and `rollback`
+connection events (they fire just before the COMMIT or ROLLBACK is sent); a task then waits for
+the COMMIT to finish and checks whether it succeeded (SQLAlchemy keeps a transaction whose COMMIT
+failed as the connection's current transaction until it is rolled back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+__all__ = ["CallerTransaction", "caller_transaction", "pending_tasks"]
+
+_log = structlog.get_logger(__name__)
+
+AfterEnd = Callable[[], Awaitable[None]]
+
+
+class CallerTransaction:
+    """What waits for the end of one caller transaction (one root transaction of a connection)."""
+
+    __slots__ = ("after_end", "connection", "failed", "on_commit", "root")
+
+    def __init__(self, connection: Connection, root: Any) -> None:
+        self.connection = connection
+        self.root = root
+        self.on_commit: list[Callable[[], None]] = []
+        self.after_end: list[AfterEnd] = []
+        #: The COMMIT failed (the transaction was rolled back after it was sent).
+        self.failed = False
+
+
+_callers: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.WeakKeyDictionary()
+#: Caller transactions whose COMMIT was sent and is being settled.
+_committing: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.WeakKeyDictionary()
+_listening: weakref.WeakSet[Connection] = weakref.WeakSet()
+#: Tasks settling ended caller transactions (strong references until they finish).
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def caller_transaction(connection: Connection) -> CallerTransaction:
+    """The state of `connection`'s current root transaction (created on first use).
+
+    Raises:
+        RuntimeError: The connection has no transaction (the caller did not begin one).
+    """
+    root = connection.get_transaction()
+    if root is None:
+        raise RuntimeError("the connection has no transaction to join")
+    state = _callers.get(connection)
+    if state is None or state.root is not root:
+        state = _callers[connection] = CallerTransaction(connection, root)
+    if connection not in _listening:
+        event.listen(connection, "commit", _on_commit)
+        event.listen(connection, "rollback", _on_rollback)
+        _listening.add(connection)
+    return state
+
+
+def pending_tasks() -> set[asyncio.Task[None]]:
+    """The tasks still settling ended caller transactions."""
+    return {task for task in _tasks if not task.done()}
+
+
+def _take(connection: Connection) -> CallerTransaction | None:
+    state = _callers.get(connection)
+    if state is None or state.root is not connection.get_transaction():
+        return None
+    del _callers[connection]
+    if not state.on_commit and not state.after_end:
+        return None
+    return state
+
+
+def _spawn(state: CallerTransaction, *, committing: bool) -> None:
+    task = asyncio.get_running_loop().create_task(_settle(state, committing=committing))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def _on_commit(connection: Connection) -> None:
+    state = _take(connection)
+    if state is not None:
+        _committing[connection] = state
+        _spawn(state, committing=True)
+
+
+def _on_rollback(connection: Connection) -> None:
+    sent = _committing.get(connection)
+    if sent is not None and sent.root is connection.get_transaction():
+        sent.failed = True  # the ROLLBACK of a transaction whose COMMIT failed
+    state = _take(connection)
+    if state is not None:
+        _spawn(state, committing=False)
+
+
+async def _settle(state: CallerTransaction, *, committing: bool) -> None:
+    """Wait for the caller's COMMIT to finish; run the callbacks if it succeeded; then the
+    after-end work (denial records) in any case."""
+    root = state.root
+    if committing:
+        delay = 0.0
+        while root.is_active:  # the COMMIT is still in flight
+            await asyncio.sleep(delay)
+            delay = min(delay * 2 or 0.0005, 0.02)
+        if _committing.get(state.connection) is state:
+            del _committing[state.connection]
+        # A failed COMMIT leaves the transaction current on the connection until rolled back.
+        committed = not state.failed and state.connection.get_transaction() is not root
+        if committed:
+            for callback in state.on_commit:
+                try:
+                    callback()
+                except Exception:  # committed already: report, never fail
+                    _log.exception(
+                        "contractspec.on_commit_callback_failed", callback=repr(callback)
+                    )
+    for work in state.after_end:
+        try:
+            await work()
+        except Exception:
+            _log.exception("contractspec.after_caller_transaction_failed", work=repr(work))
