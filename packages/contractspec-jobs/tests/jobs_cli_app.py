@@ -77,4 +77,16 @@ async def schedule() -> AsyncIterator[Scheduler]:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def serve_postgres() -> AsyncIterator[Worker]:
+    """A worker on the PostgreSQL database `CLI_DSN` (the missing-driver test hides psycopg)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(os.environ["CLI_DSN"])
+    try:
+        yield Worker(SqlJobQueue(engine, SPECS), handlers, poll_interval=0.1)
+    finally:
+        await engine.dispose()
+
+
 not_a_worker = 42

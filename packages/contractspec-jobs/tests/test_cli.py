@@ -163,3 +163,31 @@ def test_contractspec_command_mounts_jobs() -> None:
     assert result.exit_code == 0
     assert "worker" in result.output
     assert "scheduler" in result.output
+
+
+def test_a_missing_database_driver_exits_2_naming_the_extra(tmp_path: Path) -> None:
+    """A worker on PostgreSQL without psycopg installed: status 2 and one line (real process)."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as if psycopg were not installed\n"
+        "from contractspec.core.cli import main\n"
+        "sys.argv = ['contractspec', 'jobs', 'worker', 'jobs_cli_app:serve_postgres']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "CLI_DSN": "postgresql+psycopg://postgres@127.0.0.1:1/postgres"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "error: the PostgreSQL driver psycopg is not installed: "
+        "pip install 'contractspec-jobs[postgres]'\n"
+    )

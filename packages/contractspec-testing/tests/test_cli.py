@@ -66,7 +66,10 @@ def test_recent_window_and_sample_rate_filter_snapshots(tmp_path: Path) -> None:
     recent = CliRunner().invoke(
         app, [*base, "--operation", "billing.invoice.quote", "--output", str(tmp_path / "a.py")]
     )
-    assert "from 0 snapshot(s)" in recent.output
+    assert recent.exit_code == 2
+    assert "no snapshot of billing.invoice.quote@1" in recent.output
+    assert "from the last 7 day(s)" in recent.output
+    assert not (tmp_path / "a.py").exists()
     errors_only = CliRunner().invoke(
         app,
         [*base, "--operation", "billing.customer.get", "--output", str(tmp_path / "b.py"),
@@ -99,6 +102,11 @@ def test_errors_are_explained_with_exit_code_2(tmp_path: Path) -> None:
     assert "registry must be MODULE:OBJECT" in bad.output
     missing = CliRunner().invoke(app, ["operations", "--store", f"sqlite:///{tmp_path / 'x.db'}"])
     assert missing.exit_code == 2
+    assert f"does not exist (no file at {tmp_path / 'x.db'})" in missing.output
+    assert not (tmp_path / "x.db").exists()  # reading never creates a database file
+    (tmp_path / "empty.db").touch()
+    empty = CliRunner().invoke(app, ["operations", "--store", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert empty.exit_code == 2
     assert "cannot read the cs_traffic table (OperationalError: no such table: cs_traffic)" in (
-        missing.output
+        empty.output
     )

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from contractspec.core.errors import ConfigurationError, ContractSpecError
 from contractspec.core.registry import SpecRegistry
 
-__all__ = ["CLI_ENTRY_POINTS", "app", "load_ir_source", "load_registry", "main", "mount_plugins"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "CLI_ENTRY_POINTS",
+    "app",
+    "installed_versions",
+    "load_ir_source",
+    "load_registry",
+    "main",
+    "mount_plugins",
+    "progress_bar",
+    "user_error_message",
+    "user_errors",
+    "version_callback",
+]
 
 try:
     import typer
@@ -23,6 +40,170 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
 app = typer.Typer(help="ContractSpec: spec-first, policy-safe services.", no_args_is_help=True)
 spec_app = typer.Typer(help="Inspect, lock and diff specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+
+# -- shared by every contractspec command line (core, testing, jobs) ------------------------------
+
+#: Modules whose absence is an installation problem: (what it is, the extra that installs it).
+_DRIVERS: dict[str, tuple[str, str]] = {
+    "psycopg": ("the PostgreSQL driver psycopg", "postgres"),
+    "psycopg_binary": ("the PostgreSQL driver psycopg", "postgres"),
+    "aiosqlite": ("the SQLite driver aiosqlite", "sql"),
+    "sqlalchemy": ("SQLAlchemy", "sql"),
+    "greenlet": ("greenlet (SQLAlchemy's asyncio support)", "sql"),
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def user_error_message(exc: BaseException, *, package: str = "contractspec-core") -> str | None:
+    """The one-line explanation of an error the user can fix, or `None` for anything else.
+
+    User errors are: any `ContractSpecError` (its message names the field and the fix); a missing
+    database driver or SQLAlchemy (the message names the extra to install); an `ImportError`
+    whose message already carries a `pip install` command; a database that cannot be opened or
+    reached (SQLAlchemy `OperationalError`/`InterfaceError`) or a malformed database URL
+    (`ArgumentError`); and an `OSError` such as a missing file or directory. An exception group
+    counts when every exception in it does (the first one is explained).
+
+    Args:
+        exc: The exception a command raised.
+        package: The distribution whose extras install the missing driver
+            (`pip install 'PACKAGE[postgres]'`).
+
+    Returns:
+        One line without the `error:` prefix, or `None` when `exc` is not a user error (a bug:
+        let its traceback show).
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        messages = [user_error_message(inner, package=package) for inner in exc.exceptions]
+        return messages[0] if all(m is not None for m in messages) else None
+    if isinstance(exc, ContractSpecError):
+        return _one_line(exc.message)
+    if isinstance(exc, ImportError):
+        root = (exc.name or "").partition(".")[0]
+        if root in _DRIVERS:
+            what, extra = _DRIVERS[root]
+            return f"{what} is not installed: pip install '{package}[{extra}]'"
+        return _one_line(str(exc)) if "pip install" in str(exc) else None
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None:
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            reason = _one_line(str(exc.orig if exc.orig is not None else exc))
+            hint = (
+                " (check that the file's directory exists and is writable)"
+                if "unable to open database file" in reason
+                else ""
+            )
+            return f"cannot use the database: {reason}{hint}"
+        if isinstance(exc, sa_exc.ArgumentError):
+            return f"invalid database URL: {_one_line(str(exc))}"
+    if isinstance(exc, OSError):
+        if exc.filename is not None and exc.strerror:
+            return f"{exc.strerror}: {exc.filename}"
+        return _one_line(str(exc)) or type(exc).__name__
+    return None
+
+
+@contextlib.contextmanager
+def user_errors(package: str = "contractspec-core") -> Iterator[None]:
+    """Turn user errors into one `error: ...` line on stderr and exit status 2.
+
+    Use it as a context manager around a command's work, or as a decorator under
+    `@app.command()` (`@user_errors("contractspec-testing")`). What counts as a user error is
+    `user_error_message`; any other exception (a bug) propagates with its traceback, and
+    `typer.Exit` passes through untouched.
+
+    Args:
+        package: The distribution named in install hints for missing drivers.
+
+    Raises:
+        typer.Exit: With status 2, after printing the message, for a user error.
+    """
+    try:
+        yield
+    except Exception as exc:
+        message = user_error_message(exc, package=package)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def installed_versions() -> list[tuple[str, str]]:
+    """`(distribution, version)` of every installed `contractspec-*` distribution, by name."""
+    from importlib.metadata import distributions
+
+    found: dict[str, str] = {}
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("contractspec-"):
+            found.setdefault(name, dist.version)
+    return sorted(found.items())
+
+
+def version_callback(value: bool) -> None:
+    """Typer callback of `--version`: print each installed contractspec package and exit 0.
+
+    Raises:
+        typer.Exit: Always, once the versions are printed (when `value` is true).
+    """
+    if value:
+        for name, version in installed_versions():
+            typer.echo(f"{name} {version}")
+        raise typer.Exit()
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, *, console: Console | None = None
+) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr while long work runs, only when stderr is a terminal.
+
+    Yields a function `report(done, total)` to call as work advances (counts of items, e.g.
+    snapshots replayed). When the console is not a terminal (a pipe, a CI log, `CliRunner`),
+    nothing is drawn and `report` does nothing.
+
+    Args:
+        description: The label in front of the bar.
+        console: The rich console to draw on (default: a console on stderr).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = console if console is not None else Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda done, total: None
+        return
+    columns = (
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield report
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback,
+            is_eager=True,
+            help="Print the version of every installed contractspec package and exit.",
+        ),
+    ] = False,
+) -> None:
+    """ContractSpec: spec-first, policy-safe services."""
 
 
 def load_registry(target: str) -> SpecRegistry:
@@ -55,6 +236,7 @@ def load_registry(target: str) -> SpecRegistry:
 
 
 @spec_app.command("list")
+@user_errors()
 def spec_list(
     target: str = typer.Argument(..., help="MODULE:OBJECT naming a SpecRegistry"),
 ) -> None:
@@ -93,6 +275,7 @@ def load_ir_source(source: str) -> dict[str, Any]:
 
 
 @spec_app.command("export")
+@user_errors()
 def spec_export(
     target: str = typer.Argument(..., help="MODULE:OBJECT naming a SpecRegistry"),
     output: str = typer.Option(
@@ -114,6 +297,7 @@ def spec_export(
 
 
 @spec_app.command("check")
+@user_errors()
 def spec_check(
     target: str = typer.Argument(..., help="MODULE:OBJECT naming a SpecRegistry"),
     lock: str = typer.Option("contractspec.lock.json", "--lock", "-l", help="The committed lock"),
@@ -157,6 +341,7 @@ class FailOn(StrEnum):
 
 
 @spec_app.command("diff")
+@user_errors()
 def spec_diff(
     old: str = typer.Argument(..., help="Old IR: a lock file or MODULE:OBJECT"),
     new: str = typer.Argument(..., help="New IR: a lock file or MODULE:OBJECT"),
@@ -180,6 +365,7 @@ def spec_diff(
 
 
 @app.command("generate")
+@user_errors()
 def generate_command(
     target: Annotated[
         str, typer.Argument(help="MODULE:OBJECT naming a SpecRegistry, or a lock file")
@@ -251,4 +437,8 @@ def mount_plugins(root: Any = None) -> list[str]:
 def main() -> None:
     """Entry point of the `contractspec` script."""
     mount_plugins()
-    app()
+    try:
+        with user_errors():  # a backstop for plugin commands that do not use it themselves
+            app()
+    except typer.Exit as exc:  # raised by user_errors, outside click's own exit handling
+        sys.exit(exc.exit_code)

@@ -13,7 +13,8 @@ context manager yielding one (`@asynccontextmanager`, to create and dispose the 
 run). Functions are called inside the process's event loop. SIGTERM and SIGINT stop gracefully: a
 worker leases nothing more, gives running jobs `shutdown_grace` seconds, releases the rest (queued
 again without counting the attempt), stores pending outcomes, and the process exits with status 0.
-A target that cannot be loaded exits with status 2 and one line on stderr.
+A target that cannot be loaded, or a database driver that is not installed, exits with status 2
+and one line on stderr (no traceback); a database that is down once the worker runs is retried.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = ["app", "load_target", "main"]
 
 try:
     import typer
+
+    from contractspec.core.cli import user_errors
 except ImportError as exc:  # pragma: no cover - exercised by the isolation session
     raise ImportError(
         "the contractspec jobs CLI needs typer: pip install 'contractspec-core[cli]'"
@@ -130,11 +133,8 @@ async def _serve(target: str, kind: type[T], *, until_idle: bool = False) -> Non
 
 
 def _run(target: str, kind: type[T], *, until_idle: bool = False) -> None:
-    try:
+    with user_errors("contractspec-jobs"):
         asyncio.run(_serve(target, kind, until_idle=until_idle))
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command("worker")

@@ -7,6 +7,10 @@ contractspec-test operations --store traffic.jsonl
 ```
 
 `app` is a Typer application, so the core CLI can mount it as `contractspec test ...`.
+
+A mistake (a store that does not exist or cannot be reached, a missing database driver, a bad
+registry reference, no traffic to generate from) prints one `error: ...` line and exits with
+status 2; nothing is written. On a terminal, replaying recorded calls shows a progress bar.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from contractspec.core import ContractSpecError, SpecRegistry
+from contractspec.core import ConfigurationError, SpecRegistry
 from contractspec.testing._literal import identifier
-from contractspec.testing.generator import GoldenTestGenerator
+from contractspec.testing.errors import TrafficStoreError
+from contractspec.testing.generator import (
+    GoldenTestGenerator,
+    _read_if_exists,
+    _write_atomically,
+)
 from contractspec.testing.golden import load_registry, utcnow
 from contractspec.testing.recorder import sampling_fraction
 from contractspec.testing.stores import open_store
@@ -27,19 +36,50 @@ __all__ = ["app", "main"]
 
 try:
     import typer
+
+    from contractspec.core.cli import progress_bar, user_errors, version_callback
 except ImportError as exc:  # pragma: no cover - exercised by the isolation session
     raise ImportError(
         "the contractspec-test CLI needs typer: pip install 'contractspec-testing[cli]'"
     ) from exc
+
+PACKAGE = "contractspec-testing"
 
 app = typer.Typer(
     help="Record traffic, generate and update golden pytest suites.", no_args_is_help=True
 )
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback,
+            is_eager=True,
+            help="Print the version of every installed contractspec package and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Record traffic, generate and update golden pytest suites."""
+
+
+def _target(output: Path, operation: str) -> Path:
+    """The module to write: `DIR/test_<operation>.py` for an existing directory, else a .py path.
+
+    Raises:
+        ConfigurationError: `output` is neither an existing directory nor a `.py` path.
+    """
+    if output.is_dir():
+        return output / f"test_{identifier(operation)}.py"
+    if output.suffix != ".py":
+        raise ConfigurationError(
+            f"--output {output}: name an existing directory or a module ending in .py "
+            f"(e.g. --output {output}.py)",
+            details={"field": "output"},
+        )
+    return output
 
 
 @app.command("generate")
@@ -75,20 +115,20 @@ def generate(
         bool, typer.Option("--verify/--no-verify", help="Replay and drop cases that differ.")
     ] = True,
 ) -> None:
-    """Generate (or extend) the golden pytest module of one operation from recorded traffic."""
-    try:
+    """Generate (or extend) the golden pytest module of one operation from recorded traffic.
+
+    Exits 2 without writing anything when the store does not exist or holds no usable case.
+    """
+    with user_errors(PACKAGE):
         reg = load_registry(registry)
         spec = reg.get(operation, version)
-        target = output / f"test_{identifier(spec.name)}.py" if output.is_dir() else output
+        target = _target(output, spec.name)
         result = asyncio.run(
             _generate(
                 reg, registry, spec.name, spec.version, target=target, store=store, days=days,
                 sample_rate=sample_rate, max_cases=max_cases, mask=mask or [], verify=verify,
             )
         )  # fmt: skip
-    except ContractSpecError as exc:
-        _fail(exc.message)
-        return
     typer.echo(result)
 
 
@@ -108,7 +148,7 @@ async def _generate(
 ) -> str:
     spec = reg.get(operation, version)
     since = utcnow() - timedelta(days=days)
-    async with open_store(store, create=False) as traffic:
+    async with open_store(store, create=False, must_exist=True) as traffic:
         snapshots = await traffic.query(operation=spec.name, version=spec.version, since=since)
     if sample_rate < 1.0:
         snapshots = [
@@ -123,7 +163,27 @@ async def _generate(
         mask={spec.name: mask},
         verify=verify,
     )
-    result = await generator.write(target, snapshots, spec.name, spec.version)
+    existing = await asyncio.to_thread(_read_if_exists, target)
+    if not snapshots and existing is None:
+        raise TrafficStoreError(
+            f"no snapshot of {spec.ref} in {store} from the last {days:g} day(s) (after "
+            f"--sample-rate {sample_rate:g}): nothing written; widen --days or record traffic",
+            details={"field": "store"},
+        )
+    with progress_bar(f"replaying {spec.ref}") as report:
+        result = await generator.build(
+            snapshots, spec.name, spec.version, existing=existing, path=str(target),
+            progress=report,
+        )  # fmt: skip
+    if not result.cases:
+        reasons = "; ".join(f"{sid}: {why}" for sid, why in result.skipped[:3])
+        raise TrafficStoreError(
+            f"no golden case for {spec.ref} from {len(snapshots)} snapshot(s) in {store}: "
+            f"nothing written ({reasons or 'all were excluded or duplicates'})",
+            details={"field": "store"},
+        )
+    if existing != result.source:
+        await asyncio.to_thread(_write_atomically, target, result.source)
     lines = [
         f"{target}: {len(result.added)} case(s) added, {len(result.kept)} kept, "
         f"{len(result.skipped)} left out, from {len(snapshots)} snapshot(s) of {spec.ref}"
@@ -133,18 +193,15 @@ async def _generate(
 
 
 @app.command("operations")
+@user_errors(PACKAGE)
 def operations(store: Annotated[str, typer.Option(help="Traffic store URL.")]) -> None:
     """List the operations recorded in a store, with their snapshot counts."""
 
     async def run() -> list[Any]:
-        async with open_store(store, create=False) as traffic:
+        async with open_store(store, create=False, must_exist=True) as traffic:
             return await traffic.operations()
 
-    try:
-        rows = asyncio.run(run())
-    except ContractSpecError as exc:
-        _fail(exc.message)
-        return
+    rows = asyncio.run(run())
     for name, ver, count in rows:
         typer.echo(f"{name}@{ver}  {count}")
 

@@ -36,7 +36,7 @@ import enum
 import os
 import re
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -453,6 +453,7 @@ class GoldenTestGenerator:
         *,
         existing: str | None = None,
         path: str = "<module>",
+        progress: Callable[[int, int], None] | None = None,
     ) -> GeneratedSuite:
         """Build (without writing) the module for one operation.
 
@@ -462,6 +463,8 @@ class GoldenTestGenerator:
             version: Operation version (default: latest registered).
             existing: Source of the module already at the destination, to merge with.
             path: Destination (for messages).
+            progress: Called as `progress(done, total)` before and after each new case is
+                replayed (`total` new cases), e.g. to drive a progress bar.
 
         Raises:
             UnknownOperationError: The operation is not registered.
@@ -477,7 +480,13 @@ class GoldenTestGenerator:
         mask = set(old.mask) | set(declared_mask(spec)) | set(self.mask.get(spec.name, ()))
         suite = GoldenSuite(spec.name, spec.version, self.registry_ref, tuple(sorted(mask)))
         if new and (self.detect or self.verify):
-            twice = [await self._replay_twice(case, suite) for case in new]
+            twice: list[tuple[Replayed, Replayed]] = []
+            if progress is not None:
+                progress(0, len(new))
+            for case in new:
+                twice.append(await self._replay_twice(case, suite))
+                if progress is not None:
+                    progress(len(twice), len(new))
             if self.detect:
                 for a, b in twice:
                     if a.error is None and b.error is None:

@@ -329,7 +329,9 @@ class JsonlTrafficStore:
 
 
 @asynccontextmanager
-async def open_store(url: str, *, create: bool = True) -> AsyncIterator[TrafficStore]:
+async def open_store(
+    url: str, *, create: bool = True, must_exist: bool = False
+) -> AsyncIterator[TrafficStore]:
     """Open a `TrafficStore` from a URL; SQL engines made here are disposed on exit.
 
     Args:
@@ -337,9 +339,11 @@ async def open_store(url: str, *, create: bool = True) -> AsyncIterator[TrafficS
             (`sqlite:///traffic.db`, `sqlite+aiosqlite:///traffic.db`,
             `postgresql+psycopg://user@host/db`; `postgresql://` means psycopg 3).
         create: Create the `cs_traffic` table when it does not exist (SQL only).
+        must_exist: Refuse a JSONL or SQLite file that does not exist yet instead of starting
+            an empty store (for readers: a mistyped path is an error, not "no traffic").
 
     Raises:
-        TrafficStoreError: The URL has no known scheme.
+        TrafficStoreError: The URL has no known scheme, or `must_exist` and its file is missing.
         ImportError: A SQL URL without `contractspec-testing[sql]` installed (the message has the
             install command).
     """
@@ -349,12 +353,19 @@ async def open_store(url: str, *, create: bool = True) -> AsyncIterator[TrafficS
     if url.startswith("jsonl:") or url.endswith((".jsonl", ".ndjson")):
         path = url.removeprefix("jsonl:")
         path = path.removeprefix("//") if path.startswith("///") else path
+        if must_exist:
+            _require_file(url, path)
         yield JsonlTrafficStore(path)
         return
     scheme = url.partition("://")[0]
     if scheme in ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+psycopg"):
         from contractspec.testing.sql import SqlTrafficStore
 
+        if must_exist and scheme.startswith("sqlite"):
+            rest = url.partition("://")[2]
+            path = rest[1:] if rest.startswith("/") else rest
+            if path and path != ":memory:":
+                _require_file(url, path)
         engine = _engine_for(url)
         try:
             store = SqlTrafficStore(engine)
@@ -369,6 +380,15 @@ async def open_store(url: str, *, create: bool = True) -> AsyncIterator[TrafficS
         "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
         details={"field": "store"},
     )
+
+
+def _require_file(url: str, path: str) -> None:
+    if not Path(path).is_file():
+        raise TrafficStoreError(
+            f"traffic store {url!r} does not exist (no file at {Path(path).absolute()}): "
+            "fix the path, or record traffic into it first",
+            details={"field": "store"},
+        )
 
 
 def _engine_for(url: str) -> AsyncEngine:
