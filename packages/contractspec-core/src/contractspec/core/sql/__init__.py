@@ -65,6 +65,7 @@ from contractspec.core.sql._uow import (
     update_statement,
 )
 from contractspec.core.sql.engines import (
+    async_engine_from,
     configure_sqlite_engine,
     create_all,
     drop_all,
@@ -101,6 +102,7 @@ __all__ = [
     "WriteBuffer",
     "alembic_render_item",
     "append_only",
+    "async_engine_from",
     "audit_head_table",
     "audit_snapshot",
     "audit_table",
