@@ -21,6 +21,7 @@ PAGES = [
     "docs/core/diff.md",
     "docs/core/codegen.md",
     "docs/core/http.md",
+    "docs/core/fastapi.md",
     "docs/core/logging.md",
 ]
 

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, settings
 from pydantic import create_model
 
 from contractspec.core import (
+    ANONYMOUS,
     Actor,
     ApprovalRequiredError,
     Backend,
@@ -367,7 +368,7 @@ def test_app_endpoint_calling_the_executor_gets_mapped_errors() -> None:
     async def my_notes(
         who: Principal | None = Depends(current_principal),  # noqa: B008 - FastAPI's idiom
     ) -> dict[str, Any]:
-        actor = who.actor if who else Actor.anonymous()
+        actor = who.actor if who else ANONYMOUS
         ctx = CallContext(actor, who.org_id if who else None)
         note = await executor.execute("notes.note.create", NOTE, ctx)
         return note.model_dump(mode="json")
@@ -375,6 +376,8 @@ def test_app_endpoint_calling_the_executor_gets_mapped_errors() -> None:
     http = TestClient(app)
     denied = http.post("/my/notes", headers=READER)
     assert (denied.status_code, denied.json()["code"]) == (403, "policy_denied")
+    anonymous = http.post("/my/notes")
+    assert (anonymous.status_code, anonymous.json()["code"]) == (403, "policy_denied")
     assert http.post("/my/notes", headers=WRITER).json()["id"] == "n-1"
     again = http.post("/my/notes", headers=WRITER)
     assert (again.status_code, again.json()["code"]) == (409, "conflict")

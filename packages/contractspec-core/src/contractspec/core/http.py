@@ -37,7 +37,9 @@ Why Starlette and not FastAPI: the spec already validates input and output with 
 describes the surface in OpenAPI, so FastAPI's dependency injection, second validation pass and
 `jsonable_encoder` would only add latency. Starlette gives routing, requests and responses with
 none of that; `benchmarks/http_vs_fastapi.py` measures the difference. The routes mount into any
-Starlette or FastAPI app (`app.router.routes.extend(routes(executor, authenticate=...))`).
+Starlette or FastAPI app (`app.router.routes.extend(routes(executor, authenticate=...))`); to
+make FastAPI the host (routes in its OpenAPI and `/docs`, the authenticator a FastAPI
+dependency), use `contractspec.core.fastapi`, which runs this module's pipeline.
 """
 
 from __future__ import annotations
