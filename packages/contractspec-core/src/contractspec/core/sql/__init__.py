@@ -14,7 +14,9 @@ executor = Executor(registry, backend=backend)
 
 Library tables (`cs_outbox`, `cs_audit_log`, `cs_audit_head`, `cs_idempotency`) live on
 `contractspec.core.sql.metadata`; entity tables on `backend.tables.metadata`. Both use
-`NAMING_CONVENTION`, so Alembic autogenerate works: add both to your `target_metadata`.
+`NAMING_CONVENTION`, so Alembic autogenerate works: add both to your `target_metadata` and pass
+`alembic_render_item` as `render_item` (the column types of `contractspec.core.sql.types` are then
+written into migrations with their import; see "Migrations with Alembic" in the docs).
 """
 
 from __future__ import annotations
