@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -254,3 +255,59 @@ def test_core_runs_calls_without_importing_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["1", "[]"]
+
+
+def test_execute_sync_span_is_a_child_of_the_callers_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """execute_sync runs on the executor's loop thread, yet under the calling thread's span."""
+    provider, exporter = spans
+    executor = Executor(build_registry(), policy=POLICY)
+    instrument(executor, tracer_provider=provider)
+    try:
+        with provider.get_tracer("test").start_as_current_span("nightly-import") as job:
+            executor.execute_sync("crm.contact.create", {"id": "c1", "name": "Ada"}, SALES)
+    finally:
+        executor.close()
+    operation = _by_name(exporter.get_finished_spans(), "crm.contact.create")
+    assert operation.parent is not None
+    assert operation.parent.span_id == job.get_span_context().span_id
+
+
+async def test_cancelled_call_ends_its_span_and_restores_the_context(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """A call cancelled inside its handler ends its span (outcome error, code cancelled)."""
+    provider, exporter = spans
+    wait = define_command("demo.wait", input=_In, output=_Out, auth=public())
+    registry = SpecRegistry(wait)
+    entered = asyncio.Event()
+
+    @registry.handler(wait)
+    async def _wait(inp: _In, ctx: HandlerCtx) -> _Out:
+        entered.set()
+        await asyncio.Event().wait()
+        return _Out(ok=True)
+
+    executor = Executor(registry)
+    instrument(executor, tracer_provider=provider)
+    after: list[object] = []
+
+    async def caller() -> None:  # awaits execute directly: it shares the call's context
+        try:
+            await executor.execute("demo.wait", {"key": "k"})
+        except asyncio.CancelledError:
+            after.append(trace.get_current_span())
+            raise
+
+    task = asyncio.create_task(caller())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert after == [trace.INVALID_SPAN]  # the call's span is no longer current
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})["contractspec.outcome"] == "error"
+    assert (span.attributes or {})["contractspec.error.code"] == "cancelled"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.events == ()
