@@ -10,11 +10,18 @@ Sessions:
 * `typecheck`  — mypy strict over `packages/*/src` and `examples/`.
 * `docs`       — `mkdocs build --strict`.
 * `bench`      — every script in `benchmarks/`, side by side with its peer.
+* `packaging`  — build every package's wheel and sdist, `twine check --strict` them, check the
+                 LICENSE is inside and no internal note is, install all wheels with plain pip into
+                 a fresh `python -m venv`, import each package and run `contractspec --version`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 import nox
@@ -108,3 +115,76 @@ def bench(session: nox.Session) -> None:
     for script in scripts:
         session.log(f"--- {Path(script).name}")
         session.run("python", script)
+
+
+#: Files at a package's root that are for the repository only (never in an sdist).
+INTERNAL_NOTES = ("PART_B_NEEDS.md",)
+
+
+def _check_archives(session: nox.Session, dist: Path) -> None:
+    """Every wheel and sdist carries LICENSE (and the metadata names it); no internal notes."""
+    for name in PACKAGES:
+        stem = name.replace("-", "_")
+        wheels = sorted(dist.glob(f"{stem}-*.whl"))
+        sdists = sorted(dist.glob(f"{stem}-*.tar.gz"))
+        if len(wheels) != 1 or len(sdists) != 1:
+            session.error(f"{name}: expected one wheel and one sdist in {dist}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            files = wheel.namelist()
+            metadata = wheel.read(next(f for f in files if f.endswith(".dist-info/METADATA")))
+        if not any(f.endswith(".dist-info/licenses/LICENSE") for f in files):
+            session.error(f"{wheels[0].name} has no LICENSE")
+        if b"License-File: LICENSE" not in metadata or b"License-Expression: MIT" not in metadata:
+            session.error(f"{wheels[0].name}: METADATA does not declare the MIT LICENSE file")
+        with tarfile.open(sdists[0]) as sdist:
+            members = [m.split("/", 1)[1] for m in sdist.getnames() if "/" in m]
+        if "LICENSE" not in members:
+            session.error(f"{sdists[0].name} has no LICENSE")
+        leaked = [m for m in members if Path(m).name in INTERNAL_NOTES]
+        if leaked:
+            session.error(f"{sdists[0].name} ships internal notes: {leaked}")
+    session.log(f"LICENSE in all {len(PACKAGES)} wheels and sdists; no internal notes")
+
+
+@nox.session
+def packaging(session: nox.Session) -> None:
+    """Build, twine-check and pip-install every published package into a fresh venv."""
+    session.install("twine>=6.1")
+    work = Path(tempfile.mkdtemp(prefix="contractspec-packaging-"))
+    try:
+        _build_check_install(session, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_check_install(session: nox.Session, work: Path) -> None:
+    dist = work / "dist"
+    for name in PACKAGES:
+        session.run(
+            "uv", "build", "--package", name, "--out-dir", str(dist), "--quiet", external=True
+        )
+    archives = sorted(str(p) for p in [*dist.glob("*.whl"), *dist.glob("*.tar.gz")])
+    session.run("twine", "check", "--strict", *archives)
+    _check_archives(session, dist)
+
+    venv = work / "venv"
+    session.run("python", "-m", "venv", str(venv))
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    wheels = sorted(str(p) for p in dist.glob("*.whl"))
+    core = next(w for w in wheels if Path(w).name.startswith("contractspec_core-"))
+    requirements = [f"{core}[cli,sql,postgres,http]" if w == core else w for w in wheels]
+    session.run(
+        str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--find-links", str(dist), *requirements, external=True,
+    )  # fmt: skip
+    modules = ["contractspec." + name.removeprefix("contractspec-") for name in PACKAGES]
+    session.run(
+        str(bin_dir / "python"), "-c",
+        f"import {', '.join(modules)}; print('imported', {len(modules)}, 'packages')",
+        external=True,
+    )  # fmt: skip
+    versions = session.run(str(bin_dir / "contractspec"), "--version", external=True, silent=True)
+    listed = {line.split()[0] for line in str(versions).splitlines() if line.strip()}
+    if listed != set(PACKAGES):
+        session.error(f"contractspec --version listed {sorted(listed)}, expected {PACKAGES}")
+    session.log(str(versions).strip())
