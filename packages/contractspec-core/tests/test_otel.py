@@ -23,6 +23,7 @@ from contractspec.core import (
     Actor,
     ActorKind,
     CallContext,
+    ConfigurationError,
     ConflictError,
     Executor,
     HandlerCtx,
@@ -233,6 +234,12 @@ async def test_uninstrument_stops_tracing(
     uninstrument(executor)
     await executor.execute("crm.contact.create", {"id": "c1", "name": "Ada"}, SALES)
     assert exporter.get_finished_spans() == ()
+
+
+def test_instrument_needs_an_executor() -> None:
+    """Passing something else (the registry, say) is a ConfigurationError naming the fix."""
+    with pytest.raises(ConfigurationError, match=r"instrument\(\) needs the Executor"):
+        instrument(build_registry())  # type: ignore[arg-type]
 
 
 def test_core_runs_calls_without_importing_opentelemetry() -> None:

@@ -78,7 +78,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final
 
 from contractspec.core.context import CallContext
-from contractspec.core.errors import ContractSpecError, InternalError, PolicyDeniedError
+from contractspec.core.errors import (
+    ConfigurationError,
+    ContractSpecError,
+    InternalError,
+    PolicyDeniedError,
+)
 
 if TYPE_CHECKING:
     from contractspec.core.executor import Executor
@@ -261,7 +266,16 @@ def instrument(executor: Executor, *, tracer_provider: TracerProvider | None = N
 
     Returns:
         The installed `OtelTracing`.
+
+    Raises:
+        ConfigurationError: `executor` is not an `Executor`.
     """
+    from contractspec.core.executor import Executor
+
+    if not isinstance(executor, Executor):
+        raise ConfigurationError(
+            f"instrument() needs the Executor whose calls to trace, got {type(executor).__name__}"
+        )
     tracing = OtelTracing(tracer_provider)
     executor._tracing = tracing
     return tracing
