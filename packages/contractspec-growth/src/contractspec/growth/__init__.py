@@ -8,7 +8,6 @@ from contractspec.growth import ExperimentRegistry, ExperimentRunner, define_exp
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -200,6 +199,16 @@ _SUBMODULES = frozenset(module.rsplit(".", 1)[1] for module in _LAZY.values())
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:  # `contractspec.growth.stats` after `import contractspec.growth`
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "__version__":
+        # importlib.metadata costs ~30 ms at import; read the version only when asked.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("contractspec-growth")
+        except PackageNotFoundError:  # pragma: no cover - source tree without metadata
+            found = "0+unknown"
+        globals()["__version__"] = found
+        return found
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -209,13 +218,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "__version__"})
 
-
-try:
-    __version__ = version("contractspec-growth")
-except PackageNotFoundError:  # pragma: no cover - source tree without metadata
-    __version__ = "0+unknown"
 
 __all__ = [
     "ActivityProfile",

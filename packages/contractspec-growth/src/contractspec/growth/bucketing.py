@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
-
+from contractspec.growth._lazy import lazy_module
 from contractspec.growth.hashing import bucket_hash
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    np = lazy_module("numpy", __name__, "np")
 
 __all__ = [
     "BucketRange",

@@ -28,15 +28,14 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
 from attrs import define, field
 
 from contractspec.core.context import CallContext
 from contractspec.core.errors import NotFoundError, SpecDefinitionError, SpecValidationError
 from contractspec.core.ports import Clock, SystemClock
+from contractspec.growth._lazy import lazy_module
 from contractspec.growth.bucketing import (
     WEIGHT_SUM_TOLERANCE,
     BucketRange,
@@ -53,6 +52,12 @@ from contractspec.growth.hashing import (
     fnv1a32_decimal,
     hash_key,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    np = lazy_module("numpy", __name__, "np")
 
 __all__ = [
     "Assignment",
@@ -699,6 +704,27 @@ class Assignments:
             minlength=len(self.experiment.variations),
         )
         return {k: int(c) for k, c in zip(self.experiment.variation_keys, counts, strict=True)}
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: subjects and share per variation, and how many were left out."""
+        import html
+
+        total = len(self)
+        counts = self.counts()
+        assigned = sum(counts.values())
+        rows = "".join(
+            f"<tr><td>{html.escape(key)}</td><td>{n:,}</td>"
+            f"<td>{n / assigned:.1%}</td><td>{weight:.1%}</td></tr>"
+            if assigned
+            else f"<tr><td>{html.escape(key)}</td><td>0</td><td>&mdash;</td><td>{weight:.1%}</td></tr>"
+            for (key, n), weight in zip(counts.items(), self.experiment.weights, strict=True)
+        )
+        return (
+            f"<table><caption>Assignments of {html.escape(self.experiment.key)}: {total:,} "
+            f"subjects, {assigned:,} in the experiment, {total - assigned:,} not (served the "
+            "control)</caption><thead><tr><th>variation</th><th>subjects</th><th>share</th>"
+            f"<th>weight</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
 
 
 def subject_attributes(ctx: CallContext, **extra: Any) -> dict[str, Any]:

@@ -25,12 +25,16 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from contractspec.core.errors import SpecValidationError
+from contractspec.growth._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    np = lazy_module("numpy", __name__, "np")
 
 __all__ = [
     "FNV_OFFSET_BASIS",
@@ -54,8 +58,6 @@ HASH_VERSIONS = (1, 2)
 
 _MASK = 0xFFFFFFFF
 _CHUNK = 1 << 13  # rows per vectorised chunk: a chunk of code units stays in L2 cache
-_U32_PRIME = np.uint32(FNV_PRIME)
-_POW10 = [np.uint32(10**k) for k in range(10)]
 
 
 def fnv1a32(text: str, basis: int = FNV_OFFSET_BASIS) -> int:
@@ -237,6 +239,7 @@ def _fnv_rows(
     suffix: Sequence[int] = (),
 ) -> npt.NDArray[np.uint32]:
     """FNV-1a over each row's first `lengths[i]` code units (then `suffix`), from state `start`."""
+    prime = np.uint32(FNV_PRIME)
     n = units.shape[0]
     h = np.full(n, start, dtype=np.uint32)
     if n == 0:
@@ -246,18 +249,18 @@ def _fnv_rows(
     cols = np.ascontiguousarray(units[:, :max_len].T)  # one pass; then every column is contiguous
     for j in range(min_len):
         np.bitwise_xor(h, cols[j], out=h)
-        np.multiply(h, _U32_PRIME, out=h)
+        np.multiply(h, prime, out=h)
     if max_len > min_len:
         tmp = np.empty_like(h)
         active = np.empty(n, dtype=bool)
         for j in range(min_len, max_len):
             np.greater(lengths, j, out=active)
             np.bitwise_xor(h, cols[j], out=tmp)
-            np.multiply(tmp, _U32_PRIME, out=tmp)
+            np.multiply(tmp, prime, out=tmp)
             np.copyto(h, tmp, where=active)
     for unit in suffix:
         np.bitwise_xor(h, np.uint32(unit), out=h)
-        np.multiply(h, _U32_PRIME, out=h)
+        np.multiply(h, prime, out=h)
     return h
 
 
@@ -268,6 +271,7 @@ def _fnv_decimal(
 
     `start` continues given states instead of starting from the offset basis.
     """
+    prime = np.uint32(FNV_PRIME)
     if start is None:
         h = np.full(h1.shape, np.uint32(FNV_OFFSET_BASIS), dtype=np.uint32)
     else:
@@ -280,7 +284,7 @@ def _fnv_decimal(
     active = np.empty(h1.shape, dtype=bool)
     previous: npt.NDArray[np.uint32] | None = None  # h1 // 10**(k+1)
     for k in range(9, -1, -1):
-        p = _POW10[k]
+        p = np.uint32(10**k)
         np.floor_divide(h1, p, out=quotient)
         if previous is None:
             np.copyto(digit, quotient)
@@ -291,7 +295,7 @@ def _fnv_decimal(
         previous, quotient = quotient, previous
         digit += np.uint32(48)
         np.bitwise_xor(digit, h, out=digit)
-        np.multiply(digit, _U32_PRIME, out=digit)
+        np.multiply(digit, prime, out=digit)
         if k == 0 or smallest >= int(p):
             h, digit = digit, h
         else:
@@ -306,6 +310,7 @@ def _fnv_of_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
     `n // 100000` indexes the table (the state after those digits); the last five digits,
     zero-padded, are hashed column by column. Numbers below 100,000 are looked up whole.
     """
+    prime = np.uint32(FNV_PRIME)
     if h1.size == 0:
         return h1.copy()
     table: npt.NDArray[np.uint32] = np.frombuffer(_decimal_states(), dtype=np.uint32)
@@ -316,7 +321,7 @@ def _fnv_of_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
     previous = np.empty_like(h1)
     digit = np.empty_like(h1)
     for k in range(4, -1, -1):
-        np.floor_divide(low, _POW10[k], out=quotient)
+        np.floor_divide(low, np.uint32(10**k), out=quotient)
         if k == 4:
             np.copyto(digit, quotient)
         else:
@@ -325,7 +330,7 @@ def _fnv_of_decimal(h1: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
         previous, quotient = quotient, previous
         digit += np.uint32(48)
         np.bitwise_xor(h, digit, out=h)
-        np.multiply(h, _U32_PRIME, out=h)
+        np.multiply(h, prime, out=h)
     small = h1 < np.uint32(100_000)
     if small.any():
         h[small] = table[h1[small]]
@@ -407,12 +412,9 @@ def _buckets(
     return out
 
 
-_MINUS = np.uint32(ord("-"))
-_U64_POW10 = [np.uint64(10**k) for k in range(20)]
-
-
 def _fnv_digits(h: npt.NDArray[np.uint32], magnitude: npt.NDArray[np.uint64]) -> None:
     """Continue FNV-1a states `h` (in place) over the decimal digits of `magnitude`."""
+    prime = np.uint32(FNV_PRIME)
     if magnitude.size == 0:
         return
     smallest, largest = int(magnitude.min()), int(magnitude.max())
@@ -421,7 +423,7 @@ def _fnv_digits(h: npt.NDArray[np.uint32], magnitude: npt.NDArray[np.uint64]) ->
     tmp = np.empty_like(h)
     active = np.empty(magnitude.shape, dtype=bool)
     for k in range(19, -1, -1):
-        p = _U64_POW10[k]
+        p = np.uint64(10**k)
         if k and largest < int(p):
             continue  # no value has this many digits
         np.floor_divide(magnitude, p, out=digit64)
@@ -429,7 +431,7 @@ def _fnv_digits(h: npt.NDArray[np.uint32], magnitude: npt.NDArray[np.uint64]) ->
         np.copyto(digit, digit64, casting="unsafe")
         digit += np.uint32(48)
         np.bitwise_xor(digit, h, out=tmp)
-        np.multiply(tmp, _U32_PRIME, out=tmp)
+        np.multiply(tmp, prime, out=tmp)
         if k == 0 or smallest >= int(p):
             np.copyto(h, tmp)
         else:
@@ -439,6 +441,7 @@ def _fnv_digits(h: npt.NDArray[np.uint32], magnitude: npt.NDArray[np.uint64]) ->
 
 def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     """Buckets of integer ids, hashed as their decimal strings without making strings."""
+    prime = np.uint32(FNV_PRIME)
     n = values.shape[0]
     out = np.empty(n, dtype=np.int64)
     suffix = list(memoryview(seed.encode("utf-16-le", "surrogatepass")).cast("H"))
@@ -455,7 +458,7 @@ def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArr
         start = fnv1a32(seed) if version == 2 else FNV_OFFSET_BASIS
         h = np.full(chunk.shape, np.uint32(start), dtype=np.uint32)
         if negative.any():
-            signed = (h ^ _MINUS) * _U32_PRIME
+            signed = (h ^ np.uint32(ord("-"))) * prime
             np.copyto(h, signed, where=negative)
         if magnitude.size and int(magnitude.max()) < 2**32:
             h = _fnv_decimal(magnitude.astype(np.uint32), h)  # 32-bit division is faster
@@ -466,7 +469,7 @@ def _int_buckets(seed: str, version: int, values: npt.NDArray[Any]) -> npt.NDArr
         else:
             for unit in suffix:
                 np.bitwise_xor(h, np.uint32(unit), out=h)
-                np.multiply(h, _U32_PRIME, out=h)
+                np.multiply(h, prime, out=h)
             out[lo : lo + _CHUNK] = h % np.uint32(1000)
     # JavaScript (and every GrowthBook SDK) prints integers beyond 2**53 as the nearest double
     huge = np.flatnonzero((values >= 2**53) | (values <= -(2**53)))
