@@ -25,7 +25,8 @@ from core_guarantees_app import (
     read_stored,
 )
 from pydantic import BaseModel
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -430,6 +431,49 @@ async def test_after_commit_callbacks_wait_for_the_callers_commit(
         await (conn.commit() if ending == "commit" else conn.rollback())
     await backend.unit_of_work.wait_joined()
     assert ran == (["r1"] if ending == "commit" else [])
+
+
+@pytest.mark.usefixtures("postgres_only")
+@pytest.mark.parametrize("roll_back_at_once", [True, False])
+async def test_after_commit_callbacks_do_not_run_when_the_callers_commit_fails(
+    app: GuaranteesApp,
+    backend: SqlBackend,
+    sql_engine: AsyncEngine,
+    roll_back_at_once: bool,
+) -> None:
+    """A COMMIT refused by a deferred constraint stores nothing of the call, and its
+    after-commit callbacks never run (whether the caller rolls back at once or only when its
+    connection closes)."""
+    async with sql_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE app_codes (code TEXT, CONSTRAINT app_codes_code_key UNIQUE (code) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    ran: list[str] = []
+
+    async def on_commit_probe(inv: Invocation, call_next: NextFn) -> BaseModel:
+        output = await call_next(inv)
+        inv.ctx.tx.on_commit(lambda: ran.append("ran"))
+        return output
+
+    executor = make_executor(app, backend, middleware=[on_commit_probe])
+    async with sql_engine.connect() as conn:
+        await conn.begin()
+        await conn.execute(text("INSERT INTO app_codes VALUES ('x'), ('x')"))  # checked at COMMIT
+        await executor.execute(
+            "ops.note.create", {"id": "n1", "note_body": "x"}, call_ctx("r1"), connection=conn
+        )
+        with pytest.raises(IntegrityError):
+            await conn.commit()
+        if roll_back_at_once:
+            await conn.rollback()
+    await backend.unit_of_work.wait_joined()
+    assert ran == []
+    stored = await read_stored(backend)
+    assert stored.entity(note_entity) == {}
+    assert stored.audit_for("r1") == []
 
 
 # -- refused configurations -----------------------------------------------------------------------------

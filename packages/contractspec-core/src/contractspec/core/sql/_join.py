@@ -13,8 +13,9 @@ the caller commits. Two things must therefore wait for the caller's transaction 
 
 The end of the caller's transaction is observed with SQLAlchemy's `commit` and `rollback`
 connection events (they fire just before the COMMIT or ROLLBACK is sent); a task then waits for
-the COMMIT to finish and checks whether it succeeded (SQLAlchemy keeps a transaction whose COMMIT
-failed as the connection's current transaction until it is rolled back).
+the COMMIT to finish and checks whether it succeeded: a COMMIT that raised is seen by the
+engine's `handle_error` event, and SQLAlchemy keeps such a transaction current on the connection
+until it is rolled back.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
 __all__ = ["CallerTransaction", "caller_transaction", "pending_tasks"]
 
@@ -53,6 +54,7 @@ _callers: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.Wea
 #: Caller transactions whose COMMIT was sent and is being settled.
 _committing: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.WeakKeyDictionary()
 _listening: weakref.WeakSet[Connection] = weakref.WeakSet()
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: Tasks settling ended caller transactions (strong references until they finish).
 _tasks: set[asyncio.Task[None]] = set()
 
@@ -73,6 +75,10 @@ def caller_transaction(connection: Connection) -> CallerTransaction:
         event.listen(connection, "commit", _on_commit)
         event.listen(connection, "rollback", _on_rollback)
         _listening.add(connection)
+    engine = connection.engine
+    if engine not in _engines:
+        event.listen(engine, "handle_error", _on_error)
+        _engines.add(engine)
     return state
 
 
@@ -102,6 +108,14 @@ def _on_commit(connection: Connection) -> None:
     if state is not None:
         _committing[connection] = state
         _spawn(state, committing=True)
+
+
+def _on_error(context: ExceptionContext) -> None:
+    """A statement or the COMMIT failed: if it was a caller's COMMIT, it did not commit."""
+    connection = context.connection
+    sent = _committing.get(connection) if connection is not None else None
+    if sent is not None and connection is not None and sent.root is connection.get_transaction():
+        sent.failed = True
 
 
 def _on_rollback(connection: Connection) -> None:
