@@ -527,6 +527,34 @@ async def test_a_connection_to_another_database_or_not_a_connection_is_refused(
         await other.dispose()
 
 
+async def test_a_second_engine_on_the_same_sqlite_file_may_join(
+    app: GuaranteesApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's own engine on the backend's SQLite file (named by a relative path) joins: the
+    call's row commits with the app's."""
+    monkeypatch.chdir(tmp_path)
+    ours = sqlite_engine(tmp_path / "shared.db")
+    theirs = sqlite_engine("shared.db")
+    try:
+        backend = SqlBackend(ours, app.registry)
+        await backend.create_all()
+        async with theirs.begin() as conn:
+            await conn.run_sync(app_metadata.create_all)
+        executor = make_executor(app, backend)
+        async with theirs.connect() as conn:
+            await conn.begin()
+            await conn.execute(insert(orders).values(id="o1"))
+            await executor.execute(
+                "ops.note.create", {"id": "n1", "note_body": "x"}, call_ctx("r1"), connection=conn
+            )
+            await conn.commit()
+        assert list((await read_stored(backend)).entity(note_entity)) == ["n1"]
+        assert await _order_ids(ours) == ["o1"]
+    finally:
+        await theirs.dispose()
+        await ours.dispose()
+
+
 async def test_an_unconfigured_sqlite_engine_is_refused(
     executor: Executor, sql_kind: str, sql_engine: AsyncEngine
 ) -> None:

@@ -15,6 +15,7 @@ returned are exactly the ones whose writes are in the transaction.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import weakref
 from collections.abc import Awaitable, Callable
@@ -1086,7 +1087,11 @@ class SqlUnitOfWork:
 
 def _database(url: URL) -> tuple[str, str | None, int | None, str | None]:
     """What identifies a database in a URL: backend, host, port, database name (or file)."""
-    return (url.get_backend_name(), url.host, url.port, url.database)
+    database = url.database
+    backend = url.get_backend_name()
+    if backend == "sqlite" and database not in (None, "", ":memory:"):
+        database = os.path.realpath(database)  # relative and absolute paths of one file
+    return (backend, url.host, url.port, database)
 
 
 def sync_engine_message(url: URL) -> str:
