@@ -41,6 +41,7 @@ themselves) and merges the spec's component schemas, error responses and securit
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 import weakref
@@ -224,7 +225,6 @@ def contractspec_router(
     security_scheme: SecurityScheme | None = None,
     headers: HeaderNames | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    title: str = "ContractSpec API",
 ) -> APIRouter:
     """A FastAPI `APIRouter` serving the operations of `executor.registry` through the executor.
 
@@ -240,7 +240,8 @@ def contractspec_router(
         authenticate: A FastAPI dependency (a function FastAPI calls with its own dependencies,
             e.g. `def principal(user = Depends(get_current_user)) -> Principal | None`) returning
             `Principal(actor, org_id)`, an `Actor` (no tenant) or `None` (anonymous). The tenant
-            comes only from it. Required unless every served operation is public.
+            comes only from it. Required unless every served operation is public. Prefer
+            `async def` for a cheap lookup: FastAPI runs a plain `def` in its thread pool.
         prefix: Path prefix of every route (`"/api"`); `include_router(prefix=...)` adds to it.
         tags: OpenAPI tags of every route; default: the operation's domain (first name part).
         operations: Serve only these operations: names (`"crm.deal.create"`, every version),
@@ -252,7 +253,6 @@ def contractspec_router(
         headers: Header names of the binding (`HeaderNames()` defaults).
         max_body_bytes: Largest request body accepted, in bytes (default 1 MiB); larger ones
             answer `413 content_too_large` without being read.
-        title: Only used to build the documents the routes' OpenAPI entries come from.
 
     Returns:
         The router (include it with `app.include_router`).
@@ -268,9 +268,7 @@ def contractspec_router(
     names = headers or HeaderNames()
     schemes = _schemes(security_scheme)
     challenge = _challenge(schemes)
-    document = openapi_document(
-        executor.registry.to_ir(), title=title, headers=names, security_schemes=schemes
-    )
+    document = openapi_document(executor.registry.to_ir(), headers=names, security_schemes=schemes)
     components: dict[str, Any] = document["components"]["schemas"]
     router = APIRouter(prefix=prefix)
     for spec in specs:
@@ -307,7 +305,7 @@ def contractspec_router(
             deprecated=bool(operation.get("deprecated")) or None,
             response_model=None,
             response_class=Response,
-            openapi_extra={**operation, _EXTRA: token},
+            openapi_extra={**copy.deepcopy(operation), _EXTRA: token},
         )
     return router
 
