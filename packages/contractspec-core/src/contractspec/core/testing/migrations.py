@@ -6,18 +6,27 @@
 
 ```python
 import asyncio
+from pathlib import Path
 
 from contractspec.core.sql import metadata
-from contractspec.core.testing.migrations import AlembicEnv, migration_url
+from contractspec.core.testing.migrations import (
+    AlembicEnv, metadata_from_config, migration_url, table_names,
+)
+
+# your env.py, with its `target_metadata` import replaced by the metadata under test
+ENV_PY = metadata_from_config(
+    Path("migrations/env.py").read_text(), "from myapp.db import target_metadata"
+)
 
 
 async def test_migrations(sql_engine, tmp_path):
     env = AlembicEnv(tmp_path / "migrations", await migration_url(sql_engine), [metadata],
-                     env_py=Path("migrations/env.py").read_text())
-    await asyncio.to_thread(env.revision)
+                     env_py=ENV_PY)
+    await asyncio.to_thread(env.revision)   # autogenerate
     await asyncio.to_thread(env.upgrade)
-    await asyncio.to_thread(env.check)
+    await asyncio.to_thread(env.check)      # raises on any difference
     await asyncio.to_thread(env.downgrade)
+    assert await table_names(sql_engine) == {"alembic_version"}
 ```
 
 The methods are synchronous (Alembic's commands are) and an async `env.py` starts its own event
