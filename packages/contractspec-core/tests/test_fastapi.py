@@ -46,6 +46,7 @@ from contractspec.core import (
     TenantScopeError,
 )
 from contractspec.core.codegen import generate, openapi_document
+from contractspec.core.errors import HTTP_STATUS
 from contractspec.core.fastapi import add_exception_handlers, contractspec_router, install
 from contractspec.core.http import Principal, create_app
 from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_engine
@@ -195,6 +196,17 @@ def test_an_app_schema_of_the_same_name_is_kept(client: TestClient) -> None:
     assert app.openapi() is document  # merged once, then FastAPI's cache
 
 
+def test_install_before_include_router_also_merges() -> None:
+    """`install(app)` may come first: the document is merged when it is built."""
+    app = install(FastAPI())
+    app.include_router(contractspec_router(notes_executor(), authenticate=current_principal))
+    document = TestClient(app).get("/openapi.json").json()
+    assert "CreateNote" in document["components"]["schemas"]
+    create = document["paths"]["/notes/note/create/v1"]["post"]
+    assert "x-contractspec-openapi" not in create
+    assert create["security"] == [{"bearerAuth": []}]
+
+
 # -- the pipeline: same answers as the Starlette adapter ------------------------------------------
 
 
@@ -282,7 +294,7 @@ async def sql_backend(sql_kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
 
 async def test_calls_go_through_policy_outbox_and_audit(sql_backend: Backend) -> None:
     """A denied call is a 403 with the error body and an audit row; an allowed one commits its
-    note, its outbox event and its audit row."""
+    note, its outbox event and its audit row, once per Idempotency-Key."""
     from sqlalchemy import select
 
     from contractspec.core.sql import SqlBackend, audit_table, outbox_table
@@ -292,7 +304,11 @@ async def test_calls_go_through_policy_outbox_and_audit(sql_backend: Backend) ->
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         denied = await http.post("/api/notes/note/create/v1", json=NOTE, headers=READER)
-        made = await http.post("/api/notes/note/create/v1", json=NOTE, headers=WRITER)
+        keyed = {**WRITER, "Idempotency-Key": "k-1"}
+        made = await http.post("/api/notes/note/create/v1", json=NOTE, headers=keyed)
+        replayed = await http.post("/api/notes/note/create/v1", json=NOTE, headers=keyed)
+    assert replayed.status_code == 200
+    assert replayed.json() == made.json()  # the first result, the handler did not run again
     assert denied.status_code == 403
     assert denied.json()["code"] == "policy_denied"
     assert denied.json()["details"]["operation"] == "notes.note.create@1"
@@ -307,7 +323,7 @@ async def test_calls_go_through_policy_outbox_and_audit(sql_backend: Backend) ->
             )
         ).all()
     assert [tuple(e) for e in events] == [("notes.note.created", "org-1")]
-    assert [tuple(a) for a in audit] == [("u2", "denied"), ("u1", "success")]
+    assert [tuple(a) for a in audit] == [("u2", "denied"), ("u1", "success"), ("u1", "replayed")]
 
 
 # -- exception handlers for the app's own endpoints ---------------------------------------------
@@ -356,6 +372,24 @@ def test_exception_handlers_map_each_error(
         assert body == error.to_dict()
     if status == 429:
         assert answer.headers["Retry-After"] == "3"
+
+
+@pytest.mark.parametrize("code", sorted(HTTP_STATUS))
+def test_exception_handlers_cover_every_error_code(code: str) -> None:
+    """Every code of `HTTP_STATUS` answers its status; 500s say `internal_error` only."""
+    error_class = type("RaisedError", (ContractSpecError,), {"code": code})
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.get("/mine")
+    async def mine() -> None:
+        raise error_class("the cause: db password=hunter2", details={"secret": "hunter2"})
+
+    answer = TestClient(app).get("/mine")
+    assert answer.status_code == HTTP_STATUS[code]
+    expected = "internal_error" if HTTP_STATUS[code] == 500 else code
+    assert answer.json()["code"] == expected
+    assert ("hunter2" in answer.text) is (HTTP_STATUS[code] != 500)
 
 
 def test_app_endpoint_calling_the_executor_gets_mapped_errors() -> None:
