@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ PAGES = [
     "docs/core/http.md",
     "docs/core/fastapi.md",
     "docs/core/logging.md",
+    "docs/core/cli.md",
 ]
 
 
@@ -48,3 +51,16 @@ def test_python_blocks_run(page: str, capsys: pytest.CaptureFixture[str]) -> Non
     if not path.is_file():
         pytest.skip(f"{page} is not part of this checkout")
     run_python_blocks(path)
+
+
+def test_getting_started_runs_in_an_empty_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/getting-started.md, as a new user runs it: app.py's `todo.db` lands in their directory."""
+    pytest.importorskip("httpx")
+    monkeypatch.chdir(tmp_path)
+    run_python_blocks(ROOT / "docs" / "getting-started.md")
+    with contextlib.closing(sqlite3.connect(tmp_path / "todo.db")) as db:
+        rows = db.execute("SELECT org_id, title, done FROM todo_item").fetchall()
+    # one row, under the API key's tenant: the rejected calls (422, 401) left nothing
+    assert rows == [("acme", "Write docs", 0)]
