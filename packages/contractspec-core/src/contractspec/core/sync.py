@@ -13,18 +13,23 @@ coroutine to its object's runner and blocks until the result is back, so:
 
 Do not mix `await obj.method()` in your own loop and `obj.method_sync()` on one object backed by a
 PostgreSQL pool: the two loops would share pooled connections. Pick one style per object.
+
+`run_sync(main())` is `asyncio.run(main())` that also works where a loop already runs: the docs'
+examples use it so that every page runs unchanged as a script and in a notebook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from contractspec.core.errors import ConfigurationError
 
-__all__ = ["SyncRunner"]
+__all__ = ["SyncRunner", "run_sync"]
 
 T = TypeVar("T")
 
@@ -92,3 +97,64 @@ class SyncRunner:
             thread.join(timeout=5)
         if not loop.is_running():
             loop.close()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a new event loop and return its result: `asyncio.run`,
+    also from a thread whose event loop is already running (a Jupyter kernel, an IPython cell).
+
+    Without a running loop this is exactly `asyncio.run(coro)`. With one, `asyncio.run` refuses
+    to start ("cannot be called from a running event loop"), so the coroutine runs under
+    `asyncio.run` in a new thread, with a copy of the caller's context variables, while the
+    caller blocks; an interrupt (Ctrl-C, "interrupt kernel") cancels the coroutine and waits for
+    its clean-up before propagating. Either way the loop is new and is closed afterwards, as with
+    `asyncio.run`: create engines and pools inside the coroutine (or dispose of them there).
+
+    Args:
+        coro: The coroutine to run, e.g. `main()`.
+
+    Returns:
+        What the coroutine returns.
+
+    Raises:
+        Exception: Whatever the coroutine raises.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    outcome: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> T:
+        outcome["loop"] = asyncio.get_running_loop()
+        outcome["task"] = asyncio.current_task()
+        started.set()
+        return await coro
+
+    def serve() -> None:
+        try:
+            outcome["result"] = asyncio.run(main())
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+        finally:
+            started.set()
+
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(serve,), name="contractspec-run-sync")
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:
+        started.wait()
+        loop, task = outcome.get("loop"), outcome.get("task")
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to cancel
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        raise
+    if "error" in outcome:
+        error: BaseException = outcome["error"]
+        raise error
+    result: T = outcome["result"]
+    return result

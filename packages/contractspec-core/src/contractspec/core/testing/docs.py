@@ -6,6 +6,10 @@ from contractspec.core.testing.docs import run_python_blocks
 def test_guide_examples_run() -> None:
     run_python_blocks("docs/guide.md")
 ```
+
+`run_python_blocks_in_kernel` runs the same blocks as the cells of a notebook in a real Jupyter
+kernel (nbclient + ipykernel, `pip install nbclient ipykernel`), where an event loop is already
+running, as it is for every notebook user.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PYTHON_BLOCK", "printed_by_python_blocks", "python_blocks", "run_python_blocks"]
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from nbformat import NotebookNode
+
+__all__ = [
+    "PYTHON_BLOCK",
+    "printed_by_python_blocks",
+    "python_blocks",
+    "run_python_blocks",
+    "run_python_blocks_in_kernel",
+]
 
 #: A fenced ```python block at the start of a line, up to its closing fence.
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -82,3 +95,86 @@ def printed_by_python_blocks(path: str | os.PathLike[str]) -> str:
     with contextlib.redirect_stdout(out), capture_logs():
         run_python_blocks(path)
     return out.getvalue()
+
+
+#: ANSI colour codes of IPython tracebacks.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_python_blocks_in_kernel(
+    path: str | os.PathLike[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 120.0,
+    kernel_name: str = "python3",
+    env: dict[str, str] | None = None,
+) -> NotebookNode:
+    """Execute every ```python block of a Markdown file as the cells of one notebook, in a real
+    Jupyter kernel.
+
+    One fresh kernel runs the page: the blocks are its cells, in order, so they share one
+    namespace, a cell's last expression is displayed as Jupyter displays it (rich reprs included),
+    and the code runs while the kernel's event loop is running, as in every notebook.
+
+    `kernel_name` `"python3"` is the kernel of the running interpreter (`sys.executable`, with
+    `ipykernel` installed in it). Needs `nbclient` and `ipykernel` (`pip install nbclient ipykernel`).
+
+    Args:
+        path: The Markdown file.
+        cwd: Working directory of the kernel; the current directory by default.
+        timeout: Seconds each cell may run.
+        kernel_name: The Jupyter kernel spec to start.
+        env: Environment of the kernel process; a copy of `os.environ` by default.
+
+    Returns:
+        The executed notebook (`nbformat.NotebookNode`): `cells[i].outputs` holds what block
+        `i + 1` printed and displayed (`stream`, `display_data`, `execute_result` with their
+        MIME bundles, e.g. `image/png`).
+
+    Raises:
+        AssertionError: The page has no Python block, or a block raised (the message names the
+            page, the block number and the kernel's traceback) or ran longer than `timeout`.
+        ImportError: nbclient or ipykernel is not installed.
+    """
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "running docs in a Jupyter kernel needs nbclient and ipykernel: "
+            "pip install nbclient ipykernel"
+        ) from exc
+    page = Path(path)
+    blocks = python_blocks(page)
+    assert blocks, f"{page} has no python examples"
+    # nbformat's v4 constructors are not annotated: they return a NotebookNode
+    notebook: NotebookNode = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    notebook.cells = [
+        nbformat.v4.new_code_cell(code.rstrip("\n"))  # type: ignore[no-untyped-call]
+        for code in blocks
+    ]
+    workdir = str(Path(cwd) if cwd is not None else Path.cwd())
+    client = NotebookClient(
+        notebook,
+        timeout=int(timeout),
+        kernel_name=kernel_name,
+        resources={"metadata": {"path": workdir}},
+        shutdown_kernel="immediate",
+    )
+    try:
+        client.execute(env=dict(os.environ) if env is None else env)
+    except (CellExecutionError, CellTimeoutError) as exc:
+        failed = next(
+            (
+                number
+                for number, cell in enumerate(notebook.cells, start=1)
+                if any(out.get("output_type") == "error" for out in cell.get("outputs", []))
+            ),
+            None,
+        )
+        where = f"block {failed}" if failed is not None else "a block"
+        raise AssertionError(
+            f"{page} [{where}] failed in a Jupyter kernel:\n{_ANSI.sub('', str(exc))}"
+        ) from None
+    return notebook
