@@ -490,13 +490,13 @@ class _Endpoint:
         )
 
 
-def _internal(request_id: str, header: str) -> Response:
+def _internal(request_id: str, header: str, status: int = 500) -> Response:
     body = {
         "code": "internal_error",
         "message": f"internal error; quote request id {request_id} to the operator",
         "details": {"request_id": request_id},
     }
-    return _answer(500, body, {header: request_id})
+    return _answer(status, body, {header: request_id})
 
 
 def _problem(
@@ -507,7 +507,9 @@ def _problem(
     challenge: str | None = None,
 ) -> Response:
     status = HTTP_STATUS.get(exc.code, 500)
-    if status == 500:
+    # a server error never shows its cause (504 operation_timeout is the caller's answer: its
+    # message names the operation's time limit, nothing of the server)
+    if status >= 500 and status != 504:
         _log.error(
             "contractspec.http.internal_error",
             operation=operation,
@@ -515,7 +517,7 @@ def _problem(
             code=exc.code,
             exc_info=exc,
         )
-        return _internal(request_id, header)
+        return _internal(request_id, header, status)
     body = exc.to_dict()
     if isinstance(exc, SpecValidationError) and any(
         e.get("type") == "json_invalid" for e in exc.errors
