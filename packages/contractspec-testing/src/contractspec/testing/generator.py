@@ -36,6 +36,7 @@ import enum
 import os
 import re
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -48,6 +49,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
 from contractspec.core import ConfigurationError, OperationSpec, SpecRegistry
+from contractspec.core.sync import SyncRunner
 from contractspec.core.testing import FakeClock, SequentialIds
 from contractspec.testing._literal import identifier, render_literal, slug
 from contractspec.testing._snapshot import Snapshot
@@ -353,6 +355,7 @@ class GoldenTestGenerator:
         self.detect = detect
         self.verify = verify
         self.exclude_errors = frozenset(exclude_errors)
+        self._sync_runner: SyncRunner | None = None
         env = SandboxedEnvironment(
             autoescape=False,
             keep_trailing_newline=True,
@@ -585,8 +588,22 @@ class GoldenTestGenerator:
         operation: str,
         version: int | None = None,
     ) -> GeneratedSuite:
-        """`write` for scripts without a running event loop."""
-        return asyncio.run(self.write(path, snapshots, operation, version))
+        """`write` for scripts and notebooks.
+
+        Works with or without a running event loop (Jupyter): every `write_sync` call of this
+        generator runs on its own loop thread (`contractspec.core.sync.SyncRunner`), so pooled
+        SQL connections its executor factory keeps stay valid from call to call.
+
+        Raises:
+            ConfigurationError: Called from a coroutine running on this generator's own sync
+                loop: `await write(...)` there instead.
+        """
+        if self._sync_runner is None:
+            self._sync_runner = SyncRunner()
+            weakref.finalize(self, self._sync_runner.close)
+        return self._sync_runner.run(
+            self.write(path, snapshots, operation, version), what="write_sync()"
+        )
 
     def render(
         self, suite: GoldenSuite, cases: Sequence[GoldenCase], skipped: Sequence[str] = ()

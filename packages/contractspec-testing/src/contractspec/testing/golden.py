@@ -20,7 +20,6 @@ registry and reports, per case, whether the outcome is still the same:
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
@@ -48,6 +47,7 @@ from contractspec.core import (
     SpecRegistry,
 )
 from contractspec.core.records import CallRecord
+from contractspec.core.sync import SyncRunner
 from contractspec.core.testing import FakeClock, SequentialIds
 
 __all__ = [
@@ -634,11 +634,28 @@ async def run_golden_tests(
     return GoldenReport(suite, tuple(results))
 
 
+#: The loop thread of `run_golden_tests_sync` (started on first use).
+_SYNC_RUNNER: Final = SyncRunner()
+
+
 def run_golden_tests_sync(
     cases: Sequence[GoldenCase], registry: SpecRegistry | str, **kwargs: Any
 ) -> GoldenReport:
-    """`run_golden_tests` for scripts without a running event loop."""
-    return asyncio.run(run_golden_tests(cases, registry, **kwargs))
+    """`run_golden_tests` for scripts and notebooks.
+
+    Works with or without a running event loop (Jupyter): every call runs on one shared loop
+    thread (`contractspec.core.sync.SyncRunner`), so pooled SQL connections an
+    `executor_factory` keeps stay valid from call to call. Takes the keyword arguments of
+    `run_golden_tests`.
+
+    Raises:
+        ConfigurationError: Neither `suite` nor `operation` given, a bad registry reference, or
+            called from a coroutine on the shared sync loop (`await run_golden_tests` there).
+        UnknownOperationError: The operation or version is not registered.
+    """
+    return _SYNC_RUNNER.run(
+        run_golden_tests(cases, registry, **kwargs), what="run_golden_tests_sync()"
+    )
 
 
 def utcnow() -> datetime:
