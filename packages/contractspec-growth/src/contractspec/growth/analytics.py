@@ -23,6 +23,7 @@ import datetime as dt
 import html
 import itertools
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,12 +34,13 @@ import numpy.typing as npt
 from scipy import optimize, special
 from scipy import stats as sps
 
-from contractspec.core.errors import SpecValidationError
+from contractspec.core.errors import ConfigurationError, SpecValidationError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
 __all__ = [
+    "CDNOW_DOWNLOAD_URL",
     "ActivityProfile",
     "ChurnPredictor",
     "ChurnScore",
@@ -240,7 +242,14 @@ class Transactions:
         }
 
 
-def load_cdnow(path: str | Path) -> Transactions:
+#: Where to download `CDNOW_master.txt` (the `lifetimes` package's copy, MIT licence).
+CDNOW_DOWNLOAD_URL = (
+    "https://raw.githubusercontent.com/CamDavidsonPilon/lifetimes/master/lifetimes/datasets/"
+    "CDNOW_master.txt"
+)
+
+
+def load_cdnow(path: str | os.PathLike[str]) -> Transactions:
     """Load the CDNOW purchase history (`CDNOW_master.txt`).
 
     The file is whitespace separated with a header line: `customer_id date(YYYYMMDD)
@@ -248,17 +257,31 @@ def load_cdnow(path: str | Path) -> Transactions:
     January-March 1997, followed until June 1998 (Fader and Hardie's data set, as shipped by the
     `lifetimes` package).
 
+    The data set is not bundled with ContractSpec: download `CDNOW_master.txt` (MIT licence) from
+    the `lifetimes` package's datasets, `CDNOW_DOWNLOAD_URL`, and pass its path.
+
     Args:
-        path: Path of `CDNOW_master.txt`.
+        path: Path of `CDNOW_master.txt`; a relative path is resolved against the current working
+            directory (in Jupyter, the notebook's folder).
 
     Returns:
         A `Transactions` log with customer ids as strings (leading zeros kept).
 
     Raises:
-        FileNotFoundError: The file does not exist.
+        ConfigurationError: No file at `path`; the message names the absolute path tried and
+            where to download the file.
         SpecValidationError: A line does not have four fields or a field does not parse.
     """
-    text = Path(path).read_text(encoding="utf-8").splitlines()
+    source = Path(path)
+    if not source.is_file():
+        tried = source.expanduser().absolute()
+        raise ConfigurationError(
+            f"load_cdnow: no file at {tried} (path={os.fspath(path)!r}, working directory "
+            f"{Path.cwd()}). The CDNOW purchase history is not bundled with ContractSpec: "
+            f"download CDNOW_master.txt from {CDNOW_DOWNLOAD_URL} (MIT licence) and pass its path.",
+            details={"field": "path", "path": str(tried)},
+        )
+    text = source.read_text(encoding="utf-8").splitlines()
     ids: list[str] = []
     dates: list[str] = []
     qty: list[int] = []

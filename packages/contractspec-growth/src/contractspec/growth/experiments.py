@@ -705,6 +705,27 @@ class Assignments:
         )
         return {k: int(c) for k, c in zip(self.experiment.variation_keys, counts, strict=True)}
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: subjects and share per variation, and how many were left out."""
+        import html
+
+        total = len(self)
+        counts = self.counts()
+        assigned = sum(counts.values())
+        rows = "".join(
+            f"<tr><td>{html.escape(key)}</td><td>{n:,}</td>"
+            f"<td>{n / assigned:.1%}</td><td>{weight:.1%}</td></tr>"
+            if assigned
+            else f"<tr><td>{html.escape(key)}</td><td>0</td><td>&mdash;</td><td>{weight:.1%}</td></tr>"
+            for (key, n), weight in zip(counts.items(), self.experiment.weights, strict=True)
+        )
+        return (
+            f"<table><caption>Assignments of {html.escape(self.experiment.key)}: {total:,} "
+            f"subjects, {assigned:,} in the experiment, {total - assigned:,} not (served the "
+            "control)</caption><thead><tr><th>variation</th><th>subjects</th><th>share</th>"
+            f"<th>weight</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+
 
 def subject_attributes(ctx: CallContext, **extra: Any) -> dict[str, Any]:
     """Targeting attributes of a call's actor: `id`, `user_id`, `org_id`, `roles`, `actor_kind`,

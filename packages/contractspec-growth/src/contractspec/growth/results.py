@@ -5,7 +5,8 @@ declared control; [`ExperimentResult`][contractspec.growth.results.ExperimentRes
 comparison of an experiment with its sample-ratio-mismatch check. Both render as a rich HTML table
 in Jupyter (`_repr_html_`), convert to a pandas `DataFrame` with `to_frame()` (extra
 `contractspec-growth[pandas]`) and `ExperimentResult.plot()` draws lift with its confidence interval
-per variation and metric (extra `contractspec-growth[plot]`).
+per variation and metric (extra `contractspec-growth[plot]`): a matplotlib `Figure` that Jupyter
+displays as an image.
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ def _require_pandas() -> Any:
 
 def _require_matplotlib_figure() -> Any:
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401 - checked first: _figure may be imported already
+
+        from contractspec.growth._figure import NotebookFigure
     except ImportError as exc:
         raise ImportError(
             "plot() needs matplotlib: pip install 'contractspec-growth[plot]'"
         ) from exc
-    return Figure
+    return NotebookFigure
 
 
 @attrs.frozen
@@ -311,7 +314,9 @@ class ExperimentResult:
             metrics: Subset and order of metrics to draw; all by default.
 
         Returns:
-            A `matplotlib.figure.Figure` (not attached to pyplot, so nothing global changes).
+            A `matplotlib.figure.Figure`, not attached to pyplot (nothing global changes). As the
+            last expression of a Jupyter cell it is displayed as a PNG image, in a fresh kernel
+            too (no `%matplotlib inline` needed); `fig.savefig("lift.png")` writes it to a file.
 
         Raises:
             ImportError: matplotlib is not installed (`pip install 'contractspec-growth[plot]'`).
