@@ -389,6 +389,23 @@ async def test_denials_are_recorded_once_after_the_callers_transaction(
         assert await chain_verifies(backend)
 
 
+async def test_a_denial_before_the_caller_began_is_recorded_at_once(
+    executor: Executor, backend: SqlBackend, sql_engine: AsyncEngine
+) -> None:
+    """Denied at the authorize stage with a connection that has no transaction open: the denial
+    is written at once and no transaction is begun on the caller's connection."""
+    async with sql_engine.connect() as conn:
+        with pytest.raises(PolicyDeniedError):
+            await executor.execute(
+                "ops.note.create",
+                {"id": "n1", "note_body": "x"},
+                call_ctx("r1", actor=VIEWER),
+                connection=conn,
+            )
+        assert not conn.in_transaction()
+        assert (await read_stored(backend)).outcomes_for("r1") == ["denied"]
+
+
 def _engine_or_temporary(engine: AsyncEngine | None, tmp_path: Path) -> Any:
     if engine is None:
         return temporary_sql_engine("postgres", tmp_path)

@@ -1059,12 +1059,16 @@ class SqlUnitOfWork:
     async def after_caller_transaction(
         self, connection: AsyncConnection | AsyncSession, work: Callable[[], Awaitable[None]]
     ) -> None:
-        """Run `work()` once the caller's transaction on `connection` has ended.
+        """Run `work()` once the caller's transaction on `connection` has ended (at once if the
+        caller has no transaction open).
 
         Raises:
             ConfigurationError: `connection` is not an `AsyncConnection`/`AsyncSession`.
         """
         if isinstance(connection, AsyncSession):
+            if not connection.in_transaction():
+                await work()
+                return
             connection = await connection.connection()
         elif not isinstance(connection, AsyncConnection):
             raise ConfigurationError(
@@ -1073,7 +1077,8 @@ class SqlUnitOfWork:
                 details={"field": "connection"},
             )
         if not connection.in_transaction():
-            await connection.begin()
+            await work()
+            return
         caller_transaction(connection.sync_connection).after_end.append(  # type: ignore[arg-type]
             work
         )
