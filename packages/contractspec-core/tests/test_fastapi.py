@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+import structlog.testing
 from core_regen_app import POLICY, build_notes_registry
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -194,6 +195,21 @@ def test_an_app_schema_of_the_same_name_is_kept(client: TestClient) -> None:
         "$ref": "#/components/schemas/Note-ContractSpec"
     }
     assert app.openapi() is document  # merged once, then FastAPI's cache
+
+
+def test_a_route_served_without_install_warns_once() -> None:
+    """The first call of a route whose app never ran `install` logs a warning naming the fix."""
+    bare = FastAPI()
+    bare.include_router(contractspec_router(notes_executor(), operations=["notes.debug.whoami"]))
+    installed = fastapi_app(notes_executor())
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert TestClient(bare).get("/notes/debug/whoami/v1").status_code == 200
+            assert TestClient(installed).get("/api/notes/debug/whoami/v1").status_code == 200
+    warnings = [e for e in logs if e["event"] == "contractspec.fastapi.openapi_not_merged"]
+    assert len(warnings) == 1
+    assert warnings[0]["operation"] == "notes.debug.whoami@1"
+    assert "install(app)" in warnings[0]["advice"]
 
 
 def test_install_before_include_router_also_merges() -> None:

@@ -57,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "contractspec.core.fastapi needs FastAPI: pip install 'contractspec-core[fastapi]'"
     ) from exc
 
+from contractspec.core._log import get_logger
 from contractspec.core.codegen.openapi import (
     DEFAULT_SECURITY_SCHEMES,
     HEADER_MAX_LENGTH,
@@ -92,6 +93,8 @@ OperationFilter = Iterable[str] | Callable[[OperationSpec], bool]
 #: (`HTTPBearer()`, `APIKeyHeader(name="X-API-Key")`, `OAuth2PasswordBearer(...)`) or OpenAPI
 #: Security Scheme Objects by name (`{"bearerAuth": {"type": "http", "scheme": "bearer"}}`).
 SecurityScheme = SecurityBase | Mapping[str, Mapping[str, Any]]
+
+_log = get_logger(__name__)
 
 _SCHEMA_REF: Final = "#/components/schemas/"
 _HEADER_VALUE: Final = re.compile(rf"[\x21-\x7e]{{1,{HEADER_MAX_LENGTH}}}")
@@ -316,9 +319,25 @@ def _endpoint(core: _Endpoint, authenticate: Callable[..., Any] | None) -> Calla
     The endpoint takes the raw `Request` (no body or query parameters), so FastAPI neither reads
     nor validates the input: the executor does, once.
     """
+    checked: list[bool] = []
+
+    def check_installed(request: Request) -> None:
+        """Warn once when the app serving the route never had `install`/`merge_openapi`."""
+        checked.append(True)
+        app = request.scope.get("app")
+        if isinstance(app, FastAPI) and not getattr(app.openapi, _MARK, False):
+            _log.warning(
+                "contractspec.fastapi.openapi_not_merged",
+                operation=core.ref,
+                advice="call contractspec.core.fastapi.install(app): without it the app's "
+                "OpenAPI document refers to the spec's schemas without defining them",
+            )
+
     if authenticate is None:
 
         async def anonymous(request: Request) -> Response:
+            if not checked:
+                check_installed(request)
             return await core.respond(request, None)
 
         return anonymous
@@ -329,6 +348,8 @@ def _endpoint(core: _Endpoint, authenticate: Callable[..., Any] | None) -> Calla
         request: Request,
         who: Any = Depends(authenticate),  # noqa: B008
     ) -> Response:
+        if not checked:
+            check_installed(request)
         return await core.respond(request, who)
 
     return authenticated
