@@ -12,8 +12,8 @@ the caller commits. Two things must therefore wait for the caller's transaction 
   write lock; on PostgreSQL it may hold the head row of the same audit chain).
 
 The end of the caller's transaction is observed with SQLAlchemy's `commit` and `rollback`
-connection events (they fire just before the COMMIT or ROLLBACK is sent); a task then waits for
-the COMMIT to finish and checks whether it succeeded: a COMMIT that raised is seen by the
+connection events, listened to once per engine (they fire just before the COMMIT or ROLLBACK is
+sent); a task then waits for the COMMIT to finish and checks whether it succeeded: a COMMIT that raised is seen by the
 engine's `handle_error` event, and SQLAlchemy keeps such a transaction current on the connection
 until it is rolled back.
 """
@@ -53,7 +53,6 @@ class CallerTransaction:
 _callers: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.WeakKeyDictionary()
 #: Caller transactions whose COMMIT was sent and is being settled.
 _committing: weakref.WeakKeyDictionary[Connection, CallerTransaction] = weakref.WeakKeyDictionary()
-_listening: weakref.WeakSet[Connection] = weakref.WeakSet()
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: Tasks settling ended caller transactions (strong references until they finish).
 _tasks: set[asyncio.Task[None]] = set()
@@ -71,12 +70,10 @@ def caller_transaction(connection: Connection) -> CallerTransaction:
     state = _callers.get(connection)
     if state is None or state.root is not root:
         state = _callers[connection] = CallerTransaction(connection, root)
-    if connection not in _listening:
-        event.listen(connection, "commit", _on_commit)
-        event.listen(connection, "rollback", _on_rollback)
-        _listening.add(connection)
     engine = connection.engine
-    if engine not in _engines:
+    if engine not in _engines:  # once per engine: each event costs its connections a dict lookup
+        event.listen(engine, "commit", _on_commit)
+        event.listen(engine, "rollback", _on_rollback)
         event.listen(engine, "handle_error", _on_error)
         _engines.add(engine)
     return state
@@ -88,6 +85,8 @@ def pending_tasks() -> set[asyncio.Task[None]]:
 
 
 def _take(connection: Connection) -> CallerTransaction | None:
+    if not _callers:
+        return None
     state = _callers.get(connection)
     if state is None or state.root is not connection.get_transaction():
         return None
@@ -113,13 +112,13 @@ def _on_commit(connection: Connection) -> None:
 def _on_error(context: ExceptionContext) -> None:
     """A statement or the COMMIT failed: if it was a caller's COMMIT, it did not commit."""
     connection = context.connection
-    sent = _committing.get(connection) if connection is not None else None
+    sent = _committing.get(connection) if connection is not None and _committing else None
     if sent is not None and connection is not None and sent.root is connection.get_transaction():
         sent.failed = True
 
 
 def _on_rollback(connection: Connection) -> None:
-    sent = _committing.get(connection)
+    sent = _committing.get(connection) if _committing else None
     if sent is not None and sent.root is connection.get_transaction():
         sent.failed = True  # the ROLLBACK of a transaction whose COMMIT failed
     state = _take(connection)
