@@ -13,9 +13,9 @@ the caller commits. Two things must therefore wait for the caller's transaction 
 
 The end of the caller's transaction is observed with SQLAlchemy's `commit` and `rollback`
 connection events, listened to once per engine (they fire just before the COMMIT or ROLLBACK is
-sent); a task then waits for the COMMIT to finish and checks whether it succeeded: a COMMIT that raised is seen by the
-engine's `handle_error` event, and SQLAlchemy keeps such a transaction current on the connection
-until it is rolled back.
+sent); a task then waits for the COMMIT to finish and checks whether it succeeded: a COMMIT that
+raised is seen by the engine's `handle_error` event, and SQLAlchemy keeps such a transaction
+current on the connection until it is rolled back.
 """
 
 from __future__ import annotations
