@@ -135,7 +135,7 @@ def test_an_unreachable_database_exits_2_with_the_drivers_reason() -> None:
 
 
 def test_a_missing_database_on_the_real_server_exits_2() -> None:
-    """On the real PostgreSQL server, a database that does not exist is a one-line error."""
+    """On the real PostgreSQL server, a missing database or a bad connection option: one line."""
     dsn = postgres_dsn()
     if dsn is None:
         if os.environ.get("CONTRACTSPEC_REQUIRE_POSTGRES") == "1":
@@ -148,6 +148,11 @@ def test_a_missing_database_on_the_real_server_exits_2() -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot use the database: connection failed:")
     assert 'database "contractspec_no_such_db" does not exist' in result.stderr
+    bad_option = CliRunner().invoke(app, ["operations", "--store", f"{dsn}?no_such_option=1"])
+    assert bad_option.exit_code == 2
+    assert bad_option.stderr == (
+        'error: cannot use the database: invalid connection option "no_such_option"\n'
+    )
 
 
 def test_generate_from_a_missing_store_writes_nothing(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ def user_error_message(exc: BaseException, *, package: str = "contractspec-core"
     User errors are: any `ContractSpecError` (its message names the field and the fix); a missing
     database driver or SQLAlchemy (the message names the extra to install); an `ImportError`
     whose message already carries a `pip install` command; a database that cannot be opened or
-    reached (SQLAlchemy `OperationalError`/`InterfaceError`) or a malformed database URL
+    reached (SQLAlchemy `OperationalError`/`InterfaceError`, or any driver error raised while
+    connecting, such as an unknown connection option) or a malformed database URL
     (`ArgumentError`); and an `OSError` such as a missing file or directory. An exception group
     counts when every exception in it does (the first one is explained).
 
@@ -89,7 +90,12 @@ def user_error_message(exc: BaseException, *, package: str = "contractspec-core"
         return _one_line(str(exc)) if "pip install" in str(exc) else None
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None:
-        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        # connection-level: any driver error without a statement (raised while connecting),
+        # and OperationalError/InterfaceError (database gone, file unopenable, no such table)
+        if isinstance(exc, sa_exc.DBAPIError) and (
+            exc.statement is None
+            or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+        ):
             reason = _one_line(str(exc.orig if exc.orig is not None else exc))
             hint = (
                 " (check that the file's directory exists and is writable)"
