@@ -340,13 +340,15 @@ async def test_an_endpoint_with_an_async_session(
 # -- denials ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("caller", ["connection", "session"])
 @pytest.mark.parametrize("ending", ["commit", "rollback"])
 async def test_denials_are_recorded_once_after_the_callers_transaction(
-    app: GuaranteesApp, sql_kind: str, tmp_path: Path, ending: str
+    app: GuaranteesApp, sql_kind: str, tmp_path: Path, ending: str, caller: str
 ) -> None:
     """A denial inside a joined handler and one at the authorize stage are each recorded once,
-    whether the caller commits or rolls back, and only after its transaction ended (a write of
-    their own while the caller holds its locks would fail: the lock wait is 0.2 s on SQLite)."""
+    whether the caller (a connection or a session) commits or rolls back, and only after its
+    transaction ended (a write of their own while the caller holds its locks would fail: the lock
+    wait is 0.2 s on SQLite)."""
     if sql_kind == "sqlite":
         engine = sqlite_engine(tmp_path / "deny.db", busy_timeout_ms=200)
     else:
@@ -357,26 +359,28 @@ async def test_denials_are_recorded_once_after_the_callers_transaction(
         async with eng.begin() as conn:
             await conn.run_sync(app_metadata.create_all)
         executor = make_executor(app, backend)
-        async with eng.connect() as conn:
-            await conn.begin()
-            await conn.execute(insert(orders).values(id="o1"))
+        async with eng.connect() as conn, AsyncSession(eng) as session:
+            target: AsyncConnection | AsyncSession = conn if caller == "connection" else session
+            if caller == "connection":
+                await conn.begin()
+            await target.execute(insert(orders).values(id="o1"))
             await executor.execute(
-                "ops.note.create", {"id": "n0", "note_body": "x"}, call_ctx("r0"), connection=conn
+                "ops.note.create", {"id": "n0", "note_body": "x"}, call_ctx("r0"), connection=target
             )
             with pytest.raises(PolicyDeniedError) as inside:
                 await executor.execute(
-                    "ops.note.guarded", {"id": "n1"}, call_ctx("r1"), connection=conn
+                    "ops.note.guarded", {"id": "n1"}, call_ctx("r1"), connection=target
                 )
             with pytest.raises(PolicyDeniedError):
                 await executor.execute(
                     "ops.note.create",
                     {"id": "n2", "note_body": "x"},
                     call_ctx("r2", actor=VIEWER),
-                    connection=conn,
+                    connection=target,
                 )
             assert inside.value.action == DENIED_ACTION
             assert (await read_stored(backend)).audit == []  # nothing before the caller ends
-            await (conn.commit() if ending == "commit" else conn.rollback())
+            await (target.commit() if ending == "commit" else target.rollback())
         await backend.unit_of_work.wait_joined()
 
         stored = await read_stored(backend)
@@ -386,6 +390,7 @@ async def test_denials_are_recorded_once_after_the_callers_transaction(
         committed = ending == "commit"
         assert stored.outcomes_for("r0") == (["success"] if committed else [])
         assert list(stored.entity(note_entity)) == (["n0"] if committed else [])
+        assert await _order_ids(eng) == (["o1"] if committed else [])
         assert await chain_verifies(backend)
 
 
