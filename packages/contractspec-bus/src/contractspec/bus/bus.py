@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import structlog
 from attrs import define, field
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -46,6 +45,7 @@ from contractspec.core import (
     Transaction,
     UuidGenerator,
 )
+from contractspec.core._log import get_logger
 
 __all__ = [
     "DeliveryOutcome",
@@ -59,7 +59,7 @@ __all__ = [
     "envelope_from_dict",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: `def handler(event)` or `async def handler(event)`; the return value is ignored.
 EventHandler = Callable[[EventEnvelope], Awaitable[Any] | Any]

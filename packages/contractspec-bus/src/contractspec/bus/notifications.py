@@ -44,7 +44,6 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol, get_args, get_origin, runtime_checkable
 
 import jinja2
-import structlog
 from attrs import define, field
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -73,6 +72,7 @@ from contractspec.core import (
     SystemClock,
     UuidGenerator,
 )
+from contractspec.core._log import get_logger
 
 __all__ = [
     "Channel",
@@ -93,7 +93,7 @@ __all__ = [
     "to_user",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_]*\Z")
 _LOCALE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*\Z")

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
 from attrs import define
 
 from contractspec.bus._retry import RetryPolicy
@@ -42,10 +41,11 @@ from contractspec.core import (
     Transaction,
     UnitOfWork,
 )
+from contractspec.core._log import get_logger
 
 __all__ = ["IdempotentConsumer", "OutboxRelay", "RelayStats", "idempotent_consumer"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 def message_to_envelope(message: OutboxMessage, registry: SpecRegistry | None) -> EventEnvelope:

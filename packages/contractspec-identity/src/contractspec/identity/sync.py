@@ -35,15 +35,14 @@ import time
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from contractspec.core import ConfigurationError, UnitOfWork
+from contractspec.core._log import get_logger
 from contractspec.identity.engine import PolicyEngine
 from contractspec.identity.stores import IdentityStore
 
 __all__ = ["PolicySync"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 class PolicySync:

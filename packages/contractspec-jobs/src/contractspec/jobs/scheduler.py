@@ -21,17 +21,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-import structlog
 from attrs import define
 
 from contractspec.core import ConfigurationError, SpecRegistry
+from contractspec.core._log import get_logger
 from contractspec.jobs._health import DatabaseHealth
 from contractspec.jobs.queue import JobQueue
 from contractspec.jobs.specs import JobSpec, ScheduleSpec
 
 __all__ = ["Fire", "ScheduleStore", "Scheduler"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 _TINY = timedelta(microseconds=1)
 
 

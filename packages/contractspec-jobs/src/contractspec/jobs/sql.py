@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
 from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
@@ -62,6 +61,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contractspec.core import Clock, ConfigurationError, IdGenerator, SpecRegistry, Transaction
+from contractspec.core._log import get_logger
 from contractspec.core.sql import (
     JsonType,
     SqlTransaction,
@@ -93,7 +93,7 @@ __all__ = [
     "schedules_table",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: PostgreSQL channel that enqueues notify and idle workers listen on.
 NOTIFY_CHANNEL = "cs_jobs"

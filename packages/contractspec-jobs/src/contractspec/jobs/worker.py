@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-import structlog
 from attrs import define
 from pydantic import BaseModel, ValidationError
 
 from contractspec.core import ConfigurationError, SpecDefinitionError, SpecValidationError
+from contractspec.core._log import get_logger
 from contractspec.jobs._health import DatabaseHealth, describe_error
 from contractspec.jobs.errors import JobTimeoutError, LeaseLostError
 from contractspec.jobs.queue import Job, JobQueue, JobStatus
@@ -39,7 +39,7 @@ from contractspec.jobs.specs import JobSpec
 
 __all__ = ["JobContext", "JobHandler", "JobHandlers", "Worker", "WorkerStats"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: `async def handler(payload: Model, ctx: JobContext) -> result`
 JobHandler = Callable[[Any, "JobContext"], Awaitable[Any]]

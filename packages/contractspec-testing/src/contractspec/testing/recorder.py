@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
 from attrs import define
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
@@ -54,13 +53,14 @@ from contractspec.core import (
     OperationSpec,
     UuidGenerator,
 )
+from contractspec.core._log import get_logger
 from contractspec.testing._snapshot import Snapshot
 from contractspec.testing.redaction import Redactor
 from contractspec.testing.stores import MemoryTrafficStore, TrafficStore
 
 __all__ = ["RecorderStats", "TrafficRecorder", "sampling_fraction"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 _TWO_64 = float(2**64)
 
 Sanitizer = Callable[[Snapshot], Snapshot | None]
