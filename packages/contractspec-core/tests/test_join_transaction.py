@@ -45,6 +45,7 @@ from contractspec.core import (
     ConfigurationError,
     ConflictError,
     Executor,
+    InternalError,
     MemoryBackend,
     PolicyDeniedError,
 )
@@ -209,6 +210,45 @@ async def test_a_failed_call_leaves_nothing_and_the_callers_transaction_usable(
     assert stored.audit_for("r2") == []
     assert stored.events_for("r2") == []
     assert await chain_verifies(backend)
+
+
+async def test_a_handler_failing_after_its_writes_reached_the_database_leaves_nothing(
+    app: GuaranteesApp, backend: SqlBackend, sql_engine: AsyncEngine
+) -> None:
+    """A joined call whose handler fails after its row was written to the database (a read
+    flushed it inside the call's savepoint) raises InternalError; its row, event and audit entry
+    are gone, and the caller's own rows before and after it commit."""
+
+    async def fail_after_flush(inv: Invocation, call_next: NextFn) -> BaseModel:
+        output = await call_next(inv)
+        if inv.ctx.call.request_id == "r-fail":
+            assert await inv.ctx.repo(note_entity).count() == 2  # flushed: n1 and this call's n2
+            raise RuntimeError("the handler's bug")
+        return output
+
+    executor = make_executor(app, backend, middleware=[fail_after_flush])
+    async with sql_engine.connect() as conn:
+        await conn.begin()
+        await conn.execute(insert(orders).values(id="o1"))
+        await executor.execute(
+            "ops.note.create", {"id": "n1", "note_body": "x"}, call_ctx("r1"), connection=conn
+        )
+        with pytest.raises(InternalError):
+            await executor.execute(
+                "ops.note.create",
+                {"id": "n2", "note_body": "x"},
+                call_ctx("r-fail"),
+                connection=conn,
+            )
+        await conn.execute(insert(orders).values(id="o2"))
+        await conn.commit()
+
+    stored = await read_stored(backend)
+    assert await _order_ids(sql_engine) == ["o1", "o2"]
+    assert list(stored.entity(note_entity)) == ["n1"]
+    assert stored.audit_for("r-fail") == []
+    assert stored.events_for("r-fail") == []
+    assert stored.outcomes_for("r1") == ["success"]
 
 
 async def test_a_joined_query_sees_the_callers_uncommitted_rows(
