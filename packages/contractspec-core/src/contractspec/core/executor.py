@@ -61,6 +61,8 @@ from contractspec.core.specs import OperationSpec
 from contractspec.core.sync import SyncRunner
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
     from contractspec.core.otel import OtelTracing
 
 __all__ = ["Backend", "Executor"]
@@ -211,7 +213,7 @@ class Executor:
         ctx: CallContext | None = None,
         *,
         version: int | None = None,
-        connection: Any = None,
+        connection: AsyncConnection | AsyncSession | None = None,
     ) -> BaseModel:
         """Run one operation and return its validated output model.
 
