@@ -54,7 +54,7 @@ def tests(session: nox.Session) -> None:
     if not os.environ.get("CONTRACTSPEC_TEST_POSTGRES_DSN"):
         session.log("CONTRACTSPEC_TEST_POSTGRES_DSN is unset: PostgreSQL cases are skipped")
     targets = [str(ROOT / "packages" / name / "tests") for name in PACKAGES]
-    targets += [str(p) for p in sorted((ROOT / "examples").glob("*/tests"))]
+    targets += [str(p) for p in sorted((ROOT / "examples").glob("*/tests"))] + [str(ROOT / "tests")]
     session.run("pytest", *(session.posargs or targets))
 
 

@@ -145,6 +145,8 @@ def run_python_blocks_in_kernel(
             "running docs in a Jupyter kernel needs nbclient and ipykernel: "
             "pip install nbclient ipykernel"
         ) from exc
+    from contractspec.core.sync import run_sync
+
     page = Path(path)
     blocks = python_blocks(page)
     assert blocks, f"{page} has no python examples"
@@ -163,7 +165,8 @@ def run_python_blocks_in_kernel(
         shutdown_kernel="immediate",
     )
     try:
-        client.execute(env=dict(os.environ) if env is None else env)
+        # on a loop of its own, closed afterwards (nbclient's sync `execute` leaves its loop open)
+        run_sync(client.async_execute(env=dict(os.environ) if env is None else env))
     except (CellExecutionError, CellTimeoutError) as exc:
         failed = next(
             (
