@@ -241,6 +241,7 @@ async def test_a_handler_failing_after_its_writes_reached_the_database_leaves_no
                 connection=conn,
             )
         await conn.execute(insert(orders).values(id="o2"))
+        assert (await read_stored(backend)).entity(note_entity) == {}  # n1 waits for the commit
         await conn.commit()
 
     stored = await read_stored(backend)
