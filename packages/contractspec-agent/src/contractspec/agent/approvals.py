@@ -27,8 +27,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-
 from contractspec.agent.errors import (
     ApprovalDecisionError,
     ApprovalExpiredError,
@@ -73,11 +71,12 @@ from contractspec.core import (
     UuidGenerator,
     canonical_json,
 )
+from contractspec.core._log import get_logger
 from contractspec.core.context import Actor
 
 __all__ = ["ApprovalWorkflow", "arguments_hash"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 def arguments_hash(arguments: Mapping[str, Any]) -> str:

@@ -48,7 +48,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
-import structlog
 from attrs import define, evolve, field
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
@@ -76,6 +75,7 @@ from contractspec.core import (
     UnitOfWork,
     canonical_json,
 )
+from contractspec.core._log import get_logger
 
 __all__ = [
     "ActionPacket",
@@ -89,7 +89,7 @@ __all__ = [
     "shadow_report",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 OutcomeStatus = Literal[
     "ok",

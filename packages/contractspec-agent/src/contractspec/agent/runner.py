@@ -53,7 +53,6 @@ from time import perf_counter
 from types import EllipsisType
 from typing import Any
 
-import structlog
 from attrs import define, field
 from pydantic import BaseModel, ValidationError
 
@@ -139,12 +138,13 @@ from contractspec.core import (
     UnitOfWork,
     UuidGenerator,
 )
+from contractspec.core._log import get_logger
 from contractspec.core.records import Decision
 from contractspec.core.sync import SyncRunner
 
 __all__ = ["AgentRunner", "RunResult"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 _OVERRIDE: contextvars.ContextVar[ModelClient | None] = contextvars.ContextVar(
     "contractspec_agent_model_override", default=None
 )

@@ -33,10 +33,10 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 from attrs import define, field
 
 from contractspec.core import ConfigurationError, TelemetrySample
+from contractspec.core._log import get_logger
 from contractspec.evolution.sketch import (
     DEFAULT_MAPPING,
     LogBucketMapping,
@@ -53,7 +53,7 @@ __all__ = [
     "WindowStats",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: `org_id` of the roll-up over every tenant of an operation.
 ALL_TENANTS: Final = "*"

@@ -15,15 +15,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-import structlog
-
 from contractspec.agent import ModelClient, ModelRequest, SystemMessage, UserMessage
 from contractspec.core import ConfigurationError
+from contractspec.core._log import get_logger
 from contractspec.evolution.suggestions import SpecSuggestion
 
 __all__ = ["SYSTEM_PROMPT", "LLMRationaleWriter"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: Instructions given to the model.
 SYSTEM_PROMPT = (

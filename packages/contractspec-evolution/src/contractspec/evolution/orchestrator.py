@@ -35,7 +35,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
 from attrs import define
 
 import contractspec
@@ -59,6 +58,7 @@ from contractspec.core import (
     UnitOfWork,
     UuidGenerator,
 )
+from contractspec.core._log import get_logger
 from contractspec.core.ir import ir_digest, to_ir
 from contractspec.evolution.events import make_envelope, suggestion_created, suggestion_decided
 from contractspec.evolution.stores import SuggestionStore
@@ -70,7 +70,7 @@ from contractspec.evolution.suggestions import (
 
 __all__ = ["ENVELOPE_FORMAT", "SUBJECT_TYPE", "SpecSuggestionOrchestrator", "SubmitResult"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: `subject_type` of the approval requests.
 SUBJECT_TYPE: Final = "evolution.suggestion"

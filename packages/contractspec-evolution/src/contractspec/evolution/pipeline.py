@@ -23,7 +23,6 @@ import math
 import weakref
 from datetime import datetime
 
-import structlog
 from attrs import define, field
 
 from contractspec.core import (
@@ -35,6 +34,7 @@ from contractspec.core import (
     Transaction,
     UnitOfWork,
 )
+from contractspec.core._log import get_logger
 from contractspec.core.sync import SyncRunner
 from contractspec.evolution.aggregator import IntentAggregator, WindowStats
 from contractspec.evolution.analyzer import SpecAnalyzer, UsageReport
@@ -47,7 +47,7 @@ from contractspec.evolution.suggestions import SpecGenerator, SpecSuggestion, Va
 
 __all__ = ["EvolutionPipeline", "PipelineRun", "TelemetryExporter"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 @define(frozen=True)
