@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 from attrs import define, evolve, field
 
+from contractspec.core._log import get_logger
 from contractspec.core.context import CallContext
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -71,7 +71,7 @@ __all__ = [
     "create_variant_resolver",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: The default stages: share of callers on the candidate.
 DEFAULT_STAGES = (0.01, 0.10, 0.50, 1.0)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from pydantic import BaseModel
 
+from contractspec.core._log import get_logger
 from contractspec.core.batch import BATCH, Batch
 from contractspec.core.context import CallContext
 from contractspec.core.errors import ConfigurationError, SpecValidationError
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["check_joinable", "defer_denials", "run"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 
 async def run(

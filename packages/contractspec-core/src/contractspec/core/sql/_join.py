@@ -25,13 +25,14 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
+from contractspec.core._log import get_logger
+
 __all__ = ["CallerTransaction", "caller_transaction", "pending_tasks"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 AfterEnd = Callable[[], Awaitable[None]]
 
