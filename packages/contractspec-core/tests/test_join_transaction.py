@@ -25,7 +25,7 @@ from core_guarantees_app import (
     read_stored,
 )
 from pydantic import BaseModel
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -250,6 +250,46 @@ async def test_a_handler_failing_after_its_writes_reached_the_database_leaves_no
     assert stored.audit_for("r-fail") == []
     assert stored.events_for("r-fail") == []
     assert stored.outcomes_for("r1") == ["success"]
+
+
+async def test_joining_through_sqlalchemys_savepoint_when_statements_are_listened_to(
+    executor: Executor, backend: SqlBackend, sql_engine: AsyncEngine
+) -> None:
+    """With a statement listener on the engine (tracing, query logs) the joined call uses
+    SQLAlchemy's `begin_nested()` instead of the driver fast path, with the same outcome: a failed
+    call is undone to its savepoint, the first call and the caller's rows commit, and the
+    listener saw the call's statements."""
+    seen: list[str] = []
+
+    def listener(*args: Any) -> None:
+        seen.append(args[2])  # the statement text
+
+    event.listen(sql_engine.sync_engine, "before_cursor_execute", listener)
+    try:
+        async with sql_engine.connect() as conn:
+            await conn.begin()
+            await conn.execute(insert(orders).values(id="o1"))
+            await executor.execute(
+                "ops.note.create", {"id": "n1", "note_body": "a"}, call_ctx("r1"), connection=conn
+            )
+            with pytest.raises(ConflictError):
+                await executor.execute(
+                    "ops.note.create",
+                    {"id": "n1", "note_body": "b"},
+                    call_ctx("r2"),
+                    connection=conn,
+                )
+            await conn.execute(insert(orders).values(id="o2"))
+            await conn.commit()
+    finally:
+        event.remove(sql_engine.sync_engine, "before_cursor_execute", listener)
+    assert any(s.startswith("SAVEPOINT") for s in seen)
+    assert any("ops_note" in s and s.startswith("INSERT") for s in seen)
+    stored = await read_stored(backend)
+    assert await _order_ids(sql_engine) == ["o1", "o2"]
+    assert stored.entity(note_entity)["n1"]["note_body"] == "a"
+    assert stored.outcomes_for("r1") == ["success"]
+    assert stored.audit_for("r2") == []
 
 
 async def test_a_joined_query_sees_the_callers_uncommitted_rows(

@@ -301,7 +301,7 @@ class SqlTransaction(Transaction):
     def __init__(
         self,
         connection: AsyncConnection,
-        outer: AsyncTransaction,
+        outer: AsyncTransaction | RawSavepoint,
         *,
         readonly: bool,
         joined: CallerTransaction | None = None,
@@ -920,6 +920,63 @@ class SqlTransaction(Transaction):
             )
 
 
+class RawSavepoint:
+    """A joined call's `SAVEPOINT cs_join`, sent on the driver connection (see `_direct`):
+    the same statements SQLAlchemy's `begin_nested()` sends, without its execution pipeline."""
+
+    __slots__ = ("_driver", "is_active")
+
+    def __init__(self) -> None:
+        self._driver: DirectDriver | None = None
+        self.is_active = False
+
+    async def _send(self, sql: str) -> None:
+        driver = self._driver
+        assert driver is not None  # begun
+        if driver.kind == "sqlite":
+            try:
+                for statement in sql.split("; "):
+                    await driver.connection.pause()
+                    driver.connection._conn.execute(statement)
+            except Exception as exc:
+                raise driver.wrap(exc, sql) from exc
+            return
+        try:
+            await driver.client_cursor().execute(sql)
+        except Exception as exc:
+            raise driver.wrap(exc, sql) from exc
+
+    async def begin(self, driver: DirectDriver) -> None:
+        """Open the savepoint on `driver`'s connection.
+
+        Raises:
+            DBAPIError: The database refused it.
+        """
+        self._driver = driver
+        await self._send("SAVEPOINT cs_join")
+        self.is_active = True
+
+    async def commit(self) -> None:
+        """Release the savepoint: the call's work stays in the caller's transaction.
+
+        Raises:
+            DBAPIError: The database refused it.
+        """
+        if self.is_active:
+            self.is_active = False
+            await self._send("RELEASE SAVEPOINT cs_join")
+
+    async def rollback(self) -> None:
+        """Undo the call's work; the caller's transaction goes on.
+
+        Raises:
+            DBAPIError: The database refused it.
+        """
+        if self.is_active:
+            self.is_active = False
+            await self._send("ROLLBACK TO SAVEPOINT cs_join; RELEASE SAVEPOINT cs_join")
+
+
 class SqlUnitOfWork:
     """Begins `SqlTransaction`s on the user's `AsyncEngine` (which it never disposes).
 
@@ -1053,8 +1110,14 @@ class SqlUnitOfWork:
         if not connection.in_transaction():
             await connection.begin()
         caller = caller_transaction(connection.sync_connection)  # type: ignore[arg-type]
-        nested = await connection.begin_nested()
-        return SqlTransaction(connection, nested, readonly=readonly, joined=caller)
+        raw = RawSavepoint()
+        tx = SqlTransaction(connection, raw, readonly=readonly, joined=caller)
+        driver = await tx._direct()
+        if driver is None:  # no known driver (or statement listeners): SQLAlchemy's savepoint
+            tx._outer = await connection.begin_nested()
+        else:
+            await raw.begin(driver)
+        return tx
 
     async def after_caller_transaction(
         self, connection: AsyncConnection | AsyncSession, work: Callable[[], Awaitable[None]]
