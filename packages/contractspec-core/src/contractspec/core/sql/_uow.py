@@ -1059,7 +1059,7 @@ class SqlUnitOfWork:
     async def join(
         self, connection: AsyncConnection | AsyncSession, *, readonly: bool = False
     ) -> SqlTransaction:
-        """Begin a transaction inside the caller's: a SAVEPOINT (`begin_nested()`) of `connection`.
+        """Begin a transaction inside the caller's: a SAVEPOINT of `connection`.
 
         The caller's transaction is begun if it was not (SQLAlchemy's autobegin), and the caller
         commits or rolls back everything: its own writes and the call's rows, outbox events, audit
