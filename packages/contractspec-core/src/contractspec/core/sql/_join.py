@@ -81,8 +81,9 @@ def caller_transaction(connection: Connection) -> CallerTransaction:
 
 
 def pending_tasks() -> set[asyncio.Task[None]]:
-    """The tasks still settling ended caller transactions."""
-    return {task for task in _tasks if not task.done()}
+    """The tasks of the running event loop still settling ended caller transactions."""
+    loop = asyncio.get_running_loop()
+    return {task for task in _tasks if not task.done() and task.get_loop() is loop}
 
 
 def _take(connection: Connection) -> CallerTransaction | None:

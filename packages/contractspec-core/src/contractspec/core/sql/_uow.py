@@ -1148,7 +1148,8 @@ class SqlUnitOfWork:
 
     async def wait_joined(self) -> None:
         """Wait for the work deferred until callers' transactions ended (denial records written
-        on their own, after-commit callbacks): for tests and orderly shutdown."""
+        on their own, after-commit callbacks) on the running event loop: for tests and orderly
+        shutdown."""
         while tasks := pending_tasks():
             await asyncio.gather(*tasks, return_exceptions=True)
 
