@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import signal
 import threading
 
 import pytest
@@ -56,3 +58,34 @@ async def test_every_call_gets_a_fresh_loop_that_is_closed_afterwards() -> None:
 
 async def _loop() -> asyncio.AbstractEventLoop:
     return asyncio.get_running_loop()
+
+
+async def test_an_interrupt_cancels_the_coroutine_and_waits_for_its_clean_up() -> None:
+    """Ctrl-C ("interrupt kernel") while waiting cancels the coroutine, whose `finally` runs first."""
+    started = threading.Event()
+    events: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # clean-up that itself awaits
+            events.append("cleaned up")
+
+    def interrupt() -> None:
+        started.wait()
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C / Jupyter's "interrupt kernel" does
+
+    # an IPython kernel turns SIGINT into KeyboardInterrupt (asyncio.Runner would cancel its task)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt).start()
+        with pytest.raises(KeyboardInterrupt):
+            run_sync(forever())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert events == ["cancelled", "cleaned up"]

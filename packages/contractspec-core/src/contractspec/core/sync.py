@@ -124,35 +124,46 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     except RuntimeError:
         return asyncio.run(coro)
     outcome: dict[str, Any] = {}
-    started = threading.Event()
+    lock = threading.Lock()
+    finished = threading.Event()
 
     async def main() -> T:
-        outcome["loop"] = asyncio.get_running_loop()
-        outcome["task"] = asyncio.current_task()
-        started.set()
+        task = asyncio.current_task()
+        with lock:
+            outcome["loop"], outcome["task"] = asyncio.get_running_loop(), task
+            if outcome.get("interrupted") and task is not None:
+                task.cancel()  # interrupted before the coroutine started: it stops at its first await
         return await coro
 
     def serve() -> None:
+        with lock:
+            outcome["entered"] = True
         try:
             outcome["result"] = asyncio.run(main())
         except BaseException as exc:  # handed to the caller's thread below
             outcome["error"] = exc
         finally:
-            started.set()
+            finished.set()
 
     context = contextvars.copy_context()
-    thread = threading.Thread(target=context.run, args=(serve,), name="contractspec-run-sync")
-    thread.start()
+    thread = threading.Thread(
+        target=context.run, args=(serve,), name="contractspec-run-sync", daemon=True
+    )
     try:
-        thread.join()
-    except BaseException:
-        started.wait()
-        loop, task = outcome.get("loop"), outcome.get("task")
+        thread.start()
+        finished.wait()  # not thread.join(): an interrupted join marks a live thread as stopped
+    except BaseException:  # an interrupt: cancel the coroutine, let it clean up, then propagate
+        with lock:
+            outcome["interrupted"] = True
+            entered = outcome.get("entered", False)
+            loop, task = outcome.get("loop"), outcome.get("task")
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to cancel
                 loop.call_soon_threadsafe(task.cancel)
-        thread.join()
+        if entered:  # otherwise the thread, once it runs, sees the interrupt and cancels itself
+            finished.wait()
         raise
+    thread.join()
     if "error" in outcome:
         error: BaseException = outcome["error"]
         raise error
