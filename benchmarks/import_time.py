@@ -17,7 +17,10 @@ Reference rows: `fastapi` and `growthbook` (the peers the issue names), and `pyd
 `BaseModel` and `attrs`, the floor any spec-defining process pays whatever ContractSpec does.
 Figures are medians over `--repeats` runs (default 9), interleaved across cases so that load
 on a shared machine spreads over all rows; the CPU time of the import (`time.process_time()`) is
-printed beside the wall time because other processes' load inflates it far less. The goal (issue 16): `import contractspec.core` and
+printed beside the wall time because other processes' load inflates it far less. Modules are
+imported from bytecode, as from an installed wheel: an untimed warm-up run writes it to a private
+`PYTHONPYCACHEPREFIX` (`--source` times compiling from source instead, which is what a checkout
+run with `PYTHONDONTWRITEBYTECODE=1` pays: about 30 ms more for `contractspec.core`). The goal (issue 16): `import contractspec.core` and
 `import contractspec.growth.flags` under 150 ms each. Run:
 `uv run --group bench python benchmarks/import_time.py [--repeats N]`.
 """
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from typing import NamedTuple
 
 CHILD = """
@@ -76,13 +81,14 @@ class Sample(NamedTuple):
     heavy: list[str]
 
 
-def run_child(statement: str) -> Sample:
+def run_child(statement: str, env: dict[str, str]) -> Sample:
     """One fresh interpreter: import time in ms, peak RSS in MB, heavy modules it loaded."""
     out = subprocess.run(
         [sys.executable, "-c", CHILD.format(statement=statement)],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     row = json.loads(out.strip().splitlines()[-1])
     return Sample(float(row["ms"]), float(row["cpu"]), float(row["rss"]), list(row["heavy"]))
@@ -93,6 +99,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="fresh interpreters per case (>= 7)")
     parser.add_argument("--no-star", action="store_true", help="skip the `from x import *` rows")
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="compile our modules from source on every import (no bytecode cache), as a "
+        "checkout run with PYTHONDONTWRITEBYTECODE does",
+    )
     args = parser.parse_args()
 
     cases: dict[tuple[str, str], str] = {}
@@ -103,9 +115,19 @@ def main() -> None:
         if not args.no_star:
             cases[(module, "star")] = f"from {module} import *"
     samples: dict[tuple[str, str], list[Sample]] = {key: [] for key in cases}
-    for _ in range(args.repeats):  # interleaved: load on the machine hits every case alike
-        for key, statement in cases.items():
-            samples[key].append(run_child(statement))
+    with tempfile.TemporaryDirectory(prefix="import-time-pycache-") as pycache:
+        # Bytecode as an installed wheel has it: written once (untimed warm-up) to a private
+        # prefix, so a source tree run with PYTHONDONTWRITEBYTECODE does not time compilation.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = pycache
+        if args.source:
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": pycache}
+        else:
+            for statement in cases.values():
+                run_child(statement, env)
+        for _ in range(args.repeats):  # interleaved: load on the machine hits every case alike
+            for key, statement in cases.items():
+                samples[key].append(run_child(statement, env))
 
     def med(key: tuple[str, str], field: str) -> float:
         return float(statistics.median(getattr(row, field) for row in samples[key]))
@@ -113,7 +135,8 @@ def main() -> None:
     fastapi_cpu = med(("fastapi", "import"), "cpu")
     growthbook_cpu = med(("growthbook", "import"), "cpu")
     print(
-        f"median of {args.repeats} fresh interpreters, Python {sys.version.split()[0]}. "
+        f"median of {args.repeats} fresh interpreters, Python {sys.version.split()[0]}, "
+        f"{'compiled from source' if args.source else 'from cached bytecode'}. "
         "ms: wall time of the import statement alone (start-up excluded); cpu: its CPU time "
         "(what a shared machine's load inflates least; the ratios use it); MB: peak RSS"
     )
