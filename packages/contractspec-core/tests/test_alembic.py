@@ -34,7 +34,9 @@ from contractspec.core.sql import (
 from contractspec.core.testing import FakeClock, SequentialIds
 from contractspec.core.testing.migrations import (
     AlembicEnv,
+    downgrade_and_check,
     metadata_from_config,
+    migrate_and_check,
     migration_url,
     table_names,
     titled_block,
@@ -163,3 +165,25 @@ def test_render_item_leaves_everything_else_to_alembic() -> None:
     assert alembic_render_item("type", String(20), context) is False
     assert alembic_render_item("server_default", UtcDateTime(), context) is False
     assert context.imports == set()
+
+
+async def test_migrate_and_check_fails_when_the_migration_misses_a_table(
+    sql_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A table that exists before autogenerate is not created by the migration: the helper names it."""
+    async with sql_engine.begin() as conn:
+        await conn.run_sync(metadata.tables["cs_outbox"].create)
+    with pytest.raises(AssertionError, match=r"does not create \['cs_outbox'\]"):
+        await migrate_and_check(sql_engine, tmp_path / "migrations", [metadata], env_py=ENV_PY)
+
+
+async def test_downgrade_and_check_fails_when_a_table_is_left(
+    sql_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Downgrade drops the migrated tables; one made outside the migration fails the check."""
+    env = await migrate_and_check(sql_engine, tmp_path / "migrations", [metadata], env_py=ENV_PY)
+    async with sql_engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(AssertionError):
+        await downgrade_and_check(env, sql_engine)
+    assert await table_names(sql_engine) == {"alembic_version", "stray"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -10,10 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.core.sql import new_metadata
 from contractspec.core.testing.migrations import (
-    AlembicEnv,
+    downgrade_and_check,
     metadata_from_config,
-    migration_url,
-    table_names,
+    migrate_and_check,
     titled_block,
 )
 from contractspec.growth import BanditDecision, Exposure, SqlDecisionLog, SqlTrackingStore
@@ -36,16 +34,9 @@ async def test_growth_tables_autogenerate_upgrade_check_serve_and_downgrade(
     tracking_tables(growth_metadata)
     rollout_table(growth_metadata)
     decision_table(growth_metadata)
-    env = AlembicEnv(
-        tmp_path / "migrations", await migration_url(sql_engine), [growth_metadata], env_py=ENV_PY
+    env = await migrate_and_check(
+        sql_engine, tmp_path / "migrations", [growth_metadata], env_py=ENV_PY
     )
-    migration = (await asyncio.to_thread(env.revision)).read_text()
-    assert {n for n in growth_metadata.tables if f"op.create_table('{n}'," in migration} == set(
-        growth_metadata.tables
-    )
-    await asyncio.to_thread(env.upgrade)
-    await asyncio.to_thread(env.check)
-    assert await table_names(sql_engine) == set(growth_metadata.tables) | {"alembic_version"}
 
     tracking = SqlTrackingStore(sql_engine)  # no create_all: the migration made the schema
     exposed_at = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -64,5 +55,4 @@ async def test_growth_tables_autogenerate_upgrade_check_serve_and_downgrade(
     await decisions.record(decision)
     assert await decisions.get("d1") == decision
 
-    await asyncio.to_thread(env.downgrade)
-    assert await table_names(sql_engine) == {"alembic_version"}
+    await downgrade_and_check(env, sql_engine)

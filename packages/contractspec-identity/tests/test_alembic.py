@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from identity_support import SYSTEM, as_user
-from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.core import Actor, CallContext, Executor, SpecRegistry
@@ -14,10 +12,9 @@ from contractspec.core.sql import EntityTables, SqlBackend
 from contractspec.core.sql import metadata as core_metadata
 from contractspec.core.testing import FakeClock, SequentialIds
 from contractspec.core.testing.migrations import (
-    AlembicEnv,
+    downgrade_and_check,
     metadata_from_config,
-    migration_url,
-    table_names,
+    migrate_and_check,
     titled_block,
 )
 from contractspec.identity import MembershipStatus, Org, User, register_identity
@@ -31,25 +28,14 @@ ENV_PY = metadata_from_config(
 )
 
 
-async def migrate(engine: AsyncEngine, directory: Path, metadatas: list[MetaData]) -> AlembicEnv:
-    """Autogenerate (every table created), upgrade and check (no diff)."""
-    env = AlembicEnv(directory, await migration_url(engine), metadatas, env_py=ENV_PY)
-    migration = (await asyncio.to_thread(env.revision)).read_text()
-    names = {name for md in metadatas for name in md.tables}
-    assert {n for n in names if f"op.create_table('{n}'," in migration} == names
-    await asyncio.to_thread(env.upgrade)
-    await asyncio.to_thread(env.check)
-    assert await table_names(engine) == names | {"alembic_version"}
-    return env
-
-
 async def test_identity_tables_autogenerate_upgrade_check_and_downgrade(
     sql_engine: AsyncEngine, tmp_path: Path
 ) -> None:
     """The default `cs_identity_*` tables (foreign keys included) migrate with no diff and drop."""
-    env = await migrate(sql_engine, tmp_path / "migrations", [identity_metadata])
-    await asyncio.to_thread(env.downgrade)
-    assert await table_names(sql_engine) == {"alembic_version"}
+    env = await migrate_and_check(
+        sql_engine, tmp_path / "migrations", [identity_metadata], env_py=ENV_PY
+    )
+    await downgrade_and_check(env, sql_engine)
 
 
 async def test_registered_identity_migrates_with_the_app_tables_and_serves_calls(
@@ -62,7 +48,9 @@ async def test_registered_identity_migrates_with_the_app_tables_and_serves_calls
         registry
     )  # as in env.py: the store adds its foreign keys and version table
     SqlIdentityStore(tables)
-    env = await migrate(sql_engine, tmp_path / "migrations", [core_metadata, tables.metadata])
+    env = await migrate_and_check(
+        sql_engine, tmp_path / "migrations", [core_metadata, tables.metadata], env_py=ENV_PY
+    )
 
     backend = SqlBackend(sql_engine, registry)  # no create_all: the migration made the schema
     identity.store = SqlIdentityStore(backend.tables)
@@ -80,5 +68,4 @@ async def test_registered_identity_migrates_with_the_app_tables_and_serves_calls
         (acme.id, "owner", MembershipStatus.ACTIVE)
     ]
 
-    await asyncio.to_thread(env.downgrade)
-    assert await table_names(sql_engine) == {"alembic_version"}
+    await downgrade_and_check(env, sql_engine)
