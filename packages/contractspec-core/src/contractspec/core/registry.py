@@ -144,6 +144,9 @@ class SpecRegistry:
                 for ref in spec.emits:
                     if isinstance(ref, EventSpec):
                         self._add(ref)
+            elif getattr(spec, "kind", None) == "workflow" and spec not in self:
+                # A workflow derives entities, events and operations with built-in handlers.
+                spec.install(self)  # type: ignore[attr-defined]  # WorkflowSpec.install
             self._add(spec)
 
     def _add(self, spec: SpecLike) -> None:

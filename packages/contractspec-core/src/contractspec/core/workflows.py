@@ -1,0 +1,1471 @@
+"""Workflows: named, versioned state machines whose transitions run as operations.
+
+A workflow is sugar over what the runtime already guarantees. Registering a `WorkflowSpec` in a
+`SpecRegistry` derives ordinary operations with built-in handlers, so every transition goes
+through the executor (validation, policy, tenant, idempotency, transaction, outbox, audit):
+
+| operation | kind | what it does |
+|---|---|---|
+| `<wf>.start` | command | create an instance in the initial state |
+| `<wf>.<transition>` | command | fire a transition (input: `instance_id`, optional `expected_seq`, `comment`, `input`) |
+| `<wf>.<transition>.approve` / `.reject` | command | approval steps of a transition declared with `approvals=` |
+| `<wf>.get` | query | one instance |
+| `<wf>.history` | query | its history, paginated by sequence number |
+| `<wf>.available` | query | the transitions the calling actor may fire now |
+| `<wf>.timer` | command | fire a due timer (system actors only; run by the jobs package's worker) |
+| `<wf>.migrate` | command | move instances of an older version to this one (declared state mapping) |
+
+Instances, history steps and approvals are tenant-scoped entities (`cs.workflow.instance`,
+`cs.workflow.step`, `cs.workflow.approval`), so the memory, SQLite and PostgreSQL stores hold
+them, and the record version makes concurrent transitions of one instance have exactly one winner
+(the others get a `ConflictError`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
+
+import pydantic
+from attrs import define, field
+from pydantic import BaseModel, Field
+
+from contractspec.core.context import Actor, ActorKind, CallContext, Resource
+from contractspec.core.errors import (
+    ConflictError,
+    NotFoundError,
+    PolicyDeniedError,
+    SpecDefinitionError,
+)
+from contractspec.core.specs import (
+    _DOTTED_NAME,
+    AuthRequirement,
+    EmitsItem,
+    EventRef,
+    EventSpec,
+    Index,
+    OperationSpec,
+    _check_name,
+    _check_reserved,
+    _check_version,
+    _event_refs,
+    _tuple_of_str,
+    authenticated,
+    define_command,
+    define_entity,
+    define_event,
+    define_query,
+    requires,
+)
+
+if TYPE_CHECKING:
+    from contractspec.core.executor import Executor
+    from contractspec.core.handler import HandlerCtx
+    from contractspec.core.registry import SpecRegistry
+
+__all__ = [
+    "APPROVAL_ENTITY",
+    "INSTANCE_ENTITY",
+    "STEP_ENTITY",
+    "Approvals",
+    "Timer",
+    "Transition",
+    "WorkflowApproval",
+    "WorkflowGuardError",
+    "WorkflowInstance",
+    "WorkflowSpec",
+    "WorkflowStateError",
+    "WorkflowStep",
+    "WorkflowTimerFire",
+    "define_workflow",
+    "timer",
+    "timer_job_type",
+    "transition",
+]
+
+_STATE: Final = re.compile(r"^[a-z][a-z0-9_]*\Z")
+#: Transition names taken by the derived operations and events of every workflow.
+RESERVED_TRANSITIONS: Final = frozenset(
+    {"start", "get", "history", "available", "migrate", "timer", "transitioned", "escalated"}
+)
+
+Guard: TypeAlias = Callable[[Any, Any], Any]
+"""`guard(instance, input) -> bool | str | None` (or awaitable): `True`/`None` allow, `False` or a
+reason string refuse."""
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class WorkflowStateError(ConflictError):
+    """The instance is not in a state the transition leaves from (or not at `expected_seq`).
+
+    A concurrent transition that won the race is the usual cause; read the instance again.
+    """
+
+
+class WorkflowGuardError(ConflictError):
+    """The transition's guard refused the instance and input; the message carries its reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# Stored models (internal entities) and public outputs
+# --------------------------------------------------------------------------------------------
+
+
+class WorkflowInstance(BaseModel):
+    """One workflow instance (tenant data).
+
+    Attributes:
+        id: Instance id.
+        workflow: Workflow name.
+        version: Workflow version the instance follows.
+        state: Current state.
+        data: The subject data given at start (validated by the workflow's `subject` model).
+        seq: Number of history steps so far (1 after start); pass it as `expected_seq`.
+        entry_seq: The `seq` at which the current state was entered (timers key on it).
+        created_by: Id of the actor who started the instance.
+        created_at, updated_at: UTC timestamps.
+    """
+
+    id: str
+    workflow: str
+    version: int
+    state: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    seq: int = 1
+    entry_seq: int = 1
+    created_by: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkflowStep(BaseModel):
+    """One history step of an instance: who moved it from where to where, when, with what.
+
+    Attributes:
+        kind: `start`, `transition`, `timer`, `approval` (quorum reached) or `migrate`.
+        transition: The transition's name (`None` for start and migrate).
+        from_state: State before the step (`None` for start).
+        to_state: State after the step.
+        input: The transition's input (approvers for approval steps; mapping for migrations).
+    """
+
+    id: str
+    instance_id: str
+    seq: int
+    workflow: str
+    version: int
+    kind: str
+    transition: str | None = None
+    from_state: str | None = None
+    to_state: str
+    actor_id: str | None = None
+    actor_kind: str
+    at: datetime
+    input: dict[str, Any] = Field(default_factory=dict)
+    comment: str | None = None
+
+
+class WorkflowApproval(BaseModel):
+    """One approver's decision (`approve` or `reject`) on a transition, for one state entry."""
+
+    id: str
+    instance_id: str
+    transition: str
+    entry_seq: int
+    approver_id: str
+    decision: str
+    at: datetime
+    comment: str | None = None
+
+
+INSTANCE_ENTITY: Final = define_entity(
+    "cs.workflow.instance",
+    WorkflowInstance,
+    indexes=[("workflow", "version", "state")],
+    description="Workflow instances (contractspec.core.workflows).",
+    _internal=True,
+)
+STEP_ENTITY: Final = define_entity(
+    "cs.workflow.step",
+    WorkflowStep,
+    indexes=[Index(("instance_id", "seq"), unique=True)],
+    description="Workflow history steps (contractspec.core.workflows).",
+    _internal=True,
+)
+APPROVAL_ENTITY: Final = define_entity(
+    "cs.workflow.approval",
+    WorkflowApproval,
+    indexes=[Index(("instance_id", "transition", "entry_seq", "approver_id"), unique=True)],
+    description="Workflow approval decisions (contractspec.core.workflows).",
+    _internal=True,
+)
+
+
+class Transitioned(BaseModel):
+    """Payload of `<wf>.transitioned`, emitted by every start, transition, timer and migration."""
+
+    instance_id: str
+    workflow: str
+    version: int
+    transition: str | None
+    from_state: str | None
+    to_state: str
+    actor_id: str | None
+    comment: str | None = None
+
+
+class Escalated(BaseModel):
+    """Payload of `<wf>.escalated`, emitted when an escalation timer falls due."""
+
+    instance_id: str
+    workflow: str
+    state: str
+    timer: str
+
+
+class InstanceRef(BaseModel):
+    """Input of `<wf>.get` and `<wf>.available`."""
+
+    instance_id: str
+
+
+class HistoryQuery(BaseModel):
+    """Input of `<wf>.history`: steps after the `after` sequence number (the cursor)."""
+
+    instance_id: str
+    limit: int = Field(50, ge=1, le=500)
+    after: int | None = Field(None, ge=0)
+
+
+class HistoryPage(BaseModel):
+    """One page of history, oldest first; `next_cursor` feeds `after` (`None`: last page)."""
+
+    items: list[WorkflowStep]
+    next_cursor: int | None = None
+
+
+class AvailableTransition(BaseModel):
+    """A transition the actor may fire now (approval steps: may approve or reject now)."""
+
+    name: str
+    target: str
+    operation: str
+    input_schema: dict[str, Any] | None = None
+    approvals_required: int = 0
+    approvals_given: int = 0
+
+
+class Available(BaseModel):
+    """Output of `<wf>.available`."""
+
+    instance_id: str
+    state: str
+    seq: int
+    transitions: list[AvailableTransition]
+
+
+class ApprovalResult(BaseModel):
+    """Output of `.approve` / `.reject`: the instance, approvals so far, whether it fired."""
+
+    instance: WorkflowInstance
+    approvals: int
+    required: int
+    fired: bool
+    rejected: bool
+
+
+class WorkflowTimerFire(BaseModel):
+    """Input of `<wf>.timer` and payload of the timer job: which timer of which state entry."""
+
+    workflow: str
+    instance_id: str
+    entry_seq: int
+    timer: str
+    org_id: str | None = None
+
+
+class TimerResult(BaseModel):
+    """Output of `<wf>.timer`: whether the timer fired, and why not when it did not."""
+
+    fired: bool
+    reason: str = ""
+    instance: WorkflowInstance | None = None
+
+
+class MigrateInput(BaseModel):
+    """Input of `<wf>.migrate`: move up to `limit` instances of `from_version`."""
+
+    from_version: int = Field(ge=1)
+    limit: int = Field(500, ge=1, le=10_000)
+    comment: str | None = None
+
+
+class MigrateResult(BaseModel):
+    """Output of `<wf>.migrate`: instances moved, and how many of `from_version` remain."""
+
+    migrated: int
+    remaining: int
+
+
+# --------------------------------------------------------------------------------------------
+# Spec objects
+# --------------------------------------------------------------------------------------------
+
+
+@define(frozen=True)
+class Approvals:
+    """An approval step: the transition fires once `count` distinct approvers approved.
+
+    Attributes:
+        count: Distinct approvals needed (>= 1).
+        roles: The approver must hold one of these roles (`Actor.roles`); empty: any role.
+        allow_requester: Let the instance's creator approve too (default: no self-approval).
+    """
+
+    count: int = 1
+    roles: tuple[str, ...] = field(default=(), converter=_tuple_of_str)
+    allow_requester: bool = False
+
+
+@define(frozen=True)
+class Transition:
+    """A named move from one of `sources` to `target` (made by `transition()`)."""
+
+    name: str
+    sources: tuple[str, ...]
+    target: str
+    input: type[BaseModel] | None = None
+    auth: AuthRequirement = field(factory=authenticated)
+    guard: Guard | None = field(default=None, eq=False)
+    emits: tuple[EventSpec | EventRef, ...] = ()
+    approvals: Approvals | None = None
+    description: str = ""
+
+    @property
+    def guard_name(self) -> str | None:
+        """The guard's qualified name (for the IR and docs), or `None`."""
+        if self.guard is None:
+            return None
+        return str(getattr(self.guard, "__qualname__", type(self.guard).__name__))
+
+
+@define(frozen=True)
+class Timer:
+    """A per-state SLA timer (made by `timer()`): due `after` entering `state`, or `at(instance)`."""
+
+    name: str
+    state: str
+    fire: str | None = None
+    escalate: bool = False
+    after: timedelta | None = None
+    at: Callable[[WorkflowInstance], datetime] | None = field(default=None, eq=False)
+
+
+@define(frozen=True)
+class WorkflowSpec:
+    """A versioned workflow (state machine) made by `define_workflow`.
+
+    Attributes:
+        name: Dotted name (`hr.leave`); derived operations are `<name>.<transition>` etc.
+        version: Positive integer version.
+        states: State names in declaration order.
+        initial: The state `start` creates instances in.
+        final: States no transition leaves.
+        transitions: The transitions, by declaration order.
+        timers: Per-state SLA timers.
+        subject: pydantic model of the instance data given at start, or `None` (free mapping).
+        migrations: `{old_version: {old_state: new_state}}` used by `<name>.migrate`.
+        start_auth, read_auth, admin_auth: Auth of `start`, of the queries, and of `migrate`.
+    """
+
+    kind: ClassVar[str] = "workflow"
+
+    name: str
+    version: int
+    states: tuple[str, ...]
+    initial: str
+    final: frozenset[str]
+    transitions: tuple[Transition, ...]
+    timers: tuple[Timer, ...] = ()
+    subject: type[BaseModel] | None = None
+    migrations: Mapping[int, Mapping[str, str]] = field(factory=dict, eq=False)
+    start_auth: AuthRequirement = field(factory=authenticated)
+    read_auth: AuthRequirement = field(factory=authenticated)
+    admin_auth: AuthRequirement | None = None
+    description: str = ""
+    owners: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """`name@version`."""
+        return f"{self.name}@{self.version}"
+
+    def get_transition(self, name: str) -> Transition:
+        """The transition called `name`.
+
+        Raises:
+            NotFoundError: No such transition.
+        """
+        for t in self.transitions:
+            if t.name == name:
+                return t
+        raise NotFoundError(
+            f"workflow {self.ref} has no transition {name!r}; transitions: "
+            f"{', '.join(t.name for t in self.transitions)}",
+            details={"workflow": self.ref, "transition": name},
+        )
+
+    def operation_name(self, item: str) -> str:
+        """Name of a derived operation (`operation_name("approve")` -> `hr.leave.approve`)."""
+        return f"{self.name}.{item}"
+
+    def install(self, registry: SpecRegistry) -> None:
+        """Register the derived entities, events and operations with their handlers.
+
+        Called by `SpecRegistry.register`; users register the workflow itself.
+        """
+        _install(self, registry)
+
+
+def transition(
+    name: str,
+    *,
+    source: str | Iterable[str],
+    target: str,
+    input: type[BaseModel] | None = None,
+    auth: AuthRequirement | None = None,
+    guard: Guard | None = None,
+    emits: Iterable[EmitsItem] | None = None,
+    approvals: Approvals | None = None,
+    description: str = "",
+) -> Transition:
+    """Declare a transition of a workflow.
+
+    Args:
+        name: Lowercase identifier (`approve`); the derived command is `<workflow>.<name>`.
+        source: The state (or states) it leaves from.
+        target: The state it enters.
+        input: pydantic model of the transition's input, or `None`.
+        auth: `public()`, `authenticated()` (default) or `requires(...)`, as for operations.
+        guard: `guard(instance, input) -> bool | str | None` (sync or async); `False` or a
+            string refuses the transition with `WorkflowGuardError` (the string is the reason).
+        emits: Events emitted when it fires; their payload is validated from the instance data,
+            the input's fields and `instance_id`, `from_state`, `to_state`, `transition`.
+        approvals: Makes it an approval step (`Approvals(count=2, roles=["manager"])`).
+        description: Reference-doc paragraph.
+
+    Returns:
+        A frozen `Transition`.
+
+    Raises:
+        SpecDefinitionError: Invalid name, states, input model, auth, guard or approvals.
+    """
+    if not isinstance(name, str) or not _STATE.match(name) or name in RESERVED_TRANSITIONS:
+        raise SpecDefinitionError(
+            f"transition name {name!r} is not valid: use a lowercase identifier such as 'approve' "
+            f"(reserved: {', '.join(sorted(RESERVED_TRANSITIONS))})",
+            details={"field": "name"},
+        )
+    sources = _tuple_of_str(source)
+    if not sources:
+        raise SpecDefinitionError(
+            f"transition {name!r}: source= needs at least one state", details={"field": "source"}
+        )
+    if input is not None and not (isinstance(input, type) and issubclass(input, BaseModel)):
+        raise SpecDefinitionError(
+            f"transition {name!r}: input must be a pydantic model class or None, got {input!r}",
+            details={"field": "input"},
+        )
+    if auth is None:
+        auth = authenticated()
+    elif not isinstance(auth, AuthRequirement):
+        raise SpecDefinitionError(
+            f"transition {name!r}: auth must be public(), authenticated() or requires(...)",
+            details={"field": "auth"},
+        )
+    if guard is not None and not callable(guard):
+        raise SpecDefinitionError(
+            f"transition {name!r}: guard must be callable(instance, input)",
+            details={"field": "guard"},
+        )
+    if approvals is not None:
+        if not isinstance(approvals, Approvals):
+            raise SpecDefinitionError(
+                f"transition {name!r}: approvals must be Approvals(count=..., roles=[...])",
+                details={"field": "approvals"},
+            )
+        if (
+            isinstance(approvals.count, bool)
+            or not isinstance(approvals.count, int)
+            or (approvals.count < 1)
+        ):
+            raise SpecDefinitionError(
+                f"transition {name!r}: approvals count must be an integer >= 1, got "
+                f"{approvals.count!r}",
+                details={"field": "approvals"},
+            )
+    return Transition(
+        name=name,
+        sources=sources,
+        target=target,
+        input=input,
+        auth=auth,
+        guard=guard,
+        emits=_event_refs(emits, key=f"transition {name!r}"),
+        approvals=approvals,
+        description=description,
+    )
+
+
+def timer(
+    state: str,
+    *,
+    after: timedelta | None = None,
+    at: Callable[[WorkflowInstance], datetime] | None = None,
+    fire: str | None = None,
+    escalate: bool = False,
+    name: str | None = None,
+) -> Timer:
+    """Declare an SLA timer on a state: when due, fire a transition or emit `<wf>.escalated`.
+
+    The timer starts each time the instance enters `state` and fires at most once per entry, only
+    if the instance is still in that entry (a later transition cancels it).
+
+    Args:
+        state: The state it watches.
+        after: Due this long after entering the state (positive).
+        at: Or due at `at(instance)` (an aware UTC datetime computed from the instance).
+        fire: The transition to fire (it must leave `state`, need no input and no approvals).
+        escalate: Or emit `<wf>.escalated` without changing state.
+        name: Timer name (default `<state>_<fire or "escalate">`).
+
+    Returns:
+        A frozen `Timer`.
+
+    Raises:
+        SpecDefinitionError: Not exactly one of `after`/`at`, or of `fire`/`escalate`, or a
+            non-positive `after`.
+    """
+    if (after is None) == (at is None):
+        raise SpecDefinitionError(
+            f"timer on {state!r}: give exactly one of after= (timedelta) or at= (callable)",
+            details={"field": "after"},
+        )
+    if after is not None and (not isinstance(after, timedelta) or after <= timedelta(0)):
+        raise SpecDefinitionError(
+            f"timer on {state!r}: after must be a positive timedelta, got {after!r}",
+            details={"field": "after"},
+        )
+    if at is not None and not callable(at):
+        raise SpecDefinitionError(
+            f"timer on {state!r}: at must be callable(instance) -> datetime",
+            details={"field": "at"},
+        )
+    if (fire is None) == (not escalate):
+        raise SpecDefinitionError(
+            f"timer on {state!r}: give exactly one of fire='<transition>' or escalate=True",
+            details={"field": "fire"},
+        )
+    timer_name = name or f"{state}_{fire or 'escalate'}"
+    if not isinstance(timer_name, str) or not _STATE.match(timer_name):
+        raise SpecDefinitionError(
+            f"timer name {timer_name!r} is not a lowercase identifier", details={"field": "name"}
+        )
+    return Timer(
+        name=timer_name, state=state, fire=fire, escalate=bool(escalate), after=after, at=at
+    )
+
+
+def define_workflow(
+    name: str,
+    *,
+    states: Iterable[str],
+    initial: str,
+    final: Iterable[str] | str = (),
+    transitions: Iterable[Transition],
+    timers: Iterable[Timer] = (),
+    version: int = 1,
+    subject: type[BaseModel] | None = None,
+    migrations: Mapping[int, Mapping[str, str]] | None = None,
+    start_auth: AuthRequirement | None = None,
+    read_auth: AuthRequirement | None = None,
+    admin_auth: AuthRequirement | None = None,
+    description: str = "",
+    owners: Iterable[str] | str | None = None,
+    tags: Iterable[str] | str | None = None,
+) -> WorkflowSpec:
+    """Declare a workflow: states, transitions, timers; checked when declared.
+
+    Args:
+        name: Dotted lowercase name (`hr.leave`).
+        states: State names (lowercase identifiers).
+        initial: The state new instances start in.
+        final: States no transition may leave.
+        transitions: Made by `transition()`.
+        timers: Made by `timer()`.
+        version: Positive integer version.
+        subject: pydantic model of the data given at start (`None`: any JSON object).
+        migrations: `{old_version: {old_state: new_state}}` for `<name>.migrate`; states not
+            listed keep their name (which must exist in this version).
+        start_auth: Auth of `<name>.start` (default `authenticated()`).
+        read_auth: Auth of `get`, `history` and `available` (default `authenticated()`).
+        admin_auth: Auth of `migrate` (default `requires("<name>.migrate")`).
+        description: Reference-doc paragraph.
+        owners: Owning teams or people.
+        tags: Free-form tags.
+
+    Returns:
+        A frozen `WorkflowSpec`; register it with `SpecRegistry(...)` / `registry.register(...)`.
+
+    Raises:
+        SpecDefinitionError: Invalid or reserved name, unknown or duplicate state, unknown
+            initial/final state, duplicate transition, a transition from a final state or to an
+            unknown state, an unreachable state, a non-final state with no way out, a timer on an
+            unknown or final state or firing a transition that does not leave it, or a migration
+            to an unknown state.
+    """
+    _check_name(name, what="workflow", pattern=_DOTTED_NAME, example="hr.leave")
+    _check_reserved(name, False)
+    ref = f"{name}@{version}"
+    _check_version(version, key=ref)
+
+    def fail(message: str, field_name: str) -> SpecDefinitionError:
+        return SpecDefinitionError(f"workflow {ref}: {message}", details={"field": field_name})
+
+    state_list = _tuple_of_str(states)
+    if not state_list:
+        raise fail("states= needs at least one state", "states")
+    for s in state_list:
+        if not isinstance(s, str) or not _STATE.match(s):
+            raise fail(f"state {s!r} is not a lowercase identifier (e.g. 'draft')", "states")
+    dupes = sorted({s for s in state_list if state_list.count(s) > 1})
+    if dupes:
+        raise fail(f"states {', '.join(dupes)} are listed more than once", "states")
+    known = set(state_list)
+    if initial not in known:
+        raise fail(
+            f"initial state {initial!r} is not one of the states {list(state_list)}", "initial"
+        )
+    finals = frozenset(_tuple_of_str(final))
+    for s in sorted(finals - known):
+        raise fail(f"final state {s!r} is not one of the states {list(state_list)}", "final")
+    trans = tuple(transitions)
+    names: set[str] = set()
+    for t in trans:
+        if not isinstance(t, Transition):
+            raise fail(f"transitions must be made by transition(), got {t!r}", "transitions")
+        if t.name in names:
+            raise fail(
+                f"transition {t.name!r} is declared twice; give each a unique name", "transitions"
+            )
+        names.add(t.name)
+        for s in (*t.sources, t.target):
+            if s not in known:
+                raise fail(
+                    f"transition {t.name!r} names unknown state {s!r}; states: {list(state_list)}",
+                    "transitions",
+                )
+        for s in t.sources:
+            if s in finals:
+                raise fail(
+                    f"transition {t.name!r} leaves final state {s!r}; final states have no way "
+                    "out (remove it from final= or change source=)",
+                    "transitions",
+                )
+    reachable = {initial}
+    frontier = [initial]
+    while frontier:
+        current = frontier.pop()
+        for t in trans:
+            if current in t.sources and t.target not in reachable:
+                reachable.add(t.target)
+                frontier.append(t.target)
+    unreachable = [s for s in state_list if s not in reachable]
+    if unreachable:
+        raise fail(
+            f"states {unreachable} cannot be reached from {initial!r}; add a transition into "
+            "them or remove them",
+            "states",
+        )
+    for s in state_list:
+        if s not in finals and not any(s in t.sources for t in trans):
+            raise fail(
+                f"state {s!r} has no transition out and is not final; add one or list it in final=",
+                "final",
+            )
+    timer_list = tuple(timers)
+    timer_names: set[str] = set()
+    by_name = {t.name: t for t in trans}
+    for tm in timer_list:
+        if not isinstance(tm, Timer):
+            raise fail(f"timers must be made by timer(), got {tm!r}", "timers")
+        if tm.name in timer_names:
+            raise fail(
+                f"timer {tm.name!r} is declared twice; pass name= to tell them apart", "timers"
+            )
+        timer_names.add(tm.name)
+        if tm.state not in known or tm.state in finals:
+            raise fail(
+                f"timer {tm.name!r} watches {tm.state!r}, which is not a non-final state", "timers"
+            )
+        if tm.fire is not None:
+            fired = by_name.get(tm.fire)
+            if fired is None or tm.state not in fired.sources:
+                raise fail(
+                    f"timer {tm.name!r} fires {tm.fire!r}, which is not a transition leaving "
+                    f"{tm.state!r}; name one of "
+                    f"{[t.name for t in trans if tm.state in t.sources]}",
+                    "timers",
+                )
+            if fired.approvals is not None:
+                raise fail(
+                    f"timer {tm.name!r} fires {tm.fire!r}, an approval step; timers may only "
+                    "fire transitions without approvals",
+                    "timers",
+                )
+            if fired.input is not None and _has_required_fields(fired.input):
+                raise fail(
+                    f"timer {tm.name!r} fires {tm.fire!r}, whose input has required fields; a "
+                    "timer fires without input (give them defaults)",
+                    "timers",
+                )
+    if subject is not None and not (isinstance(subject, type) and issubclass(subject, BaseModel)):
+        raise fail(f"subject must be a pydantic model class or None, got {subject!r}", "subject")
+    migs: dict[int, dict[str, str]] = {}
+    for old, mapping in (migrations or {}).items():
+        if isinstance(old, bool) or not isinstance(old, int) or not 1 <= old < version:
+            raise fail(
+                f"migrations key {old!r} must be an older version (1..{version - 1})", "migrations"
+            )
+        for src, dst in mapping.items():
+            if dst not in known:
+                raise fail(
+                    f"migration from version {old} maps {src!r} to unknown state {dst!r}",
+                    "migrations",
+                )
+        migs[old] = dict(mapping)
+    return WorkflowSpec(
+        name=name,
+        version=version,
+        states=state_list,
+        initial=initial,
+        final=finals,
+        transitions=trans,
+        timers=timer_list,
+        subject=subject,
+        migrations=migs,
+        start_auth=start_auth or authenticated(),
+        read_auth=read_auth or authenticated(),
+        admin_auth=admin_auth,
+        description=description,
+        owners=_tuple_of_str(owners),
+        tags=_tuple_of_str(tags),
+    )
+
+
+def _has_required_fields(model: type[BaseModel]) -> bool:
+    return any(f.is_required() for f in model.model_fields.values())
+
+
+def timer_job_type(workflow: WorkflowSpec | str) -> str:
+    """The job type a workflow's timers are enqueued under (`<workflow>.timers`)."""
+    name = workflow.name if isinstance(workflow, WorkflowSpec) else workflow
+    return f"{name}.timers"
+
+
+# --------------------------------------------------------------------------------------------
+# Derived operations and their handlers
+# --------------------------------------------------------------------------------------------
+
+
+def _class_name(*parts: str) -> str:
+    return "".join(p.title() for part in parts for p in re.split(r"[._]", part))
+
+
+def _event_names(wf: WorkflowSpec) -> tuple[str, str]:
+    return f"{wf.name}.transitioned", f"{wf.name}.escalated"
+
+
+def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
+    transitioned_name, escalated_name = _event_names(wf)
+    transitioned = define_event(
+        transitioned_name,
+        payload=Transitioned,
+        key="instance_id",
+        description=f"An instance of workflow {wf.name} changed state.",
+    )
+    escalated = define_event(
+        escalated_name,
+        payload=Escalated,
+        key="instance_id",
+        description=f"An escalation timer of workflow {wf.name} fell due.",
+    )
+    registry.register(INSTANCE_ENTITY, STEP_ENTITY, APPROVAL_ENTITY, transitioned, escalated)
+    v = wf.version
+    tag = (f"workflow:{wf.name}",)
+
+    def add(op: OperationSpec, handler: Any) -> None:
+        registry.register(op)
+        registry.bind(op, handler)
+
+    data_type: Any = wf.subject if wf.subject is not None else dict[str, Any]
+    data_default: Any = (
+        ...
+        if wf.subject is not None and _has_required_fields(wf.subject)
+        else (
+            pydantic.Field(default_factory=dict)
+            if wf.subject is None
+            else pydantic.Field(default_factory=wf.subject)
+        )
+    )
+    start_input = pydantic.create_model(
+        _class_name(wf.name, "start_input"),
+        id=(str | None, None),
+        data=(data_type, data_default),
+        comment=(str | None, None),
+    )
+    add(
+        define_command(
+            wf.operation_name("start"), input=start_input, output=WorkflowInstance, version=v,
+            auth=wf.start_auth, emits=[transitioned], idempotent=True, tags=tag,
+            description=f"Start an instance of workflow {wf.name} in state {wf.initial!r}.",
+        ),
+        _start_handler(wf),
+    )  # fmt: skip
+    all_emits: list[EventSpec | EventRef] = [transitioned]
+    for t in wf.transitions:
+        fields: dict[str, Any] = {
+            "instance_id": (str, ...),
+            "expected_seq": (int | None, None),
+            "comment": (str | None, None),
+        }
+        if t.input is not None:
+            fields["input"] = (t.input, ... if _has_required_fields(t.input) else
+                               pydantic.Field(default_factory=t.input))  # fmt: skip
+        model = pydantic.create_model(_class_name(wf.name, t.name, "input"), **fields)
+        emits = [transitioned, *t.emits]
+        all_emits.extend(e for e in t.emits if e not in all_emits)
+        desc = t.description or f"Move {wf.name} from {'/'.join(t.sources)} to {t.target}."
+        if t.approvals is None:
+            add(
+                define_command(
+                    wf.operation_name(t.name), input=model, output=WorkflowInstance, version=v,
+                    auth=t.auth, emits=emits, idempotent=True, tags=tag, description=desc,
+                ),
+                _transition_handler(wf, t),
+            )  # fmt: skip
+        else:
+            for decision in ("approve", "reject"):
+                add(
+                    define_command(
+                        wf.operation_name(f"{t.name}.{decision}"), input=model,
+                        output=ApprovalResult, version=v, auth=t.auth, emits=emits,
+                        idempotent=True, tags=tag,
+                        description=f"{decision.title()} the approval step {t.name!r}: {desc}",
+                    ),
+                    _approval_handler(wf, t, decision),
+                )  # fmt: skip
+    read = wf.read_auth
+    add(
+        define_query(wf.operation_name("get"), input=InstanceRef, output=WorkflowInstance,
+                     version=v, auth=read, tags=tag, description=f"One {wf.name} instance."),
+        _get_handler(wf),
+    )  # fmt: skip
+    add(
+        define_query(wf.operation_name("history"), input=HistoryQuery, output=HistoryPage,
+                     version=v, auth=read, tags=tag,
+                     description=f"History of one {wf.name} instance, oldest first."),
+        _history_handler(wf),
+    )  # fmt: skip
+    add(
+        define_query(wf.operation_name("available"), input=InstanceRef, output=Available,
+                     version=v, auth=read, tags=tag,
+                     description="Transitions the calling actor may fire now."),
+        _available_handler(wf),
+    )  # fmt: skip
+    add(
+        define_command(wf.operation_name("timer"), input=WorkflowTimerFire, output=TimerResult,
+                       version=v, auth=authenticated(), emits=[*all_emits, escalated],
+                       idempotent=True, tags=tag,
+                       description="Fire a due timer (system actors only; run by a jobs worker)."),
+        _timer_handler(wf),
+    )  # fmt: skip
+    add(
+        define_command(wf.operation_name("migrate"), input=MigrateInput, output=MigrateResult,
+                       version=v, auth=wf.admin_auth or requires(f"{wf.name}.migrate"),
+                       emits=[transitioned], tags=tag,
+                       description=f"Move instances of older {wf.name} versions to version {v}."),
+        _migrate_handler(wf),
+    )  # fmt: skip
+
+
+async def _load(wf: WorkflowSpec, ctx: HandlerCtx, instance_id: str) -> WorkflowInstance:
+    inst = await ctx.repo(INSTANCE_ENTITY).get(instance_id)
+    if inst is None or inst.workflow != wf.name:
+        raise NotFoundError(
+            f"no {wf.name} instance {instance_id!r} in this tenant",
+            details={"workflow": wf.name, "instance_id": instance_id},
+        )
+    return inst
+
+
+def _check_version_of(wf: WorkflowSpec, inst: WorkflowInstance) -> None:
+    if inst.version != wf.version:
+        raise WorkflowStateError(
+            f"{wf.name} instance {inst.id!r} follows version {inst.version}, this operation is "
+            f"version {wf.version}; call {wf.name}.migrate or the @{inst.version} operation",
+            details={"instance_id": inst.id, "version": inst.version},
+        )
+
+
+def _check_source(
+    wf: WorkflowSpec, t: Transition, inst: WorkflowInstance, expected_seq: int | None
+) -> None:
+    if expected_seq is not None and inst.seq != expected_seq:
+        raise WorkflowStateError(
+            f"{wf.name} instance {inst.id!r} is at seq {inst.seq}, not the expected "
+            f"{expected_seq}; it changed since you read it: read it again",
+            details={"instance_id": inst.id, "seq": inst.seq, "expected_seq": expected_seq},
+        )
+    if inst.state not in t.sources:
+        raise WorkflowStateError(
+            f"{wf.name} instance {inst.id!r} is in state {inst.state!r}; transition {t.name!r} "
+            f"leaves only from {', '.join(t.sources)}",
+            details={"instance_id": inst.id, "state": inst.state, "transition": t.name},
+        )
+
+
+async def _check_guard(
+    wf: WorkflowSpec, t: Transition, inst: WorkflowInstance, value: BaseModel | None
+) -> str | None:
+    """`None` when the guard allows, else the refusal reason."""
+    if t.guard is None:
+        return None
+    result = t.guard(inst, value)
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None or result is True:
+        return None
+    if isinstance(result, str):
+        return result
+    return f"the guard {t.guard_name} of {wf.name}.{t.name} refused"
+
+
+async def _enter(
+    wf: WorkflowSpec,
+    ctx: HandlerCtx,
+    inst: WorkflowInstance,
+    *,
+    kind: str,
+    transition: Transition | None,
+    target: str,
+    input_data: dict[str, Any],
+    comment: str | None,
+    value: BaseModel | None = None,
+) -> WorkflowInstance:
+    """Move (or create) `inst` to `target`: write the instance and a history step, emit the
+    events, and enqueue the target state's timers — all inside the call's transaction."""
+    now = ctx.now()
+    repo = ctx.repo(INSTANCE_ENTITY)
+    from_state = None if kind == "start" else inst.state
+    if kind == "start":
+        inst = await repo.add(inst)
+    else:
+        inst = inst.model_copy(
+            update={
+                "state": target,
+                "seq": inst.seq + 1,
+                "entry_seq": inst.seq + 1,
+                "updated_at": now,
+            }
+        )
+        inst = await repo.update(inst)
+    await ctx.repo(STEP_ENTITY).add(
+        WorkflowStep(
+            id=ctx.new_id(),
+            instance_id=inst.id,
+            seq=inst.seq,
+            workflow=wf.name,
+            version=inst.version,
+            kind=kind,
+            transition=transition.name if transition is not None else None,
+            from_state=from_state,
+            to_state=target,
+            actor_id=ctx.actor.id,
+            actor_kind=ctx.actor.kind.value,
+            at=now,
+            input=input_data,
+            comment=comment,
+        )
+    )
+    ctx.set_audit_target(wf.name, inst.id)
+    ctx.emit(
+        _event_names(wf)[0],
+        Transitioned(
+            instance_id=inst.id,
+            workflow=wf.name,
+            version=inst.version,
+            transition=transition.name if transition is not None else None,
+            from_state=from_state,
+            to_state=target,
+            actor_id=ctx.actor.id,
+            comment=comment,
+        ),
+    )
+    if transition is not None:
+        for ref in transition.emits:
+            payload = {
+                **inst.data,
+                **(value.model_dump() if value is not None else {}),
+                "instance_id": inst.id,
+                "from_state": from_state,
+                "to_state": target,
+                "transition": transition.name,
+            }
+            ctx.emit(ref.name, payload)
+    for tm in wf.timers:
+        if tm.state != target:
+            continue
+        due = now + tm.after if tm.after is not None else tm.at(inst)  # type: ignore[misc]  # one is set
+        await ctx.enqueue(
+            timer_job_type(wf),
+            WorkflowTimerFire(
+                workflow=wf.name,
+                instance_id=inst.id,
+                entry_seq=inst.entry_seq,
+                timer=tm.name,
+                org_id=ctx.org_id,
+            ),
+            scheduled_at=due,
+            org_id=ctx.org_id,
+            unique_key=f"{wf.name}:{inst.id}:{inst.entry_seq}:{tm.name}",
+        )
+    return inst
+
+
+def _start_handler(wf: WorkflowSpec) -> Any:
+    async def start(inp: Any, ctx: HandlerCtx) -> WorkflowInstance:
+        now = ctx.now()
+        data = inp.data.model_dump(mode="json") if isinstance(inp.data, BaseModel) else inp.data
+        inst = WorkflowInstance(
+            id=inp.id or ctx.new_id(),
+            workflow=wf.name,
+            version=wf.version,
+            state=wf.initial,
+            data=data,
+            seq=1,
+            entry_seq=1,
+            created_by=ctx.actor.id,
+            created_at=now,
+            updated_at=now,
+        )
+        return await _enter(
+            wf, ctx, inst, kind="start", transition=None, target=wf.initial,
+            input_data={}, comment=inp.comment,
+        )  # fmt: skip
+
+    start.__qualname__ = f"{wf.name}.start"
+    return start
+
+
+def _dump(value: BaseModel | None) -> dict[str, Any]:
+    return value.model_dump(mode="json") if value is not None else {}
+
+
+def _transition_handler(wf: WorkflowSpec, t: Transition) -> Any:
+    async def fire(inp: Any, ctx: HandlerCtx) -> WorkflowInstance:
+        inst = await _load(wf, ctx, inp.instance_id)
+        _check_version_of(wf, inst)
+        _check_source(wf, t, inst, inp.expected_seq)
+        value = getattr(inp, "input", None)
+        reason = await _check_guard(wf, t, inst, value)
+        if reason is not None:
+            raise WorkflowGuardError(
+                f"{wf.name}.{t.name} refused for instance {inst.id!r}: {reason}",
+                details={"instance_id": inst.id, "transition": t.name, "reason": reason},
+            )
+        return await _enter(
+            wf, ctx, inst, kind="transition", transition=t, target=t.target,
+            input_data=_dump(value), comment=inp.comment, value=value,
+        )  # fmt: skip
+
+    fire.__qualname__ = f"{wf.name}.{t.name}"
+    return fire
+
+
+def _approval_denial(
+    wf: WorkflowSpec, t: Transition, inst: WorkflowInstance, actor: Actor
+) -> str | None:
+    approvals = t.approvals
+    assert approvals is not None
+    if not approvals.allow_requester and actor.id == inst.created_by:
+        return (
+            f"{actor.id!r} started instance {inst.id!r} and may not approve its own request "
+            f"({wf.name}.{t.name} needs approvers other than the requester)"
+        )
+    if approvals.roles and not (actor.roles & set(approvals.roles)):
+        return (
+            f"{wf.name}.{t.name} needs an approver with one of the roles "
+            f"{', '.join(approvals.roles)}; {actor.id!r} has {sorted(actor.roles) or 'none'}"
+        )
+    return None
+
+
+def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
+    approvals = t.approvals
+    assert approvals is not None
+
+    async def decide(inp: Any, ctx: HandlerCtx) -> ApprovalResult:
+        inst = await _load(wf, ctx, inp.instance_id)
+        _check_version_of(wf, inst)
+        _check_source(wf, t, inst, inp.expected_seq)
+        denial = _approval_denial(wf, t, inst, ctx.actor)
+        if denial is not None:
+            raise PolicyDeniedError(denial, reason=denial, action=f"{wf.name}.{t.name}.{decision}")
+        repo = ctx.repo(APPROVAL_ENTITY)
+        rows = await repo.find(
+            {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
+        )
+        if any(r.decision == "reject" for r in rows):
+            raise WorkflowStateError(
+                f"the approval step {t.name!r} of instance {inst.id!r} was rejected; a rejection "
+                "is final for this state entry",
+                details={"instance_id": inst.id, "transition": t.name},
+            )
+        if any(r.approver_id == ctx.actor.id for r in rows):
+            raise ConflictError(
+                f"{ctx.actor.id!r} already decided on {wf.name}.{t.name} for instance {inst.id!r}; "
+                "each approver decides once",
+                details={"instance_id": inst.id, "transition": t.name},
+            )
+        value = getattr(inp, "input", None)
+        if decision == "approve":
+            reason = await _check_guard(wf, t, inst, value)
+            if reason is not None:
+                raise WorkflowGuardError(
+                    f"{wf.name}.{t.name} refused for instance {inst.id!r}: {reason}",
+                    details={"instance_id": inst.id, "transition": t.name, "reason": reason},
+                )
+        await repo.add(
+            WorkflowApproval(
+                id=ctx.new_id(),
+                instance_id=inst.id,
+                transition=t.name,
+                entry_seq=inst.entry_seq,
+                approver_id=ctx.actor.id,
+                decision=decision,
+                at=ctx.now(),
+                comment=inp.comment,
+            )
+        )
+        approved = [r.approver_id for r in rows] + ([ctx.actor.id] if decision == "approve" else [])
+        fired = False
+        if decision == "approve" and len(approved) >= approvals.count:
+            inst = await _enter(
+                wf, ctx, inst, kind="approval", transition=t, target=t.target,
+                input_data={"approvers": approved, **_dump(value)}, comment=inp.comment,
+                value=value,
+            )  # fmt: skip
+            fired = True
+        else:
+            # Bump the instance so concurrent decisions on one entry conflict (exactly one wins).
+            inst = await ctx.repo(INSTANCE_ENTITY).update(
+                inst.model_copy(update={"updated_at": ctx.now()})
+            )
+            ctx.set_audit_target(wf.name, inst.id)
+        return ApprovalResult(
+            instance=inst,
+            approvals=len(approved),
+            required=approvals.count,
+            fired=fired,
+            rejected=decision == "reject",
+        )
+
+    decide.__qualname__ = f"{wf.name}.{t.name}.{decision}"
+    return decide
+
+
+def _get_handler(wf: WorkflowSpec) -> Any:
+    async def get(inp: InstanceRef, ctx: HandlerCtx) -> WorkflowInstance:
+        return await _load(wf, ctx, inp.instance_id)
+
+    return get
+
+
+def _history_handler(wf: WorkflowSpec) -> Any:
+    async def history(inp: HistoryQuery, ctx: HandlerCtx) -> HistoryPage:
+        await _load(wf, ctx, inp.instance_id)
+        where: dict[str, Any] = {"instance_id": inp.instance_id}
+        if inp.after is not None:
+            where["seq__gt"] = inp.after
+        rows = await ctx.repo(STEP_ENTITY).find(where, order_by="seq", limit=inp.limit + 1)
+        more = len(rows) > inp.limit
+        items = rows[: inp.limit]
+        return HistoryPage(items=items, next_cursor=items[-1].seq if more else None)
+
+    return history
+
+
+async def may_call(executor: Executor, op: OperationSpec, call: CallContext) -> bool:
+    """Whether `call`'s actor passes `op`'s auth requirement, asked without running anything.
+
+    Args:
+        executor: The executor whose policy (and membership check) decides.
+        op: The operation.
+        call: The caller.
+
+    Returns:
+        `True` when the executor's authorize stage would let the call through.
+    """
+    auth = op.auth
+    if auth.kind == "public":
+        return True
+    actor = call.actor
+    if actor.is_anonymous:
+        return False
+    is_member = executor._is_member
+    if call.org_id is not None and is_member is not None:
+        member: Any = is_member(actor, call.org_id)
+        if inspect.isawaitable(member):
+            member = await member
+        if not member:
+            return False
+    if auth.kind == "authenticated":
+        return True
+    policy = executor.policy
+    if policy is None:
+        return False
+    resource = Resource(auth.resource or op.name, None, call.org_id)
+    for permission in auth.permissions:
+        decision: Any = policy.decide(actor, permission, resource, call)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        if not decision.allowed:
+            return False
+    return True
+
+
+def _available_handler(wf: WorkflowSpec) -> Any:
+    async def available(inp: InstanceRef, ctx: HandlerCtx) -> Available:
+        inst = await _load(wf, ctx, inp.instance_id)
+        registry = ctx._executor.registry
+        out: list[AvailableTransition] = []
+        if inst.version == wf.version:
+            for t in wf.transitions:
+                if inst.state not in t.sources:
+                    continue
+                op_name = wf.operation_name(t.name if t.approvals is None else f"{t.name}.approve")
+                op = registry.get(op_name, wf.version)
+                if not await may_call(ctx._executor, op, ctx.call):
+                    continue
+                given = 0
+                if t.approvals is not None:
+                    if _approval_denial(wf, t, inst, ctx.actor) is not None:
+                        continue
+                    rows = await ctx.repo(APPROVAL_ENTITY).find(
+                        {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
+                    )
+                    if any(r.decision == "reject" for r in rows) or any(
+                        r.approver_id == ctx.actor.id for r in rows
+                    ):
+                        continue
+                    given = len(rows)
+                if t.input is None or not _has_required_fields(t.input):
+                    default = t.input() if t.input is not None else None
+                    if await _check_guard(wf, t, inst, default) is not None:
+                        continue
+                out.append(
+                    AvailableTransition(
+                        name=t.name,
+                        target=t.target,
+                        operation=op_name,
+                        input_schema=t.input.model_json_schema() if t.input is not None else None,
+                        approvals_required=t.approvals.count if t.approvals is not None else 0,
+                        approvals_given=given,
+                    )
+                )
+        return Available(instance_id=inst.id, state=inst.state, seq=inst.seq, transitions=out)
+
+    return available
+
+
+def _timer_handler(wf: WorkflowSpec) -> Any:
+    timers = {tm.name: tm for tm in wf.timers}
+
+    async def fire_timer(inp: WorkflowTimerFire, ctx: HandlerCtx) -> TimerResult:
+        if ctx.actor.kind is not ActorKind.SYSTEM:
+            why = f"{wf.name}.timer runs only as a system actor (the jobs worker)"
+            raise PolicyDeniedError(why, reason=why, action=f"{wf.name}.timer")
+        tm = timers.get(inp.timer)
+        if tm is None or inp.workflow != wf.name:
+            raise NotFoundError(
+                f"workflow {wf.ref} has no timer {inp.timer!r}",
+                details={"workflow": wf.ref, "timer": inp.timer},
+            )
+        inst = await ctx.repo(INSTANCE_ENTITY).get(inp.instance_id)
+        if inst is None or inst.workflow != wf.name:
+            return TimerResult(fired=False, reason="instance not found")
+        if inst.version != wf.version:
+            return TimerResult(fired=False, reason="instance migrated", instance=inst)
+        if inst.state != tm.state or inst.entry_seq != inp.entry_seq:
+            return TimerResult(fired=False, reason="instance left the state", instance=inst)
+        if tm.escalate:
+            # Record the escalation by bumping the instance: a second run conflicts or no-ops.
+            inst = await ctx.repo(INSTANCE_ENTITY).update(
+                inst.model_copy(update={"updated_at": ctx.now()})
+            )
+            ctx.emit(
+                _event_names(wf)[1],
+                Escalated(instance_id=inst.id, workflow=wf.name, state=inst.state, timer=tm.name),
+            )
+            ctx.set_audit_target(wf.name, inst.id)
+            return TimerResult(fired=True, reason="escalated", instance=inst)
+        t = wf.get_transition(tm.fire or "")
+        value = t.input() if t.input is not None else None
+        reason = await _check_guard(wf, t, inst, value)
+        if reason is not None:
+            return TimerResult(fired=False, reason=f"guard refused: {reason}", instance=inst)
+        inst = await _enter(
+            wf, ctx, inst, kind="timer", transition=t, target=t.target,
+            input_data={"timer": tm.name}, comment=None, value=value,
+        )  # fmt: skip
+        return TimerResult(fired=True, reason=f"fired {t.name}", instance=inst)
+
+    return fire_timer
+
+
+def _migrate_handler(wf: WorkflowSpec) -> Any:
+    async def migrate(inp: MigrateInput, ctx: HandlerCtx) -> MigrateResult:
+        if inp.from_version >= wf.version:
+            raise WorkflowStateError(
+                f"{wf.name}.migrate@{wf.version} moves instances of older versions; "
+                f"from_version must be below {wf.version}",
+                details={"from_version": inp.from_version},
+            )
+        mapping = wf.migrations.get(inp.from_version, {})
+        repo = ctx.repo(INSTANCE_ENTITY)
+        where = {"workflow": wf.name, "version": inp.from_version}
+        rows = await repo.find(where, order_by="id", limit=inp.limit)
+        now = ctx.now()
+        steps = ctx.repo(STEP_ENTITY)
+        for inst in rows:
+            target = mapping.get(inst.state, inst.state)
+            if target not in wf.states:
+                raise WorkflowStateError(
+                    f"{wf.name} instance {inst.id!r} is in state {inst.state!r}, which version "
+                    f"{wf.version} lacks; declare migrations={{{inp.from_version}: "
+                    f"{{{inst.state!r}: '<new state>'}}}}",
+                    details={"instance_id": inst.id, "state": inst.state},
+                )
+            moved = await repo.update(
+                inst.model_copy(
+                    update={
+                        "version": wf.version,
+                        "state": target,
+                        "seq": inst.seq + 1,
+                        "entry_seq": inst.entry_seq if target == inst.state else inst.seq + 1,
+                        "updated_at": now,
+                    }
+                )
+            )
+            await steps.add(
+                WorkflowStep(
+                    id=ctx.new_id(), instance_id=inst.id, seq=moved.seq, workflow=wf.name,
+                    version=wf.version, kind="migrate", transition=None, from_state=inst.state,
+                    to_state=target, actor_id=ctx.actor.id, actor_kind=ctx.actor.kind.value,
+                    at=now, input={"from_version": inp.from_version, "to_version": wf.version},
+                    comment=inp.comment,
+                )
+            )  # fmt: skip
+            ctx.emit(
+                _event_names(wf)[0],
+                Transitioned(
+                    instance_id=inst.id, workflow=wf.name, version=wf.version, transition=None,
+                    from_state=inst.state, to_state=target, actor_id=ctx.actor.id,
+                    comment=inp.comment,
+                ),
+            )  # fmt: skip
+        ctx.set_audit_target(wf.name, f"migrate@{inp.from_version}")
+        remaining = await repo.count(where)
+        return MigrateResult(migrated=len(rows), remaining=remaining)
+
+    return migrate
+
+
+def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
+    """The IR entry of a workflow (used by `contractspec.core.ir.to_ir`).
+
+    Shape: `{"name", "version", "description", "states", "initial", "final", "subject",
+    "transitions": [{"name", "sources", "target", "auth", "guard", "input", "emits",
+    "approvals": {"count", "roles", "allow_requester"} | None}], "timers": [{"name", "state",
+    "fire", "escalate", "after_s", "at"}], "migrations": {"<old version>": {old: new}},
+    "owners", "tags"}`; schemas are JSON Schema.
+    """
+
+    def auth_ir(auth: AuthRequirement) -> dict[str, Any]:
+        return {"kind": auth.kind, "permissions": list(auth.permissions), "resource": auth.resource}
+
+    return {
+        "name": wf.name,
+        "version": wf.version,
+        "description": wf.description,
+        "states": list(wf.states),
+        "initial": wf.initial,
+        "final": sorted(wf.final),
+        "subject": wf.subject.model_json_schema() if wf.subject is not None else None,
+        "start_auth": auth_ir(wf.start_auth),
+        "read_auth": auth_ir(wf.read_auth),
+        "transitions": [
+            {
+                "name": t.name,
+                "sources": list(t.sources),
+                "target": t.target,
+                "auth": auth_ir(t.auth),
+                "guard": t.guard_name,
+                "input": t.input.model_json_schema() if t.input is not None else None,
+                "emits": [e.ref for e in t.emits],
+                "approvals": (
+                    {
+                        "count": t.approvals.count,
+                        "roles": list(t.approvals.roles),
+                        "allow_requester": t.approvals.allow_requester,
+                    }
+                    if t.approvals is not None
+                    else None
+                ),
+                "description": t.description,
+            }
+            for t in wf.transitions
+        ],
+        "timers": [
+            {
+                "name": tm.name,
+                "state": tm.state,
+                "fire": tm.fire,
+                "escalate": tm.escalate,
+                "after_s": tm.after.total_seconds() if tm.after is not None else None,
+                "at": getattr(tm.at, "__qualname__", None) if tm.at is not None else None,
+            }
+            for tm in wf.timers
+        ],
+        "migrations": {
+            str(old): dict(sorted(m.items())) for old, m in sorted(wf.migrations.items())
+        },
+        "owners": list(wf.owners),
+        "tags": list(wf.tags),
+    }
+
+
+def system_call(org_id: str | None, key: str, *, actor_id: str = "workflow-timer") -> CallContext:
+    """The `CallContext` a timer job runs `<wf>.timer` with: a system actor and an idempotency key."""
+    return CallContext(
+        actor=Actor.system(actor_id), org_id=org_id, idempotency_key=key, channel="job"
+    )
