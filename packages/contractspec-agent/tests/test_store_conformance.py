@@ -277,6 +277,33 @@ async def test_approval_requests_round_trip_with_keys_and_decisions(env: AgentEn
     assert none is None
 
 
+async def test_find_pages_newest_first_with_a_keyset_cursor(env: AgentEnv) -> None:
+    """`before=(time, id)` continues after that key, ties on the time ordered by id (runs and
+    approvals); approvals also list newest first on request."""
+    uow = env.backend.unit_of_work
+    tx = await uow.begin()
+    for rid, minutes in [("a", 1), ("b", 2), ("c", 2), ("d", 2), ("e", 3)]:
+        await env.runs.create(tx, make_run(f"r-{rid}", minutes=minutes))
+        await env.approval_store.add(tx, make_request(f"ap-{rid}", minutes=minutes))
+    await env.runs.create(tx, make_run("r-z", minutes=2, org="org-2"))
+    await env.approval_store.add(tx, make_request("ap-z", minutes=2, org="org-2"))
+    await tx.commit()
+    tx = await uow.begin(readonly=True)
+    key = (T0 + timedelta(minutes=2), "r-d")
+    assert [r.id for r in await env.runs.find(tx, org_id="org-1", before=key)] == [
+        "r-c", "r-b", "r-a",
+    ]  # fmt: skip
+    assert [r.id for r in await env.runs.find(tx, org_id="org-1", before=key, limit=1)] == ["r-c"]
+    store = env.approval_store
+    newest = await store.find(tx, org_id="org-1", newest_first=True)
+    after = await store.find(
+        tx, org_id="org-1", newest_first=True, before=(T0 + timedelta(minutes=2), "ap-c")
+    )
+    await tx.rollback()
+    assert [r.id for r in newest] == ["ap-e", "ap-d", "ap-c", "ap-b", "ap-a"]
+    assert [r.id for r in after] == ["ap-b", "ap-a"]
+
+
 # -- agent memory -------------------------------------------------------------------------------
 
 

@@ -152,10 +152,25 @@ class ApprovalWorkflow:
     # -- plumbing ---------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _tx(self, what: str, *, readonly: bool = False) -> AsyncIterator[Transaction]:
+    async def _tx(
+        self, what: str, *, readonly: bool = False, joined: Transaction | None = None
+    ) -> AsyncIterator[Transaction]:
         """A transaction whose store failures become `ApprovalUnavailableError` (fail closed).
 
-        Read-only transactions are rolled back at the end (nothing to commit)."""
+        Read-only transactions are rolled back at the end (nothing to commit). A `joined`
+        transaction (the caller's) is used as it is: the caller commits or rolls it back."""
+        if joined is not None:
+            try:
+                yield joined
+            except (ContractSpecError, _Retry):
+                raise
+            except Exception as exc:
+                raise ApprovalUnavailableError(
+                    f"the approval store is unavailable ({type(exc).__name__}) while trying to "
+                    f"{what}; nothing that needs approval may run until it is back",
+                    details={"operation": what},
+                ) from exc
+            return
         try:
             tx = await self.unit_of_work.begin(readonly=readonly)
         except ContractSpecError:
@@ -341,8 +356,19 @@ class ApprovalWorkflow:
         *,
         comment: str = "",
         ctx: CallContext | None = None,
+        tx: Transaction | None = None,
     ) -> ApprovalRequest:
         """Approve; the request becomes `approved` once `quorum` distinct approvers agreed.
+
+        Args:
+            request_id: The request.
+            approver: Who decides (an identified actor).
+            comment: Their reason (kept with the decision).
+            ctx: The call context the policy sees (default: the approver in the request's org).
+            tx: Join this transaction (e.g. an operation handler's `ctx.tx`) instead of opening
+                one: the decision, its audit record and event commit with the caller's work.
+                A denial is then not audited here (the caller's pipeline records its failure)
+                and an expiry found while deciding is rolled back with the caller.
 
         Returns:
             The request after the decision (still `pending` while the quorum is not reached).
@@ -354,7 +380,7 @@ class ApprovalWorkflow:
             PolicyDeniedError: Not a named approver, or the policy denies the permission.
             ApprovalUnavailableError: The store is unavailable.
         """
-        return await self._decide(request_id, approver, "approve", comment, ctx)
+        return await self._decide(request_id, approver, "approve", comment, ctx, tx)
 
     async def reject(
         self,
@@ -363,13 +389,15 @@ class ApprovalWorkflow:
         *,
         comment: str = "",
         ctx: CallContext | None = None,
+        tx: Transaction | None = None,
     ) -> ApprovalRequest:
-        """Reject; one rejection makes the request `rejected` (final).
+        """Reject; one rejection makes the request `rejected` (final). Arguments as for
+        `approve`.
 
         Raises:
             ApprovalDecisionError: As for `approve` (and every other error `approve` raises).
         """
-        return await self._decide(request_id, approver, "reject", comment, ctx)
+        return await self._decide(request_id, approver, "reject", comment, ctx, tx)
 
     async def _decide(
         self,
@@ -378,6 +406,7 @@ class ApprovalWorkflow:
         verdict: str,
         comment: str,
         ctx: CallContext | None,
+        tx: Transaction | None = None,
     ) -> ApprovalRequest:
         if not isinstance(approver, Actor) or approver.is_anonymous:
             raise PolicyDeniedError(
@@ -387,7 +416,7 @@ class ApprovalWorkflow:
             )
         for _attempt in range(5):
             try:
-                return await self._decide_once(request_id, approver, verdict, comment, ctx)
+                return await self._decide_once(request_id, approver, verdict, comment, ctx, tx)
             except _Retry:
                 continue
         raise ConflictError(  # pragma: no cover - needs five concurrent deciders in a row
@@ -402,11 +431,12 @@ class ApprovalWorkflow:
         verdict: str,
         comment: str,
         ctx: CallContext | None,
+        joined: Transaction | None = None,
     ) -> ApprovalRequest:
         now = self.clock.now()
         expired: ApprovalRequest | None = None
         denial: tuple[ApprovalRequest, ContractSpecError] | None = None
-        async with self._tx(f"{verdict} an approval") as tx:
+        async with self._tx(f"{verdict} an approval", joined=joined) as tx:
             req = await self.store.get(tx, request_id)
             if req is None:
                 raise NotFoundError(
@@ -484,9 +514,10 @@ class ApprovalWorkflow:
             )
         assert denial is not None
         req, problem = denial
-        await self._audit(
-            None, req, approver, f"approval.{verdict}", "denied", reason=problem.message
-        )
+        if joined is None:
+            await self._audit(
+                None, req, approver, f"approval.{verdict}", "denied", reason=problem.message
+            )
         raise problem
 
     async def _check_decider(

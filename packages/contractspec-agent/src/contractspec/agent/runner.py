@@ -567,6 +567,93 @@ class AgentRunner:
             if isinstance(line.data.get("packet"), Mapping)
         ]
 
+    async def cancel(
+        self,
+        run_id: str,
+        *,
+        actor: Actor | None = None,
+        reason: str = "",
+        tx: Transaction | None = None,
+    ) -> Run:
+        """Cancel a stored run that has not finished (a person stops it, e.g. from a review
+        queue): it becomes `cancelled` (final), its lease is released, a `run.cancelled` log line
+        and an `agent.run.cancelled` event are written with it.
+
+        A run `waiting_approval` never resumes; a run another worker is driving stops at that
+        worker's next write (its compare-and-set fails and it raises `LeaseLostError`).
+        Cancelling a cancelled run returns it unchanged (idempotent).
+
+        Args:
+            run_id: The run.
+            actor: Who cancels (recorded in the log line and the event).
+            reason: Why (recorded in the log line).
+            tx: Join this transaction (e.g. an operation handler's `ctx.tx`) instead of opening
+                one; the caller commits or rolls it back.
+
+        Returns:
+            The run as stored after the cancellation.
+
+        Raises:
+            NotFoundError: No such run.
+            ConflictError: The run already finished otherwise (`completed`, `escalated`,
+                `failed`), or another writer changed it at the same moment (retry).
+        """
+        own = tx is None
+        t = tx if tx is not None else await self.unit_of_work.begin()
+        try:
+            run = await self.runs.get(t, run_id)
+            if run is None:
+                raise NotFoundError(f"run {run_id!r} does not exist", details={"run_id": run_id})
+            if run.status is RunStatus.CANCELLED:
+                saved = run
+            elif run.status.finished:
+                raise ConflictError(
+                    f"run {run_id!r} already finished ({run.status.value}); only a running or "
+                    "waiting run can be cancelled",
+                    details={"run_id": run_id, "status": run.status.value},
+                )
+            else:
+                now = self.clock.now()
+                saved = await self.runs.update(
+                    t,
+                    run.evolve(
+                        status=RunStatus.CANCELLED,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    ),
+                    expected_version=run.version,
+                )
+                who = actor.id if actor is not None else None
+                await self.runs.log(
+                    t,
+                    RunLog(
+                        run.id,
+                        now,
+                        "warning",
+                        "run.cancelled",
+                        f"cancelled by {who or 'the system'}" + (f": {reason}" if reason else ""),
+                        {"actor_id": who, "reason": reason, "previous_status": run.status.value},
+                    ),
+                )
+                event = envelope(
+                    run_cancelled,
+                    {"run_id": run.id, "agent": run.agent, "steps": run.steps},
+                    clock=self.clock,
+                    ids=self.ids,
+                    org_id=run.org_id,
+                    actor=actor,
+                    correlation_id=run.id,
+                )
+                await self.events.publish([event], t)
+            if own:
+                await t.commit()
+        except BaseException:
+            if own:
+                await t.rollback()
+            raise
+        return saved
+
     async def resume(
         self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
     ) -> RunResult:

@@ -43,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from contractspec.agent.memory import (
     MemoryEntry,
@@ -356,10 +357,13 @@ class SqlRunStore:
         agent: str | None = None,
         status: RunStatus | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[Run]:
-        """Runs of one org, newest first."""
+        """Runs of one org, newest first (keyset `before`, as the protocol says)."""
         t = runs_table
         stmt = select(t).where(t.c.org_key == _org_key(org_id))
+        if before is not None:
+            stmt = stmt.where(_before(t.c.created_at, t.c.id, before))
         if agent is not None:
             stmt = stmt.where(t.c.agent == agent)
         if status is not None:
@@ -758,19 +762,31 @@ class SqlApprovalStore:
         status: ApprovalStatus | None = None,
         subject_type: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests of one org, oldest first."""
+        """Requests of one org, oldest first (or newest first, keyset `before`)."""
         sql = sql_transaction(tx, "SqlApprovalStore")
         t = approvals_table
         stmt = select(t).where(t.c.org_key == _org_key(org_id))
+        if before is not None:
+            stmt = stmt.where(_before(t.c.requested_at, t.c.id, before))
         if status is not None:
             stmt = stmt.where(t.c.status == status.value)
         if subject_type is not None:
             stmt = stmt.where(t.c.subject_type == subject_type)
-        stmt = stmt.order_by(t.c.requested_at, t.c.id).limit(limit)
+        if newest_first:
+            stmt = stmt.order_by(t.c.requested_at.desc(), t.c.id.desc()).limit(limit)
+        else:
+            stmt = stmt.order_by(t.c.requested_at, t.c.id).limit(limit)
         rows = list((await sql.execute(stmt)).mappings())
         decisions = await self._decisions(sql, [r["id"] for r in rows])
         return [_approval(r, decisions[r["id"]]) for r in rows]
+
+
+def _before(at: Any, id_: Any, key: tuple[datetime, str]) -> ColumnElement[bool]:
+    """Rows after `key` in `(at, id)` descending order (keyset pagination)."""
+    return or_(at < key[0], and_(at == key[0], id_ < key[1]))
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -364,8 +364,10 @@ class RunStore(Protocol):
         agent: str | None = None,
         status: RunStatus | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[Run]:
-        """Runs of one org, newest first."""
+        """Runs of one org, newest first (by `(created_at, id)`); with `before`, only the runs
+        that come after that `(created_at, id)` key in this order (keyset pagination)."""
         ...
 
     async def claim(
@@ -494,8 +496,12 @@ class ApprovalStore(Protocol):
         status: ApprovalStatus | None = None,
         subject_type: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests of one org, oldest first."""
+        """Requests of one org, oldest first by `(requested_at, id)` (newest first with
+        `newest_first`); with `before` (needs `newest_first`), only the requests that come
+        after that `(requested_at, id)` key in the newest-first order (keyset pagination)."""
         ...
 
 
@@ -608,14 +614,16 @@ class MemoryRunStore:
         agent: str | None = None,
         status: RunStatus | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[Run]:
-        """Runs of one org, newest first."""
+        """Runs of one org, newest first (keyset `before`, as the protocol says)."""
         runs = [
             r
             for r in self._runs.values()
             if r.org_id == org_id
             and (agent is None or r.agent == agent)
             and (status is None or r.status == status)
+            and (before is None or (r.created_at, r.id) < before)
         ]
         runs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return runs[:limit]
@@ -809,14 +817,17 @@ class MemoryApprovalStore:
         status: ApprovalStatus | None = None,
         subject_type: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests of one org, oldest first."""
+        """Requests of one org, oldest first (or newest first, keyset `before`)."""
         found = [
             r
             for r in self._requests.values()
             if r.org_id == org_id
             and (status is None or r.status == status)
             and (subject_type is None or r.subject_type == subject_type)
+            and (before is None or (r.requested_at, r.id) < before)
         ]
-        found.sort(key=lambda r: (r.requested_at, r.id))
+        found.sort(key=lambda r: (r.requested_at, r.id), reverse=newest_first)
         return [self._with_decisions(r) for r in found[:limit]]
