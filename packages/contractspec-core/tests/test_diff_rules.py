@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
+import pydantic
 import pytest
 from core_regen_specs import Color, ColorPlus, Inner, InnerSmall, JobSpec, crm_like, registry_with
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from contractspec.core import (
     SpecRegistry,
@@ -21,6 +22,35 @@ from contractspec.core import (
     requires,
 )
 from contractspec.core.diff import RULES, Change, Severity, diff_ir
+
+
+class Card(BaseModel):
+    kind: Literal["card"] = "card"
+    number: str
+
+
+class Bank(BaseModel):
+    kind: Literal["bank"] = "bank"
+    iban: str
+
+
+class Cash(BaseModel):
+    kind: Literal["cash"] = "cash"
+    amount: int
+
+
+#: `Bank` with one more required field (same schema name, same discriminator value).
+BankSwift = pydantic.create_model(
+    "Bank", kind=(Literal["bank"], "bank"), iban=(str, ...), swift=(str, ...)
+)
+#: `Bank` renamed, same shape.
+Account = pydantic.create_model("Account", kind=(Literal["bank"], "bank"), iban=(str, ...))
+
+
+def tagged(*members: Any) -> Any:
+    """A pydantic discriminated union on `kind` (its JSON Schema has `discriminator.mapping`)."""
+    return Annotated[Union[members], Field(discriminator="kind")]  # noqa: UP007 - runtime tuple
+
 
 # --------------------------------------------------------------------------------------------
 # Schema rules: (id, old fields, new fields, forward findings, reverse findings, model config)
@@ -105,6 +135,29 @@ SCHEMA_CASES: list[SchemaCase] = [
     ("renamed", {"a": (int, ...)}, {"b": (int, ...)},
      [("property-removed", "a"), ("required-property-added", "b")],
      [("property-removed", "b"), ("required-property-added", "a")]),
+    # Union members pair by discriminator value, $ref target, structure; position last.
+    ("union-member-added", {"x": (tagged(Card, Bank), ...)}, {"x": (tagged(Card, Bank, Cash), ...)},
+     [("union-member-added", "x")], [("union-member-removed", "x")]),
+    ("untagged-union-member-added", {"x": (Card | Bank, ...)}, {"x": (Card | Bank | Cash, ...)},
+     [("union-member-added", "x")], [("union-member-removed", "x")]),
+    ("union-member-replaced", {"x": (tagged(Card, Bank), ...)}, {"x": (tagged(Card, Cash), ...)},
+     [("union-member-removed", "x"), ("union-member-added", "x")],
+     [("union-member-removed", "x"), ("union-member-added", "x")]),
+    ("union-member-changed", {"x": (tagged(Card, Bank), ...)},
+     {"x": (tagged(BankSwift, Card), ...)}, [("required-property-added", "x.swift")],
+     [("property-removed", "x.swift")]),
+    ("untagged-union-member-changed", {"x": (Card | Bank, ...)}, {"x": (BankSwift | Card, ...)},
+     [("required-property-added", "x.swift")], [("property-removed", "x.swift")]),
+]  # fmt: skip
+
+#: Changes that carry no meaning: each must give an empty diff in both directions.
+NO_CHANGE_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("union-reordered", {"x": (tagged(Card, Bank), ...)}, {"x": (tagged(Bank, Card), ...)}),
+    ("untagged-union-reordered", {"x": (Card | Bank, ...)}, {"x": (Bank | Card, ...)}),
+    ("structural-union-reordered", {"x": (list[int] | list[str], ...)},
+     {"x": (list[str] | list[int], ...)}),
+    ("required-reordered", {"a": (int, ...), "b": (int, ...)}, {"b": (int, ...), "a": (int, ...)}),
+    ("enum-reordered", {"x": (Literal["a", "b"], ...)}, {"x": (Literal["b", "a"], ...)}),
 ]  # fmt: skip
 
 #: Role → (rule-id prefix, path prefix of findings).
@@ -154,6 +207,39 @@ def test_schema_rule_both_directions(
     assert schema_findings(after, before) == expected(role, reverse)
 
 
+@pytest.mark.parametrize("role", sorted(ROLES))
+@pytest.mark.parametrize(
+    ("case", "old", "new"), NO_CHANGE_CASES, ids=[c[0] for c in NO_CHANGE_CASES]
+)
+def test_reordering_is_no_change(role: str, case: str, old: Any, new: Any) -> None:
+    """Reordered union members, `required` or `enum` lists give an empty diff, both ways."""
+    before, after = registry_with(role, old).to_ir(), registry_with(role, new).to_ir()
+    assert before != after  # the IRs really differ (in order only)
+    assert diff_ir(before, after).changes == ()
+    assert diff_ir(after, before).changes == ()
+
+
+def test_renamed_union_member_pairs_by_structure() -> None:
+    """An untagged member renamed with the same shape pairs structurally: no schema finding."""
+    before = registry_with("input", {"x": (Card | Bank, ...)})
+    after = registry_with("input", {"x": (Card | Account, ...)})
+    assert schema_findings(before, after) == set()
+    assert schema_findings(after, before) == set()
+
+
+def test_union_member_messages_name_the_member() -> None:
+    """A member added to an output union is breaking and names the model and its tag."""
+    before = registry_with("output", {"x": (tagged(Card, Bank), ...)}).to_ir()
+    after = registry_with("output", {"x": (tagged(Card, Bank, Cash), ...)}).to_ir()
+    assert [(c.rule, c.severity, c.path, c.message) for c in diff_ir(before, after).changes] == [
+        ("output-union-member-added", Severity.BREAKING, "output.x",
+         'union member Cash (kind="cash") added'),
+        ("breaking-change-without-version-bump", Severity.BREAKING, "",
+         "1 breaking change(s) at the same version; keep t.thing.save@1 (deprecated) and "
+         "register the new shape as t.thing.save@2"),
+    ]  # fmt: skip
+
+
 def test_extra_fields_forbidden_is_a_root_constraint() -> None:
     """`extra='forbid'` tightens the input root and loosens it back in reverse."""
     before = registry_with("input", {"x": (int, ...)})
@@ -171,6 +257,11 @@ def test_extra_fields_forbidden_is_a_root_constraint() -> None:
         ("output", "output-type-widened", Severity.BREAKING),
         ("payload", "payload-became-nullable", Severity.BREAKING),
         ("model", "entity-enum-value-added", Severity.WARNING),
+        ("input", "input-union-member-added", Severity.INFO),
+        ("input", "input-union-member-removed", Severity.BREAKING),
+        ("output", "output-union-member-added", Severity.BREAKING),
+        ("payload", "payload-union-member-added", Severity.BREAKING),
+        ("output", "output-union-member-removed", Severity.INFO),
     ],
 )
 def test_direction_decides_the_severity(role: str, rule: str, severity: Severity) -> None:
@@ -200,6 +291,38 @@ def _entity_pk(pk: str) -> SpecRegistry:
     from core_regen_specs import model
 
     return SpecRegistry(define_entity("t.thing", model("T", {"code": (str, ...)}), primary_key=pk))
+
+
+def _with_email(*, email: bool, version: int = 1, entity: bool = False) -> SpecRegistry:
+    """A command (or entity) whose model has a personal-data `email` field, or not."""
+    from core_regen_specs import model
+
+    fields: dict[str, Any] = {"email": (str, ...)} if email else {}
+    if entity:
+        return SpecRegistry(
+            define_entity("t.person", model("Person", fields), pii=["email"] if email else ())
+        )
+    return SpecRegistry(
+        define_command(
+            "t.person.save", version=version, input=model("In", fields), output=model("O", {}),
+            pii=["input.email"] if email else (),
+        )
+    )  # fmt: skip
+
+
+def _save(version: int, fields: dict[str, Any]) -> SpecRegistry:
+    from core_regen_specs import model
+
+    return SpecRegistry(
+        define_command("t.thing.save", version=version, input=model("In", fields),
+                       output=model("O", {}))
+    )  # fmt: skip
+
+
+def _saved(version: int, fields: dict[str, Any]) -> SpecRegistry:
+    from core_regen_specs import model
+
+    return SpecRegistry(define_event("t.thing.saved", version=version, payload=model("P", fields)))
 
 
 SPEC_CASES: list[tuple[str, Any, Any, set[str], set[str]]] = [
@@ -271,6 +394,29 @@ SPEC_CASES: list[tuple[str, Any, Any, set[str], set[str]]] = [
      {"metadata-changed"}, {"metadata-changed"}),
     ("event-description", lambda: crm_like(), lambda: crm_like(event_description="New deal."),
      {"metadata-changed"}, {"metadata-changed"}),
+    ("pii-field-removed", lambda: _with_email(email=True), lambda: _with_email(email=False),
+     {"input-property-removed", "pii-field-removed", "breaking-change-without-version-bump"},
+     {"input-required-property-added", "pii-added", "breaking-change-without-version-bump"}),
+    ("entity-pii-field-removed", lambda: _with_email(email=True, entity=True),
+     lambda: _with_email(email=False, entity=True),
+     {"entity-property-removed", "pii-field-removed", "breaking-change-without-version-bump"},
+     {"entity-required-property-added", "pii-added", "breaking-change-without-version-bump"}),
+    ("replaced-by-new-version", lambda: _save(1, {"a": (int, ...)}),
+     lambda: _save(2, {"b": (int, ...)}),
+     {"operation-removed-without-deprecation", "operation-added", "input-property-removed",
+      "input-required-property-added"},
+     {"operation-removed-without-deprecation", "operation-added", "input-property-removed",
+      "input-required-property-added"}),
+    ("replaced-by-same-shape", lambda: _save(1, {"a": (int, ...)}),
+     lambda: _save(2, {"a": (int, ...)}),
+     {"operation-removed-without-deprecation", "operation-added"},
+     {"operation-removed-without-deprecation", "operation-added"}),
+    ("event-replaced-by-new-version", lambda: _saved(1, {"a": (int, ...)}),
+     lambda: _saved(2, {"a": (int | None, None)}),
+     {"event-removed", "event-added", "payload-became-nullable",
+      "payload-property-became-optional"},
+     {"event-removed", "event-added", "payload-became-non-nullable",
+      "payload-property-became-required"}),
 ]  # fmt: skip
 
 
@@ -318,6 +464,52 @@ def test_version_bump_keeps_the_old_contract() -> None:
         "2 breaking change(s) at the same version; keep t.thing.save@1 (deprecated) and register "
         "the new shape as t.thing.save@2"
     )
+
+
+def test_replaced_version_reports_what_changed_for_callers() -> None:
+    """`@1` removed and `@2` added in one step: @1 → @2 is compared, marked "via new version"."""
+    result = diff_ir(_save(1, {"a": (int, ...)}).to_ir(), _save(2, {"b": (int, ...)}).to_ir())
+    assert [(c.rule, c.severity, c.spec, c.path, c.message) for c in result.changes] == [
+        ("operation-removed-without-deprecation", Severity.BREAKING, "t.thing.save@1", "",
+         "operation removed without a deprecation period; @2 remain; mark it "
+         "stability='deprecated' in one release and remove it in a later one"),
+        ("operation-added", Severity.INFO, "t.thing.save@2", "",
+         "operation new version (previous: @1)"),
+        ("input-property-removed", Severity.BREAKING, "t.thing.save@2", "input.a",
+         "via new version (from t.thing.save@1): field 'a' removed"),
+        ("input-required-property-added", Severity.BREAKING, "t.thing.save@2", "input.b",
+         "via new version (from t.thing.save@1): required field 'b' added"),
+    ]  # fmt: skip
+
+
+def test_no_comparison_when_a_version_remains() -> None:
+    """With @1 kept beside @2 callers can stay on @1: the versions are not compared."""
+    kept = SpecRegistry(*_save(1, {"a": (int, ...)}), *_save(2, {"b": (int, ...)}))
+    added = diff_ir(_save(1, {"a": (int, ...)}).to_ir(), kept.to_ir())
+    assert [c.rule for c in added.changes] == ["operation-added"]
+    dropped = diff_ir(kept.to_ir(), _save(2, {"b": (int, ...)}).to_ir())
+    assert [c.rule for c in dropped.changes] == ["operation-removed-without-deprecation"]
+
+
+def test_removed_pii_field_is_not_reported_as_unredacted() -> None:
+    """A removed PII field says what it means; a PII mark dropped from a kept field still warns."""
+    result = diff_ir(_with_email(email=True).to_ir(), _with_email(email=False).to_ir())
+    [pii] = [c for c in result.changes if c.path == "input.email" and c.rule.startswith("pii")]
+    assert (pii.rule, pii.severity) == ("pii-field-removed", Severity.INFO)
+    assert "unredacted" not in pii.message
+    assert pii.message == (
+        "input.email was removed together with its personal-data mark: it is no longer collected "
+        "or returned (records written before keep it redacted); if it was renamed, mark the new "
+        "field as personal data"
+    )
+    unmarked = diff_ir(crm_like(pii=["input.title"]).to_ir(), crm_like().to_ir())
+    [kept] = [c for c in unmarked.changes if c.rule.startswith("pii")]
+    assert (kept.rule, kept.severity, kept.path) == (
+        "pii-removed",
+        Severity.BREAKING,
+        "input.title",
+    )
+    assert "will appear unredacted" in kept.message
 
 
 def test_renamed_operation_is_removal_plus_addition() -> None:

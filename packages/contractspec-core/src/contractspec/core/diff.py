@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from attrs import define
+from attrs import define, evolve
 
 from contractspec.core.errors import ConfigurationError
 from contractspec.core.ir import LOCK_FILENAME, as_ir, dumps_ir, load_ir
@@ -123,6 +123,16 @@ _SCHEMA_RULES: Final[dict[str, tuple[Severity, Severity, str]]] = {
     "decimal-scale-changed": (BRK, BRK, "a decimal's number of decimal places changed"),
     "decimal-type-changed": (BRK, BRK, "a value changed between decimal and another type"),
     "default-changed": (WRN, INF, "a default value changed"),
+    "union-member-added": (
+        INF,
+        BRK,
+        "a union (anyOf/oneOf) gained a member (readers may not handle it)",
+    ),
+    "union-member-removed": (
+        BRK,
+        INF,
+        "a union (anyOf/oneOf) lost a member (senders of it are rejected)",
+    ),
     "schema-changed": (WRN, WRN, "a schema keyword the rules do not classify changed"),
 }
 
@@ -162,6 +172,11 @@ _SPEC_RULES: Final[tuple[tuple[str, Severity, str], ...]] = (
     ("auth-resource-changed", WRN, "the resource permissions are checked on changed"),
     ("pii-removed", BRK, "a field is no longer marked as personal data (no longer redacted)"),
     ("pii-added", INF, "a field is now marked as personal data"),
+    (
+        "pii-field-removed",
+        INF,
+        "a personal-data field was removed together with its mark (nothing left to redact)",
+    ),
     ("idempotency-removed", BRK, "a command no longer accepts idempotency keys"),
     ("idempotency-added", INF, "a command now accepts idempotency keys"),
     ("event-no-longer-emitted", WRN, "an operation no longer emits an event"),
@@ -378,6 +393,9 @@ _DOC_KEYS: Final = frozenset(
     {"title", "description", "examples", "example", "$comment", "deprecated", "readOnly",
      "writeOnly", "discriminator"}
 )  # fmt: skip
+#: Keys whose list order carries no meaning (compared as sets): JSON Schema `required`, `enum`,
+#: `anyOf`/`oneOf`, and an entity's `columns` and their `enum_values` (columns are read by name).
+_UNORDERED: Final = frozenset({"required", "enum", "anyOf", "oneOf", "columns", "enum_values"})
 _HANDLED: Final = frozenset(
     {"type", "properties", "required", "enum", "const", "anyOf", "oneOf", "allOf", "items",
      "prefixItems", "additionalProperties", "$ref", "$defs", "format", "pattern", "multipleOf",
@@ -424,28 +442,45 @@ class _SchemaComparer:
 
     def _variants(
         self, schema: Mapping[str, Any], root: Mapping[str, Any]
-    ) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
-        """Split a schema into typed variants (`anyOf`/`oneOf`/type lists) and a nullable flag."""
-        out: list[tuple[str, dict[str, Any]]] = []
+    ) -> tuple[list[_Member], bool]:
+        """Split a schema into typed members (`anyOf`/`oneOf`/type lists) and a nullable flag.
+
+        Each member keeps its own identity: the `$ref` it came from and, inside a discriminated
+        union, its discriminator value (the union's title and description are not merged in).
+        """
+        out: list[_Member] = []
         nullable = False
-        pending: list[Any] = [schema]
+        # (schema, discriminator property in scope, discriminator mapping in scope)
+        pending: list[tuple[Any, str | None, Mapping[str, Any]]] = [(schema, None, {})]
         while pending:
-            item, _ = self._deref(pending.pop(0), root)
+            raw, prop, mapping = pending.pop(0)
+            item, ref = self._deref(raw, root)
             if "x-decimal" in item:
-                out.append(("decimal", item))
+                out.append(_Member("decimal", item, ref, None))
                 continue
             members = item.get("anyOf", item.get("oneOf"))
             if isinstance(members, list):
-                shared = {k: v for k, v in item.items() if k not in ("anyOf", "oneOf")}
-                pending[:0] = [{**shared, **m} if isinstance(m, Mapping) else m for m in members]
+                shared = {
+                    k: v
+                    for k, v in item.items()
+                    if k not in ("anyOf", "oneOf") and k not in _DOC_KEYS
+                }
+                disc = item.get("discriminator")
+                if isinstance(disc, Mapping) and isinstance(disc.get("propertyName"), str):
+                    prop, mapping = disc["propertyName"], disc.get("mapping") or {}
+                pending[:0] = [
+                    ({**shared, **m} if isinstance(m, Mapping) else m, prop, mapping)
+                    for m in members
+                ]
                 continue
+            tag = _tag(item, ref, prop, mapping, root)
             types = item.get("type")
             if isinstance(types, list):
                 for t in types:
                     if t == "null":
                         nullable = True
                     else:
-                        out.append((str(t), {**item, "type": t}))
+                        out.append(_Member(str(t), {**item, "type": t}, ref, tag))
                 continue
             if types == "null" or ("const" in item and item["const"] is None and types is None):
                 nullable = True
@@ -456,13 +491,13 @@ class _SchemaComparer:
                     if None in values:
                         nullable = True
                     kinds = {_json_type(v) for v in values if v is not None}
-                    out.append((kinds.pop() if len(kinds) == 1 else "any", item))
+                    out.append(_Member(kinds.pop() if len(kinds) == 1 else "any", item, ref, tag))
                 elif "properties" in item:
-                    out.append(("object", item))
+                    out.append(_Member("object", item, ref, tag))
                 else:
-                    out.append(("any", item))
+                    out.append(_Member("any", item, ref, tag))
                 continue
-            out.append((str(types), item))
+            out.append(_Member(str(types), item, ref, tag))
         return out, nullable
 
     # -- comparison ----------------------------------------------------------------------------
@@ -492,18 +527,18 @@ class _SchemaComparer:
         finally:
             self.stack.discard(pair)
 
-    def _types(
-        self,
-        old_vs: list[tuple[str, dict[str, Any]]],
-        new_vs: list[tuple[str, dict[str, Any]]],
-        path: str,
-    ) -> None:
+    def _types(self, old_vs: list[_Member], new_vs: list[_Member], path: str) -> None:
         old_by = _group(old_vs)
         new_by = _group(new_vs)
         old_t, new_t = set(old_by), set(new_by)
         for t in sorted(old_t & new_t):
-            for o, n in _pair(old_by[t], new_by[t]):
-                self._same_type(t, o, n, path)
+            pairs, lost, gained = _pair(old_by[t], new_by[t])
+            for o, n in pairs:
+                self._same_type(t, o.schema, n.schema, path)
+            for m in lost:
+                self.emit("union-member-removed", path, f"union member {m.label} removed")
+            for m in gained:
+                self.emit("union-member-added", path, f"union member {m.label} added")
         removed, added = old_t - new_t, new_t - old_t
         if not removed and not added:
             return
@@ -522,11 +557,11 @@ class _SchemaComparer:
             return
         if "integer" in removed and "number" in added:
             self.emit("type-widened", path, "type generalized from integer to number")
-            self._same_type("number", old_by["integer"][0], new_by["number"][0], path)
+            self._same_type("number", old_by["integer"][0].schema, new_by["number"][0].schema, path)
             removed, added = removed - {"integer"}, added - {"number"}
         elif "number" in removed and "integer" in added:
             self.emit("type-narrowed", path, "type narrowed from number to integer")
-            self._same_type("number", old_by["number"][0], new_by["integer"][0], path)
+            self._same_type("number", old_by["number"][0].schema, new_by["integer"][0].schema, path)
             removed, added = removed - {"number"}, added - {"integer"}
         if removed and added and not (old_t & new_t):
             self.emit(
@@ -749,38 +784,117 @@ def _is_multiple(a: Any, b: Any) -> bool:
     return bool(abs(ratio - round(ratio)) < 1e-9)
 
 
-def _group(variants: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for t, schema in variants:
-        out.setdefault(t, []).append(schema)
+@define(frozen=True)
+class _Member:
+    """One typed member of a (possibly union) schema and the identity it is paired by."""
+
+    type: str
+    schema: dict[str, Any]
+    ref: str | None
+    tag: str | None  # the discriminator value, inside a discriminated union
+
+    @property
+    def fingerprint(self) -> str:
+        """Canonical JSON of the member without documentation keywords (structural match)."""
+        return _fmt(_canonical(_strip_docs(self.schema)))
+
+    @property
+    def label(self) -> str:
+        name = self.ref.rsplit("/", 1)[-1] if self.ref else self.schema.get("title")
+        parts = [str(name) if name else self.type]
+        if self.tag is not None:
+            parts.append(f"({self.tag})")
+        return " ".join(parts)
+
+
+def _tag(
+    item: Mapping[str, Any],
+    ref: str | None,
+    prop: str | None,
+    mapping: Mapping[str, Any],
+    root: Mapping[str, Any],
+) -> str | None:
+    """`prop=value` of a discriminated-union member (from the mapping, else the member's const)."""
+    if prop is None:
+        return None
+    for value, target in mapping.items():
+        if ref is not None and target == ref:
+            return f"{prop}={_fmt(value)}"
+    field = (item.get("properties") or {}).get(prop)
+    if isinstance(field, Mapping):
+        schema, _ = _SchemaComparer._deref(field, root)
+        values = _enum_values(schema)
+        if values is not None and len(values) == 1:
+            return f"{prop}={_fmt(values[0])}"
+    return None
+
+
+def _strip_docs(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_docs(v) for k, v in value.items() if k not in _DOC_KEYS}
+    if isinstance(value, list):
+        return [_strip_docs(v) for v in value]
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    """`value` with the lists whose order carries no meaning sorted (required, enum, unions)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            v = _canonical(v)
+            if k in _UNORDERED and isinstance(v, list):
+                v = sorted(v, key=_fmt)
+            out[k] = v
+        return out
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _group(variants: list[_Member]) -> dict[str, list[_Member]]:
+    out: dict[str, list[_Member]] = {}
+    for member in variants:
+        out.setdefault(member.type, []).append(member)
     return out
 
 
 def _pair(
-    old: list[dict[str, Any]], new: list[dict[str, Any]]
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pair same-typed union members: by title first, then in order; extras pair with the last."""
-    if len(old) == 1 and len(new) == 1:
-        return [(old[0], new[0])]
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    rest_new = list(new)
-    unmatched: list[dict[str, Any]] = []
-    for o in old:
-        match = next(
-            (n for n in rest_new if n.get("title") and n.get("title") == o.get("title")), None
-        )
-        if match is None:
-            unmatched.append(o)
-        else:
-            rest_new.remove(match)
-            pairs.append((o, match))
-    for i, o in enumerate(unmatched):
-        if rest_new:
-            pairs.append((o, rest_new[min(i, len(rest_new) - 1)]))
-        else:
-            pairs.append((o, new[-1]))
-    pairs.extend((old[-1], n) for n in rest_new[len(unmatched) :])
-    return pairs
+    old: list[_Member], new: list[_Member]
+) -> tuple[list[tuple[_Member, _Member]], list[_Member], list[_Member]]:
+    """Pair same-typed union members by identity; return (pairs, removed, added).
+
+    Members pair by discriminator value, then by `$ref` target, then by structural fingerprint
+    (canonical JSON), and only members with no identity at all by position. Two members with
+    different discriminator values never pair. A lone member on each side always pairs (a model
+    renamed in place is still the same field) unless their discriminator values differ.
+    """
+    if len(old) == 1 and len(new) == 1 and not _distinct(old[0], new[0]):
+        return [(old[0], new[0])], [], []
+    pairs: list[tuple[_Member, _Member]] = []
+    rest_old, rest_new = list(old), list(new)
+    keys: tuple[Callable[[_Member], str | None], ...] = (
+        lambda m: m.tag,
+        lambda m: m.ref,
+        lambda m: m.fingerprint,
+        lambda m: "" if m.tag is None and m.ref is None else None,  # position, anonymous only
+    )
+    for key in keys:
+        for o in list(rest_old):
+            k = key(o)
+            if k is None:
+                continue
+            match = next((n for n in rest_new if key(n) == k and not _distinct(o, n)), None)
+            if match is not None:
+                rest_old.remove(o)
+                rest_new.remove(match)
+                pairs.append((o, match))
+    return pairs, rest_old, rest_new
+
+
+def _distinct(a: _Member, b: _Member) -> bool:
+    """Whether two members are known to be different (different discriminator values)."""
+    return a.tag is not None and b.tag is not None and a.tag != b.tag
 
 
 def _resolve_pointer(root: Mapping[str, Any], ref: Any) -> dict[str, Any]:
@@ -827,8 +941,41 @@ class _Differ:
                 self._added(kind, n_index[key], o_index)
             for key in sorted(o_index.keys() & n_index.keys()):
                 o, n = o_index[key], n_index[key]
-                if o != n:
+                if _canonical(o) != _canonical(n):
                     self._changed(kind, o, n)
+            self._replaced(kind, o_index, n_index)
+
+    def _replaced(
+        self,
+        kind: str,
+        o_index: Mapping[tuple[str, int], Mapping[str, Any]],
+        n_index: Mapping[tuple[str, int], Mapping[str, Any]],
+    ) -> None:
+        """Compare a removed version with the one that replaces it (no version kept across).
+
+        Callers of `X@1` must move to `X@2` when `@1` disappears in the same step: what changed
+        for them is reported on `X@2`, each message starting with "via new version".
+        """
+        old_versions: dict[str, set[int]] = {}
+        new_versions: dict[str, set[int]] = {}
+        for name, version in o_index:
+            old_versions.setdefault(name, set()).add(version)
+        for name, version in n_index:
+            new_versions.setdefault(name, set()).add(version)
+        for name in sorted(old_versions.keys() & new_versions.keys()):
+            before, after = old_versions[name], new_versions[name]
+            if before & after:
+                continue  # a version callers can stay on remains
+            gone, came = max(before), max(after)
+            old, new = o_index[(name, gone)], n_index[(name, came)]
+            sub = _Differ()
+            sub._changed(kind, old, new, via=True)
+            for c in sub.changes:
+                if c.path == "stability" and old.get("stability") == "deprecated":
+                    continue  # the removed version was on its way out; not news to callers
+                self.changes.append(
+                    evolve(c, message=f"via new version (from {name}@{gone}): {c.message}")
+                )
 
     def _removed(
         self, kind: str, spec: Mapping[str, Any], remaining: Mapping[tuple[str, int], Any]
@@ -862,7 +1009,9 @@ class _Differ:
         rule = f"{kind}-added" if kind in ("operation", "event", "entity") else "spec-added"
         self.add(rule, kind, ref, "", f"{kind} {note}")
 
-    def _changed(self, kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    def _changed(
+        self, kind: str, old: Mapping[str, Any], new: Mapping[str, Any], *, via: bool = False
+    ) -> None:
         ref = f"{new['name']}@{new['version']}"
         start = len(self.changes)
         if kind == "operation":
@@ -878,6 +1027,8 @@ class _Differ:
         if docs:
             self.add("metadata-changed", kind, ref, "", f"{', '.join(docs)} changed")
         mine = self.changes[start:]
+        if via:
+            return  # a new version: no same-version rules, no filler
         if not mine:
             self.add("metadata-changed", kind, ref, "", "schema documentation changed")
         breaking = sum(1 for c in mine if c.severity is Severity.BREAKING)
@@ -898,7 +1049,7 @@ class _Differ:
             if role not in old:
                 self.add(f"{prefix}-type-changed", kind, ref, role, f"{role} schema added")
                 continue
-            if old[role] == new[role]:
+            if _canonical(old[role]) == _canonical(new[role]):
                 continue
 
             def emit(suffix: str, path: str, message: str, _p: str = prefix) -> None:
@@ -979,6 +1130,14 @@ class _Differ:
     def _pii(self, kind: str, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         op, np_ = set(old.get("pii") or ()), set(new.get("pii") or ())
         for path in sorted(op - np_):
+            if not _has_field(kind, new, path):
+                self.add(
+                    "pii-field-removed", kind, ref, path,
+                    f"{path} was removed together with its personal-data mark: it is no longer "
+                    "collected or returned (records written before keep it redacted); if it was "
+                    "renamed, mark the new field as personal data",
+                )  # fmt: skip
+                continue
             self.add(
                 "pii-removed", kind, ref, path,
                 f"{path} is no longer marked as personal data: it will appear unredacted in audit "
@@ -1061,6 +1220,42 @@ class _Differ:
                     "spec-changed", kind, ref, key,
                     f"{key} changed from {_fmt(old.get(key))} to {_fmt(new.get(key))}",
                 )  # fmt: skip
+
+
+def _has_field(kind: str, spec: Mapping[str, Any], path: str) -> bool:
+    """Whether the dotted `path` (`input.email`, an entity's `email`) exists in `spec`'s schemas.
+
+    Unknown layouts answer True (the conservative `pii-removed` is then reported).
+    """
+    schemas: Mapping[str, Any] = spec.get("schemas") or {}
+    parts = path.split(".")
+    if parts[0] in schemas:
+        role, parts = parts[0], parts[1:]
+    else:
+        role = {"entity": "model", "event": "payload"}.get(kind, "")
+        if role not in schemas:
+            return True
+    root = schemas[role]
+    if not isinstance(root, Mapping):
+        return True
+
+    def has(node: Any, rest: list[str], depth: int = 0) -> bool:
+        if depth > 64:
+            return True
+        schema, _ = _SchemaComparer._deref(node, root)
+        if not rest:
+            return True
+        members = schema.get("anyOf", schema.get("oneOf"))
+        if isinstance(members, list) and any(has(m, rest, depth + 1) for m in members):
+            return True
+        if isinstance(schema.get("items"), Mapping) and has(schema["items"], rest, depth + 1):
+            return True
+        props = schema.get("properties")
+        if isinstance(props, Mapping) and rest[0] in props:
+            return has(props[rest[0]], rest[1:], depth + 1)
+        return False
+
+    return has(root, parts)
 
 
 _KIND_SORT: Final = {"entity": 0, "event": 1, "operation": 2}
