@@ -312,3 +312,38 @@ async def test_twenty_concurrent_transitions_on_one_instance_have_exactly_one_wi
     steps = page.model_dump()["items"]
     assert [s["seq"] for s in steps] == [1, 2, 3]
     assert steps[2]["to_state"] == wins[0]["state"]
+
+
+# -- IR ------------------------------------------------------------------------------------------
+
+
+def test_workflows_appear_in_the_ir_with_states_transitions_and_schemas() -> None:
+    """registry.to_ir() has a `workflow` section: states, transitions with auth, guard name and
+    input schema, timers; the canonical text is identical for two builds."""
+    from datetime import timedelta
+
+    from workflows_app import leave_workflow
+
+    from contractspec.core.ir import dumps_ir, validate_ir
+
+    registry = SpecRegistry(leave_workflow(remind_after=timedelta(hours=48)))
+    ir = registry.to_ir()
+    [wf] = ir["specs"]["workflow"]
+    assert (wf["kind"], wf["name"], wf["version"]) == ("workflow", "hr.leave", 1)
+    assert wf["states"] == ["draft", "submitted", "approved", "rejected", "expired"]
+    assert (wf["initial"], wf["final"]) == ("draft", ["approved", "expired", "rejected"])
+    by_name = {t["name"]: t for t in wf["transitions"]}
+    assert by_name["submit"]["guard"] == "short_enough"
+    assert by_name["approve"]["auth"] == {
+        "kind": "permissions", "permissions": ["leave.decide"], "resource": None,
+    }  # fmt: skip
+    assert by_name["approve"]["emits"] == ["hr.leave_approved@1"]
+    assert wf["schemas"]["input.approve"]["properties"]["note"]["type"] == "string"
+    assert wf["schemas"]["subject"]["required"] == ["days"]
+    assert wf["timers"] == [
+        {"name": "submitted_expire", "state": "submitted", "fire": "expire", "escalate": False,
+         "after_s": 172800.0, "at": None},
+    ]  # fmt: skip
+    again = SpecRegistry(leave_workflow(remind_after=timedelta(hours=48))).to_ir()
+    assert dumps_ir(ir) == dumps_ir(again)
+    validate_ir(ir)

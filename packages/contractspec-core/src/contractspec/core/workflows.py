@@ -427,6 +427,10 @@ class WorkflowSpec:
         """Name of a derived operation (`operation_name("approve")` -> `hr.leave.approve`)."""
         return f"{self.name}.{item}"
 
+    def to_ir(self) -> dict[str, Any]:
+        """This workflow's IR entry (see `workflow_ir` for the shape)."""
+        return workflow_ir(self)
+
     def install(self, registry: SpecRegistry) -> None:
         """Register the derived entities, events and operations with their handlers.
 
@@ -1401,28 +1405,36 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
 
 
 def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
-    """The IR entry of a workflow (used by `contractspec.core.ir.to_ir`).
+    """The IR entry of a workflow (`WorkflowSpec.to_ir`, used by `contractspec.core.ir.to_ir`).
 
-    Shape: `{"name", "version", "description", "states", "initial", "final", "subject",
-    "transitions": [{"name", "sources", "target", "auth", "guard", "input", "emits",
-    "approvals": {"count", "roles", "allow_requester"} | None}], "timers": [{"name", "state",
-    "fire", "escalate", "after_s", "at"}], "migrations": {"<old version>": {old: new}},
-    "owners", "tags"}`; schemas are JSON Schema.
+    Shape (besides `kind`, `name`, `version` that the IR adds):
+    `{"description", "states": [...], "initial", "final": [sorted], "start_auth", "read_auth",
+    "admin_auth": {"kind", "permissions", "resource"}, "transitions": [{"name", "sources",
+    "target", "auth", "guard": qualname | None, "has_input": bool, "emits": ["name[@v]"],
+    "approvals": {"count", "roles", "allow_requester"} | None, "description"}],
+    "timers": [{"name", "state", "fire", "escalate", "after_s", "at": qualname | None}],
+    "migrations": {"<old version>": {old_state: new_state}}, "owners", "tags",
+    "schemas": {"subject": <model>, "input.<transition>": <model>}}`; the IR turns the models in
+    `schemas` into JSON Schema.
     """
 
     def auth_ir(auth: AuthRequirement) -> dict[str, Any]:
         return {"kind": auth.kind, "permissions": list(auth.permissions), "resource": auth.resource}
 
+    schemas: dict[str, type[BaseModel]] = {}
+    if wf.subject is not None:
+        schemas["subject"] = wf.subject
+    for t in wf.transitions:
+        if t.input is not None:
+            schemas[f"input.{t.name}"] = t.input
     return {
-        "name": wf.name,
-        "version": wf.version,
         "description": wf.description,
         "states": list(wf.states),
         "initial": wf.initial,
         "final": sorted(wf.final),
-        "subject": wf.subject.model_json_schema() if wf.subject is not None else None,
         "start_auth": auth_ir(wf.start_auth),
         "read_auth": auth_ir(wf.read_auth),
+        "admin_auth": auth_ir(wf.admin_auth or requires(f"{wf.name}.migrate")),
         "transitions": [
             {
                 "name": t.name,
@@ -1430,7 +1442,7 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
                 "target": t.target,
                 "auth": auth_ir(t.auth),
                 "guard": t.guard_name,
-                "input": t.input.model_json_schema() if t.input is not None else None,
+                "has_input": t.input is not None,
                 "emits": [e.ref for e in t.emits],
                 "approvals": (
                     {
@@ -1461,6 +1473,7 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
         },
         "owners": list(wf.owners),
         "tags": list(wf.tags),
+        "schemas": schemas,
     }
 
 
