@@ -1,0 +1,103 @@
+"""Workflow approval steps: quorum of distinct approvers with roles, no self-approval, final
+rejections (memory, SQLite file, PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from workflows_app import DIRECTOR, EMPLOYEE, MANAGER, MANAGER_2, POLICY, build_registry, ctx
+
+from contractspec.core import (
+    Actor,
+    Backend,
+    ConflictError,
+    Executor,
+    PolicyDeniedError,
+    SpecRegistry,
+    WorkflowStateError,
+)
+from contractspec.core.testing import SequentialIds
+
+
+@pytest.fixture
+def registry() -> SpecRegistry:
+    """Overrides conftest's registry so the `backend` fixture creates the workflow tables."""
+    return build_registry()
+
+
+@pytest.fixture
+def executor(registry: SpecRegistry, backend: Backend) -> Executor:
+    """An executor over the backend under test with the leave policy."""
+    return Executor(registry, backend=backend, policy=POLICY, ids=SequentialIds("id"))
+
+
+async def _order(ex: Executor) -> str:
+    out = await ex.execute("buy.order.start", {}, ctx(MANAGER))
+    return str(out.model_dump()["id"])
+
+
+async def _approve(ex: Executor, iid: str, actor: Actor) -> dict[str, object]:
+    out = await ex.execute("buy.order.approve.approve", {"instance_id": iid}, ctx(actor))
+    return out.model_dump()
+
+
+async def test_two_distinct_managers_fire_the_transition_on_the_second_approval(
+    executor: Executor,
+) -> None:
+    """First approval: recorded, not fired; second by another manager: fires in the same call,
+    with one history step naming both approvers."""
+    iid = await _order(executor)
+    first = await _approve(executor, iid, MANAGER_2)
+    assert (first["approvals"], first["required"], first["fired"]) == (1, 2, False)
+    assert first["instance"]["state"] == "requested"  # type: ignore[index]
+    second = await _approve(executor, iid, DIRECTOR)
+    assert (second["approvals"], second["fired"]) == (2, True)
+    assert second["instance"]["state"] == "approved"  # type: ignore[index]
+    page = await executor.execute("buy.order.history", {"instance_id": iid}, ctx(MANAGER))
+    steps = page.model_dump()["items"]
+    assert [(s["kind"], s["to_state"]) for s in steps] == [
+        ("start", "requested"),
+        ("approval", "approved"),
+    ]
+    assert steps[1]["input"] == {"approvers": ["mgr-2", "dir-1"]}
+    assert steps[1]["actor_id"] == "dir-1"
+
+
+async def test_no_self_approval_no_missing_role_no_double_vote(executor: Executor) -> None:
+    """The requester cannot approve; an approver without the manager role cannot; an approver
+    cannot approve twice; none of these count towards the quorum."""
+    iid = await _order(executor)
+    with pytest.raises(PolicyDeniedError, match="may not approve its own request"):
+        await _approve(executor, iid, MANAGER)
+    with pytest.raises(PolicyDeniedError, match="needs an approver with one of the roles manager"):
+        await _approve(executor, iid, EMPLOYEE)
+    await _approve(executor, iid, MANAGER_2)
+    with pytest.raises(ConflictError, match="already decided"):
+        await _approve(executor, iid, MANAGER_2)
+    got = await executor.execute("buy.order.get", {"instance_id": iid}, ctx(MANAGER))
+    assert got.model_dump()["state"] == "requested"
+
+
+async def test_a_rejection_is_final_for_the_state_entry(executor: Executor) -> None:
+    """After one rejection, further approvals fail and `available` offers nothing."""
+    iid = await _order(executor)
+    out = await executor.execute("buy.order.approve.reject", {"instance_id": iid}, ctx(MANAGER_2))
+    assert out.model_dump()["rejected"] is True
+    with pytest.raises(WorkflowStateError, match="was rejected; a rejection is final"):
+        await _approve(executor, iid, DIRECTOR)
+    avail = await executor.execute("buy.order.available", {"instance_id": iid}, ctx(DIRECTOR))
+    assert avail.model_dump()["transitions"] == []
+
+
+async def test_available_shows_approval_progress_to_eligible_approvers_only(
+    executor: Executor,
+) -> None:
+    """The requester sees no approval step; another manager sees it with the approvals so far."""
+    iid = await _order(executor)
+    mine = await executor.execute("buy.order.available", {"instance_id": iid}, ctx(MANAGER))
+    assert mine.model_dump()["transitions"] == []
+    await _approve(executor, iid, MANAGER_2)
+    theirs = await executor.execute("buy.order.available", {"instance_id": iid}, ctx(DIRECTOR))
+    [step] = theirs.model_dump()["transitions"]
+    assert (step["name"], step["operation"], step["approvals_required"], step["approvals_given"]) == (
+        "approve", "buy.order.approve.approve", 2, 1,
+    )  # fmt: skip
