@@ -311,6 +311,91 @@ async def test_enqueue_in_a_transaction_exists_iff_it_commits(queue: JobQueue) -
     assert {j.id for j in await queue.list()} == {kept, kept_keyed}
 
 
+async def _dead(queue: JobQueue, org_id: str | None = None) -> str:
+    job_id = await queue.enqueue("mail.send", {"to": "d@x.io"}, org_id=org_id)
+    (job,) = await queue.lease(worker_id="w")
+    assert job.id == job_id
+    assert job.lease_token is not None
+    await queue.fail(job_id, job.lease_token, "boom", retry_at=None)
+    return job_id
+
+
+async def test_discard_cancels_dead_and_failed_jobs_only(queue: JobQueue, clock: FakeClock) -> None:
+    """discard turns a dead or a failed job cancelled (finished now); other statuses stay."""
+    dead = await _dead(queue)
+    failed = await queue.enqueue("mail.send", {"to": "f@x.io"})
+    (job,) = await queue.lease(worker_id="w")
+    assert job.lease_token is not None
+    await queue.fail(failed, job.lease_token, "boom", retry_at=clock.now() + timedelta(hours=1))
+    queued = await queue.enqueue("mail.send", {"to": "q@x.io"}, delay=60)
+    clock.advance(5)
+    assert await queue.discard(dead) is True
+    assert await queue.discard(failed) is True
+    assert await queue.discard(queued) is False
+    assert await queue.discard(dead) is False
+    assert await queue.discard("nope") is False
+    for job_id in (dead, failed):
+        found = await queue.get(job_id)
+        assert found is not None
+        assert (found.status, found.finished_at, found.last_error) == (
+            JobStatus.CANCELLED,
+            T0 + timedelta(seconds=5),
+            "boom",
+        )
+    assert await queue.counts() == counts(cancelled=2, queued=1)
+
+
+async def test_retry_and_discard_in_a_transaction_take_effect_iff_it_commits(
+    queue: JobQueue,
+) -> None:
+    """With `tx=`, retry and discard roll back with the transaction; get(tx=) sees them inside."""
+    uow = unit_of_work(queue)
+    a, b = await _dead(queue), await _dead(queue)
+    tx = await uow.begin()
+    assert await queue.retry(a, tx=tx) is True
+    assert await queue.discard(b, tx=tx) is True
+    inside = await queue.get(a, tx=tx)
+    assert inside is not None
+    assert inside.status is JobStatus.QUEUED
+    await tx.rollback()
+    assert [(await queue.get(i)).status for i in (a, b)] == [JobStatus.DEAD, JobStatus.DEAD]  # type: ignore[union-attr]
+    tx = await uow.begin()
+    assert await queue.retry(a, tx=tx) is True
+    assert await queue.discard(b, tx=tx) is True
+    await tx.commit()
+    assert [(await queue.get(i)).status for i in (a, b)] == [  # type: ignore[union-attr]
+        JobStatus.QUEUED,
+        JobStatus.CANCELLED,
+    ]
+
+
+async def test_browse_is_one_org_newest_first_with_a_keyset_cursor(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """browse selects exactly one org (None: jobs without one), newest first, after `before`."""
+    ids = []
+    for i in range(5):
+        if i % 2 == 0:
+            clock.advance(1)  # pairs share created_at: the id orders them
+        ids.append(await _dead(queue, org_id="o1"))
+    other = await _dead(queue, org_id="o2")
+    bare = await _dead(queue)
+    await queue.enqueue("mail.send", {"to": "q@x.io"}, org_id="o1")
+    assert [j.id for j in await queue.browse(org_id="o1", status="dead")] == ids[::-1]
+    assert len(await queue.browse(org_id="o1")) == 6
+    assert [j.id for j in await queue.browse(org_id="o2")] == [other]
+    assert [j.id for j in await queue.browse(org_id=None)] == [bare]
+    first = await queue.browse(org_id="o1", status=JobStatus.DEAD, limit=2)
+    assert [j.id for j in first] == ids[::-1][:2]
+    rest = await queue.browse(
+        org_id="o1", status="dead", before=(first[-1].created_at, first[-1].id)
+    )
+    assert [j.id for j in first + rest] == ids[::-1]
+    assert await queue.browse(org_id="o1", job_type="crm.report.nightly") == []
+    with pytest.raises(SpecValidationError):
+        await queue.browse(org_id="o1", limit=0)
+
+
 async def test_enqueue_many_is_all_or_nothing(queue: JobQueue) -> None:
     """enqueue_many validates every job first: one bad payload means none is stored."""
     with pytest.raises(SpecValidationError):

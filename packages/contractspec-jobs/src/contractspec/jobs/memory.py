@@ -278,8 +278,10 @@ class MemoryJobQueue:
         )
         return True
 
-    async def retry(self, job_id: str, *, delay: timedelta | None = None) -> bool:
-        """Requeue a dead, cancelled or failed job with fresh attempts."""
+    async def retry(
+        self, job_id: str, *, delay: timedelta | None = None, tx: Transaction | None = None
+    ) -> bool:
+        """Requeue a dead, cancelled or failed job with fresh attempts (undone if `tx` rolls back)."""
         job = self._jobs.get(job_id)
         if job is None or job.status not in (
             JobStatus.DEAD,
@@ -287,6 +289,8 @@ class MemoryJobQueue:
             JobStatus.FAILED,
         ):
             return False
+        if tx is not None:
+            tx.undo_item(self._jobs, job_id)
         self._jobs[job_id] = evolve(
             job,
             status=JobStatus.QUEUED,
@@ -294,7 +298,20 @@ class MemoryJobQueue:
             scheduled_at=self.clock.now() + (delay or timedelta(0)),
             finished_at=None,
         )
-        self._notify()
+        if tx is not None:
+            tx.on_commit(self._notify)
+        else:
+            self._notify()
+        return True
+
+    async def discard(self, job_id: str, *, tx: Transaction | None = None) -> bool:
+        """Cancel a dead or failed job (an operator gave up on it); undone if `tx` rolls back."""
+        job = self._jobs.get(job_id)
+        if job is None or job.status not in (JobStatus.DEAD, JobStatus.FAILED):
+            return False
+        if tx is not None:
+            tx.undo_item(self._jobs, job_id)
+        self._jobs[job_id] = evolve(job, status=JobStatus.CANCELLED, finished_at=self.clock.now())
         return True
 
     async def recover_expired(self) -> int:
@@ -320,8 +337,8 @@ class MemoryJobQueue:
 
     # -- inspection -----------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> Job | None:
-        """The job, or `None`."""
+    async def get(self, job_id: str, *, tx: Transaction | None = None) -> Job | None:
+        """The job, or `None` (`tx` changes nothing: memory writes are visible at once)."""
         return self._jobs.get(job_id)
 
     async def list(
@@ -343,6 +360,29 @@ class MemoryJobQueue:
             and (queue is None or j.queue == queue)
         ]
         found.sort(key=lambda j: (j.created_at, self._order[j.id]))
+        return found[:limit]
+
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs of one tenant, newest first, after the keyset cursor `before`."""
+        wanted = check_status(status)
+        check_limit(limit)
+        found = [
+            j
+            for j in self._jobs.values()
+            if j.org_id == org_id
+            and (wanted is None or j.status is wanted)
+            and (job_type is None or j.type == job_type)
+            and (before is None or (j.created_at, j.id) < before)
+        ]
+        found.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return found[:limit]
 
     async def counts(self, *, queue: str | None = None) -> dict[JobStatus, int]:

@@ -14,6 +14,7 @@ queued/failed/running --cancel--> cancelled;  dead/cancelled/failed --retry--> q
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -224,8 +225,19 @@ class JobQueue(Protocol):
         """
         ...
 
-    async def retry(self, job_id: str, *, delay: timedelta | None = None) -> bool:
-        """Requeue a dead, cancelled or failed job now (or after `delay`) with fresh attempts."""
+    async def retry(
+        self, job_id: str, *, delay: timedelta | None = None, tx: Transaction | None = None
+    ) -> bool:
+        """Requeue a dead, cancelled or failed job now (or after `delay`) with fresh attempts.
+
+        With `tx` (a handler's `ctx.tx`), the change commits or rolls back with the call.
+        """
+        ...
+
+    async def discard(self, job_id: str, *, tx: Transaction | None = None) -> bool:
+        """Give up on a dead or failed job: it becomes `cancelled` (finished now) and never runs
+        again unless retried; `False` if it is in another status or unknown. With `tx`, the
+        change commits or rolls back with the call."""
         ...
 
     async def recover_expired(self) -> int:
@@ -233,8 +245,8 @@ class JobQueue(Protocol):
         of attempts. Workers call it periodically; returns how many jobs were recovered."""
         ...
 
-    async def get(self, job_id: str) -> Job | None:
-        """The job, or `None`."""
+    async def get(self, job_id: str, *, tx: Transaction | None = None) -> Job | None:
+        """The job, or `None`; with `tx`, as that transaction sees it."""
         ...
 
     async def list(
@@ -246,6 +258,30 @@ class JobQueue(Protocol):
         limit: int = 100,
     ) -> list[Job]:
         """Jobs filtered by status, type and queue, oldest first (at most `limit`)."""
+        ...
+
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs of exactly one tenant, newest first (`created_at`, then `id`, descending).
+
+        Args:
+            org_id: The tenant; `None` selects the jobs enqueued without an org (never all).
+            status: Only jobs in this status.
+            job_type: Only jobs of this type.
+            limit: At most this many (1..10000).
+            before: Keyset cursor: only jobs strictly older than this `(created_at, id)`, i.e.
+                the last job of the previous page.
+
+        Raises:
+            SpecValidationError: Unknown status or a limit outside 1..10000.
+        """
         ...
 
     async def counts(self, *, queue: str | None = None) -> dict[JobStatus, int]:

@@ -52,6 +52,7 @@ from sqlalchemy import (
     delete,
     func,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -748,9 +749,32 @@ class SqlJobQueue:
         )
         return count == 1
 
-    async def retry(self, job_id: str, *, delay: timedelta | None = None) -> bool:
-        """Requeue a dead, cancelled or failed job with fresh attempts."""
-        count = await self._write(
+    async def _write_in(self, tx: Transaction | None, stmt: Any, what: str) -> int:
+        """Run an UPDATE on its own (`tx=None`) or inside the caller's `SqlTransaction`."""
+        if tx is None:
+            count = await self._write(stmt)
+            assert isinstance(count, int)
+            return count
+        if not isinstance(tx, SqlTransaction):
+            raise ConfigurationError(
+                f"SqlJobQueue.{what}(tx=...) needs a SqlTransaction (from SqlUnitOfWork or an "
+                f"Executor on a SqlBackend), got {type(tx).__name__}"
+            )
+        tx.check_writable(f"{what} of a job")
+        result = await tx.execute(stmt, write=True)
+        rowcount: int = result.rowcount  # type: ignore[attr-defined]  # UPDATE results have it
+        return rowcount
+
+    async def retry(
+        self, job_id: str, *, delay: timedelta | None = None, tx: Transaction | None = None
+    ) -> bool:
+        """Requeue a dead, cancelled or failed job with fresh attempts (in `tx`, if given).
+
+        Raises:
+            ConfigurationError: `tx` is not a `SqlTransaction`.
+        """
+        count = await self._write_in(
+            tx,
             update(jobs_table)
             .where(_J.id == job_id, _J.status.in_(("dead", "cancelled", "failed")))
             .values(
@@ -758,10 +782,30 @@ class SqlJobQueue:
                 attempts=0,
                 scheduled_at=self.clock.now() + (delay or timedelta(0)),
                 finished_at=None,
-            )
+            ),
+            "retry",
         )
-        if count == 1:
+        if count == 1 and tx is None:
             self._local.set()
+        elif count == 1 and isinstance(tx, SqlTransaction):
+            tx.on_commit(self._local.set)
+            if self.notify:
+                tx.add_flush_hook("contractspec.jobs.notify", self._notify_hook)
+        return count == 1
+
+    async def discard(self, job_id: str, *, tx: Transaction | None = None) -> bool:
+        """Cancel a dead or failed job (an operator gave up on it), in `tx` if given.
+
+        Raises:
+            ConfigurationError: `tx` is not a `SqlTransaction`.
+        """
+        count = await self._write_in(
+            tx,
+            update(jobs_table)
+            .where(_J.id == job_id, _J.status.in_(("dead", "failed")))
+            .values(status="cancelled", finished_at=self.clock.now()),
+            "discard",
+        )
         return count == 1
 
     async def recover_expired(self) -> int:
@@ -799,9 +843,13 @@ class SqlJobQueue:
 
     # -- inspection -----------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> Job | None:
-        """The job, or `None`."""
-        rows = await self._read(select(jobs_table).where(_J.id == job_id))
+    async def get(self, job_id: str, *, tx: Transaction | None = None) -> Job | None:
+        """The job, or `None`; read inside `tx` (a `SqlTransaction`) when given."""
+        stmt = select(jobs_table).where(_J.id == job_id)
+        if isinstance(tx, SqlTransaction):
+            row = (await tx.execute(stmt)).first()
+            return _job(row) if row is not None else None
+        rows = await self._read(stmt)
         return _job(rows[0]) if rows else None
 
     async def list(
@@ -827,6 +875,35 @@ class SqlJobQueue:
         if queue is not None:
             stmt = stmt.where(_J.queue == queue)
         rows = await self._read(stmt.order_by(_J.created_at, _J.id).limit(limit))
+        return [_job(r) for r in rows]
+
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs of one tenant, newest first, after the keyset cursor `before`.
+
+        Raises:
+            SpecValidationError: Unknown status or a limit outside 1..10000.
+        """
+        wanted = check_status(status)
+        check_limit(limit)
+        stmt = select(jobs_table).where(
+            _J.org_id.is_(None) if org_id is None else _J.org_id == org_id
+        )
+        if wanted is not None:
+            stmt = stmt.where(_J.status == wanted.value)
+        if job_type is not None:
+            stmt = stmt.where(_J.type == job_type)
+        if before is not None:
+            at, last_id = before
+            stmt = stmt.where(or_(_J.created_at < at, and_(_J.created_at == at, _J.id < last_id)))
+        rows = await self._read(stmt.order_by(_J.created_at.desc(), _J.id.desc()).limit(limit))
         return [_job(r) for r in rows]
 
     async def counts(self, *, queue: str | None = None) -> dict[JobStatus, int]:
