@@ -2,7 +2,9 @@
 """SQLAlchemy 2.x typed models of every entity (the tables the ContractSpec runtime uses).
 
 Column types keep SQLite and PostgreSQL equivalent: `UtcDateTime` stores aware UTC datetimes,
-`DecimalType` exact decimals (scaled integers on SQLite), `EnumValue` plain enum values.
+`DecimalType` exact decimals (scaled integers on SQLite), `EnumValue` plain enum values, `JsonType`
+JSON (JSONB on PostgreSQL). For Alembic, pass `alembic_render_item` as `render_item` in `env.py`:
+autogenerate then writes these types with every argument and the import of this module.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -38,6 +40,7 @@ __all__ = [
     "DecimalType",
     "EnumValue",
     "UtcDateTime",
+    "alembic_render_item",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -65,6 +68,9 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def __repr__(self) -> str:
+        return "UtcDateTime()"
 
 
 class DecimalType(TypeDecorator[Decimal]):
@@ -106,6 +112,11 @@ class DecimalType(TypeDecorator[Decimal]):
             return Decimal(int(value)).scaleb(-self.decimal_places)
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
+    def __repr__(self) -> str:
+        return (
+            f"DecimalType(max_digits={self.max_digits!r}, decimal_places={self.decimal_places!r})"
+        )
+
 
 class EnumValue(TypeDecorator[Any]):
     """Stores an enum member (or a literal value) as its plain value (text or integer)."""
@@ -126,6 +137,22 @@ class EnumValue(TypeDecorator[Any]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         return value
+
+    def __repr__(self) -> str:
+        return f"EnumValue(integer={self.integer!r}, length={self.length!r})"
+
+
+def alembic_render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
+    """Alembic `render_item` hook: writes this module's column types into migrations.
+
+    Renders them with every constructor argument (`<this module>.DecimalType(max_digits=12,
+    decimal_places=2)`) and adds the import of this module to the migration; everything else is
+    left to Alembic (`False`).
+    """
+    if type_ != "type" or type(obj).__module__ != __name__:
+        return False
+    autogen_context.imports.add(f"import {__name__}")
+    return f"{__name__}.{obj!r}"
 
 
 class Base(DeclarativeBase):

@@ -369,7 +369,7 @@ def _tables_module(entities: list[dict[str, Any]], digest: str) -> str:
             else:
                 flags["json"] = True
                 py = "Any"
-                sa = "JsonType"
+                sa = "JsonType()"
             nullable = bool(col.get("nullable")) and col["name"] != pk
             annotation = f"Mapped[{py} | None]" if nullable else f"Mapped[{py}]"
             args = [sa]
@@ -418,11 +418,14 @@ def _tables_module(entities: list[dict[str, Any]], digest: str) -> str:
                 "args": table_args,
             }
         )
+    imports.add("typing", "Any")  # alembic_render_item
+    imports.add("typing", "Literal")
     if flags["json"]:
         imports.add("sqlalchemy", "JSON")
         imports.add("sqlalchemy.dialects.postgresql", "JSONB")
+        imports.add("sqlalchemy.engine", "Dialect")
+        imports.add("sqlalchemy.types", "TypeDecorator")
         imports.add("sqlalchemy.types", "TypeEngine")
-        imports.add("typing", "Any")
     if flags["datetime"]:
         imports.add("datetime", "UTC")
         imports.add("datetime", "datetime")
@@ -450,7 +453,7 @@ def _tables_module(entities: list[dict[str, Any]], digest: str) -> str:
         imports.plain.add("enum")
     lines = imports.lines()
     all_names = sort_names(
-        ["Base", "NAMING_CONVENTION", *[t["name"] for t in tables]]
+        ["Base", "NAMING_CONVENTION", "alembic_render_item", *[t["name"] for t in tables]]
         + [n for n, on in (("JsonType", flags["json"]), ("UtcDateTime", flags["datetime"]),
                            ("DecimalType", flags["decimal"]), ("EnumValue", flags["enum"])) if on]
     )  # fmt: skip
