@@ -81,9 +81,12 @@ __all__ = [
     "WorkflowStep",
     "WorkflowTimerFire",
     "define_workflow",
+    "may_call",
+    "system_call",
     "timer",
     "timer_job_type",
     "transition",
+    "workflow_ir",
 ]
 
 _STATE: Final = re.compile(r"^[a-z][a-z0-9_]*\Z")
