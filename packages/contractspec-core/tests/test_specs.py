@@ -106,7 +106,7 @@ def test_queries_cannot_emit_events() -> None:
 
 
 def test_emits_may_not_repeat_an_event() -> None:
-    """Listing one event twice (even at two versions) is refused."""
+    """A bare event name beside a versioned entry of it is refused (two explicit versions are not)."""
     with pytest.raises(SpecDefinitionError, match="more than once"):
         define_command(
             "crm.deal.create", input=In, output=Out, emits=["crm.x.done", "crm.x.done@2"]

@@ -139,7 +139,8 @@ class HandlerCtx:
         """Emit one of the operation's declared events; it is published only if the call commits.
 
         Args:
-            event: The event spec or its name.
+            event: The event spec, its name, or `"name@version"` (required to pick one of two
+                declared versions of an event).
             payload: A payload model instance or a mapping validated into one.
 
         Returns:
@@ -152,13 +153,20 @@ class HandlerCtx:
                 lone surrogate).
         """
         plan = self._plan
-        name = event.name if isinstance(event, EventSpec) else event
+        name = event.ref if isinstance(event, EventSpec) else event
         spec = plan.events.get(name)
-        if spec is None or (isinstance(event, EventSpec) and event.version != spec.version):
-            declared = ", ".join(e.ref for e in plan.events.values()) or "none"
+        if spec is None:
+            refs = sorted({e.ref for e in plan.events.values()})
+            versions = [r for r in refs if r.partition("@")[0] == name]
+            if len(versions) > 1:
+                raise HandlerContractError(
+                    f"{plan.spec.ref} emitted {name!r}, which it declares at several versions "
+                    f"({', '.join(versions)}); pass the EventSpec or one of these refs",
+                    details={"operation": plan.spec.ref, "event": name},
+                )
             raise HandlerContractError(
                 f"{plan.spec.ref} emitted {name!r}, which it does not declare; add it to "
-                f"emits= (declared: {declared})",
+                f"emits= (declared: {', '.join(refs) or 'none'})",
                 details={"operation": plan.spec.ref, "event": name},
             )
         model = spec.payload

@@ -449,11 +449,20 @@ def _event_refs(emits: Iterable[EmitsItem] | None, *, key: str) -> tuple[EventSp
                 f"{key}: emits must list EventSpec objects or 'name[@version]' strings, got {item!r}",
                 details={"field": "emits"},
             )
-    names = [e.name for e in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    # Two explicit versions of one event may be declared (a side-by-side event migration); the
+    # same version twice, or an unversioned reference beside another one, is refused.
+    refs = [(e.name, e.version) for e in out]
+    dupes = sorted(
+        {
+            f"{n}@{v}" if v is not None else n
+            for n, v in refs
+            if refs.count((n, v)) > 1 or (v is None and [m for m, _ in refs].count(n) > 1)
+        }
+    )
     if dupes:
         raise SpecDefinitionError(
-            f"{key}: emits lists {', '.join(dupes)} more than once; keep one version per event",
+            f"{key}: emits lists {', '.join(dupes)} more than once; list each event once, or two "
+            "versions of one event each with its version ('x.y.done@1', 'x.y.done@2')",
             details={"field": "emits"},
         )
     return tuple(out)
@@ -646,7 +655,9 @@ def define_command(
         tags: Free-form tags.
         stability: `experimental`, `beta`, `stable` (default) or `deprecated`.
         auth: `public()`, `authenticated()` (default) or `requires("perm", ...)`.
-        emits: Events the handler may emit (`EventSpec` objects or `"name[@version]"`).
+        emits: Events the handler may emit (`EventSpec` objects or `"name[@version]"`); two
+            versions of one event may be listed for a side-by-side migration (the handler then
+            emits each by its `EventSpec` or `"name@version"`).
         idempotent: Honour idempotency keys (repeat → stored result; same key, other input →
             `IdempotencyConflictError`).
         pii: Paths of personal data, prefixed `input.` or `output.`; `PII`-annotated fields are added.

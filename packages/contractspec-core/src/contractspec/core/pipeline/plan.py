@@ -178,10 +178,15 @@ class Plans:
                     f"{spec.ref} has no handler; bind one with @registry.handler({spec.name!r})",
                     details={"operation": spec.ref},
                 )
-            events = {}
+            events: dict[str, EventSpec] = {}
+            names: dict[str, int] = {}
             for ref in spec.emits:
                 event = registry.resolve_event(spec, ref)
-                events[event.name] = event
+                events[event.ref] = event
+                names[event.name] = names.get(event.name, 0) + 1
+            for event in list(events.values()):
+                if names[event.name] == 1:  # a bare name is unambiguous: one version declared
+                    events[event.name] = event
             plan = self._plans[(name, version)] = Plan(spec, handler, events)
         return plan
 
