@@ -252,3 +252,29 @@ def test_nab_score_probation_records_and_corpus_normalisation() -> None:
     with pytest.raises(ConfigurationError, match="overlaps"):
         ev.nab_score([], RECORDS, [(at(10), at(14)), (at(12), at(20))])
     assert math.isnan(ev.nab_score([at(10)], RECORDS, []).normalized)
+
+
+def test_read_series_names_the_missing_file_and_where_to_get_nab(tmp_path: Path) -> None:
+    """A missing CSV is a ConfigurationError with the absolute path tried and NAB's download page."""
+    missing = tmp_path / "nab" / "ec2_request_latency_system_failure.csv"
+    with pytest.raises(ConfigurationError) as caught:
+        ev.read_series(missing)
+    message = str(caught.value)
+    assert f"path={str(missing)!r}" in message
+    assert "https://github.com/numenta/NAB/tree/master/data" in message
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+def test_read_series_reads_epoch_seconds_and_values_and_rejects_other_columns(
+    tmp_path: Path,
+) -> None:
+    """Timestamps are UTC epoch seconds; a file without timestamp,value columns is refused."""
+    good = tmp_path / "good.csv"
+    good.write_text("timestamp,value\n2014-03-07 03:41:00,45.868\n2014-03-07 03:46:00,47.0\n")
+    times, values = ev.read_series(good)
+    start = datetime(2014, 3, 7, 3, 41, tzinfo=UTC).timestamp()
+    assert (times.tolist(), values.tolist()) == ([start, start + 300], [45.868, 47.0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,value\n2014-03-07 03:41:00,1\n")
+    with pytest.raises(ConfigurationError, match="expected columns timestamp,value"):
+        ev.read_series(bad)

@@ -448,15 +448,33 @@ def replay_intents(
 def read_series(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a NAB-style CSV (`timestamp,value`, timestamps `YYYY-MM-DD HH:MM:SS` in UTC).
 
+    The Numenta Anomaly Benchmark's series are such files:
+    <https://github.com/numenta/NAB/tree/master/data>.
+
+    Args:
+        path: The CSV file.
+
     Returns:
         `(epoch_seconds, values)` as `float64` arrays.
 
     Raises:
-        ConfigurationError: The file does not have `timestamp` and `value` columns.
+        ConfigurationError: No file at `path` (the message names the absolute path tried and
+            where to download the NAB series), or the file does not have `timestamp` and `value`
+            columns.
     """
     times: list[float] = []
     values: list[float] = []
-    with open(path, newline="") as handle:
+    try:
+        handle = open(path, newline="")  # noqa: SIM115 - closed by the `with` below
+    except FileNotFoundError as exc:
+        raise ConfigurationError(
+            f"read_series: no file at path={os.path.abspath(path)!r}. Pass the path of a CSV "
+            "with timestamp,value columns; the NAB series (MIT) are at "
+            "https://github.com/numenta/NAB/tree/master/data (e.g. "
+            "data/realKnownCause/ec2_request_latency_system_failure.csv), and ContractSpec's own "
+            "tests read them from ../shared/data/nab/ beside the repository"
+        ) from exc
+    with handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"timestamp", "value"} <= set(reader.fieldnames):
             raise ConfigurationError(f"{os.fspath(path)}: expected columns timestamp,value")
