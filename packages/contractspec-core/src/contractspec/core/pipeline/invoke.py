@@ -67,8 +67,11 @@ async def run(
             "declare it with idempotent=True or drop the key",
             details={"operation": plan.spec.ref, "field": "idempotency_key"},
         )
-    if connection is not None:
-        return await _run_joined(ex, plan, value, call, key, emitted, connection)
+    if connection is not None:  # a savepoint of the caller's transaction, which commits
+        tx = await ex.unit_of_work.join(  # type: ignore[attr-defined]
+            connection, readonly=not plan.is_command
+        )
+        return await _run_in(ex, tx, plan, value, call, key, emitted, joined=True)
     batch = BATCH.get()
     if batch is not None and batch._executor is ex:
         batch._enter(plan.spec.ref)
@@ -77,31 +80,7 @@ async def run(
         finally:
             batch._busy = False
     tx = await ex.unit_of_work.begin(readonly=not plan.is_command)
-    hctx: HandlerCtx | None = None
-    try:
-        digest = None
-        if key is not None:
-            digest = fingerprint(plan.spec, value)
-            replay = await reserve(ex, tx, plan, call, key, digest)
-            if replay is not None:
-                await tx.commit()
-                return replay
-        hctx = HandlerCtx(ex, plan, call, tx)
-        output = await invoke(ex, plan, value, hctx, 0, key, digest)
-        if plan.is_command:
-            await tx.commit()
-            hctx._denials.clear()  # committed with the call
-            if emitted is not None:
-                emitted.extend(hctx._events)
-        else:
-            await tx.rollback()
-        return output
-    except BaseException:
-        await tx.rollback()
-        raise
-    finally:
-        if hctx is not None and hctx._denials:
-            await record_denials(ex, hctx._denials, None)
+    return await _run_in(ex, tx, plan, value, call, key, emitted, joined=False)
 
 
 def check_joinable(ex: Executor, connection: Any) -> None:
@@ -139,19 +118,23 @@ async def defer_denials(ex: Executor, connection: Any, denials: list[AuditRecord
         _log.exception("contractspec.denial_audit_failed", action=denials[0].action)
 
 
-async def _run_joined(
+async def _run_in(
     ex: Executor,
+    tx: Any,
     plan: Plan,
     value: BaseModel,
     call: CallContext,
     key: str | None,
     emitted: list[EventEnvelope] | None,
-    connection: Any,
+    *,
+    joined: bool,
 ) -> BaseModel:
-    """The call in a savepoint of the caller's transaction; the caller commits or rolls back."""
-    tx = await ex.unit_of_work.join(  # type: ignore[attr-defined]
-        connection, readonly=not plan.is_command
-    )
+    """The call in `tx`: its own transaction, or (`joined`) a savepoint of the caller's.
+
+    Its own transaction records the handler's denials inside it (then they are committed with
+    the call) or, when the call fails, after the rollback; a joined call leaves them to be written
+    once the caller's transaction has ended.
+    """
     hctx: HandlerCtx | None = None
     try:
         digest = None
@@ -162,9 +145,11 @@ async def _run_joined(
                 await tx.commit()
                 return replay
         hctx = HandlerCtx(ex, plan, call, tx)
-        output = await invoke(ex, plan, value, hctx, 0, key, digest, denials_inside=False)
+        output = await invoke(ex, plan, value, hctx, 0, key, digest, denials_inside=not joined)
         if plan.is_command:
             await tx.commit()
+            if not joined:
+                hctx._denials.clear()  # committed with the call
             if emitted is not None:
                 emitted.extend(hctx._events)
         else:
@@ -175,7 +160,10 @@ async def _run_joined(
         raise
     finally:
         if hctx is not None and hctx._denials:
-            tx.after_caller_transaction(_denials_writer(ex, list(hctx._denials)))
+            if joined:
+                tx.after_caller_transaction(_denials_writer(ex, list(hctx._denials)))
+            else:
+                await record_denials(ex, hctx._denials, None)
 
 
 def _denials_writer(ex: Executor, denials: list[AuditRecord]) -> Any:
