@@ -1325,10 +1325,8 @@ def _timer_handler(wf: WorkflowSpec) -> Any:
         if inst.state != tm.state or inst.entry_seq != inp.entry_seq:
             return TimerResult(fired=False, reason="instance left the state", instance=inst)
         if tm.escalate:
-            # Record the escalation by bumping the instance: a second run conflicts or no-ops.
-            inst = await ctx.repo(INSTANCE_ENTITY).update(
-                inst.model_copy(update={"updated_at": ctx.now()})
-            )
+            # No write to the instance: an escalation never conflicts with a user's transition;
+            # the job's idempotency key keeps a redelivered escalation from emitting twice.
             ctx.emit(
                 _event_names(wf)[1],
                 Escalated(instance_id=inst.id, workflow=wf.name, state=inst.state, timer=tm.name),
