@@ -12,6 +12,7 @@ from contractspec.bus import (
     DeadLetter,
     DeliveryRecord,
     InAppNotification,
+    Page,
     Preference,
     resolve_preference,
 )
@@ -152,6 +153,60 @@ async def test_dead_letters_list_filter_paginate_and_mark_replayed(stores: Store
         await store.mark_replayed("nope", T0)
     with pytest.raises(ConfigurationError):
         await store.list(cursor="not-a-cursor")
+
+
+async def test_dead_letters_browse_one_org_newest_first_and_discard(stores: Stores) -> None:
+    """browse: exactly one org (None: events without one), still dead, newest first, paginated."""
+    store = stores.dead_letters
+    for n in range(1, 7):
+        await store.add(letter(n, subscriber="s1" if n % 2 else "s2", org="a" if n != 4 else "b"))
+    await store.add(
+        DeadLetter(
+            id="dl-bare",
+            event=envelope(9, org_id=None).to_dict(),
+            subscriber="s1",
+            error="E: x",
+            attempts=1,
+            failed_at=T0,
+        )
+    )
+    await store.mark_replayed("dl-6", T0)
+    page1 = await store.browse(org_id="a", limit=2)
+    assert [d.id for d in page1] == ["dl-5", "dl-3"]
+    page2 = await store.browse(org_id="a", limit=2, cursor=page1.next_cursor)
+    assert ([d.id for d in page2], page2.next_cursor) == (["dl-2", "dl-1"], None)
+    assert [d.id for d in await store.browse(org_id="b")] == ["dl-4"]
+    assert [d.id for d in await store.browse(org_id=None)] == ["dl-bare"]
+    assert [d.id for d in await store.browse(org_id="a", subscriber="s2")] == ["dl-2"]
+    assert await store.browse(org_id="a", event_name="crm.deal.moved") == Page(())
+    assert await store.discard("dl-3") is True
+    assert await store.discard("dl-3") is False
+    assert await store.get("dl-3") is None
+    assert [d.id for d in await store.browse(org_id="a")] == ["dl-5", "dl-2", "dl-1"]
+    with pytest.raises(ConfigurationError):
+        await store.browse(org_id="a", cursor="x")
+
+
+async def test_dead_letter_writes_in_a_transaction_roll_back_with_it(stores: Stores) -> None:
+    """add, mark_replayed and discard with `tx=` take effect iff the transaction commits."""
+    store = stores.dead_letters
+    await store.add(letter(1))
+    await store.add(letter(2))
+    tx = await stores.unit_of_work.begin()
+    await store.add(letter(3), tx=tx)
+    await store.mark_replayed("dl-1", T0, tx=tx)
+    assert await store.discard("dl-2", tx=tx) is True
+    seen = await store.get("dl-1", tx=tx)
+    assert seen is not None
+    assert seen.replayed_at == T0
+    await tx.rollback()
+    assert [d.id for d in await store.browse(org_id="org-1")] == ["dl-2", "dl-1"]
+    tx = await stores.unit_of_work.begin()
+    await store.add(letter(3), tx=tx)
+    await store.mark_replayed("dl-1", T0, tx=tx)
+    assert await store.discard("dl-2", tx=tx) is True
+    await tx.commit()
+    assert [d.id for d in await store.browse(org_id="org-1")] == ["dl-3"]
 
 
 # -- processed events -------------------------------------------------------------------------

@@ -471,11 +471,14 @@ class EventBus:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    async def deliver(self, event: EventEnvelope, *, only: str | None = None) -> DeliveryReport:
+    async def deliver(
+        self, event: EventEnvelope, *, only: str | None = None, tx: Transaction | None = None
+    ) -> DeliveryReport:
         """Deliver `event` to every matching subscriber (or only to the one named `only`).
 
         Subscribers run concurrently; each is retried on failure and dead-lettered past its
-        limit. This never raises for a subscriber's failure.
+        limit. This never raises for a subscriber's failure. With `tx` (a handler's `ctx.tx`),
+        dead letters are written in that transaction (they vanish if it rolls back).
 
         Returns:
             A `DeliveryReport` with one outcome per subscriber that matched.
@@ -490,9 +493,9 @@ class EventBus:
         if not targets:
             return DeliveryReport(event.id, event.name)
         if len(targets) == 1:
-            outcomes: tuple[DeliveryOutcome, ...] = (await self._run(targets[0], event),)
+            outcomes: tuple[DeliveryOutcome, ...] = (await self._run(targets[0], event, tx),)
         else:
-            outcomes = tuple(await asyncio.gather(*(self._run(s, event) for s in targets)))
+            outcomes = tuple(await asyncio.gather(*(self._run(s, event, tx) for s in targets)))
         return DeliveryReport(event.id, event.name, outcomes)
 
     def _passes(self, sub: Subscription, event: EventEnvelope) -> bool:
@@ -504,7 +507,9 @@ class EventBus:
             )
             return False
 
-    async def _run(self, sub: Subscription, event: EventEnvelope) -> DeliveryOutcome:
+    async def _run(
+        self, sub: Subscription, event: EventEnvelope, tx: Transaction | None = None
+    ) -> DeliveryOutcome:
         policy = sub.retry
         attempt = 0
         error = ""
@@ -539,7 +544,9 @@ class EventBus:
             attempts=attempt,
             failed_at=self.clock.now(),
         )
-        await self.dead_letters.add(letter)
+        await (
+            self.dead_letters.add(letter) if tx is None else self.dead_letters.add(letter, tx=tx)
+        )
         _log.error(
             "contractspec.bus.dead_lettered",
             subscriber=sub.name,
@@ -638,6 +645,7 @@ class EventBus:
         ids: Sequence[str] | None = None,
         subscriber: str | None = None,
         limit: int = 100,
+        tx: Transaction | None = None,
     ) -> list[DeliveryReport]:
         """Deliver dead letters again, each to the subscriber that failed it.
 
@@ -648,6 +656,8 @@ class EventBus:
             ids: Replay exactly these dead letters.
             subscriber: Replay the still-dead letters of this subscriber (with `ids=None`).
             limit: Maximum number replayed (oldest first) when `ids` is not given.
+            tx: Record the replays and new dead letters in this transaction (a handler's
+                `ctx.tx`) instead of the store's own; the subscribers run either way.
 
         Raises:
             NotFoundError: An id in `ids` does not exist.
@@ -656,7 +666,9 @@ class EventBus:
         letters: list[DeadLetter] = []
         if ids is not None:
             for id in ids:
-                letter = await self.dead_letters.get(id)
+                letter = await (
+                    self.dead_letters.get(id) if tx is None else self.dead_letters.get(id, tx=tx)
+                )
                 if letter is None:
                     raise NotFoundError(f"dead letter {id!r} does not exist")
                 letters.append(letter)
@@ -672,9 +684,11 @@ class EventBus:
                     details={"field": "subscriber"},
                 )
             event = envelope_from_dict(letter.event, self.registry)
-            report = await self.deliver(event, only=letter.subscriber)
-            if report.ok:
+            report = await self.deliver(event, only=letter.subscriber, tx=tx)
+            if report.ok and tx is None:
                 await self.dead_letters.mark_replayed(letter.id, self.clock.now())
+            elif report.ok:
+                await self.dead_letters.mark_replayed(letter.id, self.clock.now(), tx=tx)
             reports.append(report)
         return reports
 

@@ -535,9 +535,25 @@ class SqlDeadLetterStore(_SqlStore):
 
     __slots__ = ()
 
-    async def add(self, letter: DeadLetter) -> None:
-        """Insert; `ConflictError` if the id exists."""
-        await self._write(
+    async def _apply(self, tx: Transaction | None, stmt: Any, what: str) -> int | None:
+        """Run one write on its own, or inside the caller's `SqlTransaction`."""
+        if tx is None:
+            (count,) = await self._write(stmt)
+            return count  # type: ignore[no-any-return]
+        if not isinstance(tx, SqlTransaction):
+            raise ConfigurationError(
+                f"SqlDeadLetterStore.{what}(tx=...) needs a SqlTransaction (a handler's ctx.tx "
+                f"on a SqlBackend of the same database), got {type(tx).__name__}",
+                details={"field": "tx"},
+            )
+        tx.check_writable(f"{what} of a dead letter")
+        result = await tx.execute(stmt, write=True)
+        return getattr(result, "rowcount", None)
+
+    async def add(self, letter: DeadLetter, *, tx: Transaction | None = None) -> None:
+        """Insert (in `tx`, if given); `ConflictError` if the id exists."""
+        await self._apply(
+            tx,
             dead_letter_table.insert().values(
                 id=letter.id,
                 event_id=letter.event_id,
@@ -549,12 +565,17 @@ class SqlDeadLetterStore(_SqlStore):
                 attempts=letter.attempts,
                 failed_at=letter.failed_at,
                 replayed_at=letter.replayed_at,
-            )
+            ),
+            "add",
         )
 
-    async def get(self, id: str) -> DeadLetter | None:
-        """One dead letter."""
-        rows = await self._read(select(dead_letter_table).where(dead_letter_table.c.id == id))
+    async def get(self, id: str, *, tx: Transaction | None = None) -> DeadLetter | None:
+        """One dead letter, read inside `tx` (a `SqlTransaction`) when given."""
+        stmt = select(dead_letter_table).where(dead_letter_table.c.id == id)
+        if isinstance(tx, SqlTransaction):
+            row = (await tx.execute(stmt)).mappings().first()
+            return _letter(row) if row is not None else None
+        rows = await self._read(stmt)
         return _letter(rows[0]) if rows else None
 
     async def list(
@@ -586,12 +607,48 @@ class SqlDeadLetterStore(_SqlStore):
             tuple(_letter(r) for r in rows), str(rows[-1]["position"]) if more and rows else None
         )
 
-    async def mark_replayed(self, id: str, at: datetime) -> None:
-        """Record a successful replay; `NotFoundError` if unknown."""
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        subscriber: str | None = None,
+        event_name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Still-dead letters of one tenant, newest first; keyset pagination on position."""
+        check_page(limit)
         t = dead_letter_table
-        (count,) = await self._write(update(t).where(t.c.id == id).values(replayed_at=at))
+        stmt = select(t).where(
+            t.c.org_id.is_(None) if org_id is None else t.c.org_id == org_id,
+            t.c.replayed_at.is_(None),
+        )
+        if cursor is not None:
+            stmt = stmt.where(t.c.position < _cursor(cursor))
+        if subscriber is not None:
+            stmt = stmt.where(t.c.subscriber == subscriber)
+        if event_name is not None:
+            stmt = stmt.where(t.c.event_name == event_name)
+        rows = await self._read(stmt.order_by(t.c.position.desc()).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(
+            tuple(_letter(r) for r in rows), str(rows[-1]["position"]) if more and rows else None
+        )
+
+    async def mark_replayed(self, id: str, at: datetime, *, tx: Transaction | None = None) -> None:
+        """Record a successful replay (in `tx`, if given); `NotFoundError` if unknown."""
+        t = dead_letter_table
+        count = await self._apply(
+            tx, update(t).where(t.c.id == id).values(replayed_at=at), "mark_replayed"
+        )
         if not count:
             raise NotFoundError(f"dead letter {id!r} does not exist")
+
+    async def discard(self, id: str, *, tx: Transaction | None = None) -> bool:
+        """Delete a dead letter (in `tx`, if given); `False` if unknown."""
+        t = dead_letter_table
+        return bool(await self._apply(tx, delete(t).where(t.c.id == id), "discard"))
 
     async def count(self, *, include_replayed: bool = False) -> int:
         """How many."""

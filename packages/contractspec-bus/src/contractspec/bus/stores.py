@@ -470,12 +470,12 @@ class DeadLetter:
 class DeadLetterStore(Protocol):
     """Failed deliveries: visible (`list`) and replayable (`EventBus.replay_dead_letters`)."""
 
-    async def add(self, letter: DeadLetter) -> None:
-        """Store a dead letter."""
+    async def add(self, letter: DeadLetter, *, tx: Transaction | None = None) -> None:
+        """Store a dead letter (inside `tx`, when given, so it commits or rolls back with it)."""
         ...
 
-    async def get(self, id: str) -> DeadLetter | None:
-        """One dead letter, or `None`."""
+    async def get(self, id: str, *, tx: Transaction | None = None) -> DeadLetter | None:
+        """One dead letter, or `None`; with `tx`, as that transaction sees it."""
         ...
 
     async def list(
@@ -491,8 +491,35 @@ class DeadLetterStore(Protocol):
         """Dead letters, oldest first, filtered and paginated."""
         ...
 
-    async def mark_replayed(self, id: str, at: datetime) -> None:
-        """Record a successful replay."""
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        subscriber: str | None = None,
+        event_name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Still-dead letters of exactly one tenant, newest first, paginated.
+
+        Args:
+            org_id: The tenant; `None` selects the letters of events without an org (never all).
+            subscriber: Only letters of this subscriber.
+            event_name: Only letters of this event name.
+            limit: Page size (1..1000).
+            cursor: `next_cursor` of the previous page.
+
+        Raises:
+            ConfigurationError: A limit out of range or a cursor not from a previous page.
+        """
+        ...
+
+    async def mark_replayed(self, id: str, at: datetime, *, tx: Transaction | None = None) -> None:
+        """Record a successful replay (inside `tx`, when given)."""
+        ...
+
+    async def discard(self, id: str, *, tx: Transaction | None = None) -> bool:
+        """Delete a dead letter nobody will replay; `False` if it does not exist."""
         ...
 
     async def count(self, *, include_replayed: bool = False) -> int:
@@ -513,15 +540,17 @@ class MemoryDeadLetterStore:
         """How many dead letters are stored (replayed ones included)."""
         return len(self._letters)
 
-    async def add(self, letter: DeadLetter) -> None:
-        """Store; `ConflictError` if the id exists."""
+    async def add(self, letter: DeadLetter, *, tx: Transaction | None = None) -> None:
+        """Store; `ConflictError` if the id exists. With `tx`, removed again if it rolls back."""
         if letter.id in self._letters:
             raise ConflictError(f"dead letter {letter.id!r} already exists")
+        if tx is not None:
+            tx.undo_item(self._letters, letter.id)
         self._order[letter.id] = len(self._order) + 1
         self._letters[letter.id] = letter
 
-    async def get(self, id: str) -> DeadLetter | None:
-        """One dead letter, or `None`."""
+    async def get(self, id: str, *, tx: Transaction | None = None) -> DeadLetter | None:
+        """One dead letter, or `None` (`tx` changes nothing: memory writes are visible at once)."""
         return self._letters.get(id)
 
     async def list(
@@ -557,12 +586,54 @@ class MemoryDeadLetterStore:
         next_cursor = str(self._order[out[-1].id]) if more and out else None
         return Page(tuple(out), next_cursor)
 
-    async def mark_replayed(self, id: str, at: datetime) -> None:
+    async def browse(
+        self,
+        *,
+        org_id: str | None,
+        subscriber: str | None = None,
+        event_name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first; the cursor is the position of the last item returned."""
+        check_page(limit)
+        below = _cursor(cursor) if cursor is not None else None
+        out: list[DeadLetter] = []
+        more = False
+        for id in sorted(self._letters, key=self._order.__getitem__, reverse=True):
+            letter = self._letters[id]
+            if below is not None and self._order[id] >= below:
+                continue
+            if letter.org_id != org_id or letter.replayed_at is not None:
+                continue
+            if subscriber is not None and letter.subscriber != subscriber:
+                continue
+            if event_name is not None and letter.event_name != event_name:
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            out.append(letter)
+        next_cursor = str(self._order[out[-1].id]) if more and out else None
+        return Page(tuple(out), next_cursor)
+
+    async def mark_replayed(self, id: str, at: datetime, *, tx: Transaction | None = None) -> None:
         """Record a successful replay; `NotFoundError` if unknown."""
         letter = self._letters.get(id)
         if letter is None:
             raise NotFoundError(f"dead letter {id!r} does not exist")
+        if tx is not None:
+            tx.undo_item(self._letters, id)
         self._letters[id] = evolve(letter, replayed_at=at)
+
+    async def discard(self, id: str, *, tx: Transaction | None = None) -> bool:
+        """Delete; `False` if unknown. With `tx`, restored if it rolls back."""
+        if id not in self._letters:
+            return False
+        if tx is not None:
+            tx.undo_item(self._letters, id)
+        del self._letters[id]
+        return True
 
     async def count(self, *, include_replayed: bool = False) -> int:
         """How many (still dead, unless `include_replayed`)."""
