@@ -125,3 +125,31 @@ def build_registry() -> SpecRegistry:
 def ctx(actor: Actor, *, org: str = ORG, key: str | None = None) -> CallContext:
     """A call context in `org` (optionally with an idempotency key)."""
     return CallContext(actor=actor, org_id=org, idempotency_key=key)
+
+
+ADMIN = Actor.user("adm-1", roles="admin")
+
+
+def leave_workflow_v2() -> WorkflowSpec:
+    """Version 2: `submitted` is renamed `pending` and a `withdraw` transition is added."""
+    return define_workflow(
+        "hr.leave",
+        version=2,
+        subject=Leave,
+        states=["draft", "pending", "approved", "rejected", "withdrawn"],
+        initial="draft",
+        final=["approved", "rejected", "withdrawn"],
+        transitions=[
+            transition("submit", source="draft", target="pending", auth=requires("leave.request")),
+            transition(
+                "approve", source="pending", target="approved", auth=requires("leave.decide")
+            ),
+            transition(
+                "reject", source="pending", target="rejected", auth=requires("leave.decide")
+            ),
+            transition(
+                "withdraw", source="pending", target="withdrawn", auth=requires("leave.request")
+            ),
+        ],
+        migrations={1: {"submitted": "pending"}},
+    )

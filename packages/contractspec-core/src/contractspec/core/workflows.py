@@ -1038,6 +1038,15 @@ async def _enter(
                 "transition": transition.name,
             }
             ctx.emit(ref.name, payload)
+    await _enqueue_timers(wf, ctx, inst, now)
+    return inst
+
+
+async def _enqueue_timers(
+    wf: WorkflowSpec, ctx: HandlerCtx, inst: WorkflowInstance, now: datetime
+) -> None:
+    """Enqueue the timers of the state `inst` just entered (inside the call's transaction)."""
+    target = inst.state
     for tm in wf.timers:
         if tm.state != target:
             continue
@@ -1055,7 +1064,6 @@ async def _enter(
             org_id=ctx.org_id,
             unique_key=f"{wf.name}:{inst.id}:{inst.entry_seq}:{tm.name}",
         )
-    return inst
 
 
 def _start_handler(wf: WorkflowSpec) -> Any:
@@ -1381,6 +1389,8 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
                     }
                 )
             )
+            if moved.entry_seq != inst.entry_seq:
+                await _enqueue_timers(wf, ctx, moved, now)
             await steps.add(
                 WorkflowStep(
                     id=ctx.new_id(), instance_id=inst.id, seq=moved.seq, workflow=wf.name,
