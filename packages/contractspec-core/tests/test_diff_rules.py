@@ -432,6 +432,141 @@ def test_spec_rule_both_directions(
     assert {c.rule for c in diff_ir(after, before).changes} == reverse
 
 
+# --------------------------------------------------------------------------------------------
+# Workflow rules: (id, old workflow kwargs, new workflow kwargs, forward rules, reverse rules)
+# Only the findings on the workflow spec itself are compared (its derived operations are
+# ordinary operations with their own rules).
+# --------------------------------------------------------------------------------------------
+
+
+class Ticket(BaseModel):
+    title: str
+
+
+class Close(BaseModel):
+    note: str = ""
+
+
+#: `Close` with one more required field.
+CloseWithReason = pydantic.create_model("Close", note=(str, ""), reason=(str, ...))
+
+
+def not_frozen(_instance: Any, _input: object) -> bool:
+    """A guard."""
+    return True
+
+
+def _ticket(
+    *,
+    states: tuple[str, ...] = ("open", "review", "closed", "archived"),
+    archive: bool = True,
+    reopen: bool = True,
+    close_auth: Any = None,
+    close_input: Any = Close,
+    close_sources: tuple[str, ...] = ("open", "review"),
+    close_guard: Any = None,
+    timer_after: dt.timedelta | None = dt.timedelta(hours=1),
+    start_auth: Any = None,
+) -> SpecRegistry:
+    """A ticket workflow; each keyword changes one thing."""
+    from contractspec.core import define_workflow, timer, transition
+
+    final = [s for s in ("closed", "archived", "shelved") if s in states]
+    transitions = [
+        transition("review", source="open", target="review", auth=requires("t.work")),
+        transition("close", source=close_sources, target="closed", input=close_input,
+                   auth=close_auth or requires("t.close"), guard=close_guard),
+    ]  # fmt: skip
+    if archive:
+        target = "archived" if "archived" in states else "shelved"
+        transitions.append(
+            transition("archive", source="open", target=target, auth=requires("t.close"))
+        )
+    if reopen:
+        transitions.append(
+            transition("reopen", source="review", target="open", auth=requires("t.work"))
+        )
+    timers = [] if timer_after is None else [timer("review", after=timer_after, fire="reopen")]
+    return SpecRegistry(
+        define_workflow(
+            "t.ticket", subject=Ticket, states=list(states), initial="open", final=final,
+            transitions=transitions, timers=timers,
+            start_auth=start_auth or requires("t.work"),
+        )
+    )  # fmt: skip
+
+
+BUMP = "breaking-change-without-version-bump"
+WORKFLOW_CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], set[str]]] = [
+    ("state-removed", {}, {"states": ("open", "review", "closed"), "archive": False},
+     {"workflow-state-removed", "workflow-transition-removed", BUMP},
+     {"workflow-state-added", "workflow-transition-added"}),
+    ("state-renamed", {}, {"states": ("open", "review", "closed", "shelved")},
+     {"workflow-state-removed", "workflow-state-added", "workflow-transition-changed", BUMP},
+     {"workflow-state-removed", "workflow-state-added", "workflow-transition-changed", BUMP}),
+    ("transition-removed", {"timer_after": None}, {"timer_after": None, "reopen": False},
+     {"workflow-transition-removed", BUMP}, {"workflow-transition-added"}),
+    ("transition-auth-narrowed", {}, {"close_auth": requires("t.close", "t.admin")},
+     {"auth-tightened", BUMP}, {"auth-loosened", BUMP}),
+    ("start-auth-narrowed", {}, {"start_auth": requires("t.work", "t.admin")},
+     {"auth-tightened", BUMP}, {"auth-loosened", BUMP}),
+    ("transition-source-removed", {}, {"close_sources": ("review",)},
+     {"workflow-transition-source-removed", BUMP}, {"workflow-transition-source-added"}),
+    ("transition-guard-added", {}, {"close_guard": not_frozen},
+     {"workflow-transition-changed"}, {"workflow-transition-changed"}),
+    ("transition-input-field-required", {}, {"close_input": CloseWithReason},
+     {"input-required-property-added", BUMP}, {"input-property-removed", BUMP}),
+    ("transition-input-added", {"close_input": None}, {"close_input": CloseWithReason},
+     {"input-optional-property-added", "input-required-property-added", BUMP},
+     {"input-property-removed", BUMP}),
+    ("timer-changed", {}, {"timer_after": dt.timedelta(hours=2)},
+     {"workflow-timer-changed"}, {"workflow-timer-changed"}),
+    ("timer-added", {"timer_after": None}, {},
+     {"workflow-timer-added"}, {"workflow-timer-removed"}),
+]  # fmt: skip
+
+
+def workflow_rules(old: SpecRegistry, new: SpecRegistry) -> set[str]:
+    """Rules of the changes found on the workflow spec itself."""
+    return {c.rule for c in diff_ir(old.to_ir(), new.to_ir()).changes if c.kind == "workflow"}
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "forward", "reverse"), WORKFLOW_CASES, ids=[c[0] for c in WORKFLOW_CASES]
+)
+def test_workflow_rule_both_directions(
+    case: str, old: dict[str, Any], new: dict[str, Any], forward: set[str], reverse: set[str]
+) -> None:
+    """Each workflow case yields exactly its rules on the workflow, old→new and new→old."""
+    before, after = _ticket(**old), _ticket(**new)
+    assert workflow_rules(before, after) == forward
+    assert workflow_rules(after, before) == reverse
+
+
+def test_workflow_findings_name_the_state_transition_and_field() -> None:
+    """Paths and messages locate each workflow change; a removed state says how to migrate."""
+    result = diff_ir(
+        _ticket().to_ir(),
+        _ticket(states=("open", "review", "closed"), archive=False, close_input=CloseWithReason,
+                timer_after=dt.timedelta(hours=2)).to_ir(),
+    )  # fmt: skip
+    assert [(c.rule, c.severity, c.path, c.message) for c in result.changes
+            if c.kind == "workflow"] == [
+        ("input-required-property-added", Severity.BREAKING, "input.close.reason",
+         "required field 'reason' added"),
+        ("workflow-state-removed", Severity.BREAKING, "states.archived",
+         "state 'archived' removed: instances in it are stranded; keep it, or register "
+         "t.ticket@2 with migrations={1: {'archived': '<new state>'}}"),
+        ("workflow-timer-changed", Severity.WARNING, "timers.review_reopen",
+         "after_s changed from 3600.0 to 7200.0"),
+        ("workflow-transition-removed", Severity.BREAKING, "transitions.archive",
+         "transition 'archive' removed: callers firing it fail"),
+        ("breaking-change-without-version-bump", Severity.BREAKING, "",
+         "3 breaking change(s) at the same version; keep t.ticket@1 (deprecated) and register "
+         "the new shape as t.ticket@2"),
+    ]  # fmt: skip
+
+
 def test_version_bump_keeps_the_old_contract() -> None:
     """Adding @2 next to a deprecated @1 is info only; changing @1 in place is breaking."""
     from core_regen_specs import model
@@ -547,7 +682,7 @@ def test_every_rule_has_a_case() -> None:
     for _case, _old, _new, forward, reverse in SCHEMA_CASES:
         for role in ROLES:
             covered |= {r for r, _s, _p in expected(role, forward + reverse)}
-    for _case, _old, _new, fwd, rev in SPEC_CASES:
+    for _case, _old, _new, fwd, rev in [*SPEC_CASES, *WORKFLOW_CASES]:
         covered |= fwd | rev
     assert sorted(set(RULES) - covered) == []
 

@@ -193,6 +193,32 @@ _SPEC_RULES: Final[tuple[tuple[str, Severity, str], ...]] = (
     ("entity-tenancy-changed", BRK, "an entity became tenant-scoped or global"),
     ("entity-unique-index-added", WRN, "a unique index was added (existing rows may violate it)"),
     ("entity-index-changed", INF, "a non-unique index was added, removed or a unique one dropped"),
+    (
+        "workflow-state-removed",
+        BRK,
+        "a workflow state was removed or renamed (instances may be in it)",
+    ),
+    ("workflow-state-added", INF, "a workflow state was added"),
+    (
+        "workflow-transition-removed",
+        BRK,
+        "a workflow transition was removed (callers firing it fail)",
+    ),
+    ("workflow-transition-added", INF, "a workflow transition was added"),
+    (
+        "workflow-transition-source-removed",
+        BRK,
+        "a transition can no longer be fired from a state it could leave before",
+    ),
+    ("workflow-transition-source-added", INF, "a transition can be fired from one more state"),
+    (
+        "workflow-transition-changed",
+        WRN,
+        "a transition's target state, guard or approval step changed",
+    ),
+    ("workflow-timer-changed", WRN, "a workflow timer's state, due time or action changed"),
+    ("workflow-timer-removed", WRN, "a workflow timer was removed (nothing fires when it was due)"),
+    ("workflow-timer-added", INF, "a workflow timer was added"),
     ("metadata-changed", INF, "documentation or ownership metadata changed"),
     (
         "breaking-change-without-version-bump",
@@ -1020,9 +1046,12 @@ class _Differ:
             self._event(ref, old, new)
         elif kind == "entity":
             self._entity(ref, old, new)
+        elif kind == "workflow":
+            self._workflow(ref, old, new)
         else:
             self._generic(kind, ref, old, new)
-        self._schemas(kind, ref, old.get("schemas") or {}, new.get("schemas") or {})
+        gone = frozenset(f"input.{t}" for t in _transitions(old).keys() - _transitions(new).keys())
+        self._schemas(kind, ref, old.get("schemas") or {}, new.get("schemas") or {}, gone=gone)
         docs = sorted(k for k in _DOC_FIELDS if old.get(k) != new.get(k))
         if docs:
             self.add("metadata-changed", kind, ref, "", f"{', '.join(docs)} changed")
@@ -1039,10 +1068,32 @@ class _Differ:
                 f"register the new shape as {new['name']}@{new['version'] + 1}",
             )  # fmt: skip
 
-    def _schemas(self, kind: str, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    def _schemas(
+        self,
+        kind: str,
+        ref: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        *,
+        gone: frozenset[str] = frozenset(),
+    ) -> None:
         for role in sorted(old.keys() | new.keys()):
+            if role in gone:
+                continue  # its transition was removed: reported once, as such
             known = kind in ("operation", "event", "entity") and role in _ROLE_DIRECTIONS
             prefix = _ROLE_DIRECTIONS[role if known else "*"][0]
+            if kind == "workflow" and role.startswith("input."):
+                # A transition's input (callers send it); a transition gaining or losing its
+                # input is compared with an empty object, field by field.
+                prefix = "input"
+                old_s, new_s = old.get(role, _EMPTY_OBJECT), new.get(role, _EMPTY_OBJECT)
+                if _canonical(old_s) != _canonical(new_s):
+
+                    def emit_input(suffix: str, path: str, message: str) -> None:
+                        self.add(f"input-{suffix}", kind, ref, path, message)
+
+                    _SchemaComparer(old_s, new_s, emit_input).compare(old_s, new_s, role)
+                continue
             if role not in new:
                 self.add(f"{prefix}-property-removed", kind, ref, role, f"{role} schema removed")
                 continue
@@ -1102,7 +1153,15 @@ class _Differ:
         elif new.get("audit") and not old.get("audit"):
             self.add("audit-enabled", kind, ref, "audit", "successful calls are now audited")
 
-    def _auth(self, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    def _auth(
+        self,
+        ref: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        *,
+        kind: str = "operation",
+        path: str = "auth",
+    ) -> None:
         ok, nk = old.get("kind"), new.get("kind")
         orank, nrank = _AUTH_RANK.get(str(ok), 2), _AUTH_RANK.get(str(nk), 2)
         operm, nperm = set(old.get("permissions") or ()), set(new.get("permissions") or ())
@@ -1112,17 +1171,15 @@ class _Differ:
 
         before, after = describe(ok, operm), describe(nk, nperm)
         if nrank < orank or (nrank == orank == 2 and operm - nperm):
-            self.add(
-                "auth-loosened", "operation", ref, "auth", f"auth loosened from {before} to {after}"
-            )
+            self.add("auth-loosened", kind, ref, path, f"auth loosened from {before} to {after}")
         if nrank > orank or (nrank == orank == 2 and nperm - operm):
             self.add(
-                "auth-tightened", "operation", ref, "auth",
+                "auth-tightened", kind, ref, path,
                 f"auth tightened from {before} to {after}; existing callers may be denied",
             )  # fmt: skip
         if old.get("resource") != new.get("resource"):
             self.add(
-                "auth-resource-changed", "operation", ref, "auth.resource",
+                "auth-resource-changed", kind, ref, f"{path}.resource",
                 f"permissions are now checked on {new.get('resource')!r} instead of "
                 f"{old.get('resource')!r}",
             )  # fmt: skip
@@ -1211,15 +1268,117 @@ class _Differ:
                     "entity-index-changed", kind, ref, "indexes", f"index on ({fields}) {state}"
                 )
 
-    def _generic(self, kind: str, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    def _workflow(self, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        kind = "workflow"
+        old_states, new_states = set(old.get("states") or ()), set(new.get("states") or ())
+        for state in sorted(old_states - new_states):
+            self.add(
+                "workflow-state-removed", kind, ref, f"states.{state}",
+                f"state {state!r} removed: instances in it are stranded; keep it, or register "
+                f"{new['name']}@{new['version'] + 1} with migrations={{{old['version']}: "
+                f"{{{state!r}: '<new state>'}}}}",
+            )  # fmt: skip
+        for state in sorted(new_states - old_states):
+            self.add("workflow-state-added", kind, ref, f"states.{state}", f"state {state!r} added")
+        ot, nt = _transitions(old), _transitions(new)
+        for name in sorted(ot.keys() - nt.keys()):
+            self.add(
+                "workflow-transition-removed", kind, ref, f"transitions.{name}",
+                f"transition {name!r} removed: callers firing it fail",
+            )  # fmt: skip
+        for name in sorted(nt.keys() - ot.keys()):
+            self.add(
+                "workflow-transition-added", kind, ref, f"transitions.{name}",
+                f"transition {name!r} added",
+            )  # fmt: skip
+        for name in sorted(ot.keys() & nt.keys()):
+            o, n, path = ot[name], nt[name], f"transitions.{name}"
+            self._auth(
+                ref, o.get("auth") or {}, n.get("auth") or {}, kind=kind, path=f"{path}.auth"
+            )
+            osrc, nsrc = set(o.get("sources") or ()), set(n.get("sources") or ())
+            for state in sorted(osrc - nsrc):
+                self.add(
+                    "workflow-transition-source-removed", kind, ref, f"{path}.sources",
+                    f"{name!r} can no longer be fired from {state!r}",
+                )  # fmt: skip
+            for state in sorted(nsrc - osrc):
+                self.add(
+                    "workflow-transition-source-added", kind, ref, f"{path}.sources",
+                    f"{name!r} can now be fired from {state!r}",
+                )  # fmt: skip
+            for key in ("target", "guard", "approvals"):
+                if o.get(key) != n.get(key):
+                    self.add(
+                        "workflow-transition-changed", kind, ref, f"{path}.{key}",
+                        f"{key} changed from {_fmt(o.get(key))} to {_fmt(n.get(key))}",
+                    )  # fmt: skip
+            oe, ne = set(o.get("emits") or ()), set(n.get("emits") or ())
+            for ev in sorted(oe - ne):
+                self.add(
+                    "event-no-longer-emitted", kind, ref, f"{path}.emits", f"no longer emits {ev}"
+                )
+            for ev in sorted(ne - oe):
+                self.add("event-newly-emitted", kind, ref, f"{path}.emits", f"now emits {ev}")
+        otm = {t["name"]: t for t in old.get("timers") or ()}
+        ntm = {t["name"]: t for t in new.get("timers") or ()}
+        for name in sorted(otm.keys() - ntm.keys()):
+            self.add(
+                "workflow-timer-removed", kind, ref, f"timers.{name}",
+                f"timer {name!r} removed: pending timers of running instances no longer fire",
+            )  # fmt: skip
+        for name in sorted(ntm.keys() - otm.keys()):
+            self.add("workflow-timer-added", kind, ref, f"timers.{name}", f"timer {name!r} added")
+        for name in sorted(otm.keys() & ntm.keys()):
+            o, n = otm[name], ntm[name]
+            changed = sorted(k for k in o.keys() | n.keys() if o.get(k) != n.get(k))
+            if changed:
+                self.add(
+                    "workflow-timer-changed", kind, ref, f"timers.{name}",
+                    ", ".join(f"{k} changed from {_fmt(o.get(k))} to {_fmt(n.get(k))}"
+                              for k in changed),
+                )  # fmt: skip
+        kept = old_states & new_states  # removed/added states are reported above
+        of, nf = set(old.get("final") or ()) & kept, set(new.get("final") or ()) & kept
+        if of != nf:
+            self.add(
+                "spec-changed", kind, ref, "final",
+                f"final states changed from {_fmt(sorted(of))} to {_fmt(sorted(nf))}",
+            )  # fmt: skip
+        for key in ("start_auth", "read_auth", "admin_auth"):
+            if key in old or key in new:
+                self._auth(ref, old.get(key) or {}, new.get(key) or {}, kind=kind, path=key)
+        self._generic(
+            kind, ref, old, new,
+            handled=frozenset({"states", "final", "transitions", "timers", "start_auth",
+                               "read_auth", "admin_auth"}),
+        )  # fmt: skip
+
+    def _generic(
+        self,
+        kind: str,
+        ref: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        *,
+        handled: frozenset[str] = frozenset(),
+    ) -> None:
         self._pii(kind, ref, old, new)
-        skip = {"kind", "name", "version", "schemas", "pii", *_DOC_FIELDS}
+        skip = {"kind", "name", "version", "schemas", "pii", *_DOC_FIELDS, *handled}
         for key in sorted((old.keys() | new.keys()) - skip):
             if old.get(key) != new.get(key):
                 self.add(
                     "spec-changed", kind, ref, key,
                     f"{key} changed from {_fmt(old.get(key))} to {_fmt(new.get(key))}",
                 )  # fmt: skip
+
+
+_EMPTY_OBJECT: Final[Mapping[str, Any]] = {"type": "object", "properties": {}}
+
+
+def _transitions(spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A workflow IR's transitions by name (empty for other kinds)."""
+    return {t["name"]: t for t in spec.get("transitions") or () if isinstance(t, Mapping)}
 
 
 def _has_field(kind: str, spec: Mapping[str, Any], path: str) -> bool:
@@ -1258,7 +1417,7 @@ def _has_field(kind: str, spec: Mapping[str, Any], path: str) -> bool:
     return has(root, parts)
 
 
-_KIND_SORT: Final = {"entity": 0, "event": 1, "operation": 2}
+_KIND_SORT: Final = {"entity": 0, "event": 1, "operation": 2, "workflow": 3}
 
 
 def _sort_key(c: Change) -> tuple[Any, ...]:
