@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLI_ENTRY_POINTS",
+    "VersionOption",
     "app",
     "installed_versions",
     "load_ir_source",
@@ -161,6 +162,19 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+#: The `--version` option of a Typer callback (`def _root(version: VersionOption = False)`):
+#: prints every installed contractspec package (`version_callback`) and exits.
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        callback=version_callback,
+        is_eager=True,
+        help="Print the version of every installed contractspec package and exit.",
+    ),
+]
+
+
 @contextlib.contextmanager
 def progress_bar(
     description: str, *, console: Console | None = None
@@ -198,17 +212,7 @@ def progress_bar(
 
 
 @app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=version_callback,
-            is_eager=True,
-            help="Print the version of every installed contractspec package and exit.",
-        ),
-    ] = False,
-) -> None:
+def _root(version: VersionOption = False) -> None:
     """ContractSpec: spec-first, policy-safe services."""
 
 

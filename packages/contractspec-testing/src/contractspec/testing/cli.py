@@ -37,7 +37,7 @@ __all__ = ["app", "main"]
 try:
     import typer
 
-    from contractspec.core.cli import progress_bar, user_errors, version_callback
+    from contractspec.core.cli import VersionOption, progress_bar, user_errors
 except ImportError as exc:  # pragma: no cover - exercised by the isolation session
     raise ImportError(
         "the contractspec-test CLI needs typer: pip install 'contractspec-testing[cli]'"
@@ -51,17 +51,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=version_callback,
-            is_eager=True,
-            help="Print the version of every installed contractspec package and exit.",
-        ),
-    ] = False,
-) -> None:
+def _root(version: VersionOption = False) -> None:
     """Record traffic, generate and update golden pytest suites."""
 
 
