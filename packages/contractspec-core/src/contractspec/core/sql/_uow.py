@@ -933,16 +933,13 @@ class RawSavepoint:
     async def _send(self, sql: str) -> None:
         driver = self._driver
         assert driver is not None  # begun
-        if driver.kind == "sqlite":
-            try:
+        try:
+            if driver.kind == "sqlite":
                 for statement in sql.split("; "):
                     await driver.connection.pause()
                     driver.connection._conn.execute(statement)
-            except Exception as exc:
-                raise driver.wrap(exc, sql) from exc
-            return
-        try:
-            await driver.client_cursor().execute(sql)
+            else:
+                await driver.client_cursor().execute(sql)
         except Exception as exc:
             raise driver.wrap(exc, sql) from exc
 
@@ -962,9 +959,7 @@ class RawSavepoint:
         Raises:
             DBAPIError: The database refused it.
         """
-        if self.is_active:
-            self.is_active = False
-            await self._send("RELEASE SAVEPOINT cs_join")
+        await self._end("RELEASE SAVEPOINT cs_join")
 
     async def rollback(self) -> None:
         """Undo the call's work; the caller's transaction goes on.
@@ -972,9 +967,13 @@ class RawSavepoint:
         Raises:
             DBAPIError: The database refused it.
         """
+        await self._end("ROLLBACK TO SAVEPOINT cs_join; RELEASE SAVEPOINT cs_join")
+
+    async def _end(self, sql: str) -> None:
+        """Close the savepoint with `sql`, once: a second commit or rollback does nothing."""
         if self.is_active:
             self.is_active = False
-            await self._send("ROLLBACK TO SAVEPOINT cs_join; RELEASE SAVEPOINT cs_join")
+            await self._send(sql)
 
 
 class SqlUnitOfWork:
