@@ -7,9 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from core_guarantees_app import read_stored
 from workflows_app import (
     EMPLOYEE,
     MANAGER,
+    ORG,
     OTHER_ORG,
     POLICY,
     build_registry,
@@ -166,9 +168,10 @@ def test_registering_a_workflow_derives_its_operations_and_entities() -> None:
 
 
 async def test_transitions_move_the_instance_and_record_who_when_and_what(
-    executor: Executor,
+    executor: Executor, backend: Backend
 ) -> None:
-    """start -> submit -> approve: state, seq and a history step per move, with actor and input."""
+    """start -> submit -> approve: state, seq and a history step per move, with actor and input;
+    approve emits its declared event with a payload built from the instance data and input."""
     iid = await _start(executor)
     await executor.execute("hr.leave.submit", {"instance_id": iid, "comment": "pls"}, ctx(EMPLOYEE))
     out = await executor.execute(
@@ -194,6 +197,9 @@ async def test_transitions_move_the_instance_and_record_who_when_and_what(
         (3, "transition", "approve", "submitted", "approved", "mgr-1", {"note": "enjoy"}, None),
     ]
     assert page["next_cursor"] is None
+    stored = await read_stored(backend, ORG, [])
+    approved = [dict(e.payload) for e in stored.events if e.name == "hr.leave_approved"]
+    assert approved == [{"instance_id": iid, "days": 5, "note": "enjoy"}]
 
 
 async def test_a_transition_from_the_wrong_state_or_seq_is_a_conflict(executor: Executor) -> None:
@@ -288,10 +294,11 @@ async def test_a_repeated_idempotency_key_does_not_fire_twice(executor: Executor
 
 
 async def test_twenty_concurrent_transitions_on_one_instance_have_exactly_one_winner(
-    executor: Executor,
+    executor: Executor, backend: Backend
 ) -> None:
     """10 approvals and 10 rejections race on one submitted instance: exactly one succeeds, the
-    other 19 get a ConflictError, and the history has exactly one decision step."""
+    other 19 get a ConflictError; one decision step, one transitioned event and one success audit
+    record were committed for it."""
     iid = await _start(executor)
     await executor.execute("hr.leave.submit", {"instance_id": iid}, ctx(EMPLOYEE))
 
@@ -312,6 +319,11 @@ async def test_twenty_concurrent_transitions_on_one_instance_have_exactly_one_wi
     steps = page.model_dump()["items"]
     assert [s["seq"] for s in steps] == [1, 2, 3]
     assert steps[2]["to_state"] == wins[0]["state"]
+    stored = await read_stored(backend, ORG, [])
+    moves = [e.payload["to_state"] for e in stored.events if e.name == "hr.leave.transitioned"]
+    assert moves == ["draft", "submitted", wins[0]["state"]]
+    decided = [r for r in stored.audit if r.action in ("hr.leave.approve", "hr.leave.reject")]
+    assert [str(r.outcome) for r in decided] == ["success"]
 
 
 # -- IR ------------------------------------------------------------------------------------------
