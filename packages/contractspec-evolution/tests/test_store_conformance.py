@@ -208,6 +208,25 @@ async def test_suggestion_find_filters_and_orders(stores: Stores) -> None:
     ]
 
 
+async def test_suggestion_find_pages_newest_first_with_a_keyset_cursor(stores: Stores) -> None:
+    """`newest_first` reverses the order; `before=(created_at, id)` continues after that key,
+    ties on the time ordered by id."""
+
+    async def seed(tx: Any) -> None:
+        for sid, minutes in [("s-a", 1), ("s-b", 2), ("s-c", 2), ("s-d", 2), ("s-e", 3)]:
+            await stores.suggestions.add(tx, suggestion(sid, minutes=minutes, fp=sid))
+
+    await in_tx(stores.uow, seed)
+    newest = await in_tx(stores.uow, lambda tx: stores.suggestions.find(tx, newest_first=True))
+    key = (T0 + timedelta(minutes=2), "s-c")
+    after = await in_tx(
+        stores.uow,
+        lambda tx: stores.suggestions.find(tx, newest_first=True, before=key, limit=5),
+    )
+    assert [s.id for s in newest] == ["s-e", "s-d", "s-c", "s-b", "s-a"]
+    assert [s.id for s in after] == ["s-b", "s-a"]
+
+
 async def test_intents_round_trip_filter_and_conflict(stores: Stores) -> None:
     """Intents round-trip through their JSON form, filter by operation/kind/since, ids are unique."""
     a, b = intent("i-1", minutes=30), intent("i-2", minutes=0, op="crm.deal.create",

@@ -275,6 +275,7 @@ class ApprovalWorkflow:
         quorum: int = 1,
         approvers: Iterable[str] = (),
         metadata: Mapping[str, Any] | None = None,
+        tx: Transaction | None = None,
     ) -> ApprovalRequest:
         """Open a request for an exact action (or return the existing one with the same `key`).
 
@@ -293,6 +294,7 @@ class ApprovalWorkflow:
             quorum: Distinct approvals needed (1-10).
             approvers: Named approvers; empty means anyone with the permission.
             metadata: Free JSON kept with the request.
+            tx: Join this transaction (the caller commits it) instead of opening one.
 
         Returns:
             The pending `ApprovalRequest`.
@@ -310,7 +312,7 @@ class ApprovalWorkflow:
         digest = arguments_hash(arguments)
         now = self.clock.now()
         ttl = self.default_ttl_s if expires_in_s is None else expires_in_s
-        async with self._tx("request an approval") as tx:
+        async with self._tx("request an approval", joined=tx) as tx:
             if key is not None:
                 existing = await self.store.get_by_key(tx, org_id, key)
                 if existing is not None:
@@ -603,13 +605,20 @@ class ApprovalWorkflow:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, request_id: str) -> ApprovalRequest:
+    async def get(self, request_id: str, *, tx: Transaction | None = None) -> ApprovalRequest:
         """The request with its decisions (a pending request past its expiry is expired first).
+
+        Args:
+            request_id: The request.
+            tx: Join this (writable) transaction instead of opening one: the read and an
+                expiry it finds are part of the caller's work.
 
         Raises:
             NotFoundError: No such request.
             ApprovalUnavailableError: The store is unavailable.
         """
+        if tx is not None:
+            return await self._get_joined(request_id, tx)
         async with self._tx("read an approval", readonly=True) as tx:
             req = await self.store.get(tx, request_id)
         if req is None:
@@ -629,6 +638,23 @@ class ApprovalWorkflow:
                         assert again is not None
                         fresh = again
                 req = fresh
+        return req
+
+    async def _get_joined(self, request_id: str, joined: Transaction) -> ApprovalRequest:
+        async with self._tx("read an approval", joined=joined) as tx:
+            req = await self.store.get(tx, request_id)
+            if req is None:
+                raise NotFoundError(
+                    f"approval request {request_id!r} does not exist",
+                    details={"approval_id": request_id},
+                )
+            if req.status is ApprovalStatus.PENDING and self.clock.now() >= req.expires_at:
+                try:
+                    req = await self._expire(tx, req, self.clock.now())
+                except _Retry:
+                    again = await self.store.get(tx, request_id)
+                    assert again is not None  # requests are never deleted
+                    req = again
         return req
 
     async def get_by_key(self, org_id: str | None, key: str) -> ApprovalRequest | None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from attrs import define
 
@@ -46,6 +47,7 @@ from contractspec.agent import (
 )
 from contractspec.core import (
     Actor,
+    CallContext,
     Clock,
     ConfigurationError,
     ConflictError,
@@ -70,7 +72,13 @@ from contractspec.evolution.suggestions import (
 
 __all__ = ["ENVELOPE_FORMAT", "SUBJECT_TYPE", "SpecSuggestionOrchestrator", "SubmitResult"]
 
+T = TypeVar("T")
+
 _log = get_logger(__name__)
+#: The caller's transaction that `approve`/`reject`/`sync(tx=...)` joined (else `None`).
+_JOINED: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
+    "contractspec_evolution_joined_tx", default=None
+)
 
 #: `subject_type` of the approval requests.
 SUBJECT_TYPE: Final = "evolution.suggestion"
@@ -208,6 +216,9 @@ class SpecSuggestionOrchestrator:
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _in_tx(self, fn: Any, *, readonly: bool = False) -> Any:
+        joined = _JOINED.get()
+        if joined is not None:  # the caller commits or rolls back
+            return await fn(joined)
         tx = await self.unit_of_work.begin(readonly=readonly)
         try:
             result = await fn(tx)
@@ -320,6 +331,7 @@ class SpecSuggestionOrchestrator:
             approvers=self.approvers,
             metadata={"kind": s.kind.value, "operation": s.operation, "priority": int(s.priority),
                       "confidence": s.confidence, "breaking": s.breaking},
+            tx=_JOINED.get(),
         )  # fmt: skip
         current = s
         if current.approval_id != request.id:
@@ -338,6 +350,7 @@ class SpecSuggestionOrchestrator:
                 request.id,
                 self.auto_approver,
                 comment=f"auto-approved: confidence {s.confidence} >= {self.auto_approve_threshold}",
+                tx=_JOINED.get(),
             )
             return await self.sync(current.id)
         return current
@@ -345,9 +358,25 @@ class SpecSuggestionOrchestrator:
     # -- decisions --------------------------------------------------------------------------------
 
     async def approve(
-        self, suggestion_id: str, approver: Actor, *, comment: str = ""
+        self,
+        suggestion_id: str,
+        approver: Actor,
+        *,
+        comment: str = "",
+        ctx: CallContext | None = None,
+        tx: Transaction | None = None,
     ) -> SpecSuggestion:
         """Approve through the workflow; once its quorum is met the envelope is written.
+
+        Args:
+            suggestion_id: The suggestion.
+            approver: Who decides.
+            comment: Their reason.
+            ctx: The call context the workflow's policy sees.
+            tx: Join this transaction (e.g. an operation handler's `ctx.tx`; it must be of the
+                workflow's and the store's backend): the decision, the suggestion's new state and
+                their events commit with the caller's work. The envelope file is written before
+                the caller commits (rewriting it is harmless: same path, same content).
 
         Returns:
             The suggestion after the decision (still `pending` while the quorum is not met).
@@ -359,12 +388,21 @@ class SpecSuggestionOrchestrator:
             PolicyDeniedError: The approver may not decide.
             ApprovalUnavailableError: The approval store is unavailable.
         """
-        return await self._decide(suggestion_id, approver, "approve", comment)
+        return await self._joined(
+            tx, self._decide(suggestion_id, approver, "approve", comment, ctx)
+        )
 
     async def reject(
-        self, suggestion_id: str, approver: Actor, *, comment: str = ""
+        self,
+        suggestion_id: str,
+        approver: Actor,
+        *,
+        comment: str = "",
+        ctx: CallContext | None = None,
+        tx: Transaction | None = None,
     ) -> SpecSuggestion:
         """Reject through the workflow (final; the fingerprint is never proposed again).
+        Arguments as for `approve`.
 
         Raises:
             NotFoundError: Unknown suggestion.
@@ -372,10 +410,25 @@ class SpecSuggestionOrchestrator:
             PolicyDeniedError: The approver may not decide.
             ApprovalUnavailableError: The approval store is unavailable.
         """
-        return await self._decide(suggestion_id, approver, "reject", comment)
+        return await self._joined(tx, self._decide(suggestion_id, approver, "reject", comment, ctx))
+
+    @staticmethod
+    async def _joined(tx: Transaction | None, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` with `tx` as the joined transaction (when given)."""
+        token = _JOINED.set(tx) if tx is not None else None
+        try:
+            return await work
+        finally:
+            if token is not None:
+                _JOINED.reset(token)
 
     async def _decide(
-        self, suggestion_id: str, approver: Actor, verdict: str, comment: str
+        self,
+        suggestion_id: str,
+        approver: Actor,
+        verdict: str,
+        comment: str,
+        ctx: CallContext | None = None,
     ) -> SpecSuggestion:
         s = await self.sync(suggestion_id)
         if s.status.final:
@@ -386,10 +439,13 @@ class SpecSuggestionOrchestrator:
         if s.approval_id is None:
             s = await self._request_approval(s)
             assert s.approval_id is not None
+        joined = _JOINED.get()
         if verdict == "approve":
-            await self.workflow.approve(s.approval_id, approver, comment=comment)
+            await self.workflow.approve(
+                s.approval_id, approver, comment=comment, ctx=ctx, tx=joined
+            )
         else:
-            await self.workflow.reject(s.approval_id, approver, comment=comment)
+            await self.workflow.reject(s.approval_id, approver, comment=comment, ctx=ctx, tx=joined)
         return await self.sync(s.id)
 
     # -- mirroring the approval -------------------------------------------------------------------
@@ -402,21 +458,59 @@ class SpecSuggestionOrchestrator:
         """
         return await self.sync(suggestion_id)
 
-    async def sync(self, suggestion_id: str) -> SpecSuggestion:
+    async def sync(self, suggestion_id: str, *, tx: Transaction | None = None) -> SpecSuggestion:
         """Mirror the approval request's state onto the suggestion (idempotent).
 
         A final request makes the suggestion final (writing the envelope when approved) and
-        publishes `suggestion.decided` once.
+        publishes `suggestion.decided` once. `tx` joins the caller's transaction, as for
+        `approve`.
 
         Raises:
             NotFoundError: Unknown suggestion.
             ApprovalUnavailableError: The approval store is unavailable.
         """
+        if tx is not None:
+            return await self._joined(tx, self.sync(suggestion_id))
         s = await self._load(suggestion_id)
         if s.approval_id is None:
             return s
-        request = await self.workflow.get(s.approval_id)
+        request = await self.workflow.get(s.approval_id, tx=_JOINED.get())
         return await self._mirror(s, request)
+
+    async def write_envelope(
+        self, suggestion_id: str, *, tx: Transaction | None = None
+    ) -> SpecSuggestion:
+        """Write an approved suggestion's envelope and patch to `output_dir` again (after the
+        directory was cleaned, or to refresh whether the patch still applies to the live spec).
+
+        Approval writes them already; this is idempotent (same paths, atomic replace). The
+        registry and your code are never changed: a developer applies the patch.
+
+        Args:
+            suggestion_id: The suggestion.
+            tx: Join the caller's transaction, as for `approve`.
+
+        Returns:
+            The suggestion with its `envelope_path`.
+
+        Raises:
+            NotFoundError: Unknown suggestion.
+            ConflictError: The suggestion is not approved (approve it first).
+        """
+        if tx is not None:
+            return await self._joined(tx, self.write_envelope(suggestion_id))
+        s = await self.sync(suggestion_id)
+        if s.status is not SuggestionStatus.APPROVED or s.approval_id is None:
+            raise ConflictError(
+                f"suggestion {s.id!r} is {s.status.value}; only an approved suggestion has an "
+                "envelope to write (approve it first)",
+                details={"suggestion_id": s.id, "status": s.status.value},
+            )
+        request = await self.workflow.get(s.approval_id, tx=_JOINED.get())
+        path = await asyncio.to_thread(self._write_envelope, s, request)
+        if s.envelope_path == str(path):
+            return s
+        return await self._write_and_save(s, request)
 
     async def _mirror(self, s: SpecSuggestion, request: ApprovalRequest) -> SpecSuggestion:
         status = _STATUS.get(request.status)

@@ -31,8 +31,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     insert,
+    or_,
     select,
     update,
 )
@@ -215,15 +217,27 @@ class SqlSuggestionStore:
         status: SuggestionStatus | None = None,
         operation: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[SpecSuggestion]:
-        """Suggestions, oldest first."""
+        """Suggestions, oldest first (or newest first, keyset `before`, as the protocol says)."""
         t = suggestions_table
         stmt = select(t)
         if status is not None:
             stmt = stmt.where(t.c.status == status.value)
         if operation is not None:
             stmt = stmt.where(t.c.operation == operation)
-        stmt = stmt.order_by(t.c.created_at, t.c.id).limit(limit)
+        if before is not None:
+            stmt = stmt.where(
+                or_(
+                    t.c.created_at < before[0],
+                    and_(t.c.created_at == before[0], t.c.id < before[1]),
+                )
+            )
+        if newest_first:
+            stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+        else:
+            stmt = stmt.order_by(t.c.created_at, t.c.id).limit(limit)
         result = await sql_transaction(tx, "SqlSuggestionStore").execute(stmt)
         return [_suggestion(r) for r in result.mappings()]
 

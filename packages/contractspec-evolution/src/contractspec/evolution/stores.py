@@ -66,8 +66,12 @@ class SuggestionStore(Protocol):
         status: SuggestionStatus | None = None,
         operation: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[SpecSuggestion]:
-        """Suggestions, oldest first."""
+        """Suggestions, oldest first by `(created_at, id)` (newest first with `newest_first`);
+        with `before` (needs `newest_first`), only those after that `(created_at, id)` key in the
+        newest-first order (keyset pagination)."""
         ...
 
 
@@ -177,15 +181,18 @@ class MemorySuggestionStore:
         status: SuggestionStatus | None = None,
         operation: str | None = None,
         limit: int = 100,
+        newest_first: bool = False,
+        before: tuple[datetime, str] | None = None,
     ) -> list[SpecSuggestion]:
-        """Suggestions, oldest first."""
+        """Suggestions, oldest first (or newest first, keyset `before`)."""
         found = [
             s
             for s in self._items.values()
             if (status is None or s.status is status)
             and (operation is None or s.operation == operation)
+            and (before is None or (s.created_at, s.id) < before)
         ]
-        found.sort(key=lambda s: (s.created_at, s.id))
+        found.sort(key=lambda s: (s.created_at, s.id), reverse=newest_first)
         return found[:limit]
 
 
