@@ -467,6 +467,8 @@ def _ticket(
     close_guard: Any = None,
     timer_after: dt.timedelta | None = dt.timedelta(hours=1),
     start_auth: Any = None,
+    version: int = 1,
+    migrations: dict[int, dict[str, str]] | None = None,
 ) -> SpecRegistry:
     """A ticket workflow; each keyword changes one thing."""
     from contractspec.core import define_workflow, timer, transition
@@ -491,7 +493,7 @@ def _ticket(
         define_workflow(
             "t.ticket", subject=Ticket, states=list(states), initial="open", final=final,
             transitions=transitions, timers=timers,
-            start_auth=start_auth or requires("t.work"),
+            start_auth=start_auth or requires("t.work"), version=version, migrations=migrations,
         )
     )  # fmt: skip
 
@@ -523,6 +525,15 @@ WORKFLOW_CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], set[st
      {"workflow-timer-changed"}, {"workflow-timer-changed"}),
     ("timer-added", {"timer_after": None}, {},
      {"workflow-timer-added"}, {"workflow-timer-removed"}),
+    # @1 replaced by @2 whose migrations move instances out of the removed state ("via new
+    # version" findings); backwards @2 -> @1 the state comes back and nothing is migrated.
+    ("state-migrated-in-new-version", {},
+     {"version": 2, "states": ("open", "review", "closed"), "archive": False,
+      "migrations": {1: {"archived": "closed"}}},
+     {"spec-removed", "spec-added", "workflow-state-migrated", "workflow-transition-removed",
+      "spec-changed"},
+     {"spec-removed", "spec-added", "workflow-state-added", "workflow-transition-added",
+      "spec-changed"}),
 ]  # fmt: skip
 
 

@@ -200,6 +200,11 @@ _SPEC_RULES: Final[tuple[tuple[str, Severity, str], ...]] = (
     ),
     ("workflow-state-added", INF, "a workflow state was added"),
     (
+        "workflow-state-migrated",
+        INF,
+        "a state was removed in a new version whose migrations move its instances",
+    ),
+    (
         "workflow-transition-removed",
         BRK,
         "a workflow transition was removed (callers firing it fail)",
@@ -1271,7 +1276,15 @@ class _Differ:
     def _workflow(self, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = "workflow"
         old_states, new_states = set(old.get("states") or ()), set(new.get("states") or ())
+        migrations = (new.get("migrations") or {}).get(str(old.get("version"))) or {}
         for state in sorted(old_states - new_states):
+            if migrations.get(state) in new_states:
+                self.add(
+                    "workflow-state-migrated", kind, ref, f"states.{state}",
+                    f"state {state!r} removed; {new['name']}.migrate moves instances in it to "
+                    f"{migrations[state]!r}",
+                )  # fmt: skip
+                continue
             self.add(
                 "workflow-state-removed", kind, ref, f"states.{state}",
                 f"state {state!r} removed: instances in it are stranded; keep it, or register "
