@@ -51,12 +51,14 @@ def test_deploying_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_operating_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Operating: counts, dead letters with their errors, retry and purge."""
+    """Operating: counts, dead letters with their errors, retry, purge, the review operations."""
     assert run_page("operating", monkeypatch) == [
         "{'succeeded': 2, 'dead': 2}",
         "crm.sync_account 2 PermissionError: token revoked",
         "crm.legacy_export 1 no handler is registered for job type 'c",
         "True queued",
         "2",
+        "[('crm.sync_account', 'PermissionError: token revoked')] None",
+        "queued",
         "['cs_job_schedules', 'cs_jobs']",
     ]
