@@ -698,6 +698,23 @@ def test_every_rule_has_a_case() -> None:
     assert sorted(set(RULES) - covered) == []
 
 
+def test_every_rule_is_documented() -> None:
+    """docs/core/diff.md names every rule id (schema rules by their suffix)."""
+    from pathlib import Path
+
+    from contractspec.core.diff import _SCHEMA_RULES
+
+    doc = (Path(__file__).parents[3] / "docs" / "core" / "diff.md").read_text(encoding="utf-8")
+    prefixes = {"input", "output", "payload", "entity", "schema"}
+    missing = []
+    for rule in RULES:
+        prefix, _, suffix = rule.partition("-")
+        name = suffix if prefix in prefixes and suffix in _SCHEMA_RULES else rule
+        if f"`{name}`" not in doc:
+            missing.append(rule)
+    assert missing == []
+
+
 def test_change_renders_its_location() -> None:
     """`Change.location` joins kind, spec and path."""
     change = Change(
