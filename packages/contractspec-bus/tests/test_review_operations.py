@@ -25,6 +25,7 @@ from contractspec.core import (
     NotFoundError,
     PolicyDeniedError,
     RolePermissions,
+    SpecRegistry,
     SpecValidationError,
     Transaction,
 )
@@ -282,6 +283,37 @@ async def test_the_cursor_walks_every_dead_letter_once_newest_first(app: App) ->
         "bus.review.dead_letters.list", {"event_name": "crm.deal.moved", "subscriber": "mailer"}
     )
     assert filtered["items"] == []
+
+
+async def test_repeating_an_action_with_its_idempotency_key_replays_the_result(app: App) -> None:
+    """A replay repeated with the same idempotency key returns the first result and delivers once."""
+    letter_id = await app.dead_letter(1)
+    app.healthy = True
+    keyed = OPS.replace(idempotency_key="replay-1")
+    first = await app.run("bus.review.dead_letters.replay", {"dead_letter_id": letter_id}, keyed)
+    again = await app.run("bus.review.dead_letters.replay", {"dead_letter_id": letter_id}, keyed)
+    assert again == first
+    assert app.delivered == ["ev-0001"]
+    assert [e.name for e in app.events.events] == ["bus.review.dead_letters.replayed"]
+
+
+def test_review_specs_declare_permissions_events_and_pii() -> None:
+    """Queries need bus.review.read, actions bus.review.act and emit their event; events are PII."""
+    review = register_review_operations(SpecRegistry(), bus=EventBus())
+    ops = review.operations
+    base = "bus.review.dead_letters"
+    assert sorted(ops) == sorted(f"{base}.{v}" for v in ("list", "show", "replay", "discard"))
+    assert [
+        (ops[f"{base}.{v}"].kind, ops[f"{base}.{v}"].auth.permissions) for v in ("list", "replay")
+    ] == [  # type: ignore[union-attr]
+        ("query", ("bus.review.read",)),
+        ("command", ("bus.review.act",)),
+    ]
+    assert ops[f"{base}.replay"].idempotent is True
+    assert [e.name for e in ops[f"{base}.discard"].emits] == [f"{base}.discarded"]  # type: ignore[union-attr]
+    assert ops[f"{base}.show"].pii == {"output.event", "output.error"}
+    assert ops[f"{base}.list"].pii == {"output.items.event", "output.items.error"}
+    assert review.permissions == ("bus.review.read", "bus.review.act")
 
 
 @pytest.mark.parametrize(

@@ -274,6 +274,48 @@ async def test_the_cursor_walks_every_dead_job_once_newest_first(app: App) -> No
     assert next(i["id"] for i in everything) == report
 
 
+async def test_repeating_an_action_with_its_idempotency_key_replays_the_result(app: App) -> None:
+    """A retry repeated with the same idempotency key returns the first result and acts once."""
+    job_id = await dead_job(app.queue)
+    keyed = OPS.replace(idempotency_key="retry-1")
+    first = await app.run("jobs.review.dead.retry", {"job_id": job_id}, keyed)
+    again = await app.run("jobs.review.dead.retry", {"job_id": job_id}, keyed)
+    assert again == first
+    assert [e.name for e in app.events.events] == ["jobs.review.dead.retried"]
+    with pytest.raises(ConflictError, match="is queued, not dead"):
+        await app.run("jobs.review.dead.retry", {"job_id": job_id})
+
+
+def test_review_specs_declare_permissions_events_and_pii() -> None:
+    """Queries need jobs.review.read, actions jobs.review.act and emit their event; payloads are PII."""
+    review = register_review_operations(build_registry(), queue=MemoryJobQueue())
+    ops = review.operations
+    assert sorted(ops) == sorted(
+        f"jobs.review.{q}.{v}"
+        for q in ("dead", "failed")
+        for v in ("list", "show", "retry", "discard")
+    )
+    assert {
+        n: ops[n].auth.permissions for n in ("jobs.review.dead.list", "jobs.review.failed.retry")
+    } == {
+        "jobs.review.dead.list": ("jobs.review.read",),
+        "jobs.review.failed.retry": ("jobs.review.act",),
+    }
+    assert [ops[f"jobs.review.dead.{v}"].kind for v in ("list", "show", "retry", "discard")] == [
+        "query",
+        "query",
+        "command",
+        "command",
+    ]
+    assert ops["jobs.review.dead.discard"].idempotent is True
+    assert [e.name for e in ops["jobs.review.failed.discard"].emits] == [  # type: ignore[union-attr]
+        "jobs.review.failed.discarded"
+    ]
+    assert ops["jobs.review.dead.show"].pii == {"output.payload", "output.last_error"}
+    assert ops["jobs.review.dead.list"].pii == {"output.items.payload", "output.items.last_error"}
+    assert review.permissions == ("jobs.review.read", "jobs.review.act")
+
+
 @pytest.mark.parametrize(
     ("op", "data", "field_name"),
     [

@@ -155,7 +155,7 @@ class DeadLetterReplayed(BaseModel):
     subscriber: str
     delivered: bool
     new_dead_letter_id: str | None = None
-    comment: Annotated[str | None, PII] = None
+    comment: str | None = Field(None, description="The reviewer's reason (kept in the audit).")
 
 
 class DeadLetterDiscarded(BaseModel):
@@ -165,7 +165,7 @@ class DeadLetterDiscarded(BaseModel):
     event_id: str
     event_name: str
     subscriber: str
-    comment: Annotated[str | None, PII] = None
+    comment: str | None = Field(None, description="The reviewer's reason (kept in the audit).")
 
 
 @define(frozen=True)

@@ -138,7 +138,7 @@ class JobReviewed(BaseModel):
     job_type: str
     previous_status: JobStatus
     status: JobStatus
-    comment: Annotated[str | None, PII] = None
+    comment: str | None = Field(None, description="The reviewer's reason (kept in the audit).")
 
 
 @define(frozen=True)
