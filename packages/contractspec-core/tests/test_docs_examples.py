@@ -18,6 +18,7 @@ PAGES = [
     "README.md",
     "docs/core/index.md",
     "docs/core/runtime.md",
+    "docs/core/workflows.md",
     "docs/core/sql.md",
     "docs/core/ir.md",
     "docs/core/diff.md",

@@ -359,3 +359,26 @@ def test_workflows_appear_in_the_ir_with_states_transitions_and_schemas() -> Non
     again = SpecRegistry(leave_workflow(remind_after=timedelta(hours=48))).to_ir()
     assert dumps_ir(ir) == dumps_ir(again)
     validate_ir(ir)
+
+
+def test_the_workflows_page_prints_what_it_claims() -> None:
+    """docs/core/workflows.md runs and prints the lines the page shows."""
+    from pathlib import Path
+
+    from contractspec.core.testing.docs import printed_by_python_blocks
+
+    page = Path(__file__).resolve().parents[3] / "docs" / "core" / "workflows.md"
+    assert printed_by_python_blocks(page).splitlines() == [
+        "workflow hr.broken@1: transition 'go' leaves final state 'b'; final states have no way "
+        "out (remove it from final= or change source=)",
+        "ada []",
+        "bob ['approve', 'reject']",
+        "approved 3",
+        "[(None, None, 'draft', 'ada'), ('submit', 'draft', 'submitted', 'ada')] 2",
+        "more than 20 days needs HR",
+        "False True approved",
+        "[('open_escalate', datetime.timedelta(seconds=14400)), ('open_expire', "
+        "datetime.timedelta(days=1))]",
+        "migrated=3 remaining=0",
+        "pending",
+    ]

@@ -144,3 +144,14 @@ async def test_a_redelivered_timer_fires_once(app: tuple[Executor, JobQueue]) ->
     assert [h[0] for h in await _history(ex, iid)] == ["start", "timer"]
     with pytest.raises(PolicyDeniedError, match="runs only as a system actor"):
         await ex.execute("sup.ticket.timer", fire, CallContext(actor=Actor.user("u1"), org_id=ORG))
+
+
+def test_the_workflow_timers_page_prints_what_it_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/jobs/workflow-timers.md runs: the due timer expires the ticket as the system actor."""
+    from contractspec.core.testing.docs import printed_by_python_blocks
+
+    page = Path(__file__).resolve().parents[3] / "docs" / "jobs" / "workflow-timers.md"
+    monkeypatch.chdir(page.parents[2])
+    assert printed_by_python_blocks(page).splitlines() == [
+        "expired [('start', None, 'ada'), ('timer', 'expire', 'workflow-timer')]"
+    ]
