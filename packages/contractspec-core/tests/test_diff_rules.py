@@ -617,7 +617,8 @@ def test_replaced_version_reports_what_changed_for_callers() -> None:
     result = diff_ir(_save(1, {"a": (int, ...)}).to_ir(), _save(2, {"b": (int, ...)}).to_ir())
     assert [(c.rule, c.severity, c.spec, c.path, c.message) for c in result.changes] == [
         ("operation-removed-without-deprecation", Severity.BREAKING, "t.thing.save@1", "",
-         "operation removed without a deprecation period; @2 remain; mark it "
+         "operation removed without a deprecation period; replaced by @2 in the same step (what "
+         "changes for its callers is listed on t.thing.save@2, 'via new version'); mark it "
          "stability='deprecated' in one release and remove it in a later one"),
         ("operation-added", Severity.INFO, "t.thing.save@2", "",
          "operation new version (previous: @1)"),

@@ -967,7 +967,7 @@ class _Differ:
             o_index = {(s["name"], s["version"]): s for s in old_specs.get(kind, [])}
             n_index = {(s["name"], s["version"]): s for s in new_specs.get(kind, [])}
             for key in sorted(o_index.keys() - n_index.keys()):
-                self._removed(kind, o_index[key], n_index)
+                self._removed(kind, o_index[key], n_index, o_index)
             for key in sorted(n_index.keys() - o_index.keys()):
                 self._added(kind, n_index[key], o_index)
             for key in sorted(o_index.keys() & n_index.keys()):
@@ -1009,11 +1009,22 @@ class _Differ:
                 )
 
     def _removed(
-        self, kind: str, spec: Mapping[str, Any], remaining: Mapping[tuple[str, int], Any]
+        self,
+        kind: str,
+        spec: Mapping[str, Any],
+        remaining: Mapping[tuple[str, int], Any],
+        previous: Mapping[tuple[str, int], Any],
     ) -> None:
-        ref = f"{spec['name']}@{spec['version']}"
-        newer = sorted(v for (n, v) in remaining if n == spec["name"])
+        name = spec["name"]
+        ref = f"{name}@{spec['version']}"
+        newer = sorted(v for (n, v) in remaining if n == name)
+        before = {v for (n, v) in previous if n == name}
         hint = f"; @{', @'.join(map(str, newer))} remain" if newer else ""
+        if newer and not before & set(newer) and spec["version"] == max(before):
+            hint = (
+                f"; replaced by @{newer[-1]} in the same step (what changes for its callers is "
+                f"listed on {name}@{newer[-1]}, 'via new version')"
+            )
         if kind == "operation":
             if spec.get("stability") == "deprecated":
                 self.add(
