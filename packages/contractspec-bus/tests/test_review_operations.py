@@ -21,6 +21,7 @@ from contractspec.core import (
     ConflictError,
     EventEnvelope,
     Executor,
+    InternalError,
     MemoryBackend,
     NotFoundError,
     PolicyDeniedError,
@@ -44,8 +45,11 @@ class RecordedEvents:
     """An `EventPublisher` keeping what committed calls emitted."""
 
     events: list[EventEnvelope] = field(factory=list)
+    broken: bool = False
 
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
+        if self.broken:
+            raise ConnectionError("outbox unavailable")
         tx.on_commit(lambda: self.events.extend(events))
 
 
@@ -295,6 +299,25 @@ async def test_repeating_an_action_with_its_idempotency_key_replays_the_result(a
     assert again == first
     assert app.delivered == ["ev-0001"]
     assert [e.name for e in app.events.events] == ["bus.review.dead_letters.replayed"]
+
+
+async def test_an_action_rolls_back_with_its_call(app: App) -> None:
+    """When the call fails after acting (its event cannot be published), nothing is recorded:
+    the replayed letter stays dead, a failed replay's new letter vanishes, a discard is undone."""
+    replayed = await app.dead_letter(1)
+    failing = await app.dead_letter(2)
+    app.events.broken = True
+    with pytest.raises(InternalError):
+        await app.run("bus.review.dead_letters.discard", {"dead_letter_id": failing})
+    with pytest.raises(InternalError):  # fails again: its new dead letter rolls back too
+        await app.run("bus.review.dead_letters.replay", {"dead_letter_id": failing})
+    app.healthy = True
+    with pytest.raises(InternalError):
+        await app.run("bus.review.dead_letters.replay", {"dead_letter_id": replayed})
+    assert app.delivered == ["ev-0001"]  # the subscriber ran; the bookkeeping did not commit
+    app.events.broken = False
+    listed = (await app.run("bus.review.dead_letters.list", {}))["items"]
+    assert [i["id"] for i in listed] == [failing, replayed]
 
 
 def test_review_specs_declare_permissions_events_and_pii() -> None:

@@ -3,8 +3,20 @@ rejections (memory, SQLite file, PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from workflows_app import DIRECTOR, EMPLOYEE, MANAGER, MANAGER_2, POLICY, build_registry, ctx
+from core_guarantees_app import read_stored
+from workflows_app import (
+    DIRECTOR,
+    EMPLOYEE,
+    MANAGER,
+    MANAGER_2,
+    ORG,
+    POLICY,
+    build_registry,
+    ctx,
+)
 
 from contractspec.core import (
     Actor,
@@ -16,6 +28,7 @@ from contractspec.core import (
     WorkflowStateError,
 )
 from contractspec.core.testing import SequentialIds
+from contractspec.core.workflows import APPROVAL_ENTITY
 
 
 @pytest.fixture
@@ -101,3 +114,41 @@ async def test_available_shows_approval_progress_to_eligible_approvers_only(
     assert (step["name"], step["operation"], step["approvals_required"], step["approvals_given"]) == (
         "approve", "buy.order.approve.approve", 2, 1,
     )  # fmt: skip
+
+
+async def test_concurrent_approvals_never_fire_twice_nor_lose_a_vote(
+    executor: Executor, backend: Backend
+) -> None:
+    """Eight managers approve one order at once (quorum 2): the others get ConflictError, the
+    stored approval rows are exactly those of the calls that returned, and the step fires at most
+    once; approving one after another then fires it exactly once, with two distinct approvers."""
+    iid = await _order(executor)
+    managers = [Actor.user(f"m{i}", roles="manager") for i in range(8)]
+
+    async def one(actor: Actor) -> BaseException | dict[str, object]:
+        try:
+            return await _approve(executor, iid, actor)
+        except Exception as exc:  # judged below
+            return exc
+
+    results = await asyncio.wait_for(asyncio.gather(*(one(a) for a in managers)), 120)
+    winners = [a.id for a, r in zip(managers, results, strict=True) if isinstance(r, dict)]
+    losses = [r for r in results if not isinstance(r, dict)]
+    assert all(isinstance(r, ConflictError) for r in losses), losses
+    assert 1 <= len(winners) <= 2
+    assert sum(1 for r in results if isinstance(r, dict) and r["fired"]) <= 1
+    stored = await read_stored(backend, ORG, [APPROVAL_ENTITY])
+    rows = stored.rows["cs.workflow.approval"].values()
+    assert sorted(r["approver_id"] for r in rows) == sorted(winners)
+
+    for actor in managers:  # the others decide one after another until the step fires
+        got = await executor.execute("buy.order.get", {"instance_id": iid}, ctx(MANAGER))
+        if got.model_dump()["state"] == "approved":
+            break
+        if actor.id not in winners:
+            await _approve(executor, iid, actor)
+    page = await executor.execute("buy.order.history", {"instance_id": iid}, ctx(MANAGER))
+    steps = page.model_dump()["items"]
+    assert [s["kind"] for s in steps] == ["start", "approval"]
+    approvers = steps[1]["input"]["approvers"]
+    assert len(approvers) == len(set(approvers)) == 2

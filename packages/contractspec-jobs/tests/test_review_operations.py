@@ -21,6 +21,7 @@ from contractspec.core import (
     ConflictError,
     EventEnvelope,
     Executor,
+    InternalError,
     MemoryBackend,
     NotFoundError,
     PolicyDeniedError,
@@ -44,8 +45,11 @@ class RecordedEvents:
     """An `EventPublisher` keeping what committed calls emitted."""
 
     events: list[EventEnvelope] = field(factory=list)
+    broken: bool = False
 
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
+        if self.broken:
+            raise ConnectionError("outbox unavailable")
         tx.on_commit(lambda: self.events.extend(events))
 
 
@@ -284,6 +288,27 @@ async def test_repeating_an_action_with_its_idempotency_key_replays_the_result(a
     assert [e.name for e in app.events.events] == ["jobs.review.dead.retried"]
     with pytest.raises(ConflictError, match="is queued, not dead"):
         await app.run("jobs.review.dead.retry", {"job_id": job_id})
+
+
+async def test_an_action_rolls_back_with_its_call(app: App) -> None:
+    """When the call fails after acting (its event cannot be published), the job stays dead."""
+    job_id = await dead_job(app.queue)
+    failed_id = await failed_job(app.queue)
+    app.events.broken = True
+    with pytest.raises(InternalError):
+        await app.run("jobs.review.dead.retry", {"job_id": job_id})
+    with pytest.raises(InternalError):
+        await app.run("jobs.review.failed.discard", {"job_id": failed_id})
+    job = await app.queue.get(job_id)
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.DEAD, 1)
+    failed = await app.queue.get(failed_id)
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
+    app.events.broken = False
+    assert (await app.run("jobs.review.dead.retry", {"job_id": job_id}))["job"][
+        "status"
+    ] == "queued"
 
 
 def test_review_specs_declare_permissions_events_and_pii() -> None:
