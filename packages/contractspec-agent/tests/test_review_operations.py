@@ -13,6 +13,7 @@ from starlette.requests import Request
 from contractspec.agent import (
     AgentPolicy,
     AgentRunner,
+    ApprovalDecisionError,
     ApprovalStatus,
     RiskLevel,
     RiskRule,
@@ -38,7 +39,13 @@ from contractspec.core import (
 )
 from contractspec.core.http import Principal, create_app
 
-REVIEW_POLICY = RolePermissions({"reviewer": ["agent.review.*"], "viewer": ["agent.review.read"]})
+REVIEW_POLICY = RolePermissions(
+    {
+        "reviewer": ["agent.review.*", "approval.decide"],
+        "operator": ["agent.review.*"],
+        "viewer": ["agent.review.read"],
+    }
+)
 #: Reviews as a reviewer who may also decide approvals (the workflow's `approval.decide`).
 REVIEWER = CallContext(actor=Actor.user("u-lead", roles=["reviewer", "lead"]), org_id=ORG)
 VIEWER = CallContext(actor=Actor.user("u-viewer", roles="viewer"), org_id=ORG)
@@ -152,14 +159,25 @@ async def test_acting_without_permission_is_denied_and_audited(env: AgentEnv) ->
 
 
 async def test_reviewer_without_the_workflow_permission_cannot_decide(env: AgentEnv) -> None:
-    """The workflow's own check still applies: `agent.review.act` alone does not decide."""
+    """`agent.review.act` alone does not decide: the executor's policy checks `approval.decide`
+    (denial audited once), then the workflow's own policy and rules still apply."""
     executor, _ = review(env)
     rid = await open_request(env)
-    only_review = CallContext(actor=Actor.user("u-r", roles="reviewer"), org_id=ORG)
+    operator = CallContext(actor=Actor.user("u-op", roles="operator"), org_id=ORG)
+    with pytest.raises(PolicyDeniedError, match=r"approval\.decide"):
+        await executor.execute("agent.review.approvals.approve", {"approval_id": rid}, operator)
+    denied = [a for a in await audit_actions(env) if a[1] == "denied"]
+    assert len(denied) == 1
+    # Allowed by the app's policy, refused by the workflow's (u-r is no "lead" there).
+    not_lead = CallContext(actor=Actor.user("u-r", roles="reviewer"), org_id=ORG)
     with pytest.raises(PolicyDeniedError, match="may not decide"):
-        await executor.execute("agent.review.approvals.approve", {"approval_id": rid}, only_review)
+        await executor.execute("agent.review.approvals.reject", {"approval_id": rid}, not_lead)
+    # The requester cannot decide their own request, whatever their roles.
+    requester = CallContext(actor=Actor.user("u-owner", roles=["reviewer", "lead"]), org_id=ORG)
+    with pytest.raises(ApprovalDecisionError, match="cannot decide it"):
+        await executor.execute("agent.review.approvals.approve", {"approval_id": rid}, requester)
     assert (await env.approvals.get(rid)).status is ApprovalStatus.PENDING
-    assert "agent.review.approvals.approved" not in await event_names(env)
+    assert not [n for n in await event_names(env) if n.startswith("agent.review.")]
 
 
 async def test_another_tenants_items_are_not_found(env: AgentEnv) -> None:

@@ -43,7 +43,7 @@ from contractspec.evolution.review import ReviewOperations, register_review_oper
 OPS = "ops"
 REVIEW_POLICY = RolePermissions(
     {
-        "reviewer": ["evolution.review.*"],
+        "reviewer": ["evolution.review.*", "approval.decide"],
         "operator": ["evolution.review.*"],
         "viewer": ["evolution.review.read"],
     }
@@ -180,11 +180,15 @@ async def test_acting_without_permission_is_denied_and_audited(env: EvolutionEnv
     assert ("evolution.review.suggestions.approve", "denied") in await audit_actions(env)
     assert (await orch.get(s.id)).status is SuggestionStatus.PENDING
     no_decide = CallContext(actor=Actor.user("u-r", roles="operator"), org_id=OPS)
-    with pytest.raises(PolicyDeniedError, match="may not decide"):
+    with pytest.raises(PolicyDeniedError, match=r"approval\.decide"):
         await executor.execute(
             "evolution.review.suggestions.approve", {"suggestion_id": s.id}, no_decide
         )
     assert (await orch.get(s.id)).status is SuggestionStatus.PENDING
+    assert [a for a in await audit_actions(env) if a[1] == "denied"] == [
+        ("evolution.review.suggestions.approve", "denied"),
+        ("evolution.review.suggestions.approve", "denied"),
+    ]
     assert "evolution.review.suggestions.approved" not in await event_names(env)
 
 

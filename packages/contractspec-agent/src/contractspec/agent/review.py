@@ -16,7 +16,9 @@ and traffic recording, and your HTTP adapter serves them like any other operatio
 | `agent.review.shadow.show` | query | `agent.review.read` | `shadow_report` | |
 
 Every operation is scoped to the caller's tenant (`ctx.org_id`): an approval or run of another
-org is reported as not found. Reads and actions use the executor's transaction (`ctx.tx`), so the
+org is reported as not found. Approve and reject also check the workflow's permission
+(`approval.decide` by default) with the executor's policy, so a denial is audited once; the
+workflow then applies its own policy and rules (no self-approval, named approvers, quorum). Reads and actions use the executor's transaction (`ctx.tx`), so the
 stores must live on the executor's backend (the same `SqlBackend`, or memory stores with a
 `MemoryBackend`); an action's effect, its review event and its audit record commit together.
 Deciding an approval also needs the workflow's own permission (`approval.decide` by default).
@@ -45,6 +47,7 @@ from contractspec.core import (
     HandlerCtx,
     NotFoundError,
     OperationSpec,
+    Resource,
     SpecRegistry,
     define_command,
     define_event,
@@ -502,6 +505,15 @@ def _approval_item(req: ApprovalRequest, now: datetime) -> ApprovalItem:
     )
 
 
+def _approval_resource(req: ApprovalRequest) -> Resource:
+    return Resource(
+        "approval",
+        req.id,
+        req.org_id,
+        {"risk": req.risk, "action": req.action, "subject_type": req.subject_type},
+    )
+
+
 def _run_fields(run: Run) -> dict[str, Any]:
     return {
         "id": run.id,
@@ -639,8 +651,11 @@ def _register_approvals(registry: SpecRegistry, workflow: ApprovalWorkflow) -> N
         return _approval_item(await own(ctx, inp.approval_id), workflow.clock.now())
 
     async def decide(inp: ApprovalDecisionRequest, ctx: HandlerCtx, verdict: str) -> ApprovalItem:
-        await own(ctx, inp.approval_id)
+        found = await own(ctx, inp.approval_id)
         ctx.set_audit_target("approval", inp.approval_id)
+        # The workflow's permission, checked by the executor's policy first so that a denial is
+        # audited exactly once by the pipeline (the joined workflow does not audit denials).
+        await ctx.authorize(workflow.permission, _approval_resource(found))
         if verdict == "approve":
             req = await workflow.approve(
                 inp.approval_id, ctx.actor, comment=inp.comment, ctx=ctx.call, tx=ctx.tx

@@ -16,7 +16,9 @@ Suggestions are about the application's spec, not tenant data: they belong to th
 at registration (`org_id`, e.g. your operators' org). Callers of any other org see an empty list and
 `NotFoundError`. Reads and actions use the executor's transaction (`ctx.tx`), so the suggestion and
 approval stores must live on the executor's backend; an action's decision, the suggestion's new
-state, their events and the audit record commit together.
+state, their events and the audit record commit together. Approve and reject also check the
+approval workflow's permission (`approval.decide` by default) with the executor's policy, so a
+denial is audited once; the workflow then applies its own policy and rules.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ from contractspec.core import (
     HandlerCtx,
     NotFoundError,
     OperationSpec,
+    Resource,
     SpecRegistry,
     define_command,
     define_event,
     define_query,
     requires,
 )
-from contractspec.evolution.orchestrator import SpecSuggestionOrchestrator
+from contractspec.evolution.orchestrator import ACTION, SUBJECT_TYPE, SpecSuggestionOrchestrator
 from contractspec.evolution.suggestions import (
     SpecSuggestion,
     SuggestionKind,
@@ -419,9 +422,20 @@ def register_review_operations(
         )
         return _detail(s, request)
 
+    async def may_decide(ctx: HandlerCtx, s: SpecSuggestion) -> None:
+        # The workflow's permission, checked by the executor's policy first so that a denial is
+        # audited exactly once by the pipeline (the joined workflow does not audit denials).
+        resource = Resource(
+            "approval",
+            s.approval_id or s.id,
+            ctx.org_id,
+            {"risk": 3 if s.breaking else 1, "action": ACTION, "subject_type": SUBJECT_TYPE},
+        )
+        await ctx.authorize(orchestrator.workflow.permission, resource)
+
     @registry.handler(approve_suggestion)
     async def approve(inp: SuggestionDecisionRequest, ctx: HandlerCtx) -> SuggestionDetail:
-        await load(ctx, inp.suggestion_id)
+        await may_decide(ctx, await load(ctx, inp.suggestion_id))
         ctx.set_audit_target("spec_suggestion", inp.suggestion_id)
         s = await orchestrator.approve(
             inp.suggestion_id, ctx.actor, comment=inp.comment, ctx=ctx.call, tx=ctx.tx
@@ -430,7 +444,7 @@ def register_review_operations(
 
     @registry.handler(reject_suggestion)
     async def reject(inp: SuggestionDecisionRequest, ctx: HandlerCtx) -> SuggestionDetail:
-        await load(ctx, inp.suggestion_id)
+        await may_decide(ctx, await load(ctx, inp.suggestion_id))
         ctx.set_audit_target("spec_suggestion", inp.suggestion_id)
         s = await orchestrator.reject(
             inp.suggestion_id, ctx.actor, comment=inp.comment, ctx=ctx.call, tx=ctx.tx
