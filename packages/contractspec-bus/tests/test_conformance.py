@@ -199,6 +199,7 @@ async def test_dead_letter_writes_in_a_transaction_roll_back_with_it(stores: Sto
     seen = await store.get("dl-1", tx=tx)
     assert seen is not None
     assert seen.replayed_at == T0
+    assert [d.id for d in await store.browse(org_id="org-1", tx=tx)] == ["dl-3"]
     await tx.rollback()
     assert [d.id for d in await store.browse(org_id="org-1")] == ["dl-2", "dl-1"]
     tx = await stores.unit_of_work.begin()

@@ -357,6 +357,8 @@ async def test_retry_and_discard_in_a_transaction_take_effect_iff_it_commits(
     inside = await queue.get(a, tx=tx)
     assert inside is not None
     assert inside.status is JobStatus.QUEUED
+    seen = await queue.browse(org_id=None, tx=tx)
+    assert [j.status for j in seen] == [JobStatus.CANCELLED, JobStatus.QUEUED]
     await tx.rollback()
     assert [(await queue.get(i)).status for i in (a, b)] == [JobStatus.DEAD, JobStatus.DEAD]  # type: ignore[union-attr]
     tx = await uow.begin()

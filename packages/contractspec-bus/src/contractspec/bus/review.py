@@ -309,6 +309,7 @@ def register_review_operations(registry: SpecRegistry, *, bus: EventBus) -> Revi
             event_name=inp.event_name,
             limit=inp.limit,
             cursor=inp.cursor,
+            tx=ctx.tx,
         )
         return ReviewDeadLetterList(items=[_item(d) for d in page], next_cursor=page.next_cursor)
 

@@ -615,6 +615,7 @@ class SqlDeadLetterStore(_SqlStore):
         event_name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tx: Transaction | None = None,
     ) -> Page:
         """Still-dead letters of one tenant, newest first; keyset pagination on position."""
         check_page(limit)
@@ -629,7 +630,12 @@ class SqlDeadLetterStore(_SqlStore):
             stmt = stmt.where(t.c.subscriber == subscriber)
         if event_name is not None:
             stmt = stmt.where(t.c.event_name == event_name)
-        rows = await self._read(stmt.order_by(t.c.position.desc()).limit(limit + 1))
+        stmt = stmt.order_by(t.c.position.desc()).limit(limit + 1)
+        rows: list[Any] = (
+            list((await tx.execute(stmt)).mappings().all())
+            if isinstance(tx, SqlTransaction)
+            else await self._read(stmt)
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(

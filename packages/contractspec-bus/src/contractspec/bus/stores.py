@@ -499,6 +499,7 @@ class DeadLetterStore(Protocol):
         event_name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tx: Transaction | None = None,
     ) -> Page:
         """Still-dead letters of exactly one tenant, newest first, paginated.
 
@@ -508,6 +509,7 @@ class DeadLetterStore(Protocol):
             event_name: Only letters of this event name.
             limit: Page size (1..1000).
             cursor: `next_cursor` of the previous page.
+            tx: Read inside this transaction (a handler's `ctx.tx`) instead of a new connection.
 
         Raises:
             ConfigurationError: A limit out of range or a cursor not from a previous page.
@@ -594,6 +596,7 @@ class MemoryDeadLetterStore:
         event_name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tx: Transaction | None = None,
     ) -> Page:
         """Newest first; the cursor is the position of the last item returned."""
         check_page(limit)

@@ -370,6 +370,7 @@ class MemoryJobQueue:
         job_type: str | None = None,
         limit: int = 50,
         before: tuple[datetime, str] | None = None,
+        tx: Transaction | None = None,
     ) -> builtins.list[Job]:
         """Jobs of one tenant, newest first, after the keyset cursor `before`."""
         wanted = check_status(status)

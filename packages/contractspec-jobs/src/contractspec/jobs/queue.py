@@ -268,6 +268,7 @@ class JobQueue(Protocol):
         job_type: str | None = None,
         limit: int = 50,
         before: tuple[datetime, str] | None = None,
+        tx: Transaction | None = None,
     ) -> builtins.list[Job]:
         """Jobs of exactly one tenant, newest first (`created_at`, then `id`, descending).
 
@@ -278,6 +279,7 @@ class JobQueue(Protocol):
             limit: At most this many (1..10000).
             before: Keyset cursor: only jobs strictly older than this `(created_at, id)`, i.e.
                 the last job of the previous page.
+            tx: Read inside this transaction (a handler's `ctx.tx`) instead of a new connection.
 
         Raises:
             SpecValidationError: Unknown status or a limit outside 1..10000.

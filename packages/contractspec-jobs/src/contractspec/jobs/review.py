@@ -310,6 +310,7 @@ def _bind(
             job_type=inp.job_type,
             limit=inp.limit + 1,
             before=before,
+            tx=ctx.tx,
         )
         page = jobs[: inp.limit]
         more = len(jobs) > inp.limit

@@ -885,6 +885,7 @@ class SqlJobQueue:
         job_type: str | None = None,
         limit: int = 50,
         before: tuple[datetime, str] | None = None,
+        tx: Transaction | None = None,
     ) -> builtins.list[Job]:
         """Jobs of one tenant, newest first, after the keyset cursor `before`.
 
@@ -903,8 +904,10 @@ class SqlJobQueue:
         if before is not None:
             at, last_id = before
             stmt = stmt.where(or_(_J.created_at < at, and_(_J.created_at == at, _J.id < last_id)))
-        rows = await self._read(stmt.order_by(_J.created_at.desc(), _J.id.desc()).limit(limit))
-        return [_job(r) for r in rows]
+        stmt = stmt.order_by(_J.created_at.desc(), _J.id.desc()).limit(limit)
+        if isinstance(tx, SqlTransaction):
+            return [_job(r) for r in (await tx.execute(stmt)).all()]
+        return [_job(r) for r in await self._read(stmt)]
 
     async def counts(self, *, queue: str | None = None) -> dict[JobStatus, int]:
         """Jobs per status (every status present)."""
