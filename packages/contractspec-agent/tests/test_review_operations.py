@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from contractspec.agent import (
     AgentRunner,
     ApprovalDecisionError,
     ApprovalStatus,
+    LeaseLostError,
     RiskLevel,
     RiskRule,
     RunStatus,
@@ -24,7 +26,7 @@ from contractspec.agent import (
     refund_limit,
 )
 from contractspec.agent.review import ReviewOperations, register_review_operations
-from contractspec.agent.testing import ScriptedModel, call
+from contractspec.agent.testing import FunctionModel, ScriptedModel, call
 from contractspec.core import (
     Actor,
     CallContext,
@@ -301,6 +303,32 @@ async def test_runs_show_and_cancel_a_waiting_run(env: AgentEnv) -> None:
     await env.approvals.approve(approval_id, Actor.user("u-lead", roles="lead"))
     resumed = await runner.resume(run_id, OWNER)
     assert resumed.status is RunStatus.CANCELLED
+    assert (await env.refunds()).total == 0
+
+
+async def test_cancelling_a_running_run_stops_its_worker(env: AgentEnv) -> None:
+    """A run cancelled while a worker drives it stays cancelled; the worker stops at its next
+    write (LeaseLostError) and the tool call the model asked for never runs."""
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: Any) -> Any:
+        started.set()
+        await gate.wait()
+        return call("shop_refund_issue", order_id="o-5", amount_cents=1000)
+
+    runner = env.runner(FunctionModel(slow))
+    executor, _ = review(env, runner)
+    task = asyncio.create_task(runner.run(refunder, "refund 10", OWNER))
+    await started.wait()
+    running = await executor.execute("agent.review.runs.list", {"status": "running"}, REVIEWER)
+    (item,) = running.items
+    assert item.lease_owner == runner.worker_id
+    out = await executor.execute("agent.review.runs.cancel", {"run_id": item.id}, REVIEWER)
+    assert (out.status, out.lease_owner) == (RunStatus.CANCELLED, None)
+    gate.set()
+    with pytest.raises(LeaseLostError):
+        await task
+    assert (await runner.get(item.id)).status is RunStatus.CANCELLED
     assert (await env.refunds()).total == 0
 
 
