@@ -382,3 +382,43 @@ def test_the_workflows_page_prints_what_it_claims() -> None:
         "migrated=3 remaining=0",
         "pending",
     ]
+
+
+def test_generated_docs_draw_each_workflow_and_openapi_has_its_routes() -> None:
+    """`render` writes a workflow page with a Mermaid state diagram (transitions, approvals,
+    guards, timers, initial and final states) and lists it in the index; OpenAPI has a route per
+    derived operation."""
+    import json
+    from datetime import timedelta
+
+    from workflows_app import leave_workflow, purchase_workflow
+
+    from contractspec.core.codegen import render
+
+    files = render(
+        SpecRegistry(leave_workflow(remind_after=timedelta(hours=48)), purchase_workflow()).to_ir()
+    )
+    page = files["docs/workflows/hr.leave.v1.md"]
+    diagram = page.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
+    assert diagram == [
+        "stateDiagram-v2",
+        "    [*] --> draft",
+        "    draft --> submitted: submit [guarded]",
+        "    submitted --> approved: approve",
+        "    submitted --> rejected: reject",
+        "    submitted --> expired: expire",
+        "    submitted --> expired: after 2 d (expire, timer)",
+        "    approved --> [*]",
+        "    expired --> [*]",
+        "    rejected --> [*]",
+    ]
+    assert (
+        "| `submit` | `draft` | `submitted` | requires `leave.request` | `short_enough` |" in page
+    )
+    order = files["docs/workflows/buy.order.v1.md"]
+    assert "    requested --> approved: approve (2 approvals)" in order
+    assert "| 2 distinct (manager) |" in order
+    assert "[`hr.leave@1`](workflows/hr.leave.v1.md)" in files["docs/index.md"]
+    paths = json.loads(files["openapi.json"])["paths"]
+    assert {"/hr/leave/start/v1", "/hr/leave/submit/v1", "/hr/leave/available/v1",
+            "/hr/leave/history/v1", "/buy/order/approve/approve/v1"} <= set(paths)  # fmt: skip

@@ -567,10 +567,104 @@ def _doc_pages(ir: Mapping[str, Any], col: _Collected, digest: str, title: str) 
         ev_rows.append(
             {"ref": ref, "link": path.removeprefix("docs/"), "summary": _md(_summary(ev))}
         )
+    wf_rows = []
+    for wf in ir["specs"].get("workflow", []):
+        ref = f"{wf['name']}@{wf['version']}"
+        path = f"docs/workflows/{wf['name']}.v{wf['version']}.md"
+        pages[path] = _workflow_page(wf, _header(digest, "md", f", workflow {ref}"))
+        wf_rows.append(
+            {"ref": ref, "link": path.removeprefix("docs/"), "summary": _md(_summary(wf))}
+        )
     pages["docs/index.md"] = _env.get_template("index.md.j2").render(
-        header=_header(digest, "md"), title=title, digest=digest, operations=op_rows, events=ev_rows
+        header=_header(digest, "md"),
+        title=title,
+        digest=digest,
+        operations=op_rows,
+        events=ev_rows,
+        workflows=wf_rows,
     )
     return pages
+
+
+def _duration(seconds: Any) -> str:
+    value = float(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)} {unit}"
+    return f"{value:g} s"
+
+
+def mermaid_state_diagram(wf: Mapping[str, Any]) -> str:
+    """A Mermaid `stateDiagram-v2` of a workflow's IR entry: the initial and final states,
+    one arrow per transition source (labelled with the transition, its approvals and guard), and
+    a dashed note per timer."""
+    lines = ["stateDiagram-v2", f"    [*] --> {wf['initial']}"]
+    for t in wf.get("transitions") or []:
+        label = str(t["name"])
+        approvals = t.get("approvals")
+        if approvals:
+            label += f" ({approvals['count']} approvals)"
+        if t.get("guard"):
+            label += " [guarded]"
+        lines.extend(
+            f"    {source} --> {t['target']}: {label}" for source in t.get("sources") or []
+        )
+    for tm in wf.get("timers") or []:
+        due = _duration(tm["after_s"]) if tm.get("after_s") is not None else "at a computed time"
+        if tm.get("fire"):
+            target = next(
+                (t["target"] for t in wf.get("transitions") or [] if t["name"] == tm["fire"]),
+                None,
+            )
+            if target is not None:
+                lines.append(f"    {tm['state']} --> {target}: after {due} ({tm['fire']}, timer)")
+        else:
+            lines.append(f"    note right of {tm['state']}: escalates after {due}")
+    lines.extend(f"    {state} --> [*]" for state in wf.get("final") or [])
+    return "\n".join(lines)
+
+
+def _workflow_page(wf: Mapping[str, Any], header: str) -> str:
+    transitions = []
+    for t in wf.get("transitions") or []:
+        approvals = t.get("approvals")
+        transitions.append(
+            {
+                "name": t["name"],
+                "sources": _list(t.get("sources")),
+                "target": t["target"],
+                "auth": _auth_text(t.get("auth")),
+                "guard": f"`{t['guard']}`" if t.get("guard") else "none",
+                "approvals": (
+                    f"{approvals['count']} distinct"
+                    + (" (" + ", ".join(approvals["roles"]) + ")" if approvals["roles"] else "")
+                    if approvals
+                    else "none"
+                ),
+                "emits": _list(t.get("emits")),
+            }
+        )
+    timers = [
+        {
+            "name": tm["name"],
+            "state": tm["state"],
+            "due": (
+                f"{_duration(tm['after_s'])} after entering"
+                if tm.get("after_s") is not None
+                else f"at `{tm.get('at')}`"
+            ),
+            "then": f"fires `{tm['fire']}`" if tm.get("fire") else "escalates",
+        }
+        for tm in wf.get("timers") or []
+    ]
+    return _env.get_template("workflow.md.j2").render(
+        header=header,
+        wf=wf,
+        diagram=mermaid_state_diagram(wf),
+        final=_list(wf.get("final")),
+        transitions=transitions,
+        timers=timers,
+    )
 
 
 # --------------------------------------------------------------------------------------------
