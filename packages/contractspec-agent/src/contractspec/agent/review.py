@@ -57,7 +57,6 @@ from contractspec.core import (
 
 __all__ = [
     "ACT_PERMISSION",
-    "READ_PERMISSION",
     "ApprovalDecisionItem",
     "ApprovalDecisionRequest",
     "ApprovalItem",
@@ -65,6 +64,7 @@ __all__ = [
     "ApprovalListRequest",
     "ApprovalRef",
     "ApprovalReviewed",
+    "READ_PERMISSION",
     "ReviewOperations",
     "RunActionItem",
     "RunCancelRequest",
@@ -76,6 +76,7 @@ __all__ = [
     "RunLogItem",
     "RunRef",
     "RunStepItem",
+    "RunToolCall",
     "ShadowDecision",
     "ShadowReportOut",
     "ShadowReportRequest",
