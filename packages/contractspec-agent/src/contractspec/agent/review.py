@@ -57,6 +57,7 @@ from contractspec.core import (
 
 __all__ = [
     "ACT_PERMISSION",
+    "READ_PERMISSION",
     "ApprovalDecisionItem",
     "ApprovalDecisionRequest",
     "ApprovalItem",
@@ -64,7 +65,6 @@ __all__ = [
     "ApprovalListRequest",
     "ApprovalRef",
     "ApprovalReviewed",
-    "READ_PERMISSION",
     "ReviewOperations",
     "RunActionItem",
     "RunCancelRequest",
