@@ -5,6 +5,7 @@ before the due time cancels them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,20 +38,8 @@ async def app(
 ) -> AsyncIterator[tuple[Executor, JobQueue]]:
     """An executor whose workflow enqueues timer jobs, and the queue, on one backend."""
     registry = build_registry()
-    if backend_kind == "memory":
-        backend: Backend = MemoryBackend()
-        queue: JobQueue = MemoryJobQueue(registry, clock=clock, ids=SequentialIds("job"))
+    async with _backend_and_queue(backend_kind, tmp_path, registry, clock) as (backend, queue):
         yield _executor(registry, backend, queue, clock), queue
-        return
-    from contractspec.core.sql import SqlBackend
-    from contractspec.jobs.sql import SqlJobQueue
-
-    async with temporary_sql_engine(backend_kind, tmp_path) as engine:
-        sql = SqlBackend(engine, registry)
-        await sql.create_all()
-        sql_queue = SqlJobQueue(engine, registry, clock=clock, ids=SequentialIds("job"))
-        await sql_queue.create_all()
-        yield _executor(registry, sql, sql_queue, clock), sql_queue
 
 
 def _executor(
@@ -155,3 +144,69 @@ def test_the_workflow_timers_page_prints_what_it_claims(monkeypatch: pytest.Monk
     assert printed_by_python_blocks(page).splitlines() == [
         "expired [('start', None, 'ada'), ('timer', 'expire', 'workflow-timer')]"
     ]
+
+
+async def test_a_timer_due_at_a_time_computed_from_the_instance(
+    backend_kind: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """`timer(at=...)`: the due time comes from the instance data (here `sla_minutes`), so two
+    instances started together expire at different times."""
+    from pydantic import BaseModel
+
+    from contractspec.core import define_workflow, timer, transition
+
+    class Call(BaseModel):
+        sla_minutes: int
+
+    def due(instance: Any) -> Any:
+        return instance.created_at + timedelta(minutes=instance.data["sla_minutes"])
+
+    wf = define_workflow(
+        "sup.call",
+        subject=Call,
+        states=["waiting", "answered", "missed"],
+        initial="waiting",
+        final=["answered", "missed"],
+        transitions=[
+            transition("answer", source="waiting", target="answered"),
+            transition("miss", source="waiting", target="missed"),
+        ],
+        timers=[timer("waiting", at=due, fire="miss")],
+    )
+    registry = SpecRegistry(wf)
+    workflow_timer_jobs(registry)
+    async with _backend_and_queue(backend_kind, tmp_path, registry, clock) as (backend, queue):
+        ex = _executor(registry, backend, queue, clock)
+        quick = await ex.execute("sup.call.start", {"data": {"sla_minutes": 5}}, agent_ctx())
+        slow = await ex.execute("sup.call.start", {"data": {"sla_minutes": 60}}, agent_ctx())
+
+        async def states() -> list[str]:
+            return [
+                (await ex.execute("sup.call.get", {"instance_id": i.id}, agent_ctx())).state  # type: ignore[attr-defined]
+                for i in (quick, slow)
+            ]
+
+        clock.advance(timedelta(minutes=6))
+        await _drain(ex, queue)
+        assert await states() == ["missed", "waiting"]
+        clock.advance(timedelta(minutes=60))
+        await _drain(ex, queue)
+        assert await states() == ["missed", "missed"]
+
+
+@asynccontextmanager
+async def _backend_and_queue(
+    kind: str, tmp_path: Path, registry: SpecRegistry, clock: FakeClock
+) -> AsyncIterator[tuple[Backend, JobQueue]]:
+    if kind == "memory":
+        yield MemoryBackend(), MemoryJobQueue(registry, clock=clock, ids=SequentialIds("job"))
+        return
+    from contractspec.core.sql import SqlBackend
+    from contractspec.jobs.sql import SqlJobQueue
+
+    async with temporary_sql_engine(kind, tmp_path) as engine:
+        sql = SqlBackend(engine, registry)
+        await sql.create_all()
+        queue = SqlJobQueue(engine, registry, clock=clock, ids=SequentialIds("job"))
+        await queue.create_all()
+        yield sql, queue
