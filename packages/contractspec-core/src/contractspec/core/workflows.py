@@ -339,7 +339,19 @@ class Approvals:
 
 @define(frozen=True)
 class Transition:
-    """A named move from one of `sources` to `target` (made by `transition()`)."""
+    """A named move from one of `sources` to `target` (made by `transition()`).
+
+    Attributes:
+        name: Lowercase identifier; the derived command is `<workflow>.<name>`.
+        sources: States it leaves from.
+        target: State it enters.
+        input: pydantic model of its input, or `None`.
+        auth: What the caller needs, as for operations.
+        guard: `guard(instance, input) -> bool | str | None`, or `None`.
+        emits: Events emitted besides `<workflow>.transitioned`.
+        approvals: Set for approval steps.
+        description: Reference-doc paragraph.
+    """
 
     name: str
     sources: tuple[str, ...]
@@ -361,7 +373,16 @@ class Transition:
 
 @define(frozen=True)
 class Timer:
-    """A per-state SLA timer (made by `timer()`): due `after` entering `state`, or `at(instance)`."""
+    """A per-state SLA timer (made by `timer()`): due `after` entering `state`, or `at(instance)`.
+
+    Attributes:
+        name: Identifier, unique in the workflow (part of the timer job's idempotency key).
+        state: The state it watches.
+        fire: The transition it fires, or `None` for an escalation.
+        escalate: Emit `<workflow>.escalated` instead of firing a transition.
+        after: Delay after entering the state, or `None`.
+        at: `at(instance) -> datetime` (aware, UTC), or `None`.
+    """
 
     name: str
     state: str
