@@ -152,3 +152,45 @@ async def test_concurrent_approvals_never_fire_twice_nor_lose_a_vote(
     assert [s["kind"] for s in steps] == ["start", "approval"]
     approvers = steps[1]["input"]["approvers"]
     assert len(approvers) == len(set(approvers)) == 2
+
+
+async def test_whoever_moved_the_instance_into_the_state_may_not_approve_and_denials_are_audited(
+    executor: Executor, backend: Backend
+) -> None:
+    """emp-1 creates a review, mgr-1 submits it: both are requesters and are denied (each denial
+    audited); two other managers approve."""
+    out = await executor.execute("doc.review.start", {}, ctx(EMPLOYEE))
+    iid = out.model_dump()["id"]
+    await executor.execute("doc.review.submit", {"instance_id": iid}, ctx(MANAGER))
+    op = "doc.review.publish.approve"
+    with pytest.raises(PolicyDeniedError, match="moved into its current state"):
+        await executor.execute(op, {"instance_id": iid}, ctx(MANAGER))
+    with pytest.raises(PolicyDeniedError, match="started instance"):
+        await executor.execute(op, {"instance_id": iid}, ctx(Actor.user("emp-1", roles="manager")))
+    await executor.execute(op, {"instance_id": iid}, ctx(MANAGER_2))
+    done = await executor.execute(op, {"instance_id": iid}, ctx(DIRECTOR))
+    assert done.model_dump()["instance"]["state"] == "published"
+    stored = await read_stored(backend, ORG, [])
+    audit = [(r.actor_id, str(r.outcome)) for r in stored.audit if r.action == op]
+    assert audit == [
+        ("mgr-1", "denied"), ("emp-1", "denied"), ("mgr-2", "success"), ("dir-1", "success"),
+    ]  # fmt: skip
+
+
+async def test_approvals_are_bound_to_the_input_of_the_first_approval(executor: Executor) -> None:
+    """The second approver must approve the same input: another note is a ConflictError; the
+    same note reaches the quorum and the transition records that input."""
+    out = await executor.execute("doc.review.start", {}, ctx(EMPLOYEE))
+    iid = out.model_dump()["id"]
+    await executor.execute("doc.review.submit", {"instance_id": iid}, ctx(EMPLOYEE))
+    op = "doc.review.publish.approve"
+    await executor.execute(op, {"instance_id": iid, "input": {"note": "v1"}}, ctx(MANAGER))
+    with pytest.raises(ConflictError, match="bound to the input of the first approval"):
+        await executor.execute(op, {"instance_id": iid, "input": {"note": "v2"}}, ctx(MANAGER_2))
+    done = await executor.execute(op, {"instance_id": iid, "input": {"note": "v1"}}, ctx(MANAGER_2))
+    assert done.model_dump()["fired"] is True
+    page = await executor.execute("doc.review.history", {"instance_id": iid}, ctx(EMPLOYEE))
+    assert page.model_dump()["items"][-1]["input"] == {
+        "approvers": ["mgr-1", "mgr-2"],
+        "note": "v1",
+    }

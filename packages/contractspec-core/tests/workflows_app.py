@@ -117,9 +117,29 @@ def purchase_workflow() -> WorkflowSpec:
     )
 
 
+def review_workflow() -> WorkflowSpec:
+    """A document review: someone submits a draft, one other manager approves a given note."""
+    return define_workflow(
+        "doc.review",
+        states=["draft", "review", "published"],
+        initial="draft",
+        final=["published"],
+        transitions=[
+            transition("submit", source="draft", target="review"),
+            transition(
+                "publish",
+                source="review",
+                target="published",
+                input=Decision,
+                approvals=Approvals(count=2, roles=["manager"]),
+            ),
+        ],
+    )
+
+
 def build_registry() -> SpecRegistry:
-    """Registry with the leave and purchase workflows."""
-    return SpecRegistry(leave_workflow(), purchase_workflow())
+    """Registry with the leave, purchase and review workflows."""
+    return SpecRegistry(leave_workflow(), purchase_workflow(), review_workflow())
 
 
 def ctx(actor: Actor, *, org: str = ORG, key: str | None = None) -> CallContext:

@@ -23,6 +23,7 @@ them, and the record version makes concurrent transitions of one instance have e
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +38,10 @@ from contractspec.core.context import Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
     ConflictError,
     NotFoundError,
-    PolicyDeniedError,
     SpecDefinitionError,
 )
+from contractspec.core.pipeline.authorize import denied
+from contractspec.core.records import Decision, canonical_json
 from contractspec.core.specs import (
     _DOTTED_NAME,
     AuthRequirement,
@@ -133,6 +135,8 @@ class WorkflowInstance(BaseModel):
         seq: Number of history steps so far (1 after start); pass it as `expected_seq`.
         entry_seq: The `seq` at which the current state was entered (timers key on it).
         created_by: Id of the actor who started the instance.
+        entered_by: Id of the actor whose step entered the current state (the requester of an
+            approval step that leaves it).
         created_at, updated_at: UTC timestamps.
     """
 
@@ -144,6 +148,7 @@ class WorkflowInstance(BaseModel):
     seq: int = 1
     entry_seq: int = 1
     created_by: str | None = None
+    entered_by: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -176,7 +181,10 @@ class WorkflowStep(BaseModel):
 
 
 class WorkflowApproval(BaseModel):
-    """One approver's decision (`approve` or `reject`) on a transition, for one state entry."""
+    """One approver's decision (`approve` or `reject`) on a transition, for one state entry.
+
+    `input_hash` (SHA-256 of the canonical JSON input) binds approvals to one exact input.
+    """
 
     id: str
     instance_id: str
@@ -185,6 +193,7 @@ class WorkflowApproval(BaseModel):
     approver_id: str
     decision: str
     at: datetime
+    input_hash: str = ""
     comment: str | None = None
 
 
@@ -1012,6 +1021,7 @@ async def _enter(
                 "state": target,
                 "seq": inst.seq + 1,
                 "entry_seq": inst.seq + 1,
+                "entered_by": ctx.actor.id,
                 "updated_at": now,
             }
         )
@@ -1100,6 +1110,7 @@ def _start_handler(wf: WorkflowSpec) -> Any:
             seq=1,
             entry_seq=1,
             created_by=ctx.actor.id,
+            entered_by=ctx.actor.id,
             created_at=now,
             updated_at=now,
         )
@@ -1142,9 +1153,10 @@ def _approval_denial(
 ) -> str | None:
     approvals = t.approvals
     assert approvals is not None
-    if not approvals.allow_requester and actor.id == inst.created_by:
+    if not approvals.allow_requester and actor.id in (inst.created_by, inst.entered_by):
+        role = "started" if actor.id == inst.created_by else "moved into its current state"
         return (
-            f"{actor.id!r} started instance {inst.id!r} and may not approve its own request "
+            f"{actor.id!r} {role} instance {inst.id!r} and may not approve its own request "
             f"({wf.name}.{t.name} needs approvers other than the requester)"
         )
     if approvals.roles and not (actor.roles & set(approvals.roles)):
@@ -1165,7 +1177,16 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
         _check_source(wf, t, inst, inp.expected_seq)
         denial = _approval_denial(wf, t, inst, ctx.actor)
         if denial is not None:
-            raise PolicyDeniedError(denial, reason=denial, action=f"{wf.name}.{t.name}.{decision}")
+            # Built like the authorize stage's denials: audited when the call ends.
+            raise denied(
+                ctx._executor,
+                ctx.operation,
+                ctx.call,
+                f"{wf.name}.{t.name}.{decision}",
+                denial,
+                Decision.deny(denial, "workflow_approval"),
+                ctx._denials,
+            )
         repo = ctx.repo(APPROVAL_ENTITY)
         rows = await repo.find(
             {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
@@ -1183,6 +1204,14 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
                 details={"instance_id": inst.id, "transition": t.name},
             )
         value = getattr(inp, "input", None)
+        input_hash = hashlib.sha256(canonical_json(_dump(value)).encode()).hexdigest()
+        bound = {r.input_hash for r in rows if r.decision == "approve"}
+        if decision == "approve" and bound and input_hash not in bound:
+            raise ConflictError(
+                f"approvals of {wf.name}.{t.name} for instance {inst.id!r} are bound to the input "
+                "of the first approval; approve that exact input, or reject",
+                details={"instance_id": inst.id, "transition": t.name},
+            )
         if decision == "approve":
             reason = await _check_guard(wf, t, inst, value)
             if reason is not None:
@@ -1199,6 +1228,7 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
                 approver_id=ctx.actor.id,
                 decision=decision,
                 at=ctx.now(),
+                input_hash=input_hash,
                 comment=inp.comment,
             )
         )
@@ -1339,7 +1369,15 @@ def _timer_handler(wf: WorkflowSpec) -> Any:
     async def fire_timer(inp: WorkflowTimerFire, ctx: HandlerCtx) -> TimerResult:
         if ctx.actor.kind is not ActorKind.SYSTEM:
             why = f"{wf.name}.timer runs only as a system actor (the jobs worker)"
-            raise PolicyDeniedError(why, reason=why, action=f"{wf.name}.timer")
+            raise denied(
+                ctx._executor,
+                ctx.operation,
+                ctx.call,
+                f"{wf.name}.timer",
+                why,
+                Decision.deny(why, "workflow_timer"),
+                ctx._denials,
+            )
         tm = timers.get(inp.timer)
         if tm is None or inp.workflow != wf.name:
             raise NotFoundError(
