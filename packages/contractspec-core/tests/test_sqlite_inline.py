@@ -68,3 +68,35 @@ async def test_two_writers_of_one_process_take_turns(tmp_path: Path) -> None:
     assert results == [200, 200]
     assert commits.count("a") == commits.count("b") == 10
     assert commits.index("b") < len(commits) - commits[::-1].index("a") - 1  # interleaved
+
+
+async def test_a_plain_read_after_a_write_call_does_not_wait_for_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """The unit of work begins write transactions with `BEGIN IMMEDIATE`; the pooled connection
+    must not keep that mode: the app's own `engine.connect()` read on it later runs a deferred
+    `BEGIN` and reads while another connection holds the write lock (it waited ~10 s, then
+    failed with 'database is locked', when the mode stuck to the connection)."""
+    ex, backend = await _executor(tmp_path / "app.db")
+    engine = backend.engine
+    try:
+        await ex.execute("crm.contact.create", {"id": "c1", "name": "n"}, CTX)
+        # Another process's writer (its own engine) holds the database's write lock.
+        other = sqlite_engine(tmp_path / "app.db")
+        writer = await other.connect()
+        await writer.exec_driver_sql("UPDATE crm_contact SET name = 'm'")
+        try:
+            for _ in range(3):  # whichever pooled connection comes back, including the call's
+                async with engine.connect() as conn:
+                    rows = (
+                        await asyncio.wait_for(
+                            conn.exec_driver_sql("SELECT count(*) FROM crm_contact"), timeout=2
+                        )
+                    ).all()
+                    assert rows == [(1,)]
+        finally:
+            await writer.rollback()
+            await writer.close()
+            await other.dispose()
+    finally:
+        await backend.engine.dispose()

@@ -1039,10 +1039,16 @@ class SqlUnitOfWork:
             conn = await self.engine.connect()
             try:
                 if not readonly and self.engine.dialect.name == "sqlite":
+                    # Read by the engine's "begin" listener (configure_sqlite_engine) during
+                    # conn.begin() only: a pooled connection must not keep it, or the app's later
+                    # plain reads on it would queue behind writers as BEGIN IMMEDIATE.
                     conn.info["contractspec_begin"] = "BEGIN IMMEDIATE"
-                elif "contractspec_begin" in conn.info:
-                    del conn.info["contractspec_begin"]
-                outer = await conn.begin()
+                    try:
+                        outer = await conn.begin()
+                    finally:
+                        conn.info.pop("contractspec_begin", None)
+                else:
+                    outer = await conn.begin()
             except BaseException:
                 await conn.close()
                 raise
