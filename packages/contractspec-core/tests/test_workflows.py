@@ -422,3 +422,34 @@ def test_generated_docs_draw_each_workflow_and_openapi_has_its_routes() -> None:
     paths = json.loads(files["openapi.json"])["paths"]
     assert {"/hr/leave/start/v1", "/hr/leave/submit/v1", "/hr/leave/available/v1",
             "/hr/leave/history/v1", "/buy/order/approve/approve/v1"} <= set(paths)  # fmt: skip
+
+
+async def test_workflow_operations_are_served_over_http_with_their_status_codes() -> None:
+    """Through the HTTP adapter: start and submit answer 200; a transition from the wrong state
+    answers 409 `conflict`; a missing permission 403; `available` is a query route."""
+    import httpx
+    from starlette.requests import Request
+
+    from contractspec.core import MemoryBackend
+    from contractspec.core.http import Principal, create_app
+
+    sessions = {"emp": Principal(EMPLOYEE, org_id=ORG), "mgr": Principal(MANAGER, org_id=ORG)}
+
+    def auth(request: Request) -> Principal | None:
+        return sessions.get(request.headers.get("x-session", ""))
+
+    ex = Executor(build_registry(), backend=MemoryBackend(), policy=POLICY)
+    transport = httpx.ASGITransport(app=create_app(ex, authenticate=auth))
+    emp, mgr = {"x-session": "emp"}, {"x-session": "mgr"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        started = await http.post("/hr/leave/start/v1", json={"data": {"days": 2}}, headers=emp)
+        assert started.status_code == 200
+        iid = started.json()["id"]
+        early = await http.post("/hr/leave/approve/v1", json={"instance_id": iid}, headers=mgr)
+        assert (early.status_code, early.json()["code"]) == (409, "conflict")
+        submitted = await http.post("/hr/leave/submit/v1", json={"instance_id": iid}, headers=emp)
+        assert submitted.json()["state"] == "submitted"
+        denied = await http.post("/hr/leave/approve/v1", json={"instance_id": iid}, headers=emp)
+        assert denied.status_code == 403
+        offer = await http.get("/hr/leave/available/v1", params={"instance_id": iid}, headers=mgr)
+        assert [t["name"] for t in offer.json()["transitions"]] == ["approve", "reject"]
