@@ -453,3 +453,21 @@ async def test_workflow_operations_are_served_over_http_with_their_status_codes(
         assert denied.status_code == 403
         offer = await http.get("/hr/leave/available/v1", params={"instance_id": iid}, headers=mgr)
         assert [t["name"] for t in offer.json()["transitions"]] == ["approve", "reject"]
+
+
+def test_registering_a_workflow_again_is_a_no_op_and_a_different_one_is_refused() -> None:
+    """An equal definition registers once; another definition under the same name and version
+    raises SpecDefinitionError asking for a version bump."""
+    from workflows_app import leave_workflow
+
+    registry = SpecRegistry(leave_workflow())
+    count = len(registry)
+    registry.register(leave_workflow())
+    assert len(registry) == count
+    other = _wf()
+    clash = define_workflow(
+        "hr.leave", states=other.states, initial=other.initial, final=other.final,
+        transitions=other.transitions,
+    )  # fmt: skip
+    with pytest.raises(SpecDefinitionError, match=r"workflow hr\.leave@1 is already registered"):
+        registry.register(clash)

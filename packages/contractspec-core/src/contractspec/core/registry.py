@@ -144,7 +144,9 @@ class SpecRegistry:
                 for ref in spec.emits:
                     if isinstance(ref, EventSpec):
                         self._add(ref)
-            elif getattr(spec, "kind", None) == "workflow" and spec not in self:
+            elif getattr(spec, "kind", None) == "workflow" and spec.version not in (
+                self._specs.get("workflow", {}).get(spec.name, {})
+            ):
                 # A workflow derives entities, events and operations with built-in handlers.
                 spec.install(self)  # type: ignore[attr-defined]  # WorkflowSpec.install
             self._add(spec)
