@@ -152,7 +152,7 @@ def test_registering_a_workflow_derives_its_operations_and_entities() -> None:
     assert names == {
         "hr.leave.start", "hr.leave.submit", "hr.leave.approve", "hr.leave.reject",
         "hr.leave.expire", "hr.leave.get", "hr.leave.history", "hr.leave.available",
-        "hr.leave.timer", "hr.leave.migrate",
+        "hr.leave.timer", "hr.leave.migrate", "hr.leave.comment",
     }  # fmt: skip
     assert {"buy.order.approve.approve", "buy.order.approve.reject"} <= {
         op.name for op in registry.operations()
@@ -471,3 +471,28 @@ def test_registering_a_workflow_again_is_a_no_op_and_a_different_one_is_refused(
     )  # fmt: skip
     with pytest.raises(SpecDefinitionError, match=r"workflow hr\.leave@1 is already registered"):
         registry.register(clash)
+
+
+async def test_comments_join_the_history_without_changing_the_state(executor: Executor) -> None:
+    """A comment is a history step of kind `comment` by its author; the state stays, the seq
+    moves (a stale expected_seq is then refused, for comments and transitions alike)."""
+    iid = await _start(executor)
+    out = await executor.execute(
+        "hr.leave.comment", {"instance_id": iid, "comment": "back on Monday"}, ctx(MANAGER)
+    )
+    assert (out.model_dump()["state"], out.model_dump()["seq"]) == ("draft", 2)
+    with pytest.raises(WorkflowStateError, match="is at seq 2, not the expected 1"):
+        await executor.execute(
+            "hr.leave.comment",
+            {"instance_id": iid, "comment": "x", "expected_seq": 1},
+            ctx(MANAGER),
+        )
+    with pytest.raises(WorkflowStateError, match="is at seq 2, not the expected 1"):
+        await executor.execute(
+            "hr.leave.submit", {"instance_id": iid, "expected_seq": 1}, ctx(EMPLOYEE)
+        )
+    page = await executor.execute("hr.leave.history", {"instance_id": iid}, ctx(EMPLOYEE))
+    last = page.model_dump()["items"][-1]
+    assert (last["kind"], last["from_state"], last["to_state"], last["actor_id"], last["comment"]) == (
+        "comment", "draft", "draft", "mgr-1", "back on Monday",
+    )  # fmt: skip

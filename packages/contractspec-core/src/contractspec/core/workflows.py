@@ -12,6 +12,7 @@ through the executor (validation, policy, tenant, idempotency, transaction, outb
 | `<wf>.get` | query | one instance |
 | `<wf>.history` | query | its history, paginated by sequence number |
 | `<wf>.available` | query | the transitions the calling actor may fire now |
+| `<wf>.comment` | command | add a comment to the history (no state change) |
 | `<wf>.timer` | command | fire a due timer (system actors only; run by the jobs package's worker) |
 | `<wf>.migrate` | command | move instances of an older version to this one (declared state mapping) |
 
@@ -94,7 +95,17 @@ __all__ = [
 _STATE: Final = re.compile(r"^[a-z][a-z0-9_]*\Z")
 #: Transition names taken by the derived operations and events of every workflow.
 RESERVED_TRANSITIONS: Final = frozenset(
-    {"start", "get", "history", "available", "migrate", "timer", "transitioned", "escalated"}
+    {
+        "start",
+        "get",
+        "history",
+        "available",
+        "comment",
+        "migrate",
+        "timer",
+        "transitioned",
+        "escalated",
+    }
 )
 
 Guard: TypeAlias = Callable[[Any, Any], Any]
@@ -157,7 +168,8 @@ class WorkflowStep(BaseModel):
     """One history step of an instance: who moved it from where to where, when, with what.
 
     Attributes:
-        kind: `start`, `transition`, `timer`, `approval` (quorum reached) or `migrate`.
+        kind: `start`, `transition`, `timer`, `approval` (quorum reached), `comment` (no state
+            change) or `migrate`.
         transition: The transition's name (`None` for start and migrate).
         from_state: State before the step (`None` for start).
         to_state: State after the step.
@@ -246,6 +258,14 @@ class InstanceRef(BaseModel):
     """Input of `<wf>.get` and `<wf>.available`."""
 
     instance_id: str
+
+
+class CommentInput(BaseModel):
+    """Input of `<wf>.comment`."""
+
+    instance_id: str
+    comment: str = Field(min_length=1, max_length=10_000)
+    expected_seq: int | None = None
 
 
 class HistoryQuery(BaseModel):
@@ -415,7 +435,8 @@ class WorkflowSpec:
         timers: Per-state SLA timers.
         subject: pydantic model of the instance data given at start, or `None` (free mapping).
         migrations: `{old_version: {old_state: new_state}}` used by `<name>.migrate`.
-        start_auth, read_auth, admin_auth: Auth of `start`, of the queries, and of `migrate`.
+        start_auth, read_auth, comment_auth, admin_auth: Auth of `start`, of the queries, of
+            `comment`, and of `migrate`.
     """
 
     kind: ClassVar[str] = "workflow"
@@ -432,6 +453,7 @@ class WorkflowSpec:
     start_auth: AuthRequirement = field(factory=authenticated)
     read_auth: AuthRequirement = field(factory=authenticated)
     admin_auth: AuthRequirement | None = None
+    comment_auth: AuthRequirement = field(factory=authenticated)
     description: str = ""
     owners: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
@@ -635,6 +657,7 @@ def define_workflow(
     start_auth: AuthRequirement | None = None,
     read_auth: AuthRequirement | None = None,
     admin_auth: AuthRequirement | None = None,
+    comment_auth: AuthRequirement | None = None,
     description: str = "",
     owners: Iterable[str] | str | None = None,
     tags: Iterable[str] | str | None = None,
@@ -655,6 +678,7 @@ def define_workflow(
         start_auth: Auth of `<name>.start` (default `authenticated()`).
         read_auth: Auth of `get`, `history` and `available` (default `authenticated()`).
         admin_auth: Auth of `migrate` (default `requires("<name>.migrate")`).
+        comment_auth: Auth of `<name>.comment` (default `authenticated()`).
         description: Reference-doc paragraph.
         owners: Owning teams or people.
         tags: Free-form tags.
@@ -802,6 +826,7 @@ def define_workflow(
         start_auth=start_auth or authenticated(),
         read_auth=read_auth or authenticated(),
         admin_auth=admin_auth,
+        comment_auth=comment_auth or authenticated(),
         description=description,
         owners=_tuple_of_str(owners),
         tags=_tuple_of_str(tags),
@@ -927,6 +952,12 @@ def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
                      version=v, auth=read, tags=tag,
                      description="Transitions the calling actor may fire now."),
         _available_handler(wf),
+    )  # fmt: skip
+    add(
+        define_command(wf.operation_name("comment"), input=CommentInput, output=WorkflowInstance,
+                       version=v, auth=wf.comment_auth, idempotent=True, tags=tag,
+                       description="Add a comment to an instance's history (no state change)."),
+        _comment_handler(wf),
     )  # fmt: skip
     add(
         define_command(wf.operation_name("timer"), input=WorkflowTimerFire, output=TimerResult,
@@ -1259,6 +1290,33 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
     return decide
 
 
+def _comment_handler(wf: WorkflowSpec) -> Any:
+    async def comment(inp: CommentInput, ctx: HandlerCtx) -> WorkflowInstance:
+        inst = await _load(wf, ctx, inp.instance_id)
+        if inp.expected_seq is not None and inst.seq != inp.expected_seq:
+            raise WorkflowStateError(
+                f"{wf.name} instance {inst.id!r} is at seq {inst.seq}, not the expected "
+                f"{inp.expected_seq}; it changed since you read it: read it again",
+                details={"instance_id": inst.id, "seq": inst.seq},
+            )
+        now = ctx.now()
+        inst = await ctx.repo(INSTANCE_ENTITY).update(
+            inst.model_copy(update={"seq": inst.seq + 1, "updated_at": now})
+        )
+        await ctx.repo(STEP_ENTITY).add(
+            WorkflowStep(
+                id=ctx.new_id(), instance_id=inst.id, seq=inst.seq, workflow=wf.name,
+                version=inst.version, kind="comment", transition=None, from_state=inst.state,
+                to_state=inst.state, actor_id=ctx.actor.id, actor_kind=ctx.actor.kind.value,
+                at=now, input={}, comment=inp.comment,
+            )
+        )  # fmt: skip
+        ctx.set_audit_target(wf.name, inst.id)
+        return inst
+
+    return comment
+
+
 def _get_handler(wf: WorkflowSpec) -> Any:
     async def get(inp: InstanceRef, ctx: HandlerCtx) -> WorkflowInstance:
         return await _load(wf, ctx, inp.instance_id)
@@ -1505,6 +1563,7 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
         "start_auth": auth_ir(wf.start_auth),
         "read_auth": auth_ir(wf.read_auth),
         "admin_auth": auth_ir(wf.admin_auth or requires(f"{wf.name}.migrate")),
+        "comment_auth": auth_ir(wf.comment_auth),
         "transitions": [
             {
                 "name": t.name,
