@@ -1537,8 +1537,8 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
 
     Shape (besides `kind`, `name`, `version` that the IR adds):
     `{"description", "states": [...], "initial", "final": [sorted], "start_auth", "read_auth",
-    "admin_auth": {"kind", "permissions", "resource"}, "transitions": [{"name", "sources",
-    "target", "auth", "guard": qualname | None, "has_input": bool, "emits": ["name[@v]"],
+    "comment_auth", "admin_auth": {"kind", "permissions", "resource"}, "transitions": [{"name",
+    "sources", "target", "auth", "guard": qualname | None, "has_input": bool, "emits": ["name[@v]"],
     "approvals": {"count", "roles", "allow_requester"} | None, "description"}],
     "timers": [{"name", "state", "fire", "escalate", "after_s", "at": qualname | None}],
     "migrations": {"<old version>": {old_state: new_state}}, "owners", "tags",
