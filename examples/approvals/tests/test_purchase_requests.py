@@ -16,7 +16,12 @@ from approvals.spec import SLA, WORKFLOW, registry, registry_v2
 from approvals.story import run_story
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core import PolicyDeniedError, WorkflowGuardError
+from contractspec.core import (
+    ConflictError,
+    PolicyDeniedError,
+    WorkflowGuardError,
+    WorkflowStateError,
+)
 from contractspec.core.diff import check_lock
 from contractspec.core.testing import FakeClock
 
@@ -105,6 +110,24 @@ async def test_roles_gate_every_transition(wired: tuple[ApprovalsApp, FakeClock]
         await call(app, "pay", {"instance_id": small, "input": {"reference": "X"}}, BOB)
     got = {i: (await call(app, "get", {"instance_id": i}, ALICE)).state for i in (big, small)}
     assert got == {big: "submitted", small: "approved"}
+
+
+async def test_large_amounts_need_two_distinct_managers(
+    wired: tuple[ApprovalsApp, FakeClock],
+) -> None:
+    """One manager twice is no quorum; a second manager fires the step; a rejection is final."""
+    app, _ = wired
+    big, other = await submitted(app, LAPTOPS), await submitted(app, LAPTOPS)
+    once = await call(app, "approve_large.approve", {"instance_id": big, "input": {}}, BOB)
+    assert (once.approvals, once.required, once.fired) == (1, 2, False)
+    with pytest.raises(ConflictError, match="decides once"):
+        await call(app, "approve_large.approve", {"instance_id": big, "input": {}}, BOB)
+    done = await call(app, "approve_large.approve", {"instance_id": big, "input": {}}, CAROL)
+    assert (done.fired, done.instance.state) == (True, "approved")
+    await call(app, "approve_large.reject", {"instance_id": other, "input": {}}, BOB)
+    with pytest.raises(WorkflowStateError, match="rejection is final"):
+        await call(app, "approve_large.approve", {"instance_id": other, "input": {}}, CAROL)
+    assert (await call(app, "get", {"instance_id": other}, ALICE)).state == "submitted"
 
 
 async def test_sla_escalates_only_overdue_requests(wired: tuple[ApprovalsApp, FakeClock]) -> None:
