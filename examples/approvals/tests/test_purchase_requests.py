@@ -196,13 +196,17 @@ async def test_http_surface_with_api_keys(wired: tuple[ApprovalsApp, FakeClock])
 
 
 def test_python_m_approvals_prints_the_story() -> None:
-    """`python -m approvals` runs the story on a temporary SQLite file."""
+    """`python -m approvals` runs the story on a temporary SQLite file, as the README shows."""
     out = subprocess.run(
         [sys.executable, "-m", "approvals"], capture_output=True, text=True, check=True, timeout=120
     ).stdout
-    assert "carol approves -> 2/2, state approved" in out
     assert "approval   approve_large  submitted -> approved  by bob, carol" in out
     assert "clock +2 days, worker runs: SLA timer fired -> escalated" in out
+    readme = (HERE / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- story:begin -->\n```text\n(.*?)```\n<!-- story:end -->", readme, re.S)
+    assert block is not None, "README lost its story block"
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    assert uuid.sub("<id>", block.group(1)) == uuid.sub("<id>", out), "README story is stale"
 
 
 def test_lock_files_match_the_code() -> None:
