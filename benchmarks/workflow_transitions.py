@@ -118,10 +118,7 @@ POLICY = RolePermissions({"clerk": ["bench.ticket.move", "bench.flow.start"]})
 
 
 async def ours_round(ex: Executor, n: int) -> tuple[float, float]:
-    ids = [
-        (await ex.execute("bench.flow.start", {}, CTX)).model_dump()["id"]  # type: ignore[union-attr]
-        for _ in range(n)
-    ]
+    ids = [(await ex.execute("bench.flow.start", {}, CTX)).model_dump()["id"] for _ in range(n)]
     started, cpu = time.perf_counter(), time.process_time()
     for iid in ids:
         for name in LIFECYCLE:
@@ -257,7 +254,7 @@ class Ticket:
         )  # fmt: skip
 
 
-class TicketMachine(StateMachine):  # type: ignore[misc]
+class TicketMachine(StateMachine):
     draft = State(initial=True)
     submitted = State()
     approved = State()
