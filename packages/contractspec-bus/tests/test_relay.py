@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from bus_support import envelope
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.bus import EventBus, OutboxRelay, RetryPolicy
@@ -259,17 +259,40 @@ async def test_concurrent_writers_on_shared_keys_are_delivered_in_commit_order(
     sql_engine: AsyncEngine,
 ) -> None:
     """Eight writers commit 120 events on three keys of two orgs while a relay delivers: per key,
-    events arrive in the order their transactions committed."""
-    from contractspec.core.sql import SqlUnitOfWork
+    events arrive in the order their transactions committed.
+
+    The commit order is the database's, not the order in which the writers' `commit()` calls
+    returned (the client may see them in another order). A reader takes snapshots all along: in
+    every one, each key's visible rows are a prefix of its rows in position order, i.e. no row
+    became visible before an earlier-positioned row of its key, so position order per key is the
+    commit order; the relay must deliver each key in that order.
+    """
+    from contractspec.core.sql import SqlUnitOfWork, outbox_table
 
     outbox = await _outbox(sql_engine)
     uow = SqlUnitOfWork(sql_engine)
-    committed: dict[tuple[str, str], list[str]] = defaultdict(list)
     delivered: dict[tuple[str | None, str | None], list[str]] = defaultdict(list)
     bus = EventBus()
     bus.subscribe("crm.*", lambda e: delivered[(e.org_id, e.key)].append(e.id), name="rec")
     relay = OutboxRelay(outbox, bus, batch_size=7)
     stop = asyncio.Event()
+    written = asyncio.Event()
+    t = outbox_table
+    snapshots: list[list[tuple[int, str | None, str | None, str]]] = []
+
+    async def rows() -> list[tuple[int, str | None, str | None, str]]:
+        tx = await uow.begin(readonly=True)
+        try:
+            stmt = select(t.c.position, t.c.org_id, t.c.aggregate_key, t.c.id)
+            result: Any = await tx.execute(stmt.order_by(t.c.position))
+            return [(int(r[0]), r[1], r[2], str(r[3])) for r in result.all()]
+        finally:
+            await tx.rollback()
+
+    async def watch() -> None:
+        while not written.is_set():
+            snapshots.append(await rows())
+            await asyncio.sleep(0)
 
     async def writer(w: int) -> None:
         for i in range(15):
@@ -279,17 +302,35 @@ async def test_concurrent_writers_on_shared_keys_are_delivered_in_commit_order(
             await outbox.publish([envelope(n, key=key, org_id=org)], tx)
             await asyncio.sleep(0.001 * (n % 4))
             await tx.commit()
-            committed[(org, key)].append(f"ev-{n:04d}")
 
+    watching = asyncio.create_task(watch())
     relaying = asyncio.create_task(relay.run(stop=stop))
     relay.poll_interval = 0.01
     await asyncio.gather(*(writer(w) for w in range(8)))
+    written.set()
+    await watching
     for _ in range(500):
         if sum(map(len, delivered.values())) == 120:
             break
         await asyncio.sleep(0.02)
     stop.set()
     await relaying
+    final: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
+    committed: dict[tuple[str | None, str | None], list[str]] = defaultdict(list)
+    for position, org, key, event_id in await rows():
+        final[(org, key)].append(position)
+        committed[(org, key)].append(event_id)
+    assert sum(map(len, committed.values())) == 120
+    seen_early = []
+    for snapshot in snapshots:
+        visible: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
+        for position, org, key, _ in snapshot:
+            visible[(org, key)].append(position)
+        for k, positions in visible.items():
+            if positions != final[k][: len(positions)]:
+                seen_early.append((k, positions))
+    assert len(snapshots) > 1
+    assert seen_early == [], "a row became visible before an earlier-positioned row of its key"
     assert dict(delivered) == dict(committed)
 
 
