@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,17 @@ def test_rollouts_page_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rollouts page: the buggy version 2 is rolled back by the default sequential guardrail
     at the first stage, and the page shows exactly what the example prints."""
     page = (DOCS / "rollouts.md").read_text()
+    # The guardrails also compare latencies, measured with time.perf_counter: on a loaded machine
+    # a few slow candidate calls can win the race to significance ("mean latency of version 2 is
+    # higher"), and the printed reason then differs from the page's. Every call takes exactly
+    # 1 ms here, so only the error rate can differ and the output is the page's, to the digit.
+    ticks = itertools.count()
+
+    def one_ms_per_call() -> float:
+        return next(ticks) * 0.001  # read twice per call: at its start and in its report
+
+    for module in ("contractspec.core.executor", "contractspec.core.pipeline.report"):
+        monkeypatch.setattr(f"{module}.perf_counter", one_ms_per_call)
     lines = _run_page("rollouts", monkeypatch).splitlines()
     assert lines[0] == "rolled_back 0.0"
     assert lines[1].startswith("sequential test: error rate of version 2 is higher than version 1")
