@@ -273,6 +273,7 @@ class Worker:
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._lost: dict[str, bool] = {}
         self._outcomes: dict[str, _Outcome] = {}
+        self._finished = 0  # runs ended so far: `until_idle` must not miss a retry stored mid-lease
         self._flushing: set[str] = set()
         #: False after a failed database call, until every held lease was extended again.
         self._leases_extended = True
@@ -346,6 +347,7 @@ class Worker:
                         next_recover = now + self.recover_every
                         self.stats.recovered += await health.track(self.queue.recover_expired())
                     free = self.concurrency - len(self._running)
+                    finished_before = self._finished
                     jobs = []
                     if free > 0:
                         jobs = await health.track(
@@ -366,7 +368,15 @@ class Worker:
                     if len(jobs) == free:
                         await asyncio.sleep(0)
                         continue
-                    if until_idle and not jobs and not self._running and not self._outcomes:
+                    if (
+                        until_idle
+                        and not jobs
+                        and not self._running
+                        and not self._outcomes
+                        # A run that ended during the lease may have stored a retry (or enqueued
+                        # a job) that the lease's snapshot did not see: look again.
+                        and self._finished == finished_before
+                    ):
                         break
                     if not jobs:
                         until_recover = next_recover - loop.time()
@@ -571,6 +581,7 @@ class Worker:
 
         def done(finished: asyncio.Task[None]) -> None:
             self._running.pop(job.id, None)
+            self._finished += 1
             self._slot_free.set()
             if not finished.cancelled() and finished.exception() is not None:
                 # A bug, not the database (its errors keep the outcome pending): the lease
