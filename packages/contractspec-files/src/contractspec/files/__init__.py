@@ -1,12 +1,89 @@
-"""Files and attachments for ContractSpec: attachment slots, sniffed media types, streaming storage (local filesystem, S3), signed downloads, crash-safe two-phase uploads."""
+"""Files and attachments for ContractSpec: attachment slots, sniffed media types, streaming storage
+(local filesystem, S3), signed downloads, crash-safe two-phase uploads.
+
+```python
+from contractspec.files import (
+    Files, LocalFileStorage, MemoryFileStore, Retention, define_attachment_slot,
+    register_file_operations,
+)
+
+docs = define_attachment_slot(project, "docs", media_types=["application/pdf"], max_size=10_000_000)
+files = Files(storage=LocalFileStorage("var/files"), store=MemoryFileStore(), secret=SECRET,
+              slots=[docs])
+register_file_operations(registry, files)
+```
+
+Public API:
+
+* spec: `define_attachment_slot`, `AttachmentSlot`, `Retention`, `ArchiveLimits`;
+* records: `File`, `Attachment`, `FileState`, the `FileStore` port and `MemoryFileStore`
+  (`SqlFileStore` in `contractspec.files.sql`);
+* storage: the `FileStorage` port, `LocalFileStorage`, `ObjectStoreStorage`, `StoredObject`;
+* runtime: `Files` (staging, signed links, `collect_orphans`, `apply_retention`), `StagedUpload`;
+* operations: `register_file_operations` (`files.upload`, `files.get`, `files.attachments.list`,
+  `files.delete`, `files.legal_hold.set`); HTTP routes in `contractspec.files.http`;
+* helpers: `safe_filename`, `content_disposition`, `sniff_media_type`;
+* errors: `FileTooLargeError`, `MediaTypeRefusedError`, `ArchiveRefusedError`,
+  `AttachmentLimitError`, `LegalHoldError`, `DownloadLinkError`.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+
+from contractspec.files.errors import (
+    ArchiveRefusedError,
+    AttachmentLimitError,
+    DownloadLinkError,
+    FileTooLargeError,
+    LegalHoldError,
+    MediaTypeRefusedError,
+)
+from contractspec.files.names import content_disposition, safe_filename
+from contractspec.files.operations import FileOperations, register_file_operations
+from contractspec.files.records import Attachment, File, FileState, FileStore, MemoryFileStore
+from contractspec.files.service import Files, RetentionReport, StagedUpload
+from contractspec.files.sniff import sniff_media_type
+from contractspec.files.spec import ArchiveLimits, AttachmentSlot, Retention, define_attachment_slot
+from contractspec.files.storage import (
+    FileStorage,
+    LocalFileStorage,
+    ObjectStoreStorage,
+    StoredObject,
+)
 
 try:
     __version__ = version("contractspec-files")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ArchiveLimits",
+    "ArchiveRefusedError",
+    "Attachment",
+    "AttachmentLimitError",
+    "AttachmentSlot",
+    "DownloadLinkError",
+    "File",
+    "FileOperations",
+    "FileState",
+    "FileStorage",
+    "FileStore",
+    "FileTooLargeError",
+    "Files",
+    "LegalHoldError",
+    "LocalFileStorage",
+    "MediaTypeRefusedError",
+    "MemoryFileStore",
+    "ObjectStoreStorage",
+    "Retention",
+    "RetentionReport",
+    "StagedUpload",
+    "StoredObject",
+    "__version__",
+    "content_disposition",
+    "define_attachment_slot",
+    "register_file_operations",
+    "safe_filename",
+    "sniff_media_type",
+]
