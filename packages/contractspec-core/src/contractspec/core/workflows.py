@@ -38,8 +38,10 @@ from pydantic import BaseModel, Field
 from contractspec.core.context import Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
     ConflictError,
+    HandlerContractError,
     NotFoundError,
     SpecDefinitionError,
+    SpecValidationError,
 )
 from contractspec.core.pipeline.authorize import denied
 from contractspec.core.records import Decision, canonical_json
@@ -76,7 +78,9 @@ __all__ = [
     "Approvals",
     "Timer",
     "Transition",
+    "TransitionHook",
     "WorkflowApproval",
+    "WorkflowChange",
     "WorkflowGuardError",
     "WorkflowInstance",
     "WorkflowSpec",
@@ -84,7 +88,9 @@ __all__ = [
     "WorkflowStep",
     "WorkflowTimerFire",
     "define_workflow",
+    "fire_transition",
     "may_call",
+    "start_instance",
     "system_call",
     "timer",
     "timer_job_type",
@@ -400,6 +406,37 @@ class Transition:
         return str(getattr(self.guard, "__qualname__", type(self.guard).__name__))
 
 
+@define(frozen=True, slots=True)
+class WorkflowChange:
+    """What an `on_transition` hook hears: one state change of one instance, as just written.
+
+    Attributes:
+        workflow: The workflow.
+        kind: `start`, `transition`, `timer`, `approval` (quorum reached) or `migrate`.
+        instance: The instance after the change (already staged in the call's transaction).
+        from_state: The state before (`None` for `start`).
+        to_state: The state entered.
+        transition: The transition fired (`None` for `start` and `migrate`).
+        input: The transition's validated input model, or `None`.
+        comment: The caller's comment, or `None`.
+    """
+
+    workflow: WorkflowSpec
+    kind: str
+    instance: WorkflowInstance
+    from_state: str | None
+    to_state: str
+    transition: Transition | None = None
+    input: BaseModel | None = None
+    comment: str | None = None
+
+
+TransitionHook: TypeAlias = Callable[["HandlerCtx", WorkflowChange], Any]
+"""`on_transition(ctx, change) -> None` (or awaitable): runs inside the call's transaction after
+the instance and its history step are staged, before the events are emitted. Its writes through
+`ctx.repo(...)` commit or roll back with the transition; raising refuses the whole call."""
+
+
 @define(frozen=True)
 class Timer:
     """A per-state SLA timer (made by `timer()`): due `after` entering `state`, or `at(instance)`.
@@ -437,6 +474,12 @@ class WorkflowSpec:
         migrations: `{old_version: {old_state: new_state}}` used by `<name>.migrate`.
         start_auth, read_auth, comment_auth, admin_auth: Auth of `start`, of the queries, of
             `comment`, and of `migrate`.
+        on_transition: Hook run in the call's transaction on every state change (start,
+            transition, timer, approval, migration), or `None`.
+        on_transition_emits: Events the hook may emit (declared on every operation that
+            changes state).
+        transitioned_event: Whether state changes emit `<name>.transitioned` (`False` when the
+            app emits its own domain event from the hook; the event is then not registered).
     """
 
     kind: ClassVar[str] = "workflow"
@@ -457,6 +500,9 @@ class WorkflowSpec:
     description: str = ""
     owners: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    on_transition: TransitionHook | None = field(default=None, eq=False)
+    on_transition_emits: tuple[EventSpec | EventRef, ...] = ()
+    transitioned_event: bool = True
 
     @property
     def ref(self) -> str:
@@ -661,6 +707,9 @@ def define_workflow(
     description: str = "",
     owners: Iterable[str] | str | None = None,
     tags: Iterable[str] | str | None = None,
+    on_transition: TransitionHook | None = None,
+    on_transition_emits: Iterable[EmitsItem] | None = None,
+    transitioned_event: bool = True,
 ) -> WorkflowSpec:
     """Declare a workflow: states, transitions, timers; checked when declared.
 
@@ -682,6 +731,16 @@ def define_workflow(
         description: Reference-doc paragraph.
         owners: Owning teams or people.
         tags: Free-form tags.
+        on_transition: `hook(ctx, change: WorkflowChange) -> None` (sync or async), run on
+            every state change (start, transition, timer, approval quorum, migration) inside the
+            call's transaction, after the instance and its history step are staged and before
+            the events are emitted. Use it to keep the app's own record (a deal's stage) in step
+            with the instance: its writes commit or roll back with the transition, and an
+            exception refuses the call (nothing of it is stored).
+        on_transition_emits: Events the hook may emit with `ctx.emit` (they are declared on
+            every operation that changes state).
+        transitioned_event: `False` skips the generic `<name>.transitioned` event (it is then
+            not registered at all), for apps whose hook emits their own domain event.
 
     Returns:
         A frozen `WorkflowSpec`; register it with `SpecRegistry(...)` / `registry.register(...)`.
@@ -690,8 +749,9 @@ def define_workflow(
         SpecDefinitionError: Invalid or reserved name, unknown or duplicate state, unknown
             initial/final state, duplicate transition, a transition from a final state or to an
             unknown state, an unreachable state, a non-final state with no way out, a timer on an
-            unknown or final state or firing a transition that does not leave it, or a migration
-            to an unknown state.
+            unknown or final state or firing a transition that does not leave it, a migration
+            to an unknown state, a non-callable `on_transition`, or `on_transition_emits`
+            without `on_transition`.
     """
     _check_name(name, what="workflow", pattern=_DOTTED_NAME, example="hr.leave")
     _check_reserved(name, False)
@@ -800,6 +860,17 @@ def define_workflow(
                 )
     if subject is not None and not (isinstance(subject, type) and issubclass(subject, BaseModel)):
         raise fail(f"subject must be a pydantic model class or None, got {subject!r}", "subject")
+    if on_transition is not None and not callable(on_transition):
+        raise fail(
+            f"on_transition must be callable(ctx, change), got {on_transition!r}", "on_transition"
+        )
+    hook_emits = _event_refs(on_transition_emits, key=f"workflow {ref} on_transition_emits")
+    if hook_emits and on_transition is None:
+        raise fail(
+            "on_transition_emits declares events for the on_transition hook; pass on_transition= "
+            "too (or declare the events on the transitions with emits=)",
+            "on_transition_emits",
+        )
     migs: dict[int, dict[str, str]] = {}
     for old, mapping in (migrations or {}).items():
         if isinstance(old, bool) or not isinstance(old, int) or not 1 <= old < version:
@@ -822,6 +893,9 @@ def define_workflow(
         transitions=trans,
         timers=timer_list,
         subject=subject,
+        on_transition=on_transition,
+        on_transition_emits=hook_emits,
+        transitioned_event=bool(transitioned_event),
         migrations=migs,
         start_auth=start_auth or authenticated(),
         read_auth=read_auth or authenticated(),
@@ -870,7 +944,13 @@ def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
         key="instance_id",
         description=f"An escalation timer of workflow {wf.name} fell due.",
     )
-    registry.register(INSTANCE_ENTITY, STEP_ENTITY, APPROVAL_ENTITY, transitioned, escalated)
+    registry.register(INSTANCE_ENTITY, STEP_ENTITY, APPROVAL_ENTITY, escalated)
+    # Events of every state change: the generic one (unless turned off) and the hook's.
+    base: list[EventSpec | EventRef] = []
+    if wf.transitioned_event:
+        registry.register(transitioned)
+        base.append(transitioned)
+    base.extend(e for e in wf.on_transition_emits if e not in base)
     v = wf.version
     tag = (f"workflow:{wf.name}",)
 
@@ -897,12 +977,12 @@ def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
     add(
         define_command(
             wf.operation_name("start"), input=start_input, output=WorkflowInstance, version=v,
-            auth=wf.start_auth, emits=[transitioned], idempotent=True, tags=tag,
+            auth=wf.start_auth, emits=base, idempotent=True, tags=tag,
             description=f"Start an instance of workflow {wf.name} in state {wf.initial!r}.",
         ),
         _start_handler(wf),
     )  # fmt: skip
-    all_emits: list[EventSpec | EventRef] = [transitioned]
+    all_emits: list[EventSpec | EventRef] = list(base)
     for t in wf.transitions:
         fields: dict[str, Any] = {
             "instance_id": (str, ...),
@@ -913,7 +993,7 @@ def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
             fields["input"] = (t.input, ... if _has_required_fields(t.input) else
                                pydantic.Field(default_factory=t.input))  # fmt: skip
         model = pydantic.create_model(_class_name(wf.name, t.name, "input"), **fields)
-        emits = [transitioned, *t.emits]
+        emits = [*base, *(e for e in t.emits if e not in base)]
         all_emits.extend(e for e in t.emits if e not in all_emits)
         desc = t.description or f"Move {wf.name} from {'/'.join(t.sources)} to {t.target}."
         if t.approvals is None:
@@ -969,7 +1049,7 @@ def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
     add(
         define_command(wf.operation_name("migrate"), input=MigrateInput, output=MigrateResult,
                        version=v, auth=wf.admin_auth or requires(f"{wf.name}.migrate"),
-                       emits=[transitioned], tags=tag,
+                       emits=base, tags=tag,
                        description=f"Move instances of older {wf.name} versions to version {v}."),
         _migrate_handler(wf),
     )  # fmt: skip
@@ -1038,9 +1118,12 @@ async def _enter(
     input_data: dict[str, Any],
     comment: str | None,
     value: BaseModel | None = None,
+    audit_target: bool = True,
 ) -> WorkflowInstance:
-    """Move (or create) `inst` to `target`: write the instance and a history step, emit the
-    events, and enqueue the target state's timers — all inside the call's transaction."""
+    """Move (or create) `inst` to `target`: write the instance and a history step, run the
+    workflow's `on_transition` hook, emit the events, and enqueue the target state's timers — all
+    inside the call's transaction (one buffered update or insert of the instance, one insert of
+    the step; nothing is read)."""
     now = ctx.now()
     repo = ctx.repo(INSTANCE_ENTITY)
     from_state = None if kind == "start" else inst.state
@@ -1057,6 +1140,7 @@ async def _enter(
             }
         )
         inst = await repo.update(inst)
+    name = transition.name if transition is not None else None
     await ctx.repo(STEP_ENTITY).add(
         WorkflowStep(
             id=ctx.new_id(),
@@ -1065,7 +1149,7 @@ async def _enter(
             workflow=wf.name,
             version=inst.version,
             kind=kind,
-            transition=transition.name if transition is not None else None,
+            transition=name,
             from_state=from_state,
             to_state=target,
             actor_id=ctx.actor.id,
@@ -1075,20 +1159,28 @@ async def _enter(
             comment=comment,
         )
     )
-    ctx.set_audit_target(wf.name, inst.id)
-    ctx.emit(
-        _event_names(wf)[0],
-        Transitioned(
-            instance_id=inst.id,
-            workflow=wf.name,
-            version=inst.version,
-            transition=transition.name if transition is not None else None,
-            from_state=from_state,
-            to_state=target,
-            actor_id=ctx.actor.id,
-            comment=comment,
-        ),
-    )
+    if audit_target:
+        ctx.set_audit_target(wf.name, inst.id)
+    hook = wf.on_transition
+    if hook is not None:
+        change = WorkflowChange(wf, kind, inst, from_state, target, transition, value, comment)
+        result = hook(ctx, change)
+        if inspect.isawaitable(result):
+            await result
+    if wf.transitioned_event:
+        ctx.emit(
+            _event_names(wf)[0],
+            Transitioned(
+                instance_id=inst.id,
+                workflow=wf.name,
+                version=inst.version,
+                transition=name,
+                from_state=from_state,
+                to_state=target,
+                actor_id=ctx.actor.id,
+                comment=comment,
+            ),
+        )
     if transition is not None:
         for ref in transition.emits:
             payload = {
@@ -1100,7 +1192,8 @@ async def _enter(
                 "transition": transition.name,
             }
             ctx.emit(ref.name, payload)
-    await _enqueue_timers(wf, ctx, inst, now)
+    if wf.timers:
+        await _enqueue_timers(wf, ctx, inst, now)
     return inst
 
 
@@ -1128,23 +1221,30 @@ async def _enqueue_timers(
         )
 
 
+def _new_instance(
+    wf: WorkflowSpec, ctx: HandlerCtx, instance_id: str | None, data: Any
+) -> WorkflowInstance:
+    now = ctx.now()
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return WorkflowInstance(
+        id=instance_id or ctx.new_id(),
+        workflow=wf.name,
+        version=wf.version,
+        state=wf.initial,
+        data=data,
+        seq=1,
+        entry_seq=1,
+        created_by=ctx.actor.id,
+        entered_by=ctx.actor.id,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def _start_handler(wf: WorkflowSpec) -> Any:
     async def start(inp: Any, ctx: HandlerCtx) -> WorkflowInstance:
-        now = ctx.now()
-        data = inp.data.model_dump(mode="json") if isinstance(inp.data, BaseModel) else inp.data
-        inst = WorkflowInstance(
-            id=inp.id or ctx.new_id(),
-            workflow=wf.name,
-            version=wf.version,
-            state=wf.initial,
-            data=data,
-            seq=1,
-            entry_seq=1,
-            created_by=ctx.actor.id,
-            entered_by=ctx.actor.id,
-            created_at=now,
-            updated_at=now,
-        )
+        inst = _new_instance(wf, ctx, inp.id, inp.data)
         return await _enter(
             wf, ctx, inst, kind="start", transition=None, target=wf.initial,
             input_data={}, comment=inp.comment,
@@ -1158,25 +1258,183 @@ def _dump(value: BaseModel | None) -> dict[str, Any]:
     return value.model_dump(mode="json") if value is not None else {}
 
 
+async def _fire(
+    wf: WorkflowSpec,
+    t: Transition,
+    ctx: HandlerCtx,
+    instance_id: str,
+    expected_seq: int | None,
+    value: BaseModel | None,
+    comment: str | None,
+    audit_target: bool,
+) -> WorkflowInstance:
+    inst = await _load(wf, ctx, instance_id)
+    _check_version_of(wf, inst)
+    _check_source(wf, t, inst, expected_seq)
+    reason = await _check_guard(wf, t, inst, value)
+    if reason is not None:
+        raise WorkflowGuardError(
+            f"{wf.name}.{t.name} refused for instance {inst.id!r}: {reason}",
+            details={"instance_id": inst.id, "transition": t.name, "reason": reason},
+        )
+    return await _enter(
+        wf, ctx, inst, kind="transition", transition=t, target=t.target,
+        input_data=_dump(value), comment=comment, value=value, audit_target=audit_target,
+    )  # fmt: skip
+
+
 def _transition_handler(wf: WorkflowSpec, t: Transition) -> Any:
     async def fire(inp: Any, ctx: HandlerCtx) -> WorkflowInstance:
-        inst = await _load(wf, ctx, inp.instance_id)
-        _check_version_of(wf, inst)
-        _check_source(wf, t, inst, inp.expected_seq)
         value = getattr(inp, "input", None)
-        reason = await _check_guard(wf, t, inst, value)
-        if reason is not None:
-            raise WorkflowGuardError(
-                f"{wf.name}.{t.name} refused for instance {inst.id!r}: {reason}",
-                details={"instance_id": inst.id, "transition": t.name, "reason": reason},
-            )
-        return await _enter(
-            wf, ctx, inst, kind="transition", transition=t, target=t.target,
-            input_data=_dump(value), comment=inp.comment, value=value,
-        )  # fmt: skip
+        return await _fire(wf, t, ctx, inp.instance_id, inp.expected_seq, value, inp.comment, True)
 
     fire.__qualname__ = f"{wf.name}.{t.name}"
     return fire
+
+
+def _check_embedded(wf: WorkflowSpec, ctx: HandlerCtx, what: str) -> None:
+    """`start_instance` / `fire_transition` need `wf` in the executor's registry (its entities
+    and events are registered by it)."""
+    if not isinstance(wf, WorkflowSpec):
+        raise HandlerContractError(
+            f"{what}: expected a WorkflowSpec made by define_workflow, got {wf!r}",
+            details={"operation": ctx.operation.ref},
+        )
+    registered = ctx._executor.registry._specs.get("workflow", {}).get(wf.name, {})
+    if registered.get(wf.version) is not wf:
+        raise HandlerContractError(
+            f"{what}: workflow {wf.ref} is not registered in the executor's registry; "
+            f"register it (registry.register({wf.name.replace('.', '_')}_workflow)) next to "
+            f"{ctx.operation.name}",
+            details={"operation": ctx.operation.ref, "workflow": wf.ref},
+        )
+
+
+async def start_instance(
+    ctx: HandlerCtx,
+    workflow: WorkflowSpec,
+    *,
+    id: str | None = None,
+    data: BaseModel | Mapping[str, Any] | None = None,
+    comment: str | None = None,
+) -> WorkflowInstance:
+    """Start an instance of `workflow` inside the running operation (create-and-start in one call).
+
+    The app's handler creates its own record (a deal) and starts the record's workflow instance
+    in the same call and transaction: one executor call, one audit record (the calling
+    operation's), and either both are stored or neither. It does what `<workflow>.start` does —
+    writes the instance in the initial state and its first history step, runs `on_transition`
+    (kind `start`), emits the start events and enqueues the initial state's timers — but under
+    the calling operation's auth and audit target.
+
+    Args:
+        ctx: The calling handler's context.
+        workflow: A workflow registered in the executor's registry.
+        id: The instance id (use the app record's id to find one from the other); default a
+            new id.
+        data: The subject data, validated by the workflow's `subject` model (a mapping or
+            model instance; default: empty).
+        comment: Comment of the start step.
+
+    Returns:
+        The new `WorkflowInstance`.
+
+    Raises:
+        HandlerContractError: The workflow is not registered, or the calling operation does not
+            declare the events a start emits (`<workflow>.transitioned` unless turned off, and
+            `on_transition_emits`).
+        SpecValidationError: `data` does not fit the subject model.
+        ConflictError: An instance with this id exists (when the call's writes reach the
+            database at the latest).
+    """
+    _check_embedded(workflow, ctx, "start_instance")
+    subject = workflow.subject
+    if subject is not None and not isinstance(data, subject):
+        data = _validate_model(subject, data or {}, f"{workflow.name} subject data")
+    elif data is None:
+        data = {}
+    elif not isinstance(data, BaseModel):
+        data = dict(data)
+    inst = _new_instance(workflow, ctx, id, data)
+    return await _enter(
+        workflow, ctx, inst, kind="start", transition=None, target=workflow.initial,
+        input_data={}, comment=comment, audit_target=False,
+    )  # fmt: skip
+
+
+async def fire_transition(
+    ctx: HandlerCtx,
+    workflow: WorkflowSpec,
+    instance_id: str,
+    transition: str | Transition,
+    *,
+    input: BaseModel | Mapping[str, Any] | None = None,
+    comment: str | None = None,
+    expected_seq: int | None = None,
+) -> WorkflowInstance:
+    """Fire a transition inside the running operation, in its transaction.
+
+    For apps that keep their own command (`crm.deal.move`, with its public input and output)
+    and let a workflow decide and record the move: the same checks as `<workflow>.<transition>`
+    (version, source state, `expected_seq`, guard), the same writes (one instance update, one
+    history step), the `on_transition` hook and the events, but under the calling operation's
+    auth, idempotency and audit record (the transition's own `auth=` is not asked again: the
+    calling operation's `auth=` is what gates it).
+
+    Args:
+        ctx: The calling handler's context.
+        workflow: A workflow registered in the executor's registry.
+        instance_id: The instance to move.
+        transition: The transition (its name or the `Transition`); approval steps are fired by
+            their `.approve` operations, not here.
+        input: The transition's input (a model instance or a mapping validated by its model).
+        comment: Comment of the history step.
+        expected_seq: Refuse unless the instance is at this sequence number.
+
+    Returns:
+        The moved `WorkflowInstance`.
+
+    Raises:
+        HandlerContractError: The workflow is not registered, the transition is an approval
+            step, or the calling operation does not declare the events the transition emits.
+        NotFoundError: No such transition, or no such instance in this tenant.
+        SpecValidationError: `input` does not fit the transition's input model.
+        WorkflowStateError: The instance is in another state, at another `seq`, or follows
+            another workflow version.
+        WorkflowGuardError: The guard refused.
+    """
+    _check_embedded(workflow, ctx, "fire_transition")
+    t = workflow.get_transition(transition if isinstance(transition, str) else transition.name)
+    if t.approvals is not None:
+        raise HandlerContractError(
+            f"fire_transition: {workflow.name}.{t.name} is an approval step; it fires through "
+            f"{workflow.name}.{t.name}.approve once enough approvers approved",
+            details={"operation": ctx.operation.ref, "transition": t.name},
+        )
+    value: BaseModel | None = None
+    if t.input is None:
+        if input is not None:
+            raise SpecValidationError(
+                f"{workflow.name}.{t.name} takes no input; got {type(input).__name__}",
+                errors=[{"loc": ["input"], "msg": "this transition takes no input"}],
+            )
+    elif isinstance(input, t.input):
+        value = input
+    else:
+        value = _validate_model(t.input, input or {}, f"{workflow.name}.{t.name} input")
+    return await _fire(workflow, t, ctx, instance_id, expected_seq, value, comment, False)
+
+
+def _validate_model(model: type[BaseModel], data: Any, what: str) -> BaseModel:
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise SpecValidationError(
+            f"{what} is invalid: {exc.error_count()} error(s); expected {model.__name__}",
+            errors=exc.errors(include_url=False, include_input=False),
+        ) from None
 
 
 def _approval_denial(
@@ -1517,6 +1775,14 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
                     comment=inp.comment,
                 )
             )  # fmt: skip
+            if wf.on_transition is not None:
+                change = WorkflowChange(wf, "migrate", moved, inst.state, target, None, None,
+                                        inp.comment)  # fmt: skip
+                result = wf.on_transition(ctx, change)
+                if inspect.isawaitable(result):
+                    await result
+            if not wf.transitioned_event:
+                continue
             ctx.emit(
                 _event_names(wf)[0],
                 Transitioned(
@@ -1557,6 +1823,7 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
             schemas[f"input.{t.name}"] = t.input
     return {
         "description": wf.description,
+        **_hook_ir(wf),
         "states": list(wf.states),
         "initial": wf.initial,
         "final": sorted(wf.final),
@@ -1604,6 +1871,20 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
         "tags": list(wf.tags),
         "schemas": schemas,
     }
+
+
+def _hook_ir(wf: WorkflowSpec) -> dict[str, Any]:
+    """`"on_transition"` (the hook's qualname), `"on_transition_emits"` and
+    `"transitioned_event": false`, each only when set (so older IR files stay byte-identical)."""
+    out: dict[str, Any] = {}
+    if wf.on_transition is not None:
+        hook = wf.on_transition
+        out["on_transition"] = str(getattr(hook, "__qualname__", type(hook).__name__))
+    if wf.on_transition_emits:
+        out["on_transition_emits"] = [e.ref for e in wf.on_transition_emits]
+    if not wf.transitioned_event:
+        out["transitioned_event"] = False
+    return out
 
 
 def system_call(org_id: str | None, key: str, *, actor_id: str = "workflow-timer") -> CallContext:
