@@ -40,7 +40,7 @@ SECRET = "s" * 40
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
-PE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff" + b"\x00" * 48 + b"PE\x00\x00"
+PE = b"MZ\x90\x00" + b"\x00" * 100 + b"PE\x00\x00"
 HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
 GIF_POLYGLOT = b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00*/=1;<script>alert(1)</script>"
 
@@ -176,21 +176,29 @@ async def open_app(
         executor = Executor(registry, policy=POLICY, clock=clock)
         yield App(kind, executor, files, store, storage, executor.unit_of_work, clock)
         return
+    async with temporary_sql_engine(kind, tmp_path) as engine:
+        yield await sql_app(engine, tmp_path, clock=clock)
+
+
+async def sql_app(
+    engine: Any, tmp_path: Path, *, clock: FakeClock | None = None, middleware: Any = ()
+) -> App:
+    """The app on an existing SQL engine (tables created if missing)."""
     from contractspec.core.sql import SqlBackend
     from contractspec.files.sql import SqlFileStore
 
-    async with temporary_sql_engine(kind, tmp_path) as engine:
-        sql_store = SqlFileStore(engine)
-        files = Files(
-            storage=storage,
-            store=sql_store,
-            secret=SECRET,
-            clock=clock,
-            slots=[docs_slot, images_slot],
-        )
-        registry = build_registry(files)
-        backend = SqlBackend(engine, registry)
-        await backend.create_all()
-        await sql_store.create_tables()
-        executor = Executor(registry, backend=backend, policy=POLICY, clock=clock)
-        yield App(kind, executor, files, sql_store, storage, backend.unit_of_work, clock, engine)
+    clock = clock or FakeClock(datetime.now(UTC).replace(microsecond=0))
+    storage = LocalFileStorage(tmp_path / "blobs", fsync=False)
+    store = SqlFileStore(engine)
+    files = Files(
+        storage=storage, store=store, secret=SECRET, clock=clock, slots=[docs_slot, images_slot]
+    )
+    registry = build_registry(files)
+    backend = SqlBackend(engine, registry)
+    await backend.create_all()
+    await store.create_tables()
+    executor = Executor(
+        registry, backend=backend, policy=POLICY, clock=clock, middleware=middleware
+    )
+    kind = "postgres" if engine.dialect.name == "postgresql" else "sqlite"
+    return App(kind, executor, files, store, storage, backend.unit_of_work, clock, engine)

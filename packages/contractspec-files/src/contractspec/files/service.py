@@ -140,12 +140,6 @@ class _Streamer:
         head = bytes(self.head)
         media_type = sniff_media_type(head)
         slot = self.slot
-        if not slot.allows(media_type):
-            raise MediaTypeRefusedError(
-                f"the content is {media_type} (sniffed from its bytes), which slot {slot.name} "
-                f"does not accept; allowed: {', '.join(slot.media_types)}",
-                details={"field": "file", "sniffed": media_type},
-            )
         if self.declared is not None:
             declared = _normalise(self.declared)
             if declared not in (OCTET_STREAM, "", _normalise(media_type)):
@@ -154,6 +148,12 @@ class _Streamer:
                     "file's real type (or none: it is sniffed from the content)",
                     details={"field": "content_type", "declared": declared, "sniffed": media_type},
                 )
+        if not slot.allows(media_type):
+            raise MediaTypeRefusedError(
+                f"the content is {media_type} (sniffed from its bytes), which slot {slot.name} "
+                f"does not accept; allowed: {', '.join(slot.media_types)}",
+                details={"field": "file", "sniffed": media_type},
+            )
         if not media_type.startswith("text/") and looks_like_html(head):
             raise MediaTypeRefusedError(
                 f"the content is {media_type} but also contains HTML/script markup (a polyglot "
