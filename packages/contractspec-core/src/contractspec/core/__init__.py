@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from contractspec.core.approvals import ApprovalDecider, ApprovalRules
     from contractspec.core.audit import (
         PURGE_ACTION,
         AnchorSink,
@@ -124,6 +125,7 @@ if TYPE_CHECKING:
         Approvals,
         Timer,
         Transition,
+        WorkflowApprovalExpiredError,
         WorkflowGuardError,
         WorkflowInstance,
         WorkflowSpec,
@@ -144,7 +146,9 @@ _LAZY: dict[str, str] = {
     "ActorKind": "contractspec.core.context",
     "AllowAll": "contractspec.core.policy",
     "AnchorSink": "contractspec.core.audit",
+    "ApprovalDecider": "contractspec.core.approvals",
     "ApprovalRequiredError": "contractspec.core.errors",
+    "ApprovalRules": "contractspec.core.approvals",
     "Approvals": "contractspec.core.workflows",
     "AuditEntry": "contractspec.core.audit",
     "AuditRecord": "contractspec.core.records",
@@ -235,6 +239,7 @@ _LAZY: dict[str, str] = {
     "VariantResolver": "contractspec.core.ports",
     "VerifiableAuditLog": "contractspec.core.audit",
     "VerifyResult": "contractspec.core.audit",
+    "WorkflowApprovalExpiredError": "contractspec.core.workflows",
     "WorkflowGuardError": "contractspec.core.workflows",
     "WorkflowInstance": "contractspec.core.workflows",
     "WorkflowSpec": "contractspec.core.workflows",
@@ -262,6 +267,7 @@ _SUBMODULES = frozenset(
     {
         "_fields",
         "_log",
+        "approvals",
         "audit",
         "batch",
         "context",
@@ -318,7 +324,9 @@ __all__ = [
     "ActorKind",
     "AllowAll",
     "AnchorSink",
+    "ApprovalDecider",
     "ApprovalRequiredError",
+    "ApprovalRules",
     "Approvals",
     "AuditEntry",
     "AuditRecord",
@@ -405,6 +413,7 @@ __all__ = [
     "VariantResolver",
     "VerifiableAuditLog",
     "VerifyResult",
+    "WorkflowApprovalExpiredError",
     "WorkflowGuardError",
     "WorkflowInstance",
     "WorkflowSpec",

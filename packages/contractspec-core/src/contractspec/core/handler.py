@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from contractspec.core._log import get_logger
 from contractspec.core.context import Actor, CallContext, Resource
-from contractspec.core.errors import ConfigurationError, HandlerContractError
-from contractspec.core.pipeline.authorize import decide
+from contractspec.core.errors import ConfigurationError, HandlerContractError, PolicyDeniedError
+from contractspec.core.pipeline.authorize import decide, denied
 from contractspec.core.pipeline.plan import Plan, validation_errors
 from contractspec.core.records import AuditRecord, Decision, EventEnvelope
 from contractspec.core.repository import Repository, check_storable
@@ -226,6 +226,35 @@ class HandlerCtx:
         """
         res = resource or self._plan.resource(self.org_id)
         return await decide(self._executor, self._plan.spec, self.call, action, res, self._denials)
+
+    def deny(self, action: str, reason: str, *, rule: str | None = None) -> PolicyDeniedError:
+        """Record a refusal decided inside the handler by rules of its own (not the policy).
+
+        Use it when the handler (or a library it calls) refuses *who* may act — self-approval,
+        a missing role, someone not named — so the refusal is audited like a policy denial:
+        its `denied` audit record is written exactly once when the call ends, whatever the
+        outcome, never waiting on the call's own locks (as `authorize` does). Raise the
+        returned error, or keep raising your own error for the caller: the record is kept
+        either way. Calls by an unauthenticated actor are counted instead of audited.
+
+        Args:
+            action: What was refused, e.g. `"approval.approve"` (the record's `permission`).
+            reason: Why, naming the actor and the fix (the record's and the error's reason).
+            rule: A stable code for the refusing rule (`"self_approval"`), stored as the
+                record's `matched_rule`.
+
+        Returns:
+            The `PolicyDeniedError` describing the refusal (not raised).
+        """
+        return denied(
+            self._executor,
+            self._plan.spec,
+            self.call,
+            action,
+            reason,
+            Decision.deny(reason, rule),
+            self._denials,
+        )
 
     async def enqueue(
         self, job_type: str, payload: BaseModel | dict[str, Any], **options: Any

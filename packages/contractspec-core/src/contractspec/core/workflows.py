@@ -35,6 +35,15 @@ import pydantic
 from attrs import define, field
 from pydantic import BaseModel, Field
 
+from contractspec.core.approvals import (
+    ApprovalCase,
+    ApprovalDecider,
+    ApprovalOutcome,
+    ApprovalRequirement,
+    ApprovalRules,
+    ApprovalVote,
+    RefusalCode,
+)
 from contractspec.core.context import Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
     ConflictError,
@@ -80,6 +89,7 @@ __all__ = [
     "Transition",
     "TransitionHook",
     "WorkflowApproval",
+    "WorkflowApprovalExpiredError",
     "WorkflowChange",
     "WorkflowGuardError",
     "WorkflowInstance",
@@ -114,6 +124,8 @@ RESERVED_TRANSITIONS: Final = frozenset(
     }
 )
 
+_DEFAULT_RULES: Final = ApprovalRules()
+
 Guard: TypeAlias = Callable[[Any, Any], Any]
 """`guard(instance, input) -> bool | str | None` (or awaitable): `True`/`None` allow, `False` or a
 reason string refuse."""
@@ -133,6 +145,16 @@ class WorkflowStateError(ConflictError):
 
 class WorkflowGuardError(ConflictError):
     """The transition's guard refused the instance and input; the message carries its reason."""
+
+
+class WorkflowApprovalExpiredError(WorkflowStateError):
+    """The approval step's `expires_after` has passed for this state entry: decisions are refused.
+
+    The step's `on_expiry` timer (if declared) moves the instance on; otherwise fire another
+    transition out of the state.
+    """
+
+    code = "approval_expired"
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +312,15 @@ class HistoryPage(BaseModel):
 
 
 class AvailableTransition(BaseModel):
-    """A transition the actor may fire now (approval steps: may approve or reject now)."""
+    """A transition the actor may fire now (approval steps: may approve or reject now).
+
+    Attributes:
+        needs_input: `True` when the transition's guard could not be judged yet: its input has
+            required fields the caller has not given, so the guard will decide when the
+            transition is fired (or approved) with that input. `False`: every check, the
+            guard included, passed.
+        approvals_expire_at: When the approval step stops accepting decisions (UTC), or `None`.
+    """
 
     name: str
     target: str
@@ -298,6 +328,8 @@ class AvailableTransition(BaseModel):
     input_schema: dict[str, Any] | None = None
     approvals_required: int = 0
     approvals_given: int = 0
+    needs_input: bool = False
+    approvals_expire_at: datetime | None = None
 
 
 class Available(BaseModel):
@@ -361,15 +393,46 @@ class MigrateResult(BaseModel):
 class Approvals:
     """An approval step: the transition fires once `count` distinct approvers approved.
 
+    The rules (no self-approval, roles, one decision per approver, final rejection, expiry,
+    approvals bound to one input) are `contractspec.core.approvals.ApprovalRules`, the same rules
+    `contractspec-agent`'s `ApprovalWorkflow` applies; pass `decider=` to plug your own
+    `ApprovalDecider`.
+
     Attributes:
         count: Distinct approvals needed (>= 1).
         roles: The approver must hold one of these roles (`Actor.roles`); empty: any role.
-        allow_requester: Let the instance's creator approve too (default: no self-approval).
+        allow_requester: Let the instance's creator (and whoever moved it into the state) approve
+            too (default: no self-approval).
+        expires_after: Decisions are refused (`WorkflowApprovalExpiredError`) from this long
+            after the instance entered the state; `None`: no expiry.
+        on_expiry: A transition leaving the same state(s), without input or approvals, that a
+            timer fires when the step expires (`define_workflow` adds the timer, named
+            `<state>_<transition>_expiry`; it needs the jobs port like any timer). Needs
+            `expires_after`.
+        decider: The `ApprovalDecider` asked about each decision (default `ApprovalRules()`).
     """
 
     count: int = 1
     roles: tuple[str, ...] = field(default=(), converter=_tuple_of_str)
     allow_requester: bool = False
+    expires_after: timedelta | None = None
+    on_expiry: str | None = None
+    decider: ApprovalDecider | None = field(default=None, eq=False)
+
+    @property
+    def requirement(self) -> ApprovalRequirement:
+        """The step as the approval rules see it."""
+        return ApprovalRequirement(
+            count=self.count,
+            roles=self.roles,
+            allow_requester=self.allow_requester,
+            expires_after=self.expires_after,
+        )
+
+    @property
+    def rules(self) -> ApprovalDecider:
+        """`decider`, or the default `ApprovalRules()`."""
+        return self.decider if self.decider is not None else _DEFAULT_RULES
 
 
 @define(frozen=True)
@@ -617,6 +680,27 @@ def transition(
                 f"{approvals.count!r}",
                 details={"field": "approvals"},
             )
+        expiry = approvals.expires_after
+        if expiry is not None and (not isinstance(expiry, timedelta) or expiry <= timedelta(0)):
+            raise SpecDefinitionError(
+                f"transition {name!r}: approvals expires_after must be a positive timedelta, got "
+                f"{expiry!r}",
+                details={"field": "approvals.expires_after"},
+            )
+        if approvals.on_expiry is not None and (
+            expiry is None or not isinstance(approvals.on_expiry, str)
+        ):
+            raise SpecDefinitionError(
+                f"transition {name!r}: approvals on_expiry names the transition a timer fires "
+                "when the step expires; it needs expires_after=timedelta(...) too",
+                details={"field": "approvals.on_expiry"},
+            )
+        if approvals.decider is not None and not isinstance(approvals.decider, ApprovalDecider):
+            raise SpecDefinitionError(
+                f"transition {name!r}: approvals decider must be an ApprovalDecider (evaluate() "
+                f"and decide()), got {approvals.decider!r}",
+                details={"field": "approvals.decider"},
+            )
     return Transition(
         name=name,
         sources=sources,
@@ -822,7 +906,7 @@ def define_workflow(
                 f"state {s!r} has no transition out and is not final; add one or list it in final=",
                 "final",
             )
-    timer_list = tuple(timers)
+    timer_list = (*tuple(timers), *_expiry_timers(trans))
     timer_names: set[str] = set()
     by_name = {t.name: t for t in trans}
     for tm in timer_list:
@@ -905,6 +989,28 @@ def define_workflow(
         owners=_tuple_of_str(owners),
         tags=_tuple_of_str(tags),
     )
+
+
+def _expiry_timers(transitions: Iterable[Transition]) -> list[Timer]:
+    """The timers of approval steps declared with `on_expiry`: one per source state, due
+    `expires_after` after entering it (checked by `define_workflow` like declared timers)."""
+    out: list[Timer] = []
+    for t in transitions:
+        if not isinstance(t, Transition) or t.approvals is None:
+            continue
+        approvals = t.approvals
+        if approvals.on_expiry is None or approvals.expires_after is None:
+            continue
+        out.extend(
+            timer(
+                state,
+                after=approvals.expires_after,
+                fire=approvals.on_expiry,
+                name=f"{state}_{t.name}_expiry",
+            )
+            for state in t.sources
+        )
+    return out
 
 
 def _has_required_fields(model: type[BaseModel]) -> bool:
@@ -1437,70 +1543,64 @@ def _validate_model(model: type[BaseModel], data: Any, what: str) -> BaseModel:
         ) from None
 
 
-def _approval_denial(
-    wf: WorkflowSpec, t: Transition, inst: WorkflowInstance, actor: Actor
-) -> str | None:
+async def _approval_case(
+    wf: WorkflowSpec, t: Transition, ctx: HandlerCtx, inst: WorkflowInstance
+) -> ApprovalCase:
+    """The approval step of `t` for the instance's current state entry, as the rules see it:
+    its decisions so far, its requesters (creator and whoever entered the state) and expiry."""
     approvals = t.approvals
     assert approvals is not None
-    if not approvals.allow_requester and actor.id in (inst.created_by, inst.entered_by):
-        role = "started" if actor.id == inst.created_by else "moved into its current state"
-        return (
-            f"{actor.id!r} {role} instance {inst.id!r} and may not approve its own request "
-            f"({wf.name}.{t.name} needs approvers other than the requester)"
+    found = await ctx.repo(APPROVAL_ENTITY).find(
+        {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
+    )
+    rows = sorted(found, key=lambda r: r.at)  # voting order (stable for equal times)
+    requesters: dict[str, str] = {}
+    if inst.entered_by is not None:
+        requesters[inst.entered_by] = f"moved instance {inst.id!r} into its current state"
+    if inst.created_by is not None:
+        requesters[inst.created_by] = f"started instance {inst.id!r}"
+    expires_at = None
+    if approvals.expires_after is not None:
+        entered = await ctx.repo(STEP_ENTITY).find(
+            {"instance_id": inst.id, "seq": inst.entry_seq}, limit=1
         )
-    if approvals.roles and not (actor.roles & set(approvals.roles)):
-        return (
-            f"{wf.name}.{t.name} needs an approver with one of the roles "
-            f"{', '.join(approvals.roles)}; {actor.id!r} has {sorted(actor.roles) or 'none'}"
-        )
-    return None
+        entered_at = entered[0].at if entered else inst.updated_at
+        expires_at = entered_at + approvals.expires_after
+    return ApprovalCase(
+        requirement=approvals.requirement,
+        subject=f"{wf.name}.{t.name} of instance {inst.id!r}",
+        requesters=requesters,
+        votes=tuple(ApprovalVote(r.approver_id, r.decision, r.input_hash or None) for r in rows),
+        expires_at=expires_at,
+    )
 
 
 def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
     approvals = t.approvals
     assert approvals is not None
+    rules = approvals.rules
 
     async def decide(inp: Any, ctx: HandlerCtx) -> ApprovalResult:
         inst = await _load(wf, ctx, inp.instance_id)
         _check_version_of(wf, inst)
         _check_source(wf, t, inst, inp.expected_seq)
-        denial = _approval_denial(wf, t, inst, ctx.actor)
-        if denial is not None:
-            # Built like the authorize stage's denials: audited when the call ends.
-            raise denied(
-                ctx._executor,
-                ctx.operation,
-                ctx.call,
-                f"{wf.name}.{t.name}.{decision}",
-                denial,
-                Decision.deny(denial, "workflow_approval"),
-                ctx._denials,
-            )
-        repo = ctx.repo(APPROVAL_ENTITY)
-        rows = await repo.find(
-            {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
-        )
-        if any(r.decision == "reject" for r in rows):
-            raise WorkflowStateError(
-                f"the approval step {t.name!r} of instance {inst.id!r} was rejected; a rejection "
-                "is final for this state entry",
-                details={"instance_id": inst.id, "transition": t.name},
-            )
-        if any(r.approver_id == ctx.actor.id for r in rows):
-            raise ConflictError(
-                f"{ctx.actor.id!r} already decided on {wf.name}.{t.name} for instance {inst.id!r}; "
-                "each approver decides once",
-                details={"instance_id": inst.id, "transition": t.name},
-            )
+        case = await _approval_case(wf, t, ctx, inst)
         value = getattr(inp, "input", None)
         input_hash = hashlib.sha256(canonical_json(_dump(value)).encode()).hexdigest()
-        bound = {r.input_hash for r in rows if r.decision == "approve"}
-        if decision == "approve" and bound and input_hash not in bound:
-            raise ConflictError(
-                f"approvals of {wf.name}.{t.name} for instance {inst.id!r} are bound to the input "
-                "of the first approval; approve that exact input, or reject",
-                details={"instance_id": inst.id, "transition": t.name},
-            )
+        verdict = rules.decide(
+            case, ApprovalVote(ctx.actor.id or "", decision, input_hash), ctx.actor, ctx.now()
+        )
+        refusal = verdict.refusal
+        if refusal is not None:
+            details = {"instance_id": inst.id, "transition": t.name, "refusal": refusal.code.value}
+            if refusal.is_denial:
+                # Audited like the authorize stage's denials, exactly once when the call ends.
+                raise ctx.deny(f"{wf.name}.{t.name}.{decision}", refusal.message, rule=refusal.code)
+            if refusal.code is RefusalCode.EXPIRED:
+                raise WorkflowApprovalExpiredError(refusal.message, details=details)
+            if refusal.code is RefusalCode.FINAL:
+                raise WorkflowStateError(refusal.message, details=details)
+            raise ConflictError(refusal.message, details=details)
         if decision == "approve":
             reason = await _check_guard(wf, t, inst, value)
             if reason is not None:
@@ -1508,26 +1608,25 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
                     f"{wf.name}.{t.name} refused for instance {inst.id!r}: {reason}",
                     details={"instance_id": inst.id, "transition": t.name, "reason": reason},
                 )
-        await repo.add(
+        await ctx.repo(APPROVAL_ENTITY).add(
             WorkflowApproval(
                 id=ctx.new_id(),
                 instance_id=inst.id,
                 transition=t.name,
                 entry_seq=inst.entry_seq,
-                approver_id=ctx.actor.id,
+                approver_id=ctx.actor.id or "",
                 decision=decision,
                 at=ctx.now(),
                 input_hash=input_hash,
                 comment=inp.comment,
             )
         )
-        approved = [r.approver_id for r in rows] + ([ctx.actor.id] if decision == "approve" else [])
         fired = False
-        if decision == "approve" and len(approved) >= approvals.count:
+        if verdict.outcome is ApprovalOutcome.APPROVED:
             inst = await _enter(
                 wf, ctx, inst, kind="approval", transition=t, target=t.target,
-                input_data={"approvers": approved, **_dump(value)}, comment=inp.comment,
-                value=value,
+                input_data={"approvers": list(verdict.approvers), **_dump(value)},
+                comment=inp.comment, value=value,
             )  # fmt: skip
             fired = True
         else:
@@ -1538,10 +1637,10 @@ def _approval_handler(wf: WorkflowSpec, t: Transition, decision: str) -> Any:
             ctx.set_audit_target(wf.name, inst.id)
         return ApprovalResult(
             instance=inst,
-            approvals=len(approved),
-            required=approvals.count,
+            approvals=verdict.approvals,
+            required=verdict.required,
             fired=fired,
-            rejected=decision == "reject",
+            rejected=verdict.outcome is ApprovalOutcome.REJECTED,
         )
 
     decide.__qualname__ = f"{wf.name}.{t.name}.{decision}"
@@ -1649,18 +1748,24 @@ def _available_handler(wf: WorkflowSpec) -> Any:
                 if not await may_call(ctx._executor, op, ctx.call):
                     continue
                 given = 0
+                expire_at = None
                 if t.approvals is not None:
-                    if _approval_denial(wf, t, inst, ctx.actor) is not None:
-                        continue
-                    rows = await ctx.repo(APPROVAL_ENTITY).find(
-                        {"instance_id": inst.id, "transition": t.name, "entry_seq": inst.entry_seq}
+                    # Would an approval by this actor count now? (The same rules as the
+                    # `.approve` command; the input binding is judged when they approve.)
+                    case = await _approval_case(wf, t, ctx, inst)
+                    verdict = t.approvals.rules.decide(
+                        case, ApprovalVote(ctx.actor.id or "", "approve"), ctx.actor, ctx.now()
                     )
-                    if any(r.decision == "reject" for r in rows) or any(
-                        r.approver_id == ctx.actor.id for r in rows
-                    ):
+                    if verdict.refusal is not None:
                         continue
-                    given = len(rows)
-                if t.input is None or not _has_required_fields(t.input):
+                    given = len(case.votes)
+                    expire_at = case.expires_at
+                needs_input = t.input is not None and _has_required_fields(t.input)
+                if needs_input:
+                    # The guard judges input the caller has not given yet: list the transition
+                    # as possible and say so, rather than guess the guard's answer.
+                    needs_input = t.guard is not None
+                else:
                     default = t.input() if t.input is not None else None
                     if await _check_guard(wf, t, inst, default) is not None:
                         continue
@@ -1672,6 +1777,8 @@ def _available_handler(wf: WorkflowSpec) -> Any:
                         input_schema=t.input.model_json_schema() if t.input is not None else None,
                         approvals_required=t.approvals.count if t.approvals is not None else 0,
                         approvals_given=given,
+                        needs_input=needs_input,
+                        approvals_expire_at=expire_at,
                     )
                 )
         return Available(instance_id=inst.id, state=inst.state, seq=inst.seq, transitions=out)
@@ -1805,7 +1912,8 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
     `{"description", "states": [...], "initial", "final": [sorted], "start_auth", "read_auth",
     "comment_auth", "admin_auth": {"kind", "permissions", "resource"}, "transitions": [{"name",
     "sources", "target", "auth", "guard": qualname | None, "has_input": bool, "emits": ["name[@v]"],
-    "approvals": {"count", "roles", "allow_requester"} | None, "description"}],
+    "approvals": {"count", "roles", "allow_requester"[, "expires_after_s", "on_expiry"]} | None,
+    "description"}],
     "timers": [{"name", "state", "fire", "escalate", "after_s", "at": qualname | None}],
     "migrations": {"<old version>": {old_state: new_state}}, "owners", "tags",
     "schemas": {"subject": <model>, "input.<transition>": <model>}}`; the IR turns the models in
@@ -1840,15 +1948,7 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
                 "guard": t.guard_name,
                 "has_input": t.input is not None,
                 "emits": [e.ref for e in t.emits],
-                "approvals": (
-                    {
-                        "count": t.approvals.count,
-                        "roles": list(t.approvals.roles),
-                        "allow_requester": t.approvals.allow_requester,
-                    }
-                    if t.approvals is not None
-                    else None
-                ),
+                "approvals": _approvals_ir(t.approvals),
                 "description": t.description,
             }
             for t in wf.transitions
@@ -1871,6 +1971,22 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
         "tags": list(wf.tags),
         "schemas": schemas,
     }
+
+
+def _approvals_ir(approvals: Approvals | None) -> dict[str, Any] | None:
+    """`{"count", "roles", "allow_requester"}`, plus `"expires_after_s"` and `"on_expiry"` when
+    the step expires (absent otherwise, so older IR files stay byte-identical)."""
+    if approvals is None:
+        return None
+    out: dict[str, Any] = {
+        "count": approvals.count,
+        "roles": list(approvals.roles),
+        "allow_requester": approvals.allow_requester,
+    }
+    if approvals.expires_after is not None:
+        out["expires_after_s"] = approvals.expires_after.total_seconds()
+        out["on_expiry"] = approvals.on_expiry
+    return out
 
 
 def _hook_ir(wf: WorkflowSpec) -> dict[str, Any]:
