@@ -229,3 +229,21 @@ def test_naive_event_times_are_refused() -> None:
     with pytest.raises(SpecValidationError) as info:
         JourneyEvent("1", "e", "u", "o", dt.datetime(2025, 1, 1))
     assert info.value.details["field"] == "JourneyEvent.occurred_at"
+
+
+def test_journeys_import_without_numpy_or_sqlalchemy() -> None:
+    """`import contractspec.growth.journeys` loads neither numpy, SQLAlchemy nor pandas, and
+    `import contractspec.growth` does not load the journeys module (lazy exports)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contractspec.growth as g\n"
+        "assert 'contractspec.growth.journeys' not in sys.modules\n"
+        "assert g.define_track.__module__ == 'contractspec.growth.journeys'\n"
+        "print(sorted(m for m in ('numpy', 'sqlalchemy', 'pandas', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

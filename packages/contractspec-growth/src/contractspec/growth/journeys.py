@@ -93,6 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "JOURNEY_CHECK_JOB",
     "JOURNEY_NUDGE_EVENT",
+    "BackfillReport",
     "Enrollment",
     "EventCondition",
     "JourneyAnalytics",
@@ -107,7 +108,9 @@ __all__ = [
     "Notifier",
     "Nudge",
     "Step",
+    "StepChanges",
     "StepCompletion",
+    "StepRecord",
     "StepState",
     "TrackProgress",
     "TrackSpec",
