@@ -74,6 +74,28 @@ _ALIASES: Final = {
 }
 
 
+#: File-name extensions a browser or OS would execute or render; their bytes must say so too.
+_DANGEROUS_EXTENSIONS: Final = {
+    "exe": "application/vnd.microsoft.portable-executable",
+    "dll": "application/vnd.microsoft.portable-executable",
+    "scr": "application/vnd.microsoft.portable-executable",
+    "com": None, "bat": None, "cmd": None, "msi": None, "ps1": None, "vbs": None, "js": None,
+    "jar": None, "hta": None, "sh": None, "app": None,
+    "html": "text/html", "htm": "text/html", "xhtml": "text/html", "svg": "image/svg+xml",
+}  # fmt: skip
+
+
+def _check_extension(filename: str, media_type: str) -> None:
+    """Refuse a name whose extension means executable or HTML when the bytes say otherwise."""
+    ext = filename.rpartition(".")[2].lower() if "." in filename else ""
+    if ext in _DANGEROUS_EXTENSIONS and _DANGEROUS_EXTENSIONS[ext] != media_type:
+        raise MediaTypeRefusedError(
+            f"the file name ends in .{ext} but its bytes are {media_type}; a file whose name and "
+            "content disagree is refused (rename it to match its content)",
+            details={"field": "filename", "sniffed": media_type, "extension": ext},
+        )
+
+
 def _normalise(media_type: str) -> str:
     base = media_type.split(";", 1)[0].strip().lower()
     return _ALIASES.get(base, base)
@@ -124,9 +146,10 @@ class _Streamer:
     """Counts, hashes, size-checks and sniffs the chunks on their way into storage."""
 
     def __init__(
-        self, files: Files, slot: AttachmentSlot, declared: str | None, spool: bool
+        self, slot: AttachmentSlot, declared: str | None, filename: str, spool: bool
     ) -> None:
         self.slot = slot
+        self.filename = filename
         self.declared = declared
         self.size = 0
         self.sha = hashlib.sha256()
@@ -134,7 +157,6 @@ class _Streamer:
         self.media_type: str | None = None
         self.spool: IO[bytes] | None = None
         self._spool_wanted = spool
-        self._files = files
 
     def _sniff(self) -> None:
         head = bytes(self.head)
@@ -148,6 +170,7 @@ class _Streamer:
                     "file's real type (or none: it is sniffed from the content)",
                     details={"field": "content_type", "declared": declared, "sniffed": media_type},
                 )
+        _check_extension(self.filename, media_type)
         if not slot.allows(media_type):
             raise MediaTypeRefusedError(
                 f"the content is {media_type} (sniffed from its bytes), which slot {slot.name} "
@@ -316,7 +339,8 @@ class Files:
             )
         file_id = self.ids.new_id()
         key = f"{BLOB_PREFIX}{file_id}"
-        streamer = _Streamer(self, the_slot, content_type, spool=the_slot.accepts_archives)
+        name = safe_filename(filename)
+        streamer = _Streamer(the_slot, content_type, name, spool=the_slot.accepts_archives)
         try:
             await self.storage.put(key, streamer.run(chunks))
             if streamer.spool is not None:
@@ -329,7 +353,6 @@ class Files:
         finally:
             if streamer.spool is not None:
                 streamer.spool.close()
-        name = safe_filename(filename)
         media_type = streamer.media_type or OCTET_STREAM
         sha256 = streamer.sha.hexdigest()
         token = self._uploads.dumps(
