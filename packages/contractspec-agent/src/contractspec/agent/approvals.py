@@ -2,12 +2,15 @@
 
 The subject of a request is general: an agent's tool call (`subject_type="agent.tool_call"`), a
 spec suggestion from contractspec-evolution, anything you describe by an action name and JSON
-arguments. Rules (enforced here and by the stores' unique keys):
+arguments. Rules — the decision rules are core's `contractspec.core.approvals.ApprovalRules`
+(the same ones workflow approval steps use; pass `decider=` to plug another `ApprovalDecider`),
+backed here by the stores' unique keys and compare-and-set:
 
 * a decision is final: once approved, rejected or expired, a request never changes again;
 * the requester cannot approve (or reject) their own request;
 * with `quorum=N`, N distinct approvers must approve; one rejection rejects;
 * named `approvers` restrict who may decide; everyone else is denied;
+* past `expires_at` nobody may decide (the expiry is recorded);
 * the decider must hold the workflow's permission through core's `PolicyDecider` (deny by
   default: no decider, no decisions);
 * every request and decision is audited through core's `AuditSink` (denials too) and announced
@@ -72,9 +75,19 @@ from contractspec.core import (
     canonical_json,
 )
 from contractspec.core._log import get_logger
+from contractspec.core.approvals import (
+    ApprovalCase,
+    ApprovalDecider,
+    ApprovalOutcome,
+    ApprovalRefusal,
+    ApprovalRequirement,
+    ApprovalRules,
+    ApprovalVote,
+    RefusalCode,
+)
 from contractspec.core.context import Actor
 
-__all__ = ["ApprovalWorkflow", "arguments_hash"]
+__all__ = ["ApprovalWorkflow", "arguments_hash", "is_refusal_denial"]
 
 _log = get_logger(__name__)
 
@@ -111,6 +124,8 @@ class ApprovalWorkflow:
         clock: Time source.
         ids: Id source.
         default_ttl_s: Seconds a request stays open when no expiry is given (default one day).
+        decider: The `ApprovalDecider` that applies the decision rules (default core's
+            `ApprovalRules()`).
 
     Example:
         ```python
@@ -135,6 +150,7 @@ class ApprovalWorkflow:
         clock: Clock | None = None,
         ids: IdGenerator | None = None,
         default_ttl_s: float = 86_400.0,
+        decider: ApprovalDecider | None = None,
     ) -> None:
         if default_ttl_s <= 0:
             raise ConfigurationError(f"default_ttl_s must be positive, got {default_ttl_s!r}")
@@ -148,6 +164,24 @@ class ApprovalWorkflow:
         self.clock: Clock = clock or SystemClock()
         self.ids: IdGenerator = ids or UuidGenerator()
         self.default_ttl_s = default_ttl_s
+        self.decider: ApprovalDecider = decider if decider is not None else ApprovalRules()
+
+    def case(self, request: ApprovalRequest) -> ApprovalCase:
+        """`request` as the decision rules (`ApprovalDecider`) see it."""
+        return ApprovalCase(
+            requirement=ApprovalRequirement(count=request.quorum, approvers=request.approvers),
+            subject=f"approval request {request.id!r}",
+            requesters={request.requested_by: f"requested approval {request.id!r}"},
+            votes=tuple(ApprovalVote(d.approver_id, d.verdict) for d in request.decisions),
+            expires_at=request.expires_at,
+            status=ApprovalOutcome(request.status.value),
+        )
+
+    def status_of(self, request: ApprovalRequest, now: datetime | None = None) -> ApprovalStatus:
+        """The status of `request` at `now` (default: the clock's now) by the decision rules: a
+        pending request past its expiry is `expired` before the expiry is recorded."""
+        verdict = self.decider.evaluate(self.case(request), now or self.clock.now())
+        return ApprovalStatus(verdict.outcome.value)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -410,7 +444,7 @@ class ApprovalWorkflow:
         ctx: CallContext | None,
         tx: Transaction | None = None,
     ) -> ApprovalRequest:
-        if not isinstance(approver, Actor) or approver.is_anonymous:
+        if not isinstance(approver, Actor):
             raise PolicyDeniedError(
                 "an approval decision needs an identified actor; pass Actor.user(...)",
                 reason="anonymous approver",
@@ -445,34 +479,45 @@ class ApprovalWorkflow:
                     f"approval request {request_id!r} does not exist",
                     details={"approval_id": request_id},
                 )
-            if req.status is not ApprovalStatus.PENDING:
-                raise ApprovalDecisionError(
-                    f"approval request {req.id!r} is already {req.status.value}; decisions are "
-                    "final (request a new approval for a new decision)",
-                    details={"approval_id": req.id, "status": req.status.value},
-                )
-            if now >= req.expires_at:
+            ruling = self.decider.decide(
+                self.case(req), ApprovalVote(approver.id or "", verdict), approver, now
+            )
+            refusal = ruling.refusal
+            if refusal is not None and refusal.code is RefusalCode.EXPIRED:
+                if req.status is not ApprovalStatus.PENDING:
+                    raise ApprovalExpiredError(
+                        refusal.message,
+                        details={"approval_id": req.id, "refusal": refusal.code.value},
+                    )
                 expired = await self._expire(tx, req, now)
+            elif refusal is not None and not refusal.is_denial:
+                raise ApprovalDecisionError(
+                    refusal.message,
+                    details={
+                        "approval_id": req.id,
+                        "status": req.status.value,
+                        "refusal": refusal.code.value,
+                    },
+                )
             else:
-                problem = await self._check_decider(req, approver, ctx)
+                problem = (
+                    _refusal_error(refusal, req, self.permission)
+                    if refusal is not None
+                    else await self._check_policy(req, approver, ctx)
+                )
                 if problem is not None:
                     denial = (req, problem)
                 else:
-                    decision = ApprovalDecision(req.id, approver.id, verdict, comment, now)
+                    decision = ApprovalDecision(req.id, approver.id or "", verdict, comment, now)
                     try:
                         await self.store.add_decision(tx, decision)
                     except ConflictError:
                         raise ApprovalDecisionError(
                             f"{approver.id!r} already decided on approval request {req.id!r}; "
                             "each approver decides once",
-                            details={"approval_id": req.id},
+                            details={"approval_id": req.id, "refusal": "already_decided"},
                         ) from None
-                    approvals = req.approvals + (1 if verdict == "approve" else 0)
-                    status = ApprovalStatus.PENDING
-                    if verdict == "reject":
-                        status = ApprovalStatus.REJECTED
-                    elif approvals >= req.quorum:
-                        status = ApprovalStatus.APPROVED
+                    status = ApprovalStatus(ruling.outcome.value)
                     final = status is not ApprovalStatus.PENDING
                     try:
                         saved = await self.store.save(
@@ -490,7 +535,7 @@ class ApprovalWorkflow:
                         "success",
                         verdict=verdict,
                         comment=comment,
-                        approvals=approvals,
+                        approvals=ruling.approvals,
                         quorum=req.quorum,
                     )
                     if final:
@@ -522,29 +567,17 @@ class ApprovalWorkflow:
             )
         raise problem
 
-    async def _check_decider(
+    async def _check_policy(
         self, req: ApprovalRequest, approver: Actor, ctx: CallContext | None
     ) -> ContractSpecError | None:
-        if approver.id == req.requested_by:
-            return ApprovalDecisionError(
-                f"{approver.id!r} requested approval {req.id!r} and cannot decide it; ask "
-                "another approver",
-                details={"approval_id": req.id},
-            )
-        if req.approvers and approver.id not in req.approvers:
-            return PolicyDeniedError(
-                f"{approver.id!r} is not a named approver of {req.id!r}; allowed: "
-                f"{', '.join(req.approvers)}",
-                reason="not a named approver",
-                action=self.permission,
-                details={"approval_id": req.id},
-            )
+        """The workflow's own permission, asked of its `PolicyDecider` (deny by default)."""
         if self.policy is None:
             return PolicyDeniedError(
                 f"deciding approvals requires {self.permission!r} and no PolicyDecider is "
                 "configured (deny by default); pass ApprovalWorkflow(policy=...)",
                 reason="no policy decider",
                 action=self.permission,
+                details={"approval_id": req.id, "refusal": "policy"},
             )
         call = ctx or CallContext(actor=approver, org_id=req.org_id, channel="approval")
         resource = Resource(
@@ -562,7 +595,7 @@ class ApprovalWorkflow:
                 f"{approver.id!r} may not decide approval {req.id!r}: {why}",
                 reason=why,
                 action=self.permission,
-                details={"approval_id": req.id},
+                details={"approval_id": req.id, "refusal": "policy"},
             )
         return None
 
@@ -596,7 +629,7 @@ class ApprovalWorkflow:
             for req in await self.store.find(
                 tx, org_id=org_id, status=ApprovalStatus.PENDING, limit=10_000
             ):
-                if now >= req.expires_at:
+                if self.status_of(req, now) is ApprovalStatus.EXPIRED:
                     try:
                         out.append(await self._expire(tx, req, now))
                     except _Retry:  # decided concurrently: nothing to expire
@@ -626,7 +659,7 @@ class ApprovalWorkflow:
                 f"approval request {request_id!r} does not exist",
                 details={"approval_id": request_id},
             )
-        if req.status is ApprovalStatus.PENDING and self.clock.now() >= req.expires_at:
+        if req.status is ApprovalStatus.PENDING and self.status_of(req) is ApprovalStatus.EXPIRED:
             async with self._tx("expire an approval") as tx:
                 fresh = await self.store.get(tx, request_id)
                 assert fresh is not None  # requests are never deleted
@@ -648,7 +681,10 @@ class ApprovalWorkflow:
                     f"approval request {request_id!r} does not exist",
                     details={"approval_id": request_id},
                 )
-            if req.status is ApprovalStatus.PENDING and self.clock.now() >= req.expires_at:
+            if (
+                req.status is ApprovalStatus.PENDING
+                and self.status_of(req) is ApprovalStatus.EXPIRED
+            ):
                 try:
                     req = await self._expire(tx, req, self.clock.now())
                 except _Retry:
@@ -668,7 +704,7 @@ class ApprovalWorkflow:
         if (
             found is not None
             and found.status is ApprovalStatus.PENDING
-            and self.clock.now() >= found.expires_at
+            and self.status_of(found) is ApprovalStatus.EXPIRED
         ):
             return await self.get(found.id)
         return found
@@ -687,7 +723,7 @@ class ApprovalWorkflow:
                 tx, org_id=org_id, status=ApprovalStatus.PENDING, subject_type=subject_type,
                 limit=limit,
             )  # fmt: skip
-        return [r for r in found if now < r.expires_at]
+        return [r for r in found if self.status_of(r, now) is ApprovalStatus.PENDING]
 
     async def history(
         self, *, org_id: str | None, subject_type: str | None = None, limit: int = 100
@@ -747,6 +783,40 @@ class ApprovalWorkflow:
                 details={"approval_id": req.id},
             )
         return req
+
+
+def _refusal_error(
+    refusal: ApprovalRefusal, req: ApprovalRequest, permission: str
+) -> ContractSpecError:
+    """The error of a refusal about who decides (`refusal.is_denial`): self-approval stays an
+    `ApprovalDecisionError` (as documented), the others are `PolicyDeniedError`s."""
+    details = {"approval_id": req.id, "refusal": refusal.code.value}
+    if refusal.code is RefusalCode.SELF_APPROVAL:
+        return ApprovalDecisionError(refusal.message, details=details)
+    reason = {
+        RefusalCode.NOT_NAMED_APPROVER: "not a named approver",
+        RefusalCode.ANONYMOUS: "anonymous approver",
+    }.get(refusal.code, refusal.code.value)
+    return PolicyDeniedError(refusal.message, reason=reason, action=permission, details=details)
+
+
+def is_refusal_denial(error: BaseException) -> bool:
+    """Whether `error`, raised by `ApprovalWorkflow.approve`/`reject`, refused *who* decides —
+    by the decision rules (self-approval, not a named approver, anonymous) or by the workflow's
+    own policy — rather than the request's state (final, expired, already decided).
+
+    `approve(..., tx=...)` (joined) leaves auditing such a refusal to the caller: an operation
+    handler records it with `HandlerCtx.deny` (as `register_review_operations` does).
+    """
+    if not isinstance(error, ContractSpecError):
+        return False
+    refusal = error.details.get("refusal")
+    if refusal == "policy":
+        return True
+    try:
+        return isinstance(refusal, str) and RefusalCode(refusal).is_denial
+    except ValueError:
+        return False
 
 
 class _Retry(Exception):

@@ -18,7 +18,9 @@ and traffic recording, and your HTTP adapter serves them like any other operatio
 Every operation is scoped to the caller's tenant (`ctx.org_id`): an approval or run of another
 org is reported as not found. Approve and reject also check the workflow's permission
 (`approval.decide` by default) with the executor's policy, so a denial is audited once; the
-workflow then applies its own policy and rules (no self-approval, named approvers, quorum). Reads and actions use the executor's transaction (`ctx.tx`), so the
+workflow then applies its own policy and rules (no self-approval, named approvers, quorum), and a
+refusal of *who* decides by those (`is_refusal_denial`) is audited once too, as `denied`
+(`HandlerCtx.deny`), while the caller sees the workflow's own error. Reads and actions use the executor's transaction (`ctx.tx`), so the
 stores must live on the executor's backend (the same `SqlBackend`, or memory stores with a
 `MemoryBackend`); an action's effect, its review event and its audit record commit together.
 Deciding an approval also needs the workflow's own permission (`approval.decide` by default).
@@ -36,13 +38,14 @@ from typing import Annotated, Any, Literal
 from attrs import define
 from pydantic import BaseModel, Field, field_validator
 
-from contractspec.agent.approvals import ApprovalWorkflow
+from contractspec.agent.approvals import ApprovalWorkflow, is_refusal_denial
 from contractspec.agent.gateway import shadow_report
 from contractspec.agent.runner import AgentRunner
 from contractspec.agent.stores import ApprovalRequest, ApprovalStatus, Run, RunStatus
 from contractspec.core import (
     PII,
     ConfigurationError,
+    ContractSpecError,
     EventSpec,
     HandlerCtx,
     NotFoundError,
@@ -470,10 +473,10 @@ class ReviewOperations:
 # -- conversions ------------------------------------------------------------------------------
 
 
-def _approval_item(req: ApprovalRequest, now: datetime) -> ApprovalItem:
-    status = req.status.value
-    if req.status is ApprovalStatus.PENDING and now >= req.expires_at:
-        status = ApprovalStatus.EXPIRED.value
+def _approval_item(
+    workflow: ApprovalWorkflow, req: ApprovalRequest, now: datetime | None = None
+) -> ApprovalItem:
+    status = workflow.status_of(req, now).value  # `expired` for a pending one past expires_at
     run_id = req.metadata.get("run_id")
     return ApprovalItem(
         id=req.id,
@@ -638,7 +641,7 @@ def _register_approvals(registry: SpecRegistry, workflow: ApprovalWorkflow) -> N
             more = len(found) > want
             for req in found[:want]:
                 cursor = (req.requested_at, req.id)
-                item = _approval_item(req, now)
+                item = _approval_item(workflow, req, now)
                 # A pending request past its expiry is no longer actionable: it is expired.
                 if status is not ApprovalStatus.PENDING or item.status == "pending":
                     items.append(item)
@@ -649,7 +652,7 @@ def _register_approvals(registry: SpecRegistry, workflow: ApprovalWorkflow) -> N
 
     @registry.handler(show_approval)
     async def show(inp: ApprovalRef, ctx: HandlerCtx) -> ApprovalItem:
-        return _approval_item(await own(ctx, inp.approval_id), workflow.clock.now())
+        return _approval_item(workflow, await own(ctx, inp.approval_id))
 
     async def decide(inp: ApprovalDecisionRequest, ctx: HandlerCtx, verdict: str) -> ApprovalItem:
         found = await own(ctx, inp.approval_id)
@@ -657,16 +660,20 @@ def _register_approvals(registry: SpecRegistry, workflow: ApprovalWorkflow) -> N
         # The workflow's permission, checked by the executor's policy first so that a denial is
         # audited exactly once by the pipeline (the joined workflow does not audit denials).
         await ctx.authorize(workflow.permission, _approval_resource(found))
-        if verdict == "approve":
-            req = await workflow.approve(
+        act = workflow.approve if verdict == "approve" else workflow.reject
+        try:
+            req = await act(
                 inp.approval_id, ctx.actor, comment=inp.comment, ctx=ctx.call, tx=ctx.tx
             )
-            spec = approval_reviewed_approved
-        else:
-            req = await workflow.reject(
-                inp.approval_id, ctx.actor, comment=inp.comment, ctx=ctx.call, tx=ctx.tx
-            )
-            spec = approval_reviewed_rejected
+        except ContractSpecError as exc:
+            if is_refusal_denial(exc):
+                # The joined workflow leaves auditing its own refusals (self-approval, not a
+                # named approver, its policy) to us: one `denied` record, written when the call
+                # ends; the caller still sees the workflow's error.
+                refusal = str(exc.details.get("refusal"))
+                ctx.deny(f"approval.{verdict}", exc.message, rule=refusal)
+            raise
+        spec = approval_reviewed_approved if verdict == "approve" else approval_reviewed_rejected
         ctx.emit(
             spec,
             ApprovalReviewed(
@@ -677,7 +684,7 @@ def _register_approvals(registry: SpecRegistry, workflow: ApprovalWorkflow) -> N
                 arguments_hash=req.arguments_hash,
             ),
         )
-        return _approval_item(req, workflow.clock.now())
+        return _approval_item(workflow, req)
 
     @registry.handler(approve_approval)
     async def approve(inp: ApprovalDecisionRequest, ctx: HandlerCtx) -> ApprovalItem:
