@@ -63,6 +63,8 @@ _log = get_logger(__name__)
 
 #: Prefix of every blob key written by `Files`; `collect_orphans` lists only under it.
 BLOB_PREFIX: Final = "blobs/"
+#: Chunks at least this large are hashed in a worker thread, overlapping the storage write.
+_THREAD_HASH_BYTES: Final = 256 * 1024
 _UPLOAD_SALT: Final = "contractspec.files.upload"
 _DOWNLOAD_SALT: Final = "contractspec.files.download"
 #: Media types that browsers render and a polyglot could abuse; never accepted with an image one.
@@ -189,29 +191,44 @@ class _Streamer:
             self.spool.write(head)
 
     async def run(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """Yield the chunks after checking them; SHA-256 of a large chunk runs in a worker thread
+        while the storage writes it (hashlib releases the GIL above 2 KiB), so hashing and
+        writing overlap instead of adding up."""
         limit = self.slot.max_size
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            self.size += len(chunk)
-            if self.size > limit:
-                raise FileTooLargeError(
-                    f"the file is larger than {limit} bytes, the limit of slot {self.slot.name}",
-                    details={"field": "file", "max_size": limit},
-                )
-            self.sha.update(chunk)
+        hashing: asyncio.Future[None] | None = None
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                self.size += len(chunk)
+                if self.size > limit:
+                    raise FileTooLargeError(
+                        f"the file is larger than {limit} bytes, the limit of slot "
+                        f"{self.slot.name}",
+                        details={"field": "file", "max_size": limit},
+                    )
+                if hashing is not None:
+                    await hashing
+                    hashing = None
+                if len(chunk) >= _THREAD_HASH_BYTES:
+                    hashing = asyncio.ensure_future(asyncio.to_thread(self.sha.update, chunk))
+                else:
+                    self.sha.update(chunk)
+                if self.media_type is None:
+                    taken = SNIFF_BYTES - len(self.head)
+                    self.head += chunk[:taken]
+                    if len(self.head) >= SNIFF_BYTES:
+                        self._sniff()  # writes the head to the spool
+                        if self.spool is not None and len(chunk) > taken:
+                            self.spool.write(chunk[taken:])
+                elif self.spool is not None:
+                    self.spool.write(chunk)
+                yield chunk
             if self.media_type is None:
-                taken = SNIFF_BYTES - len(self.head)
-                self.head += chunk[:taken]
-                if len(self.head) >= SNIFF_BYTES:
-                    self._sniff()  # writes the head to the spool
-                    if self.spool is not None and len(chunk) > taken:
-                        self.spool.write(chunk[taken:])
-            elif self.spool is not None:
-                self.spool.write(chunk)
-            yield chunk
-        if self.media_type is None:
-            self._sniff()
+                self._sniff()
+        finally:
+            if hashing is not None:
+                await asyncio.shield(hashing)
 
 
 class Files:
