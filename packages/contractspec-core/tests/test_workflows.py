@@ -377,6 +377,7 @@ def test_the_workflows_page_prints_what_it_claims() -> None:
         "[(None, None, 'draft', 'ada'), ('submit', 'draft', 'submitted', 'ada')] 2",
         "more than 20 days needs HR",
         "False True approved",
+        "approval_expired expired",
         "[('open_escalate', datetime.timedelta(seconds=14400)), ('open_expire', "
         "datetime.timedelta(days=1))]",
         "migrated=3 remaining=0",
