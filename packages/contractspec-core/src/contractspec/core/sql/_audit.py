@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal_column, null, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +25,7 @@ from contractspec.core.audit import (
 from contractspec.core.errors import ConfigurationError
 from contractspec.core.ports import Clock, SystemClock
 from contractspec.core.records import KEYED_HASH_PREFIX, AuditRecord, audit_hash
+from contractspec.core.sql._direct import Compiled, compiled_update
 from contractspec.core.sql._schema import audit_head_table, audit_table
 from contractspec.core.sql._uow import (
     SqlTransaction,
@@ -63,8 +65,31 @@ def org_key(org_id: str | None) -> str:
     return "" if org_id is None else org_id
 
 
-def _upsert(dialect: str) -> Any:
-    return pg_insert if dialect == "postgresql" else sqlite_insert
+_head_lock_cache: dict[str, tuple[Any, Compiled]] = {}
+
+
+def _head_lock(dialect: Any) -> tuple[Any, Compiled]:
+    """`(statement, compiled)` of the head-row upsert of one org (parameter `okey`), built once
+    per dialect: creates the org's head row if missing and locks it (PostgreSQL), returning the
+    head's `seq` and `hash` and the org's highest stored position (an index lookup), so a
+    tampered chain is refused."""
+    found = _head_lock_cache.get(dialect.name)
+    if found is None:
+        t, h = audit_table, audit_head_table
+        okey = bindparam("okey", type_=h.c.org_key.type)
+        last = select(func.max(t.c.seq)).where(t.c.org_key == okey).scalar_subquery()
+        insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(h)
+            .values(org_key=okey, seq=literal_column("0"), hash=null())
+            .on_conflict_do_update(index_elements=[h.c.org_key], set_={"seq": h.c.seq})
+            .returning(h.c.seq, h.c.hash, last)
+        )
+        found = _head_lock_cache[dialect.name] = (stmt, Compiled(stmt, dialect))
+    return found
+
+
+_HEAD_UPDATE_KEY = (audit_head_table, ("org_key",), ("hash", "seq"))
 
 
 def _audit_row(entry: AuditRecord) -> dict[str, Any]:
@@ -146,11 +171,21 @@ class SqlAuditLog:
         self._stage(sql_transaction(tx, "the SQL audit log"), entry)
 
     def _stage(self, tx: SqlTransaction, entry: AuditRecord) -> None:
-        tx.add_flush_hook("cs_audit_chain", self._chain_hook)
+        if "cs_audit_chain" not in tx._hooks:
+            tx.add_flush_hook("cs_audit_chain", partial(self._chain_hook, tx))
         tx.stage_insert(audit_table, _audit_row(entry))
 
-    async def _chain_hook(self, conn: AsyncConnection, buf: WriteBuffer) -> None:
-        """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each chain."""
+    async def _chain_hook(
+        self, tx: SqlTransaction, conn: AsyncConnection, buf: WriteBuffer
+    ) -> None:
+        """Fill `seq`, `prev_hash` and `hash` of buffered audit rows, continuing each chain.
+
+        Takes each org's head row (`_head_lock`, orgs in sorted order) and writes the new heads.
+        On PostgreSQL outside batch calls the head locks travel with the transaction's deferred
+        writes (one round trip, after them) and the head updates are deferred to the round trip
+        that carries the audit rows and `COMMIT`; with a known driver the statements skip
+        SQLAlchemy's execution pipeline; else they run through `conn`.
+        """
         rows = buf.inserts.get(audit_table)
         if not rows:
             return
@@ -160,21 +195,34 @@ class SqlAuditLog:
                 by_org.setdefault(row["org_key"], []).append(row)
         if not by_org:
             return
-        insert = _upsert(conn.dialect.name)
-        t, h = audit_table, audit_head_table
+        dialect = conn.dialect
+        stmt, compiled = _head_lock(dialect)
         key = self.key
         heads: list[dict[str, Any]] = []
         # Lock heads in one global order, so two transactions appending to the same orgs never
         # wait for each other in a cycle.
-        for okey, org_rows in sorted(by_org.items()):
-            # Creates the head row if missing and locks it (PostgreSQL) in one statement, and reads
-            # the org's highest stored position (an index lookup) to refuse a tampered chain.
-            last = select(func.max(t.c.seq)).where(t.c.org_key == okey).scalar_subquery()
-            stmt = insert(h).values(org_key=okey, seq=0, hash=None)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[h.c.org_key], set_={"seq": h.c.seq}
-            ).returning(h.c.seq, h.c.hash, last)
-            seq, prev, last_seq = (await conn.execute(stmt)).one()
+        orgs = sorted(by_org)
+        found: list[Any] = []
+        deferring = await tx._deferring()
+        driver = deferring or await tx._direct()
+        if deferring is not None:
+            cursor = deferring.client_cursor()
+            try:
+                locks = [cursor.mogrify(compiled.sql, compiled.params({"okey": o})) for o in orgs]
+            except Exception as exc:
+                raise deferring.wrap(exc, compiled.sql) from exc
+            cursor = await tx._send_deferred(locks)
+            for i in range(len(orgs)):
+                if i:
+                    cursor.nextset()
+                found.append(await cursor.fetchone())
+        elif driver is not None:
+            found = [(await driver.execute(compiled, {"okey": o}))[1] for o in orgs]
+        else:
+            found = [(await conn.execute(stmt, {"okey": o})).one() for o in orgs]
+        for okey, head in zip(orgs, found, strict=True):
+            org_rows = by_org[okey]
+            seq, prev, last_seq = head
             if last_seq is not None and last_seq > seq:
                 org = org_rows[0]["body"]["org_id"]
                 raise AuditTamperedError.for_chain(
@@ -193,7 +241,15 @@ class SqlAuditLog:
                 row["prev_hash"] = prev
                 row["hash"] = prev = audit_hash(prev, row["body"], key=key)
             heads.append({"w_org_key": okey, "v_seq": seq, "v_hash": prev})
-        await conn.execute(update_statement(h, ("org_key",), ("hash", "seq")), heads)
+        update = compiled_update(update_statement(*_HEAD_UPDATE_KEY), _HEAD_UPDATE_KEY, dialect)
+        if deferring is not None:
+            for head_row in heads:
+                tx.defer(deferring, update, head_row, None)
+        elif driver is not None:
+            for head_row in heads:
+                await driver.execute(update, head_row)
+        else:
+            await conn.execute(update_statement(*_HEAD_UPDATE_KEY), heads)
 
     async def entries(
         self, org_id: str | None, *, limit: int | None = None, after_seq: int = 0

@@ -501,7 +501,9 @@ class SqlOutbox:
 
 async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf: Any) -> None:
     """Flush hook (PostgreSQL): lock the buffered outbox rows' keys, then insert the rows, in
-    one round trip (the rows are removed from the buffer, so the unit of work skips them)."""
+    one round trip (the rows are removed from the buffer, so the unit of work skips them).
+    Outside batch calls the statements are deferred: they travel with the transaction's other
+    writes and the audit chain's head lock."""
     rows: list[dict[str, Any]] | None = buf.inserts.get(outbox_table)
     if not rows:
         return
@@ -515,6 +517,14 @@ async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf:
     if not keys:
         return
     locks = [f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK_CLASS}, {key})" for key in keys]
+    deferring = await sql._deferring()
+    if deferring is not None:  # outside batch calls: with the transaction's next round trip
+        for statement in locks:
+            sql.defer_sql(statement)
+        for row in rows:
+            sql.defer(deferring, compiled_insert(outbox_table, tuple(row), conn.dialect), row, None)
+        rows.clear()
+        return
     driver = await sql._direct()
     columns = tuple(rows[0])
     if driver is None or driver.kind != "psycopg" or any(len(row) != len(columns) for row in rows):

@@ -68,6 +68,10 @@ _SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: ([\w., ]+)")
 #: wait for the commit. Register your own with `append_only(table)`.
 _APPEND_ONLY: set[Table] = {outbox_table, audit_table}
 
+#: Flush hooks that queue their statements with the deferred writes (`SqlTransaction.defer`)
+#: instead of running them: other hooks see the deferred writes sent first.
+_DEFERRING_HOOKS = frozenset({"cs_outbox_order", "cs_audit_chain"})
+
 
 def append_only(table: Table) -> Table:
     """Declare `table` append-only: buffered inserts into it wait for the commit.
@@ -286,6 +290,7 @@ class SqlTransaction(Transaction):
         "_call_sp",
         "_db_savepoint",
         "_deferred",
+        "_deferred_checks",
         "_driver",
         "_hooks",
         "_identity",
@@ -322,8 +327,12 @@ class SqlTransaction(Transaction):
         self.locked: set[IdentityKey] = set()
         #: Rows this transaction wrote in earlier calls of a batch: it holds their row locks.
         self._written: set[IdentityKey] = set()
-        #: Bound SQL of calls whose writes cannot fail, sent with the next statement (PostgreSQL).
+        #: Bound SQL sent with the next statement (PostgreSQL, psycopg): writes of batch calls
+        #: that cannot fail, and every write outside batch calls (see `_deferring`).
         self._deferred: list[str] = []
+        #: `(index in _deferred, table)` of deferred version-checked updates: exactly one row
+        #: must match, checked when the statements are sent.
+        self._deferred_checks: list[tuple[int, Table]] = []
         self._broken: BaseException | None = None
         #: A raw `SAVEPOINT cs_call` is open for the current batch call (direct drivers).
         self._call_sp = False
@@ -362,7 +371,9 @@ class SqlTransaction(Transaction):
         self._hooks.setdefault(name, hook)
 
     async def _run_hooks(self, buf: WriteBuffer) -> None:
-        for hook in self._hooks.values():
+        for name, hook in self._hooks.items():
+            if self._deferred and name not in _DEFERRING_HOOKS:
+                await self._send_deferred()  # the hook may run statements on the connection
             await hook(self.connection, buf)
 
     # -- identity map ---------------------------------------------------------------------------
@@ -401,6 +412,70 @@ class SqlTransaction(Transaction):
             self._driver = driver
         return cast(DirectDriver | None, driver)
 
+    async def _deferring(self) -> DirectDriver | None:
+        """The psycopg driver when writes are deferred (PostgreSQL outside batch calls), else
+        `None`.
+
+        Outside a batch call a failed write fails the whole transaction, so buffered writes need
+        not be sent one by one: they are bound client-side (`defer`) and travel with the next
+        statement that needs a result — a read, the audit chain's head lock — or with the
+        `COMMIT` itself. Round trips per command on PostgreSQL: `BEGIN`, its reads, one for the
+        writes and the outbox and audit-head locks, one for the audit rows and `COMMIT`.
+        """
+        if self._call is not None:
+            return None
+        driver = await self._direct()
+        return driver if driver is not None and driver.kind == "psycopg" else None
+
+    def defer(
+        self, driver: DirectDriver, compiled: Compiled, values: dict[str, Any], check: Table | None
+    ) -> None:
+        """Bind `compiled` with `values` client-side and queue it for the next round trip
+        (only while `_deferring()` returns `driver`).
+
+        Args:
+            driver: The psycopg driver `_deferring()` returned.
+            compiled: The statement.
+            values: Its parameters.
+            check: For a version-checked UPDATE, its table: exactly one row must match when the
+                statement runs, else the send raises `ConcurrentUpdateError`.
+
+        Raises:
+            DBAPIError: psycopg cannot adapt a value (as SQLAlchemy would raise it).
+        """
+        try:
+            sql = driver.client_cursor().mogrify(compiled.sql, compiled.params(values))
+        except Exception as exc:
+            raise driver.wrap(exc, compiled.sql) from exc
+        if check is not None:
+            self._deferred_checks.append((len(self._deferred), check))
+        self._deferred.append(sql)
+
+    def defer_sql(self, sql: str) -> None:
+        """Queue a bound statement (no parameters left) for the next round trip (PostgreSQL)."""
+        self._deferred.append(sql)
+
+    def _defer_writes(
+        self,
+        driver: DirectDriver,
+        inserts: dict[Table, list[dict[str, Any]]],
+        updates: dict[tuple[Table, IdentityKey], tuple[dict[str, Any], dict[str, Any]]],
+        versioned: set[tuple[Table, IdentityKey]],
+    ) -> None:
+        """Queue `inserts` then `updates` (one statement per row, in buffer order)."""
+        dialect = self.connection.dialect
+        for table, rows in inserts.items():
+            for row in rows:
+                self.defer(driver, compiled_insert(table, tuple(row), dialect), row, None)
+        for (table, ikey), (where, values) in updates.items():
+            if values:
+                wcols, vcols, params = _update_params(where, values)
+                compiled = compiled_update(
+                    update_statement(table, wcols, vcols), (table, wcols, vcols), dialect
+                )
+                checked = table if (table, ikey) in versioned else None
+                self.defer(driver, compiled, params, checked)
+
     async def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
         driver = await self._direct()
         if driver is None:
@@ -438,6 +513,10 @@ class SqlTransaction(Transaction):
         inserts, updates, versioned = buf.inserts, buf.updates, buf.versioned
         buf.inserts, buf.rows, buf.updates, buf.versioned = {}, {}, {}, set()
         try:
+            deferring = await self._deferring()
+            if deferring is not None:
+                self._defer_writes(deferring, inserts, updates, versioned)
+                return
             for table, rows in inserts.items():
                 if rows:
                     await self._insert_many(table, rows)
@@ -468,6 +547,10 @@ class SqlTransaction(Transaction):
         buf.appended = None
         try:
             await self._run_hooks(appended)
+            deferring = await self._deferring()
+            if deferring is not None:
+                self._defer_writes(deferring, appended.inserts, {}, set())
+                return
             for table, rows in appended.inserts.items():
                 if rows:
                     await self._insert_many(table, rows)
@@ -477,16 +560,54 @@ class SqlTransaction(Transaction):
                 raise
             raise error from exc
 
-    async def _send_deferred(self) -> None:
-        """Send the deferred writes of earlier calls (they cannot fail; see `_flush_call_psycopg`)."""
+    async def _send_deferred(self, tail: tuple[str, ...] | list[str] = ()) -> Any:
+        """Send the deferred statements, then `tail`, as one query string (one round trip).
+
+        Returns:
+            The psycopg cursor on the result of `tail`'s first statement (to read what it
+            returns), or `None` without a `tail`.
+
+        Raises:
+            ConcurrentUpdateError: A deferred version-checked update matched no row.
+            ConflictError, SpecValidationError: As `translate()` maps the database's error.
+        """
         deferred, self._deferred = self._deferred, []
+        checks, self._deferred_checks = self._deferred_checks, []
         driver = await self._direct()
         assert driver is not None  # only the psycopg path defers
+        cursor = driver.client_cursor()
         try:
-            await driver.client_cursor().execute("; ".join(deferred))
+            await cursor.execute("; ".join([*deferred, *tail]) if tail else "; ".join(deferred))
         except Exception as exc:
             self._broken = exc
-            raise
+            wrapped = driver.wrap(exc, f"<{len(deferred) + len(tail)} buffered statements>")
+            error = translate(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
+            if error is exc:
+                raise
+            raise error from exc
+        if checks:
+            stale: Table | None = None
+            at = 0
+            for index, table in checks:
+                while at < index:
+                    cursor.nextset()
+                    at += 1
+                if cursor.rowcount != 1:
+                    stale = table
+                    break
+            if stale is not None:
+                raise self._stale(stale)
+            if tail:
+                while at < len(deferred):
+                    cursor.nextset()
+                    at += 1
+                return cursor
+            return None
+        if not tail:
+            return None
+        for _ in deferred:
+            cursor.nextset()
+        return cursor
 
     async def _open_db_savepoint(self) -> None:
         if self._call is not None and self._db_savepoint is None:
@@ -503,8 +624,6 @@ class SqlTransaction(Transaction):
         failed. A read of `cs_outbox`/`cs_audit_log` in a batch call therefore does not see the
         earlier calls' rows until the batch commits.
         """
-        if self._deferred:
-            await self._send_deferred()
         if self._base:
             await self._flush_writes(self._base)
         call = self._call
@@ -521,6 +640,8 @@ class SqlTransaction(Transaction):
             else:
                 await self._open_db_savepoint()  # the audit chain locks its head row
                 await self._flush_appended(call)
+        if self._deferred:
+            await self._send_deferred()
 
     async def flush(self) -> None:
         """Write everything buffered, append-only rows included (inside a batch call: the call's
@@ -649,11 +770,22 @@ class SqlTransaction(Transaction):
     async def _commit_backend(self) -> None:
         joined = self._joined
         try:
-            if self._deferred:
-                await self._send_deferred()
             if self._base:
                 await self._flush_writes(self._base)
             await self._flush_appended(self._base)
+            if self._deferred:
+                # The last writes travel with COMMIT (or the joined call's RELEASE SAVEPOINT),
+                # unless a version check must be read first: a stale update must commit nothing.
+                outer = self._outer
+                tail: list[str] = []
+                if not self._deferred_checks:
+                    if joined is None:
+                        tail.append("COMMIT")  # psycopg's commit() then sees no transaction
+                    elif isinstance(outer, RawSavepoint) and outer.is_active:
+                        tail.append("RELEASE SAVEPOINT cs_join")
+                await self._send_deferred(tail)
+                if tail and isinstance(outer, RawSavepoint):
+                    outer.is_active = False
             await self._outer.commit()  # joined: RELEASE SAVEPOINT; the caller commits
         except DBAPIError as exc:
             error = translate(exc)
@@ -670,6 +802,7 @@ class SqlTransaction(Transaction):
 
     async def _rollback_backend(self) -> None:
         self._deferred = []
+        self._deferred_checks = []
         self._base.clear()
         self._call = None
         self._identity.clear()
@@ -782,6 +915,8 @@ class SqlTransaction(Transaction):
         version-checked update among several writes releases its savepoint after checking them
         (a second round trip).
         """
+        if self._deferred_checks:  # deferred outside a call: checked before the call starts
+            await self._send_deferred()
         opened = self._call_sp  # a reservation already opened the call's savepoint
         certain = not opened and self._certain(call)
         self._remember_written(call)  # kept only if the call succeeds (see _rollback_savepoint)
