@@ -120,7 +120,7 @@ __all__ = [
 ]
 
 #: Job type of deadline and nudge checks (payload `JourneyCheck`); bind `JourneyEngine.run_check`.
-JOURNEY_CHECK_JOB = "contractspec.growth.journey.check"
+JOURNEY_CHECK_JOB = "growth.journey.check"
 #: Name of the event a due nudge or a missed deadline sends through the `Notifier`.
 JOURNEY_NUDGE_EVENT = "growth.journey.nudged"
 
@@ -1074,7 +1074,7 @@ class Notifier(Protocol):
 
 
 class JourneyCheck(BaseModel):
-    """Payload of a `contractspec.growth.journey.check` job: is this step still incomplete?
+    """Payload of a `growth.journey.check` job: is this step still incomplete?
 
     Attributes:
         org_id: Tenant (`""` without one).
