@@ -19,7 +19,11 @@ transition does the same durable work in ONE database transaction:
   head row locked with SELECT ... FOR UPDATE and updated in the same transaction): equal work.
 
 N instances are started per round (not timed), then every instance is moved through the whole
-lifecycle (3 N transitions, timed). Sides alternate within each round; the figure is the median
+lifecycle (3 N transitions, timed). On PostgreSQL an extra untimed pass counts the round trips
+per transition of each side from libpq's protocol trace (enabled per pool checkout, so no
+statement listener switches ours off its driver fast path): ours sends BEGIN, the read, the
+writes with the outbox key lock and the audit head lock, then the audit row with COMMIT (4);
+the peer BEGIN, SELECT, UPDATE, three INSERTs, COMMIT (7; 9 with `--peer-audit-chain`). Sides alternate within each round; the figure is the median
 transitions/s of the rounds. Engines: both sides share one engine per database. SQLite: a file,
 `contractspec.core.sql.sqlite_engine(path)` — WAL, `synchronous=NORMAL`, stdlib `sqlite3` run
 inline on the loop, no pool ROLLBACK on check-in — which is also the fastest async SQLite engine
@@ -30,7 +34,8 @@ schema; skipped with a note when the variable is unset. The memory backend figur
 printed for reference (no peer row: the peer has no in-memory persistence).
 
 Run: `uv run --all-packages --all-extras --group bench python benchmarks/workflow_transitions.py`
-(`--rounds 5 --n 100`; `--profile` prints a cProfile of our SQLite transition path).
+(`--rounds 5 --n 100`; `--profile [sqlite|postgres]` prints a cProfile of our transition path,
+CPU time, on that database).
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ import asyncio
 import cProfile
 import hashlib
 import json
+import os
 import pstats
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +65,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    event,
     insert,
     select,
     text,
@@ -321,6 +329,64 @@ async def check_ours(engine: AsyncEngine) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+@contextmanager
+def protocol_trace(engine: AsyncEngine) -> Iterator[list[int]]:
+    """Count client-to-server round trips on `engine`'s PostgreSQL connections: libpq traces
+    every protocol message (`PQtrace`, enabled at checkout); a round trip is a run of frontend
+    messages after backend ones. Yields a one-item list that holds the count on exit."""
+    from psycopg import pq
+
+    fd, name = tempfile.mkstemp(suffix=".trace")
+    count = [0]
+
+    def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        pgconn = dbapi_conn.driver_connection.pgconn
+        pgconn.trace(fd)
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def on_checkin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.driver_connection.pgconn.untrace()
+
+    event.listen(engine.sync_engine, "checkout", on_checkout)
+    event.listen(engine.sync_engine, "checkin", on_checkin)
+    try:
+        yield count
+    finally:
+        event.remove(engine.sync_engine, "checkout", on_checkout)
+        event.remove(engine.sync_engine, "checkin", on_checkin)
+        last = "B"
+        for line in Path(name).read_text().splitlines():
+            side = line[:1]
+            if side == "F" and last == "B":
+                count[0] += 1
+            last = side
+        os.close(fd)
+        os.unlink(name)
+
+
+async def round_trips(engine: AsyncEngine, ex: Executor, n: int = 10) -> tuple[float, float]:
+    """Round trips per transition `(ours, peer)` over `n` instances (untimed)."""
+    ids = [(await ex.execute("bench.flow.start", {}, CTX)).model_dump()["id"] for _ in range(n)]
+    with protocol_trace(engine) as ours:
+        for iid in ids:
+            for name in LIFECYCLE:
+                await ex.execute(f"bench.flow.{name}", {"instance_id": iid}, CTX)
+    tids = [str(uuid.uuid4()) for _ in range(n)]
+    for tid in tids:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(sm_ticket).values(
+                    id=tid, org_id="org-1", state="draft", version=1, data={},
+                    updated_at=datetime.now(UTC),
+                )
+            )  # fmt: skip
+    with protocol_trace(engine) as peer:
+        for tid in tids:
+            for name in LIFECYCLE:
+                await peer_fire(engine, tid, name, ACTOR)
+    return ours[0] / (3 * n), peer[0] / (3 * n)
+
+
 async def compare(
     kind: str, engine: AsyncEngine, rounds: int, n: int, note: str
 ) -> tuple[float, float]:
@@ -343,6 +409,10 @@ async def compare(
         ]
         for bucket, fn in sides if r % 2 == 0 else sides[::-1]:
             bucket.append(await fn())
+    trips = ""
+    if engine.dialect.name == "postgresql":
+        o_trips, p_trips = await round_trips(engine, ex)
+        trips = f"; round trips/transition ours {o_trips:.1f}, peer {p_trips:.1f}"
     await check_peer(engine)
     await check_ours(engine)
     o, p = statistics.median(r[0] for r in ours), statistics.median(r[0] for r in peer)
@@ -350,7 +420,7 @@ async def compare(
     print(
         f"{kind:9s} ours {o:7.0f} transitions/s   python-statemachine+SQLAlchemy {p:7.0f}/s   "
         f"ours/peer {o / p:4.2f}x   CPU/transition ours {o_cpu:5.0f} us, peer {p_cpu:5.0f} us\n"
-        f"{'':9s} ({note})"
+        f"{'':9s} ({note}{trips})"
     )
     return o, p
 
@@ -360,7 +430,7 @@ async def profile_ours(engine: AsyncEngine, n: int) -> None:
     await backend.create_all()
     ex = Executor(REGISTRY, backend=backend, policy=POLICY)
     await ours_round(ex, 10)
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # CPU time: waits on the database are not ours
     prof.enable()
     await ours_round(ex, n)
     prof.disable()
@@ -372,6 +442,10 @@ async def main(args: argparse.Namespace) -> None:
     await ours_round(ex, 10)
     mem = statistics.median([(await ours_round(ex, 5 * args.n))[0] for _ in range(args.rounds)])
     print(f"{'memory':9s} ours {mem:7.0f} transitions/s   (reference: no database)")
+    if args.profile == "postgres":
+        async with temporary_postgres_engine() as pg:
+            await profile_ours(pg, args.n)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         engine = sqlite_engine(Path(tmp) / "bench.db")
         try:
@@ -388,9 +462,15 @@ async def main(args: argparse.Namespace) -> None:
         print("postgres  skipped: set CONTRACTSPEC_TEST_POSTGRES_DSN=postgresql+psycopg://…")
         return
     async with temporary_postgres_engine() as pg:
+        async with pg.connect() as conn:
+            server = {
+                name: (await conn.execute(text(f"SHOW {name}"))).scalar_one()
+                for name in ("server_version", "fsync", "synchronous_commit")
+            }
         await compare(
             "postgres", pg, args.rounds, args.n,
-            "psycopg 3, create_async_engine defaults, synchronous_commit=on",
+            "both sides: one psycopg 3 engine, create_async_engine defaults; server "
+            + ", ".join(f"{k}={v}" for k, v in server.items()),
         )  # fmt: skip
 
 
@@ -405,7 +485,13 @@ if __name__ == "__main__":
         action="store_true",
         help="the peer also hash-chains its audit rows under a locked head row (equal work)",
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile ours on SQLite")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="sqlite",
+        choices=["sqlite", "postgres"],
+        help="cProfile (CPU time) ours on SQLite (default) or PostgreSQL instead of comparing",
+    )
     ns = parser.parse_args()
     Ticket.audit_chain = ns.peer_audit_chain
     print(
