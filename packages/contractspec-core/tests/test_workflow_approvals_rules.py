@@ -361,7 +361,7 @@ async def test_the_expiry_timer_does_nothing_once_the_step_was_approved(
 
 
 def test_the_expiry_timer_appears_in_the_ir_with_the_step() -> None:
-    """The IR lists the step's expiry and on_expiry, and the derived timer."""
+    """The IR lists the step's expiry and on_expiry, the derived timer, and a plugged decider."""
     ir = spend_workflow().to_ir()
     [step] = [t for t in ir["transitions"] if t["name"] == "approve"]
     assert step["approvals"] == {
@@ -371,7 +371,9 @@ def test_the_expiry_timer_appears_in_the_ir_with_the_step() -> None:
     assert {"name": "requested_approve_expiry", "state": "requested", "fire": "expire",
             "escalate": False, "after_s": 3600.0, "at": None} in ir["timers"]  # fmt: skip
     [plain] = [t for t in ir["transitions"] if t["name"] == "escalate"]
-    assert plain["approvals"] == {"count": 1, "roles": [], "allow_requester": False}
+    assert plain["approvals"] == {
+        "count": 1, "roles": [], "allow_requester": False, "decider": "DirectorsOnly",
+    }  # fmt: skip
 
 
 async def test_a_plugged_decider_decides_and_its_denials_are_audited_once(

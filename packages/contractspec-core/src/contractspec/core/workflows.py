@@ -1912,7 +1912,8 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
     `{"description", "states": [...], "initial", "final": [sorted], "start_auth", "read_auth",
     "comment_auth", "admin_auth": {"kind", "permissions", "resource"}, "transitions": [{"name",
     "sources", "target", "auth", "guard": qualname | None, "has_input": bool, "emits": ["name[@v]"],
-    "approvals": {"count", "roles", "allow_requester"[, "expires_after_s", "on_expiry"]} | None,
+    "approvals": {"count", "roles", "allow_requester"[, "expires_after_s", "on_expiry",
+    "decider"]} | None,
     "description"}],
     "timers": [{"name", "state", "fire", "escalate", "after_s", "at": qualname | None}],
     "migrations": {"<old version>": {old_state: new_state}}, "owners", "tags",
@@ -1975,7 +1976,8 @@ def workflow_ir(wf: WorkflowSpec) -> dict[str, Any]:
 
 def _approvals_ir(approvals: Approvals | None) -> dict[str, Any] | None:
     """`{"count", "roles", "allow_requester"}`, plus `"expires_after_s"` and `"on_expiry"` when
-    the step expires (absent otherwise, so older IR files stay byte-identical)."""
+    the step expires and `"decider"` (its class's qualified name) when one is plugged — absent
+    otherwise, so older IR files stay byte-identical."""
     if approvals is None:
         return None
     out: dict[str, Any] = {
@@ -1986,6 +1988,8 @@ def _approvals_ir(approvals: Approvals | None) -> dict[str, Any] | None:
     if approvals.expires_after is not None:
         out["expires_after_s"] = approvals.expires_after.total_seconds()
         out["on_expiry"] = approvals.on_expiry
+    if approvals.decider is not None:
+        out["decider"] = type(approvals.decider).__qualname__
     return out
 
 
