@@ -18,7 +18,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from contractspec.agent._switch import allow_model_requests, model_requests_allowed
-from contractspec.agent.approvals import ApprovalWorkflow, arguments_hash
+from contractspec.agent.approvals import ApprovalWorkflow, arguments_hash, is_refusal_denial
 from contractspec.agent.errors import (
     AgentRunError,
     ApprovalDecisionError,
@@ -183,6 +183,7 @@ __all__ = [
     "arguments_hash",
     "budget_cap",
     "define_agent",
+    "is_refusal_denial",
     "margin_floor",
     "model_requests_allowed",
     "operation_tool",
