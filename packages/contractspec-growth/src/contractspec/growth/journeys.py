@@ -63,6 +63,7 @@ Stores: `MemoryJourneyStore` here and `SqlJourneyStore` in `contractspec.growth.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import graphlib
 import math
 import re
@@ -1043,11 +1044,12 @@ class JourneyNudge(BaseModel):
     step_action: str | None = None
 
 
+@functools.cache
 def journey_nudge_event() -> Any:
     """The `growth.journey.nudged` event spec (payload `JourneyNudge`), for notification rules.
 
     Returns:
-        An `EventSpec` made with core's `define_event`; register it and write a notification
+        An `EventSpec` made with core's `define_event` (the same object on every call); register it and write a notification
         (bus `define_notification`) on it to deliver nudges through the notification center.
     """
     from contractspec.core.specs import define_event
@@ -1352,32 +1354,43 @@ class JourneyEngine:
     async def _process(self, events: Sequence[JourneyEvent]) -> _Processed:
         relevant = [e for e in events if self._listening(e.type)]
         stored = await self.store.add_events(relevant) if relevant else 0
-        affected: dict[tuple[str, str, str], Enrollment] = {}
+        # One store round trip per learner and track (not per event): the earliest event time
+        # of each actor, and the orgs whose org-level steps the batch touches.
+        first_seen: dict[tuple[str, str, str], dt.datetime] = {}
+        org_wide: set[tuple[str, str]] = set()
         for e in relevant:
             for key in self._listening(e.type):
                 if e.actor_id is not None:
-                    existing = await self.store.enrollment(e.org_key, e.actor_id, key)
-                    if existing is None and self.auto_enroll:
-                        spec = self.track(key)
-                        existing = Enrollment(
-                            e.org_key, e.actor_id, key, spec.version, e.occurred_at
-                        )
-                        existing = await self.store.enroll(existing)
-                    elif existing is not None and e.occurred_at < existing.enrolled_at:
-                        existing = await self.store.enroll(
-                            attrs.evolve(existing, enrolled_at=e.occurred_at)
-                        )
-                    if existing is not None:
-                        affected[(existing.org_id, existing.learner_id, key)] = existing
-                if any(
-                    s.completion.by == "org" and s.completion.event == e.type
-                    for t in self._tracks[key].values()
-                    for s in t.steps
-                ):
-                    for enr in await self.store.enrollments(e.org_key, key):
-                        affected.setdefault((enr.org_id, enr.learner_id, key), enr)
+                    who = (e.org_key, e.actor_id, key)
+                    seen = first_seen.get(who)
+                    first_seen[who] = e.occurred_at if seen is None else min(seen, e.occurred_at)
+                if e.type in self._org_types(key):
+                    org_wide.add((e.org_key, key))
+        affected: dict[tuple[str, str, str], Enrollment] = {}
+        for (org, actor, key), at in first_seen.items():
+            existing = await self.store.enrollment(org, actor, key)
+            if existing is None and self.auto_enroll:
+                existing = await self.store.enroll(
+                    Enrollment(org, actor, key, self.track(key).version, at)
+                )
+            elif existing is not None and at < existing.enrolled_at:
+                existing = await self.store.enroll(attrs.evolve(existing, enrolled_at=at))
+            if existing is not None:
+                affected[(org, actor, key)] = existing
+        for org, key in sorted(org_wide):
+            for enr in await self.store.enrollments(org, key):
+                affected.setdefault((enr.org_id, enr.learner_id, key), enr)
         completions = await self._recompute(list(affected.values()))
         return _Processed(stored, frozenset(affected), tuple(completions))
+
+    def _org_types(self, key: str) -> frozenset[str]:
+        """Event types some version of track `key` counts org-wide (`by="org"`)."""
+        return frozenset(
+            s.completion.event
+            for t in self._tracks[key].values()
+            for s in t.steps
+            if s.completion.by == "org"
+        )
 
     async def _recompute(self, enrollments: Sequence[Enrollment]) -> list[StepCompletion]:
         completions: list[StepCompletion] = []
