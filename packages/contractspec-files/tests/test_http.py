@@ -99,6 +99,15 @@ async def test_anonymous_upload_is_401_and_writes_nothing(
     assert app.blobs() == []
 
 
+async def test_denied_caller_stores_nothing(client: tuple[App, httpx.AsyncClient]) -> None:
+    """A caller without the upload permission gets 403 before a single byte reaches storage."""
+    app, http = client
+    res = await post(http, PDF, headers={**USER, "x-roles": ""})
+    assert res.status_code == 403
+    assert res.json()["code"] == "policy_denied"
+    assert app.blobs() == []
+
+
 async def test_declared_length_over_the_limit_is_413(client: tuple[App, httpx.AsyncClient]) -> None:
     """A Content-Length above max_size is refused before the body is read."""
     app, http = client

@@ -12,7 +12,9 @@ app.router.routes.extend(file_routes(executor, files, authenticate=authenticate)
   parsed as it arrives (python-multipart's push parser) and streamed into storage: neither the
   request nor the file is ever held whole in memory or spooled to a temporary file. Then the
   `files.upload` operation runs through the executor (policy, tenant, audit, events).
-  Answers `201` with the `AttachmentView`; `401` anonymous; `413` above the slot's `max_size` (or
+  Before any byte is stored, the policy is asked (tenant membership, the slot's `upload`
+  permission), so a caller it denies cannot fill storage; `files.upload` then decides again, with
+  the audit record. Answers `201` with the `AttachmentView`; `401` anonymous; `403` denied; `413` above the slot's `max_size` (or
   a declared `Content-Length` above `max_size + 64 KiB`); `415` for a refused media type (sniffed,
   spoofed or polyglot); `422` for a refused archive; `400` for a malformed body.
 * `GET /files/download/{token}` — a signed, time-limited link (from `files.get`): streams the bytes
@@ -38,8 +40,11 @@ from contractspec.core import (
     CallContext,
     ContractSpecError,
     Executor,
+    MembershipChecker,
     NotFoundError,
+    PolicyDeniedError,
     Principal,
+    Resource,
     SpecValidationError,
 )
 from contractspec.core._log import get_logger
@@ -178,6 +183,45 @@ class _FilePart:
                 )
 
 
+async def _preflight(
+    executor: Executor, ctx: CallContext, permission: str | None, entity: str, entity_id: str
+) -> None:
+    """Ask the policy before any byte is stored, so a caller it would deny cannot fill storage.
+
+    The executor's `files.upload` call still makes the authoritative (audited) decision; this
+    check only spares storage writes. It applies tenant membership (a `MembershipChecker` policy)
+    and the slot's upload permission.
+
+    Raises:
+        PolicyDeniedError: The policy denies.
+    """
+    policy = executor.policy
+    if policy is None:
+        return
+    if isinstance(policy, MembershipChecker) and ctx.org_id is not None:
+        member = policy.is_member(ctx.actor, ctx.org_id)
+        if inspect.isawaitable(member):
+            member = await member
+        if not member:
+            raise PolicyDeniedError(
+                f"{ctx.actor.id!r} is not a member of org {ctx.org_id!r}",
+                reason="not a member",
+                action="tenant.member",
+            )
+    if permission is None:
+        return
+    resource = Resource(type=entity, id=entity_id, org_id=ctx.org_id)
+    decision = policy.decide(ctx.actor, permission, resource, ctx)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    if not decision.allowed:
+        raise PolicyDeniedError(
+            f"{ctx.actor.id!r} may not {permission!r} on {entity} {entity_id!r}: {decision.reason}",
+            reason=decision.reason,
+            action=permission,
+        )
+
+
 def file_routes(
     executor: Executor,
     files: Files,
@@ -238,6 +282,9 @@ def file_routes(
                     "send the file as multipart/form-data with a part named 'file'",
                     details={"field": "content-type"},
                 )
+            ctx = CallContext(actor=actor, org_id=org, request_id=request_id, channel="http")
+            entity_id = request.path_params["entity_id"]
+            await _preflight(executor, ctx, slot.upload_permission, slot.entity, entity_id)
             part = _FilePart(request, boundary, limit)
             await part.open()
             staged = await files.stage(
@@ -248,11 +295,8 @@ def file_routes(
                 filename=part.filename,
                 content_type=part.content_type,
             )
-            ctx = CallContext(actor=actor, org_id=org, request_id=request_id, channel="http")
             out = await executor.execute(
-                "files.upload",
-                {"token": staged.token, "entity_id": request.path_params["entity_id"]},
-                ctx,
+                "files.upload", {"token": staged.token, "entity_id": entity_id}, ctx
             )
         except ContractSpecError as exc:
             return _problem(exc, request_id)
