@@ -19,12 +19,15 @@ from contractspec.core import (
     Approvals,
     Backend,
     CallContext,
+    ConflictError,
     Executor,
+    HandlerCtx,
     PolicyDeniedError,
     SpecDefinitionError,
     SpecRegistry,
     WorkflowApprovalExpiredError,
     WorkflowInstance,
+    define_command,
     define_workflow,
     requires,
     transition,
@@ -193,6 +196,29 @@ def test_expiry_and_decider_arguments_are_checked_when_declared() -> None:
         assert info.value.details["field"] == field
 
 
+def test_on_expiry_must_name_a_plain_transition_out_of_the_state() -> None:
+    """The derived expiry timer is checked like a declared one: an unknown transition, or one
+    that is itself an approval step, is refused naming the derived timer."""
+
+    def flow(on_expiry: str) -> None:
+        define_workflow(
+            "x.bad",
+            states=["a", "b"],
+            initial="a",
+            final=["b"],
+            transitions=[
+                transition("ok", source="a", target="b", approvals=Approvals(
+                    expires_after=timedelta(hours=1), on_expiry=on_expiry)),
+                transition("other", source="a", target="b", approvals=Approvals()),
+            ],
+        )  # fmt: skip
+
+    with pytest.raises(SpecDefinitionError, match="timer 'a_ok_expiry' fires 'nope'"):
+        flow("nope")
+    with pytest.raises(SpecDefinitionError, match="fires 'other', an approval step"):
+        flow("other")
+
+
 # -- in a workflow ------------------------------------------------------------------------------
 
 
@@ -272,10 +298,37 @@ def spend_workflow() -> Any:
     )  # fmt: skip
 
 
+class Attempt(BaseModel):
+    """Input of `x.hook.try`: whether the handler succeeds after recording its refusal."""
+
+    succeed: bool
+
+
+class Done(BaseModel):
+    """Output of `x.hook.try`."""
+
+    ok: bool
+
+
+hook_try = define_command("x.hook.try", input=Attempt, output=Done, auth=requires("x.use"))
+
+
+async def try_hook(inp: Attempt, ctx: HandlerCtx) -> Done:
+    """Refuses by its own rule; then either fails with its own error or carries on."""
+    error = ctx.deny("x.hook.self", "'mgr-1' may not act on their own item", rule="self_item")
+    assert isinstance(error, PolicyDeniedError)
+    assert error.reason == "'mgr-1' may not act on their own item"
+    if not inp.succeed:
+        raise ConflictError("own item", details={"refusal": "self_item"})
+    return Done(ok=True)
+
+
 @pytest.fixture
 def registry() -> SpecRegistry:
-    """The spend workflow (also makes the `backend` fixture create its tables)."""
-    return SpecRegistry(spend_workflow())
+    """The spend workflow and `x.hook.try` (also makes the `backend` fixture create tables)."""
+    registry = SpecRegistry(spend_workflow(), hook_try)
+    registry.bind(hook_try, try_hook)
+    return registry
 
 
 @pytest.fixture
@@ -430,3 +483,28 @@ def test_the_default_rules_satisfy_the_port() -> None:
     """`ApprovalRules` is an `ApprovalDecider`; so is the test's custom decider."""
     assert isinstance(ApprovalRules(), ApprovalDecider)
     assert isinstance(DIRECTORS, ApprovalDecider)
+
+
+async def test_handler_ctx_deny_records_one_denial_whether_the_call_fails_or_succeeds(
+    executor: Executor, backend: Backend
+) -> None:
+    """`ctx.deny` adds one `denied` audit record, written once when the call ends: with the
+    handler's own error (the call's writes rolled back) and with a call that then succeeds
+    (next to its `success` record)."""
+    with pytest.raises(ConflictError, match="own item"):
+        await executor.execute("x.hook.try", {"succeed": False}, ctx(MGR))
+    await executor.execute("x.hook.try", {"succeed": True}, ctx(MGR))
+    stored = await read_stored(backend, ORG, [])
+    audit = [
+        (str(r.outcome), r.details.get("permission"), r.details.get("matched_rule"))
+        for r in stored.audit
+        if r.action == "x.hook.try"
+    ]
+    assert sorted(audit, key=str) == sorted(
+        [
+            ("denied", "x.hook.self", "self_item"),
+            ("denied", "x.hook.self", "self_item"),
+            ("success", None, None),
+        ],
+        key=str,
+    )
