@@ -557,7 +557,7 @@ class ApprovalWorkflow:
             raise ApprovalExpiredError(
                 f"approval request {request_id!r} expired at {expired.expires_at.isoformat()}; "
                 "request a new approval",
-                details={"approval_id": request_id},
+                details={"approval_id": request_id, "refusal": RefusalCode.EXPIRED.value},
             )
         assert denial is not None
         req, problem = denial
