@@ -6,7 +6,7 @@ import io
 import zipfile
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from contractspec.core import (
 from contractspec.core.testing import FakeClock, temporary_sql_engine
 from contractspec.files import (
     ArchiveLimits,
+    Attachment,
+    File,
     Files,
     FileStore,
     LocalFileStorage,
@@ -43,6 +45,39 @@ PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
 PE = b"MZ\x90\x00" + b"\x00" * 100 + b"PE\x00\x00"
 HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
 GIF_POLYGLOT = b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00*/=1;<script>alert(1)</script>"
+
+
+def file(n: int, org: str = "org-1", *, slot: str = "project.docs", days: int = 0) -> File:
+    """A deterministic file record number `n`."""
+    return File(
+        id=f"f{n}",
+        org_id=org,
+        owner_id="u-1",
+        slot=slot,
+        filename=f"{n}.pdf",
+        media_type="application/pdf",
+        size=n,
+        sha256=f"{n:064x}",
+        backend="local",
+        key=f"blobs/f{n}",
+        created_at=T0 + timedelta(days=days, seconds=n),
+    )
+
+
+def attachment(
+    n: int, org: str = "org-1", *, file_id: str | None = None, entity_id: str = "p1"
+) -> Attachment:
+    """A deterministic attachment of file `n`."""
+    return Attachment(
+        id=f"a{n}",
+        org_id=org,
+        file_id=file_id or f"f{n}",
+        slot="project.docs",
+        entity="project",
+        entity_id=entity_id,
+        created_at=T0 + timedelta(seconds=n),
+        created_by="u-1",
+    )
 
 
 class Project(BaseModel):

@@ -5,41 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from files_support import T0, App
+from files_support import T0, App, attachment, file
 
 from contractspec.core import ConflictError, NotFoundError, TenantScopeError
 from contractspec.files import Attachment, File, FileState
-
-
-def file(n: int, org: str = "org-1", *, slot: str = "project.docs", days: int = 0) -> File:
-    return File(
-        id=f"f{n}",
-        org_id=org,
-        owner_id="u-1",
-        slot=slot,
-        filename=f"{n}.pdf",
-        media_type="application/pdf",
-        size=n,
-        sha256=f"{n:064x}",
-        backend="local",
-        key=f"blobs/f{n}",
-        created_at=T0 + timedelta(days=days, seconds=n),
-    )
-
-
-def attachment(
-    n: int, org: str = "org-1", *, file_id: str | None = None, entity_id: str = "p1"
-) -> Attachment:
-    return Attachment(
-        id=f"a{n}",
-        org_id=org,
-        file_id=file_id or f"f{n}",
-        slot="project.docs",
-        entity="project",
-        entity_id=entity_id,
-        created_at=T0 + timedelta(seconds=n),
-        created_by="u-1",
-    )
 
 
 async def add(app: App, *pairs: tuple[File, Attachment]) -> None:
