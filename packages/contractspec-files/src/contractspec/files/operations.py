@@ -214,9 +214,8 @@ def register_file_operations(
     """
     for slot in slots:
         files.add_slot(slot)
-    entities = {}
     for slot in files.slots.values():
-        entities[slot.entity] = registry.get_entity(slot.entity)
+        registry.get_entity(slot.entity)  # fail now, not at the first upload
         registry.register(slot)
     ops = _specs()
     registry.register(
@@ -267,7 +266,7 @@ def register_file_operations(
             )
         slot = files.slot(str(data["s"]))
         await allow(ctx, slot.upload_permission, slot, inp.entity_id)
-        entity = entities[slot.entity]
+        entity = registry.get_entity(slot.entity)
         # lock the record: concurrent uploads to one record count attachments one at a time
         if await ctx.repo(entity).get_for_update(inp.entity_id) is None:
             raise NotFoundError(
