@@ -26,8 +26,9 @@ Install with `pip install 'contractspec-growth[sql]'` (SQLite) or `[postgres]`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from contractspec.core.errors import ConflictError
@@ -119,7 +120,8 @@ class SqlJourneyStore:
     """`JourneyStore` in `cs_growth_journey_*` tables (SQLite or PostgreSQL).
 
     Args:
-        engine: Your `AsyncEngine` (never disposed by the store).
+        engine: Your `AsyncEngine` (never disposed by the store): SQLite made by core's
+            `sqlite_engine()` (or configured by `configure_sqlite_engine`), or PostgreSQL.
         metadata: A `MetaData` to put the tables on (for your Alembic env); a new one by default.
 
     Attributes:
@@ -128,6 +130,7 @@ class SqlJourneyStore:
 
     Raises:
         ImportError: SQLAlchemy is not installed, with the install command.
+        ConfigurationError: An unsupported dialect or an unconfigured SQLite engine.
     """
 
     def __init__(self, engine: AsyncEngine, *, metadata: MetaData | None = None) -> None:
@@ -137,7 +140,10 @@ class SqlJourneyStore:
             raise ImportError(
                 "SqlJourneyStore needs SQLAlchemy: pip install 'contractspec-growth[sql]'"
             ) from exc
+        from contractspec.core.sql import SqlUnitOfWork
+
         self.engine = engine
+        self._uow = SqlUnitOfWork(engine)
         (
             self.metadata,
             self.events_table,
@@ -150,6 +156,19 @@ class SqlJourneyStore:
         from contractspec.core.sql import create_all
 
         await create_all(self.engine, self.metadata)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction from core's `SqlUnitOfWork`: `BEGIN IMMEDIATE` on SQLite (a
+        read-then-write transaction cannot dead-lock on the lock upgrade between processes, and
+        the writers of one process queue in order), a plain transaction on PostgreSQL."""
+        tx = await self._uow.begin()
+        try:
+            yield tx.connection
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
 
     def _insert(self, table: Table) -> Any:
         if self.engine.dialect.name == "postgresql":
@@ -181,7 +200,7 @@ class SqlJourneyStore:
         t = self.events_table
         values = list(rows.values())
         new = 0
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             for i in range(0, len(values), _CHUNK):
                 stmt = (
                     self._insert(t)
@@ -247,7 +266,7 @@ class SqlJourneyStore:
                 )
             },
         ).returning(*t.c)
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(stmt)).one()
         return self._enrollment(row)
 
@@ -310,7 +329,7 @@ class SqlJourneyStore:
         s = self.steps_table
         started: list[str] = []
         completed: list[str] = []
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             locked = await self._lock_enrollment(conn, enrollment)
             if locked is None or locked.version != enrollment.version:
                 raise ConflictError(
@@ -428,7 +447,7 @@ class SqlJourneyStore:
             & (t.c.learner_id == enrollment.learner_id)
             & (t.c.track == enrollment.track)
         )
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             moved = (
                 await conn.execute(
                     update(t)
