@@ -170,6 +170,35 @@ async def test_reads_and_flush_hooks_see_the_writes_buffered_before_them(
     assert [e.seq for e in await log.entries("org-1")] == [1]
 
 
+async def test_a_read_by_key_sees_buffered_writes_and_reports_their_failure(
+    sql_engine: AsyncEngine,
+) -> None:
+    """`get_row` after buffered writes (on PostgreSQL sent with the read, one round trip) sees
+    them, decoded as SQLAlchemy would; a stale versioned update among them fails the read with
+    ConcurrentUpdateError, and the transaction commits nothing."""
+    uow = await _uow(sql_engine)
+    tx = await uow.begin()
+    tx.stage_insert(notes, {"id": "n1", "body": "a"}, _key(notes, "n1"))
+    tx.stage_update(
+        items, _key(items, "i1"), {"id": "i1", "version": 1}, {"version": 2}, versioned=True
+    )
+    assert await tx.get_row(notes, {"id": "n1"}) == {"id": "n1", "body": "a"}
+    assert await tx.get_row(items, {"id": "i1"}) == {"id": "i1", "name": "first", "version": 2}
+    assert await tx.get_row(items, {"id": "nope"}) is None
+    await tx.commit()
+
+    tx = await uow.begin()
+    tx.stage_insert(notes, {"id": "n2", "body": "b"}, _key(notes, "n2"))
+    tx.stage_update(
+        items, _key(items, "i1"), {"id": "i1", "version": 1}, {"version": 3}, versioned=True
+    )  # version 1 is gone
+    with pytest.raises(ConcurrentUpdateError):
+        await tx.get_row(notes, {"id": "n2"})
+    await tx.rollback()
+    assert await _rows(sql_engine, notes) == [("n1", "a")]
+    assert await _rows(sql_engine, items) == [("i1", "first", 2)]
+
+
 # -- the executor on PostgreSQL --------------------------------------------------------------------
 
 

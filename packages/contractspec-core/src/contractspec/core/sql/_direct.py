@@ -3,7 +3,8 @@
 Every call of a batch writes its row before it returns, and a group commit writes the batch's
 outbox and audit rows in bulk; through SQLAlchemy's execution pipeline each of those statements
 costs far more than the database work itself. For the few statement shapes the unit of work
-issues (single-table inserts and the `update_statement` updates) this module compiles the
+issues (single-table inserts, the `update_statement` updates and reads of one row by key) this
+module compiles the
 SQLAlchemy statement once per dialect — same SQL text, same bind processors, so values are
 converted exactly as SQLAlchemy would — and runs it on the driver connection underneath the
 transaction's `AsyncConnection` (the stdlib `sqlite3` connection of `InlineConnection`, or the
@@ -17,13 +18,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["Compiled", "DirectDriver", "compiled_insert", "compiled_update"]
+__all__ = [
+    "Compiled",
+    "DirectDriver",
+    "SelectRow",
+    "compiled_insert",
+    "compiled_select_row",
+    "compiled_update",
+]
 
 Processor = Callable[[Any], Any]
 
@@ -98,6 +106,55 @@ def compiled_update(statement: Any, key: tuple[Any, ...], dialect: Dialect) -> C
     return found
 
 
+class SelectRow:
+    """`SELECT <every column of table> WHERE c = :w_c …` compiled once, and the decoding of its
+    rows as SQLAlchemy's result does it: each column type's result processor for the type code
+    the driver reports (`cursor.description`), the same `_cached_result_processor` SQLAlchemy's
+    `CursorResult` uses.
+
+    Attributes:
+        compiled: The statement (parameters `w_<column>`).
+    """
+
+    __slots__ = ("_dialect", "_names", "_procs", "_types", "compiled")
+
+    def __init__(self, table: Table, where: tuple[str, ...], dialect: Dialect) -> None:
+        stmt = select(table).where(
+            *(table.c[c] == bindparam(f"w_{c}", type_=table.c[c].type) for c in where)
+        )
+        self.compiled = Compiled(stmt, dialect)
+        self._dialect = dialect
+        self._names = tuple(c.name for c in table.columns)
+        self._types = tuple(c.type for c in table.columns)
+        self._procs: dict[tuple[Any, ...], tuple[Processor | None, ...]] = {}
+
+    def row(self, values: Sequence[Any], description: Sequence[Any]) -> dict[str, Any]:
+        """One fetched row as `{column: Python value}`."""
+        codes = tuple(d[1] for d in description)
+        procs = self._procs.get(codes)
+        if procs is None:
+            procs = self._procs[codes] = tuple(
+                t._cached_result_processor(self._dialect, code)
+                for t, code in zip(self._types, codes, strict=True)
+            )
+        return {
+            name: value if proc is None else proc(value)
+            for name, value, proc in zip(self._names, values, procs, strict=True)
+        }
+
+
+def compiled_select_row(table: Table, where: tuple[str, ...], dialect: Dialect) -> SelectRow:
+    """The cached `SelectRow` of `table` by the columns `where`."""
+    key = (table, where, dialect.name)
+    found = _select_cache.get(key)
+    if found is None:
+        found = _select_cache[key] = SelectRow(table, where, dialect)
+    return found
+
+
+_select_cache: dict[tuple[Any, ...], SelectRow] = {}
+
+
 class DirectDriver:
     """Runs `Compiled` statements on one driver connection, raising SQLAlchemy's exceptions.
 
@@ -146,6 +203,23 @@ class DirectDriver:
                 return cursor.rowcount, cursor.fetchone() if cursor.description else None
             cur = await self.connection.execute(compiled.sql, params)
             return cur.rowcount, await cur.fetchone() if cur.description else None
+        except Exception as exc:
+            raise self.wrap(exc, compiled.sql) from exc
+
+    async def fetch_one(self, compiled: Compiled, values: dict[str, Any]) -> tuple[Any, Any]:
+        """Run a query; return `(first row or None, cursor.description)`.
+
+        Raises:
+            DBAPIError: As SQLAlchemy would raise it.
+        """
+        params = compiled.params(values)
+        try:
+            if self.kind == "sqlite":  # busy-aware, as the inline connection's own reads
+                conn = self.connection
+                cursor = await conn._run(conn._conn.execute, compiled.sql, params)
+                return cursor.fetchone(), cursor.description
+            cur = await self.connection.execute(compiled.sql, params)
+            return await cur.fetchone(), cur.description
         except Exception as exc:
             raise self.wrap(exc, compiled.sql) from exc
 

@@ -178,9 +178,7 @@ class SqlRepository(BaseRepository[M]):
         known = self._sql.identity_get(key)
         if known is not SqlTransaction.MISSING:
             return cast(dict[str, Any] | None, known)
-        result = await self._sql.execute(self._select_pk(pk))
-        found = result.mappings().first()
-        row = dict(found) if found is not None else None
+        row = await self._sql.get_row(self._t.table, self._where_pk(pk))
         self._sql.identity_set(key, row)
         return row
 

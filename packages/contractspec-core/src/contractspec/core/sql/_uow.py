@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from sqlalchemy import Table, UniqueConstraint, bindparam, update
+from sqlalchemy import Table, UniqueConstraint, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Engine, Result
@@ -37,7 +37,13 @@ from contractspec.core.errors import (
     ConflictError,
     SpecValidationError,
 )
-from contractspec.core.sql._direct import Compiled, DirectDriver, compiled_insert, compiled_update
+from contractspec.core.sql._direct import (
+    Compiled,
+    DirectDriver,
+    compiled_insert,
+    compiled_select_row,
+    compiled_update,
+)
 from contractspec.core.sql._join import CallerTransaction, caller_transaction, pending_tasks
 from contractspec.core.sql._schema import audit_table, outbox_table
 from contractspec.core.sql._sqlite import InlineConnection
@@ -615,7 +621,9 @@ class SqlTransaction(Transaction):
                 await self._send_deferred()
             self._db_savepoint = await self.connection.begin_nested()
 
-    async def _flush_for_read(self, statement: Executable | None) -> None:
+    async def _flush_for_read(
+        self, statement: Executable | None, *, table: Table | None = None, send: bool = True
+    ) -> None:
         """Flush what a read must see: pending writes, and append-only rows it selects from.
 
         Inside a call of a batch, only that call's own append-only rows are written (in its
@@ -623,6 +631,13 @@ class SqlTransaction(Transaction):
         commit, since writing them inside this call's savepoint would lose them if this call
         failed. A read of `cs_outbox`/`cs_audit_log` in a batch call therefore does not see the
         earlier calls' rows until the batch commits.
+
+        Args:
+            statement: The read (its tables decide which append-only rows it must see), or
+                `None` for all of them.
+            table: The one table the read selects from, instead of `statement`.
+            send: Send the deferred writes now; `False` leaves them to travel with the read
+                (the caller sends it with `_send_deferred`).
         """
         if self._base:
             await self._flush_writes(self._base)
@@ -632,7 +647,9 @@ class SqlTransaction(Transaction):
             await self._flush_writes(call)
         pending = (call if call is not None else self._base).appended_tables()
         if pending and (
-            statement is None
+            (table in pending)
+            if table is not None
+            else statement is None
             or any(t in pending for t in find_tables(cast(Any, statement), include_crud=True))
         ):
             if call is None:
@@ -640,7 +657,7 @@ class SqlTransaction(Transaction):
             else:
                 await self._open_db_savepoint()  # the audit chain locks its head row
                 await self._flush_appended(call)
-        if self._deferred:
+        if send and self._deferred:
             await self._send_deferred()
 
     async def flush(self) -> None:
@@ -687,6 +704,45 @@ class SqlTransaction(Transaction):
             if error is exc:
                 raise
             raise error from exc
+
+    async def get_row(self, table: Table, where: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of `table` whose columns equal `where` (column -> value), as a dict.
+
+        Flushes what the read must see first. With a known driver the compiled read runs on it
+        (on PostgreSQL outside batch calls in one round trip with the deferred writes), its
+        values decoded by the columns' result processors as SQLAlchemy would; else through
+        `execute`.
+
+        Raises:
+            ConcurrentUpdateError, ConflictError: A deferred write sent with the read failed.
+        """
+        driver = await self._direct()
+        if driver is None:
+            stmt = select(table).where(*(table.c[k] == v for k, v in where.items()))
+            found = (await self.execute(stmt)).mappings().first()
+            return dict(found) if found is not None else None
+        self._check_active()
+        selected = compiled_select_row(table, tuple(where), self.connection.dialect)
+        values = {f"w_{k}": v for k, v in where.items()}
+        deferring = driver.kind == "psycopg" and self._call is None
+        await self._flush_for_read(None, table=table, send=not deferring)
+        if deferring and self._deferred:
+            compiled = selected.compiled
+            try:
+                sql = driver.client_cursor().mogrify(compiled.sql, compiled.params(values))
+            except Exception as exc:
+                raise driver.wrap(exc, compiled.sql) from exc
+            cursor = await self._send_deferred([sql])
+            row, description = await cursor.fetchone(), cursor.description
+        else:
+            try:
+                row, description = await driver.fetch_one(selected.compiled, values)
+            except DBAPIError as exc:
+                error = translate(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+        return None if row is None else selected.row(row, description)
 
     async def write(self, statement: Executable, params: Any = None) -> int:
         """Flush, execute an UPDATE/DELETE (or INSERT) now, and return the affected row count.
