@@ -33,7 +33,7 @@ _ZIP_MAGIC: Final = b"PK\x03\x04"
 # the window, not only at the start: a polyglot hides them behind a valid image header).
 _HTML_MARKERS: Final = re.compile(
     rb"<(!doctype\s+html|html|head|script|iframe|h1|div|font|table|a|style|title|b|body|br|p"
-    rb"|svg|object|embed|!--|\?xml)[\s>/]",
+    rb"|svg|object|embed)[\s>/]",
     re.IGNORECASE,
 )
 _TEXT_BYTES: Final = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0C, 0x0D}
