@@ -447,3 +447,35 @@ async def test_explicit_enrollment_starts_steps_and_unknown_tracks_are_named(
     with pytest.raises(NotFoundError) as info:
         await engine.enroll("acme", "u1", "nope")
     assert "onboarding@1" in info.value.message
+
+
+class CrashingStore:
+    """Delegates to a real store but fails the next `save_steps` (a process dying mid-handle)."""
+
+    def __init__(self, inner: JourneyStore) -> None:
+        self.inner = inner
+        self.crash_next_save = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save_steps(self, enrollment: Enrollment, states: Any) -> Any:
+        """Raise once, then delegate."""
+        if self.crash_next_save:
+            self.crash_next_save = False
+            raise RuntimeError("process killed")
+        return await self.inner.save_steps(enrollment, states)
+
+
+async def test_a_redelivery_after_a_crash_completes_the_step(store: JourneyStore) -> None:
+    """The event was stored but progress not saved (crash): its redelivery completes the step
+    although the event is no longer new, as at-least-once delivery needs."""
+    crashing = CrashingStore(store)
+    engine = engine_on(crashing)  # type: ignore[arg-type]
+    deal = ev("d1", "crm.deal.created", "u1", T0)
+    with pytest.raises(RuntimeError, match="process killed"):
+        await engine.handle(deal)
+    assert [e.id for e in await store.events("acme", ["crm.deal.created"])] == ["d1"]
+    done = await engine.handle(deal)
+    assert [(c.step, c.completed_at) for c in done] == [("first_deal", T0)]
+    assert await engine.handle(deal) == []
