@@ -247,3 +247,66 @@ def test_journeys_import_without_numpy_or_sqlalchemy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_engine_reads_tracks_from_a_registry_and_refuses_conflicting_versions() -> None:
+    """JourneyEngine(registry) publishes its learning tracks; a second, different track under the
+    same key and version is refused by the registry and by publish()."""
+    from contractspec.core.errors import ConfigurationError
+    from contractspec.growth.journeys import JourneyEngine, MemoryJourneyStore
+
+    track = define_track("t", 1, modules=[Module("m", [_step("a")])])
+    other = define_track("t", 1, modules=[Module("m", [_step("b")])])
+    same = define_track("t", 1, modules=[Module("m", [_step("a")])])
+    registry = SpecRegistry(track)
+    registry.register(same)  # an equal definition is a no-op
+    with pytest.raises(SpecDefinitionError):
+        registry.register(other)
+    engine = JourneyEngine(registry, MemoryJourneyStore())
+    assert engine.tracks == [track]
+    with pytest.raises(ConfigurationError) as info:
+        engine.publish(other)
+    assert info.value.details["field"] == "tracks"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"id": ""}, "JourneyEvent.id"),
+        ({"id": "x" * 201}, "JourneyEvent.id"),
+        ({"type": 5}, "JourneyEvent.type"),
+        ({"actor_id": ""}, "JourneyEvent.actor_id"),
+        ({"org_id": ""}, "JourneyEvent.org_id"),
+        ({"occurred_at": "2025-01-01T00:00:00Z"}, "JourneyEvent.occurred_at"),
+    ],
+)
+def test_malformed_events_are_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
+    """A bad id, type, actor, org or time raises SpecValidationError naming the field."""
+    from contractspec.core.errors import SpecValidationError
+
+    fields: dict[str, Any] = {
+        "id": "e1",
+        "type": "t",
+        "actor_id": "u",
+        "org_id": "o",
+        "occurred_at": T0,
+    }
+    with pytest.raises(SpecValidationError) as info:
+        JourneyEvent(**(fields | kwargs))
+    assert info.value.details["field"] == field
+
+
+async def test_the_engine_refuses_other_objects_and_bad_batch_sizes() -> None:
+    """handle() of a dict and backfill(batch_size=0) raise SpecValidationError; nothing is stored."""
+    from contractspec.core.errors import SpecValidationError
+    from contractspec.growth.journeys import JourneyEngine, MemoryJourneyStore
+
+    store = MemoryJourneyStore()
+    engine = JourneyEngine([define_track("t", 1, modules=[Module("m", [_step("a")])])], store)
+    with pytest.raises(SpecValidationError) as info:
+        await engine.handle({"id": "e1", "type": "x.done"})  # type: ignore[arg-type]
+    assert info.value.details["field"] == "event"
+    with pytest.raises(SpecValidationError) as info:
+        await engine.backfill([], batch_size=0)
+    assert info.value.details["field"] == "batch_size"
+    assert await store.events("", ["x.done"]) == []
