@@ -296,3 +296,16 @@ async def test_concurrent_uploads_respect_max_count(backend_kind: str, tmp_path:
 def test_executor_is_real(app: App) -> None:
     """Sanity: the fixture wires a real executor."""
     assert isinstance(app.executor, Executor)
+
+
+async def test_files_upload_runs_both_phases(app: App) -> None:
+    """Files.upload stages with the caller's tenant and actor, then records through the executor."""
+    await app.project()
+    out = await app.files.upload(
+        app.executor, "project.docs", "p1", chunks(PDF), ctx(), filename="x.pdf"
+    )
+    assert (out.file.org_id, out.file.owner_id, out.file.filename) == ("org-1", "u-1", "x.pdf")
+    from contractspec.core import CallContext, TenantScopeError
+
+    with pytest.raises(TenantScopeError):
+        await app.files.upload(app.executor, "project.docs", "p1", chunks(PDF), CallContext())

@@ -29,11 +29,14 @@ from attrs import define
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from contractspec.core import (
+    CallContext,
     ConfigurationError,
+    Executor,
     IdGenerator,
     NotFoundError,
     SpecValidationError,
     SystemClock,
+    TenantScopeError,
     Transaction,
     UnitOfWork,
     UuidGenerator,
@@ -394,6 +397,50 @@ class Files:
             media_type=media_type,
             size=streamer.size,
             sha256=sha256,
+        )
+
+    async def upload(
+        self,
+        executor: Executor,
+        slot: AttachmentSlot | str,
+        entity_id: str,
+        chunks: AsyncIterable[bytes],
+        ctx: CallContext,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        """Both phases in one call: `stage` with the caller's tenant and actor, then run
+        `files.upload` through `executor` (registered by `register_file_operations`).
+
+        Args:
+            executor: The app's executor.
+            slot: Slot (or its name).
+            entity_id: The record to attach to.
+            chunks: The content.
+            ctx: The caller's context (its `org_id` and actor own the file).
+            filename: Client file name.
+            content_type: Claimed media type (checked against the sniffed one).
+
+        Returns:
+            The `AttachmentView` returned by `files.upload`.
+
+        Raises:
+            TenantScopeError: `ctx` has no `org_id`.
+            Exception: Whatever `stage` or the operation raises (see both).
+        """
+        if ctx.org_id is None:
+            raise TenantScopeError(
+                "uploading a file needs a tenant: pass CallContext(org_id=...)",
+                reason="no_tenant",
+                action="files.upload",
+            )
+        staged = await self.stage(
+            slot, chunks, org_id=ctx.org_id, actor_id=ctx.actor.id, filename=filename,
+            content_type=content_type,
+        )  # fmt: skip
+        return await executor.execute(
+            "files.upload", {"token": staged.token, "entity_id": entity_id}, ctx
         )
 
     async def _forget(self, key: str) -> None:
