@@ -310,3 +310,19 @@ async def test_the_engine_refuses_other_objects_and_bad_batch_sizes() -> None:
         await engine.backfill([], batch_size=0)
     assert info.value.details["field"] == "batch_size"
     assert await store.events("", ["x.done"]) == []
+
+
+def test_the_spec_diff_flags_an_in_place_edit_of_a_track() -> None:
+    """Editing track t@1 in place is a `spec-changed` warning; publishing t@2 is `spec-added`."""
+    from contractspec.core.diff import diff_ir
+
+    v1 = define_track("t", 1, modules=[Module("m", [_step("a")])])
+    edited = define_track(
+        "t", 1, modules=[Module("m", [Step("a", completion=EventCondition("x.done", count=2))])]
+    )
+    v2 = define_track("t", 2, modules=[Module("m", [_step("a")])])
+    before = SpecRegistry(v1).to_ir()
+    [change] = diff_ir(before, SpecRegistry(edited).to_ir()).changes
+    assert (change.rule, change.severity.value, change.spec) == ("spec-changed", "warning", "t@1")
+    [added] = diff_ir(before, SpecRegistry(v1, v2).to_ir()).changes
+    assert (added.rule, added.spec) == ("spec-added", "t@2")
