@@ -19,7 +19,8 @@ Public API:
 * records: `File`, `Attachment`, `FileState`, the `FileStore` port and `MemoryFileStore`
   (`SqlFileStore` in `contractspec.files.sql`);
 * storage: the `FileStorage` port, `LocalFileStorage`, `ObjectStoreStorage`, `StoredObject`;
-* runtime: `Files` (staging, signed links, `collect_orphans`, `apply_retention`), `StagedUpload`;
+* runtime: `Files` (`stage`, `upload`, signed links, `collect_orphans`, `apply_retention`),
+  `StagedUpload`;
 * operations: `register_file_operations` (`files.upload`, `files.get`, `files.attachments.list`,
   `files.delete`, `files.legal_hold.set`); HTTP routes in `contractspec.files.http`;
 * helpers: `safe_filename`, `content_disposition`, `sniff_media_type`;
