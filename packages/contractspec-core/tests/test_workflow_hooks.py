@@ -534,3 +534,20 @@ async def test_direct_start_without_app_record_is_refused(
         "cs.workflow.instance": {},
         "cs.workflow.step": {},
     }
+
+
+def test_a_registry_copy_reuses_the_derived_operations() -> None:
+    """Copying a registry spec by spec (derived operations first, then the workflow) works: the
+    workflow object derives its operations and handlers once, so the copy gets the same ones."""
+    original = build_registry()
+    copy = SpecRegistry()
+    for spec in original:
+        copy.register(spec)
+    for op in original.operations():
+        handler = original.handler_for(op)
+        if handler is not None:
+            copy.bind(op, handler)
+    place = original.get("shop.order.flow.place")
+    assert copy.get("shop.order.flow.place") is place
+    assert copy.handler_for(place) is original.handler_for(place)
+    assert copy.to_ir() == original.to_ir()

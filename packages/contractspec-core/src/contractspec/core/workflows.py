@@ -1036,7 +1036,45 @@ def _event_names(wf: WorkflowSpec) -> tuple[str, str]:
     return f"{wf.name}.transitioned", f"{wf.name}.escalated"
 
 
+class _Derived:
+    """What `_derive` registers and binds for one workflow object, recorded once."""
+
+    __slots__ = ("handlers", "specs")
+
+    def __init__(self) -> None:
+        self.specs: list[Any] = []
+        self.handlers: list[tuple[OperationSpec, Any]] = []
+
+    def register(self, *specs: Any) -> None:
+        self.specs.extend(specs)
+
+    def bind(self, op: OperationSpec, handler: Any) -> None:
+        self.handlers.append((op, handler))
+
+
+#: Derived specs and handlers per workflow object (by id; the object is kept alive with them).
+_DERIVED: dict[int, tuple[WorkflowSpec, _Derived]] = {}
+
+
 def _install(wf: WorkflowSpec, registry: SpecRegistry) -> None:
+    """Register `wf`'s derived entities, events and operations and bind their handlers.
+
+    A workflow object derives them once: registering it in a second registry (or in a copy
+    that already holds its derived operations, e.g. `for s in old: new.register(s)`) reuses the
+    very same spec and handler objects instead of clashing with look-alike ones.
+    """
+    known = _DERIVED.get(id(wf))
+    if known is None or known[0] is not wf:
+        derived = _Derived()
+        _derive(wf, derived)
+        known = _DERIVED[id(wf)] = (wf, derived)
+    derived = known[1]
+    registry.register(*derived.specs)
+    for op, handler in derived.handlers:
+        registry.bind(op, handler)
+
+
+def _derive(wf: WorkflowSpec, registry: _Derived) -> None:
     transitioned_name, escalated_name = _event_names(wf)
     transitioned = define_event(
         transitioned_name,
