@@ -376,6 +376,10 @@ def test_the_workflows_page_prints_what_it_claims() -> None:
         "approved 3",
         "[(None, None, 'draft', 'ada'), ('submit', 'draft', 'submitted', 'ada')] 2",
         "more than 20 days needs HR",
+        "shipped",
+        "the carrier refuses parcels above 1,000",
+        "placed 2",
+        "['draft', 'placed', 'draft', 'placed', 'shipped']",
         "False True approved",
         "approval_expired expired",
         "[('open_escalate', datetime.timedelta(seconds=14400)), ('open_expire', "
