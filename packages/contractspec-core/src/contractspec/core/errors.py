@@ -239,4 +239,9 @@ HTTP_STATUS: Mapping[str, int] = {
     "batch_commit_failed": 503,
     OperationTimeoutError.code: 504,
     RateLimitedError.code: 429,
+    # contractspec-metering: a plan allowance used up (402), a rate-style limit (429 +
+    # Retry-After), a feature the org's plan lacks (403)
+    "quota_exceeded": 402,
+    "quota_rate_limited": 429,
+    "feature_not_entitled": 403,
 }

@@ -1,0 +1,428 @@
+"""SQLAlchemy adapter of the `MeteringStore` (SQLite and PostgreSQL).
+
+Install with `pip install 'contractspec-metering[sql]'` or `'contractspec-metering[postgres]'`.
+
+```python
+from contractspec.core.sql import create_all, metadata as core_metadata
+from contractspec.metering.sql import SqlMeteringStore, metadata
+
+await create_all(engine, core_metadata, metadata)
+store = SqlMeteringStore(engine)
+```
+
+Tables (on `contractspec.metering.sql.metadata`, core's `NAMING_CONVENTION`, so add it to your
+Alembic `target_metadata`): `cs_usage_events` (unique `(org_id, id)`: a duplicate is `INSERT … ON
+CONFLICT DO NOTHING`), `cs_usage_counters` (one running total per org, meter, limit window and
+window start, updated by `INSERT … ON CONFLICT DO UPDATE … WHERE used + n <= limit`: PostgreSQL
+locks the row and re-checks the condition on its latest version, so N concurrent callers at a limit
+admit exactly the allowed number; SQLite serialises writers) and `cs_plan_assignments`. Values are
+exact: `NUMERIC(36, 6)` on PostgreSQL, integer micro-units on SQLite (`SUM` stays exact up to
+9.2e12 units per group). The adapter takes your `AsyncEngine` and never disposes it.
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by the isolation session
+    raise ImportError(
+        "contractspec.metering.sql needs SQLAlchemy: pip install 'contractspec-metering[sql]' "
+        "(SQLite) or 'contractspec-metering[postgres]' (PostgreSQL)"
+    ) from exc
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+    bindparam,
+    distinct,
+    func,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contractspec.core import Transaction
+from contractspec.core.sql import (
+    DecimalType,
+    SqlTransaction,
+    SqlUnitOfWork,
+    UtcDateTime,
+    new_metadata,
+    sql_transaction,
+)
+from contractspec.metering.specs import Aggregation, Meter, Window, window_bounds
+from contractspec.metering.stores import (
+    Counter,
+    PlanAssignment,
+    Recorded,
+    UsageAggregate,
+    UsageEvent,
+    check_event,
+    clean_decimal,
+    counted,
+)
+
+__all__ = [
+    "SqlMeteringStore",
+    "counters_table",
+    "create_metering_tables",
+    "metadata",
+    "plan_assignments_table",
+    "usage_events_table",
+]
+
+#: The metering tables. Add it to your Alembic `target_metadata`.
+metadata = new_metadata()
+
+_Value = DecimalType(36, 6)
+_AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+usage_events_table = Table(
+    "cs_usage_events",
+    metadata,
+    Column("seq", _AutoBigInt, primary_key=True, autoincrement=True),
+    Column("org_id", String(255), nullable=False),
+    Column("id", String(255), nullable=False),
+    Column("meter", String(255), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("user_id", String(255), nullable=True),
+    Column("value", _Value, nullable=False),
+    Column("unique_key", String(255), nullable=True),
+    Column("timestamp", UtcDateTime(), nullable=False),
+    Column("window_start", UtcDateTime(), nullable=False),
+    UniqueConstraint("org_id", "id"),
+    Index(None, "org_id", "meter", "timestamp"),
+    comment="Usage events, idempotent per (org_id, id); window_start is the meter's window.",
+)
+
+counters_table = Table(
+    "cs_usage_counters",
+    metadata,
+    Column("org_id", String(255), nullable=False),
+    Column("meter", String(255), nullable=False),
+    Column("window_kind", String(8), nullable=False),
+    Column("window_start", UtcDateTime(), nullable=False),
+    Column("used", _Value, nullable=False),
+    PrimaryKeyConstraint("org_id", "meter", "window_kind", "window_start"),
+    comment="Running totals of additive meters per limit window (quota checks).",
+)
+
+plan_assignments_table = Table(
+    "cs_plan_assignments",
+    metadata,
+    Column("org_id", String(255), primary_key=True),
+    Column("plan", String(255), nullable=False),
+    Column("assigned_at", UtcDateTime(), nullable=False),
+    comment="The plan each org is on.",
+)
+
+
+async def create_metering_tables(engine: AsyncEngine) -> None:
+    """Create the metering tables (tests, examples, the docs; use Alembic in production)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+
+
+def _insert(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+def _event(row: Any) -> UsageEvent:
+    return UsageEvent(
+        id=row["id"],
+        org_id=row["org_id"],
+        user_id=row["user_id"],
+        subject=row["subject"],
+        meter=row["meter"],
+        value=clean_decimal(row["value"]),
+        timestamp=row["timestamp"],
+        unique_key=row["unique_key"],
+    )
+
+
+def _measure(aggregation: Aggregation) -> Any:
+    t = usage_events_table
+    if aggregation is Aggregation.SUM:
+        return func.sum(t.c.value, type_=_Value)
+    if aggregation is Aggregation.COUNT:
+        return func.count()
+    if aggregation is Aggregation.MAX:
+        return func.max(t.c.value, type_=_Value)
+    return func.count(distinct(t.c.unique_key))
+
+
+class SqlMeteringStore:
+    """`MeteringStore` on SQLAlchemy (SQLite file or PostgreSQL).
+
+    Args:
+        engine: Your `AsyncEngine`; writes inside an operation go through its `SqlTransaction`
+            (an executor on a `SqlBackend` of the same database).
+    """
+
+    __slots__ = ("_uow", "engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._uow = SqlUnitOfWork(engine)
+
+    @property
+    def unit_of_work(self) -> SqlUnitOfWork:
+        """A `SqlUnitOfWork` on the engine, for writes outside an operation."""
+        return self._uow
+
+    async def _rows(self, stmt: Any, tx: Transaction | None = None) -> list[Any]:
+        if isinstance(tx, SqlTransaction):
+            return list((await tx.execute(stmt)).mappings().all())
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).mappings().all())
+
+    async def record(
+        self, tx: Transaction, event: UsageEvent, meter: Meter, counters: Sequence[Counter] = ()
+    ) -> Recorded:
+        """See `MeteringStore.record`."""
+        check_event(event, meter)
+        stx = sql_transaction(tx, "SqlMeteringStore")
+        stx.check_writable("recording usage")
+        t = usage_events_table
+        wstart, _ = window_bounds(meter.window, event.timestamp)
+        inserted = await stx.insert_or_nothing(
+            t,
+            {
+                "org_id": event.org_id,
+                "id": event.id,
+                "meter": event.meter,
+                "subject": event.subject,
+                "user_id": event.user_id,
+                "value": event.value,
+                "unique_key": event.unique_key,
+                "timestamp": event.timestamp,
+                "window_start": wstart,
+            },
+        )
+        if not inserted:
+            stmt = select(t).where(t.c.org_id == event.org_id, t.c.id == event.id)
+            row = (await stx.execute(stmt)).mappings().one()
+            return Recorded(_event(row), False)
+        amount = counted(event, meter)
+        c = counters_table
+        insert = _insert(stx.dialect)
+        for counter in counters:
+            cstart, _ = window_bounds(counter.window, event.timestamp)
+            where = (
+                c.c.org_id == event.org_id,
+                c.c.meter == meter.key,
+                c.c.window_kind == counter.window.value,
+                c.c.window_start == cstart,
+            )
+            if counter.limit is not None and amount > counter.limit:
+                used = await self._used(stx, where)
+                return Recorded(event, True, counter, used)
+            stmt = insert(c).values(
+                org_id=event.org_id,
+                meter=meter.key,
+                window_kind=counter.window.value,
+                window_start=cstart,
+                used=amount,
+            )
+            # DecimalType is text-like to SQLAlchemy: add as numbers (scaled integers on SQLite)
+            # and compare with the limit stored the same way.
+            grown = type_coerce(c.c.used, Numeric()) + type_coerce(stmt.excluded.used, Numeric())
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[c.c.org_id, c.c.meter, c.c.window_kind, c.c.window_start],
+                set_={"used": grown},
+                where=None if counter.limit is None else grown <= self._limit(stx, counter.limit),
+            ).returning(c.c.used)
+            if (await stx.execute(stmt, write=True)).first() is None:
+                return Recorded(event, True, counter, await self._used(stx, where))
+        return Recorded(event, True)
+
+    @staticmethod
+    def _limit(stx: SqlTransaction, limit: Decimal) -> Any:
+        stored = _Value.process_bind_param(limit, stx.connection.dialect)
+        if stx.dialect == "sqlite":
+            return bindparam(None, stored, type_=BigInteger())
+        return bindparam(None, stored, type_=Numeric(36, 6))
+
+    async def _used(self, stx: SqlTransaction, where: tuple[Any, ...]) -> Decimal:
+        value = (await stx.execute(select(counters_table.c.used).where(*where))).scalar()
+        return clean_decimal(value) if value is not None else Decimal(0)
+
+    async def counter(
+        self,
+        org_id: str,
+        meter: str,
+        window: Window,
+        window_start: datetime,
+        *,
+        tx: Transaction | None = None,
+    ) -> Decimal:
+        """See `MeteringStore.counter`."""
+        c = counters_table
+        rows = await self._rows(
+            select(c.c.used).where(
+                c.c.org_id == org_id,
+                c.c.meter == meter,
+                c.c.window_kind == Window(window).value,
+                c.c.window_start == window_start,
+            ),
+            tx,
+        )
+        return clean_decimal(rows[0]["used"]) if rows else Decimal(0)
+
+    async def get(self, org_id: str, id: str) -> UsageEvent | None:
+        """See `MeteringStore.get`."""
+        t = usage_events_table
+        rows = await self._rows(select(t).where(t.c.org_id == org_id, t.c.id == id))
+        return _event(rows[0]) if rows else None
+
+    async def events(
+        self, org_id: str, meter: str, start: datetime, end: datetime
+    ) -> list[UsageEvent]:
+        """See `MeteringStore.events`."""
+        t = usage_events_table
+        stmt = (
+            select(t)
+            .where(
+                t.c.org_id == org_id,
+                t.c.meter == meter,
+                t.c.timestamp >= start,
+                t.c.timestamp < end,
+            )
+            .order_by(t.c.timestamp, t.c.seq)
+        )
+        return [_event(r) for r in await self._rows(stmt)]
+
+    def _filter(
+        self, meter: Meter, org_id: str, start: datetime, end: datetime, subject: str | None
+    ) -> list[Any]:
+        t = usage_events_table
+        conds = [
+            t.c.org_id == org_id,
+            t.c.meter == meter.key,
+            t.c.timestamp >= start,
+            t.c.timestamp < end,
+        ]
+        if subject is not None:
+            conds.append(t.c.subject == subject)
+        return conds
+
+    async def aggregate(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        by_subject: bool = True,
+        subject: str | None = None,
+    ) -> list[UsageAggregate]:
+        """See `MeteringStore.aggregate` (one `GROUP BY subject, window_start` query; `latest`
+        picks each group's newest event with `row_number()`)."""
+        t = usage_events_table
+        conds = self._filter(meter, org_id, start, end, subject)
+        keys = [t.c.subject, t.c.window_start] if by_subject else [t.c.window_start]
+        if meter.aggregation is Aggregation.LATEST:
+            rank = (
+                func.row_number()
+                .over(partition_by=keys, order_by=(t.c.timestamp.desc(), t.c.seq.desc()))
+                .label("rank")
+            )
+            inner = select(*keys, t.c.value, rank).where(*conds).subquery()
+            okeys = (
+                [inner.c.subject, inner.c.window_start] if by_subject else [inner.c.window_start]
+            )
+            stmt = select(*okeys, inner.c.value.label("total")).where(inner.c.rank == 1)
+            stmt = stmt.order_by(*okeys)
+        else:
+            stmt = (
+                select(*keys, _measure(meter.aggregation).label("total"))
+                .where(*conds)
+                .group_by(*keys)
+                .order_by(*keys)
+            )
+        out = []
+        for row in await self._rows(stmt):
+            wstart = row["window_start"]
+            _, wend = window_bounds(meter.window, wstart)
+            out.append(
+                UsageAggregate(
+                    org_id,
+                    meter.key,
+                    row["subject"] if by_subject else None,
+                    wstart,
+                    wend,
+                    clean_decimal(Decimal(row["total"])),
+                )
+            )
+        return out
+
+    async def total(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        subject: str | None = None,
+    ) -> Decimal:
+        """See `MeteringStore.total`."""
+        t = usage_events_table
+        conds = self._filter(meter, org_id, start, end, subject)
+        if meter.aggregation is Aggregation.LATEST:
+            stmt = (
+                select(t.c.value.label("total"))
+                .where(*conds)
+                .order_by(t.c.timestamp.desc(), t.c.seq.desc())
+                .limit(1)
+            )
+        else:
+            stmt = select(_measure(meter.aggregation).label("total")).where(*conds)
+        rows = await self._rows(stmt)
+        value = rows[0]["total"] if rows else None
+        return clean_decimal(Decimal(value)) if value is not None else Decimal(0)
+
+    async def assign_plan(
+        self, assignment: PlanAssignment, *, tx: Transaction | None = None
+    ) -> None:
+        """See `MeteringStore.assign_plan` (an upsert)."""
+        p = plan_assignments_table
+        own = tx is None
+        stx = await self._uow.begin() if tx is None else sql_transaction(tx, "SqlMeteringStore")
+        try:
+            stmt = _insert(stx.dialect)(p).values(
+                org_id=assignment.org_id, plan=assignment.plan, assigned_at=assignment.assigned_at
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[p.c.org_id],
+                set_={"plan": stmt.excluded.plan, "assigned_at": stmt.excluded.assigned_at},
+            )
+            await stx.execute(stmt, write=True)
+            if own:
+                await stx.commit()
+        except BaseException:
+            if own:
+                await stx.rollback()
+            raise
+
+    async def plan_of(self, org_id: str, *, tx: Transaction | None = None) -> PlanAssignment | None:
+        """See `MeteringStore.plan_of`."""
+        p = plan_assignments_table
+        rows = await self._rows(select(p).where(p.c.org_id == org_id), tx)
+        if not rows:
+            return None
+        row = rows[0]
+        return PlanAssignment(row["org_id"], row["plan"], row["assigned_at"])

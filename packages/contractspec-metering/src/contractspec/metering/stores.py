@@ -1,0 +1,471 @@
+"""Usage records, the `MeteringStore` port and its in-memory adapter.
+
+A store keeps three things per tenant (`org_id`): usage events (idempotent by `(org_id, id)`),
+quota counters (the running total of an additive meter per limit window, updated atomically with
+a limit check) and plan assignments. Writes happen inside a `Transaction` (the operation's, so a
+rolled-back call leaves no usage); reads see committed data only.
+
+`MemoryMeteringStore` and `contractspec.metering.sql.SqlMeteringStore` pass one conformance suite
+(memory, SQLite, PostgreSQL). Like a database, the memory store makes a second transaction that
+records the same event id or updates the same counter wait until the first one ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from attrs import define, field
+
+from contractspec.core import MemoryUnitOfWork, SpecValidationError, Transaction, UnitOfWork
+from contractspec.metering.specs import Aggregation, Meter, Window, to_decimal, window_bounds
+
+__all__ = [
+    "Counter",
+    "MemoryMeteringStore",
+    "MeteringStore",
+    "PlanAssignment",
+    "Recorded",
+    "UsageAggregate",
+    "UsageEvent",
+    "clean_decimal",
+]
+
+#: How long a memory transaction waits for another holding the same event id or counter.
+LOCK_WAIT_S = 10.0
+
+
+def clean_decimal(value: Decimal) -> Decimal:
+    """`value` without trailing zeros and never in exponent form (`5.000000` → `5`, `1E+3` → `1000`)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+def _check_text(value: object, what: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
+        raise SpecValidationError(
+            f"usage event {what} must be a non-empty string of at most 255 characters without "
+            f"NUL, got {value!r}",
+            details={"field": what},
+        )
+
+
+def _value(value: object) -> Decimal:
+    return to_decimal(value, "value")
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise SpecValidationError(
+            f"usage event timestamp must be a timezone-aware datetime, got {value!r}",
+            details={"field": "timestamp"},
+        )
+    return value.astimezone(UTC)
+
+
+@define(frozen=True)
+class UsageEvent:
+    """One unit of usage: `value` units of `meter` by `org_id`/`user_id` on `subject` at
+    `timestamp`.
+
+    Events are idempotent by `(org_id, id)`: recording an id again is a no-op that returns the
+    stored event. The event lands in the window of its `timestamp`, however late it arrives.
+
+    Attributes:
+        id: Unique per org (an event id, an operation call's id).
+        org_id: The tenant.
+        user_id: The user (or service) that caused the usage, or `None`.
+        subject: What the usage is attributed to inside the org (a project, an API key, the
+            operation name).
+        meter: Meter key.
+        value: Units (exact `Decimal`, at most 6 decimal places; `1` for `count` meters).
+        timestamp: When the usage happened (UTC).
+        unique_key: For `unique_count` meters, the distinct value counted (a user id).
+
+    Raises:
+        SpecValidationError: An empty or over-long string, a naive timestamp, or a value that is
+            not a finite number with at most 6 decimal places.
+    """
+
+    id: str
+    org_id: str
+    user_id: str | None
+    subject: str
+    meter: str
+    value: Decimal = field(converter=_value)
+    timestamp: datetime = field(converter=_utc)
+    unique_key: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_text(self.id, "id")
+        _check_text(self.org_id, "org_id")
+        _check_text(self.user_id, "user_id", optional=True)
+        _check_text(self.subject, "subject")
+        _check_text(self.meter, "meter")
+        _check_text(self.unique_key, "unique_key", optional=True)
+
+
+@define(frozen=True)
+class UsageAggregate:
+    """The aggregated usage of one meter for one org, (subject) and window.
+
+    Attributes:
+        subject: The subject, or `None` when aggregated over all subjects.
+        window_start, window_end: The UTC window `[start, end)`.
+        value: The meter's aggregation over the window's events.
+    """
+
+    org_id: str
+    meter: str
+    subject: str | None
+    window_start: datetime
+    window_end: datetime
+    value: Decimal
+
+
+@define(frozen=True)
+class Counter:
+    """A quota counter to update with an event: the meter's running total per `window`, checked
+    against `limit` (`None`: no check, the usage is only counted)."""
+
+    window: Window
+    limit: Decimal | None = None
+
+
+@define(frozen=True)
+class Recorded:
+    """What `MeteringStore.record` did.
+
+    Attributes:
+        event: The stored event (the earlier one for a duplicate id).
+        created: `False` for a duplicate (nothing was written).
+        exceeded: The first counter whose limit the event would pass (the caller must roll the
+            transaction back), else `None`.
+        used: For `exceeded`, the counter's value before this event.
+    """
+
+    event: UsageEvent
+    created: bool
+    exceeded: Counter | None = None
+    used: Decimal = Decimal(0)
+
+
+@define(frozen=True)
+class PlanAssignment:
+    """Which plan an org is on, since when."""
+
+    org_id: str
+    plan: str
+    assigned_at: datetime
+
+
+@runtime_checkable
+class MeteringStore(Protocol):
+    """Usage events, quota counters and plan assignments (memory or SQL)."""
+
+    @property
+    def unit_of_work(self) -> UnitOfWork:
+        """A unit of work for writes made outside an operation (ingestion, plan changes)."""
+        ...
+
+    async def record(
+        self, tx: Transaction, event: UsageEvent, meter: Meter, counters: Sequence[Counter] = ()
+    ) -> Recorded:
+        """Store `event` in `tx` unless its `(org_id, id)` exists, then add its value (1 for
+        `count` meters) to each counter of the event's window, checking limits atomically.
+
+        Raises:
+            SpecValidationError: The event names another meter than `meter`.
+        """
+        ...
+
+    async def counter(
+        self,
+        org_id: str,
+        meter: str,
+        window: Window,
+        window_start: datetime,
+        *,
+        tx: Transaction | None = None,
+    ) -> Decimal:
+        """A counter's committed value (0 when absent), read in `tx` when given (no lock)."""
+        ...
+
+    async def get(self, org_id: str, id: str) -> UsageEvent | None:
+        """One committed event."""
+        ...
+
+    async def events(
+        self, org_id: str, meter: str, start: datetime, end: datetime
+    ) -> list[UsageEvent]:
+        """Committed events of a meter with `start <= timestamp < end`, oldest first."""
+        ...
+
+    async def aggregate(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        by_subject: bool = True,
+        subject: str | None = None,
+    ) -> list[UsageAggregate]:
+        """Usage per (subject,) meter window in `[start, end)`, ordered by subject then window;
+        windows without events are absent."""
+        ...
+
+    async def total(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        subject: str | None = None,
+    ) -> Decimal:
+        """The meter's aggregation over all events in `[start, end)` (0 when there are none)."""
+        ...
+
+    async def assign_plan(
+        self, assignment: PlanAssignment, *, tx: Transaction | None = None
+    ) -> None:
+        """Set (or replace) the org's plan, in `tx` when given."""
+        ...
+
+    async def plan_of(self, org_id: str, *, tx: Transaction | None = None) -> PlanAssignment | None:
+        """The org's plan assignment, or `None`."""
+        ...
+
+
+def check_event(event: UsageEvent, meter: Meter) -> None:
+    """Refuse an event that does not fit its meter (shared by the adapters)."""
+    if event.meter != meter.key:
+        raise SpecValidationError(
+            f"usage event {event.id} is for meter {event.meter!r}, not {meter.key!r}",
+            details={"field": "meter"},
+        )
+    if meter.aggregation is Aggregation.UNIQUE_COUNT and event.unique_key is None:
+        raise SpecValidationError(
+            f"usage event {event.id}: meter {meter.key} counts distinct keys, so the event needs "
+            "unique_key=",
+            details={"field": "unique_key"},
+        )
+
+
+def counted(event: UsageEvent, meter: Meter) -> Decimal:
+    """What an event adds to a running total: 1 for `count` meters, else its value."""
+    return Decimal(1) if meter.aggregation is Aggregation.COUNT else event.value
+
+
+def combine(aggregation: Aggregation, rows: Iterable[tuple[UsageEvent, int]]) -> Decimal:
+    """Aggregate `(event, arrival sequence)` pairs (the memory adapter's GROUP BY)."""
+    items = list(rows)
+    if not items:
+        return Decimal(0)
+    if aggregation is Aggregation.SUM:
+        total = sum((e.value for e, _ in items), Decimal(0))
+    elif aggregation is Aggregation.COUNT:
+        total = Decimal(len(items))
+    elif aggregation is Aggregation.MAX:
+        total = max(e.value for e, _ in items)
+    elif aggregation is Aggregation.UNIQUE_COUNT:
+        total = Decimal(len({e.unique_key for e, _ in items}))
+    else:
+        total = max(items, key=lambda pair: (pair[0].timestamp, pair[1]))[0].value
+    return clean_decimal(total)
+
+
+@define
+class _Claim:
+    """An uncommitted write of one transaction: an event, or a counter delta."""
+
+    tx: Transaction
+    event: UsageEvent | None = None
+    delta: Decimal = Decimal(0)
+
+
+class MemoryMeteringStore:
+    """`MeteringStore` in process memory (tests, single-process apps, the docs).
+
+    Writes stay private to their transaction until it commits; a transaction that records the
+    same event id or updates the same counter as an open one waits for it to end, so concurrent
+    quota checks admit exactly the allowed number, as on PostgreSQL.
+    """
+
+    __slots__ = ("_claims", "_counters", "_events", "_plans", "_seq", "_uow")
+
+    def __init__(self) -> None:
+        self._uow = MemoryUnitOfWork()
+        #: (org_id, id) -> (event, arrival sequence)
+        self._events: dict[tuple[str, str], tuple[UsageEvent, int]] = {}
+        self._counters: dict[tuple[str, str, Window, datetime], Decimal] = {}
+        self._claims: dict[tuple[object, ...], _Claim] = {}
+        self._plans: dict[str, PlanAssignment] = {}
+        self._seq = 0
+
+    @property
+    def unit_of_work(self) -> UnitOfWork:
+        """A `MemoryUnitOfWork`."""
+        return self._uow
+
+    async def _claim(self, tx: Transaction, key: tuple[object, ...], what: str) -> _Claim:
+        while True:
+            claim = self._claims.get(key)
+            if claim is None:
+                claim = self._claims[key] = _Claim(tx)
+
+                def release(
+                    key: tuple[object, ...] = key,
+                    claim: _Claim = claim,
+                    claims: dict[tuple[object, ...], _Claim] = self._claims,
+                ) -> None:
+                    if claims.get(key) is claim:
+                        del claims[key]
+
+                tx.on_end(release)
+                return claim
+            if claim.tx is tx:
+                return claim
+            await tx.wait_for(claim.tx, what, LOCK_WAIT_S)
+
+    async def record(
+        self, tx: Transaction, event: UsageEvent, meter: Meter, counters: Sequence[Counter] = ()
+    ) -> Recorded:
+        """See `MeteringStore.record`."""
+        check_event(event, meter)
+        tx.check_writable("recording usage")
+        key = (event.org_id, event.id)
+        stored = self._events.get(key)
+        if stored is not None:
+            return Recorded(stored[0], False)
+        claim = await self._claim(tx, ("event", *key), f"usage event {event.id}")
+        stored = self._events.get(key)
+        if stored is not None:  # committed while this transaction waited
+            return Recorded(stored[0], False)
+        if claim.event is not None:
+            return Recorded(claim.event, False)
+        claim.event = event
+
+        def forget(claim: _Claim = claim) -> None:
+            claim.event = None
+
+        tx.add_undo(forget)
+        amount = counted(event, meter)
+        deltas: list[tuple[tuple[str, str, Window, datetime], Decimal]] = []
+        for counter in counters:
+            start, _ = window_bounds(counter.window, event.timestamp)
+            ckey = (event.org_id, meter.key, counter.window, start)
+            cclaim = await self._claim(tx, ("counter", *ckey), f"the {meter.key} quota counter")
+            used = self._counters.get(ckey, Decimal(0)) + cclaim.delta
+            if counter.limit is not None and used + amount > counter.limit:
+                return Recorded(event, True, counter, clean_decimal(used))
+            cclaim.delta += amount
+
+            def give_back(c: _Claim = cclaim, n: Decimal = amount) -> None:
+                c.delta -= n
+
+            tx.add_undo(give_back)
+            deltas.append((ckey, amount))
+
+        def commit() -> None:
+            self._seq += 1
+            self._events[key] = (event, self._seq)
+            for ckey, n in deltas:
+                self._counters[ckey] = self._counters.get(ckey, Decimal(0)) + n
+
+        tx.on_commit(commit)
+        return Recorded(event, True)
+
+    async def counter(
+        self,
+        org_id: str,
+        meter: str,
+        window: Window,
+        window_start: datetime,
+        *,
+        tx: Transaction | None = None,
+    ) -> Decimal:
+        """See `MeteringStore.counter`."""
+        return clean_decimal(self._counters.get((org_id, meter, window, window_start), Decimal(0)))
+
+    async def get(self, org_id: str, id: str) -> UsageEvent | None:
+        """See `MeteringStore.get`."""
+        stored = self._events.get((org_id, id))
+        return stored[0] if stored is not None else None
+
+    def _rows(
+        self, org_id: str, meter: str, start: datetime, end: datetime, subject: str | None
+    ) -> list[tuple[UsageEvent, int]]:
+        return [
+            (e, seq)
+            for e, seq in self._events.values()
+            if e.org_id == org_id
+            and e.meter == meter
+            and start <= e.timestamp < end
+            and (subject is None or e.subject == subject)
+        ]
+
+    async def events(
+        self, org_id: str, meter: str, start: datetime, end: datetime
+    ) -> list[UsageEvent]:
+        """See `MeteringStore.events`."""
+        rows = self._rows(org_id, meter, start, end, None)
+        return [e for e, _ in sorted(rows, key=lambda r: (r[0].timestamp, r[1]))]
+
+    async def aggregate(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        by_subject: bool = True,
+        subject: str | None = None,
+    ) -> list[UsageAggregate]:
+        """See `MeteringStore.aggregate`."""
+        groups: dict[tuple[str | None, datetime], list[tuple[UsageEvent, int]]] = {}
+        for e, seq in self._rows(org_id, meter.key, start, end, subject):
+            wstart, _ = window_bounds(meter.window, e.timestamp)
+            groups.setdefault((e.subject if by_subject else None, wstart), []).append((e, seq))
+        out = []
+        for (subj, wstart), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+        ):
+            _, wend = window_bounds(meter.window, wstart)
+            out.append(
+                UsageAggregate(
+                    org_id, meter.key, subj, wstart, wend, combine(meter.aggregation, rows)
+                )
+            )
+        return out
+
+    async def total(
+        self,
+        meter: Meter,
+        org_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        subject: str | None = None,
+    ) -> Decimal:
+        """See `MeteringStore.total`."""
+        return combine(meter.aggregation, self._rows(org_id, meter.key, start, end, subject))
+
+    async def assign_plan(
+        self, assignment: PlanAssignment, *, tx: Transaction | None = None
+    ) -> None:
+        """See `MeteringStore.assign_plan`."""
+        if tx is not None:
+            tx.check_writable("assigning a plan")
+            tx.undo_item(self._plans, assignment.org_id)
+        self._plans[assignment.org_id] = assignment
+
+    async def plan_of(self, org_id: str, *, tx: Transaction | None = None) -> PlanAssignment | None:
+        """See `MeteringStore.plan_of`."""
+        return self._plans.get(org_id)

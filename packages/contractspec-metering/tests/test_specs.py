@@ -1,0 +1,147 @@
+"""Meter, plan and binding definitions: validation, windows and the IR."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from metering_support import build_registry, free
+
+from contractspec.core import SpecDefinitionError, SpecRegistry, SpecValidationError
+from contractspec.metering import (
+    Feature,
+    Limit,
+    MemoryMeteringStore,
+    Metering,
+    Price,
+    Tier,
+    Window,
+    define_meter,
+    define_plan,
+    meter_operation,
+    window_bounds,
+)
+
+
+def test_windows_are_utc_and_months_are_calendar_months() -> None:
+    """hour/day/month bounds contain the instant; a non-UTC instant is converted first."""
+    at = datetime(2024, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))  # Jan 1 UTC
+    assert window_bounds(Window.HOUR, at) == (
+        datetime(2025, 1, 1, 4, tzinfo=UTC),
+        datetime(2025, 1, 1, 5, tzinfo=UTC),
+    )
+    assert window_bounds("day", at)[0] == datetime(2025, 1, 1, tzinfo=UTC)
+    assert window_bounds("month", datetime(2024, 12, 5, tzinfo=UTC)) == (
+        datetime(2024, 12, 1, tzinfo=UTC),
+        datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    assert window_bounds("month", datetime(2024, 2, 29, 12, tzinfo=UTC))[1] == datetime(
+        2024, 3, 1, tzinfo=UTC
+    )
+    with pytest.raises(SpecValidationError, match="no timezone"):
+        window_bounds("day", datetime(2024, 1, 1))
+
+
+def test_meter_definitions_are_checked() -> None:
+    """Bad keys, aggregations, windows and missing value paths are definition errors."""
+    with pytest.raises(SpecDefinitionError, match="dotted lowercase"):
+        define_meter("API Calls", unit="call")
+    with pytest.raises(SpecDefinitionError, match="aggregation must be one of"):
+        define_meter("api.calls", unit="call", aggregation="avg")
+    with pytest.raises(SpecDefinitionError, match="window must be one of"):
+        define_meter("api.calls", unit="call", window="week")
+    with pytest.raises(SpecDefinitionError, match="needs value="):
+        define_meter("storage.bytes", unit="byte", event="files.file.uploaded")
+    with pytest.raises(SpecDefinitionError, match="dotted path"):
+        define_meter("storage.bytes", unit="byte", event="x.y", value="a..b")
+    count = define_meter("uploads", unit="file", aggregation="count", event="files.file.uploaded")
+    assert count.value is None
+
+
+def test_plan_definitions_are_checked() -> None:
+    """Duplicate limits or prices, bad tiers and foreign items are definition errors."""
+    with pytest.raises(SpecDefinitionError, match="two limits"):
+        define_plan("p", entitlements=[Limit("a.b", 1), Limit("a.b", 2)])
+    with pytest.raises(SpecDefinitionError, match="two prices"):
+        define_plan("p", prices=[Price("a.b", unit_amount=1), Price("a.b", unit_amount=2)])
+    with pytest.raises(SpecDefinitionError, match="Feature"):
+        define_plan("p", entitlements=["sso"])  # type: ignore[list-item]
+    with pytest.raises(SpecDefinitionError, match="strictly ascending"):
+        Price("a.b", mode="graduated", tiers=[Tier(10, 1), Tier(5, 1), Tier(None, 1)])
+    with pytest.raises(SpecDefinitionError, match="only the last tier"):
+        Price("a.b", mode="volume", tiers=[Tier(10, 1), Tier(20, 1)])
+    with pytest.raises(SpecDefinitionError, match="not tiers"):
+        Price("a.b", tiers=[Tier(None, 1)])
+    with pytest.raises(SpecDefinitionError, match=">= 0"):
+        Limit("a.b", -1)
+    with pytest.raises(SpecDefinitionError, match="kind must be one of"):
+        Limit("a.b", 1, kind="soft")
+    with pytest.raises(SpecDefinitionError, match="more than 6 decimal places"):
+        Price("a.b", unit_amount="0.0000001")
+    assert Limit("a.b", "2.5").limit == Decimal("2.5")
+
+
+def test_meter_operation_needs_a_meter_or_feature_and_valid_paths() -> None:
+    """A binding without meter or feature, or with a path outside input/output, is refused."""
+    with pytest.raises(SpecDefinitionError, match="meter= and/or feature="):
+        meter_operation("app.search")
+    with pytest.raises(SpecDefinitionError, match=r"must start with 'input\.' or 'output\.'"):
+        meter_operation("app.search", meter="api.calls", amount="tokens")
+    with pytest.raises(SpecDefinitionError, match="amount"):
+        meter_operation("app.search", meter="api.calls", amount=float("nan"))
+
+
+def test_metering_checks_cross_references() -> None:
+    """Unknown meters, limits on non-additive meters and an unknown default plan are refused."""
+    seats = define_meter("seats", unit="seat", aggregation="latest")
+    calls = define_meter("api.calls", unit="call", aggregation="count")
+    with pytest.raises(SpecDefinitionError, match="names meter 'nope', which is not registered"):
+        Metering(SpecRegistry(calls, meter_operation("app.x", meter="nope")), MemoryMeteringStore())
+    with pytest.raises(SpecDefinitionError, match="needs a sum or count meter"):
+        Metering(
+            SpecRegistry(seats, define_plan("p", entitlements=[Limit("seats", 3)])),
+            MemoryMeteringStore(),
+        )
+    with pytest.raises(SpecDefinitionError, match="default_plan 'gold'"):
+        Metering(SpecRegistry(calls), MemoryMeteringStore(), default_plan="gold")
+
+
+def test_meters_plans_and_bindings_appear_in_the_ir() -> None:
+    """registry.to_ir() describes meters, plans and metered operations, deterministically."""
+    ir = build_registry().to_ir()["specs"]
+    meters = {m["name"]: m for m in ir["meter"]}
+    assert meters["storage.bytes"] == {
+        "kind": "meter",
+        "name": "storage.bytes",
+        "version": 1,
+        "schemas": {},
+        "unit": "byte",
+        "aggregation": "sum",
+        "window": "day",
+        "event": "files.file.uploaded",
+        "value": "size_bytes",
+        "subject": "project_id",
+        "description": "",
+    }
+    plans = {p["name"]: p for p in ir["plan"]}
+    assert plans["free"]["limits"][2] == {
+        "type": "limit",
+        "meter": "api.burst",
+        "limit": "3",
+        "window": "hour",
+        "kind": "rate",
+        "overage": "deny",
+    }
+    assert plans["pro"]["features"] == ["export"]
+    assert plans["pro"]["prices"][0]["tiers"][2] == {
+        "up_to": None,
+        "unit_amount": "0.001",
+        "flat_amount": "1",
+    }
+    bound = {b["name"]: b for b in ir["metered_operation"]}
+    assert bound["app.note.add"]["amount"] == "input.tokens"
+    assert bound["app.export"]["feature"] == "export"
+    assert build_registry().to_ir() == build_registry().to_ir()
+    assert free.has_feature("export") is False
+    assert Feature("sso").to_ir() == {"type": "feature", "key": "sso"}
