@@ -479,3 +479,33 @@ async def test_a_redelivery_after_a_crash_completes_the_step(store: JourneyStore
     done = await engine.handle(deal)
     assert [(c.step, c.completed_at) for c in done] == [("first_deal", T0)]
     assert await engine.handle(deal) == []
+
+
+async def test_a_crowded_backfill_reads_the_org_once_and_equals_incremental(
+    store: JourneyStore,
+) -> None:
+    """30 learners in one batch (the org-wide read path) get the progress of one-by-one handling,
+    for actor and org steps alike."""
+    import random
+
+    rng = random.Random(7)
+    history = [
+        ev(
+            f"e{i}",
+            rng.choice(["crm.deal.created", "invoice.sent", "invoice.sent"]),
+            f"u{rng.randrange(30)}",
+            T0 + i * dt.timedelta(hours=5),
+        )
+        for i in range(300)
+    ]
+    engine = engine_on(store)
+    report = await engine.backfill(history)
+    reference = engine_on(MemoryJourneyStore())
+    expected = [c for e in history for c in await reference.handle(e)]
+    assert sorted(report.completions, key=repr) == sorted(expected, key=repr)
+    learners = {e.actor_id for e in history}
+    assert len(learners) == 30
+    for learner in sorted(learners, key=str):
+        assert await engine.progress("acme", str(learner), "onboarding") == (
+            await reference.progress("acme", str(learner), "onboarding")
+        )

@@ -68,6 +68,7 @@ import graphlib
 import math
 import re
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -1302,7 +1303,7 @@ class JourneyEngine:
         history: Iterable[JourneyEvent | EventEnvelope]
         | AsyncIterable[JourneyEvent | EventEnvelope],
         *,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
     ) -> BackfillReport:
         """Compute progress from historical events with the same rules as `handle`.
 
@@ -1312,7 +1313,9 @@ class JourneyEngine:
 
         Args:
             history: Events (sync or async iterable).
-            batch_size: Events stored per store call (>= 1).
+            batch_size: Events read before they are stored and the learners they touch are
+                recomputed (>= 1). Each learner is recomputed once per batch, so larger batches
+                take fewer store round trips; memory grows with the batch.
 
         Returns:
             A `BackfillReport`.
@@ -1395,27 +1398,44 @@ class JourneyEngine:
     async def _recompute(self, enrollments: Sequence[Enrollment]) -> list[StepCompletion]:
         completions: list[StepCompletion] = []
         now = self.clock.now()
+        # Many learners of one org and track (a backfill batch, an org-wide step): read the org's
+        # events once and index them by actor, instead of one query per learner.
+        crowd = Counter((e.org_id, e.track) for e in enrollments)
+        pools: dict[tuple[str, str], _EventPool] = {}
         for enrollment in enrollments:
+            current: Enrollment | None = enrollment
             for _attempt in range(3):
-                current = await self.store.enrollment(
-                    enrollment.org_id, enrollment.learner_id, enrollment.track
-                )
                 if current is None:  # pragma: no cover - enrollments are never deleted
                     break
                 spec = self.track(current.track, current.version)
                 actor_types = {s.completion.event for s in spec.steps if s.completion.by == "actor"}
                 org_types = {s.completion.event for s in spec.steps if s.completion.by == "org"}
                 found: list[JourneyEvent] = []
-                if actor_types:
-                    found += await self.store.events(
-                        current.org_id, actor_types, actor_id=current.learner_id
-                    )
-                if org_types:
-                    found += await self.store.events(current.org_id, org_types)
+                group = (current.org_id, current.track)
+                if crowd[group] > _PREFETCH_ABOVE:
+                    pool = pools.get(group)
+                    if pool is None:
+                        types = {
+                            t for v in self._tracks[current.track].values() for t in v.event_types
+                        }
+                        pool = pools[group] = _EventPool.of(
+                            await self.store.events(current.org_id, types)
+                        )
+                    found = pool.select(current.learner_id, actor_types, org_types)
+                else:
+                    if actor_types:
+                        found += await self.store.events(
+                            current.org_id, actor_types, actor_id=current.learner_id
+                        )
+                    if org_types:
+                        found += await self.store.events(current.org_id, org_types)
                 states = compute_progress(spec, current, found)
                 try:
                     changes = await self.store.save_steps(current, list(states.values()))
                 except ConflictError:  # migrated meanwhile: recompute on the new version
+                    current = await self.store.enrollment(
+                        enrollment.org_id, enrollment.learner_id, enrollment.track
+                    )
                     continue
                 for key in changes.completed:
                     done = states[key].completed_at
@@ -1687,6 +1707,37 @@ class JourneyEngine:
     ) -> JourneyAnalytics:
         """`analytics` for scripts and notebooks."""
         return self._runner.run(self.analytics(track, org_id=org_id, version=version))
+
+
+#: Above this many learners of one org and track in one recomputation, the org's events are
+#: read once (and indexed by actor) rather than once per learner.
+_PREFETCH_ABOVE = 8
+
+
+@attrs.frozen
+class _EventPool:
+    """An org's events of a track's types, indexed by actor and by type."""
+
+    by_actor: dict[str | None, list[JourneyEvent]]
+    by_type: dict[str, list[JourneyEvent]]
+
+    @classmethod
+    def of(cls, events: Iterable[JourneyEvent]) -> _EventPool:
+        by_actor: dict[str | None, list[JourneyEvent]] = {}
+        by_type: dict[str, list[JourneyEvent]] = {}
+        for e in events:
+            by_actor.setdefault(e.actor_id, []).append(e)
+            by_type.setdefault(e.type, []).append(e)
+        return cls(by_actor, by_type)
+
+    def select(
+        self, learner: str, actor_types: Collection[str], org_types: Collection[str]
+    ) -> list[JourneyEvent]:
+        """The learner's events of `actor_types` and everyone's events of `org_types`."""
+        found = [e for e in self.by_actor.get(learner, ()) if e.type in actor_types]
+        for t in org_types:
+            found += self.by_type.get(t, ())
+        return found
 
 
 @attrs.frozen
