@@ -326,3 +326,28 @@ def test_the_spec_diff_flags_an_in_place_edit_of_a_track() -> None:
     assert (change.rule, change.severity.value, change.spec) == ("spec-changed", "warning", "t@1")
     [added] = diff_ir(before, SpecRegistry(v1, v2).to_ir()).changes
     assert (added.rule, added.spec) == ("spec-added", "t@2")
+
+
+async def test_subscribe_registers_handle_once_per_event_name() -> None:
+    """subscribe(bus) adds one subscription per listened event; again after publishing a track
+    with a new event, only that one is added."""
+    from contractspec.growth.journeys import JourneyEngine, MemoryJourneyStore
+
+    class FakeBus:
+        def __init__(self) -> None:
+            self.subs: list[tuple[str, Any, str]] = []
+
+        def subscribe(self, pattern: str, handler: Any, *, name: str) -> str:
+            self.subs.append((pattern, handler, name))
+            return name
+
+    engine = JourneyEngine(
+        [define_track("t", 1, modules=[Module("m", [_step("a", "e.one"), _step("b", "e.two")])])],
+        MemoryJourneyStore(),
+    )
+    bus = FakeBus()
+    assert engine.subscribe(bus) == ["growth.journeys:e.one", "growth.journeys:e.two"]
+    assert all(handler == engine.handle for _, handler, _ in bus.subs)
+    engine.publish(define_track("u", 1, modules=[Module("m", [_step("c", "e.three")])]))
+    assert engine.subscribe(bus) == ["growth.journeys:e.three"]
+    assert [p for p, _, _ in bus.subs] == ["e.one", "e.two", "e.three"]

@@ -1178,6 +1178,7 @@ class JourneyEngine:
         self.ids = ids
         self.auto_enroll = auto_enroll
         self._runner = SyncRunner()
+        self._subscribed: set[tuple[int, str]] = set()
 
     # -- tracks ---------------------------------------------------------------------------------
 
@@ -1222,6 +1223,33 @@ class JourneyEngine:
     def tracks(self) -> list[TrackSpec]:
         """Every published track version, by key then version."""
         return [v for _, vs in sorted(self._tracks.items()) for _, v in sorted(vs.items())]
+
+    @property
+    def event_names(self) -> list[str]:
+        """Names of the events some published track listens to, sorted."""
+        return sorted({t for spec in self.tracks for t in spec.event_types})
+
+    def subscribe(self, bus: Any, *, name: str = "growth.journeys") -> list[Any]:
+        """Subscribe `handle` to each event some track listens to on `bus` (the bus package's
+        `EventBus`, or anything with `subscribe(pattern, handler, *, name=)`).
+
+        Call it again after publishing a track that listens to new events: only the names not
+        subscribed yet by this engine are added.
+
+        Args:
+            bus: The event bus.
+            name: Prefix of the subscription names (`<name>:<event>`).
+
+        Returns:
+            The new subscriptions.
+        """
+        added = []
+        for event_name in self.event_names:
+            if (id(bus), event_name) in self._subscribed:
+                continue
+            added.append(bus.subscribe(event_name, self.handle, name=f"{name}:{event_name}"))
+            self._subscribed.add((id(bus), event_name))
+        return added
 
     def _listening(self, event_type: str) -> list[str]:
         return [
