@@ -162,9 +162,7 @@ def _check_time(value: Any, field: str) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _check_id(value: Any, field: str, *, optional: bool = False) -> str:
-    if value is None and optional:
-        return ""
+def _check_id(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > _MAX_KEY:
         raise SpecValidationError(
             f"{field} must be a non-empty string of at most {_MAX_KEY} characters, got {value!r}.",
@@ -298,7 +296,7 @@ class Step:
     key: str
     content_md: str = ""
     action: str | None = None
-    completion: EventCondition = attrs.field(default=None)
+    completion: EventCondition = attrs.field(default=None)  # required: checked below
     prerequisites: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     deadline: dt.timedelta | None = None
     deadline_template: str = "journey.overdue"
@@ -1145,7 +1143,7 @@ class JourneyEngine:
         auto_enroll: Enroll an event's actor in each track listening to its type.
 
     Raises:
-        ConfigurationError: Two different tracks share a key and version, or no tracks.
+        ConfigurationError: Two different tracks share a key and version.
     """
 
     def __init__(
