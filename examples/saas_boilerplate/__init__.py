@@ -1,0 +1,1 @@
+"""SaaS boilerplate example: orgs and roles, projects, plans and quotas, flags, files, onboarding."""

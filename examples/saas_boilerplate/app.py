@@ -1,0 +1,322 @@
+"""Wiring: one database for everything, one executor, an outbox relay, the HTTP surface.
+
+```text
+HTTP (Bearer token -> user + org, signed) ─┐   POST /files/upload/saas.project.files/{id}
+in-process CallContext ────────────────────┴─> Executor(policy = identity's PolicyEngine)
+    middleware: SeatCap (identity.member.invite) -> QuotaMiddleware (api.calls, upload.bytes)
+    -> identity.* | saas.* | files.* handlers -> SqlBackend (cs_ tables, outbox, audit chain)
+cs_outbox ─> OutboxRelay ─> EventBus ─> JourneyEngine.handle (onboarding steps)
+```
+
+Every store is the SQL one, on the engine you pass (a SQLite file or PostgreSQL); blobs go to a
+local directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from attrs import define
+from itsdangerous import BadSignature, URLSafeSerializer
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from contractspec.bus import EventBus, OutboxRelay
+from contractspec.bus.sql import SqlAuditTrail, SqlOutboxStore, create_bus_tables
+from contractspec.core import (
+    Actor,
+    CallContext,
+    Clock,
+    Executor,
+    HandlerCtx,
+    Invocation,
+    SpecRegistry,
+    SystemClock,
+)
+from contractspec.core.handler import NextFn
+from contractspec.core.http import Principal, create_app
+from contractspec.core.sql import SqlBackend
+from contractspec.files import Files, LocalFileStorage
+from contractspec.files.http import file_routes
+from contractspec.files.sql import SqlFileStore
+from contractspec.growth import FlagEvaluator, JourneyEngine
+from contractspec.growth.journeys_sql import SqlJourneyStore
+from contractspec.identity import Identity, Org, OrgMembership, User, register_identity
+from contractspec.identity.sql import SqlIdentityStore
+from contractspec.metering import Metering, QuotaExceededError, UsageEvent, window_bounds
+from contractspec.metering.sql import SqlMeteringStore, create_metering_tables
+from saas_boilerplate.handlers import Handlers, seats_in_use
+from saas_boilerplate.spec import (
+    ACCESS,
+    PLAN_SEATS,
+    declare,
+    export_flag,
+    onboarding,
+    project_files,
+    seats,
+)
+
+__all__ = ["SaasApp", "SeatCap", "Tokens", "build_app"]
+
+#: Operations after which the org's seat count is recorded on the `seats` gauge.
+SEAT_CHANGES = frozenset(
+    {
+        "identity.org.create",
+        "identity.member.invite",
+        "identity.member.remove",
+        "identity.org.leave",
+        "identity.member.suspend",
+        "identity.member.reactivate",
+    }
+)
+
+
+@define
+class SeatCap:
+    """Executor middleware: an invitation needs a free seat on the org's plan (`PLAN_SEATS`);
+    every membership change records the org's seat count on the `seats` gauge.
+
+    Both happen in the call's transaction. The org row is locked first (`lock_org`), so two
+    concurrent invitations into the last seat cannot both pass.
+
+    Raises:
+        QuotaExceededError: The plan's seats are all taken (HTTP 402).
+    """
+
+    identity: Identity
+    metering: Metering
+
+    async def __call__(self, invocation: Invocation, call_next: NextFn) -> BaseModel:
+        name = invocation.spec.name
+        if name not in SEAT_CHANGES:
+            return await call_next(invocation)
+        ctx = invocation.ctx
+        if name == "identity.member.invite" and ctx.org_id is not None:
+            await self._check(ctx, ctx.org_id)
+        output = await call_next(invocation)
+        org_id = output.id if isinstance(output, Org) else ctx.org_id  # a new org: its owner
+        if org_id is not None:
+            await self.metering.record(
+                UsageEvent(
+                    id=ctx.new_id(),
+                    org_id=org_id,
+                    user_id=ctx.actor.id,
+                    subject="members",
+                    meter=seats.key,
+                    value=await seats_in_use(self.identity, ctx, org_id),
+                    timestamp=ctx.now(),
+                ),
+                tx=ctx.tx,
+            )
+        return output
+
+    async def _check(self, ctx: HandlerCtx, org_id: str) -> None:
+        await self.identity.store.lock_org(ctx.tx, org_id)
+        plan = await self.metering.plan_of(org_id, tx=ctx.tx)
+        key = plan.key if plan is not None else "free"
+        used = await seats_in_use(self.identity, ctx, org_id)
+        if used + 1 > PLAN_SEATS[key]:
+            now = ctx.now()
+            raise QuotaExceededError(
+                f"org {org_id} on plan {key!r} uses {used} of its {PLAN_SEATS[key]} seats; "
+                "upgrade the plan (saas.billing.change_plan) or remove a member first",
+                plan=key,
+                meter=seats.key,
+                window=seats.window.value,
+                limit=Decimal(PLAN_SEATS[key]),
+                used=Decimal(used),
+                requested=Decimal(1),
+                window_end=window_bounds(seats.window, now)[1],
+            )
+
+
+class Tokens:
+    """API tokens: a signed `(user, org)` pair (itsdangerous), issued by the server.
+
+    The tenant of a call comes from the token, never from the request; the executor still
+    checks on every call that the user is a member of that org (a removed member's token stops
+    working at once). Real apps add expiry and revocation, or use their identity provider.
+
+    Args:
+        secret: Signing key (at least 32 bytes; keep it out of the database).
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._signer = URLSafeSerializer(secret, salt="saas.api-token")
+
+    def issue(self, user_id: str, org_id: str) -> str:
+        """A token acting as `user_id` in `org_id`."""
+        return str(self._signer.dumps({"u": user_id, "o": org_id}))
+
+    def authenticate(self, request: Request) -> Principal | None:
+        """`Authorization: Bearer <token>` -> the token's user and org; anything else: anonymous."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        try:
+            data = self._signer.loads(token)
+        except BadSignature:
+            return None
+        return Principal(Actor.user(str(data["u"])), org_id=str(data["o"]))
+
+
+@define
+class SaasApp:
+    """The wired app.
+
+    Attributes:
+        engine: The database (not disposed by the app).
+        executor: Runs every operation (policy, tenant, quotas, audit, outbox).
+        identity: Users, orgs, memberships, the policy engine.
+        files: Attachments (blobs under `files_dir`, records in `cs_files`/`cs_attachments`).
+        metering: Plans and usage.
+        journeys: Onboarding progress, fed by the relay.
+        relay: Delivers the outbox to `bus` (run it in the background, or `pump()` it).
+        trail: Audit queries and chain verification.
+        tokens: API token issuer and HTTP authenticator.
+        clock: Time source of everything above.
+    """
+
+    engine: AsyncEngine
+    executor: Executor
+    identity: Identity
+    files: Files
+    metering: Metering
+    journeys: JourneyEngine
+    bus: EventBus
+    relay: OutboxRelay
+    trail: SqlAuditTrail
+    tokens: Tokens
+    clock: Clock
+
+    async def signup(self, email: str, org_name: str) -> tuple[CallContext, str]:
+        """Create a user and their org (on the free plan) as the system; the owner's call
+        context and API token."""
+        user = await self.executor.execute(
+            "identity.user.create", {"email": email}, CallContext(actor=Actor.system("signup"))
+        )
+        assert isinstance(user, User)
+        org = await self.executor.execute(
+            "identity.org.create", {"name": org_name}, CallContext(actor=Actor.user(user.id))
+        )
+        assert isinstance(org, Org)
+        await self.metering.assign_plan(org.id, "free")
+        return self.as_user(user.id, org.id), self.tokens.issue(user.id, org.id)
+
+    async def join(self, owner: CallContext, email: str, role: str) -> tuple[CallContext, str]:
+        """`owner` invites `email` with `role` and the invitee accepts; their context and token."""
+        invited = await self.executor.execute(
+            "identity.member.invite", {"email": email, "role": role}, owner
+        )
+        assert isinstance(invited, OrgMembership)
+        assert owner.org_id is not None
+        ctx = self.as_user(invited.user_id, owner.org_id)
+        await self.executor.execute("identity.invitation.accept", {}, ctx)
+        return ctx, self.tokens.issue(invited.user_id, owner.org_id)
+
+    @staticmethod
+    def as_user(user_id: str, org_id: str) -> CallContext:
+        """The in-process call context of a user in an org (what the HTTP adapter builds)."""
+        return CallContext(actor=Actor.user(user_id), org_id=org_id)
+
+    async def upload(
+        self, ctx: CallContext, project_id: str, chunks: AsyncIterable[bytes], filename: str
+    ) -> Any:
+        """Attach a file to a project in process (what `POST /files/upload/...` does)."""
+        assert ctx.org_id is not None
+        staged = await self.files.stage(
+            project_files, chunks, org_id=ctx.org_id, actor_id=ctx.actor.id, filename=filename
+        )
+        return await self.executor.execute(
+            "files.upload", {"token": staged.token, "entity_id": project_id}, ctx
+        )
+
+    async def pump(self) -> int:
+        """Deliver every pending outbox event (onboarding progress); the number delivered."""
+        return await self.relay.drain()
+
+    def http(self) -> Starlette:
+        """The HTTP surface: every operation at `/<name with />/v<version>`, plus file routes."""
+        app = create_app(self.executor, authenticate=self.tokens.authenticate, title="SaaS")
+        app.router.routes.extend(
+            file_routes(self.executor, self.files, authenticate=self.tokens.authenticate)
+        )
+        return app
+
+
+async def build_app(
+    engine: AsyncEngine,
+    files_dir: str | Path,
+    *,
+    secret: str | None = None,
+    clock: Clock | None = None,
+) -> SaasApp:
+    """Create the tables on `engine` (SQLite or PostgreSQL, not disposed) and wire the app.
+
+    Args:
+        engine: `contractspec.core.sql.sqlite_engine(path)` or a PostgreSQL engine.
+        files_dir: Directory of uploaded blobs.
+        secret: Key signing API tokens, upload tokens and download links (32+ bytes; random by
+            default, so tokens do not survive a restart).
+        clock: Time source (a `contractspec.core.testing.FakeClock` in the tests).
+
+    Returns:
+        The wired app, its policy engine loaded from the database.
+    """
+    clock = clock or SystemClock()
+    secret = secret or secrets.token_hex(32)
+    file_store = SqlFileStore(engine)
+    files = Files(storage=LocalFileStorage(files_dir), store=file_store, secret=secret, clock=clock)
+    registry = declare(SpecRegistry(), files)
+    backend = SqlBackend(engine, registry)
+    identity = register_identity(registry, SqlIdentityStore(backend.tables), model=ACCESS)
+    metering = Metering(registry, SqlMeteringStore(engine), clock=clock)
+    journey_store = SqlJourneyStore(engine)
+    journeys = JourneyEngine([onboarding], journey_store, clock=clock)
+    trail = SqlAuditTrail(engine, clock=clock)
+    Handlers(
+        identity=identity,
+        files=files,
+        metering=metering,
+        flags=FlagEvaluator([export_flag]),
+        journeys=journeys,
+        trail=trail,
+    ).bind(registry)
+    registry.validate(require_handlers=True)
+
+    await backend.create_all()
+    await create_bus_tables(engine)
+    await file_store.create_tables()
+    await create_metering_tables(engine)
+    await journey_store.create_all()
+
+    executor = Executor(
+        registry,
+        backend=backend,
+        policy=identity.engine,
+        clock=clock,
+        middleware=[SeatCap(identity, metering), metering.middleware()],
+    )
+    await identity.load(executor.unit_of_work)
+    bus = EventBus()
+    journeys.subscribe(bus)  # saas.project.created, files.uploaded, member.invited
+    relay = OutboxRelay(SqlOutboxStore(engine), bus, registry=registry)
+    return SaasApp(
+        engine=engine,
+        executor=executor,
+        identity=identity,
+        files=files,
+        metering=metering,
+        journeys=journeys,
+        bus=bus,
+        relay=relay,
+        trail=trail,
+        tokens=Tokens(secret),
+        clock=clock,
+    )

@@ -1,0 +1,325 @@
+"""The SaaS example end to end, over HTTP, on a SQLite file and on PostgreSQL.
+
+Every test drives the app the way a client does (HTTP with a bearer token from which the server
+derives user and tenant), except for set-up steps that have no route (sign-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from saas_boilerplate.app import SaasApp, build_app
+from saas_boilerplate.spec import PLAN_SEATS
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contractspec.core import CallContext, PolicyDeniedError
+from contractspec.core.testing import FakeClock
+from contractspec.identity.operations import Members
+from contractspec.metering import QuotaExceededError, UsageEvent
+
+PDF = b"%PDF-1.7\n" + b"%" * 3000 + b"\n%%EOF\n"
+
+
+@dataclass
+class Org:
+    """An org with an owner, an admin and a member, and their tokens."""
+
+    id: str
+    owner: CallContext
+    admin: CallContext
+    member: CallContext
+    tokens: dict[str, str]
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+@dataclass
+class World:
+    app: SaasApp
+    clock: FakeClock
+    http: httpx.AsyncClient
+    acme: Org
+    globex: Org
+
+
+async def _org(app: SaasApp, name: str) -> Org:
+    slug = name.lower()
+    owner, owner_token = await app.signup(f"owner@{slug}.test", name)
+    admin, admin_token = await app.join(owner, f"admin@{slug}.test", "admin")
+    member, member_token = await app.join(owner, f"member@{slug}.test", "member")
+    assert owner.org_id is not None
+    tokens = {"owner": owner_token, "admin": admin_token, "member": member_token}
+    return Org(owner.org_id, owner, admin, member, tokens)
+
+
+@pytest.fixture
+async def world(sql_engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[World]:
+    """The app on a fresh SQLite file or PostgreSQL schema, two orgs, an HTTP client."""
+    clock = FakeClock()
+    app = await build_app(sql_engine, tmp_path / "files", clock=clock)
+    acme, globex = await _org(app, "Acme"), await _org(app, "Globex")
+    transport = httpx.ASGITransport(app=app.http())
+    async with httpx.AsyncClient(transport=transport, base_url="http://saas") as client:
+        yield World(app, clock, client, acme, globex)
+
+
+async def post(w: World, op: str, body: dict[str, Any], org: Org, who: str) -> httpx.Response:
+    return await w.http.post(f"/{op.replace('.', '/')}/v1", json=body, headers=org.auth(who))
+
+
+async def get(w: World, op: str, params: dict[str, Any], org: Org, who: str) -> httpx.Response:
+    return await w.http.get(f"/{op.replace('.', '/')}/v1", params=params, headers=org.auth(who))
+
+
+async def project(w: World, org: Org, who: str = "member", name: str = "Apollo") -> str:
+    created = await post(w, "saas.project.create", {"name": name}, org, who)
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
+async def upload(w: World, org: Org, who: str, project_id: str, data: bytes) -> httpx.Response:
+    return await w.http.post(
+        f"/files/upload/saas.project.files/{project_id}",
+        files={"file": ("Spec v1.pdf", data, "application/pdf")},
+        headers=org.auth(who),
+    )
+
+
+async def test_tenant_comes_from_the_token(world: World) -> None:
+    """401 without or with a forged token; the org is the token's (an X-Org-Id header is not
+    read); another org's project is not found; a removed member's token stops working."""
+    w = world
+    pid = await project(w, w.acme)
+    assert (await w.http.post("/saas/project/create/v1", json={"name": "x"})).status_code == 401
+    forged = {"Authorization": f"Bearer {w.acme.tokens['member'][:-2]}xx"}
+    assert (await w.http.get("/saas/project/list/v1", headers=forged)).status_code == 401
+    steer = {**w.globex.auth("owner"), "X-Org-Id": w.acme.id}
+    listed = await w.http.get("/saas/project/list/v1", headers=steer)
+    assert (listed.status_code, listed.json()["total"]) == (200, 0)  # globex's projects
+    other = await get(w, "saas.project.get", {"project_id": pid}, w.globex, "owner")
+    assert (other.status_code, other.json()["code"]) == (404, "not_found")
+    mine = await get(w, "saas.project.get", {"project_id": pid}, w.acme, "owner")
+    assert mine.json()["name"] == "Apollo"
+    removed = await post(
+        w, "identity.member.remove", {"user_id": w.acme.member.actor.id}, w.acme, "owner"
+    )
+    assert removed.status_code == 200, removed.text
+    gone = await get(w, "saas.project.list", {}, w.acme, "member")
+    assert (gone.status_code, gone.json()["code"]) == (403, "policy_denied")
+
+
+async def test_members_cannot_do_admin_things(world: World) -> None:
+    """Members create and rename projects; archiving, inviting and the audit log are for admins,
+    plans for owners; a refused call changes nothing."""
+    w, acme = world, world.acme
+    pid = await project(w, acme)
+    renamed = await post(w, "saas.project.rename", {"project_id": pid, "name": "Apollo 2"}, acme,
+                         "member")  # fmt: skip
+    assert renamed.json()["name"] == "Apollo 2"
+    refused = [
+        await post(w, "saas.project.archive", {"project_id": pid}, acme, "member"),
+        await post(w, "identity.member.invite", {"email": "eve@acme.test"}, acme, "member"),
+        await get(w, "saas.audit.list", {}, acme, "member"),
+        await post(w, "saas.billing.change_plan", {"plan": "pro"}, acme, "member"),
+        await post(w, "saas.billing.change_plan", {"plan": "pro"}, acme, "admin"),
+    ]
+    assert [(r.status_code, r.json()["code"]) for r in refused] == [(403, "policy_denied")] * 5
+    assert "does not grant 'project.manage'" in refused[0].json()["message"]
+    state = await get(w, "saas.project.get", {"project_id": pid}, acme, "member")
+    assert state.json()["status"] == "active"
+    summary = await get(w, "saas.billing.summary", {}, acme, "admin")
+    assert (summary.json()["plan"], summary.json()["seats_used"]) == ("free", 3)
+    archived = await post(w, "saas.project.archive", {"project_id": pid}, acme, "admin")
+    assert archived.json()["status"] == "archived"
+    frozen = await post(w, "saas.project.rename", {"project_id": pid, "name": "x"}, acme, "member")
+    assert (frozen.status_code, frozen.json()["code"]) == (409, "conflict")
+    # a member cannot promote themselves either (identity's rank rule)
+    promote = await post(w, "identity.member.change_role",
+                         {"user_id": acme.member.actor.id, "role": "admin"}, acme, "member")  # fmt: skip
+    assert promote.status_code == 403
+
+
+async def test_seats_are_capped_per_plan(world: World) -> None:
+    """The free plan has 3 seats (taken by owner, admin, member): a 4th invitation is 402 and
+    leaves no membership; on pro it passes. The seats gauge follows every change."""
+    w, acme = world, world.acme
+    assert PLAN_SEATS["free"] == 3
+    full = await post(w, "identity.member.invite", {"email": "dan@acme.test"}, acme, "admin")
+    assert (full.status_code, full.json()["code"]) == (402, "quota_exceeded")
+    assert full.json()["details"]["meter"] == "seats"
+    members = await get(w, "identity.member.list", {}, acme, "admin")
+    assert len(members.json()["members"]) == 3
+    downgrade_blocked = await post(w, "saas.billing.change_plan", {"plan": "pro"}, acme, "owner")
+    assert downgrade_blocked.json()["plan"] == "pro"
+    ok = await post(w, "identity.member.invite", {"email": "dan@acme.test"}, acme, "admin")
+    assert ok.status_code == 200, ok.text
+    back = await post(w, "saas.billing.change_plan", {"plan": "free"}, acme, "owner")
+    assert (back.status_code, back.json()["details"]["seats_used"]) == (409, 4)
+    start, end = w.clock.now() - timedelta(days=1), w.clock.now() + timedelta(days=1)
+    gauge = await w.app.metering.usage("seats", acme.id, start, end, by_subject=False)
+    assert [g.value for g in gauge] == [4]
+
+
+async def test_last_seat_goes_to_one_of_two_concurrent_invitations(world: World) -> None:
+    """Two admins inviting at once into the last free seat: exactly one invitation is kept."""
+    w, acme = world, world.acme
+    removed = await w.app.executor.execute(
+        "identity.member.remove", {"user_id": acme.member.actor.id}, acme.owner
+    )
+    assert removed is not None
+    results = await asyncio.gather(
+        w.app.executor.execute("identity.member.invite", {"email": "x@acme.test"}, acme.owner),
+        w.app.executor.execute("identity.member.invite", {"email": "y@acme.test"}, acme.admin),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1, results
+    assert isinstance(refused[0], QuotaExceededError)
+    members = await w.app.executor.execute("identity.member.list", {}, acme.owner)
+    assert isinstance(members, Members)
+    assert len(members.members) == 3
+
+
+async def test_api_call_rate_limit_per_day(world: World) -> None:
+    """Free orgs get 1,000 commands a day: the 1,001st is 429 with Retry-After until midnight
+    UTC and leaves nothing behind; the next day it passes; other orgs are not affected."""
+    w, acme = world, world.acme
+    now = w.clock.now()
+    used = [
+        UsageEvent(f"pre-{n}", acme.id, None, "import", "api.calls", 1, now) for n in range(999)
+    ]
+    await w.app.metering.record_many(used)
+    await project(w, acme, name="last")
+    over = await post(w, "saas.project.create", {"name": "over"}, acme, "member")
+    assert (over.status_code, over.json()["code"]) == (429, "quota_rate_limited")
+    assert over.headers["Retry-After"] == str(24 * 3600)  # the fake clock is at 00:00 UTC
+    listed = await get(w, "saas.project.list", {}, acme, "member")
+    assert [p["name"] for p in listed.json()["projects"]] == ["last"]
+    await project(w, world.globex, name="elsewhere")
+    w.clock.advance(timedelta(days=1))
+    await project(w, acme, name="tomorrow")
+    summary = await get(w, "saas.billing.summary", {}, acme, "owner")
+    calls = next(m for m in summary.json()["meters"] if m["meter"] == "api.calls")
+    assert (calls["used"], calls["limit"]) == ("1", "1000")
+
+
+async def test_export_flag_gates_the_feature_per_plan(world: World) -> None:
+    """`projects.export` is off on free (403, audited as a denial naming the flag) and on for
+    pro, where the export lists the projects and their files."""
+    w, acme = world, world.acme
+    pid = await project(w, acme)
+    assert (await upload(w, acme, "member", pid, PDF)).status_code == 201
+    off = await get(w, "saas.project.export", {}, acme, "member")
+    assert (off.status_code, off.json()["code"]) == (403, "policy_denied")
+    assert "flag 'projects.export'" in off.json()["message"]
+    await post(w, "saas.billing.change_plan", {"plan": "pro"}, acme, "owner")
+    on = await get(w, "saas.project.export", {}, acme, "member")
+    assert on.status_code == 200, on.text
+    [exported] = on.json()["projects"]
+    assert exported["project"]["id"] == pid
+    assert [(f["filename"], f["size"]) for f in exported["files"]] == [("Spec v1.pdf", len(PDF))]
+    still_off = await get(w, "saas.project.export", {}, world.globex, "owner")  # globex: free
+    assert still_off.status_code == 403
+    with pytest.raises(PolicyDeniedError):
+        await w.app.executor.execute("saas.project.export", {}, world.globex.member)
+
+
+async def test_attachment_upload_and_download(world: World) -> None:
+    """A member uploads a PDF over multipart; files.get gives a signed link whose download has
+    the same bytes, the sniffed type and a safe disposition. Spoofed types, another org's upload
+    and a member's delete are refused; an admin deletes."""
+    w, acme = world, world.acme
+    pid = await project(w, acme)
+    up = await upload(w, acme, "member", pid, PDF)
+    assert up.status_code == 201, up.text
+    attachment = up.json()["attachment"]["id"]
+    got = await get(w, "files.get", {"attachment_id": attachment}, acme, "member")
+    down = await w.http.get(got.json()["download_path"])
+    assert down.status_code == 200
+    assert (down.content, down.headers["content-type"]) == (PDF, "application/pdf")
+    assert down.headers["content-disposition"].startswith('attachment; filename="Spec v1.pdf"')
+    exe = b"MZ\x90\x00" + b"\x00" * 100 + b"PE\x00\x00"
+    spoofed = await upload(w, acme, "member", pid, exe)
+    assert (spoofed.status_code, spoofed.json()["code"]) == (415, "media_type_refused")
+    foreign = await upload(w, world.globex, "owner", pid, PDF)
+    assert foreign.status_code == 404  # acme's project does not exist in globex
+    listed = await get(w, "files.attachments.list", {"entity": "saas.project", "entity_id": pid},
+                       acme, "member")  # fmt: skip
+    assert len(listed.json()["items"]) == 1
+    denied = await post(w, "files.delete", {"attachment_id": attachment}, acme, "member")
+    assert denied.status_code == 403
+    deleted = await post(w, "files.delete", {"attachment_id": attachment}, acme, "admin")
+    assert deleted.status_code == 200, deleted.text
+    await w.app.files.drain()
+    assert (await w.http.get(got.json()["download_path"])).status_code == 404
+    summary = await get(w, "saas.billing.summary", {}, acme, "owner")
+    uploaded = next(m for m in summary.json()["meters"] if m["meter"] == "upload.bytes")
+    assert uploaded["used"] == str(len(PDF))
+
+
+async def test_onboarding_steps_complete_on_real_events(world: World) -> None:
+    """Steps complete when the relay delivers the product's own events: creating a project,
+    uploading a file (after the first project), inviting someone; a redelivery changes nothing."""
+    w, acme = world, world.acme
+    await w.app.pump()  # the set-up's events (acme's owner invited two people)
+    before = await get(w, "saas.onboarding.progress", {}, acme, "member")
+    assert before.json()["completed"] == []
+    pid = await project(w, acme)
+    pending = await get(w, "saas.onboarding.progress", {}, acme, "member")
+    assert pending.json()["completed"] == []  # committed, not yet delivered
+    assert await w.app.pump() == 1
+    after = await get(w, "saas.onboarding.progress", {}, acme, "member")
+    assert after.json()["completed"] == ["first_project"]
+    assert (await upload(w, acme, "member", pid, PDF)).status_code == 201
+    await w.app.pump()
+    done = await get(w, "saas.onboarding.progress", {}, acme, "member")
+    assert done.json()["completed"] == ["first_project", "first_file"]
+    owner = await get(w, "saas.onboarding.progress", {}, acme, "owner")
+    assert owner.json()["completed"] == ["invite_teammate"]  # the owner invited, never created
+    # a redelivered event (at-least-once) completes nothing twice
+    [event] = await w.app.journeys.store.events(
+        acme.id, ["saas.project.created"], actor_id=acme.member.actor.id
+    )
+    assert await w.app.journeys.handle(event) == []
+
+
+async def test_audit_log_records_successes_and_denials(world: World) -> None:
+    """Pro orgs read their audit log: the member's project, their refused archive (with the
+    reason), the owner's plan change; the chain verifies. Free orgs lack the feature (403)."""
+    w, acme = world, world.acme
+    free = await get(w, "saas.audit.list", {}, acme, "owner")
+    assert (free.status_code, free.json()["code"]) == (403, "feature_not_entitled")
+    pid = await project(w, acme)
+    await post(w, "saas.project.archive", {"project_id": pid}, acme, "member")
+    await post(w, "saas.billing.change_plan", {"plan": "pro"}, acme, "owner")
+    page = await get(w, "saas.audit.list", {"limit": 3}, acme, "admin")
+    assert page.status_code == 200, page.text
+    rows = [(i["action"], i["outcome"], i["actor_id"]) for i in page.json()["items"]]
+    assert rows == [
+        ("saas.billing.change_plan", "success", acme.owner.actor.id),
+        ("saas.project.archive", "denied", acme.member.actor.id),
+        ("saas.project.create", "success", acme.member.actor.id),
+    ]
+    rest = await get(w, "saas.audit.list", {"cursor": page.json()["next_cursor"]}, acme, "admin")
+    assert [i["action"] for i in rest.json()["items"]][:2] == [
+        "identity.invitation.accept",
+        "identity.member.invite",
+    ]  # the set-up: the member joined
+    assert "project.manage" in page.json()["items"][1]["reason"]
+    created = page.json()["items"][2]
+    assert (created["target_type"], created["target_id"]) == ("saas.project", pid)
+    mine = await get(w, "saas.audit.list", {"actor_id": acme.member.actor.id, "action": "saas.*"},
+                     acme, "owner")  # fmt: skip
+    assert {i["action"] for i in mine.json()["items"]} == {"saas.project.create",
+                                                           "saas.project.archive"}  # fmt: skip
+    assert (await w.app.trail.verify(acme.id)).ok
+    other = await get(w, "saas.audit.list", {}, world.globex, "owner")
+    assert other.status_code == 403  # globex is on free
