@@ -10,6 +10,13 @@ Inside a batch each call has its own buffer. When the call ends, its buffered wr
 database inside a SAVEPOINT: a unique or version conflict then fails *that* call (the savepoint is
 rolled back, its rows, events and audit record vanish) and never a neighbour; the calls that
 returned are exactly the ones whose writes are in the transaction.
+
+On PostgreSQL (psycopg) outside batch calls, a failed write fails the whole transaction, so the
+flushed writes are not sent one by one: they are bound client-side and travel as one query string
+with the next statement that needs a result — a read, the audit chain's head lock — or with
+`COMMIT` itself (`SqlTransaction._deferring`). A command then costs `BEGIN`, its reads, one round
+trip for its writes with the outbox and audit-head locks, and one for the audit rows with
+`COMMIT`. Version-checked updates are checked (per-statement row counts) before `COMMIT` is sent.
 """
 
 from __future__ import annotations
