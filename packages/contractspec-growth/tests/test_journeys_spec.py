@@ -351,3 +351,31 @@ async def test_subscribe_registers_handle_once_per_event_name() -> None:
     engine.publish(define_track("u", 1, modules=[Module("m", [_step("c", "e.three")])]))
     assert engine.subscribe(bus) == ["growth.journeys:e.three"]
     assert [p for p, _, _ in bus.subs] == ["e.one", "e.two", "e.three"]
+
+
+def test_check_names_unknown_actions_and_events_with_the_closest_name() -> None:
+    """check(registry) refuses an action naming no operation and an event naming no event."""
+    from pydantic import BaseModel
+
+    from contractspec.core import define_command, define_event
+
+    class DealIn(BaseModel):
+        title: str
+
+    created = define_event("crm.deal.created", payload=DealIn)
+    create = define_command("crm.deal.create", input=DealIn, output=DealIn, emits=[created])
+    registry = SpecRegistry(create)
+
+    def track(action: str, event: str) -> Any:
+        step = Step("s", action=action, completion=EventCondition(event))
+        return define_track("t", 1, modules=[Module("m", [step])])
+
+    track("crm.deal.create", "crm.deal.created").check(registry)
+    with pytest.raises(SpecDefinitionError) as info:
+        track("crm.deal.creat", "crm.deal.created").check(registry)
+    assert info.value.details["field"] == "action"
+    assert "did you mean 'crm.deal.create'" in info.value.message
+    with pytest.raises(SpecDefinitionError) as info:
+        track("crm.deal.create", "invoice.sent").check(registry)
+    assert info.value.details["field"] == "completion.event"
+    assert info.value.details["event"] == "invoice.sent"

@@ -440,6 +440,36 @@ class TrackSpec:
     def __hash__(self) -> int:
         return hash((self.key, self.version))
 
+    def check(self, registry: SpecRegistry) -> None:
+        """Check the track against the app's specs: each step's `action` names a registered
+        operation and each completion event a registered event.
+
+        Call it where the registry is complete (app start-up, a test), since a track may be
+        defined before the specs it refers to.
+
+        Raises:
+            SpecDefinitionError: The first unknown name, with the step, the field and the
+                closest registered name.
+        """
+        import difflib
+
+        operations = sorted({op.name for op in registry.specs("operation")})
+        events = sorted({ev.name for ev in registry.specs("event")})
+        for step in self.steps:
+            checks = [("completion.event", step.completion.event, events, "event")]
+            if step.action is not None:
+                checks.insert(0, ("action", step.action, operations, "operation"))
+            for field, value, known, what in checks:
+                if value in known:
+                    continue
+                close = difflib.get_close_matches(value, known, n=1, cutoff=0.75)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; register the {what}."
+                raise SpecDefinitionError(
+                    f"track {self.ref}, step {step.key!r}: {field} {value!r} is not a registered "
+                    f"{what}{hint}",
+                    details={"field": field, "track": self.key, "step": step.key, what: value},
+                )
+
     def to_ir(self) -> dict[str, Any]:
         """The track as JSON data for the spec IR (modules, steps, conditions in seconds)."""
 
