@@ -25,6 +25,7 @@ from contractspec.files import (
     FileState,
     FileTooLargeError,
     LegalHoldError,
+    LocalFileStorage,
     MediaTypeRefusedError,
 )
 from contractspec.files.operations import AttachmentView
@@ -309,3 +310,46 @@ async def test_files_upload_runs_both_phases(app: App) -> None:
 
     with pytest.raises(TenantScopeError):
         await app.files.upload(app.executor, "project.docs", "p1", chunks(PDF), CallContext())
+
+
+async def test_failed_blob_delete_after_commit_leaves_a_collectable_orphan(app: App) -> None:
+    """If the after-commit blob removal fails, the record is gone and the blob is collected later."""
+    await app.project()
+    out = await app.upload(PDF)
+    calls = 0
+
+    class FailingDelete(LocalFileStorage):
+        async def delete(self, key: str) -> bool:
+            nonlocal calls
+            calls += 1
+            raise OSError("storage unavailable")
+
+    app.files.storage = FailingDelete(app.storage.root, fsync=False)
+    await app.executor.execute(
+        "files.delete", {"attachment_id": out.attachment.id}, ctx(roles=("admin",))
+    )
+    await app.files.drain()
+    assert calls == 1
+    assert await app.store.get_file("org-1", out.file.id) is None
+    assert await app.storage.exists(out.file.key)
+    app.files.storage = app.storage
+    app.clock.set(
+        datetime.now(UTC) + app.files.upload_ttl + app.files.orphan_margin + timedelta(seconds=1)
+    )
+    assert await app.files.collect_orphans() == 1
+    assert app.blobs() == []
+
+
+async def test_idempotency_key_replays_the_upload(app: App) -> None:
+    """The same call with the same idempotency key returns the first result; one record exists."""
+    await app.project()
+    staged = await app.files.stage("project.docs", chunks(PDF), org_id="org-1", actor_id="u-1")
+    keyed = ctx().replace(idempotency_key="up-1")
+    first = await app.executor.execute(
+        "files.upload", {"token": staged.token, "entity_id": "p1"}, keyed
+    )
+    again = await app.executor.execute(
+        "files.upload", {"token": staged.token, "entity_id": "p1"}, keyed
+    )
+    assert again.model_dump() == first.model_dump()
+    assert len(await app.store.list_attachments("org-1", "project", "p1")) == 1
