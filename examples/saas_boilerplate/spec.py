@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contractspec.core import (
-    EventSpec,
     Index,
     OperationSpec,
     SpecRegistry,
@@ -35,13 +34,22 @@ from contractspec.core import (
     requires,
 )
 from contractspec.files import (
+    AttachmentSlot,
     Files,
     LocalFileStorage,
     MemoryFileStore,
     define_attachment_slot,
     register_file_operations,
 )
-from contractspec.growth import EventCondition, Module, Step, define_flag, define_track, force
+from contractspec.growth import (
+    EventCondition,
+    Module,
+    Step,
+    define_flag,
+    define_track,
+    force,
+    rollout,
+)
 from contractspec.growth.flags import target
 from contractspec.identity import AccessModel, Permission, Role, identity_specs
 from contractspec.metering import Feature, Limit, Price, define_meter, define_plan, meter_operation
@@ -56,6 +64,8 @@ __all__ = [
     "declare",
     "operations",
     "registry",
+    "registry_edited",
+    "registry_v2",
 ]
 
 OWNERS = ("saas-platform",)
@@ -509,31 +519,105 @@ SPECS: list[Any] = [
     onboarding,
 ]
 
-EVENTS: list[EventSpec] = [project_created, project_archived, plan_changed]
 
-
-def declare(registry: SpecRegistry, files: Files) -> SpecRegistry:
+def declare(
+    registry: SpecRegistry,
+    files: Files,
+    *,
+    specs: list[Any] | None = None,
+    slot: AttachmentSlot | None = None,
+) -> SpecRegistry:
     """Register every spec of the app in `registry`: identity's (with the app's access model),
-    the app's own (`SPECS`) and the `files.*` operations with the project slot.
+    the app's own (`specs`, default `SPECS`) and the `files.*` operations with the project slot
+    (`slot`, default `project_files`).
 
     `app.build_app` then binds the handlers; `registry()` below uses this alone for the IR.
     """
     registry.register(*identity_specs(ACCESS))
-    registry.register(*SPECS)
-    files.add_slot(project_files)
+    registry.register(*(SPECS if specs is None else specs))
+    files.add_slot(project_files if slot is None else slot)
     register_file_operations(registry, files)
     return registry
 
 
-def registry() -> SpecRegistry:
-    """The app's specs without handlers or databases: what `contractspec spec export
-    saas_boilerplate.spec:registry` locks (`contractspec.lock.json`).
-
-    `register_file_operations` needs a `Files` runtime even to declare the `files.*` specs, so
-    one is built on a throw-away directory and an in-memory store; nothing is ever stored.
-    """
+def _unwired(specs: list[Any] | None = None, slot: AttachmentSlot | None = None) -> SpecRegistry:
+    # `register_file_operations` needs a `Files` runtime even to declare the `files.*` specs, so
+    # one is built on a throw-away directory and an in-memory store; nothing is ever stored.
     with tempfile.TemporaryDirectory() as tmp:
         files = Files(
             storage=LocalFileStorage(tmp), store=MemoryFileStore(), secret=secrets.token_hex(32)
         )
-        return declare(SpecRegistry(), files)
+        return declare(SpecRegistry(), files, specs=specs, slot=slot)
+
+
+def registry() -> SpecRegistry:
+    """The app's specs without handlers or databases: what `contractspec spec export
+    saas_boilerplate.spec:registry` locks (`contractspec.lock.json`)."""
+    return _unwired()
+
+
+# -- the README's spec change ---------------------------------------------------------------------
+
+#: Version 2 of the spec (the README's reviewed change): admins restore archived projects, and
+#: free orgs get a 10 % trial of the export.
+restore_project = define_command(
+    "saas.project.restore",
+    input=ProjectRef,
+    output=Project,
+    auth=requires("project.manage", resource="saas.project"),
+    owners=OWNERS,
+    description="Restore an archived project (admins and owners).",
+    tags=("projects",),
+    errors=["not_found"],
+)
+export_flag_v2 = define_flag(
+    EXPORT_FLAG,
+    default=False,
+    rules=[
+        force(True, when=target(plan="pro"), id="pro-plan"),
+        rollout(True, coverage=0.1, when=target(plan="free"), id="free-trial"),
+    ],
+    description=export_flag.description,
+)
+
+
+def registry_v2() -> SpecRegistry:
+    """Version 2 (`contractspec.v2.lock.json`): `saas.project.restore` added, the export flag
+    rolled out to 10 % of free orgs."""
+    specs = [export_flag_v2 if x is export_flag else x for x in SPECS]
+    return _unwired([*specs, restore_project])
+
+
+class CreateProjectWithKey(CreateProject):
+    """`CreateProject` with a required short key (the breaking edit of the README)."""
+
+    key: Annotated[str, Field(pattern=r"^[A-Z]{2,8}$", description="Short code, e.g. APOLLO")]
+
+
+def registry_edited() -> SpecRegistry:
+    """What NOT to do (never served): `saas.project.create@1` edited in place to require a
+    `key`, and the project slot narrowed in place (no JPEG, 2 MiB)."""
+    create = operations["create"]
+    edited = define_command(
+        create.name,
+        input=CreateProjectWithKey,
+        output=Project,
+        emits=[project_created],
+        auth=create.auth,
+        idempotent=True,
+        owners=OWNERS,
+        description=create.description,
+        tags=("projects",),
+    )
+    narrowed = define_attachment_slot(
+        project_entity,
+        "files",
+        media_types=["application/pdf", "image/png", "text/plain", "text/csv"],
+        max_size=2 * 1024 * 1024,
+        max_count=20,
+        upload="project.edit",
+        view="project.view",
+        delete="project.files.delete",
+    )
+    specs = [edited if x is create else x for x in SPECS]
+    return _unwired(specs, narrowed)

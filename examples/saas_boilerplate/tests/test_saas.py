@@ -7,6 +7,9 @@ derives user and tenant), except for set-up steps that have no route (sign-up).
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,14 +19,17 @@ from typing import Any
 import httpx
 import pytest
 from saas_boilerplate.app import SaasApp, build_app
-from saas_boilerplate.spec import PLAN_SEATS
+from saas_boilerplate.spec import PLAN_SEATS, registry, registry_v2
+from saas_boilerplate.story import run_story
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.core import CallContext, PolicyDeniedError
+from contractspec.core.diff import check_lock
 from contractspec.core.testing import FakeClock
 from contractspec.identity.operations import Members
 from contractspec.metering import QuotaExceededError, UsageEvent
 
+HERE = Path(__file__).resolve().parents[1]
 PDF = b"%PDF-1.7\n" + b"%" * 3000 + b"\n%%EOF\n"
 
 
@@ -323,3 +329,58 @@ async def test_audit_log_records_successes_and_denials(world: World) -> None:
     assert (await w.app.trail.verify(acme.id)).ok
     other = await get(w, "saas.audit.list", {}, world.globex, "owner")
     assert other.status_code == 403  # globex is on free
+
+
+async def test_story_runs_end_to_end(sql_engine: AsyncEngine, tmp_path: Path) -> None:
+    """The demo's story on this backend: seats, refusals, onboarding, the flag before and after
+    the upgrade, the audit tail."""
+    story = await run_story(await build_app(sql_engine, tmp_path / "files", clock=FakeClock()))
+    text = "\n".join(story.lines)
+    assert "ada invites dan -> quota_exceeded" in text
+    assert "cleo's onboarding: first_project, first_file (2/3)" in text
+    assert "cleo exports the projects -> Apollo: Design v1.pdf" in text
+    assert "seats 4/50; api.calls 2/100000 per day, upload.bytes 12016/" in text
+    assert story.lines[-1] == "audit chain verifies: True"
+
+
+def test_python_m_saas_boilerplate_prints_the_readme_story() -> None:
+    """`python -m saas_boilerplate` runs the story on a temporary SQLite file, as the README
+    shows (ids aside)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "saas_boilerplate"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    readme = (HERE / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- story:begin -->\n```text\n(.*?)```\n<!-- story:end -->", readme, re.S)
+    assert block is not None, "README lost its story block"
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    assert uuid.sub("<id>", block.group(1)) == uuid.sub("<id>", out), "README story is stale"
+
+
+def test_lock_files_match_the_code() -> None:
+    """The committed IR locks of version 1 and of version 2 are what the spec produces."""
+    assert check_lock(registry(), HERE / "contractspec.lock.json").status == "up-to-date"
+    assert check_lock(registry_v2(), HERE / "contractspec.v2.lock.json").status == "up-to-date"
+
+
+@pytest.mark.parametrize(
+    ("marker", "new", "exit_code"),
+    [
+        ("spec-diff", "contractspec.v2.lock.json", 0),
+        ("spec-diff-edited", "saas_boilerplate.spec:registry_edited", 1),
+    ],
+)
+def test_readme_diff_is_the_real_command_output(marker: str, new: str, exit_code: int) -> None:
+    """The README's `contractspec spec diff` blocks are what the command prints today (and the
+    in-place edit fails it)."""
+    readme = (HERE / "README.md").read_text(encoding="utf-8")
+    pattern = rf"<!-- {marker}:begin -->\n```text\n(.*?)```\n<!-- {marker}:end -->"
+    block = re.search(pattern, readme, re.S)
+    assert block is not None, f"README lost its {marker} block"
+    cli = Path(sys.executable).parent / "contractspec"
+    real = subprocess.run(
+        [str(cli), "spec", "diff", "contractspec.lock.json", new],
+        cwd=HERE, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert real.returncode == exit_code, real.stderr
+    assert block.group(1) == real.stdout
