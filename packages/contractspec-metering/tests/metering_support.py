@@ -18,7 +18,6 @@ from contractspec.core import (
     SpecRegistry,
     define_command,
     define_entity,
-    define_query,
 )
 from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_engine
 from contractspec.metering import (
@@ -66,7 +65,7 @@ class ExportOut(BaseModel):
 
 
 note = define_entity("app.note", Note)
-search = define_query("app.search", input=SearchIn, output=SearchOut)
+search = define_command("app.search", input=SearchIn, output=SearchOut)
 add_note = define_command("app.note.add", input=AddNote, output=Note)
 burst = define_command("app.burst", input=SearchIn, output=SearchOut)
 export = define_command("app.export", input=ExportIn, output=ExportOut)

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 from metering_support import build_registry, free
+from pydantic import BaseModel
 
-from contractspec.core import SpecDefinitionError, SpecRegistry, SpecValidationError
+from contractspec.core import SpecDefinitionError, SpecRegistry, SpecValidationError, define_query
 from contractspec.metering import (
     Feature,
     Limit,
@@ -22,6 +23,10 @@ from contractspec.metering import (
     meter_operation,
     window_bounds,
 )
+
+
+class In(BaseModel):
+    q: str = ""
 
 
 def test_windows_are_utc_and_months_are_calendar_months() -> None:
@@ -103,6 +108,15 @@ def test_metering_checks_cross_references() -> None:
             SpecRegistry(seats, define_plan("p", entitlements=[Limit("seats", 3)])),
             MemoryMeteringStore(),
         )
+    lookup = define_query("app.lookup", input=In, output=In)
+    with pytest.raises(SpecDefinitionError, match="is a query"):
+        Metering(
+            SpecRegistry(calls, lookup, meter_operation(lookup, meter=calls)), MemoryMeteringStore()
+        )
+    gated = Metering(
+        SpecRegistry(lookup, meter_operation(lookup, feature="sso")), MemoryMeteringStore()
+    )
+    assert gated.bindings["app.lookup"].feature == "sso"
     with pytest.raises(SpecDefinitionError, match="default_plan 'gold'"):
         Metering(SpecRegistry(calls), MemoryMeteringStore(), default_plan="gold")
 

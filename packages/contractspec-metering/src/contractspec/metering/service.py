@@ -197,6 +197,15 @@ class Metering:
         for binding in self.bindings.values():
             if binding.meter is not None:
                 self._meter(binding.meter, f"meter_operation({binding.operation!r})")
+                for version in registry.versions(binding.operation):
+                    if not registry.get(binding.operation, version).is_command:
+                        raise SpecDefinitionError(
+                            f"meter_operation({binding.operation!r}): "
+                            f"{binding.operation}@{version} is a query, but consuming a meter "
+                            "writes usage in the call's transaction and queries run read-only; "
+                            "declare it with define_command (feature= alone works on queries)",
+                            details={"field": "operation", "operation": binding.operation},
+                        )
         windows: dict[str, set[Window]] = {}
         for plan in self.plans.values():
             for limit in plan.limits:

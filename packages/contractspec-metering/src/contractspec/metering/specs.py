@@ -791,6 +791,9 @@ def meter_operation(
     the call's transaction, after checking the caller's plan limits atomically; a call whose
     plan lacks `feature` is refused before its handler runs.
 
+    Consuming a meter writes (usage and counters, in the call's transaction), so an operation
+    with `meter=` must be a command; `feature=` alone also gates queries.
+
     Args:
         operation: The `OperationSpec` or its name (all versions are metered).
         meter: The meter (or its key) the call consumes.
