@@ -268,3 +268,25 @@ async def test_a_unique_count_event_needs_its_key(app: App) -> None:
         await app.store.record(tx, ev(1, active_users), active_users)
     await tx.rollback()
     assert await app.store.get("org-1", "u1") is None
+
+
+async def test_record_many_stores_new_events_once_and_counts_only_them(app: App) -> None:
+    """Bulk recording: duplicates (stored before, or repeated in the batch) come back as the
+    stored event; counters grow by the new events only; a rollback keeps nothing."""
+    await put(app, tokens, ev(1, value=5), counters=(Counter(Window.DAY),))
+    batch = [ev(1, value=100), ev(2, value=2), ev(3, value=3), ev(2, value=50)]
+    tx = await app.store.unit_of_work.begin()
+    out = await app.store.record_many(tx, batch, tokens, [Window.DAY])
+    await tx.rollback()
+    assert await app.store.get("org-1", "u2") is None
+    tx = await app.store.unit_of_work.begin()
+    out = await app.store.record_many(tx, batch, tokens, [Window.DAY])
+    await tx.commit()
+    assert [(e.id, e.value) for e in out] == [
+        ("u1", Decimal(5)),
+        ("u2", Decimal(2)),
+        ("u3", Decimal(3)),
+        ("u2", Decimal(2)),
+    ]
+    assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 10
+    assert await app.store.total(tokens, "org-1", DAY, DAY + timedelta(days=1)) == 10

@@ -345,22 +345,30 @@ class Metering:
         Returns:
             The stored events, in order.
         """
+        by_meter: dict[str, list[int]] = {}
+        for i, event in enumerate(events):
+            if not isinstance(event, UsageEvent):
+                raise SpecValidationError(
+                    f"record() takes UsageEvent objects, got {type(event).__name__}",
+                    details={"field": "event"},
+                )
+            by_meter.setdefault(self.meter(event.meter).key, []).append(i)
         own = tx is None
         work = await self.store.unit_of_work.begin() if tx is None else tx
         try:
-            out = []
-            for event in events:
-                if not isinstance(event, UsageEvent):
-                    raise SpecValidationError(
-                        f"record() takes UsageEvent objects, got {type(event).__name__}",
-                        details={"field": "event"},
-                    )
-                meter = self.meter(event.meter)
-                counters = [Counter(w) for w in self._windows.get(meter.key, ())]
-                out.append((await self.store.record(work, event, meter, counters)).event)
+            out: list[UsageEvent | None] = [None] * len(events)
+            for key, positions in by_meter.items():
+                stored = await self.store.record_many(
+                    work,
+                    [events[i] for i in positions],
+                    self.meters[key],
+                    self._windows.get(key, ()),
+                )
+                for i, event in zip(positions, stored, strict=True):
+                    out[i] = event
             if own:
                 await work.commit()
-            return out
+            return [e for e in out if e is not None]
         except BaseException:
             if own:
                 await work.rollback()

@@ -90,6 +90,8 @@ metadata = new_metadata()
 
 _Value = DecimalType(36, 6)
 _AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
+#: Rows per multi-row INSERT of `record_many` (9 parameters each: far below SQLite's limit).
+_CHUNK = 500
 
 usage_events_table = Table(
     "cs_usage_events",
@@ -249,6 +251,78 @@ class SqlMeteringStore:
             if (await stx.execute(stmt, write=True)).first() is None:
                 return Recorded(event, True, counter, await self._used(stx, where))
         return Recorded(event, True)
+
+    async def record_many(
+        self,
+        tx: Transaction,
+        events: Sequence[UsageEvent],
+        meter: Meter,
+        windows: Sequence[Window] = (),
+    ) -> list[UsageEvent]:
+        """See `MeteringStore.record_many`: one multi-row `INSERT … ON CONFLICT DO NOTHING
+        RETURNING id` per chunk, one read of the duplicates, one upsert per counter."""
+        stx = sql_transaction(tx, "SqlMeteringStore")
+        stx.check_writable("recording usage")
+        first: dict[tuple[str, str], UsageEvent] = {}
+        for event in events:
+            check_event(event, meter)
+            first.setdefault((event.org_id, event.id), event)
+        t = usage_events_table
+        insert = _insert(stx.dialect)
+        new: set[tuple[str, str]] = set()
+        unique = list(first.values())
+        for i in range(0, len(unique), _CHUNK):
+            rows = [
+                {
+                    "org_id": e.org_id,
+                    "id": e.id,
+                    "meter": e.meter,
+                    "subject": e.subject,
+                    "user_id": e.user_id,
+                    "value": e.value,
+                    "unique_key": e.unique_key,
+                    "timestamp": e.timestamp,
+                    "window_start": window_bounds(meter.window, e.timestamp)[0],
+                }
+                for e in unique[i : i + _CHUNK]
+            ]
+            stmt = insert(t).values(rows).on_conflict_do_nothing().returning(t.c.org_id, t.c.id)
+            result = await stx.execute(stmt, write=True)
+            new.update((str(r.org_id), str(r.id)) for r in result.all())
+        stored = dict(first)
+        old = [key for key in first if key not in new]
+        for i in range(0, len(old), _CHUNK):
+            chunk = old[i : i + _CHUNK]
+            by_org: dict[str, list[str]] = {}
+            for org, id in chunk:
+                by_org.setdefault(org, []).append(id)
+            for org, ids in by_org.items():
+                stmt = select(t).where(t.c.org_id == org, t.c.id.in_(ids))
+                for row in (await stx.execute(stmt)).mappings():
+                    stored[(row["org_id"], row["id"])] = _event(row)
+        if windows and new:
+            grow: dict[tuple[str, Window, datetime], Decimal] = {}
+            for key in new:
+                event = first[key]
+                for window in windows:
+                    ckey = (event.org_id, window, window_bounds(window, event.timestamp)[0])
+                    grow[ckey] = grow.get(ckey, Decimal(0)) + counted(event, meter)
+            c = counters_table
+            for (org, window, cstart), amount in grow.items():
+                up = insert(c).values(
+                    org_id=org,
+                    meter=meter.key,
+                    window_kind=window.value,
+                    window_start=cstart,
+                    used=amount,
+                )
+                grown = type_coerce(c.c.used, Numeric()) + type_coerce(up.excluded.used, Numeric())
+                up = up.on_conflict_do_update(
+                    index_elements=[c.c.org_id, c.c.meter, c.c.window_kind, c.c.window_start],
+                    set_={"used": grown},
+                )
+                await stx.execute(up, write=True)
+        return [stored[(e.org_id, e.id)] for e in events]
 
     @staticmethod
     def _limit(stx: SqlTransaction, limit: Decimal) -> Any:

@@ -184,6 +184,21 @@ class MeteringStore(Protocol):
         """
         ...
 
+    async def record_many(
+        self,
+        tx: Transaction,
+        events: Sequence[UsageEvent],
+        meter: Meter,
+        windows: Sequence[Window] = (),
+    ) -> list[UsageEvent]:
+        """`record` for many events of one meter (bulk ingestion): no limit checks, the counters
+        of `windows` grow by what was new.
+
+        Returns:
+            The stored events in order (the earlier one for a duplicate id, also within `events`).
+        """
+        ...
+
     async def counter(
         self,
         org_id: str,
@@ -381,6 +396,17 @@ class MemoryMeteringStore:
 
         tx.on_commit(commit)
         return Recorded(event, True)
+
+    async def record_many(
+        self,
+        tx: Transaction,
+        events: Sequence[UsageEvent],
+        meter: Meter,
+        windows: Sequence[Window] = (),
+    ) -> list[UsageEvent]:
+        """See `MeteringStore.record_many`."""
+        counters = [Counter(w) for w in windows]
+        return [(await self.record(tx, e, meter, counters)).event for e in events]
 
     async def counter(
         self,
