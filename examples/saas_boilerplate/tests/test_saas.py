@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +384,65 @@ def test_readme_diff_is_the_real_command_output(marker: str, new: str, exit_code
     )  # fmt: skip
     assert real.returncode == exit_code, real.stderr
     assert block.group(1) == real.stdout
+
+
+async def test_a_retried_create_runs_and_counts_once(world: World) -> None:
+    """The same Idempotency-Key twice: one project, the same answer, one API call counted."""
+    w, acme = world, world.acme
+    headers = {**acme.auth("member"), "Idempotency-Key": "create-apollo-1"}
+    first, again = [
+        await w.http.post("/saas/project/create/v1", json={"name": "Apollo"}, headers=headers)
+        for _ in range(2)
+    ]
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    listed = await get(w, "saas.project.list", {}, acme, "member")
+    assert listed.json()["total"] == 1
+    calls = await w.app.metering.current("api.calls", acme.id)
+    assert calls.value == 1
+
+
+async def test_upload_allowance_refuses_and_keeps_nothing(world: World) -> None:
+    """Free orgs may upload 20 MiB a month: an upload past it is 402, leaves no attachment and
+    no counted bytes, and its staged blob is an orphan that collect_orphans removes."""
+    w, acme = world, world.acme
+    pid = await project(w, acme)
+    allowance = 20 * 1024 * 1024
+    used = UsageEvent("pre-upload", acme.id, None, "import", "upload.bytes", allowance - 100,
+                      w.clock.now())  # fmt: skip
+    await w.app.metering.record(used)
+    over = await upload(w, acme, "member", pid, PDF)
+    assert (over.status_code, over.json()["code"]) == (402, "quota_exceeded")
+    assert over.json()["details"]["meter"] == "upload.bytes"
+    listed = await get(w, "files.attachments.list", {"entity": "saas.project", "entity_id": pid},
+                       acme, "member")  # fmt: skip
+    assert listed.json()["items"] == []
+    assert (await w.app.metering.current("upload.bytes", acme.id)).value == allowance - 100
+    # orphans are judged by the blob's real write time: move the fake clock past it
+    w.clock.advance(datetime.now(UTC) - w.clock.now() + timedelta(minutes=1))
+    assert await w.app.files.collect_orphans(grace=timedelta(0)) == 1
+    assert [o async for o in w.app.files.storage.list("blobs/")] == []
+
+
+async def test_concurrent_calls_at_the_limit_admit_exactly_the_rest(world: World) -> None:
+    """995 of 1,000 daily calls used, 10 members' creates at once: exactly 5 pass, 5 are
+    rate-limited, and exactly 5 projects exist."""
+    w, acme = world, world.acme
+    now = w.clock.now()
+    used = [
+        UsageEvent(f"pre-{n}", acme.id, None, "import", "api.calls", 1, now) for n in range(995)
+    ]
+    await w.app.metering.record_many(used)
+    results = await asyncio.gather(
+        *(
+            w.app.executor.execute("saas.project.create", {"name": f"p{n}"}, acme.member)
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 5, results
+    assert all(isinstance(r, QuotaExceededError) for r in refused)
+    listed = await get(w, "saas.project.list", {}, acme, "member")
+    assert listed.json()["total"] == 5
+    assert (await w.app.metering.current("api.calls", acme.id)).value == 1000
