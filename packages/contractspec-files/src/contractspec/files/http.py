@@ -8,15 +8,17 @@ app = create_app(executor, authenticate=authenticate)          # files.get, .lis
 app.router.routes.extend(file_routes(executor, files, authenticate=authenticate))
 ```
 
-* `POST /files/upload/{slot}/{entity_id}` — `multipart/form-data` with one part named `file`. The part is
-  parsed as it arrives (python-multipart's push parser) and streamed into storage: neither the
-  request nor the file is ever held whole in memory or spooled to a temporary file. Then the
-  `files.upload` operation runs through the executor (policy, tenant, audit, events).
+* `POST /files/upload/{slot}/{entity_id}` — `multipart/form-data` with one part named `file`.
   Before any byte is stored, the policy is asked (tenant membership, the slot's `upload`
-  permission), so a caller it denies cannot fill storage; `files.upload` then decides again, with
-  the audit record. Answers `201` with the `AttachmentView`; `401` anonymous; `403` denied; `413` above the slot's `max_size` (or
-  a declared `Content-Length` above `max_size + 64 KiB`); `415` for a refused media type (sniffed,
-  spoofed or polyglot); `422` for a refused archive; `400` for a malformed body.
+  permission), so a caller it denies cannot fill storage. The part is then parsed as it arrives
+  (python-multipart's push parser) and streamed into storage: neither the request nor the file is
+  held whole in memory or spooled to a temporary file (except a zip for a slot accepting archives:
+  copied to an anonymous temporary file as it streams, so its central directory can be
+  inspected). Then `files.upload` runs through the executor (policy again, with the audit
+  record; tenant, events). Answers `201` with the `AttachmentView`; `401` anonymous; `403`
+  denied; `413` above the slot's `max_size` (or a declared `Content-Length` above
+  `max_size + 64 KiB`); `415` for a refused media type (sniffed, spoofed or polyglot); `422` for a
+  refused archive or a malformed body.
 * `GET /files/download/{token}` — a signed, time-limited link (from `files.get`): streams the bytes
   with the sniffed `Content-Type`, `X-Content-Type-Options: nosniff`, `Content-Disposition:
   attachment` with a safe name (RFC 6266/5987) and a `sandbox` CSP, so even a file that slipped past
