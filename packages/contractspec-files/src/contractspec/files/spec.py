@@ -77,7 +77,10 @@ class Retention:
 class ArchiveLimits:
     """Limits a zip archive must respect to be accepted (zip-bomb defence).
 
-    Members are inspected from the zip central directory (`zipfile`), never extracted.
+    Members are inspected from the zip central directory (`zipfile`), never extracted. The sizes
+    checked are the declared ones; Python's `zipfile` reads a member only up to its declared size,
+    so they also bound what a later extraction with `zipfile` writes (other unzip tools may trust
+    the data stream instead: cap their output too).
 
     Attributes:
         max_members: Most entries an archive may hold.
