@@ -119,7 +119,7 @@ class SeatCap:
     async def _check(self, ctx: HandlerCtx, org_id: str) -> None:
         await self.identity.store.lock_org(ctx.tx, org_id)
         plan = await self.metering.plan_of(org_id, tx=ctx.tx)
-        key = plan.key if plan is not None else "free"
+        key = plan.key if plan is not None else "free"  # default_plan="free": never None
         used = await seats_in_use(self.identity, ctx, org_id)
         if used + 1 > PLAN_SEATS[key]:
             now = ctx.now()
@@ -276,7 +276,8 @@ async def build_app(
     registry = declare(SpecRegistry(), files)
     backend = SqlBackend(engine, registry)
     identity = register_identity(registry, SqlIdentityStore(backend.tables), model=ACCESS)
-    metering = Metering(registry, SqlMeteringStore(engine), clock=clock)
+    # orgs without an assignment (e.g. created through identity.org.create) are on free
+    metering = Metering(registry, SqlMeteringStore(engine), clock=clock, default_plan="free")
     journey_store = SqlJourneyStore(engine)
     journeys = JourneyEngine([onboarding], journey_store, clock=clock)
     trail = SqlAuditTrail(engine, clock=clock)

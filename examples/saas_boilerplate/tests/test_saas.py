@@ -446,3 +446,19 @@ async def test_concurrent_calls_at_the_limit_admit_exactly_the_rest(world: World
     listed = await get(w, "saas.project.list", {}, acme, "member")
     assert listed.json()["total"] == 5
     assert (await w.app.metering.current("api.calls", acme.id)).value == 1000
+
+
+async def test_an_org_created_over_http_starts_on_free(world: World) -> None:
+    """A user creating a second org (identity.org.create) owns it, and it is on the free plan
+    (the default) with one seat used; their token for the first org does not reach it."""
+    w, acme = world, world.acme
+    created = await post(w, "identity.org.create", {"name": "Side Co"}, acme, "member")
+    assert created.status_code == 200, created.text
+    side = created.json()["id"]
+    token = w.app.tokens.issue(acme.member.actor.id, side)
+    summary = await w.http.get(
+        "/saas/billing/summary/v1", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (summary.json()["plan"], summary.json()["seats_used"]) == ("free", 1)
+    in_acme = await get(w, "saas.billing.summary", {}, acme, "member")
+    assert in_acme.status_code == 403  # a member of acme, the owner of Side Co
