@@ -221,12 +221,12 @@ async def test_legal_hold_blocks_deletion_and_retention(app: App) -> None:
     with pytest.raises(LegalHoldError):
         await app.executor.execute("files.delete", {"attachment_id": out.attachment.id}, admin)
     app.clock.advance(timedelta(days=31))
-    report = await app.files.apply_retention(app.unit_of_work)
+    report = await app.files.apply_retention(app.executor)
     assert report.deleted == ()
     await app.executor.execute(
         "files.legal_hold.set", {"attachment_id": out.attachment.id, "hold": False}, admin
     )
-    report = await app.files.apply_retention(app.unit_of_work)
+    report = await app.files.apply_retention(app.executor)
     assert report.deleted == (out.file.id,)
     assert not await app.storage.exists(out.file.key)
     assert await app.store.get_attachment("org-1", out.attachment.id) is None
@@ -238,9 +238,9 @@ async def test_retention_archives_and_downloads_stop(app: App) -> None:
     out = await app.upload(PNG, slot="project.images", filename="a.png")
     token = out.download_path.rsplit("/", 1)[1]
     app.clock.advance(timedelta(days=6))
-    assert (await app.files.apply_retention(app.unit_of_work)).archived == ()
+    assert (await app.files.apply_retention(app.executor)).archived == ()
     app.clock.advance(timedelta(days=2))
-    assert (await app.files.apply_retention(app.unit_of_work)).archived == (out.file.id,)
+    assert (await app.files.apply_retention(app.executor)).archived == (out.file.id,)
     got = await app.executor.execute("files.get", {"attachment_id": out.attachment.id}, ctx())
     assert got.file.state is FileState.ARCHIVED  # type: ignore[attr-defined]
     assert got.download_path is None  # type: ignore[attr-defined]
@@ -353,3 +353,24 @@ async def test_idempotency_key_replays_the_upload(app: App) -> None:
     )
     assert again.model_dump() == first.model_dump()
     assert len(await app.store.list_attachments("org-1", "project", "p1")) == 1
+
+
+async def test_expire_is_system_only_audited_and_rechecks_the_hold(app: App) -> None:
+    """A user cannot run files.expire; retention runs it as a system actor, emitting files.expired,
+    and the operation re-checks the file (not due yet → skipped)."""
+    await app.project()
+    out = await app.upload(PDF)
+    with pytest.raises(PolicyDeniedError, match="system actor"):
+        await app.executor.execute("files.expire", {"file_id": out.file.id}, ctx(roles=("admin",)))
+    from contractspec.core import Actor, CallContext
+
+    system = CallContext(actor=Actor.system("files.retention"), org_id="org-1")
+    early = await app.executor.execute("files.expire", {"file_id": out.file.id}, system)
+    assert (early.outcome, early.reason) == ("skipped", "not_due")  # type: ignore[attr-defined]
+    app.clock.advance(timedelta(days=31))
+    report = await app.files.apply_retention(app.executor)
+    assert report.deleted == (out.file.id,)
+    if app.kind == "memory":
+        assert "files.expired" in app.executor.backend.events.names()  # type: ignore[attr-defined]
+    gone = await app.executor.execute("files.expire", {"file_id": out.file.id}, system)
+    assert (gone.outcome, gone.reason) == ("skipped", "gone")  # type: ignore[attr-defined]

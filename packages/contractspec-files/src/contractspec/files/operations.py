@@ -15,6 +15,7 @@ out = await executor.execute("files.upload", {"token": staged.token, "entity_id"
 | `files.attachments.list` | query | slot's `view` | attachments of one entity record (optionally one slot) |
 | `files.delete` | command | slot's `delete` | rows deleted; the blob after commit; emits `files.deleted` |
 | `files.legal_hold.set` | command | `files.legal_hold` | puts a file under legal hold or releases it |
+| `files.expire` | command | system actors only | applies the slot's retention to one file; emits `files.expired` |
 
 Slot permissions are checked with `ctx.authorize(permission, Resource(type=<entity>, id=<entity
 id>, org_id=<tenant>))`; a slot without a permission lets any authenticated member of the tenant
@@ -25,13 +26,14 @@ tenant-scoped), so an attachment never crosses tenants.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from attrs import define
 from pydantic import BaseModel, Field
 
 from contractspec.core import (
+    ActorKind,
     HandlerCtx,
     NotFoundError,
     PolicyDeniedError,
@@ -54,7 +56,9 @@ __all__ = [
     "LEGAL_HOLD_PERMISSION",
     "AttachmentList",
     "AttachmentView",
+    "ExpireResult",
     "FileDeleted",
+    "FileExpired",
     "FileOperations",
     "FileUploaded",
     "register_file_operations",
@@ -93,6 +97,22 @@ class LegalHoldInput(BaseModel):
     hold: bool
 
 
+class ExpireInput(BaseModel):
+    """Input of `files.expire`."""
+
+    file_id: str = Field(min_length=1, max_length=64)
+
+
+class ExpireResult(BaseModel):
+    """What `files.expire` did: `deleted`, `archived`, or `skipped` with the reason."""
+
+    file_id: str
+    outcome: Literal["deleted", "archived", "skipped"]
+    reason: str | None = Field(
+        None, description="Why it was skipped: gone, no_retention, legal_hold, not_due, archived."
+    )
+
+
 class AttachmentView(BaseModel):
     """An attachment with its file; `download_path` is a signed, time-limited path (active files)."""
 
@@ -129,6 +149,14 @@ class FileDeleted(BaseModel):
     entity_id: str
 
 
+class FileExpired(BaseModel):
+    """Payload of `files.expired`."""
+
+    file_id: str
+    slot: str
+    action: Literal["delete", "archive"]
+
+
 @define(frozen=True)
 class FileOperations:
     """The registered specs."""
@@ -138,13 +166,16 @@ class FileOperations:
     list: OperationSpec
     delete: OperationSpec
     legal_hold: OperationSpec
+    expire: OperationSpec
     uploaded: EventSpec
     deleted: EventSpec
+    expired: EventSpec
 
 
 def _specs() -> FileOperations:
     uploaded = define_event("files.uploaded", payload=FileUploaded, key="entity_id")
     deleted = define_event("files.deleted", payload=FileDeleted, key="entity_id")
+    expired = define_event("files.expired", payload=FileExpired, key="file_id")
     tags = ("files",)
     return FileOperations(
         upload=define_command(
@@ -190,8 +221,19 @@ def _specs() -> FileOperations:
             tags=tags,
             description="Put a file under legal hold (no deletion) or release it.",
         ),
+        expire=define_command(
+            "files.expire",
+            input=ExpireInput,
+            output=ExpireResult,
+            emits=[expired],
+            auth=authenticated(),
+            tags=tags,
+            description="Apply the slot's retention to one file (system actors only: "
+            "Files.apply_retention runs it).",
+        ),
         uploaded=uploaded,
         deleted=deleted,
+        expired=expired,
     )
 
 
@@ -219,8 +261,9 @@ def register_file_operations(
         registry.register(slot)
     ops = _specs()
     registry.register(
-        ops.uploaded, ops.deleted, ops.upload, ops.get, ops.list, ops.delete, ops.legal_hold
-    )
+        ops.uploaded, ops.deleted, ops.expired,
+        ops.upload, ops.get, ops.list, ops.delete, ops.legal_hold, ops.expire,
+    )  # fmt: skip
 
     def tenant(ctx: HandlerCtx) -> str:
         if ctx.org_id is None:
@@ -382,5 +425,39 @@ def register_file_operations(
         updated = await files.store.update_file(ctx.tx, file.org_id, file.id, legal_hold=inp.hold)
         ctx.set_audit_target("files.file", file.id)
         return view(att, updated)
+
+    @registry.handler(ops.expire)
+    async def expire(inp: ExpireInput, ctx: HandlerCtx) -> ExpireResult:
+        if ctx.actor.kind is not ActorKind.SYSTEM:
+            raise PolicyDeniedError(
+                "files.expire runs only as a system actor (Files.apply_retention)",
+                reason="system_only",
+                action="files.expire",
+            )
+        org = tenant(ctx)
+
+        def skipped(reason: str) -> ExpireResult:
+            return ExpireResult(file_id=inp.file_id, outcome="skipped", reason=reason)
+
+        file = await files.store.get_file(org, inp.file_id, tx=ctx.tx)
+        if file is None:
+            return skipped("gone")
+        retention = files.slot(file.slot).retention
+        if retention is None:
+            return skipped("no_retention")
+        if file.legal_hold:
+            return skipped("legal_hold")
+        if file.state is not FileState.ACTIVE:
+            return skipped("archived")
+        if file.created_at >= ctx.now() - timedelta(days=retention.days):
+            return skipped("not_due")
+        ctx.set_audit_target("files.file", file.id)
+        ctx.emit(ops.expired, FileExpired(file_id=file.id, slot=file.slot, action=retention.action))
+        if retention.action == "archive":
+            await files.store.update_file(ctx.tx, org, file.id, state=FileState.ARCHIVED)
+            return ExpireResult(file_id=file.id, outcome="archived")
+        await files.store.remove_file(ctx.tx, org, file.id)
+        files.delete_blob_after_commit(ctx.tx, file)
+        return ExpireResult(file_id=file.id, outcome="deleted")
 
     return ops

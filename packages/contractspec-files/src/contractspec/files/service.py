@@ -29,6 +29,7 @@ from attrs import define
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from contractspec.core import (
+    Actor,
     CallContext,
     ConfigurationError,
     Executor,
@@ -38,7 +39,6 @@ from contractspec.core import (
     SystemClock,
     TenantScopeError,
     Transaction,
-    UnitOfWork,
     UuidGenerator,
 )
 from contractspec.core._log import get_logger
@@ -568,14 +568,15 @@ class Files:
             deleted += await sweep(candidates)
         return deleted
 
-    async def apply_retention(
-        self, unit_of_work: UnitOfWork, *, limit: int = 500
-    ) -> RetentionReport:
+    async def apply_retention(self, executor: Executor, *, limit: int = 500) -> RetentionReport:
         """Apply every slot's `Retention`: delete or archive files older than its `days`.
 
-        Files under legal hold are skipped. Each file is handled in its own transaction of
-        `unit_of_work` (the executor's, e.g. `backend.unit_of_work`); a deleted file's blob goes
-        after the commit. Schedule it daily (e.g. with contractspec-jobs).
+        Candidates (active, not on hold, created before `now - days` by this `Files`' clock, at
+        most `limit` per slot) each go through the `files.expire` operation on `executor`, as the
+        system actor `files.retention` in the file's tenant: the executor's checks, one
+        transaction, an audit record and a `files.expired` event per file; the operation checks
+        again (with the executor's clock) so a hold placed meanwhile wins. A deleted file's blob
+        goes after the commit. Schedule it daily (e.g. with contractspec-jobs).
 
         Returns:
             The ids deleted and archived.
@@ -583,6 +584,7 @@ class Files:
         deleted: list[str] = []
         archived: list[str] = []
         now = self.clock.now()
+        actor = Actor.system("files.retention")
         for slot in self.slots.values():
             if slot.retention is None:
                 continue
@@ -590,20 +592,12 @@ class Files:
             for file in await self.store.expiring(
                 slot.name, cutoff, state=FileState.ACTIVE, limit=limit
             ):
-                tx = await unit_of_work.begin()
-                try:
-                    if slot.retention.action == "archive":
-                        await self.store.update_file(
-                            tx, file.org_id, file.id, state=FileState.ARCHIVED
-                        )
-                        archived.append(file.id)
-                    else:
-                        await self.store.remove_file(tx, file.org_id, file.id)
-                        self.delete_blob_after_commit(tx, file)
-                        deleted.append(file.id)
-                    await tx.commit()
-                except BaseException:
-                    await tx.rollback()
-                    raise
+                ctx = CallContext(actor=actor, org_id=file.org_id, channel="job")
+                out = await executor.execute("files.expire", {"file_id": file.id}, ctx)
+                outcome = getattr(out, "outcome", None)
+                if outcome == "deleted":
+                    deleted.append(file.id)
+                elif outcome == "archived":
+                    archived.append(file.id)
         await self.drain()
         return RetentionReport(tuple(deleted), tuple(archived))
