@@ -231,6 +231,7 @@ class Metering:
                 details={"field": "default_plan"},
             )
         self.default_plan = default_plan
+        self._counter_cache: dict[tuple[str, str | None], tuple[Counter, ...]] = {}
         self._by_event: dict[str, list[Meter]] = {}
         for meter in self.meters.values():
             if meter.event is not None:
@@ -305,16 +306,19 @@ class Metering:
 
     # -- recording ------------------------------------------------------------------------------
 
-    def _counters(self, meter: Meter, plan: Plan | None) -> list[Counter]:
+    def _counters(self, meter: Meter, plan: Plan | None) -> tuple[Counter, ...]:
+        key = (meter.key, plan.key if plan is not None else None)
+        cached = self._counter_cache.get(key)
+        if cached is not None:
+            return cached
         windows = self._windows.get(meter.key, ())
-        if not windows:
-            return []
         limits = {
             limit.window: limit.limit
             for limit in (plan.limits_for(meter.key) if plan is not None else ())
             if limit.overage is Overage.DENY
         }
-        return [Counter(w, limits.get(w)) for w in windows]
+        counters = self._counter_cache[key] = tuple(Counter(w, limits.get(w)) for w in windows)
+        return counters
 
     async def record(self, event: UsageEvent, *, tx: Transaction | None = None) -> UsageEvent:
         """Record one usage event (a no-op returning the stored event when its id exists).

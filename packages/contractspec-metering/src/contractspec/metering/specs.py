@@ -121,8 +121,8 @@ def window_bounds(window: Window | str, at: datetime) -> tuple[datetime, datetim
             f"timestamp {at.isoformat()} has no timezone; pass an aware datetime (UTC)",
             details={"field": "timestamp"},
         )
-    t = at.astimezone(UTC)
-    w = Window(window)
+    t = at if at.tzinfo is UTC else at.astimezone(UTC)
+    w = window if type(window) is Window else Window(window)
     if w is Window.HOUR:
         start = t.replace(minute=0, second=0, microsecond=0)
         return start, start + timedelta(hours=1)

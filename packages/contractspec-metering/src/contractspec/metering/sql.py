@@ -49,6 +49,7 @@ from sqlalchemy import (
     distinct,
     func,
     select,
+    text,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -130,6 +131,33 @@ plan_assignments_table = Table(
     Column("plan", String(255), nullable=False),
     Column("assigned_at", UtcDateTime(), nullable=False),
     comment="The plan each org is on.",
+)
+
+
+_RECORD_MANY = (
+    sqlite_insert(usage_events_table)
+    .on_conflict_do_nothing()
+    .returning(usage_events_table.c.org_id, usage_events_table.c.id)
+)
+_COLUMNS = (
+    "org_id",
+    "id",
+    "meter",
+    "subject",
+    "user_id",
+    "value",
+    "unique_key",
+    "timestamp",
+    "window_start",
+)
+_PG_RECORD_MANY = text(
+    "INSERT INTO cs_usage_events (org_id, id, meter, subject, user_id, value, unique_key, "
+    '"timestamp", window_start) '
+    "SELECT * FROM unnest(CAST(:org_id AS varchar[]), CAST(:id AS varchar[]), "
+    "CAST(:meter AS varchar[]), CAST(:subject AS varchar[]), CAST(:user_id AS varchar[]), "
+    "CAST(:value AS numeric[]), CAST(:unique_key AS varchar[]), "
+    "CAST(:timestamp AS timestamptz[]), CAST(:window_start AS timestamptz[])) "
+    "ON CONFLICT (org_id, id) DO NOTHING RETURNING org_id, id"
 )
 
 
@@ -259,8 +287,8 @@ class SqlMeteringStore:
         meter: Meter,
         windows: Sequence[Window] = (),
     ) -> list[UsageEvent]:
-        """See `MeteringStore.record_many`: one multi-row `INSERT … ON CONFLICT DO NOTHING
-        RETURNING id` per chunk, one read of the duplicates, one upsert per counter."""
+        """See `MeteringStore.record_many`: `INSERT … ON CONFLICT DO NOTHING RETURNING id` sent
+        as multi-row statements per chunk, one read of the duplicates, one upsert per counter."""
         stx = sql_transaction(tx, "SqlMeteringStore")
         stx.check_writable("recording usage")
         first: dict[tuple[str, str], UsageEvent] = {}
@@ -286,8 +314,15 @@ class SqlMeteringStore:
                 }
                 for e in unique[i : i + _CHUNK]
             ]
-            stmt = insert(t).values(rows).on_conflict_do_nothing().returning(t.c.org_id, t.c.id)
-            result = await stx.execute(stmt, write=True)
+            if stx.dialect == "postgresql":
+                # one statement with one array per column: parsed and planned once per chunk
+                # (a multi-row VALUES list costs psycopg more to parse than the insert itself)
+                params = {col: [row[col] for row in rows] for col in _COLUMNS}
+                result = await stx.execute(_PG_RECORD_MANY, params, write=True)
+            else:
+                # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends multi-row
+                # INSERTs from ONE cached compiled statement
+                result = await stx.execute(_RECORD_MANY, rows, write=True)
             new.update((str(r.org_id), str(r.id)) for r in result.all())
         stored = dict(first)
         old = [key for key in first if key not in new]
