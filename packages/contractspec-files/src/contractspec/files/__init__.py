@@ -22,7 +22,7 @@ Public API:
 * runtime: `Files` (`stage`, `upload`, signed links, `collect_orphans`, `apply_retention`),
   `StagedUpload`;
 * operations: `register_file_operations` (`files.upload`, `files.get`, `files.attachments.list`,
-  `files.delete`, `files.legal_hold.set`); HTTP routes in `contractspec.files.http`;
+  `files.delete`, `files.legal_hold.set`, `files.expire`); HTTP routes in `contractspec.files.http`;
 * helpers: `safe_filename`, `content_disposition`, `sniff_media_type`;
 * errors: `FileTooLargeError`, `MediaTypeRefusedError`, `ArchiveRefusedError`,
   `AttachmentLimitError`, `LegalHoldError`, `DownloadLinkError`.
