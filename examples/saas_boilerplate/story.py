@@ -8,6 +8,7 @@ from typing import Any
 from attrs import define, field
 
 from contractspec.core import CallContext, ContractSpecError
+from contractspec.metering import window_bounds
 from saas_boilerplate.app import SaasApp
 from saas_boilerplate.spec import (
     AuditPage,
@@ -105,6 +106,13 @@ async def run_story(app: SaasApp) -> Story:
     assert isinstance(summary, BillingSummary)
     usage = ", ".join(f"{m.meter} {m.used}/{m.limit} per {m.window}" for m in summary.meters)
     say(f"ada invites dan -> ok; seats {summary.seats_used}/{summary.seats_included}; {usage}")
+    start, end = window_bounds("month", app.clock.now())
+    invoice = await app.metering.invoice(story.org_id, start, end)
+    for line in invoice.lines:
+        price = app.metering.plans[invoice.plan].price_for(line.meter)
+        assert price is not None
+        say(f"invoice {start:%Y-%m} on {invoice.plan}: {line.meter} {line.quantity} x "
+            f"{price.unit_amount} = {line.amount} {line.currency} (the gauge's latest value)")  # fmt: skip
     archived = await ex.execute("saas.project.archive", {"project_id": apollo.id}, ben)
     assert isinstance(archived, Project)
     say(f"ben archives {archived.name!r} -> {archived.status}")

@@ -340,6 +340,7 @@ async def test_story_runs_end_to_end(sql_engine: AsyncEngine, tmp_path: Path) ->
     assert "cleo's onboarding: first_project, first_file (2/3)" in text
     assert "cleo exports the projects -> Apollo: Design v1.pdf" in text
     assert "seats 4/50; api.calls 2/100000 per day, upload.bytes 12016/" in text
+    assert "invoice 2024-01 on pro: seats 4 x 12.00 = 48.00 usd" in text
     assert story.lines[-1] == "audit chain verifies: True"
 
 
