@@ -374,3 +374,21 @@ async def test_expire_is_system_only_audited_and_rechecks_the_hold(app: App) -> 
         assert "files.expired" in app.executor.backend.events.names()  # type: ignore[attr-defined]
     gone = await app.executor.execute("files.expire", {"file_id": out.file.id}, system)
     assert (gone.outcome, gone.reason) == ("skipped", "gone")  # type: ignore[attr-defined]
+
+
+async def test_one_token_used_concurrently_records_once(app: App) -> None:
+    """Four concurrent files.upload calls with one token: one record, the rest conflict."""
+    import asyncio
+
+    await app.project()
+    staged = await app.files.stage("project.docs", chunks(PDF), org_id="org-1", actor_id="u-1")
+    results = await asyncio.gather(
+        *(
+            app.executor.execute("files.upload", {"token": staged.token, "entity_id": "p1"}, ctx())
+            for _ in range(4)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, AttachmentView) for r in results) == 1, results
+    assert all(isinstance(r, (AttachmentView, ConflictError)) for r in results), results
+    assert len(await app.store.list_attachments("org-1", "project", "p1")) == 1
