@@ -22,8 +22,10 @@ from saas_boilerplate.app import SaasApp, build_app
 from saas_boilerplate.spec import PLAN_SEATS, registry, registry_v2
 from saas_boilerplate.story import run_story
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
 from contractspec.core import CallContext, PolicyDeniedError
+from contractspec.core.cli import app as cli
 from contractspec.core.diff import check_lock
 from contractspec.core.testing import FakeClock
 from contractspec.identity.operations import Members
@@ -378,12 +380,11 @@ def test_readme_diff_is_the_real_command_output(marker: str, new: str, exit_code
     pattern = rf"<!-- {marker}:begin -->\n```text\n(.*?)```\n<!-- {marker}:end -->"
     block = re.search(pattern, readme, re.S)
     assert block is not None, f"README lost its {marker} block"
-    cli = Path(sys.executable).parent / "contractspec"
-    real = subprocess.run(
-        [str(cli), "spec", "diff", "contractspec.lock.json", new],
-        cwd=HERE, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert real.returncode == exit_code, real.stderr
+    # the command itself, run in process (typer's runner): what `contractspec spec diff` prints
+    lock = HERE / "contractspec.lock.json"
+    target = str(HERE / new) if new.endswith(".json") else new
+    real = CliRunner().invoke(cli, ["spec", "diff", str(lock), target])
+    assert real.exit_code == exit_code, real.output
     assert block.group(1) == real.stdout
 
 
