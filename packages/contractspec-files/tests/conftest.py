@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -51,7 +52,18 @@ def s3_storage(moto_endpoint: str) -> ObjectStoreStorage:
         secret_access_key="test",
         region="us-east-1",
         virtual_hosted_style_request=False,
-        client_options={"allow_http": True},
+        # moto's threaded server answers slowly when the 2-core CI machine is busy: give each
+        # request room and retry transient failures the way production S3 clients do.
+        client_options={"allow_http": True, "timeout": "120s", "connect_timeout": "30s"},
+        retry_config={
+            "max_retries": 5,
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=2),
+                "base": 2,
+            },
+            "retry_timeout": timedelta(seconds=120),
+        },
     )
     return ObjectStoreStorage(store, name="s3", chunk_size=5 * 1024 * 1024)
 
