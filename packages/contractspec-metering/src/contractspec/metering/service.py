@@ -532,7 +532,8 @@ class Metering:
 
         Args:
             org_id: The org.
-            start, end: The billing period (aware datetimes).
+            start: Start of the billing period (aware datetime, inclusive).
+            end: End of the billing period (exclusive).
             plan: Price with this plan instead of the org's current one.
             rounding: Rounding mode of each line total (default `ROUND_HALF_EVEN`).
 
