@@ -23,12 +23,14 @@ from typing import Any
 from attrs import define
 from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import BaseModel
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 
 from contractspec.bus import EventBus, OutboxRelay
-from contractspec.bus.sql import SqlAuditTrail, SqlOutboxStore, create_bus_tables
+from contractspec.bus.sql import SqlAuditTrail, SqlOutboxStore
+from contractspec.bus.sql import metadata as bus_metadata
 from contractspec.core import (
     Actor,
     CallContext,
@@ -45,12 +47,14 @@ from contractspec.core.sql import SqlBackend
 from contractspec.files import Files, LocalFileStorage
 from contractspec.files.http import file_routes
 from contractspec.files.sql import SqlFileStore
+from contractspec.files.sql import metadata as files_metadata
 from contractspec.growth import FlagEvaluator, JourneyEngine
 from contractspec.growth.journeys_sql import SqlJourneyStore
 from contractspec.identity import Identity, Org, OrgMembership, User, register_identity
 from contractspec.identity.sql import SqlIdentityStore
 from contractspec.metering import Metering, QuotaExceededError, UsageEvent, window_bounds
-from contractspec.metering.sql import SqlMeteringStore, create_metering_tables
+from contractspec.metering.sql import SqlMeteringStore
+from contractspec.metering.sql import metadata as metering_metadata
 from saas_boilerplate.handlers import Handlers, seats_in_use
 from saas_boilerplate.spec import (
     ACCESS,
@@ -62,7 +66,7 @@ from saas_boilerplate.spec import (
     seats,
 )
 
-__all__ = ["SaasApp", "SeatCap", "Tokens", "build_app"]
+__all__ = ["SaasApp", "SeatCap", "Tokens", "build_app", "wire_app"]
 
 #: Operations after which the org's seat count is recorded on the `seats` gauge.
 SEAT_CHANGES = frozenset(
@@ -181,6 +185,7 @@ class SaasApp:
         trail: Audit queries and chain verification.
         tokens: API token issuer and HTTP authenticator.
         clock: Time source of everything above.
+        metadatas: Every table of the app, for Alembic's `target_metadata`.
     """
 
     engine: AsyncEngine
@@ -194,6 +199,18 @@ class SaasApp:
     trail: SqlAuditTrail
     tokens: Tokens
     clock: Clock
+    metadatas: tuple[MetaData, ...]
+
+    async def create_tables(self) -> None:
+        """Create every table of `metadatas` that does not exist yet (tests and demos; migrate
+        with Alembic in production)."""
+        async with self.engine.begin() as conn:
+            for metadata in self.metadatas:
+                await conn.run_sync(metadata.create_all)
+
+    async def start(self) -> None:
+        """Load the policy engine from the database (once the tables exist)."""
+        await self.identity.load(self.executor.unit_of_work)
 
     async def signup(self, email: str, org_name: str) -> tuple[CallContext, str]:
         """Create a user and their org (on the free plan) as the system; the owner's call
@@ -250,24 +267,17 @@ class SaasApp:
         return app
 
 
-async def build_app(
+def wire_app(
     engine: AsyncEngine,
     files_dir: str | Path,
     *,
     secret: str | None = None,
     clock: Clock | None = None,
 ) -> SaasApp:
-    """Create the tables on `engine` (SQLite or PostgreSQL, not disposed) and wire the app.
+    """Wire the app on `engine` without touching the database (see `build_app`).
 
-    Args:
-        engine: `contractspec.core.sql.sqlite_engine(path)` or a PostgreSQL engine.
-        files_dir: Directory of uploaded blobs.
-        secret: Key signing API tokens, upload tokens and download links (32+ bytes; random by
-            default, so tokens do not survive a restart).
-        clock: Time source (a `contractspec.core.testing.FakeClock` in the tests).
-
-    Returns:
-        The wired app, its policy engine loaded from the database.
+    Use it with Alembic: put `app.metadatas` in your `env.py`'s `target_metadata`, migrate,
+    then `await app.start()`.
     """
     clock = clock or SystemClock()
     secret = secret or secrets.token_hex(32)
@@ -290,13 +300,6 @@ async def build_app(
         trail=trail,
     ).bind(registry)
     registry.validate(require_handlers=True)
-
-    await backend.create_all()
-    await create_bus_tables(engine)
-    await file_store.create_tables()
-    await create_metering_tables(engine)
-    await journey_store.create_all()
-
     executor = Executor(
         registry,
         backend=backend,
@@ -304,7 +307,6 @@ async def build_app(
         clock=clock,
         middleware=[SeatCap(identity, metering), metering.middleware()],
     )
-    await identity.load(executor.unit_of_work)
     bus = EventBus()
     journeys.subscribe(bus)  # saas.project.created, files.uploaded, member.invited
     relay = OutboxRelay(SqlOutboxStore(engine), bus, registry=registry)
@@ -320,4 +322,37 @@ async def build_app(
         trail=trail,
         tokens=Tokens(secret),
         clock=clock,
+        metadatas=(
+            *backend.metadatas,  # core's tables; identity's and the project's
+            bus_metadata,  # audit checkpoints, dead letters, processed events, ...
+            files_metadata,  # cs_files, cs_attachments
+            metering_metadata,  # usage events, counters, plan assignments
+            journey_store.metadata,  # onboarding events, enrollments, steps
+        ),
     )
+
+
+async def build_app(
+    engine: AsyncEngine,
+    files_dir: str | Path,
+    *,
+    secret: str | None = None,
+    clock: Clock | None = None,
+) -> SaasApp:
+    """Wire the app, create its tables on `engine` (SQLite or PostgreSQL, not disposed) and
+    start it. Production apps migrate with Alembic instead (`wire_app`, `app.metadatas`).
+
+    Args:
+        engine: `contractspec.core.sql.sqlite_engine(path)` or a PostgreSQL engine.
+        files_dir: Directory of uploaded blobs.
+        secret: Key signing API tokens, upload tokens and download links (32+ bytes; random by
+            default, so tokens do not survive a restart).
+        clock: Time source (a `contractspec.core.testing.FakeClock` in the tests).
+
+    Returns:
+        The started app.
+    """
+    app = wire_app(engine, files_dir, secret=secret, clock=clock)
+    await app.create_tables()
+    await app.start()
+    return app
