@@ -484,3 +484,25 @@ async def test_the_schema_migrates_with_alembic(sql_engine: AsyncEngine, tmp_pat
     await app.start()
     story = await run_story(app)
     assert story.lines[-1] == "audit chain verifies: True"
+
+
+async def test_a_background_relay_drives_onboarding(world: World) -> None:
+    """As deployed: the relay runs beside the HTTP app (`relay.run`) and the member's progress
+    follows their calls without anyone draining the outbox by hand."""
+    w, acme = world, world.acme
+    stop = asyncio.Event()
+    relay = asyncio.create_task(w.app.relay.run(stop=stop))
+    try:
+        pid = await project(w, acme)
+        assert (await upload(w, acme, "member", pid, PDF)).status_code == 201
+        completed: list[str] = []
+        for _ in range(100):  # up to 10 s; the relay polls every 0.5 s when idle
+            progress = await get(w, "saas.onboarding.progress", {}, acme, "member")
+            completed = progress.json()["completed"]
+            if len(completed) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert completed == ["first_project", "first_file"]
+    finally:
+        stop.set()
+        await relay
