@@ -33,6 +33,8 @@ __all__ = [
     "clean_decimal",
 ]
 
+_ZERO = Decimal(0)
+
 #: How long a memory transaction waits for another holding the same event id or counter.
 LOCK_WAIT_S = 10.0
 
@@ -313,7 +315,7 @@ class MemoryMeteringStore:
     quota checks admit exactly the allowed number, as on PostgreSQL.
     """
 
-    __slots__ = ("_claims", "_counters", "_events", "_plans", "_seq", "_uow")
+    __slots__ = ("_claims", "_counters", "_events", "_info_key", "_plans", "_seq", "_uow")
 
     def __init__(self) -> None:
         self._uow = MemoryUnitOfWork()
@@ -323,31 +325,42 @@ class MemoryMeteringStore:
         self._claims: dict[tuple[object, ...], _Claim] = {}
         self._plans: dict[str, PlanAssignment] = {}
         self._seq = 0
+        self._info_key = f"contractspec.metering.memory.{id(self)}"
 
     @property
     def unit_of_work(self) -> UnitOfWork:
         """A `MemoryUnitOfWork`."""
         return self._uow
 
-    async def _claim(self, tx: Transaction, key: tuple[object, ...], what: str) -> _Claim:
-        while True:
-            claim = self._claims.get(key)
-            if claim is None:
-                claim = self._claims[key] = _Claim(tx)
+    def _try_claim(self, tx: Transaction, key: tuple[object, ...]) -> _Claim | Transaction:
+        """The claim of `key` for `tx`, or the open transaction holding it."""
+        claim = self._claims.get(key)
+        if claim is None:
+            claim = self._claims[key] = _Claim(tx)
+            held: list[tuple[object, ...]] | None = tx.info.get(self._info_key)
+            if held is None:
+                held = tx.info[self._info_key] = []
+                claims = self._claims
 
-                def release(
-                    key: tuple[object, ...] = key,
-                    claim: _Claim = claim,
-                    claims: dict[tuple[object, ...], _Claim] = self._claims,
-                ) -> None:
-                    if claims.get(key) is claim:
-                        del claims[key]
+                def release(held: list[tuple[object, ...]] = held) -> None:
+                    for k in held:
+                        c = claims.get(k)
+                        if c is not None and c.tx is tx:
+                            del claims[k]
 
                 tx.on_end(release)
-                return claim
-            if claim.tx is tx:
-                return claim
-            await tx.wait_for(claim.tx, what, LOCK_WAIT_S)
+            held.append(key)
+            return claim
+        if claim.tx is tx:
+            return claim
+        return claim.tx
+
+    async def _claim(self, tx: Transaction, key: tuple[object, ...], what: str) -> _Claim:
+        while True:
+            got = self._try_claim(tx, key)
+            if isinstance(got, _Claim):
+                return got
+            await tx.wait_for(got, what, LOCK_WAIT_S)
 
     async def record(
         self, tx: Transaction, event: UsageEvent, meter: Meter, counters: Sequence[Counter] = ()
@@ -359,40 +372,42 @@ class MemoryMeteringStore:
         stored = self._events.get(key)
         if stored is not None:
             return Recorded(stored[0], False)
-        claim = await self._claim(tx, ("event", *key), f"usage event {event.id}")
-        stored = self._events.get(key)
-        if stored is not None:  # committed while this transaction waited
-            return Recorded(stored[0], False)
+        ekey = ("event", *key)
+        claim = self._try_claim(tx, ekey)
+        if not isinstance(claim, _Claim):  # another open transaction records this id: wait
+            claim = await self._claim(tx, ekey, f"usage event {event.id}")
+            stored = self._events.get(key)
+            if stored is not None:  # committed while this transaction waited
+                return Recorded(stored[0], False)
         if claim.event is not None:
             return Recorded(claim.event, False)
         claim.event = event
-
-        def forget(claim: _Claim = claim) -> None:
-            claim.event = None
-
-        tx.add_undo(forget)
         amount = counted(event, meter)
-        deltas: list[tuple[tuple[str, str, Window, datetime], Decimal]] = []
+        raised: list[tuple[tuple[str, str, Window, datetime], _Claim]] = []
+
+        def undo() -> None:
+            claim.event = None
+            for _, c in raised:
+                c.delta -= amount
+
+        tx.add_undo(undo)
         for counter in counters:
             start, _ = window_bounds(counter.window, event.timestamp)
             ckey = (event.org_id, meter.key, counter.window, start)
-            cclaim = await self._claim(tx, ("counter", *ckey), f"the {meter.key} quota counter")
-            used = self._counters.get(ckey, Decimal(0)) + cclaim.delta
+            cclaim = self._try_claim(tx, ("counter", *ckey))
+            if not isinstance(cclaim, _Claim):
+                cclaim = await self._claim(tx, ("counter", *ckey), f"the {meter.key} quota counter")
+            used = self._counters.get(ckey, _ZERO) + cclaim.delta
             if counter.limit is not None and used + amount > counter.limit:
                 return Recorded(event, True, counter, clean_decimal(used))
             cclaim.delta += amount
-
-            def give_back(c: _Claim = cclaim, n: Decimal = amount) -> None:
-                c.delta -= n
-
-            tx.add_undo(give_back)
-            deltas.append((ckey, amount))
+            raised.append((ckey, cclaim))
 
         def commit() -> None:
             self._seq += 1
             self._events[key] = (event, self._seq)
-            for ckey, n in deltas:
-                self._counters[ckey] = self._counters.get(ckey, Decimal(0)) + n
+            for ckey, _ in raised:
+                self._counters[ckey] = self._counters.get(ckey, _ZERO) + amount
 
         tx.on_commit(commit)
         return Recorded(event, True)
