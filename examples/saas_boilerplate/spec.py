@@ -537,6 +537,7 @@ def declare(
     registry.register(*(SPECS if specs is None else specs))
     files.add_slot(project_files if slot is None else slot)
     register_file_operations(registry, files)
+    onboarding.check(registry)  # its step actions and completion events exist
     return registry
 
 
