@@ -167,6 +167,8 @@ class Tokens:
             data = self._signer.loads(token)
         except BadSignature:
             return None
+        if not isinstance(data, dict) or not {"u", "o"} <= data.keys():
+            return None  # signed by us, so never in practice: still no KeyError (500)
         return Principal(Actor.user(str(data["u"])), org_id=str(data["o"]))
 
 

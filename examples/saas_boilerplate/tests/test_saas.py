@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from saas_boilerplate.app import SaasApp, build_app, wire_app
+from saas_boilerplate.app import SaasApp, Tokens, build_app, wire_app
 from saas_boilerplate.spec import PLAN_SEATS, registry, registry_v2
 from saas_boilerplate.story import run_story
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -115,6 +115,11 @@ async def test_tenant_comes_from_the_token(world: World) -> None:
     assert (await w.http.post("/saas/project/create/v1", json={"name": "x"})).status_code == 401
     forged = {"Authorization": f"Bearer {w.acme.tokens['member'][:-2]}xx"}
     assert (await w.http.get("/saas/project/list/v1", headers=forged)).status_code == 401
+    foreign = Tokens("another-deployment-secret-of-32-bytes!").issue(
+        w.acme.owner.actor.id, w.acme.id
+    )
+    other_key = {"Authorization": f"Bearer {foreign}"}
+    assert (await w.http.get("/saas/project/list/v1", headers=other_key)).status_code == 401
     steer = {**w.globex.auth("owner"), "X-Org-Id": w.acme.id}
     listed = await w.http.get("/saas/project/list/v1", headers=steer)
     assert (listed.status_code, listed.json()["total"]) == (200, 0)  # globex's projects
