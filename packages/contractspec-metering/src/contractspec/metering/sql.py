@@ -134,11 +134,7 @@ plan_assignments_table = Table(
 )
 
 
-_RECORD_MANY = (
-    sqlite_insert(usage_events_table)
-    .on_conflict_do_nothing()
-    .returning(usage_events_table.c.org_id, usage_events_table.c.id)
-)
+_RECORD_MANY = sqlite_insert(usage_events_table).on_conflict_do_nothing()
 _COLUMNS = (
     "org_id",
     "id",
@@ -287,19 +283,31 @@ class SqlMeteringStore:
         meter: Meter,
         windows: Sequence[Window] = (),
     ) -> list[UsageEvent]:
-        """See `MeteringStore.record_many`: `INSERT … ON CONFLICT DO NOTHING RETURNING id` sent
-        as multi-row statements per chunk, one read of the duplicates, one upsert per counter."""
+        """See `MeteringStore.record_many`.
+
+        Per chunk of 500: on PostgreSQL one `INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO
+        NOTHING RETURNING id`, then one read of the duplicates; on SQLite (one writer, this
+        transaction) one read of the ids already stored, then an executemany `INSERT` of the
+        others. Then one upsert per quota counter."""
         stx = sql_transaction(tx, "SqlMeteringStore")
         stx.check_writable("recording usage")
         first: dict[tuple[str, str], UsageEvent] = {}
         for event in events:
             check_event(event, meter)
             first.setdefault((event.org_id, event.id), event)
-        t = usage_events_table
         insert = _insert(stx.dialect)
         new: set[tuple[str, str]] = set()
+        stored = dict(first)
         unique = list(first.values())
         for i in range(0, len(unique), _CHUNK):
+            chunk = unique[i : i + _CHUNK]
+            if stx.dialect == "sqlite":
+                # SQLite has one writer at a time and this transaction is it (BEGIN IMMEDIATE):
+                # the ids stored before the insert are exactly the duplicates, and the new rows go
+                # through the driver's executemany (no RETURNING to collect)
+                known = await self._stored(stx, [(e.org_id, e.id) for e in chunk])
+                stored.update(known)
+                chunk = [e for e in chunk if (e.org_id, e.id) not in known]
             rows = [
                 {
                     "org_id": e.org_id,
@@ -312,29 +320,21 @@ class SqlMeteringStore:
                     "timestamp": e.timestamp,
                     "window_start": window_bounds(meter.window, e.timestamp)[0],
                 }
-                for e in unique[i : i + _CHUNK]
+                for e in chunk
             ]
+            if not rows:
+                continue
             if stx.dialect == "postgresql":
                 # one statement with one array per column: parsed and planned once per chunk
                 # (a multi-row VALUES list costs psycopg more to parse than the insert itself)
                 params = {col: [row[col] for row in rows] for col in _COLUMNS}
                 result = await stx.execute(_PG_RECORD_MANY, params, write=True)
+                new.update((str(r.org_id), str(r.id)) for r in result.all())
             else:
-                # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends multi-row
-                # INSERTs from ONE cached compiled statement
-                result = await stx.execute(_RECORD_MANY, rows, write=True)
-            new.update((str(r.org_id), str(r.id)) for r in result.all())
-        stored = dict(first)
-        old = [key for key in first if key not in new]
-        for i in range(0, len(old), _CHUNK):
-            chunk = old[i : i + _CHUNK]
-            by_org: dict[str, list[str]] = {}
-            for org, id in chunk:
-                by_org.setdefault(org, []).append(id)
-            for org, ids in by_org.items():
-                stmt = select(t).where(t.c.org_id == org, t.c.id.in_(ids))
-                for row in (await stx.execute(stmt)).mappings():
-                    stored[(row["org_id"], row["id"])] = _event(row)
+                await stx.execute(_RECORD_MANY, rows, write=True)
+                new.update((e.org_id, e.id) for e in chunk)
+        if stx.dialect == "postgresql":
+            stored.update(await self._stored(stx, [key for key in first if key not in new]))
         if windows and new:
             grow: dict[tuple[str, Window, datetime], Decimal] = {}
             for key in new:
@@ -358,6 +358,22 @@ class SqlMeteringStore:
                 )
                 await stx.execute(up, write=True)
         return [stored[(e.org_id, e.id)] for e in events]
+
+    async def _stored(
+        self, stx: SqlTransaction, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], UsageEvent]:
+        """The stored events among `keys` ((org_id, id) pairs)."""
+        t = usage_events_table
+        found: dict[tuple[str, str], UsageEvent] = {}
+        by_org: dict[str, list[str]] = {}
+        for org, id in keys:
+            by_org.setdefault(org, []).append(id)
+        for org, ids in by_org.items():
+            for i in range(0, len(ids), _CHUNK):
+                stmt = select(t).where(t.c.org_id == org, t.c.id.in_(ids[i : i + _CHUNK]))
+                for row in (await stx.execute(stmt)).mappings():
+                    found[(row["org_id"], row["id"])] = _event(row)
+        return found
 
     @staticmethod
     def _limit(stx: SqlTransaction, limit: Decimal) -> Any:
