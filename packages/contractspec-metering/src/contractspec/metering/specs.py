@@ -146,6 +146,10 @@ def to_decimal(value: object, what: str) -> Decimal:
     Raises:
         SpecValidationError: Not a number, not finite, or more than 6 decimal places.
     """
+    if type(value) is Decimal and value.is_finite():  # the hot path: already a Decimal
+        exp = value.as_tuple().exponent
+        if isinstance(exp, int) and exp >= -VALUE_PLACES and value.adjusted() < 30:
+            return value
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise SpecValidationError(
             f"{what} must be a number, got {type(value).__name__} {value!r}",

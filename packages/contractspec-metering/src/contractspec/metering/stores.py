@@ -104,6 +104,14 @@ class UsageEvent:
     unique_key: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        if all(
+            type(v) is str and 0 < len(v) <= 255 and "\x00" not in v
+            for v in (self.id, self.org_id, self.subject, self.meter)
+        ) and all(
+            v is None or (type(v) is str and 0 < len(v) <= 255 and "\x00" not in v)
+            for v in (self.user_id, self.unique_key)
+        ):
+            return  # the hot path; otherwise say which field is wrong
         _check_text(self.id, "id")
         _check_text(self.org_id, "org_id")
         _check_text(self.user_id, "user_id", optional=True)
