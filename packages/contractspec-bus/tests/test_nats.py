@@ -1,0 +1,589 @@
+"""The outbox relayed to NATS JetStream, against real `nats-server -js` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bus_support import build_registry, envelope
+from nats_support import NatsServer, running_server, subprocess_env
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+nats = pytest.importorskip("nats")
+
+from contractspec.bus import IdempotentConsumer, OutboxRelay, RetryPolicy  # noqa: E402
+from contractspec.bus.nats import (  # noqa: E402
+    JetStreamPublisher,
+    JetStreamSpec,
+    JetStreamSubscriber,
+    org_token,
+    subject_for,
+)
+from contractspec.core import ConfigurationError, EventEnvelope, Transaction  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real `nats-server -js` for this module (each test uses its own stream)."""
+    with running_server(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture
+async def js(nats_server: NatsServer) -> AsyncIterator[Any]:
+    """A JetStream context on the module's server."""
+    nc = await nats.connect(nats_server.url, connect_timeout=10)
+    try:
+        yield nc.jetstream(timeout=10)
+    finally:
+        await nc.close()
+
+
+_streams = iter(range(10_000))
+
+
+def _stream(**kwargs: Any) -> JetStreamSpec:
+    return JetStreamSpec.from_registry(
+        build_registry(), name=f"T{next(_streams)}", prefix=f"t{next(_streams)}.ev", **kwargs
+    )
+
+
+async def _outbox(engine: AsyncEngine) -> Any:
+    from contractspec.bus.sql import SqlOutboxStore, create_bus_tables
+
+    await create_bus_tables(engine)
+    return SqlOutboxStore(engine)
+
+
+async def _commit(engine: AsyncEngine, outbox: Any, events: Sequence[EventEnvelope]) -> None:
+    from contractspec.core.sql import SqlUnitOfWork
+
+    tx = await SqlUnitOfWork(engine).begin()
+    await outbox.publish(list(events), tx)
+    await tx.commit()
+
+
+async def _effects_table(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE crm_effect (id VARCHAR(64) PRIMARY KEY, deal_id VARCHAR(64) NOT NULL, "
+                "cs_version BIGINT NOT NULL DEFAULT 1)"
+            )
+        )
+
+
+async def _effect_ids(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [r[0] for r in (await conn.execute(text("SELECT id FROM crm_effect"))).all()]
+
+
+def _idempotent(engine: AsyncEngine, name: str = "effects") -> IdempotentConsumer:
+    from bus_crash_relay import Effect, effect_entity, effect_tables
+
+    from contractspec.bus.sql import SqlProcessedEventStore
+    from contractspec.core.sql import SqlEntityStore, SqlUnitOfWork
+
+    store = SqlEntityStore(effect_tables)
+
+    async def effect(event: EventEnvelope, tx: Transaction) -> None:
+        repo = store.repository(effect_entity, tx, None)
+        await repo.add(Effect(id=event.id, deal_id=event.payload.deal_id))  # type: ignore[attr-defined]
+
+    return IdempotentConsumer(
+        name, effect, unit_of_work=SqlUnitOfWork(engine), processed=SqlProcessedEventStore(engine)
+    )
+
+
+async def _consume_until(
+    sub: JetStreamSubscriber, done: Any, seconds: float = 60.0, wait: float = 0.5
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done in {seconds} s: {sub.stats}")
+        await sub.run_once(wait=wait)
+
+
+# -- subjects and streams (no server) -------------------------------------------------------------
+
+
+def test_org_ids_are_escaped_so_no_org_can_widen_or_collide_with_a_subject() -> None:
+    """Dots and wildcards in org ids are percent-escaped; distinct orgs give distinct tokens."""
+    assert (
+        subject_for("cs.events", "org-1", "crm.deal.created") == "cs.events.org-1.crm.deal.created"
+    )
+    assert org_token("acme.eu") == "acme%2Eeu"
+    assert org_token("*") == "%2A"
+    assert org_token(">") == "%3E"
+    assert org_token("a b") == "a%20b"
+    assert org_token("é") == "%C3%A9"
+    assert org_token(None) == "~"
+    hostile = ["a.b", "a%2Eb", "a_b", "~", "*", ">", "a b", "a\tb"]
+    tokens = [org_token(o) for o in hostile]
+    assert len(set(tokens)) == len(hostile)
+    assert all("." not in t and "*" not in t and ">" not in t and " " not in t for t in tokens)
+    with pytest.raises(ConfigurationError, match="prefix"):
+        subject_for("cs.>", "o", "crm.deal.created")
+    with pytest.raises(ConfigurationError, match="org_id"):
+        org_token("")
+
+
+def test_stream_spec_is_derived_from_the_event_specs() -> None:
+    """Subjects per registered event; max age is the longest event retention; bad fields named."""
+    from pydantic import BaseModel
+
+    from contractspec.core import SpecRegistry, define_event
+
+    class P(BaseModel):
+        x: int
+
+    registry = SpecRegistry(
+        define_event("a.b.one", payload=P, retention=timedelta(days=7)),
+        define_event("a.b.two", payload=P, retention=timedelta(days=30)),
+    )
+    spec = JetStreamSpec.from_registry(registry, name="A", prefix="svc", replicas=3)
+    assert spec.subjects == ["svc.*.a.b.one", "svc.*.a.b.two"]
+    config = spec.config()
+    assert config.max_age == timedelta(days=30).total_seconds()
+    assert config.num_replicas == 3
+    assert JetStreamSpec.from_registry(build_registry(), name="B").max_age is None
+    with pytest.raises(ConfigurationError, match="replicas"):
+        JetStreamSpec("A", replicas=7)
+    with pytest.raises(ConfigurationError, match="retention"):
+        JetStreamSpec("A", retention="forever")
+    with pytest.raises(ConfigurationError, match="name"):
+        JetStreamSpec("a.b")
+
+
+async def test_ensure_creates_then_updates_the_stream_idempotently(js: Any) -> None:
+    """`ensure` twice is a no-op; a new max age or duplicate window is applied in place."""
+    spec = _stream()
+    first = await spec.ensure(js)
+    again = await spec.ensure(js)
+    assert first.config.subjects == again.config.subjects == spec.subjects
+    longer = JetStreamSpec(
+        spec.name,
+        spec.prefix,
+        spec.events,
+        max_age=timedelta(hours=1),
+        duplicate_window=timedelta(minutes=5),
+    )
+    info = await longer.ensure(js)
+    assert info.config.max_age == 3600
+    assert info.config.duplicate_window == 300
+    with pytest.raises(ConfigurationError, match="JetStream refused"):
+        await JetStreamSpec(spec.name, spec.prefix, spec.events, replicas=3).ensure(js)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+async def test_committed_events_flow_through_the_relay_to_a_durable_consumer_in_key_order(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """Commit 30 events on 3 keys → relay → JetStream → consumer: each once, per-key order kept,
+    headers carry name/version/content type, rows marked delivered after the publish ack."""
+    outbox = await _outbox(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    events = [envelope(i, key=f"d{i % 3}", deal_id=f"d{i % 3}", org_id="org-1") for i in range(30)]
+    await _commit(sql_engine, outbox, events)
+    publisher = JetStreamPublisher(js, stream)
+    relay = OutboxRelay(outbox, publisher, batch_size=7)
+    assert await relay.drain() == 30
+    assert {m.status for m in await outbox.messages()} == {"delivered"}
+    info = await js.stream_info(stream.name)
+    assert info.state.messages == 30
+    raw = await js.get_msg(stream.name, 1)
+    assert raw.subject == f"{stream.prefix}.org-1.crm.deal.created"
+    assert raw.headers["Contractspec-Event"] == "crm.deal.created"
+    assert raw.headers["Contractspec-Event-Version"] == "1"
+    assert raw.headers["Content-Type"] == "application/json"
+    assert raw.headers["Nats-Msg-Id"] == "ev-0000"
+    assert json.loads(raw.data)["payload"]["deal_id"] == "d0"
+
+    from contractspec.bus.sql import SqlDeadLetterStore
+
+    got: list[EventEnvelope] = []
+
+    async def handler(event: EventEnvelope) -> None:
+        got.append(event)
+
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="e2e",
+        handler=handler,
+        org_id="org-1",
+        registry=build_registry(),
+        dead_letters=SqlDeadLetterStore(sql_engine),
+    )
+    await _consume_until(sub, lambda: len(got) >= 30)
+    assert sorted(e.id for e in got) == sorted(e.id for e in events)
+    per_key: dict[str | None, list[str]] = defaultdict(list)
+    for e in got:
+        per_key[e.key].append(e.id)
+    assert all(ids == sorted(ids) for ids in per_key.values())
+    assert type(got[0].payload).__name__ == "DealCreated"  # validated into the spec's model
+    assert await sub.run_once(wait=0.3) == 0  # all acked: nothing redelivered
+    await sub.stop()
+
+
+async def test_republishing_after_a_crash_is_dropped_by_the_broker(js: Any) -> None:
+    """The same event published twice (relay died before marking) is stored once."""
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    await publisher.deliver(envelope(1))
+    await publisher.deliver(envelope(1))
+    assert publisher.duplicates == 1
+    assert (await js.stream_info(stream.name)).state.messages == 1
+
+
+async def test_a_publish_that_fails_is_retried_and_the_row_stays_pending(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """No stream for the subject: the publish raises, the row is not marked delivered."""
+    outbox = await _outbox(sql_engine)
+    await _commit(sql_engine, outbox, [envelope(1)])
+    missing = JetStreamSpec("NoSuchStream", "nowhere.ev", ("crm.deal.created",))
+    relay = OutboxRelay(outbox, JetStreamPublisher(js, missing, timeout=2), batch_size=5)
+    assert await relay.run_once() == 0
+    (row,) = await outbox.messages()
+    assert row.status == "pending"
+    assert row.attempts == 1
+    assert relay.stats.failed_attempts == 1
+
+
+async def test_a_subscriber_bound_to_org_a_never_receives_org_b(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """Events of org B, of an org named 'org-a.x' and of '*' never reach org A's consumer."""
+    from contractspec.bus.sql import SqlDeadLetterStore
+
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    orgs = ["org-a", "org-b", "org-a.x", "*", ">", None]
+    n = 0
+    for org in orgs:
+        for _ in range(3):
+            await publisher.deliver(envelope(n, org_id=org))
+            n += 1
+    seen: dict[str, list[str | None]] = {"a": [], "all": []}
+
+    async def only_a(event: EventEnvelope) -> None:
+        seen["a"].append(event.org_id)
+
+    async def every(event: EventEnvelope) -> None:
+        seen["all"].append(event.org_id)
+
+    dead = SqlDeadLetterStore(sql_engine)
+    from contractspec.bus.sql import create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    sub_a = JetStreamSubscriber(
+        js, stream, durable="a", handler=only_a, org_id="org-a", dead_letters=dead
+    )
+    sub_all = JetStreamSubscriber(
+        js, stream, durable="all", handler=every, all_orgs=True, dead_letters=dead
+    )
+    await _consume_until(sub_all, lambda: len(seen["all"]) >= 18)
+    await _consume_until(sub_a, lambda: len(seen["a"]) >= 3)
+    assert await sub_a.run_once(wait=0.5) == 0
+    assert seen["a"] == ["org-a"] * 3
+    assert sorted(map(str, seen["all"])) == sorted(map(str, [o for o in orgs for _ in range(3)]))
+    assert sub_a.stats.dead_lettered == 0
+    with pytest.raises(ConfigurationError, match="all_orgs"):
+        JetStreamSubscriber(js, stream, durable="x", handler=only_a, dead_letters=dead)
+
+
+async def test_failures_are_retried_with_backoff_then_dead_lettered_and_replayable(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """A handler failing 3 of 3 deliveries: one durable dead letter (attempts 3), message
+    terminated; replay with the bug fixed runs the handler and marks it replayed. A payload that
+    does not match its spec is dead-lettered at once, without running the handler."""
+    from contractspec.bus.sql import SqlDeadLetterStore, create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    await JetStreamPublisher(js, stream).deliver(envelope(1, org_id="o"))
+    bad = envelope(2, org_id="o").to_dict()
+    bad["payload"] = {"deal_id": "d2"}  # title and amount missing
+    await js.publish(
+        subject_for(stream.prefix, "o", "crm.deal.created"),
+        json.dumps(bad, default=str).encode(),
+        headers={
+            "Nats-Msg-Id": "ev-0002",
+            "Contractspec-Event": "crm.deal.created",
+            "Contractspec-Event-Version": "1",
+            "Content-Type": "application/json",
+        },
+    )
+    calls: list[str] = []
+    broken = True
+
+    async def handler(event: EventEnvelope) -> None:
+        calls.append(event.id)
+        if broken:
+            raise RuntimeError("downstream is down")
+
+    dead = SqlDeadLetterStore(sql_engine)
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="dl",
+        handler=handler,
+        org_id="o",
+        registry=build_registry(),
+        dead_letters=dead,
+        max_deliver=3,
+        retry=RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, jitter="none"),
+    )
+    await _consume_until(sub, lambda: sub.stats.dead_lettered >= 2, wait=0.3)
+    assert calls == ["ev-0001"] * 3
+    letters = {d.event_id: d for d in (await dead.list(subscriber="dl")).items}
+    assert set(letters) == {"ev-0001", "ev-0002"}
+    assert letters["ev-0001"].attempts == 3
+    assert letters["ev-0001"].error == "RuntimeError: downstream is down"
+    assert "SpecValidationError" in letters["ev-0002"].error
+    assert await sub.run_once(wait=0.5) == 0  # terminated: never redelivered
+    broken = False
+    reports = await sub.replay_dead_letters(ids=[letters["ev-0001"].id])
+    assert [r.ok for r in reports] == [True]
+    assert calls[-1] == "ev-0001"
+    replayed = await dead.get(letters["ev-0001"].id)
+    assert replayed is not None
+    assert replayed.replayed_at is not None
+
+
+async def test_processes_sharing_a_durable_consumer_split_the_work(js: Any, tmp_path: Path) -> None:
+    """Two subscribers on one durable consumer (a work queue): each event handled by exactly one."""
+    from contractspec.bus import MemoryDeadLetterStore
+
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    for i in range(40):
+        await publisher.deliver(envelope(i))
+    handled: dict[str, list[str]] = {"x": [], "y": []}
+
+    def make(who: str) -> Any:
+        async def handle(event: EventEnvelope) -> None:
+            handled[who].append(event.id)
+            await asyncio.sleep(0.01)
+
+        return handle
+
+    subs = [
+        JetStreamSubscriber(
+            js,
+            stream,
+            durable="shared",
+            handler=make(w),
+            all_orgs=True,
+            dead_letters=MemoryDeadLetterStore(),
+            batch=5,
+        )
+        for w in ("x", "y")
+    ]
+
+    def total() -> int:
+        return len(handled["x"]) + len(handled["y"])
+
+    await asyncio.gather(*(_consume_until(s, lambda: total() >= 40) for s in subs))
+    ids = handled["x"] + handled["y"]
+    assert sorted(ids) == [f"ev-{i:04d}" for i in range(40)]  # each exactly once
+    assert handled["x"]  # both took part
+    assert handled["y"]
+
+
+# -- crashes (worker processes, SIGKILL) ----------------------------------------------------------
+
+
+def _url_and_schema(engine: AsyncEngine) -> tuple[str, str]:
+    return engine.url.render_as_string(hide_password=False), ""
+
+
+async def _schema(engine: AsyncEngine) -> str:
+    if engine.dialect.name != "postgresql":
+        return ""
+    async with engine.connect() as conn:
+        return str((await conn.execute(text("SELECT current_schema()"))).scalar_one())
+
+
+def _spawn(
+    mode: str,
+    engine: AsyncEngine,
+    schema: str,
+    server: NatsServer,
+    stream: str,
+    log: Path,
+    hang_at: int,
+) -> subprocess.Popen[bytes]:
+    url = engine.url.render_as_string(hide_password=False)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "nats_worker.py"),
+            mode,
+            url,
+            schema,
+            server.url,
+            stream,
+            str(log),
+            str(hang_at),
+        ],
+        env=subprocess_env(HERE),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _wait_for(
+    log: Path, word: str, proc: subprocess.Popen[bytes], seconds: float = 60
+) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if log.exists() and word in log.read_text():  # noqa: ASYNC240 - a small local file
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early: {proc.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker never logged {word!r}")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+@pytest.mark.slow
+async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_repeats(
+    sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGKILL a relay process after 15 acked publishes (before marking), relay again: all 30
+    events are in the stream exactly once and an idempotent consumer applies each once."""
+    from contractspec.bus.sql import SqlDeadLetterStore
+
+    outbox = await _outbox(sql_engine)
+    await _effects_table(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    events = [envelope(i, key=f"d{i % 5}", deal_id=f"d{i % 5}") for i in range(30)]
+    await _commit(sql_engine, outbox, events)
+    log = tmp_path / "relay.log"
+    proc = _spawn(
+        "relay",
+        sql_engine,
+        await _schema(sql_engine),
+        nats_server,
+        f"{stream.name}:{stream.prefix}",
+        log,
+        15,
+    )
+    try:
+        await _wait_for(log, "hanging", proc)
+    finally:
+        _kill(proc)
+    published_before = log.read_text().count("published ")
+    assert published_before == 15
+    pending = await outbox.messages(status="pending")
+    assert len(pending) >= 5  # at least the unmarked rows of the killed batch are still pending
+    publisher = JetStreamPublisher(js, stream)
+    relay = OutboxRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
+    deadline = time.monotonic() + 60
+    while await outbox.messages(status="pending", limit=1):
+        assert time.monotonic() < deadline, "the second relay did not finish"
+        if await relay.drain() == 0:
+            await asyncio.sleep(0.1)  # the dead relay's lease (1 s) has to end first
+    assert publisher.duplicates >= 1  # the killed batch's acked-but-unmarked rows came again
+    assert (await js.stream_info(stream.name)).state.messages == 30  # ... and were dropped
+    consumer = _idempotent(sql_engine)
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="after-crash",
+        handler=consumer,
+        all_orgs=True,
+        registry=build_registry(),
+        dead_letters=SqlDeadLetterStore(sql_engine),
+    )
+    await _consume_until(sub, lambda: sub.stats.handled >= 30)
+    assert sorted(await _effect_ids(sql_engine)) == sorted(e.id for e in events)
+
+
+@pytest.mark.slow
+async def test_consumer_killed_mid_handler_is_redelivered_and_the_effect_happens_once(
+    sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGKILL a consumer process after its 8th event's transaction committed and before the ack:
+    another process gets the event again (after ack_wait), the idempotent consumer skips it,
+    every one of the 20 effects exists exactly once."""
+    from contractspec.bus.sql import SqlDeadLetterStore, create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    await _effects_table(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    events = [envelope(i) for i in range(20)]
+    for e in events:
+        await publisher.deliver(e)
+    log = tmp_path / "consumer.log"
+    proc = _spawn(
+        "consume",
+        sql_engine,
+        await _schema(sql_engine),
+        nats_server,
+        f"{stream.name}:{stream.prefix}",
+        log,
+        8,
+    )
+    try:
+        await _wait_for(log, "hanging", proc)
+    finally:
+        _kill(proc)
+    hung = log.read_text().split("hanging ")[1].split()[0]
+    consumer = _idempotent(sql_engine)
+    redelivered: list[str] = []
+
+    async def handler(event: EventEnvelope) -> None:
+        redelivered.append(event.id)
+        await consumer(event)
+
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="effects",
+        handler=handler,
+        all_orgs=True,
+        registry=build_registry(),
+        dead_letters=SqlDeadLetterStore(sql_engine),
+        ack_wait=3.0,
+        handler_timeout=2.5,
+        batch=5,
+    )
+    await _consume_until(sub, lambda: hung in redelivered and len(set(redelivered)) >= 13)
+    effects = await _effect_ids(sql_engine)
+    assert sorted(effects) == sorted(e.id for e in events)  # all 20, none twice (primary key)
+    assert consumer.skipped >= 1  # the hung event came again and was skipped
