@@ -268,3 +268,48 @@ def test_http_answers_402_and_429_with_retry_after(tmp_path: Path) -> None:
         denied = client.post("/app/export/v1", json={})
         assert denied.status_code == 403
         assert denied.json()["details"]["feature"] == "export"
+
+
+async def test_a_plan_change_keeps_the_windows_usage(app: App) -> None:
+    """Usage counted under one plan counts against the next plan's limits in the same window."""
+    await app.metering.assign_plan("org-1", "pro")
+    for _ in range(6):
+        await app.executor.execute("app.search", {"query": "x"}, CTX)
+    await app.metering.assign_plan("org-1", "free")  # downgrade: 6 used, free allows 5
+    with pytest.raises(QuotaExceededError) as caught:
+        await app.executor.execute("app.search", {"query": "x"}, CTX)
+    assert (caught.value.plan, caught.value.used) == ("free", Decimal(6))
+    await app.metering.assign_plan("org-1", "pro")
+    await app.executor.execute("app.search", {"query": "x"}, CTX)
+    assert await calls_today(app) == 7
+
+
+async def test_a_unique_count_meter_on_an_operation_counts_distinct_callers() -> None:
+    """meter_operation on a unique_count meter records the caller as the distinct key."""
+    from metering_support import SearchIn, SearchOut
+
+    from contractspec.core import Executor, HandlerCtx, SpecRegistry, define_command
+    from contractspec.core.testing import FakeClock
+    from contractspec.metering import (
+        MemoryMeteringStore,
+        Metering,
+        define_meter,
+        define_plan,
+        meter_operation,
+    )
+
+    visit = define_command("app.visit", input=SearchIn, output=SearchOut)
+    active = define_meter("users.active", unit="user", aggregation="unique_count", window="month")
+    registry = SpecRegistry(visit, active, define_plan("p"), meter_operation(visit, meter=active))
+
+    @registry.handler(visit)
+    async def _visit(inp: SearchIn, ctx: HandlerCtx) -> SearchOut:
+        return SearchOut(hits=0)
+
+    clock = FakeClock(T0)
+    metering = Metering(registry, MemoryMeteringStore(), clock=clock, default_plan="p")
+    executor = Executor(registry, clock=clock, middleware=[metering.middleware()])
+    for user in ("ann", "bob", "ann", "cy", "bob"):
+        ctx = CallContext(actor=Actor.user(user), org_id="org-1")
+        await executor.execute("app.visit", {"query": "q"}, ctx)
+    assert (await metering.current("users.active", "org-1")).value == 3

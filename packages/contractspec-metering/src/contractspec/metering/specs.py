@@ -802,7 +802,9 @@ def meter_operation(
         operation: The `OperationSpec` or its name (all versions are metered).
         meter: The meter (or its key) the call consumes.
         amount: Units per call: a number (default 1), a path starting with `input.` or
-            `output.` (`"output.tokens"`), or a function `(input, output) -> number`.
+            `output.` (`"output.tokens"`), or a function `(input, output) -> number`. A `count`
+            meter counts one per call whatever the amount; a `unique_count` meter counts the
+            distinct callers (`user_id`).
         feature: A feature the caller's plan must include.
         subject: A path starting with `input.`/`output.` naming the subject; default: the
             operation name.
