@@ -10,7 +10,8 @@ Tools are core operations or typed functions; every call goes through the `ToolG
 (validate → invariants → risk → approval → idempotency → execute/shadow → audit); runs are
 durable and resume after approvals, in any process. Offline testing lives in
 `contractspec.agent.testing`, SQL stores in `contractspec.agent.sql`, the litellm model client in
-`contractspec.agent.litellm` (extra `contractspec-agent[litellm]`).
+`contractspec.agent.litellm` (extra `contractspec-agent[litellm]`), external MCP servers' tools in
+`contractspec.agent.mcp` (extra `contractspec-agent[mcp]`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from contractspec.agent.errors import (
     InvariantFailedError,
     LeaseLostError,
     ModelRequestsForbiddenError,
+    ToolOutcomeUnknownError,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
 )
@@ -172,6 +174,7 @@ __all__ = [
     "ToolGateway",
     "ToolMessage",
     "ToolOutcome",
+    "ToolOutcomeUnknownError",
     "UnexpectedModelBehavior",
     "Usage",
     "UsageLimitExceeded",

@@ -7,7 +7,9 @@ Split by blame, like the rest of ContractSpec (and pydantic-ai's `UserError` / `
   `UnexpectedModelBehavior`, `ModelRequestsForbiddenError`, `LeaseLostError`);
 * an approval rule said no: `ApprovalDecisionError`, `ApprovalExpiredError`,
   `ApprovalMismatchError`, `ApprovalUnavailableError`;
-* a proof-carrying action failed an invariant: `InvariantFailedError`.
+* a proof-carrying action failed an invariant: `InvariantFailedError`;
+* a tool cannot tell whether its effect happened (a connection dropped after the request went
+  out): `ToolOutcomeUnknownError`, which the gateway records as `in_doubt`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "InvariantFailedError",
     "LeaseLostError",
     "ModelRequestsForbiddenError",
+    "ToolOutcomeUnknownError",
     "UnexpectedModelBehavior",
     "UsageLimitExceeded",
 ]
@@ -102,3 +105,15 @@ class InvariantFailedError(PolicyDeniedError):
     """An action's invariants did not all pass; `details["packet"]` holds the action packet."""
 
     code = "invariant_failed"
+
+
+class ToolOutcomeUnknownError(ContractSpecError, RuntimeError):
+    """Raised by a tool whose effect may or may not have happened: the request went out and the
+    connection dropped (or the answer timed out) before the result came back.
+
+    The gateway records a side-effecting call that raises it as `in_doubt`, exactly like a call
+    that timed out: the model is told the outcome is unknown and a repeated call is reconciled or
+    sent to a person, never re-run silently. A read-only call is a plain failure.
+    """
+
+    code = "tool_outcome_unknown"

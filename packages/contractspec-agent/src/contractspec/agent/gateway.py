@@ -26,7 +26,8 @@ validate -> invariants (action packet + proof) -> risk (L0-L3) -> approval if re
   instead of acting again (a call that failed with a known outcome may run again in a later
   step).
 * **in doubt**: a side-effecting call whose outcome is unknown — it timed out, its run was
-  cancelled, or its worker crashed while it ran — is `in_doubt`: the model is told the outcome
+  cancelled, its worker crashed while it ran, or the tool raised `ToolOutcomeUnknownError` (an
+  MCP connection dropped after the request went out) — is `in_doubt`: the model is told the outcome
   is unknown, and the call is never repeated silently. When it is called again (or its run is
   recovered) the gateway resolves it: the tool's `reconcile` function, an idempotent
   operation's key (the executor replays it if it took effect) or, for L0 tools, a re-run;
@@ -54,7 +55,11 @@ from pydantic_core import to_jsonable_python
 
 from contractspec.agent._isolation import run_in_process
 from contractspec.agent.approvals import ApprovalWorkflow
-from contractspec.agent.errors import ApprovalUnavailableError, InvariantFailedError
+from contractspec.agent.errors import (
+    ApprovalUnavailableError,
+    InvariantFailedError,
+    ToolOutcomeUnknownError,
+)
 from contractspec.agent.events import envelope, tool_called, tool_failed
 from contractspec.agent.invariants import InvariantResult
 from contractspec.agent.messages import ToolCall, ToolMessage
@@ -995,6 +1000,8 @@ class ToolGateway:
         except _TimedOut as timed_out:
             plan.late = timed_out.late
             plan.outcome = _timed_out(plan, packet, limit_s)
+        except ToolOutcomeUnknownError as exc:
+            plan.outcome = _outcome_unknown(plan, packet, exc)
         except ContractSpecError as exc:
             plan.outcome = ToolOutcome(
                 call, "error", _problem(exc.code, exc.message, details=exc.details), True, packet
@@ -1305,6 +1312,27 @@ def _timed_out(plan: _Plan, packet: ActionPacket, limit_s: float) -> ToolOutcome
         f"{tool.name} {how}. Its outcome is unknown: do not assume that it happened or that it "
         "did not. Calling it again with the same arguments does not run it twice: it is checked "
         "first (reconciled, or sent to a person for approval)"
+    )
+    packet = packet.evolve(decision="in_doubt", reason=reason)
+    return ToolOutcome(
+        call, "in_doubt", _problem("in_doubt", reason, action_id=packet.action_id), True, packet
+    )
+
+
+def _outcome_unknown(
+    plan: _Plan, packet: ActionPacket, exc: ToolOutcomeUnknownError
+) -> ToolOutcome:
+    """The tool itself reported that its effect may or may not have happened."""
+    tool, call = plan.tool, plan.call
+    assert tool is not None
+    if not tool.side_effects:
+        return ToolOutcome(
+            call, "error", _problem(exc.code, exc.message, details=exc.details), True, packet
+        )
+    reason = (
+        f"{tool.name}: {exc.message}. Its outcome is unknown: do not assume that it happened or "
+        "that it did not. Calling it again with the same arguments does not run it twice: it is "
+        "checked first (reconciled, or sent to a person for approval)"
     )
     packet = packet.evolve(decision="in_doubt", reason=reason)
     return ToolOutcome(

@@ -1,0 +1,153 @@
+"""Issue 22 (consuming): how `mcp_tools` maps a server's listing to tools (in-process server).
+
+Risk is declared, decided by a rule or the default (L2); server annotations never lower it;
+per-tool options naming unknown tools, bad levels and name clashes are refused at build time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
+from pydantic import ValidationError
+
+from contractspec.agent import RiskLevel, RiskRule
+from contractspec.agent.mcp import mcp_tools
+from contractspec.core import ConfigurationError, SpecDefinitionError
+
+
+def billing_server() -> MCPServer:
+    server = MCPServer("billing")
+
+    @server.tool(name="invoices.search", annotations=ToolAnnotations(read_only_hint=True))
+    def search(query: str, limit: int = 10) -> list[str]:
+        """Search invoices."""
+        return [query] * limit
+
+    @server.tool(name="invoices/void", annotations=ToolAnnotations(read_only_hint=True))
+    def void(invoice_id: str) -> str:
+        """Void an invoice."""
+        return invoice_id
+
+    @server.tool(name="refund")
+    def refund(invoice_id: str, amount: int) -> int:
+        """Refund an invoice."""
+        return amount
+
+    return server
+
+
+async def test_risk_declared_ruled_or_default_and_hints_never_lower_it() -> None:
+    """A rule decides what it knows; the rest fall to the default L2, whatever the server's
+    readOnlyHint says. Names providers reject are rewritten, the remote name kept."""
+
+    def rule(tool: Any) -> RiskLevel | None:
+        return RiskLevel.L1 if tool.name == "refund" else None
+
+    async with Client(billing_server()) as client:
+        toolset = await mcp_tools(client, risk=rule, prefix="billing_")
+        assert [t.name for t in toolset] == [
+            "billing_invoices_search", "billing_invoices_void", "billing_refund",
+        ]  # fmt: skip
+        info = {name: (i.remote_name, i.risk, i.risk_source) for name, i in toolset.info.items()}
+        assert info == {
+            "billing_invoices_search": ("invoices.search", RiskLevel.L2, "default"),
+            "billing_invoices_void": ("invoices/void", RiskLevel.L2, "default"),
+            "billing_refund": ("refund", RiskLevel.L1, "rule"),
+        }
+        assert toolset.info["billing_invoices_void"].annotations == {"readOnlyHint": True}
+        assert all(t.side_effects for t in toolset)  # L1+ is ledgered, whatever the hints
+
+        declared = await mcp_tools(
+            client, risk={"invoices.search": RiskLevel.L0}, default_risk=RiskLevel.L1
+        )
+        assert [(t.name, t.risk, t.side_effects) for t in declared] == [
+            ("invoices_search", RiskLevel.L0, False),
+            ("invoices_void", RiskLevel.L1, True),
+            ("refund", RiskLevel.L1, True),
+        ]
+        await toolset.aclose()  # a borrowed client stays open
+        assert (
+            await client.call_tool("refund", {"invoice_id": "i", "amount": 2})
+        ).is_error is False
+
+
+async def test_arguments_follow_the_servers_schema() -> None:
+    """The tool schema is the server's inputSchema, defaults and all; validation reports every
+    field the schema rejects."""
+    async with Client(billing_server()) as client:
+        search = (await mcp_tools(client, include=["invoices.search"])).get("invoices_search")
+        assert search.parameters["properties"]["limit"] == {
+            "default": 10, "title": "Limit", "type": "integer",
+        }  # fmt: skip
+        assert search.input.model_validate({"query": "acme"}).model_dump() == {"query": "acme"}
+        with pytest.raises(ValidationError) as info:
+            search.input.model_validate({"limit": "ten"})
+        assert sorted((e["loc"], e["msg"]) for e in info.value.errors()) == [
+            ((), "'query' is a required property"),
+            (("limit",), "'ten' is not of type 'integer'"),
+        ]
+        with pytest.raises(ValidationError):
+            search.input.model_validate(["acme"])
+
+
+async def test_options_naming_unknown_tools_or_bad_levels_are_refused() -> None:
+    """A typo in a per-tool option would leave a tool at the default silently: refused."""
+    async with Client(billing_server()) as client:
+        with pytest.raises(SpecDefinitionError, match=r"\['refnud'\]") as info:
+            await mcp_tools(client, risk={"refnud": RiskLevel.L0})
+        assert info.value.details["field"] == "risk"
+        with pytest.raises(SpecDefinitionError, match="invariants"):
+            await mcp_tools(client, invariants={"nope": []})
+        with pytest.raises(SpecDefinitionError, match="include"):
+            await mcp_tools(client, include=["nope"])
+        with pytest.raises(SpecDefinitionError, match="not a RiskLevel"):
+            await mcp_tools(client, default_risk=7)
+        with pytest.raises(SpecDefinitionError, match="approvers"):
+            await mcp_tools(client, risk={"refund": RiskLevel.L3})
+        with pytest.raises(SpecDefinitionError, match="approvers"):
+            await mcp_tools(client, risk_rules={"refund": [RiskRule("amount > 100", RiskLevel.L3)]})
+        l3 = await mcp_tools(
+            client, risk={"refund": RiskLevel.L3}, approvers={"refund": ["u-cfo"]},
+            include=["refund"],
+        )  # fmt: skip
+        assert (l3[0].risk, l3[0].approvers) == (RiskLevel.L3, ("u-cfo",))
+
+
+async def test_two_server_tools_mapping_to_one_name_are_refused() -> None:
+    server = MCPServer("clash")
+
+    @server.tool(name="a.b")
+    def first() -> str:
+        return "1"
+
+    @server.tool(name="a_b")
+    def second() -> str:
+        return "2"
+
+    async with Client(server) as client:
+        with pytest.raises(SpecDefinitionError, match="both become agent tool 'a_b'"):
+            await mcp_tools(client)
+
+
+async def test_without_the_sdk_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mcp", None)
+    with pytest.raises(ConfigurationError, match=r"contractspec-agent\[mcp\]"):
+        await mcp_tools(object())
+
+
+def test_the_agent_package_imports_without_the_sdk() -> None:
+    code = (
+        "import sys; sys.modules['mcp'] = None\n"
+        "import contractspec.agent, contractspec.agent.mcp\n"
+        "print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "ok"
