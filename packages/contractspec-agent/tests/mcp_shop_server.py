@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -61,6 +62,15 @@ def charge_card(customer_id: str, amount_cents: int) -> str:
     """Charge a card; the server dies before it answers (a dropped connection)."""
     _log("charge_card", customer_id=customer_id, amount_cents=amount_cents)
     os._exit(3)
+
+
+@server.tool()
+async def export_report(report: str, seconds: float) -> str:
+    """Export a report; takes `seconds` (longer than the caller waits, in the timeout test)."""
+    _log("export_report", report=report, seconds=seconds)
+    await anyio.sleep(seconds)
+    _log("export_report.finished", report=report, seconds=seconds)
+    return f"exported {report}"
 
 
 @server.tool()

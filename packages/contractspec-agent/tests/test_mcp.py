@@ -25,7 +25,7 @@ from contractspec.agent import (
     define_agent,
     refund_limit,
 )
-from contractspec.agent.mcp import MCPToolset, mcp_tools
+from contractspec.agent.mcp import MCPConnectionError, MCPToolset, mcp_tools
 from contractspec.agent.testing import ScriptedModel, call
 
 SERVER = Path(__file__).with_name("mcp_shop_server.py")
@@ -263,3 +263,43 @@ async def test_tool_errors_and_a_dropped_connection(env: AgentEnv, tmp_path: Pat
         ("charge_card", ActionStatus.IN_DOUBT, 1),
         ("out_of_stock", ActionStatus.FAILED, 1),
     ]
+
+
+async def test_a_call_over_its_timeout_is_in_doubt_and_the_session_goes_on(tmp_path: Path) -> None:
+    """The gateway cancels a call over its timeout: the server had started it, so it is
+    `in_doubt` (not retried); the same connection serves the next call."""
+    from contractspec.agent import AgentRunner
+
+    log = tmp_path / "calls.jsonl"
+    async with await mcp_tools(
+        server_params(log),
+        risk={"export_report": 1, "add_note": 1},
+        include=["export_report", "add_note"],
+        timeout={"export_report": 2.0},
+        read_timeout_s=60,
+    ) as toolset:
+        timeouts = [(t.name, t.timeout) for t in toolset]
+        assert timeouts == [("add_note", None), ("export_report", 2.0)]
+        agent = define_agent("shop.mcp", model="m", instructions="help", tools=[*toolset])
+        model = ScriptedModel(
+            [
+                call("export_report", report="q3", seconds=120),
+                call("add_note", order_id="o-1", text="export pending"),
+                "done",
+            ]
+        )
+        result = await AgentRunner(model=model).run(agent, "export", OWNER)
+    assert [p.decision for p in result.packets] == ["in_doubt", "execute"]
+    assert "did not finish within 2 s" in tool_results(model, 1)[0]["error"]
+    assert [name for name, _ in seen(log)] == ["export_report", "add_note"]  # never finished
+
+
+async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    """A command that does not start, or a server that exits during the handshake, raises
+    `MCPConnectionError` naming the target and the cause."""
+    with pytest.raises(MCPConnectionError, match="FileNotFoundError") as info:
+        await mcp_tools(StdioServerParameters(command=str(tmp_path / "no-such-server")))
+    assert info.value.details["server"] == str(tmp_path / "no-such-server")
+    exits = StdioServerParameters(command=sys.executable, args=["-c", "raise SystemExit(2)"])
+    with pytest.raises(MCPConnectionError, match="Connection closed"):
+        await mcp_tools(exits, read_timeout_s=60)

@@ -30,6 +30,7 @@ Each tool the server lists becomes a `Tool` the gateway treats exactly like a na
   server answered: the outcome is known); a connection that drops, or an answer that does not
   come back, after the request went out raises `ToolOutcomeUnknownError`, which the gateway
   records as `in_doubt` for a side-effecting tool: it is never re-sent silently.
+  A server that cannot be reached when connecting raises `MCPConnectionError`.
 
 The `mcp` SDK is imported only when this module is used; without it `mcp_tools` raises
 `ConfigurationError` naming the extra.
@@ -63,7 +64,14 @@ from contractspec.core import ConfigurationError, ContractSpecError, SpecDefinit
 if TYPE_CHECKING:
     import mcp.types
 
-__all__ = ["MCPToolError", "MCPToolInfo", "MCPToolset", "RiskSpec", "mcp_tools"]
+__all__ = [
+    "MCPConnectionError",
+    "MCPToolError",
+    "MCPToolInfo",
+    "MCPToolset",
+    "RiskSpec",
+    "mcp_tools",
+]
 
 #: `{server tool name: RiskLevel}` or `(mcp.types.Tool) -> RiskLevel | None` (`None`: the default).
 RiskSpec = Mapping[str, RiskLevel | int] | Callable[["mcp.types.Tool"], "RiskLevel | int | None"]
@@ -84,6 +92,29 @@ class MCPToolError(ContractSpecError, RuntimeError):
     """
 
     code = "mcp_tool_error"
+
+
+class MCPConnectionError(MCPToolError):
+    """The MCP server could not be reached (the command did not start, the process exited during
+    the handshake, the URL refused the connection). Nothing was called.
+
+    `details["server"]` describes the target; the message lists the underlying causes.
+    """
+
+    code = "mcp_connection_failed"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _target(source: Any) -> str:
+    command = getattr(source, "command", None)
+    if command is not None:
+        return " ".join([str(command), *map(str, getattr(source, "args", []))])
+    return str(source)
 
 
 @define(frozen=True)
@@ -206,7 +237,14 @@ class _Connection:
         self._stop = asyncio.Event()
         client = Client(self.source, read_timeout_seconds=self.read_timeout_s)
         self._task = asyncio.create_task(self._hold(client, ready, self._stop))
-        self.session = await ready
+        try:
+            self.session = await ready
+        except Exception as exc:
+            causes = "; ".join(f"{type(leaf).__name__}: {_describe(leaf)}" for leaf in _leaves(exc))
+            raise MCPConnectionError(
+                f"could not connect to MCP server {_target(self.source)!r}: {causes}",
+                details={"server": _target(self.source)},
+            ) from exc
 
     async def _hold(self, client: Any, ready: asyncio.Future[Any], stop: asyncio.Event) -> None:
         try:
@@ -403,7 +441,7 @@ async def mcp_tools(
     reconcile: Mapping[str, Reconcile] | None = None,
     include: Iterable[str] | None = None,
     prefix: str = "",
-    timeout: float | None = None,  # noqa: ASYNC109  # each call's limit, enforced by the gateway
+    timeout: float | Mapping[str, float] | None = None,  # noqa: ASYNC109  # per call, by the gateway
     shadow: bool = False,
     read_timeout_s: float | None = None,
 ) -> MCPToolset:
@@ -433,8 +471,9 @@ async def mcp_tools(
         include: Only these server tools (default: all it lists).
         prefix: Prepended to every agent tool name (e.g. `"billing_"`), to keep two servers'
             tools apart.
-        timeout: Seconds a call may take (default: the agent's `tool_timeout_s`); a
-            side-effecting call over it is `in_doubt`.
+        timeout: Seconds a call may take, for every tool or as `{tool name: seconds}` (default:
+            the agent's `tool_timeout_s`); the call is cancelled, and a side-effecting call over
+            it is `in_doubt` (the server may still complete it).
         shadow: Shadow mode for these tools: side-effecting calls are logged, never sent.
         read_timeout_s: The MCP client's read timeout when this function opens the connection.
 
@@ -448,6 +487,7 @@ async def mcp_tools(
         SpecDefinitionError: A per-tool option names a tool the server does not list, a risk
             level or option is invalid, two server tools map to one agent name, or a tool's
             `inputSchema` is not a valid JSON Schema of an object.
+        MCPConnectionError: The server could not be reached (only when this function connects).
         MCPToolError: Listing the tools failed on the server.
     """
     try:
@@ -531,7 +571,7 @@ async def _build(
     reconcile: Mapping[str, Reconcile] | None,
     include: Iterable[str] | None,
     prefix: str,
-    timeout: float | None,  # noqa: ASYNC109  # each call's limit, enforced by the gateway
+    timeout: float | Mapping[str, float] | None,  # noqa: ASYNC109  # per call, by the gateway
     shadow: bool,
 ) -> MCPToolset:
     if risk is not None and not isinstance(risk, Mapping) and not callable(risk):
@@ -556,6 +596,7 @@ async def _build(
             ("approvers", approvers),
             ("quorum", quorum),
             ("reconcile", reconcile),
+            ("timeout", timeout if isinstance(timeout, Mapping) else None),
         )
     }
     tools: list[Tool] = []
@@ -571,10 +612,11 @@ async def _build(
                 details={"field": "prefix"},
             )
         level, source = _risk_of(spec, risk, default_risk)
+        limit = options["timeout"].get(spec.name) if isinstance(timeout, Mapping) else timeout
         checked, names_, invs, rules = _check_common(
             name,
             level,
-            timeout,
+            limit,
             options["approvers"].get(spec.name, ()),
             options["quorum"].get(spec.name, 1),
             options["invariants"].get(spec.name, ()),
@@ -592,7 +634,7 @@ async def _build(
                 kind="function",
                 risk=checked,
                 side_effects=checked >= RiskLevel.L1,
-                timeout=timeout,
+                timeout=limit,
                 invariants=invs,
                 risk_rules=rules,
                 evidence=options["evidence"].get(spec.name),
