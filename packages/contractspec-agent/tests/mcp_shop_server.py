@@ -1,6 +1,7 @@
 """A small MCP server (the SDK's MCPServer, formerly FastMCP) for the MCP consuming tests.
 
-Run over stdio: `python mcp_shop_server.py`. Every tool call the server receives is appended as
+Run over stdio: `python mcp_shop_server.py`; over streamable HTTP: `python mcp_shop_server.py
+--http` (prints its port). Every tool call the server receives is appended as
 one JSON line to the file named by `MCP_CALL_LOG`, so a test can check what reached the server
 (and what never did).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import anyio
@@ -80,5 +82,24 @@ def out_of_stock(sku: str) -> str:
     raise ToolError(f"sku {sku} is out of stock")
 
 
+def serve_http() -> None:
+    """Streamable HTTP on a free port of 127.0.0.1; prints the port once the socket listens, so
+    a test connects without guessing ports or sleeping."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # connections queue until uvicorn accepts them
+    print(sock.getsockname()[1], flush=True)
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning")
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+
+
 if __name__ == "__main__":
-    server.run()
+    if sys.argv[1:] == ["--http"]:
+        serve_http()
+    else:
+        server.run()

@@ -7,7 +7,9 @@ did. Runs go through `AgentRunner` with a scripted model, on memory, SQLite and 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from mcp import StdioServerParameters
 
 from contractspec.agent import (
     ActionStatus,
+    ModelRequest,
     RiskLevel,
     RunStatus,
     ToolMessage,
@@ -26,7 +29,8 @@ from contractspec.agent import (
     refund_limit,
 )
 from contractspec.agent.mcp import MCPConnectionError, MCPToolset, mcp_tools
-from contractspec.agent.testing import ScriptedModel, call
+from contractspec.agent.testing import FunctionModel, ScriptedModel, call
+from contractspec.core import MemoryBackend
 
 SERVER = Path(__file__).with_name("mcp_shop_server.py")
 
@@ -303,3 +307,55 @@ async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     exits = StdioServerParameters(command=sys.executable, args=["-c", "raise SystemExit(2)"])
     with pytest.raises(MCPConnectionError, match="Connection closed"):
         await mcp_tools(exits, read_timeout_s=60)
+
+
+async def test_over_streamable_http_a_server_that_dies_mid_run(tmp_path: Path) -> None:
+    """Over streamable HTTP (the toolset owns the connection it opened from the URL): a call
+    runs; the server process is killed; the next call is `in_doubt` (the request may have gone
+    out), never retried, and its ledger entry says so."""
+    from contractspec.agent import AgentRunner, MemoryRunStore
+
+    log = tmp_path / "calls.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SERVER), "--http", env={**os.environ, "MCP_CALL_LOG": str(log)},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=120))
+
+        async def model(request: ModelRequest) -> Any:
+            done = [m for m in request.messages if isinstance(m, ToolMessage)]
+            if not done:
+                return call("add_note", order_id="o-1", text="over http")
+            if len(done) == 1:
+                proc.kill()
+                await proc.wait()
+                return call("issue_refund", order_id="o-1", amount_cents=100)
+            return "stopped"
+
+        runs = MemoryRunStore()
+        async with await mcp_tools(
+            f"http://127.0.0.1:{port}/mcp",
+            risk={"add_note": 1, "issue_refund": 1},
+            include=["add_note", "issue_refund"],
+            read_timeout_s=60,
+        ) as toolset:
+            agent = define_agent("shop.mcp", model="m", instructions="help", tools=[*toolset])
+            result = await AgentRunner(model=FunctionModel(model), runs=runs).run(
+                agent, "http", OWNER
+            )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert toolset.server == "shop-mcp"
+    assert [(p.tool, p.decision) for p in result.packets] == [
+        ("add_note", "execute"), ("issue_refund", "in_doubt"),
+    ]  # fmt: skip
+    assert seen(log) == [("add_note", {"order_id": "o-1", "text": "over http"})]
+    tx = await MemoryBackend().unit_of_work.begin()  # memory stores accept any memory tx
+    statuses = sorted((a.tool, a.status) for a in await runs.actions(tx, result.run_id))
+    assert statuses == [
+        ("add_note", ActionStatus.SUCCEEDED), ("issue_refund", ActionStatus.IN_DOUBT),
+    ]  # fmt: skip
