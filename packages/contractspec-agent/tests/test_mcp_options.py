@@ -95,6 +95,18 @@ async def test_arguments_follow_the_servers_schema() -> None:
         with pytest.raises(ValidationError):
             search.input.model_validate(["acme"])
 
+    hostile = MCPServer("hostile")
+
+    @hostile.tool(name="echo")
+    def echo(model_dump: int, copy: int) -> str:  # pragma: no cover - never called
+        return ""
+
+    async with Client(hostile) as client:
+        (tool,) = await mcp_tools(client)
+        # property names that are pydantic attributes stay plain data
+        args = tool.input.model_validate({"model_dump": 1, "copy": 2, "model_config": 3})
+        assert args.model_dump() == {"model_dump": 1, "copy": 2, "model_config": 3}
+
 
 async def test_options_naming_unknown_tools_or_bad_levels_are_refused() -> None:
     """A typo in a per-tool option would leave a tool at the default silently: refused."""
@@ -106,6 +118,8 @@ async def test_options_naming_unknown_tools_or_bad_levels_are_refused() -> None:
             await mcp_tools(client, invariants={"nope": []})
         with pytest.raises(SpecDefinitionError, match="include"):
             await mcp_tools(client, include=["nope"])
+        with pytest.raises(SpecDefinitionError, match=r"include=\['refund'\]"):
+            await mcp_tools(client, include="refund")
         with pytest.raises(SpecDefinitionError, match="not a RiskLevel"):
             await mcp_tools(client, default_risk=7)
         with pytest.raises(SpecDefinitionError, match="approvers"):

@@ -580,6 +580,12 @@ async def _build(
             f"rule, got {risk!r}",
             details={"field": "risk"},
         )
+    if isinstance(include, str):
+        raise SpecDefinitionError(
+            f"mcp_tools(include=...) takes a list of tool names, got the string {include!r}; "
+            f"write include=[{include!r}]",
+            details={"field": "include"},
+        )
     listed = await _list_all(conn.session)
     server = _server_name(conn.session)
     names = [spec.name for spec in listed]
