@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 nats = pytest.importorskip("nats")
 
-from contractspec.bus import IdempotentConsumer, OutboxRelay, RetryPolicy  # noqa: E402
+from contractspec.bus import EventBus, IdempotentConsumer, OutboxRelay, RetryPolicy  # noqa: E402
 from contractspec.bus.nats import (  # noqa: E402
     JetStreamPublisher,
+    JetStreamRelay,
     JetStreamSpec,
     JetStreamSubscriber,
     org_token,
@@ -192,8 +193,9 @@ async def test_ensure_creates_then_updates_the_stream_idempotently(js: Any) -> N
 # -- end to end -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("relay_class", [OutboxRelay, JetStreamRelay])
 async def test_committed_events_flow_through_the_relay_to_a_durable_consumer_in_key_order(
-    sql_engine: AsyncEngine, js: Any
+    sql_engine: AsyncEngine, js: Any, relay_class: type[OutboxRelay]
 ) -> None:
     """Commit 30 events on 3 keys → relay → JetStream → consumer: each once, per-key order kept,
     headers carry name/version/content type, rows marked delivered after the publish ack."""
@@ -203,7 +205,7 @@ async def test_committed_events_flow_through_the_relay_to_a_durable_consumer_in_
     events = [envelope(i, key=f"d{i % 3}", deal_id=f"d{i % 3}", org_id="org-1") for i in range(30)]
     await _commit(sql_engine, outbox, events)
     publisher = JetStreamPublisher(js, stream)
-    relay = OutboxRelay(outbox, publisher, batch_size=7)
+    relay = relay_class(outbox, publisher, batch_size=7)
     assert await relay.drain() == 30
     assert {m.status for m in await outbox.messages()} == {"delivered"}
     info = await js.stream_info(stream.name)
@@ -267,6 +269,58 @@ async def test_a_publish_that_fails_is_retried_and_the_row_stays_pending(
     assert row.status == "pending"
     assert row.attempts == 1
     assert relay.stats.failed_attempts == 1
+
+
+class _FlakyPublisher(JetStreamPublisher):
+    """Fails the first publish of one event (a broker hiccup)."""
+
+    def __init__(self, *args: Any, fail: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = fail
+
+    async def deliver(self, event: EventEnvelope, **kwargs: Any) -> Any:
+        if event.id == self.fail:
+            self.fail = ""
+            raise nats.errors.TimeoutError
+        return await super().deliver(event, **kwargs)
+
+
+async def test_the_wave_relay_keeps_key_order_when_a_publish_fails(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """15 events on 3 keys, one batch; the 2nd event of key d1 fails once: the rest of d1 waits
+    behind it, d0 and d2 go on, and every key's events are stored in commit order, once."""
+    outbox = await _outbox(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    events = [envelope(i, key=f"d{i % 3}", deal_id=f"d{i % 3}") for i in range(15)]
+    await _commit(sql_engine, outbox, events)
+    publisher = _FlakyPublisher(js, stream, fail="ev-0004")
+    relay = JetStreamRelay(
+        outbox,
+        publisher,
+        batch_size=15,
+        retry=RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0),
+    )
+    assert await relay.run_once() == 11  # all of d0 and d2, d1 up to the failure
+    assert relay.stats.failed_attempts == 1
+    stored = [(await js.get_msg(stream.name, q)).headers["Nats-Msg-Id"] for q in range(1, 12)]
+    assert "ev-0004" not in stored
+    assert "ev-0007" not in stored  # behind the failed row of its key
+    deadline = time.monotonic() + 30
+    while await outbox.messages(status="pending", limit=1):  # the blocked rows' lease ends
+        assert time.monotonic() < deadline, "the rest of key d1 was never published"
+        if await relay.run_once() == 0:
+            await asyncio.sleep(0.05)
+    assert relay.stats.delivered == 15
+    stored = [(await js.get_msg(stream.name, q)).headers["Nats-Msg-Id"] for q in range(1, 16)]
+    assert sorted(stored) == sorted(e.id for e in events)
+    for k in range(3):
+        ids = [i for i in stored if int(i[-4:]) % 3 == k]
+        assert ids == sorted(ids)
+    assert {m.status for m in await outbox.messages()} == {"delivered"}
+    with pytest.raises(ConfigurationError, match="JetStreamPublisher"):
+        JetStreamRelay(outbox, EventBus())  # type: ignore[arg-type]
 
 
 async def test_a_subscriber_bound_to_org_a_never_receives_org_b(
@@ -510,7 +564,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_rep
     pending = await outbox.messages(status="pending")
     assert len(pending) >= 5  # at least the unmarked rows of the killed batch are still pending
     publisher = JetStreamPublisher(js, stream)
-    relay = OutboxRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
+    relay = JetStreamRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
     deadline = time.monotonic() + 60
     while await outbox.messages(status="pending", limit=1):
         assert time.monotonic() < deadline, "the second relay did not finish"

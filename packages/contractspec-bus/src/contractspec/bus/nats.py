@@ -49,7 +49,8 @@ from attrs import define
 
 from contractspec.bus._retry import RetryPolicy
 from contractspec.bus.bus import DeliveryOutcome, DeliveryReport, EventBus, envelope_from_dict
-from contractspec.bus.stores import DeadLetter, DeadLetterStore
+from contractspec.bus.outbox import OutboxRelay, _Lease, message_to_envelope
+from contractspec.bus.stores import DeadLetter, DeadLetterStore, OutboxMessage
 from contractspec.core import (
     Clock,
     ConfigurationError,
@@ -68,6 +69,7 @@ __all__ = [
     "HEADER_EVENT",
     "HEADER_VERSION",
     "JetStreamPublisher",
+    "JetStreamRelay",
     "JetStreamSpec",
     "JetStreamSubscriber",
     "SubscriberStats",
@@ -372,6 +374,93 @@ class JetStreamPublisher(EventBus):
         return DeliveryReport(event.id, event.name, (DeliveryOutcome(self.stream.name, True, 1),))
 
 
+class JetStreamRelay(OutboxRelay):
+    """An `OutboxRelay` that publishes each batch in waves: one row per ordering key at a time.
+
+    The plain `OutboxRelay` with a `JetStreamPublisher` waits for each acknowledgement before
+    the next publish. This relay publishes the first row of every key in the batch (and every
+    row without a key) concurrently, waits for all their acknowledgements, then the second row of
+    every key, and so on: a key's next event is only published once the previous one is stored,
+    so per-key order holds exactly as with one publish at a time, while a batch of `k` distinct
+    keys costs about one round trip instead of `k`. A failed publish blocks the rest of its key in
+    the batch (the rows stay leased and come back in order); leases, heartbeats, retries and the
+    `mark_delivered`-after-ack rule are the `OutboxRelay`'s.
+
+    Args:
+        outbox: The `OutboxStore`.
+        publisher: The `JetStreamPublisher`.
+        **kwargs: As for `OutboxRelay` (`batch_size`, `lease`, `retry`, `poll_interval`, ...).
+    """
+
+    def __init__(self, outbox: Any, publisher: JetStreamPublisher, **kwargs: Any) -> None:
+        if not isinstance(publisher, JetStreamPublisher):
+            raise ConfigurationError(
+                f"JetStreamRelay needs a JetStreamPublisher, got {type(publisher).__name__}",
+                details={"field": "publisher"},
+            )
+        super().__init__(outbox, publisher, **kwargs)
+
+    async def _deliver(self, batch: list[OutboxMessage], lease: _Lease) -> bool:
+        loop = asyncio.get_running_loop()
+        blocked: set[Any] = set()  # keys whose earlier row failed in this batch
+        pending = list(batch)
+        while pending:
+            wave: list[OutboxMessage] = []
+            later: list[OutboxMessage] = []
+            keys: set[Any] = set()
+            for message in pending:
+                okey = message.ordering_key
+                if okey is not None and okey in blocked:
+                    continue  # stays leased; claimed again behind the failed row
+                if okey is not None and okey in keys:
+                    later.append(message)
+                    continue
+                if okey is not None:
+                    keys.add(okey)
+                wave.append(message)
+            pending = later
+            if not wave:
+                break
+            if loop.time() >= lease.deadline - self.margin or any(
+                m.position not in lease.held for m in wave
+            ):
+                self._lost(lease, wave[0])
+                return True
+            ready: list[tuple[OutboxMessage, EventEnvelope]] = []
+            for message in wave:
+                try:
+                    ready.append((message, message_to_envelope(message, self.registry)))
+                except ContractSpecError as exc:
+                    await self._fail(message, f"{type(exc).__name__}: {exc.message}", lease, True)
+            if not ready:
+                continue
+            lease.current = ready[0][0].position
+            try:
+                async with asyncio.timeout_at(lease.deadline - self.margin) as scope:
+                    lease.scope = scope
+                    results = await asyncio.gather(
+                        *(self.bus.deliver(event) for _, event in ready), return_exceptions=True
+                    )
+            except TimeoutError:
+                if scope.expired():
+                    self._lost(lease, ready[0][0])  # the lease ran out or was taken over
+                    return True
+                raise
+            finally:
+                lease.scope = None
+                lease.current = None
+            for (message, _), result in zip(ready, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    await self._fail(message, f"{type(result).__name__}: {result}", lease, False)
+                    if message.ordering_key is not None:
+                        blocked.add(message.ordering_key)
+                else:
+                    lease.done.append(message.position)
+        return False
+
+
 @define
 class SubscriberStats:
     """Counters of one `JetStreamSubscriber` since it started.
@@ -397,8 +486,8 @@ class JetStreamSubscriber:
     consumer (a work queue): each message goes to one of them, so N processes share the load.
     For each message the subscriber validates it against the spec (headers and body, payload
     through the registry), awaits `handler(event)` — typically an `IdempotentConsumer`, whose
-    transaction has committed when it returns — and only then acks (waiting for the server's
-    confirmation). A failure is nak'ed with the `retry` policy's backoff; on attempt
+    transaction has committed when it returns — and only then acks it (an ack lost on the way
+    means one more delivery, which the idempotent consumer skips). A failure is nak'ed with the `retry` policy's backoff; on attempt
     `max_deliver` (JetStream's delivery count) the event becomes a dead letter in
     `dead_letters` with the subscriber's `durable` name and is terminated. A process that dies
     mid-handler never acks: JetStream redelivers after `ack_wait`, and the idempotent consumer
@@ -630,7 +719,7 @@ class JetStreamSubscriber:
             else:
                 await msg.nak(delay=self.retry.delay(attempt, self._rng))
             return
-        await msg.ack_sync(timeout=5.0)
+        await msg.ack()  # a lost ack means a redelivery, which the idempotent consumer skips
         self.stats.handled += 1
 
     async def _dead_letter(
