@@ -39,7 +39,6 @@ The `mcp` SDK is imported only when this module is used; without it `mcp_tools` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -225,14 +224,8 @@ class _Connection:
         if not self.owned:
             self.session = self.source
             return
-        try:
-            from mcp import Client
-        except ImportError:  # pragma: no cover - mcp 1.x
-            raise ConfigurationError(
-                "connecting to an MCP server from its parameters needs mcp>=2 (mcp.Client); "
-                "upgrade it, or pass an entered ClientSession",
-                details={"field": "server"},
-            ) from None
+        from mcp import Client
+
         ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
         client = Client(self.source, read_timeout_seconds=self.read_timeout_s)
@@ -521,12 +514,9 @@ async def mcp_tools(
 
 
 async def _list_all(session: Any) -> list[Any]:
+    from mcp import Client
     from mcp.shared.exceptions import MCPError
     from mcp.types import PaginatedRequestParams
-
-    client_cls: Any = None
-    with contextlib.suppress(ImportError):  # mcp 1.x has no Client, only ClientSession
-        from mcp import Client as client_cls
 
     listed: list[Any] = []
     cursor: str | None = None
@@ -534,7 +524,7 @@ async def _list_all(session: Any) -> list[Any]:
         try:
             if cursor is None:
                 page = await session.list_tools()
-            elif client_cls is not None and isinstance(session, client_cls):
+            elif isinstance(session, Client):
                 page = await session.list_tools(cursor=cursor)
             else:  # ClientSession
                 page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor))
