@@ -30,7 +30,7 @@ from contractspec.agent import (
 )
 from contractspec.agent.mcp import MCPConnectionError, MCPToolset, mcp_tools
 from contractspec.agent.testing import FunctionModel, ScriptedModel, call
-from contractspec.core import MemoryBackend
+from contractspec.core import MemoryBackend, SpecDefinitionError
 
 SERVER = Path(__file__).with_name("mcp_shop_server.py")
 
@@ -304,6 +304,8 @@ async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MCPConnectionError, match="FileNotFoundError") as info:
         await mcp_tools(StdioServerParameters(command=str(tmp_path / "no-such-server")))
     assert info.value.details["server"] == str(tmp_path / "no-such-server")
+    with pytest.raises(SpecDefinitionError, match="StdioServerParameters"):
+        await mcp_tools(42)
     exits = StdioServerParameters(command=sys.executable, args=["-c", "raise SystemExit(2)"])
     with pytest.raises(MCPConnectionError, match="Connection closed"):
         await mcp_tools(exits, read_timeout_s=60)

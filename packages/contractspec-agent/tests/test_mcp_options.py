@@ -6,6 +6,7 @@ per-tool options naming unknown tools, bad levels and name clashes are refused a
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -17,7 +18,7 @@ from mcp.types import ToolAnnotations
 from pydantic import ValidationError
 
 from contractspec.agent import RiskLevel, RiskRule
-from contractspec.agent.mcp import mcp_tools
+from contractspec.agent.mcp import MCPToolError, mcp_tools
 from contractspec.core import ConfigurationError, SpecDefinitionError
 
 
@@ -131,6 +132,21 @@ async def test_options_naming_unknown_tools_or_bad_levels_are_refused() -> None:
             include=["refund"],
         )  # fmt: skip
         assert (l3[0].risk, l3[0].approvers) == (RiskLevel.L3, ("u-cfo",))
+
+
+async def test_an_owned_connection_closes_from_any_task_and_then_sends_nothing() -> None:
+    """`mcp_tools` opened this connection (an in-process server): `aclose()` from another task
+    closes it; a later call is refused as not sent instead of hanging or being in doubt."""
+    toolset = await mcp_tools(billing_server(), risk={"refund": RiskLevel.L1})
+    refund = toolset.get("refund")
+    args = refund.input.model_validate({"invoice_id": "i-1", "amount": 5})
+    assert refund.function is not None
+    assert await refund.function(args, None) == {"result": 5}
+    await asyncio.create_task(toolset.aclose())
+    with pytest.raises(MCPToolError, match="is closed") as info:
+        await refund.function(args, None)
+    assert info.value.details["sent"] is False
+    await toolset.aclose()  # idempotent
 
 
 async def test_two_server_tools_mapping_to_one_name_are_refused() -> None:

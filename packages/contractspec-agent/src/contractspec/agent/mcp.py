@@ -214,24 +214,40 @@ class _Connection:
         self.source = source
         self.read_timeout_s = read_timeout_s
         self.session: Any = None
-        self.owned = not (hasattr(source, "call_tool") and hasattr(source, "list_tools"))
+        self.owned = False
         self.closed = False
         self.failure: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        if not self.owned:
+        from mcp import Client, ClientSession, StdioServerParameters
+        from mcp.server.lowlevel import Server
+        from mcp.server.mcpserver import MCPServer
+
+        if isinstance(self.source, Client | ClientSession):  # entered by the caller: borrowed
             self.session = self.source
             return
-        from mcp import Client
+        self.owned = True
 
+        connectable = (str, StdioServerParameters, Server, MCPServer)
+        if not isinstance(self.source, connectable) and not hasattr(self.source, "__aenter__"):
+            raise SpecDefinitionError(
+                "mcp_tools(server=...) takes an entered mcp.Client or ClientSession, "
+                "StdioServerParameters, a streamable HTTP URL, an mcp Transport or an "
+                f"MCPServer; got {self.source!r}",
+                details={"field": "server"},
+            )
+        client = Client(self.source, read_timeout_seconds=self.read_timeout_s)
         ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
-        client = Client(self.source, read_timeout_seconds=self.read_timeout_s)
         self._task = asyncio.create_task(self._hold(client, ready, self._stop))
         try:
             self.session = await ready
+        except asyncio.CancelledError:  # the caller gave up: do not leave the server running
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            raise
         except Exception as exc:
             causes = "; ".join(f"{type(leaf).__name__}: {_describe(leaf)}" for leaf in _leaves(exc))
             raise MCPConnectionError(
@@ -446,8 +462,9 @@ async def mcp_tools(
     Args:
         server: An entered `mcp.Client` or `mcp.ClientSession` (borrowed: you close it), or
             what `mcp.Client` connects to: `StdioServerParameters` (the server runs as a child
-            process) or a streamable HTTP URL (the toolset owns that connection: close it with
-            `aclose()` or `async with`).
+            process), a streamable HTTP URL, an mcp `Transport`, or an `MCPServer` object
+            (in-process, for tests); the toolset owns that connection: close it with `aclose()`
+            (from any task) or `async with`.
         risk: `{tool name: RiskLevel}`, or a rule `(mcp.types.Tool) -> RiskLevel | None` that
             sees the tool as listed (name, description, schema, annotations); `None` from the
             rule means `default_risk`.
