@@ -7,6 +7,7 @@ per-tool options naming unknown tools, bad levels and name clashes are refused a
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from typing import Any
@@ -181,3 +182,49 @@ def test_the_agent_package_imports_without_the_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "ok"
+
+
+async def test_tool_outcome_unknown_is_in_doubt_only_for_side_effecting_tools() -> None:
+    """The gateway maps `ToolOutcomeUnknownError` to `in_doubt` (ledgered IN_DOUBT) for an L1
+    tool, and to a plain failed result for a read-only one."""
+    from contractspec.agent import (
+        AgentRunner,
+        MemoryRunStore,
+        ToolMessage,
+        ToolOutcomeUnknownError,
+        define_agent,
+        tool,
+    )
+    from contractspec.agent.testing import ScriptedModel, call
+    from contractspec.core import Actor, CallContext, MemoryBackend
+
+    @tool(risk=RiskLevel.L1)
+    async def send(to: str) -> str:
+        """Send."""
+        raise ToolOutcomeUnknownError("the line dropped after the request went out")
+
+    @tool
+    async def read(key: str) -> str:
+        """Read."""
+        raise ToolOutcomeUnknownError("the line dropped")
+
+    runs = MemoryRunStore()
+    agent = define_agent("t.unknown", model="m", instructions="i", tools=[send, read])
+    model = ScriptedModel([[call("send", to="a"), call("read", key="k")], "ok"])
+    result = await AgentRunner(model=model, runs=runs).run(
+        agent, "go", CallContext(actor=Actor.user("u-1"))
+    )
+    assert [(p.tool, p.decision) for p in result.packets] == [
+        ("send", "in_doubt"),
+        ("read", "execute"),
+    ]
+    sent, read_result = (
+        json.loads(m.content) for m in model.requests[1].messages if isinstance(m, ToolMessage)
+    )
+    assert sent["status"] == "in_doubt"
+    assert "the line dropped after the request went out" in sent["error"]
+    assert read_result["status"] == "tool_outcome_unknown"
+    tx = await MemoryBackend().unit_of_work.begin()
+    assert [(a.tool, a.status.value) for a in await runs.actions(tx, result.run_id)] == [
+        ("send", "in_doubt")
+    ]
