@@ -12,7 +12,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from contractspec.core import ConflictError, HandlerCtx, NotFoundError, SpecValidationError
-from contractspec.core.workflows import WorkflowChange, fire_transition, start_instance
+from contractspec.core.workflows import (
+    WorkflowChange,
+    WorkflowStateError,
+    fire_transition,
+    start_instance,
+)
 from crm_pipeline.models import (
     CLOSED_STAGES,
     STAGE_TRANSITIONS,
@@ -74,11 +79,17 @@ __all__ = [
 ZERO = Decimal("0.00")
 
 
-def _pipeline() -> WorkflowSpec:
-    """The deal pipeline workflow (declared in `crm_pipeline.spec`, which imports this module)."""
-    from crm_pipeline.spec import deal_pipeline
+_PIPELINE: list[WorkflowSpec] = []
 
-    return deal_pipeline
+
+def _pipeline() -> WorkflowSpec:
+    """The deal pipeline workflow (declared in `crm_pipeline.spec`, which imports this module;
+    looked up once)."""
+    if not _PIPELINE:
+        from crm_pipeline.spec import deal_pipeline
+
+        _PIPELINE.append(deal_pipeline)
+    return _PIPELINE[0]
 
 
 async def create_company(inp: CreateCompany, ctx: HandlerCtx) -> Company:
@@ -152,19 +163,36 @@ async def update_deal(inp: UpdateDeal, ctx: HandlerCtx) -> Deal:
 
 async def move_deal(inp: MoveDeal, ctx: HandlerCtx) -> Deal:
     """Move a deal to another column: fires the `crm.deal.pipeline` transition into `to_stage`
-    (whose hook moves the deal, sets `closed_on` for won/lost and emits `deal.moved`)."""
-    repo = ctx.repo(deal_entity)
-    deal = await repo.require(inp.deal_id)
-    if deal.stage in CLOSED_STAGES:
-        raise SpecValidationError(
-            f"deal {deal.id!r} is already {deal.stage.value}; closed deals cannot move"
+    (whose hook moves the deal, sets `closed_on` for won/lost and emits `deal.moved`).
+
+    Raises:
+        NotFoundError: No such deal.
+        SpecValidationError: The deal is closed (won/lost), or already in `to_stage`.
+    """
+    try:
+        await fire_transition(
+            ctx,
+            _pipeline(),
+            inp.deal_id,
+            STAGE_TRANSITIONS[inp.to_stage],
+            input=StageMove(on=inp.on),
         )
-    if inp.to_stage == deal.stage:
-        raise SpecValidationError(f"deal {deal.id!r} is already in {deal.stage.value}")
-    await fire_transition(
-        ctx, _pipeline(), deal.id, STAGE_TRANSITIONS[inp.to_stage], input=StageMove(on=inp.on)
-    )
-    return await repo.require(deal.id)
+    except NotFoundError:
+        raise NotFoundError(
+            f"crm.deal {inp.deal_id!r} not found in this organization",
+            details={"entity": deal_entity.name, "id": inp.deal_id},
+        ) from None
+    except WorkflowStateError as exc:
+        # The workflow refused the deal's stage: say it as this command always has.
+        state = exc.details.get("state")
+        if state in CLOSED_STAGES:
+            raise SpecValidationError(
+                f"deal {inp.deal_id!r} is already {state}; closed deals cannot move"
+            ) from None
+        if state == inp.to_stage:
+            raise SpecValidationError(f"deal {inp.deal_id!r} is already in {state}") from None
+        raise
+    return await ctx.repo(deal_entity).require(inp.deal_id)
 
 
 async def sync_deal(ctx: HandlerCtx, change: WorkflowChange) -> None:

@@ -1286,7 +1286,9 @@ async def _enter(
         inst = await repo.update(inst)
     name = transition.name if transition is not None else None
     await ctx.repo(STEP_ENTITY).add(
-        WorkflowStep(
+        # Every field is built here from checked values: no validation needed (the store still
+        # checks the row is storable).
+        WorkflowStep.model_construct(
             id=ctx.new_id(),
             instance_id=inst.id,
             seq=inst.seq,
