@@ -257,6 +257,7 @@ class McpServer:
         self.caller = caller
         self._tools: list[types.Tool] = []
         self._by_tool: dict[str, OperationSpec] = {}
+        self._tool_by_name: dict[str, types.Tool] = {}
         self._generation = -1
         self._bus = InMemorySubscriptionBus()
         # handshake-era connections that may receive notifications/tools/list_changed
@@ -266,6 +267,7 @@ class McpServer:
             name,
             version=version,
             instructions=instructions,
+            get_tool_input_schema=self._input_schema,
             on_list_tools=self._on_list_tools,
             on_call_tool=self._on_call_tool,
             on_subscriptions_listen=ListenHandler(self._bus),
@@ -288,8 +290,14 @@ class McpServer:
             tools.append(_tool(spec, name))
         changed = [t.model_dump() for t in tools] != [t.model_dump() for t in self._tools]
         self._tools, self._by_tool = tools, by_tool
+        self._tool_by_name = {t.name: t for t in tools}
         self._generation = registry.generation
         return changed
+
+    def _input_schema(self, tool: str) -> Mapping[str, Any] | None:
+        # what the SDK checks `Mcp-Param-*` headers against (else it lists every tool per call)
+        item = self._tool_by_name.get(tool)
+        return None if item is None else item.input_schema
 
     def tools(self) -> list[types.Tool]:
         """The served tools (a copy), in name order (latest version first)."""

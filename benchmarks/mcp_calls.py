@@ -1,0 +1,258 @@
+"""MCP tool calls over streamable HTTP: ContractSpec's MCP server vs a hand-written MCPServer.
+
+Both servers expose one tool, `crm.deal.create`, that takes a contact id, a title and a decimal
+amount (2 places), and both call the SAME handler function, which builds the deal:
+
+* ours: `contractspec.core.mcp.mcp_server` over an `Executor` (memory backend,
+  `RolePermissions`): the bearer token goes through the app's authenticator, then the full
+  pipeline — input validation, policy, transaction, hash-chained audit entry, output check;
+* peer: the SDK's own high-level server (`mcp.server.mcpserver.MCPServer`, FastMCP before
+  mcp 2) with the tool written by hand the way its docs teach (typed parameters validated by
+  the SDK, a structured return value); it looks the bearer token up and checks the role's
+  permission with a dict lookup, then calls the handler directly. No audit, no transaction.
+
+Each server runs in its own process under uvicorn (SDK defaults: stateful sessions, SSE
+responses, DNS-rebinding protection for 127.0.0.1) and is driven by the SDK's `Client` over
+a real socket from this process. Each round makes `CALLS` sequential calls (latency) and
+`CALLS` calls from `CONCURRENCY` tasks sharing one session (throughput), alternating ours and
+the peer so machine noise hits both. Prints medians over rounds of calls/s, p50 and p99
+latency, and the ratio ours/peer (goal: ours >= 0.8x the peer with policy and audit).
+
+Run: `uv run --all-packages --all-extras --group bench python benchmarks/mcp_calls.py`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+CALLS = 300
+CONCURRENCY = 8
+ROUNDS = 5
+TOKEN = "t-u1"
+#: bearer token -> (user, roles, org)
+SESSIONS = {TOKEN: ("u1", ("sales",), "org-1")}
+ROLE_PERMISSIONS = {"sales": ("crm.deal.write",)}
+
+
+class CreateDeal(BaseModel):
+    """Input of crm.deal.create."""
+
+    contact_id: Annotated[str, Field(min_length=1, max_length=64)]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    amount: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+
+
+class Deal(BaseModel):
+    """A deal."""
+
+    id: str
+    contact_id: str
+    title: str
+    amount: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+    stage: str = "lead"
+
+
+async def create_deal(inp: CreateDeal, ctx: Any = None) -> Deal:
+    """The handler both servers call."""
+    return Deal(id=uuid.uuid4().hex, contact_id=inp.contact_id, title=inp.title, amount=inp.amount)
+
+
+def ours_app() -> Any:
+    """Our MCP server's ASGI app."""
+    from starlette.requests import Request
+
+    from contractspec.core import (
+        Actor,
+        Executor,
+        MemoryBackend,
+        RolePermissions,
+        SpecRegistry,
+        define_command,
+        requires,
+    )
+    from contractspec.core.context import Principal
+    from contractspec.core.mcp import mcp_server
+
+    spec = define_command(
+        "crm.deal.create",
+        input=CreateDeal,
+        output=Deal,
+        auth=requires("crm.deal.write"),
+        description="Create a deal.",
+    )
+    registry = SpecRegistry(spec)
+    registry.bind(spec, create_deal)
+    policy = RolePermissions({role: list(perms) for role, perms in ROLE_PERMISSIONS.items()})
+
+    def authenticate(request: Request) -> Principal | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        session = SESSIONS.get(token) if scheme.lower() == "bearer" else None
+        if session is None:
+            return None
+        user, roles, org = session
+        return Principal(Actor.user(user, roles=roles), org_id=org)
+
+    executor = Executor(registry, backend=MemoryBackend(), policy=policy)
+    return mcp_server(executor, authenticate=authenticate).streamable_http_app()
+
+
+def peer_app() -> Any:
+    """The hand-written MCPServer's ASGI app."""
+    server = MCPServer("peer")
+
+    @server.tool(name="crm.deal.create", description="Create a deal.")
+    async def tool(
+        contact_id: Annotated[str, Field(min_length=1, max_length=64)],
+        title: Annotated[str, Field(min_length=1, max_length=200)],
+        amount: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)],
+        ctx: Context,
+    ) -> Deal:
+        request = ctx.request_context.request
+        header = request.headers.get("authorization", "") if request is not None else ""
+        scheme, _, token = header.partition(" ")
+        session = SESSIONS.get(token) if scheme.lower() == "bearer" else None
+        if session is None or not any(
+            "crm.deal.write" in ROLE_PERMISSIONS.get(role, ()) for role in session[1]
+        ):
+            raise PermissionError("crm.deal.write required")
+        return await create_deal(CreateDeal(contact_id=contact_id, title=title, amount=amount))
+
+    return server.streamable_http_app()
+
+
+def serve(side: str, port: int) -> None:
+    """Run one side under uvicorn (the child process)."""
+    import uvicorn
+
+    app = ours_app() if side == "ours" else peer_app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start(side: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start one side in a child process; wait until it accepts connections."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", side, "--port", str(port)])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{side} server did not start") from None
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}/mcp"
+
+
+ARGS = {"contact_id": "c-1", "title": "Renewal", "amount": "1200.50"}
+
+
+async def one_round(url: str) -> dict[str, float]:
+    """Sequential calls (latency) then concurrent calls (throughput) on one session."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        for _ in range(20):  # warm up
+            result = await client.call_tool("crm.deal.create", ARGS)
+            assert not result.is_error, result
+        latencies: list[float] = []
+        for _ in range(CALLS):
+            t0 = time.perf_counter()
+            result = await client.call_tool("crm.deal.create", ARGS)
+            latencies.append(time.perf_counter() - t0)
+            assert not result.is_error
+        latencies.sort()
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                res = await client.call_tool("crm.deal.create", ARGS)
+                assert not res.is_error
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(CALLS // CONCURRENCY) for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "seq_per_s": CALLS / sum(latencies),
+        "conc_per_s": (CALLS // CONCURRENCY) * CONCURRENCY / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+async def main() -> None:
+    import mcp
+
+    print(
+        f"settings: mcp {mcp.__version__ if hasattr(mcp, '__version__') else '?'}; "
+        f"{ROUNDS} rounds x ({CALLS} sequential + {CALLS} over {CONCURRENCY} tasks) per side; "
+        "uvicorn, 1 process per side, SDK defaults (stateful, SSE responses); client: SDK "
+        "Client over httpx2 on 127.0.0.1"
+    )
+    print(
+        "ours: mcp_server(Executor(memory backend, RolePermissions)) — authenticator, "
+        "validation, policy, transaction, hash-chained audit, output check"
+    )
+    print("peer: MCPServer tool, typed params, dict token lookup + permission check, no audit")
+    procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    results: dict[str, list[dict[str, float]]] = {"ours": [], "peer": []}
+    try:
+        for side in ("ours", "peer"):
+            procs[side] = start(side)
+        for _ in range(ROUNDS):
+            for side in ("ours", "peer"):
+                results[side].append(await one_round(procs[side][1]))
+    finally:
+        for proc, _ in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    med = {
+        side: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        for side, rs in results.items()
+    }
+    for side in ("ours", "peer"):
+        m = med[side]
+        print(
+            f"{side}: sequential {m['seq_per_s']:.0f} calls/s, concurrent({CONCURRENCY}) "
+            f"{m['conc_per_s']:.0f} calls/s, p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms"
+        )
+    seq = med["ours"]["seq_per_s"] / med["peer"]["seq_per_s"]
+    conc = med["ours"]["conc_per_s"] / med["peer"]["conc_per_s"]
+    verdict = "met" if min(seq, conc) >= 0.8 else "NOT met"
+    print(
+        f"ratio ours/peer: sequential {seq:.2f}x, concurrent {conc:.2f}x (goal >= 0.8x: {verdict})"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", choices=["ours", "peer"])
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+    else:
+        asyncio.run(main())
