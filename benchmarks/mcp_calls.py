@@ -204,10 +204,10 @@ async def one_round(url: str) -> dict[str, float]:
 
 
 async def main() -> None:
-    import mcp
+    from importlib.metadata import version
 
     print(
-        f"settings: mcp {mcp.__version__ if hasattr(mcp, '__version__') else '?'}; "
+        f"settings: mcp {version('mcp')}, uvicorn {version('uvicorn')}; "
         f"{ROUNDS} rounds x ({CALLS} sequential + {CALLS} over {CONCURRENCY} tasks) per side; "
         "uvicorn, 1 process per side, SDK defaults (stateful, SSE responses); client: SDK "
         "Client over httpx2 on 127.0.0.1"
