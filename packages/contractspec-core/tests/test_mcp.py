@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from mcp import Client, types
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.requests import Request
 
@@ -41,7 +42,7 @@ from contractspec.core import (
 )
 from contractspec.core.context import Principal
 from contractspec.core.ir import model_schema
-from contractspec.core.mcp import IDEMPOTENCY_META_KEY, McpServer, mcp_server
+from contractspec.core.mcp import IDEMPOTENCY_META_KEY, RESOURCE_ERROR, McpServer, mcp_server
 
 SERVER_SCRIPT = Path(__file__).parent / "mcp_notes_server.py"
 WRITER = Principal(Actor.user("u1", roles="writer"), org_id="org-1")
@@ -204,6 +205,46 @@ def test_missing_sdk_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -
         mcp_server(executor())
 
 
+# -- entity resources -----------------------------------------------------------------------------
+
+RESOURCES = {"notes.note": "notes.note.get"}
+
+
+async def test_entities_are_resources_read_through_a_query_in_the_callers_tenant() -> None:
+    """`contractspec://notes.note/<id>` reads the note through `notes.note.get` as the caller:
+    the owner's tenant sees it, another tenant gets not_found, an anonymous caller is denied."""
+    ex = executor()
+    owner = mcp_server(ex, caller=WRITER, resources=RESOURCES)
+    other = mcp_server(ex, caller=SESSIONS["t-other"], resources=RESOURCES)
+    nobody = mcp_server(ex, resources=RESOURCES)
+    uri = "contractspec://notes.note/n-1"
+    async with Client(owner.lowlevel) as client:
+        await client.call_tool("notes.note.create", NOTE)
+        templates = (await client.list_resource_templates()).resource_templates
+        read = await client.read_resource(uri)
+    assert [t.uri_template for t in templates] == ["contractspec://notes.note/{id}"]
+    [content] = read.contents
+    assert isinstance(content, types.TextResourceContents)
+    assert json.loads(content.text)["title"] == "Call ACME"
+    async with Client(other.lowlevel) as client:
+        with pytest.raises(MCPError) as missing:
+            await client.read_resource(uri)
+        with pytest.raises(MCPError) as unknown:
+            await client.read_resource("contractspec://notes.secret/n-1")
+    assert missing.value.error.data["code"] == "not_found"
+    assert "Call ACME" not in str(missing.value.error)
+    assert unknown.value.code == -32602
+    async with Client(nobody.lowlevel) as client:
+        with pytest.raises(MCPError) as denied:
+            await client.read_resource(uri)
+    assert denied.value.code == RESOURCE_ERROR
+    assert denied.value.error.data["code"] == "policy_denied"
+    with pytest.raises(ConfigurationError, match="query whose input has an `id`"):
+        mcp_server(ex, resources={"notes.note": "notes.note.search"})
+    with pytest.raises(ConfigurationError, match=r"notes\.nope"):
+        mcp_server(ex, resources={"notes.nope": "notes.note.get"})
+
+
 # -- registry changes -----------------------------------------------------------------------------
 
 
@@ -359,7 +400,9 @@ def _free_port() -> int:
 def http_url() -> Iterator[tuple[str, MemoryBackend]]:
     """The notes app's MCP endpoint served by uvicorn in a thread; yields (url, backend)."""
     backend = MemoryBackend()
-    app = mcp_server(executor(backend), authenticate=bearer).streamable_http_app()
+    app = mcp_server(
+        executor(backend), authenticate=bearer, resources=RESOURCES
+    ).streamable_http_app()
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -419,6 +462,14 @@ async def test_streamable_http_authenticates_each_caller(
             await other.call_tool("notes.note.get", {"id": "n-1", "org_id": "org-1"})
         )
         found = await other.call_tool("notes.note.search", {"org_id": "org-1"})
+        with pytest.raises(MCPError) as unread:
+            await other.read_resource("contractspec://notes.note/n-1")
     assert missing["code"] == "not_found"
     assert found.structured_content == {"notes": [], "total": 0}
+    assert unread.value.error.data["code"] == "not_found"
     assert [e.org_id for e in backend.events.events] == ["org-1"]
+    async with _http_client(url, "t-reader") as reader:
+        read = await reader.read_resource("contractspec://notes.note/n-1")
+    [content] = read.contents
+    assert isinstance(content, types.TextResourceContents)
+    assert json.loads(content.text)["id"] == "n-1"

@@ -44,6 +44,13 @@ adapter answers with 5xx, or any other exception) says only `internal_error` and
 the cause goes to the log. An idempotent command takes its key from the request's `_meta`
 (`"contractspec/idempotencyKey"`).
 
+Entities are readable as MCP resources when `resources={"crm.deal": "crm.deal.get"}` maps each
+to a query taking `id`: `contractspec://crm.deal/<id>` (template `contractspec://crm.deal/{id}`)
+runs that query as the caller, so the record comes from the caller's tenant only, under the
+query's policy and audit. A refused read is a JSON-RPC error whose `data` is the
+`{"code", "message", "details"}` of the error (`-32602` for not found or invalid, `RESOURCE_ERROR`
+otherwise, `-32603` with only a request id for server errors).
+
 When the app changes its registry, `await server.refresh()` rebuilds the tool list and, when
 it changed, notifies connected clients: `notifications/tools/list_changed` on handshake-era
 connections and a `ToolsListChanged` event on 2026-07-28 `subscriptions/listen` streams.
@@ -74,6 +81,7 @@ try:
     from mcp.server.lowlevel import NotificationOptions, Server
     from mcp.server.stdio import stdio_server
     from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+    from mcp.shared.exceptions import MCPError
     from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 except ImportError as _exc:  # pragma: no cover - exercised by the isolation session
     _MISSING: ImportError | None = _exc
@@ -86,7 +94,14 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
 
-__all__ = ["IDEMPOTENCY_META_KEY", "McpServer", "mcp_server", "tool_name"]
+__all__ = [
+    "IDEMPOTENCY_META_KEY",
+    "RESOURCE_ERROR",
+    "RESOURCE_SCHEME",
+    "McpServer",
+    "mcp_server",
+    "tool_name",
+]
 
 _log = get_logger(__name__)
 
@@ -101,6 +116,13 @@ Authenticate = Callable[
 Selection = Iterable["str | OperationSpec"] | Callable[[OperationSpec], bool] | None
 
 _INSTALL: Final = "pip install 'contractspec-core[mcp]'"
+#: URI scheme of entity resources: `contractspec://<entity name>/<id>`.
+RESOURCE_SCHEME: Final = "contractspec"
+#: JSON-RPC error code of a refused resource read other than not found / invalid (those are
+#: `-32602`, invalid params); its `data` is the error's `{"code", "message", "details"}`.
+RESOURCE_ERROR: Final = -32010
+_INVALID_PARAMS: Final = -32602
+_INTERNAL_ERROR: Final = -32603
 
 
 def _require_sdk() -> None:
@@ -212,6 +234,15 @@ def _internal(request_id: str) -> types.CallToolResult:
     )
 
 
+def _internal_error(request_id: str) -> MCPError:
+    message = f"internal error; quote request id {request_id} to the operator"
+    return MCPError(
+        _INTERNAL_ERROR,
+        message,
+        data={"code": "internal_error", "message": message, "details": {"request_id": request_id}},
+    )
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -245,6 +276,7 @@ class McpServer:
         operations: Selection = None,
         authenticate: Authenticate | None = None,
         caller: Principal | Actor | None = None,
+        resources: Mapping[str, str] | None = None,
         name: str = "contractspec",
         version: str = "",
         instructions: str | None = None,
@@ -263,6 +295,7 @@ class McpServer:
         # handshake-era connections that may receive notifications/tools/list_changed
         self._sessions: dict[int, ServerSession] = {}
         self._build()
+        self._resources = self._check_resources(resources or {})
         self.lowlevel: Server[Any] = Server(
             name,
             version=version,
@@ -271,6 +304,9 @@ class McpServer:
             on_list_tools=self._on_list_tools,
             on_call_tool=self._on_call_tool,
             on_subscriptions_listen=ListenHandler(self._bus),
+            on_list_resources=self._on_list_resources if self._resources else None,
+            on_list_resource_templates=self._on_list_templates if self._resources else None,
+            on_read_resource=self._on_read_resource if self._resources else None,
         )
 
     # -- tools ---------------------------------------------------------------------------------
@@ -419,6 +455,108 @@ class McpServer:
             is_error=False,
         )
 
+    # -- entity resources ----------------------------------------------------------------------
+
+    def _check_resources(self, resources: Mapping[str, str]) -> dict[str, OperationSpec]:
+        registry = self.executor.registry
+        out: dict[str, OperationSpec] = {}
+        for entity, query in resources.items():
+            try:
+                registry.get_entity(entity)
+                spec = registry.get(query)
+            except ContractSpecError as exc:
+                raise ConfigurationError(
+                    f"resources[{entity!r}] = {query!r}: {exc.message}",
+                    details={"entity": entity, "query": query},
+                ) from exc
+            if spec.is_command or "id" not in spec.input.model_fields:
+                raise ConfigurationError(
+                    f"resources[{entity!r}] = {query!r} must name a query whose input has an "
+                    f"`id` field (it reads one {entity} by id); {spec.ref} is "
+                    f"{'a command' if spec.is_command else 'a query without `id`'}",
+                    details={"entity": entity, "query": query},
+                )
+            out[entity] = spec
+        return out
+
+    def resource_templates(self) -> list[types.ResourceTemplate]:
+        """The served resource templates: `contractspec://<entity>/{id}` per entity."""
+        registry = self.executor.registry
+        templates: list[types.ResourceTemplate] = []
+        for entity, spec in sorted(self._resources.items()):
+            described = registry.get_entity(entity).description
+            templates.append(
+                types.ResourceTemplate(
+                    name=entity,
+                    title=entity,
+                    uri_template=f"{RESOURCE_SCHEME}://{entity}/{{id}}",
+                    description=(
+                        f"{described + ' ' if described else ''}One {entity} of the caller's "
+                        f"tenant, read through {spec.ref}."
+                    ),
+                    mime_type="application/json",
+                )
+            )
+        return templates
+
+    async def _on_list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[])  # records are reached by template
+
+    async def _on_list_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=self.resource_templates())
+
+    async def _on_read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        request_id = uuid.uuid4().hex
+        prefix = f"{RESOURCE_SCHEME}://"
+        entity, _, record_id = uri.removeprefix(prefix).partition("/")
+        spec = self._resources.get(entity) if uri.startswith(prefix) else None
+        if spec is None or not record_id:
+            known = ", ".join(f"{prefix}{e}/<id>" for e in sorted(self._resources))
+            raise MCPError(
+                _INVALID_PARAMS,
+                f"unknown resource {uri!r}; this server serves {known}",
+                data={
+                    "code": "not_found",
+                    "message": f"unknown resource {uri!r}",
+                    "details": {"uri": uri},
+                },
+            )
+        try:
+            actor, org = await self._principal(ctx)
+            call = CallContext(actor=actor, org_id=org, request_id=request_id, channel="mcp")
+            output = await self.executor.execute(
+                spec.name, {"id": record_id}, call, version=spec.version
+            )
+        except ContractSpecError as exc:
+            status = HTTP_STATUS.get(exc.code, 500)
+            if status >= 500 and status != 504:
+                _log.error(
+                    "contractspec.mcp.internal_error",
+                    resource=uri,
+                    request_id=request_id,
+                    code=exc.code,
+                    exc_info=exc,
+                )
+                raise _internal_error(request_id) from None
+            code = _INVALID_PARAMS if status in (400, 404, 422) else RESOURCE_ERROR
+            raise MCPError(code, exc.message, data=exc.to_dict()) from None
+        except Exception as exc:
+            _log.error(
+                "contractspec.mcp.read_failed", resource=uri, request_id=request_id, exc_info=exc
+            )
+            raise _internal_error(request_id) from None
+        text = output.__pydantic_serializer__.to_json(output).decode()
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
+        )
+
     # -- transports ----------------------------------------------------------------------------
 
     def initialization_options(self) -> Any:
@@ -486,6 +624,7 @@ def mcp_server(
     operations: Selection = None,
     authenticate: Authenticate | None = None,
     caller: Principal | Actor | None = None,
+    resources: Mapping[str, str] | None = None,
     name: str = "contractspec",
     version: str = "",
     instructions: str | None = None,
@@ -503,6 +642,10 @@ def mcp_server(
             HTTP caller is anonymous (only `public()` operations succeed).
         caller: Who calls over stdio and in-process connections (a `Principal` with its tenant,
             an `Actor`, or `None` for anonymous); `run_stdio(caller)` may set it instead.
+        resources: Entities readable as MCP resources, `{entity name: query name}`: the
+            resource `contractspec://<entity>/<id>` is read by running that query with
+            `{"id": <id>}` as the caller (so its policy, tenancy and audit apply; a record of
+            another tenant is not found). The query's output is the resource's JSON.
         name: The server name announced to clients.
         version: The server version announced to clients.
         instructions: Instructions announced to clients (how to use the tools).
@@ -512,8 +655,9 @@ def mcp_server(
 
     Raises:
         ConfigurationError: The MCP SDK is not installed (`pip install
-            'contractspec-core[mcp]'`), `operations` names an unknown operation, or `caller` is
-            not a `Principal`, an `Actor` or `None`.
+            'contractspec-core[mcp]'`), `operations` names an unknown operation, `caller` is
+            not a `Principal`, an `Actor` or `None`, or `resources` maps an unknown entity or
+            an operation that is not a query taking `id`.
         SpecDefinitionError: A model of a chosen operation has no JSON Schema.
     """
     return McpServer(
@@ -521,6 +665,7 @@ def mcp_server(
         operations=operations,
         authenticate=authenticate,
         caller=caller,
+        resources=resources,
         name=name,
         version=version,
         instructions=instructions,
