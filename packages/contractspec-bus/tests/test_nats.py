@@ -300,6 +300,7 @@ async def test_the_wave_relay_keeps_key_order_when_a_publish_fails(
         outbox,
         publisher,
         batch_size=15,
+        lease=timedelta(seconds=0.5),
         retry=RetryPolicy(max_attempts=5, base_delay=0.0, max_delay=0.0),
     )
     assert await relay.run_once() == 11  # all of d0 and d2, d1 up to the failure
