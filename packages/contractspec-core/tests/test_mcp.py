@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from contractspec.core import (
 from contractspec.core.context import Principal
 from contractspec.core.ir import model_schema
 from contractspec.core.mcp import IDEMPOTENCY_META_KEY, RESOURCE_ERROR, McpServer, mcp_server
+from contractspec.core.sql import SqlBackend
+from contractspec.core.testing import temporary_sql_engine
 
 SERVER_SCRIPT = Path(__file__).parent / "mcp_notes_server.py"
 WRITER = Principal(Actor.user("u1", roles="writer"), org_id="org-1")
@@ -203,6 +205,46 @@ def test_missing_sdk_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(module, "_MISSING", ImportError("No module named 'mcp'"))
     with pytest.raises(ConfigurationError, match=r"contractspec-core\[mcp\]"):
         mcp_server(executor())
+
+
+async def test_tenancy_idempotency_and_audit_on_every_backend(
+    backend_kind: str, tmp_path: Path
+) -> None:
+    """On memory, a SQLite file and PostgreSQL: two tenants create the same note id without
+    seeing each other's, a repeated idempotent call is replayed, and each tenant's audit chain
+    verifies."""
+    async with AsyncExitStack() as stack:
+        registry = build_notes_registry()
+        backend: Any
+        if backend_kind == "memory":
+            backend = MemoryBackend()
+        else:
+            engine = await stack.enter_async_context(temporary_sql_engine(backend_kind, tmp_path))
+            backend = SqlBackend(engine, registry)
+            await backend.create_all()
+        ex = Executor(registry, backend=backend, policy=POLICY)
+        results: dict[str, list[Any]] = {}
+        for token, title in (("t-writer", "Org one"), ("t-other", "Org two")):
+            server = mcp_server(ex, caller=SESSIONS[token], resources=RESOURCES)
+            async with Client(server.lowlevel) as client:
+                meta = {IDEMPOTENCY_META_KEY: "same-key"}
+                first = await client.call_tool(
+                    "notes.note.create", {**NOTE, "title": title}, meta=meta
+                )
+                again = await client.call_tool(
+                    "notes.note.create", {**NOTE, "title": title}, meta=meta
+                )
+                found = await client.call_tool("notes.note.search", {})
+                read = await client.read_resource("contractspec://notes.note/n-1")
+            results[token] = [first, again, found, read]
+        for token, title in (("t-writer", "Org one"), ("t-other", "Org two")):
+            first, again, found, read = results[token]
+            assert first.is_error is False, first
+            assert again.structured_content == first.structured_content
+            assert [n["title"] for n in found.structured_content["notes"]] == [title]
+            assert json.loads(read.contents[0].text)["title"] == title
+        for org in ("org-1", "org-2"):
+            assert await backend.audit.verify(org)
 
 
 # -- entity resources -----------------------------------------------------------------------------
