@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -438,13 +438,9 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def http_url() -> Iterator[tuple[str, MemoryBackend]]:
-    """The notes app's MCP endpoint served by uvicorn in a thread; yields (url, backend)."""
-    backend = MemoryBackend()
-    app = mcp_server(
-        executor(backend), authenticate=bearer, resources=RESOURCES
-    ).streamable_http_app()
+@contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a thread; yields the MCP endpoint's URL."""
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -456,10 +452,19 @@ def http_url() -> Iterator[tuple[str, MemoryBackend]]:
         assert time.monotonic() < deadline, "uvicorn did not start within 60 s"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}/mcp", backend
+        yield f"http://127.0.0.1:{port}/mcp"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def http_url() -> Iterator[tuple[str, MemoryBackend]]:
+    """The notes app's MCP endpoint served by uvicorn in a thread; yields (url, backend)."""
+    backend = MemoryBackend()
+    app = mcp_server(executor(backend), authenticate=bearer, resources=RESOURCES)
+    with _serve(app.streamable_http_app()) as url:
+        yield url, backend
 
 
 @asynccontextmanager
@@ -515,3 +520,27 @@ async def test_streamable_http_authenticates_each_caller(
     [content] = read.contents
     assert isinstance(content, types.TextResourceContents)
     assert json.loads(content.text)["id"] == "n-1"
+
+
+async def test_require_authentication_answers_401_before_the_mcp_layer() -> None:
+    """With `require_authentication=True` a request without a valid credential gets `401` and
+    a Bearer challenge (no MCP session), while an authenticated client works as usual."""
+    app = mcp_server(executor(), authenticate=bearer).streamable_http_app(
+        require_authentication=True
+    )
+    with _serve(app) as url:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+            anonymous = await http.post(url, json=body)
+            forged = await http.post(url, json=body, headers={"Authorization": "Bearer nope"})
+        async with _http_client(url, "t-writer") as writer:
+            created = await writer.call_tool("notes.note.create", NOTE)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.json()["code"] == "unauthenticated"
+    assert forged.status_code == 401
+    assert created.is_error is False
+    with pytest.raises(ConfigurationError, match="require_authentication"):
+        mcp_server(executor(), operations=["notes.debug.whoami"]).streamable_http_app(
+            require_authentication=True
+        )

@@ -121,6 +121,7 @@ RESOURCE_SCHEME: Final = "contractspec"
 #: JSON-RPC error code of a refused resource read other than not found / invalid (those are
 #: `-32602`, invalid params); its `data` is the error's `{"code", "message", "details"}`.
 RESOURCE_ERROR: Final = -32010
+_MAX_TOOL_NAME: Final = 128  # SEP-986
 _INVALID_PARAMS: Final = -32602
 _INTERNAL_ERROR: Final = -32603
 
@@ -290,7 +291,6 @@ class McpServer:
         self._tools: list[types.Tool] = []
         self._by_tool: dict[str, OperationSpec] = {}
         self._tool_by_name: dict[str, types.Tool] = {}
-        self._generation = -1
         self._bus = InMemorySubscriptionBus()
         # handshake-era connections that may receive notifications/tools/list_changed
         self._sessions: dict[int, ServerSession] = {}
@@ -322,12 +322,17 @@ class McpServer:
         tools: list[types.Tool] = []
         for spec in sorted(chosen, key=lambda s: (s.name, -s.version)):
             name = tool_name(spec, latest=spec.version == latest[spec.name])
+            if len(name) > _MAX_TOOL_NAME:
+                raise ConfigurationError(
+                    f"operation {spec.ref} gives the tool name {name!r}, longer than MCP's "
+                    f"{_MAX_TOOL_NAME} characters; leave it out with operations= or rename it",
+                    details={"operation": spec.ref},
+                )
             by_tool[name] = spec
             tools.append(_tool(spec, name))
         changed = [t.model_dump() for t in tools] != [t.model_dump() for t in self._tools]
         self._tools, self._by_tool = tools, by_tool
         self._tool_by_name = {t.name: t for t in tools}
-        self._generation = registry.generation
         return changed
 
     def _input_schema(self, tool: str) -> Mapping[str, Any] | None:
@@ -583,6 +588,7 @@ class McpServer:
         path: str = "/mcp",
         stateless: bool = False,
         json_response: bool = False,
+        require_authentication: bool = False,
         **options: Any,
     ) -> Starlette:
         """An ASGI (Starlette) application serving the tools over streamable HTTP at `path`.
@@ -595,12 +601,22 @@ class McpServer:
             path: The endpoint path.
             stateless: No MCP sessions (each request stands alone; no server notifications).
             json_response: Answer with JSON instead of an SSE stream.
+            require_authentication: Answer `401` with `WWW-Authenticate: Bearer` to every HTTP
+                request whose `authenticate(request)` returns `None`, before the MCP layer (as
+                the MCP authorization spec expects of a protected server, so clients start
+                their sign-in). Without it anonymous clients connect, list tools and call the
+                `public()` ones; the others are denied per call.
             **options: Other options of the SDK's `Server.streamable_http_app` (`host`,
                 `transport_security`, `max_request_body_size`, ...).
 
         Raises:
-            ConfigurationError: No `authenticate` while some served operation is not public.
+            ConfigurationError: No `authenticate` while some served operation is not public
+                (or while `require_authentication` is set).
         """
+        if require_authentication and self.authenticate is None:
+            raise ConfigurationError(
+                "require_authentication=True needs authenticate=<function of the request>"
+            )
         guarded = sorted({s.ref for s in self._by_tool.values() if s.auth.needs_actor})
         if self.authenticate is None and guarded:
             raise ConfigurationError(
@@ -610,12 +626,54 @@ class McpServer:
                 "request> returning Principal(actor, org_id=...), an Actor, or None",
                 details={"operations": guarded},
             )
-        return self.lowlevel.streamable_http_app(
+        app = self.lowlevel.streamable_http_app(
             streamable_http_path=path,
             stateless_http=stateless,
             json_response=json_response,
             **options,
         )
+        if require_authentication and self.authenticate is not None:
+            app.add_middleware(_RequireCaller, authenticate=self.authenticate)
+        return app
+
+
+class _RequireCaller:
+    """ASGI middleware: `401` for an HTTP request whose authenticator returns `None`."""
+
+    def __init__(self, app: Any, *, authenticate: Authenticate) -> None:
+        self.app = app
+        self.authenticate = authenticate
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        request_id = uuid.uuid4().hex
+        try:
+            who = await _maybe_await(self.authenticate(Request(scope)))
+        except Exception as exc:  # never leak the authenticator's failure
+            _log.error("contractspec.mcp.authenticate_failed", request_id=request_id, exc_info=exc)
+            message = f"internal error; quote request id {request_id} to the operator"
+            body = {
+                "code": "internal_error",
+                "message": message,
+                "details": {"request_id": request_id},
+            }
+            await JSONResponse(body, 500)(scope, receive, send)
+            return
+        if who is None:
+            body = {
+                "code": "unauthenticated",
+                "message": "this MCP server needs a credential: send Authorization: Bearer <token>",
+                "details": {},
+            }
+            headers = {"WWW-Authenticate": "Bearer"}
+            await JSONResponse(body, 401, headers=headers)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def mcp_server(
