@@ -1,9 +1,9 @@
 """Serve spec operations to AI clients as MCP tools (install `contractspec-core[mcp]`).
 
 ```py
-from contractspec.core import Actor, Executor
-from contractspec.core.http import Principal
+from contractspec.core import Actor, Executor, Principal
 from contractspec.core.mcp import mcp_server
+from contractspec.core.sync import run_sync
 
 server = mcp_server(Executor(registry, policy=policy), authenticate=authenticate)
 app = server.streamable_http_app()  # ASGI, at /mcp: uvicorn module:app
