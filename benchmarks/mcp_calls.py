@@ -15,7 +15,8 @@ Each server runs in its own process under uvicorn (SDK defaults: stateful sessio
 responses, DNS-rebinding protection for 127.0.0.1) and is driven by the SDK's `Client` over
 a real socket from this process. Each round makes `CALLS` sequential calls (latency) and
 `CALLS` calls from `CONCURRENCY` tasks sharing one session (throughput), alternating ours and
-the peer so machine noise hits both. Prints medians over rounds of calls/s, p50 and p99
+the peer (who goes first alternates per round) so machine noise hits both. Prints medians over
+rounds of calls/s, p50 and p99
 latency, and the ratio ours/peer (goal: ours >= 0.8x the peer with policy and audit).
 
 Run: `uv run --all-packages --all-extras --group bench python benchmarks/mcp_calls.py`
@@ -42,7 +43,7 @@ from pydantic import BaseModel, Field
 
 CALLS = 300
 CONCURRENCY = 8
-ROUNDS = 5
+ROUNDS = 6
 TOKEN = "t-u1"
 #: bearer token -> (user, roles, org)
 SESSIONS = {TOKEN: ("u1", ("sales",), "org-1")}
@@ -222,8 +223,9 @@ async def main() -> None:
     try:
         for side in ("ours", "peer"):
             procs[side] = start(side)
-        for _ in range(ROUNDS):
-            for side in ("ours", "peer"):
+        for round_no in range(ROUNDS):
+            order = ("ours", "peer") if round_no % 2 == 0 else ("peer", "ours")
+            for side in order:  # who goes first alternates, so neither side gets a warmer box
                 results[side].append(await one_round(procs[side][1]))
     finally:
         for proc, _ in procs.values():
