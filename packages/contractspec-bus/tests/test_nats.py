@@ -110,7 +110,7 @@ def _idempotent(engine: AsyncEngine, name: str = "effects") -> IdempotentConsume
 
 
 async def _consume_until(
-    sub: JetStreamSubscriber, done: Any, seconds: float = 60.0, wait: float = 0.5
+    sub: JetStreamSubscriber, done: Any, seconds: float = 60.0, wait: float = 1.0
 ) -> None:
     deadline = time.monotonic() + seconds
     while not done():
@@ -411,7 +411,7 @@ async def test_failures_are_retried_with_backoff_then_dead_lettered_and_replayab
         max_deliver=3,
         retry=RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, jitter="none"),
     )
-    await _consume_until(sub, lambda: sub.stats.dead_lettered >= 2, wait=0.3)
+    await _consume_until(sub, lambda: sub.stats.dead_lettered >= 2, wait=1.0)
     assert calls == ["ev-0001"] * 3
     letters = {d.event_id: d for d in (await dead.list(subscriber="dl")).items}
     assert set(letters) == {"ev-0001", "ev-0002"}
@@ -426,6 +426,60 @@ async def test_failures_are_retried_with_backoff_then_dead_lettered_and_replayab
     replayed = await dead.get(letters["ev-0001"].id)
     assert replayed is not None
     assert replayed.replayed_at is not None
+
+
+async def test_messages_that_contradict_their_spec_are_dead_lettered_unhandled(
+    sql_engine: AsyncEngine, js: Any
+) -> None:
+    """A version header that disagrees with the body, an event the registry does not know and a
+    body that is not JSON: each becomes a dead letter naming the problem; the handler never runs."""
+    from contractspec.bus.sql import SqlDeadLetterStore, create_bus_tables
+
+    await create_bus_tables(sql_engine)
+    n = next(_streams)
+    stream = JetStreamSpec(f"V{n}", f"v{n}.ev")  # every subject under the prefix
+    await stream.ensure(js)
+    good = envelope(1, org_id="o").to_dict()
+    unknown = {**envelope(2, org_id="o").to_dict(), "name": "crm.deal.vanished"}
+    headers = {"Contractspec-Event": "crm.deal.created", "Content-Type": "application/json"}
+    await js.publish(
+        f"v{n}.ev.o.crm.deal.created",
+        json.dumps(good, default=str).encode(),
+        headers={**headers, "Nats-Msg-Id": "m1", "Contractspec-Event-Version": "2"},
+    )
+    await js.publish(
+        f"v{n}.ev.o.crm.deal.vanished",
+        json.dumps(unknown, default=str).encode(),
+        headers={
+            **headers,
+            "Nats-Msg-Id": "m2",
+            "Contractspec-Event": "crm.deal.vanished",
+            "Contractspec-Event-Version": "1",
+        },
+    )
+    await js.publish(f"v{n}.ev.o.crm.deal.created", b"not json", headers={"Nats-Msg-Id": "m3"})
+    calls: list[str] = []
+
+    async def handler(event: EventEnvelope) -> None:
+        calls.append(event.id)
+
+    dead = SqlDeadLetterStore(sql_engine)
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="strict",
+        handler=handler,
+        org_id="o",
+        registry=build_registry(),
+        dead_letters=dead,
+    )
+    await _consume_until(sub, lambda: sub.stats.dead_lettered >= 3, wait=1.0)
+    assert calls == []
+    errors = sorted(d.error for d in (await dead.list(subscriber="strict")).items)
+    assert len(errors) == 3
+    assert any("headers do not match" in e and "Contractspec-Event-Version" in e for e in errors)
+    assert any("crm.deal.vanished@1 is not in this consumer's registry" in e for e in errors)
+    assert any("not JSON" in e for e in errors)
 
 
 async def test_processes_sharing_a_durable_consumer_split_the_work(js: Any, tmp_path: Path) -> None:

@@ -676,7 +676,7 @@ class JetStreamSubscriber:
         if self.registry is not None:
             try:
                 self.registry.get_event(str(data["name"]), int(data["version"]))
-            except LookupError:
+            except (LookupError, ContractSpecError):
                 raise SpecValidationError(
                     f"event {data['name']}@{data['version']} is not in this consumer's registry; "
                     "deploy the spec before its producers"
