@@ -696,3 +696,46 @@ async def test_consumer_killed_mid_handler_is_redelivered_and_the_effect_happens
     effects = await _effect_ids(sql_engine)
     assert sorted(effects) == sorted(e.id for e in events)  # all 20, none twice (primary key)
     assert consumer.skipped >= 1  # the hung event came again and was skipped
+
+
+async def test_the_command_line_runs_a_consumer_until_sigterm(
+    js: Any, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """`python -m contractspec.bus.nats consume module:factory` handles the stream's events and
+    exits 0 on SIGTERM; a factory returning the wrong type exits 2 naming it."""
+    from contractspec.bus.nats.__main__ import main
+
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    for i in range(3):
+        await publisher.deliver(envelope(i))
+    log = tmp_path / "cli.log"
+    env = {
+        **subprocess_env(HERE),
+        "NATS_URL": nats_server.url,
+        "STREAM": f"{stream.name}:{stream.prefix}",
+        "LOG": str(log),
+    }
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, like the crash tests
+        [sys.executable, "-m", "contractspec.bus.nats", "consume", "nats_cli_app:make_subscriber"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await _wait_for(log, "handled ev-0002", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        _kill(proc)
+    assert log.read_text().split() == [
+        "handled",
+        "ev-0000",
+        "handled",
+        "ev-0001",
+        "handled",
+        "ev-0002",
+    ]
+    assert await asyncio.to_thread(main, ["relay", "nats_cli_app:not_a_relay"]) == 2
+    assert await asyncio.to_thread(main, ["relay", "no_such_module_xyz:make"]) == 2
