@@ -1,26 +1,13 @@
-"""Handlers of the CRM operations: plain async functions over repositories and events.
-
-Deal stages are the `crm.deal.pipeline` workflow (declared in `crm_pipeline.spec`): `create_deal`
-starts a deal's instance in the same call, `move_deal` fires the transition into the wanted stage,
-and `sync_deal` (the workflow's `on_transition` hook) moves the deal record and emits
-`deal.moved` in the transition's transaction, whichever operation fired it.
-"""
+"""Handlers of the CRM operations: plain async functions over repositories and events."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from contractspec.core import ConflictError, HandlerCtx, NotFoundError, SpecValidationError
-from contractspec.core.workflows import (
-    WorkflowChange,
-    WorkflowStateError,
-    fire_transition,
-    start_instance,
-)
 from crm_pipeline.models import (
     CLOSED_STAGES,
-    STAGE_TRANSITIONS,
     BoardRequest,
     Company,
     CompleteTask,
@@ -42,7 +29,6 @@ from crm_pipeline.models import (
     SearchContacts,
     SearchDeals,
     Stage,
-    StageMove,
     StageTotal,
     SummaryRequest,
     Task,
@@ -58,9 +44,6 @@ from crm_pipeline.models import (
     task_entity,
 )
 
-if TYPE_CHECKING:
-    from contractspec.core import WorkflowSpec
-
 __all__ = [
     "board",
     "complete_task",
@@ -72,24 +55,10 @@ __all__ = [
     "search_contacts",
     "search_deals",
     "summary",
-    "sync_deal",
     "update_deal",
 ]
 
 ZERO = Decimal("0.00")
-
-
-_PIPELINE: list[WorkflowSpec] = []
-
-
-def _pipeline() -> WorkflowSpec:
-    """The deal pipeline workflow (declared in `crm_pipeline.spec`, which imports this module;
-    looked up once)."""
-    if not _PIPELINE:
-        from crm_pipeline.spec import deal_pipeline
-
-        _PIPELINE.append(deal_pipeline)
-    return _PIPELINE[0]
 
 
 async def create_company(inp: CreateCompany, ctx: HandlerCtx) -> Company:
@@ -136,8 +105,6 @@ async def create_deal(inp: CreateDeal, ctx: HandlerCtx) -> Deal:
         created_at=now,
     )
     await ctx.repo(deal_entity).add(deal)
-    # Create-and-start in one call: the deal's pipeline instance (same id) in this transaction.
-    await start_instance(ctx, _pipeline(), id=deal.id)
     ctx.emit(
         deal_created,
         DealCreated(
@@ -162,76 +129,25 @@ async def update_deal(inp: UpdateDeal, ctx: HandlerCtx) -> Deal:
 
 
 async def move_deal(inp: MoveDeal, ctx: HandlerCtx) -> Deal:
-    """Move a deal to another column: fires the `crm.deal.pipeline` transition into `to_stage`
-    (whose hook moves the deal, sets `closed_on` for won/lost and emits `deal.moved`).
-
-    Raises:
-        NotFoundError: No such deal.
-        SpecValidationError: The deal is closed (won/lost), or already in `to_stage`.
-    """
-    try:
-        await fire_transition(
-            ctx,
-            _pipeline(),
-            inp.deal_id,
-            STAGE_TRANSITIONS[inp.to_stage],
-            input=StageMove(on=inp.on),
+    """Move a deal to another column; closing it (won/lost) sets `closed_on`. Emits `deal.moved`."""
+    repo = ctx.repo(deal_entity)
+    deal = await repo.require(inp.deal_id)
+    if deal.stage in CLOSED_STAGES:
+        raise SpecValidationError(
+            f"deal {deal.id!r} is already {deal.stage.value}; closed deals cannot move"
         )
-    except NotFoundError:
-        raise NotFoundError(
-            f"crm.deal {inp.deal_id!r} not found in this organization",
-            details={"entity": deal_entity.name, "id": inp.deal_id},
-        ) from None
-    except WorkflowStateError as exc:
-        # The workflow refused the deal's stage: say it as this command always has.
-        state = exc.details.get("state")
-        if state in CLOSED_STAGES:
-            raise SpecValidationError(
-                f"deal {inp.deal_id!r} is already {state}; closed deals cannot move"
-            ) from None
-        if state == inp.to_stage:
-            raise SpecValidationError(f"deal {inp.deal_id!r} is already in {state}") from None
-        raise
-    return await ctx.repo(deal_entity).require(inp.deal_id)
-
-
-async def sync_deal(ctx: HandlerCtx, change: WorkflowChange) -> None:
-    """The pipeline's `on_transition` hook: keep the deal's stage equal to its instance's state.
-
-    Runs in the transaction of whatever fired the transition (`crm.deal.move`, a
-    `crm.deal.pipeline.*` operation, a migration), so the deal, the instance and its history step
-    are stored together or not at all. A start needs the deal in `lead` (created by
-    `crm.deal.create`); a move updates the stage and `closed_on` and emits `deal.moved`.
-
-    Raises:
-        NotFoundError: No deal with the instance's id.
-        ConflictError: The deal's stage is not the state the instance leaves (they were changed
-            apart, which this hook never lets happen).
-    """
-    deals = ctx.repo(deal_entity)
-    deal = await deals.get(change.instance.id)
-    if deal is None:
-        raise NotFoundError(
-            f"deal {change.instance.id!r} not found; pipeline instances are started by "
-            "crm.deal.create with the deal"
-        )
-    if change.kind == "start":
-        if deal.stage is not Stage.LEAD:
-            raise ConflictError(f"deal {deal.id!r} is {deal.stage.value}; pipelines start in lead")
-        return
-    if deal.stage.value != change.from_state:
-        raise ConflictError(
-            f"deal {deal.id!r} is {deal.stage.value} but its pipeline instance leaves "
-            f"{change.from_state}; they are out of step"
-        )
-    to_stage = Stage(change.to_state)
-    on = change.input.on if isinstance(change.input, StageMove) else None
-    closed = (on or ctx.now().date()) if to_stage in CLOSED_STAGES else None
-    await deals.update(deal.model_copy(update={"stage": to_stage, "closed_on": closed}))
+    if inp.to_stage == deal.stage:
+        raise SpecValidationError(f"deal {deal.id!r} is already in {deal.stage.value}")
+    closed = (inp.on or ctx.now().date()) if inp.to_stage in CLOSED_STAGES else None
+    moved = deal.model_copy(update={"stage": inp.to_stage, "closed_on": closed})
+    await repo.update(moved)
     ctx.emit(
         deal_moved,
-        DealMoved(deal_id=deal.id, from_stage=deal.stage, to_stage=to_stage, amount=deal.amount),
+        DealMoved(
+            deal_id=deal.id, from_stage=deal.stage, to_stage=inp.to_stage, amount=deal.amount
+        ),
     )
+    return moved
 
 
 async def search_deals(inp: SearchDeals, ctx: HandlerCtx) -> DealList:
