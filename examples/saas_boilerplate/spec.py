@@ -307,7 +307,7 @@ _STEPS = [
         action="files.upload",
         completion=EventCondition("files.uploaded"),
         # growth's `converter=tuple` fields type as Iterable[_T_co] under mypy --strict
-        prerequisites=("first_project",),  # type: ignore[arg-type]
+        prerequisites=("first_project",),
     ),
     Step(
         "invite_teammate",
@@ -322,7 +322,7 @@ onboarding = define_track(
     "onboarding",
     1,
     title="Get your team started",
-    modules=[Module("setup", steps=_STEPS)],  # type: ignore[arg-type]
+    modules=[Module("setup", steps=_STEPS)],
 )
 
 # -- operations -----------------------------------------------------------------------------------

@@ -274,6 +274,20 @@ def _tuple_of(value: Any, field: str, kind: type) -> tuple[Any, ...]:
     return items
 
 
+# Typed converters: with `converter=tuple` the attrs plugin types the argument from `tuple`'s
+# overloads and mypy --strict refuses a list; these accept any iterable of the element type.
+def _keys(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _nudges(value: Iterable[Nudge]) -> tuple[Nudge, ...]:
+    return tuple(value)
+
+
+def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Step:
     """One step of a track.
@@ -297,10 +311,10 @@ class Step:
     content_md: str = ""
     action: str | None = None
     completion: EventCondition = attrs.field(default=None)  # required: checked below
-    prerequisites: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    prerequisites: tuple[str, ...] = attrs.field(default=(), converter=_keys)
     deadline: dt.timedelta | None = None
     deadline_template: str = "journey.overdue"
-    nudges: tuple[Nudge, ...] = attrs.field(default=(), converter=tuple)
+    nudges: tuple[Nudge, ...] = attrs.field(default=(), converter=_nudges)
 
     def __attrs_post_init__(self) -> None:
         _check_key(self.key, "Step.key")
@@ -348,7 +362,7 @@ class Module:
     """
 
     key: str
-    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(converter=_steps)
     title: str = ""
 
     def __attrs_post_init__(self) -> None:
