@@ -25,6 +25,8 @@ from pydantic import BaseModel
 from contractspec.core import (
     Clock,
     ConfigurationError,
+    ContractSpecError,
+    HandlerCtx,
     Invocation,
     NotFoundError,
     SpecDefinitionError,
@@ -614,6 +616,16 @@ def _quota_error(
     )
 
 
+def _refused(ctx: HandlerCtx, action: str, error: ContractSpecError) -> ContractSpecError:
+    """`error`, after recording it as the call's denial with `ctx.deny` (audited once, at the end).
+
+    The denial's `permission` is `action` (the feature or meter key), its `reason` the error's
+    message and its `matched_rule` the error's code.
+    """
+    ctx.deny(action, error.message, rule=error.code)
+    return error
+
+
 class QuotaMiddleware:
     """Executor middleware: feature gates and atomic limit checks for metered operations.
 
@@ -630,6 +642,14 @@ class QuotaMiddleware:
        429 with `Retry-After`) is raised and the whole call rolls back.
 
     Operations without a binding pass through untouched.
+
+    Every refusal (steps 1, 2 and 4) is also recorded once in the audit trail as a denial, with
+    the core mechanism of policy denials (`HandlerCtx.deny`): one `denied` record whose
+    `matched_rule` is the error code (`feature_not_entitled`, `quota_exceeded`,
+    `quota_rate_limited`), whose `permission` is the feature or meter key and whose `reason` is
+    the error message. It is written when the call ends, after the call's rollback (so it never
+    waits on the call's own locks), and the refused call leaves no usage and no counter change.
+    Refusals of unauthenticated callers are counted, not audited, as core does for all denials.
 
     Raises:
         TenantScopeError: A metered operation was called without an `org_id`.
@@ -655,18 +675,26 @@ class QuotaMiddleware:
             )
         plan = await m.plan_of(org_id, tx=ctx.tx)
         if plan is None:
-            raise FeatureNotEntitledError(
-                f"org {org_id} has no plan, so it may not call {op}; assign a plan "
-                "(Metering.assign_plan) or configure default_plan",
-                plan=None,
-                feature=binding.feature,
+            raise _refused(
+                ctx,
+                binding.feature or binding.meter or invocation.spec.name,
+                FeatureNotEntitledError(
+                    f"org {org_id} has no plan, so it may not call {op}; assign a plan "
+                    "(Metering.assign_plan) or configure default_plan",
+                    plan=None,
+                    feature=binding.feature,
+                ),
             )
         if binding.feature is not None and binding.feature not in plan.features:
-            raise FeatureNotEntitledError(
-                f"{op} needs feature {binding.feature!r}, which plan {plan.key!r} of org {org_id} "
-                "does not include; move the org to a plan that does",
-                plan=plan.key,
-                feature=binding.feature,
+            raise _refused(
+                ctx,
+                binding.feature,
+                FeatureNotEntitledError(
+                    f"{op} needs feature {binding.feature!r}, which plan {plan.key!r} of org "
+                    f"{org_id} does not include; move the org to a plan that does",
+                    plan=plan.key,
+                    feature=binding.feature,
+                ),
             )
         if binding.meter is None:
             return await call_next(invocation)
@@ -686,7 +714,11 @@ class QuotaMiddleware:
                         limit = next(
                             x for x in plan.limits_for(meter.key) if x.window is counter.window
                         )
-                        raise _quota_error(plan, meter, limit, used, amount, org_id, now)
+                        raise _refused(
+                            ctx,
+                            meter.key,
+                            _quota_error(plan, meter, limit, used, amount, org_id, now),
+                        )
         output = await call_next(invocation)
         amount = binding.amount_of(invocation.input, output)
         actor = ctx.actor
@@ -706,5 +738,9 @@ class QuotaMiddleware:
         if exceeded is not None:
             limit = next(x for x in plan.limits_for(meter.key) if x.window is exceeded.window)
             counted = Decimal(1) if meter.aggregation is Aggregation.COUNT else amount
-            raise _quota_error(plan, meter, limit, recorded.used, counted, org_id, now)
+            raise _refused(
+                ctx,
+                meter.key,
+                _quota_error(plan, meter, limit, recorded.used, counted, org_id, now),
+            )
         return output
