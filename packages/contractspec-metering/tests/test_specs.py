@@ -17,6 +17,7 @@ from contractspec.metering import (
     Metering,
     Price,
     Tier,
+    UsageEvent,
     Window,
     define_meter,
     define_plan,
@@ -46,6 +47,68 @@ def test_windows_are_utc_and_months_are_calendar_months() -> None:
     )
     with pytest.raises(SpecValidationError, match="no timezone"):
         window_bounds("day", datetime(2024, 1, 1))
+
+
+def test_window_bounds_memo_never_answers_with_another_window() -> None:
+    """`window_bounds` reuses the window it returned last; instants interleaved across windows,
+    at the exact edges (`end` belongs to the next window) and in other zones still get their own
+    window, computed here field by field."""
+    edge = datetime(2024, 3, 1, tzinfo=UTC)
+    minus5 = timezone(timedelta(hours=-5))
+    instants = [
+        edge - timedelta(microseconds=1),
+        edge,
+        edge - timedelta(microseconds=1),
+        edge + timedelta(hours=1),
+        datetime(2024, 2, 29, 20, tzinfo=minus5),  # 2024-03-01 01:00 UTC
+        datetime(2024, 2, 29, 18, 59, 59, tzinfo=minus5),  # 2024-02-29 23:59:59 UTC
+        datetime(2024, 12, 31, 23, 30, tzinfo=UTC),
+        datetime(2025, 1, 1, tzinfo=UTC),
+        edge,
+    ]
+    for window in Window:
+        for at in instants:
+            t = at.astimezone(UTC)
+            if window is Window.HOUR:
+                start = datetime(t.year, t.month, t.day, t.hour, tzinfo=UTC)
+            elif window is Window.DAY:
+                start = datetime(t.year, t.month, t.day, tzinfo=UTC)
+            else:
+                start = datetime(t.year, t.month, 1, tzinfo=UTC)
+            got_start, got_end = window_bounds(window, at)
+            assert got_start == start, (window, at)
+            assert got_start <= at < got_end, (window, at)
+            assert got_start.tzinfo is UTC
+            assert window_bounds(window, got_end)[0] == got_end, (window, at)
+
+
+_GOOD_EVENT: dict[str, object] = {
+    "id": "ev-1",
+    "org_id": "org-1",
+    "user_id": "u1",
+    "subject": "api",
+    "meter": "api.calls",
+    "value": Decimal(1),
+    "timestamp": datetime(2024, 1, 1, tzinfo=UTC),
+    "unique_key": "k",
+}
+
+
+@pytest.mark.parametrize("name", ["id", "org_id", "user_id", "subject", "meter", "unique_key"])
+@pytest.mark.parametrize("bad", ["", "x" * 256, "a\x00b", 7])
+def test_usage_event_refuses_each_bad_text_field_by_name(name: str, bad: object) -> None:
+    """Every text field (the optional ones too) is checked: empty, over 255 characters, NUL or
+    not a string is a SpecValidationError naming that field; `None` is fine only for the
+    optional ones."""
+    assert UsageEvent(**_GOOD_EVENT).user_id == "u1"  # type: ignore[arg-type]
+    with pytest.raises(SpecValidationError) as info:
+        UsageEvent(**{**_GOOD_EVENT, name: bad})  # type: ignore[arg-type]
+    assert info.value.details["field"] == name
+    if name in ("user_id", "unique_key"):
+        assert getattr(UsageEvent(**{**_GOOD_EVENT, name: None}), name) is None  # type: ignore[arg-type]
+    else:
+        with pytest.raises(SpecValidationError):
+            UsageEvent(**{**_GOOD_EVENT, name: None})  # type: ignore[arg-type]
 
 
 def test_meter_definitions_are_checked() -> None:

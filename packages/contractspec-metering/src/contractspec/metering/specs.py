@@ -110,6 +110,12 @@ class TiersMode(enum.StrEnum):
     VOLUME = "volume"
 
 
+#: The window `window_bounds` returned last, per window kind: calls in a row (every metered call
+#: of the current hour, day or month) reuse it after two comparisons. Bounds are pure values, so a
+#: stale entry is only a miss.
+_LAST_BOUNDS: dict[Window, tuple[datetime, datetime]] = {}
+
+
 def window_bounds(window: Window | str, at: datetime) -> tuple[datetime, datetime]:
     """The `[start, end)` of the UTC `window` that contains `at`.
 
@@ -121,21 +127,29 @@ def window_bounds(window: Window | str, at: datetime) -> tuple[datetime, datetim
             f"timestamp {at.isoformat()} has no timezone; pass an aware datetime (UTC)",
             details={"field": "timestamp"},
         )
-    t = at if at.tzinfo is UTC else at.astimezone(UTC)
     w = window if type(window) is Window else Window(window)
+    last = _LAST_BOUNDS.get(w)
+    if last is not None and last[0] <= at < last[1]:  # aware comparisons work across zones
+        return last
+    t = at if at.tzinfo is UTC else at.astimezone(UTC)
     if w is Window.HOUR:
-        start = t.replace(minute=0, second=0, microsecond=0)
-        return start, start + timedelta(hours=1)
-    if w is Window.DAY:
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start, start + timedelta(days=1)
-    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start, end
+        start = datetime(t.year, t.month, t.day, t.hour, tzinfo=UTC)
+        bounds = start, start + timedelta(hours=1)
+    elif w is Window.DAY:
+        start = datetime(t.year, t.month, t.day, tzinfo=UTC)
+        bounds = start, start + timedelta(days=1)
+    else:
+        start = datetime(t.year, t.month, 1, tzinfo=UTC)
+        bounds = (
+            start,
+            (
+                datetime(t.year + 1, 1, 1, tzinfo=UTC)
+                if t.month == 12
+                else datetime(t.year, t.month + 1, 1, tzinfo=UTC)
+            ),
+        )
+    _LAST_BOUNDS[w] = bounds
+    return bounds
 
 
 def to_decimal(value: object, what: str) -> Decimal:

@@ -62,6 +62,8 @@ def _value(value: object) -> Decimal:
 
 
 def _utc(value: object) -> datetime:
+    if type(value) is datetime and value.tzinfo is UTC:  # the hot path: already UTC
+        return value
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise SpecValidationError(
             f"usage event timestamp must be a timezone-aware datetime, got {value!r}",
@@ -104,14 +106,19 @@ class UsageEvent:
     unique_key: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if all(
-            type(v) is str and 0 < len(v) <= 255 and "\x00" not in v
-            for v in (self.id, self.org_id, self.subject, self.meter)
-        ) and all(
-            v is None or (type(v) is str and 0 < len(v) <= 255 and "\x00" not in v)
-            for v in (self.user_id, self.unique_key)
-        ):
-            return  # the hot path; otherwise say which field is wrong
+        # the hot path (plain loops: no generator per field); otherwise say which field is wrong
+        ok = True
+        for v in (self.id, self.org_id, self.subject, self.meter):
+            if type(v) is not str or not 0 < len(v) <= 255 or "\x00" in v:
+                ok = False
+                break
+        if ok:
+            for o in (self.user_id, self.unique_key):
+                if o is not None and (type(o) is not str or not 0 < len(o) <= 255 or "\x00" in o):
+                    ok = False
+                    break
+        if ok:
+            return
         _check_text(self.id, "id")
         _check_text(self.org_id, "org_id")
         _check_text(self.user_id, "user_id", optional=True)
@@ -323,16 +330,16 @@ class MemoryMeteringStore:
     quota checks admit exactly the allowed number, as on PostgreSQL.
     """
 
-    __slots__ = ("_claims", "_counters", "_events", "_info_key", "_plans", "_seq", "_uow")
+    __slots__ = ("_claims", "_counters", "_events", "_info_key", "_plans", "_uow")
 
     def __init__(self) -> None:
         self._uow = MemoryUnitOfWork()
-        #: (org_id, id) -> (event, arrival sequence)
-        self._events: dict[tuple[str, str], tuple[UsageEvent, int]] = {}
+        #: (org_id, id) -> event, in arrival (commit) order: a key is inserted once and never
+        #: removed, so the dict's insertion order is the arrival sequence (no per-event tuple)
+        self._events: dict[tuple[str, str], UsageEvent] = {}
         self._counters: dict[tuple[str, str, Window, datetime], Decimal] = {}
         self._claims: dict[tuple[object, ...], _Claim] = {}
         self._plans: dict[str, PlanAssignment] = {}
-        self._seq = 0
         self._info_key = f"contractspec.metering.memory.{id(self)}"
 
     @property
@@ -379,14 +386,14 @@ class MemoryMeteringStore:
         key = (event.org_id, event.id)
         stored = self._events.get(key)
         if stored is not None:
-            return Recorded(stored[0], False)
+            return Recorded(stored, False)
         ekey = ("event", *key)
         claim = self._try_claim(tx, ekey)
         if not isinstance(claim, _Claim):  # another open transaction records this id: wait
             claim = await self._claim(tx, ekey, f"usage event {event.id}")
             stored = self._events.get(key)
             if stored is not None:  # committed while this transaction waited
-                return Recorded(stored[0], False)
+                return Recorded(stored, False)
         if claim.event is not None:
             return Recorded(claim.event, False)
         claim.event = event
@@ -412,8 +419,7 @@ class MemoryMeteringStore:
             raised.append((ckey, cclaim))
 
         def commit() -> None:
-            self._seq += 1
-            self._events[key] = (event, self._seq)
+            self._events[key] = event
             for ckey, _ in raised:
                 self._counters[ckey] = self._counters.get(ckey, _ZERO) + amount
 
@@ -445,15 +451,14 @@ class MemoryMeteringStore:
 
     async def get(self, org_id: str, id: str) -> UsageEvent | None:
         """See `MeteringStore.get`."""
-        stored = self._events.get((org_id, id))
-        return stored[0] if stored is not None else None
+        return self._events.get((org_id, id))
 
     def _rows(
         self, org_id: str, meter: str, start: datetime, end: datetime, subject: str | None
     ) -> list[tuple[UsageEvent, int]]:
         return [
             (e, seq)
-            for e, seq in self._events.values()
+            for seq, e in enumerate(self._events.values())
             if e.org_id == org_id
             and e.meter == meter
             and start <= e.timestamp < end
