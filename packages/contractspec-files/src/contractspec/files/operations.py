@@ -48,7 +48,7 @@ from contractspec.core import (
 )
 from contractspec.core.specs import EventSpec, OperationSpec
 from contractspec.files.errors import AttachmentLimitError, LegalHoldError
-from contractspec.files.records import Attachment, File, FileState
+from contractspec.files.records import Attachment, File, FileState, not_found
 from contractspec.files.service import Files
 from contractspec.files.spec import AttachmentSlot
 
@@ -291,10 +291,7 @@ def register_file_operations(
         att = await files.store.get_attachment(org, attachment_id, tx=ctx.tx)
         file = None if att is None else await files.store.get_file(org, att.file_id, tx=ctx.tx)
         if att is None or file is None:
-            raise NotFoundError(
-                f"attachment {attachment_id!r} does not exist in this org",
-                details={"field": "attachment_id"},
-            )
+            raise not_found("attachment", attachment_id)
         return att, file, files.slot(att.slot)
 
     @registry.handler(ops.upload)

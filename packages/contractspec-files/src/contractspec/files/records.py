@@ -174,6 +174,18 @@ class FileStore(Protocol):
         ...
 
 
+def not_found(kind: str, ident: str) -> NotFoundError:
+    """The `NotFoundError` for a file or attachment id missing from the caller's org.
+
+    Args:
+        kind: `"file"` or `"attachment"`; the error's `details["field"]` is `<kind>_id`.
+        ident: The id that was looked up.
+    """
+    return NotFoundError(
+        f"{kind} {ident!r} does not exist in this org", details={"field": f"{kind}_id"}
+    )
+
+
 def check_same_tenant(file: File, attachment: Attachment) -> None:
     """Raise `TenantScopeError` unless the file and the attachment belong to one tenant."""
     if attachment.org_id != file.org_id or attachment.file_id != file.id:
@@ -250,10 +262,7 @@ class MemoryFileStore:
         tx.check_writable("removing a file")
         att = await self.get_attachment(org_id, attachment_id)
         if att is None:
-            raise NotFoundError(
-                f"attachment {attachment_id!r} does not exist in this org",
-                details={"field": "attachment_id"},
-            )
+            raise not_found("attachment", attachment_id)
         return await self.remove_file(tx, org_id, att.file_id)
 
     async def remove_file(self, tx: Transaction, org_id: str, file_id: str) -> File:
@@ -261,9 +270,7 @@ class MemoryFileStore:
         tx.check_writable("removing a file")
         file = await self.get_file(org_id, file_id)
         if file is None:
-            raise NotFoundError(
-                f"file {file_id!r} does not exist in this org", details={"field": "file_id"}
-            )
+            raise not_found("file", file_id)
         for att in [a for a in self._attachments.values() if a.file_id == file_id]:
             tx.undo_item(self._attachments, att.id)
             del self._attachments[att.id]
@@ -284,9 +291,7 @@ class MemoryFileStore:
         tx.check_writable("updating a file")
         file = await self.get_file(org_id, file_id)
         if file is None:
-            raise NotFoundError(
-                f"file {file_id!r} does not exist in this org", details={"field": "file_id"}
-            )
+            raise not_found("file", file_id)
         changes: dict[str, object] = {}
         if state is not None:
             changes["state"] = FileState(state)

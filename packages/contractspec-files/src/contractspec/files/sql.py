@@ -41,9 +41,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core import NotFoundError, Transaction
+from contractspec.core import Transaction
 from contractspec.core.sql import UtcDateTime, new_metadata, sql_transaction
-from contractspec.files.records import Attachment, File, FileState, check_same_tenant
+from contractspec.files.records import Attachment, File, FileState, check_same_tenant, not_found
 
 __all__ = ["SqlFileStore", "attachment_table", "file_table", "metadata"]
 
@@ -178,10 +178,7 @@ class SqlFileStore:
         sql_tx.check_writable("removing a file")
         att = await self.get_attachment(org_id, attachment_id, tx=tx)
         if att is None:
-            raise NotFoundError(
-                f"attachment {attachment_id!r} does not exist in this org",
-                details={"field": "attachment_id"},
-            )
+            raise not_found("attachment", attachment_id)
         return await self.remove_file(tx, org_id, att.file_id)
 
     async def remove_file(self, tx: Transaction, org_id: str, file_id: str) -> File:
@@ -190,9 +187,7 @@ class SqlFileStore:
         sql_tx.check_writable("removing a file")
         file = await self.get_file(org_id, file_id, tx=tx)
         if file is None:
-            raise NotFoundError(
-                f"file {file_id!r} does not exist in this org", details={"field": "file_id"}
-            )
+            raise not_found("file", file_id)
         a, f = attachment_table, file_table
         await sql_tx.execute(
             delete(a).where(a.c.org_id == org_id, a.c.file_id == file_id), write=True
@@ -225,9 +220,7 @@ class SqlFileStore:
             )
         file = await self.get_file(org_id, file_id, tx=tx)
         if file is None:
-            raise NotFoundError(
-                f"file {file_id!r} does not exist in this org", details={"field": "file_id"}
-            )
+            raise not_found("file", file_id)
         return file
 
     async def known_keys(self, backend: str, keys: Sequence[str]) -> set[str]:
