@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 import pytest
-from files_support import GIF_POLYGLOT, HTML, PDF, PE, PNG, App, open_app, zip_bytes
+from files_support import GIF_POLYGLOT, HTML, PDF, PE, PNG, App, noise, open_app, zip_bytes
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -67,7 +66,7 @@ async def test_upload_then_download_with_safe_headers(
 ) -> None:
     """201 with the record; the signed link streams the bytes with nosniff, attachment, CSP."""
     app, http = client
-    data = PDF + os.urandom(30_000)
+    data = PDF + noise(30_000)
     res = await post(http, data, filename='../../evil"\r\nX-Injected: 1.pdf')
     assert res.status_code == 201, res.text
     body = res.json()
@@ -195,14 +194,14 @@ async def test_zip_bombs_are_refused_and_sane_zips_accepted(
     res = await post(http, bomb, filename="a.zip")
     assert res.status_code == 422, res.text
     assert res.json()["details"]["reason"] == "ratio"
-    many = zip_bytes({f"f{i}.txt": os.urandom(10) for i in range(11)})
+    many = zip_bytes({f"f{i}.txt": noise(10) for i in range(11)})
     res = await post(http, many, filename="b.zip")
     assert (res.status_code, res.json()["details"]["reason"]) == (422, "members")
-    big = zip_bytes({f"r{i}.bin": os.urandom(20_000) for i in range(5)})
+    big = zip_bytes({f"r{i}.bin": noise(20_000) for i in range(5)})
     res = await post(http, big, filename="c.zip")
     assert res.status_code in (413, 422)
     assert app.blobs() == []
-    ok = zip_bytes({"readme.txt": b"hello " * 100, "data.bin": os.urandom(2000)})
+    ok = zip_bytes({"readme.txt": b"hello " * 100, "data.bin": noise(2000)})
     res = await post(http, ok, filename="d.zip")
     assert res.status_code == 201, res.text
     assert res.json()["file"]["media_type"] == "application/zip"
@@ -213,7 +212,7 @@ async def test_total_uncompressed_limit(tmp_path: Path) -> None:
     from contractspec.files import ArchiveLimits, ArchiveRefusedError
     from contractspec.files.sniff import check_zip
 
-    archive = zip_bytes({f"r{i}.bin": os.urandom(30_000) for i in range(3)})
+    archive = zip_bytes({f"r{i}.bin": noise(30_000) for i in range(3)})
     with pytest.raises(ArchiveRefusedError) as info:
         check_zip(io.BytesIO(archive), ArchiveLimits(max_uncompressed=50_000, max_ratio=10))
     assert info.value.details["reason"] == "size"

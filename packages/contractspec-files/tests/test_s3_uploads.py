@@ -3,11 +3,10 @@ leave no object behind."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 
 import pytest
-from files_support import PDF, PE, SECRET, chunks, docs_slot, images_slot
+from files_support import PDF, PE, SECRET, chunks, docs_slot, images_slot, noise
 
 from contractspec.files import (
     Files,
@@ -33,7 +32,7 @@ async def test_stage_into_s3_streams_and_hashes(files: Files) -> None:
     """A 60 KiB PDF lands in the bucket with the reported size and hash."""
     import hashlib
 
-    data = PDF + os.urandom(60_000)
+    data = PDF + noise(60_000)
     staged = await files.stage("project.docs", chunks(data), org_id="o", actor_id="u")
     assert (staged.size, staged.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert b"".join([c async for c in files.storage.get(staged.key)]) == data

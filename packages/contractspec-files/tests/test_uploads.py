@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from files_support import PDF, PE, PNG, App, chunks, ctx, open_app
+from files_support import PDF, PE, PNG, App, chunks, ctx, noise, open_app
 from pydantic import BaseModel
 
 from contractspec.core import (
@@ -30,7 +29,7 @@ from contractspec.files import (
 )
 from contractspec.files.operations import AttachmentView
 
-BIG_PDF = PDF + os.urandom(20_000)
+BIG_PDF = PDF + noise(20_000)
 
 
 class FailAfter:
