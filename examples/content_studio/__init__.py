@@ -1,0 +1,1 @@
+"""Content studio: brief → drafts → guardrails → approval → publish event (issue 20)."""
