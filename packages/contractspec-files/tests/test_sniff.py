@@ -8,7 +8,7 @@ import zipfile
 from files_support import HTML, PDF, PE, PNG, zip_bytes
 
 from contractspec.files import sniff_media_type
-from contractspec.files.sniff import looks_like_html
+from contractspec.files.sniff import is_polyglot, looks_like_html
 
 JPEG_XMP = (
     b"\xff\xd8\xff\xe1\x10\x00Exif\x00\x00"
@@ -41,6 +41,7 @@ def test_plain_zip_is_zip_and_ooxml_keeps_its_type() -> None:
 def test_xmp_metadata_is_not_html_but_script_is() -> None:
     """XMP packets (XML, comments) in a JPEG are no polyglot; a script or svg tag is."""
     assert not looks_like_html(JPEG_XMP)
-    assert looks_like_html(b"GIF89a/*" + b"\0" * 100 + b"*/<script>alert(1)</script>")
-    assert looks_like_html(b"\x89PNG\r\n\x1a\n<svg onload=alert(1)>")
-    assert looks_like_html(b"\xff\xd8\xff<IFRAME src=x>")
+    assert not is_polyglot(JPEG_XMP, "image/jpeg")
+    assert is_polyglot(b"GIF89a/*" + b"\0" * 100 + b"*/<script>alert(1)</script>", "image/gif")
+    assert is_polyglot(b"\x89PNG\r\n\x1a\n<svg onload=alert(1)>", "image/png")
+    assert is_polyglot(b"\xff\xd8\xff<IFRAME src=x>", "image/jpeg")

@@ -54,7 +54,7 @@ from contractspec.files.sniff import (
     OCTET_STREAM,
     SNIFF_BYTES,
     check_zip,
-    looks_like_html,
+    is_polyglot,
     sniff_media_type,
 )
 from contractspec.files.spec import ARCHIVE_MEDIA_TYPES, AttachmentSlot
@@ -182,7 +182,7 @@ class _Streamer:
                 f"does not accept; allowed: {', '.join(slot.media_types)}",
                 details={"field": "file", "sniffed": media_type},
             )
-        if not media_type.startswith("text/") and looks_like_html(head):
+        if is_polyglot(head, media_type):
             raise MediaTypeRefusedError(
                 f"the content is {media_type} but also contains HTML/script markup (a polyglot "
                 "file a browser could execute); refused",

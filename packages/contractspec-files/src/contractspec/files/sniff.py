@@ -3,8 +3,13 @@
 The media type of an upload comes from its bytes, never from the client: `sniff_media_type`
 asks `puremagic` (signature database of the file(1) kind) about the first `SNIFF_BYTES` bytes.
 `looks_like_html` applies the HTML patterns of the WHATWG MIME Sniffing Standard (section 7.1,
-"rules for identifying an unknown MIME type") anywhere in that window, so an image that is also
-an HTML/JS document (a GIF/JS polyglot) is caught even though its signature says `image/gif`.
+"rules for identifying an unknown MIME type") where the standard applies them: at the start of
+the content, after leading whitespace. `is_polyglot` adds one narrower search for the image
+types a browser renders inline (a GIF/JS or PNG/HTML polyglot hides its markup behind a valid
+image header): active-content tags of three or more letters anywhere in the sniffed window.
+Random or compressed bytes (a deflated PDF stream, a zip member, PNG pixel data) hold a one- or
+two-letter tag such as `<a ` or `<b>` in about 2 % of 8 KiB windows, so those tags are never
+searched for past the start; the longer tags occur by chance in about one window in a million.
 `check_zip` reads a zip archive's central directory with `zipfile` (members are never
 extracted) and refuses archives whose member count, total uncompressed size or compression ratio
 exceed the slot's `ArchiveLimits`.
@@ -21,7 +26,14 @@ import puremagic
 from contractspec.files.errors import ArchiveRefusedError
 from contractspec.files.spec import ArchiveLimits
 
-__all__ = ["OCTET_STREAM", "SNIFF_BYTES", "check_zip", "looks_like_html", "sniff_media_type"]
+__all__ = [
+    "OCTET_STREAM",
+    "SNIFF_BYTES",
+    "check_zip",
+    "is_polyglot",
+    "looks_like_html",
+    "sniff_media_type",
+]
 
 #: Bytes read from the start of an upload to sniff it (puremagic's largest offsets fit).
 SNIFF_BYTES: Final = 8192
@@ -29,13 +41,25 @@ SNIFF_BYTES: Final = 8192
 OCTET_STREAM: Final = "application/octet-stream"
 
 _ZIP_MAGIC: Final = b"PK\x03\x04"
-# WHATWG MIME sniffing, 7.1 step 2: HTML markers a browser acts on (here searched anywhere in
-# the window, not only at the start: a polyglot hides them behind a valid image header).
-_HTML_MARKERS: Final = re.compile(
-    rb"<(!doctype\s+html|html|head|script|iframe|h1|div|font|table|a|style|title|b|body|br|p"
-    rb"|svg|object|embed)[\s>/]",
+# WHATWG MIME sniffing 7.1: the HTML patterns (plus svg/object/embed), matched only at the start
+# after the standard's whitespace bytes (HT, LF, FF, CR, SP), as a browser sniffing does.
+_HTML_TAGS: Final = (
+    rb"(!doctype\s+html|html|head|script|iframe|h1|div|font|table|a|style|title|b|body|br|p|svg"
+    rb"|object|embed)[\s>/]"
+)
+_HTML_START: Final = re.compile(rb"[\t\n\f\r ]*<(" + _HTML_TAGS + rb"|!--)", re.IGNORECASE)
+# The same tags anywhere: content with no signature that holds them is sniffed as text/html.
+_HTML_ANYWHERE: Final = re.compile(rb"<" + _HTML_TAGS, re.IGNORECASE)
+# Active-content tags of three or more letters, searched anywhere in an inline-rendered image's
+# window (one/two-letter tags match random bytes too often: `<a ` alone in ~1 % of 8 KiB).
+_ACTIVE_MARKUP: Final = re.compile(
+    rb"<(!doctype\s+html|html|head|body|script|iframe|frame|object|embed|svg|math|style|link"
+    rb"|meta|form|base|img|video|audio|title|table|div|font)[\s>/]",
     re.IGNORECASE,
 )
+#: Sniffed image types a browser renders inline (SVG is markup itself: caught at its start or by
+#: its `<svg` tag anywhere).
+_INLINE_IMAGE_PREFIX: Final = "image/"
 _TEXT_BYTES: Final = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0C, 0x0D}
 
 
@@ -48,8 +72,9 @@ def sniff_media_type(head: bytes) -> str:
     Returns:
         A lowercase media type: puremagic's best match (highest confidence); a plain zip is
         `application/zip` (puremagic guesses an Office format for any zip, so an OOXML type is
-        only kept when `[Content_Types].xml` is present); HTML is `text/html`; other printable
-        ASCII or UTF-8 text `text/plain`; anything else `application/octet-stream`.
+        only kept when `[Content_Types].xml` is present); content starting like HTML
+        (`looks_like_html`), or text holding an HTML tag anywhere, is `text/html`; other
+        printable ASCII or UTF-8 text `text/plain`; anything else `application/octet-stream`.
     """
     if not head:
         return OCTET_STREAM
@@ -66,7 +91,7 @@ def sniff_media_type(head: bytes) -> str:
     if looks_like_html(head):
         return "text/html"
     if _is_text(head):
-        return "text/plain"
+        return "text/html" if _HTML_ANYWHERE.search(head) else "text/plain"
     return OCTET_STREAM
 
 
@@ -83,12 +108,41 @@ def _is_text(head: bytes) -> bool:
 
 
 def looks_like_html(head: bytes) -> bool:
-    """Whether a browser could take the content for HTML/SVG/XML (an XSS vector if served inline).
+    """Whether a browser sniffing the content would take it for HTML (WHATWG MIME Sniffing 7.1).
+
+    The standard's HTML patterns (plus `<svg`, `<object`, `<embed`) followed by a tag-ending
+    byte (whitespace, `>` or `/`), at the start of the content after HT/LF/FF/CR/SP bytes.
 
     Args:
         head: The first bytes of the content.
     """
-    return _HTML_MARKERS.search(head) is not None
+    return _HTML_START.match(head) is not None
+
+
+def is_polyglot(head: bytes, media_type: str) -> bool:
+    """Whether non-text content of `media_type` also carries markup a browser could execute.
+
+    Every non-text type is refused when it starts like HTML (`looks_like_html`). An image type
+    (`image/*`, rendered inline by browsers, the carrier of GIF/JS and PNG/HTML polyglots) is
+    also refused when an active-content tag of three or more letters (`<script`, `<iframe`,
+    `<svg`, `<html`, `<body`, `<object`, `<embed`, ...) occurs anywhere in `head`. Documents and
+    archives (`application/pdf`, `application/zip`, ...) are only checked at the start: their
+    compressed bodies are random-looking bytes, and downloads are served with `nosniff` and
+    `Content-Disposition: attachment`, so markup inside them is never rendered.
+
+    Args:
+        head: The sniffed window (the first `SNIFF_BYTES` bytes of the content).
+        media_type: The media type sniffed from `head`; `text/*` is never a polyglot (its
+            markup is its content, and slots decide whether they accept it).
+
+    Returns:
+        True when the upload should be refused as a polyglot.
+    """
+    if media_type.startswith("text/"):
+        return False
+    if looks_like_html(head):
+        return True
+    return media_type.startswith(_INLINE_IMAGE_PREFIX) and _ACTIVE_MARKUP.search(head) is not None
 
 
 def check_zip(file: IO[bytes], limits: ArchiveLimits) -> int:
