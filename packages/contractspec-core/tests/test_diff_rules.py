@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
 
+import attrs
 import pydantic
 import pytest
 from core_regen_specs import Color, ColorPlus, Inner, InnerSmall, JobSpec, crm_like, registry_with
@@ -325,6 +326,49 @@ def _saved(version: int, fields: dict[str, Any]) -> SpecRegistry:
     return SpecRegistry(define_event("t.thing.saved", version=version, payload=model("P", fields)))
 
 
+BUMP = "breaking-change-without-version-bump"
+
+
+@attrs.define(frozen=True)
+class ForeignSpec:
+    """A spec of another package (an attachment slot, a plan) described by its `to_ir()`."""
+
+    kind: str
+    name: str
+    ir: dict[str, Any]
+    version: int = 1
+
+    def to_ir(self) -> dict[str, Any]:
+        return self.ir
+
+
+def _slot(**changes: Any) -> SpecRegistry:
+    """contractspec-files' `project.docs` slot IR (AttachmentSlot.to_ir), with `changes`."""
+    ir: dict[str, Any] = {
+        "entity": "project", "slot": "docs", "media_types": ["application/pdf", "image/*"],
+        "max_size": 1000, "max_count": 3,
+        "permissions": {"upload": "files.upload", "view": None, "delete": "files.delete"},
+        "retention": {"days": 30, "action": "archive"}, "legal_hold": False,
+        "archive_limits": None, "description": "",
+    }  # fmt: skip
+    return SpecRegistry(ForeignSpec("attachment_slot", "project.docs", {**ir, **changes}))
+
+
+def _plan(**changes: Any) -> SpecRegistry:
+    """contractspec-metering's `pro` plan IR (Plan.to_ir), with `changes`."""
+    limit = {"type": "limit", "meter": "api.calls", "limit": "1000", "window": "month",
+             "kind": "hard", "overage": "deny"}  # fmt: skip
+    ir: dict[str, Any] = {
+        "features": ["sso"], "limits": [limit], "prices": [], "description": "",
+    }  # fmt: skip
+    for key, value in changes.items():
+        if key.startswith("limit_"):
+            ir["limits"] = [{**limit, key.removeprefix("limit_"): value}]
+        else:
+            ir[key] = value
+    return SpecRegistry(ForeignSpec("plan", "pro", ir))
+
+
 SPEC_CASES: list[tuple[str, Any, Any, set[str], set[str]]] = [
     ("operation-removed", lambda: crm_like(), lambda: crm_like(extra_ops=False),
      {"operation-removed-without-deprecation"}, {"operation-added"}),
@@ -411,6 +455,47 @@ SPEC_CASES: list[tuple[str, Any, Any, set[str], set[str]]] = [
      lambda: _save(2, {"a": (int, ...)}),
      {"operation-removed-without-deprecation", "operation-added"},
      {"operation-removed-without-deprecation", "operation-added"}),
+    ("slot-media-type-removed", lambda: _slot(),
+     lambda: _slot(media_types=["application/pdf", "image/png"]),
+     {"attachment-slot-narrowed", BUMP}, {"attachment-slot-widened"}),
+    ("slot-media-type-swapped", lambda: _slot(), lambda: _slot(media_types=["image/*", "text/csv"]),
+     {"attachment-slot-narrowed", "attachment-slot-widened", BUMP},
+     {"attachment-slot-narrowed", "attachment-slot-widened", BUMP}),
+    ("slot-max-size", lambda: _slot(), lambda: _slot(max_size=999),
+     {"attachment-slot-narrowed", BUMP}, {"attachment-slot-widened"}),
+    ("slot-max-count", lambda: _slot(), lambda: _slot(max_count=None),
+     {"attachment-slot-widened"}, {"attachment-slot-narrowed", BUMP}),
+    ("slot-archive-limits", lambda: _slot(archive_limits={"max_members": 10, "max_ratio": 50.0,
+     "max_uncompressed": 100}), lambda: _slot(archive_limits={"max_members": 5, "max_ratio": 50.0,
+     "max_uncompressed": 100}),
+     {"attachment-slot-narrowed", BUMP}, {"attachment-slot-widened"}),
+    ("slot-permission-added", lambda: _slot(),
+     lambda: _slot(permissions={"upload": "files.upload", "view": "files.view",
+                                "delete": "files.delete"}),
+     {"attachment-permission-narrowed", BUMP}, {"attachment-permission-widened"}),
+    ("slot-permission-changed", lambda: _slot(),
+     lambda: _slot(permissions={"upload": "files.admin", "view": None, "delete": "files.delete"}),
+     {"attachment-permission-narrowed", BUMP}, {"attachment-permission-narrowed", BUMP}),
+    ("slot-retention", lambda: _slot(), lambda: _slot(retention=None),
+     {"attachment-retention-extended"}, {"attachment-retention-shortened"}),
+    ("slot-retention-action", lambda: _slot(),
+     lambda: _slot(retention={"days": 30, "action": "delete"}),
+     {"attachment-retention-shortened"}, {"attachment-retention-extended"}),
+    ("slot-legal-hold", lambda: _slot(), lambda: _slot(legal_hold=True),
+     {"spec-changed"}, {"spec-changed"}),
+    ("slot-removed", lambda: _slot(), lambda: SpecRegistry(), {"spec-removed"}, {"spec-added"}),
+    ("plan-limit", lambda: _plan(), lambda: _plan(limit_limit="999.5"),
+     {"plan-limit-lowered", BUMP}, {"plan-limit-raised"}),
+    ("plan-limit-removed", lambda: _plan(), lambda: _plan(limits=[]),
+     {"plan-limit-raised"}, {"plan-limit-lowered", BUMP}),
+    ("plan-overage", lambda: _plan(), lambda: _plan(limit_overage="allow"),
+     {"plan-limit-raised"}, {"plan-limit-lowered", BUMP}),
+    ("plan-limit-kind", lambda: _plan(), lambda: _plan(limit_kind="rate"),
+     {"spec-changed"}, {"spec-changed"}),
+    ("plan-feature", lambda: _plan(), lambda: _plan(features=[]),
+     {"plan-feature-removed", BUMP}, {"plan-feature-added"}),
+    ("plan-price", lambda: _plan(), lambda: _plan(prices=[{"meter": "api.calls"}]),
+     {"spec-changed"}, {"spec-changed"}),
     ("event-replaced-by-new-version", lambda: _saved(1, {"a": (int, ...)}),
      lambda: _saved(2, {"a": (int | None, None)}),
      {"event-removed", "event-added", "payload-became-nullable",
@@ -498,7 +583,6 @@ def _ticket(
     )  # fmt: skip
 
 
-BUMP = "breaking-change-without-version-bump"
 WORKFLOW_CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], set[str]]] = [
     ("state-removed", {}, {"states": ("open", "review", "closed"), "archive": False},
      {"workflow-state-removed", "workflow-transition-removed", BUMP},

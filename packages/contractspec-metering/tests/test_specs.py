@@ -222,3 +222,25 @@ def test_meters_plans_and_bindings_appear_in_the_ir() -> None:
     assert build_registry().to_ir() == build_registry().to_ir()
     assert free.has_feature("export") is False
     assert Feature("sso").to_ir() == {"type": "feature", "key": "sso"}
+
+
+@pytest.mark.parametrize(
+    ("new_limit", "rule", "breaking"),
+    [
+        (Limit("api.calls", 500), "plan-limit-lowered", True),
+        (Limit("api.calls", 1500), "plan-limit-raised", False),
+        (Limit("api.calls", 1000, overage="allow"), "plan-limit-raised", False),
+    ],
+)
+def test_plan_limit_changes_in_place_are_classified(
+    new_limit: Limit, rule: str, breaking: bool
+) -> None:
+    """Lowering a real plan's limit at the same version is breaking; raising it is not."""
+    from contractspec.core.diff import diff_ir
+
+    old = SpecRegistry(define_plan("pro", entitlements=[Limit("api.calls", 1000)])).to_ir()
+    new = SpecRegistry(define_plan("pro", entitlements=[new_limit])).to_ir()
+    report = diff_ir(old, new)
+    assert rule in {c.rule for c in report.changes}
+    assert report.has_breaking is breaking
+    assert diff_ir(new, old).has_breaking is not breaking

@@ -30,9 +30,12 @@ Example:
 from __future__ import annotations
 
 import enum
+import fnmatch
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -224,6 +227,36 @@ _SPEC_RULES: Final[tuple[tuple[str, Severity, str], ...]] = (
     ("workflow-timer-changed", WRN, "a workflow timer's state, due time or action changed"),
     ("workflow-timer-removed", WRN, "a workflow timer was removed (nothing fires when it was due)"),
     ("workflow-timer-added", INF, "a workflow timer was added"),
+    (
+        "attachment-slot-narrowed",
+        BRK,
+        "an attachment slot accepts less (a media type, max size or count, archive limits)",
+    ),
+    (
+        "attachment-slot-widened",
+        INF,
+        "an attachment slot accepts more (a media type, max size or count, archive limits)",
+    ),
+    (
+        "attachment-permission-narrowed",
+        BRK,
+        "an attachment slot's upload/view/delete permission was added or changed",
+    ),
+    (
+        "attachment-permission-widened",
+        WRN,
+        "an attachment slot's permission was dropped (any tenant member may now act)",
+    ),
+    ("attachment-retention-shortened", WRN, "an attachment slot's files are kept for less time"),
+    ("attachment-retention-extended", INF, "an attachment slot's files are kept for longer"),
+    (
+        "plan-limit-lowered",
+        BRK,
+        "a plan limit was lowered, added or made to deny overage (orgs on it may be refused)",
+    ),
+    ("plan-limit-raised", INF, "a plan limit was raised, removed or now allows overage"),
+    ("plan-feature-removed", BRK, "a plan no longer includes a feature"),
+    ("plan-feature-added", INF, "a plan now includes a feature"),
     ("metadata-changed", INF, "documentation or ownership metadata changed"),
     (
         "breaking-change-without-version-bump",
@@ -1064,6 +1097,10 @@ class _Differ:
             self._entity(ref, old, new)
         elif kind == "workflow":
             self._workflow(ref, old, new)
+        elif kind == "attachment_slot":
+            self._attachment_slot(ref, old, new)
+        elif kind == "plan":
+            self._plan(ref, old, new)
         else:
             self._generic(kind, ref, old, new)
         gone = frozenset(f"input.{t}" for t in _transitions(old).keys() - _transitions(new).keys())
@@ -1395,6 +1432,130 @@ class _Differ:
                     "spec-changed", kind, ref, key,
                     f"{key} changed from {_fmt(old.get(key))} to {_fmt(new.get(key))}",
                 )  # fmt: skip
+
+    def _attachment_slot(self, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """`contractspec-files` slots: what an upload may be, who may act, how long files stay."""
+        kind = "attachment_slot"
+        otypes, ntypes = list(old.get("media_types") or ()), list(new.get("media_types") or ())
+        for media_type in sorted(t for t in otypes if not _media_covered(t, ntypes)):
+            self.add(
+                "attachment-slot-narrowed", kind, ref, "media_types",
+                f"{media_type} is no longer accepted",
+            )  # fmt: skip
+        for media_type in sorted(t for t in ntypes if not _media_covered(t, otypes)):
+            self.add(
+                "attachment-slot-widened", kind, ref, "media_types", f"{media_type} is now accepted"
+            )
+        oarch, narch = old.get("archive_limits") or {}, new.get("archive_limits") or {}
+        limits = [("max_size", old.get("max_size"), new.get("max_size"))]
+        limits.append(("max_count", old.get("max_count"), new.get("max_count")))
+        if oarch and narch:
+            limits += [(f"archive_limits.{k}", oarch.get(k), narch.get(k)) for k in sorted(oarch)]
+        for path, before, after in limits:
+            if before == after:
+                continue
+            lowered = after is not None and (before is None or after < before)
+            self.add(
+                "attachment-slot-narrowed" if lowered else "attachment-slot-widened", kind, ref,
+                path, f"{path} changed from {_fmt_limit(before)} to {_fmt_limit(after)}",
+            )  # fmt: skip
+        operms, nperms = old.get("permissions") or {}, new.get("permissions") or {}
+        for action in sorted(operms.keys() | nperms.keys()):
+            before, after = operms.get(action), nperms.get(action)
+            if before == after:
+                continue
+            widened = after is None
+            self.add(
+                "attachment-permission-widened" if widened else "attachment-permission-narrowed",
+                kind, ref, f"permissions.{action}",
+                f"{action} permission changed from {before or 'any tenant member'} to "
+                f"{after or 'any tenant member'}",
+            )  # fmt: skip
+        oret, nret = old.get("retention"), new.get("retention")
+        if oret != nret:
+            shorter = _keep_days(nret) < _keep_days(oret) or (
+                oret is not None and nret is not None
+                and oret.get("action") == "archive" and nret.get("action") == "delete"
+            )  # fmt: skip
+            self.add(
+                "attachment-retention-shortened" if shorter else "attachment-retention-extended",
+                kind, ref, "retention",
+                f"retention changed from {_fmt_retention(oret)} to {_fmt_retention(nret)}",
+            )  # fmt: skip
+        handled = frozenset(
+            {"entity", "slot", "media_types", "max_size", "max_count", "archive_limits"}
+            | {"permissions", "retention"}
+        )
+        self._generic(kind, ref, old, new, handled=handled)
+
+    def _plan(self, ref: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """`contractspec-metering` plans: the features and limits an org on the plan gets."""
+        kind = "plan"
+        ofeat, nfeat = set(old.get("features") or ()), set(new.get("features") or ())
+        for feature in sorted(ofeat - nfeat):
+            self.add("plan-feature-removed", kind, ref, "features", f"{feature} removed")
+        for feature in sorted(nfeat - ofeat):
+            self.add("plan-feature-added", kind, ref, "features", f"{feature} added")
+
+        def by_key(spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+            return {
+                f"{lim.get('meter')}/{lim.get('window')}": lim
+                for lim in spec.get("limits") or ()
+                if isinstance(lim, Mapping)
+            }
+
+        olim, nlim = by_key(old), by_key(new)
+        for key in sorted(olim.keys() | nlim.keys()):
+            path = f"limits.{key}"
+            before, after = olim.get(key), nlim.get(key)
+            if before is None or after is None:
+                gone = after is None
+                self.add(
+                    "plan-limit-raised" if gone else "plan-limit-lowered", kind, ref, path,
+                    f"limit {'removed' if gone else 'added'} ({key}: "
+                    f"{(before or after or {}).get('limit')})",
+                )  # fmt: skip
+                continue
+            ob, nb = Decimal(str(before.get("limit"))), Decimal(str(after.get("limit")))
+            if ob != nb:
+                self.add(
+                    "plan-limit-lowered" if nb < ob else "plan-limit-raised", kind, ref, path,
+                    f"limit changed from {ob} to {nb}",
+                )  # fmt: skip
+            oo, no = before.get("overage"), after.get("overage")
+            if oo != no:
+                self.add(
+                    "plan-limit-lowered" if no == "deny" else "plan-limit-raised", kind, ref,
+                    f"{path}.overage", f"overage changed from {oo} to {no}",
+                )  # fmt: skip
+            if before.get("kind") != after.get("kind"):
+                self.add(
+                    "spec-changed", kind, ref, f"{path}.kind",
+                    f"limit kind changed from {before.get('kind')} to {after.get('kind')}",
+                )  # fmt: skip
+        self._generic(kind, ref, old, new, handled=frozenset({"features", "limits"}))
+
+
+def _media_covered(media_type: str, patterns: list[str]) -> bool:
+    """Whether `media_type` (a type or a `type/*` pattern) is accepted by one of `patterns`."""
+    return any(fnmatch.fnmatchcase(media_type, p) for p in patterns)
+
+
+def _fmt_limit(value: Any) -> str:
+    return "no limit" if value is None else str(value)
+
+
+def _keep_days(retention: Any) -> float:
+    """Days a slot keeps files (`None`: forever)."""
+    if not isinstance(retention, Mapping) or retention.get("days") is None:
+        return math.inf
+    return float(retention["days"])
+
+
+def _fmt_retention(retention: Any) -> str:
+    if not isinstance(retention, Mapping):
+        return "keep forever"
+    return f"{retention.get('action')} after {retention.get('days')} days"
 
 
 _EMPTY_OBJECT: Final[Mapping[str, Any]] = {"type": "object", "properties": {}}

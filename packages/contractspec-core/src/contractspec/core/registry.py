@@ -150,6 +150,9 @@ class SpecRegistry:
                 # A workflow derives entities, events and operations with built-in handlers.
                 spec.install(self)  # type: ignore[attr-defined]  # WorkflowSpec.install
             self._add(spec)
+            if isinstance(spec, EntitySpec):
+                for bound in spec.attachments:  # declared with the entity (attachment slots)
+                    self._add(bound)
 
     def _add(self, spec: SpecLike) -> None:
         kind = getattr(spec, "kind", None)

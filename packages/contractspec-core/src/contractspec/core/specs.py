@@ -42,7 +42,7 @@ from datetime import timedelta
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, Union, get_args, get_origin
 
 import pydantic
-from attrs import define, field
+from attrs import define, evolve, field
 from pydantic import BaseModel
 
 from contractspec.core.errors import SpecDefinitionError
@@ -50,6 +50,7 @@ from contractspec.core.errors import SpecDefinitionError
 __all__ = [
     "PII",
     "AuthRequirement",
+    "EntityAttachment",
     "EntitySpec",
     "EventRef",
     "EventSeverity",
@@ -750,6 +751,8 @@ class EntitySpec(Generic[M]):
         pii: Dotted paths of personal data (declared or marked with `PII`).
         description, owners, tags: Metadata.
         version: Positive integer version of the entity's shape.
+        attachments: Specs declared with the entity by another package (attachment slots of
+            `contractspec-files`), bound to it; `SpecRegistry.register` registers them too.
     """
 
     kind: typing.ClassVar[str] = "entity"
@@ -764,6 +767,7 @@ class EntitySpec(Generic[M]):
     owners: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     version: int = 1
+    attachments: tuple[Any, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -815,6 +819,7 @@ def define_entity(
     owners: Iterable[str] | str | None = None,
     tags: Iterable[str] | str | None = None,
     version: int = 1,
+    attachments: Iterable[EntityAttachment] | None = None,
     _internal: bool = False,
 ) -> EntitySpec[M]:
     """Declare a persisted entity from a pydantic model or a `fields` mapping.
@@ -831,6 +836,9 @@ def define_entity(
         owners: Owning teams or people.
         tags: Free-form tags.
         version: Positive integer version of the shape.
+        attachments: Declarations another package binds to this entity, such as
+            `contractspec.files.attachment_slot("docs", media_types=[...], max_size=...)`; each is
+            bound with `declaration.bind(entity)` and kept in `EntitySpec.attachments`.
 
     Returns:
         A frozen `EntitySpec`.
@@ -885,7 +893,7 @@ def define_entity(
         if not index.fields:
             raise SpecDefinitionError(f"entity {name!r}: an index needs at least one field")
         idx.append(index)
-    return EntitySpec(
+    entity: EntitySpec[M] = EntitySpec(
         name=name,
         model=resolved,
         primary_key=primary_key,
@@ -897,3 +905,45 @@ def define_entity(
         tags=_tuple_of_str(tags),
         version=version,
     )
+    return _bind_attachments(entity, attachments)
+
+
+@typing.runtime_checkable
+class EntityAttachment(typing.Protocol):
+    """A declaration made with an entity and bound to it (`contractspec.files.attachment_slot`)."""
+
+    def bind(self, entity: EntitySpec[Any]) -> Any:
+        """The spec this declaration becomes on `entity` (it has `kind`, `name`, `version`)."""
+        ...
+
+
+def _bind_attachments(
+    entity: EntitySpec[M], attachments: Iterable[EntityAttachment] | None
+) -> EntitySpec[M]:
+    if attachments is None:
+        return entity
+    candidates: object = attachments
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Iterable):
+        raise SpecDefinitionError(
+            f"entity {entity.name!r}: attachments must be a list of declarations such as "
+            "contractspec.files.attachment_slot(...)",
+            details={"field": "attachments"},
+        )
+    bound: list[Any] = []
+    for item in attachments:
+        if not isinstance(item, EntityAttachment):
+            raise SpecDefinitionError(
+                f"entity {entity.name!r}: attachments item {item!r} is not a declaration; use "
+                "contractspec.files.attachment_slot(name, media_types=..., max_size=...)",
+                details={"field": "attachments"},
+            )
+        spec = item.bind(entity)
+        key = (getattr(spec, "kind", None), getattr(spec, "name", None))
+        if any((getattr(b, "kind", None), getattr(b, "name", None)) == key for b in bound):
+            raise SpecDefinitionError(
+                f"entity {entity.name!r}: attachments declare {key[1]!r} twice; give each "
+                "declaration its own name",
+                details={"field": "attachments"},
+            )
+        bound.append(spec)
+    return evolve(entity, attachments=tuple(bound))

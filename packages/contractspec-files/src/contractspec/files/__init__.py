@@ -15,7 +15,8 @@ register_file_operations(registry, files)
 
 Public API:
 
-* spec: `define_attachment_slot`, `AttachmentSlot`, `Retention`, `ArchiveLimits`;
+* spec: `define_attachment_slot`, `attachment_slot` (inside `define_entity(attachments=)`),
+  `attachment_slots`, `AttachmentSlot`, `Retention`, `ArchiveLimits`;
 * records: `File`, `Attachment`, `FileState`, the `FileStore` port and `MemoryFileStore`
   (`SqlFileStore` in `contractspec.files.sql`);
 * storage: the `FileStorage` port, `LocalFileStorage`, `ObjectStoreStorage`, `StoredObject`;
@@ -45,7 +46,15 @@ from contractspec.files.operations import FileOperations, register_file_operatio
 from contractspec.files.records import Attachment, File, FileState, FileStore, MemoryFileStore
 from contractspec.files.service import Files, RetentionReport, StagedUpload
 from contractspec.files.sniff import sniff_media_type
-from contractspec.files.spec import ArchiveLimits, AttachmentSlot, Retention, define_attachment_slot
+from contractspec.files.spec import (
+    ArchiveLimits,
+    AttachmentSlot,
+    Retention,
+    SlotDeclaration,
+    attachment_slot,
+    attachment_slots,
+    define_attachment_slot,
+)
 from contractspec.files.storage import (
     FileStorage,
     LocalFileStorage,
@@ -79,9 +88,12 @@ __all__ = [
     "ObjectStoreStorage",
     "Retention",
     "RetentionReport",
+    "SlotDeclaration",
     "StagedUpload",
     "StoredObject",
     "__version__",
+    "attachment_slot",
+    "attachment_slots",
     "content_disposition",
     "define_attachment_slot",
     "register_file_operations",

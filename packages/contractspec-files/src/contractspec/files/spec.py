@@ -16,8 +16,17 @@ registry.register(contract_pdf)     # the slot appears in registry.to_ir() as ki
 ```
 
 A slot is a spec of its own (kind `attachment_slot`, name `<entity>.<slot>`), registered in the
-app's `SpecRegistry` next to the entity it belongs to; core's `define_entity` is unchanged, so
-slots can be added to existing entities without touching their definition.
+app's `SpecRegistry` next to the entity it belongs to, so slots can be added to existing entities
+without touching their definition. An entity can also declare its slots itself, with
+`attachment_slot` (same arguments, no entity) in `define_entity(..., attachments=[...])`:
+
+```py
+project = define_entity("project", Project, attachments=[
+    attachment_slot("contracts", media_types=["application/pdf"], max_size=10 * 1024 * 1024),
+])
+registry = SpecRegistry(project)        # registers project and the slot project.contracts
+files = Files(..., slots=attachment_slots(registry))
+```
 """
 
 from __future__ import annotations
@@ -26,17 +35,21 @@ import fnmatch
 import re
 import typing
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from attrs import define, field
 
-from contractspec.core import EntitySpec, SpecDefinitionError
+from contractspec.core import EntitySpec, SpecDefinitionError, SpecRegistry
 
 __all__ = [
     "ARCHIVE_MEDIA_TYPES",
     "ArchiveLimits",
     "AttachmentSlot",
     "Retention",
+    "SlotDeclaration",
+    "attachment_slot",
+    "attachment_slots",
     "define_attachment_slot",
 ]
 
@@ -293,4 +306,78 @@ def define_attachment_slot(
         legal_hold=bool(legal_hold),
         archive_limits=archive_limits or ArchiveLimits(),
         description=description,
+    )
+
+
+def _read_only(options: typing.Mapping[str, Any]) -> typing.Mapping[str, Any]:
+    return MappingProxyType(dict(options))
+
+
+@define(frozen=True)
+class SlotDeclaration:
+    """An attachment slot declared inside `define_entity(..., attachments=[...])`, not yet bound
+    to its entity (core calls `bind` with the new `EntitySpec`).
+
+    Attributes:
+        slot: Slot name.
+        options: The keyword arguments of `define_attachment_slot`, already validated.
+    """
+
+    slot: str
+    options: typing.Mapping[str, Any] = field(converter=_read_only)
+
+    def bind(self, entity: EntitySpec[Any]) -> AttachmentSlot:
+        """The `AttachmentSlot` of this declaration on `entity`.
+
+        Raises:
+            SpecDefinitionError: The entity is not tenant-scoped.
+        """
+        return define_attachment_slot(entity, self.slot, **self.options)
+
+
+def attachment_slot(
+    name: str,
+    *,
+    media_types: Iterable[str],
+    max_size: int,
+    max_count: int | None = None,
+    upload: str | None = None,
+    view: str | None = None,
+    delete: str | None = None,
+    retention: Retention | None = None,
+    legal_hold: bool = False,
+    archive_limits: ArchiveLimits | None = None,
+    description: str = "",
+) -> SlotDeclaration:
+    """Declare an attachment slot inside `define_entity(..., attachments=[...])`.
+
+    Takes the arguments of `define_attachment_slot` without the entity; they are checked at
+    once (the same `SpecDefinitionError`s, naming the field), the slot is bound when the entity
+    is defined, and `SpecRegistry.register(entity)` registers it as `<entity>.<name>`.
+
+    Returns:
+        A `SlotDeclaration` for the entity's `attachments=`.
+    """
+    options: dict[str, Any] = {
+        "media_types": tuple(media_types) if not isinstance(media_types, str) else media_types,
+        "max_size": max_size,
+        "max_count": max_count,
+        "upload": upload,
+        "view": view,
+        "delete": delete,
+        "retention": retention,
+        "legal_hold": legal_hold,
+        "archive_limits": archive_limits,
+        "description": description,
+    }
+    define_attachment_slot("entity", name, **options)  # validates now, with the same messages
+    return SlotDeclaration(name, options)
+
+
+def attachment_slots(registry: SpecRegistry) -> list[AttachmentSlot]:
+    """Every attachment slot registered in `registry` (declared with `define_attachment_slot`
+    or with an entity's `attachments=`), sorted by name: pass them to `Files(slots=...)`."""
+    return sorted(
+        (s for s in registry.specs("attachment_slot") if isinstance(s, AttachmentSlot)),
+        key=lambda s: s.name,
     )
