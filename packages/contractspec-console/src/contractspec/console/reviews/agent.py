@@ -1,0 +1,123 @@
+"""Agent review sections: the approval queue and the agent runs (contractspec-agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from contractspec.console.reviews._common import (
+    QueueAction,
+    QueueSection,
+    require_package,
+)
+from contractspec.console.sections import ConsoleHost
+from contractspec.core import ContractSpecError
+
+__all__ = ["AgentRuns", "ApprovalsQueue"]
+
+_AGENT = "contractspec-agent"
+
+
+def _approval_extra(item: Any) -> dict[str, Any]:
+    quorum = max(int(item.quorum), 1)
+    return {"quorum_percent": min(100, round(100 * int(item.approvals) / quorum))}
+
+
+class ApprovalsQueue(QueueSection):
+    """Pending approvals: exact arguments and their hash, approve/reject with a comment, quorum.
+
+    Runs `agent.review.approvals.{list,show,approve,reject}` (register them with
+    `contractspec.agent.review.register_review_operations`). The workflow's refusals (no
+    self-approval, not a named approver, expired) are shown on the request's page.
+
+    Raises:
+        ConfigurationError: contractspec-agent is not installed.
+    """
+
+    def __init__(self, *, key: str = "approvals", title: str = "Approvals") -> None:
+        require_package("contractspec.agent.review", _AGENT, "ApprovalsQueue")
+        prefix = "agent.review.approvals"
+        super().__init__(
+            key=key,
+            title=title,
+            list_operation=f"{prefix}.list",
+            show_operation=f"{prefix}.show",
+            id_field="approval_id",
+            actions=(
+                QueueAction("approve", f"{prefix}.approve", "Approve"),
+                QueueAction("reject", f"{prefix}.reject", "Reject", danger=True),
+            ),
+            list_template="reviews/approvals.html",
+            detail_template="reviews/approval.html",
+            filters=("status", "subject_type"),
+            detail_extra=_approval_extra,
+        )
+
+
+class AgentRuns(QueueSection):
+    """Agent runs: steps, tool calls (with risk and the idempotency ledger), cost, status.
+
+    Runs `agent.review.runs.{list,show,cancel}`. A run's page refreshes its status fragment
+    (`/<run>/status`) with htmx polling every 2 s while the run is not finished.
+
+    Args:
+        key: URL segment.
+        title: Navigation label.
+        approvals_key: Key of the `ApprovalsQueue` section the run's "waiting for" approval ids
+            link to (`None`: plain text).
+
+    Raises:
+        ConfigurationError: contractspec-agent is not installed.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str = "runs",
+        title: str = "Agent runs",
+        approvals_key: str | None = "approvals",
+    ) -> None:
+        require_package("contractspec.agent.review", _AGENT, "AgentRuns")
+        prefix = "agent.review.runs"
+        super().__init__(
+            key=key,
+            title=title,
+            list_operation=f"{prefix}.list",
+            show_operation=f"{prefix}.show",
+            id_field="run_id",
+            actions=(
+                QueueAction(
+                    "cancel", f"{prefix}.cancel", "Cancel run", comment="reason", danger=True
+                ),
+            ),
+            list_template="reviews/runs.html",
+            detail_template="reviews/run.html",
+            filters=("status", "agent"),
+        )
+        #: Key of the `ApprovalsQueue` section the "waiting for" links point to (`None`: no links).
+        self.approvals_key = approvals_key
+
+    def routes(self, console: ConsoleHost) -> Sequence[BaseRoute]:
+        """The queue's routes and `/{item_id}/status` (the polled fragment)."""
+
+        async def status(request: Request) -> Response:
+            return await self.status_fragment(console, request, request.path_params["item_id"])
+
+        base = list(super().routes(console))
+        return [base[0], Route("/{item_id}/status", status, methods=["GET"]), *base[1:]]
+
+    async def status_fragment(
+        self, console: ConsoleHost, request: Request, run_id: str
+    ) -> Response:
+        """The run's status block alone (what the detail page polls)."""
+        try:
+            run = await console.execute(request, self.show_operation, {"run_id": run_id})
+        except ContractSpecError as exc:
+            return console.render_error(request, exc)
+        return console.render(
+            request, "reviews/_run_status.html", {"section": self, "item": run, "item_id": run_id}
+        )
