@@ -1,0 +1,285 @@
+"""Issue 20: multi-agent orchestration — planning, assignment by capability, hand-offs over the
+bus, approvals inside sub-tasks, budgets per task tree, retries with backoff (memory, SQLite,
+PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from agent_support import LEAD, ORG, OWNER, AgentEnv, event_names
+from orchestration_support import Team, by_goal, orchestrator, plan, task_store
+
+from contractspec.agent.orchestration import Budget, TaskRetry, TaskStatus
+
+STEPS = plan(
+    ("find facts", "research", []),
+    ("draft report", "writing", [0]),
+    ("publish report", "writing", [0, 1]),
+)
+
+
+async def test_a_planned_tree_runs_each_task_once_in_dependency_order(env: AgentEnv) -> None:
+    """The planner's plan becomes sub-tasks assigned by capability; each runs once after the
+    tasks it depends on, with their results in its prompt; the root completes with every
+    sub-task's result; task.assigned / task.completed are written to the outbox."""
+    team = Team(STEPS)
+    orch = orchestrator(env, team, await task_store(env))
+    root = await orch.submit("write the weekly report", OWNER)
+    assert root.status is TaskStatus.DELEGATED
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert {g: (t.agent, t.status) for g, t in tasks.items() if g != root.goal} == {
+        "find facts": ("team.research", TaskStatus.ASSIGNED),
+        "draft report": ("team.writer", TaskStatus.PENDING),
+        "publish report": ("team.writer", TaskStatus.PENDING),
+    }
+    assert await orch.run_until_idle(org_id=ORG) == 3
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert team.effects == {"find facts": 1, "draft report": 1, "publish report": 1}
+    assert {g: t.status for g, t in tasks.items()} == dict.fromkeys(tasks, TaskStatus.COMPLETED)
+    assert tasks["publish report"].result == "done: publish report"
+    assert (
+        'Results of earlier tasks: {"find facts": "done: find facts", "draft report": '
+        in (team.prompts["publish report"])
+    )
+    root_done = tasks["write the weekly report"]
+    assert root_done.result == {t.id: t.result for g, t in tasks.items() if g != root.goal}
+    (evidence,) = tasks["find facts"].evidence
+    assert [a["tool"] for a in evidence["actions"]] == ["note"]
+    assert evidence["run_id"] == tasks["find facts"].run_id
+    names = [n for n in await event_names(env) if n.startswith("task.")]
+    assert names.count("task.assigned") == 3
+    assert names.count("task.completed") == 4
+    assert names[-1] == "task.completed"
+
+
+async def test_agents_hand_off_over_the_bus_and_duplicate_deliveries_do_nothing(
+    env: AgentEnv,
+) -> None:
+    """Driven only by a bus subscription to task.assigned (outbox -> OutboxRelay -> EventBus):
+    each completion hands the next task off; every task.assigned delivered a second time is a
+    no-op (each effect happens once); an idempotent task.completed consumer sees each task once."""
+    from contractspec.agent.orchestration import TASK_EVENTS
+    from contractspec.bus import (
+        EventBus,
+        IdempotentConsumer,
+        MemoryOutboxStore,
+        MemoryProcessedEventStore,
+        OutboxRelay,
+    )
+    from contractspec.core import SpecRegistry
+
+    team = Team(STEPS)
+    outbox: Any
+    if env.kind == "memory":
+        outbox = MemoryOutboxStore()
+        orch = orchestrator(env, team, await task_store(env), events=outbox)
+    else:
+        from contractspec.bus.sql import SqlOutboxStore
+        from contractspec.core.sql import SqlBackend
+
+        assert isinstance(env.backend, SqlBackend)
+        outbox = SqlOutboxStore(env.backend.engine)
+        orch = orchestrator(env, team, await task_store(env))
+    bus = EventBus(registry=SpecRegistry(*TASK_EVENTS))
+    seen: list[Any] = []
+
+    async def handle_twice(event: Any) -> None:
+        await orch.handle(event)
+        await orch.handle(event)  # an at-least-once redelivery
+
+    async def completed(event: Any, tx: Any) -> None:
+        seen.append(event.payload.task_id)
+
+    consumer = IdempotentConsumer(
+        "test.completed", completed, unit_of_work=env.backend.unit_of_work,
+        processed=MemoryProcessedEventStore(),
+    )  # fmt: skip
+    bus.subscribe("task.assigned", handle_twice, name="orchestrator")
+    bus.subscribe("task.completed", consumer, name="completions")
+    relay = OutboxRelay(outbox, bus, poll_interval=0.01)
+    root = await orch.submit("write the weekly report", OWNER)
+    for _ in range(20):
+        if not await relay.drain():
+            break
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
+    assert team.effects == {"find facts": 1, "draft report": 1, "publish report": 1}
+    assert sorted(seen) == sorted(t.id for t in tasks.values())
+    assert await orch.run_until_idle(org_id=ORG) == 0  # nothing left for a poller
+
+
+async def test_an_l2_tool_in_a_sub_task_waits_for_approval_then_runs_once(env: AgentEnv) -> None:
+    """A billing sub-task's L2 call suspends it (waiting_approval) without effect; the
+    dependent task does not start; after a lead approves, resume_waiting runs the call once and
+    the tree completes."""
+    team = Team(plan(("charge order 7", "billing", [], 2), ("send receipt", "writing", [0])))
+    orch = orchestrator(env, team, await task_store(env))
+    root = await orch.submit("bill order 7", OWNER)
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    charge = tasks["charge order 7"]
+    assert charge.status is TaskStatus.WAITING_APPROVAL
+    assert (tasks["send receipt"].status, team.effects["charge order 7"]) == (
+        TaskStatus.PENDING, 0,
+    )  # fmt: skip
+    assert await orch.resume_waiting(org_id=ORG) == []  # nobody decided yet
+    (approval_id,) = charge.evidence[-1]["waiting_for"]
+    await env.approvals.approve(approval_id, LEAD)
+    (resumed,) = await orch.resume_waiting(org_id=ORG)
+    assert resumed.status is TaskStatus.COMPLETED
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
+    assert team.effects == {"charge order 7": 1, "send receipt": 1}
+    assert [a["status"] for a in tasks["charge order 7"].evidence[-1]["actions"]] == ["succeeded"]
+
+
+async def test_a_tree_budget_counts_every_sub_task_and_refuses_further_work(
+    env: AgentEnv,
+) -> None:
+    """Every model reply uses 100 tokens and $0.01: the planner (1 reply) and each task (2
+    replies) add to the root's tree spend; with a 450-token budget the third task is refused
+    before its run starts (budget_exceeded, no effect), the tree fails and task.failed is
+    published."""
+    steps = plan(("a", "research", []), ("b", "research", [0]), ("c", "research", [1]))
+    team = Team(steps, tokens_per_reply=100, cost_per_reply=0.01)
+    orch = orchestrator(env, team, await task_store(env))
+    root = await orch.submit("three steps", OWNER, budget=Budget(tokens=450))
+    assert root.tree_spent.tokens == 100  # the planner's run
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert team.effects == {"a": 1, "b": 1}
+    assert [tasks[g].spent.tokens for g in "abc"] == [200, 200, 0]
+    assert tasks["three steps"].tree_spent.tokens == 500
+    assert tasks["three steps"].tree_spent.cost == pytest.approx(0.05)
+    c = tasks["c"]
+    assert (c.status, c.run_id, c.error and c.error["code"]) == (
+        TaskStatus.FAILED, None, "budget_exceeded",
+    )  # fmt: skip
+    assert tasks["three steps"].status is TaskStatus.FAILED
+    assert tasks["three steps"].error == {
+        "code": "subtask_failed", "task_id": c.id, "message": f"sub-task {c.id} failed",
+    }  # fmt: skip
+    assert [n for n in await event_names(env) if n == "task.failed"] == ["task.failed"] * 2
+
+
+async def test_a_run_is_capped_by_what_is_left_of_the_tree_budget(env: AgentEnv) -> None:
+    """With 300 of 350 tokens spent, task b's run may use only the 50 left: its first
+    100-token reply crosses that cap, so the run stops before its next model request
+    (usage_limit_exceeded) and the task fails with budget_exceeded, without a retry."""
+    team = Team(plan(("a", "research", []), ("b", "research", [0])), tokens_per_reply=100)
+    orch = orchestrator(env, team, await task_store(env), retry=TaskRetry(max_attempts=3))
+    root = await orch.submit("two steps", OWNER, budget=Budget(tokens=350))
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    b = tasks["b"]
+    assert (b.status, b.error and b.error["code"], b.attempts) == (
+        TaskStatus.FAILED, "budget_exceeded", 1,
+    )  # fmt: skip
+    assert team.effects == {"a": 1, "b": 1}  # b's first step ran; no second request
+    assert team.replies.count("research") == 3
+    assert tasks["two steps"].tree_spent.tokens == 400
+
+
+async def test_a_failing_task_is_retried_with_backoff_then_fails(env: AgentEnv) -> None:
+    """A model outage fails the first attempt: the task is assigned again with not_before one
+    base delay later (not run before then), a second outage doubles the delay, and when the
+    attempts run out the task fails with task.failed; an outage that clears completes."""
+    team = Team(plan(("flaky", "research", []), ("steady", "writing", [])))
+    team.fail_first = {"flaky": 5, "steady": 1}
+    orch = orchestrator(
+        env, team, await task_store(env),
+        retry=TaskRetry(max_attempts=3, base_delay_s=2.0, multiplier=3.0),
+    )  # fmt: skip
+    root = await orch.submit("retry things", OWNER)
+    t0 = env.clock.now()
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    flaky = tasks["flaky"]
+    assert (flaky.status, flaky.attempts, flaky.not_before) == (
+        TaskStatus.ASSIGNED, 1, t0 + timedelta(seconds=2),
+    )  # fmt: skip
+    assert flaky.error is not None
+    assert "model outage" in flaky.error["message"]
+    assert await orch.run_once(org_id=ORG) == []  # not due yet
+    env.clock.advance(timedelta(seconds=2))
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert tasks["steady"].status is TaskStatus.COMPLETED
+    assert (tasks["flaky"].attempts, tasks["flaky"].not_before) == (
+        2,
+        env.clock.now() + timedelta(seconds=6),
+    )
+    env.clock.advance(timedelta(seconds=6))
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    assert (tasks["flaky"].status, tasks["flaky"].attempts) == (TaskStatus.FAILED, 3)
+    assert tasks["retry things"].status is TaskStatus.FAILED
+    assert team.effects == {"steady": 1}
+    assert "task.failed" in await event_names(env)
+
+
+async def test_a_task_past_the_deadline_is_not_started(env: AgentEnv) -> None:
+    """A tree whose deadline passed before its task ran: the task fails deadline_exceeded and
+    no model request or tool call happens."""
+    team = Team("")
+    orch = orchestrator(env, team, await task_store(env))
+    root = await orch.submit(
+        "late work", OWNER, capability="research", deadline=env.clock.now() + timedelta(seconds=5)
+    )
+    env.clock.advance(timedelta(seconds=5))
+    (done,) = await orch.run_once(org_id=ORG)
+    assert (done.id, done.status, done.error and done.error["code"]) == (
+        root.id, TaskStatus.FAILED, "deadline_exceeded",
+    )  # fmt: skip
+    assert (team.replies, team.effects) == ([], {})
+
+
+async def test_a_held_task_is_taken_over_only_after_its_lease_expires(env: AgentEnv) -> None:
+    """A task claimed by orchestrator A (which then stalls) is not run by B while A's lease
+    holds; once it expired B claims it once and completes it; A's late write is refused."""
+    from contractspec.agent import LeaseLostError
+    from contractspec.core import ConflictError
+
+    team = Team("")
+    store = await task_store(env)
+    a = orchestrator(env, team, store, lease_s=30, worker_id="a")
+    b = orchestrator(env, team, store, lease_s=30, worker_id="b")
+    root = await a.submit("one job", OWNER, capability="research")
+    tx = await env.backend.unit_of_work.begin()
+    held = await store.claim(
+        tx, root, owner="a", lease_until=env.clock.now() + timedelta(seconds=30),
+        now=env.clock.now(),
+    )  # fmt: skip
+    await tx.commit()
+    assert await b.run_once(org_id=ORG) == []
+    with pytest.raises(ConflictError):
+        await b.execute(held)
+    env.clock.advance(timedelta(seconds=31))
+    (done,) = await b.run_once(org_id=ORG)
+    assert (done.status, done.lease_owner, team.effects) == (
+        TaskStatus.COMPLETED, None, {"one job": 1},
+    )  # fmt: skip
+    assert await b.run_once(org_id=ORG) == []
+    from contractspec.agent.orchestration.orchestrator import _Binding
+
+    with pytest.raises(LeaseLostError):
+        await a._finish(_Binding(held, store), TaskStatus.FAILED)
+    assert (await a.get(root.id, org_id=ORG)).status is TaskStatus.COMPLETED
+
+
+async def test_tasks_are_scoped_to_their_tenant(env: AgentEnv) -> None:
+    """Another org cannot read a task or its tree, and its orchestrator pass runs nothing of
+    this org."""
+    from contractspec.core import NotFoundError
+
+    team = Team(STEPS)
+    orch = orchestrator(env, team, await task_store(env))
+    root = await orch.submit("write the weekly report", OWNER)
+    with pytest.raises(NotFoundError):
+        await orch.get(root.id, org_id="org-2")
+    assert await orch.tree(root.id, org_id="org-2") == []
+    assert await orch.run_until_idle(org_id="org-2") == 0
+    assert team.effects == {}
