@@ -68,8 +68,10 @@ class ReviewClient:
     async def post(
         self, user: str, path: str, data: Mapping[str, Any], *, token_from: str | None = None
     ) -> httpx.Response:
-        """POST a form as `user` with a CSRF token taken from `token_from` (a page of theirs)."""
+        """POST a form as `user` with the CSRF token of the page `token_from` (default: the
+        item's page, the path without its last segment)."""
         page = await self.get(user, token_from or path.rsplit("/", 1)[0])
+        assert page.status_code == 200, page.text
         body = {"_csrf": csrf_of(page.text), **data}
         return await self.http.post(path, data=body, headers={"X-Test-User": user})
 
