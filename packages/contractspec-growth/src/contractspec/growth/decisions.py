@@ -31,6 +31,7 @@ from contractspec.growth.decisions import DecisionLoop, RewardTerm, define_rewar
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import enum
 import math
 import re
@@ -174,6 +175,8 @@ class RewardTerm:
     def value(self, payload: Mapping[str, Any]) -> float:
         """This term's contribution for one event payload (a JSON dict).
 
+        A numeric string (how pydantic dumps a `Decimal` to JSON) is read as its number.
+
         Raises:
             SpecValidationError: The amount path is missing or not a finite number.
         """
@@ -186,6 +189,15 @@ class RewardTerm:
                 "model reads as the amount; emit it or change RewardTerm.amount.",
                 details={"field": self.amount, "event": self.event},
             )
+        if isinstance(raw, str):  # a Decimal amount arrives as a JSON string
+            try:
+                raw = float(decimal.Decimal(raw.strip()))
+            except (decimal.InvalidOperation, ValueError):
+                raise SpecValidationError(
+                    f"event {self.event!r}: payload field {self.amount!r} must be a number, got "
+                    f"{raw[:40]!r}.",
+                    details={"field": self.amount, "event": self.event},
+                ) from None
         return self.weight * _check_number(raw, self.amount)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1081,7 +1093,7 @@ class DecisionLoop:
             decision = await self.service.log.get(decision_id)
         except NotFoundError:
             _log.warning("contractspec.decision_outcome_unknown", decision_id=decision_id,
-                         event=event.name, event_id=event.id)  # fmt: skip
+                         event_name=event.name, event_id=event.id)  # fmt: skip
             return OutcomeStatus.UNKNOWN_DECISION
         outcome = Outcome(
             event_id=event.id,
