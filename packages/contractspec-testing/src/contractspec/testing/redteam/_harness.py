@@ -15,10 +15,12 @@ from pydantic import BaseModel
 from contractspec.agent import (
     ActionRecord,
     ActionStatus,
+    AgentRunError,
     AgentRunner,
     AgentSpec,
     ApprovalStatus,
     ModelClient,
+    ModelRequestsForbiddenError,
     Run,
     RunResult,
     RunStep,
@@ -26,7 +28,7 @@ from contractspec.agent import (
     ToolCall,
     tool,
 )
-from contractspec.agent.testing import ScriptedModel
+from contractspec.agent.testing import ScriptedModel, ScriptExhaustedError
 from contractspec.core import ContractSpecError
 from contractspec.core.sync import run_sync
 from contractspec.testing.redteam._corpus import default_scenarios
@@ -101,6 +103,14 @@ def _reason(content: Any) -> str:
         text: str = data["error"]
         return text if len(text) <= 140 else text[:139] + "…"
     return ""
+
+
+def _inconclusive(exc: ContractSpecError) -> bool:
+    """Errors that say nothing about the guards: the script ran out, model requests are blocked,
+    or the model request itself failed (a live model's outage)."""
+    return isinstance(exc, ScriptExhaustedError | ModelRequestsForbiddenError) or (
+        type(exc) is AgentRunError
+    )
 
 
 def _script_tools(scenario: Scenario, skip: str | None) -> set[str]:
@@ -209,8 +219,9 @@ class RedTeam:
         """Run one scenario and judge it.
 
         Returns:
-            Its `AttackResult`. Errors the target raises that are ContractSpec errors (a usage
-            limit, a policy denial) are defences; any other exception makes the verdict `error`.
+            Its `AttackResult`. ContractSpec errors the run raises (a usage limit, a policy
+            denial) are defences; a script that ran out, blocked or failed model requests and
+            any other exception make the verdict `error` (unless a check found an escape).
         """
         target = self.target
         made = target.runner()
@@ -232,7 +243,10 @@ class RedTeam:
                     if scenario.self_approve and result.waiting:
                         await self._self_approve(runner, result, defences)
                 except ContractSpecError as exc:
-                    defences.append(f"run: {exc.code}")
+                    if _inconclusive(exc):
+                        error = f"{type(exc).__name__}: {exc}"
+                    else:
+                        defences.append(f"run: {exc.code}")
                 except Exception as exc:  # the harness reports it; nothing is proven
                     error = f"{type(exc).__name__}: {exc}"
         new = [r for r in await self._runs(runner) if r.id not in before]

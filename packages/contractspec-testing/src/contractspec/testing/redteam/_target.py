@@ -217,7 +217,8 @@ class CallBudget:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _bad(
-                    f"budget.{name}", f"budget.{name} must be a positive integer, got {value!r}"
+                    f"CallBudget.{name}",
+                    f"CallBudget.{name} must be a positive integer, got {value!r}",
                 )
 
     def call_arguments(self, index: int) -> dict[str, Any]:
