@@ -7,9 +7,11 @@ Also used by other console test modules (review sections): `build_registry()`, `
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 from bs4 import BeautifulSoup
@@ -220,3 +222,80 @@ def assert_safe_html(html: str) -> BeautifulSoup:
                 )
     assert not soup.find_all("style"), "inline <style> element"
     return soup
+
+
+@contextmanager
+def serve_console(
+    db_path: Path,
+    *,
+    sections: Sequence[ConsoleSection] = (),
+    registry: SpecRegistry | None = None,
+    setup: Callable[[Executor], Awaitable[None]] | None = None,
+) -> Iterator[str]:
+    """Serve the shop console over a SQLite file with uvicorn in a background thread.
+
+    The console is mounted under `/admin` of a Starlette app whose `/login/<user>` sets the
+    `user` cookie the test authenticator reads. Yields the console's base URL
+    (`http://127.0.0.1:<port>/admin`). `setup(executor)` runs first on the server's loop.
+    """
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount, Route
+
+    from contractspec.core.sql import SqlBackend, sqlite_engine
+
+    reg = registry or build_registry()
+    engine = sqlite_engine(db_path)
+    backend = SqlBackend(engine, reg)
+    console = make_console(backend, registry=reg, sections=sections)
+
+    async def login(request: Request) -> RedirectResponse:
+        response = RedirectResponse("/admin/", status_code=303)
+        response.set_cookie("user", request.path_params["user"], httponly=True, samesite="strict")
+        return response
+
+    app = Starlette(routes=[Route("/login/{user}", login), Mount("/admin", app=console)])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        async def main() -> None:
+            await backend.create_all()
+            if setup is not None:
+                await setup(console.executor)
+            ready.set()
+            try:
+                await server.serve()
+            finally:
+                await engine.dispose()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the test thread
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="console-uvicorn", daemon=True)
+    thread.start()
+    ready.wait(30)
+    deadline = time.monotonic() + 30
+    while not server.started and not failure and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if failure:
+        raise RuntimeError("the console server did not start") from failure[0]
+    try:
+        yield f"http://127.0.0.1:{port}/admin"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -180,6 +180,9 @@ class Console(ConsoleHost):
         title: Shown in the header and page titles.
         page_size: Rows per list page (1..500).
         csrf_max_age_s: How long a rendered form's CSRF token stays valid, in seconds.
+        read_permission: The permission the policy must grant to list and show an entity's
+            records, from its spec (default `"<entity name>.read"`, e.g. `crm.deal.read`),
+            checked on the resource `<entity name>` in the caller's tenant.
 
     Raises:
         ConfigurationError: A missing or short `secret_key`, a bad `page_size`, a section key
@@ -196,6 +199,7 @@ class Console(ConsoleHost):
         title: str = "ContractSpec",
         page_size: int = 50,
         csrf_max_age_s: int = 12 * 3600,
+        read_permission: Callable[[EntitySpec[Any]], str] | None = None,
     ) -> None:
         if not isinstance(executor, Executor):
             raise ConfigurationError(
@@ -244,6 +248,9 @@ class Console(ConsoleHost):
         self.title = title
         self.page_size = page_size
         self.sections: tuple[ConsoleSection, ...] = tuple(sections)
+        self.read_permission: Callable[[EntitySpec[Any]], str] = read_permission or (
+            lambda entity: f"{entity.name}.read"
+        )
         self._csrf = CsrfSigner(secret_key, max_age_s=csrf_max_age_s)
         loaders: list[Any] = [PackageLoader("contractspec.console", "templates")]
         loaders.extend(
@@ -332,13 +339,13 @@ class Console(ConsoleHost):
         root, call, ex = state.root, state.call, self.executor
         nav = [
             NavLink(_views.entity_label(e), f"{root}/entities/{e.name}/", "entities")
-            for e in _user_entities(ex)
+            for e in self.entities
             if await _views.may_read(self, call, e)
         ]
         nav += [
             NavLink(_views.operation_label(op), f"{root}/ops/{op.name}", "operations")
-            for op in _user_operations(ex)
-            if await may_call(ex, op, call)
+            for op in self.operations
+            if not _views.is_record_action(self, op) and await may_call(ex, op, call)
         ]
         nav += [
             NavLink(s.title, f"{root}/{s.key}/", "sections")
@@ -346,6 +353,28 @@ class Console(ConsoleHost):
             if await s.visible(self, request)
         ]
         return nav
+
+    @property
+    def entities(self) -> list[EntitySpec[Any]]:
+        """The app's entities the console shows (latest version of each; internal ones left out)."""
+        return _user_entities(self.executor)
+
+    @property
+    def operations(self) -> list[OperationSpec]:
+        """The app's operations the console offers (the version the executor runs by default)."""
+        return _user_operations(self.executor)
+
+    def root_of(self, request: Request) -> str:
+        """The console's mount point for `request` (`""` or e.g. `/admin`)."""
+        holder: dict[str, Any] = request.scope.get(_STATE, {})
+        root: str = holder.get("root", "")
+        return root
+
+    def caller_of(self, request: Request) -> CallContext | None:
+        """The authenticated caller once resolved for `request`, else `None` (no I/O)."""
+        holder: dict[str, Any] = request.scope.get(_STATE, {})
+        state: _RequestState | None = holder.get("state")
+        return state.call if state is not None and state.authenticated else None
 
     # -- ConsoleHost -----------------------------------------------------------------------------
 
