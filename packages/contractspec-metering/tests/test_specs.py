@@ -161,16 +161,23 @@ def test_meter_operation_needs_a_meter_or_feature_and_valid_paths() -> None:
 
 
 def test_metering_checks_cross_references() -> None:
-    """Unknown meters, limits on non-additive meters and an unknown default plan are refused."""
+    """Unknown meters, limits on unique_count meters and an unknown default plan are refused; a
+    limit on a latest gauge is its cap."""
     seats = define_meter("seats", unit="seat", aggregation="latest")
     calls = define_meter("api.calls", unit="call", aggregation="count")
     with pytest.raises(SpecDefinitionError, match="names meter 'nope', which is not registered"):
         Metering(SpecRegistry(calls, meter_operation("app.x", meter="nope")), MemoryMeteringStore())
+    users = define_meter("users", unit="user", aggregation="unique_count")
     with pytest.raises(SpecDefinitionError, match="needs a sum or count meter"):
         Metering(
-            SpecRegistry(seats, define_plan("p", entitlements=[Limit("seats", 3)])),
+            SpecRegistry(users, define_plan("p", entitlements=[Limit("users", 3)])),
             MemoryMeteringStore(),
         )
+    capped = Metering(
+        SpecRegistry(seats, define_plan("p", entitlements=[Limit("seats", 3)])),
+        MemoryMeteringStore(),
+    )
+    assert capped.cap(capped.plans["p"], "seats") == Limit("seats", 3)
     lookup = define_query("app.lookup", input=In, output=In)
     with pytest.raises(SpecDefinitionError, match="is a query"):
         Metering(

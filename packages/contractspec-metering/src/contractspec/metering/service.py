@@ -14,7 +14,7 @@ inside `executor.batch()` or a joined transaction) leaves none and consumes no q
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -67,6 +67,24 @@ from contractspec.metering.stores import (
 __all__ = ["Invoice", "Metering", "QuotaMiddleware", "to_cloudevent"]
 
 _WINDOW_ORDER = {Window.HOUR: 0, Window.DAY: 1, Window.MONTH: 2}
+#: Meters whose value is a reading (a gauge), not a running total: a plan limit on one is a cap.
+_GAUGES = frozenset({Aggregation.LATEST, Aggregation.MAX})
+#: Start of "all time" for a `latest` gauge's previous reading.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_cap(plan: Plan, meter: Meter, limit: Limit) -> None:
+    where = f"plan {plan.key}: the limit on gauge {meter.key} ({meter.aggregation.value})"
+    if limit.kind is LimitKind.RATE:
+        raise SpecDefinitionError(
+            f"{where} is a cap on a reading, which no wait lowers; use kind='hard'",
+            details={"field": "entitlements", "meter": meter.key},
+        )
+    if len(plan.limits_for(meter.key)) > 1:
+        raise SpecDefinitionError(
+            f"{where} is a cap, one value at any moment; declare a single Limit for it",
+            details={"field": "entitlements", "meter": meter.key},
+        )
 
 
 def _latest(specs: Iterable[Any]) -> dict[str, Any]:
@@ -212,10 +230,13 @@ class Metering:
         for plan in self.plans.values():
             for limit in plan.limits:
                 meter = self._meter(limit.meter, f"plan {plan.key}")
+                if meter.aggregation in _GAUGES:
+                    _check_cap(plan, meter, limit)
+                    continue
                 if not meter.additive:
                     raise SpecDefinitionError(
-                        f"plan {plan.key}: a limit needs a sum or count meter; {meter.key} is "
-                        f"{meter.aggregation.value}",
+                        f"plan {plan.key}: a limit needs a sum or count meter (or, as a cap, a "
+                        f"latest or max gauge); {meter.key} is {meter.aggregation.value}",
                         details={"field": "entitlements", "meter": meter.key},
                     )
                 if limit.overage is Overage.DENY:
@@ -487,14 +508,135 @@ class Metering:
         )
 
     async def current(
-        self, meter: str | Meter, org_id: str, *, subject: str | None = None
+        self,
+        meter: str | Meter,
+        org_id: str,
+        *,
+        subject: str | None = None,
+        tx: Transaction | None = None,
+        at: datetime | None = None,
     ) -> UsageAggregate:
-        """The running total of the meter's current window (from the clock), over all subjects
-        unless `subject` is given."""
+        """The running total (or gauge reading) of the meter's window containing `at` (default:
+        the clock's now), over all subjects unless `subject` is given.
+
+        Args:
+            meter: The meter or its key.
+            org_id: The org.
+            subject: Only this subject's usage.
+            tx: Read in this transaction (an operation's `ctx.tx`): its own uncommitted usage
+                counts, other transactions' uncommitted usage never does.
+            at: An aware datetime inside the window to read (`ctx.now()` in an operation).
+
+        Raises:
+            NotFoundError: Unknown meter.
+        """
         m = self.meter(meter)
-        start, end = window_bounds(m.window, self.clock.now())
-        value = await self.store.total(m, org_id, start, end, subject=subject)
+        start, end = window_bounds(m.window, at if at is not None else self.clock.now())
+        value = await self.store.total(m, org_id, start, end, subject=subject, tx=tx)
         return UsageAggregate(org_id, m.key, subject, start, end, value)
+
+    def cap(self, plan: Plan | None, meter: str | Meter) -> Limit | None:
+        """The plan's cap on a gauge meter (a `Limit` on a `latest`/`max` meter), or `None`."""
+        m = self.meter(meter)
+        if plan is None or m.aggregation not in _GAUGES:
+            return None
+        return next(iter(plan.limits_for(m.key)), None)
+
+    async def gauge(
+        self,
+        ctx: HandlerCtx,
+        meter: str | Meter,
+        value: object | Callable[[], Awaitable[object]],
+        *,
+        org_id: str | None = None,
+        subject: str | None = None,
+    ) -> UsageEvent:
+        """Record a gauge reading (seats in use, projects, storage held) in the call's
+        transaction, checked against the org's plan cap at the moment of the call.
+
+        The org's gauge is locked first (`MeteringStore.lock_gauge`: a row lock on PostgreSQL),
+        then `value` is read, so concurrent calls that change what the gauge measures take
+        their readings one after the other: pass a callable that counts (`lambda:
+        count_seats(ctx)`) rather than a number counted before the call. A reading above the
+        plan's cap (`Limit(meter, n)` on a `latest` or `max` meter, `overage="deny"`) that is
+        also above the previous reading is refused: `QuotaExceededError` (HTTP 402), recorded
+        as the call's denial, and the call rolls back. Readings that do not grow are always
+        recorded, so an org over its cap after a downgrade can still shrink.
+
+        Args:
+            ctx: The operation's handler context (its transaction, clock, actor, id source).
+            meter: A `latest` or `max` meter (or its key).
+            value: The reading (a number), or an async callable returning it, called after the
+                lock is held.
+            org_id: The org measured (default `ctx.org_id`; e.g. a new org's id when the call
+                that creates it runs outside any org).
+            subject: Subject of the usage event (default: the meter key).
+
+        Returns:
+            The recorded `UsageEvent`.
+
+        Raises:
+            SpecValidationError: The meter is not a `latest`/`max` gauge, or the reading is not
+                a number with at most 6 decimal places.
+            TenantScopeError: No org (`org_id` not given and `ctx.org_id` is `None`).
+            QuotaExceededError: The reading grows past the plan's cap.
+        """
+        m = self.meter(meter)
+        if m.aggregation not in _GAUGES:
+            raise SpecValidationError(
+                f"gauge() records readings of a latest or max meter; {m.key} is "
+                f"{m.aggregation.value} (use record() or meter_operation for running totals)",
+                details={"field": "meter", "meter": m.key},
+            )
+        org = org_id if org_id is not None else ctx.org_id
+        if org is None:
+            raise TenantScopeError(
+                f"gauge {m.key} needs an org: call it inside an org or pass org_id=",
+                details={"field": "org_id", "meter": m.key},
+            )
+        if not callable(value):
+            _reading(m, value)  # a bad number fails before any lock is taken
+        tx = ctx.tx
+        await self.store.lock_gauge(tx, org, m.key)
+        reading = _reading(m, await value() if callable(value) else value)
+        now = ctx.now()
+        plan = await self.plan_of(org, tx=tx)
+        cap = self.cap(plan, m)
+        capped = plan is not None and cap is not None and cap.overage is Overage.DENY
+        if plan is not None and cap is not None and capped and reading > cap.limit:
+            # previous reading: a latest gauge's last one ever, a max gauge's window maximum
+            start, end = window_bounds(m.window, now)
+            since = _EPOCH if m.aggregation is Aggregation.LATEST else start
+            previous = await self.store.total(m, org, since, end, tx=tx)
+            if reading > previous:
+                raise _refused(
+                    ctx,
+                    m.key,
+                    QuotaExceededError(
+                        f"org {org} on plan {plan.key!r} is capped at {cap.limit} {m.unit} of "
+                        f"{m.key} and this call would take it from {previous} to {reading}; "
+                        f"upgrade the plan or lower the {m.key} first",
+                        plan=plan.key,
+                        meter=m.key,
+                        window=m.window.value,
+                        limit=cap.limit,
+                        used=previous,
+                        requested=reading - previous,
+                        window_end=end,
+                    ),
+                )
+        actor = ctx.actor
+        event = UsageEvent(
+            id=ctx.new_id(),
+            org_id=org,
+            user_id=None if actor.is_anonymous else actor.id,
+            subject=subject or m.key,
+            meter=m.key,
+            value=reading,
+            timestamp=now,
+        )
+        await self.store.record(tx, event, m, ())
+        return event
 
     async def events(
         self, meter: str | Meter, org_id: str, start: datetime, end: datetime
@@ -565,6 +707,15 @@ class Metering:
         """The executor middleware that gates features and enforces limits: pass it as
         `Executor(..., middleware=[metering.middleware()])`."""
         return QuotaMiddleware(self)
+
+
+def _reading(meter: Meter, raw: object) -> Decimal:
+    try:
+        return to_decimal(raw, "value")
+    except SpecValidationError as exc:
+        raise SpecValidationError(
+            f"gauge {meter.key}: {exc.message}", details={"field": "value", "meter": meter.key}
+        ) from None
 
 
 def _check_period(start: datetime, end: datetime) -> None:

@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
     ) from exc
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -91,6 +91,8 @@ metadata = new_metadata()
 
 _Value = DecimalType(36, 6)
 _AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
+#: `window_start` of a gauge's lock row (`lock_gauge`).
+_GAUGE_LOCK_START = datetime(1970, 1, 1, tzinfo=UTC)
 #: Rows per multi-row INSERT of `record_many` (9 parameters each: far below SQLite's limit).
 _CHUNK = 500
 
@@ -503,6 +505,7 @@ class SqlMeteringStore:
         end: datetime,
         *,
         subject: str | None = None,
+        tx: Transaction | None = None,
     ) -> Decimal:
         """See `MeteringStore.total`."""
         t = usage_events_table
@@ -516,9 +519,25 @@ class SqlMeteringStore:
             )
         else:
             stmt = select(_measure(meter.aggregation).label("total")).where(*conds)
-        rows = await self._rows(stmt)
+        rows = await self._rows(stmt, tx)
         value = rows[0]["total"] if rows else None
         return clean_decimal(Decimal(value)) if value is not None else Decimal(0)
+
+    async def lock_gauge(self, tx: Transaction, org_id: str, meter: str) -> None:
+        """See `MeteringStore.lock_gauge`: an upsert of the gauge's lock row in
+        `cs_usage_counters` (`window_kind` `gauge`), which PostgreSQL row-locks until the
+        transaction ends and which makes this transaction SQLite's writer."""
+        stx = sql_transaction(tx, "SqlMeteringStore")
+        stx.check_writable("locking a gauge")
+        c = counters_table
+        stmt = _insert(stx.dialect)(c).values(
+            org_id=org_id, meter=meter, window_kind="gauge", window_start=_GAUGE_LOCK_START, used=0
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[c.c.org_id, c.c.meter, c.c.window_kind, c.c.window_start],
+            set_={"used": c.c.used},
+        )
+        await stx.execute(stmt, write=True)
 
     async def assign_plan(
         self, assignment: PlanAssignment, *, tx: Transaction | None = None

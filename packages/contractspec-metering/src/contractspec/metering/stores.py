@@ -3,7 +3,8 @@
 A store keeps three things per tenant (`org_id`): usage events (idempotent by `(org_id, id)`),
 quota counters (the running total of an additive meter per limit window, updated atomically with
 a limit check) and plan assignments. Writes happen inside a `Transaction` (the operation's, so a
-rolled-back call leaves no usage); reads see committed data only.
+rolled-back call leaves no usage); reads see committed data, plus the transaction's own writes
+when they are given its `tx` (`total`, `counter`, `plan_of`), never another's uncommitted ones.
 
 `MemoryMeteringStore` and `contractspec.metering.sql.SqlMeteringStore` pass one conformance suite
 (memory, SQLite, PostgreSQL). Like a database, the memory store makes a second transaction that
@@ -260,8 +261,15 @@ class MeteringStore(Protocol):
         end: datetime,
         *,
         subject: str | None = None,
+        tx: Transaction | None = None,
     ) -> Decimal:
-        """The meter's aggregation over all events in `[start, end)` (0 when there are none)."""
+        """The meter's aggregation over all events in `[start, end)` (0 when there are none);
+        in `tx` when given, so the transaction's own usage counts."""
+        ...
+
+    async def lock_gauge(self, tx: Transaction, org_id: str, meter: str) -> None:
+        """Hold the org's gauge `meter` until `tx` ends: another transaction locking it waits
+        (a row lock on PostgreSQL, the single writer on SQLite, a claim in memory)."""
         ...
 
     async def assign_plan(
@@ -271,7 +279,7 @@ class MeteringStore(Protocol):
         ...
 
     async def plan_of(self, org_id: str, *, tx: Transaction | None = None) -> PlanAssignment | None:
-        """The org's plan assignment, or `None`."""
+        """The org's committed plan assignment (or `tx`'s own uncommitted one), or `None`."""
         ...
 
 
@@ -454,11 +462,21 @@ class MemoryMeteringStore:
         return self._events.get((org_id, id))
 
     def _rows(
-        self, org_id: str, meter: str, start: datetime, end: datetime, subject: str | None
+        self,
+        org_id: str,
+        meter: str,
+        start: datetime,
+        end: datetime,
+        subject: str | None,
+        tx: Transaction | None = None,
     ) -> list[tuple[UsageEvent, int]]:
+        events: Iterable[UsageEvent] = self._events.values()
+        if tx is not None:  # the transaction's own uncommitted events come after the committed
+            mine = [c.event for c in self._claims.values() if c.tx is tx and c.event is not None]
+            events = [*events, *mine]
         return [
             (e, seq)
-            for seq, e in enumerate(self._events.values())
+            for seq, e in enumerate(events)
             if e.org_id == org_id
             and e.meter == meter
             and start <= e.timestamp < end
@@ -507,19 +525,42 @@ class MemoryMeteringStore:
         end: datetime,
         *,
         subject: str | None = None,
+        tx: Transaction | None = None,
     ) -> Decimal:
         """See `MeteringStore.total`."""
-        return combine(meter.aggregation, self._rows(org_id, meter.key, start, end, subject))
+        return combine(meter.aggregation, self._rows(org_id, meter.key, start, end, subject, tx))
+
+    async def lock_gauge(self, tx: Transaction, org_id: str, meter: str) -> None:
+        """See `MeteringStore.lock_gauge`."""
+        await self._claim(tx, ("gauge", org_id, meter), f"the {meter} gauge of org {org_id}")
+
+    def _pending_plans(self, tx: Transaction) -> dict[str, PlanAssignment]:
+        key = f"{self._info_key}.plans"
+        pending: dict[str, PlanAssignment] | None = tx.info.get(key)
+        if pending is None:
+            pending = tx.info[key] = {}
+            plans = self._plans
+
+            def commit(pending: dict[str, PlanAssignment] = pending) -> None:
+                plans.update(pending)
+
+            tx.on_commit(commit)
+        return pending
 
     async def assign_plan(
         self, assignment: PlanAssignment, *, tx: Transaction | None = None
     ) -> None:
-        """See `MeteringStore.assign_plan`."""
-        if tx is not None:
-            tx.check_writable("assigning a plan")
-            tx.undo_item(self._plans, assignment.org_id)
-        self._plans[assignment.org_id] = assignment
+        """See `MeteringStore.assign_plan` (in `tx`: visible to others once it commits)."""
+        if tx is None:
+            self._plans[assignment.org_id] = assignment
+            return
+        tx.check_writable("assigning a plan")
+        self._pending_plans(tx)[assignment.org_id] = assignment
 
     async def plan_of(self, org_id: str, *, tx: Transaction | None = None) -> PlanAssignment | None:
         """See `MeteringStore.plan_of`."""
+        if tx is not None:
+            pending: dict[str, PlanAssignment] | None = tx.info.get(f"{self._info_key}.plans")
+            if pending is not None and org_id in pending:
+                return pending[org_id]
         return self._plans.get(org_id)
