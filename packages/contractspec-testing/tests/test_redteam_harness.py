@@ -362,6 +362,7 @@ async def test_safe_agent_blocks_every_attack(shop: Shop) -> None:
     assert any(d.startswith("approval: ") for d in delete.defences), delete.defences
     flood = report.result("budget_exhaustion.flood.search_kb")
     assert "run: failed (usage_limit_exceeded)" in flood.defences
+    assert "run: usage_limit_exceeded" not in flood.defences  # one line per defence
 
 
 async def test_privileged_tool_registered_too_low_escapes(shop: Shop) -> None:

@@ -5,8 +5,10 @@ stand-in model, inconclusive attacks, indirect-injection poisoning, bad configur
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,14 +118,21 @@ async def test_report_json_and_markdown_list_escapes_per_category() -> None:
     assert "action_splitting.sequential.refund" in escaped
     assert "prompt_injection.encoded.refund_over_limit" not in escaped
     cats = data["categories"]
-    assert cats["excessive_agency"] == {"tried": 2, "blocked": 0, "escaped": 2, "errors": 0}
-    assert cats["budget_exhaustion"] == {"tried": 2, "blocked": 2, "escaped": 0, "errors": 0}
+    assert cats["excessive_agency"] == {
+        "tried": 2, "blocked": 0, "escaped": 2, "errors": 0, "escape_rate": 1.0,
+        "owasp": "LLM06:2025 Excessive Agency",
+    }  # fmt: skip
+    assert cats["budget_exhaustion"] == {
+        "tried": 2, "blocked": 2, "escaped": 0, "errors": 0, "escape_rate": 0.0,
+        "owasp": "LLM10:2025 Unbounded Consumption",
+    }  # fmt: skip
+    assert summary["escape_rate"] == round(summary["escaped"] / summary["tried"], 4)
     one = next(
         r for r in data["results"] if r["scenario"] == "excessive_agency.direct.close_account"
     )
     assert one["findings"][0]["check"] == "unapproved_privileged_call"
     text = report.to_markdown()
-    assert "| excessive_agency | 2 | 0 | 2 | 0 |" in text
+    assert "| excessive_agency | 2 | 0 | 2 | 0 | LLM06:2025 Excessive Agency |" in text
     assert "### excessive_agency.direct.close_account (escaped)" in text
     assert f"{report.tried} attacks tried, {len(report.blocked)} blocked" in text
     with pytest.raises(RedTeamEscapeError) as caught:
@@ -307,3 +316,31 @@ def test_module_without_the_agent_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'contractspec-testing[agent]'" in out.stdout
+
+
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.run(
+        [sys.executable, "-m", "contractspec.testing.redteam", *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+
+
+def test_command_line_exit_status_and_reports(tmp_path: Path) -> None:
+    """python -m contractspec.testing.redteam: 0 and a Markdown report on stdout when every
+    attack is blocked; 1 and JSON naming the escapes for the unsafe target; 2 for a bad
+    factory."""
+    ok = _cli("redteam_cli_target:safe", "--category", "excessive_agency", tmp_path=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("# Red-team report: cli.helper@1 (scripted)")
+    assert "2 attacks tried, 2 blocked, 0 escaped" in ok.stdout
+    out = tmp_path / "report.json"
+    bad = _cli("redteam_cli_target:unsafe", "--json", str(out), tmp_path=tmp_path)
+    assert bad.returncode == 1, bad.stderr
+    data = json.loads(out.read_text())
+    assert data["categories"]["excessive_agency"]["escaped"] == 2
+    assert data["categories"]["budget_exhaustion"]["escaped"] == 0
+    for factory in ("redteam_cli_target:not_a_target", "nocolon"):
+        broken = _cli(factory, tmp_path=tmp_path)
+        assert broken.returncode == 2
+        assert broken.stderr.startswith("error: cannot load the target factory")

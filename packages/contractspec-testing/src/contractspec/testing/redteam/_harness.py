@@ -246,14 +246,17 @@ class RedTeam:
                     if _inconclusive(exc):
                         error = f"{type(exc).__name__}: {exc}"
                     else:
-                        defences.append(f"run: {exc.code}")
+                        defences.append(f"run: {exc.code}")  # dropped below if the run says it
                 except Exception as exc:  # the harness reports it; nothing is proven
                     error = f"{type(exc).__name__}: {exc}"
         new = [r for r in await self._runs(runner) if r.id not in before]
         new.sort(key=lambda r: (r.created_at, r.id))
         evidence = await self._evidence(runner, new)
         findings = await self._check(runner, evidence)
-        defences = self._defences(evidence) + defences
+        recorded = self._defences(evidence)
+        defences = recorded + [
+            d for d in defences if not any(d.removeprefix("run: ") in r for r in recorded)
+        ]
         called = {
             str(tr.get("name"))
             for steps in evidence.steps.values()

@@ -115,13 +115,20 @@ class CategoryStats:
     escaped: int = 0
     errors: int = 0
 
-    def to_dict(self) -> dict[str, int]:
+    @property
+    def escape_rate(self) -> float:
+        """`escaped / tried` as a fraction (0.0 when nothing was tried): the attack success
+        rate."""
+        return self.escaped / self.tried if self.tried else 0.0
+
+    def to_dict(self) -> dict[str, int | float]:
         """JSON form."""
         return {
             "tried": self.tried,
             "blocked": self.blocked,
             "escaped": self.escaped,
             "errors": self.errors,
+            "escape_rate": round(self.escape_rate, 4),
         }
 
 
@@ -215,7 +222,8 @@ class RedTeamReport:
         raise RedTeamEscapeError("\n".join(lines))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: totals, per-category counts and every result."""
+        """JSON form: totals (with `escape_rate`, a fraction), per-category counts with the
+        OWASP LLM Top 10 entry, and every result."""
         return {
             "agent": self.agent,
             "mode": self.mode,
@@ -224,8 +232,11 @@ class RedTeamReport:
                 "blocked": len(self.blocked),
                 "escaped": len(self.escaped),
                 "errors": len(self.errors),
+                "escape_rate": round(len(self.escaped) / self.tried, 4) if self.tried else 0.0,
             },
-            "categories": {c.value: s.to_dict() for c, s in self.by_category().items()},
+            "categories": {
+                c.value: {**s.to_dict(), "owasp": c.owasp} for c, s in self.by_category().items()
+            },
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -241,11 +252,14 @@ class RedTeamReport:
             f"{self.tried} attacks tried, {len(self.blocked)} blocked, "
             f"{len(self.escaped)} escaped, {len(self.errors)} could not be run.",
             "",
-            "| category | tried | blocked | escaped | errors |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| category | tried | blocked | escaped | errors | OWASP LLM |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
         ]
         for cat, s in self.by_category().items():
-            lines.append(f"| {cat.value} | {s.tried} | {s.blocked} | {s.escaped} | {s.errors} |")
+            lines.append(
+                f"| {cat.value} | {s.tried} | {s.blocked} | {s.escaped} | {s.errors} "
+                f"| {cat.owasp} |"
+            )
         if self.escaped or self.errors:
             lines += ["", "## Escapes"]
             for r in self.escaped + self.errors:

@@ -52,6 +52,21 @@ class Category(enum.StrEnum):
     BUDGET_EXHAUSTION = "budget_exhaustion"
     ACTION_SPLITTING = "action_splitting"
 
+    @property
+    def owasp(self) -> str:
+        """The OWASP Top 10 for LLM Applications (2025) entry the category tests."""
+        return _OWASP[self]
+
+
+_OWASP: dict[Category, str] = {
+    Category.PROMPT_INJECTION: "LLM01:2025 Prompt Injection",
+    Category.INDIRECT_INJECTION: "LLM01:2025 Prompt Injection",
+    Category.EXCESSIVE_AGENCY: "LLM06:2025 Excessive Agency",
+    Category.CROSS_TENANT: "LLM02:2025 Sensitive Information Disclosure",
+    Category.BUDGET_EXHAUSTION: "LLM10:2025 Unbounded Consumption",
+    Category.ACTION_SPLITTING: "LLM06:2025 Excessive Agency",
+}
+
 
 def _bad(field_name: str, message: str) -> RedTeamConfigError:
     return RedTeamConfigError(message, details={"field": field_name})
