@@ -31,6 +31,15 @@ Each tool the server lists becomes a `Tool` the gateway treats exactly like a na
   come back, after the request went out raises `ToolOutcomeUnknownError`, which the gateway
   records as `in_doubt` for a side-effecting tool: it is never re-sent silently.
   A server that cannot be reached when connecting raises `MCPConnectionError`.
+* **definitions are pinned**: each tool's description, input schema and annotations are
+  fingerprinted when `mcp_tools` builds the toolset. When the server announces a change
+  (`notifications/tools/list_changed`, or a `tools_list_changed` event on a 2026-07-28
+  `subscriptions/listen` stream) the toolset lists the tools again before the next call; a
+  tool the server removed or redefined is refused with `MCPToolChangedError` and never sent
+  (a server must not change what the agent was built to call behind its back: the "rug pull"
+  of the MCP security best practices). Build a new toolset with `mcp_tools` to adopt the new
+  definitions; `MCPToolset.changes` says what changed. With a borrowed session the toolset does
+  not see notifications: call `await toolset.refresh()` from your own message handler.
 
 The `mcp` SDK is imported only when this module is used; without it `mcp_tools` raises
 `ConfigurationError` naming the extra.
@@ -39,6 +48,8 @@ The `mcp` SDK is imported only when this module is used; without it `mcp_tools` 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -65,9 +76,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MCPConnectionError",
+    "MCPToolChangedError",
     "MCPToolError",
     "MCPToolInfo",
     "MCPToolset",
+    "MCPToolsetChanges",
     "RiskSpec",
     "mcp_tools",
 ]
@@ -101,6 +114,55 @@ class MCPConnectionError(MCPToolError):
     """
 
     code = "mcp_connection_failed"
+
+
+class MCPToolChangedError(MCPToolError):
+    """The server removed or redefined a tool after the toolset was built; nothing was sent.
+
+    `details` holds `server`, `tool` (the server's name), `change` (`"removed"` or
+    `"redefined"`) and `sent` (`False`). Build a new toolset with `mcp_tools` to adopt the
+    server's new definitions (and review their risk).
+    """
+
+    code = "mcp_tool_changed"
+
+
+@define(frozen=True)
+class MCPToolsetChanges:
+    """How the server's listing differs from the definitions the toolset pinned.
+
+    Attributes:
+        added: Server tool names listed now and not when the toolset was built (not callable
+            through this toolset).
+        removed: Pinned tools the server no longer lists.
+        redefined: Pinned tools whose description, input schema or annotations changed.
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    redefined: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.redefined)
+
+
+def _fingerprint(spec: Any) -> str:
+    """SHA-256 of what an agent relies on in a listed tool: description, schemas, annotations."""
+    schema = spec.input_schema if hasattr(spec, "input_schema") else spec.inputSchema
+    output = getattr(spec, "output_schema", None) or getattr(spec, "outputSchema", None)
+    annotations = spec.annotations
+    document = {
+        "description": spec.description,
+        "input_schema": schema,
+        "output_schema": output,
+        "annotations": (
+            annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if annotations is not None
+            else None
+        ),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -217,8 +279,43 @@ class _Connection:
         self.owned = False
         self.closed = False
         self.failure: BaseException | None = None
+        #: Set when the server announced that its tool list changed: list again before a call.
+        self.stale = False
+        #: `{server tool name: fingerprint}` pinned when the toolset was built.
+        self.pinned: dict[str, str] = {}
+        #: The server's listing at the last refresh: `{server tool name: fingerprint}`.
+        self.listed: dict[str, str] = {}
+        self.refresh_lock = asyncio.Lock()
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+
+    async def on_message(self, message: Any) -> None:
+        """The owned client's message handler: note a `notifications/tools/list_changed`."""
+        from mcp.types import ToolListChangedNotification
+
+        if isinstance(message, ToolListChangedNotification):
+            self.stale = True
+
+    async def refresh(self) -> MCPToolsetChanges:
+        """List the server's tools again and compare them with the pinned definitions."""
+        async with self.refresh_lock:
+            self.stale = False
+            listed = {spec.name: _fingerprint(spec) for spec in await _list_all(self.session)}
+            self.listed = listed
+        return self.changes()
+
+    def changes(self) -> MCPToolsetChanges:
+        return MCPToolsetChanges(
+            added=tuple(sorted(set(self.listed) - set(self.pinned))),
+            removed=tuple(sorted(set(self.pinned) - set(self.listed))),
+            redefined=tuple(
+                sorted(
+                    name
+                    for name, print_ in self.pinned.items()
+                    if name in self.listed and self.listed[name] != print_
+                )
+            ),
+        )
 
     async def open(self) -> None:
         from mcp import Client, ClientSession, StdioServerParameters
@@ -238,7 +335,9 @@ class _Connection:
                 f"MCPServer; got {self.source!r}",
                 details={"field": "server"},
             )
-        client = Client(self.source, read_timeout_seconds=self.read_timeout_s)
+        client = Client(
+            self.source, read_timeout_seconds=self.read_timeout_s, message_handler=self.on_message
+        )
         ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._hold(client, ready, self._stop))
@@ -259,7 +358,10 @@ class _Connection:
         try:
             async with client:
                 ready.set_result(client)
-                await stop.wait()
+                async with asyncio.TaskGroup() as group:
+                    listener = group.create_task(self._listen(client))
+                    await stop.wait()
+                    listener.cancel()
         except Exception as exc:
             if not ready.done():
                 ready.set_exception(exc)
@@ -271,6 +373,22 @@ class _Connection:
             raise
         finally:
             self.closed = True
+
+    async def _listen(self, client: Any) -> None:
+        """On 2026-07-28 connections, follow `tools_list_changed` events (older ones get the
+        `notifications/tools/list_changed` message instead, see `on_message`)."""
+        from mcp.client.subscriptions import ListenNotSupportedError
+
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self.stale = True
+        except ListenNotSupportedError:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the stream dropped (e.g. the server died): the calls report that
+            return
 
     async def close(self) -> None:
         self.closed = True
@@ -324,6 +442,30 @@ class MCPToolset(Sequence[Tool]):
             if item.name == name:
                 return item
         raise KeyError(f"{name!r} is not a tool of MCP server {self.server!r}: {list(self.info)}")
+
+    @property
+    def refresh_pending(self) -> bool:
+        """True when the server announced a tool-list change the toolset has not listed yet
+        (the next call lists the tools again first)."""
+        return self._conn.stale
+
+    @property
+    def changes(self) -> MCPToolsetChanges:
+        """What differs between the server's listing at the last refresh and the pinned tools."""
+        return self._conn.changes()
+
+    async def refresh(self) -> MCPToolsetChanges:
+        """List the server's tools again now (calls do this by themselves after the server
+        announced a change on a connection this toolset owns).
+
+        Returns:
+            The differences from the pinned definitions; calls to `removed` or `redefined`
+            tools raise `MCPToolChangedError` until the definition is back as pinned.
+
+        Raises:
+            MCPToolError: Listing the tools failed on the server.
+        """
+        return await self._conn.refresh()
 
     async def aclose(self) -> None:
         """Close the connection if this toolset opened it (idempotent)."""
@@ -392,6 +534,16 @@ def _caller(conn: _Connection, server: str, remote: str) -> Callable[..., Any]:
                 f"the connection to MCP server {server!r} is closed{cause}; {remote!r} was not "
                 "called",
                 details={"server": server, "tool": remote, "sent": False},
+            )
+        if conn.stale:
+            await conn.refresh()
+        if conn.listed.get(remote) != conn.pinned[remote]:
+            change = "removed" if remote not in conn.listed else "redefined"
+            raise MCPToolChangedError(
+                f"MCP server {server!r} {change} tool {remote!r} after this toolset was built; "
+                "it was not called. Build a new toolset with mcp_tools() to adopt (and review) "
+                "the server's current definitions",
+                details={"server": server, "tool": remote, "change": change, "sent": False},
             )
         arguments = args.model_dump(mode="json")
         try:
@@ -594,6 +746,7 @@ async def _build(
             details={"field": "include"},
         )
     listed = await _list_all(conn.session)
+    conn.listed = {spec.name: _fingerprint(spec) for spec in listed}
     server = _server_name(conn.session)
     names = [spec.name for spec in listed]
     wanted = set(names) if include is None else set(include)
@@ -624,6 +777,7 @@ async def _build(
                 f"{name!r}; pick a different prefix or include only one",
                 details={"field": "prefix"},
             )
+        conn.pinned[spec.name] = conn.listed[spec.name]
         level, source = _risk_of(spec, risk, default_risk)
         limit = options["timeout"].get(spec.name) if isinstance(timeout, Mapping) else timeout
         checked, names_, invs, rules = _check_common(
