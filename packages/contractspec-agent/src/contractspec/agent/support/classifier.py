@@ -210,13 +210,13 @@ class TicketClassifier:
             priority=priority,
             sentiment=sentiment,
             language=language,
-            confidence=round(min(cat_conf, lang_conf), 4),
+            confidence=min(cat_conf, lang_conf),
             source="heuristic",
             field_confidence={
-                "category": round(cat_conf, 4),
+                "category": cat_conf,
                 "priority": pri_conf,
-                "sentiment": round(sent_conf, 4),
-                "language": round(lang_conf, 4),
+                "sentiment": sent_conf,
+                "language": lang_conf,
             },
         )
 

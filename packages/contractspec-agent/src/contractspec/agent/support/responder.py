@@ -47,7 +47,7 @@ _REFUND: Final = re.compile(
     r"\b(refund\w*|reimburs\w*|money\s+back|credit(?:s|ed|ing)?|compensat\w*|pay\s+you\s+back)\b",
     re.IGNORECASE,
 )
-_NUM: Final = r"\d{1,3}(?:[,\s.]\d{3})*(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
+_NUM: Final = r"(?:\d{1,3}(?:[,. ]\d{3})+|\d+)(?:[.,]\d{1,2})?(?!\d)"
 _AMOUNT: Final = re.compile(
     rf"(?:[$€£¥]\s?(?P<a>{_NUM})|(?P<b>{_NUM})\s?(?:[$€£¥]|usd|eur|gbp|sek|nok|dkk|chf|"
     r"dollars?|euros?|pounds?|bucks|kr)\b)",
