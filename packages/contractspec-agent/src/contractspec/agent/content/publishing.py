@@ -160,6 +160,10 @@ def _arguments(
 def register_content_operations(registry: SpecRegistry, approvals: ApprovalWorkflow) -> None:
     """Register `CONTENT_SPECS` in `registry` and bind the `content.publish` handler.
 
+    A SQL backend builds its tables from the registry it is given: register `CONTENT_SPECS`
+    before building it (`SpecRegistry(*CONTENT_SPECS)`), then call this once the approval
+    workflow exists (registering the same specs again is a no-op).
+
     Args:
         registry: Your `SpecRegistry` (the executor's).
         approvals: The `ApprovalWorkflow` whose store holds the publish approvals (on the same
