@@ -283,3 +283,30 @@ async def test_tasks_are_scoped_to_their_tenant(env: AgentEnv) -> None:
     assert await orch.tree(root.id, org_id="org-2") == []
     assert await orch.run_until_idle(org_id="org-2") == 0
     assert team.effects == {}
+
+
+async def test_bad_submissions_are_refused_naming_the_field(env: AgentEnv) -> None:
+    """An empty goal, a naive deadline, a non-Budget budget, an empty constraint and a goal
+    with neither capability nor planner are refused before anything is stored."""
+    from contractspec.agent.orchestration import Orchestrator
+    from contractspec.core import ConfigurationError, SpecValidationError
+
+    team = Team("")
+    store = await task_store(env)
+    orch = orchestrator(env, team, store)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"goal": "  "}, "goal"),
+        ({"deadline": env.clock.now().replace(tzinfo=None)}, "deadline"),
+        ({"budget": {"tokens": 5}}, "budget"),
+        ({"constraints": [""]}, "constraints"),
+    ]
+    for kwargs, field_name in cases:
+        goal = kwargs.pop("goal", "a goal")
+        with pytest.raises(SpecValidationError) as info:
+            await orch.submit(goal, OWNER, capability="research", **kwargs)
+        assert info.value.details["field"] == field_name
+    bare = Orchestrator(env.runner(team.model()), team.agents(), tasks=store)
+    with pytest.raises(ConfigurationError) as cfg:
+        await bare.submit("a goal", OWNER)
+    assert cfg.value.details["field"] == "capability"
+    assert await orch.run_until_idle() == 0
