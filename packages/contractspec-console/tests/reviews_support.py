@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import httpx
@@ -17,7 +22,7 @@ from contractspec.console._csrf import CsrfSigner
 from contractspec.core import Actor, CallContext, Executor
 from contractspec.core.http import Principal
 
-__all__ = ["ReviewClient", "csrf_of", "review_console"]
+__all__ = ["ReviewClient", "cookie_app", "csrf_of", "review_console", "serve_built"]
 
 
 def review_console(
@@ -86,3 +91,82 @@ class ReviewClient:
     async def aclose(self) -> None:
         """Close the client."""
         await self.http.aclose()
+
+
+# -- serving an app built in the server's own event loop (browser tests) -----------------------
+
+
+@contextmanager
+def serve_built(
+    build: Callable[[], AbstractAsyncContextManager[Starlette]],
+) -> Iterator[str]:
+    """Serve the app `build()` yields with uvicorn in a thread; yield its base URL.
+
+    The app, its engine and stores are built inside the server's loop (an async engine is bound
+    to the loop that first uses it), and torn down there when the test ends.
+    """
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    holder: dict[str, uvicorn.Server] = {}
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        async def main() -> None:
+            async with build() as app:
+                config = uvicorn.Config(
+                    app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+                )
+                holder["server"] = uvicorn.Server(config)
+                ready.set()
+                await holder["server"].serve()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the test thread
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="reviews-uvicorn", daemon=True)
+    thread.start()
+    ready.wait(60)
+    deadline = time.monotonic() + 30
+    while (
+        not failure
+        and not (holder.get("server") and holder["server"].started)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    if failure:
+        raise RuntimeError("the review console did not start") from failure[0]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        holder["server"].should_exit = True
+        thread.join(30)
+
+
+def cookie_app(
+    executor: Executor,
+    users: Mapping[str, Actor],
+    org_id: str,
+    sections: Sequence[ConsoleSection],
+) -> Starlette:
+    """`/login/<user>` sets the `user` cookie; the console at `/admin` reads it."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    def authenticate(request: Request) -> Principal | None:
+        actor = users.get(request.cookies.get("user", ""))
+        return Principal(actor, org_id=org_id) if actor is not None else None
+
+    async def login(request: Request) -> RedirectResponse:
+        response = RedirectResponse("/admin/", status_code=303)
+        response.set_cookie("user", request.path_params["user"], httponly=True, samesite="strict")
+        return response
+
+    console = Console(executor, authenticate=authenticate, secret_key=SECRET, sections=sections)
+    return Starlette(routes=[Route("/login/{user}", login), Mount("/admin", app=console)])
