@@ -14,6 +14,7 @@ PAGES = [
     "docs/testing/recording.md",
     "docs/testing/golden.md",
     "docs/testing/plugin.md",
+    "docs/testing/redteam.md",
 ]
 
 
