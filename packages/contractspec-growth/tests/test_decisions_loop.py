@@ -255,6 +255,28 @@ async def test_human_overrides_are_recorded_as_labels(
         await loop.label("ghost", "none", actor="maria")
 
 
+async def test_an_overridden_decision_is_never_rewarded_to_the_policy(
+    stores: tuple[DecisionLog, OutcomeStore],
+) -> None:
+    """When a person replaced the policy's arm, its outcomes are not the policy's: settle refuses
+    it by name and settle_due skips it; a confirmed decision settles normally."""
+    log, outcomes = stores
+    clock = FakeClock(T0)
+    loop = _loop(log, outcomes, clock)
+    a = await loop.choose([1.0, 0.0], decision_id="a")
+    b = await loop.choose([1.0, 0.0], decision_id="b")
+    other = next(arm for arm in ARMS if arm != a.arm)
+    await loop.label("a", other, actor="maria", reason="customer asked for nothing")
+    await loop.label("b", b.arm, actor="maria", reason="fine")
+    with pytest.raises(SpecValidationError) as err:
+        await loop.settle("a")
+    assert "overridden" in err.value.message
+    clock.advance(dt.timedelta(days=20))
+    assert await loop.settle_due() == []
+    assert (await loop.settle("b")).reward == 0.0
+    assert (await log.get("a")).reward is None
+
+
 # -- the reward model spec ----------------------------------------------------------------------
 
 

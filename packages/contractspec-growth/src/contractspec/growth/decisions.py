@@ -1120,8 +1120,9 @@ class DecisionLoop:
         Raises:
             NotFoundError: Unknown decision id.
             ConflictError: Already settled.
-            SpecValidationError: A shadow decision (shadow choices are never rewarded), or the
-                policy refused the reward (e.g. outside [0, 1] for Thompson sampling: set
+            SpecValidationError: A shadow decision (shadow choices are never rewarded), a
+                decision a person overrode with another arm (`label`), or the policy refused
+                the reward (e.g. outside [0, 1] for Thompson sampling: set
                 `bounds` and `normalize` on the reward model).
         """
         decision = await self.service.log.get(decision_id)
@@ -1130,6 +1131,14 @@ class DecisionLoop:
                 f"{decision_id!r} is a shadow decision: shadow choices never act and are never "
                 "rewarded; settle the live decision instead.",
                 details={"field": "decision_id"},
+            )
+        overrides = await self.outcomes.labels([decision_id])
+        if overrides and overrides[0].arm != decision.arm:
+            raise SpecValidationError(
+                f"decision {decision_id!r} was overridden by {overrides[0].actor!r} (arm "
+                f"{overrides[0].arm!r} instead of {decision.arm!r}): the policy's arm never acted, "
+                "so its outcome is not the policy's reward; the label keeps what happened.",
+                details={"field": "decision_id", "decision_id": decision_id},
             )
         service = self.services.get(decision.policy)
         if service is None:
@@ -1167,14 +1176,17 @@ class DecisionLoop:
         )
 
     async def settle_due(self, now: dt.datetime | None = None) -> list[BanditDecision]:
-        """Settle every unrewarded, non-shadow decision of the loop's policies whose horizon has
-        passed (`decided_at + horizon <= now`, `now` from the clock by default)."""
+        """Settle every unrewarded decision of the loop's policies whose horizon has passed
+        (`decided_at + horizon <= now`, `now` from the clock by default). Shadow choices and
+        labelled decisions are skipped (an overridden decision stays unrewarded; a labelled
+        confirmation can be settled with `settle`)."""
         at = _check_aware(now, "now") if now is not None else self.clock.now()
         horizon = self.reward_model.horizon
         settled: list[BanditDecision] = []
+        overridden = {label.decision_id for label in await self.outcomes.labels()}
         for name in self.services:
             for d in await self.service.log.decisions(name, rewarded=False, until=at - horizon):
-                if d.decision_id.startswith(SHADOW_PREFIX):
+                if d.decision_id.startswith(SHADOW_PREFIX) or d.decision_id in overridden:
                     continue
                 try:
                     settled.append(await self.settle(d.decision_id))
