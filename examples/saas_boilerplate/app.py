@@ -3,7 +3,7 @@
 ```text
 HTTP (Bearer token -> user + org, signed) ─┐   POST /files/upload/saas.project.files/{id}
 in-process CallContext ────────────────────┴─> Executor(policy = identity's PolicyEngine)
-    middleware: SeatCap (identity.member.invite) -> QuotaMiddleware (api.calls, upload.bytes)
+    middleware: SeatCap (seats gauge, capped) -> QuotaMiddleware (api.calls, upload.bytes)
     -> identity.* | saas.* | files.* handlers -> SqlBackend (cs_ tables, outbox, audit chain)
 cs_outbox ─> OutboxRelay ─> EventBus ─> JourneyEngine.handle (onboarding steps)
 ```
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from contractspec.core import (
     CallContext,
     Clock,
     Executor,
-    HandlerCtx,
     Invocation,
     SpecRegistry,
     SystemClock,
@@ -52,13 +50,12 @@ from contractspec.growth import FlagEvaluator, JourneyEngine
 from contractspec.growth.journeys_sql import SqlJourneyStore
 from contractspec.identity import Identity, Org, OrgMembership, User, register_identity
 from contractspec.identity.sql import SqlIdentityStore
-from contractspec.metering import Metering, QuotaExceededError, UsageEvent, window_bounds
+from contractspec.metering import Metering
 from contractspec.metering.sql import SqlMeteringStore
 from contractspec.metering.sql import metadata as metering_metadata
 from saas_boilerplate.handlers import Handlers, seats_in_use
 from saas_boilerplate.spec import (
     ACCESS,
-    PLAN_SEATS,
     declare,
     export_flag,
     onboarding,
@@ -83,61 +80,35 @@ SEAT_CHANGES = frozenset(
 
 @define
 class SeatCap:
-    """Executor middleware: an invitation needs a free seat on the org's plan (`PLAN_SEATS`);
-    every membership change records the org's seat count on the `seats` gauge.
+    """Executor middleware: every membership change records the org's seat count on the `seats`
+    gauge with `Metering.gauge`, which checks it against the plan's seat cap
+    (`Limit("seats", n)`).
 
-    Both happen in the call's transaction. The org row is locked first (`lock_org`), so two
-    concurrent invitations into the last seat cannot both pass.
+    It runs in the call's transaction after the handler: the gauge lock (a row lock on
+    PostgreSQL) is taken before the seats are counted, so of two concurrent invitations into
+    the last seat the second counts the first's membership and is refused, and a refused call
+    rolls back with its invitation. Removing members is never refused, even over the cap.
 
     Raises:
-        QuotaExceededError: The plan's seats are all taken (HTTP 402).
+        QuotaExceededError: The change would take the seats past the plan's cap (HTTP 402).
     """
 
     identity: Identity
     metering: Metering
 
     async def __call__(self, invocation: Invocation, call_next: NextFn) -> BaseModel:
-        name = invocation.spec.name
-        if name not in SEAT_CHANGES:
+        if invocation.spec.name not in SEAT_CHANGES:
             return await call_next(invocation)
-        ctx = invocation.ctx
-        if name == "identity.member.invite" and ctx.org_id is not None:
-            await self._check(ctx, ctx.org_id)
         output = await call_next(invocation)
+        ctx = invocation.ctx
         org_id = output.id if isinstance(output, Org) else ctx.org_id  # a new org: its owner
         if org_id is not None:
-            await self.metering.record(
-                UsageEvent(
-                    id=ctx.new_id(),
-                    org_id=org_id,
-                    user_id=ctx.actor.id,
-                    subject="members",
-                    meter=seats.key,
-                    value=await seats_in_use(self.identity, ctx, org_id),
-                    timestamp=ctx.now(),
-                ),
-                tx=ctx.tx,
-            )
-        return output
 
-    async def _check(self, ctx: HandlerCtx, org_id: str) -> None:
-        await self.identity.store.lock_org(ctx.tx, org_id)
-        plan = await self.metering.plan_of(org_id, tx=ctx.tx)
-        key = plan.key if plan is not None else "free"  # default_plan="free": never None
-        used = await seats_in_use(self.identity, ctx, org_id)
-        if used + 1 > PLAN_SEATS[key]:
-            now = ctx.now()
-            raise QuotaExceededError(
-                f"org {org_id} on plan {key!r} uses {used} of its {PLAN_SEATS[key]} seats; "
-                "upgrade the plan (saas.billing.change_plan) or remove a member first",
-                plan=key,
-                meter=seats.key,
-                window=seats.window.value,
-                limit=Decimal(PLAN_SEATS[key]),
-                used=Decimal(used),
-                requested=Decimal(1),
-                window_end=window_bounds(seats.window, now)[1],
-            )
+            async def count() -> int:
+                return await seats_in_use(self.identity, ctx, org_id)
+
+            await self.metering.gauge(ctx, seats, count, org_id=org_id, subject="members")
+        return output
 
 
 class Tokens:

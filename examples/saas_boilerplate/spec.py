@@ -251,35 +251,40 @@ upload_bytes = define_meter(
     "upload.bytes", unit="byte", aggregation="sum", window="month",
     description="Bytes uploaded into project files, per org and month.",
 )  # fmt: skip
-#: Seats in use (active and invited members): a gauge, recorded when membership changes.
+#: Seats in use (active and invited members): a gauge, recorded when membership changes and
+#: capped per plan (a `Limit` on a `latest` meter is a cap, checked by `Metering.gauge`).
 seats = define_meter(
     "seats", unit="seat", aggregation="latest", window="month",
     description="Members (active and invited) of the org; billed per seat on pro.",
 )  # fmt: skip
 
-#: Seat caps per plan (metering limits are per window on sum/count meters, so a gauge cap such as
-#: seats is enforced by the app: `app.SeatCap`).
-PLAN_SEATS: dict[str, int] = {"free": 3, "pro": 50}
-
 free_plan = define_plan(
     "free",
     entitlements=[
+        Limit("seats", 3),
         Limit("api.calls", 1_000, window="day", kind="rate"),
         Limit("upload.bytes", 20 * 1024 * 1024, window="month"),
     ],
-    description=f"Up to {PLAN_SEATS['free']} seats, 1,000 calls a day, 20 MiB of uploads a month.",
+    description="Up to 3 seats, 1,000 calls a day, 20 MiB of uploads a month.",
 )
 pro_plan = define_plan(
     "pro",
     entitlements=[
         Feature("audit_log"),
+        Limit("seats", 50),
         Limit("api.calls", 100_000, window="day", kind="rate"),
         Limit("upload.bytes", 5 * 1024**3, window="month"),
     ],
     prices=[Price("seats", unit_amount="12.00")],
-    description=f"Up to {PLAN_SEATS['pro']} seats at 12.00 each, the audit log, 5 GiB of "
-    "uploads a month.",
+    description="Up to 50 seats at 12.00 each, the audit log, 5 GiB of uploads a month.",
 )
+#: Seat cap per plan: the plans' `Limit("seats", n)` (enforced by `app.SeatCap` through
+#: `Metering.gauge`).
+PLAN_SEATS: dict[str, int] = {
+    plan.key: int(limit.limit)
+    for plan in (free_plan, pro_plan)
+    for limit in plan.limits_for("seats")
+}
 
 # -- feature flag (contractspec-growth) -----------------------------------------------------------
 

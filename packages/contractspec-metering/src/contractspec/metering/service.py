@@ -613,9 +613,9 @@ class Metering:
                     ctx,
                     m.key,
                     QuotaExceededError(
-                        f"org {org} on plan {plan.key!r} is capped at {cap.limit} {m.unit} of "
-                        f"{m.key} and this call would take it from {previous} to {reading}; "
-                        f"upgrade the plan or lower the {m.key} first",
+                        f"org {org} on plan {plan.key!r} has {m.key} capped at {cap.limit} "
+                        f"({m.unit}); this call would take it from {previous} to {reading}; "
+                        f"upgrade the plan or bring {m.key} down first",
                         plan=plan.key,
                         meter=m.key,
                         window=m.window.value,
