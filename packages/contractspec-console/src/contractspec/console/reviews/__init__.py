@@ -19,6 +19,7 @@ console = Console(
 
 from contractspec.console.reviews._common import FormField, QueueAction, QueueSection
 from contractspec.console.reviews.agent import AgentRuns, ApprovalsQueue
+from contractspec.console.reviews.audit import AuditLog
 from contractspec.console.reviews.evolution import Suggestions
 from contractspec.console.reviews.queues import DeadJobs, DeadLetters
 from contractspec.console.reviews.workflows import WorkflowBoard
@@ -26,6 +27,7 @@ from contractspec.console.reviews.workflows import WorkflowBoard
 __all__ = (
     "AgentRuns",
     "ApprovalsQueue",
+    "AuditLog",
     "DeadJobs",
     "DeadLetters",
     "FormField",
