@@ -51,6 +51,9 @@ class _Space:
     order: list[str] = field(factory=list)
     index: bm25s.BM25 | None = None
     dirty: bool = True
+    # per position in `order`, rebuilt lazily: feedback multipliers and categories
+    boosts: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    categories: np.ndarray[Any, np.dtype[np.object_]] | None = None
 
 
 def _check_org(org_id: Any) -> None:
@@ -251,6 +254,7 @@ class KnowledgeBase:
         assert target is not None
         target.helpful[doc_id] = helpful
         target.unhelpful[doc_id] = unhelpful
+        target.boosts = None
         return self._boost(target, doc_id)
 
     def boost(self, doc_id: str, *, org_id: str | None = None, space: str = DEFAULT_SPACE) -> float:
@@ -271,6 +275,8 @@ class KnowledgeBase:
             doc = target.docs[doc_id]
             corpus.append(self.analyze(doc.title) * self.title_weight + self.analyze(doc.text))
         target.index = None
+        target.boosts = None
+        target.categories = np.array([target.docs[i].category for i in target.order], dtype=object)
         if any(corpus):  # bm25s divides by the mean length: an all-empty corpus has none
             target.index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
             target.index.index(corpus, show_progress=False)
@@ -321,16 +327,19 @@ class KnowledgeBase:
         bm25 = np.zeros(n, dtype=np.float64)
         if terms and target.index is not None:
             bm25 = np.asarray(target.index.get_scores(terms), dtype=np.float64)
-        allowed = np.array(
-            [category is None or target.docs[i].category == category for i in target.order]
-        )
-        scores = np.where(allowed, bm25, 0.0)
+        assert target.categories is not None
+        allowed = np.ones(n, dtype=bool) if category is None else target.categories == category
+        scores = bm25 if category is None else np.where(allowed, bm25, 0.0)
         if self.embedder is not None and target.vectors and query.strip():
             scores = await self._fuse(target, query, scores, allowed, limit)
-        boosts = np.array([self._boost(target, i) for i in target.order])
+        if target.boosts is None:
+            target.boosts = np.array([self._boost(target, i) for i in target.order])
+        boosts = target.boosts
         final = scores * boosts
-        # stable: equal scores keep insertion order
-        ranked = [int(i) for i in np.argsort(-final, kind="stable") if final[i] > 0][:limit]
+        candidates = np.flatnonzero(final > 0)
+        # stable: equal scores keep insertion order (candidates are in insertion order)
+        order = candidates[np.argsort(-final[candidates], kind="stable")]
+        ranked = [int(i) for i in order[:limit]]
         hits = []
         for i in ranked:
             doc_id = target.order[i]
