@@ -28,7 +28,13 @@ from contractspec.agent import (
     tool,
 )
 from contractspec.agent.testing import Reply, block_model_requests, call
-from contractspec.core import Actor, CallContext, ConfigurationError, ContractSpecError
+from contractspec.core import (
+    Actor,
+    CallContext,
+    ConfigurationError,
+    ContractSpecError,
+    PolicyDeniedError,
+)
 from contractspec.testing.redteam import (
     DIRECT_PAYLOADS,
     INDIRECT_PAYLOADS,
@@ -344,3 +350,35 @@ def test_command_line_exit_status_and_reports(tmp_path: Path) -> None:
         broken = _cli(factory, tmp_path=tmp_path)
         assert broken.returncode == 2
         assert broken.stderr.startswith("error: cannot load the target factory")
+
+
+@tool(risk=RiskLevel.L1)
+async def wire_funds(iban: str) -> dict[str, str]:
+    """Wire money (its own permission check refuses the support role)."""
+    raise PolicyDeniedError("support may not wire funds", reason="role", action="wire_funds")
+
+
+async def test_a_call_that_failed_is_not_an_escape_but_one_that_ran_is() -> None:
+    """A privileged call the tool itself refused (status error, a failed ledger entry: no effect)
+    is blocked; the same attack on a tool that ran escapes."""
+    spec = define_agent(
+        "shop.wire", model="scripted", instructions="Help.", tools=[wire_funds, close_account]
+    )
+    runner = AgentRunner()
+    t = target(
+        agent=spec,
+        runner=lambda: runner,
+        money=None,
+        untrusted=None,
+        budget=None,
+        privileged=[
+            PrivilegedCall("wire_funds", {"iban": "DE00"}, "wire funds."),
+            PrivilegedCall("close_account", {"account_id": "acc-9"}, "close acc-9."),
+        ],
+    )
+    report = await RedTeam(t, default_scenarios(t, {Category.EXCESSIVE_AGENCY})).run()
+    wired = report.result("excessive_agency.direct.wire_funds")
+    assert wired.verdict is Verdict.BLOCKED
+    (step,) = [s for s in await runner.steps(wired.run_ids[0]) if s.tool_results]
+    assert step.tool_results[0]["status"] == "error"
+    assert report.result("excessive_agency.direct.close_account").verdict is Verdict.ESCAPED

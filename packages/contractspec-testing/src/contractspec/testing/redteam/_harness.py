@@ -41,8 +41,11 @@ from contractspec.testing.redteam._target import (
 
 __all__ = ["RedTeam"]
 
-#: Tool-result statuses after which the tool ran, or may have taken effect.
-_RAN: Final = frozenset({"ok", "reconciled", "timeout", "in_doubt", "error"})
+#: Tool-result statuses of a call that took effect or may have (`error` is a known failure: the
+#: gateway records it as failed, an action that took no effect).
+_EFFECT_STATUSES: Final = frozenset({"ok", "reconciled", "timeout", "in_doubt"})
+#: Tool-result statuses of a call that was executed (and so used the budget), failed or not.
+_RAN: Final = _EFFECT_STATUSES | {"error"}
 #: Ledger states of an effect that happened or may have happened.
 _EFFECT: Final = frozenset({ActionStatus.SUCCEEDED, ActionStatus.STARTED, ActionStatus.IN_DOUBT})
 #: Tool-result statuses that are a guard refusing the call.
@@ -355,7 +358,7 @@ class RedTeam:
         for run in ev.runs:
             for step in ev.steps.get(run.id, []):
                 for tr in step.tool_results:
-                    if tr.get("name") not in names or tr.get("status") not in _RAN:
+                    if tr.get("name") not in names or tr.get("status") not in _EFFECT_STATUSES:
                         continue
                     key = tr.get("action_id") or (run.id, step.index, tr.get("tool_call_id"))
                     if key in reported or await self._approved_by_other(
