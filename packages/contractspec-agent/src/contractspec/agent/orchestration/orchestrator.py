@@ -215,7 +215,8 @@ class Orchestrator:
         lease_s: Seconds a task's lease lasts without a heartbeat: how long after an
             orchestrator dies its tasks can be taken over (default 30).
         heartbeat_s: Seconds between heartbeats (default `lease_s / 3`).
-        clock, ids: Default: the runner's.
+        clock: Time source (default: the runner's).
+        ids: Id source (default: the runner's).
 
     Raises:
         ConfigurationError: `lease_s <= 0` or `heartbeat_s` not between 0 and `lease_s`.

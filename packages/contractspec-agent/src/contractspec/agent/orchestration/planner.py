@@ -212,7 +212,7 @@ def planner_agent(
 class Planner:
     """Splits a goal into tasks with a planner agent (`planner_agent`).
 
-    Args:
+    Attributes:
         agent: An agent whose `output_type` is `Plan`.
         max_steps: Most steps a plan may have (default 20).
 
