@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from reviews_support import ReviewClient, review_console
 
 from contractspec.agent import (
+    AgentPolicy,
     AgentRunner,
     ApprovalStatus,
     RiskLevel,
@@ -26,7 +27,7 @@ from contractspec.agent import (
 )
 from contractspec.agent.review import register_review_operations
 from contractspec.agent.testing import ScriptedModel, call
-from contractspec.console.reviews import AgentRuns, ApprovalsQueue
+from contractspec.console.reviews import AgentRuns, ApprovalsQueue, ShadowReports
 from contractspec.core import (
     Actor,
     ConfigurationError,
@@ -66,6 +67,7 @@ class Setup:
         executor = Executor(
             registry, backend=env.backend, policy=REVIEW_POLICY, clock=env.clock, ids=env.ids
         )
+        self.client_executor = executor
         app = review_console(executor, USERS, ORG, [ApprovalsQueue(), AgentRuns()])
         self.client = ReviewClient(app, USERS, ORG)
 
@@ -273,3 +275,56 @@ def test_reviews_module_imports_no_optional_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_shadow_report_compares_with_what_people_did(setup: Setup) -> None:
+    """A shadow run's page lists what the agent would have done; choosing what people did
+    (a GET form, nothing stored) gives the agreement rate and the disagreement."""
+    shadow = define_agent(
+        "shop.shadow", model="m", instructions="i", tools=[refund], policy=AgentPolicy(shadow=True)
+    )
+    setup.runner.model = ScriptedModel(
+        [
+            [
+                call("shop_refund_issue", order_id="o-1", amount_cents=1000),
+                call("shop_refund_issue", order_id="o-2", amount_cents=3000),
+            ],
+            "logged",
+        ]
+    )
+    run_id = (await setup.runner.run(shadow, "refund all", OWNER)).run_id
+    app = review_console(
+        setup.client_executor, USERS, ORG, [ShadowReports(subject="arguments.order_id")]
+    )
+    client = ReviewClient(app, USERS, ORG)
+    try:
+        listing = await client.page("viewer", "/admin/shadow/")
+        assert listing.select_one(f'tr[data-id="{run_id}"] a')["href"] == f"/admin/shadow/{run_id}"
+        page = await client.page("viewer", f"/admin/shadow/{run_id}")
+        rows = [
+            [td.get_text(strip=True) for td in tr.select("td")][:4]
+            for tr in page.select("table.decisions tbody tr")
+        ]
+        assert rows == [
+            ["1", "shop_refund_issue", "o-1", "execute"],
+            ["1", "shop_refund_issue", "o-2", "needs_approval"],
+        ]
+        assert page.select_one("dd.rate").get_text() == "nothing compared yet"
+        compared = await client.page(
+            "viewer", f"/admin/shadow/{run_id}?did.o-1=execute&did.o-2=execute"
+        )
+        assert compared.select_one("dd.rate").get_text() == "50.0%"
+        assert (
+            "o-2: agent would needs_approval, people did execute"
+            in compared.select_one("ul.disagreements").get_text()
+        )
+        assert compared.select_one('select[name="did.o-2"] option[selected]')["value"] == "execute"
+    finally:
+        await client.aclose()
+
+
+def test_shadow_subject_path_is_checked() -> None:
+    """A subject that is neither `action_id` nor `arguments.<field>` is refused when built."""
+    with pytest.raises(ConfigurationError, match=r"arguments\.<field>") as info:
+        ShadowReports(subject="nonsense")
+    assert info.value.details["field"] == "subject"

@@ -18,7 +18,7 @@ console = Console(
 """
 
 from contractspec.console.reviews._common import FormField, QueueAction, QueueSection
-from contractspec.console.reviews.agent import AgentRuns, ApprovalsQueue
+from contractspec.console.reviews.agent import AgentRuns, ApprovalsQueue, ShadowReports
 from contractspec.console.reviews.audit import AuditLog
 from contractspec.console.reviews.evolution import Suggestions
 from contractspec.console.reviews.queues import DeadJobs, DeadLetters
@@ -33,6 +33,7 @@ __all__ = (
     "FormField",
     "QueueAction",
     "QueueSection",
+    "ShadowReports",
     "Suggestions",
     "WorkflowBoard",
 )

@@ -271,6 +271,10 @@ class QueueSection:
             {"section": self, "page": page, "items": page.items, "filters": filters},  # type: ignore[attr-defined]
         )
 
+    def show_input(self, request: Request, item_id: str) -> dict[str, Any]:
+        """The show query's input for `item_id` (`{id_field: item_id}`)."""
+        return {self.id_field: item_id}
+
     async def offered(self, console: ConsoleHost, request: Request) -> list[QueueAction]:
         """The actions the caller's policy allows (others are not shown)."""
         return [a for a in self.actions if await console.may(request, a.operation)]
@@ -285,7 +289,9 @@ class QueueSection:
     ) -> Response:
         """The show query's page with the offered actions (and the error of a failed action)."""
         try:
-            item = await console.execute(request, self.show_operation, {self.id_field: item_id})
+            item = await console.execute(
+                request, self.show_operation, self.show_input(request, item_id)
+            )
         except ContractSpecError as exc:
             return console.render_error(request, exc)
         context: dict[str, Any] = {

@@ -15,9 +15,9 @@ from contractspec.console.reviews._common import (
     require_package,
 )
 from contractspec.console.sections import ConsoleHost
-from contractspec.core import ContractSpecError
+from contractspec.core import ConfigurationError, ContractSpecError
 
-__all__ = ["AgentRuns", "ApprovalsQueue"]
+__all__ = ["AgentRuns", "ApprovalsQueue", "ShadowReports"]
 
 _AGENT = "contractspec-agent"
 
@@ -121,3 +121,67 @@ class AgentRuns(QueueSection):
         return console.render(
             request, "reviews/_run_status.html", {"section": self, "item": run, "item_id": run_id}
         )
+
+
+def _subject_of(decision: Any, subject: str) -> str | None:
+    if subject == "action_id":
+        return None if decision.action_id is None else str(decision.action_id)
+    value: Any = decision.arguments
+    for part in subject.removeprefix("arguments.").split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None else str(value)
+
+
+class ShadowReports(QueueSection):
+    """Shadow-mode runs: what the agent would have done per tool call, compared with what
+    people did (chosen per decision on the page; the comparison is a query, nothing is stored).
+
+    Runs `agent.review.runs.list` and `agent.review.shadow.show`.
+
+    Args:
+        subject: How a decision is matched with what people did: `action_id`, or
+            `arguments.<field>` (e.g. `arguments.order_id`).
+        key: URL segment.
+        title: Navigation label.
+
+    Raises:
+        ConfigurationError: contractspec-agent is not installed.
+    """
+
+    def __init__(
+        self, *, subject: str = "action_id", key: str = "shadow", title: str = "Shadow reports"
+    ) -> None:
+        review = require_package("contractspec.agent.review", _AGENT, "ShadowReports")
+        try:  # the operation's own input model checks the subject path
+            review.ShadowReportRequest(run_id="-", subject=subject)
+        except ValueError:
+            raise ConfigurationError(
+                f"ShadowReports(subject={subject!r}): use 'action_id' or 'arguments.<field>', "
+                "e.g. 'arguments.order_id'",
+                details={"field": "subject"},
+            ) from None
+        super().__init__(
+            key=key,
+            title=title,
+            list_operation="agent.review.runs.list",
+            show_operation="agent.review.shadow.show",
+            id_field="run_id",
+            actions=(),
+            list_template="reviews/runs.html",
+            detail_template="reviews/shadow.html",
+            filters=("status", "agent"),
+            detail_extra=self._subjects,
+        )
+        self.subject = subject
+
+    def _subjects(self, report: Any) -> dict[str, Any]:
+        return {"subjects": [_subject_of(d, self.subject) for d in report.decisions]}
+
+    def show_input(self, request: Request, item_id: str) -> dict[str, Any]:
+        """The run, the subject path, and `actual` from the query string (`did.<subject>`)."""
+        actual = {
+            k.removeprefix("did."): v
+            for k, v in request.query_params.items()
+            if k.startswith("did.") and v
+        }
+        return {"run_id": item_id, "subject": self.subject, "actual": actual}
