@@ -25,7 +25,14 @@ async def main() -> None:
             ticket_id, outcome.category, outcome.answer or "-", ", ".join(outcome.citations) or "-",
             "yes" if outcome.escalated else "no",
         )  # fmt: skip
+        await bot.record(outcome, resolved=not outcome.escalated)
     Console().print(table)
+    stats = await (await bot.parts()).feedback.stats(org_id="helpdesk")
+    overall = stats["*"]
+    Console().print(
+        f"resolution rate {overall.resolution_rate:.0%}, deflection {overall.deflection_rate:.0%} "
+        f"over {overall.tickets} tickets"
+    )
 
 
 if __name__ == "__main__":
