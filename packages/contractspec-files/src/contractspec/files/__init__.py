@@ -21,8 +21,10 @@ Public API:
   (`SqlFileStore` in `contractspec.files.sql`);
 * storage: the `FileStorage` port, `LocalFileStorage`, `ObjectStoreStorage`, `StoredObject`;
 * runtime: `Files` (`stage`, `upload`, signed links, `collect_orphans`, `apply_retention`),
-  `StagedUpload`;
-* operations: `register_file_operations` (`files.upload`, `files.get`, `files.attachments.list`,
+  `StagedUpload`; `contractspec.files.jobs.schedule_orphan_collection` runs `collect_orphans`
+  as a contractspec-jobs schedule;
+* operations: `register_file_operations` (`file_operation_specs` for spec-only registries;
+  `files.upload`, `files.get`, `files.attachments.list`,
   `files.delete`, `files.legal_hold.set`, `files.expire`); HTTP routes in `contractspec.files.http`;
 * helpers: `safe_filename`, `content_disposition`, `sniff_media_type`;
 * errors: `FileTooLargeError`, `MediaTypeRefusedError`, `ArchiveRefusedError`,
@@ -42,7 +44,11 @@ from contractspec.files.errors import (
     MediaTypeRefusedError,
 )
 from contractspec.files.names import content_disposition, safe_filename
-from contractspec.files.operations import FileOperations, register_file_operations
+from contractspec.files.operations import (
+    FileOperations,
+    file_operation_specs,
+    register_file_operations,
+)
 from contractspec.files.records import Attachment, File, FileState, FileStore, MemoryFileStore
 from contractspec.files.service import Files, RetentionReport, StagedUpload
 from contractspec.files.sniff import sniff_media_type
@@ -96,6 +102,7 @@ __all__ = [
     "attachment_slots",
     "content_disposition",
     "define_attachment_slot",
+    "file_operation_specs",
     "register_file_operations",
     "safe_filename",
     "sniff_media_type",

@@ -159,7 +159,7 @@ class FileExpired(BaseModel):
 
 @define(frozen=True)
 class FileOperations:
-    """The registered specs."""
+    """The specs of the `files.*` operations and their events."""
 
     upload: OperationSpec
     get: OperationSpec
@@ -170,6 +170,28 @@ class FileOperations:
     uploaded: EventSpec
     deleted: EventSpec
     expired: EventSpec
+
+    @property
+    def specs(self) -> tuple[EventSpec | OperationSpec, ...]:
+        """Every spec, events first (the order `SpecRegistry.register` takes them in)."""
+        return (
+            self.uploaded, self.deleted, self.expired,
+            self.upload, self.get, self.list, self.delete, self.legal_hold, self.expire,
+        )  # fmt: skip
+
+
+def file_operation_specs() -> FileOperations:
+    """The `files.*` operation and event specs, without a `Files` runtime or handlers.
+
+    For spec-only registries (IR export, lock files, client generation, the breaking-change
+    diff): `SpecRegistry(project, docs_slot, *file_operation_specs().specs)` describes the same
+    operations as a registry where `register_file_operations` ran (which also binds the
+    handlers); registering both into one registry is allowed (the specs are equal).
+
+    Returns:
+        A `FileOperations` with fresh, equal specs on every call.
+    """
+    return _specs()
 
 
 def _specs() -> FileOperations:
@@ -260,10 +282,7 @@ def register_file_operations(
         registry.get_entity(slot.entity)  # fail now, not at the first upload
         registry.register(slot)
     ops = _specs()
-    registry.register(
-        ops.uploaded, ops.deleted, ops.expired,
-        ops.upload, ops.get, ops.list, ops.delete, ops.legal_hold, ops.expire,
-    )  # fmt: skip
+    registry.register(*ops.specs)
 
     def tenant(ctx: HandlerCtx) -> str:
         if ctx.org_id is None:

@@ -536,9 +536,8 @@ class Files:
         `upload_ttl + orphan_margin`, after which no staged upload can commit any more (its token
         has expired), so a blob whose call is still running is never taken.
 
-        Schedule it periodically, e.g. with contractspec-jobs:
-        `scheduler.every(timedelta(hours=1), "files.collect_orphans")` with a job handler
-        calling `await files.collect_orphans()`.
+        Schedule it periodically with contractspec-jobs:
+        `contractspec.files.jobs.schedule_orphan_collection(registry, handlers, files)`.
 
         Returns:
             The number of blobs deleted.
