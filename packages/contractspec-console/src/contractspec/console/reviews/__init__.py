@@ -21,6 +21,7 @@ from contractspec.console.reviews._common import FormField, QueueAction, QueueSe
 from contractspec.console.reviews.agent import AgentRuns, ApprovalsQueue, ShadowReports
 from contractspec.console.reviews.audit import AuditLog
 from contractspec.console.reviews.evolution import Suggestions
+from contractspec.console.reviews.experiments import Experiments
 from contractspec.console.reviews.queues import DeadJobs, DeadLetters
 from contractspec.console.reviews.workflows import WorkflowBoard
 
@@ -30,6 +31,7 @@ __all__ = (
     "AuditLog",
     "DeadJobs",
     "DeadLetters",
+    "Experiments",
     "FormField",
     "QueueAction",
     "QueueSection",
