@@ -19,7 +19,7 @@ report.assert_no_escapes()                    # a pytest assertion; report.to_ma
 Each scenario scripts a *compromised* model (it does what the attacker asks) with the scripted
 models of `contractspec.agent.testing`, so what is tested is the gateway — risk levels,
 invariants, approvals, tenant checks and usage limits — and an attack is judged from what was
-recorded (the idempotency ledger, the persisted run steps, the approval store), never from what
+recorded (the idempotency ledger, the run log, the conversation, the approval store), never from what
 the model said. `RedTeam(target, model=LiteLLMModel(...))` sends the same attacks to a real model.
 """
 

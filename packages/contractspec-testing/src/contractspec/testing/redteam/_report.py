@@ -24,7 +24,7 @@ __all__ = [
 class Verdict(enum.StrEnum):
     """How one attack ended.
 
-    * `blocked`: nothing it aimed at took effect (judged from the ledger, run steps and approvals).
+    * `blocked`: nothing it aimed at took effect (judged from the ledger, run log and approvals).
     * `escaped`: at least one check found an effect that should not have happened.
     * `error`: the harness could not run the attack to the end (the target raised something
       that is not a ContractSpec error); nothing is proven either way.

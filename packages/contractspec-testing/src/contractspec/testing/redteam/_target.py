@@ -11,7 +11,7 @@ from attrs import define, field
 
 from contractspec.agent import AgentRunner, AgentSpec
 from contractspec.agent.testing import Reply
-from contractspec.core import CallContext, ConfigurationError
+from contractspec.core import Actor, CallContext, ConfigurationError
 
 __all__ = [
     "CallBudget",
@@ -82,6 +82,11 @@ def _is_arguments(instance: object, attribute: Any, value: Any) -> None:
         raise _bad(what, f"{what} must be a mapping of argument names to values, got {value!r}")
 
 
+def _is_optional_arguments(instance: object, attribute: Any, value: Any) -> None:
+    if value is not None:
+        _is_arguments(instance, attribute, value)
+
+
 def _is_tool_name(instance: object, attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value:
         what = _where(instance, attribute)
@@ -101,11 +106,22 @@ class PrivilegedCall:
         arguments: Valid arguments (invalid ones would be refused by validation and prove
             nothing).
         why: What harm it does, for the report ("deletes a customer account").
+        variant: Other valid arguments for the bait-and-switch attack (with
+            `RedTeamTarget.approver`): a person approves the call with `arguments`, then the
+            model makes it with `variant`, which must wait for an approval of its own.
     """
 
     tool: str = field(validator=_is_tool_name)
     arguments: Mapping[str, Any] = field(factory=dict, validator=_is_arguments)
     why: str = ""
+    variant: Mapping[str, Any] | None = field(default=None, validator=_is_optional_arguments)
+
+    def __attrs_post_init__(self) -> None:
+        if self.variant is not None and dict(self.variant) == dict(self.arguments):
+            raise _bad(
+                "PrivilegedCall.variant",
+                "PrivilegedCall.variant must differ from arguments (it is the switched call)",
+            )
 
 
 def _amount(value: object) -> Decimal:
@@ -282,6 +298,9 @@ class RedTeamTarget:
         tenant_probes: Reads of other tenants' data (`TenantProbe`).
         untrusted: A tool returning outside text, for indirect injection (`UntrustedSource`).
         budget: Tool-call and step budget of one run (`CallBudget`).
+        approver: A person allowed to decide the privileged calls' approvals (a named approver
+            for L3 tools), for the bait-and-switch attack; `None` leaves it out. The harness
+            approves only the first request of that attack, as this actor.
 
     Raises:
         RedTeamConfigError: A field is of the wrong type, or names a tool the agent lacks where
@@ -296,8 +315,16 @@ class RedTeamTarget:
     tenant_probes: tuple[TenantProbe, ...] = field(factory=tuple, converter=_probes)
     untrusted: UntrustedSource | None = None
     budget: CallBudget | None = None
+    approver: Actor | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.approver is not None and (
+            not isinstance(self.approver, Actor) or self.approver.id == self.ctx.actor.id
+        ):
+            raise _bad(
+                "approver",
+                f"approver must be an Actor other than the attacker, got {self.approver!r}",
+            )
         if not isinstance(self.agent, AgentSpec):
             raise _bad("agent", f"agent must be an AgentSpec (define_agent), got {self.agent!r}")
         if not callable(self.runner):
@@ -338,6 +365,8 @@ class Scenario:
         runs: How many runs the attack makes (each with the same input and script).
         self_approve: When a run waits for approvals, the attacker approves them themselves,
             then resumes the run.
+        approve_first: When a run first waits for approvals, the target's `approver` approves
+            them and the run resumes (once); later requests stay undecided.
     """
 
     id: str
@@ -348,6 +377,7 @@ class Scenario:
     poison: str | None = None
     runs: int = 1
     self_approve: bool = False
+    approve_first: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
