@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from contractspec.core import (
 )
 from contractspec.core.testing import FakeClock, temporary_sql_engine
 from contractspec.metering import (
+    FeatureNotEntitledError,
     Limit,
     MemoryMeteringStore,
     Metering,
@@ -37,6 +39,7 @@ from contractspec.metering import (
     UsageEvent,
     define_meter,
     define_plan,
+    meter_operation,
 )
 
 CTX = CallContext(actor=Actor.user("ann"), org_id="org-1")
@@ -63,6 +66,7 @@ seat = define_entity("app.seat", Seat)
 add_seat = define_command("app.seat.add", input=SeatIn, output=Count)
 remove_seat = define_command("app.seat.remove", input=SeatIn, output=Count)
 read_gauge = define_command("app.gauge", input=Reading, output=Count, auth=None)
+report = define_command("app.report", input=Count, output=Count, auth=None)
 seats = define_meter("seats", unit="seat", aggregation="latest", window="month")
 peak = define_meter("peak.rps", unit="rps", aggregation="max", window="day")
 calls = define_meter("api.calls", unit="call", aggregation="count", window="day")
@@ -75,8 +79,9 @@ loose = define_plan("loose", entitlements=[Limit("seats", 1, overage="allow")])
 async def open_seats(kind: str, directory: Path) -> AsyncIterator[tuple[Executor, Metering]]:
     """An app whose seat operations record the `seats` gauge with `Metering.gauge`."""
     registry = SpecRegistry(
-        seat, add_seat, remove_seat, read_gauge, seats, peak, calls, small, large, loose
-    )
+        seat, add_seat, remove_seat, read_gauge, report, seats, peak, calls, small, large, loose,
+        meter_operation(report, meter=peak, amount="output.seats", subject="input.seats"),
+    )  # fmt: skip
     holder: dict[str, Metering] = {}
 
     async def count(ctx: HandlerCtx) -> int:
@@ -99,11 +104,19 @@ async def open_seats(kind: str, directory: Path) -> AsyncIterator[tuple[Executor
         event = await holder["m"].gauge(ctx, inp.meter, inp.value)
         return Count(seats=int(event.value))
 
+    @registry.handler(report)
+    async def _report(inp: Count, ctx: HandlerCtx) -> Count:
+        return inp
+
     clock = FakeClock(T0)
     if kind == "memory":
         store: MeteringStore = MemoryMeteringStore()
         holder["m"] = Metering(registry, store, clock=clock)
-        yield Executor(registry, backend=MemoryBackend(), clock=clock), holder["m"]
+        middleware = [holder["m"].middleware()]
+        yield (
+            Executor(registry, backend=MemoryBackend(), clock=clock, middleware=middleware),
+            holder["m"],
+        )
         return
     from contractspec.core.sql import SqlBackend, create_all
     from contractspec.core.sql import metadata as core_metadata
@@ -114,7 +127,8 @@ async def open_seats(kind: str, directory: Path) -> AsyncIterator[tuple[Executor
         await backend.create_all()
         await create_all(engine, core_metadata, metadata)
         holder["m"] = Metering(registry, SqlMeteringStore(engine), clock=clock)
-        yield Executor(registry, backend=backend, clock=clock), holder["m"]
+        middleware = [holder["m"].middleware()]
+        yield Executor(registry, backend=backend, clock=clock, middleware=middleware), holder["m"]
 
 
 @pytest.fixture
@@ -268,3 +282,19 @@ async def test_a_max_gauge_is_capped_against_its_window_maximum(
     assert (info.value.used, info.value.requested) == (Decimal(9), Decimal(2))
     await executor.execute("app.gauge", {"meter": "peak.rps", "value": "3"}, CTX)
     assert (await metering.current("peak.rps", "org-1", at=T0)).value == 9
+
+
+async def test_an_operation_bound_to_a_gauge_reports_readings_checked_against_the_cap(
+    seats_app: tuple[Executor, Metering],
+) -> None:
+    """meter_operation(report, meter=peak, amount="output.seats"): 10 passes, 12 is refused
+    with nothing recorded, and an org without a plan cannot call it."""
+    executor, metering = seats_app
+    with pytest.raises(FeatureNotEntitledError):
+        await executor.execute("app.report", {"seats": 1}, CTX)
+    await metering.assign_plan("org-1", "small")
+    await executor.execute("app.report", {"seats": 10}, CTX)
+    with pytest.raises(QuotaExceededError):
+        await executor.execute("app.report", {"seats": 12}, CTX)
+    rows = await metering.usage("peak.rps", "org-1", T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert [(r.subject, r.value) for r in rows] == [("10", 10)]

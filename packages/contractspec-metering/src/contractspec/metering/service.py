@@ -792,6 +792,12 @@ class QuotaMiddleware:
        `QuotaExceededError` (hard limit, HTTP 402) or `QuotaRateLimitedError` (rate limit, HTTP
        429 with `Retry-After`) is raised and the whole call rolls back.
 
+    An operation bound to a `latest` or `max` gauge reports a reading instead (its `amount`,
+    e.g. `"output.seats"`): after the handler, `Metering.gauge` records it and refuses it past
+    the plan's cap. The reading is computed by the handler before the gauge lock is taken, so
+    for caps that concurrent calls race for, call `Metering.gauge` with a counting callable
+    from the handler instead.
+
     Operations without a binding pass through untouched.
 
     Every refusal (steps 1, 2 and 4) is also recorded once in the audit trail as a denial, with
@@ -850,6 +856,12 @@ class QuotaMiddleware:
         if binding.meter is None:
             return await call_next(invocation)
         meter = m.meters[binding.meter]
+        if meter.aggregation in _GAUGES:  # the call reports a reading: checked against the cap
+            output = await call_next(invocation)
+            reading = binding.amount_of(invocation.input, output)
+            subject = binding.subject_of(invocation.input, output)
+            await m.gauge(ctx, meter, reading, org_id=org_id, subject=subject)
+            return output
         now = ctx.now()
         counters = m._counters(meter, plan)
         static = binding.static_amount
