@@ -163,6 +163,43 @@ def test_banned_claim_in_any_landing_field_is_found() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "risk free",
+        "riskfree",
+        "Risk\u2011Free",
+        "risk\u2013free",
+        "risk \u2014 free",
+        "risk\n-free",
+    ],
+)
+def test_banned_claim_with_other_separators_is_found(spelling: str) -> None:
+    """Dash variants, spaces or no separator between a claim's words still match it."""
+    report = check_guardrails(_with_body(f"Switching is {spelling} for you."), BRIEF)
+    assert "no_banned_claims" in report.failed
+    assert report.evidence["banned_claims"] == [{"phrase": "risk-free", "field": "body_markdown"}]
+
+
+def test_a_sentence_break_between_claim_words_is_not_the_claim() -> None:
+    """'guaranteed. Results' across two sentences is not the claim 'guaranteed results'."""
+    report = check_guardrails(_with_body("Payment is guaranteed. Results vary by client."), BRIEF)
+    assert report.passed
+
+
+def test_zero_width_characters_do_not_hide_shouting() -> None:
+    """'F\u200bREE' is still the shouted word FREE."""
+    report = check_guardrails(_with_body("Try it F\u200bREE today."), BRIEF)
+    assert report.failed == ("brand_no_shouting",)
+    assert report.evidence["shouting"] == ["body_markdown: FREE"]
+
+
+def test_fullwidth_exclamation_marks_count() -> None:
+    """Fullwidth '\uff01' is an exclamation mark after NFKC."""
+    report = check_guardrails(_with_body("Start now\uff01 Really\uff01"), BRIEF)
+    assert report.failed == ("brand_exclamations",)
+
+
 def test_invariants_are_the_brief_s_numbers() -> None:
     """The invariants carry the brief's limits in their expressions."""
     exprs = {i.name: i.expression.text for i in guardrail_invariants(BRIEF)}
@@ -172,7 +209,7 @@ def test_invariants_are_the_brief_s_numbers() -> None:
 
 
 _CF = st.sampled_from(["\u200b", "\u200c", "\u200d", "\u00ad", "\u2060", "\ufeff"])
-_SPACE = st.sampled_from([" ", "  ", "\t", "\n", " \n "])
+_SPACE = st.sampled_from([" ", "  ", "\t", "\n", " \n ", "-", "\u2011", " \u2013 "])
 
 
 @st.composite

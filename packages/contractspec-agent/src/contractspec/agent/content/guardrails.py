@@ -15,20 +15,22 @@ its text, never left to the prompt alone:
 | `channel_limits` | `channel_violations == 0` | posts over their platform's limit, unknown platforms, long email subjects, blog length |
 
 Text is compared after Unicode NFKC normalisation with format characters (zero-width spaces,
-soft hyphens, bidi marks) removed and whitespace collapsed, so "G\u200buaranteed  RESULTS" still
-matches the banned claim "guaranteed results".
+soft hyphens, bidi marks) removed, dashes made ASCII and whitespace collapsed; the words of a
+phrase may be separated by any run of whitespace or hyphens. So "G\u200buaranteed  RESULTS"
+still matches the banned claim "guaranteed results", and "risk\u2011free" or "risk free" match
+"risk-free", while banning "cure" does not ban "secure". Look-alike letters from other scripts
+(a Cyrillic a, U+0430, for a Latin a) are not folded: list such spellings as claims of their own.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any, Final
 
 from attrs import define, field
 
+from contractspec.agent.content._text import WORD, normalize_text, phrase_pattern, strip_format
 from contractspec.agent.content.brief import ContentBrief
 from contractspec.agent.content.drafts import BlogPost, Draft, EmailMessage, SocialPosts, plain_text
 from contractspec.agent.invariants import Invariant, InvariantResult
@@ -41,31 +43,13 @@ __all__ = [
     "normalize_text",
 ]
 
-_WORD: Final = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n")
-
-
-def normalize_text(text: str) -> str:
-    """NFKC form without format characters (category Cf: zero-width spaces and joiners, soft
-    hyphens, bidi marks), curly quotes made straight, whitespace collapsed to single spaces."""
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    text = text.replace("\u2019", "'").replace("\u2018", "'")
-    text = text.replace("\u201c", '"').replace("\u201d", '"')
-    return " ".join(text.split())
-
-
-@lru_cache(maxsize=1024)
-def _phrase(phrase: str) -> re.Pattern[str]:
-    words = normalize_text(phrase).split(" ")
-    body = r"\s+".join(re.escape(w) for w in words)
-    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
 
 
 def _find(phrases: list[str], parts: Mapping[str, str]) -> list[dict[str, str]]:
     found = []
     for phrase in phrases:
-        pattern = _phrase(phrase)
+        pattern = phrase_pattern(phrase)
         for where, text in parts.items():
             if pattern.search(text):
                 found.append({"phrase": phrase, "field": where})
@@ -99,7 +83,7 @@ def _channel_violations(draft: Draft, brief: ContentBrief) -> list[str]:
                 f"{limits.email_subject_max_chars})"
             )
     elif isinstance(draft, BlogPost):
-        words = len(_WORD.findall(plain_text(draft.body_markdown)))
+        words = len(WORD.findall(plain_text(draft.body_markdown)))
         if not limits.blog_min_words <= words <= limits.blog_max_words:
             out.append(
                 f"body_markdown: {words} words (allowed {limits.blog_min_words}-"
@@ -121,14 +105,14 @@ def guardrail_evidence(draft: Draft, brief: ContentBrief) -> dict[str, Any]:
     parts = {k: normalize_text(v) for k, v in draft.parts().items()}
     banned = _find(list(brief.banned_claims), parts)
     whole = " \n ".join(parts.values())
-    missing = [d for d in brief.required_disclaimers if not _phrase(d).search(whole)]
+    missing = [d for d in brief.required_disclaimers if not phrase_pattern(d).search(whole)]
     off_brand = _find(list(brief.brand_voice.forbidden_words), parts)
     allowed = {a.casefold() for a in brief.brand_voice.allowed_caps}
     shouting = []
     longest: tuple[int, str] = (0, "")
     for where, raw in draft.parts().items():
-        for sentence in _sentences(unicodedata.normalize("NFKC", raw)):
-            words = _WORD.findall(sentence)
+        for sentence in _sentences(strip_format(raw)):
+            words = WORD.findall(sentence)
             if len(words) > longest[0]:
                 longest = (len(words), f"{where}: {normalize_text(sentence)[:200]}")
             for w in words:

@@ -27,6 +27,7 @@ from typing import Any
 
 from attrs import define, field
 
+from contractspec.agent.content._text import WORD, normalize_text, phrase_pattern
 from contractspec.agent.content.brief import ContentBrief
 from contractspec.agent.content.drafts import (
     BlogPost,
@@ -37,7 +38,6 @@ from contractspec.agent.content.drafts import (
     headings,
     plain_text,
 )
-from contractspec.agent.content.guardrails import _WORD, _phrase, normalize_text
 from contractspec.core import SpecDefinitionError
 
 try:
@@ -227,10 +227,10 @@ def _headings(markdown: str, min_h2: int) -> SeoCheck:
 
 def _density(text: str, brief: ContentBrief, low: float, high: float) -> SeoCheck:
     normalized = normalize_text(text)
-    words = len(_WORD.findall(normalized))
+    words = len(WORD.findall(normalized))
     densities = {}
     for keyword in brief.keywords:
-        count = len(_phrase(keyword).findall(normalized))
+        count = len(phrase_pattern(keyword).findall(normalized))
         densities[keyword] = round(100.0 * count / words, 3) if words else 0.0
     primary = densities[brief.primary_keyword]
     ok = low <= primary <= high
@@ -252,7 +252,7 @@ def _present(draft: SocialPosts, brief: ContentBrief) -> SeoCheck:
     hits = [
         k
         for k in brief.keywords
-        if _phrase(k).search(text) or re.sub(r"\W", "", k).casefold() in tags
+        if phrase_pattern(k).search(text) or re.sub(r"\W", "", k).casefold() in tags
     ]
     return SeoCheck(
         "keyword_present", bool(hits), len(hits), "at least one keyword or hashtag",
