@@ -4,6 +4,7 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +13,23 @@ from agent_support import LEAD, ORG, OWNER, AgentEnv, event_names
 from orchestration_support import Team, by_goal, orchestrator, plan, task_store
 
 from contractspec.agent.orchestration import Budget, TaskRetry, TaskStatus
+
+
+class ClaimCounter:
+    """A task store that counts successful claims per orchestrator."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.claims: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def claim(self, tx: Any, task: Any, *, owner: str, lease_until: Any, now: Any) -> Any:
+        claimed = await self.inner.claim(tx, task, owner=owner, lease_until=lease_until, now=now)
+        self.claims[owner] += 1
+        return claimed
+
 
 STEPS = plan(
     ("find facts", "research", []),
@@ -310,3 +328,38 @@ async def test_bad_submissions_are_refused_naming_the_field(env: AgentEnv) -> No
         await bare.submit("a goal", OWNER)
     assert cfg.value.details["field"] == "capability"
     assert await orch.run_until_idle() == 0
+
+
+async def test_two_orchestrators_at_once_run_every_task_once(env: AgentEnv) -> None:
+    """Two orchestrators (distinct workers, one store) drain a tree of four independent tasks
+    and a fifth that needs all four, concurrently: each task runs once, the fifth is handed
+    off exactly once after the last of the four (siblings finishing together never lose it)."""
+    import asyncio
+
+    steps = plan(
+        ("w1", "research", []), ("w2", "research", []), ("w3", "research", []),
+        ("w4", "research", []), ("sum up", "writing", [0, 1, 2, 3]),
+    )  # fmt: skip
+    team = Team(steps)
+    store = ClaimCounter(await task_store(env))
+    a = orchestrator(env, team, store, worker_id="a")
+    b = orchestrator(env, team, store, worker_id="b")
+    root = await a.submit("parallel work", OWNER)
+
+    async def drain(orch: Any) -> None:
+        for _ in range(50):
+            await orch.run_until_idle(org_id=ORG)
+            if (await orch.get(root.id, org_id=ORG)).status.finished:
+                return
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(drain(a), drain(b))
+    tasks = by_goal(await a.tree(root.id, org_id=ORG))
+    assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
+    assert team.effects == dict.fromkeys(["w1", "w2", "w3", "w4", "sum up"], 1)
+    assert [t.attempts for g, t in tasks.items() if g != root.goal] == [1] * 5
+    assert store.claims["a"] > 0
+    assert store.claims["b"] > 0
+    assert store.claims["a"] + store.claims["b"] == 5
+    names = [n for n in await event_names(env) if n.startswith("task.")]
+    assert (names.count("task.assigned"), names.count("task.completed")) == (5, 6)
