@@ -55,10 +55,6 @@ async def _target(spec: str) -> RedTeamTarget:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docs)."""
     args = _parser().parse_args(argv)
-    import structlog
-
-    if not structlog.is_configured():  # this is the application: logs go to stderr, not the report
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
     async def go() -> int:
         try:
@@ -66,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"error: cannot load the target factory: {exc}", file=sys.stderr)
             return 2
+        import structlog
+
+        if not structlog.is_configured():  # the application here: logs to stderr, not the report
+            structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         only = {Category(c) for c in args.category} if args.category else None
         report = await RedTeam(target, default_scenarios(target, only)).run()
         text = report.to_markdown()
