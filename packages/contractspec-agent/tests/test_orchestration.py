@@ -363,3 +363,28 @@ async def test_two_orchestrators_at_once_run_every_task_once(env: AgentEnv) -> N
     assert store.claims["a"] + store.claims["b"] == 5
     names = [n for n in await event_names(env) if n.startswith("task.")]
     assert (names.count("task.assigned"), names.count("task.completed")) == (5, 6)
+
+
+async def test_a_failed_tree_cancels_a_sub_task_waiting_for_approval(env: AgentEnv) -> None:
+    """A billing sub-task waits for an L2 approval while its sibling fails for good: the tree
+    fails, the waiting sub-task and its agent run are cancelled, and approving the request
+    afterwards executes nothing."""
+    from contractspec.agent import RunStatus
+
+    team = Team(plan(("charge order 9", "billing", [], 2), ("check stock", "research", [])))
+    team.fail_first = {"check stock": 9}
+    orch = orchestrator(env, team, await task_store(env), retry=TaskRetry(max_attempts=1))
+    root = await orch.submit("bill order 9", OWNER)
+    await orch.run_until_idle(org_id=ORG)
+    tasks = by_goal(await orch.tree(root.id, org_id=ORG))
+    charge = tasks["charge order 9"]
+    assert (tasks["bill order 9"].status, charge.status) == (
+        TaskStatus.FAILED, TaskStatus.CANCELLED,
+    )  # fmt: skip
+    assert charge.run_id is not None
+    assert (await orch.runner.get(charge.run_id)).status is RunStatus.CANCELLED
+    (approval_id,) = charge.evidence[-1]["waiting_for"]
+    await env.approvals.approve(approval_id, LEAD)
+    assert await orch.resume_waiting(org_id=ORG) == []
+    assert await orch.runner.resume_ready(org_id=ORG) == []
+    assert team.effects == {}

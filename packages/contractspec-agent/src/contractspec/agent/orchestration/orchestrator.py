@@ -565,6 +565,8 @@ class Orchestrator:
         root = task if task.is_root else await self.get(task.root_id, org_id=org)
         parent = None if task.parent_id is None else await self.get(task.parent_id, org_id=org)
         if parent is not None and parent.status.finished:
+            if task.run_id is not None:
+                await self._cancel_run(task.run_id, f"parent task {parent.id} finished", None)
             return await self._finish(
                 binding, TaskStatus.CANCELLED,
                 error={"code": "cancelled", "message": f"parent {parent.id} is {parent.status}"},
@@ -674,6 +676,13 @@ class Orchestrator:
             results = {done[d].goal: done[d].result for d in task.depends_on if d in done}
             parts.append("Results of earlier tasks: " + json.dumps(results, default=str))
         return "\n".join(parts)
+
+    async def _cancel_run(self, run_id: str, reason: str, tx: Transaction | None) -> None:
+        """Cancel an unfinished agent run (a finished one is left as it is)."""
+        run = await self.runner.get(run_id)
+        if run.status.finished:
+            return
+        await self.runner.cancel(run_id, reason=reason, tx=tx)
 
     async def _spend(self, task: Task, seconds: float) -> Spend:
         """What the current run used since it was last counted, plus `seconds`."""
@@ -874,7 +883,14 @@ class Orchestrator:
                 return
         else:
             for s in siblings:
-                if s.status in (TaskStatus.PENDING, TaskStatus.ASSIGNED):
+                if s.status is TaskStatus.WAITING_APPROVAL and s.run_id is not None:
+                    # its pending approvals must never execute for a failed tree
+                    await self._cancel_run(s.run_id, f"sibling task {task.id} failed", tx)
+                if s.status in (
+                    TaskStatus.PENDING,
+                    TaskStatus.ASSIGNED,
+                    TaskStatus.WAITING_APPROVAL,
+                ):
                     await self.tasks.update(
                         tx,
                         s.evolve(
