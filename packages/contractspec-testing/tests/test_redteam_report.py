@@ -157,7 +157,10 @@ async def test_indirect_injection_poisons_the_untrusted_tool_result() -> None:
     scenarios = default_scenarios(target(), {Category.INDIRECT_INJECTION})
     assert len(scenarios) == len(INDIRECT_PAYLOADS) * 2  # close_account and an over-limit refund
     runner = AgentRunner()
-    report = await RedTeam(target(runner=lambda: runner), scenarios).run()
+    t = target(runner=lambda: runner)
+    report = await RedTeam(t, scenarios).run()
+    # the runner resumes runs with the real agent, never the poisoned copy
+    assert runner.registry.get("shop.helper") is t.agent
     hidden = report.result("indirect_injection.hidden_markup.close_account")
     assert hidden.verdict is Verdict.ESCAPED
     steps = await runner.steps(hidden.run_ids[0])

@@ -264,6 +264,10 @@ class RedTeam:
                 f"target.runner() returned {runner!r}, not an AgentRunner",
                 details={"field": "runner"},
             )
+        original = target.agent
+        if original.version not in runner.registry.versions(original.name):
+            # registered first, so a poisoned copy is never what the runner resumes runs with
+            runner.registry.register(original)
         agent = self._agent(scenario)
         defences: list[str] = []
         error: str | None = None
