@@ -145,7 +145,7 @@ def _arms(value: Mapping[str, str]) -> dict[str, str]:
 class DecisionPoint:
     """A place where an agent asks a policy which action to take.
 
-    Args:
+    Attributes:
         name: Tool name the model calls (1-64 letters, digits, `_`, `-`).
         port: The policy service (`DecisionPort`).
         input: pydantic model of what the model passes (the facts the features come from).

@@ -1295,7 +1295,9 @@ class DecisionLoop:
             controller: The rollout controller (its store keeps the state).
             min_decisions: Compared decisions needed.
             max_regression: Tolerated drop of the candidate's lower bound below the live mean.
-            stages, min_samples, min_dwell: As `RolloutPlan`.
+            stages: As `RolloutPlan` (default `DEFAULT_STAGES`).
+            min_samples: As `RolloutPlan`: settled candidate decisions per stage.
+            min_dwell: As `RolloutPlan`.
             guardrails: As `RolloutPlan`; by default a rollback once more than 10 % of the
                 candidate's settled decisions in a stage had a guardrail outcome (after 20).
 
