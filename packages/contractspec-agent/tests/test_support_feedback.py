@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,15 @@ async def test_store_round_trips_and_replaces_per_ticket(store: FeedbackStore) -
     again = outcome("t1", csat=5, cited=("kb-1",), minutes=2)
     await store.put(again)
     assert await store.list(org_id="acme") == [outcome("t2", "shipping", minutes=1), again]
+
+
+async def test_concurrent_puts_of_one_ticket_leave_one_outcome(store: FeedbackStore) -> None:
+    """Eight concurrent puts of the same ticket: exactly one stored outcome, one of those put."""
+    puts = [outcome("t1", csat=1 + i % 5, minutes=i) for i in range(8)]
+    await asyncio.gather(*(store.put(p) for p in puts))
+    stored = await store.list(org_id="acme")
+    assert len(stored) == 1
+    assert stored[0] in puts
 
 
 async def test_store_is_per_tenant_and_filters_by_time_and_category(store: FeedbackStore) -> None:

@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
     ) from exc
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -25,14 +26,15 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
-    delete,
-    insert,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.agent.support.models import SupportFeedback, invalid
+from contractspec.core import ConfigurationError
 from contractspec.core.sql import JsonType, UtcDateTime, new_metadata
 from contractspec.core.sql import create_all as _create_all
 
@@ -91,27 +93,41 @@ class SqlFeedbackStore:
         self.engine = engine
 
     async def put(self, feedback: SupportFeedback) -> None:
-        """Store `feedback`, replacing the ticket's earlier outcome (one transaction)."""
+        """Store `feedback`, replacing the ticket's earlier outcome (an upsert: concurrent
+        puts of one ticket leave exactly one row, the last to commit).
+
+        Raises:
+            SpecValidationError: `feedback` is not a `SupportFeedback`.
+        """
         if not isinstance(feedback, SupportFeedback):
             raise invalid("FeedbackStore", "feedback", f"must be SupportFeedback, got {feedback!r}")
         t = feedback_table
         key = _org_key(feedback.org_id)
+        row = {
+            "org_key": key,
+            "ticket_id": feedback.ticket_id,
+            "category": feedback.category,
+            "resolved": feedback.resolved,
+            "escalated": feedback.escalated,
+            "csat": feedback.csat,
+            "cited": list(feedback.cited),
+            "recorded_at": feedback.recorded_at,
+        }
+        dialect = self.engine.dialect.name
+        upsert: Any
+        if dialect == "postgresql":
+            upsert = pg_insert(t).values(row)
+        elif dialect == "sqlite":
+            upsert = sqlite_insert(t).values(row)
+        else:  # pragma: no cover - SQLite and PostgreSQL are the supported databases
+            raise ConfigurationError(
+                f"SqlFeedbackStore supports SQLite and PostgreSQL, not {dialect!r}",
+                details={"field": "engine"},
+            )
+        changed = {k: upsert.excluded[k] for k in row if k not in ("org_key", "ticket_id")}
+        stmt = upsert.on_conflict_do_update(index_elements=["org_key", "ticket_id"], set_=changed)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(t).where(t.c.org_key == key, t.c.ticket_id == feedback.ticket_id)
-            )
-            await conn.execute(
-                insert(t).values(
-                    org_key=key,
-                    ticket_id=feedback.ticket_id,
-                    category=feedback.category,
-                    resolved=feedback.resolved,
-                    escalated=feedback.escalated,
-                    csat=feedback.csat,
-                    cited=list(feedback.cited),
-                    recorded_at=feedback.recorded_at,
-                )
-            )
+            await conn.execute(stmt)
 
     async def list(
         self,
