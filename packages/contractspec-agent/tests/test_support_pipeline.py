@@ -352,3 +352,19 @@ def test_policy_options_are_checked() -> None:
         with pytest.raises(ConfigurationError) as info:
             ResponsePolicy(**kwargs)  # type: ignore[arg-type]  # hostile input
         assert info.value.details["field"] == name
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=300))
+def test_hostile_ticket_text_gives_valid_labels_and_policy_verdicts(text: str) -> None:
+    """Any text: labels from the allowed sets with confidences in 0-1; policy checks never crash."""
+    clf = TicketClassifier()
+    c = clf.heuristics(text)
+    assert c.category in {*clf.categories, "other"}
+    assert c.priority in ("low", "normal", "high", "urgent")
+    assert c.sentiment in ("negative", "neutral", "positive")
+    assert c.language in {*clf.languages, "und"}
+    assert all(0 <= v <= 1 for v in (c.confidence, *c.field_confidence.values()))
+    rules = {v.rule for v in POLICY.check(text, order_total=10.0)}
+    assert rules <= {"refund_limit", "refund_amount_unknown", "banned_claim", "max_length"}
+    assert "refund_amount_unknown" not in rules  # the order total is known
