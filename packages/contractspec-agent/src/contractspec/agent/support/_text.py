@@ -22,7 +22,8 @@ __all__ = ["STOPWORDS", "Stemmer", "normalize", "s_stem", "stopword_list", "toke
 _TOKEN: Final = re.compile(r"(?u)\b\w\w+\b")
 _SPACE: Final = re.compile(r"\s+")
 
-#: Stopword lists by ISO 639-1 code, from bm25s (which takes them from NLTK).
+#: Stopword lists by ISO 639-1 code, from bm25s (which takes them from NLTK; "en" is its
+#: longer "english_plus" list).
 STOPWORDS: Final[Mapping[str, frozenset[str]]] = {
     "en": frozenset(_stop.STOPWORDS_EN_PLUS),
     "de": frozenset(_stop.STOPWORDS_GERMAN),

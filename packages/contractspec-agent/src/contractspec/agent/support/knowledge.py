@@ -10,7 +10,7 @@ search(query, org_id=, space=)       -> BM25 over that space only (never another
 
 Ranking: Okapi BM25 as bm25s implements it (`method="lucene"`, `k1=1.5`, `b=0.75` by default),
 over tokens that are NFKC-normalised and case-folded, split with bm25s's token pattern, without
-stopwords (bm25s's English list by default) and stemmed (Harman's S-stemmer by default; pass
+stopwords (bm25s's English-plus list by default) and stemmed (Harman's S-stemmer by default; pass
 PyStemmer's `Stemmer.Stemmer("english").stemWord` for Snowball). A document's title counts
 `title_weight` times. The feedback boost of a document is
 `1 + feedback_weight * (helpful - unhelpful) / (helpful + unhelpful + feedback_prior)`, between
