@@ -2,13 +2,17 @@
 page updates by htmx polling), a workflow transition on the board, a suggestion's diff.
 
 Plain sync tests (sync Playwright cannot run inside an event loop); each app runs under uvicorn
-in a thread on a SQLite file, built in the server's own loop (`serve_built`).
+in a thread on a SQLite file, built in the server's own loop (`serve_built`). Playwright is
+started per module here, not by pytest-playwright's session fixtures: a sync Playwright left
+running for the session keeps an event loop running in the main thread, and every async test
+collected after it then fails ("Runner.run() cannot be called from a running event loop").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +21,7 @@ import attrs
 import pytest
 from agent_support import OWNER, POLICY, build_registry
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from reviews_support import cookie_app, serve_built
 from starlette.applications import Starlette
 from test_reviews_workflows import USERS as WORKFLOW_USERS
@@ -48,6 +52,29 @@ AGENT_USERS = {
     "owner": Actor.user("u-owner", roles=["reviewer", "lead", "support"]),
     "lead": Actor.user("u-lead", roles=["reviewer", "lead"]),
 }
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium from `CONTRACTSPEC_CHROMIUM` (skipped without it, unless
+    `CONTRACTSPEC_REQUIRE_BROWSER=1`), stopped when the module's tests are done."""
+    path = os.environ.get("CONTRACTSPEC_CHROMIUM", "")
+    if not path:
+        if os.environ.get("CONTRACTSPEC_REQUIRE_BROWSER") == "1":
+            pytest.fail("CONTRACTSPEC_REQUIRE_BROWSER=1 but CONTRACTSPEC_CHROMIUM is unset")
+        pytest.skip("browser tests need CONTRACTSPEC_CHROMIUM (see .ci/install-chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context (its own cookies)."""
+    context = chromium.new_context()
+    yield context.new_page()
+    context.close()
 
 
 @pytest.fixture
