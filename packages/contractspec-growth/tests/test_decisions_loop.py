@@ -190,6 +190,24 @@ async def test_rewards_are_profit_minus_penalties_joined_by_decision_id(
     assert (await log.get(did)).reward == pytest.approx(-2.5)
 
 
+async def test_concurrent_settlements_reward_the_policy_once(
+    stores: tuple[DecisionLog, OutcomeStore],
+) -> None:
+    """Six concurrent settle calls for one decision: one wins, five get ConflictError, and the
+    policy's statistics moved by exactly one update."""
+    log, outcomes = stores
+    clock = FakeClock(T0)
+    loop = _loop(log, outcomes, clock)
+    d = await loop.choose([1.0, 1.0], decision_id="c1")
+    await loop.handle(event("shop.order.paid", "p1", decision_id="c1", margin=10))
+    results = await asyncio.gather(*(loop.settle("c1") for _ in range(6)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, BaseException))
+    once = LinearIGW("offers", ARMS, n_features=2, seed=3)
+    once.update(d.arm, 10.0, [1.0, 1.0])
+    assert loop.service.policy.predict([1.0, 1.0]) == once.predict([1.0, 1.0])  # type: ignore[attr-defined]
+
+
 async def test_a_bad_amount_is_refused_naming_the_field(
     stores: tuple[DecisionLog, OutcomeStore],
 ) -> None:
