@@ -4,6 +4,7 @@ emits `content.published` through the outbox only after it, exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from content_support import BRIEF, GOOD, as_json, good_blog
 from contractspec.agent import (
     AgentRunner,
     ApprovalDecisionError,
+    ApprovalExpiredError,
     ApprovalMismatchError,
     ApprovalRequiredError,
     ApprovalWorkflow,
@@ -29,6 +31,7 @@ from contractspec.agent.content import (
     ContentPublisher,
     ContentRefusedError,
     GeneratedDraft,
+    Publication,
     blog_post_generator,
     check_guardrails,
     content_generator,
@@ -41,8 +44,10 @@ from contractspec.core import (
     Actor,
     Backend,
     CallContext,
+    ConflictError,
     Executor,
     MemoryBackend,
+    NotFoundError,
     PolicyDeniedError,
     RolePermissions,
     SpecDefinitionError,
@@ -356,6 +361,46 @@ async def test_only_publishers_may_publish(env: Env) -> None:
     await env.approvals.approve(req.id, LEAD)
     with pytest.raises(PolicyDeniedError):
         await env.publisher.publish(req.id, WRITER)
+    assert "content.published" not in await env.events()
+
+
+async def test_concurrent_publishes_of_one_approval_emit_once(env: Env) -> None:
+    """Five editors publishing the same approval at once: one publication, one event; the
+    others get the same publication or a conflict, never a second effect."""
+    req = await env.publisher.request_approval(_generated(good_blog()), WRITER)
+    await env.approvals.approve(req.id, LEAD)
+    results = await asyncio.gather(
+        *(env.publisher.publish(req.id, EDITOR) for _ in range(5)), return_exceptions=True
+    )
+    published = [r for r in results if isinstance(r, Publication)]
+    assert published
+    assert {p.id for p in published} == {published[0].id}
+    assert all(isinstance(r, Publication | ConflictError) for r in results)
+    assert len(await env.payloads("content.published")) == 1
+    assert await env.publications() == 1
+
+
+async def test_an_expired_approval_publishes_nothing(env: Env) -> None:
+    """Past its expiry an undecided request can no longer be approved, and nothing publishes."""
+    publisher = ContentPublisher(env.executor, env.approvals, approval_ttl_s=60)
+    req = await publisher.request_approval(_generated(good_blog()), WRITER)
+    clock = env.approvals.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(61)
+    with pytest.raises(ApprovalExpiredError):
+        await env.approvals.approve(req.id, LEAD)
+    with pytest.raises(ApprovalDecisionError):
+        await publisher.publish(req.id, EDITOR)
+    assert "content.published" not in await env.events()
+
+
+async def test_another_org_cannot_publish_under_the_approval(env: Env) -> None:
+    """An editor of another org cannot use this org's approval."""
+    req = await env.publisher.request_approval(_generated(good_blog()), WRITER)
+    await env.approvals.approve(req.id, LEAD)
+    other = CallContext(actor=Actor.user("u-other", roles="editor"), org_id="org-2")
+    with pytest.raises((ApprovalMismatchError, NotFoundError)):
+        await env.publisher.publish(req.id, other)
     assert "content.published" not in await env.events()
 
 
