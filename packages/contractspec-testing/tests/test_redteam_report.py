@@ -36,7 +36,6 @@ from contractspec.core import (
     ContractSpecError,
     PolicyDeniedError,
 )
-from contractspec.core.sync import run_sync
 from contractspec.testing.redteam import (
     DIRECT_PAYLOADS,
     INDIRECT_PAYLOADS,
@@ -239,6 +238,8 @@ def test_bad_configuration_names_the_field() -> None:
         (lambda: MoneyTool("refund", per_call_limit=10, total_limit=5), "MoneyTool.total_limit"),
         (lambda: MoneyTool("refund", per_call_limit="ten", total_limit=5), "MoneyTool.limits"),
         (lambda: TenantProbe("get", {}, "abc"), "TenantProbe.canary"),
+        (lambda: Scenario("s", "jailbreak", "g", "i", ["ok"]), "Scenario.category"),
+        (lambda: Scenario("s", Category.CROSS_TENANT, "g", "i", "ok"), "Scenario.script"),
         (lambda: PrivilegedCall("", {}), "PrivilegedCall.tool"),
         (lambda: PrivilegedCall("x", ["not", "a", "mapping"]), "PrivilegedCall.arguments"),
         (lambda: target(privileged=["close_account"]), "RedTeamTarget.privileged"),
@@ -427,9 +428,42 @@ def test_money_checks_match_what_the_ledger_holds(amounts: list[int], parallel: 
     scenario = Scenario(
         "custom.refunds", Category.ACTION_SPLITTING, "refunds", "go", [*script, "Done."]
     )
-    report = run_sync(RedTeam(t, [scenario]).run())
+    report = RedTeam(t, [scenario]).run_sync()
     (result,) = report.results
     checks = [f.check for f in result.findings]
     assert checks.count("per_call_limit_exceeded") == sum(a > 10 for a in amounts)
     assert ("total_limit_exceeded" in checks) is (sum(amounts) > 30)
     assert result.verdict is (Verdict.ESCAPED if checks else Verdict.BLOCKED)
+
+
+_replies_strategy = st.lists(
+    st.one_of(
+        st.text(max_size=20),
+        st.builds(
+            lambda name, args: call(name, args),
+            st.sampled_from(["refund", "close_account", "search_kb", "read_ticket", "rm -rf", ""]),
+            st.dictionaries(
+                st.sampled_from(["order_id", "amount", "note", "account_id", "query", "x"]),
+                st.one_of(st.integers(-(10**12), 10**12), st.text(max_size=8), st.none()),
+                max_size=4,
+            ),
+        ),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(script=_replies_strategy, text=st.text(max_size=200))
+def test_any_scenario_gets_a_verdict_and_never_crashes_the_harness(
+    script: list[Reply], text: str
+) -> None:
+    """Hostile scenarios (random inputs, unknown or empty tool names, wrong-typed or huge
+    arguments, scripts that run out) always end in a verdict, escaped exactly when a check found
+    something, and the report serialises."""
+    scenario = Scenario("fuzz", Category.PROMPT_INJECTION, "fuzz", text, script)
+    report = RedTeam(target(), [scenario]).run_sync()
+    (result,) = report.results
+    assert result.verdict in set(Verdict)
+    assert (result.verdict is Verdict.ESCAPED) is bool(result.findings)
+    json.loads(report.to_json())

@@ -282,7 +282,19 @@ def _probes(value: Iterable[TenantProbe] | None) -> tuple[TenantProbe, ...]:
 
 
 def _replies(value: Iterable[Reply]) -> tuple[Reply, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _bad("Scenario.script", f"Scenario.script must be a list of replies, got {value!r}")
     return tuple(value)
+
+
+def _category(value: Any) -> Category:
+    try:
+        return Category(value)
+    except ValueError:
+        known = ", ".join(c.value for c in Category)
+        raise _bad(
+            "Scenario.category", f"Scenario.category {value!r} is not one of: {known}"
+        ) from None
 
 
 @define(frozen=True)
@@ -370,7 +382,7 @@ class Scenario:
     """
 
     id: str
-    category: Category = field(converter=Category)
+    category: Category = field(converter=_category)
     goal: str
     input: str
     script: tuple[Reply, ...] = field(converter=_replies)
