@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -231,3 +232,24 @@ async def test_bad_input_names_the_field() -> None:
         assert conf.value.details["field"] == name
     with pytest.raises(SpecValidationError, match="not a known language"):
         KnowledgeBase(stopwords="klingon")
+
+
+async def test_documents_added_while_a_query_is_embedded_do_not_break_the_search() -> None:
+    """A search waiting on the embedder while documents are added ranks one consistent state."""
+    gate = asyncio.Event()
+    inner = HashingEmbedder()
+
+    class SlowQueries:
+        async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+            if len(texts) == 1 and texts[0] == "parcel":
+                await gate.wait()
+            return await inner.embed(texts)
+
+    kb = KnowledgeBase(embedder=SlowQueries())
+    await kb.add(ARTICLES, org_id="acme")
+    search = asyncio.ensure_future(kb.search("parcel", org_id="acme"))
+    await asyncio.sleep(0)
+    await kb.add([Document(id="kb-9", text="parcel lockers and parcel shops")], org_id="acme")
+    gate.set()
+    hits = await search
+    assert {h.document.id for h in hits} >= {"kb-3", "kb-9"}

@@ -319,6 +319,11 @@ class KnowledgeBase:
         target = self._space(org_id, space)
         if target is None or not target.docs:
             return []
+        query_vector = None
+        if self.embedder is not None and target.vectors and query.strip():
+            # embed first: nothing below awaits, so the space cannot change under the ranking
+            (vector,) = await self.embedder.embed([query])
+            query_vector = _unit(vector)
         if target.dirty:
             self._reindex(target)
         terms = self.analyze(query)
@@ -330,8 +335,8 @@ class KnowledgeBase:
         assert target.categories is not None
         allowed = np.ones(n, dtype=bool) if category is None else target.categories == category
         scores = bm25 if category is None else np.where(allowed, bm25, 0.0)
-        if self.embedder is not None and target.vectors and query.strip():
-            scores = await self._fuse(target, query, scores, allowed, limit)
+        if query_vector is not None:
+            scores = self._fuse(target, query_vector, scores, allowed, limit)
         if target.boosts is None:
             target.boosts = np.array([self._boost(target, i) for i in target.order])
         boosts = target.boosts
@@ -355,17 +360,14 @@ class KnowledgeBase:
             )
         return hits
 
-    async def _fuse(
+    def _fuse(
         self,
         target: _Space,
-        query: str,
+        q: np.ndarray[Any, np.dtype[np.float64]],
         bm25: np.ndarray[Any, np.dtype[np.float64]],
         allowed: np.ndarray[Any, np.dtype[np.bool_]],
         limit: int,
     ) -> np.ndarray[Any, np.dtype[np.float64]]:
-        assert self.embedder is not None
-        (qvec,) = await self.embedder.embed([query])
-        q = _unit(qvec)
         dense = np.full(len(target.order), -np.inf)
         for i, doc_id in enumerate(target.order):
             vec = target.vectors.get(doc_id)
