@@ -25,7 +25,7 @@ from contractspec.core import (
 )
 from contractspec.core.testing import temporary_sql_engine
 from contractspec.core.testing.fixtures import backend_kind
-from contractspec.core.workflows import WorkflowInstance, define_workflow, transition
+from contractspec.core.workflows import Approvals, WorkflowInstance, define_workflow, transition
 
 __all__ = ["backend_kind"]
 
@@ -233,3 +233,71 @@ async def test_hostile_subject_data_is_escaped(setup: Setup, title: str) -> None
     assert board.select_one(f'li.card[data-id="{deal}"] a.card-title').get_text() == title
     page = await setup.client.page("sam", f"/admin/deals/{deal}")
     assert page.select_one("h1").get_text().startswith(title)
+
+
+leave_flow = define_workflow(
+    "hr.leave",
+    states=["requested", "granted"],
+    initial="requested",
+    final=["granted"],
+    transitions=[
+        transition(
+            "sign_off",
+            source="requested",
+            target="granted",
+            auth=requires("leave.decide"),
+            approvals=Approvals(count=2, roles=("manager",)),
+        )
+    ],
+)
+MANAGERS = {
+    "ed": Actor.user("u-ed", roles=["manager"]),  # the requester: no self-approval
+    "mo": Actor.user("u-mo", roles=["manager"]),
+    "max": Actor.user("u-max", roles=["manager"]),
+}
+
+
+async def test_approval_step_quorum_on_the_instance_page(tmp_path: Path) -> None:
+    """A 2-approval step: the requester is not offered it; the first manager's approval shows
+    1 of 2 and is not offered again (forcing it is refused); the second one grants it."""
+    registry = SpecRegistry(leave_flow)
+    board = WorkflowBoard(leave_flow, registry, key="leave")
+    executor = Executor(
+        registry, backend=MemoryBackend(), policy=RolePermissions({"manager": ["leave.*"]})
+    )
+    client = ReviewClient(review_console(executor, MANAGERS, ORG, [board]), MANAGERS, ORG)
+    try:
+        ctx = CallContext(actor=MANAGERS["ed"], org_id=ORG)
+        inst = await executor.execute("hr.leave.start", {}, ctx)
+        assert isinstance(inst, WorkflowInstance)
+        own = await client.page("ed", f"/admin/leave/{inst.id}")
+        assert own.select("form.transition") == []
+        page = await client.page("mo", f"/admin/leave/{inst.id}")
+        form = page.select_one("form.transition-sign_off")
+        assert form.select_one("p.quorum").get_text() == "0 of 2 approvals"
+        assert [b["value"] for b in form.select("button")] == ["approve", "reject"]
+        first = await client.post(
+            "mo", f"/admin/leave/{inst.id}/fire/sign_off",
+            {"decision": "approve", "expected_seq": "1"}, token_from=f"/admin/leave/{inst.id}",
+        )  # fmt: skip
+        assert first.status_code == 303
+        again = await client.page("mo", f"/admin/leave/{inst.id}")
+        assert again.select("form.transition") == []  # one decision per approver
+        forced = await client.force(
+            "mo", f"/admin/leave/{inst.id}/fire/sign_off", {"decision": "approve"}
+        )
+        assert forced.status_code == 409
+        assert "already" in forced.text
+        other = await client.page("max", f"/admin/leave/{inst.id}")
+        assert other.select_one("p.quorum").get_text() == "1 of 2 approvals"
+        done = await client.post(
+            "max", f"/admin/leave/{inst.id}/fire/sign_off", {"decision": "approve"},
+            token_from=f"/admin/leave/{inst.id}",
+        )  # fmt: skip
+        assert done.status_code == 303
+        granted = await client.page("max", f"/admin/leave/{inst.id}")
+        assert granted.select_one("dd.state").get_text() == "granted"
+        bad = await client.force("max", f"/admin/leave/{inst.id}/fire/sign_off", {"decision": "x"})
+        assert bad.status_code == 400
+    finally:
+        await client.aclose()

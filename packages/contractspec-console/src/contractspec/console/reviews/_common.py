@@ -268,7 +268,12 @@ class QueueSection:
         return console.render(
             request,
             self.list_template,
-            {"section": self, "page": page, "items": page.items, "filters": filters},  # type: ignore[attr-defined]
+            {
+                "section": self,
+                "page": page,
+                "items": getattr(page, "items", []),
+                "filters": filters,
+            },
         )
 
     def show_input(self, request: Request, item_id: str) -> dict[str, Any]:
