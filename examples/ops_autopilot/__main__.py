@@ -2,7 +2,9 @@
 
 Each wave starts retention tasks for the riskiest customers not yet contacted, lets a retention
 lead decide the 25 % offers, publishes the simulated business events, moves the clock past the
-30-day horizon and settles the rewards, so the bandit learns between waves.
+30-day horizon and settles the rewards, so the bandit learns between waves. From
+`--shadow-from` on, a candidate trained on the earlier waves runs in shadow mode and the end of
+the run compares it with the live policy.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ async def run(
     budget: float,
     sqlite: Path | None,
     console: Console,
+    shadow_from: int | None = None,
 ) -> Autopilot:
     """Run the demo and print its tables; returns the autopilot (for tests)."""
     facts = load_customers(data_file(), customers=customers)
@@ -60,6 +63,8 @@ async def run(
         table = Table("wave", "tasks", "sent", "L2 approved", "L2 rejected", "blocked",
                       "spent $", "settled", "mean reward $", title="retention waves")  # fmt: skip
         for wave in range(1, waves + 1):
+            if shadow_from is not None and wave == shadow_from:
+                await pilot.shadow_candidate()
             tasks = await pilot.scan(limit=per_wave)
             waiting = sum(t.outcome == "waiting_approval" for t in tasks)
             await pilot.review(approve_when_cheap(pilot), LEAD)
@@ -84,6 +89,24 @@ async def run(
                         f"{e.dr.value:.2f} ({e.dr.ci_low:.2f} .. {e.dr.ci_high:.2f})",
                         f"{e.support:.0%}")  # fmt: skip
         console.print(ope)
+        if pilot.loop.candidate is not None:
+            report = await pilot.loop.shadow_report()
+            shadow = Table("policy", "decisions", "value $ per decision (95 % CI)", "method",
+                           title=f"shadow mode from wave {shadow_from}: "
+                           f"agreement {report.agreement:.0%}")  # fmt: skip
+            live = report.live
+            shadow.add_row(report.live_policy, str(report.n),
+                           f"{live.value:.2f} ({live.ci_low:.2f} .. {live.ci_high:.2f})",
+                           "observed")  # fmt: skip
+            for est in (report.candidate.ips, report.candidate.snips, report.candidate.dr):
+                shadow.add_row(report.candidate_policy, str(report.n),
+                               f"{est.value:.2f} ({est.ci_low:.2f} .. {est.ci_high:.2f})",
+                               est.method)  # fmt: skip
+            console.print(shadow)
+            verdict = ("would be promoted" if report.candidate.dr.ci_low >= live.value
+                       else "stays in shadow: not shown to be at least as good")  # fmt: skip
+            console.print(f"candidate {verdict} (DR lower bound {report.candidate.dr.ci_low:.2f} "
+                          f"vs live mean {live.value:.2f})")  # fmt: skip
         labels = await outcomes.labels()
         console.print(f"{len(labels)} decisions overridden (labels): "
                       f"{Counter(x.actor for x in labels)}")  # fmt: skip
@@ -103,10 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=2000.0, help="US dollars")
     parser.add_argument("--sqlite", type=Path, default=None,
                         help="keep decisions and outcomes in this SQLite file")  # fmt: skip
+    parser.add_argument("--shadow-from", type=int, default=3,
+                        help="wave from which a candidate trained on earlier waves runs in "
+                        "shadow mode (0: none; default 3)")  # fmt: skip
     args = parser.parse_args(argv)
     asyncio.run(
         run(customers=args.customers or None, waves=args.waves, per_wave=args.per_wave,
-            budget=args.budget, sqlite=args.sqlite, console=Console())
+            budget=args.budget, sqlite=args.sqlite, console=Console(),
+            shadow_from=args.shadow_from or None)
     )  # fmt: skip
 
 

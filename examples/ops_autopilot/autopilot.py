@@ -458,6 +458,20 @@ class Autopilot:
         """Settle the rewards of every decision whose 30-day horizon has passed."""
         return await self.loop.settle_due(now)
 
+    async def shadow_candidate(self, *, gamma: float = 20.0) -> LinearIGW:
+        """Train a greedier candidate policy on the rewarded decisions so far and run it in
+        shadow mode: from now on it chooses next to the live policy for every task, logged as
+        `shadow:<decision id>`, never acting. Compare with `await self.loop.shadow_report()`."""
+        live = self.service.policy
+        assert isinstance(live, LinearIGW)
+        candidate = LinearIGW("retention.offer.candidate", list(ARMS), n_features=4,
+                              seed=live.seed + 1, gamma=gamma)  # fmt: skip
+        for d in await self.service.decisions(rewarded=True):
+            assert d.reward is not None
+            candidate.update(d.arm, d.reward, d.context)
+        self.loop.start_shadow(candidate)
+        return candidate
+
     async def evaluate(self, arm: str) -> PolicyEvaluation:
         """Off-policy value of always offering `arm`, from the rewarded decisions."""
         rewarded = await self.service.decisions(rewarded=True)

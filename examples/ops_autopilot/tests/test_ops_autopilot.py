@@ -178,9 +178,16 @@ async def test_the_demo_runs_its_waves_and_prints_the_estimates(store: str, tmp_
     pilot = await run(
         customers=300, waves=2, per_wave=30, budget=500.0,
         sqlite=tmp_path / "demo.db" if store == "sqlite" else None,
-        console=Console(file=out, width=140),
+        console=Console(file=out, width=140), shadow_from=2,
     )  # fmt: skip
     text = out.getvalue()
     assert "retention waves" in text
     assert "off-policy value per decision" in text
+    assert "shadow mode from wave 2" in text
     assert len(pilot.tasks) == 60
+    shadows = await pilot.service.log.decisions("retention.offer.candidate")
+    assert len(shadows) == 30
+    assert all(d.decision_id.startswith("shadow:") and d.reward is None for d in shadows)
+    assert {d.policy for d in await pilot.service.log.decisions(rewarded=True)} == {
+        "retention.offer"
+    }

@@ -501,6 +501,8 @@ async def test_a_promoted_candidate_acts_for_its_share_and_completes_the_rollout
     assert {d.policy for d in rollout_decisions} == {"live", "cand"}
     d = await loop.choose([1.0, 1.0], decision_id="after", subject="someone")
     assert d.policy == "cand"
+    with pytest.raises(ConflictError):
+        loop.start_shadow(TablePolicy("next", UNIFORM, 3))
 
 
 async def test_guardrail_outcomes_roll_the_candidate_back() -> None:

@@ -1017,6 +1017,24 @@ class DecisionLoop:
             )
         return BanditService(policy, log=self.service.log, clock=self.clock)
 
+    def start_shadow(self, policy: BanditPolicy) -> None:
+        """Start running `policy` in shadow mode from the next decision on (as `shadow=`).
+
+        Raises:
+            SpecDefinitionError: It is named like the live policy.
+            ConflictError: The loop has promoted a candidate (it acts for its share, or for
+                everyone once the rollout completed): start the next shadow on a new
+                `DecisionLoop` whose live service is the policy that now decides.
+        """
+        if self.controller is not None:
+            raise ConflictError(
+                "this loop promoted its candidate; start the next shadow on a new DecisionLoop "
+                "whose live service is the policy that now decides.",
+                details={"field": "shadow"},
+            )
+        self.candidate = self._candidate_service(policy)
+        self.shadowing = True
+
     @property
     def services(self) -> dict[str, BanditService]:
         """Services by policy name (live, and the candidate when there is one)."""
