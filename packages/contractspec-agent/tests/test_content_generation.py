@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from attrs import define
 from content_support import BRIEF, GOOD, as_json, good_blog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from contractspec.agent import (
     AgentRunner,
@@ -54,6 +56,7 @@ from contractspec.core import (
     SpecRegistry,
     SpecValidationError,
 )
+from contractspec.core.sync import run_sync
 from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_engine
 
 ORG = "org-1"
@@ -458,3 +461,65 @@ async def test_a_bad_brief_is_refused_before_any_run() -> None:
         await blog_post_generator(model="m").generate(runner, {"id": "x"}, WRITER)
     assert info.value.details["field"].startswith("brief.")
     assert model.requests == []
+
+
+_INJECTIONS = {
+    "no_banned_claims": "You get guaranteed results.",
+    "brand_forbidden_words": "Real synergy for you.",
+    "brand_exclamations": "Wow! Yes! Go!",
+    "brand_no_shouting": "Act NOW, it is FREE.",
+}
+_ORDER = (
+    "no_banned_claims",
+    "required_disclaimers",
+    "brand_forbidden_words",
+    "brand_exclamations",
+    "brand_no_shouting",
+)
+
+
+@st.composite
+def _attempt(draw: st.DrawFn) -> tuple[str, tuple[str, ...]]:
+    """A blog draft (JSON) with some rules broken, and the invariants it must fail."""
+    broken = draw(st.sets(st.sampled_from(_ORDER), max_size=3))
+    data = good_blog().model_dump(mode="json")
+    for name in sorted(broken):
+        if name == "required_disclaimers":
+            data["disclaimer"] = ""
+            continue
+        where = draw(st.sampled_from(["title", "meta_description", "body_markdown"]))
+        data[where] = f"{data[where]} {_INJECTIONS[name]}"
+    return json.dumps(data), tuple(n for n in _ORDER if n in broken)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_attempt(), min_size=3, max_size=4))
+def test_the_loop_keeps_the_first_clean_draft_or_refuses(
+    attempts: list[tuple[str, tuple[str, ...]]],
+) -> None:
+    """Whatever the model writes: the first draft that breaks nothing is kept, each earlier one
+    is refused for exactly the rules it broke, and after three broken drafts nothing is kept."""
+    backend = MemoryBackend()
+    runner = AgentRunner(model=ScriptedModel([a for a, _ in attempts]), backend=backend)
+    gen = blog_post_generator(model="m", max_attempts=3)
+    clean = next((i for i, (_, broken) in enumerate(attempts[:3]) if not broken), None)
+
+    async def go() -> GeneratedDraft:
+        return await gen.generate(runner, BRIEF, WRITER)
+
+    if clean is None:
+        with pytest.raises(ContentRefusedError):
+            run_sync(go())
+        tried = 3
+    else:
+        out = run_sync(go())
+        assert out.attempts == clean + 1
+        assert out.draft.model_dump(mode="json") == json.loads(attempts[clean][0])
+        assert check_guardrails(out.draft, BRIEF).passed
+        tried = clean
+    refused = [
+        e.payload.model_dump()["failed"]
+        for e in backend.events.events
+        if e.name == "content.draft.refused"
+    ]
+    assert refused == [list(broken) for _, broken in attempts[:tried]]
