@@ -9,7 +9,8 @@ only asks. A reply that breaks a rule is `blocked` (a person rewrites it):
   thousands separators and full-width digits included) is treated as a promise and blocked —
   fail closed, so "we cannot refund $500" is blocked too. A "full refund" counts as the
   ticket's `order_total`; when that is unknown it is blocked (`refund_amount_unknown`).
-  Amounts written in words are not recognised.
+  Amounts written in words, and bare numbers without a currency sign or code ("refund 120"),
+  are not recognised.
 * **banned_claim**: a banned phrase, matched case-insensitively on NFKC-normalised text with
   zero-width characters and soft hyphens removed and any run of whitespace between its words;
   or a banned regular expression.
