@@ -418,7 +418,8 @@ class Console(ConsoleHost):
             idempotency_key: For idempotent commands: a repeated key runs the handler once.
 
         Raises:
-            The executor's `ContractSpecError`s unchanged; `render_error` turns them into pages.
+            ContractSpecError: The executor's errors, unchanged (`render_error` turns them into
+                pages): `SpecValidationError`, `PolicyDeniedError`, `ConflictError`, ...
         """
         state = await self._state(request)
         call = state.call
