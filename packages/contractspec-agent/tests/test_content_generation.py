@@ -384,7 +384,8 @@ async def test_concurrent_publishes_of_one_approval_emit_once(env: Env) -> None:
 
 
 async def test_an_expired_approval_publishes_nothing(env: Env) -> None:
-    """Past its expiry an undecided request can no longer be approved, and nothing publishes."""
+    """Past its expiry an undecided request can no longer be approved and nothing publishes;
+    sending the same draft again opens a new request."""
     publisher = ContentPublisher(env.executor, env.approvals, approval_ttl_s=60)
     req = await publisher.request_approval(_generated(good_blog()), WRITER)
     clock = env.approvals.clock
@@ -395,6 +396,12 @@ async def test_an_expired_approval_publishes_nothing(env: Env) -> None:
     with pytest.raises(ApprovalDecisionError):
         await publisher.publish(req.id, EDITOR)
     assert "content.published" not in await env.events()
+    again = await publisher.request_approval(_generated(good_blog()), WRITER)
+    assert again.id != req.id
+    assert again.key == f"{req.key}:after:{req.id}"
+    await env.approvals.approve(again.id, LEAD)
+    assert (await publisher.publish(again.id, EDITOR)).approval_id == again.id
+    assert len(await env.payloads("content.published")) == 1
 
 
 async def test_another_org_cannot_publish_under_the_approval(env: Env) -> None:

@@ -40,11 +40,12 @@ from contractspec.agent.errors import (
     ApprovalExpiredError,
     ApprovalMismatchError,
 )
-from contractspec.agent.stores import ApprovalRequest
+from contractspec.agent.stores import ApprovalRequest, ApprovalStatus
 from contractspec.agent.tools import RiskLevel
 from contractspec.core import (
     ApprovalRequiredError,
     CallContext,
+    ConflictError,
     Executor,
     HandlerCtx,
     NotFoundError,
@@ -258,7 +259,8 @@ class ContentPublisher:
         The request holds the exact arguments `content.publish` will get (brief, kind, draft,
         channel); its metadata holds the guardrail proof, the SEO report, the title and the
         page as Markdown for the reviewer. The same draft on the same channel gets the same
-        request (key `content.publish:<draft id>:<channel>`).
+        request (key `content.publish:<draft id>:<channel>`): pending, approved or rejected (a
+        rejected draft must change to be asked again). After an expiry a new request is opened.
 
         Raises:
             ContentRefusedError: The draft does not pass its guardrails (proven again here).
@@ -290,7 +292,7 @@ class ContentPublisher:
             org_id=ctx.org_id,
             subject_type="content.draft",
             subject_id=draft_id,
-            key=f"{PUBLISH_ACTION}:{draft_id}:{where}",
+            key=await self._key(f"{PUBLISH_ACTION}:{draft_id}:{where}", ctx.org_id),
             expires_in_s=self.approval_ttl_s,
             quorum=quorum,
             approvers=approvers,
@@ -301,6 +303,20 @@ class ContentPublisher:
                 "seo": generated.seo.to_dict(),
                 "run_ids": list(generated.run_ids),
             },
+        )
+
+    async def _key(self, base: str, org_id: str | None) -> str:
+        """`base`, or, once the request under it expired, `base:after:<expired request id>`
+        (the same draft may be sent again after an expiry; a rejection stays final)."""
+        key = base
+        for _ in range(1000):
+            existing = await self.approvals.get_by_key(org_id, key)
+            if existing is None or self.approvals.status_of(existing) is not ApprovalStatus.EXPIRED:
+                return key
+            key = f"{base}:after:{existing.id}"
+        raise ConflictError(  # pragma: no cover - a thousand expiries of one draft
+            f"approval key {base!r} expired too often; change the draft or the channel",
+            details={"field": "key"},
         )
 
     async def publish(self, approval_id: str, ctx: CallContext) -> Publication:
