@@ -139,6 +139,19 @@ def test_one_large_log_puts_every_interval_around_the_truth() -> None:
             np.mean([target_of(policy)(d)[d.arm] > 0 for d in log])
         )
         assert 0 < result.effective_sample_size <= 5000
+        assert result.unsupported == 0.0
+
+
+def test_a_target_outside_the_logging_support_is_reported() -> None:
+    """A target that plays an arm the logging policy never could is flagged as unsupported for
+    exactly the decisions where that happens."""
+    log = [
+        BanditDecision(f"u{i}", "p", "a", p_a, {"a": p_a, "b": 1 - p_a}, None, T0, reward=1.0)
+        for i, p_a in enumerate([1.0, 1.0, 0.5, 0.5])
+    ]
+    result = evaluate_policy(log, lambda d: {"a": 0.0, "b": 1.0})
+    assert result.unsupported == 0.5
+    assert result.support == 0.0
 
 
 def test_the_logging_policy_evaluated_on_its_own_log_is_the_observed_mean() -> None:

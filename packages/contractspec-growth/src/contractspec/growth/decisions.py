@@ -587,6 +587,9 @@ class PolicyEvaluation:
         n: Decisions used.
         effective_sample_size: `(Σw)² / Σw²` of the importance weights (small = high variance).
         support: Share of decisions where the target put positive probability on the logged arm.
+        unsupported: Share of decisions where the target put positive probability on an arm the
+            logging policy could not play (probability 0): the estimates are biased (too low)
+            unless this is 0.
     """
 
     ips: OffPolicyEstimate
@@ -595,6 +598,7 @@ class PolicyEvaluation:
     n: int
     effective_sample_size: float
     support: float
+    unsupported: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -605,6 +609,7 @@ class PolicyEvaluation:
             "n": self.n,
             "effective_sample_size": self.effective_sample_size,
             "support": self.support,
+            "unsupported": self.unsupported,
         }
 
 
@@ -641,6 +646,7 @@ class _Logged:
     rewards: FloatArray
     propensities: FloatArray
     target: FloatArray  # (n, k)
+    logging: FloatArray  # (n, k): the logged action distributions
     contexts: FloatArray | None  # (n, d)
 
     @property
@@ -668,6 +674,10 @@ def _collect(decisions: Iterable[BanditDecision], target: TargetPolicy, where: s
             arms.setdefault(arm, len(arms))
     n, k = len(items), len(arms)
     probs = np.zeros((n, k))
+    logging = np.zeros((n, k))
+    for i, d in enumerate(items):
+        for arm, p in d.probabilities.items():
+            logging[i, arms[arm]] = p
     for i, d in enumerate(items):
         dist = target(d)
         if not isinstance(dist, Mapping):
@@ -708,6 +718,7 @@ def _collect(decisions: Iterable[BanditDecision], target: TargetPolicy, where: s
         rewards=np.asarray([d.reward for d in items], dtype=np.float64),
         propensities=np.asarray([d.propensity for d in items], dtype=np.float64),
         target=probs,
+        logging=logging,
         contexts=contexts,
     )
 
@@ -897,6 +908,7 @@ def evaluate_policy(
         n=len(w),
         effective_sample_size=ess,
         support=float(np.mean(w > 0)),
+        unsupported=float(np.mean(np.any((logged.target > 0) & (logged.logging <= 0), axis=1))),
     )
 
 
