@@ -166,6 +166,8 @@ class WorkflowBoard:
             board = await console.execute(request, self.operation, {"per_state": self.per_state})
             available: dict[str, Any] = {}
             for column in getattr(board, "columns", []):
+                if column.final:  # no transition leaves a final state
+                    continue
                 for inst in column.items:
                     available[inst.id] = await console.execute(
                         request, self.workflow.operation_name("available"), {"instance_id": inst.id}
