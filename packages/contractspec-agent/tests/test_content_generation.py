@@ -41,6 +41,7 @@ from contractspec.agent.content import (
     register_content_operations,
     seo_report,
 )
+from contractspec.agent.review import register_review_operations
 from contractspec.agent.testing import FunctionModel, ScriptedModel
 from contractspec.core import (
     Actor,
@@ -61,7 +62,11 @@ from contractspec.core.testing import FakeClock, SequentialIds, temporary_sql_en
 
 ORG = "org-1"
 POLICY = RolePermissions(
-    {"writer": ["content.write"], "editor": ["content.publish"], "lead": ["approval.decide"]}
+    {
+        "writer": ["content.write"],
+        "editor": ["content.publish"],
+        "lead": ["approval.decide", "agent.review.*"],
+    }
 )
 WRITER = CallContext(actor=Actor.user("u-writer", roles="writer"), org_id=ORG)
 EDITOR = CallContext(actor=Actor.user("u-editor", roles="editor"), org_id=ORG)
@@ -169,6 +174,7 @@ def _env(
 ) -> Env:
     approvals = ApprovalWorkflow(store, backend=backend, policy=POLICY, clock=clock, ids=ids)
     register_content_operations(registry, approvals)
+    register_review_operations(registry, approvals=approvals)
     executor = Executor(registry, backend=backend, policy=POLICY, clock=clock, ids=ids)
     runner = AgentRunner(
         backend=backend, runs=runs, approvals=approvals, executor=executor, policy=POLICY,
@@ -365,6 +371,21 @@ async def test_only_publishers_may_publish(env: Env) -> None:
     with pytest.raises(PolicyDeniedError):
         await env.publisher.publish(req.id, WRITER)
     assert "content.published" not in await env.events()
+
+
+async def test_the_review_queue_lists_and_decides_publish_requests(env: Env) -> None:
+    """Publish requests are ordinary approvals: the agent review queue lists them by subject
+    type and approves them; the approved draft then publishes."""
+    req = await env.publisher.request_approval(_generated(good_blog()), WRITER)
+    lead = CallContext(actor=LEAD, org_id=ORG)
+    listed = await env.executor.execute(
+        "agent.review.approvals.list", {"subject_type": "content.draft"}, lead
+    )
+    assert [i.id for i in listed.items] == [req.id]  # type: ignore[attr-defined]
+    await env.executor.execute("agent.review.approvals.approve", {"approval_id": req.id}, lead)
+    pub = await env.publisher.publish(req.id, EDITOR)
+    assert pub.approval_id == req.id
+    assert len(await env.payloads("content.published")) == 1
 
 
 async def test_concurrent_publishes_of_one_approval_emit_once(env: Env) -> None:
