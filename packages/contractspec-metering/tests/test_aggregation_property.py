@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metering_support import App
@@ -119,3 +120,19 @@ async def test_aggregate_and_total_equal_a_naive_reference(
     assert [(a.subject, a.window_start, a.value) for a in got] == expected
     total = await app.store.total(meter, org, start, end)
     assert total == (reference(aggregation, rows) if rows else 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
+    st.sampled_from(list(Window)),
+)
+def test_bulk_ingestion_window_start_matches_window_bounds(at: datetime, window: Window) -> None:
+    """The SQL adapter's bulk window start is `window_bounds(window, at)[0]` for any UTC instant."""
+    pytest.importorskip("sqlalchemy")
+    from contractspec.metering.specs import window_bounds
+    from contractspec.metering.sql import _WINDOW_START
+
+    assert _WINDOW_START[window](at) == window_bounds(window, at)[0]

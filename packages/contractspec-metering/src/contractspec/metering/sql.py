@@ -30,7 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
         "(SQLite) or 'contractspec-metering[postgres]' (PostgreSQL)"
     ) from exc
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -148,6 +149,19 @@ _COLUMNS = (
     "timestamp",
     "window_start",
 )
+#: Start of the UTC window of an event's timestamp (always UTC: `UsageEvent` converts it); the
+#: same values as `window_bounds(window, at)[0]`, without its cache (ingested events are not in
+#: time order).
+_WINDOW_START: dict[Window, Callable[[datetime], datetime]] = {
+    Window.HOUR: lambda t: t.replace(minute=0, second=0, microsecond=0),
+    Window.DAY: lambda t: t.replace(hour=0, minute=0, second=0, microsecond=0),
+    Window.MONTH: lambda t: t.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+}
+#: The stored events of one org among a JSON array of ids (SQLite; see `_stored`).
+_SQLITE_STORED = text(
+    "SELECT * FROM cs_usage_events WHERE org_id = :org_id "
+    "AND id IN (SELECT value FROM json_each(:ids))"
+).columns(*usage_events_table.columns)
 _PG_RECORD_MANY = text(
     "INSERT INTO cs_usage_events (org_id, id, meter, subject, user_id, value, unique_key, "
     '"timestamp", window_start) '
@@ -289,8 +303,9 @@ class SqlMeteringStore:
 
         Per chunk of 500: on PostgreSQL one `INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO
         NOTHING RETURNING id`, then one read of the duplicates; on SQLite (one writer, this
-        transaction) one read of the ids already stored, then an executemany `INSERT` of the
-        others. Then one upsert per quota counter."""
+        transaction) one read of the events already stored (the ids as one JSON array through
+        `json_each`), then an executemany `INSERT` of the others. Then one upsert per quota
+        counter."""
         stx = sql_transaction(tx, "SqlMeteringStore")
         stx.check_writable("recording usage")
         first: dict[tuple[str, str], UsageEvent] = {}
@@ -298,6 +313,7 @@ class SqlMeteringStore:
             check_event(event, meter)
             first.setdefault((event.org_id, event.id), event)
         insert = _insert(stx.dialect)
+        start_of = _WINDOW_START[meter.window]
         new: set[tuple[str, str]] = set()
         stored = dict(first)
         unique = list(first.values())
@@ -320,7 +336,7 @@ class SqlMeteringStore:
                     "value": e.value,
                     "unique_key": e.unique_key,
                     "timestamp": e.timestamp,
-                    "window_start": window_bounds(meter.window, e.timestamp)[0],
+                    "window_start": start_of(e.timestamp),
                 }
                 for e in chunk
             ]
@@ -364,7 +380,10 @@ class SqlMeteringStore:
     async def _stored(
         self, stx: SqlTransaction, keys: list[tuple[str, str]]
     ) -> dict[tuple[str, str], UsageEvent]:
-        """The stored events among `keys` ((org_id, id) pairs)."""
+        """The stored events among `keys` ((org_id, id) pairs).
+
+        On SQLite the ids go in as one JSON array (`json_each`): one bound parameter instead of
+        an expanded `IN` list of up to 500, which SQLAlchemy would re-render per chunk."""
         t = usage_events_table
         found: dict[tuple[str, str], UsageEvent] = {}
         by_org: dict[str, list[str]] = {}
@@ -372,7 +391,12 @@ class SqlMeteringStore:
             by_org.setdefault(org, []).append(id)
         for org, ids in by_org.items():
             for i in range(0, len(ids), _CHUNK):
-                stmt = select(t).where(t.c.org_id == org, t.c.id.in_(ids[i : i + _CHUNK]))
+                part = ids[i : i + _CHUNK]
+                stmt: Any
+                if stx.dialect == "sqlite":
+                    stmt = _SQLITE_STORED.bindparams(org_id=org, ids=json.dumps(part))
+                else:
+                    stmt = select(t).where(t.c.org_id == org, t.c.id.in_(part))
                 for row in (await stx.execute(stmt)).mappings():
                     found[(row["org_id"], row["id"])] = _event(row)
         return found
