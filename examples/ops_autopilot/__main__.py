@@ -20,9 +20,9 @@ from rich.table import Table
 
 from contractspec.core import Actor
 from contractspec.core.testing import FakeClock, SequentialIds
-from contractspec.growth import DecisionLog, MemoryDecisionLog
-from contractspec.growth.decisions import MemoryOutcomeStore, OutcomeStore
-from ops_autopilot.autopilot import Autopilot, approve_when_cheap
+from contractspec.growth import MemoryDecisionLog
+from contractspec.growth.decisions import MemoryOutcomeStore
+from ops_autopilot.autopilot import Autopilot, approve_when_cheap, open_on_sqlite
 from ops_autopilot.data import AS_OF, data_file, load_customers
 from ops_autopilot.spec import ARMS
 
@@ -43,23 +43,17 @@ async def run(
     facts = load_customers(data_file(), customers=customers)
     clock = FakeClock(AS_OF.replace(tzinfo=dt.UTC))
     engine = None
-    log: DecisionLog
-    outcomes: OutcomeStore
     if sqlite is None:
-        log, outcomes = MemoryDecisionLog(), MemoryOutcomeStore()
+        pilot = Autopilot(facts, log=MemoryDecisionLog(), outcomes=MemoryOutcomeStore(),
+                          clock=clock, budget=budget, ids=SequentialIds("run"))  # fmt: skip
     else:
         from contractspec.core.sql import sqlite_engine
-        from contractspec.growth import SqlDecisionLog
-        from contractspec.growth.decisions_sql import SqlOutcomeStore
 
         engine = sqlite_engine(sqlite)
-        log = SqlDecisionLog(engine)
-        outcomes = SqlOutcomeStore(engine, metadata=log.metadata)
-        await log.create_all()
-        await outcomes.create_all()
+        pilot = await open_on_sqlite(facts, engine, clock=clock, budget=budget,
+                                     ids=SequentialIds("run"))  # fmt: skip
+    outcomes = pilot.loop.outcomes
     try:
-        pilot = Autopilot(facts, log=log, outcomes=outcomes, clock=clock, budget=budget,
-                          ids=SequentialIds("run"))  # fmt: skip
         table = Table("wave", "tasks", "sent", "L2 approved", "L2 rejected", "blocked",
                       "spent $", "settled", "mean reward $", title="retention waves")  # fmt: skip
         for wave in range(1, waves + 1):

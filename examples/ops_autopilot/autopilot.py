@@ -30,16 +30,21 @@ from typing import Any, ClassVar
 import numpy as np
 from attrs import define
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.agent import (
     AgentRunner,
     ApprovalRequest,
+    ApprovalStore,
+    ApprovalWorkflow,
     Invariant,
+    MemoryApprovalStore,
     ModelClient,
     ModelRequest,
     RiskLevel,
     RiskRule,
     RunStatus,
+    RunStore,
     ToolContext,
     ToolMessage,
     UsageLimits,
@@ -52,7 +57,7 @@ from contractspec.agent import (
 from contractspec.agent.decisions import DecisionPoint
 from contractspec.agent.testing import FunctionModel, Reply, call
 from contractspec.bus import EventBus
-from contractspec.core import Actor, CallContext
+from contractspec.core import Actor, Backend, CallContext, SpecRegistry
 from contractspec.core.policy import RolePermissions
 from contractspec.core.ports import Clock, IdGenerator
 from contractspec.core.records import EventEnvelope
@@ -83,6 +88,7 @@ __all__ = [
     "TaskResult",
     "World",
     "approve_when_cheap",
+    "open_on_sqlite",
 ]
 
 ORG = "cdnow"
@@ -293,6 +299,10 @@ class Autopilot:
             `OPS_AUTOPILOT_MODEL`).
         ids: Run ids (decision ids derive from them); core's `SequentialIds()` makes a run
             repeatable, UUIDs by default.
+        backend: The agent's backend (unit of work, events, audit); memory by default, a
+            `SqlBackend` with `open_on_sqlite`.
+        runs: The agent's run store (`MemoryRunStore` by default, `SqlRunStore` for SQL).
+        approval_store: Where approval requests live (`MemoryApprovalStore` by default).
     """
 
     def __init__(
@@ -307,6 +317,9 @@ class Autopilot:
         seed: int = 7,
         model: ModelClient | None = None,
         ids: IdGenerator | None = None,
+        backend: Backend | None = None,
+        runs: RunStore | None = None,
+        approval_store: ApprovalStore | None = None,
     ) -> None:
         self.customers = {c.customer_id: c for c in customers}
         self.clock = clock
@@ -334,8 +347,11 @@ class Autopilot:
             tools=[self.point.tool(), send_offer],
             limits=UsageLimits(max_steps=4),
         )
-        self.runner = AgentRunner(model=model or configured_model(), policy=POLICY, clock=clock,
-                                  ids=ids)  # fmt: skip
+        approvals = ApprovalWorkflow(approval_store or MemoryApprovalStore(), backend=backend,
+                                     policy=POLICY, clock=clock, ids=ids)  # fmt: skip
+        self.runner = AgentRunner([self.agent], model=model or configured_model(), policy=POLICY, clock=clock,
+                                  ids=ids, backend=backend, runs=runs,
+                                  approvals=approvals)  # fmt: skip
         self.bus = EventBus(clock=clock, sleep=_no_sleep)
         self.bus.subscribe("retention.task.created", self._on_task, name="retention-agent")
         for name in REWARD.events:
@@ -480,6 +496,29 @@ class Autopilot:
 
 async def _no_sleep(_: float) -> None:
     return None
+
+
+async def open_on_sqlite(
+    customers: Sequence[CustomerFacts], engine: AsyncEngine, **kwargs: Any
+) -> Autopilot:
+    """An autopilot whose decisions, outcomes, labels, agent runs, tool ledger, approvals, outbox
+    and audit trail all live in the SQLite (or PostgreSQL) database of `engine` (tables created
+    if missing). `kwargs` as `Autopilot` (clock, budget, seed, ids, model...)."""
+    from contractspec.agent.sql import SqlApprovalStore, SqlRunStore
+    from contractspec.agent.sql import create_all as create_agent_tables
+    from contractspec.core.sql import SqlBackend
+    from contractspec.growth import SqlDecisionLog
+    from contractspec.growth.decisions_sql import SqlOutcomeStore
+
+    backend = SqlBackend(engine, SpecRegistry())
+    await backend.create_all()
+    await create_agent_tables(engine)
+    log = SqlDecisionLog(engine)
+    outcomes = SqlOutcomeStore(engine, metadata=log.metadata)
+    await log.create_all()
+    await outcomes.create_all()
+    return Autopilot(customers, log=log, outcomes=outcomes, backend=backend, runs=SqlRunStore(),
+                     approval_store=SqlApprovalStore(), **kwargs)  # fmt: skip
 
 
 def approve_when_cheap(pilot: Autopilot, limit: float = 15.0) -> Callable[[ApprovalRequest], bool]:

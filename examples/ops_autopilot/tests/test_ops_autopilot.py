@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from ops_autopilot.__main__ import run
-from ops_autopilot.autopilot import Autopilot, approve_when_cheap
+from ops_autopilot.autopilot import Autopilot, approve_when_cheap, open_on_sqlite
 from ops_autopilot.data import AS_OF, CustomerFacts, data_file, load_customers
 from ops_autopilot.spec import MARGIN_FLOOR, OFFERS, REWARD
 from rich.console import Console
@@ -20,9 +20,8 @@ from contractspec.agent.testing import block_model_requests
 from contractspec.core import Actor
 from contractspec.core.sql import sqlite_engine
 from contractspec.core.testing import FakeClock, SequentialIds
-from contractspec.growth import MemoryDecisionLog, SqlDecisionLog
+from contractspec.growth import MemoryDecisionLog
 from contractspec.growth.decisions import MemoryOutcomeStore, Outcome
-from contractspec.growth.decisions_sql import SqlOutcomeStore
 
 block_model_requests()
 
@@ -49,12 +48,8 @@ async def pilot(
         return
     engine = sqlite_engine(tmp_path / "autopilot.db")
     try:
-        log = SqlDecisionLog(engine)
-        outcomes = SqlOutcomeStore(engine, metadata=log.metadata)
-        await log.create_all()
-        await outcomes.create_all()
-        yield Autopilot(customers, log=log, outcomes=outcomes, clock=clock, budget=300.0,
-                        ids=SequentialIds("run")), clock  # fmt: skip
+        yield await open_on_sqlite(customers, engine, clock=clock, budget=300.0,
+                                   ids=SequentialIds("run")), clock  # fmt: skip
     finally:
         await engine.dispose()
 
@@ -191,3 +186,41 @@ async def test_the_demo_runs_its_waves_and_prints_the_estimates(store: str, tmp_
     assert {d.policy for d in await pilot.service.log.decisions(rewarded=True)} == {
         "retention.offer"
     }
+
+
+async def test_pending_offers_survive_a_restart_on_sqlite(
+    customers: list[CustomerFacts], tmp_path: Path
+) -> None:
+    """Runs waiting for approval, their decisions and the ledger are in the SQLite file: a new
+    autopilot process (new engine, new runner) finds the pending 25 % offers, and after the lead
+    approves them the resumed runs send each offer once, with no second decision logged."""
+    path = tmp_path / "autopilot.db"
+    clock = FakeClock(AS_OF.replace(tzinfo=dt.UTC))
+    first_engine = sqlite_engine(path)
+    try:
+        first = await open_on_sqlite(customers, first_engine, clock=clock,
+                                     budget=10_000.0, ids=SequentialIds("run"))  # fmt: skip
+        await first.scan(limit=20)
+        waiting = {t.run_id for t in first.tasks.values() if t.outcome == "waiting_approval"}
+        assert waiting
+        logged = len(await first.service.decisions())
+    finally:
+        await first_engine.dispose()
+
+    engine = sqlite_engine(path)
+    try:
+        second = await open_on_sqlite(customers, engine, clock=clock, budget=10_000.0,
+                                      ids=SequentialIds("restarted"))  # fmt: skip
+        pending = await second.runner.approvals.pending(org_id="cdnow")
+        assert {str(r.subject_id) for r in pending} == waiting
+        for request in pending:
+            await second.runner.approvals.approve(request.id, LEAD)
+            result = await second.runner.resume(str(request.subject_id), deps=second)
+            assert result.status.value == "completed"
+        assert sorted(s.arm for s in second.sent.values()) == ["pct25"] * len(waiting)
+        assert len(await second.service.decisions()) == logged
+        for request in pending:  # resuming again executes nothing twice
+            await second.runner.resume(str(request.subject_id), deps=second)
+        assert len(second.sent) == len(waiting)
+    finally:
+        await engine.dispose()
