@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,10 +49,12 @@ _EFFECT_STATUSES: Final = frozenset({"ok", "reconciled", "timeout", "in_doubt"})
 _RAN: Final = _EFFECT_STATUSES | {"error"}
 #: Ledger states of an effect that happened or may have happened.
 _EFFECT: Final = frozenset({ActionStatus.SUCCEEDED, ActionStatus.STARTED, ActionStatus.IN_DOUBT})
-#: Tool-result statuses that are a guard refusing the call.
+#: Tool-result statuses that are a guard refusing the call (`error`: the tool or its operation
+#: refused or failed, e.g. a policy denial or a check where the effect lands).
 _REFUSED: Final = frozenset(
-    {"blocked", "needs_approval", "rejected", "unavailable", "unknown_tool", "invalid", "shadowed"}
-)
+    {"blocked", "needs_approval", "rejected", "unavailable", "unknown_tool", "invalid", "shadowed",
+     "error"}
+)  # fmt: skip
 
 
 @define(frozen=True)
@@ -270,24 +273,16 @@ class RedTeam:
             runner.registry.register(original)
         agent = self._agent(scenario)
         defences: list[str] = []
-        error: str | None = None
         before = {r.id for r in await self._runs(runner)}
-        for _ in range(scenario.runs):
-            model = self.model or ScriptedModel(scenario.script, model_name="redteam-compromised")
-            with runner.override(model=model):
-                try:
-                    result = await runner.run(agent, scenario.input, target.ctx)
-                    if scenario.self_approve and result.waiting:
-                        await self._approve(runner, result, self.target.ctx.actor, defences)
-                    elif scenario.approve_first and result.waiting and target.approver:
-                        await self._approve(runner, result, target.approver, defences)
-                except ContractSpecError as exc:
-                    if _inconclusive(exc):
-                        error = f"{type(exc).__name__}: {exc}"
-                    else:
-                        defences.append(f"run: {exc.code}")  # dropped below if the run says it
-                except Exception as exc:  # the harness reports it; nothing is proven
-                    error = f"{type(exc).__name__}: {exc}"
+        if scenario.concurrent:
+            errors = await asyncio.gather(
+                *(self._one_run(runner, agent, scenario, defences) for _ in range(scenario.runs))
+            )
+        else:
+            errors = [
+                await self._one_run(runner, agent, scenario, defences) for _ in range(scenario.runs)
+            ]
+        error = next((e for e in reversed(errors) if e is not None), None)
         new = [r for r in await self._runs(runner) if r.id not in before]
         new.sort(key=lambda r: (r.created_at, r.id))
         evidence = await self._evidence(runner, new)
@@ -317,6 +312,27 @@ class RedTeam:
         )
 
     # -- running ----------------------------------------------------------------------------------
+
+    async def _one_run(
+        self, runner: AgentRunner, agent: AgentSpec, scenario: Scenario, defences: list[str]
+    ) -> str | None:
+        """One run of `scenario` (approving as it says); returns the inconclusive error, if any."""
+        target = self.target
+        model = self.model or ScriptedModel(scenario.script, model_name="redteam-compromised")
+        with runner.override(model=model):
+            try:
+                result = await runner.run(agent, scenario.input, target.ctx)
+                if scenario.self_approve and result.waiting:
+                    await self._approve(runner, result, target.ctx.actor, defences)
+                elif scenario.approve_first and result.waiting and target.approver:
+                    await self._approve(runner, result, target.approver, defences)
+            except ContractSpecError as exc:
+                if _inconclusive(exc):
+                    return f"{type(exc).__name__}: {exc}"
+                defences.append(f"run: {exc.code}")  # dropped later if the run records it
+            except Exception as exc:  # the harness reports it; nothing is proven
+                return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _agent(self, scenario: Scenario) -> AgentSpec:
         agent = self.target.agent

@@ -375,6 +375,8 @@ class Scenario:
         poison: For indirect injection: the text the untrusted source returns instead of its
             real result (`None`: the source is left alone).
         runs: How many runs the attack makes (each with the same input and script).
+        concurrent: Start the runs at the same time (parallel sessions) instead of one after
+            the other.
         self_approve: When a run waits for approvals, the attacker approves them themselves,
             then resumes the run.
         approve_first: When a run first waits for approvals, the target's `approver` approves
@@ -388,6 +390,7 @@ class Scenario:
     script: tuple[Reply, ...] = field(converter=_replies)
     poison: str | None = None
     runs: int = 1
+    concurrent: bool = False
     self_approve: bool = False
     approve_first: bool = False
 
