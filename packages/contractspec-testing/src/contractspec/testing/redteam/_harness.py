@@ -145,7 +145,11 @@ def _script_tools(scenario: Scenario, skip: str | None) -> set[str]:
     names: set[str] = set()
     for reply in scenario.script:
         calls: Sequence[Any] = (
-            [reply] if isinstance(reply, ToolCall) else reply if isinstance(reply, list) else []
+            [reply]
+            if isinstance(reply, ToolCall)
+            else reply
+            if isinstance(reply, Sequence) and not isinstance(reply, str)
+            else []
         )
         names.update(c.name for c in calls if isinstance(c, ToolCall) and c.name != skip)
     return names
