@@ -110,6 +110,15 @@ def test_disclaimer_matches_across_case_and_whitespace() -> None:
     assert check_guardrails(draft, BRIEF).passed
 
 
+def test_every_social_post_must_carry_the_disclaimer() -> None:
+    """Posts go out one by one: a post without the disclaimer fails even if another has it."""
+    posts = good_social()
+    bare = posts.posts[1].model_copy(update={"text": "Send each invoice on the day."})
+    report = check_guardrails(posts.model_copy(update={"posts": [posts.posts[0], bare]}), BRIEF)
+    assert report.failed == ("required_disclaimers",)
+    assert report.evidence["missing_disclaimer_texts"] == ["posts.1: Results vary by client."]
+
+
 def test_social_post_over_platform_limit_fails_channel_limits() -> None:
     """A post longer than its platform allows (hashtags counted) fails `channel_limits`."""
     text = "Clear invoices help. Results vary by client. " + "Yes. " * 50

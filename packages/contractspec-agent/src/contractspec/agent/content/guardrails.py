@@ -7,7 +7,7 @@ its text, never left to the prompt alone:
 | invariant | expression | evidence |
 |---|---|---|
 | `no_banned_claims` | `banned_claims_found == 0` | brief's banned claims found (word boundaries, any case) |
-| `required_disclaimers` | `missing_disclaimers == 0` | required disclaimers absent from the draft |
+| `required_disclaimers` | `missing_disclaimers == 0` | required disclaimers absent from the draft (from any social post: each goes out alone) |
 | `brand_forbidden_words` | `off_brand_words == 0` | the voice's forbidden words found |
 | `brand_exclamations` | `exclamations <= <max>` | `!` in all fields |
 | `brand_sentence_length` | `longest_sentence_words <= <max>` | words in the longest sentence |
@@ -104,8 +104,16 @@ def guardrail_evidence(draft: Draft, brief: ContentBrief) -> dict[str, Any]:
     """
     parts = {k: normalize_text(v) for k, v in draft.parts().items()}
     banned = _find(list(brief.banned_claims), parts)
-    whole = " \n ".join(parts.values())
-    missing = [d for d in brief.required_disclaimers if not phrase_pattern(d).search(whole)]
+    if isinstance(draft, SocialPosts):  # each post goes out alone: each carries them
+        missing = [
+            f"{where}: {d}"
+            for where, text in parts.items()
+            for d in brief.required_disclaimers
+            if not phrase_pattern(d).search(text)
+        ]
+    else:
+        whole = " \n ".join(parts.values())
+        missing = [d for d in brief.required_disclaimers if not phrase_pattern(d).search(whole)]
     off_brand = _find(list(brief.brand_voice.forbidden_words), parts)
     allowed = {a.casefold() for a in brief.brand_voice.allowed_caps}
     shouting = []
