@@ -23,6 +23,28 @@ from contractspec.core.testing.fixtures import backend_kind, sql_engine, sql_kin
 __all__ = ["backend_kind", "sql_engine", "sql_kind"]
 
 CHROMIUM_ENV = "CONTRACTSPEC_CHROMIUM"
+#: Fixtures of pytest-playwright's sync API; tests using them run after every other test.
+BROWSER_FIXTURES = frozenset({"page", "context", "browser", "browser_type", "playwright"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last: sync Playwright keeps its event loop running in the main
+    thread while it is started, and pytest-asyncio cannot start a test's loop meanwhile.
+
+    Order: tests without a browser; then tests whose module starts and stops its own
+    `sync_playwright()` (no `playwright` fixture); last the tests on pytest-playwright's fixtures,
+    whose `playwright` is session-scoped (two sync Playwrights cannot run at once).
+    """
+
+    def rank(item: pytest.Item) -> int:
+        names = set(getattr(item, "fixturenames", ()))
+        if not BROWSER_FIXTURES & names:
+            return 0
+        return 2 if "playwright" in names else 1
+
+    items.sort(key=rank)
+
+
 REQUIRE_BROWSER_ENV = "CONTRACTSPEC_REQUIRE_BROWSER"
 
 

@@ -47,7 +47,9 @@ def _assert_accessible(page: Page) -> None:
     assert bad == [], bad
 
 
-def _create(page: Page, base: str, code: str, name: str, price: str) -> None:
+def _create(page: Page, base: str, code: str, name: str, price: str, *, ok: bool = True) -> None:
+    """Fill and submit the create form; with `ok`, wait until the record's page has loaded (the
+    htmx submit navigates by HX-Redirect, which a next `goto` must not race)."""
     page.goto(f"{base}/ops/shop.product.create")
     page.get_by_label("Id").fill(code)
     page.get_by_label("Name").fill(name)
@@ -55,6 +57,9 @@ def _create(page: Page, base: str, code: str, name: str, price: str) -> None:
     page.get_by_label("Status").select_option("active")
     page.get_by_label("Tags").fill("red\nsmall")
     page.get_by_role("button", name="Submit").click()
+    if ok:
+        expect(page.locator("main h1")).to_have_text(f"Product {code}")
+        page.wait_for_load_state()
 
 
 def test_create_and_edit_through_forms_with_an_inline_error(
@@ -63,7 +68,7 @@ def test_create_and_edit_through_forms_with_an_inline_error(
     """Create shows the server's error next to its field (values kept), then saves; edit too."""
     base = served_console
     _login(page, base, "alice")
-    _create(page, base, "p-1", "forbidden", "9.99")
+    _create(page, base, "p-1", "forbidden", "9.99", ok=False)
     name_error = page.locator("#f-name-error")
     expect(name_error).to_have_text("this name is reserved")
     expect(page.get_by_label("Name")).to_have_attribute("aria-invalid", "true")
