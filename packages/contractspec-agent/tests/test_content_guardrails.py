@@ -209,6 +209,14 @@ def test_fullwidth_exclamation_marks_count() -> None:
     assert report.failed == ("brand_exclamations",)
 
 
+def test_a_banned_claim_in_the_slug_is_found() -> None:
+    """URLs are read too: 'guaranteed-results' in the slug is the claim."""
+    draft = good_blog().model_copy(update={"slug": "guaranteed-results-for-freelancers"})
+    report = check_guardrails(draft, BRIEF)
+    assert report.failed == ("no_banned_claims",)
+    assert report.evidence["banned_claims"] == [{"phrase": "guaranteed results", "field": "slug"}]
+
+
 def test_invariants_are_the_brief_s_numbers() -> None:
     """The invariants carry the brief's limits in their expressions."""
     exprs = {i.name: i.expression.text for i in guardrail_invariants(BRIEF)}

@@ -120,10 +120,11 @@ class BlogPost(_Draft):
     disclaimer: str = Field(default="", max_length=2000)
 
     def parts(self) -> dict[str, str]:
-        """Title, meta description, body and disclaimer."""
+        """Title, meta description, slug (readers see URLs too), body and disclaimer."""
         return {
             "title": self.title,
             "meta_description": self.meta_description,
+            "slug": self.slug,
             "body_markdown": self.body_markdown,
             "disclaimer": self.disclaimer,
         }
