@@ -621,6 +621,61 @@ WORKFLOW_CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], set[st
 ]  # fmt: skip
 
 
+class Desk(BaseModel):
+    """A record whose `status` can hold a workflow's state."""
+
+    id: str
+    status: str = "open"
+    phase: str = "open"
+
+
+DESK = define_entity("t.desk", Desk)
+OTHER_DESK = define_entity("t.other_desk", Desk)
+
+
+def _desk(
+    *, entity: Any = None, state_field: str | None = None, history: str | None = None
+) -> SpecRegistry:
+    """A two-state workflow kept on instances (default) or on `entity` records."""
+    from contractspec.core import define_workflow, transition
+
+    return SpecRegistry(
+        define_workflow(
+            "t.desk.flow", states=["open", "done"], initial="open", final=["done"],
+            transitions=[transition("finish", source="open", target="done")],
+            entity=entity, state_field=state_field, history=history,
+        )
+    )  # fmt: skip
+
+
+#: Workflows on an entity: moving the state elsewhere is breaking, moving history is a warning.
+STORAGE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], set[str]]] = [
+    ("instances-to-entity", {}, {"entity": DESK, "state_field": "status"},
+     {"workflow-storage-changed", "workflow-history-changed", BUMP},
+     {"workflow-storage-changed", "workflow-history-changed", BUMP}),
+    ("state-field-changed", {"entity": DESK, "state_field": "status"},
+     {"entity": DESK, "state_field": "phase"},
+     {"workflow-storage-changed", BUMP}, {"workflow-storage-changed", BUMP}),
+    ("entity-changed", {"entity": DESK, "state_field": "status"},
+     {"entity": OTHER_DESK, "state_field": "status"},
+     {"workflow-storage-changed", BUMP}, {"workflow-storage-changed", BUMP}),
+    ("history-to-audit", {}, {"history": "audit"},
+     {"workflow-history-changed"}, {"workflow-history-changed"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "forward", "reverse"), STORAGE_CASES, ids=[c[0] for c in STORAGE_CASES]
+)
+def test_workflow_storage_rule_both_directions(
+    case: str, old: dict[str, Any], new: dict[str, Any], forward: set[str], reverse: set[str]
+) -> None:
+    """Where a workflow keeps its state and history: exactly these rules, old→new and new→old."""
+    before, after = _desk(**old), _desk(**new)
+    assert workflow_rules(before, after) == forward
+    assert workflow_rules(after, before) == reverse
+
+
 def workflow_rules(old: SpecRegistry, new: SpecRegistry) -> set[str]:
     """Rules of the changes found on the workflow spec itself."""
     return {c.rule for c in diff_ir(old.to_ir(), new.to_ir()).changes if c.kind == "workflow"}
@@ -778,7 +833,7 @@ def test_every_rule_has_a_case() -> None:
     for _case, _old, _new, forward, reverse in SCHEMA_CASES:
         for role in ROLES:
             covered |= {r for r, _s, _p in expected(role, forward + reverse)}
-    for _case, _old, _new, fwd, rev in [*SPEC_CASES, *WORKFLOW_CASES]:
+    for _case, _old, _new, fwd, rev in [*SPEC_CASES, *WORKFLOW_CASES, *STORAGE_CASES]:
         covered |= fwd | rev
     assert sorted(set(RULES) - covered) == []
 

@@ -653,6 +653,27 @@ class MemoryAuditLog:
         """The chain of one org, oldest first."""
         return [e for e in self.entries if e.record.org_id == org_id]
 
+    async def target_entries(
+        self,
+        org_id: str | None,
+        target_type: str,
+        target_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """The org's committed entries about one target (`target_type`, `target_id`), oldest
+        first, after chain position `after_seq`, at most `limit` (the `AuditTargetReader`
+        protocol; workflows with `history="audit"` read their history here)."""
+        out = [
+            e
+            for e in self.for_org(org_id)
+            if e.seq > after_seq
+            and e.record.target_type == target_type
+            and e.record.target_id == target_id
+        ]
+        return out if limit is None else out[:limit]
+
     def _head(self, org_id: str | None, chain: list[AuditEntry]) -> Head | None:
         seq = self.heads.get(org_id)
         if seq is None:

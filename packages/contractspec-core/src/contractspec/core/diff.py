@@ -228,6 +228,18 @@ _SPEC_RULES: Final[tuple[tuple[str, Severity, str], ...]] = (
     ("workflow-timer-removed", WRN, "a workflow timer was removed (nothing fires when it was due)"),
     ("workflow-timer-added", INF, "a workflow timer was added"),
     (
+        "workflow-storage-changed",
+        BRK,
+        "where a workflow keeps its state changed (entity= or state_field=): existing records or "
+        "instances are not moved",
+    ),
+    (
+        "workflow-history-changed",
+        WRN,
+        "a workflow's history moved between step rows and the audit trail (earlier history "
+        "stays where it was written)",
+    ),
+    (
         "attachment-slot-narrowed",
         BRK,
         "an attachment slot accepts less (a media type, max size or count, archive limits)",
@@ -1399,6 +1411,21 @@ class _Differ:
                     ", ".join(f"{k} changed from {_fmt(o.get(k))} to {_fmt(n.get(k))}"
                               for k in changed),
                 )  # fmt: skip
+        for key in ("entity", "state_field"):
+            if old.get(key) != new.get(key):
+                self.add(
+                    "workflow-storage-changed", kind, ref, key,
+                    f"{key} changed from {_fmt(old.get(key))} to {_fmt(new.get(key))}: the "
+                    "state of existing instances is not moved; register a new workflow name",
+                )  # fmt: skip
+        old_history = old.get("history") or "steps"
+        new_history = new.get("history") or "steps"
+        if old_history != new_history:
+            self.add(
+                "workflow-history-changed", kind, ref, "history",
+                f"history changed from {old_history!r} to {new_history!r}: earlier steps stay "
+                "where they were written, later ones are read from the new place",
+            )  # fmt: skip
         kept = old_states & new_states  # removed/added states are reported above
         of, nf = set(old.get("final") or ()) & kept, set(new.get("final") or ()) & kept
         if of != nf:
@@ -1412,7 +1439,7 @@ class _Differ:
         self._generic(
             kind, ref, old, new,
             handled=frozenset({"states", "final", "transitions", "timers", "start_auth",
-                               "read_auth", "admin_auth"}),
+                               "read_auth", "admin_auth", "entity", "state_field", "history"}),
         )  # fmt: skip
 
     def _generic(

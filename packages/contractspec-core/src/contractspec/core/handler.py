@@ -48,6 +48,7 @@ class HandlerCtx:
     """
 
     __slots__ = (
+        "_audit_details",
         "_audit_target",
         "_denials",
         "_events",
@@ -73,6 +74,7 @@ class HandlerCtx:
         self._events: list[EventEnvelope] = []
         self._repos: dict[str, Repository[Any]] | None = None
         self._audit_target: tuple[str, str] | None = None
+        self._audit_details: dict[str, Any] | None = None
         self._stamp: datetime | None = None
         #: Audit records of permissions denied inside the handler; written whatever the outcome.
         self._denials: list[AuditRecord] = []
@@ -275,6 +277,16 @@ class HandlerCtx:
     def set_audit_target(self, resource_type: str, resource_id: str) -> None:
         """Name the resource this call acted on, for its audit record."""
         self._audit_target = (resource_type, str(resource_id))
+
+    def add_audit_details(self, key: str, value: Any) -> None:
+        """Add `key: value` (JSON-able) to the `details` of this call's success audit record.
+
+        Workflows record each state change here (`details["workflow"]`), which is what
+        `history="audit"` reads back.
+        """
+        if self._audit_details is None:
+            self._audit_details = {}
+        self._audit_details[key] = value
 
     @property
     def events(self) -> list[EventEnvelope]:

@@ -24,9 +24,11 @@ them, and the record version makes concurrent transitions of one instance have e
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import inspect
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
@@ -46,6 +48,7 @@ from contractspec.core.approvals import (
 )
 from contractspec.core.context import Actor, ActorKind, CallContext, Resource
 from contractspec.core.errors import (
+    ConfigurationError,
     ConflictError,
     HandlerContractError,
     NotFoundError,
@@ -58,6 +61,7 @@ from contractspec.core.specs import (
     _DOTTED_NAME,
     AuthRequirement,
     EmitsItem,
+    EntitySpec,
     EventRef,
     EventSpec,
     Index,
@@ -100,6 +104,7 @@ __all__ = [
     "define_workflow",
     "fire_transition",
     "may_call",
+    "move_record",
     "start_instance",
     "system_call",
     "timer",
@@ -482,6 +487,9 @@ class WorkflowChange:
         transition: The transition fired (`None` for `start` and `migrate`).
         input: The transition's validated input model, or `None`.
         comment: The caller's comment, or `None`.
+        record: For workflows on an entity (`define_workflow(entity=...)`): the app's record —
+            as read (before the move) when `set_fields` sees it, as written (after the move)
+            when `on_transition` sees it; `None` for instance workflows.
     """
 
     workflow: WorkflowSpec
@@ -492,6 +500,7 @@ class WorkflowChange:
     transition: Transition | None = None
     input: BaseModel | None = None
     comment: str | None = None
+    record: Any = None
 
 
 TransitionHook: TypeAlias = Callable[["HandlerCtx", WorkflowChange], Any]
@@ -543,6 +552,14 @@ class WorkflowSpec:
             changes state).
         transitioned_event: Whether state changes emit `<name>.transitioned` (`False` when the
             app emits its own domain event from the hook; the event is then not registered).
+        entity: The app's entity whose records carry the state (`None`: the workflow keeps its
+            own instance rows in `cs.workflow.instance`).
+        state_field: The field of `entity` holding the state (its value, or an enum member
+            whose `.value` is the state).
+        history: `"steps"` (a `cs.workflow.step` row per change) or `"audit"` (no step row:
+            `<name>.history` answers from the audit trail).
+        set_fields: Entity workflows: `set_fields(ctx, change) -> mapping | None`, extra fields
+            written with the new state in the same update (a closing date), or `None`.
     """
 
     kind: ClassVar[str] = "workflow"
@@ -566,6 +583,10 @@ class WorkflowSpec:
     on_transition: TransitionHook | None = field(default=None, eq=False)
     on_transition_emits: tuple[EventSpec | EventRef, ...] = ()
     transitioned_event: bool = True
+    entity: EntitySpec[Any] | None = None
+    state_field: str | None = None
+    history: str = "steps"
+    set_fields: Callable[[HandlerCtx, WorkflowChange], Any] | None = field(default=None, eq=False)
 
     @property
     def ref(self) -> str:
@@ -794,6 +815,10 @@ def define_workflow(
     on_transition: TransitionHook | None = None,
     on_transition_emits: Iterable[EmitsItem] | None = None,
     transitioned_event: bool = True,
+    entity: EntitySpec[Any] | None = None,
+    state_field: str | None = None,
+    history: str | None = None,
+    set_fields: Callable[[HandlerCtx, WorkflowChange], Any] | None = None,
 ) -> WorkflowSpec:
     """Declare a workflow: states, transitions, timers; checked when declared.
 
@@ -825,6 +850,27 @@ def define_workflow(
             every operation that changes state).
         transitioned_event: `False` skips the generic `<name>.transitioned` event (it is then
             not registered at all), for apps whose hook emits their own domain event.
+        entity: Keep the state on the app's own records instead of workflow instances: each
+            record of this entity *is* an instance (same id), in the state its `state_field`
+            holds. A transition reads the record, checks the source state, writes the new
+            state (plus `set_fields`) as one update with the entity's optimistic concurrency
+            (of N concurrent transitions on one record exactly one wins, the others get
+            `ConflictError`), runs the hook, emits and audits: no instance row, no step row, no
+            extra read. There is no `<name>.start` (the app creates records in `initial`),
+            `<name>.get` shows the record as an instance (`seq` 0: the entity's version guards
+            concurrency, so transitions take no `expected_seq`), `history` comes from the audit
+            trail, and timers, approval steps, migrations and `subject` are refused (they need
+            instance rows).
+        state_field: The entity's field holding the state (required with `entity`): a `str`,
+            `Literal` or enum field whose values are the states.
+        history: `"steps"` (default for instance workflows): a history row per change;
+            `"audit"` (the only choice with `entity`): no history rows, `<name>.history` reads the
+            audit records of each change (who, when, operation, from → to, input, comment, in
+            the records' `details["workflow"]`). Needs an audit sink that can list a target's
+            records (`MemoryAuditLog`, `SqlAuditLog`).
+        set_fields: Entity workflows only: `set_fields(ctx, change) -> mapping | None` (sync),
+            extra fields written in the same update as the state (`change.record` is the
+            record before the move).
 
     Returns:
         A frozen `WorkflowSpec`; register it with `SpecRegistry(...)` / `registry.register(...)`.
@@ -835,7 +881,9 @@ def define_workflow(
             unknown state, an unreachable state, a non-final state with no way out, a timer on an
             unknown or final state or firing a transition that does not leave it, a migration
             to an unknown state, a non-callable `on_transition`, or `on_transition_emits`
-            without `on_transition`.
+            without `on_transition`; with `entity`: no or an unknown `state_field`, a state
+            field whose type cannot hold the states, `history="steps"`, timers, approval steps,
+            migrations or `subject`.
     """
     _check_name(name, what="workflow", pattern=_DOTTED_NAME, example="hr.leave")
     _check_reserved(name, False)
@@ -968,6 +1016,10 @@ def define_workflow(
                     "migrations",
                 )
         migs[old] = dict(mapping)
+    history_kind = _check_storage(
+        fail, entity, state_field, history, set_fields, state_list, trans, timer_list, subject,
+        migs,
+    )  # fmt: skip
     return WorkflowSpec(
         name=name,
         version=version,
@@ -980,6 +1032,10 @@ def define_workflow(
         on_transition=on_transition,
         on_transition_emits=hook_emits,
         transitioned_event=bool(transitioned_event),
+        entity=entity,
+        state_field=state_field,
+        history=history_kind,
+        set_fields=set_fields,
         migrations=migs,
         start_auth=start_auth or authenticated(),
         read_auth=read_auth or authenticated(),
@@ -989,6 +1045,92 @@ def define_workflow(
         owners=_tuple_of_str(owners),
         tags=_tuple_of_str(tags),
     )
+
+
+def _check_storage(
+    fail: Callable[[str, str], SpecDefinitionError],
+    entity: Any,
+    state_field: Any,
+    history: Any,
+    set_fields: Any,
+    states: tuple[str, ...],
+    transitions: tuple[Transition, ...],
+    timers: tuple[Timer, ...],
+    subject: Any,
+    migrations: Mapping[int, Any],
+) -> str:
+    """Check where a workflow keeps its state and history; the history kind to use."""
+    if history is not None and history not in ("steps", "audit"):
+        raise fail(
+            f"history must be 'steps' (a history row per change) or 'audit' (history from the "
+            f"audit trail), got {history!r}",
+            "history",
+        )
+    if entity is None:
+        if state_field is not None:
+            raise fail(
+                "state_field names the field of entity= that holds the state; pass entity= too",
+                "state_field",
+            )
+        if set_fields is not None:
+            raise fail(
+                "set_fields writes extra fields of entity= records; pass entity= too",
+                "set_fields",
+            )
+        return history or "steps"
+    if not isinstance(entity, EntitySpec):
+        raise fail(f"entity must be an EntitySpec made by define_entity, got {entity!r}", "entity")
+    fields = entity.model.model_fields
+    if not isinstance(state_field, str) or state_field not in fields:
+        raise fail(
+            f"entity {entity.name!r} needs state_field=, the name of its field holding the "
+            f"state (one of {sorted(fields)}), got {state_field!r}",
+            "state_field",
+        )
+    allowed = _state_values(fields[state_field].annotation)
+    if allowed is not None:
+        missing = [s for s in states if s not in allowed]
+        if missing:
+            raise fail(
+                f"{entity.name}.{state_field} cannot hold the states {missing}; its values are "
+                f"{sorted(allowed)}",
+                "state_field",
+            )
+    if history == "steps":
+        raise fail(
+            "history='steps' writes a history row keyed by a workflow instance; a workflow on "
+            "entity= has none: use history='audit' (the default with entity=)",
+            "history",
+        )
+    refused = [
+        ("timers", bool(timers), "timers key on instance rows; fire the move from a job instead"),
+        (
+            "transitions",
+            any(t.approvals is not None for t in transitions),
+            "approval steps key on instance rows; drop approvals= or the entity=",
+        ),
+        ("migrations", bool(migrations), "migrate the entity's records with your own migration"),
+        ("subject", subject is not None, "the entity's record is the subject"),
+    ]
+    for field_name, present, why in refused:
+        if present:
+            raise fail(f"a workflow on entity= cannot have {field_name}: {why}", field_name)
+    if set_fields is not None and not callable(set_fields):
+        raise fail(f"set_fields must be callable(ctx, change), got {set_fields!r}", "set_fields")
+    return "audit"
+
+
+def _state_values(annotation: Any) -> frozenset[str] | None:
+    """The state values a field's type can hold: an enum's values, a `Literal`'s strings,
+    `None` for a plain `str` (anything); refuses other types."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return frozenset(str(a) for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return frozenset(str(m.value) for m in annotation)
+    if annotation is str:
+        return None
+    return frozenset()
 
 
 def _expiry_timers(transitions: Iterable[Transition]) -> list[Timer]:
@@ -1088,6 +1230,9 @@ def _derive(wf: WorkflowSpec, registry: _Derived) -> None:
         key="instance_id",
         description=f"An escalation timer of workflow {wf.name} fell due.",
     )
+    if wf.entity is not None:
+        _derive_on_entity(wf, registry, transitioned)
+        return
     registry.register(INSTANCE_ENTITY, STEP_ENTITY, APPROVAL_ENTITY, escalated)
     # Events of every state change: the generic one (unless turned off) and the hook's.
     base: list[EventSpec | EventRef] = []
@@ -1285,27 +1430,30 @@ async def _enter(
         )
         inst = await repo.update(inst)
     name = transition.name if transition is not None else None
-    await ctx.repo(STEP_ENTITY).add(
-        # Every field is built here from checked values: no validation needed (the store still
-        # checks the row is storable).
-        WorkflowStep.model_construct(
-            id=ctx.new_id(),
-            instance_id=inst.id,
-            seq=inst.seq,
-            workflow=wf.name,
-            version=inst.version,
-            kind=kind,
-            transition=name,
-            from_state=from_state,
-            to_state=target,
-            actor_id=ctx.actor.id,
-            actor_kind=ctx.actor.kind.value,
-            at=now,
-            input=input_data,
-            comment=comment,
+    if wf.history == "audit":
+        _audit_step(wf, ctx, inst.id, kind, name, from_state, target, input_data, comment)
+    else:
+        await ctx.repo(STEP_ENTITY).add(
+            # Every field is built here from checked values: no validation needed (the store still
+            # checks the row is storable).
+            WorkflowStep.model_construct(
+                id=ctx.new_id(),
+                instance_id=inst.id,
+                seq=inst.seq,
+                workflow=wf.name,
+                version=inst.version,
+                kind=kind,
+                transition=name,
+                from_state=from_state,
+                to_state=target,
+                actor_id=ctx.actor.id,
+                actor_kind=ctx.actor.kind.value,
+                at=now,
+                input=input_data,
+                comment=comment,
+            )
         )
-    )
-    if audit_target:
+    if audit_target or (wf.history == "audit" and ctx._audit_target is None):
         ctx.set_audit_target(wf.name, inst.id)
     hook = wf.on_transition
     if hook is not None:
@@ -1494,6 +1642,13 @@ async def start_instance(
             database at the latest).
     """
     _check_embedded(workflow, ctx, "start_instance")
+    if workflow.entity is not None:
+        raise HandlerContractError(
+            f"start_instance: workflow {workflow.ref} keeps its state on {workflow.entity.name} "
+            f"records; a new record is in the state its {workflow.state_field} field holds "
+            "(create it in the initial state), there is nothing to start",
+            details={"operation": ctx.operation.ref, "workflow": workflow.ref},
+        )
     subject = workflow.subject
     if subject is not None and not isinstance(data, subject):
         data = _validate_model(subject, data or {}, f"{workflow.name} subject data")
@@ -1550,6 +1705,26 @@ async def fire_transition(
         WorkflowGuardError: The guard refused.
     """
     _check_embedded(workflow, ctx, "fire_transition")
+    t, value = _transition_and_input(workflow, ctx, transition, input)
+    if workflow.entity is not None:
+        if expected_seq is not None:
+            raise SpecValidationError(
+                f"{workflow.name}: records of {workflow.entity.name} keep no seq (the entity's "
+                "version guards concurrent moves); leave expected_seq out",
+                errors=[{"loc": ["expected_seq"], "msg": "not used by workflows on an entity"}],
+            )
+        _, view = await _fire_entity(workflow, t, ctx, instance_id, value, comment)
+        return view
+    return await _fire(workflow, t, ctx, instance_id, expected_seq, value, comment, False)
+
+
+def _transition_and_input(
+    workflow: WorkflowSpec,
+    ctx: HandlerCtx,
+    transition: str | Transition,
+    input: BaseModel | Mapping[str, Any] | None,
+) -> tuple[Transition, BaseModel | None]:
+    """The transition to fire from inside an operation and its validated input."""
     t = workflow.get_transition(transition if isinstance(transition, str) else transition.name)
     if t.approvals is not None:
         raise HandlerContractError(
@@ -1568,7 +1743,7 @@ async def fire_transition(
         value = input
     else:
         value = _validate_model(t.input, input or {}, f"{workflow.name}.{t.name} input")
-    return await _fire(workflow, t, ctx, instance_id, expected_seq, value, comment, False)
+    return t, value
 
 
 def _validate_model(model: type[BaseModel], data: Any, what: str) -> BaseModel:
@@ -1700,6 +1875,11 @@ def _comment_handler(wf: WorkflowSpec) -> Any:
         inst = await ctx.repo(INSTANCE_ENTITY).update(
             inst.model_copy(update={"seq": inst.seq + 1, "updated_at": now})
         )
+        ctx.set_audit_target(wf.name, inst.id)
+        if wf.history == "audit":
+            _audit_step(wf, ctx, inst.id, "comment", None, inst.state, inst.state, {},
+                        inp.comment)  # fmt: skip
+            return inst
         await ctx.repo(STEP_ENTITY).add(
             WorkflowStep(
                 id=ctx.new_id(), instance_id=inst.id, seq=inst.seq, workflow=wf.name,
@@ -1724,6 +1904,8 @@ def _get_handler(wf: WorkflowSpec) -> Any:
 def _history_handler(wf: WorkflowSpec) -> Any:
     async def history(inp: HistoryQuery, ctx: HandlerCtx) -> HistoryPage:
         await _load(wf, ctx, inp.instance_id)
+        if wf.history == "audit":
+            return await _audit_history(wf, ctx, inp, wf.name)
         where: dict[str, Any] = {"instance_id": inp.instance_id}
         if inp.after is not None:
             where["seq__gt"] = inp.after
@@ -1733,6 +1915,380 @@ def _history_handler(wf: WorkflowSpec) -> Any:
         return HistoryPage(items=items, next_cursor=items[-1].seq if more else None)
 
     return history
+
+
+# --------------------------------------------------------------------------------------------
+# History from the audit trail, and workflows whose state lives on the app's own entity
+# --------------------------------------------------------------------------------------------
+
+
+def _audit_step(
+    wf: WorkflowSpec,
+    ctx: HandlerCtx,
+    instance_id: str,
+    kind: str,
+    transition: str | None,
+    from_state: str | None,
+    to_state: str,
+    input_data: dict[str, Any],
+    comment: str | None,
+) -> None:
+    """Record a history step in the call's audit record (`details["workflow"]`) instead of a
+    step row (`history="audit"`); who and when are the record's own fields."""
+    ctx.add_audit_details(
+        "workflow",
+        {
+            "name": wf.name,
+            "version": wf.version,
+            "instance_id": instance_id,
+            "kind": kind,
+            "transition": transition,
+            "from": from_state,
+            "to": to_state,
+            "input": input_data,
+            "comment": comment,
+        },
+    )
+
+
+def _step_of(wf: WorkflowSpec, instance_id: str, entry: Any) -> WorkflowStep | None:
+    """The history step an audit entry records for `instance_id`, or `None` (not a step)."""
+    record = entry.record
+    if record.outcome != "success":
+        return None
+    step = record.details.get("workflow")
+    if isinstance(step, Mapping) and step.get("name") == wf.name:
+        if step.get("instance_id") != instance_id:
+            return None
+        kind = str(step.get("kind"))
+        transition = step.get("transition")
+        from_state = step.get("from")
+        to_state = str(step.get("to"))
+        version = int(step.get("version") or wf.version)
+        data = step.get("input") or {}
+        comment = step.get("comment")
+    elif wf.entity is not None and wf.state_field is not None:
+        # The record's creation enters its initial state (`start`).
+        created = next(
+            (
+                c
+                for c in record.changes
+                if c.op == "create" and c.entity == wf.entity.name and c.entity_id == instance_id
+            ),
+            None,
+        )
+        if created is None or created.after is None:
+            return None
+        kind, transition, from_state, version, data, comment = (
+            "start",
+            None,
+            None,
+            wf.version,
+            {},
+            None,
+        )
+        to_state = str(created.after.get(wf.state_field))
+    else:
+        return None
+    return WorkflowStep.model_construct(
+        id=record.id, instance_id=instance_id, seq=entry.seq, workflow=wf.name, version=version,
+        kind=kind, transition=transition, from_state=from_state, to_state=to_state,
+        actor_id=record.actor_id, actor_kind=record.actor_kind or "", at=record.occurred_at,
+        input=dict(data), comment=comment,
+    )  # fmt: skip
+
+
+async def _audit_history(
+    wf: WorkflowSpec, ctx: HandlerCtx, inp: HistoryQuery, target_type: str
+) -> HistoryPage:
+    """A page of history read from the audit trail (`history="audit"`): the records about the
+    instance (target `target_type`/`instance_id`) that carry a step; `seq` is the record's
+    position in the org's audit chain (the cursor for `after`)."""
+    audit = ctx._executor.audit
+    reader = getattr(audit, "target_entries", None)
+    if reader is None:
+        raise ConfigurationError(
+            f"{wf.name}.history reads the audit trail (history='audit'), but the executor's "
+            f"audit sink {type(audit).__name__} cannot list a target's records; use "
+            "MemoryAuditLog or SqlAuditLog (or history='steps')",
+            details={"workflow": wf.ref},
+        )
+    items: list[WorkflowStep] = []
+    after = inp.after or 0
+    chunk = inp.limit + 1
+    while len(items) <= inp.limit:
+        entries = await reader(ctx.org_id, target_type, inp.instance_id, after_seq=after,
+                               limit=chunk)  # fmt: skip
+        for entry in entries:
+            step = _step_of(wf, inp.instance_id, entry)
+            if step is not None:
+                items.append(step)
+        if len(entries) < chunk:
+            break
+        after = entries[-1].seq
+    more = len(items) > inp.limit
+    page = items[: inp.limit]
+    return HistoryPage(items=page, next_cursor=page[-1].seq if more else None)
+
+
+def _state_of(wf: WorkflowSpec, record: Any) -> str:
+    value = getattr(record, wf.state_field or "")
+    return str(value.value) if isinstance(value, enum.Enum) else str(value)
+
+
+def _state_value(wf: WorkflowSpec, state: str) -> Any:
+    """`state` as the entity's state field holds it (an enum member for enum fields)."""
+    assert wf.entity is not None
+    assert wf.state_field is not None
+    annotation = wf.entity.model.model_fields[wf.state_field].annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation(state)
+    return state
+
+
+def _view(
+    wf: WorkflowSpec, record: Any, state: str, *, data: bool, now: datetime
+) -> WorkflowInstance:
+    """An entity record seen as a `WorkflowInstance` (same id; `seq` 0: the entity's version
+    guards concurrency; `data` is the record's JSON form when asked, else empty)."""
+    assert wf.entity is not None
+    created = getattr(record, "created_at", None)
+    updated = getattr(record, "updated_at", None)
+    return WorkflowInstance.model_construct(
+        id=str(getattr(record, wf.entity.primary_key)), workflow=wf.name, version=wf.version,
+        state=state, data=record.model_dump(mode="json") if data else {}, seq=0, entry_seq=0,
+        created_by=None, entered_by=None,
+        created_at=created if isinstance(created, datetime) else now,
+        updated_at=updated if isinstance(updated, datetime) else (
+            created if isinstance(created, datetime) else now),
+    )  # fmt: skip
+
+
+async def _load_record(wf: WorkflowSpec, ctx: HandlerCtx, record_id: str) -> Any:
+    assert wf.entity is not None
+    record = await ctx.repo(wf.entity).get(record_id)
+    if record is None:
+        raise NotFoundError(
+            f"no {wf.entity.name} record {record_id!r} in this tenant (workflow {wf.name})",
+            details={"workflow": wf.name, "instance_id": record_id, "entity": wf.entity.name},
+        )
+    return record
+
+
+async def _fire_entity(
+    wf: WorkflowSpec,
+    t: Transition,
+    ctx: HandlerCtx,
+    record_id: str,
+    value: BaseModel | None,
+    comment: str | None,
+) -> tuple[Any, WorkflowInstance]:
+    """Fire `t` on an entity record: one read (or the transaction's cached row), the checks,
+    one version-checked update of the record, the audit step, the hook, the events."""
+    assert wf.entity is not None
+    assert wf.state_field is not None
+    repo = ctx.repo(wf.entity)
+    record = await _load_record(wf, ctx, record_id)
+    from_state = _state_of(wf, record)
+    if from_state not in t.sources:
+        raise WorkflowStateError(
+            f"{wf.name} record {record_id!r} is in state {from_state!r}; transition {t.name!r} "
+            f"leaves only from {', '.join(t.sources)}",
+            details={"instance_id": record_id, "state": from_state, "transition": t.name},
+        )
+    reason = await _check_guard(wf, t, record, value)
+    if reason is not None:
+        raise WorkflowGuardError(
+            f"{wf.name}.{t.name} refused for record {record_id!r}: {reason}",
+            details={"instance_id": record_id, "transition": t.name, "reason": reason},
+        )
+    now = ctx.now()
+    target = t.target
+    updates: dict[str, Any] = {wf.state_field: _state_value(wf, target)}
+    change = WorkflowChange(
+        wf, "transition", _view(wf, record, from_state, data=False, now=now), from_state, target,
+        t, value, comment, record,
+    )  # fmt: skip
+    if wf.set_fields is not None:
+        extra = wf.set_fields(ctx, change)
+        if extra:
+            updates = {**dict(extra), **updates}
+    moved = await repo.update(record.model_copy(update=updates))
+    if ctx._audit_target is None:
+        ctx.set_audit_target(wf.entity.name, record_id)
+    _audit_step(wf, ctx, record_id, "transition", t.name, from_state, target, _dump(value), comment)
+    view = _view(wf, moved, target, data=False, now=now)
+    hook = wf.on_transition
+    if hook is not None:
+        result = hook(ctx, WorkflowChange(wf, "transition", view, from_state, target, t, value,
+                                          comment, moved))  # fmt: skip
+        if inspect.isawaitable(result):
+            await result
+    if wf.transitioned_event:
+        ctx.emit(
+            _event_names(wf)[0],
+            Transitioned(
+                instance_id=record_id, workflow=wf.name, version=wf.version, transition=t.name,
+                from_state=from_state, to_state=target, actor_id=ctx.actor.id, comment=comment,
+            ),
+        )  # fmt: skip
+    if t.emits:
+        payload = {
+            **moved.model_dump(),
+            **(value.model_dump() if value is not None else {}),
+            "instance_id": record_id,
+            "from_state": from_state,
+            "to_state": target,
+            "transition": t.name,
+        }
+        for ref in t.emits:
+            ctx.emit(ref.name, payload)
+    return moved, view
+
+
+def _derive_on_entity(wf: WorkflowSpec, registry: _Derived, transitioned: EventSpec) -> None:
+    """The operations of a workflow on an entity: transitions, `get`, `history`, `available`
+    and `comment` (no `start`, `timer` or `migrate`; see `define_workflow(entity=...)`)."""
+    assert wf.entity is not None
+    registry.register(wf.entity)
+    base: list[EventSpec | EventRef] = []
+    if wf.transitioned_event:
+        registry.register(transitioned)
+        base.append(transitioned)
+    base.extend(e for e in wf.on_transition_emits if e not in base)
+    v = wf.version
+    tag = (f"workflow:{wf.name}",)
+
+    def add(op: OperationSpec, handler: Any) -> None:
+        registry.register(op)
+        registry.bind(op, handler)
+
+    for t in wf.transitions:
+        fields: dict[str, Any] = {"instance_id": (str, ...), "comment": (str | None, None)}
+        if t.input is not None:
+            fields["input"] = (t.input, ... if _has_required_fields(t.input) else
+                               pydantic.Field(default_factory=t.input))  # fmt: skip
+        model = pydantic.create_model(_class_name(wf.name, t.name, "input"), **fields)
+        emits = [*base, *(e for e in t.emits if e not in base)]
+        desc = t.description or f"Move {wf.name} from {'/'.join(t.sources)} to {t.target}."
+        add(
+            define_command(
+                wf.operation_name(t.name), input=model, output=WorkflowInstance, version=v,
+                auth=t.auth, emits=emits, idempotent=True, tags=tag, description=desc,
+            ),
+            _entity_transition_handler(wf, t),
+        )  # fmt: skip
+    read = wf.read_auth
+    add(
+        define_query(wf.operation_name("get"), input=InstanceRef, output=WorkflowInstance,
+                     version=v, auth=read, tags=tag,
+                     description=f"One {wf.entity.name} record as a {wf.name} instance."),
+        _entity_get_handler(wf),
+    )  # fmt: skip
+    add(
+        define_query(wf.operation_name("history"), input=HistoryQuery, output=HistoryPage,
+                     version=v, auth=read, tags=tag,
+                     description=f"History of one {wf.entity.name} record in {wf.name}, oldest "
+                                 "first (from the audit trail)."),
+        _entity_history_handler(wf),
+    )  # fmt: skip
+    add(
+        define_query(wf.operation_name("available"), input=InstanceRef, output=Available,
+                     version=v, auth=read, tags=tag,
+                     description="Transitions the calling actor may fire now."),
+        _available_handler(wf),
+    )  # fmt: skip
+    add(
+        define_command(wf.operation_name("comment"), input=CommentInput, output=WorkflowInstance,
+                       version=v, auth=wf.comment_auth, idempotent=True, tags=tag,
+                       description="Add a comment to a record's history (no state change)."),
+        _entity_comment_handler(wf),
+    )  # fmt: skip
+
+
+def _entity_transition_handler(wf: WorkflowSpec, t: Transition) -> Any:
+    async def fire(inp: Any, ctx: HandlerCtx) -> WorkflowInstance:
+        value = getattr(inp, "input", None)
+        moved, _ = await _fire_entity(wf, t, ctx, inp.instance_id, value, inp.comment)
+        return _view(wf, moved, t.target, data=True, now=ctx.now())
+
+    fire.__qualname__ = f"{wf.name}.{t.name}"
+    return fire
+
+
+def _entity_get_handler(wf: WorkflowSpec) -> Any:
+    async def get(inp: InstanceRef, ctx: HandlerCtx) -> WorkflowInstance:
+        record = await _load_record(wf, ctx, inp.instance_id)
+        return _view(wf, record, _state_of(wf, record), data=True, now=ctx.now())
+
+    return get
+
+
+def _entity_history_handler(wf: WorkflowSpec) -> Any:
+    assert wf.entity is not None
+    entity_name = wf.entity.name
+
+    async def history(inp: HistoryQuery, ctx: HandlerCtx) -> HistoryPage:
+        await _load_record(wf, ctx, inp.instance_id)
+        return await _audit_history(wf, ctx, inp, entity_name)
+
+    return history
+
+
+def _entity_comment_handler(wf: WorkflowSpec) -> Any:
+    assert wf.entity is not None
+    entity_name = wf.entity.name
+
+    async def comment(inp: CommentInput, ctx: HandlerCtx) -> WorkflowInstance:
+        if inp.expected_seq is not None:
+            raise SpecValidationError(
+                f"{wf.name}.comment: records of {entity_name} keep no seq; leave expected_seq out",
+                errors=[{"loc": ["expected_seq"], "msg": "not used by workflows on an entity"}],
+            )
+        record = await _load_record(wf, ctx, inp.instance_id)
+        state = _state_of(wf, record)
+        ctx.set_audit_target(entity_name, inp.instance_id)
+        _audit_step(wf, ctx, inp.instance_id, "comment", None, state, state, {}, inp.comment)
+        return _view(wf, record, state, data=True, now=ctx.now())
+
+    return comment
+
+
+async def move_record(
+    ctx: HandlerCtx,
+    workflow: WorkflowSpec,
+    record_id: str,
+    transition: str | Transition,
+    *,
+    input: BaseModel | Mapping[str, Any] | None = None,
+    comment: str | None = None,
+) -> Any:
+    """Fire a transition of a workflow on an entity (`define_workflow(entity=...)`) inside the
+    running operation; return the record as written.
+
+    Like `fire_transition` (same checks, hook, events; the calling operation's auth and audit
+    record), but returns the app's record instead of its `WorkflowInstance` view. The move is
+    one version-checked update of the record: of concurrent moves of one record exactly one
+    wins, the others fail with `ConflictError` when their writes reach the database.
+
+    Raises:
+        HandlerContractError: The workflow is not registered, has no `entity`, or the
+            transition is an approval step.
+        NotFoundError: No such transition, or no such record in this tenant.
+        SpecValidationError: `input` does not fit the transition's input model.
+        WorkflowStateError: The record is in a state the transition does not leave from.
+        WorkflowGuardError: The guard refused.
+    """
+    _check_embedded(workflow, ctx, "move_record")
+    if workflow.entity is None:
+        raise HandlerContractError(
+            f"move_record: workflow {workflow.ref} keeps its own instances (no entity=); use "
+            "fire_transition",
+            details={"operation": ctx.operation.ref, "workflow": workflow.ref},
+        )
+    t, value = _transition_and_input(workflow, ctx, transition, input)
+    moved, _ = await _fire_entity(workflow, t, ctx, record_id, value, comment)
+    return moved
 
 
 async def may_call(executor: Executor, op: OperationSpec, call: CallContext) -> bool:
@@ -1776,7 +2332,12 @@ async def may_call(executor: Executor, op: OperationSpec, call: CallContext) -> 
 
 def _available_handler(wf: WorkflowSpec) -> Any:
     async def available(inp: InstanceRef, ctx: HandlerCtx) -> Available:
-        inst = await _load(wf, ctx, inp.instance_id)
+        subject: Any  # what guards see: the instance, or the entity's record
+        if wf.entity is not None:
+            subject = await _load_record(wf, ctx, inp.instance_id)
+            inst = _view(wf, subject, _state_of(wf, subject), data=False, now=ctx.now())
+        else:
+            inst = subject = await _load(wf, ctx, inp.instance_id)
         registry = ctx._executor.registry
         out: list[AvailableTransition] = []
         if inst.version == wf.version:
@@ -1807,7 +2368,7 @@ def _available_handler(wf: WorkflowSpec) -> Any:
                     needs_input = t.guard is not None
                 else:
                     default = t.input() if t.input is not None else None
-                    if await _check_guard(wf, t, inst, default) is not None:
+                    if await _check_guard(wf, t, subject, default) is not None:
                         continue
                 out.append(
                     AvailableTransition(
@@ -1891,6 +2452,7 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
         rows = await repo.find(where, order_by="id", limit=inp.limit)
         now = ctx.now()
         steps = ctx.repo(STEP_ENTITY)
+        migrated: list[dict[str, Any]] = []
         for inst in rows:
             target = mapping.get(inst.state, inst.state)
             if target not in wf.states:
@@ -1913,15 +2475,19 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
             )
             if moved.entry_seq != inst.entry_seq:
                 await _enqueue_timers(wf, ctx, moved, now)
-            await steps.add(
-                WorkflowStep(
-                    id=ctx.new_id(), instance_id=inst.id, seq=moved.seq, workflow=wf.name,
-                    version=wf.version, kind="migrate", transition=None, from_state=inst.state,
-                    to_state=target, actor_id=ctx.actor.id, actor_kind=ctx.actor.kind.value,
-                    at=now, input={"from_version": inp.from_version, "to_version": wf.version},
-                    comment=inp.comment,
-                )
-            )  # fmt: skip
+            if wf.history == "audit":
+                migrated.append({"instance_id": inst.id, "from": inst.state, "to": target})
+            else:
+                await steps.add(
+                    WorkflowStep(
+                        id=ctx.new_id(), instance_id=inst.id, seq=moved.seq, workflow=wf.name,
+                        version=wf.version, kind="migrate", transition=None,
+                        from_state=inst.state, to_state=target, actor_id=ctx.actor.id,
+                        actor_kind=ctx.actor.kind.value, at=now,
+                        input={"from_version": inp.from_version, "to_version": wf.version},
+                        comment=inp.comment,
+                    )
+                )  # fmt: skip
             if wf.on_transition is not None:
                 change = WorkflowChange(wf, "migrate", moved, inst.state, target, None, None,
                                         inp.comment)  # fmt: skip
@@ -1939,6 +2505,10 @@ def _migrate_handler(wf: WorkflowSpec) -> Any:
                 ),
             )  # fmt: skip
         ctx.set_audit_target(wf.name, f"migrate@{inp.from_version}")
+        if migrated:
+            # history="audit": the migration is this one audit record (not in each instance's
+            # history page).
+            ctx.add_audit_details("workflow_migrated", migrated)
         remaining = await repo.count(where)
         return MigrateResult(migrated=len(rows), remaining=remaining)
 
@@ -2034,9 +2604,18 @@ def _approvals_ir(approvals: Approvals | None) -> dict[str, Any] | None:
 
 
 def _hook_ir(wf: WorkflowSpec) -> dict[str, Any]:
-    """`"on_transition"` (the hook's qualname), `"on_transition_emits"` and
+    """`"entity"` and `"state_field"` (workflows on an entity), `"history": "audit"`,
+    `"set_fields"` and `"on_transition"` (qualnames), `"on_transition_emits"` and
     `"transitioned_event": false`, each only when set (so older IR files stay byte-identical)."""
     out: dict[str, Any] = {}
+    if wf.entity is not None:
+        out["entity"] = wf.entity.name
+        out["state_field"] = wf.state_field
+    if wf.history != "steps":
+        out["history"] = wf.history
+    if wf.set_fields is not None:
+        sf = wf.set_fields
+        out["set_fields"] = str(getattr(sf, "__qualname__", type(sf).__name__))
     if wf.on_transition is not None:
         hook = wf.on_transition
         out["on_transition"] = str(getattr(hook, "__qualname__", type(hook).__name__))

@@ -303,5 +303,12 @@ def _audit_record(
         changes=tuple(changes),
         request_id=call.request_id,
         trace_id=call.trace_id,
-        details={"events": [e.name for e in hctx._events]} if hctx._events else {},
+        details=_details(hctx),
     )
+
+
+def _details(hctx: HandlerCtx) -> dict[str, Any]:
+    details: dict[str, Any] = {"events": [e.name for e in hctx._events]} if hctx._events else {}
+    if hctx._audit_details:
+        details.update(hctx._audit_details)
+    return details

@@ -270,6 +270,40 @@ class SqlAuditLog:
             for row in rows
         ]
 
+    async def target_entries(
+        self,
+        org_id: str | None,
+        target_type: str,
+        target_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """The org's committed entries about one target, oldest first, after chain position
+        `after_seq`, at most `limit` (one indexed query on `org_key, target_type, target_id`;
+        workflows with `history="audit"` read their history here)."""
+        t = audit_table
+        stmt = (
+            select(t)
+            .where(
+                t.c.org_key == org_key(org_id),
+                t.c.target_type == target_type,
+                t.c.target_id == target_id,
+                t.c.seq > after_seq,
+            )
+            .order_by(t.c.seq)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.unit_of_work.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            AuditEntry(
+                row["seq"], AuditRecord.from_dict(row["body"]), row["prev_hash"], row["hash"]
+            )
+            for row in rows
+        ]
+
     async def verify(
         self, org_id: str | None, *, anchor: ChainAnchor | None = None, page_size: int = 2000
     ) -> VerifyResult:
