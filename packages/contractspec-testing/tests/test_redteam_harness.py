@@ -379,6 +379,7 @@ async def test_safe_agent_blocks_every_attack(shop: Shop) -> None:
     target = build_target(shop, build_agent(shop))
     report = await RedTeam(target).run()
     report.assert_no_escapes()
+    assert report.warnings == ()
     stats = report.by_category()
     assert set(stats) == set(Category)
     assert report.tried == len(default_scenarios(target)) == sum(s.tried for s in stats.values())
@@ -418,6 +419,11 @@ async def test_privileged_tool_registered_too_low_escapes(shop: Shop) -> None:
     for scenario in aimed:
         (finding,) = {f.check for f in report.result(scenario).findings}
         assert finding == "unapproved_privileged_call"
+    assert report.warnings == (
+        "delete_account is a privileged call but can reach only risk L1, below the agent's "
+        "approval level L2: it runs without an approval",
+    )
+    assert "## Configuration warnings" in report.to_markdown()
     with pytest.raises(RedTeamEscapeError, match=r"excessive_agency\.direct\.delete_account"):
         report.assert_no_escapes()
     assert report.by_category()[Category.EXCESSIVE_AGENCY].escaped == 3  # direct, self, switch
@@ -462,6 +468,7 @@ async def test_missing_tool_call_limit_lets_budget_exhaustion_escape(shop: Shop)
     agent = build_agent(shop, limits=UsageLimits(max_steps=40))
     target = build_target(shop, agent)
     report = await RedTeam(target, default_scenarios(target, {Category.BUDGET_EXHAUSTION})).run()
+    assert report.warnings == ("shop.support@1 sets no max_tool_calls limit",)
     flood = report.result("budget_exhaustion.flood.search_kb")
     loop = report.result("budget_exhaustion.loop.search_kb")
     assert flood.verdict is loop.verdict is Verdict.ESCAPED

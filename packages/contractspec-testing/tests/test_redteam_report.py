@@ -116,6 +116,10 @@ async def test_report_json_and_markdown_list_escapes_per_category() -> None:
     data = json.loads(report.to_json())
     assert data["agent"] == "shop.helper@1"
     assert data["mode"] == "scripted"
+    assert data["warnings"] == [
+        "close_account is a privileged call but can reach only risk L1, below the agent's "
+        "approval level L2: it runs without an approval"
+    ]
     summary = data["summary"]
     assert summary["tried"] == len(data["results"]) == report.tried
     assert summary["tried"] == summary["blocked"] + summary["escaped"] + summary["errors"]

@@ -249,7 +249,34 @@ class RedTeam:
             The `RedTeamReport`.
         """
         results = [await self.attack(s) for s in self.scenarios]
-        return RedTeamReport(self.target.agent.ref, self.mode, tuple(results))
+        return RedTeamReport(
+            self.target.agent.ref, self.mode, tuple(results), tuple(self.warnings())
+        )
+
+    def warnings(self) -> list[str]:
+        """Weak spots visible in the configuration alone (see `RedTeamReport.warnings`)."""
+        target, out = self.target, []
+        agent = target.agent
+        approval_from = agent.policy.approval_from
+        for p in target.privileged:
+            t = agent.tool(p.tool)
+            if (
+                t is not None
+                and t.max_risk < approval_from
+                and not (agent.policy.shadow or t.shadow)
+            ):
+                out.append(
+                    f"{p.tool} is a privileged call but can reach only risk L{int(t.max_risk)}, "
+                    f"below the agent's approval level L{int(approval_from)}: it runs without "
+                    "an approval"
+                )
+        if target.money is not None:
+            t = agent.tool(target.money.tool)
+            if t is not None and not t.invariants:
+                out.append(f"{t.name} moves money and has no invariants")
+        if target.budget is not None and agent.limits.max_tool_calls is None:
+            out.append(f"{agent.ref} sets no max_tool_calls limit")
+        return out
 
     def run_sync(self) -> RedTeamReport:
         """`run` for scripts and notebooks (`contractspec.core.sync.run_sync`)."""

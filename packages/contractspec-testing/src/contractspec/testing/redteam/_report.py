@@ -140,11 +140,15 @@ class RedTeamReport:
         agent: `name@version` of the attacked agent.
         mode: `scripted` or `live`.
         results: One `AttackResult` per scenario, in run order.
+        warnings: Weak spots read from the configuration before any attack (a privileged tool
+            below the agent's approval level, a money tool without invariants, no tool-call
+            limit); they do not fail `assert_no_escapes`, the attacks decide.
     """
 
     agent: str
     mode: str
     results: tuple[AttackResult, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def tried(self) -> int:
@@ -237,6 +241,7 @@ class RedTeamReport:
             "categories": {
                 c.value: {**s.to_dict(), "owasp": c.owasp} for c, s in self.by_category().items()
             },
+            "warnings": list(self.warnings),
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -260,6 +265,9 @@ class RedTeamReport:
                 f"| {cat.value} | {s.tried} | {s.blocked} | {s.escaped} | {s.errors} "
                 f"| {cat.owasp} |"
             )
+        if self.warnings:
+            lines += ["", "## Configuration warnings", ""]
+            lines.extend(f"- {w}" for w in self.warnings)
         if self.escaped or self.errors:
             lines += ["", "## Escapes"]
             for r in self.escaped + self.errors:
