@@ -378,9 +378,16 @@ def spec_diff(
 @user_errors()
 def generate_command(
     target: Annotated[
-        str, typer.Argument(help="MODULE:OBJECT naming a SpecRegistry, or a lock file")
+        str,
+        typer.Argument(
+            help="MODULE:OBJECT naming a SpecRegistry, or a lock file; or `ui` followed by one "
+            "of those for the web console's templates and router (contractspec-console)"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the generated package")],
+    spec: Annotated[
+        str | None, typer.Argument(help="After `ui`: MODULE:OBJECT or a lock file")
+    ] = None,
     check: bool = typer.Option(False, "--check", help="Exit 1 when files on disk are stale"),
     title: str = typer.Option("ContractSpec API", "--title", help="API title"),
     plain: bool = typer.Option(
@@ -390,9 +397,16 @@ def generate_command(
         "instead of routers that run each operation on a ContractSpec Executor",
     ),
 ) -> None:
-    """Render models, tables, FastAPI routers, OpenAPI and docs (deterministically)."""
+    """Render models, tables, FastAPI routers, OpenAPI and docs (deterministically).
+
+    `contractspec generate ui MODULE:OBJECT --out DIR` renders the web console instead: Jinja
+    templates and a Starlette router your app owns (needs `pip install contractspec-console`).
+    """
     from contractspec.core.codegen import check_generated, generate
 
+    if target == "ui" or spec is not None:
+        _generate_ui(target, spec, out, check=check, title=title, plain=plain)
+        return
     try:
         ir = load_ir_source(target)
         if check:
@@ -413,6 +427,64 @@ def generate_command(
     typer.echo(
         f"{out}: {len(result.written)} written, {len(result.unchanged)} unchanged, "
         f"{len(result.removed)} removed"
+    )
+
+
+def _generate_ui(
+    target: str, spec: str | None, out: Path, *, check: bool, title: str, plain: bool
+) -> None:
+    """`contractspec generate ui SPEC --out DIR [--check]` (see `contractspec.console.codegen`)."""
+    if target != "ui" or spec is None:
+        raise _fail(
+            ConfigurationError(
+                f"unexpected second argument {spec!r}: use `contractspec generate SPEC --out DIR` "
+                "or `contractspec generate ui SPEC --out DIR`"
+                if target != "ui"
+                else "`contractspec generate ui` needs the spec: contractspec generate ui "
+                "MODULE:OBJECT --out DIR",
+                details={"field": "spec"},
+            )
+        )
+    if plain:
+        raise _fail(
+            ConfigurationError(
+                "--plain applies to the API routers, not to `generate ui`; leave it out",
+                details={"field": "plain"},
+            )
+        )
+    try:
+        codegen = importlib.import_module("contractspec.console.codegen")
+    except ImportError as exc:
+        if exc.name is not None and not exc.name.startswith("contractspec.console"):
+            raise
+        raise _fail(
+            ConfigurationError(
+                "`contractspec generate ui` renders the web console: pip install "
+                "contractspec-console",
+                details={"field": "target"},
+            )
+        ) from None
+    ui_title = "ContractSpec" if title == "ContractSpec API" else title
+    try:
+        ir = load_ir_source(spec)
+        if check:
+            drift = codegen.check_ui(ir, out, title=ui_title)
+            if drift:
+                for item in drift:
+                    typer.echo(f"{item.status:<8} {out / item.path}")
+                typer.echo(
+                    f"{len(drift)} generated file(s) out of date; run: contractspec generate ui "
+                    f"{spec} --out {out}"
+                )
+                raise typer.Exit(1)
+            typer.echo(f"{out} is up to date")
+            return
+        result = codegen.generate_ui(ir, out, title=ui_title)
+    except ContractSpecError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        f"{out}: {len(result.written)} written, {len(result.unchanged)} unchanged, "
+        f"{len(result.kept)} kept (yours), {len(result.removed)} removed"
     )
 
 
