@@ -293,6 +293,8 @@ class Autopilot:
         outcomes: Where outcomes and labels go (`MemoryOutcomeStore` or `SqlOutcomeStore`).
         clock: Time source (a core `FakeClock` in tests and the demo).
         budget: Campaign budget in US dollars.
+        spent: What the campaign already spent (US dollars): the budget is kept in memory, so a
+            restarted process must be told (from the system that sends the offers).
         risk_threshold: Churn risk at or above which a customer gets a retention task.
         seed: Seed of the bandit and of the simulated customers.
         model: The agent's model client (offline by default; litellm with
@@ -313,6 +315,7 @@ class Autopilot:
         outcomes: OutcomeStore,
         clock: Clock,
         budget: float = 300.0,
+        spent: float = 0.0,
         risk_threshold: float = 0.5,
         seed: int = 7,
         model: ModelClient | None = None,
@@ -356,7 +359,7 @@ class Autopilot:
         self.bus.subscribe("retention.task.created", self._on_task, name="retention-agent")
         for name in REWARD.events:
             self.bus.subscribe(name, self.loop.handle, name=f"decision-loop:{name}")
-        self.budget = Budget(budget)
+        self.budget = Budget(budget, spent)
         self.sent: dict[str, SentOffer] = {}
         self.tasks: dict[str, TaskResult] = {}
         self.world = World(seed)
