@@ -190,6 +190,12 @@ async def test_run_page_polls_its_status_and_shows_the_resumed_run(setup: Setup)
     assert status["hx-get"] == f"/admin/runs/{run_id}/status"
     assert status["hx-trigger"] == "every 2s"
     (approval_link,) = status.select("dd.waiting a")
+    (waiting,) = page.select("table.waiting-approvals tbody tr")
+    assert [td.get_text() for td in waiting.select("td")][:3] == [
+        "shop_refund_issue",
+        "L2",  # raised by the large_refund risk rule
+        "0 of 1",
+    ]
     assert page.select("form.action") == []  # the viewer may not cancel
     lead_page = await setup.client.page("lead", f"/admin/runs/{run_id}")
     assert [f["action"] for f in lead_page.select("form.action")] == [

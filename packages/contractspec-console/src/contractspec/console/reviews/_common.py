@@ -276,6 +276,12 @@ class QueueSection:
             },
         )
 
+    async def more_context(
+        self, console: ConsoleHost, request: Request, item: Any
+    ) -> Mapping[str, Any]:
+        """Extra context of an item's page that needs more calls (none by default)."""
+        return {}
+
     def show_input(self, request: Request, item_id: str) -> dict[str, Any]:
         """The show query's input for `item_id` (`{id_field: item_id}`)."""
         return {self.id_field: item_id}
@@ -310,6 +316,7 @@ class QueueSection:
         }
         if self.detail_extra is not None:
             context.update(self.detail_extra(item))
+        context.update(await self.more_context(console, request, item))
         return console.render(
             request,
             self.detail_template,

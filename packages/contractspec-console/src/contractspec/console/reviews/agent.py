@@ -110,6 +110,23 @@ class AgentRuns(QueueSection):
         base = list(super().routes(console))
         return [base[0], Route("/{item_id}/status", status, methods=["GET"]), *base[1:]]
 
+    async def more_context(
+        self, console: ConsoleHost, request: Request, item: Any
+    ) -> dict[str, Any]:
+        """The approvals the run waits for (action, risk level, quorum), when the caller may
+        read the approval queue."""
+        waiting: list[Any] = []
+        show = "agent.review.approvals.show"
+        if item.waiting_for and await console.may(request, show):
+            for approval_id in item.waiting_for:
+                try:
+                    waiting.append(
+                        await console.execute(request, show, {"approval_id": approval_id})
+                    )
+                except ContractSpecError:
+                    continue  # decided and purged, or not visible to the caller
+        return {"waiting": waiting}
+
     async def status_fragment(
         self, console: ConsoleHost, request: Request, run_id: str
     ) -> Response:
