@@ -191,3 +191,35 @@ def test_a_form_of_every_kind_renders_labelled_and_round_trips() -> None:
     assert assert_safe_html(nested.text).select_one("#f-inner-error").get_text() == (
         "x: x must be even"
     )
+
+
+def test_a_failing_handler_is_a_500_on_the_form_page_without_its_cause() -> None:
+    """The page names the request id (a valid X-Request-Id is kept), never the exception; the
+    values stay in the form."""
+    op = define_command("lab.explode", input=Inner, output=Inner, auth=requires("lab"))
+    registry = SpecRegistry(op)
+
+    @registry.handler(op)
+    async def explode(inp: Inner, ctx: HandlerCtx) -> Inner:
+        raise RuntimeError("secret connection string")
+
+    def auth(request: Request) -> Principal:
+        return Principal(USERS["alice"], org_id=ORG)
+
+    console = Console(Executor(registry, policy=POLICY), authenticate=auth, secret_key=SECRET)
+    client = TestClient(console)
+    token = assert_safe_html(client.get("/ops/lab.explode").text).select_one("input[name=_csrf]")
+    for given, kept in (("req-42", True), ("two words", False)):
+        answer = client.post(
+            "/ops/lab.explode",
+            data={"_csrf": token["value"], "x": "5"},
+            headers={"X-Request-Id": given},
+        )
+        assert answer.status_code == 500
+        soup = assert_safe_html(answer.text)
+        text = soup.select_one(".error-box").get_text()
+        assert "secret" not in answer.text
+        assert "internal_error" in text
+        assert ("req-42" in text) is kept
+        assert "two words" not in text
+        assert soup.select_one("#f-x")["value"] == "5"

@@ -27,6 +27,7 @@ from contractspec.console._forms import (
     values_of,
 )
 from contractspec.core._fields import SCALAR_KINDS, entity_columns
+from contractspec.core._log import get_logger
 from contractspec.core.context import CallContext, Resource
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -41,6 +42,8 @@ from contractspec.core.workflows import may_call
 
 if TYPE_CHECKING:
     from contractspec.console.app import Console
+
+_log = get_logger(__name__)
 
 __all__ = ["entity_label", "is_record_action", "may_read", "operation_label", "routes"]
 
@@ -489,9 +492,22 @@ def routes(console: Console) -> list[BaseRoute]:
         key: str | None,
     ) -> Response:
         status = HTTP_STATUS.get(exc.code, 500)
-        if status >= 500:
-            return console.render_error(request, exc)
-        if isinstance(exc, PolicyDeniedError) and call_is_anonymous(request):
+        message = exc.message
+        code = exc.code
+        if status >= 500 and status != 504:
+            # the cause goes to the log, never to the page (as contractspec.core.http)
+            caller = console.caller_of(request)
+            request_id = caller.request_id if caller is not None else None
+            _log.error(
+                "contractspec.console.operation_failed",
+                operation=op.ref,
+                request_id=request_id,
+                code=exc.code,
+                exc_info=exc,
+            )
+            code = "internal_error"
+            message = f"internal error; quote request id {request_id} to the operator"
+        elif isinstance(exc, PolicyDeniedError) and call_is_anonymous(request):
             status = 401
         return console.render(
             request,
@@ -501,7 +517,7 @@ def routes(console: Console) -> list[BaseRoute]:
                 op,
                 fields,
                 values,
-                error={"status": status, "code": exc.code, "message": exc.message},
+                error={"status": status, "code": code, "message": message},
                 key=key,
             ),
             status_code=status,

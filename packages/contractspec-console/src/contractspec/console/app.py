@@ -17,6 +17,7 @@ is rendered by Jinja2 with autoescaping and carries a strict Content-Security-Po
 from __future__ import annotations
 
 import inspect
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 from contractspec.console._csrf import CSRF_FIELD, CSRF_HEADER, CsrfSigner
 from contractspec.console.sections import ConsoleHost, ConsoleSection
 from contractspec.core._log import get_logger
+from contractspec.core.codegen.openapi import HEADER_MAX_LENGTH
 from contractspec.core.context import ANONYMOUS, Actor, CallContext, Principal
 from contractspec.core.errors import (
     HTTP_STATUS,
@@ -68,6 +70,7 @@ _SECURITY_HEADERS: Final = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 _STATE: Final = "contractspec.console"
+_REQUEST_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{HEADER_MAX_LENGTH}}}")
 _PACKAGE_DIR: Final = Path(__file__).parent
 _SECTION_KEY: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _RESERVED_KEYS: Final = frozenset({"static", "entities", "ops"})
@@ -109,6 +112,14 @@ class _RequestState:
     root: str
     nav: list[NavLink] = field(factory=list)
     csrf_token: str = ""
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's `X-Request-Id` when it is 1-200 visible ASCII characters (as in
+    `contractspec.core.http`), else a fresh one: a request id reaches logs and audit records."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -327,7 +338,7 @@ class Console(ConsoleHost):
         call = CallContext(
             actor=actor,
             org_id=org,
-            request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+            request_id=_request_id(request.headers.get("x-request-id")),
             channel="console",
         )
         state = _RequestState(call, not actor.is_anonymous, holder["root"])
