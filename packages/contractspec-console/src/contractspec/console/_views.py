@@ -9,6 +9,7 @@ idempotency, outbox and audit apply as on every other surface.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, Final
@@ -172,6 +173,21 @@ def _record_url(root: str, entity: EntitySpec[Any], record: BaseModel) -> str:
     return f"{root}/entities/{entity.name}/{quote(str(pk), safe='')}"
 
 
+def _cell_text(value: Any) -> str:
+    """The text of one list cell (structured values as JSON, long texts truncated)."""
+    if value is None:
+        return ""
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "..."
+    text = str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _display(value: Any) -> Any:
     """A JSON-like form of a value for the `value()` macro (models become mappings)."""
     if isinstance(value, BaseModel):
@@ -311,13 +327,18 @@ def routes(console: Console) -> list[BaseRoute]:
             if (op.name.rsplit(".", 1)[-1] in _CREATE_VERBS or _target_field(entity, op) is None)
             and await may_call(console.executor, op, call)
         ]
-        records = [
-            {
-                "url": _record_url(root, entity, row),
-                "cells": row.model_dump(mode="json"),
-            }
-            for row in rows
-        ]
+        numeric = {"int", "float", "decimal"}
+        layout = [(col.name, col.kind in numeric, col.name == entity.primary_key) for col in shown]
+        records: list[list[tuple[str, bool, str | None]]] = []
+        for row in rows:
+            data = row.model_dump(mode="json")
+            url = _record_url(root, entity, row)
+            records.append(
+                [
+                    (_cell_text(data.get(name)), num, url if is_pk else None)
+                    for name, num, is_pk in layout
+                ]
+            )
         return console.render(
             request,
             "console/entity_list.html",
