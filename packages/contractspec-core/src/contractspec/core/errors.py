@@ -15,7 +15,7 @@ Each error also inherits from the builtin exception it means (`LookupError`, `Va
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -51,6 +51,13 @@ class ContractSpecError(Exception):
     """
 
     code: ClassVar[str] = "contractspec_error"
+    #: Every subclass by its `code` (the first class to declare a code keeps it), so a status
+    #: table can fall back to the nearest base class's status for a code it does not list.
+    _by_code: ClassVar[dict[str, type[ContractSpecError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ContractSpecError._by_code.setdefault(cls.code, cls)
 
     def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -219,29 +226,67 @@ class InternalError(ContractSpecError, RuntimeError):
     code = "internal_error"
 
 
-#: Status code per error `code`, used by the HTTP adapter. Unknown codes map to 500.
-HTTP_STATUS: Mapping[str, int] = {
-    SpecValidationError.code: 422,
-    PolicyDeniedError.code: 403,
-    TenantScopeError.code: 403,
-    ApprovalRequiredError.code: 202,
-    NotFoundError.code: 404,
-    UnknownOperationError.code: 404,
-    ConflictError.code: 409,
-    IdempotencyConflictError.code: 409,
-    IdempotencyInProgressError.code: 409,
-    ConcurrentUpdateError.code: 409,
-    HandlerContractError.code: 500,
-    SpecDefinitionError.code: 500,
-    ConfigurationError.code: 500,
-    InternalError.code: 500,
-    "audit_tampered": 500,
-    "batch_commit_failed": 503,
-    OperationTimeoutError.code: 504,
-    RateLimitedError.code: 429,
-    # contractspec-metering: a plan allowance used up (402), a rate-style limit (429 +
-    # Retry-After), a feature the org's plan lacks (403)
-    "quota_exceeded": 402,
-    "quota_rate_limited": 429,
-    "feature_not_entitled": 403,
-}
+class _StatusTable(Mapping[str, int]):
+    """Status per error code; a code not listed takes the status of the nearest base class
+    whose code is listed (an `ApprovalDecisionError`, a `ConflictError`, answers 409), so a
+    package's new error subclass never turns into a 500 by omission."""
+
+    def __init__(self, listed: Mapping[str, int]) -> None:
+        self._listed = dict(listed)
+
+    def __getitem__(self, code: str) -> int:
+        if code in self._listed:
+            return self._listed[code]
+        cls = ContractSpecError._by_code.get(code)
+        if cls is not None:
+            for base in cls.__mro__[1:]:
+                base_code = getattr(base, "code", None)
+                if isinstance(base_code, str) and base_code in self._listed:
+                    return self._listed[base_code]
+        raise KeyError(code)
+
+    def __contains__(self, code: object) -> bool:
+        if not isinstance(code, str):
+            return False
+        try:
+            self[code]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listed)
+
+    def __len__(self) -> int:
+        return len(self._listed)
+
+
+#: Status code per error `code`, used by the HTTP adapter. A code not listed takes its nearest
+#: listed base class's status; unknown codes map to 500.
+HTTP_STATUS: Mapping[str, int] = _StatusTable(
+    {
+        SpecValidationError.code: 422,
+        PolicyDeniedError.code: 403,
+        TenantScopeError.code: 403,
+        ApprovalRequiredError.code: 202,
+        NotFoundError.code: 404,
+        UnknownOperationError.code: 404,
+        ConflictError.code: 409,
+        IdempotencyConflictError.code: 409,
+        IdempotencyInProgressError.code: 409,
+        ConcurrentUpdateError.code: 409,
+        HandlerContractError.code: 500,
+        SpecDefinitionError.code: 500,
+        ConfigurationError.code: 500,
+        InternalError.code: 500,
+        "audit_tampered": 500,
+        "batch_commit_failed": 503,
+        OperationTimeoutError.code: 504,
+        RateLimitedError.code: 429,
+        # contractspec-metering: a plan allowance used up (402), a rate-style limit (429 +
+        # Retry-After), a feature the org's plan lacks (403)
+        "quota_exceeded": 402,
+        "quota_rate_limited": 429,
+        "feature_not_entitled": 403,
+    }
+)
