@@ -185,6 +185,30 @@ def _operation(op: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_PLAIN_KINDS: Final = frozenset(
+    {"str", "int", "float", "decimal", "enum", "date", "datetime", "time", "uuid"}
+)
+
+
+def _cell(col: Mapping[str, Any], value: str, *, limit: int | None = 120) -> str:
+    """The Jinja expression showing one stored value, specialised for its column's kind (no
+    macro call per cell: list pages render hundreds of cells). Strings longer than `limit` are
+    truncated; `None` shows as nothing; booleans as yes/no; structured values as JSON."""
+    kind = col["kind"]
+    nullable = bool(col.get("nullable"))
+    if kind in _PLAIN_KINDS:
+        shown = value
+        long = kind == "str" and (col.get("max_length") or limit or 0) > (limit or 1 << 30)
+        if long and limit:
+            shown = f"{value}|truncate({limit})"
+        return f"{shown} if {value} is not none else ''" if nullable else shown
+    if kind == "bool":
+        text = f"('yes' if {value} else 'no')"
+        return f"{text} if {value} is not none else ''" if nullable else text
+    shown = f"{value}|tojson" + (f"|truncate({limit // 3 * 2})" if limit else "")
+    return f"{shown} if {value} is not none else ''"
+
+
 def _entity(entity: Mapping[str, Any]) -> dict[str, Any]:
     name = _checked_name(entity["name"], "entity")
     columns = []
@@ -201,12 +225,10 @@ def _entity(entity: Mapping[str, Any]) -> dict[str, Any]:
                 "name": col_name,
                 "label": _label(col_name),
                 "numeric": col["kind"] in ("int", "float", "decimal"),
-                "structured": col["kind"] not in (
-                    "str", "int", "float", "decimal", "bool", "enum", "date", "datetime", "time",
-                    "uuid",
-                ),
+                "list_cell": _cell(col, f"r.cells['{col_name}']"),
+                "detail_cell": _cell(col, f"record['{col_name}']", limit=None),
             }
-        )  # fmt: skip
+        )
     return {
         "name": name,
         "label": name.rsplit(".", 1)[-1].replace("_", " ").capitalize(),
