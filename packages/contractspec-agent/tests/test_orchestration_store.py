@@ -176,6 +176,8 @@ async def test_claims_respect_versions_backoff_and_leases(
     assert [t.id for t in await _in_tx(env, lambda tx: store.due(tx, now=now))] == ["t-1", "t-2"]
     current = await _in_tx(env, lambda tx: store.get(tx, "t-1", org_id="org-1"))
     assert current.version == 2  # heartbeats do not move the version
+    with pytest.raises(ConflictError):  # the lease expired, but this read is stale (version 1)
+        await _in_tx(env, lambda tx: store.claim(tx, task, owner="b", lease_until=now, now=now))
     taken = await _in_tx(
         env, lambda tx: store.claim(tx, current, owner="b", lease_until=now, now=now)
     )
