@@ -33,7 +33,7 @@ import time
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 from pydantic import BaseModel, Field
@@ -169,10 +169,11 @@ async def main() -> None:
         __table__ = table
 
     class ProductAdmin(ModelView, model=ProductRow):
-        column_list = [c for c in table.c if c.name not in ("org_id", "cs_version")]
-        form_excluded_columns = [table.c.org_id, table.c.cs_version]
+        # SQLAdmin's configuration is class attributes (lists, as its docs write them)
+        column_list = [c for c in table.c if c.name not in ("org_id", "cs_version")]  # noqa: RUF012
+        form_excluded_columns = [table.c.org_id, table.c.cs_version]  # noqa: RUF012
         page_size = PAGE
-        page_size_options = [PAGE]
+        page_size_options = [PAGE]  # noqa: RUF012
         column_default_sort = "id"
 
     peer_app = Starlette()
