@@ -367,6 +367,49 @@ async def test_a_subscriber_bound_to_org_a_never_receives_org_b(
         JetStreamSubscriber(js, stream, durable="x", handler=only_a, dead_letters=dead)
 
 
+async def test_a_pull_takes_up_to_batch_messages_in_stream_order(js: Any) -> None:
+    """run_once waits for the first message, then takes the rest of the batch (never more than
+    `batch`), in stream order; every message is handled and acked exactly once."""
+    from contractspec.bus import MemoryDeadLetterStore
+
+    stream = _stream()
+    await stream.ensure(js)
+    publisher = JetStreamPublisher(js, stream)
+    sent = [envelope(i, key="same") for i in range(7)]
+    for event in sent:
+        await publisher.deliver(event)
+    seen: list[str] = []
+
+    async def handler(event: EventEnvelope) -> None:
+        seen.append(event.id)
+
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="b",
+        handler=handler,
+        all_orgs=True,
+        dead_letters=MemoryDeadLetterStore(),
+        batch=5,
+        linger=0.5,
+    )
+    counts = [await sub.run_once(wait=5.0) for _ in range(2)]
+    assert counts == [5, 2]
+    assert seen == [e.id for e in sent]
+    assert await sub.run_once(wait=0.3) == 0  # all acked
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ConfigurationError, match="linger"):
+            JetStreamSubscriber(
+                js,
+                stream,
+                durable="b",
+                handler=handler,
+                all_orgs=True,
+                dead_letters=MemoryDeadLetterStore(),
+                linger=bad,  # type: ignore[arg-type]
+            )
+
+
 async def test_failures_are_retried_with_backoff_then_dead_lettered_and_replayable(
     sql_engine: AsyncEngine, js: Any
 ) -> None:

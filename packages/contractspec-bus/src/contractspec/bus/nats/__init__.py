@@ -512,7 +512,11 @@ class JetStreamSubscriber:
         retry: Backoff between attempts (only `delay()` is used; default 0.5 s doubling to 30 s).
         ack_wait: Seconds JetStream waits for an ack before redelivering (a handler that takes
             longer sends progress notices, so set it above a crash-recovery time you accept).
-        batch: Messages fetched per pull.
+        batch: Most messages handled per `run_once`. A pull waits (up to `wait`) only for the
+            first message, then takes what else is there within `linger`, so a partial batch is
+            handled at once instead of when the pull expires.
+        linger: Seconds the pull for the rest of a batch may wait for more messages (default
+            0.02): the longest a message that has arrived waits for its batch to fill.
         handler_timeout: Seconds a handler may run before it is cancelled and counts as failed.
         clock: Time source for dead letters.
 
@@ -537,6 +541,7 @@ class JetStreamSubscriber:
         ack_wait: float = 30.0,
         batch: int = 50,
         handler_timeout: float = 25.0,
+        linger: float = 0.02,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -554,7 +559,11 @@ class JetStreamSubscriber:
                 raise ConfigurationError(
                     f"{what} must be a positive integer, got {value!r}", details={"field": what}
                 )
-        for what, number in (("ack_wait", ack_wait), ("handler_timeout", handler_timeout)):
+        for what, number in (
+            ("ack_wait", ack_wait),
+            ("handler_timeout", handler_timeout),
+            ("linger", linger),
+        ):
             if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 raise ConfigurationError(
                     f"{what} must be a positive number of seconds, got {number!r}",
@@ -577,6 +586,7 @@ class JetStreamSubscriber:
         self.retry = retry or RetryPolicy(max_attempts=max_deliver, base_delay=0.5, max_delay=30.0)
         self.ack_wait = float(ack_wait)
         self.batch = batch
+        self.linger = float(linger)
         self.handler_timeout = float(handler_timeout)
         self.clock: Clock = clock or SystemClock()
         self.stats = SubscriberStats()
@@ -634,13 +644,22 @@ class JetStreamSubscriber:
                 await sub.unsubscribe()
 
     async def run_once(self, *, wait: float = 1.0) -> int:
-        """Fetch up to `batch` messages (waiting up to `wait` s) and process them; return how many."""
+        """Fetch up to `batch` messages and process them in order; return how many.
+
+        Waits up to `wait` seconds for the first message, then up to `linger` for the rest of
+        the batch. (One pull of `batch` messages would keep collecting, while messages keep
+        arriving, until `wait` is over: every message would wait for its batch.)
+        """
         await self.start()
-        assert self._sub is not None
+        sub = self._sub
+        assert sub is not None
         try:
-            msgs = await self._sub.fetch(self.batch, timeout=wait)
+            msgs = await sub.fetch(1, timeout=wait)
         except (nats.errors.TimeoutError, TimeoutError):
             return 0
+        if self.batch > 1:
+            with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+                msgs += await sub.fetch(self.batch - 1, timeout=self.linger)
         for msg in msgs:
             await self._process(msg)
         return len(msgs)
