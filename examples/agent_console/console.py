@@ -23,6 +23,7 @@ from contractspec.agent import (
     RunResult,
     RunStatus,
 )
+from contractspec.agent.review import register_review_operations
 from contractspec.agent.sql import SqlApprovalStore, SqlRunStore, create_all, runs_table
 from contractspec.core import Actor, CallContext, RolePermissions, SpecRegistry
 from contractspec.core.sql import SqlBackend, outbox_table, sqlite_engine
@@ -30,7 +31,14 @@ from contractspec.core.sql import SqlBackend, outbox_table, sqlite_engine
 __all__ = ["AgentConsole", "Metrics", "open_console"]
 
 ORG = "ops"
-POLICY = RolePermissions({"sre": ["approval.decide"]})
+#: Operators (`ops`) run agents and read the review queues; SREs also decide approvals and act
+#: on runs (cancel).
+POLICY = RolePermissions(
+    {
+        "sre": ["approval.decide", "agent.review.*"],
+        "ops": ["agent.review.read"],
+    }
+)
 
 
 @define(frozen=True)
@@ -52,11 +60,17 @@ class AgentConsole:
     """
 
     def __init__(
-        self, backend: SqlBackend, runner: AgentRunner, approvals: ApprovalWorkflow
+        self,
+        backend: SqlBackend,
+        runner: AgentRunner,
+        approvals: ApprovalWorkflow,
+        registry: SpecRegistry,
     ) -> None:
         self.backend = backend
         self.runner = runner
         self.approvals = approvals
+        #: The specs the web console's executor runs (events and the agent review operations).
+        self.registry = registry
         self.ctx = CallContext(actor=Actor.user("operator", roles="ops"), org_id=ORG)
 
     def tools(self) -> list[dict[str, Any]]:
@@ -179,6 +193,7 @@ async def open_console(
             AGENTS, model=model or configured_model(), backend=backend, runs=SqlRunStore(),
             approvals=approvals, policy=POLICY,
         )  # fmt: skip
-        yield AgentConsole(backend, runner, approvals)
+        register_review_operations(registry, approvals=approvals, runner=runner)
+        yield AgentConsole(backend, runner, approvals, registry)
     finally:
         await engine.dispose()
