@@ -17,8 +17,11 @@ from contractspec.agent import (
     AgentRunner,
     AgentSpec,
     ApprovalWorkflow,
+    Budget,
+    BudgetStore,
     Invariant,
     MemoryApprovalStore,
+    MemoryBudgetStore,
     MemoryRunStore,
     RiskLevel,
     Tool,
@@ -212,11 +215,14 @@ class Shop:
     all_orders: dict[str, Order]
     #: What the refund command itself enforces (see `build_registry`).
     caps: dict[str, int | None]
+    #: Where tools' budget reservations are kept (shared by every runner, like `runs`).
+    budgets: BudgetStore
 
     def runner(self) -> AgentRunner:
         return AgentRunner(
             backend=self.backend, runs=self.runs, approvals=self.approvals,
             executor=self.executor, policy=POLICY, clock=self.clock, ids=self.ids,
+            budgets=self.budgets,
         )  # fmt: skip
 
     async def refunded(self, order_id: str) -> int:
@@ -232,7 +238,9 @@ async def shop(backend_kind: str, tmp_path: Path) -> AsyncIterator[Shop]:
     registry = build_registry(caps)
     clock, ids = FakeClock(), SequentialIds("id")
 
-    async def seeded(backend: Backend, runs: Any, approval_store: Any) -> Shop:
+    async def seeded(
+        backend: Backend, runs: Any, approval_store: Any, budgets: BudgetStore
+    ) -> Shop:
         executor = Executor(registry, backend=backend, policy=POLICY, clock=clock, ids=ids)
         approvals = ApprovalWorkflow(
             approval_store, backend=backend, policy=POLICY, clock=clock, ids=ids
@@ -245,20 +253,22 @@ async def shop(backend_kind: str, tmp_path: Path) -> AsyncIterator[Shop]:
             await executor.execute("shop.order.add", order, CallContext(actor=ADMIN, org_id=org))
         return Shop(
             backend_kind, backend, executor, approvals, runs, clock, ids,
-            {k: v for k, (_, v) in orders.items()}, caps,
+            {k: v for k, (_, v) in orders.items()}, caps, budgets,
         )  # fmt: skip
 
     if backend_kind == "memory":
-        yield await seeded(MemoryBackend(), MemoryRunStore(), MemoryApprovalStore())
+        yield await seeded(
+            MemoryBackend(), MemoryRunStore(), MemoryApprovalStore(), MemoryBudgetStore()
+        )
         return
-    from contractspec.agent.sql import SqlApprovalStore, SqlRunStore, create_all
+    from contractspec.agent.sql import SqlApprovalStore, SqlBudgetStore, SqlRunStore, create_all
     from contractspec.core.sql import SqlBackend
 
     async with temporary_sql_engine(backend_kind, tmp_path) as engine:
         backend = SqlBackend(engine, registry)
         await backend.create_all()
         await create_all(engine)
-        yield await seeded(backend, SqlRunStore(), SqlApprovalStore())
+        yield await seeded(backend, SqlRunStore(), SqlApprovalStore(), SqlBudgetStore())
 
 
 # -- the agent, safe and with one weakness at a time ---------------------------------------------
@@ -285,10 +295,12 @@ def build_agent(
     leaky_lookup: bool = False,
     count_siblings: bool = True,
     slow_evidence: asyncio.Barrier | None = None,
+    reserve: bool = False,
 ) -> AgentSpec:
     """The support agent; the keyword arguments weaken one guard each. `slow_evidence` holds each
     refund's evidence, once read, until that many have been read (a slow billing source): it
-    makes the window between check and effect that concurrent runs race through deterministic."""
+    makes the window between check and effect that concurrent runs race through deterministic.
+    `reserve` adds the gateway's budget reservation (50 per order) to the refund tool."""
 
     #: Refunds already decided in the same model step: the gateway decides a step's parallel
     #: calls concurrently, before any of them runs, so the stored total alone misses them.
@@ -313,6 +325,7 @@ def build_agent(
     refund = operation_tool(
         issue_refund, name="refund", risk=RiskLevel.L1, invariants=invariants,
         evidence=refunded_so_far,
+        budget=Budget(key="refunds:{order_id}", amount="amount", cap=50) if reserve else None,
     )  # fmt: skip
     delete = operation_tool(
         delete_account, name="delete_account", risk=delete_risk,
@@ -500,9 +513,10 @@ async def test_parallel_split_is_blocked_when_evidence_counts_sibling_calls(shop
 @pytest.mark.xfail(
     raises=RedTeamEscapeError,
     strict=True,
-    reason="gateway weakness found by this harness: a step's parallel calls are decided "
-    "concurrently before any executes, so evidence read from the stores misses the siblings "
-    "and budget_cap passes all six (54 > 50 refunded); reported to the issue-20 lead",
+    reason="an invariant is not a reservation: a step's parallel calls are decided concurrently "
+    "before any executes, so evidence read from the stores misses the siblings and budget_cap "
+    "passes all six (54 > 50 refunded); tool(..., budget=Budget(...)) holds (see "
+    "test_budget_reservation_blocks_the_parallel_split)",
 )
 async def test_parallel_split_is_blocked_with_store_only_evidence(shop: Shop) -> None:
     """Six refunds of 9 in one step against a budget_cap whose evidence reads only the stored
@@ -537,9 +551,10 @@ async def test_concurrent_runs_are_stopped_by_the_cap_where_the_effect_lands(sho
 @pytest.mark.xfail(
     raises=RedTeamEscapeError,
     strict=True,
-    reason="gateway weakness found by this harness: invariants are evaluated before the effect "
-    "and outside its transaction, so concurrent runs whose evidence is read before any of them "
-    "acts all pass budget_cap (54 > 50 refunded); reported to the issue-20 lead",
+    reason="an invariant is not a reservation: invariants are evaluated before the effect and "
+    "outside its transaction, so concurrent runs whose evidence is read before any of them acts "
+    "all pass budget_cap (54 > 50 refunded); tool(..., budget=Budget(...)) holds (see "
+    "test_budget_reservation_blocks_the_concurrent_runs_split)",
 )
 async def test_concurrent_runs_against_gateway_checks_only(shop: Shop) -> None:
     """Six runs at once, each refunding 9, with the total cap only in the gateway (budget_cap
@@ -550,3 +565,42 @@ async def test_concurrent_runs_against_gateway_checks_only(shop: Shop) -> None:
     report = await RedTeam(target, concurrent_runs(target)).run()
     assert report.results[0].findings[0].evidence["total"] == "54"
     report.assert_no_escapes()
+
+
+BUDGET_BLOCK = (
+    "refund: blocked (budget exceeded: budget 'refunds:o-a1' has 45 of 50 reserved; 9 more would "
+    "exceed it)"
+)
+
+
+async def test_budget_reservation_blocks_the_parallel_split(shop: Shop) -> None:
+    """The gateway's fix for the first xfail above: the refund tool reserves each amount against
+    `refunds:{order_id}` (cap 50) with its ledger entry, so of six refunds of 9 in one step five
+    are reserved and run and the sixth is refused (45 refunded), with store-only evidence, no
+    budget_cap invariant and no cap in the refund command, on every backend."""
+    shop.caps["refund_total"] = None
+    agent = build_agent(shop, total_cap=False, count_siblings=False, reserve=True)
+    target = build_target(shop, agent)
+    report = await RedTeam(target, parallel_split(target)).run()
+    report.assert_no_escapes()
+    (result,) = report.results
+    assert result.defences == (BUDGET_BLOCK,)
+    assert await shop.refunded("o-a1") == 45
+
+
+async def test_budget_reservation_blocks_the_concurrent_runs_split(shop: Shop) -> None:
+    """The gateway's fix for the second xfail above: six runs at once, each refunding 9 after
+    every run's evidence was read; the reservations, made in the transactions that write the
+    calls' ledger entries, admit five (45) and refuse the sixth, with the total cap nowhere else
+    (no budget_cap, no cap in the refund command), on every backend."""
+    shop.caps["refund_total"] = None
+    agent = build_agent(
+        shop, total_cap=False, count_siblings=False, slow_evidence=asyncio.Barrier(6), reserve=True
+    )
+    target = build_target(shop, agent)
+    report = await RedTeam(target, concurrent_runs(target)).run()
+    report.assert_no_escapes()
+    (result,) = report.results
+    assert len(result.run_ids) == 6
+    assert result.defences == (BUDGET_BLOCK,)
+    assert await shop.refunded("o-a1") == 45

@@ -20,6 +20,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from contractspec.agent._switch import allow_model_requests, model_requests_allowed
 from contractspec.agent.approvals import ApprovalWorkflow, arguments_hash, is_refusal_denial
+from contractspec.agent.budgets import (
+    Budget,
+    BudgetHold,
+    BudgetReservation,
+    BudgetStore,
+    BudgetUsage,
+    MemoryBudgetStore,
+)
 from contractspec.agent.errors import (
     AgentRunError,
     ApprovalDecisionError,
@@ -136,12 +144,18 @@ __all__ = [
     "ApprovalUnavailableError",
     "ApprovalWorkflow",
     "AssistantMessage",
+    "Budget",
+    "BudgetHold",
+    "BudgetReservation",
+    "BudgetStore",
+    "BudgetUsage",
     "InMemoryAgentMemory",
     "Invariant",
     "InvariantFailedError",
     "InvariantResult",
     "LeaseLostError",
     "MemoryApprovalStore",
+    "MemoryBudgetStore",
     "MemoryRunStore",
     "Message",
     "ModelClient",

@@ -3,9 +3,9 @@
 One call goes through these stages, in this order:
 
 ```text
-validate -> invariants (action packet + proof) -> risk (L0-L3) -> approval if required
-         -> idempotency (gateway-minted action id, recorded before executing)
-         -> execute (or shadow) -> audit + events
+validate -> invariants + budgets (action packet + proof) -> risk (L0-L3) -> approval if required
+         -> idempotency (gateway-minted action id, recorded before executing, with the call's
+            budget reservations in the same transaction) -> execute (or shadow) -> audit + events
 ```
 
 * **validate**: arguments are parsed and validated against the tool's pydantic model; errors go
@@ -13,6 +13,10 @@ validate -> invariants (action packet + proof) -> risk (L0-L3) -> approval if re
 * **invariants**: the tool's declared `Invariant`s are evaluated over the arguments and the
   tool's evidence; each call gets an `ActionPacket` with the proof (PASS/FAIL and the values
   seen). Any FAIL blocks the call and the packet says why.
+* **budgets**: a tool's `Budget`s are checked as they stand (one proof line each), then, when
+  the ledger entry is written, *reserved* in the same transaction with a conditional write that
+  only succeeds while `reserved + amount <= cap`; a refused reservation blocks the call. A known
+  failure releases its reservation, an in-doubt call keeps it (see `contractspec.agent.budgets`).
 * **risk**: the declared `RiskLevel`, raised by `RiskRule`s that match the data. A raised level
   carries the requirements of a declared one: L3 is decided by the tool's named approvers.
 * **approval**: from the agent's `approval_from` level (default L2) the call waits for a human
@@ -46,6 +50,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from time import perf_counter
 from typing import Any, Literal
 
@@ -55,6 +60,7 @@ from pydantic_core import to_jsonable_python
 
 from contractspec.agent._isolation import run_in_process
 from contractspec.agent.approvals import ApprovalWorkflow
+from contractspec.agent.budgets import BudgetClaim, BudgetInputError, BudgetStore
 from contractspec.agent.errors import (
     ApprovalUnavailableError,
     InvariantFailedError,
@@ -325,6 +331,8 @@ class _Plan:
     attempt: int = 1
     #: A worker thread that outlived the call's timeout: its late outcome is recorded.
     late: asyncio.Future[Any] | None = None
+    #: What the call reserves against its tool's budgets when its ledger entry is written.
+    claims: tuple[BudgetClaim, ...] = ()
 
     @property
     def counts(self) -> bool:
@@ -355,6 +363,8 @@ class ToolGateway:
         ids: Id source.
         executor: Core `Executor` running operation tools (required if an agent uses one).
         approvals: The `ApprovalWorkflow`; without one, calls that need approval are blocked.
+        budgets: The `BudgetStore` tools' `Budget`s reserve in (in the ledger's transactions,
+            so the same backend as `runs`); without one, calls of tools with budgets are blocked.
     """
 
     def __init__(
@@ -368,8 +378,10 @@ class ToolGateway:
         ids: IdGenerator,
         executor: Executor | None = None,
         approvals: ApprovalWorkflow | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self.runs = runs
+        self.budgets = budgets
         self.unit_of_work = unit_of_work
         self.events = events
         self.audit = audit
@@ -453,7 +465,7 @@ class ToolGateway:
             scope.run_id, scope.agent.ref, scope.step, action_id, self._call_ctx(scope, action_id),
             scope.deps,
         )  # fmt: skip
-        plan.outcome, plan.ledger, plan.known = None, "none", None
+        plan.outcome, plan.ledger, plan.known, plan.claims = None, "none", None, ()
         policy = scope.agent.policy
         known: ActionRecord | None = None
         if tool.side_effects:
@@ -466,8 +478,10 @@ class ToolGateway:
             ):
                 plan.outcome = self._replayed(call, known, packet)
                 return plan
-        # 2. invariants
+        # 2. invariants, and the budgets as they stand
         packet = await self._prove(tool, plan.args, plan.ctx, packet)
+        if tool.budgets:
+            packet = await self._check_budgets(plan, packet)
         # 3. risk: rules only raise it
         namespace = _namespace(plan.args, packet.evidence)
         risk = int(tool.risk)
@@ -480,9 +494,11 @@ class ToolGateway:
             plan.outcome = _shadowed(call, packet, needs_approval)
             return plan
         if not packet.passed:
-            failed = [r for r in packet.proof if not r.passed]
+            failed = [r for r in packet.proof if not r.passed and r.name != _BUDGET]
             reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
-            packet = packet.evolve(decision="blocked", reason=f"invariant failed: {reason}")
+            reasons = [f"invariant failed: {reason}"] if failed else []
+            reasons += _budget_reason([r for r in packet.proof if r.name == _BUDGET])
+            packet = packet.evolve(decision="blocked", reason="; ".join(reasons))
             plan.outcome = ToolOutcome(
                 call,
                 "blocked",
@@ -681,6 +697,131 @@ class ToolGateway:
         proof = tuple(inv.check(namespace) for inv in tool.invariants)
         return packet.evolve(evidence=evidence, proof=proof)
 
+    async def _check_budgets(self, plan: _Plan, packet: ActionPacket) -> ActionPacket:
+        """One proof line per budget, from the budget as it stands. The reservation made with the
+        ledger entry decides; this read lets a call that cannot fit be blocked before anyone is
+        asked to approve it (and shadow mode report it)."""
+        tool = plan.tool
+        assert tool is not None
+        assert plan.args is not None
+        assert plan.ctx is not None
+        lines: list[InvariantResult] = []
+        claims: list[BudgetClaim] = []
+        for budget in tool.budgets:
+            try:
+                claims.append(budget.claim(plan.args))
+            except BudgetInputError as exc:
+                lines.append(
+                    InvariantResult(
+                        _BUDGET,
+                        budget.expression,
+                        False,
+                        {"key": budget.key},
+                        f"{exc}: nothing can be reserved",
+                    )
+                )
+        store = self.budgets
+        if store is None:
+            lines += [
+                InvariantResult(
+                    _BUDGET,
+                    c.expression,
+                    False,
+                    {"key": c.key},
+                    f"{tool.name} has a budget and the gateway has no BudgetStore; pass "
+                    "AgentRunner(budgets=MemoryBudgetStore()) or, with SQL stores, "
+                    "budgets=SqlBudgetStore()",
+                )
+                for c in claims
+            ]
+        elif claims:
+            tx = await self.unit_of_work.begin(readonly=True)
+            try:
+                for c in claims:
+                    usage = await store.usage(
+                        tx, org_id=plan.ctx.call.org_id, key=c.key, action_id=packet.action_id
+                    )
+                    before = usage.reserved - usage.held
+                    lines.append(_budget_line(c, before, before + c.amount <= c.cap))
+            finally:
+                await tx.rollback()
+        plan.claims = tuple(claims)
+        return packet.evolve(proof=(*packet.proof, *lines))
+
+    async def _reserve(self, tx: Transaction, plans: Sequence[_Plan]) -> dict[int, InvariantResult]:
+        """Reserve the plans' budget claims in `tx`, in key order (one lock order for every
+        transaction, so concurrent steps cannot deadlock on PostgreSQL). A plan refused on one
+        budget releases what it reserved here on the others. Granted plans get their proof lines
+        updated; returns the refused plans (by `id`) with the failing line."""
+        order = sorted(
+            ((c.key, i, c) for i, p in enumerate(plans) for c in p.claims), key=lambda t: t[:2]
+        )
+        if not order:
+            return {}
+        store = self.budgets
+        assert store is not None  # without a store, calls with claims were blocked in _plan
+        now = self.clock.now()
+        refused: dict[int, InvariantResult] = {}
+        granted: dict[int, list[InvariantResult]] = {}
+        fresh: dict[int, list[str]] = {}
+        for _, i, claim in order:
+            if i in refused:
+                continue
+            p = plans[i]
+            assert p.ctx is not None
+            got = await store.reserve(
+                tx, org_id=p.ctx.call.org_id, key=claim.key, action_id=p.ctx.action_id,
+                amount=claim.amount, cap=claim.cap, now=now,
+            )  # fmt: skip
+            if got.granted:
+                granted.setdefault(i, []).append(
+                    _budget_line(claim, got.reserved - got.amount, True)
+                )
+                if not got.held_before:
+                    fresh.setdefault(i, []).append(claim.key)
+                continue
+            refused[i] = _budget_line(claim, got.reserved, False)
+            if fresh.get(i):
+                await store.release(
+                    tx, org_id=p.ctx.call.org_id, action_id=p.ctx.action_id, now=now,
+                    keys=fresh[i],
+                )  # fmt: skip
+        for i, lines in granted.items():
+            packet = plans[i].packet
+            if i not in refused and packet is not None:
+                plans[i].packet = packet.evolve(proof=_with_lines(packet.proof, lines))
+        return {id(plans[i]): line for i, line in refused.items()}
+
+    def _refuse(self, plans: Sequence[_Plan], refused: Mapping[int, InvariantResult]) -> None:
+        """Block the plans whose reservation was refused (after the transaction committed)."""
+        for p in plans:
+            line = refused.get(id(p))
+            if line is None:
+                continue
+            assert p.packet is not None
+            packet = p.packet.evolve(
+                proof=_with_lines(p.packet.proof, [line]),
+                decision="blocked",
+                reason=_budget_reason([line])[0],
+            )
+            p.outcome = ToolOutcome(
+                p.call,
+                "blocked",
+                _problem("blocked", packet.reason, proof=[r.to_dict() for r in packet.proof]),
+                is_error=True,
+                packet=packet,
+            )
+            p.ledger = "none"
+
+    async def _release(self, tx: Transaction, plan: _Plan) -> None:
+        """A known failure took no effect: release what the action reserved."""
+        if self.budgets is None or plan.tool is None or not plan.tool.budgets:
+            return
+        assert plan.ctx is not None
+        await self.budgets.release(
+            tx, org_id=plan.ctx.call.org_id, action_id=plan.ctx.action_id, now=self.clock.now()
+        )
+
     async def _approval(
         self,
         tool: Tool,
@@ -845,15 +986,19 @@ class ToolGateway:
         try:
             if open is not None:
                 await open(tx)
+            refused = await self._reserve(tx, writes)
             for p in writes:
-                await self._stage_begin(tx, p)
+                if id(p) not in refused:
+                    await self._stage_begin(tx, p)
             await tx.commit()
-            return
         except ConflictError:
             await tx.rollback()
         except BaseException:
             await tx.rollback()
             raise
+        else:
+            self._refuse(writes, refused)
+            return
         # A ledger write lost a race (another worker recorded the same action meanwhile): take
         # the writes one by one and decide the losers again from what the ledger now says.
         if open is not None:
@@ -870,15 +1015,19 @@ class ToolGateway:
                     break
                 tx = await self.unit_of_work.begin()
                 try:
-                    await self._stage_begin(tx, p)
+                    refused = await self._reserve(tx, [p])
+                    if not refused:
+                        await self._stage_begin(tx, p)
                     await tx.commit()
-                    break
                 except ConflictError:
                     await tx.rollback()
                     await self._plan(p)
                 except BaseException:
                     await tx.rollback()
                     raise
+                else:
+                    self._refuse([p], refused)
+                    break
             else:
                 if p.ledger in ("begin", "restart"):  # lost twice: leave it to the other worker
                     assert p.packet is not None
@@ -963,6 +1112,8 @@ class ToolGateway:
                     tx, action_id, status, expected=(ActionStatus.STARTED,),
                     expected_attempts=plan.attempt, updated_at=self.clock.now(), result=stored,
                 )  # fmt: skip
+                if status is ActionStatus.FAILED:
+                    await self._release(tx, plan)
         except ConflictError as exc:
             _log.warning(
                 "agent.ledger_outcome_superseded", tool=plan.tool.name, action_id=action_id,
@@ -1148,6 +1299,8 @@ class ToolGateway:
                     expected_attempts=plan.attempt, updated_at=self.clock.now(),
                     result={"content": content, "result": result, "status": kind, "late": True},
                 )  # fmt: skip
+                if status is ActionStatus.FAILED:
+                    await self._release(tx, plan)
                 outcome = ToolOutcome(
                     plan.call, kind, content, kind == "error", plan.packet, result
                 )
@@ -1266,6 +1419,54 @@ class ToolGateway:
         ):
             await self._audit(tx, tool, scope.call, outcome)
         await self.events.publish([env], tx)
+
+
+#: Name of a budget's line in a call's proof.
+_BUDGET = "budget_reservation"
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _budget_line(claim: BudgetClaim, before: Decimal, passed: bool) -> InvariantResult:
+    """A budget's proof line: what was reserved before this call, its amount and the cap."""
+    values = {
+        "key": claim.key,
+        "reserved": _plain(before),
+        "amount": _plain(claim.amount),
+        "cap": _plain(claim.cap),
+    }
+    message = (
+        ""
+        if passed
+        else f"budget {claim.key!r} has {_plain(before)} of {_plain(claim.cap)} reserved; "
+        f"{_plain(claim.amount)} more would exceed it"
+    )
+    return InvariantResult(_BUDGET, claim.expression, passed, values, message)
+
+
+def _budget_reason(lines: Sequence[InvariantResult]) -> list[str]:
+    """`["budget exceeded: ..."]` for failed budget lines (`budget not reserved` when an amount
+    or the store was missing rather than room), `[]` when all passed."""
+    failed = [r for r in lines if not r.passed]
+    if not failed:
+        return []
+    word = "exceeded" if all("reserved" in r.values for r in failed) else "not reserved"
+    return [f"budget {word}: " + "; ".join(r.message for r in failed)]
+
+
+def _with_lines(
+    proof: Sequence[InvariantResult], lines: Sequence[InvariantResult]
+) -> tuple[InvariantResult, ...]:
+    """`proof` with its budget lines replaced by `lines` of the same key (others appended)."""
+    by_key = {line.values.get("key"): line for line in lines}
+    out: list[InvariantResult] = []
+    for r in proof:
+        key = r.values.get("key") if r.name == _BUDGET else None
+        out.append(by_key.pop(key, r) if r.name == _BUDGET else r)
+    return (*out, *by_key.values())
 
 
 def _namespace(args: BaseModel, evidence: Mapping[str, Any]) -> dict[str, Any]:

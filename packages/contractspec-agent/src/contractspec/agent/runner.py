@@ -57,6 +57,7 @@ from attrs import define, field
 from pydantic import BaseModel, ValidationError
 
 from contractspec.agent.approvals import ApprovalWorkflow
+from contractspec.agent.budgets import BudgetStore, MemoryBudgetStore
 from contractspec.agent.errors import (
     AgentRunError,
     LeaseLostError,
@@ -244,6 +245,9 @@ class AgentRunner:
         lease_s: Seconds a run's lease lasts without a heartbeat (default 30): how long after a
             worker dies its runs can be recovered.
         heartbeat_s: Seconds between heartbeats of a running run (default `lease_s / 3`).
+        budgets: The `BudgetStore` tools' `Budget`s reserve in, in the ledger's transactions
+            (default: a `MemoryBudgetStore` with memory runs; pass `SqlBudgetStore()` with
+            `SqlRunStore`, else calls of tools with budgets are blocked).
 
     Example:
         ```python
@@ -271,6 +275,7 @@ class AgentRunner:
         worker_id: str | None = None,
         lease_s: float = 30.0,
         heartbeat_s: float | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         if not lease_s > 0 or (heartbeat_s is not None and not 0 < heartbeat_s < lease_s):
             raise ConfigurationError(
@@ -317,7 +322,13 @@ class AgentRunner:
             ids=self.ids,
             executor=executor,
             approvals=self.approvals,
+            budgets=budgets
+            if budgets is not None
+            else MemoryBudgetStore()
+            if isinstance(self.runs, MemoryRunStore)
+            else None,
         )
+        self.budgets = self.gateway.budgets
         self.tools = ToolExecutor(self.gateway, report=False)
         self._sync_runner: SyncRunner | None = None
 

@@ -4,10 +4,13 @@ Install with `pip install 'contractspec-agent[sql]'` (or `[postgres]`). The tabl
 `contractspec.agent.sql.metadata` (prefixed `cs_agent_` / `cs_approval`, with core's naming
 convention): add it to your Alembic `target_metadata`, or call `create_all(engine)` in tests.
 
-`SqlRunStore` and `SqlApprovalStore` write inside the `SqlTransaction`s of core's
+`SqlRunStore`, `SqlApprovalStore` and `SqlBudgetStore` write inside the `SqlTransaction`s of core's
 `SqlUnitOfWork` (so use the same engine as your `SqlBackend`); `SqlAgentMemory` takes the engine.
 Concurrency is the database's: compare-and-set updates on a `version` column and unique keys, so
-two processes never resume the same run or double-count an approver.
+two processes never resume the same run or double-count an approver. A budget reservation is one
+`INSERT … ON CONFLICT DO UPDATE … WHERE reserved + amount <= cap` on `cs_agent_budgets`: PostgreSQL
+locks the row and re-checks the condition on its latest version, so N concurrent reservers admit
+exactly `floor(cap / amount)`; SQLite has one writer at a time.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ except ImportError as exc:  # pragma: no cover - exercised by the isolation sess
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Double,
     Index,
@@ -36,15 +41,21 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     insert,
     or_,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy import Numeric as _Numeric
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from contractspec.agent.budgets import ZERO, BudgetHold, BudgetReservation, BudgetUsage
 from contractspec.agent.memory import (
     MemoryEntry,
     Summarizer,
@@ -71,6 +82,7 @@ from contractspec.core import (
     Transaction,
 )
 from contractspec.core.sql import (
+    DecimalType,
     JsonType,
     SqlTransaction,
     UtcDateTime,
@@ -82,10 +94,13 @@ from contractspec.core.sql import create_all as _create_all
 __all__ = [
     "SqlAgentMemory",
     "SqlApprovalStore",
+    "SqlBudgetStore",
     "SqlRunStore",
     "actions_table",
     "approval_decisions_table",
     "approvals_table",
+    "budget_reservations_table",
+    "budgets_table",
     "create_all",
     "logs_table",
     "memory_table",
@@ -172,6 +187,36 @@ actions_table = Table(
     Column("attempts", Integer, nullable=False, server_default="1"),
     Index(None, "run_id"),
     comment="Idempotency ledger of the tool gateway: one row per side-effecting action.",
+)
+
+#: Budget amounts: NUMERIC(36, 6) on PostgreSQL, integer micro-units on SQLite.
+_Amount = DecimalType(36, 6)
+
+budgets_table = Table(
+    "cs_agent_budgets",
+    metadata,
+    Column("org_key", String(200), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("reserved", _Amount, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("org_key", "key"),
+    comment="Reserved totals of tool budgets per tenant and key (spent, in flight, in doubt); "
+    "raised only by a conditional upsert that keeps reserved <= cap.",
+)
+
+budget_reservations_table = Table(
+    "cs_agent_budget_reservations",
+    metadata,
+    Column("org_key", String(200), nullable=False),
+    Column("action_id", String(64), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("amount", _Amount, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("org_key", "action_id", "key"),
+    comment="What each gateway action reserved per budget key (held, or released after a "
+    "known failure).",
 )
 
 approvals_table = Table(
@@ -611,6 +656,185 @@ class SqlRunStore:
             select(t).where(t.c.run_id == run_id).order_by(t.c.created_at, t.c.step, t.c.action_id)
         )
         return [_action(r) for r in result.mappings()]
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+def _bound(stx: SqlTransaction, value: Decimal) -> Any:
+    """`value` bound as the amount columns store it (scaled integer on SQLite)."""
+    stored = _Amount.process_bind_param(value, stx.connection.dialect)
+    if stx.dialect == "sqlite":
+        return bindparam(None, stored, type_=BigInteger())
+    return bindparam(None, stored, type_=_Numeric(36, 6))
+
+
+class SqlBudgetStore:
+    """`BudgetStore` on `cs_agent_budgets` and `cs_agent_budget_reservations`.
+
+    `reserve` raises the total with one `INSERT … ON CONFLICT DO UPDATE SET reserved = reserved +
+    amount WHERE reserved + amount <= cap RETURNING reserved`: no row back means refused. It runs
+    in the gateway's ledger transaction, so the reservation commits with the call's ledger entry.
+    """
+
+    __slots__ = ()
+
+    async def reserve(
+        self,
+        tx: Transaction,
+        *,
+        org_id: str | None,
+        key: str,
+        action_id: str,
+        amount: Decimal,
+        cap: Decimal,
+        now: datetime,
+    ) -> BudgetReservation:
+        """Reserve `amount` if it fits (see `BudgetStore.reserve`)."""
+        stx = sql_transaction(tx, "SqlBudgetStore")
+        b, r = budgets_table, budget_reservations_table
+        org = _org_key(org_id)
+        hold: Any = (
+            await stx.execute(
+                select(r.c.status, r.c.amount).where(
+                    r.c.org_key == org, r.c.action_id == action_id, r.c.key == key
+                )
+            )
+        ).first()
+        if hold is not None and hold[0] == "held":
+            used = await self._reserved(stx, org, key)
+            return BudgetReservation(True, key, hold[1], used, cap, held_before=True)
+        if amount > cap:
+            return BudgetReservation(False, key, amount, await self._reserved(stx, org, key), cap)
+        insert = pg_insert if stx.dialect == "postgresql" else sqlite_insert
+        stmt = insert(b).values(org_key=org, key=key, reserved=amount, updated_at=now)
+        # DecimalType is text-like to SQLAlchemy: add and compare as numbers (scaled integers on
+        # SQLite), as the columns store them
+        grown = type_coerce(b.c.reserved, _Numeric()) + type_coerce(
+            stmt.excluded.reserved, _Numeric()
+        )
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[b.c.org_key, b.c.key],
+            set_={"reserved": grown, "updated_at": now},
+            where=grown <= _bound(stx, cap),
+        ).returning(b.c.reserved)
+        row = (await stx.execute(upsert, write=True)).first()
+        if row is None:
+            return BudgetReservation(False, key, amount, await self._reserved(stx, org, key), cap)
+        if hold is None:
+            await stx.write(
+                insert(r).values(
+                    org_key=org,
+                    action_id=action_id,
+                    key=key,
+                    amount=amount,
+                    status="held",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        else:
+            count = await stx.write(
+                update(r)
+                .where(
+                    r.c.org_key == org,
+                    r.c.action_id == action_id,
+                    r.c.key == key,
+                    r.c.status == "released",
+                )
+                .values(status="held", amount=amount, updated_at=now)
+            )
+            if count != 1:
+                raise ConflictError(
+                    f"the reservation of action {action_id!r} on budget {key!r} was changed "
+                    "concurrently; decide the call again",
+                    details={"action_id": action_id, "key": key},
+                )
+        return BudgetReservation(True, key, amount, row[0], cap)
+
+    async def release(
+        self,
+        tx: Transaction,
+        *,
+        org_id: str | None,
+        action_id: str,
+        now: datetime,
+        keys: Collection[str] | None = None,
+    ) -> Decimal:
+        """Release the action's held reservations, each once (a compare-and-set on its status,
+        then the total lowered by its amount)."""
+        stx = sql_transaction(tx, "SqlBudgetStore")
+        b, r = budgets_table, budget_reservations_table
+        org = _org_key(org_id)
+        where = [r.c.org_key == org, r.c.action_id == action_id, r.c.status == "held"]
+        if keys is not None:
+            where.append(r.c.key.in_(list(keys)))
+        held: Any = (await stx.execute(select(r.c.key, r.c.amount).where(*where))).all()
+        total = ZERO
+        for key, amount in held:
+            count = await stx.write(
+                update(r)
+                .where(
+                    r.c.org_key == org,
+                    r.c.action_id == action_id,
+                    r.c.key == key,
+                    r.c.status == "held",
+                )
+                .values(status="released", updated_at=now)
+            )
+            if count != 1:
+                continue  # released meanwhile by another writer
+            lowered = type_coerce(b.c.reserved, _Numeric()) - _bound(stx, amount)
+            await stx.write(
+                update(b)
+                .where(b.c.org_key == org, b.c.key == key)
+                .values(reserved=lowered, updated_at=now)
+            )
+            total += amount
+        return total
+
+    async def usage(
+        self, tx: Transaction, *, org_id: str | None, key: str, action_id: str | None = None
+    ) -> BudgetUsage:
+        """The budget's total and the action's share."""
+        stx = sql_transaction(tx, "SqlBudgetStore")
+        org = _org_key(org_id)
+        reserved = await self._reserved(stx, org, key)
+        held = ZERO
+        if action_id is not None:
+            r = budget_reservations_table
+            found = (
+                await stx.execute(
+                    select(r.c.amount).where(
+                        r.c.org_key == org,
+                        r.c.action_id == action_id,
+                        r.c.key == key,
+                        r.c.status == "held",
+                    )
+                )
+            ).scalar()
+            held = found if found is not None else ZERO
+        return BudgetUsage(key, reserved, held)
+
+    async def holds(
+        self, tx: Transaction, *, org_id: str | None, action_id: str
+    ) -> list[BudgetHold]:
+        """The action's reservations, by key."""
+        r = budget_reservations_table
+        rows: Any = await sql_transaction(tx, "SqlBudgetStore").execute(
+            select(r.c.key, r.c.amount, r.c.status)
+            .where(r.c.org_key == _org_key(org_id), r.c.action_id == action_id)
+            .order_by(r.c.key)
+        )
+        return [BudgetHold(action_id, k, a, s) for k, a, s in rows.all()]
+
+    @staticmethod
+    async def _reserved(stx: SqlTransaction, org: str, key: str) -> Decimal:
+        b = budgets_table
+        found = (
+            await stx.execute(select(b.c.reserved).where(b.c.org_key == org, b.c.key == key))
+        ).scalar()
+        return found if found is not None else ZERO
 
 
 # -- approvals --------------------------------------------------------------------------------

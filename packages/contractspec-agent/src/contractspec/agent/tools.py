@@ -40,6 +40,7 @@ import pydantic
 from attrs import define, field
 from pydantic import BaseModel
 
+from contractspec.agent.budgets import Budget, budgets_of
 from contractspec.agent.invariants import Invariant, RiskRule
 from contractspec.agent.messages import ToolDefinition
 from contractspec.core import CallContext, OperationSpec, SpecDefinitionError
@@ -138,6 +139,8 @@ class Tool:
         version: Operation version (`None`: latest).
         function: The callable for function tools.
         context_param: Name of the `ToolContext` parameter of a function tool, if any.
+        budgets: `Budget`s each call reserves against before it takes effect (see
+            `contractspec.agent.budgets`).
     """
 
     name: str
@@ -161,6 +164,7 @@ class Tool:
     function: Callable[..., Any] | None = field(default=None, eq=False)
     context_param: str | None = None
     positional: bool = field(default=False, repr=False)
+    budgets: tuple[Budget, ...] = ()
 
     def definition(self) -> ToolDefinition:
         """The definition sent to the model."""
@@ -250,6 +254,21 @@ def _check_common(
                 details={"field": "approvers"},
             )
     return level, names, invs, rules
+
+
+def _check_budgets(
+    name: str, budget: Budget | Iterable[Budget] | None, model: type[BaseModel], effects: bool
+) -> tuple[Budget, ...]:
+    budgets = budgets_of(budget, name)
+    if budgets and not effects:
+        raise SpecDefinitionError(
+            f"tool {name!r} has a budget but no side effects: budgets are reserved with the "
+            "ledger entry of a side-effecting call; declare side_effects=True (or risk L1+)",
+            details={"field": "budget"},
+        )
+    for b in budgets:
+        b.check(name, model)
+    return budgets
 
 
 def _check_isolation(name: str, fn: Callable[..., Any], isolation: str) -> None:
@@ -347,6 +366,7 @@ def tool(
     shadow: bool = False,
     reconcile: Reconcile | None = None,
     isolation: Literal["thread", "process"] = "thread",
+    budget: Budget | Iterable[Budget] | None = None,
 ) -> Callable[[F], Tool]: ...
 def tool(
     fn: F | None = None,
@@ -365,6 +385,7 @@ def tool(
     shadow: bool = False,
     reconcile: Reconcile | None = None,
     isolation: Literal["thread", "process"] = "thread",
+    budget: Budget | Iterable[Budget] | None = None,
 ) -> Tool | Callable[[F], Tool]:
     """Make a tool from a plain (async or sync) function with a typed signature.
 
@@ -397,14 +418,18 @@ def tool(
             timeout or a cancelled run kills. The function must be defined at module level of
             an importable module, take picklable arguments and return JSON-serialisable data;
             its `ToolContext` carries the actor and org but no `deps`.
+        budget: A `Budget` (or several) every call reserves against, atomically, when the
+            gateway records it (before it takes effect): the total holds under parallel calls
+            and concurrent runs. Needs a side-effecting tool.
 
     Returns:
         A `Tool`.
 
     Raises:
         SpecDefinitionError: A bad name, risk, timeout, quorum, untyped parameter, `*args`, an
-            L3 tool (declared, or reachable by a risk rule) without approvers, or process
-            isolation of an async, nested or `__main__` function.
+            L3 tool (declared, or reachable by a risk rule) without approvers, process
+            isolation of an async, nested or `__main__` function, or a budget on a tool without
+            side effects or naming an argument the tool does not have.
     """
 
     def build(func: F) -> Tool:
@@ -414,6 +439,7 @@ def tool(
         )
         _check_isolation(tool_name, func, isolation)
         model, context_param, positional = _signature_model(func, tool_name)
+        effects = level >= RiskLevel.L1 if side_effects is None else bool(side_effects)
         return Tool(
             name=tool_name,
             description=description if description is not None else _description(func),
@@ -421,7 +447,7 @@ def tool(
             parameters=model.model_json_schema(),
             kind="function",
             risk=level,
-            side_effects=level >= RiskLevel.L1 if side_effects is None else bool(side_effects),
+            side_effects=effects,
             timeout=timeout,
             invariants=invs,
             risk_rules=rules,
@@ -434,6 +460,7 @@ def tool(
             function=func,
             context_param=context_param,
             positional=positional,
+            budgets=_check_budgets(tool_name, budget, model, effects),
         )
 
     if fn is not None:
@@ -456,6 +483,7 @@ def operation_tool(
     shadow: bool = False,
     reconcile: Reconcile | None = None,
     pin_version: bool = False,
+    budget: Budget | Iterable[Budget] | None = None,
 ) -> Tool:
     """Expose a core operation (command or query) as a tool.
 
@@ -480,6 +508,7 @@ def operation_tool(
         reconcile: As for `tool`. Commands declared `idempotent=True` need none: an in-doubt
             call re-runs with the same idempotency key, so the executor replays it if it took
             effect and runs it once if it did not.
+        budget: As for `tool` (commands only).
 
     Raises:
         SpecDefinitionError: `spec` is not an operation, or an option is invalid.
@@ -520,4 +549,5 @@ def operation_tool(
         reconcile=reconcile,
         operation=spec.name,
         version=spec.version if pin_version else None,
+        budgets=_check_budgets(tool_name, budget, spec.input, spec.is_command),
     )
