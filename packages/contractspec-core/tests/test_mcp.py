@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.requests import Request
+from structlog.testing import capture_logs
 
 from contractspec.core import (
     Actor,
@@ -190,12 +191,21 @@ async def test_calls_run_through_the_executor_with_the_explicit_caller() -> None
 async def test_server_errors_never_reveal_their_cause() -> None:
     """A handler that raises answers `internal_error` with a request id, not its message."""
     server = mcp_server(executor(), caller=WRITER)
-    async with Client(server.lowlevel) as client:
-        body = error_of(await client.call_tool("notes.debug.explode", {}))
-        unknown = error_of(await client.call_tool("notes.nope", {}))
+    with capture_logs() as logs:
+        async with Client(server.lowlevel) as client:
+            body = error_of(await client.call_tool("notes.debug.explode", {}))
+            again = error_of(await client.call_tool("notes.debug.explode", {}))
+            unknown = error_of(await client.call_tool("notes.nope", {}))
     assert body["code"] == "internal_error"
     assert set(body["details"]) == {"request_id"}
     assert unknown["code"] == "unknown_operation"
+    # the id the caller quotes is the one the log holds with the cause, fresh per call
+    ids = [body["details"]["request_id"], again["details"]["request_id"]]
+    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
+    assert ids[0] != ids[1]
+    logged = [e for e in logs if e["event"] == "contractspec.mcp.internal_error"]
+    assert [e["request_id"] for e in logged] == ids
+    assert all(e.get("exc_info") is not None for e in logged)
 
 
 def test_missing_sdk_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -124,6 +124,11 @@ RESOURCE_ERROR: Final = -32010
 _MAX_TOOL_NAME: Final = 128  # SEP-986
 _INVALID_PARAMS: Final = -32602
 _INTERNAL_ERROR: Final = -32603
+
+
+def _request_id() -> str:
+    """A fresh request id: 32 hex digits from the OS CSPRNG (`uuid4().hex` costs ~5x more)."""
+    return os.urandom(16).hex()
 
 
 def _require_sdk() -> None:
@@ -412,7 +417,7 @@ class McpServer:
     async def _on_call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         arguments = params.arguments or {}
         try:
             spec = self.operation_of(params.name)
@@ -518,7 +523,7 @@ class McpServer:
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         prefix = f"{RESOURCE_SCHEME}://"
         entity, _, record_id = uri.removeprefix(prefix).partition("/")
         spec = self._resources.get(entity) if uri.startswith(prefix) else None
@@ -651,10 +656,10 @@ class _RequireCaller:
         from starlette.requests import Request
         from starlette.responses import JSONResponse
 
-        request_id = uuid.uuid4().hex
         try:
             who = await _maybe_await(self.authenticate(Request(scope)))
         except Exception as exc:  # never leak the authenticator's failure
+            request_id = _request_id()
             _log.error("contractspec.mcp.authenticate_failed", request_id=request_id, exc_info=exc)
             message = f"internal error; quote request id {request_id} to the operator"
             body = {
