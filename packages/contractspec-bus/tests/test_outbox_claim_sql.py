@@ -1,0 +1,114 @@
+"""Property: the SQL claim (one statement on PostgreSQL) leases exactly the rows the per-key
+order rule (`accept_in_key_order`) allows, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bus_support import T0, envelope
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contractspec.bus.sql import SqlOutboxStore, create_bus_tables
+from contractspec.bus.stores import OrderingKey, accept_in_key_order
+from contractspec.core.sql import SqlUnitOfWork, outbox_table
+
+LEASE = timedelta(seconds=30)
+#: Later than any clock (ours or the database's) this test runs with: a lease still held.
+HELD_UNTIL = datetime(2999, 1, 1, tzinfo=UTC)
+
+rows = st.lists(
+    st.tuples(
+        st.sampled_from([None, "org-1"]),  # org
+        st.sampled_from([None, "a", "b"]),  # key
+        st.sampled_from(["ready", "ready", "leased", "delivered", "failed"]),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(rows=rows, limit=st.integers(min_value=1, max_value=8), db_clock=st.booleans())
+@example(rows=[("org-1", "a", "leased"), ("org-1", "a", "ready")], limit=5, db_clock=False)
+@example(  # the same key without an org and in an org: two queues
+    rows=[(None, "a", "leased"), (None, "a", "ready"), ("org-1", "a", "ready")],
+    limit=5,
+    db_clock=True,
+)
+@example(
+    rows=[("org-1", "a", "ready"), ("org-1", "a", "leased"), ("org-1", "a", "ready")],
+    limit=5,
+    db_clock=False,
+)
+async def test_a_claim_leases_exactly_the_rows_that_keep_per_key_order(
+    sql_engine: AsyncEngine,
+    rows: list[tuple[str | None, str | None, str]],
+    limit: int,
+    db_clock: bool,
+) -> None:
+    """Candidates are the first `limit` available pending rows; a keyed one is leased only if
+    every pending row of its (org, key) before it is leased too (rows held by another lease,
+    including ones after the candidates' window, block the rest of their key); the leased rows
+    carry one new token, the counted attempt and the lease's end."""
+    await create_bus_tables(sql_engine)
+    async with sql_engine.begin() as conn:
+        await conn.execute(delete(outbox_table))
+    store = SqlOutboxStore(sql_engine)
+    tx = await SqlUnitOfWork(sql_engine).begin()
+    await store.publish(
+        [envelope(i, key=key, org_id=org) for i, (org, key, _) in enumerate(rows)], tx
+    )
+    await tx.commit()
+    published = await store.messages(limit=100)
+    t = outbox_table
+    async with sql_engine.begin() as conn:
+        for message, (_, _, state) in zip(published, rows, strict=True):
+            values = {
+                "ready": {"available_at": T0},
+                "leased": {"available_at": HELD_UNTIL, "lease_token": "other"},
+                "delivered": {"status": "delivered", "available_at": T0},
+                "failed": {"status": "failed", "available_at": T0},
+            }[state]
+            await conn.execute(update(t).where(t.c.position == message.position).values(**values))
+    before = {m.position: m for m in await store.messages(limit=100)}
+    pending = [m for m in before.values() if m.status == "pending"]
+    candidates = [m for m in pending if m.available_at == T0][:limit]
+    queues: dict[OrderingKey, list[int]] = {}
+    for m in candidates:
+        if (okey := m.ordering_key) is not None:
+            queues[okey] = [
+                p.position
+                for p in pending
+                if p.ordering_key == okey and p.position <= candidates[-1].position
+            ]
+    expected = [m.position for m in accept_in_key_order(candidates, queues)]
+
+    now = None if db_clock else T0 + timedelta(seconds=1)
+    claimed = await store.claim(limit, now, LEASE)
+
+    assert [m.position for m in claimed] == expected
+    assert len({m.lease_token for m in claimed}) <= 1
+    after = {m.position: m for m in await store.messages(limit=100)}
+    for position, row in after.items():
+        old = before[position]
+        if position in expected:
+            assert row.attempts == old.attempts + 1
+            assert row.lease_token == claimed[0].lease_token != "other"
+            if now is not None:
+                assert row.available_at == now + LEASE
+            else:
+                assert T0 < row.available_at < HELD_UNTIL
+        else:  # untouched
+            assert (row.status, row.attempts, row.available_at, row.lease_token) == (
+                old.status,
+                old.attempts,
+                old.available_at,
+                old.lease_token,
+            )
