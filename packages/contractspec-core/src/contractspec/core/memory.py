@@ -249,7 +249,10 @@ class MemoryRepository(BaseRepository[M]):
             table.rows[key] = row
         old_version = table.versions.get(key)
         version = table.versions[key] = (old_version or 0) + 1
-        self._seen()[(self._entity.name, key)] = version
+        seen = self._seen()
+        seen_key = (self._entity.name, key)
+        old_seen = seen.get(seen_key)
+        seen[seen_key] = version
 
         def undo() -> None:
             current = table.rows.get(key)
@@ -261,6 +264,12 @@ class MemoryRepository(BaseRepository[M]):
                 table.versions.pop(key, None)
             else:
                 table.versions[key] = old_version
+            # What this transaction expects goes back too: a batch call rolled back to its
+            # savepoint must not leave later calls expecting the version it undid.
+            if old_seen is None:
+                seen.pop(seen_key, None)
+            else:
+                seen[seen_key] = old_seen
             self._claim_unique(previous or {}, pk, current)
 
         self._tx.add_undo(undo)

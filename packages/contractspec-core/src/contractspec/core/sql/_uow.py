@@ -25,7 +25,7 @@ import asyncio
 import os
 import re
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, UniqueConstraint, bindparam, select, update
@@ -883,9 +883,11 @@ class SqlTransaction(Transaction):
         self._db_savepoint = None
 
     async def _call_statements(
-        self, call: WriteBuffer
+        self, call: WriteBuffer, failable: list[bool] | None = None
     ) -> list[tuple[Table, Compiled, list[dict[str, Any]], bool]]:
-        """The call's writes as `(table, compiled statement, rows, version-checked)`, in order."""
+        """The call's writes as `(table, compiled statement, rows, version-checked)`, in order.
+
+        With `failable`, also say per statement whether it may fail (`_may_fail`)."""
         if self._hooks:
             await self._run_hooks(call)
         dialect = self.connection.dialect
@@ -893,9 +895,13 @@ class SqlTransaction(Transaction):
         for table, rows in call.inserts.items():
             if rows:
                 out.append((table, compiled_insert(table, tuple(rows[0]), dialect), rows, False))
+                if failable is not None:
+                    failable.append(True)
         for (table, key), (where, values) in call.updates.items():
             if not values:
                 continue
+            if failable is not None:
+                failable.append(self._may_fail(table, key, values))
             wcols, vcols, params = _update_params(where, values)
             compiled = compiled_update(
                 update_statement(table, wcols, vcols), (table, wcols, vcols), dialect
@@ -903,6 +909,13 @@ class SqlTransaction(Transaction):
             out.append((table, compiled, [params], (table, key) in call.versioned))
         call.clear_writes()
         return out
+
+    def _may_fail(self, table: Table, key: IdentityKey, values: Mapping[str, Any]) -> bool:
+        """Whether an update may fail: unless it updates a row this transaction already wrote
+        (or locked) without touching a unique column (see `_certain`)."""
+        if key not in self._written and key not in self.locked:
+            return True
+        return not _unique_columns(table).isdisjoint(values)
 
     def _certain(self, call: WriteBuffer) -> bool:
         """Whether none of the call's writes can fail: each updates a row this transaction
@@ -934,32 +947,53 @@ class SqlTransaction(Transaction):
         )
 
     async def _flush_call_sqlite(self, driver: DirectDriver, call: WriteBuffer) -> None:
-        """SQLite (inline driver): a lone row needs no savepoint (SQLite undoes just the failing
-        statement); several go inside `SAVEPOINT cs_call`, all in-process."""
-        statements = await self._call_statements(call)
-        sqlite = driver.connection._conn
+        """SQLite (inline driver): a call with at most one row that may fail needs no savepoint;
+        the others go inside `SAVEPOINT cs_call`, all in-process.
+
+        SQLite undoes just a failing statement (a constraint violation), and a version-checked
+        update that matches no row changed nothing, so a call whose only failable write runs
+        first leaves nothing behind when that write fails. The other writes of such a call
+        update rows this transaction already wrote (`_may_fail` is false: the version is known,
+        no unique column changes), which cannot fail; should one fail anyway, the batch's
+        transaction is marked broken (nothing of it commits) rather than keep half a call.
+        """
         opened = self._call_sp  # a reservation already opened the call's savepoint
-        single = not opened and len(statements) == 1 and len(statements[0][2]) == 1
-        if not single and not opened:
+        self._remember_written(call)  # kept only if the call succeeds (see _rollback_savepoint)
+        failable: list[bool] = []
+        statements = await self._call_statements(call, failable)
+        sqlite = driver.connection._conn
+        may_fail = sum(len(st[2]) for st, f in zip(statements, failable, strict=True) if f)
+        lone = not opened and may_fail <= 1
+        if lone and may_fail == 1 and not failable[0]:
+            # Run the failable write first (only updates can be here: inserts come first).
+            at = failable.index(True)
+            statements.insert(0, statements.pop(at))
+        if not lone and not opened:
             sqlite.execute("SAVEPOINT cs_call")
             self._call_sp = True
+        done = 0
         try:
             for table, compiled, rows, checked in statements:
                 for row in rows:
                     count, _ = await driver.execute(compiled, row)
                     if checked and count != 1:
                         raise self._stale(table)
+                    done += 1  # written (a failing statement or a stale update writes nothing)
         except BaseException as exc:
-            if not single:
+            if not lone:
                 self._call_sp = False
                 sqlite.execute("ROLLBACK TO SAVEPOINT cs_call")
                 sqlite.execute("RELEASE SAVEPOINT cs_call")
+            elif done > 0:
+                # A write that could not fail did, after others were written: no savepoint to
+                # undo them, so the whole transaction must not commit.
+                self._broken = exc
             if isinstance(exc, DBAPIError):
                 error = translate(exc)
                 if error is not exc:
                     raise error from exc
             raise
-        if not single:
+        if not lone:
             self._call_sp = False
             sqlite.execute("RELEASE SAVEPOINT cs_call")
 
