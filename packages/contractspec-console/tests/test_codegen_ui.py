@@ -339,3 +339,19 @@ async def test_generated_console_offers_only_what_the_policy_allows(
     assert "/admin/ops/shop.product.create" not in links
     denied = await client.get("/admin/ops/shop.product.create", headers=_as("eve"))
     assert denied.status_code == 403
+
+
+def test_cli_names_the_package_when_the_console_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without contractspec-console importable, `generate ui` exits 2 naming the pip command
+    and writes nothing."""
+    monkeypatch.setitem(sys.modules, "contractspec.console.codegen", None)
+    runner = CliRunner()
+    out = tmp_path / "ui"
+    result = runner.invoke(
+        cli, ["generate", "ui", "console_support:build_registry", "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "pip install contractspec-console" in result.output
+    assert not out.exists()
