@@ -414,6 +414,22 @@ def test_budgets_must_fit_the_tool() -> None:
         assert info.value.details["field"] == "budget"
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60), st.one_of(st.text(max_size=20), st.integers(), st.floats()))
+def test_any_key_or_amount_text_builds_a_budget_or_names_the_field(key: str, amount: Any) -> None:
+    """Hostile definitions: any key text and amount either build a Budget whose placeholders are
+    plain argument names, or raise SpecDefinitionError naming the field (nothing else)."""
+    field = ""
+    try:
+        budget = Budget(key=key, amount=amount, cap=5)
+    except SpecDefinitionError as exc:
+        field = exc.details["field"]
+    else:
+        assert all(name.isidentifier() for name in budget.fields)
+        assert len(budget.key_for(dict.fromkeys(budget.fields, "x" * 300))) <= 200
+    assert field in ("", "key", "amount")
+
+
 class Pay(BaseModel):
     ref: str
     amount: Any
