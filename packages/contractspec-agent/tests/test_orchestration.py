@@ -464,3 +464,64 @@ async def test_a_failed_tree_cancels_a_sub_task_waiting_for_approval(env: AgentE
     assert await orch.resume_waiting(org_id=ORG) == []
     assert await orch.runner.resume_ready(org_id=ORG) == []
     assert team.effects == {}
+
+
+HOSTILE_SUBMISSIONS: list[tuple[dict[str, Any], str]] = [
+    ({"goal": "x\x00y"}, "goal"),
+    ({"goal": "x\ud800y"}, "goal"),
+    ({"inputs": {"note": "a\x00b"}}, "inputs"),
+    ({"inputs": {"note": ["ok", "a\udc00b"]}}, "inputs"),
+    ({"inputs": {"k\x00": 1}}, "inputs"),
+    ({"inputs": {"ratio": float("nan")}}, "inputs"),
+    ({"inputs": {"ratio": float("inf")}}, "inputs"),
+    ({"inputs": ["not", "a", "mapping"]}, "inputs"),
+    ({"constraints": ["no\x00pe"]}, "constraints"),
+    ({"constraints": "one string"}, "constraints"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field_name"), HOSTILE_SUBMISSIONS)
+async def test_unstorable_submissions_are_refused_naming_the_field(
+    env: AgentEnv, kwargs: dict[str, Any], field_name: str
+) -> None:
+    """NUL characters, lone surrogates, NaN/infinity, a non-mapping inputs and a bare string
+    of constraints are refused with SpecValidationError naming the field on every backend
+    (never a database or encoding error), and nothing is stored."""
+    from contractspec.core import SpecValidationError
+
+    team = Team("")
+    orch = orchestrator(env, team, await task_store(env))
+    kwargs = dict(kwargs)
+    goal = kwargs.pop("goal", "a goal")
+    with pytest.raises(SpecValidationError) as info:
+        await orch.submit(goal, OWNER, capability="research", **kwargs)
+    assert info.value.details["field"] == field_name
+    assert "\x00" not in info.value.message
+    assert await orch.run_until_idle() == 0
+    ok = await orch.submit("café ✓ 𝄞", OWNER, capability="research", inputs={"é": ["𝄞", 1.5]})
+    assert (await orch.get(ok.id, org_id=ORG)).inputs == {"é": ["𝄞", 1.5]}
+
+
+async def test_a_plan_with_unstorable_text_is_refused_before_anything_is_stored(
+    env: AgentEnv,
+) -> None:
+    """A planner whose step goal or inputs hold NUL is refused with PlanError naming the step
+    field (on PostgreSQL the run store already refuses the model's reply holding it, also a
+    SpecValidationError); no task is stored."""
+    import json
+
+    from contractspec.agent.orchestration import PlanError
+    from contractspec.core import SpecValidationError
+
+    for step, field_name in (
+        ({"goal": "a\u0000b", "capability": "research"}, "steps[0].goal"),
+        ({"goal": "ab", "capability": "research", "inputs": {"k": "\u0000"}}, "steps[0].inputs"),
+    ):
+        team = Team(json.dumps({"steps": [step]}))
+        orch = orchestrator(env, team, await task_store(env))
+        with pytest.raises(SpecValidationError) as info:
+            await orch.submit("plan this", OWNER)
+        if env.kind != "postgres":
+            assert isinstance(info.value, PlanError)
+            assert info.value.details["field"] == field_name
+    assert await orch.run_until_idle() == 0

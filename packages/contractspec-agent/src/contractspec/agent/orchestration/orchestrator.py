@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ from pydantic import BaseModel
 from contractspec.agent.errors import LeaseLostError, UsageLimitExceeded
 from contractspec.agent.messages import Usage
 from contractspec.agent.orchestration.events import task_assigned, task_completed, task_failed
-from contractspec.agent.orchestration.planner import AgentDirectory, Planner
+from contractspec.agent.orchestration.planner import AgentDirectory, Planner, _plan_error
 from contractspec.agent.orchestration.tasks import (
     Budget,
     MemoryTaskStore,
@@ -197,6 +198,50 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# Characters no task store keeps: NUL (PostgreSQL text and jsonb) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in `value` holding NUL or a lone surrogate."""
+    if isinstance(value, str):
+        return path if _UNSTORABLE.search(value) else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}[{key!r}]"  # repr: the path never holds the character itself
+            if isinstance(key, str) and _UNSTORABLE.search(key):
+                return where
+            found = _unstorable(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _unstorable(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _storable_inputs(value: Any, field_name: str) -> Any:
+    """`value` as JSON (what the stores keep), refused naming `field_name` when it holds NaN or
+    infinity (not JSON; PostgreSQL refuses them) or a character no store keeps."""
+    try:
+        data = _jsonable(value)
+        json.dumps(data, allow_nan=False)
+    except ValueError as exc:
+        raise _invalid(
+            field_name, f"{field_name} must be JSON: no NaN or infinity ({exc})"
+        ) from None
+    found = _unstorable(data, field_name)
+    if found is not None:
+        raise _invalid(
+            field_name,
+            f"{found} holds a NUL character or a lone surrogate, which no task store can keep; "
+            "remove it",
+        )
+    return data
+
+
 class Orchestrator:
     """Runs task trees with the agents of an `AgentDirectory`.
 
@@ -342,16 +387,26 @@ class Orchestrator:
         """
         if not isinstance(goal, str) or not goal.strip() or len(goal) > _MAX_GOAL:
             raise _invalid("goal", f"goal must be 1-{_MAX_GOAL} characters of text")
+        if _UNSTORABLE.search(goal):
+            raise _invalid("goal", "goal holds a NUL character or a lone surrogate; remove it")
         if budget is not None and not isinstance(budget, Budget):
             raise _invalid("budget", "budget must be a Budget(tokens=, cost=, seconds=)")
         if deadline is not None and (
             not isinstance(deadline, datetime) or deadline.utcoffset() is None
         ):
             raise _invalid("deadline", "deadline must be a timezone-aware datetime")
-        data = _jsonable(dict(inputs or {}))
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise _invalid("inputs", "inputs must be a mapping of JSON values")
+        data = _storable_inputs(dict(inputs or {}), "inputs")
+        if isinstance(constraints, str | bytes):
+            raise _invalid("constraints", "constraints must be a list of strings, not one string")
         rules = tuple(constraints)
         if any(not isinstance(c, str) or not c for c in rules):
             raise _invalid("constraints", "constraints must be non-empty strings")
+        if _unstorable(list(rules), "constraints") is not None:
+            raise _invalid(
+                "constraints", "a constraint holds a NUL character or a lone surrogate; remove it"
+            )
         now = self.clock.now()
         root_id = self.ids.new_id()
         base = Task(
@@ -379,6 +434,16 @@ class Orchestrator:
                 spent=planned,
             )
             ids = [self.ids.new_id() for _ in plan.steps]
+            step_inputs = []
+            for i, step in enumerate(plan.steps):
+                if _UNSTORABLE.search(step.goal):
+                    raise _plan_error(
+                        f"steps[{i}].goal", f"steps[{i}].goal holds a NUL or a lone surrogate"
+                    )
+                try:
+                    step_inputs.append(_storable_inputs(step.inputs, f"steps[{i}].inputs"))
+                except SpecValidationError as exc:
+                    raise _plan_error(f"steps[{i}].inputs", exc.message) from None
             for i, step in enumerate(plan.steps):
                 level = RiskLevel(step.risk)
                 agent = self.directory.assign(step.capability, level)
@@ -386,7 +451,7 @@ class Orchestrator:
                     Task(
                         id=ids[i], org_id=ctx.org_id, root_id=root_id, parent_id=root_id,
                         position=i, goal=step.goal, actor=root.actor, created_at=now,
-                        updated_at=now, inputs=_jsonable(step.inputs), constraints=rules,
+                        updated_at=now, inputs=step_inputs[i], constraints=rules,
                         risk=level, deadline=deadline, capability=step.capability,
                         agent=agent.name, depends_on=tuple(ids[d] for d in step.depends_on),
                         status=TaskStatus.ASSIGNED if not step.depends_on else TaskStatus.PENDING,
