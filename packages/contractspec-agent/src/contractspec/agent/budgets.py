@@ -378,9 +378,12 @@ class BudgetStore(Protocol):
         amount: Decimal,
         cap: Decimal,
         now: datetime,
+        new: bool = False,
     ) -> BudgetReservation:
         """Reserve `amount` for `action_id` if `reserved + amount <= cap`; an action that holds
-        a reservation on `key` already is granted without reserving again."""
+        a reservation on `key` already is granted without reserving again. `new=True` is the
+        caller's promise that the action holds nothing yet (the gateway's first attempt: its
+        reservations commit with its first ledger entry), so the store may skip looking."""
         ...
 
     async def release(
@@ -432,6 +435,7 @@ class MemoryBudgetStore:
         amount: Decimal,
         cap: Decimal,
         now: datetime,
+        new: bool = False,
     ) -> BudgetReservation:
         """Reserve under the lock (see `BudgetStore.reserve`)."""
         hold_key = (org_id, action_id, key)

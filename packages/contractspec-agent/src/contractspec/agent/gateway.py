@@ -771,7 +771,7 @@ class ToolGateway:
             assert p.ctx is not None
             got = await store.reserve(
                 tx, org_id=p.ctx.call.org_id, key=claim.key, action_id=p.ctx.action_id,
-                amount=claim.amount, cap=claim.cap, now=now,
+                amount=claim.amount, cap=claim.cap, now=now, new=p.ledger == "begin",
             )  # fmt: skip
             if got.granted:
                 granted.setdefault(i, []).append(

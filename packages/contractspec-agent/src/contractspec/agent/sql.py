@@ -669,6 +669,36 @@ def _bound(stx: SqlTransaction, value: Decimal) -> Any:
     return bindparam(None, stored, type_=_Numeric(36, 6))
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """The reservation statement for `dialect`, built once (bound parameters `org_key`, `key`,
+    `amount`, `now` and `cap`, the cap as the column stores it)."""
+    found = _UPSERTS.get(dialect)
+    if found is not None:
+        return found
+    b = budgets_table
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(b).values(
+        org_key=bindparam("org_key"),
+        key=bindparam("key"),
+        reserved=bindparam("amount", type_=_Amount),
+        updated_at=bindparam("now", type_=UtcDateTime()),
+    )
+    # DecimalType is text-like to SQLAlchemy: add and compare as numbers (scaled integers on
+    # SQLite), as the columns store them
+    grown = type_coerce(b.c.reserved, _Numeric()) + type_coerce(stmt.excluded.reserved, _Numeric())
+    cap = bindparam("cap", type_=BigInteger() if dialect == "sqlite" else _Numeric(36, 6))
+    found = stmt.on_conflict_do_update(
+        index_elements=[b.c.org_key, b.c.key],
+        set_={"reserved": grown, "updated_at": stmt.excluded.updated_at},
+        where=grown <= cap,
+    ).returning(b.c.reserved)
+    _UPSERTS[dialect] = found
+    return found
+
+
 class SqlBudgetStore:
     """`BudgetStore` on `cs_agent_budgets` and `cs_agent_budget_reservations`.
 
@@ -689,36 +719,34 @@ class SqlBudgetStore:
         amount: Decimal,
         cap: Decimal,
         now: datetime,
+        new: bool = False,
     ) -> BudgetReservation:
         """Reserve `amount` if it fits (see `BudgetStore.reserve`)."""
         stx = sql_transaction(tx, "SqlBudgetStore")
-        b, r = budgets_table, budget_reservations_table
+        r = budget_reservations_table
         org = _org_key(org_id)
-        hold: Any = (
-            await stx.execute(
-                select(r.c.status, r.c.amount).where(
-                    r.c.org_key == org, r.c.action_id == action_id, r.c.key == key
+        hold: Any = None
+        if not new:  # a new action holds nothing (its reservation and ledger entry commit together)
+            hold = (
+                await stx.execute(
+                    select(r.c.status, r.c.amount).where(
+                        r.c.org_key == org, r.c.action_id == action_id, r.c.key == key
+                    )
                 )
-            )
-        ).first()
+            ).first()
         if hold is not None and hold[0] == "held":
             used = await self._reserved(stx, org, key)
             return BudgetReservation(True, key, hold[1], used, cap, held_before=True)
         if amount > cap:
             return BudgetReservation(False, key, amount, await self._reserved(stx, org, key), cap)
-        insert = pg_insert if stx.dialect == "postgresql" else sqlite_insert
-        stmt = insert(b).values(org_key=org, key=key, reserved=amount, updated_at=now)
-        # DecimalType is text-like to SQLAlchemy: add and compare as numbers (scaled integers on
-        # SQLite), as the columns store them
-        grown = type_coerce(b.c.reserved, _Numeric()) + type_coerce(
-            stmt.excluded.reserved, _Numeric()
-        )
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[b.c.org_key, b.c.key],
-            set_={"reserved": grown, "updated_at": now},
-            where=grown <= _bound(stx, cap),
-        ).returning(b.c.reserved)
-        row = (await stx.execute(upsert, write=True)).first()
+        params = {
+            "org_key": org,
+            "key": key,
+            "amount": amount,
+            "now": now,
+            "cap": _Amount.process_bind_param(cap, stx.connection.dialect),
+        }
+        row = (await stx.execute(_upsert(stx.dialect), params, write=True)).first()
         if row is None:
             return BudgetReservation(False, key, amount, await self._reserved(stx, org, key), cap)
         if hold is None:
