@@ -606,3 +606,32 @@ async def test_require_authentication_answers_401_before_the_mcp_layer() -> None
         mcp_server(executor(), operations=["notes.debug.whoami"]).streamable_http_app(
             require_authentication=True
         )
+
+
+async def test_require_authentication_runs_the_authenticator_once_per_request() -> None:
+    """The 401 middleware's caller is the one the tool call runs as: one authenticator call per
+    HTTP request (not one in the middleware and another in the call), and each request is
+    still authenticated on its own — two clients with different tokens keep their identities."""
+    seen: list[str | None] = []
+
+    def counting(request: Request) -> Principal | None:
+        seen.append(request.headers.get("authorization"))
+        return bearer(request)
+
+    app = mcp_server(executor(), authenticate=counting).streamable_http_app(
+        require_authentication=True
+    )
+    with _serve(app) as url:
+        async with _http_client(url, "t-writer") as writer, _http_client(url, "t-other") as other:
+            await writer.call_tool("notes.debug.whoami", {})  # sessions settled
+            await other.call_tool("notes.debug.whoami", {})
+            before = len(seen)
+            mine = [await writer.call_tool("notes.debug.whoami", {}) for _ in range(3)]
+            theirs = [await other.call_tool("notes.debug.whoami", {}) for _ in range(2)]
+            created = await writer.call_tool("notes.note.create", NOTE)
+            calls = len(seen) - before
+    assert calls == 6  # six tool calls, six POSTs, one authentication each
+    assert seen[before:] == ["Bearer t-writer"] * 3 + ["Bearer t-other"] * 2 + ["Bearer t-writer"]
+    assert {(r.structured_content or {}).get("org_id") for r in mine} == {"org-1"}
+    assert {(r.structured_content or {}).get("org_id") for r in theirs} == {"org-2"}
+    assert created.is_error is False

@@ -122,6 +122,8 @@ RESOURCE_SCHEME: Final = "contractspec"
 #: `-32602`, invalid params); its `data` is the error's `{"code", "message", "details"}`.
 RESOURCE_ERROR: Final = -32010
 _MAX_TOOL_NAME: Final = 128  # SEP-986
+#: Key in the ASGI scope's `state` under which `_RequireCaller` leaves `(authenticate, caller)`.
+_CALLER_STATE: Final = "contractspec.mcp.caller"
 _INVALID_PARAMS: Final = -32602
 _INTERNAL_ERROR: Final = -32603
 
@@ -408,6 +410,10 @@ class McpServer:
     async def _principal(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Actor, str | None]:
         request = ctx.request
         if request is not None and self.authenticate is not None:
+            # `require_authentication` already ran this authenticator on this very HTTP request
+            cached = request.scope.get("state", {}).get(_CALLER_STATE)
+            if cached is not None and cached[0] is self.authenticate:
+                return _caller_of(cached[1])
             return _caller_of(await _maybe_await(self.authenticate(request)))
         if request is not None:
             # an HTTP call without an authenticator is anonymous: never the stdio caller
@@ -609,8 +615,10 @@ class McpServer:
             require_authentication: Answer `401` with `WWW-Authenticate: Bearer` to every HTTP
                 request whose `authenticate(request)` returns `None`, before the MCP layer (as
                 the MCP authorization spec expects of a protected server, so clients start
-                their sign-in). Without it anonymous clients connect, list tools and call the
-                `public()` ones; the others are denied per call.
+                their sign-in). The caller it found is the one the request's tool call runs
+                as (the authenticator runs once per request, not twice). Without it anonymous
+                clients connect, list tools and call the `public()` ones; the others are denied
+                per call.
             **options: Other options of the SDK's `Server.streamable_http_app` (`host`,
                 `transport_security`, `max_request_body_size`, ...).
 
@@ -678,6 +686,8 @@ class _RequireCaller:
             headers = {"WWW-Authenticate": "Bearer"}
             await JSONResponse(body, 401, headers=headers)(scope, receive, send)
             return
+        # the tool call on this request reuses the caller instead of authenticating twice
+        scope.setdefault("state", {})[_CALLER_STATE] = (self.authenticate, who)
         await self.app(scope, receive, send)
 
 
