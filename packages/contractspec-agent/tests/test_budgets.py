@@ -293,6 +293,41 @@ async def test_an_in_doubt_call_run_again_reuses_its_reservation(env: AgentEnv) 
     assert await usage(env, store, key="pay") == 6
 
 
+async def test_a_call_refused_on_one_budget_can_run_in_a_later_step(env: AgentEnv) -> None:
+    """y reserves on "a-amount" then is refused on "b-count" (released in the same transaction);
+    x fails (its reservations released); the same y in the next step finds room and runs (its
+    released reservation is held again, not a conflict that would leave it in doubt)."""
+    store = store_for(env)
+
+    @tool(
+        risk=RiskLevel.L1,
+        budget=[Budget(key="a-amount", amount="amount", cap=100), Budget(key="b-count", amount=1, cap=1)],
+    )  # fmt: skip
+    async def pay(amount: int, ref: str) -> str:
+        """Pay."""
+        if ref == "x":
+            raise RuntimeError("declined")
+        return f"paid {ref}"
+
+    agent = define_agent("shop.payer", model="m", instructions="i", tools=[pay])
+    model = ScriptedModel(
+        [
+            [call("pay", amount=5, ref="x"), call("pay", amount=7, ref="y")],
+            [call("pay", amount=7, ref="y")],
+            "done",
+        ]
+    )
+    result = await runner_for(env, model, store).run(agent, "pay", OWNER)
+    assert [(p.arguments["ref"], p.decision) for p in result.packets] == [
+        ("x", "execute"), ("y", "blocked"), ("y", "execute"),
+    ]  # fmt: skip
+    assert json.loads(_tool_messages(model)[-1].content) == "paid y"
+    assert (await usage(env, store, key="a-amount"), await usage(env, store, key="b-count")) == (
+        7,
+        1,
+    )
+
+
 def _tool_messages(model: ScriptedModel) -> list[ToolMessage]:
     last = model.requests[-1].messages
     return [m for m in last if isinstance(m, ToolMessage)]

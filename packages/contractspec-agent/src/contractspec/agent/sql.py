@@ -699,6 +699,38 @@ def _upsert(dialect: str) -> Any:
     return found
 
 
+def _hold(dialect: str) -> Any:
+    """Insert the action's reservation row as `held`, or turn its `released` row `held` again
+    (bound parameters `org_key`, `action_id`, `key`, `amount`, `now`); no row back: it was
+    held already."""
+    name = f"hold:{dialect}"
+    found = _UPSERTS.get(name)
+    if found is not None:
+        return found
+    r = budget_reservations_table
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(r).values(
+        org_key=bindparam("org_key"),
+        action_id=bindparam("action_id"),
+        key=bindparam("key"),
+        amount=bindparam("amount", type_=_Amount),
+        status="held",
+        created_at=bindparam("now", type_=UtcDateTime()),
+        updated_at=bindparam("now", type_=UtcDateTime()),
+    )
+    found = stmt.on_conflict_do_update(
+        index_elements=[r.c.org_key, r.c.action_id, r.c.key],
+        set_={
+            "status": "held",
+            "amount": stmt.excluded.amount,
+            "updated_at": stmt.excluded.updated_at,
+        },
+        where=r.c.status == "released",
+    ).returning(r.c.status)
+    _UPSERTS[name] = found
+    return found
+
+
 class SqlBudgetStore:
     """`BudgetStore` on `cs_agent_budgets` and `cs_agent_budget_reservations`.
 
@@ -749,35 +781,22 @@ class SqlBudgetStore:
         row = (await stx.execute(_upsert(stx.dialect), params, write=True)).first()
         if row is None:
             return BudgetReservation(False, key, amount, await self._reserved(stx, org, key), cap)
-        if hold is None:
-            await stx.write(
-                insert(r).values(
-                    org_key=org,
-                    action_id=action_id,
-                    key=key,
-                    amount=amount,
-                    status="held",
-                    created_at=now,
-                    updated_at=now,
-                )
+        # the action's row: new, or a released one held again (a call refused on another
+        # budget, or a known failure run again); a row held meanwhile by a concurrent
+        # transaction recording the same action is a conflict
+        held = (
+            await stx.execute(
+                _hold(stx.dialect),
+                {"org_key": org, "action_id": action_id, "key": key, "amount": amount, "now": now},
+                write=True,
             )
-        else:
-            count = await stx.write(
-                update(r)
-                .where(
-                    r.c.org_key == org,
-                    r.c.action_id == action_id,
-                    r.c.key == key,
-                    r.c.status == "released",
-                )
-                .values(status="held", amount=amount, updated_at=now)
+        ).first()
+        if held is None:
+            raise ConflictError(
+                f"the reservation of action {action_id!r} on budget {key!r} was changed "
+                "concurrently; decide the call again",
+                details={"action_id": action_id, "key": key},
             )
-            if count != 1:
-                raise ConflictError(
-                    f"the reservation of action {action_id!r} on budget {key!r} was changed "
-                    "concurrently; decide the call again",
-                    details={"action_id": action_id, "key": key},
-                )
         return BudgetReservation(True, key, amount, row[0], cap)
 
     async def release(
