@@ -525,3 +525,40 @@ def test_a_candidate_named_like_the_live_policy_is_refused() -> None:
     with pytest.raises(SpecDefinitionError) as err:
         DecisionLoop(service, REWARD, shadow=ThompsonSampling("same", ARMS, seed=2))
     assert err.value.details["field"] == "shadow"
+
+
+# -- hostile input --------------------------------------------------------------------------------
+
+UNSTORABLE = ["a\x00b", "a\ud800b"]
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+async def test_unstorable_text_is_refused_naming_the_field_on_every_store(
+    stores: tuple[DecisionLog, OutcomeStore], bad: str
+) -> None:
+    """NUL or a lone surrogate in a decision id, a label's actor or reason, or an outcome
+    event's id is refused with SpecValidationError naming the field (never a database or
+    encoding error, nothing stored); an outcome naming such a decision id is an unknown
+    decision; an amount beyond the float range is refused like infinity."""
+    log, outcomes = stores
+    loop = _loop(log, outcomes, FakeClock(T0))
+    d = await loop.choose([1.0, 0.0], decision_id="c1")
+    calls: list[tuple[Any, str]] = [
+        (lambda: loop.choose([1.0, 0.0], decision_id=bad), "decision_id"),
+        (lambda: loop.settle(bad), "decision_id"),
+        (lambda: loop.label(bad, d.arm, actor="maria"), "decision_id"),
+        (lambda: loop.label("c1", d.arm, actor=bad), "actor"),
+        (lambda: loop.label("c1", d.arm, actor="maria", reason=bad), "reason"),
+        (lambda: loop.handle(event("shop.order.paid", bad, decision_id="c1", margin=3)), "event_id"),
+        (lambda: loop.handle(event("shop.order.paid", "e1", decision_id="c1", margin=10**400)),
+         "margin"),
+    ]  # fmt: skip
+    for call, field_name in calls:
+        with pytest.raises(SpecValidationError) as err:
+            await call()
+        assert err.value.details["field"] == field_name
+    status = await loop.handle(event("shop.order.paid", "e2", decision_id=bad, margin=3))
+    assert status is OutcomeStatus.UNKNOWN_DECISION
+    assert await outcomes.labels() == []
+    assert await outcomes.outcomes("c1") == []
+    assert [x.decision_id for x in await log.decisions("offers")] == ["c1"]

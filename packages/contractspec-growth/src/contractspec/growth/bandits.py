@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -69,7 +70,17 @@ def _check_name(value: Any, field: str) -> str:
             f"{value!r}.",
             details={"field": field},
         )
+    if _UNSTORABLE.search(value):
+        raise SpecValidationError(
+            f"{field} must not hold a NUL character or a lone surrogate (no decision log can "
+            f"store them), got {value!r}.",
+            details={"field": field},
+        )
     return value
+
+
+# Characters no log stores: NUL (PostgreSQL text) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _check_number(value: Any, field: str) -> float:
@@ -77,7 +88,10 @@ def _check_number(value: Any, field: str) -> float:
         raise SpecValidationError(
             f"{field} must be a number, got {type(value).__name__}.", details={"field": field}
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
     if not math.isfinite(number):
         raise SpecValidationError(
             f"{field} must be a finite number, got {number!r}.", details={"field": field}
@@ -820,6 +834,8 @@ class BanditService:
             ConflictError: The decision id is already in the log.
             SpecValidationError: The policy rejected the context, or the id is malformed.
         """
+        if decision_id is not None:
+            _check_name(decision_id, "decision_id")
         generated = decision_id is None
         if generated and self.ids is not None:
             decision_id = self.ids.new_id()

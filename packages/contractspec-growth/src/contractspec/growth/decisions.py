@@ -54,6 +54,7 @@ from contractspec.core.errors import (
 from contractspec.core.ports import Clock, SystemClock
 from contractspec.core.records import EventEnvelope, TelemetrySample
 from contractspec.growth.bandits import (
+    _UNSTORABLE,
     BanditDecision,
     BanditPolicy,
     BanditService,
@@ -460,6 +461,11 @@ class Label:
         if not isinstance(self.reason, str) or len(self.reason) > 2000:
             raise SpecValidationError(
                 "reason must be a string of at most 2000 characters.", details={"field": "reason"}
+            )
+        if _UNSTORABLE.search(self.reason):
+            raise SpecValidationError(
+                "reason must not hold a NUL character or a lone surrogate (no store keeps them).",
+                details={"field": "reason"},
             )
         at = _check_aware(self.labelled_at, "labelled_at").astimezone(dt.UTC)
         object.__setattr__(self, "labelled_at", at)
@@ -1119,6 +1125,10 @@ class DecisionLoop:
         decision_id = _resolve(payload, self.reward_model.decision_field)
         if decision_id is _MISSING or not isinstance(decision_id, str) or not decision_id:
             return OutcomeStatus.IGNORED
+        if _UNSTORABLE.search(decision_id):  # no logged decision has such an id
+            _log.warning("contractspec.decision_outcome_unknown", decision_id=repr(decision_id),
+                         event_name=event.name, event_id=repr(event.id))  # fmt: skip
+            return OutcomeStatus.UNKNOWN_DECISION
         try:
             decision = await self.service.log.get(decision_id)
         except NotFoundError:
@@ -1155,6 +1165,7 @@ class DecisionLoop:
                 the reward (e.g. outside [0, 1] for Thompson sampling: set
                 `bounds` and `normalize` on the reward model).
         """
+        _check_name(decision_id, "decision_id")
         decision = await self.service.log.get(decision_id)
         if decision.decision_id.startswith(SHADOW_PREFIX):
             raise SpecValidationError(
@@ -1232,6 +1243,7 @@ class DecisionLoop:
             SpecValidationError: `arm` is not one of the decision's arms, or a malformed field.
             ConflictError: The decision is already labelled.
         """
+        _check_name(decision_id, "decision_id")
         decision = await self.service.log.get(decision_id)
         if arm not in decision.probabilities:
             raise SpecValidationError(
