@@ -479,8 +479,13 @@ async def _promoted(complaints: float) -> tuple[DecisionLoop, SpecExperimentCont
     rng = np.random.default_rng(8)
     await _run(loop, 400, 0, rng)
     controller = SpecExperimentController(MemoryRolloutStore(), clock=clock)
+    report = await loop.shadow_report()
+    with pytest.raises(PromotionRefusedError) as err:  # a good candidate, too few decisions
+        await loop.promote(report, controller, min_decisions=report.n + 1)
+    assert err.value.details["field"] == "min_decisions"
+    assert await controller.store.all() == []
     state = await loop.promote(
-        await loop.shadow_report(), controller, stages=(0.5, 1.0), min_samples=30,
+        report, controller, stages=(0.5, 1.0), min_samples=30,
         min_dwell=dt.timedelta(0),
     )  # fmt: skip
     assert (state.status, state.coverage) == (RolloutStatus.RUNNING, 0.5)
