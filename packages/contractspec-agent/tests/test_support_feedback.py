@@ -195,3 +195,24 @@ async def test_feedback_table_under_alembic(sql_engine: AsyncEngine, tmp_path: P
     await store.put(outcome("t1", csat=4, cited=("kb-1",)))
     assert await store.list(org_id="acme") == [outcome("t1", csat=4, cited=("kb-1",))]
     await downgrade_and_check(env, sql_engine)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field_name"),
+    [
+        ({"ticket": "t\x00"}, "ticket_id"),
+        ({"ticket": "t-1", "category": "bill\ud800"}, "category"),
+        ({"ticket": "t-1", "cited": ("doc\x00",)}, "cited"),
+        ({"ticket": "t-1", "org": "acme\x00"}, "org_id"),
+    ],
+)
+async def test_unstorable_feedback_is_refused_naming_the_field(
+    store: FeedbackStore, fields: dict[str, object], field_name: str
+) -> None:
+    """NUL or a lone surrogate in a ticket id, category, cited id or org id is refused with
+    SpecValidationError naming the field before any store sees it (PostgreSQL raised a bare
+    DataError and every SQL store an encoding error); nothing is stored."""
+    with pytest.raises(SpecValidationError) as err:
+        await store.put(outcome(**fields))  # type: ignore[arg-type]
+    assert err.value.details["field"] == field_name
+    assert await store.list(org_id="acme") == []

@@ -8,6 +8,7 @@ raise `SpecValidationError` naming the field and the fix; the model-facing answe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -61,6 +62,15 @@ def _id(what: str, name: str, value: Any) -> None:
         raise invalid(
             what, name, f"must be a non-empty string of at most {_ID_MAX} characters, got {value!r}"
         )
+    if _UNSTORABLE.search(value):
+        raise invalid(
+            what, name, f"must not hold a NUL character or a lone surrogate (no store keeps them), "
+            f"got {value!r}",
+        )  # fmt: skip
+
+
+# Characters no store keeps: NUL (PostgreSQL text and jsonb) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _text(what: str, name: str, value: Any, *, empty: bool = True) -> None:
