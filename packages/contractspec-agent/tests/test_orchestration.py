@@ -525,3 +525,31 @@ async def test_a_plan_with_unstorable_text_is_refused_before_anything_is_stored(
             assert isinstance(info.value, PlanError)
             assert info.value.details["field"] == field_name
     assert await orch.run_until_idle() == 0
+
+
+async def test_many_orchestrators_racing_on_one_task_run_it_once(env: AgentEnv) -> None:
+    """Eight orchestrators (distinct workers, one store) handle the same task.assigned at once,
+    then race resume_waiting after the L2 approval: one claim wins each time, the approved
+    charge executes once and the tree completes once."""
+    import asyncio
+
+    team = Team(plan(("charge order 5", "billing", [], 2)))
+    store = ClaimCounter(await task_store(env))
+    orchs = [orchestrator(env, team, store, worker_id=f"w{i}") for i in range(8)]
+    root = await orchs[0].submit("bill order 5", OWNER)
+    (charge,) = [t for t in await orchs[0].tree(root.id, org_id=ORG) if t.id != root.id]
+    assigned = orchs[0]._assigned(charge)
+    await asyncio.gather(*(o.handle(assigned) for o in orchs))
+    assert sum(store.claims.values()) == 1
+    waiting = await orchs[0].get(charge.id, org_id=ORG)
+    assert waiting.status is TaskStatus.WAITING_APPROVAL
+    (approval_id,) = waiting.evidence[-1]["waiting_for"]
+    await env.approvals.approve(approval_id, LEAD)
+    results = await asyncio.gather(*(o.resume_waiting(org_id=ORG) for o in orchs))
+    assert sum(len(r) for r in results) == 1
+    assert sum(store.claims.values()) == 2
+    tasks = by_goal(await orchs[0].tree(root.id, org_id=ORG))
+    assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
+    assert team.effects == {"charge order 5": 1}
+    names = [n for n in await event_names(env) if n.startswith("task.")]
+    assert names.count("task.completed") == 2
