@@ -1934,21 +1934,21 @@ def _audit_step(
     comment: str | None,
 ) -> None:
     """Record a history step in the call's audit record (`details["workflow"]`) instead of a
-    step row (`history="audit"`); who and when are the record's own fields."""
-    ctx.add_audit_details(
-        "workflow",
-        {
-            "name": wf.name,
-            "version": wf.version,
-            "instance_id": instance_id,
-            "kind": kind,
-            "transition": transition,
-            "from": from_state,
-            "to": to_state,
-            "input": input_data,
-            "comment": comment,
-        },
-    )
+    step row (`history="audit"`); who and when are the record's own fields, the instance is its
+    target. Compact (it is hashed and stored with every move): `{"name", "version", "from",
+    "to"}` plus `"transition"`, `"kind"` (when not `transition`), `"input"` (when not empty) and
+    `"comment"` (when given)."""
+    step: dict[str, Any] = {"name": wf.name, "version": wf.version, "from": from_state,
+                            "to": to_state}  # fmt: skip
+    if transition is not None:
+        step["transition"] = transition
+    if kind != "transition":
+        step["kind"] = kind
+    if input_data:
+        step["input"] = input_data
+    if comment is not None:
+        step["comment"] = comment
+    ctx.add_audit_details("workflow", step)
 
 
 def _step_of(wf: WorkflowSpec, instance_id: str, entry: Any) -> WorkflowStep | None:
@@ -1958,9 +1958,9 @@ def _step_of(wf: WorkflowSpec, instance_id: str, entry: Any) -> WorkflowStep | N
         return None
     step = record.details.get("workflow")
     if isinstance(step, Mapping) and step.get("name") == wf.name:
-        if step.get("instance_id") != instance_id:
+        if record.target_id != instance_id:
             return None
-        kind = str(step.get("kind"))
+        kind = str(step.get("kind", "transition"))
         transition = step.get("transition")
         from_state = step.get("from")
         to_state = str(step.get("to"))
@@ -2036,14 +2036,22 @@ def _state_of(wf: WorkflowSpec, record: Any) -> str:
     return str(value.value) if isinstance(value, enum.Enum) else str(value)
 
 
+#: Per entity workflow (by id; the object is kept alive with it): the state field's enum type,
+#: or `None` when the field holds the state strings themselves.
+_STATE_TYPES: dict[int, tuple[WorkflowSpec, type[enum.Enum] | None]] = {}
+
+
 def _state_value(wf: WorkflowSpec, state: str) -> Any:
     """`state` as the entity's state field holds it (an enum member for enum fields)."""
-    assert wf.entity is not None
-    assert wf.state_field is not None
-    annotation = wf.entity.model.model_fields[wf.state_field].annotation
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return annotation(state)
-    return state
+    known = _STATE_TYPES.get(id(wf))
+    if known is None or known[0] is not wf:
+        assert wf.entity is not None
+        assert wf.state_field is not None
+        annotation = wf.entity.model.model_fields[wf.state_field].annotation
+        is_enum = isinstance(annotation, type) and issubclass(annotation, enum.Enum)
+        known = _STATE_TYPES[id(wf)] = (wf, annotation if is_enum else None)
+    enum_type = known[1]
+    return enum_type(state) if enum_type is not None else state
 
 
 def _view(
@@ -2105,11 +2113,10 @@ async def _fire_entity(
     now = ctx.now()
     target = t.target
     updates: dict[str, Any] = {wf.state_field: _state_value(wf, target)}
-    change = WorkflowChange(
-        wf, "transition", _view(wf, record, from_state, data=False, now=now), from_state, target,
-        t, value, comment, record,
-    )  # fmt: skip
+    view = _view(wf, record, target, data=False, now=now)  # the instance after the change
     if wf.set_fields is not None:
+        change = WorkflowChange(wf, "transition", view, from_state, target, t, value, comment,
+                                record)  # fmt: skip
         extra = wf.set_fields(ctx, change)
         if extra:
             updates = {**dict(extra), **updates}
@@ -2117,7 +2124,6 @@ async def _fire_entity(
     if ctx._audit_target is None:
         ctx.set_audit_target(wf.entity.name, record_id)
     _audit_step(wf, ctx, record_id, "transition", t.name, from_state, target, _dump(value), comment)
-    view = _view(wf, moved, target, data=False, now=now)
     hook = wf.on_transition
     if hook is not None:
         result = hook(ctx, WorkflowChange(wf, "transition", view, from_state, target, t, value,
