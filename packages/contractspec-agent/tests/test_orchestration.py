@@ -553,3 +553,29 @@ async def test_many_orchestrators_racing_on_one_task_run_it_once(env: AgentEnv) 
     assert team.effects == {"charge order 5": 1}
     names = [n for n in await event_names(env) if n.startswith("task.")]
     assert names.count("task.completed") == 2
+
+
+async def test_a_run_the_actor_may_not_start_fails_without_a_retry(env: AgentEnv) -> None:
+    """An agent whose run_permission the submitting actor lacks: the task fails at once with
+    policy_denied (retrying cannot grant a permission), attempts 1 of 3, no model request."""
+    from contractspec.agent import AgentPolicy, define_agent
+    from contractspec.agent.orchestration import AgentDirectory, Orchestrator
+
+    team = Team("")
+    directory = AgentDirectory()
+    directory.register(
+        define_agent("team.vault", model="research", instructions="Open the vault.",
+                     policy=AgentPolicy(run_permission="vault.open")),
+        capabilities=["vault"],
+    )  # fmt: skip
+    orch = Orchestrator(
+        env.runner(team.model()), directory, tasks=await task_store(env),
+        retry=TaskRetry(max_attempts=3, base_delay_s=0.0),
+    )  # fmt: skip
+    root = await orch.submit("open the vault", OWNER, capability="vault")
+    (done,) = await orch.run_once(org_id=ORG)
+    assert (done.id, done.status, done.attempts) == (root.id, TaskStatus.FAILED, 1)
+    assert done.error is not None
+    assert done.error["code"] == "policy_denied"
+    assert team.replies == []
+    assert await orch.run_until_idle(org_id=ORG) == 0
