@@ -9,7 +9,9 @@ validate -> invariants + budgets (action packet + proof) -> risk (L0-L3) -> appr
 ```
 
 * **validate**: arguments are parsed and validated against the tool's pydantic model; errors go
-  back to the model as a tool result (`status: "invalid"`) so it can correct itself.
+  back to the model as a tool result (`status: "invalid"`) so it can correct itself. Values no
+  store can hold (NaN or infinite numbers, NUL characters, lone surrogates) are refused the same
+  way, naming each field; a tool *result* holding one fails its call (`status: "error"`).
 * **invariants**: the tool's declared `Invariant`s are evaluated over the arguments and the
   tool's evidence; each call gets an `ActionPacket` with the proof (PASS/FAIL and the values
   seen). Any FAIL blocks the call and the packet says why.
@@ -49,6 +51,8 @@ import functools
 import hashlib
 import inspect
 import json
+import math
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from time import perf_counter
@@ -305,6 +309,94 @@ def _dumps(value: Any) -> str:
 
 def _problem(status: str, message: str, **extra: Any) -> str:
     return _dumps({"status": status, "error": message, **extra})
+
+
+# Characters no backend stores: NUL (PostgreSQL text and jsonb) and lone surrogates (not UTF-8).
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+_MAX_UNSTORABLE = 20
+
+
+def escape_unstorable(text: str) -> str:
+    """`text` with unstorable characters written as `\\uXXXX` (JSON escapes; internal)."""
+    return _UNSTORABLE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _what(text: str) -> str:
+    found = _UNSTORABLE_CHARS.search(text)
+    assert found is not None
+    if found.group() == "\x00":
+        return "holds a NUL character (\\u0000), which cannot be stored; remove it"
+    return (
+        f"holds a lone surrogate (\\u{ord(found.group()):04x}), which cannot be stored; send "
+        "valid Unicode text"
+    )
+
+
+def unstorable_values(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Find the values of JSON-like `value` that no store can hold (internal).
+
+    NaN and infinite floats (JSON has no such numbers; PostgreSQL `jsonb` refuses them) and
+    strings or mapping keys holding NUL characters or lone UTF-16 surrogates.
+
+    Args:
+        value: Mappings, sequences and scalars, walked recursively.
+        path: Dotted path of `value` itself (`""` for the root).
+
+    Returns:
+        Up to 20 `(field, message)` pairs: the dotted field (unstorable characters in keys written
+        as `\\uXXXX`, `"(root)"` for the root) and what is wrong with it and how to fix it.
+    """
+    found: list[tuple[str, str]] = []
+    _walk_unstorable(value, path, found)
+    return found
+
+
+def _walk_unstorable(value: Any, path: str, found: list[tuple[str, str]]) -> None:
+    if len(found) >= _MAX_UNSTORABLE:
+        return
+    if isinstance(value, str):
+        if _UNSTORABLE_CHARS.search(value):
+            found.append((path or "(root)", _what(value)))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            found.append(
+                (
+                    path or "(root)",
+                    f"is {value!r}, not a finite number, which cannot be stored; send a finite "
+                    "number",
+                )
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            name = str(key)
+            here = f"{path}.{escape_unstorable(name)}" if path else escape_unstorable(name)
+            if _UNSTORABLE_CHARS.search(name):
+                found.append((here, _what(name)))
+            _walk_unstorable(item, here, found)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _walk_unstorable(item, f"{path}.{index}" if path else str(index), found)
+
+
+def storable_text(text: str) -> str:
+    """`text` with NUL characters and lone surrogates replaced by U+FFFD (internal)."""
+    return _UNSTORABLE_CHARS.sub("\ufffd", text)
+
+
+def _unstorable_arguments(call: ToolCall, found: Sequence[tuple[str, str]]) -> ToolOutcome:
+    return ToolOutcome(
+        call,
+        "invalid",
+        _problem(
+            "invalid",
+            "the arguments hold values that cannot be stored; fix these fields and call again",
+            errors=[
+                {"field": field, "message": message, "type": "unstorable"}
+                for field, message in found
+            ],
+        ),
+        is_error=True,
+    )
 
 
 @define(eq=False)
@@ -651,8 +743,11 @@ class ToolGateway:
                     ),
                     is_error=True,
                 )
+        found = unstorable_values(raw)
+        if found:
+            return _unstorable_arguments(call, found)
         try:
-            return tool.input.model_validate(raw)
+            args = tool.input.model_validate(raw)
         except ValidationError as exc:
             errors = [
                 {
@@ -672,6 +767,11 @@ class ToolGateway:
                 ),
                 is_error=True,
             )
+        # a validator may make what was sent unstorable (a float field parses the text "nan")
+        found = unstorable_values(args.model_dump(mode="json"))
+        if found:
+            return _unstorable_arguments(call, found)
+        return args
 
     async def _prove(
         self, tool: Tool, args: BaseModel, ctx: ToolContext, packet: ActionPacket
@@ -1171,7 +1271,24 @@ class ToolGateway:
                 await asyncio.shield(self._mark_in_doubt(plan))
             raise
         else:
-            plan.outcome = ToolOutcome(call, "ok", _dumps(result), False, packet, result)
+            found = unstorable_values(result)
+            if not found:
+                plan.outcome = ToolOutcome(call, "ok", _dumps(result), False, packet, result)
+                return
+            # a known failure: nothing unstorable reaches the ledger, the step or the model
+            shown = "; ".join(f"{field}: {message}" for field, message in found[:5])
+            _log.warning("agent.tool_result_unstorable", tool=tool.name, run_id=scope.run_id)
+            plan.outcome = ToolOutcome(
+                call,
+                "error",
+                _problem(
+                    "unstorable_result",
+                    f"{tool.name} returned a result that cannot be stored ({shown}); the call "
+                    "failed",
+                ),
+                True,
+                packet,
+            )
 
     async def _run_tool(self, plan: _Plan, limit_s: float) -> Any:
         tool, args, ctx = plan.tool, plan.args, plan.ctx

@@ -55,6 +55,7 @@ from typing import Any
 
 from attrs import define, field
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from contractspec.agent.approvals import ApprovalWorkflow
 from contractspec.agent.budgets import BudgetStore, MemoryBudgetStore
@@ -80,6 +81,9 @@ from contractspec.agent.gateway import (
     ToolExecutor,
     ToolGateway,
     ToolOutcome,
+    escape_unstorable,
+    storable_text,
+    unstorable_values,
 )
 from contractspec.agent.messages import (
     AssistantMessage,
@@ -996,7 +1000,7 @@ class AgentRunner:
                 step=step,
             )
             started_at = self.clock.now()
-            response = await self._complete(client, request, state)
+            response = _storable_response(await self._complete(client, request, state))
             state.usage.add(response.usage)
             state.messages.append(response.message())
             if response.tool_calls:
@@ -1612,3 +1616,34 @@ def _step_calls(
         ):
             return list(message.tool_calls), message
     return [], None
+
+
+def _storable_response(response: ModelResponse) -> ModelResponse:
+    """The response as the run stores and replays it: whatever the model sent, the run can be
+    saved. NUL characters and lone surrogates in its text, names and ids become U+FFFD; a tool
+    call whose arguments hold a value no store can hold (NaN, an infinite number, such a
+    character) keeps them as ASCII JSON text, which the gateway parses and refuses naming the
+    fields, so the model can correct itself."""
+    calls: list[ToolCall] = []
+    changed = False
+    for tc in response.tool_calls:
+        arguments: Mapping[str, Any] | str = tc.arguments
+        if isinstance(arguments, str):
+            arguments = escape_unstorable(arguments)
+        elif unstorable_values(arguments):
+            arguments = json.dumps(
+                to_jsonable_python(arguments, fallback=str), ensure_ascii=True, allow_nan=True
+            )
+        fixed = ToolCall(storable_text(tc.id), storable_text(tc.name), arguments)
+        changed = changed or fixed != tc
+        calls.append(fixed)
+    content = storable_text(response.content) if response.content is not None else None
+    model_name = storable_text(response.model_name) if response.model_name is not None else None
+    finish = storable_text(response.finish_reason) if response.finish_reason is not None else None
+    if not changed and (content, model_name, finish) == (
+        response.content,
+        response.model_name,
+        response.finish_reason,
+    ):
+        return response
+    return ModelResponse(content, tuple(calls), response.usage, model_name, finish)
