@@ -601,6 +601,7 @@ class JetStreamSubscriber:
         for name in names:
             subject_for(stream.prefix, None, name)  # validates the event names
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._flowing = False  # the last pull got messages: pull a whole batch first
         # The bus is only used for its dead-letter replay (same API as in-process subscribers).
         self._bus = EventBus(
             dead_letters=dead_letters, registry=registry, retry=RetryPolicy(max_attempts=1)
@@ -648,18 +649,27 @@ class JetStreamSubscriber:
 
         Waits up to `wait` seconds for the first message, then up to `linger` for the rest of
         the batch. (One pull of `batch` messages would keep collecting, while messages keep
-        arriving, until `wait` is over: every message would wait for its batch.)
+        arriving, until `wait` is over: every message would wait for its batch.) While messages
+        keep coming (the previous call got some), one pull of `batch` within `linger` comes
+        first.
         """
         await self.start()
         sub = self._sub
         assert sub is not None
-        try:
-            msgs = await sub.fetch(1, timeout=wait)
-        except (nats.errors.TimeoutError, TimeoutError):
-            return 0
-        if self.batch > 1:
+        msgs: list[Msg] = []
+        if self._flowing:
             with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
-                msgs += await sub.fetch(self.batch - 1, timeout=self.linger)
+                msgs = await sub.fetch(self.batch, timeout=self.linger)
+        if not msgs:
+            try:
+                msgs = await sub.fetch(1, timeout=wait)
+            except (nats.errors.TimeoutError, TimeoutError):
+                self._flowing = False
+                return 0
+            if self.batch > 1:
+                with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+                    msgs += await sub.fetch(self.batch - 1, timeout=self.linger)
+        self._flowing = True
         for msg in msgs:
             await self._process(msg)
         return len(msgs)
