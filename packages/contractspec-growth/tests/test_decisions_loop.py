@@ -293,6 +293,13 @@ async def test_an_overridden_decision_is_never_rewarded_to_the_policy(
     assert await loop.settle_due() == []
     assert (await loop.settle("b")).reward == 0.0
     assert (await log.get("a")).reward is None
+    c = await loop.choose([1.0, 0.0], decision_id="c")
+    await loop.settle("c")
+    with pytest.raises(ConflictError) as late:  # the policy was rewarded: too late to override
+        await loop.label("c", next(arm for arm in ARMS if arm != c.arm), actor="maria")
+    assert "already settled" in late.value.message
+    assert await outcomes.labels(["c"]) == []
+    assert (await loop.label("c", c.arm, actor="maria", reason="confirmed")).arm == c.arm
 
 
 # -- the reward model spec ----------------------------------------------------------------------

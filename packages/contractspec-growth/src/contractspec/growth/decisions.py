@@ -1241,7 +1241,9 @@ class DecisionLoop:
         Raises:
             NotFoundError: Unknown decision id.
             SpecValidationError: `arm` is not one of the decision's arms, or a malformed field.
-            ConflictError: The decision is already labelled.
+            ConflictError: The decision is already labelled, or it was settled (its reward
+                went to the policy) and `arm` is another arm: an override must be recorded
+                before the decision is settled.
         """
         _check_name(decision_id, "decision_id")
         decision = await self.service.log.get(decision_id)
@@ -1250,6 +1252,13 @@ class DecisionLoop:
                 f"arm {arm!r} is not an arm of decision {decision_id!r} "
                 f"({', '.join(decision.probabilities)}).",
                 details={"field": "arm"},
+            )
+        if decision.reward is not None and arm != decision.arm:
+            raise ConflictError(
+                f"decision {decision_id!r} was already settled: the policy was rewarded for arm "
+                f"{decision.arm!r}, so an override with {arm!r} cannot be recorded any more; "
+                "record overrides before the decision is settled.",
+                details={"decision_id": decision_id, "field": "decision_id"},
             )
         label = Label(decision_id, arm, actor, reason, self.clock.now())
         await self.outcomes.add_label(label)
