@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 __all__ = [
     "GUARDRAIL_ERROR_CODE",
     "DecisionLoop",
+    "DecisionOverriddenError",
+    "DecisionStatus",
     "Label",
     "MemoryOutcomeStore",
     "OffPolicyEstimate",
@@ -106,6 +108,13 @@ SHADOW_PREFIX = "shadow:"
 _SPEC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+class DecisionOverriddenError(SpecValidationError):
+    """`settle` refused: a person overrode the decision with another arm, so it is never
+    rewarded (a `SpecValidationError`, as before this class existed)."""
+
+    code: ClassVar[str] = "decision_overridden"
 
 
 class PromotionRefusedError(ConflictError):
@@ -407,6 +416,7 @@ class Outcome:
         value: What it adds to the reward (`RewardTerm.value`).
         guardrail: Whether the term is a guardrail (a rollout failure).
         occurred_at: When the event happened (aware; converted to UTC).
+        org_id: The tenant of the event (and so of its decision), `None` without tenants.
 
     Raises:
         SpecValidationError: A malformed field, named in `details["field"]`.
@@ -418,8 +428,10 @@ class Outcome:
     value: float
     guardrail: bool
     occurred_at: dt.datetime
+    org_id: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        _check_org(self.org_id)
         _check_name(self.event_id, "event_id")
         _check_name(self.decision_id, "decision_id")
         _check_name(self.event, "event")
@@ -443,6 +455,7 @@ class Label:
         actor: Who decided (an actor id).
         reason: Why, in their words.
         labelled_at: When (aware; converted to UTC).
+        org_id: The tenant of the decision, `None` without tenants.
 
     Raises:
         SpecValidationError: A malformed field, named in `details["field"]`.
@@ -453,8 +466,10 @@ class Label:
     actor: str
     reason: str
     labelled_at: dt.datetime
+    org_id: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        _check_org(self.org_id)
         _check_name(self.decision_id, "decision_id")
         _check_name(self.arm, "arm")
         _check_name(self.actor, "actor")
@@ -471,13 +486,46 @@ class Label:
         object.__setattr__(self, "labelled_at", at)
 
 
+def _check_org(value: Any, field: str = "org_id") -> str | None:
+    if value is None:
+        return None
+    return _check_name(value, field)
+
+
+class DecisionStatus(enum.StrEnum):
+    """Where a decision stands in the outcome store's per-decision state row."""
+
+    OPEN = "open"  # neither settled nor overridden
+    SETTLED = "settled"  # its reward went (or is going) to the policy
+    OVERRIDDEN = "overridden"  # a person chose another arm: never rewarded
+
+
 @runtime_checkable
 class OutcomeStore(Protocol):
-    """Where outcomes and labels are kept (async; memory and SQL adapters ship).
+    """Where outcomes, labels and each decision's tenant and state are kept (async; memory and
+    SQL adapters ship).
 
     Every adapter passes the same conformance suite: an event id is recorded once (also under
-    concurrent calls), a decision has at most one label, and reads return insertion order.
+    concurrent calls), a decision has at most one label, reads return insertion order, and a
+    decision is settled or overridden, never both (`claim_settlement` and an overriding
+    `add_label` are conditional writes on one state row per decision).
     """
+
+    async def register(self, decision_id: str, org_id: str | None) -> None:
+        """Record the tenant of a new decision (state `open`); nothing when already recorded."""
+        ...
+
+    async def org_of(self, decision_id: str) -> str | None:
+        """The tenant recorded for a decision (`None`: no tenant, or never registered)."""
+        ...
+
+    async def claim_settlement(self, decision_id: str) -> bool:
+        """Mark the decision `settled` unless it is `overridden`; `False` when it is."""
+        ...
+
+    async def release_settlement(self, decision_id: str) -> None:
+        """Back to `open` after a settlement that failed before the policy was rewarded."""
+        ...
 
     async def add(self, outcome: Outcome) -> bool:
         """Record an outcome; `False` (nothing written) when its event id is already recorded."""
@@ -487,11 +535,12 @@ class OutcomeStore(Protocol):
         """A decision's outcomes in the order they were recorded."""
         ...
 
-    async def add_label(self, label: Label) -> None:
-        """Record a label.
+    async def add_label(self, label: Label, *, override: bool = False) -> None:
+        """Record a label; with `override` (another arm than the policy's), in the same
+        transaction mark the decision `overridden`, only if it is `open`.
 
         Raises:
-            ConflictError: The decision is already labelled.
+            ConflictError: The decision is already labelled, or (`override`) already settled.
         """
         ...
 
@@ -507,6 +556,15 @@ def _label_conflict(decision_id: str) -> ConflictError:
     )
 
 
+def _settled_conflict(decision_id: str) -> ConflictError:
+    return ConflictError(
+        f"decision {decision_id!r} was already settled: the policy was rewarded for its arm, so "
+        "an override with another arm cannot be recorded any more; record overrides before the "
+        "decision is settled.",
+        details={"decision_id": decision_id, "field": "decision_id"},
+    )
+
+
 class MemoryOutcomeStore:
     """In-memory `OutcomeStore`, for tests, notebooks and single-process services.
 
@@ -517,6 +575,30 @@ class MemoryOutcomeStore:
         self._by_event: dict[str, Outcome] = {}
         self._by_decision: dict[str, list[Outcome]] = {}
         self._labels: dict[str, Label] = {}
+        self._orgs: dict[str, str | None] = {}
+        self._status: dict[str, DecisionStatus] = {}
+
+    async def register(self, decision_id: str, org_id: str | None) -> None:
+        """Record a decision's tenant once."""
+        if decision_id not in self._orgs:
+            self._orgs[decision_id] = _check_org(org_id)
+            self._status.setdefault(decision_id, DecisionStatus.OPEN)
+
+    async def org_of(self, decision_id: str) -> str | None:
+        """The decision's tenant (`None` when none was recorded)."""
+        return self._orgs.get(decision_id)
+
+    async def claim_settlement(self, decision_id: str) -> bool:
+        """`settled` unless `overridden`."""
+        if self._status.get(decision_id) is DecisionStatus.OVERRIDDEN:
+            return False
+        self._status[decision_id] = DecisionStatus.SETTLED
+        return True
+
+    async def release_settlement(self, decision_id: str) -> None:
+        """`settled` back to `open`."""
+        if self._status.get(decision_id) is DecisionStatus.SETTLED:
+            self._status[decision_id] = DecisionStatus.OPEN
 
     async def add(self, outcome: Outcome) -> bool:
         """Record an outcome once per event id."""
@@ -530,14 +612,19 @@ class MemoryOutcomeStore:
         """A decision's outcomes in insertion order."""
         return list(self._by_decision.get(decision_id, ()))
 
-    async def add_label(self, label: Label) -> None:
-        """Record a label.
+    async def add_label(self, label: Label, *, override: bool = False) -> None:
+        """Record a label (with `override`, mark the decision `overridden` if it is `open`).
 
         Raises:
-            ConflictError: The decision is already labelled.
+            ConflictError: The decision is already labelled, or (`override`) already settled.
         """
         if label.decision_id in self._labels:
             raise _label_conflict(label.decision_id)
+        status = self._status.get(label.decision_id, DecisionStatus.OPEN)
+        if override:
+            if status is not DecisionStatus.OPEN:
+                raise _settled_conflict(label.decision_id)
+            self._status[label.decision_id] = DecisionStatus.OVERRIDDEN
         self._labels[label.decision_id] = label
 
     async def labels(self, decision_ids: Iterable[str] | None = None) -> list[Label]:
@@ -921,6 +1008,17 @@ def evaluate_policy(
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def _overridden_error(
+    decision_id: str, arm: str, label: Label | None = None
+) -> SpecValidationError:
+    by = f" by {label.actor!r} (arm {label.arm!r} instead of {arm!r})" if label else ""
+    return DecisionOverriddenError(
+        f"decision {decision_id!r} was overridden{by}: the policy's arm never acted, so its "
+        "outcome is not the policy's reward; the label keeps what happened.",
+        details={"field": "decision_id", "decision_id": decision_id},
+    )
+
+
 class OutcomeStatus(enum.StrEnum):
     """What `DecisionLoop.handle` did with an event."""
 
@@ -929,6 +1027,7 @@ class OutcomeStatus(enum.StrEnum):
     IGNORED = "ignored"  # not a reward event, or no decision id in the payload
     UNKNOWN_DECISION = "unknown_decision"  # the decision id is not in the log
     LATE = "late"  # recorded, but the decision's reward was already settled
+    FOREIGN_ORG = "foreign_org"  # the event's org is not the decision's: never rewarded
 
 
 @attrs.frozen
@@ -1077,6 +1176,8 @@ class DecisionLoop:
         *,
         decision_id: str | None = None,
         subject: str | None = None,
+        org_id: str | None = None,
+        ctx: CallContext | None = None,
     ) -> BanditDecision:
         """Decide and log; the shadow candidate (if any) logs its choice without acting.
 
@@ -1085,15 +1186,31 @@ class DecisionLoop:
             decision_id: Id of the decision; generated by the service when omitted.
             subject: Who the decision is about (customer id): the rollout buckets by it (by the
                 decision id when omitted).
+            org_id: The tenant the decision is for: only outcome events of this org
+                (`EventEnvelope.org_id`) count towards its reward, and only labels given for
+                this org are accepted. `None` (no tenant) accepts only events without an org.
+            ctx: The caller's `CallContext`; its `org_id` is used when `org_id` is not given.
 
         Returns:
             The decision that acts (`arm` is what to do).
 
         Raises:
-            ConflictError / SpecValidationError: As `BanditService.choose`.
+            ConflictError / SpecValidationError: As `BanditService.choose`;
+                `SpecValidationError` also for a malformed `org_id`, or `org_id` and
+                `ctx.org_id` that differ.
         """
+        org = _check_org(org_id)
+        if ctx is not None:
+            if org is not None and ctx.org_id != org:
+                raise SpecValidationError(
+                    f"org_id {org!r} differs from the call context's org {ctx.org_id!r}; pass "
+                    "one of them.",
+                    details={"field": "org_id"},
+                )
+            org = _check_org(ctx.org_id)
         service = self._route(subject, decision_id)
         decision = await service.choose(context, decision_id=decision_id)
+        await self.outcomes.register(decision.decision_id, org)
         if self.shadowing and self.candidate is not None and service is self.service:
             shadow_id = SHADOW_PREFIX + decision.decision_id
             try:
@@ -1112,7 +1229,8 @@ class DecisionLoop:
         Returns:
             What happened (`OutcomeStatus`): unrelated events are ignored, a repeated event id
             is a duplicate, an event after the reward was settled is recorded as late (kept, not
-            counted).
+            counted), an event whose `org_id` is not the decision's org is `FOREIGN_ORG` (not
+            recorded, logged as a warning).
 
         Raises:
             SpecValidationError: The event counts but its amount field is missing or not a
@@ -1135,6 +1253,12 @@ class DecisionLoop:
             _log.warning("contractspec.decision_outcome_unknown", decision_id=decision_id,
                          event_name=event.name, event_id=event.id)  # fmt: skip
             return OutcomeStatus.UNKNOWN_DECISION
+        org = await self.outcomes.org_of(decision_id)
+        if event.org_id != org:  # another tenant's event never rewards this decision
+            _log.warning("contractspec.decision_outcome_foreign_org", decision_id=decision_id,
+                         event_name=event.name, event_id=repr(event.id),
+                         event_org=repr(event.org_id), decision_org=org)  # fmt: skip
+            return OutcomeStatus.FOREIGN_ORG
         outcome = Outcome(
             event_id=event.id,
             decision_id=decision_id,
@@ -1142,6 +1266,7 @@ class DecisionLoop:
             value=term.value(payload),
             guardrail=term.guardrail,
             occurred_at=event.occurred_at,
+            org_id=org,
         )
         if not await self.outcomes.add(outcome):
             return OutcomeStatus.DUPLICATE
@@ -1175,12 +1300,7 @@ class DecisionLoop:
             )
         overrides = await self.outcomes.labels([decision_id])
         if overrides and overrides[0].arm != decision.arm:
-            raise SpecValidationError(
-                f"decision {decision_id!r} was overridden by {overrides[0].actor!r} (arm "
-                f"{overrides[0].arm!r} instead of {decision.arm!r}): the policy's arm never acted, "
-                "so its outcome is not the policy's reward; the label keeps what happened.",
-                details={"field": "decision_id", "decision_id": decision_id},
-            )
+            raise _overridden_error(decision_id, decision.arm, overrides[0])
         service = self.services.get(decision.policy)
         if service is None:
             raise SpecValidationError(
@@ -1189,8 +1309,24 @@ class DecisionLoop:
                 details={"field": "decision_id"},
             )
         cutoff = decision.decided_at + self.reward_model.horizon
-        outcomes = [o for o in await self.outcomes.outcomes(decision_id) if o.occurred_at <= cutoff]
-        rewarded = await service.reward(decision_id, self.reward_model.reward(outcomes))
+        org = await self.outcomes.org_of(decision_id)
+        outcomes = [
+            o
+            for o in await self.outcomes.outcomes(decision_id)
+            if o.occurred_at <= cutoff and o.org_id == org
+        ]
+        reward = self.reward_model.reward(outcomes)
+        if decision.reward is not None:  # the log's set-once write refuses it: ConflictError
+            return await service.reward(decision_id, reward)
+        if not await self.outcomes.claim_settlement(decision_id):
+            raise _overridden_error(decision_id, decision.arm)
+        try:
+            rewarded = await service.reward(decision_id, reward)
+        except ConflictError:  # settled concurrently: the claim is theirs too
+            raise
+        except Exception:  # refused by the policy: the decision is open again
+            await self.outcomes.release_settlement(decision_id)
+            raise
         self._report(decision, outcomes)
         return rewarded
 
@@ -1231,22 +1367,50 @@ class DecisionLoop:
                     continue
                 try:
                     settled.append(await self.settle(d.decision_id))
-                except ConflictError:  # settled concurrently
+                except (ConflictError, DecisionOverriddenError):  # settled or overridden meanwhile
                     continue
         return settled
 
-    async def label(self, decision_id: str, arm: str, *, actor: str, reason: str = "") -> Label:
+    async def label(
+        self,
+        decision_id: str,
+        arm: str,
+        *,
+        actor: str,
+        reason: str = "",
+        org_id: str | None = None,
+    ) -> Label:
         """Record a person's override (or confirmation) of a decision as a label.
 
+        An override (another arm than the policy's) and `settle` exclude each other: of a label
+        and a settlement at the same moment exactly one wins (a conditional write on the
+        decision's state row in the outcome store).
+
+        Args:
+            decision_id: The decision.
+            arm: The arm the person chose.
+            actor: Who (an actor id).
+            reason: Why.
+            org_id: The tenant labelling; must be the decision's org (`choose(org_id=...)`).
+
         Raises:
-            NotFoundError: Unknown decision id.
+            NotFoundError: Unknown decision id, or a decision of another org (not revealed).
             SpecValidationError: `arm` is not one of the decision's arms, or a malformed field.
             ConflictError: The decision is already labelled, or it was settled (its reward
                 went to the policy) and `arm` is another arm: an override must be recorded
                 before the decision is settled.
         """
         _check_name(decision_id, "decision_id")
+        org = _check_org(org_id)
         decision = await self.service.log.get(decision_id)
+        if await self.outcomes.org_of(decision_id) != org:
+            _log.warning("contractspec.decision_label_foreign_org", decision_id=decision_id,
+                         label_org=org)  # fmt: skip
+            raise NotFoundError(
+                f"decision {decision_id!r} does not exist in org {org!r}; label a decision with "
+                "the org it was made for.",
+                details={"field": "org_id", "decision_id": decision_id},
+            )
         if arm not in decision.probabilities:
             raise SpecValidationError(
                 f"arm {arm!r} is not an arm of decision {decision_id!r} "
@@ -1260,8 +1424,8 @@ class DecisionLoop:
                 "record overrides before the decision is settled.",
                 details={"decision_id": decision_id, "field": "decision_id"},
             )
-        label = Label(decision_id, arm, actor, reason, self.clock.now())
-        await self.outcomes.add_label(label)
+        label = Label(decision_id, arm, actor, reason, self.clock.now(), org_id=org)
+        await self.outcomes.add_label(label, override=arm != decision.arm)
         return label
 
     # -- shadow mode and promotion -----------------------------------------------------------

@@ -8,10 +8,13 @@ await outcomes.create_all()             # or add outcomes.metadata to your Alemb
 loop = DecisionLoop(service, reward_model, outcomes=outcomes)
 ```
 
-Two tables: `cs_growth_decision_outcomes` (primary key `event_id`, so an event counts once even
-when several consumers deliver it at the same time: `INSERT ... ON CONFLICT DO NOTHING`) and
-`cs_growth_decision_labels` (primary key `decision_id`: one label per decision). A `position`
-column (auto-increment) gives the insertion order.
+Three tables: `cs_growth_decision_outcomes` (unique `event_id`, so an event counts once even
+when several consumers deliver it at the same time: `INSERT ... ON CONFLICT DO NOTHING`),
+`cs_growth_decision_labels` (unique `decision_id`: one label per decision) and
+`cs_growth_decision_states` (one row per decision: its tenant `org_id` and its status, `open`,
+`settled` or `overridden`; settling and overriding are conditional upserts on this row, so a
+decision is settled or overridden, never both). A `position` column (auto-increment) gives the
+insertion order.
 
 Install with `pip install 'contractspec-growth[sql]'` (SQLite) or `[postgres]`.
 """
@@ -21,7 +24,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from contractspec.growth.decisions import Label, Outcome, _label_conflict
+from contractspec.growth.decisions import (
+    DecisionStatus,
+    Label,
+    Outcome,
+    _check_org,
+    _label_conflict,
+    _settled_conflict,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData, Table
@@ -31,11 +41,13 @@ __all__ = ["SqlOutcomeStore", "outcome_tables"]
 
 OUTCOME_TABLE = "cs_growth_decision_outcomes"
 LABEL_TABLE = "cs_growth_decision_labels"
+STATE_TABLE = "cs_growth_decision_states"
 
 
 def outcome_tables(metadata: MetaData | None = None) -> tuple[MetaData, Table, Table]:
     """The outcome and label tables on `metadata` (a new core-convention `MetaData` by default;
-    pass another growth store's to keep every growth table on one `MetaData` for Alembic)."""
+    pass another growth store's to keep every growth table on one `MetaData` for Alembic).
+    The per-decision state table is added to the same `MetaData` (`md.tables[STATE_TABLE]`)."""
     from sqlalchemy import (
         BigInteger,
         Boolean,
@@ -53,6 +65,14 @@ def outcome_tables(metadata: MetaData | None = None) -> tuple[MetaData, Table, T
     md = metadata if metadata is not None else new_metadata()
     if OUTCOME_TABLE in md.tables:
         return md, md.tables[OUTCOME_TABLE], md.tables[LABEL_TABLE]
+    Table(
+        STATE_TABLE,
+        md,
+        Column("decision_id", String(200), primary_key=True),
+        Column("org_id", String(200), nullable=True),
+        Column("status", String(16), nullable=False),
+        comment="Tenant and status (open, settled, overridden) of each decision of a loop.",
+    )
     position = BigInteger().with_variant(Integer(), "sqlite")
     outcomes = Table(
         OUTCOME_TABLE,
@@ -64,6 +84,7 @@ def outcome_tables(metadata: MetaData | None = None) -> tuple[MetaData, Table, T
         Column("value", Double, nullable=False),
         Column("guardrail", Boolean, nullable=False),
         Column("occurred_at", UtcDateTime, nullable=False),
+        Column("org_id", String(200), nullable=True),
         Index(None, "decision_id", "position"),
         comment="Business events joined to bandit decisions (one row per event id).",
     )
@@ -76,6 +97,7 @@ def outcome_tables(metadata: MetaData | None = None) -> tuple[MetaData, Table, T
         Column("actor", String(200), nullable=False),
         Column("reason", Text, nullable=False),
         Column("labelled_at", UtcDateTime, nullable=False),
+        Column("org_id", String(200), nullable=True),
         comment="Human overrides of bandit decisions (one per decision).",
     )
     return md, outcomes, labels
@@ -101,6 +123,7 @@ class SqlOutcomeStore:
             ) from exc
         self.engine = engine
         self.metadata, self.outcome_table, self.label_table = outcome_tables(metadata)
+        self.state_table = self.metadata.tables[STATE_TABLE]
 
     async def create_all(self) -> None:
         """Create the tables if missing (use Alembic with `metadata` in production)."""
@@ -108,20 +131,80 @@ class SqlOutcomeStore:
 
         await create_all(self.engine, self.metadata)
 
-    def _insert(self, table: Table, row: dict[str, Any], key: str) -> Any:
+    def _dialect_insert(self, table: Table) -> Any:
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt: Any = pg_insert(table)
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            stmt = sqlite_insert(table)
+        return sqlite_insert(table)
+
+    def _insert(self, table: Table, row: dict[str, Any], key: str) -> Any:
         return (
-            stmt.values(row)
+            self._dialect_insert(table)
+            .values(row)
             .on_conflict_do_nothing(index_elements=[key])
             .returning(table.c.position)
         )
+
+    def _set_status(
+        self, decision_id: str, status: DecisionStatus, *allowed: DecisionStatus
+    ) -> Any:
+        """One upsert: a new row with `status`, or the row's status set to `status` when it is
+        one of `allowed`; returns a row only when it wrote."""
+        t = self.state_table
+        stmt = self._dialect_insert(t).values(
+            decision_id=decision_id, org_id=None, status=status.value
+        )
+        return stmt.on_conflict_do_update(
+            index_elements=[t.c.decision_id],
+            set_={"status": status.value},
+            where=t.c.status.in_([a.value for a in allowed]),
+        ).returning(t.c.decision_id)
+
+    async def register(self, decision_id: str, org_id: str | None) -> None:
+        """Record a decision's tenant (status `open`) once."""
+        row = {"decision_id": decision_id, "org_id": _check_org(org_id), "status": "open"}
+        stmt = (
+            self._dialect_insert(self.state_table)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["decision_id"])
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def org_of(self, decision_id: str) -> str | None:
+        """The decision's tenant (`None` when none was recorded)."""
+        from sqlalchemy import select
+
+        t = self.state_table
+        async with self.engine.connect() as conn:
+            org = (
+                await conn.execute(select(t.c.org_id).where(t.c.decision_id == decision_id))
+            ).scalar()
+        return None if org is None else str(org)
+
+    async def claim_settlement(self, decision_id: str) -> bool:
+        """`settled` unless `overridden` (one conditional upsert)."""
+        stmt = self._set_status(
+            decision_id, DecisionStatus.SETTLED, DecisionStatus.OPEN, DecisionStatus.SETTLED
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def release_settlement(self, decision_id: str) -> None:
+        """`settled` back to `open`."""
+        from sqlalchemy import update
+
+        t = self.state_table
+        stmt = (
+            update(t)
+            .where(t.c.decision_id == decision_id, t.c.status == DecisionStatus.SETTLED.value)
+            .values(status=DecisionStatus.OPEN.value)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
 
     async def add(self, outcome: Outcome) -> bool:
         """Insert an outcome; `False` when its event id is already recorded."""
@@ -132,6 +215,7 @@ class SqlOutcomeStore:
             "value": outcome.value,
             "guardrail": outcome.guardrail,
             "occurred_at": outcome.occurred_at,
+            "org_id": outcome.org_id,
         }
         async with self.engine.begin() as conn:
             inserted = (
@@ -146,7 +230,13 @@ class SqlOutcomeStore:
         t = self.outcome_table
         stmt = (
             select(
-                t.c.event_id, t.c.decision_id, t.c.event, t.c.value, t.c.guardrail, t.c.occurred_at
+                t.c.event_id,
+                t.c.decision_id,
+                t.c.event,
+                t.c.value,
+                t.c.guardrail,
+                t.c.occurred_at,
+                t.c.org_id,
             )
             .where(t.c.decision_id == decision_id)
             .order_by(t.c.position)
@@ -154,15 +244,24 @@ class SqlOutcomeStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
-            Outcome(r.event_id, r.decision_id, r.event, r.value, bool(r.guardrail), r.occurred_at)
+            Outcome(
+                r.event_id,
+                r.decision_id,
+                r.event,
+                r.value,
+                bool(r.guardrail),
+                r.occurred_at,
+                r.org_id,
+            )
             for r in rows
         ]
 
-    async def add_label(self, label: Label) -> None:
-        """Insert a label.
+    async def add_label(self, label: Label, *, override: bool = False) -> None:
+        """Insert a label; with `override`, in the same transaction mark the decision
+        `overridden` (a conditional upsert: only from `open`).
 
         Raises:
-            ConflictError: The decision is already labelled.
+            ConflictError: The decision is already labelled, or (`override`) already settled.
         """
         row = {
             "decision_id": label.decision_id,
@@ -170,22 +269,29 @@ class SqlOutcomeStore:
             "actor": label.actor,
             "reason": label.reason,
             "labelled_at": label.labelled_at,
+            "org_id": label.org_id,
         }
         async with self.engine.begin() as conn:
             inserted = (
                 await conn.execute(self._insert(self.label_table, row, "decision_id"))
             ).first()
-        if inserted is None:
-            raise _label_conflict(label.decision_id)
+            if inserted is None:
+                raise _label_conflict(label.decision_id)
+            if override:
+                stmt = self._set_status(
+                    label.decision_id, DecisionStatus.OVERRIDDEN, DecisionStatus.OPEN
+                )
+                if (await conn.execute(stmt)).first() is None:
+                    raise _settled_conflict(label.decision_id)  # rolls the label back
 
     async def labels(self, decision_ids: Iterable[str] | None = None) -> list[Label]:
         """Labels in insertion order (only these decisions' when `decision_ids` is given)."""
         from sqlalchemy import select
 
         t = self.label_table
-        stmt = select(t.c.decision_id, t.c.arm, t.c.actor, t.c.reason, t.c.labelled_at).order_by(
-            t.c.position
-        )
+        stmt = select(
+            t.c.decision_id, t.c.arm, t.c.actor, t.c.reason, t.c.labelled_at, t.c.org_id
+        ).order_by(t.c.position)
         if decision_ids is not None:
             wanted = list(decision_ids)
             if not wanted:
@@ -193,4 +299,6 @@ class SqlOutcomeStore:
             stmt = stmt.where(t.c.decision_id.in_(wanted))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Label(r.decision_id, r.arm, r.actor, r.reason, r.labelled_at) for r in rows]
+        return [
+            Label(r.decision_id, r.arm, r.actor, r.reason, r.labelled_at, r.org_id) for r in rows
+        ]
