@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from agent_support import POLICY, AgentEnv
@@ -65,7 +66,8 @@ class Team:
 
     Each worker's run: step 1 calls its tool with the task's goal as label, step 2 answers
     `done: <goal>`. `effects` counts tool effects per label; `tokens_per_reply` fixes each
-    model response's usage (input tokens; 0 output) when set."""
+    model response's usage (input tokens; 0 output) when set. A tool call whose label is in
+    `tool_seconds` takes that long: it advances `clock` (a `FakeClock`) by that many seconds."""
 
     plan_json: str
     effects: Counter[str] = field(factory=Counter)
@@ -74,6 +76,8 @@ class Team:
     tokens_per_reply: int | None = None
     cost_per_reply: float | None = None
     replies: list[str] = field(factory=list)
+    tool_seconds: dict[str, float] = field(factory=dict)
+    clock: Any = None
 
     def agents(self) -> AgentDirectory:
         """The directory of the three workers."""
@@ -81,12 +85,14 @@ class Team:
         @tool(risk=RiskLevel.L1)
         def note(label: str) -> str:
             """Write a research note."""
+            self._take_time(label)
             self.effects[label] += 1
             return f"noted {label}"
 
         @tool(risk=RiskLevel.L2)
         def charge(label: str) -> str:
             """Charge the customer."""
+            self._take_time(label)
             self.effects[label] += 1
             return f"charged {label}"
 
@@ -131,6 +137,10 @@ class Team:
             return self._usage(f"done: {goal}")
 
         return FunctionModel(reply)
+
+    def _take_time(self, label: str) -> None:
+        if label in self.tool_seconds:
+            self.clock.advance(timedelta(seconds=self.tool_seconds[label]))
 
     def _usage(self, reply: Any) -> Any:
         if self.tokens_per_reply is None:

@@ -48,7 +48,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from time import perf_counter
 from types import EllipsisType
 from typing import Any
@@ -207,6 +207,7 @@ class _State:
     unsaved_steps: list[RunStep] = field(factory=list)
     on_event: EventHandler | None = None
     lease_lost: bool = False
+    deadline: datetime | None = None
 
     async def emit(self, event: StreamEvent) -> None:
         if self.on_event is None:
@@ -378,6 +379,7 @@ class AgentRunner:
         session_id: str | None = None,
         deps: Any = None,
         on_event: EventHandler | None = None,
+        deadline: datetime | None = None,
     ) -> RunResult:
         """Run `agent` on `input` until it answers, fails or waits for an approval.
 
@@ -391,20 +393,28 @@ class AgentRunner:
             on_event: Called (or awaited) with each `StreamEvent` as it happens: text deltas
                 (streamed when the model client has `stream`), tool calls and their outcomes,
                 and `RunFinished` last. See `run_stream`.
+            deadline: Timezone-aware wall-clock time (read from the runner's `clock`) after
+                which the run does no more work: it is checked before each model request and
+                before each step's tool calls execute (a call already executing is never
+                interrupted; none of a refused step's calls runs). Passing it fails the run
+                with `UsageLimitExceeded` (`details["limit"] == "deadline"`). `None`: no
+                time limit.
 
         Returns:
             The `RunResult` (`status` `completed`, `escalated` or `waiting_approval`).
 
         Raises:
             PolicyDeniedError: The actor may not run the agent (`run_permission`).
-            UsageLimitExceeded: A usage limit was crossed or a model response asked for more
-                tool calls than `max_tool_calls` leaves (checked before any of them executes;
-                the run is marked failed).
+            UsageLimitExceeded: A usage limit was crossed, the `deadline` passed, or a model
+                response asked for more tool calls than `max_tool_calls` leaves (checked
+                before any of them executes; the run is marked failed).
             UnexpectedModelBehavior: Unusable model output after every retry.
             AgentRunError: The model request failed.
             LeaseLostError: This worker stalled past the run's lease and another worker
                 recovered the run.
+            ConfigurationError: `deadline` is not a timezone-aware `datetime`.
         """
+        _check_deadline_arg(deadline)
         spec = self._spec(agent)
         call = ctx or CallContext(channel="agent")
         await self._check_run_permission(spec, call)
@@ -430,8 +440,9 @@ class AgentRunner:
             lease_expires_at=now + timedelta(seconds=self.lease_s),
         )
         state = _State(
-            run, spec, call, messages, Usage(), deps, started=perf_counter(), on_event=on_event
-        )
+            run, spec, call, messages, Usage(), deps, started=perf_counter(), on_event=on_event,
+            deadline=deadline,
+        )  # fmt: skip
         tx = await self.unit_of_work.begin()
         try:
             await self.runs.create(tx, run)
@@ -462,6 +473,7 @@ class AgentRunner:
         *,
         session_id: str | None = None,
         deps: Any = None,
+        deadline: datetime | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """`run`, yielding its `StreamEvent`s as they happen: `TextDelta`s of the model's text
         (token by token when the model client streams, else the whole text once),
@@ -474,8 +486,9 @@ class AgentRunner:
         async def drive() -> None:
             try:
                 await self.run(
-                    agent, input, ctx, session_id=session_id, deps=deps, on_event=queue.put_nowait
-                )
+                    agent, input, ctx, session_id=session_id, deps=deps,
+                    on_event=queue.put_nowait, deadline=deadline,
+                )  # fmt: skip
             except BaseException as exc:
                 queue.put_nowait(exc)
                 raise
@@ -670,7 +683,12 @@ class AgentRunner:
         return saved
 
     async def resume(
-        self, run_id: str, ctx: CallContext | None = None, *, deps: Any = None
+        self,
+        run_id: str,
+        ctx: CallContext | None = None,
+        *,
+        deps: Any = None,
+        deadline: datetime | None = None,
     ) -> RunResult:
         """Continue a run that waited for approvals, once they are decided, or a run whose
         worker died (its lease expired; see `recover`).
@@ -684,6 +702,8 @@ class AgentRunner:
             run_id: The run.
             ctx: Call context; by default the run's own actor and org.
             deps: Dependencies for function tools.
+            deadline: Time after which the resumed run does no more work, as in `run`
+                (approved calls of a step refused this way do not execute).
 
         Returns:
             The new `RunResult`; still `waiting_approval` (nothing done) while an approval is
@@ -694,7 +714,10 @@ class AgentRunner:
             ConflictError: Another worker is resuming (or running, with a live lease) it now.
             ConfigurationError: The run's agent version is not registered in this runner.
             ApprovalUnavailableError: The approval store is unavailable (nothing executes).
+            UsageLimitExceeded: A usage limit was crossed or the `deadline` passed.
+            ConfigurationError: `deadline` is not a timezone-aware `datetime`.
         """
+        _check_deadline_arg(deadline)
         run = await self.get(run_id)
         if run.status.finished:
             return self._stored_result(run)
@@ -705,7 +728,7 @@ class AgentRunner:
                     f"{run.lease_expires_at}); nothing to resume",
                     details={"run_id": run_id},
                 )
-            return await self._recover_run(run, ctx, deps)
+            return await self._recover_run(run, ctx, deps, deadline)
         for item in run.pending:
             req = await self.approvals.get(str(item["approval_id"]))
             if req.status is ApprovalStatus.PENDING:
@@ -715,7 +738,7 @@ class AgentRunner:
         claimed = await self._claim(
             run, self._line(run_id, "run.resumed", "approvals decided; resuming"), ()
         )
-        return await self._continue(claimed, spec, call, deps)
+        return await self._continue(claimed, spec, call, deps, deadline)
 
     async def recover(
         self,
@@ -758,7 +781,9 @@ class AgentRunner:
                 )
         return out
 
-    async def _recover_run(self, run: Run, ctx: CallContext | None, deps: Any) -> RunResult:
+    async def _recover_run(
+        self, run: Run, ctx: CallContext | None, deps: Any, deadline: datetime | None = None
+    ) -> RunResult:
         spec = self._run_spec(run)
         call = ctx or CallContext(actor=_actor(run.actor), org_id=run.org_id, channel="agent")
         inflight = [p for p in run.pending if p.get("inflight")]
@@ -778,7 +803,7 @@ class AgentRunner:
             correlation_id=run.id,
         )  # fmt: skip
         claimed = await self._claim(run, line, (event,))
-        return await self._continue(claimed, spec, call, deps)
+        return await self._continue(claimed, spec, call, deps, deadline)
 
     def _run_spec(self, run: Run) -> AgentSpec:
         try:
@@ -813,12 +838,17 @@ class AgentRunner:
         return claimed
 
     async def _continue(
-        self, claimed: Run, spec: AgentSpec, call: CallContext, deps: Any
+        self,
+        claimed: Run,
+        spec: AgentSpec,
+        call: CallContext,
+        deps: Any,
+        deadline: datetime | None = None,
     ) -> RunResult:
         messages = [message_from_dict(m) for m in claimed.messages]
         state = _State(
             claimed, spec, call, messages, Usage.from_dict(claimed.usage), deps,
-            started=perf_counter(),
+            started=perf_counter(), deadline=deadline,
         )  # fmt: skip
         return await self._drive(state, resume=True)
 
@@ -1036,6 +1066,7 @@ class AgentRunner:
         takes effect, execute them, and persist the step with their outcomes (one transaction
         each side)."""
         plans = self.tools._identify(calls, scope, only)
+        self._check_deadline(state, f"the tool calls of step {scope.step}")
         if not resumed:
             self._check_tool_budget(state, sum(1 for p in plans if p.counts))
         if state.on_event is not None:
@@ -1123,7 +1154,28 @@ class AgentRunner:
                 details={"run_id": state.run.id, "limit": "max_tool_calls", "value": used + calls},
             )
 
+    def _check_deadline(self, state: _State, before: str) -> None:
+        """Between steps only: refuse `before` (a model request, a step's tool calls) once the
+        run's deadline has passed; nothing of it has started."""
+        if state.deadline is None:
+            return
+        now = self.clock.now()
+        if now >= state.deadline:
+            late = (now - state.deadline).total_seconds()
+            raise UsageLimitExceeded(
+                f"run {state.run.id} passed its deadline {state.deadline.isoformat()} "
+                f"({late:g} s ago) before {before}; that did not start. Give the run more time "
+                "(a later deadline or a larger seconds budget) or simplify the task",
+                details={
+                    "run_id": state.run.id,
+                    "limit": "deadline",
+                    "deadline": state.deadline.isoformat(),
+                    "value": now.isoformat(),
+                },
+            )
+
     def _check_limits(self, state: _State) -> None:
+        self._check_deadline(state, f"model request {state.run.steps + 1}")
         lim = state.spec.limits
         usage = state.usage
         checks: list[tuple[str, float | int | None, float | int | None]] = [
@@ -1576,6 +1628,17 @@ class AgentRunner:
             )
         except Exception:  # sinks must never fail a run
             _log.exception("agent.telemetry_failed", run_id=state.run.id)
+
+
+def _check_deadline_arg(deadline: Any) -> None:
+    if deadline is not None and (
+        not isinstance(deadline, datetime) or deadline.utcoffset() is None
+    ):
+        raise ConfigurationError(
+            f"deadline must be a timezone-aware datetime or None, got {deadline!r}; pass e.g. "
+            "clock.now() + timedelta(seconds=60)",
+            details={"field": "deadline"},
+        )
 
 
 def _instructions(spec: AgentSpec) -> str:

@@ -657,11 +657,12 @@ class Orchestrator:
         started = perf_counter()
         result: RunResult | None = None
         error: ContractSpecError | Exception | None = None
+        run_deadline, by_budget = self._run_deadline(task, root)
         try:
             if task.run_id is not None:
-                result = await self.runner.resume(task.run_id)
+                result = await self.runner.resume(task.run_id, deadline=run_deadline)
             else:
-                result = await self._start(binding, root)
+                result = await self._start(binding, root, run_deadline)
         except LeaseLostError:
             raise
         except ConflictError as exc:
@@ -703,7 +704,15 @@ class Orchestrator:
         retryable = not isinstance(error, UsageLimitExceeded | PolicyDeniedError) and not (
             isinstance(error, _RunEnded) and error.code in _FINAL_CODES
         )
-        if isinstance(error, UsageLimitExceeded) and root.budget is not None:
+        if isinstance(error, UsageLimitExceeded) and error.details.get("limit") == "deadline":
+            # the run was stopped between steps when the tree's time ran out
+            if by_budget and root.budget is not None and root.budget.seconds is not None:
+                left = root.budget.seconds - root.tree_spent.seconds
+                spend = attrs.evolve(spend, seconds=max(spend.seconds, left))
+                info.update(code="budget_exceeded", limit="seconds")
+            else:
+                info["code"] = "deadline_exceeded"
+        elif isinstance(error, UsageLimitExceeded) and root.budget is not None:
             total = (await self.get(root.id, org_id=org)).tree_spent + spend
             if root.budget.exceeded(total) is not None:
                 info["code"] = "budget_exceeded"
@@ -713,14 +722,28 @@ class Orchestrator:
             binding, TaskStatus.FAILED, error=info, spend=spend, evidence=evidence
         )
 
-    async def _start(self, binding: _Binding, root: Task) -> RunResult:
+    def _run_deadline(self, task: Task, root: Task) -> tuple[datetime | None, bool]:
+        """The time the task's run must stop by: the task's (or the tree's) deadline or the
+        end of the tree's seconds budget, whichever is sooner; and whether it is the budget's."""
+        deadline = task.deadline or root.deadline
+        if root.budget is None or root.budget.seconds is None:
+            return deadline, False
+        left = max(root.budget.seconds - root.tree_spent.seconds, 0.0)
+        spent_at = self.clock.now() + timedelta(seconds=left)
+        if deadline is None or spent_at < deadline:
+            return spent_at, True
+        return deadline, False
+
+    async def _start(self, binding: _Binding, root: Task, deadline: datetime | None) -> RunResult:
         task = binding.task
         agent = self.directory.get(str(task.agent))
         if root.budget is not None:
             agent = _capped(agent, root.budget.remaining(root.tree_spent))
         token = _BINDING.set(binding)
         try:
-            return await self.runner.run(agent, await self._prompt(task), self._ctx(task))
+            return await self.runner.run(
+                agent, await self._prompt(task), self._ctx(task), deadline=deadline
+            )
         finally:
             _BINDING.reset(token)
 
