@@ -378,6 +378,17 @@ def _walk_unstorable(value: Any, path: str, found: list[tuple[str, str]]) -> Non
             _walk_unstorable(item, f"{path}.{index}" if path else str(index), found)
 
 
+class _Unencodable:
+    """A tool result with a lone surrogate where pydantic cannot even encode it (a mapping key)."""
+
+
+def _jsonable_result(result: Any) -> Any:
+    try:
+        return to_jsonable_python(result)
+    except UnicodeEncodeError:
+        return _Unencodable()
+
+
 def storable_text(text: str) -> str:
     """`text` with NUL characters and lone surrogates replaced by U+FFFD (internal)."""
     return _UNSTORABLE_CHARS.sub("\ufffd", text)
@@ -793,6 +804,14 @@ class ToolGateway:
                     f"the evidence could not be gathered ({type(exc).__name__})",
                 )
                 return packet.evolve(proof=(failed,))
+            unstorable = unstorable_values(evidence)
+            if unstorable:  # it would be stored in the packet: fail closed, as above
+                field, message = unstorable[0]
+                failed = InvariantResult(
+                    "evidence", "evidence()", False, {},
+                    f"the evidence cannot be stored ({field}: {message})",
+                )  # fmt: skip
+                return packet.evolve(evidence={}, proof=(failed,))
         namespace = _namespace(args, evidence)
         proof = tuple(inv.check(namespace) for inv in tool.invariants)
         return packet.evolve(evidence=evidence, proof=proof)
@@ -1271,7 +1290,16 @@ class ToolGateway:
                 await asyncio.shield(self._mark_in_doubt(plan))
             raise
         else:
-            found = unstorable_values(result)
+            found = (
+                unstorable_values(result)
+                if not isinstance(result, _Unencodable)
+                else [
+                    (
+                        "(result)",
+                        "holds a lone surrogate, which cannot be stored; send valid Unicode",
+                    )
+                ]
+            )
             if not found:
                 plan.outcome = ToolOutcome(call, "ok", _dumps(result), False, packet, result)
                 return
@@ -1313,7 +1341,7 @@ class ToolGateway:
                 if inspect.iscoroutinefunction(fn):
                     if tool.context_param is not None:
                         kwargs[tool.context_param] = ctx
-                    return to_jsonable_python(await fn(**kwargs))
+                    return _jsonable_result(await fn(**kwargs))
                 if tool.isolation == "process":
                     context = None
                     if tool.context_param is not None:
@@ -1329,7 +1357,7 @@ class ToolGateway:
                 thread = None
                 if inspect.isawaitable(result):
                     result = await result
-                return to_jsonable_python(result)
+                return _jsonable_result(result)
         except TimeoutError:
             if deadline.expired():
                 raise _TimedOut(thread) from None

@@ -1216,20 +1216,28 @@ class AgentRunner:
                     details={"run_id": state.run.id},
                 )
             return text, None
+        output: Any = None
         try:
             output = spec.output_type.model_validate_json(_strip_fences(text or ""))
         except ValidationError as exc:
-            if state.output_retries >= spec.output_retries:
-                raise UnexpectedModelBehavior(
-                    f"the final answer does not match {spec.output_type.__name__} after "
-                    f"{state.output_retries} correction(s): {exc.errors(include_url=False)[:3]}",
-                    details={"run_id": state.run.id},
-                ) from None
-            state.output_retries += 1
             errors = [
                 {"field": ".".join(str(p) for p in e["loc"]) or "(root)", "message": e["msg"]}
                 for e in exc.errors(include_url=False)
             ]
+        else:
+            # JSON escapes and NaN/Infinity parse into values no store can hold: refuse them too
+            errors = [
+                {"field": name, "message": message}
+                for name, message in unstorable_values(output.model_dump(mode="json"))
+            ]
+        if errors:
+            if state.output_retries >= spec.output_retries:
+                raise UnexpectedModelBehavior(
+                    f"the final answer does not match {spec.output_type.__name__} after "
+                    f"{state.output_retries} correction(s): {errors[:3]}",
+                    details={"run_id": state.run.id},
+                ) from None
+            state.output_retries += 1
             state.messages.append(
                 UserMessage(
                     "Your answer does not match the required JSON Schema. Fix these errors and "
