@@ -421,7 +421,8 @@ class Autopilot:
             if decision_id is not None and not await self.loop.outcomes.labels([decision_id]):
                 # the gateway overrode the policy: nothing was sent, so the arm never acted
                 await self.point.record_override(decision_id, "none", actor="gateway",
-                                                 reason=str(sends[-1]["reason"]))  # fmt: skip
+                                                 reason=str(sends[-1]["reason"]),
+                                                 org_id=ORG)  # fmt: skip
         elif sends and sends[-1]["decision"] == "rejected":
             result.outcome = "rejected"
         else:
@@ -451,7 +452,8 @@ class Autopilot:
                 await self.runner.approvals.reject(request.id, approver, comment="too generous")
                 assert task.decision_id is not None
                 await self.point.record_override(task.decision_id, "none", actor=approver.id,
-                                                 reason="25 % is too generous here")  # fmt: skip
+                                                 reason="25 % is too generous here",
+                                                 org_id=ORG)  # fmt: skip
             decided += 1
             await self.runner.resume(task.run_id, deps=self)
             self.tasks[task.task_id] = await self._result(task.task_id, task.customer_id,

@@ -30,7 +30,7 @@ from contractspec.agent.decisions import DecisionPoint, DecisionPort, LabelPort
 from contractspec.agent.testing import FunctionModel, Reply, call
 from contractspec.bus import EventBus
 from contractspec.core import Actor, CallContext
-from contractspec.core.errors import SpecDefinitionError, SpecValidationError
+from contractspec.core.errors import NotFoundError, SpecDefinitionError, SpecValidationError
 from contractspec.core.policy import RolePermissions
 from contractspec.core.records import EventEnvelope
 from contractspec.core.testing import FakeClock, temporary_sql_engine
@@ -38,6 +38,7 @@ from contractspec.growth import BanditService, LinearIGW, MemoryDecisionLog, Sql
 from contractspec.growth.decisions import (
     DecisionLoop,
     MemoryOutcomeStore,
+    OutcomeStatus,
     RewardTerm,
     define_reward_model,
 )
@@ -194,6 +195,32 @@ async def test_the_agent_decides_through_the_bandit_and_the_decision_is_logged_o
     assert packets[0]["tool"] == "choose_offer"
     assert packets[0]["risk"] == 0
     assert len(await loop.service.log.decisions()) == 1
+
+
+async def test_the_agent_decision_belongs_to_the_call_org_and_other_orgs_cannot_reward_it(
+    loop: DecisionLoop,
+) -> None:
+    """The decision tool passes the run's org (CTX: shop) to the loop: another org's order event
+    naming the decision is FOREIGN_ORG and not recorded, an override without the org is refused,
+    and the shop's own event and override are recorded."""
+    SENT.clear()
+    point = _point(loop, labels=loop)
+    runner = AgentRunner(model=FunctionModel(_brain), policy=POLICY)
+    await runner.run(_agent(point), "retain c-17", CTX)
+    (decision,) = await loop.service.log.decisions()
+    assert await loop.outcomes.org_of(decision.decision_id) == "shop"
+    paid = Payload(decision_id=decision.decision_id, margin=99.0)
+    foreign = EventEnvelope("x1", "shop.order.paid", 1, T0, paid, org_id="rival")
+    assert await loop.handle(foreign) is OutcomeStatus.FOREIGN_ORG
+    own = EventEnvelope("s1", "shop.order.paid", 1, T0, paid, org_id="shop")
+    assert await loop.handle(own) is OutcomeStatus.RECORDED
+    assert [o.event_id for o in await loop.outcomes.outcomes(decision.decision_id)] == ["s1"]
+    other = next(a for a in ARMS if a != decision.arm)
+    with pytest.raises(NotFoundError):
+        await point.record_override(decision.decision_id, other, actor="mallory")
+    await point.record_override(decision.decision_id, other, actor="ann", org_id="shop")
+    (label,) = await loop.outcomes.labels()
+    assert (label.actor, label.org_id) == ("ann", "shop")
 
 
 async def test_the_same_decision_call_later_in_a_run_replays_the_logged_decision(

@@ -30,9 +30,10 @@ as labels through a [`LabelPort`][contractspec.agent.decisions.LabelPort] with
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import define, field
@@ -213,12 +214,20 @@ class DecisionPoint:
             out.append(float(v))
         return tuple(out)
 
-    async def decide(self, args: BaseModel | Mapping[str, Any], *, decision_id: str) -> Decision:
+    async def decide(
+        self,
+        args: BaseModel | Mapping[str, Any],
+        *,
+        decision_id: str,
+        org_id: str | None = None,
+    ) -> Decision:
         """Ask the port and return the decision.
 
         Args:
             args: An `input` instance (or a mapping validated into one).
             decision_id: Id of the decision (at most 200 characters).
+            org_id: The tenant the decision is for, passed on to a port whose `choose` takes
+                `org_id` (growth's `DecisionLoop`: only that org's outcome events reward it).
 
         Raises:
             SpecValidationError: Bad arguments or features, or an arm the point does not list.
@@ -233,7 +242,11 @@ class DecisionPoint:
                     details={"field": "input"},
                 ) from None
         context = self.context(args)
-        chosen = await self.port.choose(list(context), decision_id=decision_id)
+        choose: Callable[..., Awaitable[ChosenAction]] = self.port.choose
+        if org_id is not None and _takes_org(choose):
+            chosen = await choose(list(context), decision_id=decision_id, org_id=org_id)
+        else:
+            chosen = await self.port.choose(list(context), decision_id=decision_id)
         if chosen.arm not in self.arms:
             raise SpecValidationError(
                 f"{self.name}: the policy chose arm {chosen.arm!r}, which the decision point does "
@@ -259,7 +272,7 @@ class DecisionPoint:
         point = self
 
         async def decide(args: BaseModel, ctx: ToolContext) -> dict[str, Any]:
-            decision = await point.decide(args, decision_id=ctx.action_id)
+            decision = await point.decide(args, decision_id=ctx.action_id, org_id=ctx.call.org_id)
             return decision.to_dict()
 
         decide.__annotations__ = {"args": self.input, "ctx": ToolContext, "return": dict}
@@ -268,9 +281,18 @@ class DecisionPoint:
         return tool(name=self.name, description=description, risk=risk, side_effects=True)(decide)
 
     async def record_override(
-        self, decision_id: str, arm: str, *, actor: str, reason: str = ""
+        self,
+        decision_id: str,
+        arm: str,
+        *,
+        actor: str,
+        reason: str = "",
+        org_id: str | None = None,
     ) -> Any:
         """Record that a person replaced (or confirmed) the decision's arm.
+
+        `org_id` (the tenant of the decision) is passed on to a labels port whose `label` takes
+        it (growth's `DecisionLoop` refuses a label from another org than the decision's).
 
         Raises:
             SpecDefinitionError: The point has no `labels` port.
@@ -286,4 +308,16 @@ class DecisionPoint:
                 f"{self.name}: {arm!r} is not an arm ({', '.join(self.arms)}).",
                 details={"field": "arm"},
             )
+        label: Callable[..., Awaitable[Any]] = self.labels.label
+        if org_id is not None and _takes_org(label):
+            return await label(decision_id, arm, actor=actor, reason=reason, org_id=org_id)
         return await self.labels.label(decision_id, arm, actor=actor, reason=reason)
+
+
+def _takes_org(method: Callable[..., Any]) -> bool:
+    """Whether a port method accepts an `org_id` keyword (growth's `DecisionLoop` does)."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "org_id" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
