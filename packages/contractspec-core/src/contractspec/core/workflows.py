@@ -1963,7 +1963,14 @@ def _step_of(wf: WorkflowSpec, instance_id: str, entry: Any) -> WorkflowStep | N
         kind = str(step.get("kind", "transition"))
         transition = step.get("transition")
         from_state = step.get("from")
-        to_state = str(step.get("to"))
+        to_state = step.get("to")
+        if "to" not in step and wf.entity is not None and wf.state_field is not None:
+            moves = [c for c in record.changes if c.entity == wf.entity.name
+                     and c.entity_id == instance_id and c.before and c.after]  # fmt: skip
+            if moves:
+                from_state = moves[0].before.get(wf.state_field)
+                to_state = moves[-1].after.get(wf.state_field)
+        to_state = str(to_state)
         version = int(step.get("version") or wf.version)
         data = step.get("input") or {}
         comment = step.get("comment")
@@ -2033,7 +2040,7 @@ async def _audit_history(
 
 def _state_of(wf: WorkflowSpec, record: Any) -> str:
     value = getattr(record, wf.state_field or "")
-    return str(value.value) if isinstance(value, enum.Enum) else str(value)
+    return str(value._value_) if isinstance(value, enum.Enum) else str(value)
 
 
 #: Per entity workflow (by id; the object is kept alive with it): the state field's enum type,
@@ -2062,14 +2069,25 @@ def _view(
     assert wf.entity is not None
     created = getattr(record, "created_at", None)
     updated = getattr(record, "updated_at", None)
-    return WorkflowInstance.model_construct(
-        id=str(getattr(record, wf.entity.primary_key)), workflow=wf.name, version=wf.version,
-        state=state, data=record.model_dump(mode="json") if data else {}, seq=0, entry_seq=0,
-        created_by=None, entered_by=None,
-        created_at=created if isinstance(created, datetime) else now,
-        updated_at=updated if isinstance(updated, datetime) else (
-            created if isinstance(created, datetime) else now),
-    )  # fmt: skip
+    if not isinstance(created, datetime):
+        created = now
+    # What `model_construct` does for a model whose every field is given, without its per-field
+    # loop (this runs on every move).
+    view = WorkflowInstance.__new__(WorkflowInstance)
+    object.__setattr__(view, "__dict__", {
+        "id": str(getattr(record, wf.entity.primary_key)), "workflow": wf.name,
+        "version": wf.version, "state": state,
+        "data": record.model_dump(mode="json") if data else {}, "seq": 0, "entry_seq": 0,
+        "created_by": None, "entered_by": None, "created_at": created,
+        "updated_at": updated if isinstance(updated, datetime) else created,
+    })  # fmt: skip
+    object.__setattr__(view, "__pydantic_fields_set__", set(_VIEW_FIELDS))
+    object.__setattr__(view, "__pydantic_extra__", None)
+    object.__setattr__(view, "__pydantic_private__", None)
+    return view
+
+
+_VIEW_FIELDS: Final = frozenset(WorkflowInstance.model_fields)
 
 
 async def _load_record(wf: WorkflowSpec, ctx: HandlerCtx, record_id: str) -> Any:
@@ -2096,7 +2114,9 @@ async def _fire_entity(
     assert wf.entity is not None
     assert wf.state_field is not None
     repo = ctx.repo(wf.entity)
-    record = await _load_record(wf, ctx, record_id)
+    record: Any = await repo.get(record_id)
+    if record is None:
+        await _load_record(wf, ctx, record_id)  # raises NotFoundError
     from_state = _state_of(wf, record)
     if from_state not in t.sources:
         raise WorkflowStateError(
@@ -2123,7 +2143,13 @@ async def _fire_entity(
     moved = await repo.update(record.model_copy(update=updates))
     if ctx._audit_target is None:
         ctx.set_audit_target(wf.entity.name, record_id)
-    _audit_step(wf, ctx, record_id, "transition", t.name, from_state, target, _dump(value), comment)
+    # The record's own audit change holds from → to (its state field's before and after).
+    step: dict[str, Any] = {"name": wf.name, "version": wf.version, "transition": t.name}
+    if value is not None:
+        step["input"] = value.model_dump(mode="json")
+    if comment is not None:
+        step["comment"] = comment
+    ctx.add_audit_details("workflow", step)
     hook = wf.on_transition
     if hook is not None:
         result = hook(ctx, WorkflowChange(wf, "transition", view, from_state, target, t, value,
