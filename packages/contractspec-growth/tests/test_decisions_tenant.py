@@ -32,6 +32,7 @@ from contractspec.growth import (
 from contractspec.growth.decisions import (
     DecisionLoop,
     DecisionOverriddenError,
+    Label,
     MemoryOutcomeStore,
     OutcomeStatus,
     OutcomeStore,
@@ -234,6 +235,35 @@ async def _one(
 
 
 # -- label and settle at the same moment ------------------------------------------------------
+
+
+async def test_the_state_row_keeps_settled_and_overridden_exclusive(
+    stores: tuple[DecisionLog, OutcomeStore],
+) -> None:
+    """Store conformance: a settled decision refuses an override and the refused label is not
+    kept (same transaction); a confirmation still records; an overridden decision refuses a
+    settlement, also after a release; registering sets the org of a row written earlier."""
+    _, outcomes = stores
+    await outcomes.register("s1", "acme")
+    assert await outcomes.org_of("s1") == "acme"
+    assert await outcomes.org_of("nope") is None
+    assert await outcomes.claim_settlement("s1")
+    assert await outcomes.claim_settlement("s1")  # a retried settlement claims again
+    with pytest.raises(ConflictError):
+        await outcomes.add_label(Label("s1", "b", "ann", "", T0, "acme"), override=True)
+    assert await outcomes.labels(["s1"]) == []
+    confirm = Label("s1", "a", "ann", "", T0, "acme")
+    await outcomes.add_label(confirm)
+    assert await outcomes.labels(["s1"]) == [confirm]
+    await outcomes.register("s2", None)
+    await outcomes.add_label(Label("s2", "b", "ann", "", T0), override=True)
+    assert not await outcomes.claim_settlement("s2")
+    await outcomes.release_settlement("s2")
+    assert not await outcomes.claim_settlement("s2")
+    await outcomes.add_label(Label("s3", "b", "ann", "", T0), override=True)
+    await outcomes.register("s3", "acme")
+    assert await outcomes.org_of("s3") == "acme"
+    assert not await outcomes.claim_settlement("s3")
 
 
 async def test_an_override_and_a_settlement_at_the_same_moment_never_both_win(

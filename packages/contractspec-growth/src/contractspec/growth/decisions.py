@@ -512,7 +512,8 @@ class OutcomeStore(Protocol):
     """
 
     async def register(self, decision_id: str, org_id: str | None) -> None:
-        """Record the tenant of a new decision (state `open`); nothing when already recorded."""
+        """Record the tenant of a decision the log just accepted as new (state `open`, or the
+        state a row written in the meantime holds; its org is replaced by `org_id`)."""
         ...
 
     async def org_of(self, decision_id: str) -> str | None:
@@ -579,10 +580,9 @@ class MemoryOutcomeStore:
         self._status: dict[str, DecisionStatus] = {}
 
     async def register(self, decision_id: str, org_id: str | None) -> None:
-        """Record a decision's tenant once."""
-        if decision_id not in self._orgs:
-            self._orgs[decision_id] = _check_org(org_id)
-            self._status.setdefault(decision_id, DecisionStatus.OPEN)
+        """Record a new decision's tenant."""
+        self._orgs[decision_id] = _check_org(org_id)
+        self._status.setdefault(decision_id, DecisionStatus.OPEN)
 
     async def org_of(self, decision_id: str) -> str | None:
         """The decision's tenant (`None` when none was recorded)."""

@@ -164,12 +164,13 @@ class SqlOutcomeStore:
         ).returning(t.c.decision_id)
 
     async def register(self, decision_id: str, org_id: str | None) -> None:
-        """Record a decision's tenant (status `open`) once."""
+        """Record a new decision's tenant (status `open`, or the status a row written before
+        registration holds)."""
         row = {"decision_id": decision_id, "org_id": _check_org(org_id), "status": "open"}
         stmt = (
             self._dialect_insert(self.state_table)
             .values(row)
-            .on_conflict_do_nothing(index_elements=["decision_id"])
+            .on_conflict_do_update(index_elements=["decision_id"], set_={"org_id": row["org_id"]})
         )
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
