@@ -17,6 +17,8 @@ from pydantic import BaseModel
 
 from contractspec.agent import (
     ActionStatus,
+    AgentRunError,
+    ModelRequest,
     RiskLevel,
     RunResult,
     RunStatus,
@@ -25,7 +27,7 @@ from contractspec.agent import (
     define_agent,
     tool,
 )
-from contractspec.agent.testing import ScriptedModel, call
+from contractspec.agent.testing import FunctionModel, ScriptedModel, call
 
 #: What the `emit` tools return in the current run (set by each test before it runs).
 RESULT: dict[str, Any] = {"value": None}
@@ -214,6 +216,26 @@ async def test_unstorable_names_ids_and_text_from_the_model_are_stored_replaced(
 def raw_call(id: str, name: str, arguments: Any) -> ToolCall:
     """A raw tool call, bypassing `call`'s helpers."""
     return ToolCall(id, name, arguments)
+
+
+async def test_a_failed_run_quoting_unstorable_text_is_saved(env: AgentEnv) -> None:
+    """A model client failing with NUL and a lone surrogate in its message fails the run, and the
+    failed run is stored (U+FFFD in their place) instead of failing to save."""
+
+    def broken(request: ModelRequest) -> str:
+        raise RuntimeError("provider said \x00 and \ud800")
+
+    runner = env.runner(FunctionModel(broken))
+    with pytest.raises(AgentRunError) as info:
+        await runner.run(agent, "go", OWNER)
+    (run,) = await runner.history(org_id=OWNER.org_id)
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None
+    assert "provider said \ufffd and \ufffd" in run.error["message"]
+    assert info.value.code == run.error["code"]
+    assert not _unstorable(run.error)
+    logs = await runner.logs(run.id)
+    assert not _unstorable([line.message for line in logs])
 
 
 # -- results and evidence -----------------------------------------------------------------------

@@ -1500,15 +1500,15 @@ class AgentRunner:
         return self._result(state, output=output, confidence=confidence, escalated=escalated)
 
     async def _fail(self, state: _State, error: ContractSpecError) -> None:
+        # the message may quote what a model or a provider sent: keep the failed run saveable
+        message = storable_text(error.message)
         try:
             await self._persist(
                 state,
                 steps=state.run.steps,
                 status=RunStatus.FAILED,
                 lines=[
-                    self._line(
-                        state.run.id, "run.failed", error.message, level="error", code=error.code
-                    )
+                    self._line(state.run.id, "run.failed", message, level="error", code=error.code)
                 ],
                 events=[
                     self._event(
@@ -1518,11 +1518,11 @@ class AgentRunner:
                             "run_id": state.run.id,
                             "agent": state.spec.name,
                             "error_code": error.code,
-                            "message": error.message[:500],
+                            "message": message[:500],
                         },
                     )
                 ],
-                error={"code": error.code, "message": error.message},
+                error={"code": error.code, "message": message},
             )
         except Exception:  # keep the original error; the store is failing too
             _log.exception("agent.run_fail_persist_failed", run_id=state.run.id)
