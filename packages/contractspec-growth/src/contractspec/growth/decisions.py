@@ -14,6 +14,10 @@ propensity. This module closes the loop around it:
   the model's horizon has passed, records human overrides as labels, runs a candidate policy in
   **shadow mode** (it chooses alongside the live policy, its choice is logged, it never acts),
   and promotes a candidate through a guarded staged rollout (`contractspec.growth.rollouts`).
+* Tenants: a decision records its org (`choose(org_id=...)` or `ctx=`); an outcome event of
+  another org is `OutcomeStatus.FOREIGN_ORG` (never recorded or rewarded) and a label from another
+  org is `NotFoundError`. An overriding label and `settle` exclude each other through one state
+  row per decision in the outcome store (`DecisionStatus`: settled XOR overridden).
 * Off-policy evaluation ([`evaluate_policy`][contractspec.growth.decisions.evaluate_policy]):
   inverse propensity scoring, self-normalised IPS (Swaminathan and Joachims 2015) and doubly
   robust (Dudík, Langford and Li 2011), each with a normal-approximation confidence interval.
