@@ -283,8 +283,9 @@ async def test_runs_show_and_cancel_a_waiting_run(env: AgentEnv) -> None:
     (approval_id,) = item.waiting_for
     detail = await executor.execute("agent.review.runs.show", {"run_id": run_id}, REVIEWER)
     (step,) = detail.step_details
-    assert [(c.name, c.status) for c in step.tool_calls] == [
-        ("shop_refund_issue", "needs_approval")
+    # the effective risk the gateway applied is recorded per call (the refund waits: L2)
+    assert [(c.name, c.status, c.risk) for c in step.tool_calls] == [
+        ("shop_refund_issue", "needs_approval", 2)
     ]
     assert "run.started" in [g.event for g in detail.logs]
 

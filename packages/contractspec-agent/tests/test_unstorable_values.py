@@ -246,32 +246,33 @@ async def test_a_failed_run_quoting_unstorable_text_is_saved(env: AgentEnv) -> N
     [float("nan"), {"v": float("inf")}, ["ok", "a\x00b"], {"k\ud800": 1}, {"n": [1, -math.inf]}],
     ids=ascii,
 )
-async def test_an_unstorable_result_fails_its_call_and_the_run_is_saved(
+async def test_an_unstorable_result_fails_a_read_and_keeps_an_effect_once(
     env: AgentEnv, value: Any
 ) -> None:
-    """A tool returning NaN/Infinity or NUL/surrogate text fails that call with a known failure
-    (`error`, ledger entry `failed`, nothing of the result stored); the model is told why and
-    the run completes and is stored."""
+    """A read-only tool returning NaN/Infinity or NUL/surrogate text fails that call with a known
+    failure the model is told about; a side-effecting tool's effect already happened, so its
+    call is recorded as succeeded (ledger `succeeded`, never a failure that invites a second
+    effect) with a storable copy of the result. The run completes and is stored."""
     RESULT["value"] = value
     model = ScriptedModel([[call("emit", id="e1"), call("peek", id="p1")], "noted"])
     result = await env.runner(model).run(agent, "emit", OWNER)
     assert result.status is RunStatus.COMPLETED
-    feedback = [m for m in model.requests[1].messages if isinstance(m, ToolMessage)]
-    for message in feedback:
-        assert message.is_error
-        problem = json.loads(message.content)
-        assert problem["status"] == "unstorable_result"
-        assert FIX in problem["error"]
-        assert message.name in problem["error"]
+    feedback = {m.name: m for m in model.requests[1].messages if isinstance(m, ToolMessage)}
+    problem = json.loads(feedback["peek"].content)
+    assert feedback["peek"].is_error
+    assert problem["status"] == "unstorable_result"
+    assert FIX in problem["error"]
+    assert "peek" in problem["error"]
+    assert not feedback["emit"].is_error
     loaded = await _stored(env, result)
     assert {n: r["status"] for n, r in _results(loaded).items()} == {
-        "emit": "error",
+        "emit": "ok",
         "peek": "error",
     }
     action = loaded["actions"]["emit"]
-    assert action.status is ActionStatus.FAILED
-    assert action.result is not None
-    assert action.result["result"] is None
+    assert action.status is ActionStatus.SUCCEEDED
+    assert _unstorable(action.result["result"]) is False
+    assert json.loads(feedback["emit"].content) == action.result["result"]
 
 
 async def test_unstorable_evidence_blocks_the_call_fail_closed(env: AgentEnv) -> None:
@@ -328,8 +329,8 @@ def test_any_model_output_or_tool_result_leaves_a_stored_consistent_run(
 ) -> None:
     """Hypothesis over floats (NaN, infinities) and text (NUL, surrogates) in arguments (decoded
     or JSON text), tool results and answers: every run completes and loads back consistent — each
-    call `invalid` exactly when its arguments were unstorable, `error` exactly when its result
-    was, ledger entries only for valid side-effecting calls, the answer as stored."""
+    call `invalid` exactly when its arguments were unstorable, a side effect `ok` with a storable
+    copy of any result, ledger entries only for valid side-effecting calls, the answer as stored."""
     with asyncio.Runner() as runner:  # one environment for all examples
         manager = agent_env(backend_kind, tmp_path)
         env = runner.run(manager.__aenter__())
@@ -372,11 +373,12 @@ async def _one_run(
     assert statuses == {
         "record": expected,
         "measure": expected,
-        "emit": "error" if bad_result else "ok",
+        "emit": "ok",  # a side effect: succeeded, its result kept as a storable copy
     }
     assert set(loaded["actions"]) == ({"emit"} if bad_args else {"record", "emit"})
     emitted = loaded["actions"]["emit"]
-    assert emitted.status is (ActionStatus.FAILED if bad_result else ActionStatus.SUCCEEDED)
+    assert emitted.status is ActionStatus.SUCCEEDED
+    assert not _unstorable(emitted.result["result"])
     if not bad_result:
         assert _numbers_as_floats(emitted.result["result"]) == _numbers_as_floats(value)
     if not bad_args:

@@ -196,6 +196,13 @@ async def test_run_page_polls_its_status_and_shows_the_resumed_run(setup: Setup)
         "L2",  # raised by the large_refund risk rule
         "0 of 1",
     ]
+    # each tool call of a step shows the effective risk the gateway applied (a rule raised it)
+    (tool_call,) = page.select("table.tool-calls tbody tr")
+    assert [td.get_text() for td in tool_call.select("td")][:3] == [
+        "shop_refund_issue",
+        "L2",
+        "needs_approval",
+    ]
     assert page.select("form.action") == []  # the viewer may not cancel
     lead_page = await setup.client.page("lead", f"/admin/runs/{run_id}")
     assert [f["action"] for f in lead_page.select("form.action")] == [

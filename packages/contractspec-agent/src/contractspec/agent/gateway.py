@@ -300,6 +300,9 @@ class ToolOutcome:
             "approval_id": self.approval_id,
             "is_error": self.is_error,
             "content": self.content,
+            # the effective risk level the gateway applied (after risk rules); None when the
+            # call never reached a decision (unknown tool, invalid arguments)
+            "risk": self.packet.risk if self.packet is not None else None,
         }
 
 
@@ -387,6 +390,20 @@ def _jsonable_result(result: Any) -> Any:
         return to_jsonable_python(result)
     except UnicodeEncodeError:
         return _Unencodable()
+
+
+def storable_copy(value: Any) -> Any:
+    """A copy of JSON-like `value` every store holds (internal): NaN and infinite floats become
+    `None`, NUL characters and lone surrogates in strings and keys become U+FFFD."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {storable_text(str(key)): storable_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_copy(item) for item in value]
+    return value
 
 
 def storable_text(text: str) -> str:
@@ -1303,8 +1320,19 @@ class ToolGateway:
             if not found:
                 plan.outcome = ToolOutcome(call, "ok", _dumps(result), False, packet, result)
                 return
-            # a known failure: nothing unstorable reaches the ledger, the step or the model
             shown = "; ".join(f"{field}: {message}" for field, message in found[:5])
+            if tool.side_effects:
+                # The effect happened: recording a failure would invite the model to run it
+                # again (a second effect). The call succeeded; its result is kept as a storable
+                # copy (NaN/infinities -> null, NUL/surrogates -> U+FFFD; an unencodable one ->
+                # null) and the cleaning is logged.
+                cleaned = None if isinstance(result, _Unencodable) else storable_copy(result)
+                _log.warning(
+                    "agent.tool_result_cleaned", tool=tool.name, run_id=scope.run_id, fields=shown
+                )
+                plan.outcome = ToolOutcome(call, "ok", _dumps(cleaned), False, packet, cleaned)
+                return
+            # a read: a known failure, nothing unstorable reaches the step or the model
             _log.warning("agent.tool_result_unstorable", tool=tool.name, run_id=scope.run_id)
             plan.outcome = ToolOutcome(
                 call,

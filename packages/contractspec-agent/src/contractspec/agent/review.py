@@ -263,6 +263,11 @@ class RunToolCall(BaseModel):
     action_id: str | None
     is_error: bool | None
     content: Annotated[Any, PII] = None
+    risk: int | None = Field(
+        default=None,
+        description="Effective risk level (0-3) the gateway applied; None when the call never "
+        "reached a decision or the step was stored before risk was recorded.",
+    )
 
 
 class RunStepItem(BaseModel):
@@ -548,6 +553,7 @@ def _tool_call(data: Mapping[str, Any]) -> RunToolCall:
         action_id=data.get("action_id"),
         is_error=data.get("is_error"),
         content=data.get("content"),
+        risk=data.get("risk"),
     )
 
 
