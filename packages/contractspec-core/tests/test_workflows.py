@@ -380,6 +380,10 @@ def test_the_workflows_page_prints_what_it_claims() -> None:
         "the carrier refuses parcels above 1,000",
         "placed 2",
         "['draft', 'placed', 'draft', 'placed', 'shipped']",
+        "paid True",
+        "WorkflowStateError",
+        "[('start', None, None, 'open'), ('transition', 'pay', 'open', 'paid')]",
+        "['bill.invoice']",
         "False True approved",
         "approval_expired expired",
         "[('open_escalate', datetime.timedelta(seconds=14400)), ('open_expire', "
