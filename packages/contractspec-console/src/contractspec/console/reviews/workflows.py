@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,11 @@ class Board(BaseModel):
 
 
 def board_operation(workflow: WorkflowSpec) -> OperationSpec:
-    """The query `console.board.<workflow name>` (the workflow's read auth, tenant-scoped)."""
+    """The query `console.board.<workflow name>` (the workflow's read auth, tenant-scoped).
+
+    For a workflow on an entity (`define_workflow(entity=..., state_field=...)`) the columns
+    are read from the entity's records by their state field; each card is the record seen as
+    a `WorkflowInstance` (same id, `data` the record's JSON form, `seq` 0)."""
     return define_query(
         f"console.board.{workflow.name}",
         input=BoardInput,
@@ -71,6 +77,10 @@ def _install(workflow: WorkflowSpec, registry: SpecRegistry) -> OperationSpec:
     except NotFoundError:
         pass
     registry.register(op)
+
+    if workflow.entity is not None:
+        registry.bind(op, _entity_board(workflow))
+        return op
 
     @registry.handler(op)
     async def board(inp: BoardInput, ctx: HandlerCtx) -> Board:
@@ -95,6 +105,54 @@ def _install(workflow: WorkflowSpec, registry: SpecRegistry) -> OperationSpec:
     return op
 
 
+def _entity_board(workflow: WorkflowSpec) -> Callable[[BoardInput, HandlerCtx], Awaitable[Board]]:
+    """The board handler of a workflow whose state lives on `workflow.entity`'s records."""
+    entity = workflow.entity
+    field = workflow.state_field
+    assert entity is not None
+    assert field is not None
+    fields = entity.model.model_fields
+    annotation = fields[field].annotation
+    enum_type = (
+        annotation if isinstance(annotation, type) and issubclass(annotation, enum.Enum) else None
+    )
+    order = next((f"-{f}" for f in ("updated_at", "created_at") if f in fields), entity.primary_key)
+
+    def as_instance(record: Any, state: str) -> WorkflowInstance:
+        created = getattr(record, "created_at", None)
+        updated = getattr(record, "updated_at", None)
+        at = created if isinstance(created, datetime) else datetime.fromtimestamp(0, UTC)
+        return WorkflowInstance(
+            id=str(getattr(record, entity.primary_key)),
+            workflow=workflow.name,
+            version=workflow.version,
+            state=state,
+            data=record.model_dump(mode="json"),
+            seq=0,
+            entry_seq=0,
+            created_at=at,
+            updated_at=updated if isinstance(updated, datetime) else at,
+        )
+
+    async def board(inp: BoardInput, ctx: HandlerCtx) -> Board:
+        repo = ctx.repo(entity)
+        columns = []
+        for state in workflow.states:
+            value = enum_type(state) if enum_type is not None else state
+            rows = await repo.find({field: value}, order_by=order, limit=inp.per_state + 1)
+            columns.append(
+                BoardColumn(
+                    state=state,
+                    final=state in workflow.final,
+                    items=[as_instance(r, state) for r in rows[: inp.per_state]],
+                    more=len(rows) > inp.per_state,
+                )
+            )
+        return Board(workflow=workflow.name, version=workflow.version, columns=columns)
+
+    return board
+
+
 class WorkflowBoard:
     """The instances of one workflow as a board by state (a kanban) and an instance page.
 
@@ -107,6 +165,11 @@ class WorkflowBoard:
     Constructing the section registers the query `console.board.<workflow>` (the board's
     columns) in `registry` unless it is there already; build the section before the executor
     serves calls.
+
+    A workflow on an entity (`define_workflow(entity=..., state_field=...)`) has no instance
+    rows: its columns are the entity's records by their state field, cards and pages are keyed
+    by the record's id, and forms post no `expected_seq` (the entity's version guards
+    concurrent moves).
 
     Args:
         workflow: The workflow (registered in `registry`).
@@ -233,7 +296,7 @@ class WorkflowBoard:
         """Fire `transition` (or approve / reject its approval step) through the executor.
 
         The form posts `expected_seq` (the sequence the page showed: a concurrent change is a
-        conflict, not a surprise), `comment`, `input.<field>` and, for approval steps,
+        conflict, not a surprise; ignored for a workflow on an entity), `comment`, `input.<field>` and, for approval steps,
         `decision` (`approve` or `reject`). Back to the instance (or the board, `return=board`)
         with 303 when done; a denial is the console's 403 page; a refusal (guard, state,
         invalid input) is shown on the instance page with the fields' errors.
@@ -254,7 +317,7 @@ class WorkflowBoard:
             operation = f"{operation}.{decision}"
         raw: dict[str, Any] = {"instance_id": instance_id}
         seq = form.get("expected_seq")
-        if isinstance(seq, str) and seq:
+        if isinstance(seq, str) and seq and wf.entity is None:
             raw["expected_seq"] = seq
         comment = form.get("comment")
         if isinstance(comment, str) and comment:
