@@ -2067,8 +2067,8 @@ def _view(
     """An entity record seen as a `WorkflowInstance` (same id; `seq` 0: the entity's version
     guards concurrency; `data` is the record's JSON form when asked, else empty)."""
     assert wf.entity is not None
-    created = getattr(record, "created_at", None)
-    updated = getattr(record, "updated_at", None)
+    created = _attr(record, "created_at")
+    updated = _attr(record, "updated_at")
     if not isinstance(created, datetime):
         created = now
     # What `model_construct` does for a model whose every field is given, without its per-field
@@ -2088,6 +2088,74 @@ def _view(
 
 
 _VIEW_FIELDS: Final = frozenset(WorkflowInstance.model_fields)
+
+
+def _attr(record: Any, name: str) -> Any:
+    """`getattr(record, name, None)` without pydantic's slow `__getattr__` miss (a model without
+    the field raises and catches an `AttributeError` on every move)."""
+    values = getattr(record, "__dict__", None)
+    if values is not None and name in values:
+        return values[name]
+    if (
+        _plain_miss(type(record), name)
+        and not record.__pydantic_extra__
+        and not record.__pydantic_private__
+    ):
+        return None
+    return getattr(record, name, None)
+
+
+#: `(class, name)` → whether a `getattr` of `name` on an instance of the class can only find it
+#: in the instance's `__dict__` or pydantic's extra/private values (a pydantic model without a
+#: `__getattr__` of its own and no class attribute `name`).
+_PLAIN_MISS: dict[tuple[type, str], bool] = {}
+
+
+def _plain_miss(cls: type, name: str) -> bool:
+    known = _PLAIN_MISS.get((cls, name))
+    if known is None:
+        known = _PLAIN_MISS[(cls, name)] = (
+            issubclass(cls, BaseModel)
+            and getattr(cls, "__getattr__", None) is getattr(BaseModel, "__getattr__", None)
+            and not hasattr(cls, name)
+        )
+    return known
+
+
+def _copy_with(record: Any, updates: dict[str, Any]) -> Any:
+    """`record.model_copy(update=updates)`, with the work pydantic's generic copy does for
+    extra and private values skipped when the record has none (this runs on every move)."""
+    cls: Any = type(record)
+    if (
+        record.__pydantic_private__ is not None
+        or cls.model_config.get("extra") == "allow"
+        or not _plain_copy(cls)
+    ):
+        return record.model_copy(update=updates)
+    copied = cls.__new__(cls)
+    values = record.__dict__.copy()
+    values.update(updates)
+    fields_set = set(record.__pydantic_fields_set__)
+    fields_set.update(updates)
+    object.__setattr__(copied, "__dict__", values)
+    extra = record.__pydantic_extra__
+    object.__setattr__(copied, "__pydantic_extra__", None if extra is None else dict(extra))
+    object.__setattr__(copied, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(copied, "__pydantic_private__", None)
+    return copied
+
+
+#: Per model class: whether it copies as `BaseModel` does (no `model_copy`/`__copy__` of its own).
+_PLAIN_COPY: dict[type, bool] = {}
+
+
+def _plain_copy(cls: type) -> bool:
+    known = _PLAIN_COPY.get(cls)
+    if known is None:
+        known = _PLAIN_COPY[cls] = getattr(cls, "model_copy", None) is getattr(
+            BaseModel, "model_copy", None
+        ) and getattr(cls, "__copy__", None) is getattr(BaseModel, "__copy__", None)
+    return known
 
 
 async def _load_record(wf: WorkflowSpec, ctx: HandlerCtx, record_id: str) -> Any:
@@ -2140,7 +2208,7 @@ async def _fire_entity(
         extra = wf.set_fields(ctx, change)
         if extra:
             updates = {**dict(extra), **updates}
-    moved = await repo.update(record.model_copy(update=updates))
+    moved = await repo.update(_copy_with(record, updates))
     if ctx._audit_target is None:
         ctx.set_audit_target(wf.entity.name, record_id)
     # The record's own audit change holds from → to (its state field's before and after).
@@ -2154,7 +2222,7 @@ async def _fire_entity(
     if hook is not None:
         result = hook(ctx, WorkflowChange(wf, "transition", view, from_state, target, t, value,
                                           comment, moved))  # fmt: skip
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             await result
     if wf.transitioned_event:
         ctx.emit(
