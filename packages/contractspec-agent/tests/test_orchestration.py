@@ -505,25 +505,25 @@ async def test_unstorable_submissions_are_refused_naming_the_field(
 async def test_a_plan_with_unstorable_text_is_refused_before_anything_is_stored(
     env: AgentEnv,
 ) -> None:
-    """A planner whose step goal or inputs hold NUL is refused with PlanError naming the step
-    field (on PostgreSQL the run store already refuses the model's reply holding it, also a
-    SpecValidationError); no task is stored."""
+    """A planner whose step goal or inputs hold NUL: the runner sends the answer back for
+    correction naming the field (nothing unstorable is stored); a planner that repeats it fails
+    the planning run with a `ContractSpecError` naming the step field, and no task is stored."""
     import json
 
-    from contractspec.agent.orchestration import PlanError
-    from contractspec.core import SpecValidationError
+    from contractspec.agent import UnexpectedModelBehavior
+    from contractspec.core import ContractSpecError
 
     for step, field_name in (
-        ({"goal": "a\u0000b", "capability": "research"}, "steps[0].goal"),
-        ({"goal": "ab", "capability": "research", "inputs": {"k": "\u0000"}}, "steps[0].inputs"),
+        ({"goal": "a\u0000b", "capability": "research"}, "steps.0.goal"),
+        ({"goal": "ab", "capability": "research", "inputs": {"k": "\u0000"}}, "steps.0.inputs"),
     ):
         team = Team(json.dumps({"steps": [step]}))
         orch = orchestrator(env, team, await task_store(env))
-        with pytest.raises(SpecValidationError) as info:
+        with pytest.raises(ContractSpecError) as info:
             await orch.submit("plan this", OWNER)
-        if env.kind != "postgres":
-            assert isinstance(info.value, PlanError)
-            assert info.value.details["field"] == field_name
+        assert isinstance(info.value, UnexpectedModelBehavior)
+        assert field_name in info.value.message
+        assert "cannot be stored" in info.value.message
     assert await orch.run_until_idle() == 0
 
 
