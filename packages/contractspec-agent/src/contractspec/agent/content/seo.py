@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from functools import cache
 from typing import Any
 
 from attrs import define, field
@@ -40,13 +41,24 @@ from contractspec.agent.content.drafts import (
 )
 from contractspec.core import SpecDefinitionError
 
-try:
-    import textstat  # type: ignore[import-untyped]  # textstat ships no type information
-except ImportError as exc:  # pragma: no cover - the extra is installed in the workspace
-    raise ImportError(
-        "contractspec.agent.content needs textstat for readability scores: "
-        "pip install 'contractspec-agent[content]'"
-    ) from exc
+
+@cache
+def _textstat() -> Any:
+    """textstat, imported on the first readability check (it imports NLTK: ~1 s, kept off
+    `import contractspec.agent.content`).
+
+    Raises:
+        ImportError: textstat is not installed; the message names the extra.
+    """
+    try:
+        import textstat  # type: ignore[import-untyped]  # textstat ships no type information
+    except ImportError as exc:  # pragma: no cover - the extra is installed in the workspace
+        raise ImportError(
+            "contractspec.agent.content needs textstat for readability scores: "
+            "pip install 'contractspec-agent[content]'"
+        ) from exc
+    return textstat
+
 
 __all__ = ["SeoCheck", "SeoReport", "SeoThresholds", "seo_report"]
 
@@ -261,6 +273,7 @@ def _present(draft: SocialPosts, brief: ContentBrief) -> SeoCheck:
 
 
 def _readability(text: str, max_grade: float) -> SeoCheck:
+    textstat = _textstat()
     ari = float(textstat.automated_readability_index(text))
     cli = float(textstat.coleman_liau_index(text))
     ok = ari <= max_grade
