@@ -9,10 +9,12 @@ unique_key, timestamp, window_start`, value as `NUMERIC(36, 6)` on PostgreSQL an
 micro-units on SQLite, a unique `(org_id, id)`):
 
 * **ours**: `UsageEvent(...)` per record (validation), `Metering.record_many(batch)` on
-  `SqlMeteringStore` (per 500 rows: PostgreSQL `INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO
-  NOTHING RETURNING id` then a read of the duplicates; SQLite a read of the ids already stored
-  (one JSON array parameter, `json_each`) then an executemany `INSERT`; so each caller gets the stored event back), then `Metering.usage(meter, org,
-  start, end)` (`GROUP BY subject, window_start`). The meter has no limits, so no quota counters
+  `SqlMeteringStore` (PostgreSQL: one statement per batch, the rows as one JSON parameter,
+  `INSERT … SELECT FROM jsonb_array_elements(…) ON CONFLICT DO NOTHING RETURNING org_id, id`
+  and in the same statement the stored rows of the duplicates; SQLite, per 500 rows: a read of
+  the ids already stored (one JSON array parameter, `json_each`) then an executemany `INSERT`;
+  so each caller gets the stored event back), then `Metering.usage(meter, org, start, end)`
+  (`GROUP BY subject, window_start`). The meter has no limits, so no quota counters
   are written (they would be one extra upsert per window and batch).
 * **baseline**: hand-written SQLAlchemy Core on a table of the same shape (`bench_usage`): per
   batch, in `engine.begin()`, row dicts (window start computed in Python) sent with

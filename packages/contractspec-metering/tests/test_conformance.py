@@ -290,3 +290,63 @@ async def test_record_many_stores_new_events_once_and_counts_only_them(app: App)
     ]
     assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 10
     assert await app.store.total(tokens, "org-1", DAY, DAY + timedelta(days=1)) == 10
+
+
+async def test_record_many_round_trips_every_field_exactly(app: App) -> None:
+    """Text with quotes, backslashes, commas, braces and non-ASCII, `None`s, 6 decimal places,
+    large and exponent-form values and microsecond timestamps come back (from a later call, as
+    duplicates) exactly as recorded; more events than one statement's chunk (6,001) all land."""
+    odd = 'a "q" \\ b,{c} é 漢 \u2028 \t\n'
+    events = [
+        UsageEvent(
+            id=f"{odd}-{n}",
+            org_id=f"org-{odd}",
+            user_id=None if n % 2 else odd,
+            subject=odd,
+            meter=active_users.key,
+            value=Decimal(v),
+            timestamp=T0 + timedelta(microseconds=123457 * n),
+            unique_key=f"k-{odd}-{n}",
+        )
+        for n, v in enumerate(["0.000001", "1234567890.654321", "1E+3", "7"])
+    ]
+    tx = await app.store.unit_of_work.begin()
+    first = await app.store.record_many(tx, events, active_users)
+    await tx.commit()
+    tx = await app.store.unit_of_work.begin()
+    again = await app.store.record_many(tx, [*reversed(events)], active_users)
+    await tx.commit()
+    assert first == events
+    assert again == [*reversed(events)]
+    assert again[1].value == Decimal(1000)
+    many = [ev(n, at=T0 + timedelta(seconds=n)) for n in range(6001)]
+    tx = await app.store.unit_of_work.begin()
+    out = await app.store.record_many(tx, [*many, many[0], many[-1]], tokens, [Window.DAY])
+    await tx.commit()
+    assert out == [*many, many[0], many[-1]]
+    assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 6001
+
+
+async def test_record_many_waits_for_a_concurrent_duplicate_and_returns_the_stored_one(
+    app: App,
+) -> None:
+    """A batch holding an id another open transaction is recording waits for it, then returns
+    that transaction's event (committed after the batch's statement began) and counts only its
+    own new events."""
+    tx1 = await app.store.unit_of_work.begin()
+    await app.store.record_many(tx1, [ev(1, value=3)], tokens, [Window.DAY])
+
+    async def second() -> list[UsageEvent]:
+        tx2 = await app.store.unit_of_work.begin()  # SQLite: waits here for the writer lock
+        out = await app.store.record_many(
+            tx2, [ev(2, value=5), ev(1, value=99)], tokens, [Window.DAY]
+        )
+        await tx2.commit()
+        return out
+
+    task = asyncio.create_task(second())
+    await asyncio.sleep(0.1)
+    assert not task.done()  # waits for tx1 (PostgreSQL: on the unique index)
+    await tx1.commit()
+    assert [(e.id, e.value) for e in await task] == [("u2", Decimal(5)), ("u1", Decimal(3))]
+    assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 8
