@@ -106,3 +106,69 @@ def test_short_secret_is_refused(tmp_path: object) -> None:
 
     with pytest.raises(ConfigurationError, match="32 bytes"):
         Files(storage=LocalFileStorage(f"{tmp_path}/b"), store=MemoryFileStore(), secret="short")
+
+
+def test_a_narrowed_slot_is_registered_as_a_new_version_beside_the_old(tmp_path: object) -> None:
+    """Narrowing a slot in place is breaking and the diff advises `@2`; `version=2` registered
+    beside `@1` puts both in the IR, the diff reports `@2` as a new version (no narrowing, no
+    breaking change), and `attachment_slots` gives `Files` the newest one."""
+    from contractspec.core.diff import diff_ir
+    from contractspec.files import attachment_slot, attachment_slots
+
+    v1 = define_attachment_slot(
+        project, "contracts", media_types=["application/pdf", "image/*"], max_size=1000
+    )
+    narrowed = define_attachment_slot(
+        project, "contracts", media_types=["application/pdf"], max_size=500
+    )
+    v2 = define_attachment_slot(
+        project, "contracts", media_types=["application/pdf"], max_size=500, version=2
+    )
+    assert (v1.ref, v2.ref) == ("project.contracts@1", "project.contracts@2")
+    old = SpecRegistry(project, v1)
+    in_place = diff_ir(old.to_ir(), SpecRegistry(project, narrowed).to_ir())
+    assert "attachment-slot-narrowed" in {c.rule for c in in_place.changes}
+    advice = next(c for c in in_place.changes if c.rule == "breaking-change-without-version-bump")
+    assert "project.contracts@2" in advice.message
+
+    registry = SpecRegistry(project, v1, v2)
+    ir = registry.to_ir()
+    assert [(s["name"], s["version"], s["max_size"]) for s in ir["specs"]["attachment_slot"]] == [
+        ("project.contracts", 1, 1000),
+        ("project.contracts", 2, 500),
+    ]
+    changes = diff_ir(old.to_ir(), ir).changes
+    assert [(c.rule, c.spec, c.severity.value) for c in changes] == [
+        ("spec-added", "project.contracts@2", "info")
+    ]
+    assert "new version (previous: @1)" in changes[0].message
+
+    assert attachment_slots(registry) == [v2]
+    files = Files(
+        storage=LocalFileStorage(f"{tmp_path}/b"), store=MemoryFileStore(), secret=SECRET,
+        slots=attachment_slots(registry),
+    )  # fmt: skip
+    register_file_operations(registry, files)
+    assert files.slot("project.contracts") == v2
+    assert {s.version for s in registry.specs("attachment_slot")} == {1, 2}
+
+    declared = define_entity(
+        "folder",
+        fields={"id": str},
+        attachments=[attachment_slot("scans", media_types=["image/png"], max_size=9, version=3)],
+    )
+    assert [s.ref for s in SpecRegistry(declared).specs("attachment_slot")] == ["folder.scans@3"]
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "2", 1.0])
+def test_a_bad_slot_version_names_the_field(version: object) -> None:
+    """version must be a positive integer: SpecDefinitionError with field `version`."""
+    with pytest.raises(SpecDefinitionError, match="version must be a positive integer") as info:
+        define_attachment_slot(
+            project,
+            "docs",
+            media_types=["application/pdf"],
+            max_size=10,
+            version=version,  # type: ignore[arg-type]
+        )
+    assert info.value.details["field"] == "version"

@@ -215,6 +215,7 @@ def define_attachment_slot(
     legal_hold: bool = False,
     archive_limits: ArchiveLimits | None = None,
     description: str = "",
+    version: int = 1,
 ) -> AttachmentSlot:
     """Declare that `entity` accepts files in the slot `name`.
 
@@ -233,13 +234,17 @@ def define_attachment_slot(
         legal_hold: New files start under legal hold.
         archive_limits: Zip-bomb limits; defaults to `ArchiveLimits()` when a zip type is allowed.
         description: Reference-doc paragraph.
+        version: The slot's version (`project.contracts@2`). A slot that accepts less than
+            before (a media type dropped, a smaller size or count) is a breaking change for
+            uploaders: keep `@1` registered beside `@2` for a release, as the spec diff advises;
+            `attachment_slots` hands `Files` the newest version of each slot.
 
     Returns:
         A frozen `AttachmentSlot`; register it in your `SpecRegistry`.
 
     Raises:
-        SpecDefinitionError: Bad slot name, media type, size, count or permission, or an entity
-            that is not tenant-scoped.
+        SpecDefinitionError: Bad slot name, media type, size, count, permission or version, or
+            an entity that is not tenant-scoped.
     """
     if isinstance(entity, EntitySpec):
         if not entity.tenant_scoped:
@@ -288,6 +293,11 @@ def define_attachment_slot(
             f"{where}: max_count must be a positive integer or None, got {max_count!r}",
             details={"field": "max_count"},
         )
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SpecDefinitionError(
+            f"{where}: version must be a positive integer (1, 2, ...), got {version!r}",
+            details={"field": "version"},
+        )
     if retention is not None and not isinstance(retention, Retention):
         raise SpecDefinitionError(
             f"{where}: retention must be Retention(days=..., action=...) or None",
@@ -306,6 +316,7 @@ def define_attachment_slot(
         legal_hold=bool(legal_hold),
         archive_limits=archive_limits or ArchiveLimits(),
         description=description,
+        version=version,
     )
 
 
@@ -348,6 +359,7 @@ def attachment_slot(
     legal_hold: bool = False,
     archive_limits: ArchiveLimits | None = None,
     description: str = "",
+    version: int = 1,
 ) -> SlotDeclaration:
     """Declare an attachment slot inside `define_entity(..., attachments=[...])`.
 
@@ -369,15 +381,20 @@ def attachment_slot(
         "legal_hold": legal_hold,
         "archive_limits": archive_limits,
         "description": description,
+        "version": version,
     }
     define_attachment_slot("entity", name, **options)  # validates now, with the same messages
     return SlotDeclaration(name, options)
 
 
 def attachment_slots(registry: SpecRegistry) -> list[AttachmentSlot]:
-    """Every attachment slot registered in `registry` (declared with `define_attachment_slot`
-    or with an entity's `attachments=`), sorted by name: pass them to `Files(slots=...)`."""
-    return sorted(
-        (s for s in registry.specs("attachment_slot") if isinstance(s, AttachmentSlot)),
-        key=lambda s: s.name,
-    )
+    """The attachment slots registered in `registry` (declared with `define_attachment_slot`
+    or with an entity's `attachments=`), sorted by name: pass them to `Files(slots=...)`.
+
+    Of a slot registered in several versions (`project.contracts@1` and `@2`), the newest:
+    uploads follow its rules, files stored earlier stay attached to the same slot name."""
+    newest: dict[str, AttachmentSlot] = {}
+    for s in registry.specs("attachment_slot"):  # sorted by name, then version
+        if isinstance(s, AttachmentSlot):
+            newest[s.name] = s
+    return [newest[name] for name in sorted(newest)]
