@@ -519,6 +519,12 @@ class JetStreamSubscriber:
             0.02): the longest a message that has arrived waits for its batch to fill.
         handler_timeout: Seconds a handler may run before it is cancelled and counts as failed.
         clock: Time source for dead letters.
+        bind: `True`: the durable consumer already exists (an admin created it with
+            `js.add_consumer(stream.name, subscriber.consumer_config())`); `start` only checks
+            that it exists with this subscriber's filter and binds to it, never creates or
+            updates it. For tenant credentials that may only read their own consumer (see
+            "Tenant isolation" in the scaling-out docs); needs publish permission for
+            `$JS.API.CONSUMER.INFO.<stream>.<durable>`.
 
     Raises:
         ConfigurationError: Invalid names or numbers, or neither `org_id` nor `all_orgs`.
@@ -544,6 +550,7 @@ class JetStreamSubscriber:
         linger: float = 0.02,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        bind: bool = False,
     ) -> None:
         _check_name(durable, "durable")
         if not callable(handler):
@@ -590,6 +597,11 @@ class JetStreamSubscriber:
         self.handler_timeout = float(handler_timeout)
         self.clock: Clock = clock or SystemClock()
         self.stats = SubscriberStats()
+        if not isinstance(bind, bool):
+            raise ConfigurationError(
+                f"bind must be True or False, got {bind!r}", details={"field": "bind"}
+            )
+        self.bind = bind
         self._rng = rng or random.Random()
         names = tuple(events) or stream.events
         token = "*" if org_id is None else org_token(org_id)
@@ -623,8 +635,23 @@ class JetStreamSubscriber:
         )
 
     async def start(self) -> None:
-        """Create or update the durable consumer and bind to it (idempotent)."""
+        """Create or update the durable consumer and bind to it (idempotent).
+
+        With `bind=True`, only check that the consumer exists with this subscriber's filter,
+        then bind to it.
+
+        Raises:
+            ConfigurationError: JetStream refused the consumer; with `bind=True`, the consumer
+                does not exist or filters other subjects than this subscriber.
+            nats.errors.TimeoutError: No answer; also what a request the credentials may not
+                publish gives (the server reports the permissions violation to the connection's
+                `error_cb`).
+        """
         if self._sub is not None:
+            return
+        if self.bind:
+            await self._check_bound_consumer()
+            self._sub = await self.js.pull_subscribe_bind(self.durable, self.stream.name)
             return
         try:
             await self.js.add_consumer(self.stream.name, self.consumer_config())
@@ -636,6 +663,29 @@ class JetStreamSubscriber:
                 details={"field": "durable"},
             ) from exc
         self._sub = await self.js.pull_subscribe_bind(self.durable, self.stream.name)
+
+    async def _check_bound_consumer(self) -> None:
+        create = (
+            f"create it with admin credentials: await js.add_consumer({self.stream.name!r}, "
+            "subscriber.consumer_config())"
+        )
+        try:
+            info = await self.js.consumer_info(self.stream.name, self.durable)
+        except nats.js.errors.NotFoundError:
+            raise ConfigurationError(
+                f"bind=True but JetStream has no consumer {self.durable!r} on stream "
+                f"{self.stream.name!r}: {create}",
+                details={"field": "durable"},
+            ) from None
+        config = info.config
+        found = sorted(config.filter_subjects or ([config.filter_subject or ">"]))
+        if found != sorted(self.filter_subjects):
+            raise ConfigurationError(
+                f"consumer {self.durable!r} on {self.stream.name!r} filters {found}, this "
+                f"subscriber expects {sorted(self.filter_subjects)}: delete the consumer and "
+                f"{create}",
+                details={"field": "durable"},
+            )
 
     async def stop(self) -> None:
         """Unbind (the durable consumer and its unacked messages stay on the server)."""
