@@ -195,6 +195,7 @@ async def test_an_org_a_user_consumes_org_a_through_a_consumer_the_admin_created
     assert sub.stats.handled == 3
     assert sub.stats.dead_lettered == 0
     assert clients.errors["org-a"] == []  # the set is sufficient: nothing refused
+    assert clients.errors["relay"] == []  # so is the relay's: it published all 15
     info = await (await clients.js("admin")).consumer_info(STREAM.name, "billing-org-a")
     assert (info.num_pending, info.num_ack_pending, info.ack_floor.stream_seq) == (0, 0, 3)
     await sub.stop()
