@@ -12,8 +12,9 @@ micro-units on SQLite, a unique `(org_id, id)`):
   `SqlMeteringStore` (PostgreSQL: one statement per batch, the rows as one JSON parameter,
   `INSERT … SELECT FROM jsonb_array_elements(…) ON CONFLICT DO NOTHING RETURNING org_id, id`
   and in the same statement the stored rows of the duplicates; SQLite, per 500 rows: a read of
-  the ids already stored (one JSON array parameter, `json_each`) then an executemany `INSERT`;
-  so each caller gets the stored event back), then `Metering.usage(meter, org, start, end)`
+  the ids already stored (one JSON array parameter, `json_each`), the others buffered as plain
+  inserts that the unit of work writes with one driver executemany before the next statement or
+  the commit; so each caller gets the stored event back), then `Metering.usage(meter, org, start, end)`
   (`GROUP BY subject, window_start`). The meter has no limits, so no quota counters
   are written (they would be one extra upsert per window and batch).
 * **baseline**: hand-written SQLAlchemy Core on a table of the same shape (`bench_usage`): per

@@ -295,7 +295,8 @@ async def test_record_many_stores_new_events_once_and_counts_only_them(app: App)
 async def test_record_many_round_trips_every_field_exactly(app: App) -> None:
     """Text with quotes, backslashes, commas, braces and non-ASCII, `None`s, 6 decimal places,
     large and exponent-form values and microsecond timestamps come back (from a later call, as
-    duplicates) exactly as recorded; more events than one statement's chunk (6,001) all land."""
+    duplicates) exactly as recorded; more events than one statement's chunk (6,001) all land,
+    and a second call in the same transaction sees the first one's rows as duplicates."""
     odd = 'a "q" \\ b,{c} é 漢 \u2028 \t\n'
     events = [
         UsageEvent(
@@ -322,9 +323,17 @@ async def test_record_many_round_trips_every_field_exactly(app: App) -> None:
     many = [ev(n, at=T0 + timedelta(seconds=n)) for n in range(6001)]
     tx = await app.store.unit_of_work.begin()
     out = await app.store.record_many(tx, [*many, many[0], many[-1]], tokens, [Window.DAY])
+    # the same transaction again: its own rows of the first call are the duplicates now
+    late = ev(9999, value=7, at=T0)
+    again_in_tx = [ev(6000, value=50), late, ev(0, value=50)]
+    assert await app.store.record_many(tx, again_in_tx, tokens, [Window.DAY]) == [
+        many[6000],
+        late,
+        many[0],
+    ]
     await tx.commit()
     assert out == [*many, many[0], many[-1]]
-    assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 6001
+    assert await app.store.counter("org-1", "llm.tokens", Window.DAY, DAY) == 6001 + 7
 
 
 async def test_record_many_waits_for_a_concurrent_duplicate_and_returns_the_stored_one(

@@ -345,7 +345,9 @@ class MemoryMeteringStore:
         #: (org_id, id) -> event, in arrival (commit) order: a key is inserted once and never
         #: removed, so the dict's insertion order is the arrival sequence (no per-event tuple)
         self._events: dict[tuple[str, str], UsageEvent] = {}
-        self._counters: dict[tuple[str, str, Window, datetime], Decimal] = {}
+        #: (org_id, meter, window value, window start) -> committed total; the window as its
+        #: text (`"month"`): hashing the enum member runs Python code (`Enum.__hash__`)
+        self._counters: dict[tuple[str, str, str, datetime], Decimal] = {}
         self._claims: dict[tuple[object, ...], _Claim] = {}
         self._plans: dict[str, PlanAssignment] = {}
         self._info_key = f"contractspec.metering.memory.{id(self)}"
@@ -406,7 +408,7 @@ class MemoryMeteringStore:
             return Recorded(claim.event, False)
         claim.event = event
         amount = counted(event, meter)
-        raised: list[tuple[tuple[str, str, Window, datetime], _Claim]] = []
+        raised: list[tuple[tuple[str, str, str, datetime], _Claim]] = []
 
         def undo() -> None:
             claim.event = None
@@ -416,7 +418,7 @@ class MemoryMeteringStore:
         tx.add_undo(undo)
         for counter in counters:
             start, _ = window_bounds(counter.window, event.timestamp)
-            ckey = (event.org_id, meter.key, counter.window, start)
+            ckey = (event.org_id, meter.key, counter.window.value, start)
             cclaim = self._try_claim(tx, ("counter", *ckey))
             if not isinstance(cclaim, _Claim):
                 cclaim = await self._claim(tx, ("counter", *ckey), f"the {meter.key} quota counter")
@@ -455,7 +457,8 @@ class MemoryMeteringStore:
         tx: Transaction | None = None,
     ) -> Decimal:
         """See `MeteringStore.counter`."""
-        return clean_decimal(self._counters.get((org_id, meter, window, window_start), Decimal(0)))
+        kind = window.value if type(window) is Window else Window(window).value
+        return clean_decimal(self._counters.get((org_id, meter, kind, window_start), _ZERO))
 
     async def get(self, org_id: str, id: str) -> UsageEvent | None:
         """See `MeteringStore.get`."""
