@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from datetime import timedelta
 from typing import IO, Any, Final
 
@@ -43,6 +43,7 @@ from contractspec.core import (
 )
 from contractspec.core._log import get_logger
 from contractspec.core.ports import Clock
+from contractspec.files._pipe import ThreadPipe
 from contractspec.files.errors import (
     DownloadLinkError,
     FileTooLargeError,
@@ -68,6 +69,8 @@ _log = get_logger(__name__)
 BLOB_PREFIX: Final = "blobs/"
 #: Chunks at least this large are hashed in a worker thread, overlapping the storage write.
 _THREAD_HASH_BYTES: Final = 256 * 1024
+#: Bytes the hasher thread may lag behind the stream (memory per upload stays flat).
+_HASH_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _UPLOAD_SALT: Final = "contractspec.files.upload"
 _DOWNLOAD_SALT: Final = "contractspec.files.download"
 #: Media types that browsers render and a polyglot could abuse; never accepted with an image one.
@@ -193,16 +196,22 @@ class _Streamer:
             self.spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Files.stage
             self.spool.write(head)
 
-    async def run(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        """Yield the chunks after checking them; SHA-256 of a large chunk runs in a worker thread
-        while the storage writes it (hashlib releases the GIL above 2 KiB), so hashing and
-        writing overlap instead of adding up."""
+    async def run(self, chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
+        """Yield the chunks after checking them. SHA-256 runs in a worker thread fed by a
+        `ThreadPipe` (in order, at most `_HASH_AHEAD_BYTES` behind) while the storage writes the
+        same chunks in its own thread: hashlib and file writes release the GIL, so on two cores
+        hashing and writing overlap instead of adding up. Chunks under `_THREAD_HASH_BYTES` are
+        hashed inline when the hasher is idle (a thread hop costs more)."""
         limit = self.slot.max_size
-        hashing: asyncio.Future[None] | None = None
+        hasher = ThreadPipe(
+            self.sha.update, max_bytes=_HASH_AHEAD_BYTES, inline_below=_THREAD_HASH_BYTES
+        )
         try:
             async for chunk in chunks:
                 if not chunk:
                     continue
+                if type(chunk) is not bytes:  # hashed later: a caller's buffer may change
+                    chunk = bytes(chunk)
                 self.size += len(chunk)
                 if self.size > limit:
                     raise FileTooLargeError(
@@ -210,13 +219,6 @@ class _Streamer:
                         f"{self.slot.name}",
                         details={"field": "file", "max_size": limit},
                     )
-                if hashing is not None:
-                    await hashing
-                    hashing = None
-                if len(chunk) >= _THREAD_HASH_BYTES:
-                    hashing = asyncio.ensure_future(asyncio.to_thread(self.sha.update, chunk))
-                else:
-                    self.sha.update(chunk)
                 if self.media_type is None:
                     taken = SNIFF_BYTES - len(self.head)
                     self.head += chunk[:taken]
@@ -226,12 +228,14 @@ class _Streamer:
                             self.spool.write(chunk[taken:])
                 elif self.spool is not None:
                     self.spool.write(chunk)
+                await hasher.feed(chunk)
                 yield chunk
             if self.media_type is None:
                 self._sniff()
-        finally:
-            if hashing is not None:
-                await asyncio.shield(hashing)
+            await hasher.close()
+        except BaseException:
+            await asyncio.shield(hasher.abort())
+            raise
 
 
 class Files:
@@ -361,8 +365,12 @@ class Files:
         key = f"{BLOB_PREFIX}{file_id}"
         name = safe_filename(filename)
         streamer = _Streamer(the_slot, content_type, name, spool=the_slot.accepts_archives)
+        stream = streamer.run(chunks)
         try:
-            await self.storage.put(key, streamer.run(chunks))
+            try:
+                await self.storage.put(key, stream)
+            finally:
+                await stream.aclose()  # stops the hasher if the storage gave up first
             if streamer.spool is not None:
                 spool = streamer.spool
                 spool.seek(0)

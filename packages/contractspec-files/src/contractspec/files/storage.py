@@ -30,12 +30,13 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Final, Protocol, runtime_checkable
 
 import anyio
 from attrs import define
 
 from contractspec.core import ConfigurationError, NotFoundError, SpecValidationError
+from contractspec.files._pipe import ThreadPipe
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -50,6 +51,8 @@ __all__ = [
 DEFAULT_CHUNK_SIZE: Final = 1024 * 1024
 _KEY_SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}\Z")
 _TMP_PREFIX: Final = ".cs-upload-"
+#: Bytes `LocalFileStorage.put` lets wait for its writer thread (memory per upload stays flat).
+_WRITE_AHEAD_BYTES: Final = 4 * 1024 * 1024
 
 
 @define(frozen=True)
@@ -166,24 +169,53 @@ class LocalFileStorage:
         return target
 
     async def put(self, key: str, chunks: AsyncIterable[bytes]) -> int:
-        """See `FileStorage.put`."""
+        """See `FileStorage.put`.
+
+        Chunks are written in a worker thread while the next ones arrive (at most
+        `_WRITE_AHEAD_BYTES` queued; see `ThreadPipe`); opening, fsync, closing and the rename run
+        in one thread call each side of the stream.
+        """
         target = self.path(key)
-        await anyio.to_thread.run_sync(lambda: target.parent.mkdir(parents=True, exist_ok=True))
         tmp = target.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-        size = 0
-        handle = await anyio.open_file(tmp, "xb")
-        try:
-            async with handle:
-                async for chunk in chunks:
-                    await handle.write(chunk)
-                    size += len(chunk)
+
+        def open_tmp() -> BinaryIO:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return open(tmp, "xb")  # closed by finish() or discard()
+
+        def finish() -> None:
+            with handle:
                 if self.fsync:
-                    await handle.flush()
-                    await anyio.to_thread.run_sync(os.fsync, handle.wrapped.fileno())
-            await anyio.to_thread.run_sync(os.replace, tmp, target)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, target)
+
+        def discard() -> None:
+            try:
+                handle.close()
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        handle = await anyio.to_thread.run_sync(open_tmp)
+        size = 0
+        try:
+            pipe = ThreadPipe(handle.write, max_bytes=_WRITE_AHEAD_BYTES)
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    if type(chunk) is not bytes:  # a caller's buffer may change once we return
+                        chunk = bytes(chunk)
+                    size += len(chunk)
+                    await pipe.feed(chunk)
+                await pipe.close()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await pipe.abort()
+                raise
+            await anyio.to_thread.run_sync(finish)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+                await anyio.to_thread.run_sync(discard)
             raise
         return size
 
