@@ -158,7 +158,9 @@ _PG_CHUNK = 5000
 #: arrays (`json.dumps` in C; psycopg's text array dumper quoted each element with a regex, a
 #: third of the call's CPU), `ON CONFLICT DO NOTHING` inserts the new ones and returns their ids,
 #: and the same statement returns the rows already stored among them (a data-modifying CTE's
-#: outer query reads the statement's snapshot, taken before the insert: the duplicates only). A
+#: outer query reads the statement's snapshot, taken before the insert: the duplicates only),
+#: looked up by index (`LATERAL … LIMIT 1`: a plan that does not depend on the table's size or
+#: statistics) for the rows the insert did not return only (a hashed `NOT IN` over its keys). A
 #: duplicate committed by another transaction after that snapshot is in neither part; the caller
 #: reads those again (`_stored`).
 _PG_RECORD_MANY = text(
@@ -175,7 +177,8 @@ _PG_RECORD_MANY = text(
     "UNION ALL "
     "SELECT false, e.* FROM input AS i CROSS JOIN LATERAL (SELECT e.org_id, e.id, e.meter, "
     'e.subject, e.user_id, e.value, e.unique_key, e."timestamp" FROM cs_usage_events AS e '
-    "WHERE e.org_id = i.org_id AND e.id = i.id LIMIT 1) AS e"
+    "WHERE e.org_id = i.org_id AND e.id = i.id LIMIT 1) AS e "
+    "WHERE (i.org_id, i.id) NOT IN (SELECT org_id, id FROM ins)"
 ).columns(
     column("new", Boolean()),
     *(
