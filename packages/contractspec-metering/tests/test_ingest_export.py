@@ -154,3 +154,31 @@ async def test_invoice_prices_the_period_with_the_org_plan(app: App) -> None:
         await app.metering.invoice("org-2", start, end)
     with pytest.raises(SpecValidationError, match="must end after"):
         await app.metering.invoice("org-1", end, start)
+
+
+@pytest.mark.parametrize("value", ["9223372036855", "-9223372036855", "1" + "0" * 29])
+async def test_a_value_the_backend_cannot_hold_is_refused_naming_the_field(
+    app: App, value: str
+) -> None:
+    """SQLite stores values as 64-bit integer micro-units (|value| < 9.22e12): a larger value is
+    a SpecValidationError naming `value` there (it was a bare OverflowError from the driver),
+    nothing is stored, and the next event still records. PostgreSQL's NUMERIC(36, 6) and the
+    memory store hold values up to 30 integer digits."""
+    big = UsageEvent(
+        id="big", org_id="org-1", user_id=None, subject="p1", meter="llm.tokens",
+        value=Decimal(value), timestamp=T0,
+    )  # fmt: skip
+    fits = app.kind != "sqlite" and len(value.lstrip("-")) <= 30
+    if fits:
+        assert (await app.metering.record(big)).value == Decimal(value)
+    else:
+        with pytest.raises(SpecValidationError) as caught:
+            await app.metering.record(big)
+        assert caught.value.details["field"] == "value"
+        assert "SQLite" in caught.value.message
+        assert await app.store.get("org-1", "big") is None
+    small = UsageEvent(
+        id="small", org_id="org-1", user_id=None, subject="p1", meter="llm.tokens",
+        value=Decimal("9223372036854.775807"), timestamp=T0,
+    )  # fmt: skip
+    assert (await app.metering.record(small)).value == Decimal("9223372036854.775807")

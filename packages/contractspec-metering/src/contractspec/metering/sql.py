@@ -59,7 +59,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contractspec.core import Transaction
+from contractspec.core import SpecValidationError, Transaction
 from contractspec.core.sql import (
     DecimalType,
     SqlTransaction,
@@ -93,6 +93,9 @@ __all__ = [
 metadata = new_metadata()
 
 _Value = DecimalType(36, 6)
+
+#: The largest usage value SQLite can store (values are 64-bit integer micro-units there).
+SQLITE_MAX_VALUE = Decimal(2**63 - 1).scaleb(-6)
 _AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
 #: `window_start` of a gauge's lock row (`lock_gauge`).
 _GAUGE_LOCK_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -335,8 +338,16 @@ class SqlMeteringStore:
         stx = sql_transaction(tx, "SqlMeteringStore")
         stx.check_writable("recording usage")
         first: dict[tuple[str, str], UsageEvent] = {}
+        sqlite = stx.dialect == "sqlite"
         for event in events:
             check_event(event, meter)
+            if sqlite and not -SQLITE_MAX_VALUE <= event.value <= SQLITE_MAX_VALUE:
+                raise SpecValidationError(
+                    f"usage event {event.id}: value {event.value} does not fit SQLite's storage "
+                    f"(64-bit integer micro-units, at most {SQLITE_MAX_VALUE} in magnitude); use "
+                    "a larger unit for this meter, or PostgreSQL (NUMERIC(36, 6))",
+                    details={"field": "value", "id": event.id},
+                )
             first.setdefault((event.org_id, event.id), event)
         insert = _insert(stx.dialect)
         start_of = _WINDOW_START[meter.window]
