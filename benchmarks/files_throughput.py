@@ -12,7 +12,13 @@ What is measured (both sides in one process, same machine, same moment, same byt
     written to a temporary file and renamed into place, signed token;
   - peer upload: `open(path, "wb")` + `write` per chunk in a worker thread (anyio), no hashing;
   - peer+sha256 upload: the same plus `hashlib.sha256().update(chunk)` inline (equal work: the
-    SHA-256 ours must record costs about 1 ms per MiB on its own);
+    SHA-256 ours must record; hashing and writing add up there);
+  - SHA-256 alone: `hashlib.sha256().update(chunk)` over the same chunks, no I/O. With the bare
+    write it gives the bound: an upload that records a SHA-256 cannot beat
+    min(hash, write) / write of the bare write, even with hashing and writing overlapped;
+  - overlap: SHA-256 in one bare thread and `write()` in another, at the same time (no event
+    loop, no checks): what overlapping can buy with the cores free at that moment (on a busy
+    shared machine it is no faster, even slower, than hashing then writing in one thread);
   - ours download: `LocalFileStorage.get` (1 MiB chunks, async file I/O);
   - peer download: `open(path, "rb")` + `read(1 MiB)` in a worker thread.
 * S3 (a real moto server on localhost, in a thread of this process), same bytes:
@@ -26,8 +32,11 @@ What is measured (both sides in one process, same machine, same moment, same byt
   through `LocalFileStorage.get`; the same child first does the same with 64 MiB. Peak RSS
   (VmHWM of /proc/self/status) after each phase shows whether memory grows with file size.
 
-Printed: median MB/s (1 MB = 10^6 bytes) over ROUNDS rounds per side, ratio ours/peer, and the
-RSS figures.
+The sides run one after the other in every round, in reverse order every other round; each peer
+write goes to a fresh file, as ours does (a temporary file renamed into place).
+
+Printed: median MB/s (1 MB = 10^6 bytes) over ROUNDS rounds per side, ratio ours/peer, the range of
+each side, the load average (the machine is shared), and the RSS figures.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,15 @@ SLOT = define_attachment_slot(
 )
 
 
+def sync_source(block: bytes, total: int) -> Iterator[bytes]:
+    """The chunks of `source`, for plain threads."""
+    sent = 0
+    while sent < total:
+        piece = block[: total - sent]
+        sent += len(piece)
+        yield piece
+
+
 async def source(block: bytes, total: int) -> AsyncIterator[bytes]:
     """`total` bytes made of repetitions of `block` (constant memory)."""
     sent = 0
@@ -86,7 +104,9 @@ async def timed(fn: Any) -> float:
     return time.perf_counter() - started
 
 
-async def local_round(files: Files, root: Path, block: bytes, size: int) -> dict[str, float]:
+async def local_round(
+    files: Files, root: Path, block: bytes, size: int, flip: bool = False
+) -> dict[str, float]:
     storage = files.storage
     assert isinstance(storage, LocalFileStorage)
     peer_path = root / f"peer-{uuid.uuid4().hex}"
@@ -111,6 +131,26 @@ async def local_round(files: Files, root: Path, block: bytes, size: int) -> dict
                 await handle.write(chunk)
         sha.hexdigest()
 
+    async def hash_only() -> None:
+        sha = hashlib.sha256()
+        async for chunk in source(block, size):
+            sha.update(chunk)
+        sha.hexdigest()
+
+    async def overlap_up() -> None:
+        def hash_all() -> None:
+            sha = hashlib.sha256()
+            for chunk in sync_source(block, size):
+                sha.update(chunk)
+            sha.hexdigest()
+
+        def write_all() -> None:
+            with open(peer_path, "wb") as handle:
+                for chunk in sync_source(block, size):
+                    handle.write(chunk)
+
+        await asyncio.gather(asyncio.to_thread(hash_all), asyncio.to_thread(write_all))
+
     async def ours_down() -> None:
         n = 0
         async for chunk in storage.get(staged[-1]):
@@ -125,13 +165,21 @@ async def local_round(files: Files, root: Path, block: bytes, size: int) -> dict
                 n += len(chunk)
         assert n == size
 
-    result = {
-        "ours_up": await timed(ours_up),
-        "peer_up": await timed(peer_up),
-        "peerhash_up": await timed(peer_hash_up),
-        "ours_down": await timed(ours_down),
-        "peer_down": await timed(peer_down),
-    }
+    sides: list[tuple[str, Any]] = [
+        ("ours_up", ours_up),
+        ("peer_up", peer_up),
+        ("peerhash_up", peer_hash_up),
+        ("hash_only", hash_only),
+        ("overlap_up", overlap_up),
+    ]
+    result: dict[str, float] = {}
+    for name, fn in reversed(sides) if flip else sides:  # alternate the order between rounds
+        if name in ("peer_up", "peerhash_up", "overlap_up"):
+            peer_path.unlink(missing_ok=True)
+        result[name] = await timed(fn)
+    downs = [("ours_down", ours_down), ("peer_down", peer_down)]
+    for name, fn in reversed(downs) if flip else downs:
+        result[name] = await timed(fn)
     await storage.delete(staged[-1])
     peer_path.unlink()
     return result
@@ -194,6 +242,25 @@ def report(title: str, rounds: list[dict[str, float]], size: int) -> None:
                 f"  {label}: ours {ours:8.1f} MB/s   peer+sha256 {eq:8.1f} MB/s   ratio "
                 f"{ours / eq:5.2f}x  (equal work: the peer also hashes)"
             )
+        if what == "up" and "hash_only" in rounds[0]:
+            hashed = statistics.median(mbps(size, r["hash_only"]) for r in rounds)
+            bound = min(hashed, peer) / peer
+            print(
+                f"  bound   : SHA-256 alone {hashed:8.1f} MB/s, write alone {peer:8.1f} MB/s: an "
+                f"upload that hashes cannot beat {bound:4.2f}x of the bare write, even with "
+                "hashing and writing fully overlapped on two free cores"
+            )
+        if what == "up" and "overlap_up" in rounds[0]:
+            both = statistics.median(mbps(size, r["overlap_up"]) for r in rounds)
+            print(
+                f"  overlap : SHA-256 and write() in two bare threads at once {both:8.1f} MB/s "
+                f"(ours {ours / both:4.2f}x of it): what overlapping buys on this machine right now"
+            )
+        ranges = {k: [mbps(size, r[k]) for r in rounds] for k in rounds[0] if k.endswith(what)}
+        print(
+            "  ranges  : "
+            + ", ".join(f"{k} {min(v):.0f}-{max(v):.0f}" for k, v in sorted(ranges.items()))
+        )
 
 
 def s3_store() -> tuple[Any, Any]:
@@ -265,7 +332,8 @@ def main() -> None:
     size = args.size_mib * MIB
     block = os.urandom(MIB)
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, chunks 1 MiB, size {args.size_mib} MiB"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, chunks 1 MiB, size {args.size_mib} MiB, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, fsync off on both sides"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -277,7 +345,10 @@ def main() -> None:
 
         async def local() -> list[dict[str, float]]:
             await local_round(files, root, block, size)  # warm-up
-            return [await local_round(files, root, block, size) for _ in range(args.rounds)]
+            return [
+                await local_round(files, root, block, size, flip=i % 2 == 1)
+                for i in range(args.rounds)
+            ]
 
         report(
             "local filesystem: Files.stage/LocalFileStorage vs open()/write()",
@@ -320,6 +391,7 @@ def main() -> None:
                     print(
                         f"  after {int(parts[2]) / MIB:6.0f} MiB file: {int(parts[3]) / 1024:7.1f} MiB"
                     )
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
