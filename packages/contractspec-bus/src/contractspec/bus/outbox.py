@@ -152,13 +152,19 @@ class OutboxRelay:
         heartbeat: Seconds between renewals (default: a third of `lease`).
         retry: Backoff for rows whose delivery raised; past `max_attempts` they become `failed`.
         poll_interval: Seconds `run()` sleeps when there was nothing to deliver.
+        linger: Seconds `run()` waits after a batch that was not full before claiming the
+            next (0: claim again at once). A relay that has caught up with its writers
+            otherwise claims and marks a handful of rows at a time, two statements per
+            handful; lingering a few milliseconds lets rows gather into larger batches (fewer
+            statements and commits per event) at the cost of up to `linger` of latency.
         clock: Time source. Without one, lease times come from the database's clock (see
             `OutboxStore`); with one (a `FakeClock` in tests), from it.
 
     Raises:
         ConfigurationError: `batch_size` < 1, a non-positive `lease`, `heartbeat` or
-            `poll_interval`, a `heartbeat` not shorter than the lease, or a SQL outbox with a bus
-            whose dead letters are in memory.
+            `poll_interval`, a `heartbeat` not shorter than the lease, a negative `linger` or
+            one longer than `poll_interval`, or a SQL outbox with a bus whose dead letters are
+            in memory.
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class OutboxRelay:
         heartbeat: float | None = None,
         retry: RetryPolicy | None = None,
         poll_interval: float = 0.5,
+        linger: float = 0.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -188,6 +195,16 @@ class OutboxRelay:
             raise ConfigurationError(
                 f"poll_interval must be a positive number of seconds, got {poll_interval!r}",
                 details={"field": "poll_interval"},
+            )
+        if (
+            isinstance(linger, bool)
+            or not isinstance(linger, int | float)
+            or not 0 <= linger <= poll_interval
+        ):
+            raise ConfigurationError(
+                f"linger must be a number of seconds between 0 and poll_interval "
+                f"({poll_interval:g} s), got {linger!r}",
+                details={"field": "linger"},
             )
         seconds = lease.total_seconds()
         if heartbeat is None:
@@ -215,6 +232,7 @@ class OutboxRelay:
         self.margin = min(seconds / 10, 5.0)
         self.retry = retry or RetryPolicy(max_attempts=10, base_delay=1.0, max_delay=300.0)
         self.poll_interval = float(poll_interval)
+        self.linger = float(linger)
         self._lease_clock = clock
         self.clock: Clock = clock or SystemClock()
         self.stats = RelayStats()
@@ -386,6 +404,9 @@ class OutboxRelay:
             if delivered == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.poll_interval)
+            elif delivered < self.batch_size and self.linger > 0:  # caught up: let rows gather
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.linger)
 
 
 ConsumerFn = Callable[[EventEnvelope, Transaction], Awaitable[Any]]
