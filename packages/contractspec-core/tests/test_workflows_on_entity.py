@@ -19,7 +19,9 @@ from contractspec.core import (
     Backend,
     ConflictError,
     Executor,
+    HandlerContractError,
     HandlerCtx,
+    MemoryBackend,
     NotFoundError,
     RolePermissions,
     SpecDefinitionError,
@@ -40,6 +42,7 @@ from contractspec.core.workflows import (
     STEP_ENTITY,
     Approvals,
     WorkflowChange,
+    WorkflowInstance,
     move_record,
 )
 
@@ -311,7 +314,11 @@ async def test_a_transition_moves_the_record_in_one_update(
     moved = [r for r in stored.audit if r.action.startswith("t.ticket.flow.")]
     assert [(r.target_type, r.target_id) for r in moved] == [("t.ticket", "t1")] * 2
     assert [len(r.changes) for r in moved] == [1, 1]  # the record only: no instance, no step
-    assert moved[1].details["workflow"]["input"] == {"note": "ok", "on": "2026-03-04"}
+    # The step, compact: workflow, version, transition, input, comment (from → to is the change).
+    assert moved[0].details["workflow"] == ["t.ticket.flow", 1, "begin"]
+    assert moved[1].details["workflow"] == [
+        "t.ticket.flow", 1, "finish", {"note": "ok", "on": "2026-03-04"}, "shipped"
+    ]  # fmt: skip
 
 
 async def test_refusals_state_guard_auth_unknown_and_tenant(executor: Executor) -> None:
@@ -391,6 +398,62 @@ async def test_move_record_inside_an_app_command(executor: Executor, backend: Ba
     assert [(r.target_type, r.target_id, len(r.changes)) for r in moves] == [("t.ticket", "t1", 1)]
 
 
+async def test_the_instance_view_is_built_only_when_a_hook_reads_it() -> None:
+    """On an entity workflow `change.instance` is built on first read, once per move (set_fields
+    and the hook share it), as the record after the move seen as a `WorkflowInstance`; a move
+    whose hooks never read it builds none."""
+    seen: list[WorkflowChange] = []
+
+    def closing(c: HandlerCtx, change: WorkflowChange) -> dict[str, Any] | None:
+        seen.append(change)
+        return _closing(c, change)
+
+    def moved(c: HandlerCtx, change: WorkflowChange) -> None:
+        seen.append(change)
+        if change.comment == "peek":
+            assert isinstance(change.instance, WorkflowInstance)
+        _moved(c, change)
+
+    flow = ticket_flow(set_fields=closing, on_transition=moved)
+    registry = SpecRegistry(TICKET, TICKET_MOVED, flow, CREATE)
+    registry.bind(CREATE, create_ticket)
+    ex = Executor(registry, backend=MemoryBackend(), policy=POLICY, ids=SequentialIds("id"))
+    created = await ex.execute("t.ticket.create", {"id": "t1", "title": "Fix it"}, ctx(EMPLOYEE))
+    await ex.execute("t.ticket.flow.begin", {"instance_id": "t1"}, ctx(EMPLOYEE))
+    await ex.execute("t.ticket.flow.pause", {"instance_id": "t1", "comment": "peek"}, ctx(EMPLOYEE))
+    begin_fields, begin_hook, pause_fields, pause_hook = seen
+    assert begin_fields._instance is None  # never read: never built
+    assert begin_hook._instance is None
+    view = pause_hook._instance
+    assert view is not None
+    assert pause_fields.instance is view  # one view per move
+    assert (view.id, view.workflow, view.version, view.state, view.seq, view.data) == (
+        "t1", "t.ticket.flow", 1, "open", 0, {}
+    )  # fmt: skip
+    assert view.created_at == created.created_at
+    # Read after the fact, a change's view is the state it entered.
+    assert (begin_fields.instance.state, begin_hook.instance.state) == ("working", "working")
+    assert begin_fields.record.status is Status.OPEN  # as read
+    assert begin_hook.record.status is Status.WORKING  # as written (an enum member)
+
+
+async def test_move_record_checks_registration_per_registry() -> None:
+    """A workflow accepted by one executor's registry is still refused by an executor whose
+    registry does not hold it (the registration check is remembered per registry)."""
+    outside = SpecRegistry(TICKET, TICKET_MOVED, CREATE, MOVE)
+    outside.bind(CREATE, create_ticket)
+    outside.bind(MOVE, move_ticket)
+    for registry in (build(), outside, build(), outside):
+        ex = Executor(registry, backend=MemoryBackend(), policy=POLICY, ids=SequentialIds("id"))
+        await _ticket(ex)
+        move = ex.execute("t.ticket.move", {"ticket_id": "t1", "to": "working"}, ctx(MANAGER))
+        if registry is outside:
+            with pytest.raises(HandlerContractError, match="not registered"):
+                await move
+        else:
+            assert (await move).model_dump()["status"] == "working"
+
+
 # -- history from the audit trail ---------------------------------------------------------------------
 
 
@@ -442,6 +505,45 @@ async def test_history_comes_from_the_audit_trail_paginated(executor: Executor) 
         if after is None:
             break
     assert paged == seqs
+
+
+def test_a_compact_step_reads_as_the_mapping_form() -> None:
+    """A move's compact audit step (`[workflow, version, transition, input, comment]`) gives the
+    same history step as the mapping form audit records of earlier versions hold."""
+    from contractspec.core.audit import AuditEntry
+    from contractspec.core.records import AuditRecord, EntityChange
+    from contractspec.core.workflows import _step_of
+
+    change = EntityChange(entity="t.ticket", entity_id="t1", op="update",
+                          before={"status": "working"}, after={"status": "done"})  # fmt: skip
+    forms = [
+        (["t.ticket.flow", 1, "finish", {"note": "ok", "on": None}, "shipped"],
+         {"name": "t.ticket.flow", "version": 1, "transition": "finish",
+          "input": {"note": "ok", "on": None}, "comment": "shipped"}),
+        (["t.ticket.flow", 1, "begin"],
+         {"name": "t.ticket.flow", "version": 1, "transition": "begin"}),
+        (["t.ticket.flow", 1, "begin", {}, "via move"],
+         {"name": "t.ticket.flow", "version": 1, "transition": "begin", "comment": "via move"}),
+    ]  # fmt: skip
+    for compact, mapping in forms:
+        steps = []
+        for details in (compact, mapping):
+            record = AuditRecord(
+                id="a1", occurred_at=datetime(2026, 1, 2), action="t.ticket.flow.finish",
+                outcome="success", org_id=ORG, actor_id="mgr-1", actor_kind="user",
+                target_type="t.ticket", target_id="t1", changes=(change,),
+                details={"workflow": details},
+            )  # fmt: skip
+            steps.append(_step_of(FLOW, "t1", AuditEntry(7, record, "", "h")))
+        assert steps[0] is not None
+        assert steps[1] is not None
+        assert steps[0].model_dump() == steps[1].model_dump()
+        assert (steps[0].from_state, steps[0].to_state) == ("working", "done")
+    other = ["t.other.flow", 1, "begin"]
+    record = AuditRecord(id="a2", occurred_at=datetime(2026, 1, 2), action="x", outcome="success",
+                         target_type="t.ticket", target_id="t1", changes=(change,),
+                         details={"workflow": other})  # fmt: skip
+    assert _step_of(FLOW, "t1", AuditEntry(8, record, "", "h")) is None  # another workflow's
 
 
 async def test_history_audit_on_an_instance_workflow_writes_no_step_rows(

@@ -490,17 +490,33 @@ class WorkflowChange:
         record: For workflows on an entity (`define_workflow(entity=...)`): the app's record —
             as read (before the move) when `set_fields` sees it, as written (after the move)
             when `on_transition` sees it; `None` for instance workflows.
+
+    For workflows on an entity, `instance` (the record seen as a `WorkflowInstance`) is built on
+    first read: a hook that does not read it costs no view per move.
     """
 
     workflow: WorkflowSpec
     kind: str
-    instance: WorkflowInstance
+    _instance: WorkflowInstance | None
     from_state: str | None
     to_state: str
     transition: Transition | None = None
     input: BaseModel | None = None
     comment: str | None = None
     record: Any = None
+    _make_instance: Callable[[], WorkflowInstance] | None = field(
+        default=None, kw_only=True, repr=False, eq=False
+    )
+
+    @property
+    def instance(self) -> WorkflowInstance:
+        """The instance after the change."""
+        inst = self._instance
+        if inst is None:
+            assert self._make_instance is not None
+            inst = self._make_instance()
+            object.__setattr__(self, "_instance", inst)
+        return inst
 
 
 TransitionHook: TypeAlias = Callable[["HandlerCtx", WorkflowChange], Any]
@@ -1589,12 +1605,16 @@ def _transition_handler(wf: WorkflowSpec, t: Transition) -> Any:
 def _check_embedded(wf: WorkflowSpec, ctx: HandlerCtx, what: str) -> None:
     """`start_instance` / `fire_transition` need `wf` in the executor's registry (its entities
     and events are registered by it)."""
+    registry = ctx._executor.registry
+    known = _EMBEDDED.get(id(wf))
+    if known is not None and known[0] is wf and known[1] is registry:
+        return  # checked before (a registry never drops a spec)
     if not isinstance(wf, WorkflowSpec):
         raise HandlerContractError(
             f"{what}: expected a WorkflowSpec made by define_workflow, got {wf!r}",
             details={"operation": ctx.operation.ref},
         )
-    registered = ctx._executor.registry._specs.get("workflow", {}).get(wf.name, {})
+    registered = registry._specs.get("workflow", {}).get(wf.name, {})
     if registered.get(wf.version) is not wf:
         raise HandlerContractError(
             f"{what}: workflow {wf.ref} is not registered in the executor's registry; "
@@ -1602,6 +1622,12 @@ def _check_embedded(wf: WorkflowSpec, ctx: HandlerCtx, what: str) -> None:
             f"{ctx.operation.name}",
             details={"operation": ctx.operation.ref, "workflow": wf.ref},
         )
+    _EMBEDDED[id(wf)] = (wf, registry)
+
+
+#: Per workflow (by id; the object is kept alive with it): the last registry `_check_embedded`
+#: found it in.
+_EMBEDDED: dict[int, tuple[WorkflowSpec, SpecRegistry]] = {}
 
 
 async def start_instance(
@@ -1713,8 +1739,8 @@ async def fire_transition(
                 "version guards concurrent moves); leave expected_seq out",
                 errors=[{"loc": ["expected_seq"], "msg": "not used by workflows on an entity"}],
             )
-        _, view = await _fire_entity(workflow, t, ctx, instance_id, value, comment)
-        return view
+        _, read = await _fire_entity(workflow, t, ctx, instance_id, value, comment)
+        return _view(workflow, read, t.target, data=False, now=ctx.now())
     return await _fire(workflow, t, ctx, instance_id, expected_seq, value, comment, False)
 
 
@@ -1951,12 +1977,35 @@ def _audit_step(
     ctx.add_audit_details("workflow", step)
 
 
+def _compact_step(
+    wf: WorkflowSpec, t: Transition, value: BaseModel | None, comment: str | None
+) -> list[Any]:
+    """The audit step of a move on an entity, compact (it is hashed, stored and verified with
+    every move): `[workflow, version, transition]`, then the input (`{}` when there is none but
+    a comment) and the comment when given. From → to is the record's own audit change."""
+    step: list[Any] = [wf.name, wf.version, t.name]
+    if value is not None or comment is not None:
+        step.append(value.model_dump(mode="json") if value is not None else {})
+        if comment is not None:
+            step.append(comment)
+    return step
+
+
+def _expand_step(step: list[Any]) -> dict[str, Any]:
+    """A compact step (`_compact_step`) as the mapping form other steps are recorded in."""
+    expanded: dict[str, Any] = dict(zip(("name", "version", "transition", "input", "comment"),
+                                        step, strict=False))  # fmt: skip
+    return expanded
+
+
 def _step_of(wf: WorkflowSpec, instance_id: str, entry: Any) -> WorkflowStep | None:
     """The history step an audit entry records for `instance_id`, or `None` (not a step)."""
     record = entry.record
     if record.outcome != "success":
         return None
     step = record.details.get("workflow")
+    if isinstance(step, list):  # a move on an entity, compact (`_fire_entity`)
+        step = _expand_step(step)
     if isinstance(step, Mapping) and step.get("name") == wf.name:
         if record.target_id != instance_id:
             return None
@@ -2043,22 +2092,22 @@ def _state_of(wf: WorkflowSpec, record: Any) -> str:
     return str(value._value_) if isinstance(value, enum.Enum) else str(value)
 
 
-#: Per entity workflow (by id; the object is kept alive with it): the state field's enum type,
-#: or `None` when the field holds the state strings themselves.
-_STATE_TYPES: dict[int, tuple[WorkflowSpec, type[enum.Enum] | None]] = {}
+#: Per entity workflow (by id; the object is kept alive with it): each state as the entity's
+#: state field holds it (the enum member for enum fields, else the state string itself).
+_STATE_VALUES: dict[int, tuple[WorkflowSpec, dict[str, Any]]] = {}
 
 
 def _state_value(wf: WorkflowSpec, state: str) -> Any:
     """`state` as the entity's state field holds it (an enum member for enum fields)."""
-    known = _STATE_TYPES.get(id(wf))
+    known = _STATE_VALUES.get(id(wf))
     if known is None or known[0] is not wf:
         assert wf.entity is not None
         assert wf.state_field is not None
         annotation = wf.entity.model.model_fields[wf.state_field].annotation
         is_enum = isinstance(annotation, type) and issubclass(annotation, enum.Enum)
-        known = _STATE_TYPES[id(wf)] = (wf, annotation if is_enum else None)
-    enum_type = known[1]
-    return enum_type(state) if enum_type is not None else state
+        values = {s: annotation(s) if is_enum else s for s in wf.states}
+        known = _STATE_VALUES[id(wf)] = (wf, values)
+    return known[1][state]  # a declared state (define_workflow checks every target)
 
 
 def _view(
@@ -2176,12 +2225,16 @@ async def _fire_entity(
     record_id: str,
     value: BaseModel | None,
     comment: str | None,
-) -> tuple[Any, WorkflowInstance]:
+) -> tuple[Any, Any]:
     """Fire `t` on an entity record: one read (or the transaction's cached row), the checks,
-    one version-checked update of the record, the audit step, the hook, the events."""
-    assert wf.entity is not None
-    assert wf.state_field is not None
-    repo = ctx.repo(wf.entity)
+    one version-checked update of the record, the audit step, the hook, the events. Returns the
+    record as written and as read (the `WorkflowInstance` view is built from the latter only
+    when asked: `_view(wf, read, t.target, ...)`)."""
+    entity = wf.entity
+    state_field = wf.state_field
+    assert entity is not None
+    assert state_field is not None
+    repo = ctx.repo(entity)
     record: Any = await repo.get(record_id)
     if record is None:
         await _load_record(wf, ctx, record_id)  # raises NotFoundError
@@ -2192,36 +2245,40 @@ async def _fire_entity(
             f"leaves only from {', '.join(t.sources)}",
             details={"instance_id": record_id, "state": from_state, "transition": t.name},
         )
-    reason = await _check_guard(wf, t, record, value)
-    if reason is not None:
-        raise WorkflowGuardError(
-            f"{wf.name}.{t.name} refused for record {record_id!r}: {reason}",
-            details={"instance_id": record_id, "transition": t.name, "reason": reason},
-        )
-    now = ctx.now()
+    if t.guard is not None:
+        reason = await _check_guard(wf, t, record, value)
+        if reason is not None:
+            raise WorkflowGuardError(
+                f"{wf.name}.{t.name} refused for record {record_id!r}: {reason}",
+                details={"instance_id": record_id, "transition": t.name, "reason": reason},
+            )
     target = t.target
-    updates: dict[str, Any] = {wf.state_field: _state_value(wf, target)}
-    view = _view(wf, record, target, data=False, now=now)  # the instance after the change
-    if wf.set_fields is not None:
-        change = WorkflowChange(wf, "transition", view, from_state, target, t, value, comment,
-                                record)  # fmt: skip
-        extra = wf.set_fields(ctx, change)
+    state_value = _state_value(wf, target)
+    updates: dict[str, Any] = {state_field: state_value}
+    set_fields = wf.set_fields
+    hook = wf.on_transition
+
+    built: list[WorkflowInstance] = []
+
+    def view() -> WorkflowInstance:  # the instance after the change, built if a hook reads it
+        if not built:
+            built.append(_view(wf, record, target, data=False, now=ctx.now()))
+        return built[0]
+
+    if set_fields is not None:
+        extra = set_fields(ctx, WorkflowChange(wf, "transition", None, from_state, target, t,
+                                               value, comment, record, make_instance=view))  # fmt: skip
         if extra:
-            updates = {**dict(extra), **updates}
+            updates = dict(extra)
+            updates[state_field] = state_value  # the state wins over set_fields
     moved = await repo.update(_copy_with(record, updates))
     if ctx._audit_target is None:
-        ctx.set_audit_target(wf.entity.name, record_id)
+        ctx.set_audit_target(entity.name, record_id)
     # The record's own audit change holds from → to (its state field's before and after).
-    step: dict[str, Any] = {"name": wf.name, "version": wf.version, "transition": t.name}
-    if value is not None:
-        step["input"] = value.model_dump(mode="json")
-    if comment is not None:
-        step["comment"] = comment
-    ctx.add_audit_details("workflow", step)
-    hook = wf.on_transition
+    ctx.add_audit_details("workflow", _compact_step(wf, t, value, comment))
     if hook is not None:
-        result = hook(ctx, WorkflowChange(wf, "transition", view, from_state, target, t, value,
-                                          comment, moved))  # fmt: skip
+        result = hook(ctx, WorkflowChange(wf, "transition", None, from_state, target, t, value,
+                                          comment, moved, make_instance=view))  # fmt: skip
         if result is not None and inspect.isawaitable(result):
             await result
     if wf.transitioned_event:
@@ -2243,7 +2300,7 @@ async def _fire_entity(
         }
         for ref in t.emits:
             ctx.emit(ref.name, payload)
-    return moved, view
+    return moved, record
 
 
 def _derive_on_entity(wf: WorkflowSpec, registry: _Derived, transitioned: EventSpec) -> None:
