@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from bus_support import T0, envelope
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -185,3 +186,30 @@ async def test_claim_and_mark_on_the_driver_equal_the_sqlalchemy_path_and_listen
     after = {m.position: m for m in await store.messages(limit=10)}
     assert {m.status for m in after.values()} == {"delivered"}
     assert all(m.delivered_at == now and m.lease_token is None for m in after.values())
+
+
+async def test_claim_and_mark_on_an_autocommit_engine_leave_its_connections_in_autocommit(
+    sql_kind: str,
+) -> None:
+    """An engine made with `isolation_level="AUTOCOMMIT"` keeps autocommit connections after a
+    claim and a mark (the driver path restores the mode it found, not a fixed one)."""
+    if sql_kind != "postgres":
+        pytest.skip("the driver path and autocommit engines are PostgreSQL's")
+    from sqlalchemy import text
+
+    from contractspec.core.testing import temporary_postgres_engine
+
+    async with temporary_postgres_engine(isolation_level="AUTOCOMMIT", pool_size=1) as engine:
+        await create_bus_tables(engine)
+        store = SqlOutboxStore(engine)
+        tx = await SqlUnitOfWork(engine).begin()
+        await store.publish([envelope(1, key="a")], tx)
+        await tx.commit()
+        claimed = await store.claim(10, None, LEASE)
+        assert len(claimed) == 1
+        token = claimed[0].lease_token
+        assert await store.mark_delivered([claimed[0].position], T0, token=token) == 1
+        async with engine.connect() as conn:  # the one pooled connection
+            raw = await conn.get_raw_connection()
+            assert raw.driver_connection.autocommit is True
+            await conn.execute(text("SELECT 1"))

@@ -446,14 +446,17 @@ async def _pg_autocommit(
     driver: Any = raw.driver_connection
     if not type(driver).__module__.startswith("psycopg"):
         return None
-    await driver.set_autocommit(True)
-    restored = False
+    was = bool(driver.autocommit)  # an engine made with isolation_level="AUTOCOMMIT" keeps it
+    if not was:
+        await driver.set_autocommit(True)
+    restored = was
     try:
         cursor = await driver.execute(sql, params)
         rows = list(await cursor.fetchall()) if fetch else []
         result = (cursor.rowcount, rows, cursor.description)
-        await driver.set_autocommit(False)
-        restored = True
+        if not was:
+            await driver.set_autocommit(False)
+            restored = True
         return result
     finally:
         if not restored:
