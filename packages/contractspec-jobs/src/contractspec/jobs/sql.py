@@ -520,14 +520,18 @@ class SqlJobQueue:
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
-            await driver.set_autocommit(True)
+            # an engine made with isolation_level="AUTOCOMMIT" keeps it: restore what was found
+            was = bool(driver.autocommit)
+            if not was:
+                await driver.set_autocommit(True)
             try:
                 cursor = await driver.execute(
                     _ENQUEUE_NOTIFY_SQL if self.notify else _ENQUEUE_SQL, params
                 )
                 return builtins.list(await cursor.fetchall())
             finally:
-                await driver.set_autocommit(False)
+                if not was:
+                    await driver.set_autocommit(False)
 
     async def _enqueue_in(self, tx: SqlTransaction, built: list[NewJob]) -> list[str]:
         tx.check_writable("enqueueing a job")
