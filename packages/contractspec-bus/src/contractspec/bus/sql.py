@@ -646,10 +646,15 @@ class SqlOutboxStore(_SqlStore):
         if not positions:
             return 0
         t = outbox_table
-        stmt = update(t).where(_one_of(t.c.position, positions, self.dialect, BigInteger()))
-        if token is not None:
-            stmt = stmt.where(t.c.lease_token == token)
-        stmt = stmt.values(status="delivered", delivered_at=at, last_error=None, lease_token=None)
+
+        def statement() -> Any:  # built only off the driver path (about 60 us of SQLAlchemy)
+            stmt = update(t).where(_one_of(t.c.position, positions, self.dialect, BigInteger()))
+            if token is not None:
+                stmt = stmt.where(t.c.lease_token == token)
+            return stmt.values(
+                status="delivered", delivered_at=at, last_error=None, lease_token=None
+            )
+
         if self.dialect == "postgresql":
             async with self.engine.connect() as conn:
                 params: dict[str, Any] = {
@@ -666,8 +671,8 @@ class SqlOutboxStore(_SqlStore):
                 if done is not None:
                     return int(done[0] or 0)
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return int((await auto.execute(stmt)).rowcount or 0)
-        (count,) = await self._write(stmt)
+                return int((await auto.execute(statement())).rowcount or 0)
+        (count,) = await self._write(statement())
         return int(count or 0)
 
     async def mark_failed(
