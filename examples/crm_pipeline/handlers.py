@@ -6,8 +6,15 @@ from decimal import Decimal
 from typing import Any
 
 from contractspec.core import ConflictError, HandlerCtx, NotFoundError, SpecValidationError
+from contractspec.core.workflows import (
+    WorkflowChange,
+    WorkflowSpec,
+    WorkflowStateError,
+    move_record,
+)
 from crm_pipeline.models import (
     CLOSED_STAGES,
+    STAGE_TRANSITIONS,
     BoardRequest,
     Company,
     CompleteTask,
@@ -29,6 +36,7 @@ from crm_pipeline.models import (
     SearchContacts,
     SearchDeals,
     Stage,
+    StageMove,
     StageTotal,
     SummaryRequest,
     Task,
@@ -46,11 +54,13 @@ from crm_pipeline.models import (
 
 __all__ = [
     "board",
+    "closing_date",
     "complete_task",
     "create_company",
     "create_contact",
     "create_deal",
     "create_task",
+    "deal_moved_hook",
     "move_deal",
     "search_contacts",
     "search_deals",
@@ -128,26 +138,76 @@ async def update_deal(inp: UpdateDeal, ctx: HandlerCtx) -> Deal:
     return await repo.patch(deal.id, **changes)
 
 
+_PIPELINE: list[WorkflowSpec] = []
+
+
+def _pipeline() -> WorkflowSpec:
+    """The deal pipeline workflow (declared in `crm_pipeline.spec`, which imports this module;
+    looked up once)."""
+    if not _PIPELINE:
+        from crm_pipeline.spec import deal_pipeline
+
+        _PIPELINE.append(deal_pipeline)
+    return _PIPELINE[0]
+
+
 async def move_deal(inp: MoveDeal, ctx: HandlerCtx) -> Deal:
-    """Move a deal to another column; closing it (won/lost) sets `closed_on`. Emits `deal.moved`."""
-    repo = ctx.repo(deal_entity)
-    deal = await repo.require(inp.deal_id)
-    if deal.stage in CLOSED_STAGES:
-        raise SpecValidationError(
-            f"deal {deal.id!r} is already {deal.stage.value}; closed deals cannot move"
-        )
-    if inp.to_stage == deal.stage:
-        raise SpecValidationError(f"deal {deal.id!r} is already in {deal.stage.value}")
-    closed = (inp.on or ctx.now().date()) if inp.to_stage in CLOSED_STAGES else None
-    moved = deal.model_copy(update={"stage": inp.to_stage, "closed_on": closed})
-    await repo.update(moved)
+    """Move a deal to another column: fires the `crm.deal.pipeline` transition into `to_stage`
+    on the deal itself (one update of the deal; closing it (won/lost) sets `closed_on`). Emits
+    `deal.moved`.
+
+    Raises:
+        NotFoundError: No such deal.
+        SpecValidationError: The deal is closed (won/lost), or already in `to_stage`.
+    """
+    try:
+        moved: Deal = await move_record(
+            ctx, _pipeline(), inp.deal_id, STAGE_TRANSITIONS[inp.to_stage],
+            input=StageMove(on=inp.on),
+        )  # fmt: skip
+    except NotFoundError:
+        raise NotFoundError(
+            f"crm.deal {inp.deal_id!r} not found in this organization",
+            details={"entity": deal_entity.name, "id": inp.deal_id},
+        ) from None
+    except WorkflowStateError as exc:
+        # The workflow refused the deal's stage: say it as this command always has.
+        state = exc.details.get("state")
+        if state in CLOSED_STAGES:
+            raise SpecValidationError(
+                f"deal {inp.deal_id!r} is already {state}; closed deals cannot move"
+            ) from None
+        if state == inp.to_stage:
+            raise SpecValidationError(f"deal {inp.deal_id!r} is already in {state}") from None
+        raise
+    return moved
+
+
+def closing_date(ctx: HandlerCtx, change: WorkflowChange) -> dict[str, Any]:
+    """`set_fields` of the pipeline: a won or lost deal gets `closed_on` (the move's `on`, default
+    today), a deal moved back into an open column loses it."""
+    if change.to_state in CLOSED_STAGES:
+        on = change.input.on if isinstance(change.input, StageMove) else None
+        return {"closed_on": on or ctx.now().date()}
+    return {"closed_on": None}
+
+
+#: Stage by value (the workflow's states are the values of `Stage`).
+_STAGES: dict[str, Stage] = {s.value: s for s in Stage}
+
+
+def deal_moved_hook(ctx: HandlerCtx, change: WorkflowChange) -> None:
+    """`on_transition` of the pipeline: emits `deal.moved` with the deal's amount."""
+    deal: Deal = change.record
     ctx.emit(
         deal_moved,
         DealMoved(
-            deal_id=deal.id, from_stage=deal.stage, to_stage=inp.to_stage, amount=deal.amount
+            deal_id=deal.id,
+            from_stage=_STAGES[change.from_state or ""],
+            to_stage=deal.stage,
+            amount=deal.amount,
         ),
     )
-    return moved
 
 
 async def search_deals(inp: SearchDeals, ctx: HandlerCtx) -> DealList:

@@ -14,6 +14,7 @@ from contractspec.core import PII, Index, define_entity, define_event
 __all__ = [
     "CLOSED_STAGES",
     "OPEN_STAGES",
+    "STAGE_TRANSITIONS",
     "BoardRequest",
     "Company",
     "CompleteTask",
@@ -35,6 +36,7 @@ __all__ = [
     "SearchContacts",
     "SearchDeals",
     "Stage",
+    "StageMove",
     "StageTotal",
     "SummaryRequest",
     "Task",
@@ -68,6 +70,16 @@ class Stage(enum.StrEnum):
 
 OPEN_STAGES = (Stage.LEAD, Stage.QUALIFIED, Stage.PROPOSAL, Stage.NEGOTIATION)
 CLOSED_STAGES = (Stage.WON, Stage.LOST)
+#: The transition of the `crm.deal.pipeline` workflow that enters each stage (`crm.deal.move`
+#: fires the one of its `to_stage`).
+STAGE_TRANSITIONS: dict[Stage, str] = {
+    Stage.LEAD: "reopen",
+    Stage.QUALIFIED: "qualify",
+    Stage.PROPOSAL: "propose",
+    Stage.NEGOTIATION: "negotiate",
+    Stage.WON: "win",
+    Stage.LOST: "lose",
+}
 
 
 # -- entities ---------------------------------------------------------------------------------
@@ -231,6 +243,13 @@ class MoveDeal(BaseModel):
 
     deal_id: Id
     to_stage: Stage
+    on: date | None = None
+
+
+class StageMove(BaseModel):
+    """Input of the `crm.deal.pipeline` transitions: the day of the move (default: today;
+    recorded as `closed_on` when the deal is won or lost)."""
+
     on: date | None = None
 
 

@@ -1,4 +1,5 @@
-"""The CRM spec: its operations, the registry with handlers bound, and the roles that may call them.
+"""The CRM spec: its operations, the deal pipeline workflow, the registry with handlers bound,
+and the roles that may call them.
 
 `registry` is the source of truth: the runtime executes it, `contractspec spec export` writes its IR,
 `contractspec generate` projects it into code.
@@ -6,9 +7,19 @@
 
 from __future__ import annotations
 
-from contractspec.core import RolePermissions, SpecRegistry, define_command, define_query, requires
+from contractspec.core import (
+    RolePermissions,
+    SpecRegistry,
+    define_command,
+    define_query,
+    define_workflow,
+    requires,
+    transition,
+)
+from contractspec.core.workflows import Transition
 from crm_pipeline import handlers
 from crm_pipeline.models import (
+    OPEN_STAGES,
     BoardRequest,
     Company,
     CompleteTask,
@@ -25,6 +36,8 @@ from crm_pipeline.models import (
     ReportSummary,
     SearchContacts,
     SearchDeals,
+    Stage,
+    StageMove,
     SummaryRequest,
     Task,
     UpdateDeal,
@@ -37,9 +50,55 @@ from crm_pipeline.models import (
     task_entity,
 )
 
-__all__ = ["OWNERS", "ROLES", "operations", "policy", "registry"]
+__all__ = ["OWNERS", "ROLES", "deal_pipeline", "operations", "policy", "registry"]
 
 OWNERS = ("sales-platform",)
+
+_DEAL_WRITE = requires("crm.deal.write")
+
+
+def _into(name: str, stage: Stage, description: str) -> Transition:
+    """The transition `name` into `stage`, from every other open stage."""
+    return transition(
+        name,
+        source=[s.value for s in OPEN_STAGES if s is not stage],
+        target=stage.value,
+        input=StageMove,
+        auth=_DEAL_WRITE,
+        description=description,
+    )
+
+
+#: The sales pipeline as a workflow on the deals themselves: a deal is in the stage its `stage`
+#: field holds (no instance or history rows). `crm.deal.move` (or the `crm.deal.pipeline.*`
+#: operations) fires the transition into a stage: one version-checked update of the deal, with
+#: `closed_on` set by `handlers.closing_date`; `handlers.deal_moved_hook` emits `deal.moved`.
+#: The history of a deal is read from the audit trail (`crm.deal.pipeline.history`).
+deal_pipeline = define_workflow(
+    "crm.deal.pipeline",
+    states=[s.value for s in Stage],
+    initial=Stage.LEAD.value,
+    final=[Stage.WON.value, Stage.LOST.value],
+    transitions=[
+        _into("reopen", Stage.LEAD, "Send a deal back to the lead column."),
+        _into("qualify", Stage.QUALIFIED, "The lead is qualified."),
+        _into("propose", Stage.PROPOSAL, "A proposal was sent."),
+        _into("negotiate", Stage.NEGOTIATION, "Terms are being negotiated."),
+        _into("win", Stage.WON, "The deal is won (closes it)."),
+        _into("lose", Stage.LOST, "The deal is lost (closes it)."),
+    ],
+    entity=deal_entity,
+    state_field="stage",
+    set_fields=handlers.closing_date,
+    on_transition=handlers.deal_moved_hook,
+    on_transition_emits=[deal_moved],
+    transitioned_event=False,
+    read_auth=requires("crm.read"),
+    comment_auth=_DEAL_WRITE,
+    description="Deal stages: lead → qualified → proposal → negotiation → won or lost.",
+    owners=OWNERS,
+    tags=("deals", "pipeline"),
+)
 
 create_company = define_command(
     "crm.company.create",
@@ -167,7 +226,9 @@ operations = (
     report_summary,
 )
 
-registry = SpecRegistry(company_entity, contact_entity, deal_entity, task_entity, *operations)
+registry = SpecRegistry(
+    company_entity, contact_entity, deal_entity, task_entity, *operations, deal_pipeline
+)
 registry.register(deal_created, deal_moved, task_completed)
 registry.bind(create_company, handlers.create_company)
 registry.bind(create_contact, handlers.create_contact)
