@@ -14,11 +14,13 @@ running, as it is for every notebook user.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import re
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +121,11 @@ def run_python_blocks_in_kernel(
     `kernel_name` `"python3"` is the kernel of the running interpreter (`sys.executable`, with
     `ipykernel` installed in it). Needs `nbclient` and `ipykernel` (`pip install nbclient ipykernel`).
 
+    On POSIX the kernel talks over Unix sockets in a temporary directory of its own (ZeroMQ `ipc`),
+    so parallel page runs and servers started by other tests cannot take its TCP ports. A kernel
+    that dies while starting, before any block ran, is started once more; one that dies after a
+    block ran fails the page.
+
     Args:
         path: The Markdown file.
         cwd: Working directory of the kernel; the current directory by default.
@@ -133,13 +140,15 @@ def run_python_blocks_in_kernel(
 
     Raises:
         AssertionError: The page has no Python block, or a block raised (the message names the
-            page, the block number and the kernel's traceback) or ran longer than `timeout`.
+            page, the block number and the kernel's traceback) or ran longer than `timeout`, or
+            the kernel died (after a block ran, or twice while starting).
         ImportError: nbclient or ipykernel is not installed.
     """
     try:
         import nbformat
         from nbclient import NotebookClient
         from nbclient.exceptions import CellExecutionError, CellTimeoutError
+        from traitlets.config import Config
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "running docs in a Jupyter kernel needs nbclient and ipykernel: "
@@ -157,27 +166,55 @@ def run_python_blocks_in_kernel(
         for code in blocks
     ]
     workdir = str(Path(cwd) if cwd is not None else Path.cwd())
-    client = NotebookClient(
-        notebook,
-        timeout=int(timeout),
-        kernel_name=kernel_name,
-        resources={"metadata": {"path": workdir}},
-        shutdown_kernel="immediate",
-    )
-    try:
-        # on a loop of its own, closed afterwards (nbclient's sync `execute` leaves its loop open)
-        run_sync(client.async_execute(env=dict(os.environ) if env is None else env))
-    except (CellExecutionError, CellTimeoutError) as exc:
-        failed = next(
-            (
-                number
-                for number, cell in enumerate(notebook.cells, start=1)
-                if any(out.get("output_type") == "error" for out in cell.get("outputs", []))
-            ),
-            None,
-        )
-        where = f"block {failed}" if failed is not None else "a block"
-        raise AssertionError(
-            f"{page} [{where}] failed in a Jupyter kernel:\n{_ANSI.sub('', str(exc))}"
-        ) from None
+    for attempt in (1, 2):
+        for cell in notebook.cells:
+            cell.outputs, cell.execution_count = [], None
+        with tempfile.TemporaryDirectory(prefix="cs-kernel-") as sockets:
+            # Unix sockets in a directory of this run's own: the kernel never races another
+            # process (or another page's kernel) for a TCP port between choosing and binding it
+            config = Config()
+            if os.name == "posix":  # ZeroMQ's ipc transport is Unix-only
+                config.KernelManager.transport = "ipc"
+                config.KernelManager.ip = os.path.join(sockets, "kernel")
+            client = NotebookClient(
+                notebook,
+                timeout=int(timeout),
+                kernel_name=kernel_name,
+                resources={"metadata": {"path": workdir}},
+                shutdown_kernel="immediate",
+                config=config,
+            )
+            try:
+                # on a loop of its own, closed afterwards (nbclient's sync `execute` leaves its
+                # loop open)
+                run_sync(client.async_execute(env=dict(os.environ) if env is None else env))
+            except (CellExecutionError, CellTimeoutError) as exc:
+                failed = next(
+                    (
+                        number
+                        for number, cell in enumerate(notebook.cells, start=1)
+                        if any(out.get("output_type") == "error" for out in cell.get("outputs", []))
+                    ),
+                    None,
+                )
+                where = f"block {failed}" if failed is not None else "a block"
+                raise AssertionError(
+                    f"{page} [{where}] failed in a Jupyter kernel:\n{_ANSI.sub('', str(exc))}"
+                ) from None
+            except RuntimeError as exc:
+                # "Kernel died before replying to kernel_info": the kernel process exited while
+                # starting, before any block ran. Start one fresh kernel again; a kernel that dies
+                # once a block has run is the page's failure and is reported
+                started = any(cell.get("execution_count") for cell in notebook.cells)
+                if started or attempt == 2 or "kernel" not in str(exc).lower():
+                    raise AssertionError(
+                        f"{page}: the Jupyter kernel died ({exc}); blocks run before: "
+                        f"{sum(1 for cell in notebook.cells if cell.get('execution_count'))}"
+                    ) from exc
+                continue
+            finally:
+                # nbclient registers its kernel clean-up at exit for every run; the kernel is
+                # shut down by now (and a failed start leaves nothing to clean up)
+                atexit.unregister(client._cleanup_kernel)
+        break
     return notebook
