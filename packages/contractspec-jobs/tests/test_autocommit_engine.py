@@ -43,3 +43,31 @@ async def test_enqueue_on_an_autocommit_engine_leaves_its_connection_in_autocomm
             assert (await other.execute(text("SELECT count(*) FROM probe"))).scalar_one() == 1
         assert await queue.get(job_id) is not None
         await queue.close()
+
+
+async def test_enqueue_on_a_traced_engine_runs_through_sqlalchemy_so_listeners_see_it() -> None:
+    """An engine with a cursor-execute listener (tracing, query logs) keeps SQLAlchemy's path:
+    the listener sees the enqueue's INSERT (the driver path would bypass it), the job is stored
+    once, and the pooled connection is back out of autocommit (SQLAlchemy's own transaction)."""
+    _require_postgres()
+    from sqlalchemy import event
+
+    async with temporary_postgres_engine(pool_size=1) as engine:
+        queue = SqlJobQueue(engine, [send_email])
+        await queue.create_all()
+        seen: list[str] = []
+
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _trace(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+            seen.append(statement)
+
+        job_id = await queue.enqueue(send_email, {"to": "ada@x.io"})
+        inserts = [s for s in seen if "INSERT INTO cs_jobs" in s]
+        assert len(inserts) == 1, seen
+        assert await queue.get(job_id) is not None
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert raw.driver_connection.autocommit is False
+            count = (await conn.execute(text("SELECT count(*) FROM cs_jobs"))).scalar_one()
+        assert count == 1
+        await queue.close()

@@ -106,6 +106,7 @@ from contractspec.core.sql import (
     audit_head_table,
     audit_snapshot,
     audit_table,
+    autocommit_statement,
     new_metadata,
     outbox_table,
     verify_audit_chain,
@@ -431,41 +432,6 @@ def _relay_sql_for(dialect: Any) -> _PgRelaySql:
     return found
 
 
-async def _pg_autocommit(
-    conn: Any, sql: str, params: dict[str, Any], *, fetch: bool
-) -> tuple[int, list[Any], Any] | None:
-    """Run one statement on `conn`'s psycopg connection in autocommit (one round trip):
-    `(rowcount, rows, description)`, or `None` when the engine has cursor-execute listeners or
-    another driver (the caller then runs it through SQLAlchemy)."""
-    sync = conn.sync_connection
-    events = sync.dispatch
-    if events.before_cursor_execute or events.after_cursor_execute:
-        return None
-    # Checked out and valid: the pooled connection is at hand without I/O (no greenlet hop).
-    raw = sync.connection if not sync.invalidated else await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    if not type(driver).__module__.startswith("psycopg"):
-        return None
-    was = bool(driver.autocommit)  # an engine made with isolation_level="AUTOCOMMIT" keeps it
-    if not was:
-        await driver.set_autocommit(True)
-    restored = was
-    try:
-        cursor = await driver.execute(sql, params)
-        rows = list(await cursor.fetchall()) if fetch else []
-        result = (cursor.rowcount, rows, cursor.description)
-        if not was:
-            await driver.set_autocommit(False)
-            restored = True
-        return result
-    finally:
-        if not restored:
-            try:
-                await driver.set_autocommit(False)
-            except Exception:  # a cancelled statement left it busy: never pool it
-                await conn.invalidate()
-
-
 class SqlOutboxStore(_SqlStore):
     """`OutboxStore` over core's `cs_outbox` table.
 
@@ -596,7 +562,7 @@ class SqlOutboxStore(_SqlStore):
             params["until"] = _utc(now + lease)
         async with self.engine.connect() as conn:
             fast = _relay_sql_for(conn.dialect)
-            done = await _pg_autocommit(conn, fast.claim_sql[mode], params, fetch=True)
+            done = await autocommit_statement(conn, fast.claim_sql[mode], params, fetch=True)
             if done is not None:
                 rows: Sequence[Mapping[Any, Any]] = fast.rows(done[1], done[2])
             else:
@@ -667,7 +633,7 @@ class SqlOutboxStore(_SqlStore):
                 if token is not None:
                     params["token"] = token
                 sql = _relay_sql_for(conn.dialect).mark_sql[token is not None]
-                done = await _pg_autocommit(conn, sql, params, fetch=False)
+                done = await autocommit_statement(conn, sql, params, fetch=False)
                 if done is not None:
                     return int(done[0] or 0)
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -69,6 +69,7 @@ from contractspec.core.sql import (
     SqlUnitOfWork,
     UtcDateTime,
     WriteBuffer,
+    autocommit_statement,
     create_all,
     new_metadata,
 )
@@ -460,10 +461,10 @@ class SqlJobQueue:
         SELECT id, pg_notify(...) FROM ins`: the insert and the wake-up of idle workers commit
         together (PostgreSQL folds identical notifications of one transaction into one).
         """
-        rows: list[Any] | int
+        rows: list[Any] | int | None = None
         if len(built) == 1 and self._psycopg:  # the common case: one statement on the driver
             rows = await self._enqueue_one_driver(built[0])
-        else:
+        if rows is None:
             inserted = (
                 postgresql.insert(jobs_table)
                 .values([_row(new) for new in built])
@@ -496,12 +497,14 @@ class SqlJobQueue:
         self._local.set()
         return ids
 
-    async def _enqueue_one_driver(self, new: NewJob) -> list[Any]:
+    async def _enqueue_one_driver(self, new: NewJob) -> list[Any] | None:
         """Insert (and notify) one job through psycopg directly, in autocommit mode.
 
         This is the hottest path of a job system (every request that schedules work); going
         through the driver saves SQLAlchemy's per-statement machinery, which costs as much as the
         round trip itself. The connection still comes from (and returns to) your engine's pool.
+        `None` on engines with cursor-execute listeners (tracing, query logs): the caller then
+        enqueues through SQLAlchemy, so they see the statement.
         """
         from psycopg.types.json import Jsonb
 
@@ -518,20 +521,10 @@ class SqlJobQueue:
             "org_id": new.org_id,
         }
         async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            # an engine made with isolation_level="AUTOCOMMIT" keeps it: restore what was found
-            was = bool(driver.autocommit)
-            if not was:
-                await driver.set_autocommit(True)
-            try:
-                cursor = await driver.execute(
-                    _ENQUEUE_NOTIFY_SQL if self.notify else _ENQUEUE_SQL, params
-                )
-                return builtins.list(await cursor.fetchall())
-            finally:
-                if not was:
-                    await driver.set_autocommit(False)
+            done = await autocommit_statement(
+                conn, _ENQUEUE_NOTIFY_SQL if self.notify else _ENQUEUE_SQL, params, fetch=True
+            )
+        return None if done is None else done[1]
 
     async def _enqueue_in(self, tx: SqlTransaction, built: list[NewJob]) -> list[str]:
         tx.check_writable("enqueueing a job")

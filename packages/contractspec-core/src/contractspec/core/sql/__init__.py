@@ -35,6 +35,7 @@ from contractspec.core.sql._audit import (
     audit_snapshot,
     verify_audit_chain,
 )
+from contractspec.core.sql._direct import autocommit_statement
 from contractspec.core.sql._schema import (
     NAMING_CONVENTION,
     VERSION_COLUMN,
@@ -108,6 +109,7 @@ __all__ = [
     "audit_head_table",
     "audit_snapshot",
     "audit_table",
+    "autocommit_statement",
     "configure_sqlite_engine",
     "conflict_from",
     "create_all",

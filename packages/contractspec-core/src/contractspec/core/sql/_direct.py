@@ -28,6 +28,7 @@ __all__ = [
     "Compiled",
     "DirectDriver",
     "SelectRow",
+    "autocommit_statement",
     "compiled_insert",
     "compiled_select_row",
     "compiled_update",
@@ -242,3 +243,58 @@ class DirectDriver:
                 await cursor.close()
         except Exception as exc:
             raise self.wrap(exc, compiled.sql) from exc
+
+
+async def autocommit_statement(
+    conn: Any, sql: str, params: dict[str, Any] | None, *, fetch: bool
+) -> tuple[int, list[Any], Any] | None:
+    """Run one statement on the psycopg connection under `conn` in autocommit mode (one round
+    trip, no `BEGIN`/`COMMIT`), for a store's hot single-statement writes (a job enqueued, a
+    relay's claim or mark) that need no transaction of their own.
+
+    The connection stays in (and goes back to) the engine's pool; the autocommit mode it had is
+    restored afterwards, and a connection whose mode cannot be restored (a cancelled statement
+    left it busy) is invalidated rather than pooled. Engines with cursor-execute listeners
+    (tracing, query logs) and other drivers are not touched: the caller then runs the statement
+    through SQLAlchemy, so those listeners see it.
+
+    Args:
+        conn: A SQLAlchemy `AsyncConnection`, checked out and not in a transaction.
+        sql: The statement in psycopg's parameter style (`%(name)s`).
+        params: Its parameters, adapted by psycopg (`None`: none).
+        fetch: Fetch the rows it returns.
+
+    Returns:
+        `(rowcount, rows, cursor description)`, or `None` when the caller must use SQLAlchemy.
+
+    Raises:
+        psycopg.Error: The database refused the statement (wrap it with `DirectDriver.wrap` or
+            `translate` for ContractSpec's errors).
+    """
+    sync = conn.sync_connection
+    events = sync.dispatch
+    if events.before_cursor_execute or events.after_cursor_execute:
+        return None
+    # Checked out and valid: the pooled connection is at hand without I/O (no greenlet hop).
+    raw = sync.connection if not sync.invalidated else await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if not type(driver).__module__.startswith("psycopg"):
+        return None
+    was = bool(driver.autocommit)  # an engine made with isolation_level="AUTOCOMMIT" keeps it
+    if not was:
+        await driver.set_autocommit(True)
+    restored = was
+    try:
+        cursor = await driver.execute(sql, params)
+        rows = list(await cursor.fetchall()) if fetch else []
+        result = (cursor.rowcount, rows, cursor.description)
+        if not was:
+            await driver.set_autocommit(False)
+            restored = True
+        return result
+    finally:
+        if not restored:
+            try:
+                await driver.set_autocommit(False)
+            except Exception:  # a cancelled statement left it busy: never pool it
+                await conn.invalidate()
