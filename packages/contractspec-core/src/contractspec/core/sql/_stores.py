@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -40,7 +41,6 @@ from contractspec.core.repository import (
 )
 from contractspec.core.specs import EntitySpec
 from contractspec.core.sql._audit import SqlAuditLog, org_key
-from contractspec.core.sql._direct import compiled_insert
 from contractspec.core.sql._schema import (
     VERSION_COLUMN,
     EntityTable,
@@ -487,11 +487,9 @@ class SqlOutbox:
     async def publish(self, events: Sequence[EventEnvelope], tx: Transaction) -> None:
         """Buffer one outbox row per event, in emission order."""
         sql = sql_transaction(tx, "the SQL outbox")
-        keyed = False
         for env in events:
             sql.stage_insert(outbox_table, outbox_row(env))
-            keyed = keyed or env.key is not None
-        if keyed and sql.dialect == "postgresql" and _ORDER_HOOK not in sql._hooks:
+        if events and sql.dialect == "postgresql" and _ORDER_HOOK not in sql._hooks:
             # First of all hooks: the key locks come before the audit chain's head-row locks in
             # every transaction, so two writers never wait for each other in a cycle.
             sql._hooks = {_ORDER_HOOK: partial(_lock_keys_and_insert, sql), **sql._hooks}
@@ -501,7 +499,11 @@ async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf:
     """Flush hook (PostgreSQL): lock the buffered outbox rows' keys, then insert the rows, in
     one round trip (the rows are removed from the buffer, so the unit of work skips them).
     Outside batch calls the statements are deferred: they travel with the transaction's other
-    writes and the audit chain's head lock."""
+    writes and the audit chain's head lock.
+
+    On psycopg each row goes in as `INSERT … SELECT … FROM jsonb_populate_record(…)` whose only
+    value is one JSON literal (`outbox_row_inserts`), instead of 14 values bound one by one. Engines with statement listeners (tracing, query logs) and
+    other drivers keep the unit of work's inserts, after the locks."""
     rows: list[dict[str, Any]] | None = buf.inserts.get(outbox_table)
     if not rows:
         return
@@ -512,31 +514,77 @@ async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf:
             if row["aggregate_key"] is not None
         }
     )
-    if not keys:
-        return
     locks = [f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK_CLASS}, {key})" for key in keys]
     deferring = await sql._deferring()
-    if deferring is not None:  # outside batch calls: with the transaction's next round trip
-        for statement in locks:
-            sql.defer_sql(statement)
-        for row in rows:
-            sql.defer(deferring, compiled_insert(outbox_table, tuple(row), conn.dialect), row, None)
-        rows.clear()
-        return
-    driver = await sql._direct()
-    columns = tuple(rows[0])
-    if driver is None or driver.kind != "psycopg" or any(len(row) != len(columns) for row in rows):
+    driver = deferring or await sql._direct()
+    if driver is None or driver.kind != "psycopg":
         for statement in locks:  # the unit of work inserts the rows after the hooks
             await conn.execute(text(statement))
         return
-    compiled = compiled_insert(outbox_table, columns, conn.dialect)
-    cursor = driver.client_cursor()
-    parts = [*locks, *(cursor.mogrify(compiled.sql, compiled.params(row)) for row in rows)]
     try:
-        await cursor.execute("; ".join(parts))
+        inserts = outbox_row_inserts(rows, driver.connection)
+    except (TypeError, ValueError) as exc:
+        raise driver.wrap(exc, "INSERT INTO cs_outbox") from exc
+    if deferring is not None:  # outside batch calls: with the transaction's next round trip
+        for statement in [*locks, *inserts]:
+            sql.defer_sql(statement)
+        rows.clear()
+        return
+    cursor = driver.client_cursor()
+    try:
+        await cursor.execute("; ".join([*locks, *inserts]))
     except Exception as exc:
-        raise driver.wrap(exc, compiled.sql) from exc
+        raise driver.wrap(exc, "INSERT INTO cs_outbox") from exc
     rows.clear()
+
+
+#: `INSERT … SELECT` heads of `outbox_row_inserts`, per column tuple.
+_RECORD_HEADS: dict[tuple[str, ...], str] = {}
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):  # `UtcDateTime`: naive values are UTC
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    raise TypeError(f"an outbox column value of type {type(value).__name__} is not JSON")
+
+
+def outbox_row_inserts(rows: Sequence[Mapping[str, Any]], connection: Any) -> list[str]:
+    """`INSERT INTO cs_outbox` statements for `rows` (each a full `outbox_row` mapping), one per
+    row in order, bound client-side: each row travels as one JSON object literal expanded by
+    `jsonb_populate_record(NULL::cs_outbox, …)`.
+
+    One JSON literal (the C encoder, then `psycopg.sql.quote`) costs a fraction of binding
+    the row's 14 values one by one (`mogrify`: a dumper, a quote and a cast per value); the
+    server's extra work to expand the record is a few microseconds. Datetimes travel as ISO
+    8601 with their offset (naive ones as UTC, as `UtcDateTime` stores them); `payload` and
+    `headers` as nested JSON.
+
+    Args:
+        rows: The rows, as `outbox_row` builds them.
+        connection: The psycopg connection (quoting follows its encoding and settings).
+
+    Returns:
+        The statements, with no parameters left.
+
+    Raises:
+        TypeError: A value is not JSON (other than a datetime).
+        ValueError: A float is not finite.
+    """
+    from psycopg.sql import quote
+
+    statements: list[str] = []
+    for row in rows:
+        columns = tuple(row)
+        head = _RECORD_HEADS.get(columns)
+        if head is None:
+            names = ", ".join(columns)
+            head = _RECORD_HEADS[columns] = (
+                f"INSERT INTO {outbox_table.fullname} ({names}) SELECT {names} "
+                f"FROM jsonb_populate_record(NULL::{outbox_table.fullname}, "
+            )
+        literal = json.dumps(row, default=_json_default, allow_nan=False, separators=(",", ":"))
+        statements.append(f"{head}{quote(literal, connection)})")
+    return statements
 
 
 def outbox_row(env: EventEnvelope) -> dict[str, Any]:

@@ -413,7 +413,14 @@ class SqlTransaction(Transaction):
         driver = self._driver
         if driver is _MISSING:
             driver = None
-            raw = await self.connection.get_raw_connection()
+            sync = self.connection.sync_connection
+            # Checked out and valid: the pooled connection is at hand without I/O (SQLAlchemy's
+            # `get_raw_connection()` hops through a greenlet to find the same object).
+            raw = (
+                sync.connection
+                if sync is not None and not sync.invalidated
+                else await self.connection.get_raw_connection()
+            )
             dc = raw.driver_connection
             events = self.connection.sync_connection.dispatch  # type: ignore[union-attr]
             if events.before_cursor_execute or events.after_cursor_execute:
