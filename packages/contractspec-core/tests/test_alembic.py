@@ -108,6 +108,18 @@ async def test_autogenerate_brings_a_database_from_an_earlier_release_up_to_date
     async with sql_engine.begin() as conn:
         await conn.execute(text("ALTER TABLE crm_contact DROP COLUMN cs_version"))
         await conn.execute(text("ALTER TABLE cs_outbox DROP COLUMN lease_token"))
+        # the outbox's indexes before the partial ones over pending rows
+        await conn.execute(text("DROP INDEX ix_cs_outbox_pending"))
+        await conn.execute(text("DROP INDEX ix_cs_outbox_pending_key"))
+        await conn.execute(
+            text("CREATE INDEX ix_cs_outbox_status_position ON cs_outbox (status, position)")
+        )
+        await conn.execute(
+            text(
+                "CREATE INDEX ix_cs_outbox_aggregate_key_position "
+                "ON cs_outbox (aggregate_key, position)"
+            )
+        )
         await conn.execute(
             text("INSERT INTO crm_contact (org_id, id, name) VALUES ('org-1', 'c1', 'Ada')")
         )
@@ -116,6 +128,15 @@ async def test_autogenerate_brings_a_database_from_an_earlier_release_up_to_date
     migration = (await asyncio.to_thread(env.revision)).read_text()
     added = re.findall(r"add_column\((?:'(\w+)', )?sa\.Column\('(\w+)'", migration)
     assert sorted(column for _, column in added) == ["cs_version", "lease_token"]
+    upgrade = migration.split("def downgrade")[0]
+    dropped = re.findall(r"drop_index\((?:(?:batch_)?op\.f\()?'(\w+)'", upgrade)
+    assert sorted(dropped) == [
+        "ix_cs_outbox_aggregate_key_position",
+        "ix_cs_outbox_status_position",
+    ]
+    created = re.findall(r"create_index\('(\w+)'[^\n]*", upgrade)
+    assert sorted(created) == ["ix_cs_outbox_pending", "ix_cs_outbox_pending_key"]
+    assert upgrade.count("postgresql_where=sa.text(\"status = 'pending'\")") == 2, upgrade
 
     await asyncio.to_thread(env.upgrade)
     await asyncio.to_thread(env.check)

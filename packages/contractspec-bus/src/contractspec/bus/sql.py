@@ -46,6 +46,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -325,6 +326,11 @@ def _message(
 
 #: The PostgreSQL claim (`SqlOutboxStore._claim_postgresql`). `cs_claim` is materialized so
 #: the rows it locked are exactly the candidates the key check excludes.
+#: `'pending'` as a SQL literal: a claim's `status = 'pending'` then matches the predicate of the
+#: outbox's partial indexes (`ix_cs_outbox_pending`, `ix_cs_outbox_pending_key`), which a bound
+#: parameter cannot prove, so the claim reads pending rows only, not the delivered history.
+_PENDING = literal_column("'pending'", String())
+
 _PG_CLAIM = """
 WITH cs_claim AS MATERIALIZED (
     SELECT position, org_id, aggregate_key FROM {table}
@@ -485,11 +491,11 @@ class SqlOutboxStore(_SqlStore):
         try:
             if db_clock:
                 stmt = select(t, func.now().label("cs_db_now")).where(
-                    t.c.status == "pending", t.c.available_at <= func.now()
+                    t.c.status == _PENDING, t.c.available_at <= func.now()
                 )
             else:
                 now = now or datetime.now(UTC)
-                stmt = select(t).where(t.c.status == "pending", t.c.available_at <= now)
+                stmt = select(t).where(t.c.status == _PENDING, t.c.available_at <= now)
             stmt = stmt.order_by(t.c.position).limit(limit)
             if self.dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
@@ -515,7 +521,7 @@ class SqlOutboxStore(_SqlStore):
                 pending = await tx.execute(
                     select(t.c.position, t.c.org_id, t.c.aggregate_key)
                     .where(
-                        t.c.status == "pending",
+                        t.c.status == _PENDING,
                         _one_of(t.c.aggregate_key, keys, self.dialect, String()),
                         t.c.position <= last,
                     )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Time,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -65,6 +66,10 @@ def new_metadata() -> MetaData:
 #: The library's own tables. Add it to your Alembic `target_metadata` (a list is accepted).
 metadata = new_metadata()
 
+#: The predicate of the outbox's partial indexes. A query uses them when its WHERE states
+#: `status = 'pending'` with the literal (a bound parameter cannot prove the predicate).
+_PENDING_ROWS = text("status = 'pending'")
+
 outbox_table = Table(
     "cs_outbox",
     metadata,
@@ -83,8 +88,22 @@ outbox_table = Table(
     Column("delivered_at", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("lease_token", String(32), nullable=True),
-    Index(None, "status", "position"),
-    Index(None, "aggregate_key", "position"),
+    # Partial indexes over pending rows only: a relay's claim and its per-key order probe read
+    # the rows still to deliver, never the delivered history (which grows until purged), and
+    # marking a row delivered adds no entry to them.
+    Index(
+        "ix_cs_outbox_pending",
+        "position",
+        postgresql_where=_PENDING_ROWS,
+        sqlite_where=_PENDING_ROWS,
+    ),
+    Index(
+        "ix_cs_outbox_pending_key",
+        "aggregate_key",
+        "position",
+        postgresql_where=_PENDING_ROWS,
+        sqlite_where=_PENDING_ROWS,
+    ),
     comment=(
         "Transactional outbox: events committed with the writes that caused them; per "
         "(org_id, aggregate_key), positions follow commit order."
