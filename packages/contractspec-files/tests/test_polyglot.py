@@ -168,9 +168,8 @@ def test_start_rule_follows_whatwg() -> None:
     assert not is_polyglot(HTML, "text/html")
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
 async def test_compressed_uploads_are_stored_and_polyglots_are_415(
-    kind: str, tmp_path: Path
+    backend_kind: str, tmp_path: Path
 ) -> None:
     """Through the executor on each backend: seeds the old rule refused now upload; a GIF/JS
     polyglot is still refused with nothing stored."""
@@ -178,7 +177,7 @@ async def test_compressed_uploads_are_stored_and_polyglots_are_415(
         s for s in SEEDS if _HTML_ANYWHERE.search(random_pdf(s)[:SNIFF_BYTES]) is not None
     ][:2]
     assert refused_before
-    async with open_app(kind, tmp_path) as app:
+    async with open_app(backend_kind, tmp_path) as app:
         await app.project()
         for seed in refused_before:
             out = await app.upload(random_pdf(seed), filename=f"{seed}.pdf")
