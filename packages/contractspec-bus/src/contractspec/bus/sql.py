@@ -104,6 +104,7 @@ from contractspec.core.sql import (
     SqlTransaction,
     SqlUnitOfWork,
     UtcDateTime,
+    as_utc,
     audit_head_table,
     audit_snapshot,
     audit_table,
@@ -237,11 +238,6 @@ async def create_bus_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(core_metadata.create_all)
         await conn.run_sync(metadata.create_all)
-
-
-def _utc(value: datetime) -> datetime:
-    """An aware UTC datetime (naive taken as UTC), as `UtcDateTime` binds it on PostgreSQL."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _org_key(org_id: str | None) -> str:
@@ -564,8 +560,8 @@ class SqlOutboxStore(_SqlStore):
         if now is None:
             params["lease"] = lease
         else:
-            params["now"] = _utc(now)
-            params["until"] = _utc(now + lease)
+            params["now"] = as_utc(now)
+            params["until"] = as_utc(now + lease)
         async with self.engine.connect() as conn:
             fast = _relay_sql_for(conn.dialect)
             done = await autocommit_statement(conn, fast.claim_sql[mode], params, fetch=True)
@@ -631,7 +627,7 @@ class SqlOutboxStore(_SqlStore):
             async with self.engine.connect() as conn:
                 params: dict[str, Any] = {
                     "positions": [int(p) for p in positions],
-                    "at": _utc(at),
+                    "at": as_utc(at),
                     "status": "delivered",
                     "last_error": None,
                     "lease_token": None,

@@ -81,6 +81,7 @@ from contractspec.core.sql.types import (
     JsonType,
     UtcDateTime,
     alembic_render_item,
+    as_utc,
 )
 
 __all__ = [
@@ -105,6 +106,7 @@ __all__ = [
     "WriteBuffer",
     "alembic_render_item",
     "append_only",
+    "as_utc",
     "async_engine_from",
     "audit_head_table",
     "audit_snapshot",

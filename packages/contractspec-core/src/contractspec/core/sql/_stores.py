@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -51,6 +51,7 @@ from contractspec.core.sql._schema import (
 )
 from contractspec.core.sql._uow import SqlTransaction, SqlUnitOfWork, sql_transaction
 from contractspec.core.sql.engines import create_all
+from contractspec.core.sql.types import as_utc
 from contractspec.core.transactions import Transaction
 
 __all__ = [
@@ -502,8 +503,9 @@ async def _lock_keys_and_insert(sql: SqlTransaction, conn: AsyncConnection, buf:
     writes and the audit chain's head lock.
 
     On psycopg each row goes in as `INSERT … SELECT … FROM jsonb_populate_record(…)` whose only
-    value is one JSON literal (`outbox_row_inserts`), instead of 14 values bound one by one. Engines with statement listeners (tracing, query logs) and
-    other drivers keep the unit of work's inserts, after the locks."""
+    value is one JSON literal (`outbox_row_inserts`), instead of 14 values bound one by one.
+    Engines with statement listeners (tracing, query logs) and other drivers keep the unit of
+    work's inserts, after the locks."""
     rows: list[dict[str, Any]] | None = buf.inserts.get(outbox_table)
     if not rows:
         return
@@ -543,8 +545,8 @@ _RECORD_HEADS: dict[tuple[str, ...], str] = {}
 
 
 def _json_default(value: object) -> str:
-    if isinstance(value, datetime):  # `UtcDateTime`: naive values are UTC
-        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    if isinstance(value, datetime):  # as `UtcDateTime` binds it
+        return as_utc(value).isoformat()
     raise TypeError(f"an outbox column value of type {type(value).__name__} is not JSON")
 
 

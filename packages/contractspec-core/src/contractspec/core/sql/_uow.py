@@ -47,6 +47,7 @@ from contractspec.core.errors import (
 from contractspec.core.sql._direct import (
     Compiled,
     DirectDriver,
+    checked_out_connection,
     compiled_insert,
     compiled_select_row,
     compiled_update,
@@ -413,15 +414,7 @@ class SqlTransaction(Transaction):
         driver = self._driver
         if driver is _MISSING:
             driver = None
-            sync = self.connection.sync_connection
-            # Checked out and valid: the pooled connection is at hand without I/O (SQLAlchemy's
-            # `get_raw_connection()` hops through a greenlet to find the same object).
-            raw = (
-                sync.connection
-                if sync is not None and not sync.invalidated
-                else await self.connection.get_raw_connection()
-            )
-            dc = raw.driver_connection
+            dc = (await checked_out_connection(self.connection)).driver_connection
             events = self.connection.sync_connection.dispatch  # type: ignore[union-attr]
             if events.before_cursor_execute or events.after_cursor_execute:
                 pass  # SQLAlchemy runs every statement, so its cursor events fire

@@ -43,6 +43,12 @@ class JsonType(TypeDecorator[Any]):
         return "JsonType()"
 
 
+def as_utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime, as `UtcDateTime` stores it: aware values converted to
+    UTC, naive ones taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.
 
@@ -56,7 +62,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = as_utc(value)
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
