@@ -115,8 +115,9 @@ async def test_an_agent_run_calls_the_server_through_the_gateway(
     assert note == {"result": "note added to o-1"}  # the server's structuredContent, as sent
     blocked = tool_results(model, 2)[-1]
     assert blocked["proof"][0]["verdict"] == "FAIL"
-    # the blocked refund and the unapproved closure never reached the server
-    assert [name for name, _ in seen(log)] == ["lookup_order", "add_note"]
+    # the blocked refund and the unapproved closure never reached the server (the two calls of
+    # one model turn run concurrently, so the server may see them in either order)
+    assert sorted(name for name, _ in seen(log)) == ["add_note", "lookup_order"]
 
     (approval_id,) = waiting.pending_approvals
     request = await env.approvals.get(approval_id)
@@ -126,11 +127,12 @@ async def test_an_agent_run_calls_the_server_through_the_gateway(
         done = await runner.resume(waiting.run_id)
         again = await runner.resume(waiting.run_id)
     assert (done.status, done.output, again.output) == (RunStatus.COMPLETED, "Closed.", "Closed.")
-    assert seen(log) == [
-        ("lookup_order", {"order_id": "o-1"}),
+    calls = seen(log)
+    assert sorted(calls[:2], key=lambda c: c[0]) == [
         ("add_note", {"order_id": "o-1", "text": "hi"}),
-        ("close_account", {"customer_id": "c-1"}),
+        ("lookup_order", {"order_id": "o-1"}),
     ]
+    assert calls[2:] == [("close_account", {"customer_id": "c-1"})]
     assert sorted(await ledger(env, waiting.run_id)) == [
         ("add_note", ActionStatus.SUCCEEDED, 1),
         ("close_account", ActionStatus.SUCCEEDED, 1),
