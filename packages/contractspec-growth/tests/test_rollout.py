@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from contractspec.growth.rollouts import (
     Guardrails,
     MemoryRolloutStore,
     RolloutPlan,
+    RolloutState,
     RolloutStatus,
     RolloutStore,
     SpecExperimentController,
@@ -106,6 +108,51 @@ async def test_stages_advance_only_after_samples_and_dwell_and_persist(store: Ro
     assert final.plan == controller.state("shop.quote").plan
     resumed = SpecExperimentController(store, clock=clock)
     assert [s.status for s in await resumed.load()] == [RolloutStatus.COMPLETED]
+
+
+class _HeldRead(MemoryRolloutStore):
+    """Holds the next `all()` after it has read, until `release` is set (a slow refresh)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_next = False
+        self.release = asyncio.Event()
+
+    async def all(self) -> list[RolloutState]:
+        states = await super().all()
+        if self.hold_next:
+            self.hold_next = False
+            await self.release.wait()
+        return states
+
+
+async def test_a_refresh_that_read_before_an_advance_does_not_undo_it() -> None:
+    """A background refresh reads the 1% stage; the controller then advances to 10% and stores
+    it; the refresh's stale result arrives afterwards and must not put the rollout back."""
+    clock = FakeClock(T0)
+    store = _HeldRead()
+    controller = SpecExperimentController(store, registry=build_registry(), clock=clock)
+    plan = RolloutPlan("shop.quote", candidate=2, min_samples=30, min_dwell=timedelta(minutes=10))
+    await controller.start(plan)
+    store.hold_next = True
+    controller.record(_sample(1))  # starts the background refresh, which reads the 1% stage
+    await asyncio.sleep(0)
+    assert not store.hold_next  # the background refresh has read and is held
+    for _ in range(30):
+        controller.record(_sample(1))
+        controller.record(_sample(2))
+    clock.advance(timedelta(minutes=10))
+    await controller.evaluate()
+    advanced = controller.state("shop.quote")
+    assert advanced is not None
+    assert (advanced.stage, advanced.coverage) == (1, 0.10)
+    store.release.set()
+    for _ in range(5):  # let the held refresh finish
+        await asyncio.sleep(0)
+    assert controller.state("shop.quote") == advanced
+    stored = await store.load("shop.quote")
+    assert stored is not None
+    assert stored.version == advanced.version
 
 
 async def test_error_rate_breach_rolls_back_at_once_with_reason(store: RolloutStore) -> None:

@@ -687,7 +687,9 @@ class SpecExperimentController:
         """Re-read every state from the store and adopt what other workers changed.
 
         A state this controller is still writing is left to that write (whose compare-and-set
-        settles it). Returns the states as this controller now sees them.
+        settles it), and a state older than the version this controller last stored (a read
+        that started before that write) is ignored. Returns the states as this controller now
+        sees them.
         """
         self._refreshed_at = self.clock.now()
         for stored in await self.store.all():
@@ -698,6 +700,9 @@ class SpecExperimentController:
         operation = stored.operation
         if operation in self._dirty or operation in self._writing:
             return
+        known = self._stored.get(operation)
+        if known is not None and stored.version < known:
+            return  # read before a write that has since landed: older than what we stored
         self._stored[operation] = stored.version
         if self._states.get(operation) != stored:
             self._set(stored)
