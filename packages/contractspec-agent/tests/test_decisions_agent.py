@@ -394,3 +394,20 @@ async def test_bad_features_and_unknown_arms_are_refused_before_logging() -> Non
     assert err.value.details["field"] == "arms"
     with pytest.raises(SpecDefinitionError):
         await narrow.record_override("d2", "zzz", actor="ann")
+
+
+async def test_numbers_past_the_float_range_are_refused_naming_the_field() -> None:
+    """A feature or a budget limit too large for a float is a clear error naming the field,
+    not an OverflowError."""
+    from contractspec.agent.orchestration import Budget
+
+    service = BanditService(LinearIGW("p", list(ARMS), n_features=3, seed=1))
+    point = DecisionPoint("choose_offer", port=service, input=Customer,
+                          features=lambda c: [1.0, 10**400, 0.0], arms=ARMS)  # fmt: skip
+    with pytest.raises(SpecValidationError) as err:
+        await point.decide({"customer_id": "c", "churn_risk": 0.1, "orders": 1}, decision_id="d")
+    assert err.value.details["field"] == "features"
+    assert await service.log.decisions() == []
+    with pytest.raises(SpecValidationError) as budget_err:
+        Budget(cost=10**400)
+    assert budget_err.value.details["field"] == "budget.cost"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,12 +331,24 @@ def test_bounds_clip_and_normalise_rewards() -> None:
     assert model.reward([]) == 0.5
 
 
+def _converts_to_a_finite_float(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond the largest float
+        return False
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     name=st.one_of(st.just("ok.name"), st.text(max_size=12).map(lambda t: t + " !")),
     event_name=st.one_of(st.just("shop.order.paid"), st.text(max_size=12).map(lambda t: "!" + t)),
     amount=st.one_of(st.none(), st.just("margin"), st.text(max_size=8).map(lambda t: t + ".")),
-    weight=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans()),
+    weight=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(),
+        st.sampled_from([2**63, -(2**63) - 1, 10**400, -(10**400)]),  # past int64, past a float
+        st.booleans(),
+    ),
     horizon_s=st.integers(-5, 5),
     bounds=st.one_of(st.none(), st.tuples(st.floats(), st.floats())),
 )
@@ -362,7 +375,7 @@ def test_hostile_reward_models_are_refused_naming_the_field(
         and event_name == "shop.order.paid"
         and amount in (None, "margin")
         and not isinstance(weight, bool)
-        and np.isfinite(weight)
+        and _converts_to_a_finite_float(weight)
         and horizon_s > 0
         and (bounds is None or (np.isfinite(bounds).all() and bounds[0] < bounds[1]))
     )
@@ -574,3 +587,22 @@ async def test_unstorable_text_is_refused_naming_the_field_on_every_store(
     assert await outcomes.labels() == []
     assert await outcomes.outcomes("c1") == []
     assert [x.decision_id for x in await log.decisions("offers")] == ["c1"]
+
+
+@pytest.mark.parametrize("huge", [10**400, -(10**400)])
+def test_numbers_past_the_float_range_are_refused_naming_the_field(huge: int) -> None:
+    """An int too large for a float is a SpecDefinitionError naming the field, not an
+    OverflowError, wherever growth takes a number in a definition."""
+    from contractspec.growth.experiments import define_experiment
+    from contractspec.growth.flags import rollout
+
+    cases = [
+        (lambda: RewardTerm("shop.order.paid", weight=huge), "weight"),
+        (lambda: define_experiment("exp.k", ["a", "b"], coverage=huge), "coverage"),
+        (lambda: define_experiment("exp.k", ["a", "b"], weights=[huge, 0.5]), "weights[0]"),
+        (lambda: rollout(True, huge), "coverage"),
+    ]
+    for build, field in cases:
+        with pytest.raises(SpecDefinitionError) as err:
+            build()
+        assert err.value.details["field"] == field

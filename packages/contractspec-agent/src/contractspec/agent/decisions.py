@@ -31,7 +31,6 @@ as labels through a [`LabelPort`][contractspec.agent.decisions.LabelPort] with
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -41,6 +40,7 @@ from pydantic import BaseModel
 
 from contractspec.agent.tools import RiskLevel, Tool, ToolContext, tool
 from contractspec.core.errors import SpecDefinitionError, SpecValidationError
+from contractspec.core.numbers import as_finite_float
 
 __all__ = [
     "ChosenAction",
@@ -206,7 +206,7 @@ class DecisionPoint:
             )
         out: list[float] = []
         for v in raw:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            if as_finite_float(v) is None:
                 raise SpecValidationError(
                     f"{self.name}: features must be finite numbers, got {v!r}.",
                     details={"field": "features"},

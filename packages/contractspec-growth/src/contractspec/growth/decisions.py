@@ -55,6 +55,7 @@ from contractspec.core.errors import (
     SpecDefinitionError,
     SpecValidationError,
 )
+from contractspec.core.numbers import as_finite_float
 from contractspec.core.ports import Clock, SystemClock
 from contractspec.core.records import EventEnvelope, TelemetrySample
 from contractspec.growth.bandits import (
@@ -172,11 +173,7 @@ class RewardTerm:
                 "amount", f"RewardTerm.amount must be a dotted payload path such as 'margin' or "
                 f"'order.margin' (or None to count events), got {self.amount!r}."
             )  # fmt: skip
-        if (
-            isinstance(self.weight, bool)
-            or not isinstance(self.weight, int | float)
-            or not math.isfinite(self.weight)
-        ):
+        if as_finite_float(self.weight) is None:
             raise _definition_error(
                 "weight", f"RewardTerm.weight must be a finite number, got {self.weight!r}."
             )

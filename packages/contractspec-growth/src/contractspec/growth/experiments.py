@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -34,6 +33,7 @@ from attrs import define, field
 
 from contractspec.core.context import CallContext
 from contractspec.core.errors import NotFoundError, SpecDefinitionError, SpecValidationError
+from contractspec.core.numbers import as_finite_float
 from contractspec.core.ports import Clock, SystemClock
 from contractspec.growth._lazy import lazy_module
 from contractspec.growth.bucketing import (
@@ -264,7 +264,7 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 
 
 def _fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if as_finite_float(value) is None:
         raise SpecDefinitionError(
             f"{name} must be a number between 0 and 1, got {value!r}", details={"field": name}
         )

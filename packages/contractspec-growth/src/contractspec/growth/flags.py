@@ -26,7 +26,6 @@ and rollout rules but no experiment rule.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -35,6 +34,7 @@ from attrs import define
 
 from contractspec.core.context import CallContext
 from contractspec.core.errors import NotFoundError, SpecDefinitionError
+from contractspec.core.numbers import as_finite_float
 from contractspec.core.ports import Clock
 from contractspec.growth.conditions import check_condition, eval_condition
 from contractspec.growth.experiments import (
@@ -144,11 +144,7 @@ def rollout(
     Raises:
         SpecDefinitionError: `coverage` outside `[0, 1]` or an unknown hash version.
     """
-    if (
-        isinstance(coverage, bool)
-        or not isinstance(coverage, int | float)
-        or not (math.isfinite(coverage) and 0.0 <= coverage <= 1.0)
-    ):
+    if as_finite_float(coverage) is None or not 0.0 <= coverage <= 1.0:
         raise SpecDefinitionError(
             f"rollout coverage must be a fraction between 0 and 1, got {coverage!r}",
             details={"field": "coverage"},

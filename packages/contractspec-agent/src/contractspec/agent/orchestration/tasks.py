@@ -11,7 +11,6 @@ whose orchestrator died is taken over exactly once. The SQL adapter is
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from datetime import datetime
 from types import EllipsisType
@@ -21,6 +20,7 @@ from attrs import define, evolve, field
 
 from contractspec.agent.tools import RiskLevel
 from contractspec.core import ConflictError, NotFoundError, SpecValidationError, Transaction
+from contractspec.core.numbers import as_finite_float
 
 __all__ = [
     "Budget",
@@ -45,7 +45,7 @@ def _limit(name: str, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"budget.{name}", f"budget.{name} must be a number or None, got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    if as_finite_float(value) is None or value < 0:
         raise _bad(
             f"budget.{name}",
             f"budget.{name} must be a finite number >= 0 (or None for no limit), got {value!r}",
