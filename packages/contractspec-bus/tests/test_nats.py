@@ -245,6 +245,66 @@ async def test_committed_events_flow_through_the_relay_to_a_durable_consumer_in_
     await sub.stop()
 
 
+@pytest.mark.parametrize("relay_class", [OutboxRelay, JetStreamRelay])
+async def test_run_sends_a_batch_s_marks_with_the_next_claim_only_for_jetstream(
+    sql_engine: AsyncEngine, js: Any, relay_class: type[OutboxRelay]
+) -> None:
+    """In `run()`, a `JetStreamRelay` marks each batch with its next claim (`mark_and_claim`)
+    and what is left when it stops; every event is published once and every row ends
+    delivered. The plain `OutboxRelay` (in-process subscribers, no broker de-duplication) marks
+    each batch on its own."""
+    from contractspec.bus.sql import SqlOutboxStore, create_bus_tables
+
+    calls: list[tuple[str, int]] = []
+
+    class Counting(SqlOutboxStore):
+        inside = False  # SQLite's mark_and_claim calls mark_delivered itself
+
+        async def mark_delivered(self, positions: Any, at: Any, **kw: Any) -> int:
+            if not self.inside:
+                calls.append(("mark", len(positions)))
+            return await super().mark_delivered(positions, at, **kw)
+
+        async def mark_and_claim(self, positions: Any, *args: Any) -> Any:
+            calls.append(("mark_and_claim", len(positions)))
+            self.inside = True
+            try:
+                return await super().mark_and_claim(positions, *args)
+            finally:
+                self.inside = False
+
+    await create_bus_tables(sql_engine)
+    outbox = Counting(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    relay = relay_class(
+        outbox, JetStreamPublisher(js, stream), batch_size=5, poll_interval=0.05, linger=0
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop=stop))
+    events = [envelope(i, key=f"d{i % 2}", deal_id=f"d{i % 2}", org_id="org-1") for i in range(24)]
+    for burst in range(3):  # batches of 5, 3, then an idle claim: marks ride on claims
+        await _commit(sql_engine, outbox, events[burst * 8 : burst * 8 + 8])
+        deadline = time.monotonic() + 20
+        while relay.stats.delivered < burst * 8 + 8 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert relay.stats.delivered == 24
+    assert {m.status for m in await outbox.messages(limit=100)} == {"delivered"}
+    info = await js.stream_info(stream.name)
+    assert info.state.messages == 24
+    marked_with_claims = sum(n for kind, n in calls if kind == "mark_and_claim")
+    marked_alone = [n for kind, n in calls if kind == "mark"]
+    if relay_class is JetStreamRelay:
+        assert marked_with_claims + sum(marked_alone) == 24
+        assert marked_with_claims >= 16  # all but what the last batches left on stop
+        assert len(marked_alone) <= 1  # the flush on stop
+    else:
+        assert marked_with_claims == 0
+        assert sum(marked_alone) == 24
+
+
 async def test_republishing_after_a_crash_is_dropped_by_the_broker(js: Any) -> None:
     """The same event published twice (relay died before marking) is stored once."""
     stream = _stream()

@@ -213,3 +213,107 @@ async def test_claim_and_mark_on_an_autocommit_engine_leave_its_connections_in_a
             raw = await conn.get_raw_connection()
             assert raw.driver_connection.autocommit is True
             await conn.execute(text("SELECT 1"))
+
+
+marking_rows = st.lists(
+    st.tuples(
+        st.sampled_from([None, "org-1"]),  # org
+        st.sampled_from([None, "a", "b"]),  # key
+        # "expired": ours, its lease over but not taken over yet (still marked)
+        st.sampled_from(["ready", "leased", "mine", "mine", "expired", "delivered"]),
+        st.booleans(),  # also given to mark (a row "mine" or "expired" always is)
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(rows=marking_rows, limit=st.integers(min_value=1, max_value=8), db_clock=st.booleans())
+@example(  # the next row of a key whose previous row is marked in the same statement
+    rows=[("org-1", "a", "mine", True), ("org-1", "a", "ready", False)], limit=5, db_clock=False
+)
+@example(  # a row given to mark under another lease: not marked, still blocking its key
+    rows=[("org-1", "a", "leased", True), ("org-1", "a", "ready", False)], limit=5, db_clock=True
+)
+@example(  # an expired lease still ours: marked, not claimed again in the same statement
+    rows=[("org-1", "a", "expired", True), ("org-1", "a", "ready", False)], limit=5, db_clock=True
+)
+@example(  # a row given to mark that no lease holds: not marked, claimed like any other
+    rows=[(None, "a", "ready", True), (None, "b", "ready", False)], limit=5, db_clock=False
+)
+async def test_mark_and_claim_marks_the_last_batch_then_claims_as_if_it_were_delivered(
+    sql_engine: AsyncEngine,
+    rows: list[tuple[str | None, str | None, str, bool]],
+    limit: int,
+    db_clock: bool,
+) -> None:
+    """`mark_and_claim(positions, token, ...)` marks the given rows that still carry `token`
+    delivered, and claims exactly what `claim` would claim once they are delivered (one
+    statement on PostgreSQL; mark then claim on SQLite)."""
+    await create_bus_tables(sql_engine)
+    async with sql_engine.begin() as conn:
+        await conn.execute(delete(outbox_table))
+    store = SqlOutboxStore(sql_engine)
+    tx = await SqlUnitOfWork(sql_engine).begin()
+    await store.publish(
+        [envelope(i, key=key, org_id=org) for i, (org, key, _, _) in enumerate(rows)], tx
+    )
+    await tx.commit()
+    published = await store.messages(limit=100)
+    t = outbox_table
+    async with sql_engine.begin() as conn:
+        for message, (_, _, state, _) in zip(published, rows, strict=True):
+            values = {
+                "ready": {"available_at": T0},
+                "leased": {"available_at": HELD_UNTIL, "lease_token": "other"},
+                "mine": {"available_at": HELD_UNTIL, "lease_token": "mine"},
+                "expired": {"available_at": T0, "lease_token": "mine"},
+                "delivered": {"status": "delivered", "available_at": T0},
+            }[state]
+            await conn.execute(update(t).where(t.c.position == message.position).values(**values))
+    before = {m.position: m for m in await store.messages(limit=100)}
+    given_positions = [
+        m.position
+        for m, (_, _, state, give) in zip(published, rows, strict=True)
+        if give or state in ("mine", "expired")
+    ]
+    mine = {m.position for m in before.values() if m.lease_token == "mine"}
+    # the claim sees the "mine" rows delivered
+    pending = [m for m in before.values() if m.status == "pending" and m.position not in mine]
+    candidates = [m for m in pending if m.available_at == T0][:limit]
+    queues: dict[OrderingKey, list[int]] = {}
+    for m in candidates:
+        if (okey := m.ordering_key) is not None:
+            queues[okey] = [
+                p.position
+                for p in pending
+                if p.ordering_key == okey and p.position <= candidates[-1].position
+            ]
+    expected = [m.position for m in accept_in_key_order(candidates, queues)]
+
+    at = T0 + timedelta(seconds=2)
+    now = None if db_clock else T0 + timedelta(seconds=1)
+    claimed = await store.mark_and_claim(given_positions, "mine", at, limit, now, LEASE)
+
+    assert [m.position for m in claimed] == expected
+    assert not {m.position for m in claimed} & mine
+    after = {m.position: m for m in await store.messages(limit=100)}
+    for position, row in after.items():
+        old = before[position]
+        if position in mine:
+            assert (row.status, row.delivered_at, row.lease_token) == ("delivered", at, None)
+        elif position in expected:
+            assert row.attempts == old.attempts + 1
+            assert row.lease_token == claimed[0].lease_token not in ("other", "mine")
+        else:  # untouched
+            assert (row.status, row.attempts, row.available_at, row.lease_token) == (
+                old.status,
+                old.attempts,
+                old.available_at,
+                old.lease_token,
+            )

@@ -233,6 +233,9 @@ class OutboxRelay:
         self.retry = retry or RetryPolicy(max_attempts=10, base_delay=1.0, max_delay=300.0)
         self.poll_interval = float(poll_interval)
         self.linger = float(linger)
+        #: Marks `run()` sends with its next claim: `(positions, lease token)` (see
+        #: `_carries_marks`).
+        self._unmarked: tuple[list[int], str] | None = None
         self._lease_clock = clock
         self.clock: Clock = clock or SystemClock()
         self.stats = RelayStats()
@@ -242,11 +245,45 @@ class OutboxRelay:
         """Lease time: the given clock's, or `None` for the database's."""
         return None if self._lease_clock is None else self._lease_clock.now()
 
+    #: Whether `run()` may send a batch's marks with its next claim (`mark_and_claim`, one
+    #: statement on PostgreSQL) rather than in a statement of their own. Until then the rows
+    #: stay leased to this relay, pending; a relay that dies first delivers them again once the
+    #: lease ends. Off here: an in-process subscriber would see those events twice. On in
+    #: `JetStreamRelay`, whose broker drops a re-published event (`Nats-Msg-Id`).
+    _carries_marks = False
+
     async def run_once(self) -> int:
         """Claim one batch, deliver it in order and mark it; return how many were delivered."""
+        return await self._run_batch(carry_marks=False)
+
+    async def _claim(self) -> list[OutboxMessage]:
+        """Claim the next batch, sending the marks `run()` kept back with it when it can."""
+        unmarked = self._unmarked
+        if unmarked is None:
+            return await self.outbox.claim(self.batch_size, self._now(), self.lease)
+        combined = getattr(self.outbox, "mark_and_claim", None)
+        if combined is None:
+            await self._send_marks()
+            return await self.outbox.claim(self.batch_size, self._now(), self.lease)
+        positions, token = unmarked
+        batch: list[OutboxMessage] = await combined(
+            positions, token, self.clock.now(), self.batch_size, self._now(), self.lease
+        )
+        self._unmarked = None
+        return batch
+
+    async def _send_marks(self) -> None:
+        """Mark what `run()` kept back for its next claim (when it stops, or cannot combine)."""
+        unmarked = self._unmarked
+        if unmarked is not None:
+            positions, token = unmarked
+            await self.outbox.mark_delivered(positions, self.clock.now(), token=token or None)
+            self._unmarked = None
+
+    async def _run_batch(self, *, carry_marks: bool) -> int:
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        batch = await self.outbox.claim(self.batch_size, self._now(), self.lease)
+        batch = await self._claim()
         if not batch:
             return 0
         self.stats.batches += 1
@@ -260,7 +297,9 @@ class OutboxRelay:
             stop.set()
             await beat
         pending = [p for p in lease.done if p not in lease.marked]
-        if pending:
+        if pending and carry_marks and not lost and hasattr(self.outbox, "mark_and_claim"):
+            self._unmarked = (pending, token)  # sent with the next claim
+        elif pending:
             try:
                 await self.outbox.mark_delivered(pending, self.clock.now(), token=token or None)
             except Exception:
@@ -395,18 +434,24 @@ class OutboxRelay:
         `poll_interval`.
         """
         stop = stop or asyncio.Event()
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                try:
+                    delivered = await self._run_batch(carry_marks=self._carries_marks)
+                except Exception:
+                    _log.exception("contractspec.bus.relay_batch_failed")
+                    delivered = 0
+                if delivered == 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.poll_interval)
+                elif delivered < self.batch_size and self.linger > 0:  # caught up: let rows gather
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.linger)
+        finally:
             try:
-                delivered = await self.run_once()
-            except Exception:
-                _log.exception("contractspec.bus.relay_batch_failed")
-                delivered = 0
-            if delivered == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.poll_interval)
-            elif delivered < self.batch_size and self.linger > 0:  # caught up: let rows gather
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.linger)
+                await self._send_marks()
+            except Exception:  # the rows stay leased; delivered again once the lease ends
+                _log.exception("contractspec.bus.relay_mark_failed_on_stop")
 
 
 ConsumerFn = Callable[[EventEnvelope, Transaction], Awaitable[Any]]

@@ -328,9 +328,9 @@ def _message(
 _PENDING = literal_column("'pending'", String())
 
 _PG_CLAIM = """
-WITH cs_claim AS MATERIALIZED (
+WITH {marked}cs_claim AS MATERIALIZED (
     SELECT position, org_id, aggregate_key FROM {table}
-    WHERE status = 'pending' AND available_at <= {due}
+    WHERE status = 'pending' AND available_at <= {due}{not_marked}
     ORDER BY position
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -347,21 +347,49 @@ WHERE o.position = c.position
         AND p.aggregate_key = c.aggregate_key
         AND p.org_id IS NOT DISTINCT FROM c.org_id
         AND p.position < c.position
-        AND p.position NOT IN (SELECT position FROM cs_claim)
+        AND p.position NOT IN (SELECT position FROM cs_claim){probe_marked}
     )
   )
 RETURNING o.*
 """
 
+#: The fragments that make `_PG_CLAIM` mark the previous batch delivered first (`SqlOutboxStore.
+#: mark_and_claim`). Every part of one statement reads the same snapshot, in which the rows
+#: `cs_marked` updates are still pending: the claim and its per-key probe skip the rows it did
+#: mark (delivered as of this statement), so the next row of their key can be claimed in the same
+#: statement, exactly as by a claim after the mark.
+_PG_MARKING = {
+    "marked": """cs_marked AS (
+    UPDATE {table}
+    SET status = 'delivered', delivered_at = :at, last_error = NULL, lease_token = NULL
+    WHERE position = ANY(:done) AND lease_token = :done_token
+    RETURNING position
+),
+""",
+    "not_marked": " AND position NOT IN (SELECT position FROM cs_marked)",
+    "probe_marked": "\n        AND p.position NOT IN (SELECT position FROM cs_marked)",
+}
+_PG_NOT_MARKING = dict.fromkeys(_PG_MARKING, "")
 
-def _pg_claim_statement(due: str, until: str) -> Any:
-    """The `_PG_CLAIM` statement (parameters `limit`, `token`, and `lease` or `now`/`until`)."""
-    binds = (
+
+def _pg_claim_statement(due: str, until: str, marking: bool = False) -> Any:
+    """The `_PG_CLAIM` statement (parameters `limit`, `token`, and `lease` or `now`/`until`;
+    with `marking`, also `done`, `done_token` and `at`)."""
+    binds: list[Any] = (
         [bindparam("lease", type_=Interval())]
         if due == "now()"
         else [bindparam("now", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())]
     )
-    return text(_PG_CLAIM.format(table=outbox_table.fullname, due=due, until=until)).bindparams(
+    table = outbox_table.fullname
+    parts = {k: v.format(table=table) for k, v in _PG_MARKING.items()} if marking else None
+    sql = _PG_CLAIM.format(table=table, due=due, until=until, **(parts or _PG_NOT_MARKING))
+    if marking:
+        binds += [
+            bindparam("done", type_=ARRAY(BigInteger())),
+            bindparam("done_token", type_=String()),
+            bindparam("at", type_=UtcDateTime()),
+        ]
+    return text(sql).bindparams(
         bindparam("limit", type_=Integer()), bindparam("token", type_=String()), *binds
     )
 
@@ -394,8 +422,9 @@ class _PgRelaySql:
     def __init__(self, dialect: Any) -> None:
         self.dialect = dialect
         self.claim_sql = {
-            mode: _pg_claim_statement(*mode).compile(dialect=dialect).string
+            (*mode, marking): _pg_claim_statement(*mode, marking).compile(dialect=dialect).string
             for mode in (("now()", "now() + :lease"), (":now", ":until"))
+            for marking in (False, True)
         }
         self.mark_sql = {
             token: _pg_mark_statement(token).compile(dialect=dialect).string
@@ -545,15 +574,42 @@ class SqlOutboxStore(_SqlStore):
             raise
         return accepted
 
+    async def mark_and_claim(
+        self,
+        positions: Sequence[int],
+        token: str,
+        at: datetime,
+        limit: int,
+        now: datetime | None,
+        lease: timedelta,
+    ) -> list[OutboxMessage]:
+        """`mark_delivered(positions, at, token=token)`, then `claim(limit, now, lease)`.
+
+        On PostgreSQL both are one statement (one round trip, atomic): a relay that keeps
+        claiming sends the marks of its last batch with its next claim instead of a statement
+        of their own. Rows no longer carrying `token` are left alone, as by `mark_delivered`.
+        Elsewhere the two calls run one after the other, with the same result.
+        """
+        check_page(limit, maximum=10_000)
+        if self.dialect != "postgresql" or not positions:
+            await self.mark_delivered(positions, at, token=token)
+            return await self.claim(limit, now, lease)
+        return await self._claim_postgresql(limit, now, lease, marking=(positions, token, at))
+
     async def _claim_postgresql(
-        self, limit: int, now: datetime | None, lease: timedelta
+        self,
+        limit: int,
+        now: datetime | None,
+        lease: timedelta,
+        marking: tuple[Sequence[int], str, datetime] | None = None,
     ) -> list[OutboxMessage]:
         """The claim on PostgreSQL: one statement, run on its own (one round trip, atomic).
 
         Same rule as the generic claim (`accept_in_key_order`): a candidate (pending, available,
         not locked by a concurrent claim: `FOR UPDATE SKIP LOCKED`) with a key is leased only if
         no pending row of its `(org_id, key)` before it is left out of the candidates (leased
-        elsewhere, backing off, or locked and skipped).
+        elsewhere, backing off, or locked and skipped). With `marking` (positions, their lease
+        token, the time), those rows are marked delivered first, in the same statement.
         """
         mode = ("now()", "now() + :lease") if now is None else (":now", ":until")
         params: dict[str, Any] = {"limit": limit, "token": new_lease_token()}
@@ -562,13 +618,19 @@ class SqlOutboxStore(_SqlStore):
         else:
             params["now"] = as_utc(now)
             params["until"] = as_utc(now + lease)
+        if marking is not None:
+            positions, token, at = marking
+            params["done"] = [int(p) for p in positions]
+            params["done_token"] = token
+            params["at"] = as_utc(at)
+        key = (*mode, marking is not None)
         async with self.engine.connect() as conn:
             fast = _relay_sql_for(conn.dialect)
-            done = await autocommit_statement(conn, fast.claim_sql[mode], params, fetch=True)
+            done = await autocommit_statement(conn, fast.claim_sql[key], params, fetch=True)
             if done is not None:
                 rows: Sequence[Mapping[Any, Any]] = fast.rows(done[1], done[2])
             else:
-                stmt = _pg_claim_statement(*mode).bindparams(**params).columns(*outbox_table.c)
+                stmt = _pg_claim_statement(*key).bindparams(**params).columns(*outbox_table.c)
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = (await auto.execute(stmt)).mappings().all()
         return sorted((_message(r) for r in rows), key=lambda m: m.position)

@@ -392,12 +392,21 @@ class JetStreamRelay(OutboxRelay):
     batches of dozens rather than a few: two statements per batch instead of per handful.
     Pass `linger=0` to claim again at once.
 
+    In `run()`, the marks of a batch travel with the next claim (`mark_and_claim`: one
+    statement on PostgreSQL instead of two per batch); they are sent on their own when `run()`
+    stops. Until then the rows stay pending, leased to this relay: one that dies first
+    re-publishes them once the lease ends, and the broker drops the copies within
+    `JetStreamSpec.duplicate_window` (keep it longer than the lease). `run_once()` and
+    `drain()` mark each batch at once.
+
     Args:
         outbox: The `OutboxStore`.
         publisher: The `JetStreamPublisher`.
         **kwargs: As for `OutboxRelay` (`batch_size`, `lease`, `retry`, `poll_interval`,
             `linger`, ...).
     """
+
+    _carries_marks = True
 
     def __init__(self, outbox: Any, publisher: JetStreamPublisher, **kwargs: Any) -> None:
         if not isinstance(publisher, JetStreamPublisher):
