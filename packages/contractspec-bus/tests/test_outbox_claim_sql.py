@@ -14,12 +14,75 @@ from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contractspec.bus.sql import SqlOutboxStore, create_bus_tables
-from contractspec.bus.stores import OrderingKey, accept_in_key_order
+from contractspec.bus.stores import OrderingKey, OutboxMessage, accept_in_key_order
 from contractspec.core.sql import SqlUnitOfWork, outbox_table
 
 LEASE = timedelta(seconds=30)
 #: Later than any clock (ours or the database's) this test runs with: a lease still held.
 HELD_UNTIL = datetime(2999, 1, 1, tzinfo=UTC)
+
+#: The state each generated row is put in before the claim.
+STATES: dict[str, dict[str, Any]] = {
+    "ready": {"available_at": T0},
+    "leased": {"available_at": HELD_UNTIL, "lease_token": "other"},
+    "mine": {"available_at": HELD_UNTIL, "lease_token": "mine"},
+    # ours, its lease over but not taken over yet
+    "expired": {"available_at": T0, "lease_token": "mine"},
+    "delivered": {"status": "delivered", "available_at": T0},
+    "failed": {"status": "failed", "available_at": T0},
+}
+
+#: Each Hypothesis example builds its own table contents on the function-scoped engine.
+claim_settings = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+async def _outbox_in_states(
+    sql_engine: AsyncEngine, rows: list[tuple[str | None, str | None, str]]
+) -> tuple[SqlOutboxStore, list[OutboxMessage]]:
+    """An outbox holding one row per `(org, key, state)`, in that order (positions ascending)."""
+    await create_bus_tables(sql_engine)
+    async with sql_engine.begin() as conn:
+        await conn.execute(delete(outbox_table))
+    store = SqlOutboxStore(sql_engine)
+    tx = await SqlUnitOfWork(sql_engine).begin()
+    await store.publish(
+        [envelope(i, key=key, org_id=org) for i, (org, key, _) in enumerate(rows)], tx
+    )
+    await tx.commit()
+    published = await store.messages(limit=100)
+    t = outbox_table
+    async with sql_engine.begin() as conn:
+        for message, (_, _, state) in zip(published, rows, strict=True):
+            await conn.execute(
+                update(t).where(t.c.position == message.position).values(**STATES[state])
+            )
+    return store, await store.messages(limit=100)
+
+
+def _expected_claim(pending: list[OutboxMessage], limit: int) -> list[int]:
+    """What `accept_in_key_order` leases of the first `limit` available `pending` rows."""
+    candidates = [m for m in pending if m.available_at == T0][:limit]
+    queues: dict[OrderingKey, list[int]] = {}
+    for m in candidates:
+        if (okey := m.ordering_key) is not None:
+            queues[okey] = [
+                p.position
+                for p in pending
+                if p.ordering_key == okey and p.position <= candidates[-1].position
+            ]
+    return [m.position for m in accept_in_key_order(candidates, queues)]
+
+
+def _assert_untouched(row: OutboxMessage, old: OutboxMessage) -> None:
+    assert (row.status, row.attempts, row.available_at, row.lease_token) == (
+        old.status,
+        old.attempts,
+        old.available_at,
+        old.lease_token,
+    )
+
 
 rows = st.lists(
     st.tuples(
@@ -32,11 +95,7 @@ rows = st.lists(
 )
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@claim_settings
 @given(rows=rows, limit=st.integers(min_value=1, max_value=8), db_clock=st.booleans())
 @example(rows=[("org-1", "a", "leased"), ("org-1", "a", "ready")], limit=5, db_clock=False)
 @example(  # the same key without an org and in an org: two queues
@@ -59,38 +118,9 @@ async def test_a_claim_leases_exactly_the_rows_that_keep_per_key_order(
     every pending row of its (org, key) before it is leased too (rows held by another lease,
     including ones after the candidates' window, block the rest of their key); the leased rows
     carry one new token, the counted attempt and the lease's end."""
-    await create_bus_tables(sql_engine)
-    async with sql_engine.begin() as conn:
-        await conn.execute(delete(outbox_table))
-    store = SqlOutboxStore(sql_engine)
-    tx = await SqlUnitOfWork(sql_engine).begin()
-    await store.publish(
-        [envelope(i, key=key, org_id=org) for i, (org, key, _) in enumerate(rows)], tx
-    )
-    await tx.commit()
-    published = await store.messages(limit=100)
-    t = outbox_table
-    async with sql_engine.begin() as conn:
-        for message, (_, _, state) in zip(published, rows, strict=True):
-            values = {
-                "ready": {"available_at": T0},
-                "leased": {"available_at": HELD_UNTIL, "lease_token": "other"},
-                "delivered": {"status": "delivered", "available_at": T0},
-                "failed": {"status": "failed", "available_at": T0},
-            }[state]
-            await conn.execute(update(t).where(t.c.position == message.position).values(**values))
-    before = {m.position: m for m in await store.messages(limit=100)}
-    pending = [m for m in before.values() if m.status == "pending"]
-    candidates = [m for m in pending if m.available_at == T0][:limit]
-    queues: dict[OrderingKey, list[int]] = {}
-    for m in candidates:
-        if (okey := m.ordering_key) is not None:
-            queues[okey] = [
-                p.position
-                for p in pending
-                if p.ordering_key == okey and p.position <= candidates[-1].position
-            ]
-    expected = [m.position for m in accept_in_key_order(candidates, queues)]
+    store, stored = await _outbox_in_states(sql_engine, rows)
+    before = {m.position: m for m in stored}
+    expected = _expected_claim([m for m in stored if m.status == "pending"], limit)
 
     now = None if db_clock else T0 + timedelta(seconds=1)
     claimed = await store.claim(limit, now, LEASE)
@@ -107,13 +137,8 @@ async def test_a_claim_leases_exactly_the_rows_that_keep_per_key_order(
                 assert row.available_at == now + LEASE
             else:
                 assert T0 < row.available_at < HELD_UNTIL
-        else:  # untouched
-            assert (row.status, row.attempts, row.available_at, row.lease_token) == (
-                old.status,
-                old.attempts,
-                old.available_at,
-                old.lease_token,
-            )
+        else:
+            _assert_untouched(row, old)
 
 
 async def test_claim_and_mark_on_the_driver_equal_the_sqlalchemy_path_and_listeners_see_them(
@@ -219,7 +244,6 @@ marking_rows = st.lists(
     st.tuples(
         st.sampled_from([None, "org-1"]),  # org
         st.sampled_from([None, "a", "b"]),  # key
-        # "expired": ours, its lease over but not taken over yet (still marked)
         st.sampled_from(["ready", "leased", "mine", "mine", "expired", "delivered"]),
         st.booleans(),  # also given to mark (a row "mine" or "expired" always is)
     ),
@@ -228,11 +252,7 @@ marking_rows = st.lists(
 )
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@claim_settings
 @given(rows=marking_rows, limit=st.integers(min_value=1, max_value=8), db_clock=st.booleans())
 @example(  # the next row of a key whose previous row is marked in the same statement
     rows=[("org-1", "a", "mine", True), ("org-1", "a", "ready", False)], limit=5, db_clock=False
@@ -255,46 +275,18 @@ async def test_mark_and_claim_marks_the_last_batch_then_claims_as_if_it_were_del
     """`mark_and_claim(positions, token, ...)` marks the given rows that still carry `token`
     delivered, and claims exactly what `claim` would claim once they are delivered (one
     statement on PostgreSQL; mark then claim on SQLite)."""
-    await create_bus_tables(sql_engine)
-    async with sql_engine.begin() as conn:
-        await conn.execute(delete(outbox_table))
-    store = SqlOutboxStore(sql_engine)
-    tx = await SqlUnitOfWork(sql_engine).begin()
-    await store.publish(
-        [envelope(i, key=key, org_id=org) for i, (org, key, _, _) in enumerate(rows)], tx
-    )
-    await tx.commit()
-    published = await store.messages(limit=100)
-    t = outbox_table
-    async with sql_engine.begin() as conn:
-        for message, (_, _, state, _) in zip(published, rows, strict=True):
-            values = {
-                "ready": {"available_at": T0},
-                "leased": {"available_at": HELD_UNTIL, "lease_token": "other"},
-                "mine": {"available_at": HELD_UNTIL, "lease_token": "mine"},
-                "expired": {"available_at": T0, "lease_token": "mine"},
-                "delivered": {"status": "delivered", "available_at": T0},
-            }[state]
-            await conn.execute(update(t).where(t.c.position == message.position).values(**values))
-    before = {m.position: m for m in await store.messages(limit=100)}
+    store, stored = await _outbox_in_states(sql_engine, [(o, k, state) for o, k, state, _ in rows])
+    before = {m.position: m for m in stored}
     given_positions = [
         m.position
-        for m, (_, _, state, give) in zip(published, rows, strict=True)
+        for m, (_, _, state, give) in zip(stored, rows, strict=True)
         if give or state in ("mine", "expired")
     ]
-    mine = {m.position for m in before.values() if m.lease_token == "mine"}
+    mine = {m.position for m in stored if m.lease_token == "mine"}
     # the claim sees the "mine" rows delivered
-    pending = [m for m in before.values() if m.status == "pending" and m.position not in mine]
-    candidates = [m for m in pending if m.available_at == T0][:limit]
-    queues: dict[OrderingKey, list[int]] = {}
-    for m in candidates:
-        if (okey := m.ordering_key) is not None:
-            queues[okey] = [
-                p.position
-                for p in pending
-                if p.ordering_key == okey and p.position <= candidates[-1].position
-            ]
-    expected = [m.position for m in accept_in_key_order(candidates, queues)]
+    expected = _expected_claim(
+        [m for m in stored if m.status == "pending" and m.position not in mine], limit
+    )
 
     at = T0 + timedelta(seconds=2)
     now = None if db_clock else T0 + timedelta(seconds=1)
@@ -310,10 +302,5 @@ async def test_mark_and_claim_marks_the_last_batch_then_claims_as_if_it_were_del
         elif position in expected:
             assert row.attempts == old.attempts + 1
             assert row.lease_token == claimed[0].lease_token not in ("other", "mine")
-        else:  # untouched
-            assert (row.status, row.attempts, row.available_at, row.lease_token) == (
-                old.status,
-                old.attempts,
-                old.available_at,
-                old.lease_token,
-            )
+        else:
+            _assert_untouched(row, old)
