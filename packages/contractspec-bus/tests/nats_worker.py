@@ -4,6 +4,10 @@
 JetStream; after JetStream acknowledged event number HANG_AT (and before the relay marks it) it
 logs `hanging` and hangs, so the parent can SIGKILL it mid-batch. Exits when nothing is pending.
 
+`python nats_worker.py relay-run ...`: a `JetStreamRelay` in `run()` (batch 10, lease 1 s,
+lingering 60 s after a batch that was not full); once HANG_AT events are delivered (their marks
+kept back for the next claim) it logs `hanging` and hangs.
+
 `python nats_worker.py consume URL SCHEMA NATS_URL NAME:PREFIX LOG HANG_AT`: a `JetStreamSubscriber`
 (durable `effects`) whose idempotent consumer inserts one `crm_effect` row per event; at event
 number HANG_AT it logs `hanging` after the consumer's transaction committed and before the ack,
@@ -24,7 +28,12 @@ from bus_crash_relay import Effect, effect_entity, effect_tables, make_engine
 from bus_support import build_registry
 
 from contractspec.bus import IdempotentConsumer, OutboxRelay
-from contractspec.bus.nats import JetStreamPublisher, JetStreamSpec, JetStreamSubscriber
+from contractspec.bus.nats import (
+    JetStreamPublisher,
+    JetStreamRelay,
+    JetStreamSpec,
+    JetStreamSubscriber,
+)
 from contractspec.bus.sql import SqlDeadLetterStore, SqlOutboxStore, SqlProcessedEventStore
 from contractspec.core import EventEnvelope, Transaction
 from contractspec.core.sql import SqlEntityStore, SqlUnitOfWork
@@ -70,6 +79,29 @@ async def main(
                     break
                 await asyncio.sleep(0.1)
             log.write("done\n")
+            return
+        if mode == "relay-run":
+            outbox = SqlOutboxStore(engine)
+            publisher = HangingPublisher(js, stream, hang_at=0, log=log)
+            waves = JetStreamRelay(
+                outbox,
+                publisher,
+                batch_size=10,
+                lease=timedelta(seconds=1),
+                poll_interval=60,
+                linger=60,
+            )
+
+            async def freeze_once_delivered() -> None:
+                while waves.stats.delivered < hang_at:  # noqa: ASYNC110 - a test hook
+                    await asyncio.sleep(0.005)
+                log.write("hanging\n")
+                os.fsync(log.fileno())
+                time.sleep(3600)  # noqa: ASYNC251 - frozen, marks unsent, until killed
+
+            watcher = asyncio.create_task(freeze_once_delivered())
+            await waves.run()
+            watcher.cancel()
             return
         store = SqlEntityStore(effect_tables)
 

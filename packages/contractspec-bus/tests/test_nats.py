@@ -745,6 +745,61 @@ async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_rep
 
 
 @pytest.mark.slow
+async def test_relay_killed_with_its_marks_kept_back_republishes_and_the_broker_drops_them(
+    sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGKILL a `JetStreamRelay` in `run()` after it published a whole batch whose marks it
+    kept back for its next claim: the rows are still pending, a second relay publishes them
+    again, the broker drops every copy, and an idempotent consumer applies each event once."""
+    from contractspec.bus.sql import SqlDeadLetterStore
+
+    outbox = await _outbox(sql_engine)
+    await _effects_table(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    events = [envelope(i, key=f"d{i % 3}", deal_id=f"d{i % 3}") for i in range(8)]
+    await _commit(sql_engine, outbox, events)
+    log = tmp_path / "relay.log"
+    proc = _spawn(
+        "relay-run",
+        sql_engine,
+        await _schema(sql_engine),
+        nats_server,
+        f"{stream.name}:{stream.prefix}",
+        log,
+        8,
+    )
+    try:
+        await _wait_for(log, "hanging", proc)
+    finally:
+        _kill(proc)
+    assert log.read_text().count("published ") == 8
+    assert (await js.stream_info(stream.name)).state.messages == 8
+    assert len(await outbox.messages(status="pending")) == 8  # marks never sent
+    publisher = JetStreamPublisher(js, stream)
+    relay = JetStreamRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
+    deadline = time.monotonic() + 60
+    while await outbox.messages(status="pending", limit=1):
+        assert time.monotonic() < deadline, "the second relay did not finish"
+        if await relay.drain() == 0:
+            await asyncio.sleep(0.1)  # the dead relay's lease (1 s) has to end first
+    assert publisher.duplicates == 8  # every row came again ...
+    assert (await js.stream_info(stream.name)).state.messages == 8  # ... and was dropped
+    consumer = _idempotent(sql_engine)
+    sub = JetStreamSubscriber(
+        js,
+        stream,
+        durable="after-crash",
+        handler=consumer,
+        all_orgs=True,
+        registry=build_registry(),
+        dead_letters=SqlDeadLetterStore(sql_engine),
+    )
+    await _consume_until(sub, lambda: sub.stats.handled >= 8)
+    assert sorted(await _effect_ids(sql_engine)) == sorted(e.id for e in events)
+
+
+@pytest.mark.slow
 async def test_consumer_killed_mid_handler_is_redelivered_and_the_effect_happens_once(
     sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
 ) -> None:
