@@ -689,38 +689,27 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.stderr.close()
 
 
-@pytest.mark.slow
-async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_repeats(
-    sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
+async def _kill_relay_when_it_hangs(
+    mode: str, engine: AsyncEngine, server: NatsServer, stream: JetStreamSpec, log: Path, at: int
 ) -> None:
-    """SIGKILL a relay process after 15 acked publishes (before marking), relay again: all 30
-    events are in the stream exactly once and an idempotent consumer applies each once."""
-    from contractspec.bus.sql import SqlDeadLetterStore
-
-    outbox = await _outbox(sql_engine)
-    await _effects_table(sql_engine)
-    stream = _stream()
-    await stream.ensure(js)
-    events = [envelope(i, key=f"d{i % 5}", deal_id=f"d{i % 5}") for i in range(30)]
-    await _commit(sql_engine, outbox, events)
-    log = tmp_path / "relay.log"
+    """Run a `nats_worker.py` relay (`mode`) until it logs `hanging` at event `at`; SIGKILL it."""
     proc = _spawn(
-        "relay",
-        sql_engine,
-        await _schema(sql_engine),
-        nats_server,
-        f"{stream.name}:{stream.prefix}",
-        log,
-        15,
+        mode, engine, await _schema(engine), server, f"{stream.name}:{stream.prefix}", log, at
     )
     try:
         await _wait_for(log, "hanging", proc)
     finally:
         _kill(proc)
-    published_before = log.read_text().count("published ")
-    assert published_before == 15
-    pending = await outbox.messages(status="pending")
-    assert len(pending) >= 5  # at least the unmarked rows of the killed batch are still pending
+
+
+async def _relay_again_and_apply_once(
+    engine: AsyncEngine, js: Any, outbox: Any, stream: JetStreamSpec, events: list[EventEnvelope]
+) -> JetStreamPublisher:
+    """A second relay publishes what the dead one left pending (once its 1 s lease ends); an
+    idempotent consumer then handles the stream, and each event's effect exists once. Returns
+    the second relay's publisher (its `duplicates`: re-publications the broker dropped)."""
+    from contractspec.bus.sql import SqlDeadLetterStore
+
     publisher = JetStreamPublisher(js, stream)
     relay = JetStreamRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
     deadline = time.monotonic() + 60
@@ -728,20 +717,41 @@ async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_rep
         assert time.monotonic() < deadline, "the second relay did not finish"
         if await relay.drain() == 0:
             await asyncio.sleep(0.1)  # the dead relay's lease (1 s) has to end first
-    assert publisher.duplicates >= 1  # the killed batch's acked-but-unmarked rows came again
-    assert (await js.stream_info(stream.name)).state.messages == 30  # ... and were dropped
-    consumer = _idempotent(sql_engine)
     sub = JetStreamSubscriber(
         js,
         stream,
         durable="after-crash",
-        handler=consumer,
+        handler=_idempotent(engine),
         all_orgs=True,
         registry=build_registry(),
-        dead_letters=SqlDeadLetterStore(sql_engine),
+        dead_letters=SqlDeadLetterStore(engine),
     )
-    await _consume_until(sub, lambda: sub.stats.handled >= 30)
-    assert sorted(await _effect_ids(sql_engine)) == sorted(e.id for e in events)
+    await _consume_until(sub, lambda: sub.stats.handled >= len(events))
+    assert sorted(await _effect_ids(engine)) == sorted(e.id for e in events)
+    return publisher
+
+
+@pytest.mark.slow
+async def test_relay_killed_mid_batch_loses_nothing_and_the_broker_drops_the_repeats(
+    sql_engine: AsyncEngine, js: Any, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """SIGKILL a relay process after 15 acked publishes (before marking), relay again: all 30
+    events are in the stream exactly once and an idempotent consumer applies each once."""
+    outbox = await _outbox(sql_engine)
+    await _effects_table(sql_engine)
+    stream = _stream()
+    await stream.ensure(js)
+    events = [envelope(i, key=f"d{i % 5}", deal_id=f"d{i % 5}") for i in range(30)]
+    await _commit(sql_engine, outbox, events)
+    log = tmp_path / "relay.log"
+    await _kill_relay_when_it_hangs("relay", sql_engine, nats_server, stream, log, 15)
+    published_before = log.read_text().count("published ")
+    assert published_before == 15
+    pending = await outbox.messages(status="pending")
+    assert len(pending) >= 5  # at least the unmarked rows of the killed batch are still pending
+    publisher = await _relay_again_and_apply_once(sql_engine, js, outbox, stream, events)
+    assert publisher.duplicates >= 1  # the killed batch's acked-but-unmarked rows came again
+    assert (await js.stream_info(stream.name)).state.messages == 30  # ... and were dropped
 
 
 @pytest.mark.slow
@@ -751,8 +761,6 @@ async def test_relay_killed_with_its_marks_kept_back_republishes_and_the_broker_
     """SIGKILL a `JetStreamRelay` in `run()` after it published a whole batch whose marks it
     kept back for its next claim: the rows are still pending, a second relay publishes them
     again, the broker drops every copy, and an idempotent consumer applies each event once."""
-    from contractspec.bus.sql import SqlDeadLetterStore
-
     outbox = await _outbox(sql_engine)
     await _effects_table(sql_engine)
     stream = _stream()
@@ -760,43 +768,13 @@ async def test_relay_killed_with_its_marks_kept_back_republishes_and_the_broker_
     events = [envelope(i, key=f"d{i % 3}", deal_id=f"d{i % 3}") for i in range(8)]
     await _commit(sql_engine, outbox, events)
     log = tmp_path / "relay.log"
-    proc = _spawn(
-        "relay-run",
-        sql_engine,
-        await _schema(sql_engine),
-        nats_server,
-        f"{stream.name}:{stream.prefix}",
-        log,
-        8,
-    )
-    try:
-        await _wait_for(log, "hanging", proc)
-    finally:
-        _kill(proc)
+    await _kill_relay_when_it_hangs("relay-run", sql_engine, nats_server, stream, log, 8)
     assert log.read_text().count("published ") == 8
     assert (await js.stream_info(stream.name)).state.messages == 8
     assert len(await outbox.messages(status="pending")) == 8  # marks never sent
-    publisher = JetStreamPublisher(js, stream)
-    relay = JetStreamRelay(outbox, publisher, batch_size=10, lease=timedelta(seconds=1))
-    deadline = time.monotonic() + 60
-    while await outbox.messages(status="pending", limit=1):
-        assert time.monotonic() < deadline, "the second relay did not finish"
-        if await relay.drain() == 0:
-            await asyncio.sleep(0.1)  # the dead relay's lease (1 s) has to end first
+    publisher = await _relay_again_and_apply_once(sql_engine, js, outbox, stream, events)
     assert publisher.duplicates == 8  # every row came again ...
     assert (await js.stream_info(stream.name)).state.messages == 8  # ... and was dropped
-    consumer = _idempotent(sql_engine)
-    sub = JetStreamSubscriber(
-        js,
-        stream,
-        durable="after-crash",
-        handler=consumer,
-        all_orgs=True,
-        registry=build_registry(),
-        dead_letters=SqlDeadLetterStore(sql_engine),
-    )
-    await _consume_until(sub, lambda: sub.stats.handled >= 8)
-    assert sorted(await _effect_ids(sql_engine)) == sorted(e.id for e in events)
 
 
 @pytest.mark.slow

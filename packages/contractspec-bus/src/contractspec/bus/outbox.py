@@ -234,8 +234,11 @@ class OutboxRelay:
         self.poll_interval = float(poll_interval)
         self.linger = float(linger)
         #: Marks `run()` sends with its next claim: `(positions, lease token)` (see
-        #: `_carries_marks`).
+        #: `_carries_marks`); only kept back when the outbox has `mark_and_claim`.
         self._unmarked: tuple[list[int], str] | None = None
+        self._mark_and_claim: Callable[..., Awaitable[list[OutboxMessage]]] | None = getattr(
+            outbox, "mark_and_claim", None
+        )
         self._lease_clock = clock
         self.clock: Clock = clock or SystemClock()
         self.stats = RelayStats()
@@ -258,22 +261,18 @@ class OutboxRelay:
 
     async def _claim(self) -> list[OutboxMessage]:
         """Claim the next batch, sending the marks `run()` kept back with it when it can."""
-        unmarked = self._unmarked
-        if unmarked is None:
-            return await self.outbox.claim(self.batch_size, self._now(), self.lease)
-        combined = getattr(self.outbox, "mark_and_claim", None)
-        if combined is None:
-            await self._send_marks()
+        unmarked, combined = self._unmarked, self._mark_and_claim
+        if unmarked is None or combined is None:
             return await self.outbox.claim(self.batch_size, self._now(), self.lease)
         positions, token = unmarked
-        batch: list[OutboxMessage] = await combined(
+        batch = await combined(
             positions, token, self.clock.now(), self.batch_size, self._now(), self.lease
         )
         self._unmarked = None
         return batch
 
     async def _send_marks(self) -> None:
-        """Mark what `run()` kept back for its next claim (when it stops, or cannot combine)."""
+        """Mark what `run()` kept back for its next claim (when it stops)."""
         unmarked = self._unmarked
         if unmarked is not None:
             positions, token = unmarked
@@ -297,7 +296,7 @@ class OutboxRelay:
             stop.set()
             await beat
         pending = [p for p in lease.done if p not in lease.marked]
-        if pending and carry_marks and not lost and hasattr(self.outbox, "mark_and_claim"):
+        if pending and carry_marks and not lost and self._mark_and_claim is not None:
             self._unmarked = (pending, token)  # sent with the next claim
         elif pending:
             try:

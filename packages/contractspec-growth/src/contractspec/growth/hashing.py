@@ -22,12 +22,12 @@ GrowthBook `packages/sdk-js/src/util.ts` (`hash`, `fnv1a32`).
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from contractspec.core.errors import SpecValidationError
+from contractspec.core.numbers import as_finite_float
 from contractspec.growth._lazy import lazy_module
 
 if TYPE_CHECKING:
@@ -186,12 +186,8 @@ def hash_key(value: Any) -> str | None:
     """
     if isinstance(value, str):
         return value or None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        if value == 0 or not math.isfinite(value):
-            return None
-    except OverflowError:
+    number = as_finite_float(value)  # None for bools, other types, NaN, inf, huge ints
+    if number is None or number == 0:
         return None
     if isinstance(value, int) and abs(value) < 2**53:
         return str(value)
